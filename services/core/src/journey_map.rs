@@ -1,0 +1,328 @@
+//! The Customer Journey Map as data: ordered stages, the touchpoints that put a customer
+//! into each stage, per-stage time budgets and conversion targets.
+//!
+//! Loading validates the map; every error names the file, the line and what to fix, because
+//! the people who edit these files are CX analysts, not the authors of this crate.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+/// Index of a stage in [`JourneyMap::stages`]; stage order is journey order.
+pub type StageIdx = u8;
+/// Index of a touchpoint in [`JourneyMap::touchpoints`].
+pub type TouchpointIdx = u16;
+/// Index of a channel in [`JourneyMap::channels`].
+pub type ChannelIdx = u8;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    pub name: String,
+    /// Milliseconds a customer has to reach the next stage before counting as dropped off.
+    pub budget_ms: i64,
+    /// Expected share (0..=1) of entrants that reach the next stage within the budget.
+    pub target_conversion: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Touchpoint {
+    pub name: String,
+    pub stage: StageIdx,
+    /// Channels this touchpoint is expected on; the simulator draws from them.
+    pub channels: Vec<ChannelIdx>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JourneyMap {
+    pub name: String,
+    pub stages: Vec<Stage>,
+    pub channels: Vec<String>,
+    pub touchpoints: Vec<Touchpoint>,
+    touchpoint_index: HashMap<String, TouchpointIdx>,
+    channel_index: HashMap<String, ChannelIdx>,
+    stage_index: HashMap<String, StageIdx>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub struct MapError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMap {
+    journey: String,
+    stages: Vec<RawStage>,
+    channels: Vec<String>,
+    touchpoints: Vec<RawTouchpoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    name: String,
+    budget: String,
+    target_conversion: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTouchpoint {
+    name: String,
+    stage: String,
+    channels: Vec<String>,
+}
+
+impl JourneyMap {
+    /// Parses and validates a journey map. `file` is only used in error messages.
+    pub fn from_yaml(file: &str, text: &str) -> Result<Self, MapError> {
+        let err = |line: Option<usize>, message: String| MapError {
+            file: file.to_string(),
+            line,
+            message,
+        };
+        let raw: RawMap = serde_yaml::from_str(text)
+            .map_err(|e| err(e.location().map(|l| l.line()), e.to_string()))?;
+        let at = |needle: &str| find_line(text, needle);
+
+        if raw.stages.is_empty() {
+            return Err(err(at("stages:"), "a journey needs at least one stage".into()));
+        }
+        if raw.stages.len() > usize::from(StageIdx::MAX) {
+            return Err(err(at("stages:"), "too many stages (at most 255)".into()));
+        }
+        let mut stage_index = HashMap::new();
+        let mut stages = Vec::with_capacity(raw.stages.len());
+        for (i, s) in raw.stages.iter().enumerate() {
+            let line = at(&format!("name: {}", s.name));
+            if stage_index.insert(s.name.clone(), i as StageIdx).is_some() {
+                return Err(err(line, format!("stage `{}` is declared twice; stage names must be unique", s.name)));
+            }
+            let budget_ms = parse_duration_ms(&s.budget).map_err(|m| {
+                err(at(&format!("budget: {}", s.budget)), format!("stage `{}`: {m}", s.name))
+            })?;
+            if !(0.0..=1.0).contains(&s.target_conversion) {
+                return Err(err(
+                    at(&format!("target_conversion: {}", s.target_conversion)),
+                    format!(
+                        "stage `{}`: target_conversion {} must be a share between 0 and 1 (e.g. 0.35)",
+                        s.name, s.target_conversion
+                    ),
+                ));
+            }
+            stages.push(Stage { name: s.name.clone(), budget_ms, target_conversion: s.target_conversion });
+        }
+
+        let mut channel_index = HashMap::new();
+        for (i, c) in raw.channels.iter().enumerate() {
+            if channel_index.insert(c.clone(), i as ChannelIdx).is_some() {
+                return Err(err(at(c), format!("channel `{c}` is listed twice")));
+            }
+        }
+
+        let mut touchpoint_index = HashMap::new();
+        let mut touchpoints = Vec::with_capacity(raw.touchpoints.len());
+        for t in &raw.touchpoints {
+            let line = at(&format!("name: {}", t.name));
+            let Some(&stage) = stage_index.get(&t.stage) else {
+                return Err(err(
+                    line,
+                    format!(
+                        "touchpoint `{}` names unknown stage `{}`; declared stages are: {}",
+                        t.name,
+                        t.stage,
+                        raw.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            };
+            let mut channels = Vec::with_capacity(t.channels.len());
+            for c in &t.channels {
+                let Some(&ci) = channel_index.get(c) else {
+                    return Err(err(
+                        line,
+                        format!("touchpoint `{}` uses channel `{c}`, which is not in `channels:`; add it there or fix the name", t.name),
+                    ));
+                };
+                channels.push(ci);
+            }
+            let idx = touchpoints.len() as TouchpointIdx;
+            if touchpoint_index.insert(t.name.clone(), idx).is_some() {
+                return Err(err(
+                    find_nth_line(text, &format!("name: {}", t.name), 2),
+                    format!("touchpoint `{}` is mapped twice; a touchpoint puts a customer into exactly one stage", t.name),
+                ));
+            }
+            touchpoints.push(Touchpoint { name: t.name.clone(), stage, channels });
+        }
+        for (i, s) in stages.iter().enumerate() {
+            if !touchpoints.iter().any(|t| usize::from(t.stage) == i) {
+                return Err(err(
+                    at(&format!("name: {}", s.name)),
+                    format!("stage `{}` has no touchpoint; no customer could ever enter it", s.name),
+                ));
+            }
+        }
+        Ok(JourneyMap {
+            name: raw.journey,
+            stages,
+            channels: raw.channels,
+            touchpoints,
+            touchpoint_index,
+            channel_index,
+            stage_index,
+        })
+    }
+
+    pub fn touchpoint(&self, name: &str) -> Option<TouchpointIdx> {
+        self.touchpoint_index.get(name).copied()
+    }
+
+    pub fn channel(&self, name: &str) -> Option<ChannelIdx> {
+        self.channel_index.get(name).copied()
+    }
+
+    pub fn stage(&self, name: &str) -> Option<StageIdx> {
+        self.stage_index.get(name).copied()
+    }
+
+    pub fn stage_name(&self, idx: StageIdx) -> &str {
+        self.stages.get(usize::from(idx)).map_or("", |s| s.name.as_str())
+    }
+
+    pub fn touchpoint_name(&self, idx: TouchpointIdx) -> &str {
+        self.touchpoints.get(usize::from(idx)).map_or("", |t| t.name.as_str())
+    }
+
+    pub fn channel_name(&self, idx: ChannelIdx) -> &str {
+        self.channels.get(usize::from(idx)).map_or("", |c| c.as_str())
+    }
+
+    /// Touchpoints that put a customer into `stage`.
+    pub fn touchpoints_of(&self, stage: StageIdx) -> impl Iterator<Item = TouchpointIdx> + '_ {
+        self.touchpoints
+            .iter()
+            .enumerate()
+            .filter(move |(_, t)| t.stage == stage)
+            .map(|(i, _)| i as TouchpointIdx)
+    }
+}
+
+/// `30m`, `48h`, `7d` → milliseconds. Negative or unit-less values are refused with a hint.
+pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    let hint = "write a positive number with a unit: s, m, h or d (e.g. `48h`, `7d`)";
+    if t.starts_with('-') {
+        return Err(format!("budget `{t}` is negative; {hint}"));
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: i64 = num.parse().map_err(|_| format!("budget `{t}` is not a duration; {hint}"))?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("budget `{t}` has no known unit; {hint}")),
+    };
+    if n == 0 {
+        return Err(format!("budget `{t}` is zero; {hint}"));
+    }
+    n.checked_mul(unit_ms).ok_or_else(|| format!("budget `{t}` is too large"))
+}
+
+fn find_line(text: &str, needle: &str) -> Option<usize> {
+    find_nth_line(text, needle, 1)
+}
+
+fn find_nth_line(text: &str, needle: &str, nth: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .nth(nth.saturating_sub(1))
+        .map(|(i, _)| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAP: &str = "journey: shop
+stages:
+  - name: awareness
+    budget: 7d
+    target_conversion: 0.4
+  - name: conversion
+    budget: 48h
+    target_conversion: 0.3
+channels: [web, app]
+touchpoints:
+  - name: ad_click
+    stage: awareness
+    channels: [web]
+  - name: purchase
+    stage: conversion
+    channels: [web, app]
+";
+
+    #[test]
+    fn loads_a_valid_map() {
+        let m = JourneyMap::from_yaml("shop.yaml", MAP).expect("valid");
+        assert_eq!(m.stages.len(), 2);
+        assert_eq!(m.stages[1].budget_ms, 48 * 3_600_000);
+        assert_eq!(m.touchpoint("purchase"), Some(1));
+        assert_eq!(m.touchpoints[1].stage, 1);
+    }
+
+    #[test]
+    fn unknown_stage_names_file_line_and_fix() {
+        let bad = MAP.replace("stage: conversion", "stage: checkout");
+        let e = JourneyMap::from_yaml("shop.yaml", &bad).unwrap_err();
+        assert_eq!(e.line, Some(14));
+        let s = e.to_string();
+        assert!(s.starts_with("shop.yaml:14: touchpoint `purchase` names unknown stage `checkout`"), "{s}");
+        assert!(s.contains("awareness, conversion"));
+    }
+
+    #[test]
+    fn touchpoint_mapped_twice_is_refused() {
+        let bad = format!("{MAP}  - name: ad_click\n    stage: conversion\n    channels: [app]\n");
+        let e = JourneyMap::from_yaml("shop.yaml", &bad).unwrap_err();
+        assert_eq!(e.line, Some(17));
+        assert!(e.message.contains("`ad_click` is mapped twice"));
+    }
+
+    #[test]
+    fn negative_budget_is_refused() {
+        let bad = MAP.replace("budget: 48h", "budget: -2d");
+        let e = JourneyMap::from_yaml("shop.yaml", &bad).unwrap_err();
+        assert_eq!(e.line, Some(7));
+        assert!(e.message.contains("negative"), "{}", e.message);
+    }
+
+    #[test]
+    fn unknown_field_points_at_its_line() {
+        let bad = MAP.replace("    budget: 7d\n", "    budget: 7d\n    budgte: 3d\n");
+        let e = JourneyMap::from_yaml("shop.yaml", &bad).unwrap_err();
+        assert_eq!(e.line, Some(5));
+        assert!(e.message.contains("budgte"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("30m"), Ok(1_800_000));
+        assert!(parse_duration_ms("30").is_err());
+        assert!(parse_duration_ms("0h").is_err());
+    }
+}
