@@ -53,6 +53,8 @@ pub enum Invalid {
     UnknownChannel,
     #[error("stage is not in the journey map")]
     UnknownStage,
+    #[error("segment is not in the journey map")]
+    UnknownSegment,
 }
 
 impl Invalid {
@@ -65,6 +67,7 @@ impl Invalid {
             Invalid::UnknownTouchpoint => "unknown_touchpoint",
             Invalid::UnknownChannel => "unknown_channel",
             Invalid::UnknownStage => "unknown_stage",
+            Invalid::UnknownSegment => "unknown_segment",
         }
     }
 }

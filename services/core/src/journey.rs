@@ -13,14 +13,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::events::SurveyAnswer;
-use crate::journey_map::{ChannelIdx, StageIdx, TouchpointIdx};
+use crate::journey_map::{ChannelIdx, SegmentIdx, StageIdx, TouchpointIdx, NO_SEGMENT};
 use crate::metrics::Metric;
 
 /// How many recent touchpoints a journey remembers for attribution and de-duplication.
 pub const RECENT: usize = 6;
 
-/// Interned customer segment (see `Interner`).
-pub type SegmentIdx = u16;
 
 /// The journey context an answer or touchpoint is counted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -56,7 +54,7 @@ pub struct PendingAnswer {
     pub seq: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JourneyState {
     /// Current stage; `None` until the first mapped touchpoint.
     pub stage: Option<StageIdx>,
@@ -69,6 +67,21 @@ pub struct JourneyState {
     /// Oldest first; at most [`RECENT`].
     pub recent: Vec<RecentTouchpoint>,
     pub pending: Vec<PendingAnswer>,
+}
+
+impl Default for JourneyState {
+    fn default() -> Self {
+        JourneyState {
+            stage: None,
+            stage_entered_ms: 0,
+            entry_channel: 0,
+            entry_touchpoint: 0,
+            segment: NO_SEGMENT,
+            last_time_ms: i64::MIN,
+            recent: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
 }
 
 /// What applying a touchpoint did.

@@ -15,6 +15,12 @@ pub type StageIdx = u8;
 pub type TouchpointIdx = u16;
 /// Index of a channel in [`JourneyMap::channels`].
 pub type ChannelIdx = u8;
+/// Index of a customer segment in [`JourneyMap::segments`]; [`NO_SEGMENT`] when unknown.
+pub type SegmentIdx = u8;
+/// A customer whose events never named a segment.
+pub const NO_SEGMENT: SegmentIdx = SegmentIdx::MAX;
+/// How [`NO_SEGMENT`] is shown in outputs.
+pub const NO_SEGMENT_NAME: &str = "unknown";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stage {
@@ -38,7 +44,10 @@ pub struct JourneyMap {
     pub name: String,
     pub stages: Vec<Stage>,
     pub channels: Vec<String>,
+    /// Customer segments; declared so that they stay a bounded set of labels.
+    pub segments: Vec<String>,
     pub touchpoints: Vec<Touchpoint>,
+    segment_index: HashMap<String, SegmentIdx>,
     touchpoint_index: HashMap<String, TouchpointIdx>,
     channel_index: HashMap<String, ChannelIdx>,
     stage_index: HashMap<String, StageIdx>,
@@ -66,6 +75,7 @@ struct RawMap {
     journey: String,
     stages: Vec<RawStage>,
     channels: Vec<String>,
+    segments: Vec<String>,
     touchpoints: Vec<RawTouchpoint>,
 }
 
@@ -132,6 +142,16 @@ impl JourneyMap {
             }
         }
 
+        let mut segment_index = HashMap::new();
+        for (i, c) in raw.segments.iter().enumerate() {
+            if i >= usize::from(NO_SEGMENT) {
+                return Err(err(at(c), "too many segments (at most 254)".into()));
+            }
+            if c == NO_SEGMENT_NAME || segment_index.insert(c.clone(), i as SegmentIdx).is_some() {
+                return Err(err(at(c), format!("segment `{c}` is listed twice or reserved")));
+            }
+        }
+
         let mut touchpoint_index = HashMap::new();
         let mut touchpoints = Vec::with_capacity(raw.touchpoints.len());
         for t in &raw.touchpoints {
@@ -178,6 +198,8 @@ impl JourneyMap {
             name: raw.journey,
             stages,
             channels: raw.channels,
+            segments: raw.segments,
+            segment_index,
             touchpoints,
             touchpoint_index,
             channel_index,
@@ -191,6 +213,14 @@ impl JourneyMap {
 
     pub fn channel(&self, name: &str) -> Option<ChannelIdx> {
         self.channel_index.get(name).copied()
+    }
+
+    pub fn segment(&self, name: &str) -> Option<SegmentIdx> {
+        self.segment_index.get(name).copied()
+    }
+
+    pub fn segment_name(&self, idx: SegmentIdx) -> &str {
+        self.segments.get(usize::from(idx)).map_or(NO_SEGMENT_NAME, |s| s.as_str())
     }
 
     pub fn stage(&self, name: &str) -> Option<StageIdx> {
@@ -267,6 +297,7 @@ stages:
     budget: 48h
     target_conversion: 0.3
 channels: [web, app]
+segments: [new, vip]
 touchpoints:
   - name: ad_click
     stage: awareness
@@ -289,9 +320,9 @@ touchpoints:
     fn unknown_stage_names_file_line_and_fix() {
         let bad = MAP.replace("stage: conversion", "stage: checkout");
         let e = JourneyMap::from_yaml("shop.yaml", &bad).unwrap_err();
-        assert_eq!(e.line, Some(14));
+        assert_eq!(e.line, Some(15));
         let s = e.to_string();
-        assert!(s.starts_with("shop.yaml:14: touchpoint `purchase` names unknown stage `checkout`"), "{s}");
+        assert!(s.starts_with("shop.yaml:15: touchpoint `purchase` names unknown stage `checkout`"), "{s}");
         assert!(s.contains("awareness, conversion"));
     }
 
@@ -299,7 +330,7 @@ touchpoints:
     fn touchpoint_mapped_twice_is_refused() {
         let bad = format!("{MAP}  - name: ad_click\n    stage: conversion\n    channels: [app]\n");
         let e = JourneyMap::from_yaml("shop.yaml", &bad).unwrap_err();
-        assert_eq!(e.line, Some(17));
+        assert_eq!(e.line, Some(18));
         assert!(e.message.contains("`ad_click` is mapped twice"));
     }
 
@@ -324,5 +355,18 @@ touchpoints:
         assert_eq!(parse_duration_ms("30m"), Ok(1_800_000));
         assert!(parse_duration_ms("30").is_err());
         assert!(parse_duration_ms("0h").is_err());
+    }
+}
+
+#[cfg(test)]
+mod shipped_maps {
+    use super::JourneyMap;
+
+    #[test]
+    fn the_retail_map_is_valid() {
+        let text = include_str!("../../../schemas/journeys/retail.yaml");
+        let m = JourneyMap::from_yaml("retail.yaml", text).expect("retail map is valid");
+        assert_eq!(m.stages.len(), 5);
+        assert_eq!(m.channels.len(), 6);
     }
 }

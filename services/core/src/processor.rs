@@ -11,9 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hasher;
 use std::sync::Arc;
 
+
 use crate::events::{Invalid, SurveyAnswer, TouchpointEvent};
-use crate::journey::{Applied, Attribution, Context, JourneyState, PendingAnswer, SegmentIdx};
-use crate::journey_map::{JourneyMap, StageIdx, TouchpointIdx};
+use crate::journey::{Applied, Attribution, Context, JourneyState, PendingAnswer};
+use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, TouchpointIdx};
 use crate::metrics::Counts;
 
 /// Stable 64-bit id of an event id string (persisted in journey state).
@@ -30,7 +31,7 @@ pub const MINUTE_MS: i64 = 60_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AggKey {
     pub minute: i64,
-    pub context: Option<(StageIdx, TouchpointIdx, u8, SegmentIdx)>,
+    pub context: Option<(StageIdx, TouchpointIdx, ChannelIdx, SegmentIdx)>,
 }
 
 impl AggKey {
@@ -71,39 +72,9 @@ pub struct Batch {
     pub duplicates: u64,
 }
 
-/// Maps segment strings to small ids; ids are local to a process, strings are what persist.
-#[derive(Debug, Default, Clone)]
-pub struct Interner {
-    ids: HashMap<Arc<str>, SegmentIdx>,
-    names: Vec<Arc<str>>,
-}
-
-impl Interner {
-    pub fn intern(&mut self, s: &str) -> SegmentIdx {
-        if let Some(&i) = self.ids.get(s) {
-            return i;
-        }
-        // Segments are a handful of business categories; saturate rather than wrap if a
-        // producer floods us with free text.
-        let i = SegmentIdx::try_from(self.names.len()).unwrap_or(SegmentIdx::MAX);
-        if i == SegmentIdx::MAX {
-            return i;
-        }
-        let a: Arc<str> = Arc::from(s);
-        self.names.push(a.clone());
-        self.ids.insert(a, i);
-        i
-    }
-
-    pub fn name(&self, i: SegmentIdx) -> &str {
-        self.names.get(usize::from(i)).map_or("", |s| s)
-    }
-}
-
 pub struct PartitionProcessor {
     map: Arc<JourneyMap>,
     journeys: HashMap<String, JourneyState, ahash::RandomState>,
-    pub segments: Interner,
     agg: HashMap<AggKey, Counts, ahash::RandomState>,
     touchpoints: Vec<TouchpointFact>,
     answers: Vec<AnswerFact>,
@@ -122,7 +93,6 @@ impl PartitionProcessor {
         PartitionProcessor {
             map,
             journeys: HashMap::default(),
-            segments: Interner::default(),
             agg: HashMap::default(),
             touchpoints: Vec::new(),
             answers: Vec::new(),
@@ -173,7 +143,10 @@ impl PartitionProcessor {
             None => self.map.touchpoints[usize::from(tp)].stage,
         };
         let customer = customer.to_string();
-        let segment = ev.segment.as_deref().map(|s| self.segments.intern(s));
+        let segment = match ev.segment.as_deref() {
+            Some(s) => Some(self.map.segment(s).ok_or(Invalid::UnknownSegment)?),
+            None => None,
+        };
         let id_hash = event_id_hash(&ev.event_id);
         let time = ev.event_time;
         let state = self.journeys.entry(customer.clone()).or_default();

@@ -15,6 +15,7 @@ stages:
   - {name: consideration, budget: 7d, target_conversion: 0.4}
   - {name: conversion, budget: 2d, target_conversion: 0.3}
 channels: [web, app]
+segments: [vip]
 touchpoints:
   - {name: ad_click, stage: awareness, channels: [web]}
   - {name: product_view, stage: consideration, channels: [web, app]}

@@ -1,1 +1,159 @@
+//! HTTP adapter: `/metrics` (Prometheus text), `/healthz` (the process is alive) and
+//! `/readyz` (the service is doing its job), plus the registry of pipeline metrics.
+//! Label sets are bounded: topic kinds, reasons, partitions — never customer ids or text.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// Metrics of the journey service.
+#[derive(Clone)]
+pub struct JourneyMetrics {
+    pub registry: Registry,
+    pub records_consumed: IntCounterVec,
+    pub dlq_records: IntCounterVec,
+    pub duplicates: IntCounter,
+    pub batches_committed: IntCounter,
+    pub commit_errors: IntCounter,
+    pub commit_seconds: Histogram,
+    pub rows_written: IntCounterVec,
+    pub tracked_customers: IntGauge,
+    pub pending_answers: IntGauge,
+    pub assigned_partitions: IntGauge,
+    pub watermark_seconds: IntGaugeVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl JourneyMetrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        let commit_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "cxstream_commit_duration_seconds",
+                "Time to write one batch (facts, aggregates, state, marker) to ClickHouse.",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        )?;
+        r.register(Box::new(commit_seconds.clone()))?;
+        let watermark_seconds = IntGaugeVec::new(
+            Opts::new("cxstream_watermark_seconds", "Event-time watermark (latest touchpoint time) per input partition."),
+            &["partition"],
+        )?;
+        r.register(Box::new(watermark_seconds.clone()))?;
+        Ok(JourneyMetrics {
+            records_consumed: counter_vec(
+                &r,
+                "cxstream_records_consumed_total",
+                "Input records read, by topic kind (touchpoints, answers).",
+                &["topic"],
+            )?,
+            dlq_records: counter_vec(
+                &r,
+                "cxstream_dlq_records_total",
+                "Records sent to the dead-letter topic, by typed reason.",
+                &["reason"],
+            )?,
+            duplicates: counter(
+                &r,
+                "cxstream_duplicates_total",
+                "Re-delivered touchpoints and superseded answers that were counted once.",
+            )?,
+            batches_committed: counter(&r, "cxstream_batches_committed_total", "Batches durably committed to ClickHouse.")?,
+            commit_errors: counter(
+                &r,
+                "cxstream_commit_errors_total",
+                "Failed batch commits (retried with back-off; nothing is lost).",
+            )?,
+            rows_written: counter_vec(&r, "cxstream_rows_written_total", "Rows written to ClickHouse, by table.", &["table"])?,
+            tracked_customers: gauge(&r, "cxstream_tracked_customers", "Customers with journey state in memory.")?,
+            pending_answers: gauge(
+                &r,
+                "cxstream_pending_answers",
+                "Survey answers waiting for the touchpoint they rate (or for event time to pass them).",
+            )?,
+            assigned_partitions: gauge(&r, "cxstream_assigned_partitions", "Input partitions this instance owns.")?,
+            commit_seconds,
+            watermark_seconds,
+            registry: r,
+        })
+    }
+}
+
+/// Liveness and readiness as seen by `/healthz` and `/readyz`.
+#[derive(Clone, Default)]
+pub struct Health {
+    ready: Arc<AtomicBool>,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    registry: Registry,
+    health: Health,
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let mut buf = Vec::new();
+    match TextEncoder::new().encode(&s.registry.gather(), &mut buf) {
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    if s.health.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// Serves the endpoints until the process ends. Returns the bound address.
+pub async fn serve(listen: SocketAddr, registry: Registry, health: Health) -> std::io::Result<SocketAddr> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { registry, health });
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    Ok(addr)
+}

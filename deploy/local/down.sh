@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Stops the local stack started by up.sh. `--wipe` also deletes its data.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+for svc in cxstream-journey tansu clickhouse; do
+  pidf="$CXSTREAM_RUN/$svc.pid"
+  [[ -f "$pidf" ]] || continue
+  pid=$(cat "$pidf")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidf"
+done
+if [[ "${1:-}" == "--wipe" ]]; then rm -rf "$CXSTREAM_RUN"; fi
+echo "down: stopped"

@@ -1,0 +1,112 @@
+//! Versioned migrations from `schemas/clickhouse/`, embedded in the binary. Each is applied
+//! once, in order, and recorded in `{db}.schema_migrations`; statements use
+//! `IF NOT EXISTS`, so re-running a half-applied migration is safe.
+
+use clickhouse::Client;
+use serde::Deserialize;
+
+use crate::{Connection, Context, Result};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "facts_and_minute_aggregates",
+        sql: include_str!("../../../schemas/clickhouse/0001_facts_and_minute_aggregates.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "rolling_metrics",
+        sql: include_str!("../../../schemas/clickhouse/0002_rolling_metrics.sql"),
+    },
+];
+
+impl Migration {
+    /// The statements of this migration for database `db`, comments stripped.
+    pub fn statements(&self, db: &str) -> Vec<String> {
+        let body: String = self
+            .sql
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        body.split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.replace("{db}", db))
+            .collect()
+    }
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct Applied {
+    version: u32,
+}
+
+/// Applies the migrations not yet recorded; returns the versions applied now.
+pub async fn apply_migrations(conn: &Connection) -> Result<Vec<u32>> {
+    let server = conn.server_client();
+    let db = &conn.database;
+    exec(&server, &format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
+    exec(
+        &server,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
+             (version UInt32, name String, applied_at DateTime) \
+             ENGINE = MergeTree ORDER BY version"
+        ),
+    )
+    .await?;
+    let applied: Vec<u32> = server
+        .query(&format!("SELECT version FROM {db}.schema_migrations"))
+        .fetch_all::<Applied>()
+        .await
+        .ctx(|| "reading schema_migrations".into())?
+        .into_iter()
+        .map(|a| a.version)
+        .collect();
+    let mut now = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        for st in m.statements(db) {
+            exec(&server, &st).await?;
+        }
+        exec(
+            &server,
+            &format!(
+                "INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES ({}, '{}', now())",
+                m.version, m.name
+            ),
+        )
+        .await?;
+        now.push(m.version);
+    }
+    Ok(now)
+}
+
+async fn exec(client: &Client, sql: &str) -> Result<()> {
+    client.query(sql).execute().await.ctx(|| {
+        let head: String = sql.chars().take(80).collect();
+        format!("executing `{head}`")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_increasing_and_statements_split() {
+        for w in MIGRATIONS.windows(2) {
+            assert!(w[0].version < w[1].version);
+        }
+        let st = MIGRATIONS[0].statements("cx");
+        assert!(st.iter().all(|s| !s.contains("{db}") && !s.starts_with("--")));
+        assert!(st.iter().any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS cx.touchpoints")));
+    }
+}

@@ -1,0 +1,216 @@
+//! Rows as written to ClickHouse (RowBinary, field order = column order of the DDL in
+//! `schemas/clickhouse/`), and their construction from the core's batch output.
+
+use cxstream_core::journey::Context;
+use cxstream_core::processor::{AggKey, AnswerFact, TouchpointFact, MINUTE_MS};
+use cxstream_core::{Counts, JourneyMap, Metric};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+pub struct TouchpointRow<'a> {
+    pub event_id: &'a str,
+    pub customer_id: &'a str,
+    pub anonymous_id: &'a str,
+    pub event_time: u32,
+    pub event_time_ms: i64,
+    pub journey: &'a str,
+    pub touchpoint: &'a str,
+    pub channel: &'a str,
+    pub stage: &'a str,
+    pub stage_entered: u8,
+    pub segment: &'a str,
+    pub outcome: &'a str,
+    pub attribute_keys: Vec<&'a str>,
+    pub attribute_values: Vec<&'a str>,
+    pub source_partition: u16,
+    pub source_offset: i64,
+}
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+pub struct AnswerRow<'a> {
+    pub response_id: &'a str,
+    pub customer_id: &'a str,
+    pub answer_time: u32,
+    pub answer_time_ms: i64,
+    /// Enum8: NPS = 1, CSAT = 2, CES = 3.
+    pub metric: i8,
+    pub score: i8,
+    pub rated_key: &'a str,
+    pub touchpoint_event_id: &'a str,
+    pub journey: &'a str,
+    pub stage: &'a str,
+    pub touchpoint: &'a str,
+    pub channel: &'a str,
+    pub segment: &'a str,
+    /// Enum8: named = 1, latest = 2, none = 3.
+    pub attribution: i8,
+    pub answer_channel: &'a str,
+    pub comment: &'a str,
+    pub source_partition: u16,
+    pub source_offset: i64,
+}
+
+#[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MinuteRow {
+    pub minute: u32,
+    pub journey: String,
+    pub stage: String,
+    pub touchpoint: String,
+    pub channel: String,
+    pub segment: String,
+    pub nps_promoters: i64,
+    pub nps_passives: i64,
+    pub nps_detractors: i64,
+    pub csat_n: i64,
+    pub csat_top2: i64,
+    pub csat_sum: i64,
+    pub ces_n: i64,
+    pub ces_agree: i64,
+    pub ces_sum: i64,
+    pub stage_entries: i64,
+    pub touchpoints: i64,
+    pub source_partition: u16,
+    pub batch_seq: u64,
+    pub batch_attempt: u64,
+}
+
+#[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize)]
+pub struct BatchRow {
+    pub journey: String,
+    pub source_partition: u16,
+    pub batch_seq: u64,
+    pub batch_attempt: u64,
+    pub touchpoints_next_offset: i64,
+    pub answers_next_offset: i64,
+    pub watermark_ms: i64,
+    pub records: u64,
+    pub committed_at: u32,
+}
+
+#[derive(Debug, clickhouse::Row, Serialize, Deserialize)]
+pub struct StateRow {
+    pub journey: String,
+    pub source_partition: u16,
+    pub customer_id: String,
+    pub segment: String,
+    #[serde(with = "serde_bytes")]
+    pub state: Vec<u8>,
+    pub batch_seq: u64,
+    pub batch_attempt: u64,
+}
+
+/// Names of a context's dimensions; answers without context get stage/touchpoint `none`.
+pub(crate) struct Dims<'a> {
+    pub stage: &'a str,
+    pub touchpoint: &'a str,
+    pub channel: &'a str,
+    pub segment: &'a str,
+}
+
+pub(crate) fn dims(map: &JourneyMap, c: Option<Context>) -> Dims<'_> {
+    match c {
+        Some(c) => Dims {
+            stage: map.stage_name(c.stage),
+            touchpoint: map.touchpoint_name(c.touchpoint),
+            channel: map.channel_name(c.channel),
+            segment: map.segment_name(c.segment),
+        },
+        None => Dims { stage: "none", touchpoint: "none", channel: "none", segment: "unknown" },
+    }
+}
+
+fn secs(ms: i64) -> u32 {
+    u32::try_from(ms.div_euclid(1000)).unwrap_or(0)
+}
+
+impl<'a> TouchpointRow<'a> {
+    pub fn new(map: &'a JourneyMap, f: &'a TouchpointFact, partition: u16) -> Self {
+        let d = dims(map, Some(f.context));
+        let e = &f.event;
+        TouchpointRow {
+            event_id: &e.event_id,
+            customer_id: &f.customer_id,
+            anonymous_id: e.anonymous_id.as_deref().unwrap_or(""),
+            event_time: secs(e.event_time),
+            event_time_ms: e.event_time,
+            journey: &map.name,
+            touchpoint: &e.touchpoint,
+            channel: &e.channel,
+            stage: d.stage,
+            stage_entered: u8::from(f.stage_entered),
+            segment: d.segment,
+            outcome: e.outcome.as_deref().unwrap_or(""),
+            attribute_keys: e.attributes.keys().map(String::as_str).collect(),
+            attribute_values: e.attributes.values().map(String::as_str).collect(),
+            source_partition: partition,
+            source_offset: f.source_offset,
+        }
+    }
+}
+
+impl<'a> AnswerRow<'a> {
+    pub fn new(map: &'a JourneyMap, f: &'a AnswerFact, partition: u16) -> Self {
+        let d = dims(map, f.context);
+        let a = &f.answer;
+        let named = a.touchpoint_event_id.as_deref();
+        AnswerRow {
+            response_id: &a.response_id,
+            customer_id: &f.customer_id,
+            answer_time: secs(a.answer_time),
+            answer_time_ms: a.answer_time,
+            metric: match a.metric {
+                Metric::Nps => 1,
+                Metric::Csat => 2,
+                Metric::Ces => 3,
+            },
+            score: i8::try_from(a.score).unwrap_or(i8::MAX),
+            rated_key: named.unwrap_or(&a.response_id),
+            touchpoint_event_id: named.unwrap_or(""),
+            journey: &map.name,
+            stage: d.stage,
+            touchpoint: d.touchpoint,
+            channel: d.channel,
+            segment: d.segment,
+            attribution: match f.attribution {
+                cxstream_core::journey::Attribution::Named => 1,
+                cxstream_core::journey::Attribution::Latest => 2,
+                cxstream_core::journey::Attribution::None => 3,
+            },
+            answer_channel: a.channel.as_deref().unwrap_or(""),
+            comment: a.comment.as_deref().unwrap_or(""),
+            source_partition: partition,
+            source_offset: f.source_offset,
+        }
+    }
+}
+
+impl MinuteRow {
+    pub fn new(map: &JourneyMap, key: &AggKey, c: &Counts, partition: u16, seq: u64, attempt: u64) -> Self {
+        let d = dims(
+            map,
+            key.context.map(|(stage, touchpoint, channel, segment)| Context { stage, touchpoint, channel, segment }),
+        );
+        MinuteRow {
+            minute: secs(key.minute * MINUTE_MS),
+            journey: map.name.clone(),
+            stage: d.stage.to_string(),
+            touchpoint: d.touchpoint.to_string(),
+            channel: d.channel.to_string(),
+            segment: d.segment.to_string(),
+            nps_promoters: c.nps_promoters,
+            nps_passives: c.nps_passives,
+            nps_detractors: c.nps_detractors,
+            csat_n: c.csat_n,
+            csat_top2: c.csat_top2,
+            csat_sum: c.csat_sum,
+            ces_n: c.ces_n,
+            ces_agree: c.ces_agree,
+            ces_sum: c.ces_sum,
+            stage_entries: c.stage_entries,
+            touchpoints: c.touchpoints,
+            source_partition: partition,
+            batch_seq: seq,
+            batch_attempt: attempt,
+        }
+    }
+}
