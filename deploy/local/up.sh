@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the local stack on loopback (idempotent): Tansu (Kafka API) and ClickHouse, with
 # all data, logs and pids under $CXSTREAM_RUN. Waits until both answer.
-#   CX_BROKER_STORAGE=memory (default) | sqlite   — sqlite survives a broker restart.
+#   CX_BROKER_STORAGE=sqlite (default) | memory. Tansu 0.6.0's memory engine returns the
+#   wrong record batch for some fetch offsets (records are skipped), so sqlite is the default.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
@@ -11,7 +12,7 @@ mkdir -p "$CXSTREAM_RUN"/{tansu,clickhouse/{log,data,tmp,user_files}}
 alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 if ! alive "$CXSTREAM_RUN/tansu.pid"; then
-  case "${CX_BROKER_STORAGE:-memory}" in
+  case "${CX_BROKER_STORAGE:-sqlite}" in
     memory) storage="memory://tansu/" ;;
     sqlite) storage="sqlite://tansu.db" ;;
     *) echo "up: CX_BROKER_STORAGE must be memory or sqlite" >&2; exit 2 ;;

@@ -97,8 +97,9 @@ impl BatchCommitter {
         }
         Ok(Resume {
             next_seq: last.batch_seq + 1,
-            touchpoints_offset: Some(last.touchpoints_next_offset),
-            answers_offset: Some(last.answers_next_offset),
+            // Negative: nothing was read from that topic yet (start at its beginning).
+            touchpoints_offset: Some(last.touchpoints_next_offset).filter(|o| *o >= 0),
+            answers_offset: Some(last.answers_next_offset).filter(|o| *o >= 0),
             watermark_ms: last.watermark_ms,
             journeys,
         })

@@ -1,1 +1,193 @@
-fn main(){}
+//! The `cxstream` binary: one command per service, wiring the adapters together.
+
+mod config;
+mod journey;
+mod report;
+mod simulate;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use cxstream_core::JourneyMap;
+use cxstream_kafka::TopicSpec;
+
+use config::Config;
+
+/// cxstream: customer-experience feedback pipeline. Touchpoints and survey answers from
+/// Kafka become per-customer journeys, exact NPS/CSAT/CES and stage metrics in ClickHouse.
+#[derive(Debug, Parser)]
+#[command(name = "cxstream", version, propagate_version = true)]
+struct Cli {
+    /// YAML configuration file (every option has a default; see README § Configuration).
+    #[arg(long, short, global = true, env = "CXSTREAM_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply the ClickHouse migrations in schemas/clickhouse/ that are not applied yet.
+    Migrate,
+    /// Create the Kafka topics (inputs co-partitioned, DLQ, aggregates, alerts) if missing.
+    Topics,
+    /// Produce simulated customer journeys and survey answers; write the ground truth.
+    Simulate(simulate::SimulateArgs),
+    /// Run the journey service: inputs → journeys → facts and per-minute aggregates in ClickHouse.
+    Journey {
+        /// Exit once every assigned partition is read to its end and committed (demo, tests).
+        #[arg(long)]
+        until_caught_up: bool,
+    },
+    /// Print a summary of what is in ClickHouse: events, NPS/CSAT/CES per stage, DLQ count.
+    Report,
+    /// Check a journey map file and print its stages and touchpoints.
+    CheckMap {
+        /// Journey map YAML (default: journey.map from the configuration).
+        path: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cxstream: configuration error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    init_logging(&cfg);
+    if let Err(e) = run(cli.command, cfg) {
+        eprintln!("cxstream: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cfg.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_map(path: &std::path::Path) -> Result<JourneyMap> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading journey map {} (set journey.map or CXSTREAM_JOURNEY_MAP)", path.display()))?;
+    Ok(JourneyMap::from_yaml(&path.display().to_string(), &text)?)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(command: Command, cfg: Config) -> Result<()> {
+    match command {
+        Command::Migrate => {
+            let rt = runtime()?;
+            let applied = rt.block_on(cxstream_clickhouse::apply_migrations(&cfg.clickhouse_connection()))?;
+            if applied.is_empty() {
+                println!("migrate: database `{}` is up to date", cfg.clickhouse.database);
+            } else {
+                println!("migrate: applied {applied:?} to database `{}`", cfg.clickhouse.database);
+            }
+            Ok(())
+        }
+        Command::Topics => {
+            let t = &cfg.topics;
+            let specs = [
+                (t.touchpoints.as_str(), t.partitions),
+                (t.survey_responses.as_str(), t.partitions),
+                (t.aggregates.as_str(), t.partitions),
+                (t.alerts.as_str(), 1),
+                (t.dlq.as_str(), 1),
+            ]
+            .map(|(name, partitions)| TopicSpec { name: name.to_string(), partitions, compacted: false });
+            runtime()?.block_on(cxstream_kafka::ensure_topics(&cfg.kafka, &specs))?;
+            println!("topics: ready ({} partitions for the inputs)", t.partitions);
+            Ok(())
+        }
+        Command::Simulate(args) => {
+            let map = load_map(&cfg.journey.map)?;
+            simulate::run(&cfg, &map, &args).map(|_| ())
+        }
+        Command::Journey { until_caught_up } => run_journey(cfg, journey::RunOptions { until_caught_up }),
+        Command::Report => {
+            let map = load_map(&cfg.journey.map)?;
+            let stages: Vec<String> = map.stages.iter().map(|s| s.name.clone()).collect();
+            print!("{}", runtime()?.block_on(report::run(&cfg, &stages))?);
+            Ok(())
+        }
+        Command::CheckMap { path } => {
+            let map = load_map(path.as_deref().unwrap_or(&cfg.journey.map))?;
+            println!("journey `{}`: {} stages, {} touchpoints, {} channels", map.name, map.stages.len(), map.touchpoints.len(), map.channels.len());
+            for (i, s) in map.stages.iter().enumerate() {
+                let tps: Vec<&str> = map.touchpoints_of(i as u8).map(|t| map.touchpoint_name(t)).collect();
+                println!("  {} (budget {} h, target {:.0}%): {}", s.name, s.budget_ms / 3_600_000, s.target_conversion * 100.0, tps.join(", "));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn run_journey(cfg: Config, opts: journey::RunOptions) -> Result<()> {
+    let map = Arc::new(load_map(&cfg.journey.map)?);
+    let rt = runtime()?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let metrics = cxstream_http::JourneyMetrics::new().context("registering metrics")?;
+    let health = cxstream_http::Health::default();
+    let addr = rt
+        .block_on(cxstream_http::serve(cfg.http.listen, metrics.registry.clone(), health.clone()))
+        .with_context(|| format!("listening on {} (http.listen)", cfg.http.listen))?;
+    tracing::info!(%addr, journey = %map.name, group = %cfg.journey.group_id, "journey service starting");
+    {
+        let shutdown = shutdown.clone();
+        rt.spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received");
+            shutdown.store(true, Ordering::Relaxed);
+        });
+    }
+    let service = journey::JourneyService::new(cfg, map, metrics, health, shutdown, rt.handle().clone())?;
+    let result = std::thread::Builder::new()
+        .name("journey-consumer".into())
+        .spawn(move || service.run(opts))
+        .context("starting the consumer thread")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

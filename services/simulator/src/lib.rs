@@ -1,1 +1,428 @@
+//! Deterministic CX traffic: customers in segments walking a journey map's stages across
+//! channels, with per-stage conversion, delays, and survey answers whose scores differ by
+//! stage, channel and segment. Same seed, same traffic.
+//!
+//! It also keeps the ground truth of what it produced — exact counts per minute × stage ×
+//! touchpoint × channel × segment — computed from its own model of each customer, not with
+//! the pipeline's code, so that the pipeline can be checked against it.
 
+use std::collections::BTreeMap;
+
+use cxstream_core::journey::RECENT;
+use cxstream_core::{JourneyMap, Metric, SurveyAnswer, TouchpointEvent};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: f64 = 3_600_000.0;
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub customers: u64,
+    /// Length of the simulated period in days.
+    pub days: f64,
+    pub seed: u64,
+    /// Event time of the period's start, epoch ms.
+    pub start_ms: i64,
+    /// How far (event time) one input topic may run ahead of the other in the consumer;
+    /// answers that could not be placed exactly within that bound are not generated.
+    pub alignment_ms: i64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            customers: 10_000,
+            days: 1.0,
+            seed: 42,
+            // 2026-11-02T00:00:00Z, a Monday.
+            start_ms: 1_793_577_600_000,
+            alignment_ms: 10 * MINUTE_MS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SimRecord {
+    Touchpoint(TouchpointEvent),
+    Answer(SurveyAnswer),
+}
+
+impl SimRecord {
+    pub fn time_ms(&self) -> i64 {
+        match self {
+            SimRecord::Touchpoint(t) => t.event_time,
+            SimRecord::Answer(a) => a.answer_time,
+        }
+    }
+
+    pub fn customer_id(&self) -> &str {
+        let id = match self {
+            SimRecord::Touchpoint(t) => &t.customer_id,
+            SimRecord::Answer(a) => &a.customer_id,
+        };
+        id.as_deref().unwrap_or("")
+    }
+}
+
+/// A ground-truth cell: (minute start, stage, touchpoint, channel, segment).
+pub type TruthKey = (i64, String, String, String, String);
+
+/// Exact counts of one cell, bucketed by the DESIGN.md definitions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TruthCounts {
+    pub nps_promoters: i64,
+    pub nps_passives: i64,
+    pub nps_detractors: i64,
+    pub csat_n: i64,
+    pub csat_top2: i64,
+    pub csat_sum: i64,
+    pub ces_n: i64,
+    pub ces_agree: i64,
+    pub ces_sum: i64,
+    pub stage_entries: i64,
+    pub touchpoints: i64,
+}
+
+pub const TRUTH_HEADER: &str = "minute_ms,stage,touchpoint,channel,segment,nps_promoters,nps_passives,nps_detractors,csat_n,csat_top2,csat_sum,ces_n,ces_agree,ces_sum,stage_entries,touchpoints";
+
+impl TruthCounts {
+    fn answer(&mut self, metric: Metric, score: i32) {
+        let s = i64::from(score);
+        match metric {
+            Metric::Nps if score >= 9 => self.nps_promoters += 1,
+            Metric::Nps if score >= 7 => self.nps_passives += 1,
+            Metric::Nps => self.nps_detractors += 1,
+            Metric::Csat => {
+                self.csat_n += 1;
+                self.csat_sum += s;
+                self.csat_top2 += i64::from(score >= 4);
+            }
+            Metric::Ces => {
+                self.ces_n += 1;
+                self.ces_sum += s;
+                self.ces_agree += i64::from(score >= 5);
+            }
+        }
+    }
+
+    pub fn csv_fields(&self) -> [i64; 11] {
+        [
+            self.nps_promoters,
+            self.nps_passives,
+            self.nps_detractors,
+            self.csat_n,
+            self.csat_top2,
+            self.csat_sum,
+            self.ces_n,
+            self.ces_agree,
+            self.ces_sum,
+            self.stage_entries,
+            self.touchpoints,
+        ]
+    }
+}
+
+/// Everything one simulation produced, records in event-time order.
+pub struct Simulation {
+    pub records: Vec<SimRecord>,
+    pub truth: BTreeMap<TruthKey, TruthCounts>,
+}
+
+impl Simulation {
+    /// Ground truth as CSV (header [`TRUTH_HEADER`]).
+    pub fn truth_csv(&self) -> String {
+        let mut out = String::from(TRUTH_HEADER);
+        out.push('\n');
+        for ((minute, stage, tp, ch, seg), c) in &self.truth {
+            out.push_str(&format!("{minute},{stage},{tp},{ch},{seg}"));
+            for v in c.csv_fields() {
+                out.push_str(&format!(",{v}"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A touchpoint as the simulator modelled it.
+struct Visit {
+    id: String,
+    time: i64,
+    touchpoint: usize,
+    channel: usize,
+    stage: usize,
+    entered: bool,
+}
+
+struct Planned {
+    answer: SurveyAnswer,
+    /// Index into the customer's visits this answer is counted under (None: no context).
+    context: Option<usize>,
+    /// Replaced by a later answer of the same respondent for the same touchpoint/metric.
+    superseded: bool,
+}
+
+const COMMENTS_GOOD: [&str; 4] = ["Quick and easy.", "Friendly staff, thank you!", "Great app.", "Delivery was early."];
+const COMMENTS_BAD: [&str; 4] = [
+    "Checkout kept failing.",
+    "Waited 40 minutes on the phone.",
+    "Parcel arrived damaged.",
+    "Too many steps to pay.",
+];
+
+pub fn simulate(map: &JourneyMap, cfg: &SimConfig) -> Simulation {
+    let mut records = Vec::new();
+    let mut truth: BTreeMap<TruthKey, TruthCounts> = BTreeMap::new();
+    let end_ms = cfg.start_ms + (cfg.days * 24.0 * HOUR_MS) as i64;
+    for c in 0..cfg.customers {
+        // One RNG per customer: a customer's traffic does not depend on the others.
+        let mut rng = SmallRng::seed_from_u64(cfg.seed ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        simulate_customer(map, cfg, c, end_ms, &mut rng, &mut records, &mut truth);
+    }
+    // Stable: a re-delivered duplicate stays right after its original.
+    records.sort_by_key(SimRecord::time_ms);
+    Simulation { records, truth }
+}
+
+fn pick_weighted(rng: &mut SmallRng, n: usize) -> usize {
+    // Weight 1/(i+1): the first listed segments are the common ones.
+    let total: f64 = (0..n).map(|i| 1.0 / (i as f64 + 1.0)).sum();
+    let mut x = rng.random::<f64>() * total;
+    for i in 0..n {
+        x -= 1.0 / (i as f64 + 1.0);
+        if x <= 0.0 {
+            return i;
+        }
+    }
+    n - 1
+}
+
+fn exp_delay(rng: &mut SmallRng, mean_ms: f64) -> i64 {
+    let u: f64 = rng.random::<f64>().max(1e-12);
+    (-u.ln() * mean_ms) as i64 + 1_000
+}
+
+fn simulate_customer(
+    map: &JourneyMap,
+    cfg: &SimConfig,
+    c: u64,
+    end_ms: i64,
+    rng: &mut SmallRng,
+    records: &mut Vec<SimRecord>,
+    truth: &mut BTreeMap<TruthKey, TruthCounts>,
+) {
+    let customer = format!("cust-{c:07}");
+    let segment = pick_weighted(rng, map.segments.len().max(1));
+    let favourite_channel = rng.random_range(0..map.channels.len().max(1));
+    let mut t = cfg.start_ms + (rng.random::<f64>() * (end_ms - cfg.start_ms) as f64 * 0.9) as i64;
+    let mut visits: Vec<Visit> = Vec::new();
+
+    // Walk the stages.
+    for stage in 0..map.stages.len() {
+        let tps: Vec<usize> = map.touchpoints_of(stage as u8).map(usize::from).collect();
+        let n = rng.random_range(1..=3);
+        for i in 0..n {
+            if t >= end_ms {
+                break;
+            }
+            let tp = tps[rng.random_range(0..tps.len())];
+            let chans = &map.touchpoints[tp].channels;
+            let channel = if chans.contains(&(favourite_channel as u8)) && rng.random_bool(0.6) {
+                favourite_channel
+            } else {
+                usize::from(chans[rng.random_range(0..chans.len())])
+            };
+            visits.push(Visit { id: format!("{customer}-t{}", visits.len()), time: t, touchpoint: tp, channel, stage, entered: i == 0 });
+            t += exp_delay(rng, 0.5 * HOUR_MS);
+        }
+        // Segment and channel shift conversion around the map's target.
+        let base = map.stages[stage].target_conversion;
+        let lift = [0.0, 0.05, 0.15, 0.08].get(segment).copied().unwrap_or(0.0);
+        if stage + 1 == map.stages.len() || !rng.random_bool((base + lift).clamp(0.0, 1.0)) || t >= end_ms {
+            break;
+        }
+        t += exp_delay(rng, [3.0, 6.0, 12.0, 24.0, 24.0].get(stage).copied().unwrap_or(12.0) * HOUR_MS);
+    }
+
+    let seg_name = map.segments.get(segment).map_or("unknown", String::as_str).to_string();
+    let mut planned: Vec<Planned> = Vec::new();
+    for (vi, v) in visits.iter().enumerate() {
+        let p_survey = [0.05, 0.10, 0.35, 0.30, 0.20].get(v.stage).copied().unwrap_or(0.1);
+        if !rng.random_bool(p_survey) {
+            continue;
+        }
+        let metric = match v.stage {
+            2 => Metric::Csat,
+            3 if map.touchpoints[v.touchpoint].name.contains("support") => Metric::Ces,
+            0 | 1 => [Metric::Csat, Metric::Ces][rng.random_range(0..2)],
+            _ => Metric::Nps,
+        };
+        let at = v.time + exp_delay(rng, 0.2 * HOUR_MS);
+        planned.push(Planned { answer: answer(rng, map, &customer, planned.len(), at, metric, v, segment), context: Some(vi), superseded: false });
+        // A few respondents answer the same survey again; the later answer counts.
+        if rng.random_bool(0.03) {
+            let again = at + exp_delay(rng, 0.1 * HOUR_MS);
+            if let Some(prev) = planned.last_mut() {
+                prev.superseded = true;
+            }
+            planned.push(Planned { answer: answer(rng, map, &customer, planned.len(), again, metric, v, segment), context: Some(vi), superseded: false });
+        }
+    }
+    // Relationship NPS, not tied to a touchpoint: counted under the latest touchpoint before it.
+    if !visits.is_empty() && rng.random_bool(0.05) {
+        let first = visits[0].time;
+        let at = first + (rng.random::<f64>() * (end_ms - first) as f64) as i64;
+        let ctx = visits.iter().rposition(|v| v.time <= at);
+        let mut a = answer(rng, map, &customer, planned.len(), at, Metric::Nps, &visits[ctx.unwrap_or(0)], segment);
+        a.touchpoint_event_id = None;
+        a.touchpoint = None;
+        planned.push(Planned { answer: a, context: ctx, superseded: false });
+    }
+
+    // The pipeline places an answer exactly while its touchpoint is among the customer's
+    // last RECENT touchpoints once event time is `alignment` past the answer; stay within.
+    let ok = |p: &Planned| -> bool {
+        if p.answer.answer_time >= end_ms {
+            return false;
+        }
+        let Some(vi) = p.context else { return true };
+        let horizon = p.answer.answer_time + cfg.alignment_ms;
+        let later = visits[vi + 1..].iter().filter(|v| v.time <= horizon).count();
+        later + 1 < RECENT
+    };
+    // Drop a whole respondent group if any of its answers is out of bounds, so that
+    // "superseded" stays true to what is emitted.
+    let mut keep = vec![true; planned.len()];
+    for i in 0..planned.len() {
+        if !ok(&planned[i]) {
+            keep[i] = false;
+            if i > 0 && planned[i - 1].superseded {
+                keep[i - 1] = false;
+            }
+            if planned[i].superseded && i + 1 < planned.len() {
+                keep[i + 1] = false;
+            }
+        }
+    }
+
+    for v in &visits {
+        let ev = TouchpointEvent {
+            event_id: v.id.clone(),
+            customer_id: Some(customer.clone()),
+            anonymous_id: None,
+            event_time: v.time,
+            touchpoint: map.touchpoints[v.touchpoint].name.clone(),
+            channel: map.channels[v.channel].clone(),
+            stage: None,
+            segment: Some(seg_name.clone()),
+            outcome: Some(if rng.random_bool(0.95) { "success" } else { "error" }.to_string()),
+            attributes: Default::default(),
+        };
+        let cell = truth.entry(key(map, v, &seg_name)).or_default();
+        cell.touchpoints += 1;
+        cell.stage_entries += i64::from(v.entered);
+        // Producers retry: a re-delivered event with the same id must count once.
+        let dup = rng.random_bool(0.01);
+        records.push(SimRecord::Touchpoint(ev.clone()));
+        if dup {
+            records.push(SimRecord::Touchpoint(ev));
+        }
+    }
+    for (p, k) in planned.into_iter().zip(keep) {
+        if !k {
+            continue;
+        }
+        if !p.superseded {
+            let key = match p.context {
+                Some(vi) => key(map, &visits[vi], &seg_name),
+                None => (p.answer.answer_time.div_euclid(MINUTE_MS) * MINUTE_MS, "none".into(), "none".into(), "none".into(), "unknown".into()),
+            };
+            let key = (p.answer.answer_time.div_euclid(MINUTE_MS) * MINUTE_MS, key.1, key.2, key.3, key.4);
+            truth.entry(key).or_default().answer(p.answer.metric, p.answer.score);
+        }
+        records.push(SimRecord::Answer(p.answer));
+    }
+}
+
+fn key(map: &JourneyMap, v: &Visit, segment: &str) -> TruthKey {
+    (
+        v.time.div_euclid(MINUTE_MS) * MINUTE_MS,
+        map.stages[v.stage].name.clone(),
+        map.touchpoints[v.touchpoint].name.clone(),
+        map.channels[v.channel].clone(),
+        segment.to_string(),
+    )
+}
+
+/// Draws a score whose level depends on stage, channel and segment.
+#[allow(clippy::too_many_arguments)]
+fn answer(rng: &mut SmallRng, map: &JourneyMap, customer: &str, n: usize, at: i64, metric: Metric, v: &Visit, segment: usize) -> SurveyAnswer {
+    let stage_mood = [0.62, 0.58, 0.66, 0.55, 0.80].get(v.stage).copied().unwrap_or(0.6);
+    let channel_mood = match map.channels[v.channel].as_str() {
+        "call_centre" => -0.12,
+        "app" => 0.05,
+        "store" => 0.04,
+        _ => 0.0,
+    };
+    let segment_mood = [-0.03, 0.0, 0.08, -0.05].get(segment).copied().unwrap_or(0.0);
+    // Sum of uniforms: a bell-ish spread around the mood.
+    let noise: f64 = (0..3).map(|_| rng.random::<f64>()).sum::<f64>() / 3.0 - 0.5;
+    let level = (stage_mood + channel_mood + segment_mood + noise * 0.9).clamp(0.0, 1.0);
+    let (lo, hi) = metric.range();
+    let score = lo + (level * f64::from(hi - lo)).round() as i32;
+    let comment = rng.random_bool(0.1).then(|| {
+        let pool = if level > 0.6 { &COMMENTS_GOOD } else { &COMMENTS_BAD };
+        pool[rng.random_range(0..pool.len())].to_string()
+    });
+    SurveyAnswer {
+        response_id: format!("{customer}-r{n}"),
+        customer_id: Some(customer.to_string()),
+        answer_time: at,
+        metric,
+        score: score.clamp(lo, hi),
+        touchpoint_event_id: Some(v.id.clone()),
+        touchpoint: Some(map.touchpoints[v.touchpoint].name.clone()),
+        channel: Some(map.channels[v.channel].clone()),
+        comment,
+        attributes: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> JourneyMap {
+        JourneyMap::from_yaml("retail.yaml", include_str!("../../../schemas/journeys/retail.yaml")).expect("map")
+    }
+
+    #[test]
+    fn same_seed_same_traffic() {
+        let cfg = SimConfig { customers: 300, ..SimConfig::default() };
+        let a = simulate(&map(), &cfg);
+        let b = simulate(&map(), &cfg);
+        assert_eq!(a.records, b.records);
+        assert_eq!(a.truth, b.truth);
+        assert!(a.records.windows(2).all(|w| w[0].time_ms() <= w[1].time_ms()));
+    }
+
+    #[test]
+    fn traffic_is_rich_enough_to_test_with() {
+        let s = simulate(&map(), &SimConfig { customers: 2000, ..SimConfig::default() });
+        let answers: Vec<&SurveyAnswer> = s
+            .records
+            .iter()
+            .filter_map(|r| if let SimRecord::Answer(a) = r { Some(a) } else { None })
+            .collect();
+        for m in Metric::ALL {
+            assert!(answers.iter().filter(|a| a.metric == m).count() > 20, "{m:?}");
+        }
+        assert!(answers.iter().any(|a| a.touchpoint_event_id.is_none()));
+        assert!(answers.iter().any(|a| a.comment.is_some()));
+        let stages_entered: i64 = s.truth.values().map(|c| c.stage_entries).sum();
+        assert!(stages_entered > 2000);
+        let advocacy = s.truth.keys().filter(|k| k.1 == "advocacy").count();
+        assert!(advocacy > 0, "some customers reach the last stage");
+    }
+}

@@ -1,0 +1,268 @@
+//! Configuration: an optional YAML file, then environment overrides, then validation.
+//! Every option has a documented default that works with the local stack
+//! (`deploy/local/up.sh`); see README.md § Configuration.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use cxstream_kafka::{KafkaSettings, Secret};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+    pub clickhouse: ClickHouseSettings,
+    pub journey: JourneySettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    /// Touchpoint events (input). Default `cx.touchpoints`.
+    pub touchpoints: String,
+    /// Survey answers (input), co-partitioned with touchpoints. Default `cx.survey-responses`.
+    pub survey_responses: String,
+    /// Per-minute partial aggregates for the alerter. Default `cx.aggregates`.
+    pub aggregates: String,
+    /// Alerts. Default `cx.alerts`.
+    pub alerts: String,
+    /// Dead letters: original bytes plus headers naming source and reason. Default `cx.dlq`.
+    pub dlq: String,
+    /// Partitions of both input topics when `cxstream topics` creates them. Default 4.
+    pub partitions: i32,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            touchpoints: "cx.touchpoints".into(),
+            survey_responses: "cx.survey-responses".into(),
+            aggregates: "cx.aggregates".into(),
+            alerts: "cx.alerts".into(),
+            dlq: "cx.dlq".into(),
+            partitions: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseSettings {
+    /// HTTP endpoint. Default `http://127.0.0.1:18123` (the local stack).
+    pub url: String,
+    /// Database holding cxstream's tables. Default `cx`.
+    pub database: String,
+    /// Default `default`.
+    pub user: String,
+    /// Default empty. Prefer `password_file` or `CXSTREAM_CLICKHOUSE_PASSWORD`; never logged.
+    pub password: Secret,
+    /// File whose first line is the password (e.g. a mounted secret).
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for ClickHouseSettings {
+    fn default() -> Self {
+        ClickHouseSettings {
+            url: "http://127.0.0.1:18123".into(),
+            database: "cx".into(),
+            user: "default".into(),
+            password: Secret::default(),
+            password_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JourneySettings {
+    /// Journey map file. Default `schemas/journeys/retail.yaml`.
+    pub map: PathBuf,
+    /// Consumer group of the journey service. Default `cxstream-journey`.
+    pub group_id: String,
+    /// How often a batch is committed to ClickHouse, ms. Default 1000.
+    pub flush_interval_ms: u64,
+    /// Commit earlier when this many records were read since the last commit. Default 200000.
+    pub max_batch_records: u64,
+    /// How far (event time) one input topic may run ahead of the other before it is paused, ms.
+    /// Bounds memory for waiting answers and keeps attribution exact. Default 600000 (10 min).
+    pub alignment_ms: i64,
+    /// Waiting answers are placed with what is known once both input partitions are at
+    /// their end and quiet for this long, ms. Default 2000.
+    pub idle_release_ms: u64,
+    /// Records larger than this go to the DLQ as `oversized`. Default 1048576.
+    pub max_record_bytes: usize,
+}
+
+impl Default for JourneySettings {
+    fn default() -> Self {
+        JourneySettings {
+            map: PathBuf::from("schemas/journeys/retail.yaml"),
+            group_id: "cxstream-journey".into(),
+            flush_interval_ms: 1000,
+            max_batch_records: 200_000,
+            alignment_ms: 600_000,
+            idle_release_ms: 2000,
+            max_record_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address of `/metrics`, `/healthz`, `/readyz`. Default `127.0.0.1:9464`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings { listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` (default) or `json`.
+    pub format: String,
+    /// tracing filter, e.g. `info` (default) or `cxstream=debug,rdkafka=warn`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { format: "text".into(), level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Loads `path` (if given), applies `CXSTREAM_*` environment overrides and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
+                serde_yaml::from_str::<Config>(&text).map_err(|e| {
+                    let at = e.location().map(|l| format!(":{}", l.line())).unwrap_or_default();
+                    anyhow::anyhow!("{}{at}: {e}", p.display())
+                })?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(v) = get("CXSTREAM_KAFKA_BROKERS") {
+            self.kafka.brokers = v;
+        }
+        if let Some(v) = get("CXSTREAM_KAFKA_SASL_PASSWORD") {
+            self.kafka.sasl_password = Some(Secret(v));
+        }
+        if let Some(v) = get("CXSTREAM_CLICKHOUSE_URL") {
+            self.clickhouse.url = v;
+        }
+        if let Some(v) = get("CXSTREAM_CLICKHOUSE_DATABASE") {
+            self.clickhouse.database = v;
+        }
+        if let Some(v) = get("CXSTREAM_CLICKHOUSE_USER") {
+            self.clickhouse.user = v;
+        }
+        if let Some(v) = get("CXSTREAM_CLICKHOUSE_PASSWORD") {
+            self.clickhouse.password = Secret(v);
+        }
+        if let Some(v) = get("CXSTREAM_JOURNEY_MAP") {
+            self.journey.map = PathBuf::from(v);
+        }
+        if let Some(v) = get("CXSTREAM_JOURNEY_GROUP_ID") {
+            self.journey.group_id = v;
+        }
+        if let Some(v) = get("CXSTREAM_HTTP_LISTEN") {
+            self.http.listen = v
+                .parse()
+                .with_context(|| format!("CXSTREAM_HTTP_LISTEN `{v}` is not host:port (e.g. 127.0.0.1:9464)"))?;
+        }
+        if let Some(v) = get("CXSTREAM_LOG_FORMAT") {
+            self.log.format = v;
+        }
+        if let Some(v) = get("CXSTREAM_LOG_LEVEL") {
+            self.log.level = v;
+        }
+        Ok(())
+    }
+
+    fn validate(&mut self) -> Result<()> {
+        self.kafka.validate().map_err(anyhow::Error::msg)?;
+        if let Some(f) = &self.clickhouse.password_file {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("clickhouse.password_file {} cannot be read", f.display()))?;
+            self.clickhouse.password = Secret(text.lines().next().unwrap_or("").to_string());
+        }
+        if !self.clickhouse.url.starts_with("http://") && !self.clickhouse.url.starts_with("https://") {
+            bail!("clickhouse.url `{}` must start with http:// or https://", self.clickhouse.url);
+        }
+        let db_ok = !self.clickhouse.database.is_empty()
+            && self.clickhouse.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !db_ok {
+            bail!("clickhouse.database `{}` must be letters, digits and _ only", self.clickhouse.database);
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!("log.format `{}` must be `text` or `json`", self.log.format);
+        }
+        if self.topics.partitions < 1 {
+            bail!("topics.partitions must be at least 1");
+        }
+        if self.journey.flush_interval_ms == 0 || self.journey.max_batch_records == 0 {
+            bail!("journey.flush_interval_ms and journey.max_batch_records must be positive");
+        }
+        if self.journey.alignment_ms < 0 {
+            bail!("journey.alignment_ms must not be negative");
+        }
+        Ok(())
+    }
+
+    pub fn clickhouse_connection(&self) -> cxstream_clickhouse::Connection {
+        cxstream_clickhouse::Connection {
+            url: self.clickhouse.url.clone(),
+            database: self.clickhouse.database.clone(),
+            user: self.clickhouse.user.clone(),
+            password: self.clickhouse.password.0.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_secrets_are_redacted() {
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "CXSTREAM_CLICKHOUSE_PASSWORD").then(|| "hunter2".to_string())).expect("env");
+        c.validate().expect("valid");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("<redacted>"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = serde_yaml::from_str::<Config>("kafka:\n  brokers: x\n  borkers: y\n").unwrap_err();
+        assert!(e.to_string().contains("borkers"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_say_what_to_fix() {
+        let mut c = Config::default();
+        c.clickhouse.url = "127.0.0.1:8123".into();
+        assert!(c.validate().unwrap_err().to_string().contains("must start with http://"));
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "CXSTREAM_HTTP_LISTEN").then(|| "nope".to_string())).map(|_| ()).unwrap_err();
+    }
+}

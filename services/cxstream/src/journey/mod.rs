@@ -1,0 +1,375 @@
+//! `cxstream journey`: consumes both input topics in one consumer group, runs one
+//! [`PartitionProcessor`] per input partition, dead-letters bad records, and commits batches
+//! to ClickHouse (then offsets to Kafka) on a fixed interval.
+//!
+//! The consumer runs on its own thread with a `BaseConsumer` (no wake-up per message); the
+//! async ClickHouse writes are driven from it through the runtime handle.
+
+mod partition;
+mod rebalance;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use cxstream_avro::Codec;
+use cxstream_clickhouse::BatchCommitter;
+use cxstream_core::JourneyMap;
+use cxstream_http::{Health, JourneyMetrics};
+use cxstream_kafka::DeadLetter;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::TopicPartitionList;
+
+use crate::config::Config;
+use partition::{Input, Slot};
+use rebalance::{Change, JourneyContext};
+
+/// Options of one run that are not configuration (CLI flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Exit once every assigned partition is read to its end and committed.
+    pub until_caught_up: bool,
+}
+
+pub struct JourneyService {
+    consumer: BaseConsumer<JourneyContext>,
+    inner: Inner,
+}
+
+/// Everything but the consumer, so that a borrowed message and the state can coexist.
+struct Inner {
+    cfg: Config,
+    map: Arc<JourneyMap>,
+    codec: Codec,
+    metrics: JourneyMetrics,
+    health: Health,
+    committer: Arc<BatchCommitter>,
+    dlq: ThreadedProducer<DefaultProducerContext>,
+    slots: BTreeMap<i32, Slot>,
+    shutdown: Arc<AtomicBool>,
+    rt: tokio::runtime::Handle,
+    dlq_counts: BTreeMap<&'static str, u64>,
+}
+
+impl JourneyService {
+    pub fn new(
+        cfg: Config,
+        map: Arc<JourneyMap>,
+        metrics: JourneyMetrics,
+        health: Health,
+        shutdown: Arc<AtomicBool>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Self> {
+        let committer = Arc::new(BatchCommitter::new(cfg.clickhouse_connection().client(), map.clone()));
+        let ctx = JourneyContext {
+            rt: rt.clone(),
+            committer: committer.clone(),
+            touchpoints_topic: cfg.topics.touchpoints.clone(),
+            answers_topic: cfg.topics.survey_responses.clone(),
+            changes: Mutex::new(Vec::new()),
+            changed: AtomicBool::new(false),
+            shutdown: shutdown.clone(),
+        };
+        let consumer: BaseConsumer<JourneyContext> = cfg
+            .kafka
+            .consumer_config(&cfg.journey.group_id)
+            .create_with_context(ctx)
+            .context("creating the Kafka consumer")?;
+        consumer
+            .subscribe(&[&cfg.topics.touchpoints, &cfg.topics.survey_responses])
+            .context("subscribing to the input topics")?;
+        let dlq: ThreadedProducer<DefaultProducerContext> =
+            cfg.kafka.producer_config().create().context("creating the dead-letter producer")?;
+        let inner = Inner {
+            codec: Codec::new().context("building the Avro codec")?,
+            cfg,
+            map,
+            metrics,
+            health,
+            committer,
+            dlq,
+            slots: BTreeMap::new(),
+            shutdown,
+            rt,
+            dlq_counts: BTreeMap::new(),
+        };
+        Ok(JourneyService { consumer, inner })
+    }
+
+    /// Runs until SIGTERM/SIGINT (or until caught up, if asked); commits before returning.
+    pub fn run(self, opts: RunOptions) -> Result<()> {
+        let JourneyService { consumer, mut inner } = self;
+        let flush_every = Duration::from_millis(inner.cfg.journey.flush_interval_ms);
+        let mut last_flush = Instant::now();
+        let mut since_flush: u64 = 0;
+        inner.health.set_ready(true);
+        loop {
+            if inner.shutdown.load(Ordering::Relaxed) {
+                tracing::info!("shutting down: committing what was read");
+                inner.flush(&consumer)?;
+                break;
+            }
+            let polled = consumer.poll(Duration::from_millis(50));
+            inner.apply_rebalance(&consumer);
+            match polled {
+                Some(Ok(msg)) => {
+                    since_flush += 1;
+                    inner.on_message(&consumer, &msg);
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None => {}
+            }
+            if last_flush.elapsed() >= flush_every || since_flush >= inner.cfg.journey.max_batch_records {
+                inner.refresh_positions(&consumer);
+                inner.flush(&consumer)?;
+                last_flush = Instant::now();
+                since_flush = 0;
+                if opts.until_caught_up && inner.caught_up() {
+                    tracing::info!("caught up: every assigned partition is read to its end and committed");
+                    break;
+                }
+            }
+        }
+        inner.health.set_ready(false);
+        Ok(())
+    }
+}
+
+type ConsumerHandle = BaseConsumer<JourneyContext>;
+
+impl Inner {
+    fn apply_rebalance(&mut self, consumer: &ConsumerHandle) {
+        for change in consumer.context().take_changes() {
+            match change {
+                Change::Assigned(p, resume) => {
+                    let slot = Slot::new(p, self.map.clone(), resume, &self.cfg.journey);
+                    self.slots.insert(p, slot);
+                }
+                Change::Revoked(p) => {
+                    self.slots.remove(&p);
+                }
+            }
+        }
+        self.metrics.assigned_partitions.set(self.slots.len() as i64);
+    }
+
+    fn on_message(&mut self, consumer: &ConsumerHandle, msg: &BorrowedMessage<'_>) {
+        let input = if msg.topic() == self.cfg.topics.touchpoints {
+            Input::Touchpoints
+        } else {
+            Input::Answers
+        };
+        let Some(slot) = self.slots.get_mut(&msg.partition()) else {
+            return;
+        };
+        let payload = msg.payload().unwrap_or(&[]);
+        let outcome = if payload.len() > self.cfg.journey.max_record_bytes {
+            Err(("oversized", format!("record of {} bytes exceeds journey.max_record_bytes", payload.len())))
+        } else {
+            slot.process(input, payload, msg.offset(), &self.codec)
+        };
+        if let Err((kind, message)) = outcome {
+            let letter = DeadLetter {
+                source_topic: msg.topic(),
+                source_partition: msg.partition(),
+                source_offset: msg.offset(),
+                kind,
+                message: &message,
+            };
+            self.dead_letter(&letter, msg.key(), payload);
+        }
+        let Some(slot) = self.slots.get_mut(&msg.partition()) else {
+            return;
+        };
+        let (pause, resume) = slot.alignment();
+        self.set_paused(consumer, msg.partition(), pause, resume);
+    }
+
+    fn dead_letter(&mut self, letter: &DeadLetter<'_>, key: Option<&[u8]>, payload: &[u8]) {
+        *self.dlq_counts.entry(intern_kind(letter.kind)).or_default() += 1;
+        tracing::debug!(
+            topic = letter.source_topic,
+            partition = letter.source_partition,
+            offset = letter.source_offset,
+            reason = letter.kind,
+            "record dead-lettered"
+        );
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&self.cfg.topics.dlq).payload(payload).headers(letter.headers());
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        let mut record = record;
+        loop {
+            match self.dlq.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((e, _)) => {
+                    // The offset will not be committed past this record unless the DLQ
+                    // accepted it; failing loudly beats losing it.
+                    tracing::error!(error = %e, "dead-letter topic refused a record");
+                    self.shutdown.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn set_paused(&self, consumer: &ConsumerHandle, partition: i32, pause: Option<Input>, resume: Option<Input>) {
+        let tpl = |input: Input| {
+            let mut t = TopicPartitionList::new();
+            t.add_partition(self.topic(input), partition);
+            t
+        };
+        if let Some(i) = pause {
+            if let Err(e) = consumer.pause(&tpl(i)) {
+                tracing::warn!(error = %e, "pause failed");
+            }
+        }
+        if let Some(i) = resume {
+            if let Err(e) = consumer.resume(&tpl(i)) {
+                tracing::warn!(error = %e, "resume failed");
+            }
+        }
+    }
+
+    fn topic(&self, input: Input) -> &str {
+        match input {
+            Input::Touchpoints => &self.cfg.topics.touchpoints,
+            Input::Answers => &self.cfg.topics.survey_responses,
+        }
+    }
+
+    /// Learns how far each input partition goes, to decide alignment and idleness.
+    fn refresh_positions(&mut self, consumer: &ConsumerHandle) {
+        let parts: Vec<i32> = self.slots.keys().copied().collect();
+        for p in parts {
+            for input in [Input::Touchpoints, Input::Answers] {
+                let topic = self.topic(input).to_string();
+                match consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)) {
+                    Ok((_, high)) => {
+                        if let Some(slot) = self.slots.get_mut(&p) {
+                            slot.set_high_watermark(input, high);
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, partition = p, "watermark fetch failed"),
+                }
+            }
+            let Some(slot) = self.slots.get_mut(&p) else { continue };
+            slot.release_if_idle(Duration::from_millis(self.cfg.journey.idle_release_ms));
+            let (pause, resume) = slot.alignment();
+            self.set_paused(consumer, p, pause, resume);
+        }
+    }
+
+    fn caught_up(&self) -> bool {
+        !self.slots.is_empty() && self.slots.values().all(Slot::caught_up)
+    }
+
+    /// Commits every partition's batch (after the DLQ has what it was sent), then offsets.
+    fn flush(&mut self, consumer: &ConsumerHandle) -> Result<()> {
+        if self.dlq.in_flight_count() > 0 {
+            self.dlq.flush(Duration::from_secs(30)).context("flushing the dead-letter topic")?;
+        }
+        for (kind, n) in std::mem::take(&mut self.dlq_counts) {
+            self.metrics.dlq_records.with_label_values(&[kind]).inc_by(n);
+        }
+        let mut offsets = TopicPartitionList::new();
+        let parts: Vec<i32> = self.slots.keys().copied().collect();
+        for p in parts {
+            let Some(slot) = self.slots.get_mut(&p) else { continue };
+            let Some((seq, batch, end)) = slot.take_batch() else { continue };
+            let started = Instant::now();
+            if !self.commit_with_retry(p, seq, &batch, end) {
+                // Shutting down while ClickHouse is away: the batch is simply not committed
+                // and will be read again by whoever owns the partition next.
+                return Ok(());
+            }
+            self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics.batches_committed.inc();
+            self.metrics.duplicates.inc_by(batch.duplicates);
+            for (table, n) in [
+                ("touchpoints", batch.touchpoints.len()),
+                ("survey_answers", batch.answers.len()),
+                ("metrics_minute", batch.aggregates.len()),
+                ("journey_state", batch.journeys.len()),
+            ] {
+                self.metrics.rows_written.with_label_values(&[table]).inc_by(n as u64);
+            }
+            if let Some(slot) = self.slots.get_mut(&p) {
+                slot.committed(seq, &self.metrics);
+                for (input, next) in slot.next_offsets() {
+                    let _ = offsets.add_partition_offset(self.topic(input), p, rdkafka::Offset::Offset(next));
+                }
+            }
+        }
+        self.metrics.tracked_customers.set(self.slots.values().map(Slot::tracked_customers).sum::<usize>() as i64);
+        self.metrics.pending_answers.set(self.slots.values().map(Slot::pending_answers).sum::<usize>() as i64);
+        if offsets.count() > 0 {
+            // Kafka's offsets only mirror the ClickHouse commit log (for lag monitoring);
+            // resuming reads the log, so a lost Kafka commit costs nothing.
+            if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+                tracing::debug!(error = %e, "offset commit failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_with_retry(&self, p: i32, seq: u64, batch: &cxstream_core::Batch, end: cxstream_clickhouse::BatchEnd) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        let mut retry = false;
+        loop {
+            let attempt = async {
+                if retry && self.committer.is_committed(p as u16, seq).await? {
+                    return Ok(());
+                }
+                self.committer.commit(p as u16, seq, batch, end).await
+            };
+            match self.rt.block_on(attempt) {
+                Ok(()) => return true,
+                Err(e) => {
+                    self.metrics.commit_errors.inc();
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        tracing::warn!(partition = p, seq, error = %e, "giving up on the batch at shutdown; it will be replayed");
+                        return false;
+                    }
+                    tracing::warn!(partition = p, seq, error = %e, backoff_ms = backoff.as_millis() as u64, "commit failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    retry = true;
+                }
+            }
+        }
+    }
+}
+
+/// DLQ reasons are a closed set of static names; this keeps the metric label bounded.
+fn intern_kind(kind: &str) -> &'static str {
+    const KINDS: [&str; 14] = [
+        "not_avro",
+        "unknown_fingerprint",
+        "wrong_schema",
+        "malformed",
+        "trailing_bytes",
+        "oversized",
+        "missing_customer_id",
+        "missing_id",
+        "score_out_of_range",
+        "unknown_touchpoint",
+        "unknown_channel",
+        "unknown_stage",
+        "unknown_segment",
+        "other",
+    ];
+    KINDS.iter().find(|k| **k == kind).copied().unwrap_or("other")
+}

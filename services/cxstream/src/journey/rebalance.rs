@@ -1,0 +1,114 @@
+//! Partition assignment for the journey service. On assignment, the resume point of each
+//! partition is read from ClickHouse's commit log (not from Kafka's committed offsets, which
+//! may lag the last durable batch) and the consumer is assigned at exactly those offsets.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cxstream_clickhouse::{BatchCommitter, Resume};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+/// What the consumer thread learns from a rebalance.
+pub enum Change {
+    Assigned(i32, Resume),
+    Revoked(i32),
+}
+
+pub struct JourneyContext {
+    pub rt: tokio::runtime::Handle,
+    pub committer: Arc<BatchCommitter>,
+    pub touchpoints_topic: String,
+    pub answers_topic: String,
+    pub changes: Mutex<Vec<Change>>,
+    pub changed: AtomicBool,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+impl ClientContext for JourneyContext {}
+
+impl JourneyContext {
+    /// Reads a partition's resume point, retrying while ClickHouse is unreachable.
+    fn resume(&self, partition: i32) -> Option<Resume> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.rt.block_on(self.committer.resume(partition as u16)) {
+                Ok(r) => return Some(r),
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "cannot read resume point; retrying");
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn push(&self, c: Change) {
+        if let Ok(mut v) = self.changes.lock() {
+            v.push(c);
+        }
+        self.changed.store(true, Ordering::Release);
+    }
+
+    pub fn take_changes(&self) -> Vec<Change> {
+        if !self.changed.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        self.changes.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+    }
+}
+
+impl ConsumerContext for JourneyContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                partitions.sort_unstable();
+                partitions.dedup();
+                let mut assignment = TopicPartitionList::new();
+                for p in partitions {
+                    let Some(resume) = self.resume(p) else { return };
+                    let at = |o: Option<i64>| o.map_or(Offset::Beginning, Offset::Offset);
+                    let added = assignment
+                        .add_partition_offset(&self.touchpoints_topic, p, at(resume.touchpoints_offset))
+                        .and_then(|_| assignment.add_partition_offset(&self.answers_topic, p, at(resume.answers_offset)));
+                    if let Err(e) = added {
+                        tracing::error!(partition = p, error = %e, "cannot build assignment");
+                        continue;
+                    }
+                    tracing::info!(
+                        partition = p,
+                        next_seq = resume.next_seq,
+                        touchpoints_offset = ?resume.touchpoints_offset,
+                        answers_offset = ?resume.answers_offset,
+                        journeys = resume.journeys.len(),
+                        "partition assigned; resuming from the last committed batch"
+                    );
+                    self.push(Change::Assigned(p, resume));
+                }
+                if let Err(e) = consumer.assign(&assignment) {
+                    tracing::error!(error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                partitions.sort_unstable();
+                partitions.dedup();
+                for p in partitions {
+                    // Work not yet committed is dropped: the next owner resumes from the last
+                    // marker, so nothing is lost or counted twice.
+                    self.push(Change::Revoked(p));
+                }
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "unassign failed");
+                }
+            }
+            other => tracing::error!(error = ?other, "rebalance error"),
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! `cxstream report`: a short summary of what is in ClickHouse (committed data only) and of
+//! the dead-letter topic.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clickhouse::Client;
+use cxstream_core::metrics::Nps;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::Deserialize;
+
+use crate::config::Config;
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct StageLine {
+    stage: String,
+    entries: i64,
+    touchpoints: i64,
+    promoters: i64,
+    passives: i64,
+    detractors: i64,
+    csat_n: i64,
+    csat_top2: i64,
+    csat_sum: i64,
+    ces_n: i64,
+    ces_agree: i64,
+    ces_sum: i64,
+}
+
+pub async fn run(cfg: &Config, stage_order: &[String]) -> Result<String> {
+    let client: Client = cfg.clickhouse_connection().client();
+    let lines = client
+        .query(
+            "SELECT stage, sum(stage_entries) AS entries, sum(touchpoints) AS touchpoints, \
+             sum(nps_promoters) AS promoters, sum(nps_passives) AS passives, sum(nps_detractors) AS detractors, \
+             sum(csat_n) AS csat_n, sum(csat_top2) AS csat_top2, sum(csat_sum) AS csat_sum, \
+             sum(ces_n) AS ces_n, sum(ces_agree) AS ces_agree, sum(ces_sum) AS ces_sum \
+             FROM metrics_minute_committed GROUP BY stage",
+        )
+        .fetch_all::<StageLine>()
+        .await
+        .context("reading per-stage metrics from ClickHouse")?;
+    let answers: u64 = client
+        .query("SELECT count() FROM survey_answers")
+        .fetch_one()
+        .await
+        .context("counting survey answers")?;
+    let dlq = dlq_count(cfg).unwrap_or(0);
+
+    let mut lines = lines;
+    lines.sort_by_key(|l| stage_order.iter().position(|s| *s == l.stage).unwrap_or(usize::MAX));
+    let touchpoints: i64 = lines.iter().map(|l| l.touchpoints).sum();
+    let mut out = format!(
+        "cxstream summary (ClickHouse {} / database {})\n  touchpoints counted: {touchpoints}   survey answer rows: {answers}   dead-lettered: {dlq}\n\n",
+        cfg.clickhouse.url, cfg.clickhouse.database
+    );
+    out.push_str(&format!(
+        "  {:<14} {:>8} {:>20} {:>16} {:>16}\n",
+        "stage", "entries", "NPS (n, ±95%)", "CSAT% (n)", "CES mean (n)"
+    ));
+    for l in &lines {
+        let nps = Nps::from_counts(l.promoters, l.passives, l.detractors)
+            .map_or("-".to_string(), |n| format!("{:+.1} ({}, ±{:.1})", n.score, n.n, n.ci95));
+        let csat = (l.csat_n > 0).then(|| format!("{:.1} ({})", 100.0 * l.csat_top2 as f64 / l.csat_n as f64, l.csat_n));
+        let ces = (l.ces_n > 0).then(|| format!("{:.2} ({})", l.ces_sum as f64 / l.ces_n as f64, l.ces_n));
+        let _ = l.ces_agree;
+        let _ = l.csat_sum;
+        out.push_str(&format!(
+            "  {:<14} {:>8} {:>20} {:>16} {:>16}\n",
+            l.stage,
+            l.entries,
+            nps,
+            csat.unwrap_or_else(|| "-".into()),
+            ces.unwrap_or_else(|| "-".into())
+        ));
+    }
+    Ok(out)
+}
+
+/// Records in the dead-letter topic (sum over partitions of high − low watermark).
+pub fn dlq_count(cfg: &Config) -> Result<i64> {
+    let consumer: BaseConsumer = cfg.kafka.client_config().create().context("creating a Kafka client")?;
+    let md = consumer
+        .fetch_metadata(Some(&cfg.topics.dlq), Duration::from_secs(10))
+        .context("reading DLQ topic metadata")?;
+    let mut n = 0;
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (lo, hi) = consumer
+                .fetch_watermarks(&cfg.topics.dlq, p.id(), Duration::from_secs(10))
+                .context("reading DLQ watermarks")?;
+            n += hi - lo;
+        }
+    }
+    Ok(n)
+}

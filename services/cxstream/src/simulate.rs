@@ -1,0 +1,205 @@
+//! `cxstream simulate`: produces simulated traffic to the input topics, optionally a few
+//! bad records, and writes the simulator's ground truth.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use cxstream_avro::Codec;
+use cxstream_core::{JourneyMap, Metric, SurveyAnswer};
+use cxstream_simulator::{simulate, SimConfig, SimRecord};
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::client::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::Config;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Customers to simulate.
+    #[arg(long, default_value_t = 10_000)]
+    pub customers: u64,
+    /// Simulated period in days (event time; produced as fast as the broker takes it).
+    #[arg(long, default_value_t = 1.0)]
+    pub days: f64,
+    /// Random seed: the same seed produces the same traffic.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Target produce rate in records/s; 0 means as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Where to write the ground truth (CSV of exact per-minute counts).
+    #[arg(long, default_value = "ground-truth.csv")]
+    pub ground_truth: PathBuf,
+    /// Also produce this many bad records (random bytes, truncated, unknown schema, score
+    /// out of range), which must end in the DLQ and not in any count.
+    #[arg(long, default_value_t = 0)]
+    pub bad_records: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Produced {
+    pub touchpoints: u64,
+    pub answers: u64,
+    pub bad: u64,
+}
+
+#[derive(Default)]
+struct DeliveryCounter {
+    failed: AtomicU64,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produced> {
+    if args.customers == 0 || args.days <= 0.0 {
+        bail!("--customers and --days must be positive");
+    }
+    let sim_cfg = SimConfig {
+        customers: args.customers,
+        days: args.days,
+        seed: args.seed,
+        alignment_ms: cfg.journey.alignment_ms,
+        ..SimConfig::default()
+    };
+    let started = Instant::now();
+    let sim = simulate(map, &sim_cfg);
+    std::fs::write(&args.ground_truth, sim.truth_csv())
+        .with_context(|| format!("writing ground truth to {}", args.ground_truth.display()))?;
+    tracing::info!(records = sim.records.len(), ground_truth = %args.ground_truth.display(), "simulated");
+
+    let producer: ThreadedProducer<DeliveryCounter> = cfg
+        .kafka
+        .producer_config()
+        .create_with_context(DeliveryCounter::default())
+        .context("creating the producer")?;
+    let codec = Codec::new().context("building the Avro codec")?;
+    let bar = ProgressBar::new(sim.records.len() as u64 + args.bad_records);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} produce [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut out = Produced::default();
+    let mut buf = Vec::with_capacity(512);
+    let pace = Pace::new(args.rate);
+    for (i, rec) in sim.records.iter().enumerate() {
+        buf.clear();
+        let topic = match rec {
+            SimRecord::Touchpoint(t) => {
+                codec.encode_touchpoint(t, &mut buf)?;
+                out.touchpoints += 1;
+                &cfg.topics.touchpoints
+            }
+            SimRecord::Answer(a) => {
+                codec.encode_answer(a, &mut buf)?;
+                out.answers += 1;
+                &cfg.topics.survey_responses
+            }
+        };
+        send(&producer, topic, rec.customer_id().as_bytes(), &buf)?;
+        if i % 1024 == 0 {
+            bar.set_position(i as u64);
+            pace.wait(i as u64);
+        }
+    }
+    for i in 0..args.bad_records {
+        let (topic, bytes) = bad_record(&codec, i, cfg)?;
+        send(&producer, topic, format!("bad-{i}").as_bytes(), &bytes)?;
+        out.bad += 1;
+    }
+    producer.flush(Duration::from_secs(120)).context("waiting for the broker to acknowledge every record")?;
+    bar.finish_and_clear();
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        bail!("{failed} records were not acknowledged by the broker");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let total = out.touchpoints + out.answers + out.bad;
+    eprintln!(
+        "simulate: produced {} touchpoints, {} answers, {} bad records in {secs:.1}s ({:.0} records/s); ground truth in {}",
+        out.touchpoints,
+        out.answers,
+        out.bad,
+        total as f64 / secs,
+        args.ground_truth.display()
+    );
+    Ok(out)
+}
+
+fn send(producer: &ThreadedProducer<DeliveryCounter>, topic: &str, key: &[u8], payload: &[u8]) -> Result<()> {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e).context("producing a record"),
+        }
+    }
+}
+
+/// One of the four kinds of bad input, in turn.
+fn bad_record<'c>(codec: &Codec, i: u64, cfg: &'c Config) -> Result<(&'c str, Vec<u8>)> {
+    let answer = SurveyAnswer {
+        response_id: format!("bad-{i}"),
+        customer_id: Some(format!("bad-{i}")),
+        answer_time: SimConfig::default().start_ms,
+        metric: Metric::Nps,
+        score: 11,
+        touchpoint_event_id: None,
+        touchpoint: None,
+        channel: None,
+        comment: None,
+        attributes: Default::default(),
+    };
+    let mut valid = Vec::new();
+    codec.encode_answer(&answer, &mut valid)?;
+    Ok(match i % 4 {
+        0 => (&cfg.topics.touchpoints, (0..64u64).map(|b| (b.wrapping_mul(2_654_435_761) ^ i) as u8).collect()),
+        1 => (&cfg.topics.survey_responses, valid[..valid.len() / 2].to_vec()),
+        2 => {
+            let mut v = valid;
+            v[2..10].copy_from_slice(&0xDEAD_BEEF_u64.to_le_bytes());
+            (&cfg.topics.survey_responses, v)
+        }
+        _ => (&cfg.topics.survey_responses, valid),
+    })
+}
+
+/// Keeps a target rate by sleeping when ahead of schedule.
+struct Pace {
+    rate: u64,
+    start: Instant,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Self {
+        Pace { rate, start: Instant::now() }
+    }
+
+    fn wait(&self, sent: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(sent as f64 / self.rate as f64);
+        if let Some(ahead) = due.checked_sub(self.start.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+}
