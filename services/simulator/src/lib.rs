@@ -368,7 +368,13 @@ fn answer(rng: &mut SmallRng, map: &JourneyMap, customer: &str, n: usize, at: i6
     let segment_mood = [-0.03, 0.0, 0.08, -0.05].get(segment).copied().unwrap_or(0.0);
     // Sum of uniforms: a bell-ish spread around the mood.
     let noise: f64 = (0..3).map(|_| rng.random::<f64>()).sum::<f64>() / 3.0 - 0.5;
-    let level = (stage_mood + channel_mood + segment_mood + noise * 0.9).clamp(0.0, 1.0);
+    // Respondents use the top of the NPS scale more than of the shorter scales.
+    let metric_mood = match metric {
+        Metric::Nps => 0.18,
+        Metric::Csat => 0.08,
+        Metric::Ces => 0.04,
+    };
+    let level = (stage_mood + channel_mood + segment_mood + metric_mood + noise * 0.9).clamp(0.0, 1.0);
     let (lo, hi) = metric.range();
     let score = lo + (level * f64::from(hi - lo)).round() as i32;
     let comment = rng.random_bool(0.1).then(|| {

@@ -166,30 +166,42 @@ impl Inner {
         } else {
             Input::Answers
         };
-        let Some(slot) = self.slots.get_mut(&msg.partition()) else {
+        let partition = msg.partition();
+        let Some(slot) = self.slots.get_mut(&partition) else {
             return;
         };
         let payload = msg.payload().unwrap_or(&[]);
-        let outcome = if payload.len() > self.cfg.journey.max_record_bytes {
-            Err(("oversized", format!("record of {} bytes exceeds journey.max_record_bytes", payload.len())))
-        } else {
-            slot.process(input, payload, msg.offset(), &self.codec)
-        };
-        if let Err((kind, message)) = outcome {
+        if payload.len() > self.cfg.journey.max_record_bytes {
+            let message = format!("record of {} bytes exceeds journey.max_record_bytes", payload.len());
             let letter = DeadLetter {
                 source_topic: msg.topic(),
-                source_partition: msg.partition(),
+                source_partition: partition,
                 source_offset: msg.offset(),
-                kind,
+                kind: "oversized",
                 message: &message,
             };
             self.dead_letter(&letter, msg.key(), payload);
-        }
-        let Some(slot) = self.slots.get_mut(&msg.partition()) else {
             return;
-        };
-        let (pause, resume) = slot.alignment();
-        self.set_paused(consumer, msg.partition(), pause, resume);
+        }
+        slot.process(input, msg.key(), payload, msg.offset(), &self.codec);
+        let rejected = slot.take_rejected();
+        let (pause, resume) = slot.backpressure();
+        self.dead_letter_all(partition, rejected);
+        self.set_paused(consumer, partition, pause, resume);
+    }
+
+    fn dead_letter_all(&mut self, partition: i32, rejected: Vec<partition::Rejected>) {
+        for r in rejected {
+            let topic = self.topic(r.input).to_string();
+            let letter = DeadLetter {
+                source_topic: &topic,
+                source_partition: partition,
+                source_offset: r.offset,
+                kind: r.kind,
+                message: &r.message,
+            };
+            self.dead_letter(&letter, r.key.as_deref(), &r.payload);
+        }
     }
 
     fn dead_letter(&mut self, letter: &DeadLetter<'_>, key: Option<&[u8]>, payload: &[u8]) {
@@ -266,8 +278,10 @@ impl Inner {
                 }
             }
             let Some(slot) = self.slots.get_mut(&p) else { continue };
-            slot.release_if_idle(Duration::from_millis(self.cfg.journey.idle_release_ms));
-            let (pause, resume) = slot.alignment();
+            slot.tick(Duration::from_millis(self.cfg.journey.idle_release_ms));
+            let rejected = slot.take_rejected();
+            let (pause, resume) = slot.backpressure();
+            self.dead_letter_all(p, rejected);
             self.set_paused(consumer, p, pause, resume);
         }
     }

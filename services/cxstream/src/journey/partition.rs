@@ -1,15 +1,27 @@
 //! One owned input partition (the same partition number of both input topics): its
 //! processor, read positions, event-time alignment and idleness.
+//!
+//! Alignment: a touchpoint is applied only once the survey topic has caught up to within
+//! `alignment_ms` of it (or has nothing more to give). Touchpoints that run ahead wait in a
+//! local queue, which is cheap; only if that queue grows past [`MAX_HELD`] is the Kafka
+//! partition paused. This keeps an answer's touchpoint among the customer's recent ones
+//! when the answer is read, so attribution does not depend on fetch timing.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cxstream_avro::Codec;
 use cxstream_clickhouse::{BatchEnd, Resume};
-use cxstream_core::{Batch, JourneyMap, PartitionProcessor};
+use cxstream_core::{Batch, JourneyMap, PartitionProcessor, TouchpointEvent};
 use cxstream_http::JourneyMetrics;
 
 use crate::config::JourneySettings;
+
+/// Touchpoints held for alignment before the partition is paused instead.
+const MAX_HELD: usize = 200_000;
+/// Answers waiting in the processor before the survey partition is paused.
+const MAX_PENDING: usize = 200_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
@@ -43,12 +55,31 @@ impl Cursor {
     }
 }
 
+/// A record refused by decoding or validation, to be dead-lettered.
+pub struct Rejected {
+    pub input: Input,
+    pub offset: i64,
+    pub kind: &'static str,
+    pub message: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+struct Held {
+    event: TouchpointEvent,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+}
+
 pub struct Slot {
     partition: i32,
     processor: PartitionProcessor,
     next_seq: u64,
     touchpoints: Cursor,
     answers: Cursor,
+    held: VecDeque<Held>,
+    rejected: Vec<Rejected>,
     records_since_commit: u64,
     /// Something changed that must be committed even without new records (released answers).
     dirty: bool,
@@ -56,24 +87,20 @@ pub struct Slot {
     alignment_ms: i64,
 }
 
-pub type Rejection = (&'static str, String);
-
 impl Slot {
     pub fn new(partition: i32, map: Arc<JourneyMap>, resume: Resume, cfg: &JourneySettings) -> Self {
         let mut processor = PartitionProcessor::new(map);
         for (customer, state) in resume.journeys {
             processor.restore(customer, state, resume.watermark_ms);
         }
-        let mut touchpoints = Cursor::new(resume.touchpoints_offset);
-        if resume.touchpoints_offset.is_some() {
-            touchpoints.time_ms = resume.watermark_ms;
-        }
         Slot {
             partition,
             processor,
             next_seq: resume.next_seq,
-            touchpoints,
+            touchpoints: Cursor::new(resume.touchpoints_offset),
             answers: Cursor::new(resume.answers_offset),
+            held: VecDeque::new(),
+            rejected: Vec::new(),
             records_since_commit: 0,
             dirty: false,
             last_record: Instant::now(),
@@ -88,39 +115,92 @@ impl Slot {
         }
     }
 
-    /// Decodes and applies one record. `Err` carries the DLQ reason and message.
-    pub fn process(&mut self, input: Input, payload: &[u8], offset: i64, codec: &Codec) -> Result<(), Rejection> {
+    /// Decodes and applies (or holds) one record; refusals collect in [`Self::take_rejected`].
+    pub fn process(&mut self, input: Input, key: Option<&[u8]>, payload: &[u8], offset: i64, codec: &Codec) {
         let cur = self.cursor(input);
         if cur.next.is_some_and(|n| offset < n) {
             // Re-delivered below the resume point (already committed): skip.
-            return Ok(());
+            return;
         }
         cur.next = Some(offset + 1);
         self.records_since_commit += 1;
         self.last_record = Instant::now();
+        let reject = |kind: &'static str, message: String| Rejected {
+            input,
+            offset,
+            kind,
+            message,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+        };
         match input {
-            Input::Touchpoints => {
-                let ev = codec.decode_touchpoint(payload).map_err(|e| (e.kind(), e.to_string()))?;
-                self.touchpoints.time_ms = self.touchpoints.time_ms.max(ev.event_time);
-                self.processor.on_touchpoint(ev, offset).map_err(|e| (e.kind(), e.to_string()))
+            Input::Touchpoints => match codec.decode_touchpoint(payload) {
+                Ok(ev) => {
+                    self.touchpoints.time_ms = self.touchpoints.time_ms.max(ev.event_time);
+                    if self.held.is_empty() && !self.runs_ahead(ev.event_time) {
+                        if let Err(e) = self.processor.on_touchpoint(ev, offset) {
+                            self.rejected.push(reject(e.kind(), e.to_string()));
+                        }
+                    } else {
+                        self.held.push_back(Held {
+                            event: ev,
+                            offset,
+                            key: key.map(<[u8]>::to_vec),
+                            payload: payload.to_vec(),
+                        });
+                    }
+                }
+                Err(e) => self.rejected.push(reject(e.kind(), e.to_string())),
+            },
+            Input::Answers => match codec.decode_answer(payload) {
+                Ok(a) => {
+                    self.answers.time_ms = self.answers.time_ms.max(a.answer_time);
+                    // Touchpoints the survey topic has now caught up with go first.
+                    self.release_held();
+                    if let Err(e) = self.processor.on_answer(a, offset) {
+                        self.rejected.push(reject(e.kind(), e.to_string()));
+                    }
+                }
+                Err(e) => self.rejected.push(reject(e.kind(), e.to_string())),
+            },
+        }
+    }
+
+    fn runs_ahead(&self, time_ms: i64) -> bool {
+        time_ms > self.answers.time_ms.saturating_add(self.alignment_ms) && !self.answers.at_end()
+    }
+
+    fn release_held(&mut self) {
+        while let Some(h) = self.held.front() {
+            if self.runs_ahead(h.event.event_time) {
+                break;
             }
-            Input::Answers => {
-                let a = codec.decode_answer(payload).map_err(|e| (e.kind(), e.to_string()))?;
-                self.answers.time_ms = self.answers.time_ms.max(a.answer_time);
-                self.processor.on_answer(a, offset).map_err(|e| (e.kind(), e.to_string()))
+            let Some(h) = self.held.pop_front() else { break };
+            if let Err(e) = self.processor.on_touchpoint(h.event, h.offset) {
+                self.rejected.push(Rejected {
+                    input: Input::Touchpoints,
+                    offset: h.offset,
+                    kind: e.kind(),
+                    message: e.to_string(),
+                    key: h.key,
+                    payload: h.payload,
+                });
             }
         }
     }
 
-    /// Which input to pause and which to resume so neither runs more than `alignment_ms`
-    /// (event time) ahead of the other, unless the other has nothing more to give.
-    pub fn alignment(&mut self) -> (Option<Input>, Option<Input>) {
-        let ahead = |a: &Cursor, b: &Cursor, skew: i64| a.time_ms > b.time_ms.saturating_add(skew) && !b.at_end();
-        let tp_ahead = ahead(&self.touchpoints, &self.answers, self.alignment_ms);
-        let ans_ahead = ahead(&self.answers, &self.touchpoints, self.alignment_ms);
+    pub fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejected)
+    }
+
+    /// Back-pressure: which input to pause and which to resume. Only needed when the local
+    /// hold queue or the waiting answers grow past their bounds.
+    pub fn backpressure(&mut self) -> (Option<Input>, Option<Input>) {
+        let pause_tp = self.held.len() >= MAX_HELD;
+        let pause_ans = self.processor.pending_answers() >= MAX_PENDING && !self.touchpoints.at_end();
         let mut pause = None;
         let mut resume = None;
-        for (input, should_pause) in [(Input::Touchpoints, tp_ahead), (Input::Answers, ans_ahead)] {
+        for (input, should_pause) in [(Input::Touchpoints, pause_tp), (Input::Answers, pause_ans)] {
             let cur = self.cursor(input);
             if should_pause && !cur.paused {
                 cur.paused = true;
@@ -141,10 +221,15 @@ impl Slot {
         }
     }
 
-    /// Once both inputs are read to their end and quiet, waiting answers are placed with what
-    /// is known: nothing that could change their attribution is coming.
-    pub fn release_if_idle(&mut self, idle: Duration) {
+    /// Periodic housekeeping: releases held touchpoints once the survey topic is at its end,
+    /// and once both inputs are read to their end and quiet, places waiting answers with
+    /// what is known (nothing that could change their attribution is coming).
+    pub fn tick(&mut self, idle: Duration) {
+        if !self.held.is_empty() {
+            self.release_held();
+        }
         if self.processor.pending_answers() > 0
+            && self.held.is_empty()
             && self.touchpoints.at_end()
             && self.answers.at_end()
             && self.last_record.elapsed() >= idle
@@ -157,9 +242,15 @@ impl Slot {
     pub fn caught_up(&self) -> bool {
         self.touchpoints.at_end()
             && self.answers.at_end()
+            && self.held.is_empty()
             && self.records_since_commit == 0
             && !self.dirty
             && self.processor.pending_answers() == 0
+    }
+
+    /// Next touchpoint offset that is safe to commit: held touchpoints are not applied yet.
+    fn touchpoints_commit_offset(&self) -> Option<i64> {
+        self.held.front().map(|h| h.offset).or(self.touchpoints.next)
     }
 
     /// The batch to commit now, if anything changed.
@@ -169,7 +260,7 @@ impl Slot {
         }
         let end = BatchEnd {
             // -2 is librdkafka's "beginning": nothing read yet on that topic.
-            touchpoints_next_offset: self.touchpoints.next.unwrap_or(-2),
+            touchpoints_next_offset: self.touchpoints_commit_offset().unwrap_or(-2),
             answers_next_offset: self.answers.next.unwrap_or(-2),
             watermark_ms: self.processor.watermark_ms(),
             records: self.records_since_commit,
@@ -188,7 +279,7 @@ impl Slot {
     }
 
     pub fn next_offsets(&self) -> Vec<(Input, i64)> {
-        [(Input::Touchpoints, self.touchpoints.next), (Input::Answers, self.answers.next)]
+        [(Input::Touchpoints, self.touchpoints_commit_offset()), (Input::Answers, self.answers.next)]
             .into_iter()
             .filter_map(|(i, n)| n.filter(|n| *n >= 0).map(|n| (i, n)))
             .collect()
@@ -199,6 +290,6 @@ impl Slot {
     }
 
     pub fn pending_answers(&self) -> usize {
-        self.processor.pending_answers()
+        self.processor.pending_answers() + self.held.len()
     }
 }

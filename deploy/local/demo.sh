@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The demo: installs what is missing, starts Tansu and ClickHouse, creates topics and tables,
+# simulates CX traffic, runs the journey service until it has caught up, and prints a summary.
+#   CUSTOMERS (default 10000), DAYS (default 1), SEED (default 42)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+source deploy/local/env.sh
+deploy/local/up.sh
+cargo build --release -p cxstream
+bin="$root/target/release/cxstream"
+"$bin" topics
+"$bin" migrate
+mkdir -p "$CXSTREAM_RUN/demo"
+"$bin" simulate --customers "${CUSTOMERS:-10000}" --days "${DAYS:-1}" --seed "${SEED:-42}" \
+  --bad-records 20 --ground-truth "$CXSTREAM_RUN/demo/ground-truth.csv"
+CXSTREAM_HTTP_LISTEN=127.0.0.1:0 "$bin" journey --until-caught-up
+echo
+"$bin" report
+echo
+echo "Data stays in ClickHouse (database cx) at http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT; e.g."
+echo "  curl -s 'http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT/?query=SELECT+window,stage,nps_n,round(nps,1)+FROM+cx.rolling_metrics+LIMIT+5'"
+echo "Stop the servers with deploy/local/down.sh (add --wipe to delete their data)."

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Runs every ClickHouse migration and the views over sample rows on current ClickHouse
+(chdb embeds 26.x in-process), so the DDL that the real 18.16 server accepts is checked
+against the modern dialect too. Prints a cargo-style result line."""
+import glob
+import os
+import re
+import sys
+import tempfile
+
+from chdb import session
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def statements(path, db):
+    text = "\n".join(l for l in open(path) if not l.lstrip().startswith("--"))
+    return [s.strip().replace("{db}", db) for s in text.split(";") if s.strip()]
+
+
+def main():
+    failures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        s = session.Session(tmp)
+        s.query("CREATE DATABASE IF NOT EXISTS cx")
+        files = sorted(glob.glob(os.path.join(ROOT, "schemas/clickhouse/*.sql")))
+        for f in files:
+            for st in statements(f, "cx"):
+                try:
+                    s.query(st)
+                except Exception as e:  # noqa: BLE001 - report every failing statement
+                    failures.append(f"{os.path.basename(f)}: {st[:70]}...: {e}")
+        # Applying twice must be harmless (IF NOT EXISTS everywhere).
+        for f in files:
+            for st in statements(f, "cx"):
+                try:
+                    s.query(st)
+                except Exception as e:  # noqa: BLE001
+                    failures.append(f"re-apply {os.path.basename(f)}: {e}")
+        s.query("INSERT INTO cx.ingest_batches VALUES ('retail', 0, 0, 7, 10, 5, 0, 15, now())")
+        s.query(
+            "INSERT INTO cx.metrics_minute VALUES "
+            "(toDateTime('2026-11-02 10:00:00'), 'retail', 'conversion', 'purchase_completed', 'web', 'vip',"
+            " 3, 1, 1, 2, 1, 7, 0, 0, 0, 1, 4, 0, 0, 7),"
+            # an uncommitted attempt: must not count
+            "(toDateTime('2026-11-02 10:00:00'), 'retail', 'conversion', 'purchase_completed', 'web', 'vip',"
+            " 100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8)"
+        )
+        out = s.query(
+            "SELECT window, promoters, detractors, nps_n, round(nps, 1), csat_responses FROM cx.rolling_metrics "
+            "ORDER BY window", "CSV"
+        )
+        rows = [l for l in str(out).strip().splitlines() if l]
+        expected_row = '3,1,5,40,2'
+        if len(rows) != 3 or not all(r.endswith(expected_row) for r in rows):
+            failures.append(f"rolling_metrics returned {rows!r}, expected 3 windows ending {expected_row}")
+        s.cleanup() if hasattr(s, "cleanup") else None
+    for f in failures:
+        print("chdb dialect:", f)
+    print(f"test result: {'FAILED' if failures else 'ok'}. {0 if failures else 1} passed; {1 if failures else 0} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
