@@ -1,0 +1,231 @@
+//! Shared harness of the integration tests: a private set of topics, a private ClickHouse
+//! database and consumer group per test, against the real servers of the local stack
+//! (`deploy/local/up.sh`; addresses from CX_TEST_KAFKA / CX_TEST_CLICKHOUSE).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+pub const PARTITIONS: i32 = 4;
+
+pub struct Stack {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub kafka: String,
+    pub clickhouse: String,
+}
+
+/// One raw record read back from a topic.
+pub struct Raw {
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Stack {
+    /// A fresh, isolated pipeline: unique topics, database and group.
+    pub fn new(test: &str) -> Stack {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let name = format!("{test}_{}", nanos % 1_000_000_000_000);
+        let dir = std::env::temp_dir().join(format!("cxstream-test-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kafka = std::env::var("CX_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into());
+        let clickhouse = std::env::var("CX_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:18123".into());
+        let map = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/journeys/retail.yaml");
+        let config = dir.join("cxstream.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "kafka:\n  brokers: {kafka}\ntopics:\n  touchpoints: t.{name}.touchpoints\n  survey_responses: t.{name}.answers\n  \
+                 aggregates: t.{name}.aggregates\n  alerts: t.{name}.alerts\n  dlq: t.{name}.dlq\n  partitions: {PARTITIONS}\n\
+                 clickhouse:\n  url: {clickhouse}\n  database: t_{name}\n\
+                 journey:\n  map: {}\n  group_id: g.{name}\n  flush_interval_ms: 200\n  max_batch_records: 5000\n  idle_release_ms: 500\n\
+                 http:\n  listen: 127.0.0.1:0\nlog:\n  level: warn\n",
+                map.display()
+            ),
+        )
+        .unwrap();
+        let s = Stack { name, dir, config, kafka, clickhouse };
+        s.ok(&["topics"]);
+        s.ok(&["migrate"]);
+        s
+    }
+
+    pub fn database(&self) -> String {
+        format!("t_{}", self.name)
+    }
+
+    pub fn topic(&self, kind: &str) -> String {
+        format!("t.{}.{kind}", self.name)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cxstream"));
+        c.arg("--config").arg(&self.config).args(args);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("cxstream runs")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "cxstream {args:?} failed (is the local stack up? deploy/local/up.sh):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args).spawn().expect("cxstream starts")
+    }
+
+    pub fn truth_path(&self) -> PathBuf {
+        self.dir.join("ground-truth.csv")
+    }
+
+    pub fn simulate(&self, customers: u64, days: f64, bad: u64) {
+        let truth = self.truth_path();
+        self.ok(&[
+            "simulate",
+            "--customers",
+            &customers.to_string(),
+            "--days",
+            &days.to_string(),
+            "--bad-records",
+            &bad.to_string(),
+            "--ground-truth",
+            truth.to_str().unwrap(),
+        ]);
+    }
+
+    /// Runs an SQL query over HTTP and returns TabSeparated rows.
+    pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = clickhouse::Client::default()
+            .with_url(&self.clickhouse)
+            .with_compression(clickhouse::Compression::None)
+            .with_validation(false);
+        let bytes = rt.block_on(async {
+            let mut cursor = client.query(sql).fetch_bytes("TabSeparated").unwrap();
+            cursor.collect().await.unwrap()
+        });
+        String::from_utf8(bytes.to_vec())
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect()
+    }
+
+    pub fn scalar(&self, sql: &str) -> i64 {
+        self.query(sql)[0][0].parse().unwrap()
+    }
+
+    /// Per-minute cells of the committed aggregates, as in the ground-truth file.
+    pub fn cells(&self) -> BTreeMap<(i64, String, String, String, String), Vec<i64>> {
+        let rows = self.query(&format!(
+            "SELECT toUnixTimestamp(minute) * 1000 AS m, stage, touchpoint, channel, segment, \
+             sum(nps_promoters), sum(nps_passives), sum(nps_detractors), sum(csat_n), sum(csat_top2), sum(csat_sum), \
+             sum(ces_n), sum(ces_agree), sum(ces_sum), sum(stage_entries), sum(touchpoints) \
+             FROM {}.metrics_minute_committed GROUP BY m, stage, touchpoint, channel, segment",
+            self.database()
+        ));
+        rows.into_iter()
+            .map(|r| {
+                let key = (r[0].parse().unwrap(), r[1].clone(), r[2].clone(), r[3].clone(), r[4].clone());
+                (key, r[5..].iter().map(|v| v.parse().unwrap()).collect::<Vec<i64>>())
+            })
+            .filter(|(_, v)| v.iter().any(|x| *x != 0))
+            .collect()
+    }
+
+    pub fn truth(&self) -> BTreeMap<(i64, String, String, String, String), Vec<i64>> {
+        let text = std::fs::read_to_string(self.truth_path()).unwrap();
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                let key = (f[0].parse().unwrap(), f[1].into(), f[2].into(), f[3].into(), f[4].into());
+                (key, f[5..].iter().map(|v| v.parse().unwrap()).collect::<Vec<i64>>())
+            })
+            .filter(|(_, v)| v.iter().any(|x| *x != 0))
+            .collect()
+    }
+
+    /// Reads a whole topic from the beginning.
+    pub fn read_topic(&self, topic: &str, partitions: i32) -> Vec<Raw> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka)
+            .set("group.id", format!("reader-{}", self.name))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        let mut remaining = BTreeMap::new();
+        for p in 0..partitions {
+            let (lo, hi) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            if hi > lo {
+                tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+                remaining.insert(p, hi);
+            }
+        }
+        let mut out = Vec::new();
+        if remaining.is_empty() {
+            return out;
+        }
+        consumer.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !remaining.is_empty() {
+            assert!(Instant::now() < deadline, "timed out reading {topic}");
+            let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+            let m = m.unwrap();
+            let mut headers = BTreeMap::new();
+            if let Some(h) = m.headers() {
+                for i in 0..h.count() {
+                    let hd = h.get(i);
+                    headers.insert(hd.key.to_string(), String::from_utf8_lossy(hd.value.unwrap_or(&[])).into_owned());
+                }
+            }
+            out.push(Raw { partition: m.partition(), offset: m.offset(), payload: m.payload().unwrap_or(&[]).to_vec(), headers });
+            if remaining.get(&m.partition()).is_some_and(|hi| m.offset() + 1 >= *hi) {
+                remaining.remove(&m.partition());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Asserts two cell maps are equal, printing the first differences.
+pub fn assert_cells_equal(
+    expected: &BTreeMap<(i64, String, String, String, String), Vec<i64>>,
+    actual: &BTreeMap<(i64, String, String, String, String), Vec<i64>>,
+) {
+    let diffs: Vec<_> = expected
+        .keys()
+        .chain(actual.keys())
+        .filter(|k| expected.get(*k) != actual.get(*k))
+        .take(10)
+        .map(|k| format!("{k:?}: expected {:?}, clickhouse {:?}", expected.get(k), actual.get(k)))
+        .collect();
+    assert!(diffs.is_empty(), "{} cells expected, {} in ClickHouse; first differences:\n{}", expected.len(), actual.len(), diffs.join("\n"));
+    assert!(!expected.is_empty());
+}
