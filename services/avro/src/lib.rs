@@ -78,9 +78,18 @@ fn parse(text: &str) -> &'static Schema {
 
 static KNOWN: LazyLock<Vec<Known>> = LazyLock::new(|| {
     vec![
-        Known { schema: parse(TOUCHPOINT_SCHEMA), record: RecordType::Touchpoint },
-        Known { schema: parse(SURVEY_ANSWER_SCHEMA), record: RecordType::SurveyAnswer },
-        Known { schema: parse(ALERT_SCHEMA), record: RecordType::Alert },
+        Known {
+            schema: parse(TOUCHPOINT_SCHEMA),
+            record: RecordType::Touchpoint,
+        },
+        Known {
+            schema: parse(SURVEY_ANSWER_SCHEMA),
+            record: RecordType::SurveyAnswer,
+        },
+        Known {
+            schema: parse(ALERT_SCHEMA),
+            record: RecordType::Alert,
+        },
     ]
 });
 
@@ -130,7 +139,11 @@ impl Codec {
         self.decode(RecordType::SurveyAnswer, bytes)
     }
 
-    pub fn encode_touchpoint(&self, ev: &TouchpointEvent, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    pub fn encode_touchpoint(
+        &self,
+        ev: &TouchpointEvent,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         self.encode(RecordType::Touchpoint, ev, out)
     }
 
@@ -138,33 +151,49 @@ impl Codec {
         self.encode(RecordType::SurveyAnswer, a, out)
     }
 
-    pub fn decode<T: DeserializeOwned>(&self, expected: RecordType, bytes: &[u8]) -> Result<T, DecodeError> {
+    pub fn decode<T: DeserializeOwned>(
+        &self,
+        expected: RecordType,
+        bytes: &[u8],
+    ) -> Result<T, DecodeError> {
         if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC {
             return Err(DecodeError::NotSingleObject);
         }
         let mut fp = [0u8; 8];
         fp.copy_from_slice(&bytes[2..HEADER_LEN]);
         let fp = u64::from_le_bytes(fp);
-        let (record, reader) = self.readers.get(&fp).ok_or(DecodeError::UnknownFingerprint(fp))?;
+        let (record, reader) = self
+            .readers
+            .get(&fp)
+            .ok_or(DecodeError::UnknownFingerprint(fp))?;
         if *record != expected {
             return Err(DecodeError::WrongSchema(fp));
         }
         let mut rest = &bytes[HEADER_LEN..];
-        let value = reader.read_deser::<T>(&mut rest).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let value = reader
+            .read_deser::<T>(&mut rest)
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes(rest.len()));
         }
         Ok(value)
     }
 
-    pub fn encode<T: Serialize>(&self, record: RecordType, value: &T, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    pub fn encode<T: Serialize>(
+        &self,
+        record: RecordType,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         let (fp, writer) = self
             .writers
             .get(&record)
             .ok_or_else(|| EncodeError(format!("no schema for {record:?}")))?;
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&fp.to_le_bytes());
-        writer.write_ser(out, value).map_err(|e| EncodeError(e.to_string()))?;
+        writer
+            .write_ser(out, value)
+            .map_err(|e| EncodeError(e.to_string()))?;
         Ok(())
     }
 }
@@ -236,14 +265,28 @@ mod tests {
         let c = codec();
         let mut buf = Vec::new();
         c.encode_touchpoint(&tp(), &mut buf).expect("encode");
-        assert_eq!(c.decode_touchpoint(b"garbage!garbage").unwrap_err().kind(), "not_avro");
-        assert_eq!(c.decode_touchpoint(&buf[..buf.len() - 5]).unwrap_err().kind(), "malformed");
+        assert_eq!(
+            c.decode_touchpoint(b"garbage!garbage").unwrap_err().kind(),
+            "not_avro"
+        );
+        assert_eq!(
+            c.decode_touchpoint(&buf[..buf.len() - 5])
+                .unwrap_err()
+                .kind(),
+            "malformed"
+        );
         let mut unknown = buf.clone();
         unknown[2] ^= 0xFF;
-        assert_eq!(c.decode_touchpoint(&unknown).unwrap_err().kind(), "unknown_fingerprint");
+        assert_eq!(
+            c.decode_touchpoint(&unknown).unwrap_err().kind(),
+            "unknown_fingerprint"
+        );
         assert_eq!(c.decode_answer(&buf).unwrap_err().kind(), "wrong_schema");
         let mut long = buf.clone();
         long.push(0);
-        assert_eq!(c.decode_touchpoint(&long).unwrap_err().kind(), "trailing_bytes");
+        assert_eq!(
+            c.decode_touchpoint(&long).unwrap_err().kind(),
+            "trailing_bytes"
+        );
     }
 }

@@ -91,8 +91,10 @@ impl BatchCommitter {
             .ctx(|| format!("reading journey state of partition {partition}"))?;
         let mut journeys = Vec::with_capacity(saved.len());
         for s in saved {
-            let state: JourneyState = postcard::from_bytes(&s.state)
-                .map_err(|e| Error::State { partition, message: e.to_string() })?;
+            let state: JourneyState = postcard::from_bytes(&s.state).map_err(|e| Error::State {
+                partition,
+                message: e.to_string(),
+            })?;
             journeys.push((s.customer_id, state));
         }
         Ok(Resume {
@@ -122,35 +124,65 @@ impl BatchCommitter {
 
     /// Writes one batch and its marker. On error nothing counts; call again (a retry gets a
     /// new attempt id), after [`Self::is_committed`] says the marker is not there.
-    pub async fn commit(&self, partition: u16, seq: u64, batch: &Batch, end: BatchEnd) -> Result<()> {
+    pub async fn commit(
+        &self,
+        partition: u16,
+        seq: u64,
+        batch: &Batch,
+        end: BatchEnd,
+    ) -> Result<()> {
         let attempt: u64 = rand::random();
         let map = &*self.map;
         if !batch.touchpoints.is_empty() {
-            let mut ins = self.client.insert::<TouchpointRow<'_>>("touchpoints").await.ctx(|| "insert touchpoints".into())?;
+            let mut ins = self
+                .client
+                .insert::<TouchpointRow<'_>>("touchpoints")
+                .await
+                .ctx(|| "insert touchpoints".into())?;
             for f in &batch.touchpoints {
-                ins.write(&TouchpointRow::new(map, f, partition)).await.ctx(|| "write touchpoint row".into())?;
+                ins.write(&TouchpointRow::new(map, f, partition))
+                    .await
+                    .ctx(|| "write touchpoint row".into())?;
             }
             ins.end().await.ctx(|| "insert touchpoints".into())?;
         }
         if !batch.answers.is_empty() {
-            let mut ins = self.client.insert::<AnswerRow<'_>>("survey_answers").await.ctx(|| "insert answers".into())?;
+            let mut ins = self
+                .client
+                .insert::<AnswerRow<'_>>("survey_answers")
+                .await
+                .ctx(|| "insert answers".into())?;
             for f in &batch.answers {
-                ins.write(&AnswerRow::new(map, f, partition)).await.ctx(|| "write answer row".into())?;
+                ins.write(&AnswerRow::new(map, f, partition))
+                    .await
+                    .ctx(|| "write answer row".into())?;
             }
             ins.end().await.ctx(|| "insert answers".into())?;
         }
         if !batch.aggregates.is_empty() {
-            let mut ins = self.client.insert::<MinuteRow>("metrics_minute").await.ctx(|| "insert minute rows".into())?;
+            let mut ins = self
+                .client
+                .insert::<MinuteRow>("metrics_minute")
+                .await
+                .ctx(|| "insert minute rows".into())?;
             for (k, c) in &batch.aggregates {
-                ins.write(&MinuteRow::new(map, k, c, partition, seq, attempt)).await.ctx(|| "write minute row".into())?;
+                ins.write(&MinuteRow::new(map, k, c, partition, seq, attempt))
+                    .await
+                    .ctx(|| "write minute row".into())?;
             }
             ins.end().await.ctx(|| "insert minute rows".into())?;
         }
         if !batch.journeys.is_empty() {
-            let mut ins = self.client.insert::<StateRow>("journey_state").await.ctx(|| "insert journey state".into())?;
+            let mut ins = self
+                .client
+                .insert::<StateRow>("journey_state")
+                .await
+                .ctx(|| "insert journey state".into())?;
             for (customer, state) in &batch.journeys {
-                let bytes = postcard::to_allocvec(state)
-                    .map_err(|e| Error::State { partition, message: e.to_string() })?;
+                let bytes = postcard::to_allocvec(state).map_err(|e| Error::State {
+                    partition,
+                    message: e.to_string(),
+                })?;
                 let row = StateRow {
                     journey: map.name.clone(),
                     source_partition: partition,
@@ -160,7 +192,9 @@ impl BatchCommitter {
                     batch_seq: seq,
                     batch_attempt: attempt,
                 };
-                ins.write(&row).await.ctx(|| "write journey state row".into())?;
+                ins.write(&row)
+                    .await
+                    .ctx(|| "write journey state row".into())?;
             }
             ins.end().await.ctx(|| "insert journey state".into())?;
         }
@@ -175,8 +209,14 @@ impl BatchCommitter {
             records: end.records,
             committed_at: now_secs(),
         };
-        let mut ins = self.client.insert::<BatchRow>("ingest_batches").await.ctx(|| "insert batch marker".into())?;
-        ins.write(&marker).await.ctx(|| "write batch marker".into())?;
+        let mut ins = self
+            .client
+            .insert::<BatchRow>("ingest_batches")
+            .await
+            .ctx(|| "insert batch marker".into())?;
+        ins.write(&marker)
+            .await
+            .ctx(|| "write batch marker".into())?;
         ins.end().await.ctx(|| "insert batch marker".into())?;
         Ok(())
     }

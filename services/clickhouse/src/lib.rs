@@ -34,7 +34,10 @@ pub(crate) trait Context<T> {
 
 impl<T> Context<T> for std::result::Result<T, clickhouse::error::Error> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::ClickHouse { context: what(), source })
+        self.map_err(|source| Error::ClickHouse {
+            context: what(),
+            source,
+        })
     }
 }
 
@@ -81,5 +84,9 @@ impl Connection {
 
 /// Server version string, e.g. `18.16.1`.
 pub async fn server_version(client: &Client) -> Result<String> {
-    client.query("SELECT version()").fetch_one::<String>().await.ctx(|| "SELECT version()".into())
+    client
+        .query("SELECT version()")
+        .fetch_one::<String>()
+        .await
+        .ctx(|| "SELECT version()".into())
 }

@@ -106,7 +106,11 @@ mod tests {
             assert!(w[0].version < w[1].version);
         }
         let st = MIGRATIONS[0].statements("cx");
-        assert!(st.iter().all(|s| !s.contains("{db}") && !s.starts_with("--")));
-        assert!(st.iter().any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS cx.touchpoints")));
+        assert!(st
+            .iter()
+            .all(|s| !s.contains("{db}") && !s.starts_with("--")));
+        assert!(st
+            .iter()
+            .any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS cx.touchpoints")));
     }
 }

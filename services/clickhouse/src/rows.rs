@@ -115,7 +115,12 @@ pub(crate) fn dims(map: &JourneyMap, c: Option<Context>) -> Dims<'_> {
             channel: map.channel_name(c.channel),
             segment: map.segment_name(c.segment),
         },
-        None => Dims { stage: "none", touchpoint: "none", channel: "none", segment: "unknown" },
+        None => Dims {
+            stage: "none",
+            touchpoint: "none",
+            channel: "none",
+            segment: "unknown",
+        },
     }
 }
 
@@ -129,7 +134,7 @@ impl<'a> TouchpointRow<'a> {
         let e = &f.event;
         TouchpointRow {
             event_id: &e.event_id,
-            customer_id: &f.customer_id,
+            customer_id: e.customer_id.as_deref().unwrap_or(""),
             anonymous_id: e.anonymous_id.as_deref().unwrap_or(""),
             event_time: secs(e.event_time),
             event_time_ms: e.event_time,
@@ -155,7 +160,7 @@ impl<'a> AnswerRow<'a> {
         let named = a.touchpoint_event_id.as_deref();
         AnswerRow {
             response_id: &a.response_id,
-            customer_id: &f.customer_id,
+            customer_id: a.customer_id.as_deref().unwrap_or(""),
             answer_time: secs(a.answer_time),
             answer_time_ms: a.answer_time,
             metric: match a.metric {
@@ -185,10 +190,23 @@ impl<'a> AnswerRow<'a> {
 }
 
 impl MinuteRow {
-    pub fn new(map: &JourneyMap, key: &AggKey, c: &Counts, partition: u16, seq: u64, attempt: u64) -> Self {
+    pub fn new(
+        map: &JourneyMap,
+        key: &AggKey,
+        c: &Counts,
+        partition: u16,
+        seq: u64,
+        attempt: u64,
+    ) -> Self {
         let d = dims(
             map,
-            key.context.map(|(stage, touchpoint, channel, segment)| Context { stage, touchpoint, channel, segment }),
+            key.context
+                .map(|(stage, touchpoint, channel, segment)| Context {
+                    stage,
+                    touchpoint,
+                    channel,
+                    segment,
+                }),
         );
         MinuteRow {
             minute: secs(key.minute * MINUTE_MS),

@@ -19,7 +19,6 @@ use crate::metrics::Metric;
 /// How many recent touchpoints a journey remembers for attribution and de-duplication.
 pub const RECENT: usize = 6;
 
-
 /// The journey context an answer or touchpoint is counted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Context {
@@ -67,6 +66,9 @@ pub struct JourneyState {
     /// Oldest first; at most [`RECENT`].
     pub recent: Vec<RecentTouchpoint>,
     pub pending: Vec<PendingAnswer>,
+    /// Changed since the last batch was taken (processor bookkeeping, not persisted).
+    #[serde(skip)]
+    pub dirty: bool,
 }
 
 impl Default for JourneyState {
@@ -80,6 +82,7 @@ impl Default for JourneyState {
             last_time_ms: i64::MIN,
             recent: Vec::new(),
             pending: Vec::new(),
+            dirty: false,
         }
     }
 }
@@ -158,10 +161,24 @@ impl JourneyState {
         self.last_time_ms = self.last_time_ms.max(time_ms);
         if self.recent.len() == RECENT {
             self.recent.remove(0);
+        } else if self.recent.capacity() == 0 {
+            self.recent.reserve_exact(RECENT);
         }
         // Kept in event-time order so "latest at or before t" is a reverse scan.
-        let pos = self.recent.iter().rposition(|r| r.time_ms <= time_ms).map_or(0, |p| p + 1);
-        self.recent.insert(pos, RecentTouchpoint { id_hash, time_ms, context, answers: [None; 3] });
+        let pos = self
+            .recent
+            .iter()
+            .rposition(|r| r.time_ms <= time_ms)
+            .map_or(0, |p| p + 1);
+        self.recent.insert(
+            pos,
+            RecentTouchpoint {
+                id_hash,
+                time_ms,
+                context,
+                answers: [None; 3],
+            },
+        );
         Applied::Applied { context, entered }
     }
 
@@ -176,7 +193,13 @@ impl JourneyState {
     }
 
     /// Attributes an answer and records it for respondent de-duplication.
-    pub fn attribute(&mut self, named: Option<u64>, metric: Metric, score: i32, time_ms: i64) -> AnswerOutcome {
+    pub fn attribute(
+        &mut self,
+        named: Option<u64>,
+        metric: Metric,
+        score: i32,
+        time_ms: i64,
+    ) -> AnswerOutcome {
         let by_name = named.and_then(|h| self.recent.iter().rposition(|r| r.id_hash == h));
         let (slot, attribution) = match by_name {
             Some(i) => (Some(i), Attribution::Named),
@@ -186,21 +209,44 @@ impl JourneyState {
             },
         };
         let Some(i) = slot else {
-            return AnswerOutcome { context: None, attribution, replaces: None, counted: true };
+            return AnswerOutcome {
+                context: None,
+                attribution,
+                replaces: None,
+                counted: true,
+            };
         };
         let rt = &mut self.recent[i];
         let context = Some(rt.context);
         // Only answers that name their touchpoint identify "the same survey for the same
         // touchpoint"; answers attributed by time are independent responses.
         if attribution != Attribution::Named {
-            return AnswerOutcome { context, attribution, replaces: None, counted: true };
+            return AnswerOutcome {
+                context,
+                attribution,
+                replaces: None,
+                counted: true,
+            };
         }
         let prev = rt.answers[metric.index()];
         match prev {
-            Some(p) if p.time_ms >= time_ms => AnswerOutcome { context, attribution, replaces: None, counted: false },
+            Some(p) if p.time_ms >= time_ms => AnswerOutcome {
+                context,
+                attribution,
+                replaces: None,
+                counted: false,
+            },
             _ => {
-                rt.answers[metric.index()] = Some(AnsweredScore { score: score as i8, time_ms });
-                AnswerOutcome { context, attribution, replaces: prev, counted: true }
+                rt.answers[metric.index()] = Some(AnsweredScore {
+                    score: score as i8,
+                    time_ms,
+                });
+                AnswerOutcome {
+                    context,
+                    attribution,
+                    replaces: prev,
+                    counted: true,
+                }
             }
         }
     }
@@ -219,9 +265,20 @@ mod tests {
         let mut j = s();
         assert_eq!(
             j.apply_touchpoint(1, 10, 0, 0, 0, Some(3)),
-            Applied::Applied { context: Context { stage: 0, touchpoint: 0, channel: 0, segment: 3 }, entered: true }
+            Applied::Applied {
+                context: Context {
+                    stage: 0,
+                    touchpoint: 0,
+                    channel: 0,
+                    segment: 3
+                },
+                entered: true
+            }
         );
-        assert!(matches!(j.apply_touchpoint(2, 20, 5, 2, 1, None), Applied::Applied { entered: true, .. }));
+        assert!(matches!(
+            j.apply_touchpoint(2, 20, 5, 2, 1, None),
+            Applied::Applied { entered: true, .. }
+        ));
         // An awareness touchpoint after conversion keeps the customer in conversion.
         let Applied::Applied { context, entered } = j.apply_touchpoint(3, 30, 0, 0, 0, None) else {
             panic!("applied")
@@ -241,7 +298,13 @@ mod tests {
         assert_eq!(a.attribution, Attribution::Named);
         assert_eq!(a.context.map(|c| c.stage), Some(0));
         let b = j.attribute(Some(1), Metric::Nps, 3, 40);
-        assert_eq!(b.replaces, Some(AnsweredScore { score: 9, time_ms: 25 }));
+        assert_eq!(
+            b.replaces,
+            Some(AnsweredScore {
+                score: 9,
+                time_ms: 25
+            })
+        );
         // An older re-delivery does not replace the newer answer.
         let c = j.attribute(Some(1), Metric::Nps, 10, 30);
         assert!(!c.counted);
@@ -255,7 +318,10 @@ mod tests {
         assert!(j.can_attribute(None, 15));
         assert!(!j.can_attribute(None, 25));
         let a = j.attribute(None, Metric::Csat, 4, 15);
-        assert_eq!((a.attribution, a.context.map(|c| c.touchpoint)), (Attribution::Latest, Some(0)));
+        assert_eq!(
+            (a.attribution, a.context.map(|c| c.touchpoint)),
+            (Attribution::Latest, Some(0))
+        );
         let none = s().attribute(None, Metric::Csat, 4, 15);
         assert_eq!(none.attribution, Attribution::None);
     }

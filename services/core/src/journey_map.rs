@@ -108,7 +108,10 @@ impl JourneyMap {
         let at = |needle: &str| find_line(text, needle);
 
         if raw.stages.is_empty() {
-            return Err(err(at("stages:"), "a journey needs at least one stage".into()));
+            return Err(err(
+                at("stages:"),
+                "a journey needs at least one stage".into(),
+            ));
         }
         if raw.stages.len() > usize::from(StageIdx::MAX) {
             return Err(err(at("stages:"), "too many stages (at most 255)".into()));
@@ -118,10 +121,19 @@ impl JourneyMap {
         for (i, s) in raw.stages.iter().enumerate() {
             let line = at(&format!("name: {}", s.name));
             if stage_index.insert(s.name.clone(), i as StageIdx).is_some() {
-                return Err(err(line, format!("stage `{}` is declared twice; stage names must be unique", s.name)));
+                return Err(err(
+                    line,
+                    format!(
+                        "stage `{}` is declared twice; stage names must be unique",
+                        s.name
+                    ),
+                ));
             }
             let budget_ms = parse_duration_ms(&s.budget).map_err(|m| {
-                err(at(&format!("budget: {}", s.budget)), format!("stage `{}`: {m}", s.name))
+                err(
+                    at(&format!("budget: {}", s.budget)),
+                    format!("stage `{}`: {m}", s.name),
+                )
             })?;
             if !(0.0..=1.0).contains(&s.target_conversion) {
                 return Err(err(
@@ -132,7 +144,11 @@ impl JourneyMap {
                     ),
                 ));
             }
-            stages.push(Stage { name: s.name.clone(), budget_ms, target_conversion: s.target_conversion });
+            stages.push(Stage {
+                name: s.name.clone(),
+                budget_ms,
+                target_conversion: s.target_conversion,
+            });
         }
 
         let mut channel_index = HashMap::new();
@@ -148,7 +164,10 @@ impl JourneyMap {
                 return Err(err(at(c), "too many segments (at most 254)".into()));
             }
             if c == NO_SEGMENT_NAME || segment_index.insert(c.clone(), i as SegmentIdx).is_some() {
-                return Err(err(at(c), format!("segment `{c}` is listed twice or reserved")));
+                return Err(err(
+                    at(c),
+                    format!("segment `{c}` is listed twice or reserved"),
+                ));
             }
         }
 
@@ -163,7 +182,11 @@ impl JourneyMap {
                         "touchpoint `{}` names unknown stage `{}`; declared stages are: {}",
                         t.name,
                         t.stage,
-                        raw.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                        raw.stages
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             };
@@ -184,13 +207,20 @@ impl JourneyMap {
                     format!("touchpoint `{}` is mapped twice; a touchpoint puts a customer into exactly one stage", t.name),
                 ));
             }
-            touchpoints.push(Touchpoint { name: t.name.clone(), stage, channels });
+            touchpoints.push(Touchpoint {
+                name: t.name.clone(),
+                stage,
+                channels,
+            });
         }
         for (i, s) in stages.iter().enumerate() {
             if !touchpoints.iter().any(|t| usize::from(t.stage) == i) {
                 return Err(err(
                     at(&format!("name: {}", s.name)),
-                    format!("stage `{}` has no touchpoint; no customer could ever enter it", s.name),
+                    format!(
+                        "stage `{}` has no touchpoint; no customer could ever enter it",
+                        s.name
+                    ),
                 ));
             }
         }
@@ -220,7 +250,9 @@ impl JourneyMap {
     }
 
     pub fn segment_name(&self, idx: SegmentIdx) -> &str {
-        self.segments.get(usize::from(idx)).map_or(NO_SEGMENT_NAME, |s| s.as_str())
+        self.segments
+            .get(usize::from(idx))
+            .map_or(NO_SEGMENT_NAME, |s| s.as_str())
     }
 
     pub fn stage(&self, name: &str) -> Option<StageIdx> {
@@ -228,15 +260,21 @@ impl JourneyMap {
     }
 
     pub fn stage_name(&self, idx: StageIdx) -> &str {
-        self.stages.get(usize::from(idx)).map_or("", |s| s.name.as_str())
+        self.stages
+            .get(usize::from(idx))
+            .map_or("", |s| s.name.as_str())
     }
 
     pub fn touchpoint_name(&self, idx: TouchpointIdx) -> &str {
-        self.touchpoints.get(usize::from(idx)).map_or("", |t| t.name.as_str())
+        self.touchpoints
+            .get(usize::from(idx))
+            .map_or("", |t| t.name.as_str())
     }
 
     pub fn channel_name(&self, idx: ChannelIdx) -> &str {
-        self.channels.get(usize::from(idx)).map_or("", |c| c.as_str())
+        self.channels
+            .get(usize::from(idx))
+            .map_or("", |c| c.as_str())
     }
 
     /// Touchpoints that put a customer into `stage`.
@@ -258,7 +296,9 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: i64 = num.parse().map_err(|_| format!("budget `{t}` is not a duration; {hint}"))?;
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("budget `{t}` is not a duration; {hint}"))?;
     let unit_ms = match unit {
         "s" => 1_000,
         "m" => 60_000,
@@ -269,7 +309,8 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     if n == 0 {
         return Err(format!("budget `{t}` is zero; {hint}"));
     }
-    n.checked_mul(unit_ms).ok_or_else(|| format!("budget `{t}` is too large"))
+    n.checked_mul(unit_ms)
+        .ok_or_else(|| format!("budget `{t}` is too large"))
 }
 
 fn find_line(text: &str, needle: &str) -> Option<usize> {
@@ -322,7 +363,10 @@ touchpoints:
         let e = JourneyMap::from_yaml("shop.yaml", &bad).unwrap_err();
         assert_eq!(e.line, Some(15));
         let s = e.to_string();
-        assert!(s.starts_with("shop.yaml:15: touchpoint `purchase` names unknown stage `checkout`"), "{s}");
+        assert!(
+            s.starts_with("shop.yaml:15: touchpoint `purchase` names unknown stage `checkout`"),
+            "{s}"
+        );
         assert!(s.contains("awareness, conversion"));
     }
 

@@ -146,7 +146,11 @@ impl Nps {
         let p = promoters as f64 / nf;
         let d = detractors as f64 / nf;
         let var = (p + d - (p - d).powi(2)).max(0.0);
-        Some(Nps { n, score: 100.0 * (p - d), ci95: 100.0 * 1.96 * (var / nf).sqrt() })
+        Some(Nps {
+            n,
+            score: 100.0 * (p - d),
+            ci95: 100.0 * 1.96 * (var / nf).sqrt(),
+        })
     }
 }
 
@@ -186,7 +190,10 @@ mod tests {
         for s in 0..=10 {
             c.add_answer(Metric::Nps, s, 1);
         }
-        assert_eq!((c.nps_promoters, c.nps_passives, c.nps_detractors), (2, 2, 7));
+        assert_eq!(
+            (c.nps_promoters, c.nps_passives, c.nps_detractors),
+            (2, 2, 7)
+        );
         for s in 1..=5 {
             c.add_answer(Metric::Csat, s, 1);
         }

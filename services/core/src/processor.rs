@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hasher;
 use std::sync::Arc;
 
-
 use crate::events::{Invalid, SurveyAnswer, TouchpointEvent};
 use crate::journey::{Applied, Attribution, Context, JourneyState, PendingAnswer};
 use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, TouchpointIdx};
@@ -45,8 +44,8 @@ impl AggKey {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TouchpointFact {
+    /// The event as received; its `customer_id` is the journey's key.
     pub event: TouchpointEvent,
-    pub customer_id: String,
     pub context: Context,
     pub stage_entered: bool,
     pub source_offset: i64,
@@ -54,8 +53,8 @@ pub struct TouchpointFact {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnswerFact {
+    /// The answer as received; its `customer_id` is the journey's key.
     pub answer: SurveyAnswer,
-    pub customer_id: String,
     pub context: Option<Context>,
     pub attribution: Attribution,
     pub source_offset: i64,
@@ -79,7 +78,6 @@ pub struct PartitionProcessor {
     touchpoints: Vec<TouchpointFact>,
     answers: Vec<AnswerFact>,
     dirty: Vec<String>,
-    dirty_set: std::collections::HashSet<String, ahash::RandomState>,
     /// Highest touchpoint event time seen on this partition.
     watermark_ms: i64,
     /// Pending answers by (answer time, seq) → customer, for release as event time passes.
@@ -97,7 +95,6 @@ impl PartitionProcessor {
             touchpoints: Vec::new(),
             answers: Vec::new(),
             dirty: Vec::new(),
-            dirty_set: Default::default(),
             watermark_ms: i64::MIN,
             pending_index: BTreeMap::new(),
             next_seq: 0,
@@ -126,45 +123,58 @@ impl PartitionProcessor {
         self.watermark_ms = self.watermark_ms.max(watermark_ms);
         for p in &state.pending {
             self.next_seq = self.next_seq.max(p.seq + 1);
-            self.pending_index.insert((p.answer.answer_time, p.seq), customer.clone());
+            self.pending_index
+                .insert((p.answer.answer_time, p.seq), customer.clone());
         }
         self.journeys.insert(customer, state);
     }
 
-    pub fn on_touchpoint(&mut self, ev: TouchpointEvent, source_offset: i64) -> Result<(), Invalid> {
+    pub fn on_touchpoint(
+        &mut self,
+        ev: TouchpointEvent,
+        source_offset: i64,
+    ) -> Result<(), Invalid> {
         let customer = valid_customer(&ev.customer_id)?;
         if ev.event_id.is_empty() {
             return Err(Invalid::MissingId);
         }
-        let tp = self.map.touchpoint(&ev.touchpoint).ok_or(Invalid::UnknownTouchpoint)?;
-        let channel = self.map.channel(&ev.channel).ok_or(Invalid::UnknownChannel)?;
+        let tp = self
+            .map
+            .touchpoint(&ev.touchpoint)
+            .ok_or(Invalid::UnknownTouchpoint)?;
+        let channel = self
+            .map
+            .channel(&ev.channel)
+            .ok_or(Invalid::UnknownChannel)?;
         let stage = match &ev.stage {
             Some(s) => self.map.stage(s).ok_or(Invalid::UnknownStage)?,
             None => self.map.touchpoints[usize::from(tp)].stage,
         };
-        let customer = customer.to_string();
         let segment = match ev.segment.as_deref() {
             Some(s) => Some(self.map.segment(s).ok_or(Invalid::UnknownSegment)?),
             None => None,
         };
         let id_hash = event_id_hash(&ev.event_id);
         let time = ev.event_time;
-        let state = self.journeys.entry(customer.clone()).or_default();
+        let customer: &str = customer;
+        let state = journey_mut(&mut self.journeys, customer);
         match state.apply_touchpoint(id_hash, time, tp, stage, channel, segment) {
             Applied::Duplicate => self.duplicates += 1,
             Applied::Applied { context, entered } => {
-                let cell = self.agg.entry(AggKey::new(time, Some(context))).or_default();
+                let cell = self
+                    .agg
+                    .entry(AggKey::new(time, Some(context)))
+                    .or_default();
                 cell.touchpoints += 1;
                 cell.stage_entries += i64::from(entered);
-                self.release_for_customer(&customer);
+                self.release_for_customer(customer);
+                self.mark_dirty(customer);
                 self.touchpoints.push(TouchpointFact {
                     event: ev,
-                    customer_id: customer.clone(),
                     context,
                     stage_entered: entered,
                     source_offset,
                 });
-                self.mark_dirty(customer);
             }
         }
         if time > self.watermark_ms {
@@ -183,17 +193,21 @@ impl PartitionProcessor {
             return Err(Invalid::ScoreOutOfRange);
         }
         let named = ans.touchpoint_event_id.as_deref().map(event_id_hash);
-        let state = self.journeys.entry(customer.clone()).or_default();
+        let state = journey_mut(&mut self.journeys, &customer);
         if state.can_attribute(named, ans.answer_time) || ans.answer_time <= self.watermark_ms {
             self.settle(&customer, ans, source_offset);
         } else {
             let seq = self.next_seq;
             self.next_seq += 1;
             let time = ans.answer_time;
-            state.pending.push(PendingAnswer { answer: ans, source_offset, seq });
+            state.pending.push(PendingAnswer {
+                answer: ans,
+                source_offset,
+                seq,
+            });
             self.pending_index.insert((time, seq), customer.clone());
         }
-        self.mark_dirty(customer);
+        self.mark_dirty(&customer);
         Ok(())
     }
 
@@ -205,26 +219,37 @@ impl PartitionProcessor {
 
     /// Takes everything derived since the last call.
     pub fn take_batch(&mut self) -> Batch {
-        let mut aggregates: Vec<(AggKey, Counts)> = self.agg.drain().filter(|(_, c)| !c.is_zero()).collect();
-        aggregates.sort_unstable_by_key(|(k, _)| *k);
-        self.dirty_set.clear();
+        let aggregates: Vec<(AggKey, Counts)> =
+            self.agg.drain().filter(|(_, c)| !c.is_zero()).collect();
         let journeys = std::mem::take(&mut self.dirty)
             .into_iter()
-            .filter_map(|c| self.journeys.get(&c).cloned().map(|s| (c, s)))
+            .filter_map(|c| {
+                let state = self.journeys.get_mut(&c)?;
+                state.dirty = false;
+                Some((c, state.clone()))
+            })
             .collect();
+        // The next batch is likely as large as this one: start at its size instead of
+        // growing (and copying) from empty.
+        let touchpoints = Vec::with_capacity(self.touchpoints.len());
+        let answers = Vec::with_capacity(self.answers.len());
         Batch {
-            touchpoints: std::mem::take(&mut self.touchpoints),
-            answers: std::mem::take(&mut self.answers),
+            touchpoints: std::mem::replace(&mut self.touchpoints, touchpoints),
+            answers: std::mem::replace(&mut self.answers, answers),
             aggregates,
             journeys,
             duplicates: std::mem::take(&mut self.duplicates),
         }
     }
 
-    fn mark_dirty(&mut self, customer: String) {
-        if !self.dirty_set.contains(&customer) {
-            self.dirty_set.insert(customer.clone());
-            self.dirty.push(customer);
+    /// Remembers that a customer's state must be persisted with the next batch; one key
+    /// copy per customer and batch, not per event.
+    fn mark_dirty(&mut self, customer: &str) {
+        if let Some(state) = self.journeys.get_mut(customer) {
+            if !state.dirty {
+                state.dirty = true;
+                self.dirty.push(customer.to_string());
+            }
         }
     }
 
@@ -235,13 +260,15 @@ impl PartitionProcessor {
             }
             let ((_, seq), customer) = entry.remove_entry();
             self.settle_pending(&customer, |p| p.seq == seq);
-            self.mark_dirty(customer);
+            self.mark_dirty(&customer);
         }
     }
 
     /// After a touchpoint: settles the customer's waiting answers that can now be placed.
     fn release_for_customer(&mut self, customer: &str) {
-        let Some(state) = self.journeys.get(customer) else { return };
+        let Some(state) = self.journeys.get(customer) else {
+            return;
+        };
         if state.pending.is_empty() {
             return;
         }
@@ -261,14 +288,20 @@ impl PartitionProcessor {
     }
 
     fn settle_pending(&mut self, customer: &str, which: impl Fn(&PendingAnswer) -> bool) {
-        let Some(state) = self.journeys.get_mut(customer) else { return };
-        let Some(i) = state.pending.iter().position(which) else { return };
+        let Some(state) = self.journeys.get_mut(customer) else {
+            return;
+        };
+        let Some(i) = state.pending.iter().position(which) else {
+            return;
+        };
         let p = state.pending.remove(i);
         self.settle(customer, p.answer, p.source_offset);
     }
 
     fn settle(&mut self, customer: &str, ans: SurveyAnswer, source_offset: i64) {
-        let Some(state) = self.journeys.get_mut(customer) else { return };
+        let Some(state) = self.journeys.get_mut(customer) else {
+            return;
+        };
         let named = ans.touchpoint_event_id.as_deref().map(event_id_hash);
         let out = state.attribute(named, ans.metric, ans.score, ans.answer_time);
         if !out.counted {
@@ -287,12 +320,24 @@ impl PartitionProcessor {
             .add_answer(ans.metric, ans.score, 1);
         self.answers.push(AnswerFact {
             answer: ans,
-            customer_id: customer.to_string(),
             context: out.context,
             attribution: out.attribution,
             source_offset,
         });
     }
+}
+
+fn journey_mut<'a>(
+    journeys: &'a mut HashMap<String, JourneyState, ahash::RandomState>,
+    customer: &str,
+) -> &'a mut JourneyState {
+    // Two lookups instead of `entry`, so that the key is copied only for a new customer.
+    if !journeys.contains_key(customer) {
+        journeys.insert(customer.to_string(), JourneyState::default());
+    }
+    journeys
+        .get_mut(customer)
+        .unwrap_or_else(|| unreachable!("inserted above"))
 }
 
 fn valid_customer(id: &Option<String>) -> Result<&str, Invalid> {

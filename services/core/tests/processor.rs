@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use cxstream_core::journey::RECENT;
 use cxstream_core::processor::AggKey;
-use cxstream_core::{Counts, Invalid, JourneyMap, Metric, PartitionProcessor, SurveyAnswer, TouchpointEvent};
+use cxstream_core::{
+    Counts, Invalid, JourneyMap, Metric, PartitionProcessor, SurveyAnswer, TouchpointEvent,
+};
 use proptest::prelude::*;
 
 const MAP: &str = "journey: shop
@@ -41,7 +43,14 @@ fn tp(id: &str, customer: &str, t: i64, touchpoint: &str) -> TouchpointEvent {
     }
 }
 
-fn ans(id: &str, customer: &str, t: i64, metric: Metric, score: i32, names: Option<&str>) -> SurveyAnswer {
+fn ans(
+    id: &str,
+    customer: &str,
+    t: i64,
+    metric: Metric,
+    score: i32,
+    names: Option<&str>,
+) -> SurveyAnswer {
     SurveyAnswer {
         response_id: id.into(),
         customer_id: Some(customer.into()),
@@ -82,24 +91,34 @@ fn run(p: &mut PartitionProcessor, recs: &[Rec]) -> BTreeMap<AggKey, Counts> {
 #[test]
 fn answer_before_its_touchpoint_waits_and_is_attributed_to_it() {
     let mut p = PartitionProcessor::new(map());
-    p.on_answer(ans("r1", "c1", 70_000, Metric::Nps, 10, Some("e2")), 0).expect("ok");
+    p.on_answer(ans("r1", "c1", 70_000, Metric::Nps, 10, Some("e2")), 0)
+        .expect("ok");
     assert_eq!(p.pending_answers(), 1);
-    p.on_touchpoint(tp("e1", "c1", 1_000, "ad_click"), 0).expect("ok");
-    p.on_touchpoint(tp("e2", "c1", 61_000, "purchase"), 1).expect("ok");
+    p.on_touchpoint(tp("e1", "c1", 1_000, "ad_click"), 0)
+        .expect("ok");
+    p.on_touchpoint(tp("e2", "c1", 61_000, "purchase"), 1)
+        .expect("ok");
     assert_eq!(p.pending_answers(), 0);
     let b = p.take_batch();
     assert_eq!(b.answers.len(), 1);
     assert_eq!(b.answers[0].context.map(|c| c.stage), Some(2));
-    let cell = b.aggregates.iter().find(|(_, c)| c.nps_promoters == 1).expect("promoter counted");
+    let cell = b
+        .aggregates
+        .iter()
+        .find(|(_, c)| c.nps_promoters == 1)
+        .expect("promoter counted");
     assert_eq!(cell.0.minute, 1);
 }
 
 #[test]
 fn a_respondent_counts_once_with_the_latest_answer() {
     let mut p = PartitionProcessor::new(map());
-    p.on_touchpoint(tp("e1", "c1", 1_000, "purchase"), 0).expect("ok");
-    p.on_answer(ans("r1", "c1", 2_000, Metric::Nps, 10, Some("e1")), 0).expect("ok");
-    p.on_answer(ans("r2", "c1", 130_000, Metric::Nps, 2, Some("e1")), 1).expect("ok");
+    p.on_touchpoint(tp("e1", "c1", 1_000, "purchase"), 0)
+        .expect("ok");
+    p.on_answer(ans("r1", "c1", 2_000, Metric::Nps, 10, Some("e1")), 0)
+        .expect("ok");
+    p.on_answer(ans("r2", "c1", 130_000, Metric::Nps, 2, Some("e1")), 1)
+        .expect("ok");
     let mut total = Counts::default();
     for (_, c) in p.take_batch().aggregates {
         total.merge(&c);
@@ -110,11 +129,17 @@ fn a_respondent_counts_once_with_the_latest_answer() {
 #[test]
 fn invalid_records_are_refused_with_a_reason() {
     let mut p = PartitionProcessor::new(map());
-    assert_eq!(p.on_answer(ans("r", "c", 1, Metric::Csat, 6, None), 0), Err(Invalid::ScoreOutOfRange));
+    assert_eq!(
+        p.on_answer(ans("r", "c", 1, Metric::Csat, 6, None), 0),
+        Err(Invalid::ScoreOutOfRange)
+    );
     let mut t = tp("e", "c", 1, "ad_click");
     t.customer_id = None;
     assert_eq!(p.on_touchpoint(t, 0), Err(Invalid::MissingCustomerId));
-    assert_eq!(p.on_touchpoint(tp("e", "c", 1, "teleport"), 0), Err(Invalid::UnknownTouchpoint));
+    assert_eq!(
+        p.on_touchpoint(tp("e", "c", 1, "teleport"), 0),
+        Err(Invalid::UnknownTouchpoint)
+    );
     let mut t = tp("e", "c", 1, "ad_click");
     t.channel = "fax".into();
     assert_eq!(p.on_touchpoint(t, 0), Err(Invalid::UnknownChannel));
@@ -123,8 +148,10 @@ fn invalid_records_are_refused_with_a_reason() {
 #[test]
 fn duplicated_touchpoint_counts_once() {
     let mut p = PartitionProcessor::new(map());
-    p.on_touchpoint(tp("e1", "c1", 1_000, "ad_click"), 0).expect("ok");
-    p.on_touchpoint(tp("e1", "c1", 1_000, "ad_click"), 1).expect("ok");
+    p.on_touchpoint(tp("e1", "c1", 1_000, "ad_click"), 0)
+        .expect("ok");
+    p.on_touchpoint(tp("e1", "c1", 1_000, "ad_click"), 1)
+        .expect("ok");
     let b = p.take_batch();
     assert_eq!(b.touchpoints.len(), 1);
     assert_eq!(b.duplicates, 1);
@@ -134,8 +161,14 @@ fn duplicated_touchpoint_counts_once() {
 /// At most `RECENT` touchpoints: an answer is placed exactly as long as its touchpoint is
 /// among the customer's last `RECENT` ones when the answer is read (the documented bound).
 fn customer_stream() -> impl Strategy<Value = (Vec<TouchpointEvent>, Vec<SurveyAnswer>)> {
-    (0u8..4, prop::collection::vec((0u8..3, 1i64..600_000, 0u8..4, 0i32..=10, any::<bool>()), 1..=RECENT)).prop_map(
-        |(cust, steps)| {
+    (
+        0u8..4,
+        prop::collection::vec(
+            (0u8..3, 1i64..600_000, 0u8..4, 0i32..=10, any::<bool>()),
+            1..=RECENT,
+        ),
+    )
+        .prop_map(|(cust, steps)| {
             let c = format!("c{cust}");
             let names = ["ad_click", "product_view", "purchase"];
             let (mut t, mut tps, mut answers) = (0i64, Vec::new(), Vec::new());
@@ -147,12 +180,18 @@ fn customer_stream() -> impl Strategy<Value = (Vec<TouchpointEvent>, Vec<SurveyA
                     let m = Metric::ALL[usize::from(kind)];
                     let (lo, hi) = m.range();
                     let s = score.clamp(lo, hi);
-                    answers.push(ans(&format!("{c}-r{i}"), &c, t + dt / 2, m, s, named.then_some(id.as_str())));
+                    answers.push(ans(
+                        &format!("{c}-r{i}"),
+                        &c,
+                        t + dt / 2,
+                        m,
+                        s,
+                        named.then_some(id.as_str()),
+                    ));
                 }
             }
             (tps, answers)
-        },
-    )
+        })
 }
 
 proptest! {

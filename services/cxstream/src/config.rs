@@ -121,7 +121,9 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        HttpSettings { listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
+        HttpSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
     }
 }
 
@@ -136,7 +138,10 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        LogSettings { format: "text".into(), level: "info".into() }
+        LogSettings {
+            format: "text".into(),
+            level: "info".into(),
+        }
     }
 }
 
@@ -145,9 +150,13 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config> {
         let mut cfg = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config file {}", p.display()))?;
                 serde_yaml::from_str::<Config>(&text).map_err(|e| {
-                    let at = e.location().map(|l| format!(":{}", l.line())).unwrap_or_default();
+                    let at = e
+                        .location()
+                        .map(|l| format!(":{}", l.line()))
+                        .unwrap_or_default();
                     anyhow::anyhow!("{}{at}: {e}", p.display())
                 })?
             }
@@ -184,9 +193,9 @@ impl Config {
             self.journey.group_id = v;
         }
         if let Some(v) = get("CXSTREAM_HTTP_LISTEN") {
-            self.http.listen = v
-                .parse()
-                .with_context(|| format!("CXSTREAM_HTTP_LISTEN `{v}` is not host:port (e.g. 127.0.0.1:9464)"))?;
+            self.http.listen = v.parse().with_context(|| {
+                format!("CXSTREAM_HTTP_LISTEN `{v}` is not host:port (e.g. 127.0.0.1:9464)")
+            })?;
         }
         if let Some(v) = get("CXSTREAM_LOG_FORMAT") {
             self.log.format = v;
@@ -200,17 +209,30 @@ impl Config {
     fn validate(&mut self) -> Result<()> {
         self.kafka.validate().map_err(anyhow::Error::msg)?;
         if let Some(f) = &self.clickhouse.password_file {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("clickhouse.password_file {} cannot be read", f.display()))?;
+            let text = std::fs::read_to_string(f).with_context(|| {
+                format!("clickhouse.password_file {} cannot be read", f.display())
+            })?;
             self.clickhouse.password = Secret(text.lines().next().unwrap_or("").to_string());
         }
-        if !self.clickhouse.url.starts_with("http://") && !self.clickhouse.url.starts_with("https://") {
-            bail!("clickhouse.url `{}` must start with http:// or https://", self.clickhouse.url);
+        if !self.clickhouse.url.starts_with("http://")
+            && !self.clickhouse.url.starts_with("https://")
+        {
+            bail!(
+                "clickhouse.url `{}` must start with http:// or https://",
+                self.clickhouse.url
+            );
         }
         let db_ok = !self.clickhouse.database.is_empty()
-            && self.clickhouse.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            && self
+                .clickhouse
+                .database
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !db_ok {
-            bail!("clickhouse.database `{}` must be letters, digits and _ only", self.clickhouse.database);
+            bail!(
+                "clickhouse.database `{}` must be letters, digits and _ only",
+                self.clickhouse.database
+            );
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format `{}` must be `text` or `json`", self.log.format);
@@ -244,7 +266,8 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_secrets_are_redacted() {
         let mut c = Config::default();
-        c.apply_env(|k| (k == "CXSTREAM_CLICKHOUSE_PASSWORD").then(|| "hunter2".to_string())).expect("env");
+        c.apply_env(|k| (k == "CXSTREAM_CLICKHOUSE_PASSWORD").then(|| "hunter2".to_string()))
+            .expect("env");
         c.validate().expect("valid");
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
@@ -261,8 +284,14 @@ mod tests {
     fn bad_values_say_what_to_fix() {
         let mut c = Config::default();
         c.clickhouse.url = "127.0.0.1:8123".into();
-        assert!(c.validate().unwrap_err().to_string().contains("must start with http://"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("must start with http://"));
         let mut c = Config::default();
-        c.apply_env(|k| (k == "CXSTREAM_HTTP_LISTEN").then(|| "nope".to_string())).map(|_| ()).unwrap_err();
+        c.apply_env(|k| (k == "CXSTREAM_HTTP_LISTEN").then(|| "nope".to_string()))
+            .map(|_| ())
+            .unwrap_err();
     }
 }

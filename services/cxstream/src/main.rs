@@ -16,6 +16,10 @@ use cxstream_kafka::TopicSpec;
 
 use config::Config;
 
+// Decoding allocates a few small strings per record; mimalloc makes that cheap.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// cxstream: customer-experience feedback pipeline. Touchpoints and survey answers from
 /// Kafka become per-customer journeys, exact NPS/CSAT/CES and stage metrics in ClickHouse.
 #[derive(Debug, Parser)]
@@ -70,7 +74,9 @@ fn main() {
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cfg.log.format == "json" {
         builder.json().init();
     } else {
@@ -79,8 +85,12 @@ fn init_logging(cfg: &Config) {
 }
 
 fn load_map(path: &std::path::Path) -> Result<JourneyMap> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading journey map {} (set journey.map or CXSTREAM_JOURNEY_MAP)", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading journey map {} (set journey.map or CXSTREAM_JOURNEY_MAP)",
+            path.display()
+        )
+    })?;
     Ok(JourneyMap::from_yaml(&path.display().to_string(), &text)?)
 }
 
@@ -96,11 +106,19 @@ fn run(command: Command, cfg: Config) -> Result<()> {
     match command {
         Command::Migrate => {
             let rt = runtime()?;
-            let applied = rt.block_on(cxstream_clickhouse::apply_migrations(&cfg.clickhouse_connection()))?;
+            let applied = rt.block_on(cxstream_clickhouse::apply_migrations(
+                &cfg.clickhouse_connection(),
+            ))?;
             if applied.is_empty() {
-                println!("migrate: database `{}` is up to date", cfg.clickhouse.database);
+                println!(
+                    "migrate: database `{}` is up to date",
+                    cfg.clickhouse.database
+                );
             } else {
-                println!("migrate: applied {applied:?} to database `{}`", cfg.clickhouse.database);
+                println!(
+                    "migrate: applied {applied:?} to database `{}`",
+                    cfg.clickhouse.database
+                );
             }
             Ok(())
         }
@@ -113,7 +131,11 @@ fn run(command: Command, cfg: Config) -> Result<()> {
                 (t.alerts.as_str(), 1),
                 (t.dlq.as_str(), 1),
             ]
-            .map(|(name, partitions)| TopicSpec { name: name.to_string(), partitions, compacted: false });
+            .map(|(name, partitions)| TopicSpec {
+                name: name.to_string(),
+                partitions,
+                compacted: false,
+            });
             runtime()?.block_on(cxstream_kafka::ensure_topics(&cfg.kafka, &specs))?;
             println!("topics: ready ({} partitions for the inputs)", t.partitions);
             Ok(())
@@ -122,7 +144,9 @@ fn run(command: Command, cfg: Config) -> Result<()> {
             let map = load_map(&cfg.journey.map)?;
             simulate::run(&cfg, &map, &args).map(|_| ())
         }
-        Command::Journey { until_caught_up } => run_journey(cfg, journey::RunOptions { until_caught_up }),
+        Command::Journey { until_caught_up } => {
+            run_journey(cfg, journey::RunOptions { until_caught_up })
+        }
         Command::Report => {
             let map = load_map(&cfg.journey.map)?;
             let stages: Vec<String> = map.stages.iter().map(|s| s.name.clone()).collect();
@@ -131,10 +155,25 @@ fn run(command: Command, cfg: Config) -> Result<()> {
         }
         Command::CheckMap { path } => {
             let map = load_map(path.as_deref().unwrap_or(&cfg.journey.map))?;
-            println!("journey `{}`: {} stages, {} touchpoints, {} channels", map.name, map.stages.len(), map.touchpoints.len(), map.channels.len());
+            println!(
+                "journey `{}`: {} stages, {} touchpoints, {} channels",
+                map.name,
+                map.stages.len(),
+                map.touchpoints.len(),
+                map.channels.len()
+            );
             for (i, s) in map.stages.iter().enumerate() {
-                let tps: Vec<&str> = map.touchpoints_of(i as u8).map(|t| map.touchpoint_name(t)).collect();
-                println!("  {} (budget {} h, target {:.0}%): {}", s.name, s.budget_ms / 3_600_000, s.target_conversion * 100.0, tps.join(", "));
+                let tps: Vec<&str> = map
+                    .touchpoints_of(i as u8)
+                    .map(|t| map.touchpoint_name(t))
+                    .collect();
+                println!(
+                    "  {} (budget {} h, target {:.0}%): {}",
+                    s.name,
+                    s.budget_ms / 3_600_000,
+                    s.target_conversion * 100.0,
+                    tps.join(", ")
+                );
             }
             Ok(())
         }
@@ -148,7 +187,11 @@ fn run_journey(cfg: Config, opts: journey::RunOptions) -> Result<()> {
     let metrics = cxstream_http::JourneyMetrics::new().context("registering metrics")?;
     let health = cxstream_http::Health::default();
     let addr = rt
-        .block_on(cxstream_http::serve(cfg.http.listen, metrics.registry.clone(), health.clone()))
+        .block_on(cxstream_http::serve(
+            cfg.http.listen,
+            metrics.registry.clone(),
+            health.clone(),
+        ))
         .with_context(|| format!("listening on {} (http.listen)", cfg.http.listen))?;
     tracing::info!(%addr, journey = %map.name, group = %cfg.journey.group_id, "journey service starting");
     {
@@ -159,7 +202,8 @@ fn run_journey(cfg: Config, opts: journey::RunOptions) -> Result<()> {
             shutdown.store(true, Ordering::Relaxed);
         });
     }
-    let service = journey::JourneyService::new(cfg, map, metrics, health, shutdown, rt.handle().clone())?;
+    let service =
+        journey::JourneyService::new(cfg, map, metrics, health, shutdown, rt.handle().clone())?;
     let result = std::thread::Builder::new()
         .name("journey-consumer".into())
         .spawn(move || service.run(opts))

@@ -48,7 +48,12 @@ pub async fn run(cfg: &Config, stage_order: &[String]) -> Result<String> {
     let dlq = dlq_count(cfg).unwrap_or(0);
 
     let mut lines = lines;
-    lines.sort_by_key(|l| stage_order.iter().position(|s| *s == l.stage).unwrap_or(usize::MAX));
+    lines.sort_by_key(|l| {
+        stage_order
+            .iter()
+            .position(|s| *s == l.stage)
+            .unwrap_or(usize::MAX)
+    });
     let touchpoints: i64 = lines.iter().map(|l| l.touchpoints).sum();
     let mut out = format!(
         "cxstream summary (ClickHouse {} / database {})\n  touchpoints counted: {touchpoints}   survey answer rows: {answers}   dead-lettered: {dlq}\n\n",
@@ -60,9 +65,18 @@ pub async fn run(cfg: &Config, stage_order: &[String]) -> Result<String> {
     ));
     for l in &lines {
         let nps = Nps::from_counts(l.promoters, l.passives, l.detractors)
-            .map_or("-".to_string(), |n| format!("{:+.1} ({}, ±{:.1})", n.score, n.n, n.ci95));
-        let csat = (l.csat_n > 0).then(|| format!("{:.1} ({})", 100.0 * l.csat_top2 as f64 / l.csat_n as f64, l.csat_n));
-        let ces = (l.ces_n > 0).then(|| format!("{:.2} ({})", l.ces_sum as f64 / l.ces_n as f64, l.ces_n));
+            .map_or("-".to_string(), |n| {
+                format!("{:+.1} ({}, ±{:.1})", n.score, n.n, n.ci95)
+            });
+        let csat = (l.csat_n > 0).then(|| {
+            format!(
+                "{:.1} ({})",
+                100.0 * l.csat_top2 as f64 / l.csat_n as f64,
+                l.csat_n
+            )
+        });
+        let ces = (l.ces_n > 0)
+            .then(|| format!("{:.2} ({})", l.ces_sum as f64 / l.ces_n as f64, l.ces_n));
         let _ = l.ces_agree;
         let _ = l.csat_sum;
         out.push_str(&format!(
@@ -79,7 +93,11 @@ pub async fn run(cfg: &Config, stage_order: &[String]) -> Result<String> {
 
 /// Records in the dead-letter topic (sum over partitions of high − low watermark).
 pub fn dlq_count(cfg: &Config) -> Result<i64> {
-    let consumer: BaseConsumer = cfg.kafka.client_config().create().context("creating a Kafka client")?;
+    let consumer: BaseConsumer = cfg
+        .kafka
+        .client_config()
+        .create()
+        .context("creating a Kafka client")?;
     let md = consumer
         .fetch_metadata(Some(&cfg.topics.dlq), Duration::from_secs(10))
         .context("reading DLQ topic metadata")?;

@@ -90,8 +90,10 @@ pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produc
     let codec = Codec::new().context("building the Avro codec")?;
     let bar = ProgressBar::new(sim.records.len() as u64 + args.bad_records);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} produce [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} produce [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut out = Produced::default();
     let mut buf = Vec::with_capacity(512);
@@ -121,7 +123,9 @@ pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produc
         send(&producer, topic, format!("bad-{i}").as_bytes(), &bytes)?;
         out.bad += 1;
     }
-    producer.flush(Duration::from_secs(120)).context("waiting for the broker to acknowledge every record")?;
+    producer
+        .flush(Duration::from_secs(120))
+        .context("waiting for the broker to acknowledge every record")?;
     bar.finish_and_clear();
     let failed = producer.context().failed.load(Ordering::Relaxed);
     if failed > 0 {
@@ -140,7 +144,12 @@ pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produc
     Ok(out)
 }
 
-fn send(producer: &ThreadedProducer<DeliveryCounter>, topic: &str, key: &[u8], payload: &[u8]) -> Result<()> {
+fn send(
+    producer: &ThreadedProducer<DeliveryCounter>,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+) -> Result<()> {
     let mut record = BaseRecord::to(topic).key(key).payload(payload);
     loop {
         match producer.send(record) {
@@ -171,8 +180,16 @@ fn bad_record<'c>(codec: &Codec, i: u64, cfg: &'c Config) -> Result<(&'c str, Ve
     let mut valid = Vec::new();
     codec.encode_answer(&answer, &mut valid)?;
     Ok(match i % 4 {
-        0 => (&cfg.topics.touchpoints, (0..64u64).map(|b| (b.wrapping_mul(2_654_435_761) ^ i) as u8).collect()),
-        1 => (&cfg.topics.survey_responses, valid[..valid.len() / 2].to_vec()),
+        0 => (
+            &cfg.topics.touchpoints,
+            (0..64u64)
+                .map(|b| (b.wrapping_mul(2_654_435_761) ^ i) as u8)
+                .collect(),
+        ),
+        1 => (
+            &cfg.topics.survey_responses,
+            valid[..valid.len() / 2].to_vec(),
+        ),
         2 => {
             let mut v = valid;
             v[2..10].copy_from_slice(&0xDEAD_BEEF_u64.to_le_bytes());
@@ -190,7 +207,10 @@ struct Pace {
 
 impl Pace {
     fn new(rate: u64) -> Self {
-        Pace { rate, start: Instant::now() }
+        Pace {
+            rate,
+            start: Instant::now(),
+        }
     }
 
     fn wait(&self, sent: u64) {

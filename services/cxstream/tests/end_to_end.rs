@@ -14,7 +14,11 @@ use cxstream_avro::Codec;
 use cxstream_core::{JourneyMap, Metric, SurveyAnswer, TouchpointEvent};
 
 fn retail() -> JourneyMap {
-    JourneyMap::from_yaml("retail.yaml", include_str!("../../../schemas/journeys/retail.yaml")).unwrap()
+    JourneyMap::from_yaml(
+        "retail.yaml",
+        include_str!("../../../schemas/journeys/retail.yaml"),
+    )
+    .unwrap()
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
@@ -35,12 +39,19 @@ struct StageScores {
 /// event id), the stage being the furthest reached so far; an answer counts under the
 /// touchpoint it names, else the latest touchpoint at or before it; per respondent,
 /// touchpoint and metric only the latest answer counts; invalid records count nowhere.
-fn independent(map: &JourneyMap, tps: &[TouchpointEvent], answers: &[SurveyAnswer]) -> BTreeMap<String, StageScores> {
+fn independent(
+    map: &JourneyMap,
+    tps: &[TouchpointEvent],
+    answers: &[SurveyAnswer],
+) -> BTreeMap<String, StageScores> {
     let mut by_customer: HashMap<&str, Vec<&TouchpointEvent>> = HashMap::new();
     let mut seen = HashSet::new();
     for t in tps {
         if seen.insert(t.event_id.as_str()) {
-            by_customer.entry(t.customer_id.as_deref().unwrap()).or_default().push(t);
+            by_customer
+                .entry(t.customer_id.as_deref().unwrap())
+                .or_default()
+                .push(t);
         }
     }
     // (customer, event id) → (time, stage name)
@@ -71,12 +82,18 @@ fn independent(map: &JourneyMap, tps: &[TouchpointEvent], answers: &[SurveyAnswe
         }
     }
     let mut out: BTreeMap<String, StageScores> = BTreeMap::new();
-    let counted = latest.into_iter().map(|((c, id, _), a)| (a, Some((c, id)))).chain(unnamed.into_iter().map(|a| (a, None)));
+    let counted = latest
+        .into_iter()
+        .map(|((c, id, _), a)| (a, Some((c, id))))
+        .chain(unnamed.into_iter().map(|a| (a, None)));
     for (a, named) in counted {
         let c = a.customer_id.as_deref().unwrap();
         let stage = match named {
             Some((_, id)) => stage_at.get(&(c, id.as_str())).map(|(_, s)| s.clone()),
-            None => timeline.get(c).and_then(|tl| tl.iter().rev().find(|(t, _)| *t <= a.answer_time)).map(|(_, s)| s.clone()),
+            None => timeline
+                .get(c)
+                .and_then(|tl| tl.iter().rev().find(|(t, _)| *t <= a.answer_time))
+                .map(|(_, s)| s.clone()),
         }
         .unwrap_or_else(|| "none".into());
         let e = out.entry(stage).or_default();
@@ -155,13 +172,22 @@ fn counts_equal_ground_truth_and_an_independent_computation() {
     for (stage, e) in &expected {
         let n = e.promoters + e.passives + e.detractors;
         if n > 0 {
-            eprintln!("{stage}: NPS {:+.1} (n={n})", 100.0 * (e.promoters - e.detractors) as f64 / n as f64);
+            eprintln!(
+                "{stage}: NPS {:+.1} (n={n})",
+                100.0 * (e.promoters - e.detractors) as f64 / n as f64
+            );
         }
     }
 
     // 3. The rolling 7-day window over one simulated day covers every answer.
-    let nps_n_7d = s.scalar(&format!("SELECT toInt64(sum(nps_n)) FROM {}.rolling_metrics WHERE window = '7d'", s.database()));
-    let nps_n: i64 = expected.values().map(|e| e.promoters + e.passives + e.detractors).sum();
+    let nps_n_7d = s.scalar(&format!(
+        "SELECT toInt64(sum(nps_n)) FROM {}.rolling_metrics WHERE window = '7d'",
+        s.database()
+    ));
+    let nps_n: i64 = expected
+        .values()
+        .map(|e| e.promoters + e.passives + e.detractors)
+        .sum();
     assert_eq!(nps_n_7d, nps_n);
 
     // 4. Replaying everything (new attempt, same data) changes no number: migrate again and
@@ -181,31 +207,53 @@ fn bad_records_end_in_the_dlq_with_their_reason_and_counts_stay_exact() {
     let dlq = s.read_topic(&s.topic("dlq"), 1);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for r in &dlq {
-        *reasons.entry(r.headers["cx.error.kind"].clone()).or_default() += 1;
+        *reasons
+            .entry(r.headers["cx.error.kind"].clone())
+            .or_default() += 1;
         assert!(r.headers["cx.source.topic"].starts_with(&format!("t.{}.", s.name)));
-        assert!(r.headers.contains_key("cx.source.partition") && r.headers.contains_key("cx.source.offset"));
+        assert!(
+            r.headers.contains_key("cx.source.partition")
+                && r.headers.contains_key("cx.source.offset")
+        );
         assert!(!r.headers["cx.error.message"].is_empty());
     }
-    let expected: BTreeMap<String, usize> =
-        [("not_avro", 2), ("malformed", 2), ("unknown_fingerprint", 2), ("score_out_of_range", 2)]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+    let expected: BTreeMap<String, usize> = [
+        ("not_avro", 2),
+        ("malformed", 2),
+        ("unknown_fingerprint", 2),
+        ("score_out_of_range", 2),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     assert_eq!(reasons, expected);
     // The DLQ keeps the original bytes: the out-of-range answer still decodes.
     let codec = Codec::new().unwrap();
-    let kept = dlq.iter().find(|r| r.headers["cx.error.kind"] == "score_out_of_range").unwrap();
+    let kept = dlq
+        .iter()
+        .find(|r| r.headers["cx.error.kind"] == "score_out_of_range")
+        .unwrap();
     assert_eq!(codec.decode_answer(&kept.payload).unwrap().score, 11);
 }
 
 fn committed_records(s: &Stack) -> i64 {
-    s.scalar(&format!("SELECT toInt64(sum(records)) FROM {}.ingest_batches", s.database()))
+    s.scalar(&format!(
+        "SELECT toInt64(sum(records)) FROM {}.ingest_batches",
+        s.database()
+    ))
 }
 
 fn wait_for_batches(s: &Stack, at_least: i64) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while s.scalar(&format!("SELECT toInt64(count()) FROM {}.ingest_batches", s.database())) < at_least {
-        assert!(Instant::now() < deadline, "journey service committed nothing");
+    while s.scalar(&format!(
+        "SELECT toInt64(count()) FROM {}.ingest_batches",
+        s.database()
+    )) < at_least
+    {
+        assert!(
+            Instant::now() < deadline,
+            "journey service committed nothing"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -214,31 +262,48 @@ fn wait_for_batches(s: &Stack, at_least: i64) {
 fn sigterm_and_sigkill_mid_run_leave_every_count_exact() {
     let s = Stack::new("kill");
     s.simulate(30_000, 2.0, 4);
-    let total = s.read_topic(&s.topic("touchpoints"), PARTITIONS).len() + s.read_topic(&s.topic("answers"), PARTITIONS).len();
+    let total = s.read_topic(&s.topic("touchpoints"), PARTITIONS).len()
+        + s.read_topic(&s.topic("answers"), PARTITIONS).len();
 
     // SIGTERM mid-run: commits what it read and exits cleanly.
     let mut child = s.spawn(&["journey"]);
     wait_for_batches(&s, 4);
     let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM exit: {status:?}");
     let after_term = committed_records(&s);
-    assert!(after_term < total as i64, "the run finished before SIGTERM; make the data set larger");
+    assert!(
+        after_term < total as i64,
+        "the run finished before SIGTERM; make the data set larger"
+    );
 
     // SIGKILL mid-run: nothing is flushed; the restart resumes from the commit log.
-    let batches = s.scalar(&format!("SELECT toInt64(count()) FROM {}.ingest_batches", s.database()));
+    let batches = s.scalar(&format!(
+        "SELECT toInt64(count()) FROM {}.ingest_batches",
+        s.database()
+    ));
     let mut child = s.spawn(&["journey"]);
     wait_for_batches(&s, batches + 4);
     child.kill().unwrap();
     child.wait().unwrap();
     let after_kill = committed_records(&s);
-    assert!(after_kill < total as i64, "the run finished before SIGKILL; make the data set larger");
+    assert!(
+        after_kill < total as i64,
+        "the run finished before SIGKILL; make the data set larger"
+    );
 
     s.ok(&["journey", "--until-caught-up"]);
     assert_cells_equal(&s.truth(), &s.cells());
     // Facts, too, hold every record exactly once after replays.
-    let facts = s.scalar(&format!("SELECT toInt64(count()) FROM (SELECT * FROM {}.touchpoints FINAL)", s.database()));
+    let facts = s.scalar(&format!(
+        "SELECT toInt64(count()) FROM (SELECT * FROM {}.touchpoints FINAL)",
+        s.database()
+    ));
     let distinct_events = s.truth().values().map(|v| v[10]).sum::<i64>();
     assert_eq!(facts, distinct_events);
 }

@@ -11,7 +11,10 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 /// Metrics of the journey service.
 #[derive(Clone)]
@@ -30,7 +33,12 @@ pub struct JourneyMetrics {
     pub watermark_seconds: IntGaugeVec,
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
@@ -56,11 +64,16 @@ impl JourneyMetrics {
                 "cxstream_commit_duration_seconds",
                 "Time to write one batch (facts, aggregates, state, marker) to ClickHouse.",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
         )?;
         r.register(Box::new(commit_seconds.clone()))?;
         let watermark_seconds = IntGaugeVec::new(
-            Opts::new("cxstream_watermark_seconds", "Event-time watermark (latest touchpoint time) per input partition."),
+            Opts::new(
+                "cxstream_watermark_seconds",
+                "Event-time watermark (latest touchpoint time) per input partition.",
+            ),
             &["partition"],
         )?;
         r.register(Box::new(watermark_seconds.clone()))?;
@@ -128,7 +141,12 @@ struct AppState {
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let mut buf = Vec::new();
     match TextEncoder::new().encode(&s.registry.gather(), &mut buf) {
-        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response(),
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            buf,
+        )
+            .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
@@ -142,7 +160,11 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 /// Serves the endpoints until the process ends. Returns the bound address.
-pub async fn serve(listen: SocketAddr, registry: Registry, health: Health) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    listen: SocketAddr,
+    registry: Registry,
+    health: Health,
+) -> std::io::Result<SocketAddr> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -156,4 +178,57 @@ pub async fn serve(listen: SocketAddr, registry: Registry, health: Health) -> st
         }
     });
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn endpoints_answer_and_metrics_pass_promtool() {
+        let m = JourneyMetrics::new().unwrap();
+        m.dlq_records.with_label_values(&["not_avro"]).inc();
+        m.records_consumed.with_label_values(&["touchpoints"]).inc_by(3);
+        m.commit_seconds.observe(0.02);
+        m.watermark_seconds.with_label_values(&["0"]).set(1);
+        let health = Health::default();
+        let addr = serve(SocketAddr::from(([127, 0, 0, 1], 0)), m.registry.clone(), health.clone()).await.unwrap();
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        health.set_ready(true);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        let page = get(addr, "/metrics").await;
+        let body = page.split("\r\n\r\n").nth(1).unwrap().to_string();
+        assert!(body.contains("cxstream_dlq_records_total{reason=\"not_avro\"} 1"), "{body}");
+
+        // Prometheus' own linter: naming (counters end in _total, units), help texts, types.
+        let mut promtool = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool is installed by deploy/local/install.sh");
+        promtool.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        let out = promtool.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -31,7 +31,11 @@ pub struct Secret(pub String);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "<redacted>" })
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
     }
 }
 
@@ -81,7 +85,9 @@ impl KafkaSettings {
                 PROTOCOLS.join(", ")
             ));
         }
-        if self.security_protocol.starts_with("sasl") && (self.sasl_username.is_none() || self.sasl_password.is_none()) {
+        if self.security_protocol.starts_with("sasl")
+            && (self.sasl_username.is_none() || self.sasl_password.is_none())
+        {
             return Err("kafka.security_protocol uses SASL: set kafka.sasl_username and kafka.sasl_password (or CXSTREAM_KAFKA_SASL_PASSWORD)".into());
         }
         Ok(())
@@ -153,25 +159,43 @@ pub struct TopicSpec {
 
 /// Creates the topics that do not exist yet; existing topics are left as they are.
 pub async fn ensure_topics(settings: &KafkaSettings, topics: &[TopicSpec]) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> = settings
-        .client_config()
-        .create()
-        .map_err(|source| Error::Kafka { context: "creating admin client".into(), source })?;
-    let cleanup: Vec<&str> = topics.iter().map(|t| if t.compacted { "compact" } else { "delete" }).collect();
+    let admin: AdminClient<DefaultClientContext> =
+        settings
+            .client_config()
+            .create()
+            .map_err(|source| Error::Kafka {
+                context: "creating admin client".into(),
+                source,
+            })?;
+    let cleanup: Vec<&str> = topics
+        .iter()
+        .map(|t| if t.compacted { "compact" } else { "delete" })
+        .collect();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .zip(&cleanup)
-        .map(|(t, c)| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1)).set("cleanup.policy", c))
+        .map(|(t, c)| {
+            NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1))
+                .set("cleanup.policy", c)
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics(new.iter(), &opts)
         .await
-        .map_err(|source| Error::Kafka { context: "creating topics".into(), source })?;
+        .map_err(|source| Error::Kafka {
+            context: "creating topics".into(),
+            source,
+        })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(Error::CreateTopic { topic, message: code.to_string() }),
+            Err((topic, code)) => {
+                return Err(Error::CreateTopic {
+                    topic,
+                    message: code.to_string(),
+                })
+            }
         }
     }
     Ok(())
@@ -201,10 +225,25 @@ impl DeadLetter<'_> {
         let partition = self.source_partition.to_string();
         let offset = self.source_offset.to_string();
         OwnedHeaders::new_with_capacity(5)
-            .insert(Header { key: HEADER_SOURCE_TOPIC, value: Some(self.source_topic) })
-            .insert(Header { key: HEADER_SOURCE_PARTITION, value: Some(&partition) })
-            .insert(Header { key: HEADER_SOURCE_OFFSET, value: Some(&offset) })
-            .insert(Header { key: HEADER_ERROR_KIND, value: Some(self.kind) })
-            .insert(Header { key: HEADER_ERROR_MESSAGE, value: Some(self.message) })
+            .insert(Header {
+                key: HEADER_SOURCE_TOPIC,
+                value: Some(self.source_topic),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE_PARTITION,
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE_OFFSET,
+                value: Some(&offset),
+            })
+            .insert(Header {
+                key: HEADER_ERROR_KIND,
+                value: Some(self.kind),
+            })
+            .insert(Header {
+                key: HEADER_ERROR_MESSAGE,
+                value: Some(self.message),
+            })
     }
 }

@@ -163,7 +163,12 @@ struct Planned {
     superseded: bool,
 }
 
-const COMMENTS_GOOD: [&str; 4] = ["Quick and easy.", "Friendly staff, thank you!", "Great app.", "Delivery was early."];
+const COMMENTS_GOOD: [&str; 4] = [
+    "Quick and easy.",
+    "Friendly staff, thank you!",
+    "Great app.",
+    "Delivery was early.",
+];
 const COMMENTS_BAD: [&str; 4] = [
     "Checkout kept failing.",
     "Waited 40 minutes on the phone.",
@@ -233,22 +238,46 @@ fn simulate_customer(
             } else {
                 usize::from(chans[rng.random_range(0..chans.len())])
             };
-            visits.push(Visit { id: format!("{customer}-t{}", visits.len()), time: t, touchpoint: tp, channel, stage, entered: i == 0 });
+            visits.push(Visit {
+                id: format!("{customer}-t{}", visits.len()),
+                time: t,
+                touchpoint: tp,
+                channel,
+                stage,
+                entered: i == 0,
+            });
             t += exp_delay(rng, 0.5 * HOUR_MS);
         }
         // Segment and channel shift conversion around the map's target.
         let base = map.stages[stage].target_conversion;
         let lift = [0.0, 0.05, 0.15, 0.08].get(segment).copied().unwrap_or(0.0);
-        if stage + 1 == map.stages.len() || !rng.random_bool((base + lift).clamp(0.0, 1.0)) || t >= end_ms {
+        if stage + 1 == map.stages.len()
+            || !rng.random_bool((base + lift).clamp(0.0, 1.0))
+            || t >= end_ms
+        {
             break;
         }
-        t += exp_delay(rng, [3.0, 6.0, 12.0, 24.0, 24.0].get(stage).copied().unwrap_or(12.0) * HOUR_MS);
+        t += exp_delay(
+            rng,
+            [3.0, 6.0, 12.0, 24.0, 24.0]
+                .get(stage)
+                .copied()
+                .unwrap_or(12.0)
+                * HOUR_MS,
+        );
     }
 
-    let seg_name = map.segments.get(segment).map_or("unknown", String::as_str).to_string();
+    let seg_name = map
+        .segments
+        .get(segment)
+        .map_or("unknown", String::as_str)
+        .to_string();
     let mut planned: Vec<Planned> = Vec::new();
     for (vi, v) in visits.iter().enumerate() {
-        let p_survey = [0.05, 0.10, 0.35, 0.30, 0.20].get(v.stage).copied().unwrap_or(0.1);
+        let p_survey = [0.05, 0.10, 0.35, 0.30, 0.20]
+            .get(v.stage)
+            .copied()
+            .unwrap_or(0.1);
         if !rng.random_bool(p_survey) {
             continue;
         }
@@ -259,14 +288,31 @@ fn simulate_customer(
             _ => Metric::Nps,
         };
         let at = v.time + exp_delay(rng, 0.2 * HOUR_MS);
-        planned.push(Planned { answer: answer(rng, map, &customer, planned.len(), at, metric, v, segment), context: Some(vi), superseded: false });
+        planned.push(Planned {
+            answer: answer(rng, map, &customer, planned.len(), at, metric, v, segment),
+            context: Some(vi),
+            superseded: false,
+        });
         // A few respondents answer the same survey again; the later answer counts.
         if rng.random_bool(0.03) {
             let again = at + exp_delay(rng, 0.1 * HOUR_MS);
             if let Some(prev) = planned.last_mut() {
                 prev.superseded = true;
             }
-            planned.push(Planned { answer: answer(rng, map, &customer, planned.len(), again, metric, v, segment), context: Some(vi), superseded: false });
+            planned.push(Planned {
+                answer: answer(
+                    rng,
+                    map,
+                    &customer,
+                    planned.len(),
+                    again,
+                    metric,
+                    v,
+                    segment,
+                ),
+                context: Some(vi),
+                superseded: false,
+            });
         }
     }
     // Relationship NPS, not tied to a touchpoint: counted under the latest touchpoint before it.
@@ -274,10 +320,23 @@ fn simulate_customer(
         let first = visits[0].time;
         let at = first + (rng.random::<f64>() * (end_ms - first) as f64) as i64;
         let ctx = visits.iter().rposition(|v| v.time <= at);
-        let mut a = answer(rng, map, &customer, planned.len(), at, Metric::Nps, &visits[ctx.unwrap_or(0)], segment);
+        let mut a = answer(
+            rng,
+            map,
+            &customer,
+            planned.len(),
+            at,
+            Metric::Nps,
+            &visits[ctx.unwrap_or(0)],
+            segment,
+        );
         a.touchpoint_event_id = None;
         a.touchpoint = None;
-        planned.push(Planned { answer: a, context: ctx, superseded: false });
+        planned.push(Planned {
+            answer: a,
+            context: ctx,
+            superseded: false,
+        });
     }
 
     // The pipeline places an answer exactly while its touchpoint is among the customer's
@@ -288,7 +347,10 @@ fn simulate_customer(
         }
         let Some(vi) = p.context else { return true };
         let horizon = p.answer.answer_time + cfg.alignment_ms;
-        let later = visits[vi + 1..].iter().filter(|v| v.time <= horizon).count();
+        let later = visits[vi + 1..]
+            .iter()
+            .filter(|v| v.time <= horizon)
+            .count();
         later + 1 < RECENT
     };
     // Drop a whole respondent group if any of its answers is out of bounds, so that
@@ -316,7 +378,14 @@ fn simulate_customer(
             channel: map.channels[v.channel].clone(),
             stage: None,
             segment: Some(seg_name.clone()),
-            outcome: Some(if rng.random_bool(0.95) { "success" } else { "error" }.to_string()),
+            outcome: Some(
+                if rng.random_bool(0.95) {
+                    "success"
+                } else {
+                    "error"
+                }
+                .to_string(),
+            ),
             attributes: Default::default(),
         };
         let cell = truth.entry(key(map, v, &seg_name)).or_default();
@@ -336,10 +405,25 @@ fn simulate_customer(
         if !p.superseded {
             let key = match p.context {
                 Some(vi) => key(map, &visits[vi], &seg_name),
-                None => (p.answer.answer_time.div_euclid(MINUTE_MS) * MINUTE_MS, "none".into(), "none".into(), "none".into(), "unknown".into()),
+                None => (
+                    p.answer.answer_time.div_euclid(MINUTE_MS) * MINUTE_MS,
+                    "none".into(),
+                    "none".into(),
+                    "none".into(),
+                    "unknown".into(),
+                ),
             };
-            let key = (p.answer.answer_time.div_euclid(MINUTE_MS) * MINUTE_MS, key.1, key.2, key.3, key.4);
-            truth.entry(key).or_default().answer(p.answer.metric, p.answer.score);
+            let key = (
+                p.answer.answer_time.div_euclid(MINUTE_MS) * MINUTE_MS,
+                key.1,
+                key.2,
+                key.3,
+                key.4,
+            );
+            truth
+                .entry(key)
+                .or_default()
+                .answer(p.answer.metric, p.answer.score);
         }
         records.push(SimRecord::Answer(p.answer));
     }
@@ -357,15 +441,30 @@ fn key(map: &JourneyMap, v: &Visit, segment: &str) -> TruthKey {
 
 /// Draws a score whose level depends on stage, channel and segment.
 #[allow(clippy::too_many_arguments)]
-fn answer(rng: &mut SmallRng, map: &JourneyMap, customer: &str, n: usize, at: i64, metric: Metric, v: &Visit, segment: usize) -> SurveyAnswer {
-    let stage_mood = [0.62, 0.58, 0.66, 0.55, 0.80].get(v.stage).copied().unwrap_or(0.6);
+fn answer(
+    rng: &mut SmallRng,
+    map: &JourneyMap,
+    customer: &str,
+    n: usize,
+    at: i64,
+    metric: Metric,
+    v: &Visit,
+    segment: usize,
+) -> SurveyAnswer {
+    let stage_mood = [0.62, 0.58, 0.66, 0.55, 0.80]
+        .get(v.stage)
+        .copied()
+        .unwrap_or(0.6);
     let channel_mood = match map.channels[v.channel].as_str() {
         "call_centre" => -0.12,
         "app" => 0.05,
         "store" => 0.04,
         _ => 0.0,
     };
-    let segment_mood = [-0.03, 0.0, 0.08, -0.05].get(segment).copied().unwrap_or(0.0);
+    let segment_mood = [-0.03, 0.0, 0.08, -0.05]
+        .get(segment)
+        .copied()
+        .unwrap_or(0.0);
     // Sum of uniforms: a bell-ish spread around the mood.
     let noise: f64 = (0..3).map(|_| rng.random::<f64>()).sum::<f64>() / 3.0 - 0.5;
     // Respondents use the top of the NPS scale more than of the shorter scales.
@@ -374,11 +473,16 @@ fn answer(rng: &mut SmallRng, map: &JourneyMap, customer: &str, n: usize, at: i6
         Metric::Csat => 0.08,
         Metric::Ces => 0.04,
     };
-    let level = (stage_mood + channel_mood + segment_mood + metric_mood + noise * 0.9).clamp(0.0, 1.0);
+    let level =
+        (stage_mood + channel_mood + segment_mood + metric_mood + noise * 0.9).clamp(0.0, 1.0);
     let (lo, hi) = metric.range();
     let score = lo + (level * f64::from(hi - lo)).round() as i32;
     let comment = rng.random_bool(0.1).then(|| {
-        let pool = if level > 0.6 { &COMMENTS_GOOD } else { &COMMENTS_BAD };
+        let pool = if level > 0.6 {
+            &COMMENTS_GOOD
+        } else {
+            &COMMENTS_BAD
+        };
         pool[rng.random_range(0..pool.len())].to_string()
     });
     SurveyAnswer {
@@ -400,29 +504,54 @@ mod tests {
     use super::*;
 
     fn map() -> JourneyMap {
-        JourneyMap::from_yaml("retail.yaml", include_str!("../../../schemas/journeys/retail.yaml")).expect("map")
+        JourneyMap::from_yaml(
+            "retail.yaml",
+            include_str!("../../../schemas/journeys/retail.yaml"),
+        )
+        .expect("map")
     }
 
     #[test]
     fn same_seed_same_traffic() {
-        let cfg = SimConfig { customers: 300, ..SimConfig::default() };
+        let cfg = SimConfig {
+            customers: 300,
+            ..SimConfig::default()
+        };
         let a = simulate(&map(), &cfg);
         let b = simulate(&map(), &cfg);
         assert_eq!(a.records, b.records);
         assert_eq!(a.truth, b.truth);
-        assert!(a.records.windows(2).all(|w| w[0].time_ms() <= w[1].time_ms()));
+        assert!(a
+            .records
+            .windows(2)
+            .all(|w| w[0].time_ms() <= w[1].time_ms()));
     }
 
     #[test]
     fn traffic_is_rich_enough_to_test_with() {
-        let s = simulate(&map(), &SimConfig { customers: 2000, ..SimConfig::default() });
+        let s = simulate(
+            &map(),
+            &SimConfig {
+                customers: 2000,
+                ..SimConfig::default()
+            },
+        );
         let answers: Vec<&SurveyAnswer> = s
             .records
             .iter()
-            .filter_map(|r| if let SimRecord::Answer(a) = r { Some(a) } else { None })
+            .filter_map(|r| {
+                if let SimRecord::Answer(a) = r {
+                    Some(a)
+                } else {
+                    None
+                }
+            })
             .collect();
         for m in Metric::ALL {
-            assert!(answers.iter().filter(|a| a.metric == m).count() > 20, "{m:?}");
+            assert!(
+                answers.iter().filter(|a| a.metric == m).count() > 20,
+                "{m:?}"
+            );
         }
         assert!(answers.iter().any(|a| a.touchpoint_event_id.is_none()));
         assert!(answers.iter().any(|a| a.comment.is_some()));

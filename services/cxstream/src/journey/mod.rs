@@ -22,7 +22,7 @@ use cxstream_kafka::DeadLetter;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 
@@ -55,6 +55,8 @@ struct Inner {
     shutdown: Arc<AtomicBool>,
     rt: tokio::runtime::Handle,
     dlq_counts: BTreeMap<&'static str, u64>,
+    /// Records read since the last flush: [touchpoints, answers].
+    consumed: [u64; 2],
 }
 
 impl JourneyService {
@@ -66,7 +68,10 @@ impl JourneyService {
         shutdown: Arc<AtomicBool>,
         rt: tokio::runtime::Handle,
     ) -> Result<Self> {
-        let committer = Arc::new(BatchCommitter::new(cfg.clickhouse_connection().client(), map.clone()));
+        let committer = Arc::new(BatchCommitter::new(
+            cfg.clickhouse_connection().client(),
+            map.clone(),
+        ));
         let ctx = JourneyContext {
             rt: rt.clone(),
             committer: committer.clone(),
@@ -84,8 +89,11 @@ impl JourneyService {
         consumer
             .subscribe(&[&cfg.topics.touchpoints, &cfg.topics.survey_responses])
             .context("subscribing to the input topics")?;
-        let dlq: ThreadedProducer<DefaultProducerContext> =
-            cfg.kafka.producer_config().create().context("creating the dead-letter producer")?;
+        let dlq: ThreadedProducer<DefaultProducerContext> = cfg
+            .kafka
+            .producer_config()
+            .create()
+            .context("creating the dead-letter producer")?;
         let inner = Inner {
             codec: Codec::new().context("building the Avro codec")?,
             cfg,
@@ -98,13 +106,17 @@ impl JourneyService {
             shutdown,
             rt,
             dlq_counts: BTreeMap::new(),
+            consumed: [0; 2],
         };
         Ok(JourneyService { consumer, inner })
     }
 
     /// Runs until SIGTERM/SIGINT (or until caught up, if asked); commits before returning.
     pub fn run(self, opts: RunOptions) -> Result<()> {
-        let JourneyService { consumer, mut inner } = self;
+        let JourneyService {
+            consumer,
+            mut inner,
+        } = self;
         let flush_every = Duration::from_millis(inner.cfg.journey.flush_interval_ms);
         let mut last_flush = Instant::now();
         let mut since_flush: u64 = 0;
@@ -126,13 +138,17 @@ impl JourneyService {
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => {}
             }
-            if last_flush.elapsed() >= flush_every || since_flush >= inner.cfg.journey.max_batch_records {
+            if last_flush.elapsed() >= flush_every
+                || since_flush >= inner.cfg.journey.max_batch_records
+            {
                 inner.refresh_positions(&consumer);
                 inner.flush(&consumer)?;
                 last_flush = Instant::now();
                 since_flush = 0;
                 if opts.until_caught_up && inner.caught_up() {
-                    tracing::info!("caught up: every assigned partition is read to its end and committed");
+                    tracing::info!(
+                        "caught up: every assigned partition is read to its end and committed"
+                    );
                     break;
                 }
             }
@@ -157,7 +173,9 @@ impl Inner {
                 }
             }
         }
-        self.metrics.assigned_partitions.set(self.slots.len() as i64);
+        self.metrics
+            .assigned_partitions
+            .set(self.slots.len() as i64);
     }
 
     fn on_message(&mut self, consumer: &ConsumerHandle, msg: &BorrowedMessage<'_>) {
@@ -167,12 +185,16 @@ impl Inner {
             Input::Answers
         };
         let partition = msg.partition();
+        self.consumed[usize::from(input == Input::Answers)] += 1;
         let Some(slot) = self.slots.get_mut(&partition) else {
             return;
         };
         let payload = msg.payload().unwrap_or(&[]);
         if payload.len() > self.cfg.journey.max_record_bytes {
-            let message = format!("record of {} bytes exceeds journey.max_record_bytes", payload.len());
+            let message = format!(
+                "record of {} bytes exceeds journey.max_record_bytes",
+                payload.len()
+            );
             let letter = DeadLetter {
                 source_topic: msg.topic(),
                 source_partition: partition,
@@ -213,8 +235,9 @@ impl Inner {
             reason = letter.kind,
             "record dead-lettered"
         );
-        let mut record: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(&self.cfg.topics.dlq).payload(payload).headers(letter.headers());
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.topics.dlq)
+            .payload(payload)
+            .headers(letter.headers());
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -237,7 +260,13 @@ impl Inner {
         }
     }
 
-    fn set_paused(&self, consumer: &ConsumerHandle, partition: i32, pause: Option<Input>, resume: Option<Input>) {
+    fn set_paused(
+        &self,
+        consumer: &ConsumerHandle,
+        partition: i32,
+        pause: Option<Input>,
+        resume: Option<Input>,
+    ) {
         let tpl = |input: Input| {
             let mut t = TopicPartitionList::new();
             t.add_partition(self.topic(input), partition);
@@ -277,7 +306,9 @@ impl Inner {
                     Err(e) => tracing::debug!(error = %e, partition = p, "watermark fetch failed"),
                 }
             }
-            let Some(slot) = self.slots.get_mut(&p) else { continue };
+            let Some(slot) = self.slots.get_mut(&p) else {
+                continue;
+            };
             slot.tick(Duration::from_millis(self.cfg.journey.idle_release_ms));
             let rejected = slot.take_rejected();
             let (pause, resume) = slot.backpressure();
@@ -293,23 +324,37 @@ impl Inner {
     /// Commits every partition's batch (after the DLQ has what it was sent), then offsets.
     fn flush(&mut self, consumer: &ConsumerHandle) -> Result<()> {
         if self.dlq.in_flight_count() > 0 {
-            self.dlq.flush(Duration::from_secs(30)).context("flushing the dead-letter topic")?;
+            self.dlq
+                .flush(Duration::from_secs(30))
+                .context("flushing the dead-letter topic")?;
         }
+        let [touchpoints, answers] = std::mem::take(&mut self.consumed);
+        self.metrics.records_consumed.with_label_values(&["touchpoints"]).inc_by(touchpoints);
+        self.metrics.records_consumed.with_label_values(&["answers"]).inc_by(answers);
         for (kind, n) in std::mem::take(&mut self.dlq_counts) {
-            self.metrics.dlq_records.with_label_values(&[kind]).inc_by(n);
+            self.metrics
+                .dlq_records
+                .with_label_values(&[kind])
+                .inc_by(n);
         }
         let mut offsets = TopicPartitionList::new();
         let parts: Vec<i32> = self.slots.keys().copied().collect();
         for p in parts {
-            let Some(slot) = self.slots.get_mut(&p) else { continue };
-            let Some((seq, batch, end)) = slot.take_batch() else { continue };
+            let Some(slot) = self.slots.get_mut(&p) else {
+                continue;
+            };
+            let Some((seq, batch, end)) = slot.take_batch() else {
+                continue;
+            };
             let started = Instant::now();
             if !self.commit_with_retry(p, seq, &batch, end) {
                 // Shutting down while ClickHouse is away: the batch is simply not committed
                 // and will be read again by whoever owns the partition next.
                 return Ok(());
             }
-            self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
             self.metrics.batches_committed.inc();
             self.metrics.duplicates.inc_by(batch.duplicates);
             for (table, n) in [
@@ -318,17 +363,34 @@ impl Inner {
                 ("metrics_minute", batch.aggregates.len()),
                 ("journey_state", batch.journeys.len()),
             ] {
-                self.metrics.rows_written.with_label_values(&[table]).inc_by(n as u64);
+                self.metrics
+                    .rows_written
+                    .with_label_values(&[table])
+                    .inc_by(n as u64);
             }
             if let Some(slot) = self.slots.get_mut(&p) {
                 slot.committed(seq, &self.metrics);
                 for (input, next) in slot.next_offsets() {
-                    let _ = offsets.add_partition_offset(self.topic(input), p, rdkafka::Offset::Offset(next));
+                    let _ = offsets.add_partition_offset(
+                        self.topic(input),
+                        p,
+                        rdkafka::Offset::Offset(next),
+                    );
                 }
             }
         }
-        self.metrics.tracked_customers.set(self.slots.values().map(Slot::tracked_customers).sum::<usize>() as i64);
-        self.metrics.pending_answers.set(self.slots.values().map(Slot::pending_answers).sum::<usize>() as i64);
+        self.metrics.tracked_customers.set(
+            self.slots
+                .values()
+                .map(Slot::tracked_customers)
+                .sum::<usize>() as i64,
+        );
+        self.metrics.pending_answers.set(
+            self.slots
+                .values()
+                .map(Slot::pending_answers)
+                .sum::<usize>() as i64,
+        );
         if offsets.count() > 0 {
             // Kafka's offsets only mirror the ClickHouse commit log (for lag monitoring);
             // resuming reads the log, so a lost Kafka commit costs nothing.
@@ -339,7 +401,13 @@ impl Inner {
         Ok(())
     }
 
-    fn commit_with_retry(&self, p: i32, seq: u64, batch: &cxstream_core::Batch, end: cxstream_clickhouse::BatchEnd) -> bool {
+    fn commit_with_retry(
+        &self,
+        p: i32,
+        seq: u64,
+        batch: &cxstream_core::Batch,
+        end: cxstream_clickhouse::BatchEnd,
+    ) -> bool {
         let mut backoff = Duration::from_millis(100);
         let mut retry = false;
         loop {
@@ -385,5 +453,9 @@ fn intern_kind(kind: &str) -> &'static str {
         "unknown_segment",
         "other",
     ];
-    KINDS.iter().find(|k| **k == kind).copied().unwrap_or("other")
+    KINDS
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("other")
 }

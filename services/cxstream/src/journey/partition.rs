@@ -43,7 +43,12 @@ struct Cursor {
 
 impl Cursor {
     fn new(next: Option<i64>) -> Self {
-        Cursor { next, high: None, time_ms: i64::MIN, paused: false }
+        Cursor {
+            next,
+            high: None,
+            time_ms: i64::MIN,
+            paused: false,
+        }
     }
 
     fn at_end(&self) -> bool {
@@ -88,7 +93,12 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn new(partition: i32, map: Arc<JourneyMap>, resume: Resume, cfg: &JourneySettings) -> Self {
+    pub fn new(
+        partition: i32,
+        map: Arc<JourneyMap>,
+        resume: Resume,
+        cfg: &JourneySettings,
+    ) -> Self {
         let mut processor = PartitionProcessor::new(map);
         for (customer, state) in resume.journeys {
             processor.restore(customer, state, resume.watermark_ms);
@@ -116,7 +126,14 @@ impl Slot {
     }
 
     /// Decodes and applies (or holds) one record; refusals collect in [`Self::take_rejected`].
-    pub fn process(&mut self, input: Input, key: Option<&[u8]>, payload: &[u8], offset: i64, codec: &Codec) {
+    pub fn process(
+        &mut self,
+        input: Input,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        offset: i64,
+        codec: &Codec,
+    ) {
         let cur = self.cursor(input);
         if cur.next.is_some_and(|n| offset < n) {
             // Re-delivered below the resume point (already committed): skip.
@@ -175,7 +192,9 @@ impl Slot {
             if self.runs_ahead(h.event.event_time) {
                 break;
             }
-            let Some(h) = self.held.pop_front() else { break };
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
             if let Err(e) = self.processor.on_touchpoint(h.event, h.offset) {
                 self.rejected.push(Rejected {
                     input: Input::Touchpoints,
@@ -197,7 +216,8 @@ impl Slot {
     /// hold queue or the waiting answers grow past their bounds.
     pub fn backpressure(&mut self) -> (Option<Input>, Option<Input>) {
         let pause_tp = self.held.len() >= MAX_HELD;
-        let pause_ans = self.processor.pending_answers() >= MAX_PENDING && !self.touchpoints.at_end();
+        let pause_ans =
+            self.processor.pending_answers() >= MAX_PENDING && !self.touchpoints.at_end();
         let mut pause = None;
         let mut resume = None;
         for (input, should_pause) in [(Input::Touchpoints, pause_tp), (Input::Answers, pause_ans)] {
@@ -250,7 +270,10 @@ impl Slot {
 
     /// Next touchpoint offset that is safe to commit: held touchpoints are not applied yet.
     fn touchpoints_commit_offset(&self) -> Option<i64> {
-        self.held.front().map(|h| h.offset).or(self.touchpoints.next)
+        self.held
+            .front()
+            .map(|h| h.offset)
+            .or(self.touchpoints.next)
     }
 
     /// The batch to commit now, if anything changed.
@@ -274,15 +297,21 @@ impl Slot {
         self.dirty = false;
         let wm = self.processor.watermark_ms();
         if wm > 0 {
-            metrics.watermark_seconds.with_label_values(&[&self.partition.to_string()]).set(wm / 1000);
+            metrics
+                .watermark_seconds
+                .with_label_values(&[&self.partition.to_string()])
+                .set(wm / 1000);
         }
     }
 
     pub fn next_offsets(&self) -> Vec<(Input, i64)> {
-        [(Input::Touchpoints, self.touchpoints_commit_offset()), (Input::Answers, self.answers.next)]
-            .into_iter()
-            .filter_map(|(i, n)| n.filter(|n| *n >= 0).map(|n| (i, n)))
-            .collect()
+        [
+            (Input::Touchpoints, self.touchpoints_commit_offset()),
+            (Input::Answers, self.answers.next),
+        ]
+        .into_iter()
+        .filter_map(|(i, n)| n.filter(|n| *n >= 0).map(|n| (i, n)))
+        .collect()
     }
 
     pub fn tracked_customers(&self) -> usize {

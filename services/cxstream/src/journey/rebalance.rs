@@ -59,15 +59,24 @@ impl JourneyContext {
         if !self.changed.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
-        self.changes.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+        self.changes
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
     }
 }
 
 impl ConsumerContext for JourneyContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let mut partitions: Vec<i32> =
+                    tpl.elements().iter().map(|e| e.partition()).collect();
                 partitions.sort_unstable();
                 partitions.dedup();
                 let mut assignment = TopicPartitionList::new();
@@ -75,8 +84,18 @@ impl ConsumerContext for JourneyContext {
                     let Some(resume) = self.resume(p) else { return };
                     let at = |o: Option<i64>| o.map_or(Offset::Beginning, Offset::Offset);
                     let added = assignment
-                        .add_partition_offset(&self.touchpoints_topic, p, at(resume.touchpoints_offset))
-                        .and_then(|_| assignment.add_partition_offset(&self.answers_topic, p, at(resume.answers_offset)));
+                        .add_partition_offset(
+                            &self.touchpoints_topic,
+                            p,
+                            at(resume.touchpoints_offset),
+                        )
+                        .and_then(|_| {
+                            assignment.add_partition_offset(
+                                &self.answers_topic,
+                                p,
+                                at(resume.answers_offset),
+                            )
+                        });
                     if let Err(e) = added {
                         tracing::error!(partition = p, error = %e, "cannot build assignment");
                         continue;
@@ -96,7 +115,8 @@ impl ConsumerContext for JourneyContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let mut partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let mut partitions: Vec<i32> =
+                    tpl.elements().iter().map(|e| e.partition()).collect();
                 partitions.sort_unstable();
                 partitions.dedup();
                 for p in partitions {

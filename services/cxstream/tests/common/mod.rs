@@ -34,12 +34,16 @@ pub struct Raw {
 impl Stack {
     /// A fresh, isolated pipeline: unique topics, database and group.
     pub fn new(test: &str) -> Stack {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         let name = format!("{test}_{}", nanos % 1_000_000_000_000);
         let dir = std::env::temp_dir().join(format!("cxstream-test-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
         let kafka = std::env::var("CX_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into());
-        let clickhouse = std::env::var("CX_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:18123".into());
+        let clickhouse =
+            std::env::var("CX_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:18123".into());
         let map = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/journeys/retail.yaml");
         let config = dir.join("cxstream.yaml");
         std::fs::write(
@@ -54,7 +58,13 @@ impl Stack {
             ),
         )
         .unwrap();
-        let s = Stack { name, dir, config, kafka, clickhouse };
+        let s = Stack {
+            name,
+            dir,
+            config,
+            kafka,
+            clickhouse,
+        };
         s.ok(&["topics"]);
         s.ok(&["migrate"]);
         s
@@ -113,7 +123,10 @@ impl Stack {
 
     /// Runs an SQL query over HTTP and returns TabSeparated rows.
     pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let client = clickhouse::Client::default()
             .with_url(&self.clickhouse)
             .with_compression(clickhouse::Compression::None)
@@ -145,8 +158,20 @@ impl Stack {
         ));
         rows.into_iter()
             .map(|r| {
-                let key = (r[0].parse().unwrap(), r[1].clone(), r[2].clone(), r[3].clone(), r[4].clone());
-                (key, r[5..].iter().map(|v| v.parse().unwrap()).collect::<Vec<i64>>())
+                let key = (
+                    r[0].parse().unwrap(),
+                    r[1].clone(),
+                    r[2].clone(),
+                    r[3].clone(),
+                    r[4].clone(),
+                );
+                (
+                    key,
+                    r[5..]
+                        .iter()
+                        .map(|v| v.parse().unwrap())
+                        .collect::<Vec<i64>>(),
+                )
             })
             .filter(|(_, v)| v.iter().any(|x| *x != 0))
             .collect()
@@ -158,8 +183,20 @@ impl Stack {
             .skip(1)
             .map(|l| {
                 let f: Vec<&str> = l.split(',').collect();
-                let key = (f[0].parse().unwrap(), f[1].into(), f[2].into(), f[3].into(), f[4].into());
-                (key, f[5..].iter().map(|v| v.parse().unwrap()).collect::<Vec<i64>>())
+                let key = (
+                    f[0].parse().unwrap(),
+                    f[1].into(),
+                    f[2].into(),
+                    f[3].into(),
+                    f[4].into(),
+                );
+                (
+                    key,
+                    f[5..]
+                        .iter()
+                        .map(|v| v.parse().unwrap())
+                        .collect::<Vec<i64>>(),
+                )
             })
             .filter(|(_, v)| v.iter().any(|x| *x != 0))
             .collect()
@@ -176,9 +213,12 @@ impl Stack {
         let mut tpl = TopicPartitionList::new();
         let mut remaining = BTreeMap::new();
         for p in 0..partitions {
-            let (lo, hi) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            let (lo, hi) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
             if hi > lo {
-                tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+                tpl.add_partition_offset(topic, p, Offset::Beginning)
+                    .unwrap();
                 remaining.insert(p, hi);
             }
         }
@@ -190,17 +230,30 @@ impl Stack {
         let deadline = Instant::now() + Duration::from_secs(120);
         while !remaining.is_empty() {
             assert!(Instant::now() < deadline, "timed out reading {topic}");
-            let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+            let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
             let m = m.unwrap();
             let mut headers = BTreeMap::new();
             if let Some(h) = m.headers() {
                 for i in 0..h.count() {
                     let hd = h.get(i);
-                    headers.insert(hd.key.to_string(), String::from_utf8_lossy(hd.value.unwrap_or(&[])).into_owned());
+                    headers.insert(
+                        hd.key.to_string(),
+                        String::from_utf8_lossy(hd.value.unwrap_or(&[])).into_owned(),
+                    );
                 }
             }
-            out.push(Raw { partition: m.partition(), offset: m.offset(), payload: m.payload().unwrap_or(&[]).to_vec(), headers });
-            if remaining.get(&m.partition()).is_some_and(|hi| m.offset() + 1 >= *hi) {
+            out.push(Raw {
+                partition: m.partition(),
+                offset: m.offset(),
+                payload: m.payload().unwrap_or(&[]).to_vec(),
+                headers,
+            });
+            if remaining
+                .get(&m.partition())
+                .is_some_and(|hi| m.offset() + 1 >= *hi)
+            {
                 remaining.remove(&m.partition());
             }
         }
@@ -224,8 +277,20 @@ pub fn assert_cells_equal(
         .chain(actual.keys())
         .filter(|k| expected.get(*k) != actual.get(*k))
         .take(10)
-        .map(|k| format!("{k:?}: expected {:?}, clickhouse {:?}", expected.get(k), actual.get(k)))
+        .map(|k| {
+            format!(
+                "{k:?}: expected {:?}, clickhouse {:?}",
+                expected.get(k),
+                actual.get(k)
+            )
+        })
         .collect();
-    assert!(diffs.is_empty(), "{} cells expected, {} in ClickHouse; first differences:\n{}", expected.len(), actual.len(), diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{} cells expected, {} in ClickHouse; first differences:\n{}",
+        expected.len(),
+        actual.len(),
+        diffs.join("\n")
+    );
     assert!(!expected.is_empty());
 }
