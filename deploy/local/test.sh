@@ -11,5 +11,5 @@ deploy/local/up.sh
 export CX_TEST_KAFKA="127.0.0.1:$CX_KAFKA_PORT"
 export CX_TEST_CLICKHOUSE="http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT"
 python3 tests/chdb_dialect.py
-cargo test --workspace --all-targets -- --test-threads 2
+cargo test --workspace --all-targets
 if [[ "${CX_STOP_AFTER_TESTS:-0}" == "1" ]]; then deploy/local/down.sh; fi

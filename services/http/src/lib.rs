@@ -189,9 +189,11 @@ mod tests {
 
     async fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
@@ -201,18 +203,29 @@ mod tests {
     async fn endpoints_answer_and_metrics_pass_promtool() {
         let m = JourneyMetrics::new().unwrap();
         m.dlq_records.with_label_values(&["not_avro"]).inc();
-        m.records_consumed.with_label_values(&["touchpoints"]).inc_by(3);
+        m.records_consumed
+            .with_label_values(&["touchpoints"])
+            .inc_by(3);
         m.commit_seconds.observe(0.02);
         m.watermark_seconds.with_label_values(&["0"]).set(1);
         let health = Health::default();
-        let addr = serve(SocketAddr::from(([127, 0, 0, 1], 0)), m.registry.clone(), health.clone()).await.unwrap();
+        let addr = serve(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            m.registry.clone(),
+            health.clone(),
+        )
+        .await
+        .unwrap();
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
         health.set_ready(true);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         let page = get(addr, "/metrics").await;
         let body = page.split("\r\n\r\n").nth(1).unwrap().to_string();
-        assert!(body.contains("cxstream_dlq_records_total{reason=\"not_avro\"} 1"), "{body}");
+        assert!(
+            body.contains("cxstream_dlq_records_total{reason=\"not_avro\"} 1"),
+            "{body}"
+        );
 
         // Prometheus' own linter: naming (counters end in _total, units), help texts, types.
         let mut promtool = Command::new("promtool")
@@ -222,7 +235,12 @@ mod tests {
             .stderr(Stdio::piped())
             .spawn()
             .expect("promtool is installed by deploy/local/install.sh");
-        promtool.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
         let out = promtool.wait_with_output().unwrap();
         assert!(
             out.status.success(),

@@ -80,10 +80,11 @@ impl JourneyService {
             changes: Mutex::new(Vec::new()),
             changed: AtomicBool::new(false),
             shutdown: shutdown.clone(),
+            high_watermarks: Mutex::new(Default::default()),
         };
-        let consumer: BaseConsumer<JourneyContext> = cfg
-            .kafka
-            .consumer_config(&cfg.journey.group_id)
+        let mut consumer_config = cfg.kafka.consumer_config(&cfg.journey.group_id);
+        consumer_config.set("statistics.interval.ms", "250");
+        let consumer: BaseConsumer<JourneyContext> = consumer_config
             .create_with_context(ctx)
             .context("creating the Kafka consumer")?;
         consumer
@@ -293,17 +294,14 @@ impl Inner {
 
     /// Learns how far each input partition goes, to decide alignment and idleness.
     fn refresh_positions(&mut self, consumer: &ConsumerHandle) {
+        let started = Instant::now();
         let parts: Vec<i32> = self.slots.keys().copied().collect();
         for p in parts {
             for input in [Input::Touchpoints, Input::Answers] {
-                let topic = self.topic(input).to_string();
-                match consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)) {
-                    Ok((_, high)) => {
-                        if let Some(slot) = self.slots.get_mut(&p) {
-                            slot.set_high_watermark(input, high);
-                        }
+                if let Some(high) = consumer.context().high_watermark(self.topic(input), p) {
+                    if let Some(slot) = self.slots.get_mut(&p) {
+                        slot.set_high_watermark(input, high);
                     }
-                    Err(e) => tracing::debug!(error = %e, partition = p, "watermark fetch failed"),
                 }
             }
             let Some(slot) = self.slots.get_mut(&p) else {
@@ -315,6 +313,10 @@ impl Inner {
             self.dead_letter_all(p, rejected);
             self.set_paused(consumer, p, pause, resume);
         }
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "positions refreshed"
+        );
     }
 
     fn caught_up(&self) -> bool {
@@ -329,8 +331,14 @@ impl Inner {
                 .context("flushing the dead-letter topic")?;
         }
         let [touchpoints, answers] = std::mem::take(&mut self.consumed);
-        self.metrics.records_consumed.with_label_values(&["touchpoints"]).inc_by(touchpoints);
-        self.metrics.records_consumed.with_label_values(&["answers"]).inc_by(answers);
+        self.metrics
+            .records_consumed
+            .with_label_values(&["touchpoints"])
+            .inc_by(touchpoints);
+        self.metrics
+            .records_consumed
+            .with_label_values(&["answers"])
+            .inc_by(answers);
         for (kind, n) in std::mem::take(&mut self.dlq_counts) {
             self.metrics
                 .dlq_records
@@ -347,6 +355,13 @@ impl Inner {
                 continue;
             };
             let started = Instant::now();
+            tracing::debug!(
+                partition = p,
+                seq,
+                records = end.records,
+                waiting = slot.pending_answers(),
+                "committing"
+            );
             if !self.commit_with_retry(p, seq, &batch, end) {
                 // Shutting down while ClickHouse is away: the batch is simply not committed
                 // and will be read again by whoever owns the partition next.

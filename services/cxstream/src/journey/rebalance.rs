@@ -2,14 +2,16 @@
 //! partition is read from ClickHouse's commit log (not from Kafka's committed offsets, which
 //! may lag the last durable batch) and the consumer is assigned at exactly those offsets.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cxstream_clickhouse::{BatchCommitter, Resume};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
 /// What the consumer thread learns from a rebalance.
 pub enum Change {
@@ -25,9 +27,33 @@ pub struct JourneyContext {
     pub changes: Mutex<Vec<Change>>,
     pub changed: AtomicBool,
     pub shutdown: Arc<AtomicBool>,
+    /// High watermarks from librdkafka's statistics (fed by fetch responses), so knowing
+    /// whether a partition is read to its end costs no request to the broker.
+    pub high_watermarks: Mutex<HashMap<(String, i32), i64>>,
 }
 
-impl ClientContext for JourneyContext {}
+impl ClientContext for JourneyContext {
+    fn stats(&self, statistics: Statistics) {
+        let Ok(mut highs) = self.high_watermarks.lock() else {
+            return;
+        };
+        for (topic, t) in statistics.topics {
+            for (p, part) in t.partitions {
+                if p >= 0 && part.hi_offset >= 0 {
+                    highs.insert((topic.clone(), p), part.hi_offset);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Reaching the end of a partition is reported as an error by librdkafka; it is the
+        // normal state of a caught-up consumer.
+        if !matches!(error, KafkaError::PartitionEOF(_)) && !reason.contains("PartitionEOF") {
+            tracing::error!(error = %error, reason, "kafka client error");
+        }
+    }
+}
 
 impl JourneyContext {
     /// Reads a partition's resume point, retrying while ClickHouse is unreachable.
@@ -53,6 +79,14 @@ impl JourneyContext {
             v.push(c);
         }
         self.changed.store(true, Ordering::Release);
+    }
+
+    pub fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.high_watermarks
+            .lock()
+            .ok()?
+            .get(&(topic.to_string(), partition))
+            .copied()
     }
 
     pub fn take_changes(&self) -> Vec<Change> {
