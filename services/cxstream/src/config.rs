@@ -96,6 +96,9 @@ pub struct JourneySettings {
     pub idle_release_ms: u64,
     /// Records larger than this go to the DLQ as `oversized`. Default 1048576.
     pub max_record_bytes: usize,
+    /// Leave and re-join the consumer group when no partition was assigned for this long,
+    /// ms. Default 20000 (twice the session timeout).
+    pub join_timeout_ms: u64,
 }
 
 impl Default for JourneySettings {
@@ -108,6 +111,7 @@ impl Default for JourneySettings {
             alignment_ms: 600_000,
             idle_release_ms: 2000,
             max_record_bytes: 1 << 20,
+            join_timeout_ms: 20_000,
         }
     }
 }

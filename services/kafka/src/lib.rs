@@ -127,7 +127,10 @@ impl KafkaSettings {
             .set("fetch.queue.backoff.ms", "0")
             .set("queued.min.messages", "200000")
             .set("fetch.wait.max.ms", "100")
-            .set("partition.assignment.strategy", "range");
+            .set("partition.assignment.strategy", "range")
+            // A killed instance's partitions move on after 10 s instead of 45 s.
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
         for (k, v) in &self.properties {
             c.set(k, v);
         }

@@ -30,6 +30,36 @@ use crate::config::Config;
 use partition::{Input, Slot};
 use rebalance::{Change, JourneyContext};
 
+type ConsumerHandle = BaseConsumer<JourneyContext>;
+
+/// A consumer in the journey group, subscribed to both inputs.
+fn subscribe(
+    cfg: &Config,
+    committer: &Arc<BatchCommitter>,
+    shutdown: &Arc<AtomicBool>,
+    rt: &tokio::runtime::Handle,
+) -> Result<ConsumerHandle> {
+    let ctx = JourneyContext {
+        rt: rt.clone(),
+        committer: committer.clone(),
+        touchpoints_topic: cfg.topics.touchpoints.clone(),
+        answers_topic: cfg.topics.survey_responses.clone(),
+        changes: Mutex::new(Vec::new()),
+        changed: AtomicBool::new(false),
+        shutdown: shutdown.clone(),
+        high_watermarks: Mutex::new(Default::default()),
+    };
+    let mut consumer_config = cfg.kafka.consumer_config(&cfg.journey.group_id);
+    consumer_config.set("statistics.interval.ms", "250");
+    let consumer: ConsumerHandle = consumer_config
+        .create_with_context(ctx)
+        .context("creating the Kafka consumer")?;
+    consumer
+        .subscribe(&[&cfg.topics.touchpoints, &cfg.topics.survey_responses])
+        .context("subscribing to the input topics")?;
+    Ok(consumer)
+}
+
 /// Options of one run that are not configuration (CLI flags).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
@@ -72,24 +102,7 @@ impl JourneyService {
             cfg.clickhouse_connection().client(),
             map.clone(),
         ));
-        let ctx = JourneyContext {
-            rt: rt.clone(),
-            committer: committer.clone(),
-            touchpoints_topic: cfg.topics.touchpoints.clone(),
-            answers_topic: cfg.topics.survey_responses.clone(),
-            changes: Mutex::new(Vec::new()),
-            changed: AtomicBool::new(false),
-            shutdown: shutdown.clone(),
-            high_watermarks: Mutex::new(Default::default()),
-        };
-        let mut consumer_config = cfg.kafka.consumer_config(&cfg.journey.group_id);
-        consumer_config.set("statistics.interval.ms", "250");
-        let consumer: BaseConsumer<JourneyContext> = consumer_config
-            .create_with_context(ctx)
-            .context("creating the Kafka consumer")?;
-        consumer
-            .subscribe(&[&cfg.topics.touchpoints, &cfg.topics.survey_responses])
-            .context("subscribing to the input topics")?;
+        let consumer = subscribe(&cfg, &committer, &shutdown, &rt)?;
         let dlq: ThreadedProducer<DefaultProducerContext> = cfg
             .kafka
             .producer_config()
@@ -115,9 +128,11 @@ impl JourneyService {
     /// Runs until SIGTERM/SIGINT (or until caught up, if asked); commits before returning.
     pub fn run(self, opts: RunOptions) -> Result<()> {
         let JourneyService {
-            consumer,
+            mut consumer,
             mut inner,
         } = self;
+        let join_timeout = Duration::from_millis(inner.cfg.journey.join_timeout_ms);
+        let mut unassigned_since = Some(Instant::now());
         let flush_every = Duration::from_millis(inner.cfg.journey.flush_interval_ms);
         let mut last_flush = Instant::now();
         let mut since_flush: u64 = 0;
@@ -139,6 +154,22 @@ impl JourneyService {
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => {}
             }
+            if inner.slots.is_empty() {
+                let since = *unassigned_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= join_timeout {
+                    // Some coordinators never finish a rebalance while a killed member's
+                    // session lingers; leaving and joining again resets the group.
+                    tracing::warn!(
+                        waited_ms = since.elapsed().as_millis() as u64,
+                        "no partitions assigned; rejoining the group"
+                    );
+                    drop(consumer);
+                    consumer = subscribe(&inner.cfg, &inner.committer, &inner.shutdown, &inner.rt)?;
+                    unassigned_since = Some(Instant::now());
+                }
+            } else {
+                unassigned_since = None;
+            }
             if last_flush.elapsed() >= flush_every
                 || since_flush >= inner.cfg.journey.max_batch_records
             {
@@ -158,8 +189,6 @@ impl JourneyService {
         Ok(())
     }
 }
-
-type ConsumerHandle = BaseConsumer<JourneyContext>;
 
 impl Inner {
     fn apply_rebalance(&mut self, consumer: &ConsumerHandle) {

@@ -49,7 +49,9 @@ impl ClientContext for JourneyContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // Reaching the end of a partition is reported as an error by librdkafka; it is the
         // normal state of a caught-up consumer.
-        if !matches!(error, KafkaError::PartitionEOF(_)) && !reason.contains("PartitionEOF") {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if !eof {
             tracing::error!(error = %error, reason, "kafka client error");
         }
     }

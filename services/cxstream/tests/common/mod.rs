@@ -46,15 +46,20 @@ impl Stack {
             std::env::var("CX_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:18123".into());
         let map = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/journeys/retail.yaml");
         let config = dir.join("cxstream.yaml");
+        // CX_TEST_KAFKA_DEBUG=cgrp,fetch turns on librdkafka's debug log in the services.
+        let debug = std::env::var("CX_TEST_KAFKA_DEBUG")
+            .map(|d| format!("  properties: {{debug: \"{d}\"}}\n"))
+            .unwrap_or_default();
+        let map = map.display();
         std::fs::write(
             &config,
             format!(
-                "kafka:\n  brokers: {kafka}\ntopics:\n  touchpoints: t.{name}.touchpoints\n  survey_responses: t.{name}.answers\n  \
+                "kafka:\n  brokers: {kafka}\n{debug}\
+                 topics:\n  touchpoints: t.{name}.touchpoints\n  survey_responses: t.{name}.answers\n  \
                  aggregates: t.{name}.aggregates\n  alerts: t.{name}.alerts\n  dlq: t.{name}.dlq\n  partitions: {PARTITIONS}\n\
                  clickhouse:\n  url: {clickhouse}\n  database: t_{name}\n\
-                 journey:\n  map: {}\n  group_id: g.{name}\n  flush_interval_ms: 200\n  max_batch_records: 5000\n  idle_release_ms: 500\n\
-                 http:\n  listen: 127.0.0.1:0\nlog:\n  level: warn\n",
-                map.display()
+                 journey:\n  map: {map}\n  group_id: g.{name}\n  flush_interval_ms: 200\n  max_batch_records: 5000\n  idle_release_ms: 500\n  join_timeout_ms: 12000\n\
+                 http:\n  listen: 127.0.0.1:0\nlog:\n  level: warn\n"
             ),
         )
         .unwrap();
