@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing, starts Tansu and ClickHouse, creates topics and tables,
-# simulates CX traffic, runs the journey service until it has caught up, and prints a summary.
+# simulates CX traffic (from empty servers), runs the journey service until it has caught up, and prints a summary.
 #   CUSTOMERS (default 10000), DAYS (default 1), SEED (default 42)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 source deploy/local/env.sh
+# Every demo starts from empty servers, so its numbers are the simulation's alone.
+deploy/local/down.sh --wipe >/dev/null
 deploy/local/up.sh
 cargo build --release -p cxstream
 bin="$root/target/release/cxstream"

@@ -41,4 +41,12 @@ wait_for() { # name, check command...
 }
 wait_for clickhouse curl -sf "http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT/ping"
 wait_for tansu bash -c "exec 3<>/dev/tcp/127.0.0.1/$CX_KAFKA_PORT"
+# A server that could not bind (port taken by a process this script does not own) exits
+# while the port still answers: say so instead of testing against someone else's server.
+for svc in tansu clickhouse; do
+  if ! alive "$CXSTREAM_RUN/$svc.pid"; then
+    echo "up: $svc exited; is its port taken by another process? log: $CXSTREAM_RUN/$svc/" >&2
+    exit 1
+  fi
+done
 echo "up: kafka 127.0.0.1:$CX_KAFKA_PORT, clickhouse http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT (data in $CXSTREAM_RUN)"

@@ -41,7 +41,7 @@ pub async fn run(cfg: &Config, stage_order: &[String]) -> Result<String> {
         .await
         .context("reading per-stage metrics from ClickHouse")?;
     let answers: u64 = client
-        .query("SELECT count() FROM survey_answers")
+        .query("SELECT count() FROM survey_answers FINAL")
         .fetch_one()
         .await
         .context("counting survey answers")?;
@@ -56,7 +56,7 @@ pub async fn run(cfg: &Config, stage_order: &[String]) -> Result<String> {
     });
     let touchpoints: i64 = lines.iter().map(|l| l.touchpoints).sum();
     let mut out = format!(
-        "cxstream summary (ClickHouse {} / database {})\n  touchpoints counted: {touchpoints}   survey answer rows: {answers}   dead-lettered: {dlq}\n\n",
+        "cxstream summary (ClickHouse {} / database {})\n  touchpoints counted: {touchpoints}   survey answers (latest per respondent): {answers}   dead-lettered: {dlq}\n\n",
         cfg.clickhouse.url, cfg.clickhouse.database
     );
     out.push_str(&format!(

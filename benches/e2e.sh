@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: catch-up throughput of `cxstream journey` on a preloaded topic,
+# compared with a bare rdkafka consumer reading the same records from the same broker.
+#   CUSTOMERS (default 30000), DAYS (default 2). Uses the local stack (deploy/local/up.sh).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+source deploy/local/env.sh
+deploy/local/up.sh >/dev/null
+cargo build --release -q -p cxstream -p cxstream-benches
+bin="$root/target/release"
+run="bench$(date +%s)"
+cfg="$(mktemp -d)/cxstream.yaml"
+cat >"$cfg" <<YAML
+topics: {touchpoints: $run.touchpoints, survey_responses: $run.answers, dlq: $run.dlq, aggregates: $run.aggregates, alerts: $run.alerts}
+clickhouse: {database: $run}
+journey: {group_id: $run}
+http: {listen: "127.0.0.1:0"}
+log: {level: warn}
+YAML
+"$bin/cxstream" -c "$cfg" topics >/dev/null
+"$bin/cxstream" -c "$cfg" migrate >/dev/null
+"$bin/cxstream" -c "$cfg" simulate --customers "${CUSTOMERS:-30000}" --days "${DAYS:-2}" \
+  --ground-truth "$(dirname "$cfg")/truth.csv" 2>&1 | tail -1
+"$bin/bare_consumer" "127.0.0.1:$CX_KAFKA_PORT" "$run.touchpoints" "$run.answers" | tee "$(dirname "$cfg")/bare.txt"
+start=$(date +%s.%N)
+"$bin/cxstream" -c "$cfg" journey --until-caught-up
+end=$(date +%s.%N)
+records=$(curl -s "http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT/" --data-binary "SELECT sum(records) FROM $run.ingest_batches")
+python3 - "$records" "$start" "$end" "$(dirname "$cfg")/bare.txt" <<'PY'
+import re, sys
+records, start, end, bare = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+secs = end - start
+rate = records / secs
+bare_rate = float(re.search(r"= (\d+) records/s", open(bare).read()).group(1))
+print(f"journey: {records} records in {secs:.2f}s = {rate:.0f} records/s "
+      f"({100 * rate / bare_rate:.0f}% of the bare consumer; includes the idle wait before exit)")
+PY
