@@ -47,11 +47,14 @@ pub struct JourneyMap {
     /// Customer segments; declared so that they stay a bounded set of labels.
     pub segments: Vec<String>,
     pub touchpoints: Vec<Touchpoint>,
-    segment_index: HashMap<String, SegmentIdx>,
-    touchpoint_index: HashMap<String, TouchpointIdx>,
-    channel_index: HashMap<String, ChannelIdx>,
-    stage_index: HashMap<String, StageIdx>,
+    // Looked up for every record: a fast hash, not SipHash (names come from our own map).
+    segment_index: Index<SegmentIdx>,
+    touchpoint_index: Index<TouchpointIdx>,
+    channel_index: Index<ChannelIdx>,
+    stage_index: Index<StageIdx>,
 }
+
+type Index<T> = HashMap<String, T, ahash::RandomState>;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub struct MapError {
@@ -116,7 +119,7 @@ impl JourneyMap {
         if raw.stages.len() > usize::from(StageIdx::MAX) {
             return Err(err(at("stages:"), "too many stages (at most 255)".into()));
         }
-        let mut stage_index = HashMap::new();
+        let mut stage_index = Index::default();
         let mut stages = Vec::with_capacity(raw.stages.len());
         for (i, s) in raw.stages.iter().enumerate() {
             let line = at(&format!("name: {}", s.name));
@@ -151,14 +154,14 @@ impl JourneyMap {
             });
         }
 
-        let mut channel_index = HashMap::new();
+        let mut channel_index = Index::default();
         for (i, c) in raw.channels.iter().enumerate() {
             if channel_index.insert(c.clone(), i as ChannelIdx).is_some() {
                 return Err(err(at(c), format!("channel `{c}` is listed twice")));
             }
         }
 
-        let mut segment_index = HashMap::new();
+        let mut segment_index = Index::default();
         for (i, c) in raw.segments.iter().enumerate() {
             if i >= usize::from(NO_SEGMENT) {
                 return Err(err(at(c), "too many segments (at most 254)".into()));
@@ -171,7 +174,7 @@ impl JourneyMap {
             }
         }
 
-        let mut touchpoint_index = HashMap::new();
+        let mut touchpoint_index = Index::default();
         let mut touchpoints = Vec::with_capacity(raw.touchpoints.len());
         for t in &raw.touchpoints {
             let line = at(&format!("name: {}", t.name));

@@ -73,7 +73,7 @@ pub struct Batch {
 
 pub struct PartitionProcessor {
     map: Arc<JourneyMap>,
-    journeys: HashMap<String, JourneyState, ahash::RandomState>,
+    journeys: hashbrown::HashMap<String, JourneyState, ahash::RandomState>,
     agg: HashMap<AggKey, Counts, ahash::RandomState>,
     touchpoints: Vec<TouchpointFact>,
     answers: Vec<AnswerFact>,
@@ -90,7 +90,7 @@ impl PartitionProcessor {
     pub fn new(map: Arc<JourneyMap>) -> Self {
         PartitionProcessor {
             map,
-            journeys: HashMap::default(),
+            journeys: hashbrown::HashMap::default(),
             agg: HashMap::default(),
             touchpoints: Vec::new(),
             answers: Vec::new(),
@@ -161,14 +161,21 @@ impl PartitionProcessor {
         match state.apply_touchpoint(id_hash, time, tp, stage, channel, segment) {
             Applied::Duplicate => self.duplicates += 1,
             Applied::Applied { context, entered } => {
+                // One lookup per event: read what the rest needs while the state is at hand.
+                let has_pending = !state.pending.is_empty();
+                if !state.dirty {
+                    state.dirty = true;
+                    self.dirty.push(customer.to_string());
+                }
                 let cell = self
                     .agg
                     .entry(AggKey::new(time, Some(context)))
                     .or_default();
                 cell.touchpoints += 1;
                 cell.stage_entries += i64::from(entered);
-                self.release_for_customer(customer);
-                self.mark_dirty(customer);
+                if has_pending {
+                    self.release_for_customer(customer);
+                }
                 self.touchpoints.push(TouchpointFact {
                     event: ev,
                     context,
@@ -328,16 +335,11 @@ impl PartitionProcessor {
 }
 
 fn journey_mut<'a>(
-    journeys: &'a mut HashMap<String, JourneyState, ahash::RandomState>,
+    journeys: &'a mut hashbrown::HashMap<String, JourneyState, ahash::RandomState>,
     customer: &str,
 ) -> &'a mut JourneyState {
-    // Two lookups instead of `entry`, so that the key is copied only for a new customer.
-    if !journeys.contains_key(customer) {
-        journeys.insert(customer.to_string(), JourneyState::default());
-    }
-    journeys
-        .get_mut(customer)
-        .unwrap_or_else(|| unreachable!("inserted above"))
+    // `entry_ref` looks up by &str and copies the key only for a new customer.
+    journeys.entry_ref(customer).or_default()
 }
 
 fn valid_customer(id: &Option<String>) -> Result<&str, Invalid> {
