@@ -28,6 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for p in t.partitions() {
                 let (lo, hi) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
                 remaining += hi - lo;
+                if std::env::var_os("VERBOSE").is_some() {
+                    eprintln!("{topic}[{}]: low {lo}, high {hi}", p.id());
+                }
                 tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
             }
         }

@@ -133,6 +133,8 @@ impl JourneyService {
         } = self;
         let join_timeout = Duration::from_millis(inner.cfg.journey.join_timeout_ms);
         let mut unassigned_since = Some(Instant::now());
+        let mut caught_up_since: Option<Instant> = None;
+        let settle = Duration::from_millis(inner.cfg.journey.idle_release_ms.max(1000));
         let flush_every = Duration::from_millis(inner.cfg.journey.flush_interval_ms);
         let mut last_flush = Instant::now();
         let mut since_flush: u64 = 0;
@@ -177,11 +179,18 @@ impl JourneyService {
                 inner.flush(&consumer)?;
                 last_flush = Instant::now();
                 since_flush = 0;
-                if opts.until_caught_up && inner.caught_up() {
-                    tracing::info!(
-                        "caught up: every assigned partition is read to its end and committed"
-                    );
-                    break;
+                if opts.until_caught_up && inner.caught_up(&consumer) {
+                    // Some brokers (Tansu under load, seen here) show a just-acknowledged
+                    // batch a moment later; only a quiet end that lasts counts.
+                    let since = *caught_up_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= settle {
+                        tracing::info!(
+                            "caught up: every assigned partition is read to its end and committed"
+                        );
+                        break;
+                    }
+                } else {
+                    caught_up_since = None;
                 }
             }
         }
@@ -333,10 +342,16 @@ impl Inner {
                     }
                 }
             }
+            let idle = Duration::from_millis(self.cfg.journey.idle_release_ms);
+            if self.slots.get(&p).is_some_and(|s| s.would_release(idle)) {
+                // Placing waiting answers for good deserves the broker's own word that
+                // nothing is left to read, not the statistics' cached high watermark.
+                self.confirm_at_end(consumer, p);
+            }
             let Some(slot) = self.slots.get_mut(&p) else {
                 continue;
             };
-            slot.tick(Duration::from_millis(self.cfg.journey.idle_release_ms));
+            slot.tick(idle);
             let rejected = slot.take_rejected();
             let (pause, resume) = slot.backpressure();
             self.dead_letter_all(p, rejected);
@@ -348,8 +363,32 @@ impl Inner {
         );
     }
 
-    fn caught_up(&self) -> bool {
-        !self.slots.is_empty() && self.slots.values().all(Slot::caught_up)
+    /// Asks the broker for the high watermarks of partition `p` of both inputs. The
+    /// statistics' values can lag behind (seen with Tansu), which would end a catch-up early.
+    fn confirm_at_end(&mut self, consumer: &ConsumerHandle, p: i32) {
+        for input in [Input::Touchpoints, Input::Answers] {
+            let topic = self.topic(input).to_string();
+            match consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)) {
+                Ok((_, high)) => {
+                    if let Some(slot) = self.slots.get_mut(&p) {
+                        slot.set_high_watermark(input, high);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, partition = p, "cannot read high watermark"),
+            }
+        }
+    }
+
+    /// Every assigned partition read to its end (as the broker confirms) and committed.
+    fn caught_up(&mut self, consumer: &ConsumerHandle) -> bool {
+        if self.slots.is_empty() || !self.slots.values().all(Slot::caught_up) {
+            return false;
+        }
+        let parts: Vec<i32> = self.slots.keys().copied().collect();
+        for p in parts {
+            self.confirm_at_end(consumer, p);
+        }
+        self.slots.values().all(Slot::caught_up)
     }
 
     /// Commits every partition's batch (after the DLQ has what it was sent), then offsets.

@@ -195,6 +195,8 @@ impl Slot {
             let Some(h) = self.held.pop_front() else {
                 break;
             };
+            // Applying it changes what the next batch must commit, even with no new record.
+            self.dirty = true;
             if let Err(e) = self.processor.on_touchpoint(h.event, h.offset) {
                 self.rejected.push(Rejected {
                     input: Input::Touchpoints,
@@ -248,15 +250,19 @@ impl Slot {
         if !self.held.is_empty() {
             self.release_held();
         }
-        if self.processor.pending_answers() > 0
+        if self.would_release(idle) {
+            self.processor.release_all();
+            self.dirty = true;
+        }
+    }
+
+    /// Whether [`Self::tick`] would place the waiting answers now.
+    pub fn would_release(&self, idle: Duration) -> bool {
+        self.processor.pending_answers() > 0
             && self.held.is_empty()
             && self.touchpoints.at_end()
             && self.answers.at_end()
             && self.last_record.elapsed() >= idle
-        {
-            self.processor.release_all();
-            self.dirty = true;
-        }
     }
 
     pub fn caught_up(&self) -> bool {

@@ -95,6 +95,11 @@ impl Stack {
 
     pub fn ok(&self, args: &[&str]) -> Output {
         let out = self.run(args);
+        // Shown by the test harness when the test fails.
+        eprintln!(
+            "cxstream {args:?}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(
             out.status.success(),
             "cxstream {args:?} failed (is the local stack up? deploy/local/up.sh):\n{}",
