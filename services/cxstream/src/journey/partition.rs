@@ -328,3 +328,114 @@ impl Slot {
         self.processor.pending_answers() + self.held.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cxstream_core::{Metric, SurveyAnswer};
+
+    fn slot() -> (Slot, Codec) {
+        let map = JourneyMap::from_yaml(
+            "retail.yaml",
+            include_str!("../../../../schemas/journeys/retail.yaml"),
+        )
+        .unwrap();
+        let cfg = JourneySettings {
+            alignment_ms: 60_000,
+            ..JourneySettings::default()
+        };
+        (
+            Slot::new(0, Arc::new(map), Resume::default(), &cfg),
+            Codec::new().unwrap(),
+        )
+    }
+
+    fn touchpoint(codec: &Codec, id: &str, t: i64) -> Vec<u8> {
+        let ev = TouchpointEvent {
+            event_id: id.into(),
+            customer_id: Some("c1".into()),
+            anonymous_id: None,
+            event_time: t,
+            touchpoint: "ad_impression".into(),
+            channel: "web".into(),
+            stage: None,
+            segment: None,
+            outcome: None,
+            attributes: Default::default(),
+        };
+        let mut buf = Vec::new();
+        codec.encode_touchpoint(&ev, &mut buf).unwrap();
+        buf
+    }
+
+    fn answer(codec: &Codec, t: i64) -> Vec<u8> {
+        let a = SurveyAnswer {
+            response_id: "r1".into(),
+            customer_id: Some("c1".into()),
+            answer_time: t,
+            metric: Metric::Csat,
+            score: 5,
+            touchpoint_event_id: None,
+            touchpoint: None,
+            channel: None,
+            comment: None,
+            attributes: Default::default(),
+        };
+        let mut buf = Vec::new();
+        codec.encode_answer(&a, &mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn touchpoints_ahead_of_the_survey_topic_wait_and_are_not_committed_past() {
+        let (mut s, codec) = slot();
+        s.process(Input::Answers, None, &answer(&codec, 1_000), 0, &codec);
+        s.process(
+            Input::Touchpoints,
+            None,
+            &touchpoint(&codec, "e0", 2_000),
+            0,
+            &codec,
+        );
+        s.process(
+            Input::Touchpoints,
+            None,
+            &touchpoint(&codec, "e1", 500_000),
+            1,
+            &codec,
+        );
+        let (_, batch, end) = s.take_batch().unwrap();
+        assert_eq!(batch.touchpoints.len(), 1, "the far-ahead touchpoint waits");
+        assert_eq!(
+            end.touchpoints_next_offset, 1,
+            "and the commit does not pass it"
+        );
+        s.committed(0, &JourneyMetrics::new().unwrap());
+    }
+
+    #[test]
+    fn touchpoints_released_at_the_end_are_committed() {
+        let (mut s, codec) = slot();
+        s.process(Input::Answers, None, &answer(&codec, 1_000), 0, &codec);
+        s.process(
+            Input::Touchpoints,
+            None,
+            &touchpoint(&codec, "e1", 500_000),
+            0,
+            &codec,
+        );
+        let (seq, _, end) = s.take_batch().unwrap();
+        assert_eq!(end.touchpoints_next_offset, 0);
+        s.committed(seq, &JourneyMetrics::new().unwrap());
+        assert!(s.take_batch().is_none());
+        // The survey topic turns out to be at its end: the held touchpoint is applied, and
+        // that must be committed although no new record arrived.
+        s.set_high_watermark(Input::Answers, 1);
+        s.set_high_watermark(Input::Touchpoints, 1);
+        s.tick(Duration::from_secs(3600));
+        assert!(!s.caught_up());
+        let (_, batch, end) = s.take_batch().unwrap();
+        assert_eq!(batch.touchpoints.len(), 1);
+        assert_eq!(end.touchpoints_next_offset, 1);
+    }
+}
