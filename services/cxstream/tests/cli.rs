@@ -1,0 +1,71 @@
+//! The command line refuses bad configuration, flags and journey maps with a message that
+//! says what to fix (no servers needed).
+
+use std::process::Command;
+
+fn cxstream(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cxstream"))
+        .args(args)
+        .output()
+        .expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cxstream-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+#[test]
+fn unknown_config_key_names_file_line_and_key() {
+    let cfg = temp_file(
+        "bad.yaml",
+        "kafka:\n  brokers: 127.0.0.1:1\nclickhouse:\n  ulr: http://x\n",
+    );
+    let (code, err) = cxstream(&["--config", cfg.to_str().expect("utf8"), "report"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.yaml:4") && err.contains("ulr"), "{err}");
+}
+
+#[test]
+fn bad_value_says_what_to_fix() {
+    let cfg = temp_file("proto.yaml", "kafka:\n  security_protocol: tls\n");
+    let (code, err) = cxstream(&["--config", cfg.to_str().expect("utf8"), "report"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("security_protocol `tls` is not one of plaintext, ssl"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_flag_is_refused() {
+    let (code, err) = cxstream(&["simulate", "--customerz", "5"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--customerz"), "{err}");
+}
+
+#[test]
+fn invalid_journey_map_names_file_line_and_fix() {
+    let shipped = include_str!("../../../schemas/journeys/retail.yaml");
+    let map = temp_file(
+        "map.yaml",
+        &shipped.replace(
+            "stage: retention\n    channels: [call_centre]",
+            "stage: loyalty\n    channels: [call_centre]",
+        ),
+    );
+    let (code, err) = cxstream(&["check-map", map.to_str().expect("utf8")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("map.yaml:") && err.contains("names unknown stage `loyalty`"),
+        "{err}"
+    );
+    assert!(err.contains("declared stages are: awareness"), "{err}");
+}
