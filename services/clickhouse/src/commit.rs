@@ -133,57 +133,39 @@ impl BatchCommitter {
     ) -> Result<()> {
         let attempt: u64 = rand::random();
         let map = &*self.map;
-        if !batch.touchpoints.is_empty() {
-            let mut ins = self
-                .client
-                .insert::<TouchpointRow<'_>>("touchpoints")
-                .await
-                .ctx(|| "insert touchpoints".into())?;
-            for f in &batch.touchpoints {
-                ins.write(&TouchpointRow::new(map, f, partition))
-                    .await
-                    .ctx(|| "write touchpoint row".into())?;
-            }
-            ins.end().await.ctx(|| "insert touchpoints".into())?;
-        }
-        if !batch.answers.is_empty() {
-            let mut ins = self
-                .client
-                .insert::<AnswerRow<'_>>("survey_answers")
-                .await
-                .ctx(|| "insert answers".into())?;
-            for f in &batch.answers {
-                ins.write(&AnswerRow::new(map, f, partition))
-                    .await
-                    .ctx(|| "write answer row".into())?;
-            }
-            ins.end().await.ctx(|| "insert answers".into())?;
-        }
-        if !batch.aggregates.is_empty() {
-            let mut ins = self
-                .client
-                .insert::<MinuteRow>("metrics_minute")
-                .await
-                .ctx(|| "insert minute rows".into())?;
-            for (k, c) in &batch.aggregates {
-                ins.write(&MinuteRow::new(map, k, c, partition, seq, attempt))
-                    .await
-                    .ctx(|| "write minute row".into())?;
-            }
-            ins.end().await.ctx(|| "insert minute rows".into())?;
-        }
-        if !batch.journeys.is_empty() {
-            let mut ins = self
-                .client
-                .insert::<StateRow>("journey_state")
-                .await
-                .ctx(|| "insert journey state".into())?;
-            for (customer, state) in &batch.journeys {
+        self.insert_rows::<TouchpointRow<'_>>(
+            "touchpoints",
+            batch
+                .touchpoints
+                .iter()
+                .map(|f| TouchpointRow::new(map, f, partition)),
+        )
+        .await?;
+        self.insert_rows::<AnswerRow<'_>>(
+            "survey_answers",
+            batch
+                .answers
+                .iter()
+                .map(|f| AnswerRow::new(map, f, partition)),
+        )
+        .await?;
+        self.insert_rows::<MinuteRow>(
+            "metrics_minute",
+            batch
+                .aggregates
+                .iter()
+                .map(|(k, c)| MinuteRow::new(map, k, c, partition, seq, attempt)),
+        )
+        .await?;
+        let states = batch
+            .journeys
+            .iter()
+            .map(|(customer, state)| {
                 let bytes = postcard::to_allocvec(state).map_err(|e| Error::State {
                     partition,
                     message: e.to_string(),
                 })?;
-                let row = StateRow {
+                Ok(StateRow {
                     journey: map.name.clone(),
                     source_partition: partition,
                     customer_id: customer.clone(),
@@ -191,13 +173,12 @@ impl BatchCommitter {
                     state: bytes,
                     batch_seq: seq,
                     batch_attempt: attempt,
-                };
-                ins.write(&row)
-                    .await
-                    .ctx(|| "write journey state row".into())?;
-            }
-            ins.end().await.ctx(|| "insert journey state".into())?;
-        }
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.insert_rows::<StateRow>("journey_state", states)
+            .await?;
+        // The marker goes last, alone: it is the commit point.
         let marker = BatchRow {
             journey: map.name.clone(),
             source_partition: partition,
@@ -209,16 +190,32 @@ impl BatchCommitter {
             records: end.records,
             committed_at: now_secs(),
         };
+        self.insert_rows::<BatchRow>("ingest_batches", [marker])
+            .await?;
+        Ok(())
+    }
+
+    /// One INSERT of all `rows` into `table`; nothing is sent when there are none.
+    async fn insert_rows<'r, T: clickhouse::RowWrite>(
+        &self,
+        table: &str,
+        rows: impl IntoIterator<Item = T::Value<'r>>,
+    ) -> Result<()> {
+        let mut rows = rows.into_iter().peekable();
+        if rows.peek().is_none() {
+            return Ok(());
+        }
         let mut ins = self
             .client
-            .insert::<BatchRow>("ingest_batches")
+            .insert::<T>(table)
             .await
-            .ctx(|| "insert batch marker".into())?;
-        ins.write(&marker)
-            .await
-            .ctx(|| "write batch marker".into())?;
-        ins.end().await.ctx(|| "insert batch marker".into())?;
-        Ok(())
+            .ctx(|| format!("insert into {table}"))?;
+        for row in rows {
+            ins.write(&row)
+                .await
+                .ctx(|| format!("write a row of {table}"))?;
+        }
+        ins.end().await.ctx(|| format!("insert into {table}"))
     }
 }
 

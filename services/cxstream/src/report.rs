@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clickhouse::Client;
-use cxstream_core::metrics::Nps;
+use cxstream_core::Counts;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Deserialize;
 
@@ -25,6 +25,24 @@ struct StageLine {
     ces_n: i64,
     ces_agree: i64,
     ces_sum: i64,
+}
+
+impl StageLine {
+    fn counts(&self) -> Counts {
+        Counts {
+            nps_promoters: self.promoters,
+            nps_passives: self.passives,
+            nps_detractors: self.detractors,
+            csat_n: self.csat_n,
+            csat_top2: self.csat_top2,
+            csat_sum: self.csat_sum,
+            ces_n: self.ces_n,
+            ces_agree: self.ces_agree,
+            ces_sum: self.ces_sum,
+            stage_entries: self.entries,
+            touchpoints: self.touchpoints,
+        }
+    }
 }
 
 pub async fn run(cfg: &Config, stage_order: &[String]) -> Result<String> {
@@ -64,21 +82,13 @@ pub async fn run(cfg: &Config, stage_order: &[String]) -> Result<String> {
         "stage", "entries", "NPS (n, ±95%)", "CSAT% (n)", "CES mean (n)"
     ));
     for l in &lines {
-        let nps = Nps::from_counts(l.promoters, l.passives, l.detractors)
-            .map_or("-".to_string(), |n| {
-                format!("{:+.1} ({}, ±{:.1})", n.score, n.n, n.ci95)
-            });
-        let csat = (l.csat_n > 0).then(|| {
-            format!(
-                "{:.1} ({})",
-                100.0 * l.csat_top2 as f64 / l.csat_n as f64,
-                l.csat_n
-            )
+        // The core's metric math, the same that defines the numbers everywhere else.
+        let c = l.counts();
+        let nps = c.nps().map_or("-".to_string(), |n| {
+            format!("{:+.1} ({}, ±{:.1})", n.score, n.n, n.ci95)
         });
-        let ces = (l.ces_n > 0)
-            .then(|| format!("{:.2} ({})", l.ces_sum as f64 / l.ces_n as f64, l.ces_n));
-        let _ = l.ces_agree;
-        let _ = l.csat_sum;
+        let csat = c.csat().map(|m| format!("{:.1} ({})", m.top2_pct, m.n));
+        let ces = c.ces().map(|m| format!("{:.2} ({})", m.mean, m.n));
         out.push_str(&format!(
             "  {:<14} {:>8} {:>20} {:>16} {:>16}\n",
             l.stage,

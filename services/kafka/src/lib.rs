@@ -210,8 +210,9 @@ pub struct DeadLetter<'a> {
     pub source_topic: &'a str,
     pub source_partition: i32,
     pub source_offset: i64,
-    /// Bounded, typed reason (`not_avro`, `score_out_of_range`, ...).
-    pub kind: &'a str,
+    /// Bounded, typed reason (`not_avro`, `score_out_of_range`, ...): one of the decoder's
+    /// and validator's fixed names, so it can label a metric.
+    pub kind: &'static str,
     /// Human-readable detail; never contains payload text.
     pub message: &'a str,
 }

@@ -266,7 +266,7 @@ impl Inner {
     }
 
     fn dead_letter(&mut self, letter: &DeadLetter<'_>, key: Option<&[u8]>, payload: &[u8]) {
-        *self.dlq_counts.entry(intern_kind(letter.kind)).or_default() += 1;
+        *self.dlq_counts.entry(letter.kind).or_default() += 1;
         tracing::debug!(
             topic = letter.source_topic,
             partition = letter.source_partition,
@@ -516,29 +516,4 @@ impl Inner {
             }
         }
     }
-}
-
-/// DLQ reasons are a closed set of static names; this keeps the metric label bounded.
-fn intern_kind(kind: &str) -> &'static str {
-    const KINDS: [&str; 14] = [
-        "not_avro",
-        "unknown_fingerprint",
-        "wrong_schema",
-        "malformed",
-        "trailing_bytes",
-        "oversized",
-        "missing_customer_id",
-        "missing_id",
-        "score_out_of_range",
-        "unknown_touchpoint",
-        "unknown_channel",
-        "unknown_stage",
-        "unknown_segment",
-        "other",
-    ];
-    KINDS
-        .iter()
-        .find(|k| **k == kind)
-        .copied()
-        .unwrap_or("other")
 }
