@@ -6,9 +6,9 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 source deploy/local/env.sh
-deploy/local/up.sh >/dev/null
 cargo build --release -q -p cxstream -p cxstream-benches
 bin="$root/target/release"
+CX_CXSTREAM_BIN="$bin/cxstream" deploy/local/up.sh >/dev/null
 run="bench$(date +%s)"
 cfg="$(mktemp -d)/cxstream.yaml"
 cat >"$cfg" <<YAML

@@ -1,1 +1,4 @@
-//! Benchmarks live in `benches/benches/`; this crate only hosts them.
+//! Benchmarks live in `benches/benches/` (criterion) and `benches/*.sh` (end to end); this
+//! crate hosts them and the broker harness.
+
+pub mod broker;

@@ -8,9 +8,9 @@ cd "$root"
 source deploy/local/env.sh
 # Every demo starts from empty servers, so its numbers are the simulation's alone.
 deploy/local/down.sh --wipe >/dev/null
-deploy/local/up.sh
 cargo build --release -p cxstream
 bin="$root/target/release/cxstream"
+CX_CXSTREAM_BIN="$bin" deploy/local/up.sh
 "$bin" topics
 "$bin" migrate
 mkdir -p "$CXSTREAM_RUN/demo"

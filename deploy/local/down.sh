@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stops the local stack started by up.sh. `--wipe` also deletes its data.
 set -euo pipefail
-source "$(dirname "$0")/env.sh"
+here="$(cd "$(dirname "$0")" && pwd)"
+source "$here/env.sh"
 for svc in cxstream-journey tansu clickhouse; do
   pidf="$CXSTREAM_RUN/$svc.pid"
   [[ -f "$pidf" ]] || continue
@@ -13,5 +14,10 @@ for svc in cxstream-journey tansu clickhouse; do
   fi
   rm -f "$pidf"
 done
-if [[ "${1:-}" == "--wipe" ]]; then rm -rf "$CXSTREAM_RUN"; fi
+if [[ "${1:-}" == "--wipe" ]]; then
+  "$here/postgres.sh" wipe "$CXSTREAM_RUN/postgres"
+  rm -rf "$CXSTREAM_RUN"
+else
+  "$here/postgres.sh" stop "$CXSTREAM_RUN/postgres"
+fi
 echo "down: stopped"

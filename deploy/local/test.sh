@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Every test: lint-free build, unit and property tests, integration and end-to-end tests
-# against the real Tansu and ClickHouse started here, the migrations on current ClickHouse
-# (chdb), and promtool. Idempotent; leaves the servers running for inspection unless
-# CX_STOP_AFTER_TESTS=1.
+# Every test: unit and property tests, integration and end-to-end tests against the real
+# Tansu and ClickHouse started here, the broker harness at a small size, the migrations on
+# current ClickHouse (chdb), and promtool. Idempotent; leaves the servers running for
+# inspection unless CX_STOP_AFTER_TESTS=1.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 source deploy/local/env.sh
-deploy/local/up.sh
+# Tests use throwaway topics, so a broker that a restart does not cure is recreated empty.
+CX_BROKER_RECOVER=recreate deploy/local/up.sh
 export CX_TEST_KAFKA="127.0.0.1:$CX_KAFKA_PORT"
 export CX_TEST_CLICKHOUSE="http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT"
+export CX_TEST_BROKER_LOG="$CXSTREAM_RUN/tansu/broker.log"
 python3 tests/chdb_dialect.py
-cargo test --workspace --all-targets
+status=0
+cargo test --workspace --all-targets --no-fail-fast || status=$?
+if ((status)); then
+  # Tell a wedged broker from failing tests, with the broker's own words.
+  deploy/local/probe.sh 5000 || echo "test: the broker stopped serving during the tests" >&2
+fi
 if [[ "${CX_STOP_AFTER_TESTS:-0}" == "1" ]]; then deploy/local/down.sh; fi
+exit $status

@@ -1,28 +1,67 @@
 #!/usr/bin/env bash
-# Starts the local stack on loopback (idempotent): Tansu (Kafka API) and ClickHouse, with
-# all data, logs and pids under $CXSTREAM_RUN. Waits until both answer.
-#   CX_BROKER_STORAGE=sqlite (default) | memory. Tansu 0.6.0's memory engine returns the
-#   wrong record batch for some fetch offsets (records are skipped), so sqlite is the default.
+# Starts the local stack on loopback (idempotent): Tansu (Kafka API) on the storage engine
+# CX_BROKER_STORAGE (postgres by default; see README § Local broker), and ClickHouse, with
+# all data, logs and pids under $CXSTREAM_RUN. Then probes both for real (a metadata
+# request, a consumer-group round trip, a ClickHouse query): a broker that accepts
+# connections but does not serve is reported as wedged, with its log lines that matter.
+#   CX_BROKER_RECOVER=restart (default): a wedged broker is restarted once with its data.
+#   CX_BROKER_RECOVER=recreate: if that does not cure it, its data is wiped and it starts
+#     empty (the test suite uses this: its topics are throwaway).
+#   CX_CXSTREAM_BIN: the cxstream binary for the probe (default: builds target/debug).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
 source "$here/env.sh"
 "$here/install.sh"
 mkdir -p "$CXSTREAM_RUN"/{tansu,clickhouse/{log,data,tmp,user_files}}
 
 alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-if ! alive "$CXSTREAM_RUN/tansu.pid"; then
-  case "${CX_BROKER_STORAGE:-sqlite}" in
-    memory) storage="memory://tansu/" ;;
+start_broker() {
+  if alive "$CXSTREAM_RUN/tansu.pid"; then return 0; fi
+  local storage
+  case "$CX_BROKER_STORAGE" in
+    postgres) storage=$("$here/postgres.sh" start "$CXSTREAM_RUN/postgres" "$CX_POSTGRES_PORT") ;;
     sqlite) storage="sqlite://tansu.db" ;;
-    *) echo "up: CX_BROKER_STORAGE must be memory or sqlite" >&2; exit 2 ;;
+    memory) storage="memory://tansu/" ;;
+    *) echo "up: CX_BROKER_STORAGE must be postgres, sqlite or memory" >&2; exit 2 ;;
   esac
+  echo "$CX_BROKER_STORAGE" >"$CXSTREAM_RUN/tansu/storage"
   (cd "$CXSTREAM_RUN/tansu" && exec nohup "$TANSU_BIN" broker \
       --storage-engine "$storage" \
       --listener-url "tcp://127.0.0.1:$CX_KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$CX_KAFKA_PORT" \
-      >"$CXSTREAM_RUN/tansu/broker.log" 2>&1 & echo $! >"$CXSTREAM_RUN/tansu.pid")
+      >>"$CXSTREAM_RUN/tansu/broker.log" 2>&1 & echo $! >"$CXSTREAM_RUN/tansu.pid")
+}
+
+stop_broker() {
+  local pid
+  pid=$(cat "$CXSTREAM_RUN/tansu.pid" 2>/dev/null) || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$CXSTREAM_RUN/tansu.pid"
+}
+
+wipe_broker() {
+  stop_broker
+  "$here/postgres.sh" wipe "$CXSTREAM_RUN/postgres"
+  rm -rf "$CXSTREAM_RUN/tansu"
+  mkdir -p "$CXSTREAM_RUN/tansu"
+}
+
+wait_for() { # name, check command...
+  local name=$1; shift
+  for _ in $(seq 1 120); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  echo "up: $name did not answer within 60 s; see $CXSTREAM_RUN" >&2; exit 1
+}
+
+# A broker of another engine holds other data: switching engines starts it afresh.
+if [[ -f "$CXSTREAM_RUN/tansu/storage" && $(cat "$CXSTREAM_RUN/tansu/storage") != "$CX_BROKER_STORAGE" ]]; then
+  echo "up: broker storage changes from $(cat "$CXSTREAM_RUN/tansu/storage") to $CX_BROKER_STORAGE"
+  stop_broker
 fi
+start_broker
 
 if ! alive "$CXSTREAM_RUN/clickhouse.pid"; then
   sed -e "s#@RUN@#$CXSTREAM_RUN#g" -e "s#@HTTP_PORT@#$CX_CLICKHOUSE_HTTP_PORT#g" \
@@ -34,11 +73,6 @@ if ! alive "$CXSTREAM_RUN/clickhouse.pid"; then
       >"$CXSTREAM_RUN/clickhouse/log/stdout.log" 2>&1 & echo $! >"$CXSTREAM_RUN/clickhouse.pid")
 fi
 
-wait_for() { # name, check command...
-  local name=$1; shift
-  for _ in $(seq 1 120); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
-  echo "up: $name did not answer within 60 s; see $CXSTREAM_RUN" >&2; exit 1
-}
 wait_for clickhouse curl -sf "http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT/ping"
 wait_for tansu bash -c "exec 3<>/dev/tcp/127.0.0.1/$CX_KAFKA_PORT"
 # A server that could not bind (port taken by a process this script does not own) exits
@@ -49,4 +83,27 @@ for svc in tansu clickhouse; do
     exit 1
   fi
 done
-echo "up: kafka 127.0.0.1:$CX_KAFKA_PORT, clickhouse http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT (data in $CXSTREAM_RUN)"
+
+if [[ -z "${CX_CXSTREAM_BIN:-}" ]]; then
+  (cd "$root" && cargo build -q -p cxstream --bin cxstream)
+  export CX_CXSTREAM_BIN="$root/target/debug/cxstream"
+fi
+if ! "$here/probe.sh"; then
+  echo "up: restarting the broker with its data" >&2
+  stop_broker
+  start_broker
+  wait_for tansu bash -c "exec 3<>/dev/tcp/127.0.0.1/$CX_KAFKA_PORT"
+  if ! "$here/probe.sh"; then
+    if [[ "${CX_BROKER_RECOVER:-restart}" != recreate ]]; then
+      echo "up: the broker is still wedged. Recreate it empty with deploy/local/down.sh --wipe," \
+           "or CX_BROKER_RECOVER=recreate." >&2
+      exit 1
+    fi
+    echo "up: recreating the broker empty (CX_BROKER_RECOVER=recreate)" >&2
+    wipe_broker
+    start_broker
+    wait_for tansu bash -c "exec 3<>/dev/tcp/127.0.0.1/$CX_KAFKA_PORT"
+    "$here/probe.sh"
+  fi
+fi
+echo "up: kafka 127.0.0.1:$CX_KAFKA_PORT (tansu, $CX_BROKER_STORAGE storage), clickhouse http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT (data in $CXSTREAM_RUN)"

@@ -2,6 +2,7 @@
 
 mod config;
 mod journey;
+mod probe;
 mod report;
 mod simulate;
 
@@ -48,6 +49,9 @@ enum Command {
     },
     /// Print a summary of what is in ClickHouse: events, NPS/CSAT/CES per stage, DLQ count.
     Report,
+    /// Check that Kafka and ClickHouse serve: a metadata request, a consumer-group round
+    /// trip (join, commit, read the commit back, leave) and a ClickHouse query.
+    Probe(probe::ProbeArgs),
     /// Check a journey map file and print its stages and touchpoints.
     CheckMap {
         /// Journey map YAML (default: journey.map from the configuration).
@@ -153,6 +157,7 @@ fn run(command: Command, cfg: Config) -> Result<()> {
             print!("{}", runtime()?.block_on(report::run(&cfg, &stages))?);
             Ok(())
         }
+        Command::Probe(args) => probe::run(&cfg, &args),
         Command::CheckMap { path } => {
             let map = load_map(path.as_deref().unwrap_or(&cfg.journey.map))?;
             println!(
