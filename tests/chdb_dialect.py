@@ -18,6 +18,19 @@ def statements(path, db):
     return [s.strip().replace("{db}", db) for s in text.split(";") if s.strip()]
 
 
+ADD_COLUMN = re.compile(r"ALTER TABLE \w+\.(\w+) ADD COLUMN (\w+)")
+
+
+def apply(s, st):
+    """As `cxstream migrate` does: an ADD COLUMN whose column exists is skipped."""
+    m = ADD_COLUMN.match(st)
+    if m and str(s.query(
+            f"SELECT count() FROM system.columns WHERE database = 'cx' AND table = '{m[1]}' "
+            f"AND name = '{m[2]}'", "CSV")).strip() != "0":
+        return
+    s.query(st)
+
+
 def main():
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -27,17 +40,22 @@ def main():
         for f in files:
             for st in statements(f, "cx"):
                 try:
-                    s.query(st)
+                    apply(s, st)
                 except Exception as e:  # noqa: BLE001 - report every failing statement
                     failures.append(f"{os.path.basename(f)}: {st[:70]}...: {e}")
         # Applying twice must be harmless (IF NOT EXISTS everywhere).
         for f in files:
             for st in statements(f, "cx"):
                 try:
-                    s.query(st)
+                    apply(s, st)
                 except Exception as e:  # noqa: BLE001
                     failures.append(f"re-apply {os.path.basename(f)}: {e}")
-        s.query("INSERT INTO cx.ingest_batches VALUES ('retail', 0, 0, 7, 10, 5, 0, 15, now())")
+        # The committed watermark (10:00:30) ends the rolling windows.
+        s.query(
+            "INSERT INTO cx.ingest_batches (journey, source_partition, batch_seq, batch_attempt, "
+            "touchpoints_next_offset, answers_next_offset, watermark_ms, records, committed_at) "
+            "VALUES ('retail', 0, 0, 7, 10, 5, toUnixTimestamp(toDateTime('2026-11-02 10:00:30')) * 1000, 15, now())"
+        )
         s.query(
             "INSERT INTO cx.metrics_minute VALUES "
             "(toDateTime('2026-11-02 10:00:00'), 'retail', 'conversion', 'purchase_completed', 'web', 'vip',"

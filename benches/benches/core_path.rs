@@ -9,7 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use cxstream_avro::Codec;
-use cxstream_core::{JourneyMap, PartitionProcessor};
+use cxstream_core::{EventTimePolicy, JourneyMap, PartitionProcessor};
 use cxstream_simulator::{simulate, SimConfig, SimRecord};
 
 enum Encoded {
@@ -28,9 +28,9 @@ fn inputs(codec: &Codec, map: &JourneyMap) -> Vec<Encoded> {
     );
     sim.records
         .iter()
-        .map(|r| {
+        .map(|s| {
             let mut buf = Vec::new();
-            match r {
+            match &s.record {
                 SimRecord::Touchpoint(t) => {
                     codec.encode_touchpoint(t, &mut buf).expect("encode");
                     Encoded::Touchpoint(buf)
@@ -59,16 +59,17 @@ fn core_path(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("decode+journey+aggregate", |b| {
         b.iter_batched(
-            || PartitionProcessor::new(map.clone()),
+            || PartitionProcessor::new(map.clone(), EventTimePolicy::default()),
             |mut p| {
                 for (i, r) in records.iter().enumerate() {
                     let res = match r {
                         Encoded::Touchpoint(bytes) => p.on_touchpoint(
                             codec.decode_touchpoint(bytes).expect("valid"),
                             i as i64,
+                            None,
                         ),
                         Encoded::Answer(bytes) => {
-                            p.on_answer(codec.decode_answer(bytes).expect("valid"), i as i64)
+                            p.on_answer(codec.decode_answer(bytes).expect("valid"), i as i64, None)
                         }
                     };
                     res.expect("valid record");

@@ -5,6 +5,12 @@
 //! deserializer; schemas are parsed and resolved once, never per record. Every writer schema
 //! we know is indexed by fingerprint, so adding an evolved schema version is adding a file:
 //! missing fields fall back to the domain types' serde defaults.
+//!
+//! Fingerprints follow the specification's Parsing Canonical Form ([`canonical`]), so records
+//! from Java, Python or any conformant producer decode. Records written by cxstream before
+//! that fix carry apache-avro's own (non-conformant) fingerprint and still decode.
+
+pub mod canonical;
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -65,6 +71,8 @@ pub enum RecordType {
 
 struct Known {
     schema: &'static Schema,
+    /// The schema's JSON, for the specification's fingerprint.
+    json: serde_json::Value,
     record: RecordType,
 }
 
@@ -76,24 +84,29 @@ fn parse(text: &str) -> &'static Schema {
     Box::leak(Box::new(s))
 }
 
+fn known(text: &'static str, record: RecordType) -> Known {
+    // As in `parse`: the embedded schemas are part of the binary.
+    #[allow(clippy::expect_used)]
+    let json = serde_json::from_str(text).expect("embedded Avro schema is JSON");
+    Known {
+        schema: parse(text),
+        json,
+        record,
+    }
+}
+
 static KNOWN: LazyLock<Vec<Known>> = LazyLock::new(|| {
     vec![
-        Known {
-            schema: parse(TOUCHPOINT_SCHEMA),
-            record: RecordType::Touchpoint,
-        },
-        Known {
-            schema: parse(SURVEY_ANSWER_SCHEMA),
-            record: RecordType::SurveyAnswer,
-        },
-        Known {
-            schema: parse(ALERT_SCHEMA),
-            record: RecordType::Alert,
-        },
+        known(TOUCHPOINT_SCHEMA, RecordType::Touchpoint),
+        known(SURVEY_ANSWER_SCHEMA, RecordType::SurveyAnswer),
+        known(ALERT_SCHEMA, RecordType::Alert),
     ]
 });
 
-pub fn fingerprint(schema: &Schema) -> u64 {
+/// The fingerprint apache-avro 0.22 computes, which differs from the specification's for
+/// schemas with a logical type. Records cxstream wrote before carry it; only decoding
+/// accepts it.
+pub fn legacy_fingerprint(schema: &Schema) -> u64 {
     let fp = schema.fingerprint::<Rabin>();
     let mut b = [0u8; 8];
     b.copy_from_slice(&fp.bytes[..8]);
@@ -111,12 +124,14 @@ impl Codec {
         let mut readers = HashMap::new();
         let mut writers = HashMap::new();
         for k in KNOWN.iter() {
-            let fp = fingerprint(k.schema);
-            let reader = GenericDatumReader::builder(k.schema)
-                .human_readable(false)
-                .build()
-                .map_err(|e| EncodeError(e.to_string()))?;
-            readers.insert(fp, (k.record, reader));
+            let fp = canonical::fingerprint(&k.json);
+            for id in [fp, legacy_fingerprint(k.schema)] {
+                let reader = GenericDatumReader::builder(k.schema)
+                    .human_readable(false)
+                    .build()
+                    .map_err(|e| EncodeError(e.to_string()))?;
+                readers.insert(id, (k.record, reader));
+            }
             // The newest schema of a record type is the one we write; KNOWN lists oldest first.
             let writer = GenericDatumWriter::builder(k.schema)
                 .human_readable(false)
@@ -250,14 +265,46 @@ mod tests {
         assert_eq!(c.decode_answer(&buf).expect("decode"), answer());
     }
 
+    /// Header bytes of the shipped schemas as fastavro 1.13 computes them (little-endian,
+    /// as in a single-object header):
+    /// `python3 -c 'import json,fastavro.schema as s; print(s.fingerprint(
+    ///     s.to_parsing_canonical_form(json.load(open("schemas/avro/touchpoint.avsc"))),
+    ///     "CRC-64-AVRO"))'`
+    const FASTAVRO: [(RecordType, &str); 3] = [
+        (RecordType::Touchpoint, "b7654fa06f31c558"),
+        (RecordType::SurveyAnswer, "83a98be0c7502bf4"),
+        (RecordType::Alert, "f81c346ac8b82add"),
+    ];
+
+    fn hex(fp: u64) -> String {
+        fp.to_le_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     #[test]
-    fn fingerprint_matches_apache_avro_single_object_header() {
+    fn fingerprints_of_the_shipped_schemas_are_the_specifications() {
+        let c = codec();
+        for (record, expected) in FASTAVRO {
+            let fp = c.writer_fingerprint(record).expect("a writer schema");
+            assert_eq!(hex(fp), expected, "{record:?}");
+        }
+    }
+
+    #[test]
+    fn records_with_apache_avros_old_fingerprint_still_decode() {
         use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
-        let k = &KNOWN[0];
-        let header = RabinFingerprintHeader::from_schema(k.schema).build_header();
+        let legacy = RabinFingerprintHeader::from_schema(KNOWN[0].schema).build_header();
         let mut buf = Vec::new();
         codec().encode_touchpoint(&tp(), &mut buf).expect("encode");
-        assert_eq!(&buf[..HEADER_LEN], header.as_slice());
+        assert_ne!(
+            &buf[..HEADER_LEN],
+            legacy.as_slice(),
+            "AVRO-4004 is fixed upstream?"
+        );
+        buf[..HEADER_LEN].copy_from_slice(&legacy);
+        assert_eq!(codec().decode_touchpoint(&buf).expect("decode"), tp());
     }
 
     #[test]

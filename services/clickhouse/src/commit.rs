@@ -11,11 +11,10 @@
 use std::sync::Arc;
 
 use clickhouse::Client;
-use cxstream_core::journey::JourneyState;
-use cxstream_core::{Batch, JourneyMap};
+use cxstream_core::{Batch, ClockState, Journey, JourneyMap};
 use serde::Deserialize;
 
-use crate::rows::{AnswerRow, BatchRow, MinuteRow, StateRow, TouchpointRow};
+use crate::rows::{AnswerRow, BatchRow, MinuteRow, RefusedRow, StateRow, TouchpointRow};
 use crate::{Context, Error, Result};
 
 /// Where a partition resumes.
@@ -26,8 +25,9 @@ pub struct Resume {
     /// Next offsets to read, `None` when nothing was committed yet.
     pub touchpoints_offset: Option<i64>,
     pub answers_offset: Option<i64>,
-    pub watermark_ms: i64,
-    pub journeys: Vec<(String, JourneyState)>,
+    /// The event clock as committed.
+    pub clock: ClockState,
+    pub journeys: Vec<(String, Journey)>,
 }
 
 /// The offsets and bookkeeping a batch commits together with its rows.
@@ -35,7 +35,7 @@ pub struct Resume {
 pub struct BatchEnd {
     pub touchpoints_next_offset: i64,
     pub answers_next_offset: i64,
-    pub watermark_ms: i64,
+    pub clock: ClockState,
     pub records: u64,
 }
 
@@ -75,7 +75,7 @@ impl BatchCommitter {
         let saved = self
             .client
             .query(
-                "SELECT customer_id, argMax(state, batch_seq) AS state FROM journey_state \
+                "SELECT customer_id, argMax(state, batch_seq) AS state FROM journeys \
                  WHERE journey = ? AND source_partition = ? \
                  AND (journey, source_partition, batch_seq, batch_attempt) IN \
                    (SELECT journey, source_partition, batch_seq, batch_attempt FROM ingest_batches \
@@ -91,7 +91,7 @@ impl BatchCommitter {
             .ctx(|| format!("reading journey state of partition {partition}"))?;
         let mut journeys = Vec::with_capacity(saved.len());
         for s in saved {
-            let state: JourneyState = postcard::from_bytes(&s.state).map_err(|e| Error::State {
+            let state: Journey = postcard::from_bytes(&s.state).map_err(|e| Error::State {
                 partition,
                 message: e.to_string(),
             })?;
@@ -102,7 +102,11 @@ impl BatchCommitter {
             // Negative: nothing was read from that topic yet (start at its beginning).
             touchpoints_offset: Some(last.touchpoints_next_offset).filter(|o| *o >= 0),
             answers_offset: Some(last.answers_next_offset).filter(|o| *o >= 0),
-            watermark_ms: last.watermark_ms,
+            clock: ClockState {
+                highs: [last.touchpoints_high_ms, last.answers_high_ms]
+                    .map(|h| Some(h).filter(|h| *h != i64::MIN)),
+                watermark: Some(last.watermark_ms).filter(|w| *w != i64::MIN),
+            },
             journeys,
         })
     }
@@ -169,15 +173,27 @@ impl BatchCommitter {
                     journey: map.name.clone(),
                     source_partition: partition,
                     customer_id: customer.clone(),
-                    segment: map.segment_name(state.segment).to_string(),
+                    segment: state
+                        .floor
+                        .segment
+                        .or_else(|| state.touchpoints.iter().rev().find_map(|t| t.segment))
+                        .map_or("unknown", |s| map.segment_name(s))
+                        .to_string(),
                     state: bytes,
                     batch_seq: seq,
                     batch_attempt: attempt,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        self.insert_rows::<StateRow>("journey_state", states)
-            .await?;
+        self.insert_rows::<StateRow>("journeys", states).await?;
+        self.insert_rows::<RefusedRow<'_>>(
+            "refused_events",
+            batch
+                .refused
+                .iter()
+                .map(|r| RefusedRow::new(map, r, partition)),
+        )
+        .await?;
         // The marker goes last, alone: it is the commit point.
         let marker = BatchRow {
             journey: map.name.clone(),
@@ -186,9 +202,11 @@ impl BatchCommitter {
             batch_attempt: attempt,
             touchpoints_next_offset: end.touchpoints_next_offset,
             answers_next_offset: end.answers_next_offset,
-            watermark_ms: end.watermark_ms,
+            watermark_ms: end.clock.watermark.unwrap_or(i64::MIN),
             records: end.records,
             committed_at: now_secs(),
+            touchpoints_high_ms: end.clock.highs[0].unwrap_or(i64::MIN),
+            answers_high_ms: end.clock.highs[1].unwrap_or(i64::MIN),
         };
         self.insert_rows::<BatchRow>("ingest_batches", [marker])
             .await?;

@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rolling_metrics",
         sql: include_str!("../../../schemas/clickhouse/0002_rolling_metrics.sql"),
     },
+    Migration {
+        version: 3,
+        name: "event_time",
+        sql: include_str!("../../../schemas/clickhouse/0003_event_time.sql"),
+    },
 ];
 
 impl Migration {
@@ -74,6 +79,13 @@ pub async fn apply_migrations(conn: &Connection) -> Result<Vec<u32>> {
     let mut now = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
         for st in m.statements(db) {
+            if let Some((table, column)) = added_column(&st) {
+                // ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS; a half-applied migration
+                // must still re-run.
+                if column_exists(&server, db, table, column).await? {
+                    continue;
+                }
+            }
             exec(&server, &st).await?;
         }
         exec(
@@ -87,6 +99,31 @@ pub async fn apply_migrations(conn: &Connection) -> Result<Vec<u32>> {
         now.push(m.version);
     }
     Ok(now)
+}
+
+/// `(table, column)` of an `ALTER TABLE db.table ADD COLUMN column ...` statement.
+fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let mut words = statement.split_whitespace();
+    let head: Vec<&str> = words.by_ref().take(5).collect();
+    match head.as_slice() {
+        ["ALTER", "TABLE", table, "ADD", "COLUMN"] => {
+            let table = table.rsplit('.').next()?;
+            Some((table, words.next()?))
+        }
+        _ => None,
+    }
+}
+
+async fn column_exists(client: &Client, db: &str, table: &str, column: &str) -> Result<bool> {
+    let n = client
+        .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+        .bind(db)
+        .bind(table)
+        .bind(column)
+        .fetch_one::<u64>()
+        .await
+        .ctx(|| format!("looking up column {table}.{column}"))?;
+    Ok(n > 0)
 }
 
 async fn exec(client: &Client, sql: &str) -> Result<()> {
@@ -112,5 +149,17 @@ mod tests {
         assert!(st
             .iter()
             .any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS cx.touchpoints")));
+    }
+
+    #[test]
+    fn added_columns_are_recognised() {
+        assert_eq!(
+            added_column("ALTER TABLE cx.ingest_batches ADD COLUMN a_ms Int64 DEFAULT 0"),
+            Some(("ingest_batches", "a_ms"))
+        );
+        assert_eq!(
+            added_column("CREATE TABLE IF NOT EXISTS cx.t (a Int64)"),
+            None
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! Rows as written to ClickHouse (RowBinary, field order = column order of the DDL in
 //! `schemas/clickhouse/`), and their construction from the core's batch output.
 
-use cxstream_core::journey::Context;
-use cxstream_core::processor::{AggKey, AnswerFact, TouchpointFact, MINUTE_MS};
-use cxstream_core::{Counts, JourneyMap, Metric};
+use cxstream_core::journey::{Attribution, Context};
+use cxstream_core::processor::{
+    AggKey, AnswerFact, RefusedEvent, RefusedPayload, TouchpointFact, MINUTE_MS,
+};
+use cxstream_core::{Counts, Input, JourneyMap, Metric, Refusal};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -85,6 +87,26 @@ pub struct BatchRow {
     pub watermark_ms: i64,
     pub records: u64,
     pub committed_at: u32,
+    /// High marks of the inputs (`i64::MIN`: not seen yet), for resuming the event clock.
+    pub touchpoints_high_ms: i64,
+    pub answers_high_ms: i64,
+}
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+pub struct RefusedRow<'a> {
+    pub journey: &'a str,
+    /// Enum8: touchpoints = 1, answers = 2.
+    pub input: i8,
+    /// Enum8: late = 1, future = 2.
+    pub reason: i8,
+    pub id: &'a str,
+    pub customer_id: &'a str,
+    pub event_time: u32,
+    pub event_time_ms: i64,
+    pub watermark_ms: i64,
+    pub payload: String,
+    pub source_partition: u16,
+    pub source_offset: i64,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize, Deserialize)]
@@ -177,14 +199,53 @@ impl<'a> AnswerRow<'a> {
             channel: d.channel,
             segment: d.segment,
             attribution: match f.attribution {
-                cxstream_core::journey::Attribution::Named => 1,
-                cxstream_core::journey::Attribution::Latest => 2,
-                cxstream_core::journey::Attribution::None => 3,
+                Attribution::Named => 1,
+                Attribution::Latest => 2,
+                Attribution::None => 3,
             },
             answer_channel: a.channel.as_deref().unwrap_or(""),
             comment: a.comment.as_deref().unwrap_or(""),
             source_partition: partition,
             source_offset: f.source_offset,
+        }
+    }
+}
+
+impl<'a> RefusedRow<'a> {
+    pub fn new(map: &'a JourneyMap, r: &'a RefusedEvent, partition: u16) -> Self {
+        let (id, customer, time, payload) = match &r.event {
+            RefusedPayload::Touchpoint(t) => (
+                t.event_id.as_str(),
+                t.customer_id.as_deref(),
+                t.event_time,
+                serde_json::to_string(&**t),
+            ),
+            RefusedPayload::Answer(a) => (
+                a.response_id.as_str(),
+                a.customer_id.as_deref(),
+                a.answer_time,
+                serde_json::to_string(&**a),
+            ),
+        };
+        RefusedRow {
+            journey: &map.name,
+            input: match r.input() {
+                Input::Touchpoints => 1,
+                Input::Answers => 2,
+            },
+            reason: match r.reason {
+                Refusal::Late => 1,
+                Refusal::Future => 2,
+            },
+            id,
+            customer_id: customer.unwrap_or(""),
+            event_time: secs(time),
+            event_time_ms: time,
+            watermark_ms: r.watermark_ms.unwrap_or(i64::MIN),
+            // Serializing plain strings, numbers and maps does not fail.
+            payload: payload.unwrap_or_default(),
+            source_partition: partition,
+            source_offset: r.source_offset,
         }
     }
 }

@@ -1,23 +1,33 @@
-//! One customer's journey through one journey map, as a small state machine driven by
-//! touchpoints in event time.
+//! One customer's journey through one journey map: the customer's touchpoints and answers
+//! within the allowed lateness, from which every count is *derived*, so that the result is
+//! a function of the events and never of the order in which they arrived.
 //!
-//! Rules:
-//! - A touchpoint whose stage is later than the current stage moves the customer into that
-//!   stage (a *stage entry*); touchpoints of the current or earlier stages keep the stage,
-//!   because a customer who bought does not "un-buy" by seeing an ad.
-//! - The last [`RECENT`] touchpoints are kept with their context, so a survey answer can be
-//!   attributed to the touchpoint it rates even when it arrives after later touchpoints, and
-//!   so a repeated answer for the same touchpoint replaces the earlier one (respondent, not
-//!   event).
+//! The rules (README § What it does), for one customer, with touchpoints ordered by
+//! (event time, event-id hash):
+//! - a touchpoint's **stage** is the furthest stage of the touchpoints up to and including it
+//!   (its own stage is the explicit `stage` or the map's); it is a **stage entry** when its
+//!   own stage is beyond every earlier one's;
+//! - its **segment** is that of the latest touchpoint up to it that names one;
+//! - an event id counts once; a response re-sent unchanged counts once;
+//! - an answer is **attributed** to the touchpoint it names when the customer has it, else to
+//!   the latest touchpoint at or before the answer time, else to nothing;
+//! - per **slot** — (named touchpoint, metric) for answers that name one, (response id,
+//!   metric) for those that do not — only the latest answer counts (ties: the higher
+//!   response-id hash, then the higher score), so a respondent who answers again replaces
+//!   their earlier answer.
+//!
+//! Events older than the horizon (watermark − allowed lateness) can no longer arrive
+//! (the processor refuses them as late), so the journey folds them into a [`Floor`] whose
+//! effect on later events is final. An answer dated before the horizon stays while the
+//! touchpoint it names does, since that touchpoint's context can still change.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::SurveyAnswer;
+use crate::events::{SurveyAnswer, TouchpointEvent};
 use crate::journey_map::{ChannelIdx, SegmentIdx, StageIdx, TouchpointIdx, NO_SEGMENT};
 use crate::metrics::Metric;
-
-/// How many recent touchpoints a journey remembers for attribution and de-duplication.
-pub const RECENT: usize = 6;
 
 /// The journey context an answer or touchpoint is counted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -28,76 +38,8 @@ pub struct Context {
     pub segment: SegmentIdx,
 }
 
-/// A remembered answer: enough to retract it when the respondent answers again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AnsweredScore {
-    pub score: i8,
-    pub time_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecentTouchpoint {
-    pub id_hash: u64,
-    pub time_ms: i64,
-    pub context: Context,
-    /// Latest answer per metric ([`Metric::index`]) that rated this touchpoint.
-    pub answers: [Option<AnsweredScore>; 3],
-}
-
-/// An answer waiting for the touchpoint it rates (or for event time to pass it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PendingAnswer {
-    pub answer: SurveyAnswer,
-    pub source_offset: i64,
-    /// Key in the processor's release index; unique within a partition.
-    pub seq: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JourneyState {
-    /// Current stage; `None` until the first mapped touchpoint.
-    pub stage: Option<StageIdx>,
-    pub stage_entered_ms: i64,
-    pub entry_channel: ChannelIdx,
-    pub entry_touchpoint: TouchpointIdx,
-    pub segment: SegmentIdx,
-    /// Event time of the latest touchpoint applied.
-    pub last_time_ms: i64,
-    /// Oldest first; at most [`RECENT`].
-    pub recent: Vec<RecentTouchpoint>,
-    pub pending: Vec<PendingAnswer>,
-    /// Changed since the last batch was taken (processor bookkeeping, not persisted).
-    #[serde(skip)]
-    pub dirty: bool,
-}
-
-impl Default for JourneyState {
-    fn default() -> Self {
-        JourneyState {
-            stage: None,
-            stage_entered_ms: 0,
-            entry_channel: 0,
-            entry_touchpoint: 0,
-            segment: NO_SEGMENT,
-            last_time_ms: i64::MIN,
-            recent: Vec::new(),
-            pending: Vec::new(),
-            dirty: false,
-        }
-    }
-}
-
-/// What applying a touchpoint did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// Already seen (same event id among the recent touchpoints): counts once.
-    Duplicate,
-    /// Applied; `entered` tells whether it moved the customer into a new stage.
-    Applied { context: Context, entered: bool },
-}
-
 /// How an answer found its context.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Attribution {
     /// The touchpoint the answer names.
     Named,
@@ -117,138 +59,289 @@ impl Attribution {
     }
 }
 
-/// Where an answer's counts go and which earlier answer (if any) it replaces.
+/// A touchpoint as the journey keeps it: what the rules need, and the event itself so a
+/// corrected fact can be written again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TouchpointEntry {
+    pub id: u64,
+    pub time: i64,
+    pub touchpoint: TouchpointIdx,
+    pub channel: ChannelIdx,
+    /// Its own stage (explicit, or the map's for the touchpoint).
+    pub stage: StageIdx,
+    pub segment: Option<SegmentIdx>,
+    pub event: Arc<TouchpointEvent>,
+    pub source_offset: i64,
+}
+
+impl TouchpointEntry {
+    fn order(&self) -> (i64, u64) {
+        (self.time, self.id)
+    }
+}
+
+/// An answer as the journey keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerEntry {
+    pub response: u64,
+    /// Hash of the event id of the touchpoint it names.
+    pub named: Option<u64>,
+    pub time: i64,
+    pub metric: Metric,
+    pub score: i8,
+    /// The context of its named touchpoint, fixed when that touchpoint left the horizon.
+    pub fixed: Option<Context>,
+    pub answer: Arc<SurveyAnswer>,
+    pub source_offset: i64,
+}
+
+impl AnswerEntry {
+    /// Answers in the same slot replace each other. It is also the facts table's key
+    /// (customer, rated touchpoint or response id, metric).
+    pub fn slot(&self) -> (u64, Metric) {
+        (self.named.unwrap_or(self.response), self.metric)
+    }
+
+    /// Within a slot, the greatest counts: a total order, so that arrival order never
+    /// decides.
+    fn rank(&self) -> (i64, u64, i8) {
+        (self.time, self.response, self.score)
+    }
+}
+
+/// What the touchpoints that left the horizon leave behind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Floor {
+    pub max_stage: Option<StageIdx>,
+    pub segment: Option<SegmentIdx>,
+    /// The last of them: (order, its context), for answers after it.
+    pub last: Option<((i64, u64), Context)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Journey {
+    pub floor: Floor,
+    /// Ordered by (time, id).
+    pub touchpoints: Vec<TouchpointEntry>,
+    pub answers: Vec<AnswerEntry>,
+    /// Changed since the last batch was taken (processor bookkeeping, not persisted).
+    #[serde(skip)]
+    pub dirty: bool,
+}
+
+/// A touchpoint's derived place in the journey.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AnswerOutcome {
+pub struct TouchpointView {
+    pub context: Context,
+    pub entered: bool,
+}
+
+/// An answer's derived place in the journey.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerView {
     pub context: Option<Context>,
     pub attribution: Attribution,
-    /// The earlier answer of the same respondent for the same touchpoint and metric,
-    /// to be retracted.
-    pub replaces: Option<AnsweredScore>,
-    /// False when a later answer for the same touchpoint and metric is already counted.
+    /// Whether it is its slot's latest (only those count).
     pub counted: bool,
 }
 
-impl JourneyState {
-    pub fn apply_touchpoint(
-        &mut self,
-        id_hash: u64,
-        time_ms: i64,
-        touchpoint: TouchpointIdx,
-        stage: StageIdx,
-        channel: ChannelIdx,
-        segment: Option<SegmentIdx>,
-    ) -> Applied {
-        if self.recent.iter().any(|r| r.id_hash == id_hash) {
-            return Applied::Duplicate;
+/// The derived views, index-aligned with [`Journey::touchpoints`] and [`Journey::answers`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Derived {
+    pub touchpoints: Vec<TouchpointView>,
+    pub answers: Vec<AnswerView>,
+}
+
+impl Journey {
+    pub fn is_idle(&self) -> bool {
+        self.touchpoints.is_empty() && self.answers.is_empty()
+    }
+
+    pub fn has_touchpoint(&self, id: u64) -> bool {
+        self.touchpoints.iter().any(|t| t.id == id)
+    }
+
+    /// Whether an identical answer (same response id, slot, time and score) is kept.
+    pub fn has_answer(&self, a: &AnswerEntry) -> bool {
+        self.answers.iter().any(|b| {
+            b.response == a.response
+                && b.slot() == a.slot()
+                && b.time == a.time
+                && b.score == a.score
+        })
+    }
+
+    /// Inserts in (time, id) order; returns its index.
+    pub fn insert_touchpoint(&mut self, t: TouchpointEntry) -> usize {
+        let at = self.touchpoints.partition_point(|x| x.order() <= t.order());
+        self.touchpoints.insert(at, t);
+        at
+    }
+
+    pub fn insert_answer(&mut self, a: AnswerEntry) {
+        self.answers.push(a);
+    }
+
+    /// Everything derived from the kept events and the floor, by the rules above.
+    pub fn derive(&self) -> Derived {
+        let touchpoints = self.derive_touchpoints();
+        let answers = self.derive_answers(&touchpoints);
+        Derived {
+            touchpoints,
+            answers,
         }
-        if let Some(s) = segment {
-            self.segment = s;
-        }
-        let entered = self.stage.is_none_or(|cur| stage > cur);
-        if entered {
-            self.stage = Some(stage);
-            self.stage_entered_ms = time_ms;
-            self.entry_channel = channel;
-            self.entry_touchpoint = touchpoint;
-        }
-        let context = Context {
-            stage: self.stage.unwrap_or(stage),
-            touchpoint,
-            channel,
-            segment: self.segment,
-        };
-        self.last_time_ms = self.last_time_ms.max(time_ms);
-        if self.recent.len() == RECENT {
-            self.recent.remove(0);
-        } else if self.recent.capacity() == 0 {
-            self.recent.reserve_exact(RECENT);
-        }
-        // Kept in event-time order so "latest at or before t" is a reverse scan.
-        let pos = self
-            .recent
+    }
+
+    fn derive_touchpoints(&self) -> Vec<TouchpointView> {
+        let mut furthest = self.floor.max_stage;
+        let mut segment = self.floor.segment;
+        self.touchpoints
             .iter()
-            .rposition(|r| r.time_ms <= time_ms)
-            .map_or(0, |p| p + 1);
-        self.recent.insert(
-            pos,
-            RecentTouchpoint {
-                id_hash,
-                time_ms,
-                context,
-                answers: [None; 3],
-            },
-        );
-        Applied::Applied { context, entered }
+            .map(|t| {
+                let entered = furthest.is_none_or(|f| t.stage > f);
+                let stage = furthest.map_or(t.stage, |f| f.max(t.stage));
+                furthest = Some(stage);
+                if t.segment.is_some() {
+                    segment = t.segment;
+                }
+                TouchpointView {
+                    context: Context {
+                        stage,
+                        touchpoint: t.touchpoint,
+                        channel: t.channel,
+                        segment: segment.unwrap_or(NO_SEGMENT),
+                    },
+                    entered,
+                }
+            })
+            .collect()
     }
 
-    /// True when the answer can be attributed now without guessing: its named touchpoint
-    /// is known, or the customer's own touchpoints have moved past the answer time (a
-    /// customer's touchpoints arrive in event-time order, so nothing earlier is coming).
-    pub fn can_attribute(&self, named: Option<u64>, time_ms: i64) -> bool {
-        match named {
-            Some(h) if self.recent.iter().any(|r| r.id_hash == h) => true,
-            _ => self.last_time_ms > time_ms,
+    /// The view of touchpoint `i` alone (what [`Self::derive`] gives it), without
+    /// deriving the others'.
+    pub fn touchpoint_view(&self, i: usize) -> TouchpointView {
+        let before = &self.touchpoints[..i];
+        let furthest = before
+            .iter()
+            .map(|t| t.stage)
+            .chain(self.floor.max_stage)
+            .max();
+        let t = &self.touchpoints[i];
+        let segment = t
+            .segment
+            .or_else(|| before.iter().rev().find_map(|t| t.segment))
+            .or(self.floor.segment);
+        TouchpointView {
+            context: Context {
+                stage: furthest.map_or(t.stage, |f| f.max(t.stage)),
+                touchpoint: t.touchpoint,
+                channel: t.channel,
+                segment: segment.unwrap_or(NO_SEGMENT),
+            },
+            entered: furthest.is_none_or(|f| t.stage > f),
         }
     }
 
-    /// Attributes an answer and records it for respondent de-duplication.
-    pub fn attribute(
-        &mut self,
-        named: Option<u64>,
-        metric: Metric,
-        score: i32,
-        time_ms: i64,
-    ) -> AnswerOutcome {
-        let by_name = named.and_then(|h| self.recent.iter().rposition(|r| r.id_hash == h));
-        let (slot, attribution) = match by_name {
-            Some(i) => (Some(i), Attribution::Named),
-            None => match self.recent.iter().rposition(|r| r.time_ms <= time_ms) {
-                Some(i) => (Some(i), Attribution::Latest),
-                None => (None, Attribution::None),
-            },
-        };
-        let Some(i) = slot else {
-            return AnswerOutcome {
-                context: None,
-                attribution,
-                replaces: None,
-                counted: true,
-            };
-        };
-        let rt = &mut self.recent[i];
-        let context = Some(rt.context);
-        // Only answers that name their touchpoint identify "the same survey for the same
-        // touchpoint"; answers attributed by time are independent responses.
-        if attribution != Attribution::Named {
-            return AnswerOutcome {
-                context,
-                attribution,
-                replaces: None,
-                counted: true,
-            };
+    /// The view of answer `j` alone.
+    pub fn answer_view(&self, j: usize) -> AnswerView {
+        let a = &self.answers[j];
+        let (context, attribution) = self.attribute_with(a, |i| self.touchpoint_view(i));
+        AnswerView {
+            context,
+            attribution,
+            counted: self.is_latest_of_slot(a),
         }
-        let prev = rt.answers[metric.index()];
-        match prev {
-            Some(p) if p.time_ms >= time_ms => AnswerOutcome {
-                context,
-                attribution,
-                replaces: None,
-                counted: false,
-            },
-            _ => {
-                rt.answers[metric.index()] = Some(AnsweredScore {
-                    score: score as i8,
-                    time_ms,
-                });
-                AnswerOutcome {
+    }
+
+    fn is_latest_of_slot(&self, a: &AnswerEntry) -> bool {
+        !self
+            .answers
+            .iter()
+            .any(|b| b.slot() == a.slot() && b.rank() > a.rank())
+    }
+
+    fn derive_answers(&self, tps: &[TouchpointView]) -> Vec<AnswerView> {
+        self.answers
+            .iter()
+            .map(|a| {
+                let (context, attribution) = self.attribute_with(a, |i| tps[i]);
+                AnswerView {
                     context,
                     attribution,
-                    replaces: prev,
-                    counted: true,
+                    counted: self.is_latest_of_slot(a),
                 }
+            })
+            .collect()
+    }
+
+    /// Attribution by the rules; `view(i)` gives touchpoint `i`'s view.
+    fn attribute_with(
+        &self,
+        a: &AnswerEntry,
+        view: impl Fn(usize) -> TouchpointView,
+    ) -> (Option<Context>, Attribution) {
+        if let Some(ctx) = a.fixed {
+            return (Some(ctx), Attribution::Named);
+        }
+        if let Some(named) = a.named {
+            if let Some(i) = self.touchpoints.iter().position(|t| t.id == named) {
+                return (Some(view(i).context), Attribution::Named);
             }
         }
+        let latest = self.touchpoints.partition_point(|t| t.time <= a.time);
+        if latest > 0 {
+            return (Some(view(latest - 1).context), Attribution::Latest);
+        }
+        match self.floor.last {
+            Some(((time, _), ctx)) if time <= a.time => (Some(ctx), Attribution::Latest),
+            _ => (None, Attribution::None),
+        }
+    }
+
+    /// Whether [`Self::prune`] at `cut` would change anything.
+    pub fn can_prune(&self, cut: i64) -> bool {
+        self.touchpoints.first().is_some_and(|t| t.time < cut)
+            || self.answers.iter().any(|a| self.answer_leaves(a, cut))
+    }
+
+    /// An answer dated before `cut` leaves, unless the touchpoint it names stays.
+    fn answer_leaves(&self, a: &AnswerEntry, cut: i64) -> bool {
+        a.time < cut
+            && !a
+                .named
+                .is_some_and(|id| self.touchpoints.iter().any(|t| t.id == id && t.time >= cut))
+    }
+
+    /// Folds events dated before `cut` into the floor (their effect is final: nothing dated
+    /// before `cut` can arrive any more). Returns whether anything changed.
+    pub fn prune(&mut self, cut: i64) -> bool {
+        if !self.can_prune(cut) {
+            return false;
+        }
+        let keep_from = self.touchpoints.partition_point(|t| t.time < cut);
+        let answers_before = self.answers.len();
+        let views = self.derive_touchpoints();
+        for (t, v) in self.touchpoints[..keep_from].iter().zip(&views) {
+            // Answers that stay and name a leaving touchpoint keep its context.
+            for a in self.answers.iter_mut().filter(|a| a.named == Some(t.id)) {
+                a.fixed = Some(v.context);
+            }
+            let f = &mut self.floor;
+            f.max_stage = Some(v.context.stage);
+            if t.segment.is_some() {
+                f.segment = t.segment;
+            }
+            f.last = Some((t.order(), v.context));
+        }
+        let leaving: Vec<bool> = self
+            .answers
+            .iter()
+            .map(|a| self.answer_leaves(a, cut))
+            .collect();
+        let mut leaves = leaving.into_iter();
+        self.answers.retain(|_| !leaves.next().unwrap_or(false));
+        self.touchpoints.drain(..keep_from);
+        keep_from > 0 || self.answers.len() != answers_before
     }
 }
 
@@ -256,73 +349,145 @@ impl JourneyState {
 mod tests {
     use super::*;
 
-    fn s() -> JourneyState {
-        JourneyState::default()
+    fn tp(id: u64, time: i64, stage: StageIdx, segment: Option<SegmentIdx>) -> TouchpointEntry {
+        TouchpointEntry {
+            id,
+            time,
+            touchpoint: u16::from(stage),
+            channel: 0,
+            stage,
+            segment,
+            event: Arc::new(TouchpointEvent {
+                event_id: id.to_string(),
+                customer_id: Some("c".into()),
+                anonymous_id: None,
+                event_time: time,
+                touchpoint: String::new(),
+                channel: String::new(),
+                stage: None,
+                segment: None,
+                outcome: None,
+                attributes: Default::default(),
+            }),
+            source_offset: 0,
+        }
+    }
+
+    fn ans(response: u64, named: Option<u64>, time: i64, score: i8) -> AnswerEntry {
+        AnswerEntry {
+            response,
+            named,
+            time,
+            metric: Metric::Nps,
+            score,
+            fixed: None,
+            answer: Arc::new(SurveyAnswer {
+                response_id: response.to_string(),
+                customer_id: Some("c".into()),
+                answer_time: time,
+                metric: Metric::Nps,
+                score: i32::from(score),
+                touchpoint_event_id: None,
+                touchpoint: None,
+                channel: None,
+                comment: None,
+                attributes: Default::default(),
+            }),
+            source_offset: 0,
+        }
     }
 
     #[test]
-    fn stages_only_move_forward() {
-        let mut j = s();
-        assert_eq!(
-            j.apply_touchpoint(1, 10, 0, 0, 0, Some(3)),
-            Applied::Applied {
-                context: Context {
-                    stage: 0,
-                    touchpoint: 0,
-                    channel: 0,
-                    segment: 3
-                },
-                entered: true
-            }
-        );
-        assert!(matches!(
-            j.apply_touchpoint(2, 20, 5, 2, 1, None),
-            Applied::Applied { entered: true, .. }
-        ));
-        // An awareness touchpoint after conversion keeps the customer in conversion.
-        let Applied::Applied { context, entered } = j.apply_touchpoint(3, 30, 0, 0, 0, None) else {
-            panic!("applied")
-        };
-        assert!(!entered);
-        assert_eq!(context.stage, 2);
-        assert_eq!(j.stage_entered_ms, 20);
-        assert_eq!(j.apply_touchpoint(2, 20, 5, 2, 1, None), Applied::Duplicate);
+    fn stage_and_segment_follow_event_time_not_arrival() {
+        let mut in_order = Journey::default();
+        let mut reversed = Journey::default();
+        let events = [
+            tp(1, 10, 0, Some(1)),
+            tp(2, 20, 2, None),
+            tp(3, 30, 1, Some(2)),
+        ];
+        for e in events.iter().cloned() {
+            in_order.insert_touchpoint(e);
+        }
+        for e in events.iter().rev().cloned() {
+            reversed.insert_touchpoint(e);
+        }
+        assert_eq!(in_order.derive(), reversed.derive());
+        let d = in_order.derive();
+        for (i, v) in d.touchpoints.iter().enumerate() {
+            assert_eq!(in_order.touchpoint_view(i), *v);
+        }
+        let stages: Vec<_> = d
+            .touchpoints
+            .iter()
+            .map(|v| (v.context.stage, v.entered))
+            .collect();
+        assert_eq!(stages, vec![(0, true), (2, true), (2, false)]);
+        let segments: Vec<_> = d.touchpoints.iter().map(|v| v.context.segment).collect();
+        assert_eq!(segments, vec![1, 1, 2]);
     }
 
     #[test]
-    fn named_answer_attributes_to_its_touchpoint_and_replaces_older() {
-        let mut j = s();
-        j.apply_touchpoint(1, 10, 0, 0, 0, None);
-        j.apply_touchpoint(2, 20, 3, 1, 2, None);
-        let a = j.attribute(Some(1), Metric::Nps, 9, 25);
-        assert_eq!(a.attribution, Attribution::Named);
-        assert_eq!(a.context.map(|c| c.stage), Some(0));
-        let b = j.attribute(Some(1), Metric::Nps, 3, 40);
+    fn a_named_answer_moves_to_its_touchpoint_when_it_arrives() {
+        let mut j = Journey::default();
+        j.insert_touchpoint(tp(1, 10, 0, None));
+        j.insert_answer(ans(100, Some(2), 40, 9));
+        assert_eq!(j.derive().answers[0].attribution, Attribution::Latest);
+        j.insert_touchpoint(tp(2, 30, 1, None));
+        let v = j.derive().answers[0];
         assert_eq!(
-            b.replaces,
-            Some(AnsweredScore {
-                score: 9,
-                time_ms: 25
-            })
+            (v.attribution, v.context.map(|c| c.stage)),
+            (Attribution::Named, Some(1))
         );
-        // An older re-delivery does not replace the newer answer.
-        let c = j.attribute(Some(1), Metric::Nps, 10, 30);
-        assert!(!c.counted);
     }
 
     #[test]
-    fn unnamed_answer_takes_latest_touchpoint_before_it() {
-        let mut j = s();
-        j.apply_touchpoint(1, 10, 0, 0, 0, None);
-        j.apply_touchpoint(2, 20, 3, 1, 2, None);
-        assert!(j.can_attribute(None, 15));
-        assert!(!j.can_attribute(None, 25));
-        let a = j.attribute(None, Metric::Csat, 4, 15);
+    fn only_the_latest_answer_of_a_slot_counts() {
+        let mut j = Journey::default();
+        j.insert_touchpoint(tp(1, 10, 0, None));
+        j.insert_answer(ans(100, Some(1), 50, 3));
+        j.insert_answer(ans(101, Some(1), 40, 9));
+        j.insert_answer(ans(102, None, 45, 9));
+        let counted: Vec<bool> = j.derive().answers.iter().map(|v| v.counted).collect();
+        assert_eq!(counted, vec![true, false, true]);
+    }
+
+    #[test]
+    fn an_old_answer_stays_while_the_touchpoint_it_names_can_change() {
+        let mut j = Journey::default();
+        j.insert_touchpoint(tp(1, 10, 0, None));
+        j.insert_touchpoint(tp(2, 150, 0, None));
+        j.insert_answer(ans(100, Some(2), 50, 9));
+        j.prune(100);
+        assert_eq!(j.answers.len(), 1, "its touchpoint (150) is after the cut");
+        // A purchase before it arrives: the answer follows its touchpoint's new stage.
+        j.insert_touchpoint(tp(3, 120, 2, None));
+        let v = j.derive().answers[0];
         assert_eq!(
-            (a.attribution, a.context.map(|c| c.touchpoint)),
-            (Attribution::Latest, Some(0))
+            (v.attribution, v.context.map(|c| c.stage)),
+            (Attribution::Named, Some(2))
         );
-        let none = s().attribute(None, Metric::Csat, 4, 15);
-        assert_eq!(none.attribution, Attribution::None);
+        j.prune(200);
+        assert!(j.is_idle());
+    }
+
+    #[test]
+    fn pruning_keeps_every_later_result() {
+        let mut j = Journey::default();
+        for e in [
+            tp(1, 10, 1, Some(3)),
+            tp(2, 20, 0, None),
+            tp(3, 30, 0, None),
+        ] {
+            j.insert_touchpoint(e);
+        }
+        j.insert_answer(ans(100, Some(1), 35, 9));
+        j.insert_answer(ans(101, None, 25, 9));
+        let before = j.derive();
+        assert!(j.prune(25));
+        let after = j.derive();
+        assert_eq!(after.touchpoints, before.touchpoints[2..].to_vec());
+        assert_eq!(after.answers, before.answers);
+        assert!(!j.prune(25));
     }
 }

@@ -1,14 +1,18 @@
-//! cxstream's domain, free of IO: the journey map, the journey state machine, survey metric
-//! math and the per-partition processor that turns input records into exact per-minute
-//! counts and enriched facts. Adapters (Avro, Kafka, ClickHouse, HTTP) live in other crates.
+//! cxstream's domain, free of IO: the journey map, the event-time rules, each customer's
+//! journey (from which counts are derived), survey metric math and the per-partition
+//! processor that turns input records into exact per-minute counts and enriched facts.
+//! Adapters (Avro, Kafka, ClickHouse, HTTP) live in other crates.
 
+pub mod event_time;
 pub mod events;
 pub mod journey;
 pub mod journey_map;
 pub mod metrics;
 pub mod processor;
 
+pub use event_time::{ClockState, EventClock, EventTimePolicy, Input, Refusal};
 pub use events::{Invalid, SurveyAnswer, TouchpointEvent};
+pub use journey::Journey;
 pub use journey_map::JourneyMap;
 pub use metrics::{Counts, Metric};
 pub use processor::{Batch, PartitionProcessor};

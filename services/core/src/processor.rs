@@ -1,22 +1,29 @@
 //! The journey processor of one input partition (the same partition number of both input
-//! topics, which are co-partitioned by customer id). It validates records, drives each
-//! customer's [`JourneyState`], attributes answers, and accumulates exact per-minute counts
+//! topics, which are co-partitioned by customer id). It validates records, applies the
+//! event-time rules ([`EventClock`]), keeps each customer's [`Journey`], and turns every
+//! change of a journey's derived results into exact per-minute count deltas and facts,
 //! until the caller takes them as a [`Batch`] to commit.
 //!
-//! Everything it produces is a function of the input records and the restored state, not of
-//! how the two topics happen to interleave: an answer whose context is not yet known waits
-//! (in the customer's state) until its touchpoint arrives or event time passes it.
+//! Counts are derived from the events a journey holds, so they do not depend on the order
+//! in which the two topics (or one customer's events) arrive: a late touchpoint that changes
+//! the stage, segment or attribution of later events retracts what they counted and counts
+//! them again, and rewrites their facts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::Hasher;
 use std::sync::Arc;
 
+use crate::event_time::{EventClock, EventTimePolicy, Input, Refusal};
+
 use crate::events::{Invalid, SurveyAnswer, TouchpointEvent};
-use crate::journey::{Applied, Attribution, Context, JourneyState, PendingAnswer};
+use crate::journey::{
+    AnswerEntry, AnswerView, Attribution, Context, Derived, Journey, TouchpointEntry,
+    TouchpointView,
+};
 use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, TouchpointIdx};
 use crate::metrics::Counts;
 
-/// Stable 64-bit id of an event id string (persisted in journey state).
+/// Stable 64-bit id of an event or response id string (persisted in journey state).
 pub fn event_id_hash(id: &str) -> u64 {
     let mut h = fnv::FnvHasher::default();
     h.write(id.as_bytes());
@@ -34,7 +41,7 @@ pub struct AggKey {
 }
 
 impl AggKey {
-    fn new(time_ms: i64, c: Option<Context>) -> Self {
+    pub fn new(time_ms: i64, c: Option<Context>) -> Self {
         AggKey {
             minute: time_ms.div_euclid(MINUTE_MS),
             context: c.map(|c| (c.stage, c.touchpoint, c.channel, c.segment)),
@@ -42,22 +49,50 @@ impl AggKey {
     }
 }
 
+/// A touchpoint with its journey context. Written again, with the same key, when a later
+/// arrival changes its context.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TouchpointFact {
     /// The event as received; its `customer_id` is the journey's key.
-    pub event: TouchpointEvent,
+    pub event: Arc<TouchpointEvent>,
     pub context: Context,
     pub stage_entered: bool,
     pub source_offset: i64,
 }
 
+/// The answer that counts for its slot, with its context.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnswerFact {
     /// The answer as received; its `customer_id` is the journey's key.
-    pub answer: SurveyAnswer,
+    pub answer: Arc<SurveyAnswer>,
     pub context: Option<Context>,
     pub attribution: Attribution,
     pub source_offset: i64,
+}
+
+/// A valid event that was not applied: too late, or dated in the future. Kept, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusedEvent {
+    pub reason: Refusal,
+    /// The partition's watermark when it arrived.
+    pub watermark_ms: Option<i64>,
+    pub source_offset: i64,
+    pub event: RefusedPayload,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefusedPayload {
+    Touchpoint(Arc<TouchpointEvent>),
+    Answer(Arc<SurveyAnswer>),
+}
+
+impl RefusedEvent {
+    pub fn input(&self) -> Input {
+        match self.event {
+            RefusedPayload::Touchpoint(_) => Input::Touchpoints,
+            RefusedPayload::Answer(_) => Input::Answers,
+        }
+    }
 }
 
 /// Everything derived since the last [`PartitionProcessor::take_batch`].
@@ -66,39 +101,48 @@ pub struct Batch {
     pub touchpoints: Vec<TouchpointFact>,
     pub answers: Vec<AnswerFact>,
     pub aggregates: Vec<(AggKey, Counts)>,
-    /// Customers whose state changed, with the state to persist.
-    pub journeys: Vec<(String, JourneyState)>,
+    pub refused: Vec<RefusedEvent>,
+    /// Customers whose journey changed, with the journey to persist (shared with the
+    /// processor until it changes again: taking a batch copies no journey).
+    pub journeys: Vec<(String, Arc<Journey>)>,
     pub duplicates: u64,
 }
 
+type Journeys = hashbrown::HashMap<String, Arc<Journey>, ahash::RandomState>;
+
 pub struct PartitionProcessor {
     map: Arc<JourneyMap>,
-    journeys: hashbrown::HashMap<String, JourneyState, ahash::RandomState>,
+    clock: EventClock,
+    journeys: Journeys,
     agg: HashMap<AggKey, Counts, ahash::RandomState>,
     touchpoints: Vec<TouchpointFact>,
     answers: Vec<AnswerFact>,
+    refused: Vec<RefusedEvent>,
+    /// Customers whose journey changed since the last batch (each once: see `Journey::dirty`).
     dirty: Vec<String>,
-    /// Highest touchpoint event time seen on this partition.
-    watermark_ms: i64,
-    /// Pending answers by (answer time, seq) → customer, for release as event time passes.
-    pending_index: BTreeMap<(i64, u64), String>,
-    next_seq: u64,
     duplicates: u64,
+    /// The horizon at the last sweep of all journeys.
+    swept_to: i64,
 }
 
 impl PartitionProcessor {
-    pub fn new(map: Arc<JourneyMap>) -> Self {
+    pub fn new(map: Arc<JourneyMap>, policy: EventTimePolicy) -> Self {
+        Self::resumed(map, EventClock::new(policy))
+    }
+
+    /// A processor resuming with a committed clock; journeys follow with [`Self::restore`].
+    pub fn resumed(map: Arc<JourneyMap>, clock: EventClock) -> Self {
         PartitionProcessor {
             map,
-            journeys: hashbrown::HashMap::default(),
+            clock,
+            journeys: Journeys::default(),
             agg: HashMap::default(),
             touchpoints: Vec::new(),
             answers: Vec::new(),
+            refused: Vec::new(),
             dirty: Vec::new(),
-            watermark_ms: i64::MIN,
-            pending_index: BTreeMap::new(),
-            next_seq: 0,
             duplicates: 0,
+            swept_to: i64::MIN,
         }
     }
 
@@ -106,38 +150,168 @@ impl PartitionProcessor {
         &self.map
     }
 
-    pub fn watermark_ms(&self) -> i64 {
-        self.watermark_ms
+    pub fn watermark_ms(&self) -> Option<i64> {
+        self.clock.watermark()
+    }
+
+    /// The event-time state to persist with a commit.
+    pub fn clock(&self) -> &EventClock {
+        &self.clock
     }
 
     pub fn tracked_customers(&self) -> usize {
         self.journeys.len()
     }
 
-    pub fn pending_answers(&self) -> usize {
-        self.pending_index.len()
-    }
-
     /// Restores a customer's persisted journey (after a restart or rebalance).
-    pub fn restore(&mut self, customer: String, state: JourneyState, watermark_ms: i64) {
-        self.watermark_ms = self.watermark_ms.max(watermark_ms);
-        for p in &state.pending {
-            self.next_seq = self.next_seq.max(p.seq + 1);
-            self.pending_index
-                .insert((p.answer.answer_time, p.seq), customer.clone());
-        }
-        self.journeys.insert(customer, state);
+    pub fn restore(&mut self, customer: String, journey: Journey) {
+        self.journeys.insert(customer, Arc::new(journey));
     }
 
+    /// An input read to its end and quiet no longer holds the watermark back.
+    pub fn set_idle(&mut self, input: Input, idle: bool) {
+        self.clock.set_idle(input, idle);
+        self.sweep();
+    }
+
+    /// Applies a touchpoint. `record_ms` is its Kafka record timestamp (for the future bound).
     pub fn on_touchpoint(
         &mut self,
         ev: TouchpointEvent,
         source_offset: i64,
+        record_ms: Option<i64>,
     ) -> Result<(), Invalid> {
-        let customer = valid_customer(&ev.customer_id)?;
+        valid_customer(&ev.customer_id)?;
         if ev.event_id.is_empty() {
             return Err(Invalid::MissingId);
         }
+        let (touchpoint, channel, stage, segment) = self.resolve(&ev)?;
+        let time = ev.event_time;
+        if let Err(reason) = self.clock.check(time, record_ms) {
+            self.refuse(
+                reason,
+                source_offset,
+                RefusedPayload::Touchpoint(Arc::new(ev)),
+            );
+            return Ok(());
+        }
+        self.clock.observe(Input::Touchpoints, time);
+        let id = event_id_hash(&ev.event_id);
+        let event = Arc::new(ev);
+        let entry = TouchpointEntry {
+            id,
+            time,
+            touchpoint,
+            channel,
+            stage,
+            segment,
+            event: event.clone(),
+            source_offset,
+        };
+        self.apply(customer_of(&event.customer_id), |journey, out| {
+            if journey.has_touchpoint(entry.id) {
+                return false;
+            }
+            insert_touchpoint(journey, entry, out);
+            true
+        });
+        Ok(())
+    }
+
+    /// Applies a survey answer. `record_ms` is its Kafka record timestamp.
+    pub fn on_answer(
+        &mut self,
+        ans: SurveyAnswer,
+        source_offset: i64,
+        record_ms: Option<i64>,
+    ) -> Result<(), Invalid> {
+        valid_customer(&ans.customer_id)?;
+        if ans.response_id.is_empty() {
+            return Err(Invalid::MissingId);
+        }
+        if !ans.metric.is_valid(ans.score) {
+            return Err(Invalid::ScoreOutOfRange);
+        }
+        let time = ans.answer_time;
+        if let Err(reason) = self.clock.check(time, record_ms) {
+            self.refuse(reason, source_offset, RefusedPayload::Answer(Arc::new(ans)));
+            return Ok(());
+        }
+        self.clock.observe(Input::Answers, time);
+        let answer = Arc::new(ans);
+        let entry = AnswerEntry {
+            response: event_id_hash(&answer.response_id),
+            named: answer.touchpoint_event_id.as_deref().map(event_id_hash),
+            time,
+            metric: answer.metric,
+            // In range for its metric (checked above): 0..=10.
+            score: answer.score as i8,
+            fixed: None,
+            answer: answer.clone(),
+            source_offset,
+        };
+        self.apply(customer_of(&answer.customer_id), |journey, out| {
+            if journey.has_answer(&entry) {
+                return false;
+            }
+            insert_answer(journey, entry, out);
+            true
+        });
+        Ok(())
+    }
+
+    /// Runs `insert` on the customer's journey, folded to the current horizon first; it
+    /// returns false for a duplicate.
+    fn apply(
+        &mut self,
+        customer: &str,
+        insert: impl FnOnce(&mut Journey, &mut Emitter<'_>) -> bool,
+    ) {
+        let horizon = self.clock.horizon();
+        let journey = Arc::make_mut(self.journeys.entry_ref(customer).or_default());
+        if let Some(h) = horizon {
+            journey.prune(h);
+        }
+        let mut out = Emitter::new(&mut self.agg, &mut self.touchpoints, &mut self.answers);
+        if insert(journey, &mut out) {
+            mark_dirty(journey, customer, &mut self.dirty);
+        } else {
+            self.duplicates += 1;
+        }
+        self.maybe_sweep();
+    }
+
+    /// Takes everything derived since the last call.
+    pub fn take_batch(&mut self) -> Batch {
+        let aggregates: Vec<(AggKey, Counts)> =
+            self.agg.drain().filter(|(_, c)| !c.is_zero()).collect();
+        let journeys = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|c| {
+                let j = self.journeys.get_mut(&c)?;
+                Arc::make_mut(j).dirty = false;
+                let j = j.clone();
+                Some((c, j))
+            })
+            .collect();
+        // The next batch is likely as large as this one: start at its size instead of
+        // growing (and copying) from empty.
+        let touchpoints = Vec::with_capacity(self.touchpoints.len());
+        let answers = Vec::with_capacity(self.answers.len());
+        Batch {
+            touchpoints: std::mem::replace(&mut self.touchpoints, touchpoints),
+            answers: std::mem::replace(&mut self.answers, answers),
+            aggregates,
+            refused: std::mem::take(&mut self.refused),
+            journeys,
+            duplicates: std::mem::take(&mut self.duplicates),
+        }
+    }
+
+    fn resolve(
+        &self,
+        ev: &TouchpointEvent,
+    ) -> Result<(TouchpointIdx, ChannelIdx, StageIdx, Option<SegmentIdx>), Invalid> {
         let tp = self
             .map
             .touchpoint(&ev.touchpoint)
@@ -154,192 +328,201 @@ impl PartitionProcessor {
             Some(s) => Some(self.map.segment(s).ok_or(Invalid::UnknownSegment)?),
             None => None,
         };
-        let id_hash = event_id_hash(&ev.event_id);
-        let time = ev.event_time;
-        let customer: &str = customer;
-        let state = journey_mut(&mut self.journeys, customer);
-        match state.apply_touchpoint(id_hash, time, tp, stage, channel, segment) {
-            Applied::Duplicate => self.duplicates += 1,
-            Applied::Applied { context, entered } => {
-                // One lookup per event: read what the rest needs while the state is at hand.
-                let has_pending = !state.pending.is_empty();
-                if !state.dirty {
-                    state.dirty = true;
-                    self.dirty.push(customer.to_string());
-                }
-                let cell = self
-                    .agg
-                    .entry(AggKey::new(time, Some(context)))
-                    .or_default();
-                cell.touchpoints += 1;
-                cell.stage_entries += i64::from(entered);
-                if has_pending {
-                    self.release_for_customer(customer);
-                }
-                self.touchpoints.push(TouchpointFact {
-                    event: ev,
-                    context,
-                    stage_entered: entered,
-                    source_offset,
-                });
-            }
-        }
-        if time > self.watermark_ms {
-            self.watermark_ms = time;
-            self.release_until(time);
-        }
-        Ok(())
+        Ok((tp, channel, stage, segment))
     }
 
-    pub fn on_answer(&mut self, ans: SurveyAnswer, source_offset: i64) -> Result<(), Invalid> {
-        let customer = valid_customer(&ans.customer_id)?.to_string();
-        if ans.response_id.is_empty() {
-            return Err(Invalid::MissingId);
-        }
-        if !ans.metric.is_valid(ans.score) {
-            return Err(Invalid::ScoreOutOfRange);
-        }
-        let named = ans.touchpoint_event_id.as_deref().map(event_id_hash);
-        let state = journey_mut(&mut self.journeys, &customer);
-        if state.can_attribute(named, ans.answer_time) || ans.answer_time <= self.watermark_ms {
-            self.settle(&customer, ans, source_offset);
-        } else {
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let time = ans.answer_time;
-            state.pending.push(PendingAnswer {
-                answer: ans,
-                source_offset,
-                seq,
-            });
-            self.pending_index.insert((time, seq), customer.clone());
-        }
-        self.mark_dirty(&customer);
-        Ok(())
-    }
-
-    /// Attributes every waiting answer with what is known now. Called when the touchpoint
-    /// partition has been idle at its end, so nothing that could change the answer is coming.
-    pub fn release_all(&mut self) {
-        self.release_until(i64::MAX);
-    }
-
-    /// Takes everything derived since the last call.
-    pub fn take_batch(&mut self) -> Batch {
-        let aggregates: Vec<(AggKey, Counts)> =
-            self.agg.drain().filter(|(_, c)| !c.is_zero()).collect();
-        let journeys = std::mem::take(&mut self.dirty)
-            .into_iter()
-            .filter_map(|c| {
-                let state = self.journeys.get_mut(&c)?;
-                state.dirty = false;
-                Some((c, state.clone()))
-            })
-            .collect();
-        // The next batch is likely as large as this one: start at its size instead of
-        // growing (and copying) from empty.
-        let touchpoints = Vec::with_capacity(self.touchpoints.len());
-        let answers = Vec::with_capacity(self.answers.len());
-        Batch {
-            touchpoints: std::mem::replace(&mut self.touchpoints, touchpoints),
-            answers: std::mem::replace(&mut self.answers, answers),
-            aggregates,
-            journeys,
-            duplicates: std::mem::take(&mut self.duplicates),
-        }
-    }
-
-    /// Remembers that a customer's state must be persisted with the next batch; one key
-    /// copy per customer and batch, not per event.
-    fn mark_dirty(&mut self, customer: &str) {
-        if let Some(state) = self.journeys.get_mut(customer) {
-            if !state.dirty {
-                state.dirty = true;
-                self.dirty.push(customer.to_string());
-            }
-        }
-    }
-
-    fn release_until(&mut self, time_ms: i64) {
-        while let Some(entry) = self.pending_index.first_entry() {
-            if entry.key().0 > time_ms {
-                break;
-            }
-            let ((_, seq), customer) = entry.remove_entry();
-            self.settle_pending(&customer, |p| p.seq == seq);
-            self.mark_dirty(&customer);
-        }
-    }
-
-    /// After a touchpoint: settles the customer's waiting answers that can now be placed.
-    fn release_for_customer(&mut self, customer: &str) {
-        let Some(state) = self.journeys.get(customer) else {
-            return;
-        };
-        if state.pending.is_empty() {
-            return;
-        }
-        let ready: Vec<(i64, u64)> = state
-            .pending
-            .iter()
-            .filter(|p| {
-                let named = p.answer.touchpoint_event_id.as_deref().map(event_id_hash);
-                state.can_attribute(named, p.answer.answer_time)
-            })
-            .map(|p| (p.answer.answer_time, p.seq))
-            .collect();
-        for key in ready {
-            self.pending_index.remove(&key);
-            self.settle_pending(customer, |p| p.seq == key.1);
-        }
-    }
-
-    fn settle_pending(&mut self, customer: &str, which: impl Fn(&PendingAnswer) -> bool) {
-        let Some(state) = self.journeys.get_mut(customer) else {
-            return;
-        };
-        let Some(i) = state.pending.iter().position(which) else {
-            return;
-        };
-        let p = state.pending.remove(i);
-        self.settle(customer, p.answer, p.source_offset);
-    }
-
-    fn settle(&mut self, customer: &str, ans: SurveyAnswer, source_offset: i64) {
-        let Some(state) = self.journeys.get_mut(customer) else {
-            return;
-        };
-        let named = ans.touchpoint_event_id.as_deref().map(event_id_hash);
-        let out = state.attribute(named, ans.metric, ans.score, ans.answer_time);
-        if !out.counted {
-            self.duplicates += 1;
-            return;
-        }
-        if let Some(prev) = out.replaces {
-            self.agg
-                .entry(AggKey::new(prev.time_ms, out.context))
-                .or_default()
-                .add_answer(ans.metric, i32::from(prev.score), -1);
-        }
-        self.agg
-            .entry(AggKey::new(ans.answer_time, out.context))
-            .or_default()
-            .add_answer(ans.metric, ans.score, 1);
-        self.answers.push(AnswerFact {
-            answer: ans,
-            context: out.context,
-            attribution: out.attribution,
+    fn refuse(&mut self, reason: Refusal, source_offset: i64, event: RefusedPayload) {
+        self.refused.push(RefusedEvent {
+            reason,
+            watermark_ms: self.clock.watermark(),
             source_offset,
+            event,
         });
+    }
+
+    /// Once the horizon has moved a day since the last sweep, folds every journey's events
+    /// before it into its floor (idle customers then hold only their floor).
+    fn maybe_sweep(&mut self) {
+        const SWEEP_EVERY_MS: i64 = 86_400_000;
+        if self
+            .clock
+            .horizon()
+            .is_some_and(|h| h >= self.swept_to.saturating_add(SWEEP_EVERY_MS))
+        {
+            self.sweep();
+        }
+    }
+
+    fn sweep(&mut self) {
+        let Some(h) = self.clock.horizon() else {
+            return;
+        };
+        for (customer, journey) in &mut self.journeys {
+            // Most journeys have nothing to fold; only those that do are copied (if shared).
+            if journey.can_prune(h) {
+                let journey = Arc::make_mut(journey);
+                if journey.prune(h) {
+                    mark_dirty(journey, customer, &mut self.dirty);
+                }
+            }
+        }
+        self.swept_to = h;
     }
 }
 
-fn journey_mut<'a>(
-    journeys: &'a mut hashbrown::HashMap<String, JourneyState, ahash::RandomState>,
-    customer: &str,
-) -> &'a mut JourneyState {
-    // `entry_ref` looks up by &str and copies the key only for a new customer.
-    journeys.entry_ref(customer).or_default()
+/// Where the consequences of a journey's change go.
+struct Emitter<'a> {
+    agg: &'a mut HashMap<AggKey, Counts, ahash::RandomState>,
+    touchpoints: &'a mut Vec<TouchpointFact>,
+    answers: &'a mut Vec<AnswerFact>,
+}
+
+impl<'a> Emitter<'a> {
+    fn new(
+        agg: &'a mut HashMap<AggKey, Counts, ahash::RandomState>,
+        touchpoints: &'a mut Vec<TouchpointFact>,
+        answers: &'a mut Vec<AnswerFact>,
+    ) -> Self {
+        Emitter {
+            agg,
+            touchpoints,
+            answers,
+        }
+    }
+
+    fn touchpoint(
+        &mut self,
+        t: &TouchpointEntry,
+        old: Option<TouchpointView>,
+        new: TouchpointView,
+    ) {
+        if old == Some(new) {
+            return;
+        }
+        if let Some(o) = old {
+            let cell = self
+                .agg
+                .entry(AggKey::new(t.time, Some(o.context)))
+                .or_default();
+            cell.touchpoints -= 1;
+            cell.stage_entries -= i64::from(o.entered);
+        }
+        let cell = self
+            .agg
+            .entry(AggKey::new(t.time, Some(new.context)))
+            .or_default();
+        cell.touchpoints += 1;
+        cell.stage_entries += i64::from(new.entered);
+        self.touchpoints.push(TouchpointFact {
+            event: t.event.clone(),
+            context: new.context,
+            stage_entered: new.entered,
+            source_offset: t.source_offset,
+        });
+    }
+
+    fn answer(&mut self, a: &AnswerEntry, old: Option<AnswerView>, new: AnswerView) {
+        if old == Some(new) {
+            return;
+        }
+        let score = i32::from(a.score);
+        if let Some(o) = old.filter(|o| o.counted) {
+            self.agg
+                .entry(AggKey::new(a.time, o.context))
+                .or_default()
+                .add_answer(a.metric, score, -1);
+        }
+        if new.counted {
+            self.agg
+                .entry(AggKey::new(a.time, new.context))
+                .or_default()
+                .add_answer(a.metric, score, 1);
+            self.answers.push(AnswerFact {
+                answer: a.answer.clone(),
+                context: new.context,
+                attribution: new.attribution,
+                source_offset: a.source_offset,
+            });
+        }
+    }
+}
+
+/// Inserts a touchpoint and emits what changed. A touchpoint that is the customer's latest,
+/// and that no kept answer could be attributed to, changes nothing else: only its own view
+/// is derived. Otherwise the whole journey is derived before and after.
+fn insert_touchpoint(journey: &mut Journey, entry: TouchpointEntry, out: &mut Emitter<'_>) {
+    let affects_others = journey
+        .touchpoints
+        .last()
+        .is_some_and(|l| (l.time, l.id) > (entry.time, entry.id))
+        || journey
+            .answers
+            .iter()
+            .any(|a| a.named == Some(entry.id) || (a.time >= entry.time && a.fixed.is_none()));
+    if !affects_others {
+        let at = journey.insert_touchpoint(entry);
+        let view = journey.touchpoint_view(at);
+        out.touchpoint(&journey.touchpoints[at], None, view);
+        return;
+    }
+    let before = journey.derive();
+    let at = journey.insert_touchpoint(entry);
+    let after = journey.derive();
+    emit_diff(journey, &before, &after, Some(at), out);
+}
+
+/// Inserts an answer and emits what changed: its own view, and its slot's previous latest.
+fn insert_answer(journey: &mut Journey, entry: AnswerEntry, out: &mut Emitter<'_>) {
+    let slot = entry.slot();
+    let rivals: Vec<(usize, AnswerView)> = journey
+        .answers
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.slot() == slot)
+        .map(|(j, _)| (j, journey.answer_view(j)))
+        .collect();
+    journey.insert_answer(entry);
+    let new = journey.answers.len() - 1;
+    out.answer(&journey.answers[new], None, journey.answer_view(new));
+    for (j, old) in rivals {
+        out.answer(&journey.answers[j], Some(old), journey.answer_view(j));
+    }
+}
+
+/// Emits the difference between two derivations; `inserted` is the index of a touchpoint
+/// that `before` does not have.
+fn emit_diff(
+    journey: &Journey,
+    before: &Derived,
+    after: &Derived,
+    inserted: Option<usize>,
+    out: &mut Emitter<'_>,
+) {
+    for (i, new) in after.touchpoints.iter().enumerate() {
+        let old = match inserted {
+            Some(at) if i == at => None,
+            Some(at) if i > at => before.touchpoints.get(i - 1).copied(),
+            _ => before.touchpoints.get(i).copied(),
+        };
+        out.touchpoint(&journey.touchpoints[i], old, *new);
+    }
+    for (j, new) in after.answers.iter().enumerate() {
+        out.answer(&journey.answers[j], before.answers.get(j).copied(), *new);
+    }
+}
+
+/// Remembers that a journey must be persisted with the next batch: one key copy per
+/// customer and batch, not per event.
+fn mark_dirty(journey: &mut Journey, customer: &str, dirty: &mut Vec<String>) {
+    if !journey.dirty {
+        journey.dirty = true;
+        dirty.push(customer.to_string());
+    }
+}
+
+/// The journey's key: the customer id as validated by [`valid_customer`].
+fn customer_of(id: &Option<String>) -> &str {
+    id.as_deref().map_or("", str::trim)
 }
 
 fn valid_customer(id: &Option<String>) -> Result<&str, Invalid> {

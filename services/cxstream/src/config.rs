@@ -88,17 +88,30 @@ pub struct JourneySettings {
     pub flush_interval_ms: u64,
     /// Commit earlier when this many records were read since the last commit. Default 200000.
     pub max_batch_records: u64,
-    /// How far (event time) one input topic may run ahead of the other before it is paused, ms.
-    /// Bounds memory for waiting answers and keeps attribution exact. Default 600000 (10 min).
-    pub alignment_ms: i64,
-    /// Waiting answers are placed with what is known once both input partitions are at
-    /// their end and quiet for this long, ms. Default 2000.
+    /// How far behind the watermark (event time) an event may be dated and still be applied,
+    /// ms; later ones are kept in `refused_events` as `late`. De-duplication, respondent
+    /// replacement and named attribution look back this far. Default 604800000 (7 days).
+    pub allowed_lateness_ms: i64,
+    /// How far after its Kafka record timestamp an event may be dated, ms; later-dated ones
+    /// are kept in `refused_events` as `future`. Default 3600000 (1 hour).
+    pub max_future_ms: i64,
+    /// An input partition read to its end and quiet for this long stops holding the
+    /// watermark back, ms. Default 2000.
     pub idle_release_ms: u64,
     /// Records larger than this go to the DLQ as `oversized`. Default 1048576.
     pub max_record_bytes: usize,
     /// Leave and re-join the consumer group when no partition was assigned for this long,
     /// ms. Default 20000 (twice the session timeout).
     pub join_timeout_ms: u64,
+}
+
+impl JourneySettings {
+    pub fn policy(&self) -> cxstream_core::EventTimePolicy {
+        cxstream_core::EventTimePolicy {
+            allowed_lateness_ms: self.allowed_lateness_ms,
+            max_future_ms: self.max_future_ms,
+        }
+    }
 }
 
 impl Default for JourneySettings {
@@ -108,7 +121,8 @@ impl Default for JourneySettings {
             group_id: "cxstream-journey".into(),
             flush_interval_ms: 1000,
             max_batch_records: 200_000,
-            alignment_ms: 600_000,
+            allowed_lateness_ms: 7 * 86_400_000,
+            max_future_ms: 3_600_000,
             idle_release_ms: 2000,
             max_record_bytes: 1 << 20,
             join_timeout_ms: 20_000,
@@ -247,8 +261,8 @@ impl Config {
         if self.journey.flush_interval_ms == 0 || self.journey.max_batch_records == 0 {
             bail!("journey.flush_interval_ms and journey.max_batch_records must be positive");
         }
-        if self.journey.alignment_ms < 0 {
-            bail!("journey.alignment_ms must not be negative");
+        if self.journey.allowed_lateness_ms < 0 || self.journey.max_future_ms < 0 {
+            bail!("journey.allowed_lateness_ms and journey.max_future_ms must not be negative");
         }
         Ok(())
     }

@@ -73,7 +73,6 @@ pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produc
         customers: args.customers,
         days: args.days,
         seed: args.seed,
-        alignment_ms: cfg.journey.alignment_ms,
         ..SimConfig::default()
     };
     let started = Instant::now();
@@ -98,8 +97,9 @@ pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produc
     let mut out = Produced::default();
     let mut buf = Vec::with_capacity(512);
     let pace = Pace::new(args.rate);
-    for (i, rec) in sim.records.iter().enumerate() {
+    for (i, sent) in sim.records.iter().enumerate() {
         buf.clear();
+        let rec = &sent.record;
         let topic = match rec {
             SimRecord::Touchpoint(t) => {
                 codec.encode_touchpoint(t, &mut buf)?;
@@ -112,7 +112,14 @@ pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produc
                 &cfg.topics.survey_responses
             }
         };
-        send(&producer, topic, rec.customer_id().as_bytes(), &buf)?;
+        // The record's timestamp is when the simulated producer sent it.
+        send(
+            &producer,
+            topic,
+            rec.customer_id().as_bytes(),
+            &buf,
+            Some(sent.at_ms),
+        )?;
         if i % 1024 == 0 {
             bar.set_position(i as u64);
             pace.wait(i as u64);
@@ -120,7 +127,13 @@ pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produc
     }
     for i in 0..args.bad_records {
         let (topic, bytes) = bad_record(&codec, i, cfg)?;
-        send(&producer, topic, format!("bad-{i}").as_bytes(), &bytes)?;
+        send(
+            &producer,
+            topic,
+            format!("bad-{i}").as_bytes(),
+            &bytes,
+            None,
+        )?;
         out.bad += 1;
     }
     producer
@@ -149,8 +162,12 @@ fn send(
     topic: &str,
     key: &[u8],
     payload: &[u8],
+    timestamp_ms: Option<i64>,
 ) -> Result<()> {
     let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    if let Some(t) = timestamp_ms {
+        record = record.timestamp(t);
+    }
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),

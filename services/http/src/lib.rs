@@ -28,7 +28,7 @@ pub struct JourneyMetrics {
     pub commit_seconds: Histogram,
     pub rows_written: IntCounterVec,
     pub tracked_customers: IntGauge,
-    pub pending_answers: IntGauge,
+    pub refused_events: IntCounterVec,
     pub assigned_partitions: IntGauge,
     pub watermark_seconds: IntGaugeVec,
 }
@@ -72,7 +72,7 @@ impl JourneyMetrics {
         let watermark_seconds = IntGaugeVec::new(
             Opts::new(
                 "cxstream_watermark_seconds",
-                "Event-time watermark (latest touchpoint time) per input partition.",
+                "Event-time watermark per input partition: the lower of the two inputs' highest applied event times.",
             ),
             &["partition"],
         )?;
@@ -95,20 +95,40 @@ impl JourneyMetrics {
                 "cxstream_duplicates_total",
                 "Re-delivered touchpoints and superseded answers that were counted once.",
             )?,
-            batches_committed: counter(&r, "cxstream_batches_committed_total", "Batches durably committed to ClickHouse.")?,
+            batches_committed: counter(
+                &r,
+                "cxstream_batches_committed_total",
+                "Batches durably committed to ClickHouse.",
+            )?,
             commit_errors: counter(
                 &r,
                 "cxstream_commit_errors_total",
                 "Failed batch commits (retried with back-off; nothing is lost).",
             )?,
-            rows_written: counter_vec(&r, "cxstream_rows_written_total", "Rows written to ClickHouse, by table.", &["table"])?,
-            tracked_customers: gauge(&r, "cxstream_tracked_customers", "Customers with journey state in memory.")?,
-            pending_answers: gauge(
+            rows_written: counter_vec(
                 &r,
-                "cxstream_pending_answers",
-                "Survey answers waiting for the touchpoint they rate (or for event time to pass them).",
+                "cxstream_rows_written_total",
+                "Rows written to ClickHouse, by table.",
+                &["table"],
             )?,
-            assigned_partitions: gauge(&r, "cxstream_assigned_partitions", "Input partitions this instance owns.")?,
+            tracked_customers: gauge(
+                &r,
+                "cxstream_tracked_customers",
+                "Customers with journey state in memory.",
+            )?,
+            refused_events: counter_vec(
+                &r,
+                "cxstream_refused_events_total",
+                "Valid events not applied, kept in the refused_events table: by input and reason \
+                 (late: dated before watermark − allowed lateness; future: dated too far after \
+                 their record timestamp).",
+                &["input", "reason"],
+            )?,
+            assigned_partitions: gauge(
+                &r,
+                "cxstream_assigned_partitions",
+                "Input partitions this instance owns.",
+            )?,
             commit_seconds,
             watermark_seconds,
             registry: r,

@@ -4,11 +4,12 @@
 //!
 //! It also keeps the ground truth of what it produced — exact counts per minute × stage ×
 //! touchpoint × channel × segment — computed from its own model of each customer, not with
-//! the pipeline's code, so that the pipeline can be checked against it.
+//! the pipeline's code, so that the pipeline can be checked against it. The traffic is not
+//! shaped around the pipeline: producers retry hours later, respondents answer again, and
+//! records go out in the order they are sent, not sorted for anyone's convenience.
 
 use std::collections::BTreeMap;
 
-use cxstream_core::journey::RECENT;
 use cxstream_core::{JourneyMap, Metric, SurveyAnswer, TouchpointEvent};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -24,9 +25,6 @@ pub struct SimConfig {
     pub seed: u64,
     /// Event time of the period's start, epoch ms.
     pub start_ms: i64,
-    /// How far (event time) one input topic may run ahead of the other in the consumer;
-    /// answers that could not be placed exactly within that bound are not generated.
-    pub alignment_ms: i64,
 }
 
 impl Default for SimConfig {
@@ -37,7 +35,6 @@ impl Default for SimConfig {
             seed: 42,
             // 2026-11-02T00:00:00Z, a Monday.
             start_ms: 1_793_577_600_000,
-            alignment_ms: 10 * MINUTE_MS,
         }
     }
 }
@@ -123,9 +120,16 @@ impl TruthCounts {
     }
 }
 
-/// Everything one simulation produced, records in event-time order.
+/// A record and when its producer sent it (epoch ms; its Kafka timestamp).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    pub at_ms: i64,
+    pub record: SimRecord,
+}
+
+/// Everything one simulation produced, records in the order they were sent.
 pub struct Simulation {
-    pub records: Vec<SimRecord>,
+    pub records: Vec<Sent>,
     pub truth: BTreeMap<TruthKey, TruthCounts>,
 }
 
@@ -185,8 +189,7 @@ pub fn simulate(map: &JourneyMap, cfg: &SimConfig) -> Simulation {
         let mut rng = SmallRng::seed_from_u64(cfg.seed ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         simulate_customer(map, cfg, c, end_ms, &mut rng, &mut records, &mut truth);
     }
-    // Stable: a re-delivered duplicate stays right after its original.
-    records.sort_by_key(SimRecord::time_ms);
+    records.sort_by_key(|s: &Sent| s.at_ms);
     Simulation { records, truth }
 }
 
@@ -214,7 +217,7 @@ fn simulate_customer(
     c: u64,
     end_ms: i64,
     rng: &mut SmallRng,
-    records: &mut Vec<SimRecord>,
+    records: &mut Vec<Sent>,
     truth: &mut BTreeMap<TruthKey, TruthCounts>,
 ) {
     let customer = format!("cust-{c:07}");
@@ -339,34 +342,18 @@ fn simulate_customer(
         });
     }
 
-    // The pipeline places an answer exactly while its touchpoint is among the customer's
-    // last RECENT touchpoints once event time is `alignment` past the answer; stay within.
-    let ok = |p: &Planned| -> bool {
-        if p.answer.answer_time >= end_ms {
-            return false;
-        }
-        let Some(vi) = p.context else { return true };
-        let horizon = p.answer.answer_time + cfg.alignment_ms;
-        let later = visits[vi + 1..]
-            .iter()
-            .filter(|v| v.time <= horizon)
-            .count();
-        later + 1 < RECENT
-    };
-    // Drop a whole respondent group if any of its answers is out of bounds, so that
-    // "superseded" stays true to what is emitted.
-    let mut keep = vec![true; planned.len()];
-    for i in 0..planned.len() {
-        if !ok(&planned[i]) {
-            keep[i] = false;
-            if i > 0 && planned[i - 1].superseded {
-                keep[i - 1] = false;
-            }
-            if planned[i].superseded && i + 1 < planned.len() {
-                keep[i + 1] = false;
-            }
-        }
-    }
+    // Answers after the simulated period are not sent; respondent groups stay whole, so
+    // that "superseded" stays true to what is sent.
+    let in_period: Vec<bool> = planned
+        .iter()
+        .map(|p| p.answer.answer_time < end_ms)
+        .collect();
+    let keep: Vec<bool> = (0..planned.len())
+        .map(|i| {
+            let replacement_sent = in_period.get(i + 1).copied().unwrap_or(true);
+            in_period[i] && (!planned[i].superseded || replacement_sent)
+        })
+        .collect();
 
     for v in &visits {
         let ev = TouchpointEvent {
@@ -391,12 +378,17 @@ fn simulate_customer(
         let cell = truth.entry(key(map, v, &seg_name)).or_default();
         cell.touchpoints += 1;
         cell.stage_entries += i64::from(v.entered);
-        // Producers retry: a re-delivered event with the same id must count once.
-        let dup = rng.random_bool(0.01);
-        records.push(SimRecord::Touchpoint(ev.clone()));
-        if dup {
-            records.push(SimRecord::Touchpoint(ev));
+        // Producers retry, sometimes hours later: the same event id must count once.
+        if rng.random_bool(0.01) {
+            records.push(Sent {
+                at_ms: v.time + exp_delay(rng, 3.0 * HOUR_MS),
+                record: SimRecord::Touchpoint(ev.clone()),
+            });
         }
+        records.push(Sent {
+            at_ms: v.time,
+            record: SimRecord::Touchpoint(ev),
+        });
     }
     for (p, k) in planned.into_iter().zip(keep) {
         if !k {
@@ -425,7 +417,10 @@ fn simulate_customer(
                 .or_default()
                 .answer(p.answer.metric, p.answer.score);
         }
-        records.push(SimRecord::Answer(p.answer));
+        records.push(Sent {
+            at_ms: p.answer.answer_time,
+            record: SimRecord::Answer(p.answer),
+        });
     }
 }
 
@@ -521,10 +516,8 @@ mod tests {
         let b = simulate(&map(), &cfg);
         assert_eq!(a.records, b.records);
         assert_eq!(a.truth, b.truth);
-        assert!(a
-            .records
-            .windows(2)
-            .all(|w| w[0].time_ms() <= w[1].time_ms()));
+        assert!(a.records.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+        assert!(a.records.iter().all(|s| s.at_ms >= s.record.time_ms()));
     }
 
     #[test]
@@ -539,8 +532,8 @@ mod tests {
         let answers: Vec<&SurveyAnswer> = s
             .records
             .iter()
-            .filter_map(|r| {
-                if let SimRecord::Answer(a) = r {
+            .filter_map(|s| {
+                if let SimRecord::Answer(a) = &s.record {
                     Some(a)
                 } else {
                     None

@@ -27,7 +27,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 
 use crate::config::Config;
-use partition::{Input, Slot};
+use cxstream_core::Input;
+use partition::{Record, Slot};
 use rebalance::{Change, JourneyContext};
 
 type ConsumerHandle = BaseConsumer<JourneyContext>;
@@ -150,7 +151,7 @@ impl JourneyService {
             match polled {
                 Some(Ok(msg)) => {
                     since_flush += 1;
-                    inner.on_message(&consumer, &msg);
+                    inner.on_message(&msg);
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
@@ -204,7 +205,7 @@ impl Inner {
         for change in consumer.context().take_changes() {
             match change {
                 Change::Assigned(p, resume) => {
-                    let slot = Slot::new(p, self.map.clone(), resume, &self.cfg.journey);
+                    let slot = Slot::new(p, self.map.clone(), resume, self.cfg.journey.policy());
                     self.slots.insert(p, slot);
                 }
                 Change::Revoked(p) => {
@@ -217,7 +218,7 @@ impl Inner {
             .set(self.slots.len() as i64);
     }
 
-    fn on_message(&mut self, consumer: &ConsumerHandle, msg: &BorrowedMessage<'_>) {
+    fn on_message(&mut self, msg: &BorrowedMessage<'_>) {
         let input = if msg.topic() == self.cfg.topics.touchpoints {
             Input::Touchpoints
         } else {
@@ -244,11 +245,16 @@ impl Inner {
             self.dead_letter(&letter, msg.key(), payload);
             return;
         }
-        slot.process(input, msg.key(), payload, msg.offset(), &self.codec);
+        let record = Record {
+            input,
+            key: msg.key(),
+            payload,
+            offset: msg.offset(),
+            timestamp_ms: msg.timestamp().to_millis(),
+        };
+        slot.process(&record, &self.codec);
         let rejected = slot.take_rejected();
-        let (pause, resume) = slot.backpressure();
         self.dead_letter_all(partition, rejected);
-        self.set_paused(consumer, partition, pause, resume);
     }
 
     fn dead_letter_all(&mut self, partition: i32, rejected: Vec<partition::Rejected>) {
@@ -299,30 +305,6 @@ impl Inner {
         }
     }
 
-    fn set_paused(
-        &self,
-        consumer: &ConsumerHandle,
-        partition: i32,
-        pause: Option<Input>,
-        resume: Option<Input>,
-    ) {
-        let tpl = |input: Input| {
-            let mut t = TopicPartitionList::new();
-            t.add_partition(self.topic(input), partition);
-            t
-        };
-        if let Some(i) = pause {
-            if let Err(e) = consumer.pause(&tpl(i)) {
-                tracing::warn!(error = %e, "pause failed");
-            }
-        }
-        if let Some(i) = resume {
-            if let Err(e) = consumer.resume(&tpl(i)) {
-                tracing::warn!(error = %e, "resume failed");
-            }
-        }
-    }
-
     fn topic(&self, input: Input) -> &str {
         match input {
             Input::Touchpoints => &self.cfg.topics.touchpoints,
@@ -330,7 +312,7 @@ impl Inner {
         }
     }
 
-    /// Learns how far each input partition goes, to decide alignment and idleness.
+    /// Learns how far each input partition goes, to decide idleness.
     fn refresh_positions(&mut self, consumer: &ConsumerHandle) {
         let started = Instant::now();
         let parts: Vec<i32> = self.slots.keys().copied().collect();
@@ -343,19 +325,14 @@ impl Inner {
                 }
             }
             let idle = Duration::from_millis(self.cfg.journey.idle_release_ms);
-            if self.slots.get(&p).is_some_and(|s| s.would_release(idle)) {
-                // Placing waiting answers for good deserves the broker's own word that
-                // nothing is left to read, not the statistics' cached high watermark.
+            if self.slots.get(&p).is_some_and(|s| s.would_idle(idle)) {
+                // Letting an input stop holding the watermark deserves the broker's own
+                // word that nothing is left to read, not the statistics' cached value.
                 self.confirm_at_end(consumer, p);
             }
-            let Some(slot) = self.slots.get_mut(&p) else {
-                continue;
-            };
-            slot.tick(idle);
-            let rejected = slot.take_rejected();
-            let (pause, resume) = slot.backpressure();
-            self.dead_letter_all(p, rejected);
-            self.set_paused(consumer, p, pause, resume);
+            if let Some(slot) = self.slots.get_mut(&p) {
+                slot.tick(idle);
+            }
         }
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -423,13 +400,7 @@ impl Inner {
                 continue;
             };
             let started = Instant::now();
-            tracing::debug!(
-                partition = p,
-                seq,
-                records = end.records,
-                waiting = slot.pending_answers(),
-                "committing"
-            );
+            tracing::debug!(partition = p, seq, records = end.records, "committing");
             if !self.commit_with_retry(p, seq, &batch, end) {
                 // Shutting down while ClickHouse is away: the batch is simply not committed
                 // and will be read again by whoever owns the partition next.
@@ -440,11 +411,18 @@ impl Inner {
                 .observe(started.elapsed().as_secs_f64());
             self.metrics.batches_committed.inc();
             self.metrics.duplicates.inc_by(batch.duplicates);
+            for r in &batch.refused {
+                self.metrics
+                    .refused_events
+                    .with_label_values(&[r.input().as_str(), r.reason.as_str()])
+                    .inc();
+            }
             for (table, n) in [
                 ("touchpoints", batch.touchpoints.len()),
                 ("survey_answers", batch.answers.len()),
                 ("metrics_minute", batch.aggregates.len()),
-                ("journey_state", batch.journeys.len()),
+                ("journeys", batch.journeys.len()),
+                ("refused_events", batch.refused.len()),
             ] {
                 self.metrics
                     .rows_written
@@ -466,12 +444,6 @@ impl Inner {
             self.slots
                 .values()
                 .map(Slot::tracked_customers)
-                .sum::<usize>() as i64,
-        );
-        self.metrics.pending_answers.set(
-            self.slots
-                .values()
-                .map(Slot::pending_answers)
                 .sum::<usize>() as i64,
         );
         if offsets.count() > 0 {

@@ -1,33 +1,17 @@
 //! One owned input partition (the same partition number of both input topics): its
-//! processor, read positions, event-time alignment and idleness.
+//! processor and the read positions of both inputs.
 //!
-//! Alignment: a touchpoint is applied only once the survey topic has caught up to within
-//! `alignment_ms` of it (or has nothing more to give). Touchpoints that run ahead wait in a
-//! local queue, which is cheap; only if that queue grows past [`MAX_HELD`] is the Kafka
-//! partition paused. This keeps an answer's touchpoint among the customer's recent ones
-//! when the answer is read, so attribution does not depend on fetch timing.
+//! The event-time rules live in the core's processor; this only tells it what the
+//! consumer sees: each record with its Kafka timestamp, and when an input is read to its
+//! end and quiet (idle), so that a silent input does not hold the watermark back forever.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cxstream_avro::Codec;
 use cxstream_clickhouse::{BatchEnd, Resume};
-use cxstream_core::{Batch, JourneyMap, PartitionProcessor, TouchpointEvent};
+use cxstream_core::{Batch, EventClock, EventTimePolicy, Input, JourneyMap, PartitionProcessor};
 use cxstream_http::JourneyMetrics;
-
-use crate::config::JourneySettings;
-
-/// Touchpoints held for alignment before the partition is paused instead.
-const MAX_HELD: usize = 200_000;
-/// Answers waiting in the processor before the survey partition is paused.
-const MAX_PENDING: usize = 200_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Input {
-    Touchpoints,
-    Answers,
-}
 
 /// Read position of one input topic-partition.
 #[derive(Debug, Clone, Copy)]
@@ -36,9 +20,8 @@ struct Cursor {
     next: Option<i64>,
     /// High watermark as last fetched.
     high: Option<i64>,
-    /// Event time of the last record read.
-    time_ms: i64,
-    paused: bool,
+    last_record: Instant,
+    idle: bool,
 }
 
 impl Cursor {
@@ -46,8 +29,8 @@ impl Cursor {
         Cursor {
             next,
             high: None,
-            time_ms: i64::MIN,
-            paused: false,
+            last_record: Instant::now(),
+            idle: false,
         }
     }
 
@@ -70,26 +53,26 @@ pub struct Rejected {
     pub payload: Vec<u8>,
 }
 
-struct Held {
-    event: TouchpointEvent,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
+/// One record as the consumer read it.
+pub struct Record<'a> {
+    pub input: Input,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    pub offset: i64,
+    /// Kafka record timestamp, epoch ms.
+    pub timestamp_ms: Option<i64>,
 }
 
 pub struct Slot {
     partition: i32,
     processor: PartitionProcessor,
     next_seq: u64,
-    touchpoints: Cursor,
-    answers: Cursor,
-    held: VecDeque<Held>,
+    cursors: [Cursor; 2],
     rejected: Vec<Rejected>,
     records_since_commit: u64,
-    /// Something changed that must be committed even without new records (released answers).
+    /// Something changed that must be committed even without new records (an idle input
+    /// moved the watermark and journeys were folded).
     dirty: bool,
-    last_record: Instant,
-    alignment_ms: i64,
 }
 
 impl Slot {
@@ -97,142 +80,74 @@ impl Slot {
         partition: i32,
         map: Arc<JourneyMap>,
         resume: Resume,
-        cfg: &JourneySettings,
+        policy: EventTimePolicy,
     ) -> Self {
-        let mut processor = PartitionProcessor::new(map);
-        for (customer, state) in resume.journeys {
-            processor.restore(customer, state, resume.watermark_ms);
+        let clock = EventClock::resumed(policy, resume.clock);
+        let mut processor = PartitionProcessor::resumed(map, clock);
+        for (customer, journey) in resume.journeys {
+            processor.restore(customer, journey);
         }
         Slot {
             partition,
             processor,
             next_seq: resume.next_seq,
-            touchpoints: Cursor::new(resume.touchpoints_offset),
-            answers: Cursor::new(resume.answers_offset),
-            held: VecDeque::new(),
+            cursors: [
+                Cursor::new(resume.touchpoints_offset),
+                Cursor::new(resume.answers_offset),
+            ],
             rejected: Vec::new(),
             records_since_commit: 0,
             dirty: false,
-            last_record: Instant::now(),
-            alignment_ms: cfg.alignment_ms,
         }
     }
 
     fn cursor(&mut self, input: Input) -> &mut Cursor {
-        match input {
-            Input::Touchpoints => &mut self.touchpoints,
-            Input::Answers => &mut self.answers,
-        }
+        &mut self.cursors[input_index(input)]
     }
 
-    /// Decodes and applies (or holds) one record; refusals collect in [`Self::take_rejected`].
-    pub fn process(
-        &mut self,
-        input: Input,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        offset: i64,
-        codec: &Codec,
-    ) {
-        let cur = self.cursor(input);
-        if cur.next.is_some_and(|n| offset < n) {
+    /// Decodes and applies one record; refusals collect in [`Self::take_rejected`].
+    pub fn process(&mut self, r: &Record<'_>, codec: &Codec) {
+        let cur = self.cursor(r.input);
+        if cur.next.is_some_and(|n| r.offset < n) {
             // Re-delivered below the resume point (already committed): skip.
             return;
         }
-        cur.next = Some(offset + 1);
+        cur.next = Some(r.offset + 1);
+        cur.last_record = Instant::now();
+        cur.idle = false;
         self.records_since_commit += 1;
-        self.last_record = Instant::now();
-        let reject = |kind: &'static str, message: String| Rejected {
-            input,
-            offset,
-            kind,
-            message,
-            key: key.map(<[u8]>::to_vec),
-            payload: payload.to_vec(),
+        let applied = match r.input {
+            Input::Touchpoints => codec
+                .decode_touchpoint(r.payload)
+                .map_err(|e| (e.kind(), e.to_string()))
+                .and_then(|ev| {
+                    self.processor
+                        .on_touchpoint(ev, r.offset, r.timestamp_ms)
+                        .map_err(|e| (e.kind(), e.to_string()))
+                }),
+            Input::Answers => codec
+                .decode_answer(r.payload)
+                .map_err(|e| (e.kind(), e.to_string()))
+                .and_then(|a| {
+                    self.processor
+                        .on_answer(a, r.offset, r.timestamp_ms)
+                        .map_err(|e| (e.kind(), e.to_string()))
+                }),
         };
-        match input {
-            Input::Touchpoints => match codec.decode_touchpoint(payload) {
-                Ok(ev) => {
-                    self.touchpoints.time_ms = self.touchpoints.time_ms.max(ev.event_time);
-                    if self.held.is_empty() && !self.runs_ahead(ev.event_time) {
-                        if let Err(e) = self.processor.on_touchpoint(ev, offset) {
-                            self.rejected.push(reject(e.kind(), e.to_string()));
-                        }
-                    } else {
-                        self.held.push_back(Held {
-                            event: ev,
-                            offset,
-                            key: key.map(<[u8]>::to_vec),
-                            payload: payload.to_vec(),
-                        });
-                    }
-                }
-                Err(e) => self.rejected.push(reject(e.kind(), e.to_string())),
-            },
-            Input::Answers => match codec.decode_answer(payload) {
-                Ok(a) => {
-                    self.answers.time_ms = self.answers.time_ms.max(a.answer_time);
-                    // Touchpoints the survey topic has now caught up with go first.
-                    self.release_held();
-                    if let Err(e) = self.processor.on_answer(a, offset) {
-                        self.rejected.push(reject(e.kind(), e.to_string()));
-                    }
-                }
-                Err(e) => self.rejected.push(reject(e.kind(), e.to_string())),
-            },
-        }
-    }
-
-    fn runs_ahead(&self, time_ms: i64) -> bool {
-        time_ms > self.answers.time_ms.saturating_add(self.alignment_ms) && !self.answers.at_end()
-    }
-
-    fn release_held(&mut self) {
-        while let Some(h) = self.held.front() {
-            if self.runs_ahead(h.event.event_time) {
-                break;
-            }
-            let Some(h) = self.held.pop_front() else {
-                break;
-            };
-            // Applying it changes what the next batch must commit, even with no new record.
-            self.dirty = true;
-            if let Err(e) = self.processor.on_touchpoint(h.event, h.offset) {
-                self.rejected.push(Rejected {
-                    input: Input::Touchpoints,
-                    offset: h.offset,
-                    kind: e.kind(),
-                    message: e.to_string(),
-                    key: h.key,
-                    payload: h.payload,
-                });
-            }
+        if let Err((kind, message)) = applied {
+            self.rejected.push(Rejected {
+                input: r.input,
+                offset: r.offset,
+                kind,
+                message,
+                key: r.key.map(<[u8]>::to_vec),
+                payload: r.payload.to_vec(),
+            });
         }
     }
 
     pub fn take_rejected(&mut self) -> Vec<Rejected> {
         std::mem::take(&mut self.rejected)
-    }
-
-    /// Back-pressure: which input to pause and which to resume. Only needed when the local
-    /// hold queue or the waiting answers grow past their bounds.
-    pub fn backpressure(&mut self) -> (Option<Input>, Option<Input>) {
-        let pause_tp = self.held.len() >= MAX_HELD;
-        let pause_ans =
-            self.processor.pending_answers() >= MAX_PENDING && !self.touchpoints.at_end();
-        let mut pause = None;
-        let mut resume = None;
-        for (input, should_pause) in [(Input::Touchpoints, pause_tp), (Input::Answers, pause_ans)] {
-            let cur = self.cursor(input);
-            if should_pause && !cur.paused {
-                cur.paused = true;
-                pause = Some(input);
-            } else if !should_pause && cur.paused {
-                cur.paused = false;
-                resume = Some(input);
-            }
-        }
-        (pause, resume)
     }
 
     pub fn set_high_watermark(&mut self, input: Input, high: i64) {
@@ -243,43 +158,30 @@ impl Slot {
         }
     }
 
-    /// Periodic housekeeping: releases held touchpoints once the survey topic is at its end,
-    /// and once both inputs are read to their end and quiet, places waiting answers with
-    /// what is known (nothing that could change their attribution is coming).
+    /// An input read to its end and quiet for `idle` stops holding the watermark back.
     pub fn tick(&mut self, idle: Duration) {
-        if !self.held.is_empty() {
-            self.release_held();
-        }
-        if self.would_release(idle) {
-            self.processor.release_all();
-            self.dirty = true;
+        for input in Input::ALL {
+            let cur = self.cursor(input);
+            let now_idle = cur.at_end() && cur.last_record.elapsed() >= idle;
+            if now_idle && !cur.idle {
+                cur.idle = true;
+                self.processor.set_idle(input, true);
+                self.dirty = true;
+            }
         }
     }
 
-    /// Whether [`Self::tick`] would place the waiting answers now.
-    pub fn would_release(&self, idle: Duration) -> bool {
-        self.processor.pending_answers() > 0
-            && self.held.is_empty()
-            && self.touchpoints.at_end()
-            && self.answers.at_end()
-            && self.last_record.elapsed() >= idle
+    /// Whether [`Self::tick`] would mark an input idle now.
+    pub fn would_idle(&self, idle: Duration) -> bool {
+        self.cursors
+            .iter()
+            .any(|c| !c.idle && c.at_end() && c.last_record.elapsed() >= idle)
     }
 
     pub fn caught_up(&self) -> bool {
-        self.touchpoints.at_end()
-            && self.answers.at_end()
-            && self.held.is_empty()
+        self.cursors.iter().all(|c| c.at_end() && c.idle)
             && self.records_since_commit == 0
             && !self.dirty
-            && self.processor.pending_answers() == 0
-    }
-
-    /// Next touchpoint offset that is safe to commit: held touchpoints are not applied yet.
-    fn touchpoints_commit_offset(&self) -> Option<i64> {
-        self.held
-            .front()
-            .map(|h| h.offset)
-            .or(self.touchpoints.next)
     }
 
     /// The batch to commit now, if anything changed.
@@ -289,9 +191,9 @@ impl Slot {
         }
         let end = BatchEnd {
             // -2 is librdkafka's "beginning": nothing read yet on that topic.
-            touchpoints_next_offset: self.touchpoints_commit_offset().unwrap_or(-2),
-            answers_next_offset: self.answers.next.unwrap_or(-2),
-            watermark_ms: self.processor.watermark_ms(),
+            touchpoints_next_offset: self.cursors[0].next.unwrap_or(-2),
+            answers_next_offset: self.cursors[1].next.unwrap_or(-2),
+            clock: self.processor.clock().state(),
             records: self.records_since_commit,
         };
         Some((self.next_seq, self.processor.take_batch(), end))
@@ -301,8 +203,7 @@ impl Slot {
         self.next_seq = seq + 1;
         self.records_since_commit = 0;
         self.dirty = false;
-        let wm = self.processor.watermark_ms();
-        if wm > 0 {
+        if let Some(wm) = self.processor.watermark_ms().filter(|w| *w > 0) {
             metrics
                 .watermark_seconds
                 .with_label_values(&[&self.partition.to_string()])
@@ -311,28 +212,31 @@ impl Slot {
     }
 
     pub fn next_offsets(&self) -> Vec<(Input, i64)> {
-        [
-            (Input::Touchpoints, self.touchpoints_commit_offset()),
-            (Input::Answers, self.answers.next),
-        ]
-        .into_iter()
-        .filter_map(|(i, n)| n.filter(|n| *n >= 0).map(|n| (i, n)))
-        .collect()
+        Input::ALL
+            .into_iter()
+            .filter_map(|i| {
+                let n = self.cursors[input_index(i)].next?;
+                (n >= 0).then_some((i, n))
+            })
+            .collect()
     }
 
     pub fn tracked_customers(&self) -> usize {
         self.processor.tracked_customers()
     }
+}
 
-    pub fn pending_answers(&self) -> usize {
-        self.processor.pending_answers() + self.held.len()
+fn input_index(input: Input) -> usize {
+    match input {
+        Input::Touchpoints => 0,
+        Input::Answers => 1,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cxstream_core::{Metric, SurveyAnswer};
+    use cxstream_core::{Metric, SurveyAnswer, TouchpointEvent};
 
     fn slot() -> (Slot, Codec) {
         let map = JourneyMap::from_yaml(
@@ -340,12 +244,13 @@ mod tests {
             include_str!("../../../../schemas/journeys/retail.yaml"),
         )
         .unwrap();
-        let cfg = JourneySettings {
-            alignment_ms: 60_000,
-            ..JourneySettings::default()
-        };
         (
-            Slot::new(0, Arc::new(map), Resume::default(), &cfg),
+            Slot::new(
+                0,
+                Arc::new(map),
+                Resume::default(),
+                EventTimePolicy::default(),
+            ),
             Codec::new().unwrap(),
         )
     }
@@ -386,56 +291,55 @@ mod tests {
         buf
     }
 
-    #[test]
-    fn touchpoints_ahead_of_the_survey_topic_wait_and_are_not_committed_past() {
-        let (mut s, codec) = slot();
-        s.process(Input::Answers, None, &answer(&codec, 1_000), 0, &codec);
-        s.process(
-            Input::Touchpoints,
-            None,
-            &touchpoint(&codec, "e0", 2_000),
-            0,
-            &codec,
-        );
-        s.process(
-            Input::Touchpoints,
-            None,
-            &touchpoint(&codec, "e1", 500_000),
-            1,
-            &codec,
-        );
-        let (_, batch, end) = s.take_batch().unwrap();
-        assert_eq!(batch.touchpoints.len(), 1, "the far-ahead touchpoint waits");
-        assert_eq!(
-            end.touchpoints_next_offset, 1,
-            "and the commit does not pass it"
-        );
-        s.committed(0, &JourneyMetrics::new().unwrap());
+    fn record(input: Input, payload: &[u8], offset: i64) -> Record<'_> {
+        Record {
+            input,
+            key: None,
+            payload,
+            offset,
+            timestamp_ms: None,
+        }
     }
 
     #[test]
-    fn touchpoints_released_at_the_end_are_committed() {
+    fn records_are_committed_with_the_offsets_after_them() {
         let (mut s, codec) = slot();
-        s.process(Input::Answers, None, &answer(&codec, 1_000), 0, &codec);
-        s.process(
-            Input::Touchpoints,
-            None,
-            &touchpoint(&codec, "e1", 500_000),
-            0,
-            &codec,
+        let a = answer(&codec, 1_000);
+        let t = touchpoint(&codec, "e0", 2_000);
+        s.process(&record(Input::Answers, &a, 0), &codec);
+        s.process(&record(Input::Touchpoints, &t, 7), &codec);
+        let (seq, batch, end) = s.take_batch().unwrap();
+        assert_eq!((batch.touchpoints.len(), batch.answers.len()), (1, 1));
+        assert_eq!(
+            (end.touchpoints_next_offset, end.answers_next_offset),
+            (8, 1)
         );
-        let (seq, _, end) = s.take_batch().unwrap();
-        assert_eq!(end.touchpoints_next_offset, 0);
+        assert_eq!(end.clock.highs, [Some(2_000), Some(1_000)]);
         s.committed(seq, &JourneyMetrics::new().unwrap());
         assert!(s.take_batch().is_none());
-        // The survey topic turns out to be at its end: the held touchpoint is applied, and
-        // that must be committed although no new record arrived.
-        s.set_high_watermark(Input::Answers, 1);
+        // Re-delivered below the committed position: skipped.
+        s.process(&record(Input::Touchpoints, &t, 7), &codec);
+        assert!(s.take_batch().is_none());
+    }
+
+    #[test]
+    fn an_input_at_its_end_and_quiet_becomes_idle_and_that_is_committed() {
+        let (mut s, codec) = slot();
+        let t = touchpoint(&codec, "e0", 2_000);
+        s.process(&record(Input::Touchpoints, &t, 0), &codec);
+        let (seq, _, end) = s.take_batch().unwrap();
+        assert_eq!(
+            end.clock.watermark, None,
+            "the answers input was never seen"
+        );
+        s.committed(seq, &JourneyMetrics::new().unwrap());
         s.set_high_watermark(Input::Touchpoints, 1);
-        s.tick(Duration::from_secs(3600));
+        s.set_high_watermark(Input::Answers, 0);
         assert!(!s.caught_up());
-        let (_, batch, end) = s.take_batch().unwrap();
-        assert_eq!(batch.touchpoints.len(), 1);
-        assert_eq!(end.touchpoints_next_offset, 1);
+        s.tick(Duration::ZERO);
+        let (seq, _, end) = s.take_batch().unwrap();
+        assert_eq!(end.clock.watermark, Some(2_000));
+        s.committed(seq, &JourneyMetrics::new().unwrap());
+        assert!(s.caught_up());
     }
 }

@@ -16,7 +16,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 pub const PARTITIONS: i32 = 4;
 
 pub struct Stack {
+    /// Names the topics.
     pub name: String,
+    /// Names the database and consumer group (`name` unless this is a replay).
+    pub run: String,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub kafka: String,
@@ -39,7 +42,24 @@ impl Stack {
             .unwrap()
             .as_nanos();
         let name = format!("{test}_{}", nanos % 1_000_000_000_000);
-        let dir = std::env::temp_dir().join(format!("cxstream-test-{name}"));
+        let s = Stack::with_run(&name, &name);
+        s.broker_serves();
+        s.ok(&["topics"]);
+        s.ok(&["migrate"]);
+        s
+    }
+
+    /// The same topics read into an empty database by a new consumer group from the
+    /// earliest offsets: a real replay.
+    pub fn replay(&self) -> Stack {
+        let s = Stack::with_run(&self.name, &format!("{}_replay", self.run));
+        s.ok(&["migrate"]);
+        s
+    }
+
+    fn with_run(name: &str, run: &str) -> Stack {
+        let (name, run) = (name.to_string(), run.to_string());
+        let dir = std::env::temp_dir().join(format!("cxstream-test-{run}"));
         std::fs::create_dir_all(&dir).unwrap();
         let kafka = std::env::var("CX_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into());
         let clickhouse =
@@ -57,26 +77,24 @@ impl Stack {
                 "kafka:\n  brokers: {kafka}\n{debug}\
                  topics:\n  touchpoints: t.{name}.touchpoints\n  survey_responses: t.{name}.answers\n  \
                  aggregates: t.{name}.aggregates\n  alerts: t.{name}.alerts\n  dlq: t.{name}.dlq\n  partitions: {PARTITIONS}\n\
-                 clickhouse:\n  url: {clickhouse}\n  database: t_{name}\n\
-                 journey:\n  map: {map}\n  group_id: g.{name}\n  flush_interval_ms: 200\n  max_batch_records: 5000\n  idle_release_ms: 500\n  join_timeout_ms: 12000\n\
+                 clickhouse:\n  url: {clickhouse}\n  database: t_{run}\n\
+                 journey:\n  map: {map}\n  group_id: g.{run}\n  flush_interval_ms: 200\n  max_batch_records: 5000\n  idle_release_ms: 500\n  join_timeout_ms: 12000\n\
                  http:\n  listen: 127.0.0.1:0\nlog:\n  level: warn\n"
             ),
         )
         .unwrap();
-        let s = Stack {
+        Stack {
             name,
+            run,
             dir,
             config,
             kafka,
             clickhouse,
-        };
-        s.ok(&["topics"]);
-        s.ok(&["migrate"]);
-        s
+        }
     }
 
     pub fn database(&self) -> String {
-        format!("t_{}", self.name)
+        format!("t_{}", self.run)
     }
 
     pub fn topic(&self, kind: &str) -> String {
@@ -102,10 +120,50 @@ impl Stack {
         );
         assert!(
             out.status.success(),
-            "cxstream {args:?} failed (is the local stack up? deploy/local/up.sh):\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            "cxstream {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.diagnose()
         );
         out
+    }
+
+    /// Once per test binary: the broker and ClickHouse really serve (a metadata request, a
+    /// consumer-group round trip, a query). A wedged server fails here, named as such,
+    /// instead of every test timing out on its own.
+    fn broker_serves(&self) {
+        static VERDICT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        let verdict = VERDICT.get_or_init(|| self.probe(Duration::from_secs(20)));
+        if let Err(e) = verdict {
+            panic!("the local stack does not serve: {e}");
+        }
+    }
+
+    fn probe(&self, timeout: Duration) -> Result<(), String> {
+        let ms = timeout.as_millis().to_string();
+        let out = self.run(&[
+            "probe",
+            "--topic",
+            "cxstream.probe",
+            "--create-topic",
+            "--timeout-ms",
+            &ms,
+        ]);
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            broker_log_trouble()
+        ))
+    }
+
+    /// After a failed command: was it the servers? (The probe says, with the broker's log.)
+    pub fn diagnose(&self) -> String {
+        match self.probe(Duration::from_secs(5)) {
+            Ok(()) => "(the broker and ClickHouse serve: the failure is not theirs)".into(),
+            Err(e) => format!("the local stack does not serve: {e}"),
+        }
     }
 
     pub fn spawn(&self, args: &[&str]) -> Child {
@@ -281,6 +339,23 @@ impl Drop for Stack {
         }
         let _ = self.query(&format!("DROP DATABASE IF EXISTS {}", self.database()));
     }
+}
+
+/// The broker log's last warnings and errors (CX_TEST_BROKER_LOG, set by deploy/local/test.sh).
+fn broker_log_trouble() -> String {
+    let Ok(path) = std::env::var("CX_TEST_BROKER_LOG") else {
+        return String::new();
+    };
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("error") || l.contains("warn") || l.contains("panic")
+        })
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(10)..];
+    format!("\nlast warnings and errors in {path}:\n{}", tail.join("\n"))
 }
 
 /// Asserts two cell maps are equal, printing the first differences.
