@@ -31,9 +31,11 @@ resolve_dir() {
   dir=$(readlink -f "$dir")
 }
 
+# Stops the cluster if it runs; a cluster that is not running is fine.
 stop() {
-  [[ -f "$dir/PG_VERSION" ]] && as_pg "$pg_bin/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1
-  return 0
+  if [[ -f "$dir/PG_VERSION" ]]; then
+    as_pg "$pg_bin/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
+  fi
 }
 
 case "$cmd" in

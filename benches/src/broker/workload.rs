@@ -277,12 +277,20 @@ pub fn run(args: &RunArgs) -> Result<Report, String> {
     report.metadata_max_ms = quantile(&stats.metadata_ms, 1.0);
     report.group_p99_ms = quantile(&stats.group_ms, 0.99);
     report.topics_created = stats.topics_created + topics.len();
+    // A wedged broker fails every probe: the first few and a count say it all.
     report.stopped_answering.extend(
         stats
             .failures
             .iter()
+            .take(3)
             .map(|(at, what)| format!("at {at:.0} s: {what}")),
     );
+    if let Some((last, _)) = stats.failures.get(3..).and_then(<[_]>::last) {
+        report.stopped_answering.push(format!(
+            "… {} more probe failures, the last at {last:.0} s",
+            stats.failures.len() - 3
+        ));
+    }
     if let Ok(f) = acks.failed.lock() {
         if let Some(first) = f.first() {
             report

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use cxstream_avro::Codec;
 use cxstream_core::{JourneyMap, Metric, SurveyAnswer};
-use cxstream_simulator::{simulate, SimConfig, SimRecord};
+use cxstream_simulator::{simulate, Delivery, SimConfig, SimRecord};
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
@@ -39,6 +39,17 @@ pub struct SimulateArgs {
     /// out of range), which must end in the DLQ and not in any count.
     #[arg(long, default_value_t = 0)]
     pub bad_records: u64,
+    /// How producers deliver: `punctual` (when things happen, a retry now and then) or
+    /// `messy` (late touchpoints, retries a day later, re-sent answers, a survey tool 3 h
+    /// behind, browsing bursts, clocks a day ahead).
+    #[arg(long, value_enum, default_value_t = Scenario::Punctual)]
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    Punctual,
+    Messy,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -73,12 +84,23 @@ pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produc
         customers: args.customers,
         days: args.days,
         seed: args.seed,
+        delivery: match args.scenario {
+            Scenario::Punctual => Delivery::punctual(),
+            Scenario::Messy => Delivery::messy(),
+        },
         ..SimConfig::default()
     };
     let started = Instant::now();
     let sim = simulate(map, &sim_cfg);
     std::fs::write(&args.ground_truth, sim.truth_csv())
         .with_context(|| format!("writing ground truth to {}", args.ground_truth.display()))?;
+    // What the rules refuse (and keep in refused_events), next to the counts.
+    let refused = args.ground_truth.with_extension("refused.csv");
+    std::fs::write(
+        &refused,
+        format!("reason,events\nfuture,{}\n", sim.future_dated),
+    )
+    .with_context(|| format!("writing {}", refused.display()))?;
     tracing::info!(records = sim.records.len(), ground_truth = %args.ground_truth.display(), "simulated");
 
     let producer: ThreadedProducer<DeliveryCounter> = cfg

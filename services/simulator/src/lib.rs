@@ -25,6 +25,64 @@ pub struct SimConfig {
     pub seed: u64,
     /// Event time of the period's start, epoch ms.
     pub start_ms: i64,
+    /// How the producers deliver: on time, or the way real ones do.
+    pub delivery: Delivery,
+}
+
+/// How producers deliver what happened: a record's send time (its Kafka timestamp) and
+/// copies. None of it changes the truth, except events dated in the future, which the
+/// rules refuse (and the simulation counts in [`Simulation::future_dated`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Delivery {
+    /// Share of touchpoints whose producer sends them late, by up to `late_by_ms`.
+    pub late_share: f64,
+    pub late_by_ms: i64,
+    /// Share of touchpoints sent again later (a producer retry), on average this much later.
+    pub redeliver_share: f64,
+    pub redeliver_after_ms: f64,
+    /// Share of answers the survey tool sends twice (same response id), the copy later.
+    pub resend_share: f64,
+    /// The survey tool sends answers this long after they are given: the answers topic runs
+    /// behind the touchpoints topic.
+    pub survey_lag_ms: i64,
+    /// Share of surveyed touchpoints followed by a browsing burst (5–30 product views)
+    /// before the answer.
+    pub burst_share: f64,
+    /// Touchpoints dated this long after they are sent (a wrong clock), per customer in
+    /// 1,000; refused as future-dated.
+    pub future_per_mille: u32,
+}
+
+impl Delivery {
+    /// Records sent when they happen; a producer retry now and then, hours later.
+    pub fn punctual() -> Self {
+        Delivery {
+            late_share: 0.0,
+            late_by_ms: 0,
+            redeliver_share: 0.01,
+            redeliver_after_ms: 3.0 * HOUR_MS,
+            resend_share: 0.0,
+            survey_lag_ms: 0,
+            burst_share: 0.0,
+            future_per_mille: 0,
+        }
+    }
+
+    /// Real traffic: touchpoints up to 2 days late (so answers arrive before the touchpoint
+    /// they rate), retries up to a day later, re-sent answers, a survey tool 3 hours behind,
+    /// browsing bursts, and a few clocks a day in the future.
+    pub fn messy() -> Self {
+        Delivery {
+            late_share: 0.05,
+            late_by_ms: 2 * 86_400_000,
+            redeliver_share: 0.03,
+            redeliver_after_ms: 8.0 * HOUR_MS,
+            resend_share: 0.05,
+            survey_lag_ms: 3 * 3_600_000,
+            burst_share: 0.3,
+            future_per_mille: 5,
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -35,6 +93,7 @@ impl Default for SimConfig {
             seed: 42,
             // 2026-11-02T00:00:00Z, a Monday.
             start_ms: 1_793_577_600_000,
+            delivery: Delivery::punctual(),
         }
     }
 }
@@ -130,6 +189,8 @@ pub struct Sent {
 /// Everything one simulation produced, records in the order they were sent.
 pub struct Simulation {
     pub records: Vec<Sent>,
+    /// Touchpoints dated too far after they were sent: refused, in no count.
+    pub future_dated: u64,
     pub truth: BTreeMap<TruthKey, TruthCounts>,
 }
 
@@ -155,8 +216,13 @@ struct Visit {
     time: i64,
     touchpoint: usize,
     channel: usize,
+    /// The stage of the touchpoint itself.
     stage: usize,
+    /// The furthest stage the customer has reached at this visit (what it counts under).
+    reached: usize,
     entered: bool,
+    /// Browsing between a touchpoint and its survey; never surveyed itself.
+    burst: bool,
 }
 
 struct Planned {
@@ -183,14 +249,25 @@ const COMMENTS_BAD: [&str; 4] = [
 pub fn simulate(map: &JourneyMap, cfg: &SimConfig) -> Simulation {
     let mut records = Vec::new();
     let mut truth: BTreeMap<TruthKey, TruthCounts> = BTreeMap::new();
+    let mut future_dated = 0;
     let end_ms = cfg.start_ms + (cfg.days * 24.0 * HOUR_MS) as i64;
     for c in 0..cfg.customers {
         // One RNG per customer: a customer's traffic does not depend on the others.
         let mut rng = SmallRng::seed_from_u64(cfg.seed ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         simulate_customer(map, cfg, c, end_ms, &mut rng, &mut records, &mut truth);
+        if cfg.delivery.future_per_mille > 0
+            && rng.random_range(0..1000) < cfg.delivery.future_per_mille
+        {
+            records.push(future_dated_touchpoint(map, cfg, c, end_ms, &mut rng));
+            future_dated += 1;
+        }
     }
     records.sort_by_key(|s: &Sent| s.at_ms);
-    Simulation { records, truth }
+    Simulation {
+        records,
+        future_dated,
+        truth,
+    }
 }
 
 fn pick_weighted(rng: &mut SmallRng, n: usize) -> usize {
@@ -230,7 +307,7 @@ fn simulate_customer(
     for stage in 0..map.stages.len() {
         let tps: Vec<usize> = map.touchpoints_of(stage as u8).map(usize::from).collect();
         let n = rng.random_range(1..=3);
-        for i in 0..n {
+        for _ in 0..n {
             if t >= end_ms {
                 break;
             }
@@ -247,7 +324,9 @@ fn simulate_customer(
                 touchpoint: tp,
                 channel,
                 stage,
-                entered: i == 0,
+                reached: stage,
+                entered: false,
+                burst: false,
             });
             t += exp_delay(rng, 0.5 * HOUR_MS);
         }
@@ -270,6 +349,17 @@ fn simulate_customer(
         );
     }
 
+    add_bursts(map, cfg, &customer, rng, &mut visits);
+    // A customer's journey in event time: each visit counts under the furthest stage
+    // reached so far, and enters a stage when its own is beyond every earlier one's.
+    visits.sort_by_key(|v| v.time);
+    let mut furthest: Option<usize> = None;
+    for v in &mut visits {
+        v.entered = furthest.is_none_or(|f| v.stage > f);
+        v.reached = furthest.map_or(v.stage, |f| f.max(v.stage));
+        furthest = Some(v.reached);
+    }
+
     let seg_name = map
         .segments
         .get(segment)
@@ -277,6 +367,9 @@ fn simulate_customer(
         .to_string();
     let mut planned: Vec<Planned> = Vec::new();
     for (vi, v) in visits.iter().enumerate() {
+        if v.burst {
+            continue;
+        }
         let p_survey = [0.05, 0.10, 0.35, 0.30, 0.20]
             .get(v.stage)
             .copied()
@@ -378,15 +471,20 @@ fn simulate_customer(
         let cell = truth.entry(key(map, v, &seg_name)).or_default();
         cell.touchpoints += 1;
         cell.stage_entries += i64::from(v.entered);
+        let d = &cfg.delivery;
+        let mut at = v.time;
+        if d.late_share > 0.0 && rng.random_bool(d.late_share) {
+            at += rng.random_range(0..=d.late_by_ms.max(0));
+        }
         // Producers retry, sometimes hours later: the same event id must count once.
-        if rng.random_bool(0.01) {
+        if rng.random_bool(d.redeliver_share) {
             records.push(Sent {
-                at_ms: v.time + exp_delay(rng, 3.0 * HOUR_MS),
+                at_ms: at + exp_delay(rng, d.redeliver_after_ms),
                 record: SimRecord::Touchpoint(ev.clone()),
             });
         }
         records.push(Sent {
-            at_ms: v.time,
+            at_ms: at,
             record: SimRecord::Touchpoint(ev),
         });
     }
@@ -417,17 +515,89 @@ fn simulate_customer(
                 .or_default()
                 .answer(p.answer.metric, p.answer.score);
         }
+        let d = &cfg.delivery;
+        let at = p.answer.answer_time + d.survey_lag_ms;
+        // A survey tool that sends an answer again: the same response id counts once.
+        if d.resend_share > 0.0 && rng.random_bool(d.resend_share) {
+            records.push(Sent {
+                at_ms: at + exp_delay(rng, HOUR_MS),
+                record: SimRecord::Answer(p.answer.clone()),
+            });
+        }
         records.push(Sent {
-            at_ms: p.answer.answer_time,
+            at_ms: at,
             record: SimRecord::Answer(p.answer),
         });
+    }
+}
+
+/// Browsing between a surveyed-to-be touchpoint and its answer: product views (the
+/// touchpoints of the second stage) within the next 20 minutes.
+fn add_bursts(
+    map: &JourneyMap,
+    cfg: &SimConfig,
+    customer: &str,
+    rng: &mut SmallRng,
+    visits: &mut Vec<Visit>,
+) {
+    let d = &cfg.delivery;
+    if d.burst_share <= 0.0 || map.stages.len() < 2 {
+        return;
+    }
+    let browse: Vec<usize> = map.touchpoints_of(1).map(usize::from).collect();
+    let anchors: Vec<i64> = visits.iter().map(|v| v.time).collect();
+    for t0 in anchors {
+        if browse.is_empty() || !rng.random_bool(d.burst_share) {
+            continue;
+        }
+        for _ in 0..rng.random_range(5..=30) {
+            let tp = browse[rng.random_range(0..browse.len())];
+            let chans = &map.touchpoints[tp].channels;
+            visits.push(Visit {
+                id: format!("{customer}-t{}", visits.len()),
+                time: t0 + rng.random_range(1_000..1_200_000),
+                touchpoint: tp,
+                channel: usize::from(chans[rng.random_range(0..chans.len())]),
+                stage: 1,
+                reached: 1,
+                entered: false,
+                burst: true,
+            });
+        }
+    }
+}
+
+/// A touchpoint from a device whose clock is a day ahead: dated a day after it is sent.
+fn future_dated_touchpoint(
+    map: &JourneyMap,
+    cfg: &SimConfig,
+    c: u64,
+    end_ms: i64,
+    rng: &mut SmallRng,
+) -> Sent {
+    let sent = cfg.start_ms + rng.random_range(0..(end_ms - cfg.start_ms).max(1));
+    let tp = &map.touchpoints[rng.random_range(0..map.touchpoints.len())];
+    Sent {
+        at_ms: sent,
+        record: SimRecord::Touchpoint(TouchpointEvent {
+            event_id: format!("cust-{c:07}-future"),
+            customer_id: Some(format!("cust-{c:07}")),
+            anonymous_id: None,
+            event_time: sent + 86_400_000,
+            touchpoint: tp.name.clone(),
+            channel: map.channels[usize::from(tp.channels[0])].clone(),
+            stage: None,
+            segment: None,
+            outcome: None,
+            attributes: Default::default(),
+        }),
     }
 }
 
 fn key(map: &JourneyMap, v: &Visit, segment: &str) -> TruthKey {
     (
         v.time.div_euclid(MINUTE_MS) * MINUTE_MS,
-        map.stages[v.stage].name.clone(),
+        map.stages[v.reached].name.clone(),
         map.touchpoints[v.touchpoint].name.clone(),
         map.channels[v.channel].clone(),
         segment.to_string(),
@@ -552,5 +722,48 @@ mod tests {
         assert!(stages_entered > 2000);
         let advocacy = s.truth.keys().filter(|k| k.1 == "advocacy").count();
         assert!(advocacy > 0, "some customers reach the last stage");
+    }
+
+    #[test]
+    fn messy_delivery_is_late_repeated_bursty_and_sometimes_future_dated() {
+        let cfg = SimConfig {
+            customers: 2000,
+            delivery: Delivery::messy(),
+            ..SimConfig::default()
+        };
+        let s = simulate(&map(), &cfg);
+        let late = s
+            .records
+            .iter()
+            .filter(|r| r.at_ms > r.record.time_ms() + 3_600_000)
+            .count();
+        let ahead = s
+            .records
+            .iter()
+            .filter(|r| r.at_ms < r.record.time_ms())
+            .count() as u64;
+        assert!(late > 100, "late deliveries: {late}");
+        assert_eq!(ahead, s.future_dated);
+        assert!(s.future_dated > 0);
+        let mut responses = std::collections::HashMap::new();
+        for r in &s.records {
+            if let SimRecord::Answer(a) = &r.record {
+                *responses.entry(a.response_id.clone()).or_insert(0) += 1;
+            }
+        }
+        assert!(
+            responses.values().any(|n| *n > 1),
+            "some answers are re-sent"
+        );
+        // Browsing bursts are touchpoints too: the truth counts them.
+        let punctual = simulate(
+            &map(),
+            &SimConfig {
+                customers: 2000,
+                ..SimConfig::default()
+            },
+        );
+        let sum = |s: &Simulation| s.truth.values().map(|c| c.touchpoints).sum::<i64>();
+        assert!(sum(&s) > sum(&punctual), "browsing bursts add touchpoints");
     }
 }

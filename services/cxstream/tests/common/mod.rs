@@ -175,6 +175,10 @@ impl Stack {
     }
 
     pub fn simulate(&self, customers: u64, days: f64, bad: u64) {
+        self.simulate_scenario(customers, days, bad, "punctual");
+    }
+
+    pub fn simulate_scenario(&self, customers: u64, days: f64, bad: u64, scenario: &str) {
         let truth = self.truth_path();
         self.ok(&[
             "simulate",
@@ -184,9 +188,56 @@ impl Stack {
             &days.to_string(),
             "--bad-records",
             &bad.to_string(),
+            "--scenario",
+            scenario,
             "--ground-truth",
             truth.to_str().unwrap(),
         ]);
+    }
+
+    /// Events the simulation expects refused, by reason (from the simulator's side file).
+    pub fn expected_refused(&self) -> BTreeMap<String, i64> {
+        let path = self.truth_path().with_extension("refused.csv");
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(','))
+            .map(|(r, n)| (r.to_string(), n.parse().unwrap()))
+            .collect()
+    }
+
+    /// Produces touchpoints to the touchpoints topic, keyed by customer id.
+    pub fn produce_touchpoints(&self, events: &[cxstream_core::TouchpointEvent]) {
+        use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+        let codec = cxstream_avro::Codec::new().unwrap();
+        let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+            ClientConfig::new()
+                .set("bootstrap.servers", &self.kafka)
+                .create()
+                .unwrap();
+        let topic = self.topic("touchpoints");
+        for e in events {
+            let mut buf = Vec::new();
+            codec.encode_touchpoint(e, &mut buf).unwrap();
+            let key = e.customer_id.clone().unwrap_or_default();
+            producer
+                .send(BaseRecord::to(&topic).key(&key).payload(&buf))
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    /// Refused events in ClickHouse, by reason.
+    pub fn refused(&self) -> BTreeMap<String, i64> {
+        self.query(&format!(
+            "SELECT reason, toInt64(count()) FROM (SELECT * FROM {}.refused_events FINAL) GROUP BY reason",
+            self.database()
+        ))
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+        .collect()
     }
 
     /// Runs an SQL query over HTTP and returns TabSeparated rows.
