@@ -26,7 +26,7 @@ YAML
 start=$(date +%s.%N)
 "$bin/cxstream" -c "$cfg" journey --until-caught-up
 end=$(date +%s.%N)
-records=$(curl -s "http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT/" --data-binary "SELECT sum(records) FROM $run.ingest_batches")
+records=$(curl -s "http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT/" --data-binary "SELECT sum(records) FROM $run.committed_records")
 python3 - "$records" "$start" "$end" "$(dirname "$cfg")/bare.txt" <<'PY'
 import re, sys
 records, start, end, bare = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]

@@ -72,6 +72,27 @@ def main():
         expected_row = '3,1,5,40,2'
         if len(rows) != 3 or not all(r.endswith(expected_row) for r in rows):
             failures.append(f"rolling_metrics returned {rows!r}, expected 3 windows ending {expected_row}")
+        # Batch 0 folded into generation 55: the same figures, and the folded deltas no
+        # longer count (a second copy of them must not).
+        s.query(
+            "INSERT INTO cx.metrics_minute_compacted SELECT minute, journey, stage, touchpoint, channel, segment, "
+            "sum(nps_promoters), sum(nps_passives), sum(nps_detractors), sum(csat_n), sum(csat_top2), sum(csat_sum), "
+            "sum(ces_n), sum(ces_agree), sum(ces_sum), sum(stage_entries), sum(touchpoints), 0, 55 "
+            "FROM cx.metrics_minute_committed GROUP BY minute, journey, stage, touchpoint, channel, segment"
+        )
+        s.query(
+            "INSERT INTO cx.compactions SELECT 'retail', 0, 55, 1, sum(records), now() FROM cx.live_batches"
+        )
+        out = s.query(
+            "SELECT window, promoters, detractors, nps_n, round(nps, 1), csat_responses FROM cx.rolling_metrics "
+            "ORDER BY window", "CSV"
+        )
+        rows = [l for l in str(out).strip().splitlines() if l]
+        if len(rows) != 3 or not all(r.endswith(expected_row) for r in rows):
+            failures.append(f"after compaction rolling_metrics returned {rows!r}, expected 3 windows ending {expected_row}")
+        records = str(s.query("SELECT sum(records) FROM cx.committed_records", "CSV")).strip()
+        if records != "15":
+            failures.append(f"committed_records after compaction is {records}, expected 15")
         s.cleanup() if hasattr(s, "cleanup") else None
     for f in failures:
         print("chdb dialect:", f)

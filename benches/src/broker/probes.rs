@@ -149,7 +149,6 @@ fn create_and_fill(settings: &KafkaSettings, topic: &str) -> Result<(), String> 
     let spec = TopicSpec {
         name: topic.to_string(),
         partitions: 1,
-        compacted: false,
     };
     rt.block_on(async {
         tokio::time::timeout(

@@ -315,7 +315,6 @@ fn create_topics(
         .map(|t| TopicSpec {
             name: t.clone(),
             partitions,
-            compacted: false,
         })
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -28,6 +28,8 @@ pub struct Resume {
     /// The event clock as committed.
     pub clock: ClockState,
     pub journeys: Vec<(String, Journey)>,
+    /// Batches below this sequence number are folded into the partition's generation.
+    pub live_from: u64,
 }
 
 /// The offsets and bookkeeping a batch commits together with its rows.
@@ -56,6 +58,14 @@ impl BatchCommitter {
         BatchCommitter { client, map }
     }
 
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn journey(&self) -> &str {
+        &self.map.name
+    }
+
     pub async fn resume(&self, partition: u16) -> Result<Resume> {
         let journey = self.map.name.as_str();
         let last = self
@@ -72,20 +82,32 @@ impl BatchCommitter {
         let Some(last) = last else {
             return Ok(Resume::default());
         };
+        // The partition's generation holds each customer's journey as of its last folded
+        // batch; committed batches since then hold the newer ones.
+        let generation = self.generation(partition).await?;
         let saved = self
             .client
             .query(
-                "SELECT customer_id, argMax(state, batch_seq) AS state FROM journeys \
-                 WHERE journey = ? AND source_partition = ? \
-                 AND (journey, source_partition, batch_seq, batch_attempt) IN \
-                   (SELECT journey, source_partition, batch_seq, batch_attempt FROM ingest_batches \
-                    WHERE journey = ? AND source_partition = ?) \
+                "SELECT customer_id, argMax(state, batch_seq) AS state FROM ( \
+                   SELECT customer_id, state, batch_seq FROM journeys_compacted \
+                   WHERE journey = ? AND source_partition = ? AND generation = ? \
+                   UNION ALL \
+                   SELECT customer_id, state, batch_seq FROM journeys \
+                   WHERE journey = ? AND source_partition = ? AND batch_seq >= ? \
+                   AND (journey, source_partition, batch_seq, batch_attempt) IN \
+                     (SELECT journey, source_partition, batch_seq, batch_attempt FROM ingest_batches \
+                      WHERE journey = ? AND source_partition = ? AND batch_seq >= ?)) \
                  GROUP BY customer_id",
             )
             .bind(journey)
             .bind(partition)
+            .bind(generation.generation)
             .bind(journey)
             .bind(partition)
+            .bind(generation.live_from)
+            .bind(journey)
+            .bind(partition)
+            .bind(generation.live_from)
             .fetch_all::<SavedState>()
             .await
             .ctx(|| format!("reading journey state of partition {partition}"))?;
@@ -108,6 +130,7 @@ impl BatchCommitter {
                 watermark: Some(last.watermark_ms).filter(|w| *w != i64::MIN),
             },
             journeys,
+            live_from: generation.live_from,
         })
     }
 

@@ -5,10 +5,12 @@
 //! validation, no compression, and only SQL both understand.
 
 mod commit;
+mod compaction;
 mod migrations;
 mod rows;
 
 pub use commit::{BatchCommitter, BatchEnd, Resume};
+pub use compaction::Generation;
 pub use migrations::{apply_migrations, Migration, MIGRATIONS};
 pub use rows::{AnswerRow, BatchRow, MinuteRow, StateRow, TouchpointRow};
 

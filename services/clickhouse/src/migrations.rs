@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "event_time",
         sql: include_str!("../../../schemas/clickhouse/0003_event_time.sql"),
     },
+    Migration {
+        version: 4,
+        name: "compaction",
+        sql: include_str!("../../../schemas/clickhouse/0004_compaction.sql"),
+    },
 ];
 
 impl Migration {

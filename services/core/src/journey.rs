@@ -341,6 +341,9 @@ impl Journey {
         let mut leaves = leaving.into_iter();
         self.answers.retain(|_| !leaves.next().unwrap_or(false));
         self.touchpoints.drain(..keep_from);
+        // Most journeys end up idle, with nothing left but the floor: keep no spare room.
+        self.touchpoints.shrink_to_fit();
+        self.answers.shrink_to_fit();
         keep_from > 0 || self.answers.len() != answers_before
     }
 }

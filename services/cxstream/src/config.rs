@@ -88,6 +88,11 @@ pub struct JourneySettings {
     pub flush_interval_ms: u64,
     /// Commit earlier when this many records were read since the last commit. Default 200000.
     pub max_batch_records: u64,
+    /// Fold a partition's committed batches into its compacted generation once this many
+    /// were committed since the last compaction, so that reads and resumes do not slow
+    /// down as batches accumulate; 0 never compacts. Default 600 (10 minutes of batches
+    /// at the default flush interval).
+    pub compact_after_batches: u64,
     /// How far behind the watermark (event time) an event may be dated and still be applied,
     /// ms; later ones are kept in `refused_events` as `late`. De-duplication, respondent
     /// replacement and named attribution look back this far. Default 604800000 (7 days).
@@ -121,6 +126,7 @@ impl Default for JourneySettings {
             group_id: "cxstream-journey".into(),
             flush_interval_ms: 1000,
             max_batch_records: 200_000,
+            compact_after_batches: 600,
             allowed_lateness_ms: 7 * 86_400_000,
             max_future_ms: 3_600_000,
             idle_release_ms: 2000,

@@ -138,7 +138,6 @@ fn run(command: Command, cfg: Config) -> Result<()> {
             .map(|(name, partitions)| TopicSpec {
                 name: name.to_string(),
                 partitions,
-                compacted: false,
             });
             runtime()?.block_on(cxstream_kafka::ensure_topics(&cfg.kafka, &specs))?;
             println!("topics: ready ({} partitions for the inputs)", t.partitions);

@@ -37,7 +37,6 @@ pub fn run(cfg: &Config, args: &ProbeArgs) -> Result<()> {
         let spec = TopicSpec {
             name: topic.to_string(),
             partitions: 1,
-            compacted: false,
         };
         crate::runtime()?
             .block_on(async {

@@ -306,18 +306,23 @@ fn bad_records_end_in_the_dlq_with_their_reason_and_counts_stay_exact() {
 
 fn committed_records(s: &Stack) -> i64 {
     s.scalar(&format!(
-        "SELECT toInt64(sum(records)) FROM {}.ingest_batches",
+        "SELECT toInt64(sum(records)) FROM {}.committed_records",
+        s.database()
+    ))
+}
+
+/// Batches committed so far (compaction deletes old markers but keeps each partition's last).
+fn committed_batches(s: &Stack) -> i64 {
+    s.scalar(&format!(
+        "SELECT toInt64(sum(n)) FROM (SELECT max(batch_seq) + 1 AS n FROM {}.ingest_batches \
+         GROUP BY source_partition)",
         s.database()
     ))
 }
 
 fn wait_for_batches(s: &Stack, at_least: i64) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while s.scalar(&format!(
-        "SELECT toInt64(count()) FROM {}.ingest_batches",
-        s.database()
-    )) < at_least
-    {
+    while committed_batches(s) < at_least {
         assert!(
             Instant::now() < deadline,
             "journey service committed nothing"
@@ -351,10 +356,7 @@ fn sigterm_and_sigkill_mid_run_leave_every_count_exact() {
     );
 
     // SIGKILL mid-run: nothing is flushed; the restart resumes from the commit log.
-    let batches = s.scalar(&format!(
-        "SELECT toInt64(count()) FROM {}.ingest_batches",
-        s.database()
-    ));
+    let batches = committed_batches(&s);
     let mut child = s.spawn(&["journey"]);
     wait_for_batches(&s, batches + 4);
     child.kill().unwrap();
@@ -374,6 +376,7 @@ fn sigterm_and_sigkill_mid_run_leave_every_count_exact() {
     ));
     let distinct_events = s.truth().values().map(|v| v[10]).sum::<i64>();
     assert_eq!(facts, distinct_events);
+    assert_compacted(&s);
 }
 
 /// A product system written in Python (fastavro + confluent-kafka, schemas from
@@ -472,6 +475,7 @@ fn messy_delivery_counts_exactly_and_refused_events_are_kept_apart() {
     let expected_future = s.expected_refused()["future"];
     assert!(expected_future > 0);
     assert_eq!(s.refused().get("future").copied(), Some(expected_future));
+    assert_compacted(&s);
 
     // A real replay of the same topics into an empty database gives the same cells.
     let replay = s.replay();
@@ -499,4 +503,31 @@ fn messy_delivery_counts_exactly_and_refused_events_are_kept_apart() {
     s.ok(&["journey", "--until-caught-up"]);
     assert_cells_equal(&truth, &s.cells());
     assert_eq!(s.refused().get("late").copied(), Some(8));
+}
+
+/// Compaction (every 4 batches in the tests) folded committed batches as they accumulated
+/// without changing a figure (the callers compare cells), every input record counts once in
+/// the commit log, and the folded batches' rows are deleted behind it.
+fn assert_compacted(s: &Stack) {
+    let db = s.database();
+    assert!(
+        s.scalar(&format!("SELECT toInt64(count()) FROM {db}.compactions")) > 0,
+        "nothing was compacted"
+    );
+    let records = (s.read_topic(&s.topic("touchpoints"), PARTITIONS).len()
+        + s.read_topic(&s.topic("answers"), PARTITIONS).len()) as i64;
+    assert_eq!(committed_records(s), records);
+    // Left per partition: fewer than 4 live batches and the marker it resumes from.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let markers = s.scalar(&format!("SELECT toInt64(count()) FROM {db}.ingest_batches"));
+        if markers <= 4 * i64::from(PARTITIONS) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{markers} batch markers are left after compaction"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -25,6 +25,7 @@ pub struct JourneyMetrics {
     pub duplicates: IntCounter,
     pub batches_committed: IntCounter,
     pub commit_errors: IntCounter,
+    pub compactions: IntCounterVec,
     pub commit_seconds: Histogram,
     pub rows_written: IntCounterVec,
     pub tracked_customers: IntGauge,
@@ -104,6 +105,13 @@ impl JourneyMetrics {
                 &r,
                 "cxstream_commit_errors_total",
                 "Failed batch commits (retried with back-off; nothing is lost).",
+            )?,
+            compactions: counter_vec(
+                &r,
+                "cxstream_compactions_total",
+                "Compactions of committed batches into a partition's generation, by result \
+                 (failed ones are retried at the next batch; figures never depend on them).",
+                &["result"],
             )?,
             rows_written: counter_vec(
                 &r,

@@ -154,12 +154,12 @@ impl KafkaSettings {
     }
 }
 
-/// A topic the pipeline needs.
+/// A topic the pipeline needs. Retention and clean-up are the broker's defaults: they
+/// decide how far back a replay from the earliest offsets can go.
 #[derive(Debug, Clone)]
 pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
-    pub compacted: bool,
 }
 
 /// Creates the topics that do not exist yet; existing topics are left as they are.
@@ -172,17 +172,9 @@ pub async fn ensure_topics(settings: &KafkaSettings, topics: &[TopicSpec]) -> Re
                 context: "creating admin client".into(),
                 source,
             })?;
-    let cleanup: Vec<&str> = topics
-        .iter()
-        .map(|t| if t.compacted { "compact" } else { "delete" })
-        .collect();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .zip(&cleanup)
-        .map(|(t, c)| {
-            NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1))
-                .set("cleanup.policy", c)
-        })
+        .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin

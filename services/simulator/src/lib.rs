@@ -283,6 +283,13 @@ fn pick_weighted(rng: &mut SmallRng, n: usize) -> usize {
     n - 1
 }
 
+fn fnv1a(id: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(id.as_bytes());
+    h.finish()
+}
+
 fn exp_delay(rng: &mut SmallRng, mean_ms: f64) -> i64 {
     let u: f64 = rng.random::<f64>().max(1e-12);
     (-u.ln() * mean_ms) as i64 + 1_000
@@ -350,9 +357,10 @@ fn simulate_customer(
     }
 
     add_bursts(map, cfg, &customer, rng, &mut visits);
-    // A customer's journey in event time: each visit counts under the furthest stage
-    // reached so far, and enters a stage when its own is beyond every earlier one's.
-    visits.sort_by_key(|v| v.time);
+    // A customer's journey in event time (ties by the FNV-1a 64 hash of the event id, as the
+    // README says): each visit counts under the furthest stage reached so far, and enters a
+    // stage when its own is beyond every earlier one's.
+    visits.sort_by_key(|v| (v.time, fnv1a(&v.id)));
     let mut furthest: Option<usize> = None;
     for v in &mut visits {
         v.entered = furthest.is_none_or(|f| v.stage > f);

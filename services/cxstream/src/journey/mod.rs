@@ -429,8 +429,10 @@ impl Inner {
                     .with_label_values(&[table])
                     .inc_by(n as u64);
             }
+            let mut compaction_due = None;
             if let Some(slot) = self.slots.get_mut(&p) {
                 slot.committed(seq, &self.metrics);
+                compaction_due = slot.due_for_compaction(self.cfg.journey.compact_after_batches);
                 for (input, next) in slot.next_offsets() {
                     let _ = offsets.add_partition_offset(
                         self.topic(input),
@@ -438,6 +440,9 @@ impl Inner {
                         rdkafka::Offset::Offset(next),
                     );
                 }
+            }
+            if let Some(live_from) = compaction_due {
+                self.compact(p, live_from);
             }
         }
         self.metrics.tracked_customers.set(
@@ -454,6 +459,36 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Folds the partition's committed batches below `live_from` (best effort: a failure
+    /// changes no figure, and the next batch tries again).
+    fn compact(&mut self, p: i32, live_from: u64) {
+        let started = Instant::now();
+        match self
+            .rt
+            .block_on(self.committer.compact(p as u16, live_from))
+        {
+            Ok(_) => {
+                self.metrics.compactions.with_label_values(&["ok"]).inc();
+                if let Some(slot) = self.slots.get_mut(&p) {
+                    slot.compacted(live_from);
+                }
+                tracing::debug!(
+                    partition = p,
+                    live_from,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "compacted"
+                );
+            }
+            Err(e) => {
+                self.metrics
+                    .compactions
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::warn!(partition = p, live_from, error = %e, "compaction failed; retried after the next batch");
+            }
+        }
     }
 
     fn commit_with_retry(

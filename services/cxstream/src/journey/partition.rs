@@ -67,6 +67,8 @@ pub struct Slot {
     partition: i32,
     processor: PartitionProcessor,
     next_seq: u64,
+    /// Committed batches below this are folded into the partition's compacted generation.
+    live_from: u64,
     cursors: [Cursor; 2],
     rejected: Vec<Rejected>,
     records_since_commit: u64,
@@ -91,6 +93,7 @@ impl Slot {
             partition,
             processor,
             next_seq: resume.next_seq,
+            live_from: resume.live_from,
             cursors: [
                 Cursor::new(resume.touchpoints_offset),
                 Cursor::new(resume.answers_offset),
@@ -209,6 +212,17 @@ impl Slot {
                 .with_label_values(&[&self.partition.to_string()])
                 .set(wm / 1000);
         }
+    }
+
+    /// The sequence number below which to fold committed batches now, when at least
+    /// `every` were committed since the last compaction (0: never).
+    pub fn due_for_compaction(&self, every: u64) -> Option<u64> {
+        (every > 0 && self.next_seq.saturating_sub(self.live_from) >= every)
+            .then_some(self.next_seq)
+    }
+
+    pub fn compacted(&mut self, live_from: u64) {
+        self.live_from = live_from;
     }
 
     pub fn next_offsets(&self) -> Vec<(Input, i64)> {

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# History benchmark (README § Benchmarks): a month of messy traffic replayed in event time,
+# checked cell by cell against the simulator's ground truth, and the rolling NPS read timed
+# as committed batches accumulate: few large batches, many small ones (as live traffic
+# commits them), and many small ones with compaction.
+#   CUSTOMERS (default 50000), DAYS (default 30), SEED (default 7), SMALL_BATCH (default 500)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+source deploy/local/env.sh
+cargo build --release -q -p cxstream
+bin="$root/target/release/cxstream"
+CX_CXSTREAM_BIN="$bin" deploy/local/up.sh >/dev/null
+run="hist$(date +%s)"
+dir="$(mktemp -d)"
+small="${SMALL_BATCH:-500}"
+config() { # name max_batch_records compact_after_batches
+  cat >"$dir/$1.yaml" <<YAML
+topics: {touchpoints: $run.touchpoints, survey_responses: $run.answers, dlq: $run.dlq, aggregates: $run.aggregates, alerts: $run.alerts}
+clickhouse: {database: ${run}_$1}
+journey: {group_id: ${run}_$1, max_batch_records: $2, compact_after_batches: $3}
+http: {listen: "127.0.0.1:0"}
+log: {level: warn}
+YAML
+}
+config few 200000 0
+"$bin" -c "$dir/few.yaml" topics >/dev/null
+start=$(date +%s.%N)
+"$bin" -c "$dir/few.yaml" simulate --customers "${CUSTOMERS:-50000}" --days "${DAYS:-30}" \
+  --seed "${SEED:-7}" --scenario messy --ground-truth "$dir/truth.csv" 2>&1 | tail -1
+echo "simulated and produced in $(python3 -c "import time; print(round(time.time() - $start))") s"
+for variant in "few 200000 0" "many $small 0" "compacted $small 100"; do
+  read -r name batch compact <<<"$variant"
+  config "$name" "$batch" "$compact"
+  "$bin" -c "$dir/$name.yaml" migrate >/dev/null
+  start=$(date +%s.%N)
+  "$bin" -c "$dir/$name.yaml" journey --until-caught-up
+  secs=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
+  python3 benches/history/check.py "http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT" "${run}_$name" \
+    "$dir/truth.csv" "$name (max_batch_records $batch, compact_after_batches $compact)" "$secs"
+done

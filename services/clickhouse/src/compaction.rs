@@ -1,0 +1,237 @@
+//! Compaction: keeps reads and resumes as fast on day 30 as on day 1.
+//!
+//! Every batch adds per-minute delta rows, changed journeys and a marker, so without this
+//! a rolling read and a resume would cost the number of batches ever written. The owner of
+//! an input partition folds its committed batches below a sequence number into a new
+//! *generation* (per-minute counts summed per cell; each customer's latest journey), built
+//! on the previous generation inside ClickHouse. One row in `compactions` commits it, the
+//! way a marker commits a batch: before that row nothing of the generation counts, after
+//! it the folded batches stop counting (views read `batch_seq >= live_from_seq` only). So
+//! a crash at any point leaves every figure as it was. Clean-up comes after the commit
+//! and may fail or be repeated: older and uncommitted generations are dropped (each is a
+//! table partition) and the folded rows deleted (a mutation), keeping the latest marker,
+//! from which the partition resumes.
+
+use crate::commit::BatchCommitter;
+use crate::{Context, Result};
+
+/// A partition's committed generation; generation 0 (none) holds nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clickhouse::Row, serde::Deserialize)]
+pub struct Generation {
+    pub generation: u64,
+    /// Every committed batch below this sequence number is in the generation.
+    pub live_from: u64,
+    /// Input records of the folded batches.
+    pub folded_records: u64,
+}
+
+const COUNTS: &str = "nps_promoters, nps_passives, nps_detractors, csat_n, csat_top2, csat_sum, \
+                      ces_n, ces_agree, ces_sum, stage_entries, touchpoints";
+const SUMMED: &str = "sum(nps_promoters), sum(nps_passives), sum(nps_detractors), sum(csat_n), \
+                      sum(csat_top2), sum(csat_sum), sum(ces_n), sum(ces_agree), sum(ces_sum), \
+                      sum(stage_entries), sum(touchpoints)";
+const CELL: &str = "minute, journey, stage, touchpoint, channel, segment";
+
+impl BatchCommitter {
+    /// The generation `partition` reads from.
+    pub async fn generation(&self, partition: u16) -> Result<Generation> {
+        let g = self
+            .client()
+            .query(
+                "SELECT generation, live_from, folded_records FROM latest_compactions \
+                 WHERE journey = ? AND source_partition = ?",
+            )
+            .bind(self.journey())
+            .bind(partition)
+            .fetch_optional::<Generation>()
+            .await
+            .ctx(|| format!("reading the latest compaction of partition {partition}"))?;
+        Ok(g.unwrap_or_default())
+    }
+
+    /// Folds the committed batches of `partition` below `live_from` into a new generation.
+    /// Only the partition's owner may call this, with `live_from` at most one past its last
+    /// committed batch. Returns false when there was nothing new to fold.
+    pub async fn compact(&self, partition: u16, live_from: u64) -> Result<bool> {
+        let prev = self.generation(partition).await?;
+        if live_from <= prev.live_from {
+            return Ok(false);
+        }
+        let generation = loop {
+            let g: u64 = rand::random();
+            if g != 0 && g != prev.generation {
+                break g;
+            }
+        };
+        self.fold_metrics(partition, prev, live_from, generation)
+            .await?;
+        self.fold_journeys(partition, prev, live_from, generation)
+            .await?;
+        // One INSERT, one block: the commit point is atomic.
+        self.client()
+            .query(
+                "INSERT INTO compactions \
+                   (journey, source_partition, generation, live_from_seq, records, compacted_at) \
+                 SELECT ?, toUInt16(?), toUInt64(?), toUInt64(?), toUInt64(?) + sum(records), now() \
+                 FROM live_batches \
+                 WHERE journey = ? AND source_partition = ? AND batch_seq < ?",
+            )
+            .bind(self.journey())
+            .bind(partition)
+            .bind(generation)
+            .bind(live_from)
+            .bind(prev.folded_records)
+            .bind(self.journey())
+            .bind(partition)
+            .bind(live_from)
+            .execute()
+            .await
+            .ctx(|| format!("committing compaction of partition {partition}"))?;
+        self.clean_up(
+            partition,
+            Generation {
+                generation,
+                live_from,
+                folded_records: 0,
+            },
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// The committed batches in `[prev.live_from, live_from)`, restricted like the
+    /// committed view restricts them.
+    fn committed_in(&self, table: &str, columns: &str) -> String {
+        format!(
+            "SELECT {columns} FROM {table} WHERE journey = ? AND source_partition = ? \
+             AND batch_seq >= ? AND batch_seq < ? \
+             AND (journey, source_partition, batch_seq, batch_attempt) IN \
+               (SELECT journey, source_partition, batch_seq, batch_attempt FROM ingest_batches \
+                WHERE journey = ? AND source_partition = ? AND batch_seq >= ? AND batch_seq < ?)"
+        )
+    }
+
+    async fn fold_metrics(
+        &self,
+        partition: u16,
+        prev: Generation,
+        live_from: u64,
+        generation: u64,
+    ) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO metrics_minute_compacted ({CELL}, {COUNTS}, source_partition, generation) \
+             SELECT {CELL}, {SUMMED}, toUInt16(?), toUInt64(?) FROM ( \
+               SELECT {CELL}, {COUNTS} FROM metrics_minute_compacted \
+               WHERE journey = ? AND source_partition = ? AND generation = ? \
+               UNION ALL {} ) \
+             GROUP BY {CELL}",
+            self.committed_in("metrics_minute", &format!("{CELL}, {COUNTS}"))
+        );
+        let journey = self.journey();
+        self.client()
+            .query(&sql)
+            .bind(partition)
+            .bind(generation)
+            .bind(journey)
+            .bind(partition)
+            .bind(prev.generation)
+            .bind(journey)
+            .bind(partition)
+            .bind(prev.live_from)
+            .bind(live_from)
+            .bind(journey)
+            .bind(partition)
+            .bind(prev.live_from)
+            .bind(live_from)
+            .execute()
+            .await
+            .ctx(|| format!("folding per-minute counts of partition {partition}"))
+    }
+
+    async fn fold_journeys(
+        &self,
+        partition: u16,
+        prev: Generation,
+        live_from: u64,
+        generation: u64,
+    ) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO journeys_compacted \
+               (journey, source_partition, customer_id, segment, state, batch_seq, generation) \
+             SELECT journey, source_partition, customer_id, argMax(segment, batch_seq), \
+                    argMax(state, batch_seq), max(batch_seq), toUInt64(?) FROM ( \
+               SELECT journey, source_partition, customer_id, segment, state, batch_seq \
+               FROM journeys_compacted \
+               WHERE journey = ? AND source_partition = ? AND generation = ? \
+               UNION ALL {} ) \
+             GROUP BY journey, source_partition, customer_id",
+            self.committed_in(
+                "journeys",
+                "journey, source_partition, customer_id, segment, state, batch_seq"
+            )
+        );
+        let journey = self.journey();
+        self.client()
+            .query(&sql)
+            .bind(generation)
+            .bind(journey)
+            .bind(partition)
+            .bind(prev.generation)
+            .bind(journey)
+            .bind(partition)
+            .bind(prev.live_from)
+            .bind(live_from)
+            .bind(journey)
+            .bind(partition)
+            .bind(prev.live_from)
+            .bind(live_from)
+            .execute()
+            .await
+            .ctx(|| format!("folding journeys of partition {partition}"))
+    }
+
+    /// Drops every generation of the partition but `keep` (older ones and any a crash left
+    /// uncommitted) and deletes the folded batches' rows, keeping the marker of the last
+    /// folded batch to resume from.
+    async fn clean_up(&self, partition: u16, keep: Generation) -> Result<()> {
+        let journey = self.journey();
+        for table in ["metrics_minute_compacted", "journeys_compacted"] {
+            let stale = self
+                .client()
+                .query(&format!(
+                    "SELECT DISTINCT generation FROM {table} \
+                     WHERE journey = ? AND source_partition = ? AND generation != ?"
+                ))
+                .bind(journey)
+                .bind(partition)
+                .bind(keep.generation)
+                .fetch_all::<u64>()
+                .await
+                .ctx(|| format!("listing old generations in {table}"))?;
+            for g in stale {
+                self.client()
+                    .query(&format!("ALTER TABLE {table} DROP PARTITION {g}"))
+                    .execute()
+                    .await
+                    .ctx(|| format!("dropping generation {g} of {table}"))?;
+            }
+        }
+        for (table, below) in [
+            ("metrics_minute", keep.live_from),
+            ("journeys", keep.live_from),
+            ("ingest_batches", keep.live_from.saturating_sub(1)),
+        ] {
+            self.client()
+                .query(&format!(
+                    "ALTER TABLE {table} DELETE WHERE journey = ? AND source_partition = ? AND batch_seq < ?"
+                ))
+                .bind(journey)
+                .bind(partition)
+                .bind(below)
+                .execute()
+                .await
+                .ctx(|| format!("deleting folded rows of {table}"))?;
+        }
+        Ok(())
+    }
+}
