@@ -1,5 +1,7 @@
 //! The Customer Journey Map as data: ordered stages, the touchpoints that put a customer
-//! into each stage, per-stage time budgets and conversion targets.
+//! into each stage, per-stage time budgets and conversion targets, and steps: short,
+//! budgeted hops between touchpoints (e.g. checkout started → purchase completed in 30 min)
+//! that show a broken step within minutes where a stage budget takes days.
 //!
 //! Loading validates the map; every error names the file, the line and what to fix, because
 //! the people who edit these files are CX analysts, not the authors of this crate.
@@ -39,10 +41,22 @@ pub struct Touchpoint {
     pub channels: Vec<ChannelIdx>,
 }
 
+/// A step: from any of `from` to any of `to` within `budget_ms`, inside or across stages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub name: String,
+    pub from: Vec<TouchpointIdx>,
+    pub to: Vec<TouchpointIdx>,
+    pub budget_ms: i64,
+    /// Expected share (0..=1) of started steps that reach `to` within the budget.
+    pub target_conversion: f64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct JourneyMap {
     pub name: String,
     pub stages: Vec<Stage>,
+    pub steps: Vec<Step>,
     pub channels: Vec<String>,
     /// Customer segments; declared so that they stay a bounded set of labels.
     pub segments: Vec<String>,
@@ -80,6 +94,18 @@ struct RawMap {
     channels: Vec<String>,
     segments: Vec<String>,
     touchpoints: Vec<RawTouchpoint>,
+    #[serde(default)]
+    steps: Vec<RawStep>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: String,
+    from: Vec<String>,
+    to: Vec<String>,
+    budget: String,
+    target_conversion: f64,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +242,22 @@ impl JourneyMap {
                 channels,
             });
         }
+        let steps = raw
+            .steps
+            .iter()
+            .map(|s| parse_step(s, &touchpoint_index, text).map_err(|(line, m)| err(line, m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, s) in steps.iter().enumerate() {
+            if steps[..i].iter().any(|o| o.name == s.name) {
+                return Err(err(
+                    step_line(text, &s.name, 2),
+                    format!(
+                        "step `{}` is declared twice; step names must be unique",
+                        s.name
+                    ),
+                ));
+            }
+        }
         for (i, s) in stages.iter().enumerate() {
             if !touchpoints.iter().any(|t| usize::from(t.stage) == i) {
                 return Err(err(
@@ -230,6 +272,7 @@ impl JourneyMap {
         Ok(JourneyMap {
             name: raw.journey,
             stages,
+            steps,
             channels: raw.channels,
             segments: raw.segments,
             segment_index,
@@ -290,6 +333,78 @@ impl JourneyMap {
     }
 }
 
+fn parse_step(
+    s: &RawStep,
+    touchpoints: &Index<TouchpointIdx>,
+    text: &str,
+) -> Result<Step, (Option<usize>, String)> {
+    let line = step_line(text, &s.name, 1);
+    let resolve = |side: &str, names: &[String]| {
+        if names.is_empty() {
+            return Err((
+                line,
+                format!("step `{}`: `{side}` lists no touchpoint", s.name),
+            ));
+        }
+        names
+            .iter()
+            .map(|n| {
+                touchpoints.get(n).copied().ok_or_else(|| {
+                    (
+                        line,
+                        format!(
+                            "step `{}`: `{side}` names unknown touchpoint `{n}`; use one of `touchpoints:`",
+                            s.name
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let from = resolve("from", &s.from)?;
+    let to = resolve("to", &s.to)?;
+    if let Some(both) = from.iter().position(|t| to.contains(t)) {
+        return Err((
+            line,
+            format!(
+                "step `{}`: touchpoint `{}` is in both `from` and `to`; a step goes from one to another",
+                s.name, s.from[both]
+            ),
+        ));
+    }
+    let budget_ms =
+        parse_duration_ms(&s.budget).map_err(|m| (line, format!("step `{}`: {m}", s.name)))?;
+    if !(0.0..=1.0).contains(&s.target_conversion) {
+        return Err((
+            line,
+            format!(
+                "step `{}`: target_conversion {} must be a share between 0 and 1 (e.g. 0.7)",
+                s.name, s.target_conversion
+            ),
+        ));
+    }
+    Ok(Step {
+        name: s.name.clone(),
+        from,
+        to,
+        budget_ms,
+        target_conversion: s.target_conversion,
+    })
+}
+
+/// The line of the `nth` step named `name` (under `steps:`, matched exactly so that a step
+/// `checkout` is not found at a touchpoint `checkout_started`).
+fn step_line(text: &str, name: &str, nth: usize) -> Option<usize> {
+    let start = find_line(text, "steps:")?;
+    let wanted = format!("name: {name}");
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .filter(|(_, l)| l.trim_start().trim_start_matches("- ").trim_end() == wanted)
+        .nth(nth.saturating_sub(1))
+        .map(|(i, _)| i + 1)
+}
+
 /// `30m`, `48h`, `7d` → milliseconds. Negative or unit-less values are refused with a hint.
 pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     let t = text.trim();
@@ -314,6 +429,22 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     }
     n.checked_mul(unit_ms)
         .ok_or_else(|| format!("budget `{t}` is too large"))
+}
+
+/// Milliseconds → the largest unit that divides them (`30m`, `7d`), as budgets are written.
+pub fn format_duration_ms(ms: i64) -> String {
+    [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ]
+    .into_iter()
+    .find(|(unit, _)| ms % unit == 0)
+    .map_or_else(
+        || format!("{ms}ms"),
+        |(unit, name)| format!("{}{name}", ms / unit),
+    )
 }
 
 fn find_line(text: &str, needle: &str) -> Option<usize> {
@@ -397,11 +528,76 @@ touchpoints:
         assert!(e.message.contains("budgte"));
     }
 
+    const STEPS: &str = "steps:
+  - name: checkout
+    from: [ad_click]
+    to: [purchase]
+    budget: 30m
+    target_conversion: 0.7
+";
+
+    #[test]
+    fn steps_are_loaded_with_their_touchpoints() {
+        let m = JourneyMap::from_yaml("shop.yaml", &format!("{MAP}{STEPS}")).expect("valid");
+        assert_eq!(m.steps.len(), 1);
+        assert_eq!(
+            (m.steps[0].from.clone(), m.steps[0].to.clone()),
+            (vec![0], vec![1])
+        );
+        assert_eq!(m.steps[0].budget_ms, 1_800_000);
+    }
+
+    #[test]
+    fn a_step_with_an_unknown_touchpoint_names_its_line_and_the_fix() {
+        let bad = format!(
+            "{MAP}{}",
+            STEPS.replace("to: [purchase]", "to: [purchased]")
+        );
+        let e = JourneyMap::from_yaml("shop.yaml", &bad).unwrap_err();
+        assert_eq!(e.line, Some(19));
+        assert!(
+            e.to_string().starts_with(
+                "shop.yaml:19: step `checkout`: `to` names unknown touchpoint `purchased`"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn step_errors_are_refused() {
+        for (from, to, message) in [
+            ("budget: 30m", "budget: 0m", "zero"),
+            (
+                "to: [purchase]",
+                "to: [ad_click]",
+                "in both `from` and `to`",
+            ),
+            ("from: [ad_click]", "from: []", "lists no touchpoint"),
+            (
+                "target_conversion: 0.7",
+                "target_conversion: 70",
+                "between 0 and 1",
+            ),
+        ] {
+            let bad = format!("{MAP}{}", STEPS.replace(from, to));
+            let e = JourneyMap::from_yaml("shop.yaml", &bad).unwrap_err();
+            assert!(e.message.contains(message), "{to}: {e}");
+            assert_eq!(e.line, Some(19), "{to}");
+        }
+        let twice = format!("{MAP}{STEPS}{}", STEPS.trim_start_matches("steps:\n"));
+        let e = JourneyMap::from_yaml("shop.yaml", &twice).unwrap_err();
+        assert_eq!(e.line, Some(24));
+        assert!(e.message.contains("declared twice"), "{e}");
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration_ms("30m"), Ok(1_800_000));
         assert!(parse_duration_ms("30").is_err());
         assert!(parse_duration_ms("0h").is_err());
+        for text in ["30m", "36h", "7d", "90s"] {
+            assert_eq!(format_duration_ms(parse_duration_ms(text).unwrap()), text);
+        }
     }
 }
 
@@ -415,5 +611,6 @@ mod shipped_maps {
         let m = JourneyMap::from_yaml("retail.yaml", text).expect("retail map is valid");
         assert_eq!(m.stages.len(), 5);
         assert_eq!(m.channels.len(), 6);
+        assert!(m.steps.len() >= 3);
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
+use cxstream_core::journey_map::format_duration_ms;
 use cxstream_core::JourneyMap;
 use cxstream_kafka::TopicSpec;
 
@@ -160,11 +161,12 @@ fn run(command: Command, cfg: Config) -> Result<()> {
         Command::CheckMap { path } => {
             let map = load_map(path.as_deref().unwrap_or(&cfg.journey.map))?;
             println!(
-                "journey `{}`: {} stages, {} touchpoints, {} channels",
+                "journey `{}`: {} stages, {} touchpoints, {} channels, {} steps",
                 map.name,
                 map.stages.len(),
                 map.touchpoints.len(),
-                map.channels.len()
+                map.channels.len(),
+                map.steps.len()
             );
             for (i, s) in map.stages.iter().enumerate() {
                 let tps: Vec<&str> = map
@@ -172,11 +174,27 @@ fn run(command: Command, cfg: Config) -> Result<()> {
                     .map(|t| map.touchpoint_name(t))
                     .collect();
                 println!(
-                    "  {} (budget {} h, target {:.0}%): {}",
+                    "  {} (budget {}, target {:.0}%): {}",
                     s.name,
-                    s.budget_ms / 3_600_000,
+                    format_duration_ms(s.budget_ms),
                     s.target_conversion * 100.0,
                     tps.join(", ")
+                );
+            }
+            let names = |tps: &[u16]| {
+                tps.iter()
+                    .map(|t| map.touchpoint_name(*t))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            };
+            for s in &map.steps {
+                println!(
+                    "  step {} (budget {}, target {:.0}%): {} -> {}",
+                    s.name,
+                    format_duration_ms(s.budget_ms),
+                    s.target_conversion * 100.0,
+                    names(&s.from),
+                    names(&s.to)
                 );
             }
             Ok(())

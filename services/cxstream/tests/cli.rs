@@ -69,3 +69,26 @@ fn invalid_journey_map_names_file_line_and_fix() {
     );
     assert!(err.contains("declared stages are: awareness"), "{err}");
 }
+
+#[test]
+fn a_step_naming_an_unknown_touchpoint_names_its_line() {
+    let shipped = include_str!("../../../schemas/journeys/retail.yaml");
+    let broken = shipped.replace(
+        "from: [sales_call]\n    to: [phone_order]",
+        "from: [sales_call]\n    to: [phone_ordr]",
+    );
+    let line = broken
+        .lines()
+        .position(|l| l.trim() == "- name: sales_call_to_order")
+        .expect("the shipped map has the step")
+        + 1;
+    let map = temp_file("steps.yaml", &broken);
+    let (code, err) = cxstream(&["check-map", map.to_str().expect("utf8")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "steps.yaml:{line}: step `sales_call_to_order`: `to` names unknown touchpoint `phone_ordr`"
+        )),
+        "{err}"
+    );
+}
