@@ -333,10 +333,20 @@ fn wait_for_batches(s: &Stack, at_least: i64) {
 
 #[test]
 fn sigterm_and_sigkill_mid_run_leave_every_count_exact() {
-    let s = Stack::new("kill");
-    // Messy delivery: the resumed runs meet late touchpoints, retries and re-sent answers
-    // whose first copies were committed before the kill.
-    s.simulate_scenario(8_000, 2.0, 4, "messy");
+    sigterm_then_sigkill_mid_run(Stack::new("kill"), |s| s.simulate(30_000, 2.0, 4));
+}
+
+/// The same with messy delivery: the resumed runs meet late touchpoints, retries and
+/// re-sent answers whose first copies were committed before the kill.
+#[test]
+fn sigterm_and_sigkill_mid_run_leave_messy_counts_exact() {
+    sigterm_then_sigkill_mid_run(Stack::new("killmessy"), |s| {
+        s.simulate_scenario(8_000, 2.0, 4, "messy");
+    });
+}
+
+fn sigterm_then_sigkill_mid_run(s: Stack, simulate: impl FnOnce(&Stack)) {
+    simulate(&s);
     let total = s.read_topic(&s.topic("touchpoints"), PARTITIONS).len()
         + s.read_topic(&s.topic("answers"), PARTITIONS).len();
 
