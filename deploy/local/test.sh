@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test: unit and property tests, integration and end-to-end tests against the real
 # Tansu and ClickHouse started here, the broker harness at a small size, the migrations on
-# current ClickHouse (chdb), and promtool. Idempotent; leaves the servers running for
+# current ClickHouse (chdb), promtool (metrics, and the Prometheus rules' unit tests) and
+# amtool. Idempotent; leaves the servers running for
 # inspection unless CX_STOP_AFTER_TESTS=1.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -13,6 +14,10 @@ export CX_TEST_KAFKA="127.0.0.1:$CX_KAFKA_PORT"
 export CX_TEST_CLICKHOUSE="http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT"
 export CX_TEST_BROKER_LOG="$CXSTREAM_RUN/tansu/broker.log"
 python3 tests/chdb_dialect.py
+# The health rules and their unit tests, and the example Alertmanager routing.
+promtool check rules deploy/prometheus/cxstream.rules.yml
+promtool test rules deploy/prometheus/tests/*.yml
+amtool check-config deploy/prometheus/alertmanager.yml >/dev/null
 status=0
 cargo test --workspace --all-targets --no-fail-fast || status=$?
 if ((status)); then

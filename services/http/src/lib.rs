@@ -32,6 +32,8 @@ pub struct JourneyMetrics {
     pub refused_events: IntCounterVec,
     pub assigned_partitions: IntGauge,
     pub watermark_seconds: IntGaugeVec,
+    pub consumer_lag: IntGaugeVec,
+    pub last_commit_seconds: IntGauge,
 }
 
 fn counter_vec(
@@ -78,6 +80,14 @@ impl JourneyMetrics {
             &["partition"],
         )?;
         r.register(Box::new(watermark_seconds.clone()))?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "cxstream_consumer_lag_records",
+                "Records not read yet per owned input partition (log end − next offset), by topic kind.",
+            ),
+            &["topic", "partition"],
+        )?;
+        r.register(Box::new(consumer_lag.clone()))?;
         Ok(JourneyMetrics {
             records_consumed: counter_vec(
                 &r,
@@ -137,8 +147,14 @@ impl JourneyMetrics {
                 "cxstream_assigned_partitions",
                 "Input partitions this instance owns.",
             )?,
+            last_commit_seconds: gauge(
+                &r,
+                "cxstream_last_commit_timestamp_seconds",
+                "Wall-clock time of the last batch committed to ClickHouse (Unix seconds).",
+            )?,
             commit_seconds,
             watermark_seconds,
+            consumer_lag,
             registry: r,
         })
     }
@@ -210,6 +226,40 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    /// The shipped Prometheus rules only use metrics the service exports (a renamed
+    /// metric would silently turn an alert off).
+    #[test]
+    fn the_prometheus_rules_use_only_exported_metrics() {
+        let m = JourneyMetrics::new().unwrap();
+        // A labelled metric is exported once it has a child.
+        m.records_consumed.with_label_values(&["touchpoints"]);
+        m.dlq_records.with_label_values(&["not_avro"]);
+        m.consumer_lag.with_label_values(&["touchpoints", "0"]);
+        m.watermark_seconds.with_label_values(&["0"]);
+        m.compactions.with_label_values(&["ok"]);
+        m.refused_events.with_label_values(&["touchpoints", "late"]);
+        m.rows_written.with_label_values(&["touchpoints"]);
+        let exported: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        let rules = include_str!("../../../deploy/prometheus/cxstream.rules.yml");
+        let used: std::collections::BTreeSet<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("cxstream_"))
+            .map(|w| w.strip_suffix("_bucket").unwrap_or(w))
+            .collect();
+        assert!(used.len() >= 6, "{used:?}");
+        for name in used {
+            assert!(
+                exported.iter().any(|e| e == name),
+                "the rules use {name}, which the service does not export"
+            );
+        }
+    }
+
     use super::*;
     use std::io::Write;
     use std::process::{Command, Stdio};
@@ -236,6 +286,10 @@ mod tests {
             .inc_by(3);
         m.commit_seconds.observe(0.02);
         m.watermark_seconds.with_label_values(&["0"]).set(1);
+        m.consumer_lag
+            .with_label_values(&["touchpoints", "0"])
+            .set(5);
+        m.last_commit_seconds.set(1_800_000_000);
         let health = Health::default();
         let addr = serve(
             SocketAddr::from(([127, 0, 0, 1], 0)),

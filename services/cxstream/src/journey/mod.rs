@@ -210,6 +210,12 @@ impl Inner {
                 }
                 Change::Revoked(p) => {
                     self.slots.remove(&p);
+                    for input in Input::ALL {
+                        let _ = self
+                            .metrics
+                            .consumer_lag
+                            .remove_label_values(&[input.as_str(), &p.to_string()]);
+                    }
                 }
             }
         }
@@ -410,6 +416,7 @@ impl Inner {
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
             self.metrics.batches_committed.inc();
+            self.metrics.last_commit_seconds.set(unix_now_secs());
             self.metrics.duplicates.inc_by(batch.duplicates);
             for r in &batch.refused {
                 self.metrics
@@ -443,6 +450,14 @@ impl Inner {
             }
             if let Some(live_from) = compaction_due {
                 self.compact(p, live_from);
+            }
+        }
+        for (p, slot) in &self.slots {
+            for (input, lag) in slot.lag() {
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[input.as_str(), &p.to_string()])
+                    .set(lag);
             }
         }
         self.metrics.tracked_customers.set(
@@ -523,4 +538,10 @@ impl Inner {
             }
         }
     }
+}
+
+fn unix_now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -225,6 +225,18 @@ impl Slot {
         self.live_from = live_from;
     }
 
+    /// Records not read yet per input, where the log end is known.
+    pub fn lag(&self) -> Vec<(Input, i64)> {
+        Input::ALL
+            .into_iter()
+            .filter_map(|i| {
+                let c = &self.cursors[input_index(i)];
+                let high = c.high?;
+                Some((i, (high - c.next.unwrap_or(0).max(0)).max(0)))
+            })
+            .collect()
+    }
+
     pub fn next_offsets(&self) -> Vec<(Input, i64)> {
         Input::ALL
             .into_iter()
