@@ -132,7 +132,7 @@ impl JourneyMap {
             line,
             message,
         };
-        let raw: RawMap = serde_yaml::from_str(text)
+        let raw: RawMap = yaml_serde::from_str(text)
             .map_err(|e| err(e.location().map(|l| l.line()), e.to_string()))?;
         let at = |needle: &str| find_line(text, needle);
 

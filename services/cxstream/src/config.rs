@@ -176,7 +176,7 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading config file {}", p.display()))?;
-                serde_yaml::from_str::<Config>(&text).map_err(|e| {
+                yaml_serde::from_str::<Config>(&text).map_err(|e| {
                     let at = e
                         .location()
                         .map(|l| format!(":{}", l.line()))
@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let e = serde_yaml::from_str::<Config>("kafka:\n  brokers: x\n  borkers: y\n").unwrap_err();
+        let e = yaml_serde::from_str::<Config>("kafka:\n  brokers: x\n  borkers: y\n").unwrap_err();
         assert!(e.to_string().contains("borkers"), "{e}");
     }
 

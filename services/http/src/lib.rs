@@ -88,6 +88,17 @@ impl JourneyMetrics {
             &["topic", "partition"],
         )?;
         r.register(Box::new(consumer_lag.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "cxstream_build_info",
+                "Always 1; the running cxstream's version is in the label.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        r.register(Box::new(build_info))?;
         Ok(JourneyMetrics {
             records_consumed: counter_vec(
                 &r,
@@ -306,6 +317,13 @@ mod tests {
         let body = page.split("\r\n\r\n").nth(1).unwrap().to_string();
         assert!(
             body.contains("cxstream_dlq_records_total{reason=\"not_avro\"} 1"),
+            "{body}"
+        );
+        assert!(
+            body.contains(&format!(
+                "cxstream_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
             "{body}"
         );
 
