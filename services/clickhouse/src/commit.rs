@@ -14,6 +14,7 @@ use clickhouse::Client;
 use cxstream_core::{Batch, ClockState, Journey, JourneyMap};
 use serde::Deserialize;
 
+use crate::journey_state;
 use crate::rows::{AnswerRow, BatchRow, MinuteRow, RefusedRow, StateRow, TouchpointRow};
 use crate::{Context, Error, Result};
 
@@ -113,7 +114,7 @@ impl BatchCommitter {
             .ctx(|| format!("reading journey state of partition {partition}"))?;
         let mut journeys = Vec::with_capacity(saved.len());
         for s in saved {
-            let state: Journey = postcard::from_bytes(&s.state).map_err(|e| Error::State {
+            let state: Journey = journey_state::decode(&s.state).map_err(|e| Error::State {
                 partition,
                 message: e.to_string(),
             })?;
@@ -188,7 +189,7 @@ impl BatchCommitter {
             .journeys
             .iter()
             .map(|(customer, state)| {
-                let bytes = postcard::to_allocvec(state).map_err(|e| Error::State {
+                let bytes = journey_state::encode(state).map_err(|e| Error::State {
                     partition,
                     message: e.to_string(),
                 })?;

@@ -6,6 +6,7 @@
 
 mod commit;
 mod compaction;
+mod journey_state;
 mod migrations;
 mod rows;
 
