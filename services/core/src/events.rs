@@ -47,6 +47,8 @@ pub enum Invalid {
     MissingId,
     #[error("score out of range for its metric")]
     ScoreOutOfRange,
+    #[error("event time before 1970-01-01 or after 2106-02-07, which no figure can hold")]
+    TimeOutOfRange,
     #[error("touchpoint is not in the journey map")]
     UnknownTouchpoint,
     #[error("channel is not in the journey map")]
@@ -64,6 +66,7 @@ impl Invalid {
             Invalid::MissingCustomerId => "missing_customer_id",
             Invalid::MissingId => "missing_id",
             Invalid::ScoreOutOfRange => "score_out_of_range",
+            Invalid::TimeOutOfRange => "time_out_of_range",
             Invalid::UnknownTouchpoint => "unknown_touchpoint",
             Invalid::UnknownChannel => "unknown_channel",
             Invalid::UnknownStage => "unknown_stage",

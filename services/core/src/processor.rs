@@ -185,6 +185,7 @@ impl PartitionProcessor {
         if ev.event_id.is_empty() {
             return Err(Invalid::MissingId);
         }
+        valid_time(ev.event_time)?;
         let (touchpoint, channel, stage, segment) = self.resolve(&ev)?;
         let time = ev.event_time;
         if let Err(reason) = self.clock.check(time, record_ms) {
@@ -229,6 +230,7 @@ impl PartitionProcessor {
         if ans.response_id.is_empty() {
             return Err(Invalid::MissingId);
         }
+        valid_time(ans.answer_time)?;
         if !ans.metric.is_valid(ans.score) {
             return Err(Invalid::ScoreOutOfRange);
         }
@@ -523,6 +525,17 @@ fn mark_dirty(journey: &mut Journey, customer: &str, dirty: &mut Vec<String>) {
 /// The journey's key: the customer id as validated by [`valid_customer`].
 fn customer_of(id: &Option<String>) -> &str {
     id.as_deref().map_or("", str::trim)
+}
+
+/// Event times from 1970-01-01 to 2106-02-07: what a ClickHouse `DateTime` (and so every
+/// per-minute figure) holds. Anything else is a broken clock or a wrong unit.
+fn valid_time(ms: i64) -> Result<(), Invalid> {
+    const LAST_MS: i64 = u32::MAX as i64 * 1000 + 999;
+    if (0..=LAST_MS).contains(&ms) {
+        Ok(())
+    } else {
+        Err(Invalid::TimeOutOfRange)
+    }
 }
 
 fn valid_customer(id: &Option<String>) -> Result<&str, Invalid> {

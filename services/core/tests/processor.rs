@@ -659,4 +659,21 @@ fn invalid_records_are_refused_with_a_reason() {
     let mut t = tp("e", "c", 1, "ad_click", None);
     t.channel = "fax".into();
     assert_eq!(p.on_touchpoint(t, 0, None), Err(Invalid::UnknownChannel));
+    // Outside what a DateTime holds: a wrong unit (seconds as µs) or a broken clock.
+    assert_eq!(
+        p.on_touchpoint(tp("e", "c", -1, "ad_click", None), 0, None),
+        Err(Invalid::TimeOutOfRange)
+    );
+    assert_eq!(
+        p.on_answer(
+            ans("r", "c", 1_793_577_600_000_000, Metric::Nps, 9, None),
+            0,
+            None
+        ),
+        Err(Invalid::TimeOutOfRange)
+    );
+    assert_eq!(
+        p.on_touchpoint(tp("e", "c", 4_294_967_295_999, "ad_click", None), 0, None),
+        Ok(())
+    );
 }
