@@ -111,6 +111,29 @@ impl BatchCommitter {
         )
     }
 
+    /// Binds what a fold reads: the previous generation, then the committed batches in
+    /// `[prev.live_from, live_from)` (see [`Self::committed_in`]).
+    fn bind_folded(
+        &self,
+        q: clickhouse::query::Query,
+        partition: u16,
+        prev: Generation,
+        live_from: u64,
+    ) -> clickhouse::query::Query {
+        let journey = self.journey();
+        q.bind(journey)
+            .bind(partition)
+            .bind(prev.generation)
+            .bind(journey)
+            .bind(partition)
+            .bind(prev.live_from)
+            .bind(live_from)
+            .bind(journey)
+            .bind(partition)
+            .bind(prev.live_from)
+            .bind(live_from)
+    }
+
     async fn fold_metrics(
         &self,
         partition: u16,
@@ -127,22 +150,8 @@ impl BatchCommitter {
              GROUP BY {CELL}",
             self.committed_in("metrics_minute", &format!("{CELL}, {COUNTS}"))
         );
-        let journey = self.journey();
-        self.client()
-            .query(&sql)
-            .bind(partition)
-            .bind(generation)
-            .bind(journey)
-            .bind(partition)
-            .bind(prev.generation)
-            .bind(journey)
-            .bind(partition)
-            .bind(prev.live_from)
-            .bind(live_from)
-            .bind(journey)
-            .bind(partition)
-            .bind(prev.live_from)
-            .bind(live_from)
+        let q = self.client().query(&sql).bind(partition).bind(generation);
+        self.bind_folded(q, partition, prev, live_from)
             .execute()
             .await
             .ctx(|| format!("folding per-minute counts of partition {partition}"))
@@ -170,21 +179,8 @@ impl BatchCommitter {
                 "journey, source_partition, customer_id, segment, state, batch_seq"
             )
         );
-        let journey = self.journey();
-        self.client()
-            .query(&sql)
-            .bind(generation)
-            .bind(journey)
-            .bind(partition)
-            .bind(prev.generation)
-            .bind(journey)
-            .bind(partition)
-            .bind(prev.live_from)
-            .bind(live_from)
-            .bind(journey)
-            .bind(partition)
-            .bind(prev.live_from)
-            .bind(live_from)
+        let q = self.client().query(&sql).bind(generation);
+        self.bind_folded(q, partition, prev, live_from)
             .execute()
             .await
             .ctx(|| format!("folding journeys of partition {partition}"))
