@@ -57,13 +57,30 @@ def main():
             "VALUES ('retail', 0, 0, 7, 10, 5, toUnixTimestamp(toDateTime('2026-11-02 10:00:30')) * 1000, 15, now())"
         )
         s.query(
-            "INSERT INTO cx.metrics_minute VALUES "
+            "INSERT INTO cx.metrics_minute (minute, journey, stage, touchpoint, channel, segment, "
+            "nps_promoters, nps_passives, nps_detractors, csat_n, csat_top2, csat_sum, ces_n, ces_agree, ces_sum, "
+            "stage_entries, touchpoints, source_partition, batch_seq, batch_attempt, "
+            "stage_conversions, convert_ms_sum, stage_dropoffs, stage_open) VALUES "
             "(toDateTime('2026-11-02 10:00:00'), 'retail', 'conversion', 'purchase_completed', 'web', 'vip',"
-            " 3, 1, 1, 2, 1, 7, 0, 0, 0, 1, 4, 0, 0, 7),"
+            " 3, 1, 1, 2, 1, 7, 0, 0, 0, 1, 4, 0, 0, 7, 1, 60000, 0, 0),"
             # an uncommitted attempt: must not count
             "(toDateTime('2026-11-02 10:00:00'), 'retail', 'conversion', 'purchase_completed', 'web', 'vip',"
-            " 100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8)"
+            " 100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 5, 5, 5, 5)"
         )
+        funnel = str(s.query(
+            "SELECT stage, entries, conversions, dropoffs, open_entries, convert_ms_total "
+            "FROM cx.stage_funnel_minute", "CSV"
+        )).strip()
+        if funnel != '"conversion",1,1,0,0,60000':
+            failures.append(f"stage_funnel_minute returned {funnel!r}")
+        s.query(
+            "INSERT INTO cx.journey_stages VALUES ('retail', 'conversion', 2, 1800000, 0.6, 1, now())"
+        )
+        funnel = str(s.query(
+            "SELECT stage, entries, conversions, target_conversion, budget_ms, decided FROM cx.stage_funnel", "CSV"
+        )).strip()
+        if funnel != '"conversion",1,1,0.6,1800000,0':
+            failures.append(f"stage_funnel returned {funnel!r}")
         out = s.query(
             "SELECT window, promoters, detractors, nps_n, round(nps, 1), csat_responses FROM cx.rolling_metrics "
             "ORDER BY window", "CSV"
@@ -75,7 +92,9 @@ def main():
         # Batch 0 folded into generation 55: the same figures, and the folded deltas no
         # longer count (a second copy of them must not).
         s.query(
-            "INSERT INTO cx.metrics_minute_compacted SELECT minute, journey, stage, touchpoint, channel, segment, "
+            "INSERT INTO cx.metrics_minute_compacted (minute, journey, stage, touchpoint, channel, segment, "
+            "nps_promoters, nps_passives, nps_detractors, csat_n, csat_top2, csat_sum, ces_n, ces_agree, ces_sum, "
+            "stage_entries, touchpoints, source_partition, generation) SELECT minute, journey, stage, touchpoint, channel, segment, "
             "sum(nps_promoters), sum(nps_passives), sum(nps_detractors), sum(csat_n), sum(csat_top2), sum(csat_sum), "
             "sum(ces_n), sum(ces_agree), sum(ces_sum), sum(stage_entries), sum(touchpoints), 0, 55 "
             "FROM cx.metrics_minute_committed GROUP BY minute, journey, stage, touchpoint, channel, segment"

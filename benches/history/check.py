@@ -49,7 +49,8 @@ def main():
         SELECT toUnixTimestamp(minute) * 1000 AS m, stage, touchpoint, channel, segment,
                sum(nps_promoters), sum(nps_passives), sum(nps_detractors), sum(csat_n),
                sum(csat_top2), sum(csat_sum), sum(ces_n), sum(ces_agree), sum(ces_sum),
-               sum(stage_entries), sum(touchpoints)
+               sum(stage_entries), sum(touchpoints), sum(stage_conversions),
+               sum(convert_ms_sum), sum(stage_dropoffs) + sum(stage_open)
         FROM {db}.metrics_minute_committed
         GROUP BY m, stage, touchpoint, channel, segment FORMAT TabSeparated""").splitlines():
         p = line.split("\t")
@@ -68,11 +69,19 @@ def main():
     nps7d = timed(url, f"""
         SELECT stage, sum(promoters) AS p, sum(detractors) AS d, sum(nps_n) AS n, 100 * (p - d) / n
         FROM {db}.rolling_metrics WHERE window = '7d' GROUP BY stage""")
+    # The README's funnel query, over the whole range.
+    funnel = timed(url, f"""
+        SELECT stage, sum(entries) AS entered, sum(conversions) AS converted,
+               sum(dropoffs) AS dropped, sum(open_entries) AS still_open,
+               sumIf(conversions, open_entries = 0) / sumIf(conversions + dropoffs, open_entries = 0) AS decided,
+               sum(convert_ms_total) / sum(conversions) AS mean_ms
+        FROM {db}.stage_funnel_minute GROUP BY stage""")
     print(f"\n{label}")
     print(f"  journey caught up in {secs} s: {records} records in {batches} batches, {compactions} compactions")
     print(f"  cells equal to the ground truth: {'yes' if differ == 0 else 'NO'} ({len(want)} cells, {differ} differ)")
     print(f"  rolling_metrics, all windows: {rolling[0]:.0f} ms median ({rolling[1]:.0f} ms max)")
     print(f"  7-day NPS by stage:           {nps7d[0]:.0f} ms median ({nps7d[1]:.0f} ms max)")
+    print(f"  funnel of the whole range:    {funnel[0]:.0f} ms median ({funnel[1]:.0f} ms max)")
     for r in rows:
         t, n, b = r.split("\t")
         print(f"  {t:<26} {int(n):>9} rows {int(b) / 1e6:>8.1f} MB")

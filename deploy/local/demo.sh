@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing, starts Tansu and ClickHouse, creates topics and tables,
 # simulates CX traffic (from empty servers), runs the journey service until it has caught up, and prints a summary.
-#   CUSTOMERS (default 10000), DAYS (default 1), SEED (default 42)
+#   CUSTOMERS (default 10000), DAYS (default 30), SEED (default 42)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -14,7 +14,7 @@ CX_CXSTREAM_BIN="$bin" deploy/local/up.sh
 "$bin" topics
 "$bin" migrate
 mkdir -p "$CXSTREAM_RUN/demo"
-"$bin" simulate --customers "${CUSTOMERS:-10000}" --days "${DAYS:-1}" --seed "${SEED:-42}" \
+"$bin" simulate --customers "${CUSTOMERS:-10000}" --days "${DAYS:-30}" --seed "${SEED:-42}" \
   --bad-records 20 --ground-truth "$CXSTREAM_RUN/demo/ground-truth.csv"
 CXSTREAM_HTTP_LISTEN=127.0.0.1:0 "$bin" journey --until-caught-up
 echo

@@ -11,11 +11,12 @@
 use std::sync::Arc;
 
 use clickhouse::Client;
+use cxstream_core::processor::Written;
 use cxstream_core::{Batch, ClockState, Journey, JourneyMap};
 use serde::Deserialize;
 
 use crate::journey_state;
-use crate::rows::{AnswerRow, BatchRow, MinuteRow, RefusedRow, StateRow, TouchpointRow};
+use crate::rows::{AnswerRow, BatchRow, MinuteRow, RefusedRow, StageRow, StateRow, TouchpointRow};
 use crate::{Context, Error, Result};
 
 /// Where a partition resumes.
@@ -28,7 +29,7 @@ pub struct Resume {
     pub answers_offset: Option<i64>,
     /// The event clock as committed.
     pub clock: ClockState,
-    pub journeys: Vec<(String, Journey)>,
+    pub journeys: Vec<(String, Journey, Written)>,
     /// Batches below this sequence number are folded into the partition's generation.
     pub live_from: u64,
 }
@@ -45,6 +46,8 @@ pub struct BatchEnd {
 pub struct BatchCommitter {
     client: Client,
     map: Arc<JourneyMap>,
+    /// Whether the map's stages were written to `journey_stages` by this instance.
+    map_published: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -56,7 +59,34 @@ struct SavedState {
 
 impl BatchCommitter {
     pub fn new(client: Client, map: Arc<JourneyMap>) -> Self {
-        BatchCommitter { client, map }
+        BatchCommitter {
+            client,
+            map,
+            map_published: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Writes the map's stages (budgets, targets) for the views that set expectation beside
+    /// reality; once per instance, before it resumes its first partition.
+    async fn publish_map(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.map_published.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let map = &*self.map;
+        let last = map.stages.len().saturating_sub(1);
+        let rows = map.stages.iter().enumerate().map(|(i, s)| StageRow {
+            journey: map.name.clone(),
+            stage: s.name.clone(),
+            stage_index: u8::try_from(i).unwrap_or(u8::MAX),
+            budget_ms: s.budget_ms,
+            target_conversion: s.target_conversion,
+            has_outcome: u8::from(i < last),
+            updated_at: now_secs(),
+        });
+        self.insert_rows::<StageRow>("journey_stages", rows).await?;
+        self.map_published.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     pub(crate) fn client(&self) -> &Client {
@@ -68,6 +98,7 @@ impl BatchCommitter {
     }
 
     pub async fn resume(&self, partition: u16) -> Result<Resume> {
+        self.publish_map().await?;
         let journey = self.map.name.as_str();
         let last = self
             .client
@@ -114,11 +145,11 @@ impl BatchCommitter {
             .ctx(|| format!("reading journey state of partition {partition}"))?;
         let mut journeys = Vec::with_capacity(saved.len());
         for s in saved {
-            let state: Journey = journey_state::decode(&s.state).map_err(|e| Error::State {
+            let (state, written) = journey_state::decode(&s.state).map_err(|e| Error::State {
                 partition,
                 message: e.to_string(),
             })?;
-            journeys.push((s.customer_id, state));
+            journeys.push((s.customer_id, state, written));
         }
         Ok(Resume {
             next_seq: last.batch_seq + 1,

@@ -26,10 +26,12 @@ pub struct Generation {
 }
 
 const COUNTS: &str = "nps_promoters, nps_passives, nps_detractors, csat_n, csat_top2, csat_sum, \
-                      ces_n, ces_agree, ces_sum, stage_entries, touchpoints";
+                      ces_n, ces_agree, ces_sum, stage_entries, touchpoints, \
+                      stage_conversions, convert_ms_sum, stage_dropoffs, stage_open";
 const SUMMED: &str = "sum(nps_promoters), sum(nps_passives), sum(nps_detractors), sum(csat_n), \
                       sum(csat_top2), sum(csat_sum), sum(ces_n), sum(ces_agree), sum(ces_sum), \
-                      sum(stage_entries), sum(touchpoints)";
+                      sum(stage_entries), sum(touchpoints), sum(stage_conversions), \
+                      sum(convert_ms_sum), sum(stage_dropoffs), sum(stage_open)";
 const CELL: &str = "minute, journey, stage, touchpoint, channel, segment";
 
 impl BatchCommitter {

@@ -3,80 +3,168 @@
 //!
 //! Rows written before the version byte existed start with the floor's first field, an
 //! `Option` tag (0 or 1); versions start at 2, so the first byte tells them apart.
+//! Version 3 added the floor's pending stage entry; rows of earlier versions were written
+//! before stage outcomes were counted.
 
+use cxstream_core::journey::{AnswerEntry, Context, Floor, TouchpointEntry};
+use cxstream_core::processor::Written;
 use cxstream_core::Journey;
+use serde::{Deserialize, Serialize};
 
 const V2: u8 = 2;
+const V3: u8 = 3;
+
+/// The layout of versions 0 to 2.
+#[derive(Serialize, Deserialize)]
+struct JourneyV2 {
+    floor: FloorV2,
+    touchpoints: Vec<TouchpointEntry>,
+    answers: Vec<AnswerEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FloorV2 {
+    max_stage: Option<u8>,
+    segment: Option<u8>,
+    last: Option<((i64, u64), Context)>,
+}
+
+impl From<JourneyV2> for Journey {
+    fn from(j: JourneyV2) -> Self {
+        Journey {
+            floor: Floor {
+                max_stage: j.floor.max_stage,
+                segment: j.floor.segment,
+                last: j.floor.last,
+                pending: None,
+            },
+            touchpoints: j.touchpoints,
+            answers: j.answers,
+            dirty: false,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum StateError {
     #[error("the stored journey is empty")]
     Empty,
-    #[error("the stored journey has version {0}, newer than this cxstream reads (up to {V2}); upgrade cxstream")]
+    #[error("the stored journey has version {0}, newer than this cxstream reads (up to {V3}); upgrade cxstream")]
     Newer(u8),
     #[error("the stored journey cannot be decoded: {0}")]
     Decode(String),
 }
 
 pub fn encode(journey: &Journey) -> Result<Vec<u8>, StateError> {
-    postcard::to_extend(journey, vec![V2]).map_err(|e| StateError::Decode(e.to_string()))
+    postcard::to_extend(journey, vec![V3]).map_err(|e| StateError::Decode(e.to_string()))
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Journey, StateError> {
+pub fn decode(bytes: &[u8]) -> Result<(Journey, Written), StateError> {
     let (&version, rest) = bytes.split_first().ok_or(StateError::Empty)?;
-    let payload = match version {
+    let err = |e: postcard::Error| StateError::Decode(e.to_string());
+    match version {
         // Before the version byte: the same layout as version 2.
-        0 | 1 => bytes,
-        V2 => rest,
-        newer => return Err(StateError::Newer(newer)),
-    };
-    postcard::from_bytes(payload).map_err(|e| StateError::Decode(e.to_string()))
+        0 | 1 => Ok((
+            postcard::from_bytes::<JourneyV2>(bytes)
+                .map_err(err)?
+                .into(),
+            Written::BeforeOutcomes,
+        )),
+        V2 => Ok((
+            postcard::from_bytes::<JourneyV2>(rest).map_err(err)?.into(),
+            Written::BeforeOutcomes,
+        )),
+        V3 => Ok((
+            postcard::from_bytes(rest).map_err(err)?,
+            Written::WithOutcomes,
+        )),
+        newer => Err(StateError::Newer(newer)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cxstream_core::journey::{Context, Floor};
+    use cxstream_core::journey::FoldedEntry;
+    use cxstream_core::TouchpointEvent;
+    use std::sync::Arc;
 
-    fn journey() -> Journey {
-        Journey {
-            floor: Floor {
+    fn context() -> Context {
+        Context {
+            stage: 2,
+            touchpoint: 3,
+            channel: 1,
+            segment: 1,
+        }
+    }
+
+    fn legacy() -> JourneyV2 {
+        JourneyV2 {
+            floor: FloorV2 {
                 max_stage: Some(2),
                 segment: Some(1),
-                last: Some((
-                    (1_000, 7),
-                    Context {
-                        stage: 2,
-                        touchpoint: 3,
-                        channel: 1,
-                        segment: 1,
-                    },
-                )),
+                last: Some(((1_000, 7), context())),
             },
-            ..Journey::default()
+            touchpoints: Vec::new(),
+            answers: Vec::new(),
         }
+    }
+
+    fn journey() -> Journey {
+        let mut j: Journey = legacy().into();
+        let event = TouchpointEvent {
+            event_id: "e".into(),
+            customer_id: Some("c".into()),
+            anonymous_id: None,
+            event_time: 1_000,
+            touchpoint: "checkout_started".into(),
+            channel: "web".into(),
+            stage: None,
+            segment: None,
+            outcome: None,
+            attributes: Default::default(),
+        };
+        j.floor.pending = Some(FoldedEntry {
+            entry: TouchpointEntry {
+                id: 7,
+                time: 1_000,
+                touchpoint: 3,
+                channel: 1,
+                stage: 2,
+                segment: None,
+                event: Arc::new(event),
+                source_offset: 5,
+            },
+            context: context(),
+            deadline: 9_000,
+        });
+        j
     }
 
     #[test]
     fn round_trips_with_a_version_byte() {
         let bytes = encode(&journey()).unwrap();
-        assert_eq!(bytes[0], V2);
-        assert_eq!(decode(&bytes), Ok(journey()));
+        assert_eq!(bytes[0], V3);
+        assert_eq!(decode(&bytes), Ok((journey(), Written::WithOutcomes)));
     }
 
     #[test]
-    fn reads_rows_written_before_the_version_byte() {
-        for j in [journey(), Journey::default()] {
-            let legacy = postcard::to_allocvec(&j).unwrap();
-            assert!(legacy[0] <= 1);
-            assert_eq!(decode(&legacy), Ok(j));
-        }
+    fn reads_rows_of_earlier_versions_as_written_before_outcomes() {
+        let expected: Journey = legacy().into();
+        let v2 = postcard::to_extend(&legacy(), vec![V2]).unwrap();
+        assert_eq!(decode(&v2), Ok((expected.clone(), Written::BeforeOutcomes)));
+        let unversioned = postcard::to_allocvec(&legacy()).unwrap();
+        assert!(unversioned[0] <= 1);
+        assert_eq!(
+            decode(&unversioned),
+            Ok((expected, Written::BeforeOutcomes))
+        );
     }
 
     #[test]
     fn refuses_newer_versions_and_garbage_with_a_reason() {
         assert_eq!(decode(&[9, 0, 0]), Err(StateError::Newer(9)));
         assert_eq!(decode(&[]), Err(StateError::Empty));
-        assert!(matches!(decode(&[V2, 1]), Err(StateError::Decode(_))));
+        assert!(matches!(decode(&[V3, 1]), Err(StateError::Decode(_))));
     }
 }

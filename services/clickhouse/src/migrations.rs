@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "compaction",
         sql: include_str!("../../../schemas/clickhouse/0004_compaction.sql"),
     },
+    Migration {
+        version: 5,
+        name: "stage_outcomes",
+        sql: include_str!("../../../schemas/clickhouse/0005_stage_outcomes.sql"),
+    },
 ];
 
 impl Migration {

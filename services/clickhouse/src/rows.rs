@@ -1,7 +1,7 @@
 //! Rows as written to ClickHouse (RowBinary, field order = column order of the DDL in
 //! `schemas/clickhouse/`), and their construction from the core's batch output.
 
-use cxstream_core::journey::{Attribution, Context};
+use cxstream_core::journey::{Attribution, Context, StageOutcome};
 use cxstream_core::processor::{
     AggKey, AnswerFact, RefusedEvent, RefusedPayload, TouchpointFact, MINUTE_MS,
 };
@@ -26,6 +26,11 @@ pub struct TouchpointRow<'a> {
     pub attribute_values: Vec<&'a str>,
     pub source_partition: u16,
     pub source_offset: i64,
+    /// Enum8: none = 0, open = 1, converted = 2, dropped = 3.
+    pub stage_outcome: i8,
+    pub stage_deadline_ms: i64,
+    pub convert_ms: i64,
+    pub converted_channel: &'a str,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -71,9 +76,25 @@ pub struct MinuteRow {
     pub ces_sum: i64,
     pub stage_entries: i64,
     pub touchpoints: i64,
+    pub stage_conversions: i64,
+    pub convert_ms_sum: i64,
+    pub stage_dropoffs: i64,
+    pub stage_open: i64,
     pub source_partition: u16,
     pub batch_seq: u64,
     pub batch_attempt: u64,
+}
+
+/// A stage of the journey map, as `journey_stages` keeps it.
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+pub struct StageRow {
+    pub journey: String,
+    pub stage: String,
+    pub stage_index: u8,
+    pub budget_ms: i64,
+    pub target_conversion: f64,
+    pub has_outcome: u8,
+    pub updated_at: u32,
 }
 
 #[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize)]
@@ -171,6 +192,31 @@ impl<'a> TouchpointRow<'a> {
             attribute_values: e.attributes.values().map(String::as_str).collect(),
             source_partition: partition,
             source_offset: f.source_offset,
+            stage_outcome: match f.outcome {
+                None => 0,
+                Some(StageOutcome::Open { .. }) => 1,
+                Some(StageOutcome::Converted { .. }) => 2,
+                Some(StageOutcome::Dropped { .. }) => 3,
+            },
+            stage_deadline_ms: match f.outcome {
+                Some(StageOutcome::Open { deadline } | StageOutcome::Dropped { deadline }) => {
+                    deadline
+                }
+                // The deadline it met: the entry's time + its stage's budget.
+                Some(StageOutcome::Converted { .. }) => map
+                    .stages
+                    .get(usize::from(f.context.stage))
+                    .map_or(0, |s| e.event_time.saturating_add(s.budget_ms)),
+                None => 0,
+            },
+            convert_ms: match f.outcome {
+                Some(StageOutcome::Converted { after_ms, .. }) => after_ms,
+                _ => 0,
+            },
+            converted_channel: match f.outcome {
+                Some(StageOutcome::Converted { channel, .. }) => map.channel_name(channel),
+                _ => "",
+            },
         }
     }
 }
@@ -287,6 +333,10 @@ impl MinuteRow {
             ces_sum: c.ces_sum,
             stage_entries: c.stage_entries,
             touchpoints: c.touchpoints,
+            stage_conversions: c.stage_conversions,
+            convert_ms_sum: c.convert_ms_sum,
+            stage_dropoffs: c.stage_dropoffs,
+            stage_open: c.stage_open,
             source_partition: partition,
             batch_seq: seq,
             batch_attempt: attempt,

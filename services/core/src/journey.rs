@@ -16,18 +16,90 @@
 //!   response-id hash, then the higher score), so a respondent who answers again replaces
 //!   their earlier answer.
 //!
+//! - a stage entry into any stage but the last has an **outcome**: *converted* when the
+//!   customer's next stage entry comes within the stage's budget (time-to-convert = the gap,
+//!   on the next entry's channel), else *awaiting* its deadline (entry time + budget), which
+//!   the processor reports as *dropped off* once the watermark has passed the deadline and
+//!   as *open* until then.
+//!
 //! Events older than the horizon (watermark − allowed lateness) can no longer arrive
 //! (the processor refuses them as late), so the journey folds them into a [`Floor`] whose
 //! effect on later events is final. An answer dated before the horizon stays while the
-//! touchpoint it names does, since that touchpoint's context can still change.
+//! touchpoint it names does, since that touchpoint's context can still change; the last
+//! stage entry stays (as [`Floor::pending`]) while a later event can still decide or change
+//! its outcome.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::events::{SurveyAnswer, TouchpointEvent};
-use crate::journey_map::{ChannelIdx, SegmentIdx, StageIdx, TouchpointIdx, NO_SEGMENT};
+use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, TouchpointIdx, NO_SEGMENT};
 use crate::metrics::Metric;
+
+/// Each stage's time budget to reach a later stage (index = stage); the last stage has no
+/// later stage, so its entries have no outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Budgets(Vec<i64>);
+
+impl Budgets {
+    pub fn of(map: &JourneyMap) -> Self {
+        Budgets(map.stages.iter().map(|s| s.budget_ms).collect())
+    }
+
+    /// Budgets by stage, the last one unused.
+    pub fn new(by_stage: Vec<i64>) -> Self {
+        Budgets(by_stage)
+    }
+
+    /// When an entry into `stage` at `time` drops off unless a later stage is entered.
+    pub fn deadline(&self, stage: StageIdx, time: i64) -> Option<i64> {
+        let s = usize::from(stage);
+        (s + 1 < self.0.len()).then(|| time.saturating_add(self.0[s]))
+    }
+}
+
+/// What a stage entry's journey says of its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The next stage entry came `after_ms` later (within the budget), on `channel`.
+    Converted { after_ms: i64, channel: ChannelIdx },
+    /// No later stage within the budget so far: dropped off once the watermark passes
+    /// `deadline`, open until then.
+    Awaiting { deadline: i64 },
+}
+
+impl Outcome {
+    /// The outcome as reported at `watermark`.
+    pub fn at(self, watermark: Option<i64>) -> StageOutcome {
+        match self {
+            Outcome::Converted { after_ms, channel } => {
+                StageOutcome::Converted { after_ms, channel }
+            }
+            Outcome::Awaiting { deadline } if watermark.is_some_and(|w| w > deadline) => {
+                StageOutcome::Dropped { deadline }
+            }
+            Outcome::Awaiting { deadline } => StageOutcome::Open { deadline },
+        }
+    }
+}
+
+/// A stage entry's outcome as reported (README § Stage conversion).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StageOutcome {
+    /// Its deadline has not passed and no later stage was entered yet.
+    Open {
+        deadline: i64,
+    },
+    Converted {
+        after_ms: i64,
+        channel: ChannelIdx,
+    },
+    /// The watermark passed its deadline with no later stage entered within the budget.
+    Dropped {
+        deadline: i64,
+    },
+}
 
 /// The journey context an answer or touchpoint is counted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -110,12 +182,35 @@ impl AnswerEntry {
 }
 
 /// What the touchpoints that left the horizon leave behind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Floor {
     pub max_stage: Option<StageIdx>,
     pub segment: Option<SegmentIdx>,
     /// The last of them: (order, its context), for answers after it.
     pub last: Option<((i64, u64), Context)>,
+    /// The last stage entry among them while its deadline is not before the horizon: a
+    /// later event may still convert it (or change when it converted).
+    pub pending: Option<FoldedEntry>,
+}
+
+/// A stage entry kept in the floor, with what its outcome needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FoldedEntry {
+    pub entry: TouchpointEntry,
+    pub context: Context,
+    pub deadline: i64,
+}
+
+impl FoldedEntry {
+    fn view(&self) -> TouchpointView {
+        TouchpointView {
+            context: self.context,
+            entered: true,
+            outcome: Some(Outcome::Awaiting {
+                deadline: self.deadline,
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -134,6 +229,8 @@ pub struct Journey {
 pub struct TouchpointView {
     pub context: Context,
     pub entered: bool,
+    /// For a stage entry into any stage but the last.
+    pub outcome: Option<Outcome>,
 }
 
 /// An answer's derived place in the journey.
@@ -148,8 +245,39 @@ pub struct AnswerView {
 /// The derived views, index-aligned with [`Journey::touchpoints`] and [`Journey::answers`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Derived {
+    /// The view of [`Floor::pending`].
+    pub pending: Option<TouchpointView>,
     pub touchpoints: Vec<TouchpointView>,
     pub answers: Vec<AnswerView>,
+}
+
+/// The kept stage entries' and touchpoints' views: [`Floor::pending`]'s, then one per
+/// touchpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TouchpointViews {
+    pub pending: Option<TouchpointView>,
+    pub touchpoints: Vec<TouchpointView>,
+}
+
+/// A stage entry's outcome before the next entry is looked at.
+fn awaiting(budgets: &Budgets, entered: bool, stage: StageIdx, time: i64) -> Option<Outcome> {
+    entered
+        .then(|| budgets.deadline(stage, time))
+        .flatten()
+        .map(|deadline| Outcome::Awaiting { deadline })
+}
+
+/// Converts the entry whose outcome is `slot` (entered at `entered`) when the next entry,
+/// at `next` on `channel`, comes by its deadline.
+fn decide(slot: &mut Option<Outcome>, entered: i64, next: i64, channel: ChannelIdx) {
+    if let Some(Outcome::Awaiting { deadline }) = *slot {
+        if next <= deadline {
+            *slot = Some(Outcome::Converted {
+                after_ms: next - entered,
+                channel,
+            });
+        }
+    }
 }
 
 impl Journey {
@@ -183,19 +311,22 @@ impl Journey {
     }
 
     /// Everything derived from the kept events and the floor, by the rules above.
-    pub fn derive(&self) -> Derived {
-        let touchpoints = self.derive_touchpoints();
-        let answers = self.derive_answers(&touchpoints);
+    pub fn derive(&self, budgets: &Budgets) -> Derived {
+        let views = self.touchpoint_views(budgets);
+        let answers = self.derive_answers(&views.touchpoints);
         Derived {
-            touchpoints,
+            pending: views.pending,
+            touchpoints: views.touchpoints,
             answers,
         }
     }
 
-    fn derive_touchpoints(&self) -> Vec<TouchpointView> {
+    /// The touchpoints' (and the pending entry's) views, without the answers'.
+    pub fn touchpoint_views(&self, budgets: &Budgets) -> TouchpointViews {
         let mut furthest = self.floor.max_stage;
         let mut segment = self.floor.segment;
-        self.touchpoints
+        let mut touchpoints: Vec<TouchpointView> = self
+            .touchpoints
             .iter()
             .map(|t| {
                 let entered = furthest.is_none_or(|f| t.stage > f);
@@ -212,14 +343,35 @@ impl Journey {
                         segment: segment.unwrap_or(NO_SEGMENT),
                     },
                     entered,
+                    outcome: awaiting(budgets, entered, stage, t.time),
                 }
             })
-            .collect()
+            .collect();
+        let mut pending = self.floor.pending.as_ref().map(FoldedEntry::view);
+        // Each entry's outcome is decided by the next entry.
+        let mut previous: Option<(i64, &mut Option<Outcome>)> = self
+            .floor
+            .pending
+            .as_ref()
+            .map(|p| p.entry.time)
+            .zip(pending.as_mut().map(|v| &mut v.outcome));
+        for (t, v) in self.touchpoints.iter().zip(touchpoints.iter_mut()) {
+            if v.entered {
+                if let Some((at, slot)) = previous {
+                    decide(slot, at, t.time, t.channel);
+                }
+                previous = Some((t.time, &mut v.outcome));
+            }
+        }
+        TouchpointViews {
+            pending,
+            touchpoints,
+        }
     }
 
     /// The view of touchpoint `i` alone (what [`Self::derive`] gives it), without
     /// deriving the others'.
-    pub fn touchpoint_view(&self, i: usize) -> TouchpointView {
+    pub fn touchpoint_view(&self, i: usize, budgets: &Budgets) -> TouchpointView {
         let before = &self.touchpoints[..i];
         let furthest = before
             .iter()
@@ -231,21 +383,42 @@ impl Journey {
             .segment
             .or_else(|| before.iter().rev().find_map(|t| t.segment))
             .or(self.floor.segment);
+        let entered = furthest.is_none_or(|f| t.stage > f);
+        let stage = furthest.map_or(t.stage, |f| f.max(t.stage));
+        let mut outcome = awaiting(budgets, entered, stage, t.time);
+        if let Some(next) = self.touchpoints[i + 1..].iter().find(|n| n.stage > stage) {
+            decide(&mut outcome, t.time, next.time, next.channel);
+        }
         TouchpointView {
             context: Context {
-                stage: furthest.map_or(t.stage, |f| f.max(t.stage)),
+                stage,
                 touchpoint: t.touchpoint,
                 channel: t.channel,
                 segment: segment.unwrap_or(NO_SEGMENT),
             },
-            entered: furthest.is_none_or(|f| t.stage > f),
+            entered,
+            outcome,
         }
+    }
+
+    /// Whether a touchpoint appended after every kept one would enter a stage while an
+    /// earlier entry awaits its outcome (so it decides that one's).
+    pub fn would_decide_an_entry(&self, stage: StageIdx) -> bool {
+        let furthest = self
+            .touchpoints
+            .iter()
+            .map(|t| t.stage)
+            .chain(self.floor.max_stage)
+            .max();
+        furthest.is_some_and(|f| stage > f)
     }
 
     /// The view of answer `j` alone.
     pub fn answer_view(&self, j: usize) -> AnswerView {
         let a = &self.answers[j];
-        let (context, attribution) = self.attribute_with(a, |i| self.touchpoint_view(i));
+        // Attribution needs contexts only, which do not depend on budgets.
+        let none = Budgets::default();
+        let (context, attribution) = self.attribute_with(a, |i| self.touchpoint_view(i, &none));
         AnswerView {
             context,
             attribution,
@@ -302,6 +475,11 @@ impl Journey {
     pub fn can_prune(&self, cut: i64) -> bool {
         self.touchpoints.first().is_some_and(|t| t.time < cut)
             || self.answers.iter().any(|a| self.answer_leaves(a, cut))
+            || self
+                .floor
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.deadline < cut)
     }
 
     /// An answer dated before `cut` leaves, unless the touchpoint it names stays.
@@ -314,14 +492,26 @@ impl Journey {
 
     /// Folds events dated before `cut` into the floor (their effect is final: nothing dated
     /// before `cut` can arrive any more). Returns whether anything changed.
-    pub fn prune(&mut self, cut: i64) -> bool {
+    pub fn prune(&mut self, cut: i64, budgets: &Budgets) -> bool {
         if !self.can_prune(cut) {
             return false;
         }
         let keep_from = self.touchpoints.partition_point(|t| t.time < cut);
         let answers_before = self.answers.len();
-        let views = self.derive_touchpoints();
+        let pending_before = self.floor.pending.is_some();
+        let views = self.touchpoint_views(budgets).touchpoints;
         for (t, v) in self.touchpoints[..keep_from].iter().zip(&views) {
+            // Each entry decides the one before it; the last stays while it can change.
+            if v.entered {
+                self.floor.pending =
+                    budgets
+                        .deadline(v.context.stage, t.time)
+                        .map(|deadline| FoldedEntry {
+                            entry: t.clone(),
+                            context: v.context,
+                            deadline,
+                        });
+            }
             // Answers that stay and name a leaving touchpoint keep its context.
             for a in self.answers.iter_mut().filter(|a| a.named == Some(t.id)) {
                 a.fixed = Some(v.context);
@@ -332,6 +522,15 @@ impl Journey {
                 f.segment = t.segment;
             }
             f.last = Some((t.order(), v.context));
+        }
+        // Once its deadline is before the cut, no event that could still arrive converts it.
+        if self
+            .floor
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.deadline < cut)
+        {
+            self.floor.pending = None;
         }
         let leaving: Vec<bool> = self
             .answers
@@ -344,13 +543,20 @@ impl Journey {
         // Most journeys end up idle, with nothing left but the floor: keep no spare room.
         self.touchpoints.shrink_to_fit();
         self.answers.shrink_to_fit();
-        keep_from > 0 || self.answers.len() != answers_before
+        keep_from > 0
+            || self.answers.len() != answers_before
+            || pending_before != self.floor.pending.is_some()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Three stages: 100 ms to leave the first, 50 ms the second.
+    fn budgets() -> Budgets {
+        Budgets::new(vec![100, 50, 0])
+    }
 
     fn tp(id: u64, time: i64, stage: StageIdx, segment: Option<SegmentIdx>) -> TouchpointEntry {
         TouchpointEntry {
@@ -415,10 +621,10 @@ mod tests {
         for e in events.iter().rev().cloned() {
             reversed.insert_touchpoint(e);
         }
-        assert_eq!(in_order.derive(), reversed.derive());
-        let d = in_order.derive();
+        assert_eq!(in_order.derive(&budgets()), reversed.derive(&budgets()));
+        let d = in_order.derive(&budgets());
         for (i, v) in d.touchpoints.iter().enumerate() {
-            assert_eq!(in_order.touchpoint_view(i), *v);
+            assert_eq!(in_order.touchpoint_view(i, &budgets()), *v);
         }
         let stages: Vec<_> = d
             .touchpoints
@@ -435,9 +641,12 @@ mod tests {
         let mut j = Journey::default();
         j.insert_touchpoint(tp(1, 10, 0, None));
         j.insert_answer(ans(100, Some(2), 40, 9));
-        assert_eq!(j.derive().answers[0].attribution, Attribution::Latest);
+        assert_eq!(
+            j.derive(&budgets()).answers[0].attribution,
+            Attribution::Latest
+        );
         j.insert_touchpoint(tp(2, 30, 1, None));
-        let v = j.derive().answers[0];
+        let v = j.derive(&budgets()).answers[0];
         assert_eq!(
             (v.attribution, v.context.map(|c| c.stage)),
             (Attribution::Named, Some(1))
@@ -451,7 +660,12 @@ mod tests {
         j.insert_answer(ans(100, Some(1), 50, 3));
         j.insert_answer(ans(101, Some(1), 40, 9));
         j.insert_answer(ans(102, None, 45, 9));
-        let counted: Vec<bool> = j.derive().answers.iter().map(|v| v.counted).collect();
+        let counted: Vec<bool> = j
+            .derive(&budgets())
+            .answers
+            .iter()
+            .map(|v| v.counted)
+            .collect();
         assert_eq!(counted, vec![true, false, true]);
     }
 
@@ -461,16 +675,16 @@ mod tests {
         j.insert_touchpoint(tp(1, 10, 0, None));
         j.insert_touchpoint(tp(2, 150, 0, None));
         j.insert_answer(ans(100, Some(2), 50, 9));
-        j.prune(100);
+        j.prune(100, &budgets());
         assert_eq!(j.answers.len(), 1, "its touchpoint (150) is after the cut");
         // A purchase before it arrives: the answer follows its touchpoint's new stage.
         j.insert_touchpoint(tp(3, 120, 2, None));
-        let v = j.derive().answers[0];
+        let v = j.derive(&budgets()).answers[0];
         assert_eq!(
             (v.attribution, v.context.map(|c| c.stage)),
             (Attribution::Named, Some(2))
         );
-        j.prune(200);
+        j.prune(200, &budgets());
         assert!(j.is_idle());
     }
 
@@ -486,11 +700,89 @@ mod tests {
         }
         j.insert_answer(ans(100, Some(1), 35, 9));
         j.insert_answer(ans(101, None, 25, 9));
-        let before = j.derive();
-        assert!(j.prune(25));
-        let after = j.derive();
+        let before = j.derive(&budgets());
+        assert!(j.prune(25, &budgets()));
+        let after = j.derive(&budgets());
         assert_eq!(after.touchpoints, before.touchpoints[2..].to_vec());
         assert_eq!(after.answers, before.answers);
-        assert!(!j.prune(25));
+        assert!(!j.prune(25, &budgets()));
+    }
+
+    fn outcomes(j: &Journey) -> Vec<Option<Outcome>> {
+        let d = j.derive(&budgets());
+        d.pending
+            .iter()
+            .chain(&d.touchpoints)
+            .map(|v| v.outcome)
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_converts_when_the_next_entry_comes_within_its_budget() {
+        let mut j = Journey::default();
+        j.insert_touchpoint(tp(1, 10, 0, None));
+        j.insert_touchpoint(tp(2, 60, 0, None));
+        j.insert_touchpoint(tp(3, 110, 1, None));
+        j.insert_touchpoint(tp(4, 200, 2, None));
+        let awaiting = |deadline| Some(Outcome::Awaiting { deadline });
+        let converted = |after_ms| {
+            Some(Outcome::Converted {
+                after_ms,
+                channel: 0,
+            })
+        };
+        // Stage 1 was entered at 110, its budget ended at 160: awaiting, never converted.
+        assert_eq!(
+            outcomes(&j),
+            vec![converted(100), None, awaiting(160), None]
+        );
+        for (i, v) in j.derive(&budgets()).touchpoints.iter().enumerate() {
+            assert_eq!(j.touchpoint_view(i, &budgets()), *v);
+        }
+        // A late touchpoint of stage 2 within stage 1's budget converts it; the later one
+        // is no entry any more.
+        j.insert_touchpoint(tp(5, 150, 2, None));
+        assert_eq!(
+            outcomes(&j),
+            vec![converted(100), None, converted(40), None, None]
+        );
+    }
+
+    #[test]
+    fn the_last_entry_stays_in_the_floor_while_a_late_event_can_convert_it() {
+        let mut j = Journey::default();
+        j.insert_touchpoint(tp(1, 10, 0, None));
+        j.insert_touchpoint(tp(2, 20, 0, None));
+        assert!(j.prune(50, &budgets()));
+        assert!(j.touchpoints.is_empty());
+        let pending = j.floor.pending.as_ref().map(|p| (p.entry.id, p.deadline));
+        assert_eq!(pending, Some((1, 110)));
+        j.insert_touchpoint(tp(3, 90, 1, None));
+        assert_eq!(
+            j.derive(&budgets()).pending.and_then(|v| v.outcome),
+            Some(Outcome::Converted {
+                after_ms: 80,
+                channel: 0
+            })
+        );
+        // Folded with the entry that converted it: final, nothing stays.
+        assert!(j.prune(200, &budgets()));
+        assert_eq!(j.floor.pending, None);
+        assert!(j.is_idle());
+    }
+
+    #[test]
+    fn an_entry_past_its_deadline_leaves_the_floor() {
+        let mut j = Journey::default();
+        j.insert_touchpoint(tp(1, 10, 0, None));
+        j.prune(50, &budgets());
+        assert!(j.floor.pending.is_some());
+        assert!(j.can_prune(111));
+        assert!(j.prune(111, &budgets()));
+        assert_eq!(j.floor.pending, None);
+        // The last stage has no later stage: nothing to wait for.
+        j.insert_touchpoint(tp(2, 300, 2, None));
+        j.prune(400, &budgets());
+        assert_eq!(j.floor.pending, None);
     }
 }

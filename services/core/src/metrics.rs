@@ -59,6 +59,12 @@ pub struct Counts {
     pub ces_sum: i64,
     pub stage_entries: i64,
     pub touchpoints: i64,
+    /// Stage entries (counted in the entry's cell) that reached a later stage in budget,
+    /// the sum of their times to convert, and those dropped off or still open.
+    pub stage_conversions: i64,
+    pub convert_ms_sum: i64,
+    pub stage_dropoffs: i64,
+    pub stage_open: i64,
 }
 
 impl Counts {
@@ -100,6 +106,10 @@ impl Counts {
         self.ces_sum += o.ces_sum;
         self.stage_entries += o.stage_entries;
         self.touchpoints += o.touchpoints;
+        self.stage_conversions += o.stage_conversions;
+        self.convert_ms_sum += o.convert_ms_sum;
+        self.stage_dropoffs += o.stage_dropoffs;
+        self.stage_open += o.stage_open;
     }
 
     pub fn is_zero(&self) -> bool {

@@ -9,7 +9,7 @@
 //! the stage, segment or attribution of later events retracts what they counted and counts
 //! them again, and rewrites their facts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::Hasher;
 use std::sync::Arc;
 
@@ -17,8 +17,8 @@ use crate::event_time::{EventClock, EventTimePolicy, Input, Refusal};
 
 use crate::events::{Invalid, SurveyAnswer, TouchpointEvent};
 use crate::journey::{
-    AnswerEntry, AnswerView, Attribution, Context, Derived, Journey, TouchpointEntry,
-    TouchpointView,
+    AnswerEntry, AnswerView, Attribution, Budgets, Context, Derived, Journey, Outcome,
+    StageOutcome, TouchpointEntry, TouchpointView,
 };
 use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, TouchpointIdx};
 use crate::metrics::Counts;
@@ -57,6 +57,8 @@ pub struct TouchpointFact {
     pub event: Arc<TouchpointEvent>,
     pub context: Context,
     pub stage_entered: bool,
+    /// For a stage entry into any stage but the last; written again when it changes.
+    pub outcome: Option<StageOutcome>,
     pub source_offset: i64,
 }
 
@@ -95,6 +97,15 @@ impl RefusedEvent {
     }
 }
 
+/// Which layout a restored journey was persisted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Its entries' outcomes are in the committed counts.
+    WithOutcomes,
+    /// Written before stage outcomes were counted.
+    BeforeOutcomes,
+}
+
 /// Everything derived since the last [`PartitionProcessor::take_batch`].
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -112,10 +123,16 @@ type Journeys = hashbrown::HashMap<String, Arc<Journey>, ahash::RandomState>;
 
 pub struct PartitionProcessor {
     map: Arc<JourneyMap>,
+    budgets: Budgets,
     clock: EventClock,
+    /// (deadline, customer) of every entry reported open: it drops off when the
+    /// watermark passes the deadline, unless converted by then.
+    deadlines: BTreeSet<(i64, String)>,
     journeys: Journeys,
     agg: HashMap<AggKey, Counts, ahash::RandomState>,
     touchpoints: Vec<TouchpointFact>,
+    /// Whether a touchpoint's fact was written again since the last batch.
+    rewritten: bool,
     answers: Vec<AnswerFact>,
     refused: Vec<RefusedEvent>,
     /// Customers whose journey changed since the last batch (each once: see `Journey::dirty`).
@@ -133,11 +150,14 @@ impl PartitionProcessor {
     /// A processor resuming with a committed clock; journeys follow with [`Self::restore`].
     pub fn resumed(map: Arc<JourneyMap>, clock: EventClock) -> Self {
         PartitionProcessor {
+            budgets: Budgets::of(&map),
             map,
             clock,
+            deadlines: BTreeSet::new(),
             journeys: Journeys::default(),
             agg: HashMap::default(),
             touchpoints: Vec::new(),
+            rewritten: false,
             answers: Vec::new(),
             refused: Vec::new(),
             dirty: Vec::new(),
@@ -163,15 +183,95 @@ impl PartitionProcessor {
         self.journeys.len()
     }
 
-    /// Restores a customer's persisted journey (after a restart or rebalance).
-    pub fn restore(&mut self, customer: String, journey: Journey) {
+    /// Restores a customer's persisted journey (after a restart or rebalance). Entries it
+    /// reported open wait for their deadlines again. A journey written before stage
+    /// outcomes were counted has its entries' outcomes counted now, and is persisted with
+    /// the next batch so that this happens once.
+    pub fn restore(&mut self, customer: String, journey: Journey, written: Written) {
+        let wm = self.clock.watermark();
+        let views = journey.touchpoint_views(&self.budgets);
+        if written == Written::BeforeOutcomes {
+            let mut out = Emitter {
+                agg: &mut self.agg,
+                touchpoints: &mut self.touchpoints,
+                rewritten: &mut self.rewritten,
+                answers: &mut self.answers,
+                deadlines: &mut self.deadlines,
+                budgets: &self.budgets,
+                watermark: wm,
+                customer: &customer,
+            };
+            for (t, v) in journey.touchpoints.iter().zip(&views.touchpoints) {
+                let uncounted = TouchpointView {
+                    outcome: None,
+                    ..*v
+                };
+                out.touchpoint(t, Some(uncounted), *v);
+            }
+            let mut journey = journey;
+            mark_dirty(&mut journey, &customer, &mut self.dirty);
+            self.journeys.insert(customer, Arc::new(journey));
+            return;
+        }
+        for v in views.pending.iter().chain(&views.touchpoints) {
+            if let Some(StageOutcome::Open { deadline }) = v.outcome.map(|o| o.at(wm)) {
+                self.deadlines.insert((deadline, customer.clone()));
+            }
+        }
         self.journeys.insert(customer, Arc::new(journey));
     }
 
     /// An input read to its end and quiet no longer holds the watermark back.
     pub fn set_idle(&mut self, input: Input, idle: bool) {
         self.clock.set_idle(input, idle);
+        self.pass_deadlines();
         self.sweep();
+    }
+
+    /// Reports as dropped off every open entry whose deadline the watermark has passed.
+    /// Runs whenever the watermark moves, before anything else is applied, so every count
+    /// and fact always reflects the current watermark.
+    fn pass_deadlines(&mut self) {
+        let Some(wm) = self.clock.watermark() else {
+            return;
+        };
+        while self.deadlines.first().is_some_and(|(d, _)| *d < wm) {
+            let Some((deadline, customer)) = self.deadlines.pop_first() else {
+                break;
+            };
+            // Gone (converted, no longer an entry, or folded) entries need nothing.
+            let Some(journey) = self.journeys.get(&customer) else {
+                continue;
+            };
+            let views = journey.touchpoint_views(&self.budgets);
+            let entries = journey
+                .floor
+                .pending
+                .as_ref()
+                .map(|p| &p.entry)
+                .into_iter()
+                .zip(views.pending)
+                .chain(journey.touchpoints.iter().zip(views.touchpoints));
+            for (t, v) in entries {
+                if v.outcome != Some(Outcome::Awaiting { deadline }) {
+                    continue;
+                }
+                let cell = self
+                    .agg
+                    .entry(AggKey::new(t.time, Some(v.context)))
+                    .or_default();
+                cell.stage_open -= 1;
+                cell.stage_dropoffs += 1;
+                self.rewritten = true;
+                self.touchpoints.push(TouchpointFact {
+                    event: t.event.clone(),
+                    context: v.context,
+                    stage_entered: v.entered,
+                    outcome: Some(StageOutcome::Dropped { deadline }),
+                    source_offset: t.source_offset,
+                });
+            }
+        }
     }
 
     /// Applies a touchpoint. `record_ms` is its Kafka record timestamp (for the future bound).
@@ -197,6 +297,7 @@ impl PartitionProcessor {
             return Ok(());
         }
         self.clock.observe(Input::Touchpoints, time);
+        self.pass_deadlines();
         let id = event_id_hash(&ev.event_id);
         let event = Arc::new(ev);
         let entry = TouchpointEntry {
@@ -240,6 +341,7 @@ impl PartitionProcessor {
             return Ok(());
         }
         self.clock.observe(Input::Answers, time);
+        self.pass_deadlines();
         let answer = Arc::new(ans);
         let entry = AnswerEntry {
             response: event_id_hash(&answer.response_id),
@@ -272,9 +374,18 @@ impl PartitionProcessor {
         let horizon = self.clock.horizon();
         let journey = Arc::make_mut(self.journeys.entry_ref(customer).or_default());
         if let Some(h) = horizon {
-            journey.prune(h);
+            journey.prune(h, &self.budgets);
         }
-        let mut out = Emitter::new(&mut self.agg, &mut self.touchpoints, &mut self.answers);
+        let mut out = Emitter {
+            agg: &mut self.agg,
+            touchpoints: &mut self.touchpoints,
+            rewritten: &mut self.rewritten,
+            answers: &mut self.answers,
+            deadlines: &mut self.deadlines,
+            budgets: &self.budgets,
+            watermark: self.clock.watermark(),
+            customer,
+        };
         if insert(journey, &mut out) {
             mark_dirty(journey, customer, &mut self.dirty);
         } else {
@@ -296,12 +407,24 @@ impl PartitionProcessor {
                 Some((c, j))
             })
             .collect();
+        // A touchpoint written twice in a batch keeps its last fact only: rows of one
+        // INSERT have no order a ReplacingMergeTree could tell "last" by.
+        let mut facts = std::mem::take(&mut self.touchpoints);
+        if std::mem::take(&mut self.rewritten) {
+            let mut seen = hashbrown::HashSet::with_capacity_and_hasher(
+                facts.len(),
+                ahash::RandomState::new(),
+            );
+            facts.reverse();
+            facts.retain(|f| seen.insert(Arc::as_ptr(&f.event)));
+            facts.reverse();
+        }
         // The next batch is likely as large as this one: start at its size instead of
         // growing (and copying) from empty.
-        let touchpoints = Vec::with_capacity(self.touchpoints.len());
+        self.touchpoints = Vec::with_capacity(facts.len());
         let answers = Vec::with_capacity(self.answers.len());
         Batch {
-            touchpoints: std::mem::replace(&mut self.touchpoints, touchpoints),
+            touchpoints: facts,
             answers: std::mem::replace(&mut self.answers, answers),
             aggregates,
             refused: std::mem::take(&mut self.refused),
@@ -363,7 +486,7 @@ impl PartitionProcessor {
             // Most journeys have nothing to fold; only those that do are copied (if shared).
             if journey.can_prune(h) {
                 let journey = Arc::make_mut(journey);
-                if journey.prune(h) {
+                if journey.prune(h, &self.budgets) {
                     mark_dirty(journey, customer, &mut self.dirty);
                 }
             }
@@ -376,22 +499,15 @@ impl PartitionProcessor {
 struct Emitter<'a> {
     agg: &'a mut HashMap<AggKey, Counts, ahash::RandomState>,
     touchpoints: &'a mut Vec<TouchpointFact>,
+    rewritten: &'a mut bool,
     answers: &'a mut Vec<AnswerFact>,
+    deadlines: &'a mut BTreeSet<(i64, String)>,
+    budgets: &'a Budgets,
+    watermark: Option<i64>,
+    customer: &'a str,
 }
 
-impl<'a> Emitter<'a> {
-    fn new(
-        agg: &'a mut HashMap<AggKey, Counts, ahash::RandomState>,
-        touchpoints: &'a mut Vec<TouchpointFact>,
-        answers: &'a mut Vec<AnswerFact>,
-    ) -> Self {
-        Emitter {
-            agg,
-            touchpoints,
-            answers,
-        }
-    }
-
+impl Emitter<'_> {
     fn touchpoint(
         &mut self,
         t: &TouchpointEntry,
@@ -406,19 +522,22 @@ impl<'a> Emitter<'a> {
                 .agg
                 .entry(AggKey::new(t.time, Some(o.context)))
                 .or_default();
-            cell.touchpoints -= 1;
-            cell.stage_entries -= i64::from(o.entered);
+            tally(cell, &o, self.watermark, -1);
+            *self.rewritten = true;
         }
         let cell = self
             .agg
             .entry(AggKey::new(t.time, Some(new.context)))
             .or_default();
-        cell.touchpoints += 1;
-        cell.stage_entries += i64::from(new.entered);
+        let outcome = tally(cell, &new, self.watermark, 1);
+        if let Some(StageOutcome::Open { deadline }) = outcome {
+            self.deadlines.insert((deadline, self.customer.to_string()));
+        }
         self.touchpoints.push(TouchpointFact {
             event: t.event.clone(),
             context: new.context,
             stage_entered: new.entered,
+            outcome,
             source_offset: t.source_offset,
         });
     }
@@ -449,27 +568,52 @@ impl<'a> Emitter<'a> {
     }
 }
 
+/// Adds (`sign` = 1) or retracts (`sign` = -1) what a touchpoint view counts at the
+/// watermark; returns its outcome as reported.
+fn tally(
+    cell: &mut Counts,
+    v: &TouchpointView,
+    watermark: Option<i64>,
+    sign: i64,
+) -> Option<StageOutcome> {
+    cell.touchpoints += sign;
+    cell.stage_entries += sign * i64::from(v.entered);
+    let outcome = v.outcome.map(|o| o.at(watermark));
+    match outcome {
+        Some(StageOutcome::Converted { after_ms, .. }) => {
+            cell.stage_conversions += sign;
+            cell.convert_ms_sum += sign * after_ms;
+        }
+        Some(StageOutcome::Dropped { .. }) => cell.stage_dropoffs += sign,
+        Some(StageOutcome::Open { .. }) => cell.stage_open += sign,
+        None => {}
+    }
+    outcome
+}
+
 /// Inserts a touchpoint and emits what changed. A touchpoint that is the customer's latest,
-/// and that no kept answer could be attributed to, changes nothing else: only its own view
-/// is derived. Otherwise the whole journey is derived before and after.
+/// that decides no earlier entry's outcome and that no kept answer could be attributed to,
+/// changes nothing else: only its own view is derived. Otherwise the whole journey is
+/// derived before and after.
 fn insert_touchpoint(journey: &mut Journey, entry: TouchpointEntry, out: &mut Emitter<'_>) {
     let affects_others = journey
         .touchpoints
         .last()
         .is_some_and(|l| (l.time, l.id) > (entry.time, entry.id))
+        || journey.would_decide_an_entry(entry.stage)
         || journey
             .answers
             .iter()
             .any(|a| a.named == Some(entry.id) || (a.time >= entry.time && a.fixed.is_none()));
     if !affects_others {
         let at = journey.insert_touchpoint(entry);
-        let view = journey.touchpoint_view(at);
+        let view = journey.touchpoint_view(at, out.budgets);
         out.touchpoint(&journey.touchpoints[at], None, view);
         return;
     }
-    let before = journey.derive();
+    let before = journey.derive(out.budgets);
     let at = journey.insert_touchpoint(entry);
-    let after = journey.derive();
+    let after = journey.derive(out.budgets);
     emit_diff(journey, &before, &after, Some(at), out);
 }
 
@@ -500,6 +644,9 @@ fn emit_diff(
     inserted: Option<usize>,
     out: &mut Emitter<'_>,
 ) {
+    if let (Some(p), Some(new)) = (&journey.floor.pending, after.pending) {
+        out.touchpoint(&p.entry, before.pending, new);
+    }
     for (i, new) in after.touchpoints.iter().enumerate() {
         let old = match inserted {
             Some(at) if i == at => None,

@@ -1,16 +1,17 @@
 //! The processor against a small reference model of the documented rules (README § What
 //! it does), written here from the rules and sharing no code with the processor: any
 //! arrival order of the events, re-deliveries, batch cuts and save/restore points give the
-//! reference's counts; facts always sum to the aggregates; events beyond the allowed
-//! lateness are refused exactly as the watermark rule says.
+//! reference's counts (stage outcomes included, at the watermark the run ends with); facts
+//! always sum to the aggregates; events beyond the allowed lateness are refused exactly as
+//! the watermark rule says.
 
 #![allow(clippy::unwrap_used, clippy::type_complexity)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use cxstream_core::journey::Journey;
-use cxstream_core::processor::{AggKey, Batch};
+use cxstream_core::journey::{Journey, StageOutcome};
+use cxstream_core::processor::{AggKey, Batch, Written};
 use cxstream_core::{
     ClockState, Counts, EventClock, EventTimePolicy, Input, Invalid, JourneyMap, Metric,
     PartitionProcessor, Refusal, SurveyAnswer, TouchpointEvent,
@@ -19,8 +20,8 @@ use proptest::prelude::*;
 
 const MAP: &str = "journey: shop
 stages:
-  - {name: awareness, budget: 7d, target_conversion: 0.4}
-  - {name: consideration, budget: 7d, target_conversion: 0.4}
+  - {name: awareness, budget: 6h, target_conversion: 0.4}
+  - {name: consideration, budget: 2h, target_conversion: 0.4}
   - {name: conversion, budget: 2d, target_conversion: 0.3}
 channels: [web, app]
 segments: [new, vip]
@@ -31,6 +32,8 @@ touchpoints:
 ";
 const TOUCHPOINTS: [(&str, usize); 3] = [("ad_click", 0), ("product_view", 1), ("purchase", 2)];
 const SEGMENTS: [&str; 2] = ["new", "vip"];
+/// The budgets of the map above, by stage (the last stage has no later one).
+const BUDGETS_MS: [Option<i64>; 3] = [Some(6 * 3_600_000), Some(2 * 3_600_000), None];
 
 fn map() -> Arc<JourneyMap> {
     Arc::new(JourneyMap::from_yaml("shop.yaml", MAP).expect("valid map"))
@@ -109,9 +112,9 @@ type Cell = (i64, String, String, String, String);
 // ---------------------------------------------------------------------------------------
 // The reference model: the README's rules applied to the whole set of events at once.
 
-fn reference(recs: &[Rec]) -> BTreeMap<Cell, Counts> {
+fn reference(recs: &[Rec], watermark: Option<i64>) -> BTreeMap<Cell, Counts> {
     let applied: Vec<(Rec, Option<i64>)> = recs.iter().map(|r| (r.clone(), None)).collect();
-    reference_with_horizons(&applied)
+    reference_with_horizons(&applied, watermark)
 }
 
 /// The rules over applied events in arrival order, each with the horizon (watermark −
@@ -119,7 +122,14 @@ fn reference(recs: &[Rec]) -> BTreeMap<Cell, Counts> {
 /// answer is attributed to the touchpoint it names only if that is dated at or after the
 /// horizon when the answer arrived, and replaces an earlier answer of its slot only if that
 /// one is dated at or after the horizon then (older ones are final).
-fn reference_with_horizons(applied: &[(Rec, Option<i64>)]) -> BTreeMap<Cell, Counts> {
+///
+/// A stage entry (of any stage but the last) converts when the customer's next entry comes
+/// within its stage's budget, else it has dropped off if `watermark` is past its deadline,
+/// and is open if not; all counted in the entry's cell.
+fn reference_with_horizons(
+    applied: &[(Rec, Option<i64>)],
+    watermark: Option<i64>,
+) -> BTreeMap<Cell, Counts> {
     let mut seen = HashSet::new();
     let mut tps: HashMap<String, Vec<&TouchpointEvent>> = HashMap::new();
     let mut answers: Vec<(usize, &SurveyAnswer, Option<i64>)> = Vec::new();
@@ -145,6 +155,8 @@ fn reference_with_horizons(applied: &[(Rec, Option<i64>)]) -> BTreeMap<Cell, Cou
     for (customer, list) in &mut tps {
         list.sort_by_key(|t| t.event_time);
         let (mut furthest, mut segment) = (None::<usize>, "unknown".to_string());
+        // (cell, time, stage) of each stage entry, in time order.
+        let mut entries: Vec<(Cell, i64, usize)> = Vec::new();
         for t in list.iter() {
             let own = TOUCHPOINTS
                 .iter()
@@ -163,22 +175,38 @@ fn reference_with_horizons(applied: &[(Rec, Option<i64>)]) -> BTreeMap<Cell, Cou
                 t.channel.clone(),
                 segment.clone(),
             );
-            let c = out
-                .entry((
-                    t.event_time / 60_000,
-                    ctx.0.clone(),
-                    ctx.1.clone(),
-                    ctx.2.clone(),
-                    ctx.3.clone(),
-                ))
-                .or_default();
+            let cell = (
+                t.event_time / 60_000,
+                ctx.0.clone(),
+                ctx.1.clone(),
+                ctx.2.clone(),
+                ctx.3.clone(),
+            );
+            let c = out.entry(cell.clone()).or_default();
             c.touchpoints += 1;
             c.stage_entries += i64::from(entered);
+            if entered {
+                entries.push((cell, t.event_time, own));
+            }
             context.insert(t.event_id.clone(), (t.event_time, ctx.clone()));
             timelines
                 .entry(customer.clone())
                 .or_default()
                 .push((t.event_time, ctx));
+        }
+        for (k, (cell, at, stage)) in entries.iter().enumerate() {
+            let Some(budget) = BUDGETS_MS[*stage] else {
+                continue;
+            };
+            let c = out.entry(cell.clone()).or_default();
+            match entries.get(k + 1) {
+                Some((_, next, _)) if next - at <= budget => {
+                    c.stage_conversions += 1;
+                    c.convert_ms_sum += next - at;
+                }
+                _ if watermark.is_some_and(|w| w > at + budget) => c.stage_dropoffs += 1,
+                _ => c.stage_open += 1,
+            }
         }
     }
     // An answer follows the touchpoint it names if that touchpoint arrived before it and was
@@ -276,8 +304,9 @@ fn cell(map: &JourneyMap, k: &AggKey) -> Cell {
 #[derive(Default)]
 struct Sink {
     aggregates: BTreeMap<Cell, Counts>,
-    /// Latest fact per touchpoint event id (ReplacingMergeTree: last written wins).
-    touchpoint_facts: HashMap<String, Cell>,
+    /// Latest fact per touchpoint event id (ReplacingMergeTree: last written wins): its
+    /// cell, with what it counts there.
+    touchpoint_facts: HashMap<String, (Cell, Counts)>,
     /// Counted answer per (customer, rated key, metric), by (answer time, write order).
     answer_facts: HashMap<(String, String, Metric), (i64, Cell, Metric, i32)>,
     /// Persisted journeys, as the commit protocol saves them.
@@ -292,10 +321,29 @@ impl Sink {
         for (k, c) in &b.aggregates {
             self.aggregates.entry(cell(map, k)).or_default().merge(c);
         }
+        let mut written = HashSet::new();
         for f in &b.touchpoints {
+            assert!(
+                written.insert(f.event.event_id.clone()),
+                "one fact per touchpoint and batch"
+            );
             let key = AggKey::new(f.event.event_time, Some(f.context));
+            let mut c = Counts {
+                touchpoints: 1,
+                stage_entries: i64::from(f.stage_entered),
+                ..Counts::default()
+            };
+            match f.outcome {
+                Some(StageOutcome::Converted { after_ms, .. }) => {
+                    c.stage_conversions = 1;
+                    c.convert_ms_sum = after_ms;
+                }
+                Some(StageOutcome::Dropped { .. }) => c.stage_dropoffs = 1,
+                Some(StageOutcome::Open { .. }) => c.stage_open = 1,
+                None => {}
+            }
             self.touchpoint_facts
-                .insert(f.event.event_id.clone(), cell(map, &key));
+                .insert(f.event.event_id.clone(), (cell(map, &key), c));
         }
         for f in &b.answers {
             let a = &f.answer;
@@ -333,7 +381,7 @@ impl Sink {
         let mut p = PartitionProcessor::resumed(map(), EventClock::resumed(policy, self.clock));
         for (c, bytes) in &self.saved {
             let j: Journey = serde_json::from_slice(bytes).unwrap();
-            p.restore(c.clone(), j);
+            p.restore(c.clone(), j, Written::WithOutcomes);
         }
         p
     }
@@ -347,8 +395,8 @@ impl Sink {
     /// The facts, summed into cells as a query over the facts tables would.
     fn facts_summed(&self) -> BTreeMap<Cell, Counts> {
         let mut out: BTreeMap<Cell, Counts> = BTreeMap::new();
-        for c in self.touchpoint_facts.values() {
-            out.entry(c.clone()).or_default().touchpoints += 1;
+        for (cell, c) in self.touchpoint_facts.values() {
+            out.entry(cell.clone()).or_default().merge(c);
         }
         for (_, c, metric, score) in self.answer_facts.values() {
             out.entry(c.clone())
@@ -482,6 +530,55 @@ fn arrivals() -> impl Strategy<Value = (Vec<Rec>, Vec<Rec>)> {
     })
 }
 
+/// The watermark rule, by the README: the lowest of the non-idle inputs' highest applied
+/// event times (the latest of all when both are idle), once those were seen, never moving
+/// back; late = dated before watermark − lateness. Returns the applied records with the
+/// horizon each was applied at, the late ones, and the watermark at the end.
+fn watermark_rule(
+    arrived: &[Rec],
+    cuts: &[Cut],
+    lateness: i64,
+) -> (Vec<(Rec, Option<i64>)>, Vec<Rec>, Option<i64>) {
+    let (mut high, mut idle, mut wm) = ([None::<i64>; 2], [false; 2], None::<i64>);
+    let advance = |high: &[Option<i64>; 2], idle: &[bool; 2], wm: &mut Option<i64>| {
+        let active: Vec<Option<i64>> = (0..2).filter(|i| !idle[*i]).map(|i| high[i]).collect();
+        let w = if active.is_empty() {
+            high.iter().flatten().copied().max()
+        } else {
+            active
+                .into_iter()
+                .collect::<Option<Vec<i64>>>()
+                .and_then(|v| v.into_iter().min())
+        };
+        if let Some(w) = w {
+            *wm = Some(wm.map_or(w, |m| m.max(w)));
+        }
+    };
+    let (mut applied, mut late) = (Vec::new(), Vec::new());
+    for (i, r) in arrived.iter().enumerate() {
+        if wm.is_some_and(|w| r.time() < w - lateness) {
+            late.push(r.clone());
+        } else {
+            let input = usize::from(matches!(r, Rec::A(_)));
+            high[input] = Some(high[input].map_or(r.time(), |h| h.max(r.time())));
+            idle[input] = false;
+            advance(&high, &idle, &mut wm);
+            // The horizon the processor folds with: after this event's own advance.
+            applied.push((r.clone(), wm.map(|w| w - lateness)));
+        }
+        match cuts.get(i) {
+            Some(Cut::Idle(input)) => {
+                idle[usize::from(*input == Input::Answers)] = true;
+                advance(&high, &idle, &mut wm);
+            }
+            // A restarted service finds out again which inputs are idle.
+            Some(Cut::Restart) => idle = [false; 2],
+            _ => {}
+        }
+    }
+    (applied, late, wm)
+}
+
 fn cuts(n: usize) -> impl Strategy<Value = Vec<Cut>> {
     prop::collection::vec(
         prop_oneof![
@@ -506,15 +603,13 @@ proptest! {
         cuts in cuts(60),
     ) {
         let sink = run(&arrived, &cuts, no_lateness());
-        let expected = reference(&recs);
+        let (_, _, watermark) = watermark_rule(&arrived, &cuts, i64::MAX / 4);
+        prop_assert_eq!(sink.clock.watermark, watermark);
+        let expected = reference(&recs, watermark);
         prop_assert_eq!(sink.aggregates(), expected.clone());
         let mut facts = sink.facts_summed();
-        // Facts carry no stage entries; compare everything else.
-        let mut expected_facts = expected;
-        for c in expected_facts.values_mut() { c.stage_entries = 0; }
-        expected_facts.retain(|_, c| !c.is_zero());
         facts.retain(|_, c| !c.is_zero());
-        prop_assert_eq!(facts, expected_facts);
+        prop_assert_eq!(facts, expected);
     }
 
     /// With a finite allowed lateness, exactly the events the watermark rule calls late are
@@ -526,47 +621,12 @@ proptest! {
         cuts in cuts(60),
     ) {
         let policy = EventTimePolicy { allowed_lateness_ms: lateness, max_future_ms: i64::MAX / 4 };
-        // The watermark rule, by the README: the lowest of the non-idle inputs' highest
-        // applied event times (the latest of all when both are idle), once those were seen,
-        // never moving back; late = dated before watermark − lateness.
-        let (mut high, mut idle, mut wm) = ([None::<i64>; 2], [false; 2], None::<i64>);
-        let advance = |high: &[Option<i64>; 2], idle: &[bool; 2], wm: &mut Option<i64>| {
-            let active: Vec<Option<i64>> = (0..2).filter(|i| !idle[*i]).map(|i| high[i]).collect();
-            let w = if active.is_empty() {
-                high.iter().flatten().copied().max()
-            } else {
-                active.into_iter().collect::<Option<Vec<i64>>>().and_then(|v| v.into_iter().min())
-            };
-            if let Some(w) = w {
-                *wm = Some(wm.map_or(w, |m| m.max(w)));
-            }
-        };
-        let (mut applied, mut late) = (Vec::new(), Vec::new());
-        for (i, r) in arrived.iter().enumerate() {
-            if wm.is_some_and(|w| r.time() < w - lateness) {
-                late.push(r.clone());
-            } else {
-                let input = usize::from(matches!(r, Rec::A(_)));
-                high[input] = Some(high[input].map_or(r.time(), |h| h.max(r.time())));
-                idle[input] = false;
-                advance(&high, &idle, &mut wm);
-                // The horizon the processor folds with: after this event's own advance.
-                applied.push((r.clone(), wm.map(|w| w - lateness)));
-            }
-            match cuts.get(i) {
-                Some(Cut::Idle(input)) => {
-                    idle[usize::from(*input == Input::Answers)] = true;
-                    advance(&high, &idle, &mut wm);
-                }
-                // A restarted service finds out again which inputs are idle.
-                Some(Cut::Restart) => idle = [false; 2],
-                _ => {}
-            }
-        }
+        let (applied, late, watermark) = watermark_rule(&arrived, &cuts, lateness);
         let sink = run(&arrived, &cuts, policy);
         prop_assert_eq!(sink.refused.len(), late.len());
         prop_assert!(sink.refused.iter().all(|(_, why)| *why == Refusal::Late));
-        prop_assert_eq!(sink.aggregates(), reference_with_horizons(&applied));
+        prop_assert_eq!(sink.clock.watermark, watermark);
+        prop_assert_eq!(sink.aggregates(), reference_with_horizons(&applied, watermark));
     }
 }
 
@@ -600,14 +660,14 @@ fn a_late_touchpoint_moves_later_events_into_its_stage_and_segment() {
     assert_eq!(net[&at(1, "purchase")].stage_entries, 1);
     assert_eq!(net[&at(2, "ad_click")].touchpoints, 1);
     assert_eq!(net[&at(2, "ad_click")].nps_promoters, 1);
-    // The corrected facts were written again.
-    assert_eq!(
-        b.touchpoints
-            .iter()
-            .filter(|f| f.event.event_id == "e2")
-            .count(),
-        2
-    );
+    // The corrected fact was written again: once per batch, its last version.
+    let e2: Vec<_> = b
+        .touchpoints
+        .iter()
+        .filter(|f| f.event.event_id == "e2")
+        .collect();
+    assert_eq!(e2.len(), 1);
+    assert_eq!(m.stage_name(e2[0].context.stage), "conversion");
 }
 
 #[test]
@@ -675,5 +735,70 @@ fn invalid_records_are_refused_with_a_reason() {
     assert_eq!(
         p.on_touchpoint(tp("e", "c", 4_294_967_295_999, "ad_click", None), 0, None),
         Ok(())
+    );
+}
+
+/// A journey persisted before stage outcomes were counted (its entries' outcomes are in no
+/// committed count): restored, its outcomes are counted once, and everything ends as the
+/// reference says.
+#[test]
+fn journeys_written_before_outcomes_have_them_counted_once_on_restore() {
+    let m = map();
+    let hour = 3_600_000;
+    let t0 = 1_700_000_000_000;
+    let first = [
+        Rec::T(tp("a1", "a", t0, "ad_click", None)),
+        Rec::T(tp("b1", "b", t0 + hour, "ad_click", None)),
+        Rec::T(tp("b2", "b", t0 + 2 * hour, "product_view", None)),
+        Rec::A(ans("r1", "a", t0 + 3 * hour, Metric::Nps, 9, None)),
+    ];
+    let second = [
+        Rec::T(tp("a2", "a", t0 + 4 * hour, "product_view", None)),
+        Rec::T(tp("c1", "c", t0 + 20 * hour, "ad_click", None)),
+        Rec::A(ans("r2", "c", t0 + 20 * hour, Metric::Csat, 4, None)),
+    ];
+    let feed = |p: &mut PartitionProcessor, recs: &[Rec]| {
+        for (i, r) in recs.iter().enumerate() {
+            match r {
+                Rec::T(t) => p.on_touchpoint(t.clone(), i as i64, None),
+                Rec::A(a) => p.on_answer(a.clone(), i as i64, None),
+            }
+            .unwrap();
+        }
+    };
+    let mut sink = Sink::default();
+    let mut p = PartitionProcessor::new(m.clone(), no_lateness());
+    feed(&mut p, &first);
+    sink.commit(&m, &mut p);
+    // What an earlier version committed: the same, without outcomes.
+    for c in sink.aggregates.values_mut() {
+        (
+            c.stage_conversions,
+            c.convert_ms_sum,
+            c.stage_dropoffs,
+            c.stage_open,
+        ) = (0, 0, 0, 0);
+    }
+    let mut p =
+        PartitionProcessor::resumed(m.clone(), EventClock::resumed(no_lateness(), sink.clock));
+    for (c, bytes) in &sink.saved {
+        let j: Journey = serde_json::from_slice(bytes).unwrap();
+        p.restore(c.clone(), j, Written::BeforeOutcomes);
+    }
+    sink.commit(&m, &mut p);
+    // Persisted again with the outcomes counted: a second restore counts nothing twice.
+    let mut p = sink.restore(no_lateness());
+    feed(&mut p, &second);
+    sink.commit(&m, &mut p);
+    let all: Vec<Rec> = first.iter().chain(&second).cloned().collect();
+    let expected = reference(&all, sink.clock.watermark);
+    assert_eq!(sink.aggregates(), expected);
+    let outcomes: i64 = expected
+        .values()
+        .map(|c| c.stage_conversions + c.stage_dropoffs + c.stage_open)
+        .sum();
+    assert_eq!(
+        outcomes, 5,
+        "a1 and b1 converted, a2 and b2 dropped off, c1 open"
     );
 }

@@ -155,8 +155,7 @@ fn run(command: Command, cfg: Config) -> Result<()> {
         }
         Command::Report => {
             let map = load_map(&cfg.journey.map)?;
-            let stages: Vec<String> = map.stages.iter().map(|s| s.name.clone()).collect();
-            print!("{}", runtime()?.block_on(report::run(&cfg, &stages))?);
+            print!("{}", runtime()?.block_on(report::run(&cfg, &map))?);
             Ok(())
         }
         Command::Probe(args) => probe::run(&cfg, &args),

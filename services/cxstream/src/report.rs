@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clickhouse::Client;
-use cxstream_core::Counts;
+use cxstream_core::{Counts, JourneyMap};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Deserialize;
 
@@ -25,6 +25,10 @@ struct StageLine {
     ces_n: i64,
     ces_agree: i64,
     ces_sum: i64,
+    conversions: i64,
+    convert_ms_sum: i64,
+    dropoffs: i64,
+    open: i64,
 }
 
 impl StageLine {
@@ -41,18 +45,41 @@ impl StageLine {
             ces_sum: self.ces_sum,
             stage_entries: self.entries,
             touchpoints: self.touchpoints,
+            stage_conversions: self.conversions,
+            convert_ms_sum: self.convert_ms_sum,
+            stage_dropoffs: self.dropoffs,
+            stage_open: self.open,
         }
     }
 }
 
-pub async fn run(cfg: &Config, stage_order: &[String]) -> Result<String> {
+/// A stage's outcomes in minutes whose cohort is decided (every deadline is behind the
+/// committed watermark).
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct DecidedLine {
+    stage: String,
+    converted: i64,
+    dropped: i64,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct ConvertTime {
+    stage: String,
+    p50_ms: i64,
+    p90_ms: i64,
+}
+
+pub async fn run(cfg: &Config, map: &JourneyMap) -> Result<String> {
+    let stage_order: Vec<&str> = map.stages.iter().map(|s| s.name.as_str()).collect();
     let client: Client = cfg.clickhouse_connection().client();
     let lines = client
         .query(
             "SELECT stage, sum(stage_entries) AS entries, sum(touchpoints) AS touchpoints, \
              sum(nps_promoters) AS promoters, sum(nps_passives) AS passives, sum(nps_detractors) AS detractors, \
              sum(csat_n) AS csat_n, sum(csat_top2) AS csat_top2, sum(csat_sum) AS csat_sum, \
-             sum(ces_n) AS ces_n, sum(ces_agree) AS ces_agree, sum(ces_sum) AS ces_sum \
+             sum(ces_n) AS ces_n, sum(ces_agree) AS ces_agree, sum(ces_sum) AS ces_sum, \
+             sum(stage_conversions) AS conversions, sum(convert_ms_sum) AS convert_ms_sum, \
+             sum(stage_dropoffs) AS dropoffs, sum(stage_open) AS open \
              FROM metrics_minute_committed GROUP BY stage",
         )
         .fetch_all::<StageLine>()
@@ -69,7 +96,7 @@ pub async fn run(cfg: &Config, stage_order: &[String]) -> Result<String> {
     lines.sort_by_key(|l| {
         stage_order
             .iter()
-            .position(|s| *s == l.stage)
+            .position(|s| *s == l.stage.as_str())
             .unwrap_or(usize::MAX)
     });
     let touchpoints: i64 = lines.iter().map(|l| l.touchpoints).sum();
@@ -98,7 +125,92 @@ pub async fn run(cfg: &Config, stage_order: &[String]) -> Result<String> {
             ces.unwrap_or_else(|| "-".into())
         ));
     }
+    out.push_str(&funnel(&client, map, &lines).await?);
     Ok(out)
+}
+
+/// Entries, conversions, drop-offs and open entries per stage, with the conversion of
+/// decided cohorts beside the map's target, and the time to convert from the facts.
+async fn funnel(client: &Client, map: &JourneyMap, lines: &[StageLine]) -> Result<String> {
+    let decided = client
+        .query(
+            "SELECT stage, sum(conversions) AS converted, sum(dropoffs) AS dropped \
+             FROM stage_funnel WHERE decided = 1 GROUP BY stage",
+        )
+        .fetch_all::<DecidedLine>()
+        .await
+        .context("reading decided stage cohorts from ClickHouse")?;
+    let times = client
+        .query(
+            "SELECT stage, quantileExact(0.5)(convert_ms) AS p50_ms, \
+                    quantileExact(0.9)(convert_ms) AS p90_ms \
+             FROM touchpoints FINAL WHERE stage_outcome = 'converted' GROUP BY stage",
+        )
+        .fetch_all::<ConvertTime>()
+        .await
+        .context("reading times to convert from ClickHouse")?;
+    let mut out = format!(
+        "\n  {:<14} {:>8} {:>9} {:>8} {:>8} {:>22} {:>18}\n",
+        "stage",
+        "entries",
+        "converted",
+        "dropped",
+        "open",
+        "conversion (target)",
+        "to convert p50/p90"
+    );
+    // The last stage has no later stage to convert to.
+    let last = map.stages.len().saturating_sub(1);
+    for (stage, l) in map.stages.iter().zip(lines_by_stage(map, lines)).take(last) {
+        let Some(l) = l else { continue };
+        let rate = decided
+            .iter()
+            .find(|d| d.stage == stage.name)
+            .filter(|d| d.converted + d.dropped > 0)
+            .map_or("not yet known".to_string(), |d| {
+                let n = d.converted + d.dropped;
+                format!("{:.1}% of {n}", 100.0 * d.converted as f64 / n as f64)
+            });
+        let time = times
+            .iter()
+            .find(|t| t.stage == stage.name)
+            .map_or("-".to_string(), |t| {
+                format!(
+                    "{} / {}",
+                    human_duration(t.p50_ms),
+                    human_duration(t.p90_ms)
+                )
+            });
+        out.push_str(&format!(
+            "  {:<14} {:>8} {:>9} {:>8} {:>8} {:>22} {:>18}\n",
+            stage.name,
+            l.entries,
+            l.conversions,
+            l.dropoffs,
+            l.open,
+            format!("{rate} ({:.0}%)", 100.0 * stage.target_conversion),
+            time
+        ));
+    }
+    Ok(out)
+}
+
+/// A measured duration in its two largest units ("2h 53m").
+fn human_duration(ms: i64) -> String {
+    let s = ms / 1000;
+    match s {
+        86_400.. => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+        3600.. => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        60.. => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{s}s"),
+    }
+}
+
+fn lines_by_stage<'a>(map: &JourneyMap, lines: &'a [StageLine]) -> Vec<Option<&'a StageLine>> {
+    map.stages
+        .iter()
+        .map(|s| lines.iter().find(|l| l.stage == s.name))
+        .collect()
 }
 
 /// Records in the dead-letter topic (sum over partitions of high − low watermark).

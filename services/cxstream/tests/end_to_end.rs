@@ -13,12 +13,176 @@ use common::{assert_cells_equal, Stack, PARTITIONS};
 use cxstream_avro::Codec;
 use cxstream_core::{JourneyMap, Metric, SurveyAnswer, TouchpointEvent};
 
-fn retail() -> JourneyMap {
-    JourneyMap::from_yaml(
-        "retail.yaml",
-        include_str!("../../../schemas/journeys/retail.yaml"),
-    )
-    .unwrap()
+const RETAIL: &str = include_str!("../../../schemas/journeys/retail.yaml");
+
+/// The retail map with stage budgets of hours instead of days, so that one simulated day
+/// has conversions, drop-offs and open entries.
+fn retail_in_hours() -> String {
+    let (stages, rest) = RETAIL.split_at(RETAIL.find("\nchannels:").unwrap());
+    let mut stages = stages.to_string();
+    for (days, hours) in [("14d", "4h"), ("7d", "6h"), ("30d", "10h"), ("60d", "12h")] {
+        stages = stages.replace(&format!("budget: {days}\n"), &format!("budget: {hours}\n"));
+    }
+    stages + rest
+}
+
+/// FNV-1a 64 of an event id: the README's tie-break between touchpoints of the same time.
+fn fnv1a(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Stage outcomes of one stage.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Funnel {
+    entries: i64,
+    conversions: i64,
+    dropoffs: i64,
+    open: i64,
+    /// Every conversion's time to convert, sorted.
+    convert_ms: Vec<i64>,
+    /// Outcomes of entries in decided cohorts: entry minutes whose end + budget is not
+    /// after the lowest partition watermark.
+    decided_conversions: i64,
+    decided_dropoffs: i64,
+}
+
+/// Stage outcomes straight from the produced events, by DESIGN.md's definitions: per
+/// customer (one touchpoint per event id, in time order), a touchpoint enters a stage when
+/// its stage is beyond every earlier one's; an entry into a stage but the last converts
+/// when the next entry comes within the stage's budget, else it has dropped off when the
+/// watermark of its partition (the latest valid event time there: both inputs were read to
+/// their end) is past entry + budget, and is open if not.
+fn independent_funnel(
+    map: &JourneyMap,
+    tps: &[(i32, TouchpointEvent)],
+    answers: &[(i32, SurveyAnswer)],
+) -> (BTreeMap<String, Funnel>, BTreeMap<i32, i64>) {
+    let mut watermarks: BTreeMap<i32, i64> = BTreeMap::new();
+    let times = tps.iter().map(|(p, t)| (*p, t.event_time)).chain(
+        answers
+            .iter()
+            .filter(|(_, a)| a.metric.is_valid(a.score))
+            .map(|(p, a)| (*p, a.answer_time)),
+    );
+    for (p, t) in times {
+        let w = watermarks.entry(p).or_insert(t);
+        *w = (*w).max(t);
+    }
+    let mut by_customer: HashMap<&str, Vec<(i32, &TouchpointEvent)>> = HashMap::new();
+    let mut seen = HashSet::new();
+    for (p, t) in tps {
+        if seen.insert(t.event_id.as_str()) {
+            by_customer
+                .entry(t.customer_id.as_deref().unwrap())
+                .or_default()
+                .push((*p, t));
+        }
+    }
+    let lowest = watermarks.values().copied().min().unwrap_or(i64::MIN);
+    let mut out: BTreeMap<String, Funnel> = BTreeMap::new();
+    for list in by_customer.values_mut() {
+        list.sort_by_key(|(_, t)| (t.event_time, fnv1a(&t.event_id)));
+        let mut furthest: Option<u8> = None;
+        let mut entries: Vec<(i32, i64, u8)> = Vec::new();
+        for (p, t) in list.iter() {
+            let s = map.touchpoints[usize::from(map.touchpoint(&t.touchpoint).unwrap())].stage;
+            if furthest.is_none_or(|f| s > f) {
+                entries.push((*p, t.event_time, s));
+            }
+            furthest = Some(furthest.map_or(s, |f| f.max(s)));
+        }
+        for (k, (p, at, stage)) in entries.iter().enumerate() {
+            let f = out.entry(map.stage_name(*stage).to_string()).or_default();
+            f.entries += 1;
+            if usize::from(*stage) + 1 == map.stages.len() {
+                continue;
+            }
+            let budget = map.stages[usize::from(*stage)].budget_ms;
+            let decided = at.div_euclid(60_000) * 60_000 + 60_000 + budget <= lowest;
+            match entries.get(k + 1) {
+                Some((_, next, _)) if next - at <= budget => {
+                    f.conversions += 1;
+                    f.convert_ms.push(next - at);
+                    f.decided_conversions += i64::from(decided);
+                }
+                _ if watermarks[p] > at + budget => {
+                    f.dropoffs += 1;
+                    f.decided_dropoffs += i64::from(decided);
+                }
+                _ => f.open += 1,
+            }
+        }
+    }
+    for f in out.values_mut() {
+        f.convert_ms.sort_unstable();
+    }
+    (out, watermarks)
+}
+
+/// The same from ClickHouse: counts from the committed per-minute aggregates, times to
+/// convert from the touchpoint facts (whose outcome counts must agree).
+fn clickhouse_funnel(s: &Stack) -> BTreeMap<String, Funnel> {
+    let db = s.database();
+    let mut out: BTreeMap<String, Funnel> = s
+        .query(&format!(
+            "SELECT stage, sum(stage_entries), sum(stage_conversions), sum(stage_dropoffs), \
+             sum(stage_open) FROM {db}.metrics_minute_committed WHERE stage != 'none' GROUP BY stage"
+        ))
+        .into_iter()
+        .map(|r| {
+            let v: Vec<i64> = r[1..].iter().map(|x| x.parse().unwrap()).collect();
+            let f = Funnel {
+                entries: v[0],
+                conversions: v[1],
+                dropoffs: v[2],
+                open: v[3],
+                ..Funnel::default()
+            };
+            (r[0].clone(), f)
+        })
+        .filter(|(_, f)| f.entries != 0)
+        .collect();
+    for r in s.query(&format!(
+        "SELECT stage, countIf(stage_entered = 1), countIf(stage_outcome = 'converted'), \
+         countIf(stage_outcome = 'dropped'), countIf(stage_outcome = 'open'), \
+         arrayStringConcat(arraySort(groupArrayIf(toString(convert_ms), stage_outcome = 'converted')), ' ') \
+         FROM {db}.touchpoints FINAL GROUP BY stage"
+    )) {
+        let facts: Vec<i64> = r[1..5].iter().map(|x| x.parse().unwrap()).collect();
+        let f = out.entry(r[0].clone()).or_default();
+        assert_eq!(
+            facts,
+            vec![f.entries, f.conversions, f.dropoffs, f.open],
+            "the facts of stage {} count what its aggregates do",
+            r[0]
+        );
+        f.convert_ms = r[5].split_whitespace().map(|x| x.parse().unwrap()).collect();
+        f.convert_ms.sort_unstable();
+    }
+    // Decided cohorts, from the view that sets the map's stages beside the figures.
+    for r in s.query(&format!(
+        "SELECT stage, sumIf(conversions, decided = 1), sumIf(dropoffs, decided = 1) \
+         FROM {db}.stage_funnel GROUP BY stage"
+    )) {
+        let f = out.entry(r[0].clone()).or_default();
+        f.decided_conversions = r[1].parse().unwrap();
+        f.decided_dropoffs = r[2].parse().unwrap();
+    }
+    out
+}
+
+/// The map's stages as `journey_stages` holds them: (name, budget, target), in order.
+fn clickhouse_stages(s: &Stack) -> Vec<(String, i64, String)> {
+    s.query(&format!(
+        "SELECT stage, argMax(budget_ms, updated_at), toString(argMax(target_conversion, updated_at)) \
+         FROM {}.journey_stages GROUP BY stage ORDER BY argMax(stage_index, updated_at)",
+        s.database()
+    ))
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].parse().unwrap(), r[2].clone()))
+    .collect()
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
@@ -147,7 +311,10 @@ fn clickhouse_stage_scores(s: &Stack) -> BTreeMap<String, StageScores> {
 
 #[test]
 fn counts_equal_ground_truth_and_an_independent_computation() {
-    let s = Stack::new("e2e");
+    // Budgets of hours: in one day, entries convert, drop off and stay open.
+    let map_text = retail_in_hours();
+    let map = JourneyMap::from_yaml("retail_in_hours.yaml", &map_text).unwrap();
+    let s = Stack::with_map_text("e2e", &map_text);
     s.simulate(4000, 1.0, 8);
     s.ok(&["journey", "--until-caught-up"]);
 
@@ -166,9 +333,10 @@ fn counts_equal_ground_truth_and_an_independent_computation() {
         .iter()
         .filter_map(|r| codec.decode_answer(&r.payload).ok())
         .collect();
-    let expected = independent(&retail(), &tps, &answers);
+    let expected = independent(&map, &tps, &answers);
     let actual = clickhouse_stage_scores(&s);
     assert_eq!(actual, expected);
+    assert_funnel_is_independent(&s, &map);
     for (stage, e) in &expected {
         let n = e.promoters + e.passives + e.detractors;
         if n > 0 {
@@ -213,6 +381,68 @@ fn counts_equal_ground_truth_and_an_independent_computation() {
     let replay = s.replay();
     replay.ok(&["journey", "--until-caught-up"]);
     assert_cells_equal(&s.truth(), &replay.cells());
+}
+
+/// Stage entries, conversions, drop-offs, open entries and every time to convert equal an
+/// independent computation from the topics (so do all their quantiles), and so do the
+/// partitions' committed watermarks that tell drop-offs from open entries.
+fn assert_funnel_is_independent(s: &Stack, map: &JourneyMap) {
+    let codec = Codec::new().unwrap();
+    let tps: Vec<(i32, TouchpointEvent)> = s
+        .read_topic(&s.topic("touchpoints"), PARTITIONS)
+        .iter()
+        .filter_map(|r| Some((r.partition, codec.decode_touchpoint(&r.payload).ok()?)))
+        .collect();
+    let answers: Vec<(i32, SurveyAnswer)> = s
+        .read_topic(&s.topic("answers"), PARTITIONS)
+        .iter()
+        .filter_map(|r| Some((r.partition, codec.decode_answer(&r.payload).ok()?)))
+        .collect();
+    let (expected, watermarks) = independent_funnel(map, &tps, &answers);
+    let committed: BTreeMap<i32, i64> = s
+        .query(&format!(
+            "SELECT source_partition, argMax(watermark_ms, batch_seq) FROM {}.ingest_batches \
+             GROUP BY source_partition",
+            s.database()
+        ))
+        .into_iter()
+        .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap()))
+        .collect();
+    assert_eq!(committed, watermarks, "committed watermarks per partition");
+    let actual = clickhouse_funnel(s);
+    for (stage, f) in &expected {
+        let n = f.convert_ms.len();
+        eprintln!(
+            "{stage}: {} entries, {} converted (p50 {} ms), {} dropped off, {} open",
+            f.entries,
+            f.conversions,
+            f.convert_ms.get(n / 2).copied().unwrap_or(0),
+            f.dropoffs,
+            f.open
+        );
+    }
+    assert_eq!(actual, expected);
+    let stages: Vec<(String, i64, String)> = map
+        .stages
+        .iter()
+        .map(|st| {
+            (
+                st.name.clone(),
+                st.budget_ms,
+                st.target_conversion.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(clickhouse_stages(s), stages);
+    let total = |pick: fn(&Funnel) -> i64| expected.values().map(pick).sum::<i64>();
+    assert!(
+        total(|f| f.conversions) > 0
+            && total(|f| f.dropoffs) > 0
+            && total(|f| f.open) > 0
+            && total(|f| f.decided_conversions) > 0
+            && total(|f| f.decided_dropoffs) > 0,
+        "the scenario has every outcome, and decided cohorts"
+    );
 }
 
 /// Sums the facts (latest row per key) into cells and compares them with the committed

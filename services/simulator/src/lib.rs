@@ -138,9 +138,15 @@ pub struct TruthCounts {
     pub ces_sum: i64,
     pub stage_entries: i64,
     pub touchpoints: i64,
+    /// Stage entries (in their entry cell) whose next entry came within the stage's
+    /// budget, with the sum of those gaps, and those without one: dropped off or still
+    /// open, which only the watermark the pipeline ends at tells apart.
+    pub stage_conversions: i64,
+    pub convert_ms_sum: i64,
+    pub stage_not_converted: i64,
 }
 
-pub const TRUTH_HEADER: &str = "minute_ms,stage,touchpoint,channel,segment,nps_promoters,nps_passives,nps_detractors,csat_n,csat_top2,csat_sum,ces_n,ces_agree,ces_sum,stage_entries,touchpoints";
+pub const TRUTH_HEADER: &str = "minute_ms,stage,touchpoint,channel,segment,nps_promoters,nps_passives,nps_detractors,csat_n,csat_top2,csat_sum,ces_n,ces_agree,ces_sum,stage_entries,touchpoints,stage_conversions,convert_ms_sum,stage_not_converted";
 
 impl TruthCounts {
     fn answer(&mut self, metric: Metric, score: i32) {
@@ -162,7 +168,7 @@ impl TruthCounts {
         }
     }
 
-    pub fn csv_fields(&self) -> [i64; 11] {
+    pub fn csv_fields(&self) -> [i64; 14] {
         [
             self.nps_promoters,
             self.nps_passives,
@@ -175,6 +181,9 @@ impl TruthCounts {
             self.ces_sum,
             self.stage_entries,
             self.touchpoints,
+            self.stage_conversions,
+            self.convert_ms_sum,
+            self.stage_not_converted,
         ]
     }
 }
@@ -221,6 +230,9 @@ struct Visit {
     /// The furthest stage the customer has reached at this visit (what it counts under).
     reached: usize,
     entered: bool,
+    /// For an entry into a stage but the last: the gap to the next entry when that came
+    /// within the stage's budget (converted), else `Some(None)`.
+    converted_after: Option<Option<i64>>,
     /// Browsing between a touchpoint and its survey; never surveyed itself.
     burst: bool,
 }
@@ -333,6 +345,7 @@ fn simulate_customer(
                 stage,
                 reached: stage,
                 entered: false,
+                converted_after: None,
                 burst: false,
             });
             t += exp_delay(rng, 0.5 * HOUR_MS);
@@ -366,6 +379,16 @@ fn simulate_customer(
         v.entered = furthest.is_none_or(|f| v.stage > f);
         v.reached = furthest.map_or(v.stage, |f| f.max(v.stage));
         furthest = Some(v.reached);
+    }
+    // An entry converts when the customer's next entry comes within its stage's budget.
+    let entries: Vec<usize> = (0..visits.len()).filter(|&i| visits[i].entered).collect();
+    for (k, &i) in entries.iter().enumerate() {
+        let stage = visits[i].stage;
+        if stage + 1 >= map.stages.len() {
+            continue;
+        }
+        let gap = entries.get(k + 1).map(|&j| visits[j].time - visits[i].time);
+        visits[i].converted_after = Some(gap.filter(|g| *g <= map.stages[stage].budget_ms));
     }
 
     let seg_name = map
@@ -479,6 +502,14 @@ fn simulate_customer(
         let cell = truth.entry(key(map, v, &seg_name)).or_default();
         cell.touchpoints += 1;
         cell.stage_entries += i64::from(v.entered);
+        match v.converted_after {
+            Some(Some(gap)) => {
+                cell.stage_conversions += 1;
+                cell.convert_ms_sum += gap;
+            }
+            Some(None) => cell.stage_not_converted += 1,
+            None => {}
+        }
         let d = &cfg.delivery;
         let mut at = v.time;
         if d.late_share > 0.0 && rng.random_bool(d.late_share) {
@@ -569,6 +600,7 @@ fn add_bursts(
                 stage: 1,
                 reached: 1,
                 entered: false,
+                converted_after: None,
                 burst: true,
             });
         }

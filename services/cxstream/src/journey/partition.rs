@@ -86,8 +86,8 @@ impl Slot {
     ) -> Self {
         let clock = EventClock::resumed(policy, resume.clock);
         let mut processor = PartitionProcessor::resumed(map, clock);
-        for (customer, journey) in resume.journeys {
-            processor.restore(customer, journey);
+        for (customer, journey, written) in resume.journeys {
+            processor.restore(customer, journey, written);
         }
         Slot {
             partition,

@@ -24,6 +24,8 @@ pub struct Stack {
     pub config: PathBuf,
     pub kafka: String,
     pub clickhouse: String,
+    /// The journey map file the services run with.
+    pub map: PathBuf,
 }
 
 /// One raw record read back from a topic.
@@ -37,12 +39,26 @@ pub struct Raw {
 impl Stack {
     /// A fresh, isolated pipeline: unique topics, database and group.
     pub fn new(test: &str) -> Stack {
+        let retail =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/journeys/retail.yaml");
+        Stack::with_map(test, retail)
+    }
+
+    /// A fresh pipeline whose services run with the journey map `yaml`.
+    pub fn with_map_text(test: &str, yaml: &str) -> Stack {
+        let path =
+            std::env::temp_dir().join(format!("cxstream-map-{test}-{}.yaml", std::process::id()));
+        std::fs::write(&path, yaml).unwrap();
+        Stack::with_map(test, path)
+    }
+
+    fn with_map(test: &str, map: PathBuf) -> Stack {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
         let name = format!("{test}_{}", nanos % 1_000_000_000_000);
-        let s = Stack::with_run(&name, &name);
+        let s = Stack::with_run(&name, &name, map);
         s.broker_serves();
         s.ok(&["topics"]);
         s.ok(&["migrate"]);
@@ -52,25 +68,28 @@ impl Stack {
     /// The same topics read into an empty database by a new consumer group from the
     /// earliest offsets: a real replay.
     pub fn replay(&self) -> Stack {
-        let s = Stack::with_run(&self.name, &format!("{}_replay", self.run));
+        let s = Stack::with_run(
+            &self.name,
+            &format!("{}_replay", self.run),
+            self.map.clone(),
+        );
         s.ok(&["migrate"]);
         s
     }
 
-    fn with_run(name: &str, run: &str) -> Stack {
+    fn with_run(name: &str, run: &str, map_path: PathBuf) -> Stack {
         let (name, run) = (name.to_string(), run.to_string());
         let dir = std::env::temp_dir().join(format!("cxstream-test-{run}"));
         std::fs::create_dir_all(&dir).unwrap();
         let kafka = std::env::var("CX_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into());
         let clickhouse =
             std::env::var("CX_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:18123".into());
-        let map = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/journeys/retail.yaml");
         let config = dir.join("cxstream.yaml");
         // CX_TEST_KAFKA_DEBUG=cgrp,fetch turns on librdkafka's debug log in the services.
         let debug = std::env::var("CX_TEST_KAFKA_DEBUG")
             .map(|d| format!("  properties: {{debug: \"{d}\"}}\n"))
             .unwrap_or_default();
-        let map = map.display();
+        let map = map_path.display();
         std::fs::write(
             &config,
             format!(
@@ -90,6 +109,7 @@ impl Stack {
             config,
             kafka,
             clickhouse,
+            map: map_path,
         }
     }
 
@@ -271,7 +291,8 @@ impl Stack {
         let rows = self.query(&format!(
             "SELECT toUnixTimestamp(minute) * 1000 AS m, stage, touchpoint, channel, segment, \
              sum(nps_promoters), sum(nps_passives), sum(nps_detractors), sum(csat_n), sum(csat_top2), sum(csat_sum), \
-             sum(ces_n), sum(ces_agree), sum(ces_sum), sum(stage_entries), sum(touchpoints) \
+             sum(ces_n), sum(ces_agree), sum(ces_sum), sum(stage_entries), sum(touchpoints), \
+             sum(stage_conversions), sum(convert_ms_sum), sum(stage_dropoffs) + sum(stage_open) \
              FROM {}.metrics_minute_committed GROUP BY m, stage, touchpoint, channel, segment",
             self.database()
         ));
