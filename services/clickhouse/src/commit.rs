@@ -16,7 +16,10 @@ use cxstream_core::{Batch, ClockState, Journey, JourneyMap};
 use serde::Deserialize;
 
 use crate::journey_state;
-use crate::rows::{AnswerRow, BatchRow, MinuteRow, RefusedRow, StageRow, StateRow, TouchpointRow};
+use crate::rows::{
+    AnswerRow, BatchRow, JourneyStepRow, MinuteRow, RefusedRow, StageRow, StateRow, StepAttemptRow,
+    StepMinuteRow, TouchpointRow,
+};
 use crate::{Context, Error, Result};
 
 /// Where a partition resumes.
@@ -66,7 +69,7 @@ impl BatchCommitter {
         }
     }
 
-    /// Writes the map's stages (budgets, targets) for the views that set expectation beside
+    /// Writes the map's stages and steps (budgets, targets) for the views that set expectation beside
     /// reality; once per instance, before it resumes its first partition.
     async fn publish_map(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
@@ -85,6 +88,23 @@ impl BatchCommitter {
             updated_at: now_secs(),
         });
         self.insert_rows::<StageRow>("journey_stages", rows).await?;
+        let names = |ts: &[u16]| -> Vec<String> {
+            ts.iter()
+                .map(|t| map.touchpoint_name(*t).to_string())
+                .collect()
+        };
+        let steps = map.steps.iter().enumerate().map(|(i, s)| JourneyStepRow {
+            journey: map.name.clone(),
+            step: s.name.clone(),
+            step_index: u8::try_from(i).unwrap_or(u8::MAX),
+            from_touchpoints: names(&s.from),
+            to_touchpoints: names(&s.to),
+            budget_ms: s.budget_ms,
+            target_conversion: s.target_conversion,
+            updated_at: now_secs(),
+        });
+        self.insert_rows::<JourneyStepRow>("journey_steps", steps)
+            .await?;
         self.map_published.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -214,6 +234,22 @@ impl BatchCommitter {
                 .aggregates
                 .iter()
                 .map(|(k, c)| MinuteRow::new(map, k, c, partition, seq, attempt)),
+        )
+        .await?;
+        self.insert_rows::<StepAttemptRow<'_>>(
+            "step_attempts",
+            batch
+                .steps
+                .iter()
+                .map(|f| StepAttemptRow::new(map, f, partition)),
+        )
+        .await?;
+        self.insert_rows::<StepMinuteRow<'_>>(
+            "steps_minute",
+            batch
+                .step_aggregates
+                .iter()
+                .map(|(k, c)| StepMinuteRow::new(map, k, c, partition, seq, attempt)),
         )
         .await?;
         let states = batch

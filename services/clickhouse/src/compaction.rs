@@ -25,14 +25,36 @@ pub struct Generation {
     pub folded_records: u64,
 }
 
-const COUNTS: &str = "nps_promoters, nps_passives, nps_detractors, csat_n, csat_top2, csat_sum, \
-                      ces_n, ces_agree, ces_sum, stage_entries, touchpoints, \
-                      stage_conversions, convert_ms_sum, stage_dropoffs, stage_open";
-const SUMMED: &str = "sum(nps_promoters), sum(nps_passives), sum(nps_detractors), sum(csat_n), \
-                      sum(csat_top2), sum(csat_sum), sum(ces_n), sum(ces_agree), sum(ces_sum), \
-                      sum(stage_entries), sum(touchpoints), sum(stage_conversions), \
-                      sum(convert_ms_sum), sum(stage_dropoffs), sum(stage_open)";
-const CELL: &str = "minute, journey, stage, touchpoint, channel, segment";
+/// A per-minute table whose committed batches fold into a compacted one.
+struct Counted {
+    live: &'static str,
+    compacted: &'static str,
+    cell: &'static str,
+    counts: &'static str,
+    summed: &'static str,
+}
+
+const METRICS: Counted = Counted {
+    live: "metrics_minute",
+    compacted: "metrics_minute_compacted",
+    cell: "minute, journey, stage, touchpoint, channel, segment",
+    counts: "nps_promoters, nps_passives, nps_detractors, csat_n, csat_top2, csat_sum, \
+             ces_n, ces_agree, ces_sum, stage_entries, touchpoints, \
+             stage_conversions, convert_ms_sum, stage_dropoffs, stage_open",
+    summed: "sum(nps_promoters), sum(nps_passives), sum(nps_detractors), sum(csat_n), \
+             sum(csat_top2), sum(csat_sum), sum(ces_n), sum(ces_agree), sum(ces_sum), \
+             sum(stage_entries), sum(touchpoints), sum(stage_conversions), \
+             sum(convert_ms_sum), sum(stage_dropoffs), sum(stage_open)",
+};
+
+const STEPS: Counted = Counted {
+    live: "steps_minute",
+    compacted: "steps_minute_compacted",
+    cell: "minute, journey, step, stage, touchpoint, channel, segment",
+    counts: "starts, conversions, convert_ms_sum, dropoffs, open_attempts",
+    summed: "sum(starts), sum(conversions), sum(convert_ms_sum), sum(dropoffs), \
+             sum(open_attempts)",
+};
 
 impl BatchCommitter {
     /// The generation `partition` reads from.
@@ -65,8 +87,10 @@ impl BatchCommitter {
                 break g;
             }
         };
-        self.fold_metrics(partition, prev, live_from, generation)
-            .await?;
+        for counted in [&METRICS, &STEPS] {
+            self.fold_counts(counted, partition, prev, live_from, generation)
+                .await?;
+        }
         self.fold_journeys(partition, prev, live_from, generation)
             .await?;
         // One INSERT, one block: the commit point is atomic.
@@ -136,27 +160,35 @@ impl BatchCommitter {
             .bind(live_from)
     }
 
-    async fn fold_metrics(
+    async fn fold_counts(
         &self,
+        t: &Counted,
         partition: u16,
         prev: Generation,
         live_from: u64,
         generation: u64,
     ) -> Result<()> {
+        let Counted {
+            live,
+            compacted,
+            cell,
+            counts,
+            summed,
+        } = t;
         let sql = format!(
-            "INSERT INTO metrics_minute_compacted ({CELL}, {COUNTS}, source_partition, generation) \
-             SELECT {CELL}, {SUMMED}, toUInt16(?), toUInt64(?) FROM ( \
-               SELECT {CELL}, {COUNTS} FROM metrics_minute_compacted \
+            "INSERT INTO {compacted} ({cell}, {counts}, source_partition, generation) \
+             SELECT {cell}, {summed}, toUInt16(?), toUInt64(?) FROM ( \
+               SELECT {cell}, {counts} FROM {compacted} \
                WHERE journey = ? AND source_partition = ? AND generation = ? \
                UNION ALL {} ) \
-             GROUP BY {CELL}",
-            self.committed_in("metrics_minute", &format!("{CELL}, {COUNTS}"))
+             GROUP BY {cell}",
+            self.committed_in(live, &format!("{cell}, {counts}"))
         );
         let q = self.client().query(&sql).bind(partition).bind(generation);
         self.bind_folded(q, partition, prev, live_from)
             .execute()
             .await
-            .ctx(|| format!("folding per-minute counts of partition {partition}"))
+            .ctx(|| format!("folding {live} of partition {partition}"))
     }
 
     async fn fold_journeys(
@@ -193,7 +225,7 @@ impl BatchCommitter {
     /// folded batch to resume from.
     async fn clean_up(&self, partition: u16, keep: Generation) -> Result<()> {
         let journey = self.journey();
-        for table in ["metrics_minute_compacted", "journeys_compacted"] {
+        for table in [METRICS.compacted, STEPS.compacted, "journeys_compacted"] {
             let stale = self
                 .client()
                 .query(&format!(
@@ -215,7 +247,8 @@ impl BatchCommitter {
             }
         }
         for (table, below) in [
-            ("metrics_minute", keep.live_from),
+            (METRICS.live, keep.live_from),
+            (STEPS.live, keep.live_from),
             ("journeys", keep.live_from),
             ("ingest_batches", keep.live_from.saturating_sub(1)),
         ] {

@@ -3,8 +3,8 @@
 //!
 //! Rows written before the version byte existed start with the floor's first field, an
 //! `Option` tag (0 or 1); versions start at 2, so the first byte tells them apart.
-//! Version 3 added the floor's pending stage entry; rows of earlier versions were written
-//! before stage outcomes were counted.
+//! Version 3 added the floor's pending stage entry and step attempts; rows of earlier
+//! versions were written before stage and step outcomes were counted.
 
 use cxstream_core::journey::{AnswerEntry, Context, Floor, TouchpointEntry};
 use cxstream_core::processor::Written;
@@ -37,6 +37,7 @@ impl From<JourneyV2> for Journey {
                 segment: j.floor.segment,
                 last: j.floor.last,
                 pending: None,
+                pending_steps: Vec::new(),
             },
             touchpoints: j.touchpoints,
             answers: j.answers,

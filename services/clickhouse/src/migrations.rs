@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "stage_outcomes",
         sql: include_str!("../../../schemas/clickhouse/0005_stage_outcomes.sql"),
     },
+    Migration {
+        version: 6,
+        name: "steps",
+        sql: include_str!("../../../schemas/clickhouse/0006_steps.sql"),
+    },
 ];
 
 impl Migration {

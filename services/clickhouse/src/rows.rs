@@ -2,8 +2,10 @@
 //! `schemas/clickhouse/`), and their construction from the core's batch output.
 
 use cxstream_core::journey::{Attribution, Context, StageOutcome};
+use cxstream_core::journey_map::StepIdx;
+use cxstream_core::metrics::StepCounts;
 use cxstream_core::processor::{
-    AggKey, AnswerFact, RefusedEvent, RefusedPayload, TouchpointFact, MINUTE_MS,
+    AggKey, AnswerFact, RefusedEvent, RefusedPayload, StepFact, StepKey, TouchpointFact, MINUTE_MS,
 };
 use cxstream_core::{Counts, Input, JourneyMap, Metric, Refusal};
 use serde::{Deserialize, Serialize};
@@ -83,6 +85,144 @@ pub struct MinuteRow {
     pub source_partition: u16,
     pub batch_seq: u64,
     pub batch_attempt: u64,
+}
+
+/// One cell of `steps_minute`.
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+pub struct StepMinuteRow<'a> {
+    pub minute: u32,
+    pub journey: &'a str,
+    pub step: &'a str,
+    pub stage: &'a str,
+    pub touchpoint: &'a str,
+    pub channel: &'a str,
+    pub segment: &'a str,
+    pub starts: i64,
+    pub conversions: i64,
+    pub convert_ms_sum: i64,
+    pub dropoffs: i64,
+    pub open_attempts: i64,
+    pub source_partition: u16,
+    pub batch_seq: u64,
+    pub batch_attempt: u64,
+}
+
+impl<'a> StepMinuteRow<'a> {
+    pub fn new(
+        map: &'a JourneyMap,
+        key: &StepKey,
+        c: &StepCounts,
+        partition: u16,
+        seq: u64,
+        attempt: u64,
+    ) -> Self {
+        let (stage, touchpoint, channel, segment) = key.context;
+        let d = dims(
+            map,
+            Some(Context {
+                stage,
+                touchpoint,
+                channel,
+                segment,
+            }),
+        );
+        StepMinuteRow {
+            minute: secs(key.minute * MINUTE_MS),
+            journey: &map.name,
+            step: step_name(map, key.step),
+            stage: d.stage,
+            touchpoint: d.touchpoint,
+            channel: d.channel,
+            segment: d.segment,
+            starts: c.starts,
+            conversions: c.conversions,
+            convert_ms_sum: c.convert_ms_sum,
+            dropoffs: c.dropoffs,
+            open_attempts: c.open,
+            source_partition: partition,
+            batch_seq: seq,
+            batch_attempt: attempt,
+        }
+    }
+}
+
+/// One step attempt in `step_attempts`.
+#[derive(Debug, clickhouse::Row, Serialize)]
+pub struct StepAttemptRow<'a> {
+    pub customer_id: &'a str,
+    pub journey: &'a str,
+    pub step: &'a str,
+    pub start_event_id: &'a str,
+    pub start_time: u32,
+    pub start_time_ms: i64,
+    pub stage: &'a str,
+    pub touchpoint: &'a str,
+    pub channel: &'a str,
+    pub segment: &'a str,
+    /// Enum8: open = 1, converted = 2, dropped = 3.
+    pub outcome: i8,
+    pub deadline_ms: i64,
+    pub convert_ms: i64,
+    pub converted_channel: &'a str,
+    pub withdrawn: u8,
+    pub source_partition: u16,
+    pub source_offset: i64,
+}
+
+impl<'a> StepAttemptRow<'a> {
+    pub fn new(map: &'a JourneyMap, f: &'a StepFact, partition: u16) -> Self {
+        let d = dims(map, Some(f.context));
+        let e = &f.event;
+        let budget = map
+            .steps
+            .get(usize::from(f.step))
+            .map_or(0, |s| s.budget_ms);
+        let (outcome, convert_ms, converted_channel) = match f.outcome {
+            StageOutcome::Open { .. } => (1, 0, ""),
+            StageOutcome::Converted { after_ms, channel } => {
+                (2, after_ms, map.channel_name(channel))
+            }
+            StageOutcome::Dropped { .. } => (3, 0, ""),
+        };
+        StepAttemptRow {
+            customer_id: e.customer_id.as_deref().unwrap_or(""),
+            journey: &map.name,
+            step: step_name(map, f.step),
+            start_event_id: &e.event_id,
+            start_time: secs(e.event_time),
+            start_time_ms: e.event_time,
+            stage: d.stage,
+            touchpoint: d.touchpoint,
+            channel: d.channel,
+            segment: d.segment,
+            outcome,
+            deadline_ms: e.event_time.saturating_add(budget),
+            convert_ms,
+            converted_channel,
+            withdrawn: u8::from(f.withdrawn),
+            source_partition: partition,
+            source_offset: f.source_offset,
+        }
+    }
+}
+
+fn step_name(map: &JourneyMap, step: StepIdx) -> &str {
+    map.steps
+        .get(usize::from(step))
+        .map_or("", |s| s.name.as_str())
+}
+
+/// A step of the journey map, as `journey_steps` keeps it.
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+pub struct JourneyStepRow {
+    pub journey: String,
+    pub step: String,
+    pub step_index: u8,
+    pub from_touchpoints: Vec<String>,
+    pub to_touchpoints: Vec<String>,
+    pub budget_ms: i64,
+    pub target_conversion: f64,
+    pub updated_at: u32,
 }
 
 /// A stage of the journey map, as `journey_stages` keeps it.

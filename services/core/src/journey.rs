@@ -36,26 +36,36 @@ use serde::{Deserialize, Serialize};
 use crate::events::{SurveyAnswer, TouchpointEvent};
 use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, TouchpointIdx, NO_SEGMENT};
 use crate::metrics::Metric;
+use crate::steps::{self, FoldedStep, Start, StepRules, StepView};
 
-/// Each stage's time budget to reach a later stage (index = stage); the last stage has no
-/// later stage, so its entries have no outcome.
+/// Each stage's time budget to reach a later stage (index = stage; the last stage has no
+/// later stage, so its entries have no outcome), and the map's steps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Budgets(Vec<i64>);
+pub struct Budgets {
+    stages: Vec<i64>,
+    pub steps: StepRules,
+}
 
 impl Budgets {
     pub fn of(map: &JourneyMap) -> Self {
-        Budgets(map.stages.iter().map(|s| s.budget_ms).collect())
+        Budgets {
+            stages: map.stages.iter().map(|s| s.budget_ms).collect(),
+            steps: StepRules::of(map),
+        }
     }
 
-    /// Budgets by stage, the last one unused.
+    /// Budgets by stage, the last one unused; no steps.
     pub fn new(by_stage: Vec<i64>) -> Self {
-        Budgets(by_stage)
+        Budgets {
+            stages: by_stage,
+            steps: StepRules::default(),
+        }
     }
 
     /// When an entry into `stage` at `time` drops off unless a later stage is entered.
     pub fn deadline(&self, stage: StageIdx, time: i64) -> Option<i64> {
         let s = usize::from(stage);
-        (s + 1 < self.0.len()).then(|| time.saturating_add(self.0[s]))
+        (s + 1 < self.stages.len()).then(|| time.saturating_add(self.stages[s]))
     }
 }
 
@@ -191,6 +201,8 @@ pub struct Floor {
     /// The last stage entry among them while its deadline is not before the horizon: a
     /// later event may still convert it (or change when it converted).
     pub pending: Option<FoldedEntry>,
+    /// Step attempts started among them whose outcome a later event may still change.
+    pub pending_steps: Vec<FoldedStep>,
 }
 
 /// A stage entry kept in the floor, with what its outcome needs.
@@ -249,6 +261,7 @@ pub struct Derived {
     pub pending: Option<TouchpointView>,
     pub touchpoints: Vec<TouchpointView>,
     pub answers: Vec<AnswerView>,
+    pub steps: Vec<StepView>,
 }
 
 /// The kept stage entries' and touchpoints' views: [`Floor::pending`]'s, then one per
@@ -314,11 +327,31 @@ impl Journey {
     pub fn derive(&self, budgets: &Budgets) -> Derived {
         let views = self.touchpoint_views(budgets);
         let answers = self.derive_answers(&views.touchpoints);
+        let steps = self.step_views(budgets, &views.touchpoints);
         Derived {
             pending: views.pending,
             touchpoints: views.touchpoints,
             answers,
+            steps,
         }
+    }
+
+    /// The touchpoint a step attempt started at.
+    pub fn step_start(&self, v: &StepView) -> Option<&TouchpointEntry> {
+        match v.start {
+            Start::Kept(i) => self.touchpoints.get(i),
+            Start::Folded(k) => self.floor.pending_steps.get(k).map(|f| &f.entry),
+        }
+    }
+
+    /// The step attempts, given the touchpoints' views.
+    pub fn step_views(&self, budgets: &Budgets, views: &[TouchpointView]) -> Vec<StepView> {
+        steps::derive(
+            &budgets.steps,
+            &self.floor.pending_steps,
+            &self.touchpoints,
+            views,
+        )
     }
 
     /// The touchpoints' (and the pending entry's) views, without the answers'.
@@ -498,8 +531,16 @@ impl Journey {
         }
         let keep_from = self.touchpoints.partition_point(|t| t.time < cut);
         let answers_before = self.answers.len();
-        let pending_before = self.floor.pending.is_some();
+        let pending_before = (self.floor.pending.is_some(), self.floor.pending_steps.len());
         let views = self.touchpoint_views(budgets).touchpoints;
+        let attempts = self.step_views(budgets, &views);
+        self.floor.pending_steps = steps::fold(
+            &attempts,
+            &self.floor.pending_steps,
+            &self.touchpoints,
+            keep_from,
+            cut,
+        );
         for (t, v) in self.touchpoints[..keep_from].iter().zip(&views) {
             // Each entry decides the one before it; the last stays while it can change.
             if v.entered {
@@ -545,7 +586,7 @@ impl Journey {
         self.answers.shrink_to_fit();
         keep_from > 0
             || self.answers.len() != answers_before
-            || pending_before != self.floor.pending.is_some()
+            || pending_before != (self.floor.pending.is_some(), self.floor.pending_steps.len())
     }
 }
 

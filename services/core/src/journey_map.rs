@@ -15,6 +15,8 @@ use serde::Deserialize;
 pub type StageIdx = u8;
 /// Index of a touchpoint in [`JourneyMap::touchpoints`].
 pub type TouchpointIdx = u16;
+/// Index of a step in [`JourneyMap::steps`].
+pub type StepIdx = u8;
 /// Index of a channel in [`JourneyMap::channels`].
 pub type ChannelIdx = u8;
 /// Index of a customer segment in [`JourneyMap::segments`]; [`NO_SEGMENT`] when unknown.
@@ -247,6 +249,12 @@ impl JourneyMap {
             .iter()
             .map(|s| parse_step(s, &touchpoint_index, text).map_err(|(line, m)| err(line, m)))
             .collect::<Result<Vec<_>, _>>()?;
+        if steps.len() > usize::from(StepIdx::MAX) {
+            return Err(err(
+                find_line(text, "steps:"),
+                "too many steps (at most 255)".into(),
+            ));
+        }
         for (i, s) in steps.iter().enumerate() {
             if steps[..i].iter().any(|o| o.name == s.name) {
                 return Err(err(

@@ -9,6 +9,7 @@ pub mod journey;
 pub mod journey_map;
 pub mod metrics;
 pub mod processor;
+pub mod steps;
 
 pub use event_time::{ClockState, EventClock, EventTimePolicy, Input, Refusal};
 pub use events::{Invalid, SurveyAnswer, TouchpointEvent};

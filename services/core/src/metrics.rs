@@ -67,6 +67,30 @@ pub struct Counts {
     pub stage_open: i64,
 }
 
+/// Exact per-cell counts of step attempts (README § Steps), in the start's cell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepCounts {
+    pub starts: i64,
+    pub conversions: i64,
+    pub convert_ms_sum: i64,
+    pub dropoffs: i64,
+    pub open: i64,
+}
+
+impl StepCounts {
+    pub fn merge(&mut self, o: &StepCounts) {
+        self.starts += o.starts;
+        self.conversions += o.conversions;
+        self.convert_ms_sum += o.convert_ms_sum;
+        self.dropoffs += o.dropoffs;
+        self.open += o.open;
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == StepCounts::default()
+    }
+}
+
 impl Counts {
     /// Adds (`sign` = 1) or retracts (`sign` = -1) one answer. The score must be valid.
     pub fn add_answer(&mut self, metric: Metric, score: i32, sign: i64) {

@@ -20,8 +20,9 @@ use crate::journey::{
     AnswerEntry, AnswerView, Attribution, Budgets, Context, Derived, Journey, Outcome,
     StageOutcome, TouchpointEntry, TouchpointView,
 };
-use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, TouchpointIdx};
-use crate::metrics::Counts;
+use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, StepIdx, TouchpointIdx};
+use crate::metrics::{Counts, StepCounts};
+use crate::steps::StepView;
 
 /// Stable 64-bit id of an event or response id string (persisted in journey state).
 pub fn event_id_hash(id: &str) -> u64 {
@@ -47,6 +48,39 @@ impl AggKey {
             context: c.map(|c| (c.stage, c.touchpoint, c.channel, c.segment)),
         }
     }
+}
+
+/// One cell of the per-minute step aggregates: the start's minute and context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StepKey {
+    pub minute: i64,
+    pub step: StepIdx,
+    pub context: (StageIdx, TouchpointIdx, ChannelIdx, SegmentIdx),
+}
+
+impl StepKey {
+    fn of(v: &StepView) -> Self {
+        let c = v.context;
+        StepKey {
+            minute: v.time.div_euclid(MINUTE_MS),
+            step: v.step,
+            context: (c.stage, c.touchpoint, c.channel, c.segment),
+        }
+    }
+}
+
+/// A step attempt with its outcome; written again, with the same key (customer, step,
+/// start event), when the outcome changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepFact {
+    /// The touchpoint that started it.
+    pub event: Arc<TouchpointEvent>,
+    pub step: StepIdx,
+    pub context: Context,
+    pub outcome: StageOutcome,
+    /// Whether it is no attempt any more (a late, earlier start made it a retry).
+    pub withdrawn: bool,
+    pub source_offset: i64,
 }
 
 /// A touchpoint with its journey context. Written again, with the same key, when a later
@@ -112,6 +146,8 @@ pub struct Batch {
     pub touchpoints: Vec<TouchpointFact>,
     pub answers: Vec<AnswerFact>,
     pub aggregates: Vec<(AggKey, Counts)>,
+    pub steps: Vec<StepFact>,
+    pub step_aggregates: Vec<(StepKey, StepCounts)>,
     pub refused: Vec<RefusedEvent>,
     /// Customers whose journey changed, with the journey to persist (shared with the
     /// processor until it changes again: taking a batch copies no journey).
@@ -130,6 +166,8 @@ pub struct PartitionProcessor {
     deadlines: BTreeSet<(i64, String)>,
     journeys: Journeys,
     agg: HashMap<AggKey, Counts, ahash::RandomState>,
+    step_agg: HashMap<StepKey, StepCounts, ahash::RandomState>,
+    steps: Vec<StepFact>,
     touchpoints: Vec<TouchpointFact>,
     /// Whether a touchpoint's fact was written again since the last batch.
     rewritten: bool,
@@ -156,6 +194,8 @@ impl PartitionProcessor {
             deadlines: BTreeSet::new(),
             journeys: Journeys::default(),
             agg: HashMap::default(),
+            step_agg: HashMap::default(),
+            steps: Vec::new(),
             touchpoints: Vec::new(),
             rewritten: false,
             answers: Vec::new(),
@@ -183,8 +223,8 @@ impl PartitionProcessor {
         self.journeys.len()
     }
 
-    /// Restores a customer's persisted journey (after a restart or rebalance). Entries it
-    /// reported open wait for their deadlines again. A journey written before stage
+    /// Restores a customer's persisted journey (after a restart or rebalance). Entries and
+    /// step attempts it reported open wait for their deadlines again. A journey written before stage
     /// outcomes were counted has its entries' outcomes counted now, and is persisted with
     /// the next batch so that this happens once.
     pub fn restore(&mut self, customer: String, journey: Journey, written: Written) {
@@ -193,6 +233,8 @@ impl PartitionProcessor {
         if written == Written::BeforeOutcomes {
             let mut out = Emitter {
                 agg: &mut self.agg,
+                step_agg: &mut self.step_agg,
+                steps: &mut self.steps,
                 touchpoints: &mut self.touchpoints,
                 rewritten: &mut self.rewritten,
                 answers: &mut self.answers,
@@ -208,13 +250,25 @@ impl PartitionProcessor {
                 };
                 out.touchpoint(t, Some(uncounted), *v);
             }
+            for a in journey.step_views(&self.budgets, &views.touchpoints) {
+                if let Some(t) = journey.step_start(&a) {
+                    out.step(t, None, Some(a));
+                }
+            }
             let mut journey = journey;
             mark_dirty(&mut journey, &customer, &mut self.dirty);
             self.journeys.insert(customer, Arc::new(journey));
             return;
         }
-        for v in views.pending.iter().chain(&views.touchpoints) {
-            if let Some(StageOutcome::Open { deadline }) = v.outcome.map(|o| o.at(wm)) {
+        let steps = journey.step_views(&self.budgets, &views.touchpoints);
+        let outcomes = views
+            .pending
+            .iter()
+            .chain(&views.touchpoints)
+            .filter_map(|v| v.outcome)
+            .chain(steps.iter().map(|a| a.outcome));
+        for o in outcomes {
+            if let StageOutcome::Open { deadline } = o.at(wm) {
                 self.deadlines.insert((deadline, customer.clone()));
             }
         }
@@ -244,6 +298,26 @@ impl PartitionProcessor {
                 continue;
             };
             let views = journey.touchpoint_views(&self.budgets);
+            for a in journey.step_views(&self.budgets, &views.touchpoints) {
+                if a.outcome != (Outcome::Awaiting { deadline }) {
+                    continue;
+                }
+                let Some(t) = journey.step_start(&a) else {
+                    continue;
+                };
+                let cell = self.step_agg.entry(StepKey::of(&a)).or_default();
+                cell.open -= 1;
+                cell.dropoffs += 1;
+                self.rewritten = true;
+                self.steps.push(StepFact {
+                    event: t.event.clone(),
+                    step: a.step,
+                    context: a.context,
+                    outcome: StageOutcome::Dropped { deadline },
+                    withdrawn: false,
+                    source_offset: t.source_offset,
+                });
+            }
             let entries = journey
                 .floor
                 .pending
@@ -378,6 +452,8 @@ impl PartitionProcessor {
         }
         let mut out = Emitter {
             agg: &mut self.agg,
+            step_agg: &mut self.step_agg,
+            steps: &mut self.steps,
             touchpoints: &mut self.touchpoints,
             rewritten: &mut self.rewritten,
             answers: &mut self.answers,
@@ -407,17 +483,15 @@ impl PartitionProcessor {
                 Some((c, j))
             })
             .collect();
-        // A touchpoint written twice in a batch keeps its last fact only: rows of one
-        // INSERT have no order a ReplacingMergeTree could tell "last" by.
+        // A touchpoint (or step attempt) written twice in a batch keeps its last fact only:
+        // rows of one INSERT have no order a ReplacingMergeTree could tell "last" by.
         let mut facts = std::mem::take(&mut self.touchpoints);
+        let mut steps = std::mem::take(&mut self.steps);
         if std::mem::take(&mut self.rewritten) {
-            let mut seen = hashbrown::HashSet::with_capacity_and_hasher(
-                facts.len(),
-                ahash::RandomState::new(),
-            );
-            facts.reverse();
-            facts.retain(|f| seen.insert(Arc::as_ptr(&f.event)));
-            facts.reverse();
+            keep_last(&mut facts, |f| (Arc::as_ptr(&f.event), 0));
+            keep_last(&mut steps, |f| {
+                (Arc::as_ptr(&f.event), u16::from(f.step) + 1)
+            });
         }
         // The next batch is likely as large as this one: start at its size instead of
         // growing (and copying) from empty.
@@ -427,6 +501,12 @@ impl PartitionProcessor {
             touchpoints: facts,
             answers: std::mem::replace(&mut self.answers, answers),
             aggregates,
+            steps,
+            step_aggregates: self
+                .step_agg
+                .drain()
+                .filter(|(_, c)| !c.is_zero())
+                .collect(),
             refused: std::mem::take(&mut self.refused),
             journeys,
             duplicates: std::mem::take(&mut self.duplicates),
@@ -498,6 +578,8 @@ impl PartitionProcessor {
 /// Where the consequences of a journey's change go.
 struct Emitter<'a> {
     agg: &'a mut HashMap<AggKey, Counts, ahash::RandomState>,
+    step_agg: &'a mut HashMap<StepKey, StepCounts, ahash::RandomState>,
+    steps: &'a mut Vec<StepFact>,
     touchpoints: &'a mut Vec<TouchpointFact>,
     rewritten: &'a mut bool,
     answers: &'a mut Vec<AnswerFact>,
@@ -538,6 +620,37 @@ impl Emitter<'_> {
             context: new.context,
             stage_entered: new.entered,
             outcome,
+            source_offset: t.source_offset,
+        });
+    }
+
+    /// A step attempt started at `t` changed: from `old` to `new` (`None`: no attempt).
+    fn step(&mut self, t: &TouchpointEntry, old: Option<StepView>, new: Option<StepView>) {
+        if old == new {
+            return;
+        }
+        if let Some(o) = old {
+            let cell = self.step_agg.entry(StepKey::of(&o)).or_default();
+            tally_step(cell, o.outcome.at(self.watermark), -1);
+            *self.rewritten = true;
+        }
+        let Some(v) = new.or(old) else {
+            return;
+        };
+        let outcome = v.outcome.at(self.watermark);
+        if let Some(n) = new {
+            let cell = self.step_agg.entry(StepKey::of(&n)).or_default();
+            tally_step(cell, outcome, 1);
+            if let StageOutcome::Open { deadline } = outcome {
+                self.deadlines.insert((deadline, self.customer.to_string()));
+            }
+        }
+        self.steps.push(StepFact {
+            event: t.event.clone(),
+            step: v.step,
+            context: v.context,
+            outcome,
+            withdrawn: new.is_none(),
             source_offset: t.source_offset,
         });
     }
@@ -591,8 +704,31 @@ fn tally(
     outcome
 }
 
+/// Keeps the last of the facts with the same key, in order.
+fn keep_last<T>(facts: &mut Vec<T>, key: impl Fn(&T) -> (*const TouchpointEvent, u16)) {
+    let mut seen =
+        hashbrown::HashSet::with_capacity_and_hasher(facts.len(), ahash::RandomState::new());
+    facts.reverse();
+    facts.retain(|f| seen.insert(key(f)));
+    facts.reverse();
+}
+
+/// Adds (`sign` = 1) or retracts (`sign` = -1) a step attempt with its reported outcome.
+fn tally_step(cell: &mut StepCounts, outcome: StageOutcome, sign: i64) {
+    cell.starts += sign;
+    match outcome {
+        StageOutcome::Converted { after_ms, .. } => {
+            cell.conversions += sign;
+            cell.convert_ms_sum += sign * after_ms;
+        }
+        StageOutcome::Dropped { .. } => cell.dropoffs += sign,
+        StageOutcome::Open { .. } => cell.open += sign,
+    }
+}
+
 /// Inserts a touchpoint and emits what changed. A touchpoint that is the customer's latest,
-/// that decides no earlier entry's outcome and that no kept answer could be attributed to,
+/// that decides no earlier entry's outcome, starts or converts no step and that no kept
+/// answer could be attributed to,
 /// changes nothing else: only its own view is derived. Otherwise the whole journey is
 /// derived before and after.
 fn insert_touchpoint(journey: &mut Journey, entry: TouchpointEntry, out: &mut Emitter<'_>) {
@@ -601,6 +737,7 @@ fn insert_touchpoint(journey: &mut Journey, entry: TouchpointEntry, out: &mut Em
         .last()
         .is_some_and(|l| (l.time, l.id) > (entry.time, entry.id))
         || journey.would_decide_an_entry(entry.stage)
+        || out.budgets.steps.concerns(entry.touchpoint)
         || journey
             .answers
             .iter()
@@ -657,6 +794,29 @@ fn emit_diff(
     }
     for (j, new) in after.answers.iter().enumerate() {
         out.answer(&journey.answers[j], before.answers.get(j).copied(), *new);
+    }
+    emit_step_diff(journey, &before.steps, &after.steps, out);
+}
+
+/// Emits the step attempts that changed, appeared or disappeared.
+fn emit_step_diff(
+    journey: &Journey,
+    before: &[StepView],
+    after: &[StepView],
+    out: &mut Emitter<'_>,
+) {
+    for new in after {
+        let old = before.iter().find(|o| o.key() == new.key()).copied();
+        if let Some(t) = journey.step_start(new) {
+            out.step(t, old, Some(*new));
+        }
+    }
+    for old in before {
+        if !after.iter().any(|n| n.key() == old.key()) {
+            if let Some(t) = journey.touchpoints.iter().find(|t| t.id == old.id) {
+                out.step(t, Some(*old), None);
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use cxstream_core::journey::{Journey, StageOutcome};
+use cxstream_core::metrics::StepCounts;
 use cxstream_core::processor::{AggKey, Batch, Written};
 use cxstream_core::{
     ClockState, Counts, EventClock, EventTimePolicy, Input, Invalid, JourneyMap, Metric,
@@ -29,7 +30,20 @@ touchpoints:
   - {name: ad_click, stage: awareness, channels: [web]}
   - {name: product_view, stage: consideration, channels: [web, app]}
   - {name: purchase, stage: conversion, channels: [web, app]}
+steps:
+  - {name: click_to_view, from: [ad_click], to: [product_view], budget: 30m, target_conversion: 0.5}
+  - {name: view_to_purchase, from: [product_view], to: [purchase], budget: 3h, target_conversion: 0.3}
 ";
+/// The steps of the map above: (name, from, to, budget).
+const STEPS: [(&str, &str, &str, i64); 2] = [
+    ("click_to_view", "ad_click", "product_view", 30 * 60_000),
+    (
+        "view_to_purchase",
+        "product_view",
+        "purchase",
+        3 * 3_600_000,
+    ),
+];
 const TOUCHPOINTS: [(&str, usize); 3] = [("ad_click", 0), ("product_view", 1), ("purchase", 2)];
 const SEGMENTS: [&str; 2] = ["new", "vip"];
 /// The budgets of the map above, by stage (the last stage has no later one).
@@ -278,6 +292,88 @@ fn reference_with_horizons(
     out
 }
 
+/// A step cell by names: (start minute, step, stage, touchpoint, channel, segment).
+type StepCell = (i64, String, String, String, String, String);
+
+/// Step attempts by the README's rules, over the applied touchpoints (one per event id),
+/// per customer in time order: a `from` touchpoint starts an attempt unless one is running
+/// (not converted, deadline not passed); the first `to` after it by the deadline converts
+/// it; otherwise it has dropped off if `watermark` is past the deadline, and is open if
+/// not. Counted in the start's cell, under the start's stage and segment.
+fn reference_steps(applied: &[Rec], watermark: Option<i64>) -> BTreeMap<StepCell, StepCounts> {
+    let mut seen = HashSet::new();
+    let mut tps: BTreeMap<String, Vec<&TouchpointEvent>> = BTreeMap::new();
+    for r in applied {
+        if let Rec::T(t) = r {
+            if seen.insert(t.event_id.clone()) {
+                tps.entry(t.customer_id.clone().unwrap_or_default())
+                    .or_default()
+                    .push(t);
+            }
+        }
+    }
+    let mut out: BTreeMap<StepCell, StepCounts> = BTreeMap::new();
+    for list in tps.values_mut() {
+        list.sort_by_key(|t| t.event_time);
+        let (mut furthest, mut segment) = (0usize, "unknown".to_string());
+        // Per step: the running attempt's (cell, start, deadline).
+        let mut running: Vec<Option<(StepCell, i64, i64)>> = vec![None; STEPS.len()];
+        for (k, t) in list.iter().enumerate() {
+            let own = TOUCHPOINTS
+                .iter()
+                .find(|(n, _)| *n == t.touchpoint)
+                .unwrap()
+                .1;
+            furthest = if k == 0 { own } else { furthest.max(own) };
+            if let Some(sg) = &t.segment {
+                segment = sg.clone();
+            }
+            for (i, (name, from, to, budget)) in STEPS.iter().enumerate() {
+                if running[i]
+                    .as_ref()
+                    .is_some_and(|(_, _, d)| t.event_time > *d)
+                {
+                    let (cell, _, d) = running[i].take().unwrap();
+                    let c = out.entry(cell).or_default();
+                    if watermark.is_some_and(|w| w > d) {
+                        c.dropoffs += 1
+                    } else {
+                        c.open += 1
+                    }
+                }
+                if t.touchpoint == *to {
+                    if let Some((cell, start, _)) = running[i].take() {
+                        let c = out.entry(cell).or_default();
+                        c.conversions += 1;
+                        c.convert_ms_sum += t.event_time - start;
+                    }
+                } else if t.touchpoint == *from && running[i].is_none() {
+                    let cell = (
+                        t.event_time / 60_000,
+                        name.to_string(),
+                        ["awareness", "consideration", "conversion"][furthest].to_string(),
+                        t.touchpoint.clone(),
+                        t.channel.clone(),
+                        segment.clone(),
+                    );
+                    out.entry(cell.clone()).or_default().starts += 1;
+                    running[i] = Some((cell, t.event_time, t.event_time + budget));
+                }
+            }
+        }
+        for (cell, _, d) in running.into_iter().flatten() {
+            let c = out.entry(cell).or_default();
+            if watermark.is_some_and(|w| w > d) {
+                c.dropoffs += 1
+            } else {
+                c.open += 1
+            }
+        }
+    }
+    out.retain(|_, c| !c.is_zero());
+    out
+}
+
 // ---------------------------------------------------------------------------------------
 // Driving the processor.
 
@@ -300,6 +396,17 @@ fn cell(map: &JourneyMap, k: &AggKey) -> Cell {
     }
 }
 
+fn step_cell(map: &JourneyMap, minute: i64, step: u8, (s, t, c, g): (u8, u16, u8, u8)) -> StepCell {
+    (
+        minute,
+        map.steps[usize::from(step)].name.clone(),
+        map.stage_name(s).to_string(),
+        map.touchpoint_name(t).to_string(),
+        map.channel_name(c).to_string(),
+        map.segment_name(g).to_string(),
+    )
+}
+
 /// What a run leaves behind, as ClickHouse would hold it.
 #[derive(Default)]
 struct Sink {
@@ -309,6 +416,10 @@ struct Sink {
     touchpoint_facts: HashMap<String, (Cell, Counts)>,
     /// Counted answer per (customer, rated key, metric), by (answer time, write order).
     answer_facts: HashMap<(String, String, Metric), (i64, Cell, Metric, i32)>,
+    step_aggregates: BTreeMap<StepCell, StepCounts>,
+    /// Latest fact per (start event id, step): its cell and what it counts (none when
+    /// withdrawn).
+    step_facts: HashMap<(String, String), (StepCell, StepCounts)>,
     /// Persisted journeys, as the commit protocol saves them.
     saved: HashMap<String, Vec<u8>>,
     clock: ClockState,
@@ -362,6 +473,39 @@ impl Sink {
                     .insert(key, (a.answer_time, c, a.metric, a.score));
             }
         }
+        for (k, c) in &b.step_aggregates {
+            let cell = step_cell(map, k.minute, k.step, k.context);
+            self.step_aggregates.entry(cell).or_default().merge(c);
+        }
+        let mut written = HashSet::new();
+        for f in &b.steps {
+            let step = map.steps[usize::from(f.step)].name.clone();
+            assert!(
+                written.insert((f.event.event_id.clone(), step.clone())),
+                "one fact per step attempt and batch"
+            );
+            let c = f.context;
+            let cell = step_cell(
+                map,
+                f.event.event_time.div_euclid(60_000),
+                f.step,
+                (c.stage, c.touchpoint, c.channel, c.segment),
+            );
+            let mut counts = StepCounts::default();
+            if !f.withdrawn {
+                counts.starts = 1;
+                match f.outcome {
+                    StageOutcome::Converted { after_ms, .. } => {
+                        counts.conversions = 1;
+                        counts.convert_ms_sum = after_ms;
+                    }
+                    StageOutcome::Dropped { .. } => counts.dropoffs = 1,
+                    StageOutcome::Open { .. } => counts.open = 1,
+                }
+            }
+            self.step_facts
+                .insert((f.event.event_id.clone(), step), (cell, counts));
+        }
         for (customer, j) in &b.journeys {
             self.saved
                 .insert(customer.clone(), serde_json::to_vec(j).unwrap());
@@ -390,6 +534,21 @@ impl Sink {
         let mut a = self.aggregates.clone();
         a.retain(|_, c| !c.is_zero());
         a
+    }
+
+    fn step_aggregates(&self) -> BTreeMap<StepCell, StepCounts> {
+        let mut a = self.step_aggregates.clone();
+        a.retain(|_, c| !c.is_zero());
+        a
+    }
+
+    fn step_facts_summed(&self) -> BTreeMap<StepCell, StepCounts> {
+        let mut out: BTreeMap<StepCell, StepCounts> = BTreeMap::new();
+        for (cell, c) in self.step_facts.values() {
+            out.entry(cell.clone()).or_default().merge(c);
+        }
+        out.retain(|_, c| !c.is_zero());
+        out
     }
 
     /// The facts, summed into cells as a query over the facts tables would.
@@ -610,6 +769,9 @@ proptest! {
         let mut facts = sink.facts_summed();
         facts.retain(|_, c| !c.is_zero());
         prop_assert_eq!(facts, expected);
+        let steps = reference_steps(&recs, watermark);
+        prop_assert_eq!(sink.step_aggregates(), steps.clone());
+        prop_assert_eq!(sink.step_facts_summed(), steps);
     }
 
     /// With a finite allowed lateness, exactly the events the watermark rule calls late are
@@ -627,6 +789,8 @@ proptest! {
         prop_assert!(sink.refused.iter().all(|(_, why)| *why == Refusal::Late));
         prop_assert_eq!(sink.clock.watermark, watermark);
         prop_assert_eq!(sink.aggregates(), reference_with_horizons(&applied, watermark));
+        let applied: Vec<Rec> = applied.into_iter().map(|(r, _)| r).collect();
+        prop_assert_eq!(sink.step_aggregates(), reference_steps(&applied, watermark));
     }
 }
 

@@ -53,20 +53,30 @@ impl StageLine {
     }
 }
 
-/// A stage's outcomes in minutes whose cohort is decided (every deadline is behind the
-/// committed watermark).
+/// Outcomes of a stage or step in minutes whose cohort is decided (every deadline is
+/// behind the committed watermark).
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct DecidedLine {
-    stage: String,
+    name: String,
     converted: i64,
     dropped: i64,
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct ConvertTime {
-    stage: String,
+    name: String,
     p50_ms: i64,
     p90_ms: i64,
+}
+
+/// A step's attempts over the whole range.
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct StepLine {
+    name: String,
+    started: i64,
+    converted: i64,
+    dropped: i64,
+    still_open: i64,
 }
 
 pub async fn run(cfg: &Config, map: &JourneyMap) -> Result<String> {
@@ -129,70 +139,126 @@ pub async fn run(cfg: &Config, map: &JourneyMap) -> Result<String> {
     Ok(out)
 }
 
-/// Entries, conversions, drop-offs and open entries per stage, with the conversion of
-/// decided cohorts beside the map's target, and the time to convert from the facts.
+/// Entries, conversions, drop-offs and open entries per stage and step, with the
+/// conversion of decided cohorts beside the map's target, and the time to convert from
+/// the facts.
 async fn funnel(client: &Client, map: &JourneyMap, lines: &[StageLine]) -> Result<String> {
-    let decided = client
-        .query(
-            "SELECT stage, sum(conversions) AS converted, sum(dropoffs) AS dropped \
-             FROM stage_funnel WHERE decided = 1 GROUP BY stage",
-        )
-        .fetch_all::<DecidedLine>()
-        .await
-        .context("reading decided stage cohorts from ClickHouse")?;
-    let times = client
-        .query(
-            "SELECT stage, quantileExact(0.5)(convert_ms) AS p50_ms, \
-                    quantileExact(0.9)(convert_ms) AS p90_ms \
-             FROM touchpoints FINAL WHERE stage_outcome = 'converted' GROUP BY stage",
-        )
-        .fetch_all::<ConvertTime>()
-        .await
-        .context("reading times to convert from ClickHouse")?;
-    let mut out = format!(
-        "\n  {:<14} {:>8} {:>9} {:>8} {:>8} {:>22} {:>18}\n",
-        "stage",
-        "entries",
-        "converted",
-        "dropped",
-        "open",
-        "conversion (target)",
-        "to convert p50/p90"
-    );
+    let stage_decided = fetch::<DecidedLine>(
+        client,
+        "SELECT stage AS name, sum(conversions) AS converted, sum(dropoffs) AS dropped \
+         FROM stage_funnel WHERE decided = 1 GROUP BY stage",
+        "decided stage cohorts",
+    )
+    .await?;
+    let stage_times = fetch::<ConvertTime>(
+        client,
+        "SELECT stage AS name, quantileExact(0.5)(convert_ms) AS p50_ms, \
+                quantileExact(0.9)(convert_ms) AS p90_ms \
+         FROM touchpoints FINAL WHERE stage_outcome = 'converted' GROUP BY stage",
+        "stage times to convert",
+    )
+    .await?;
+    let mut out = header("stage", "entries");
     // The last stage has no later stage to convert to.
     let last = map.stages.len().saturating_sub(1);
     for (stage, l) in map.stages.iter().zip(lines_by_stage(map, lines)).take(last) {
         let Some(l) = l else { continue };
-        let rate = decided
-            .iter()
-            .find(|d| d.stage == stage.name)
+        let counts = [l.entries, l.conversions, l.dropoffs, l.open];
+        out.push_str(&row(
+            &stage.name,
+            counts,
+            stage_decided.iter().find(|d| d.name == stage.name),
+            stage.target_conversion,
+            stage_times.iter().find(|t| t.name == stage.name),
+        ));
+    }
+    if map.steps.is_empty() {
+        return Ok(out);
+    }
+    let steps = fetch::<StepLine>(
+        client,
+        "SELECT step AS name, sum(starts) AS started, sum(conversions) AS converted, \
+                sum(dropoffs) AS dropped, sum(open_attempts) AS still_open \
+         FROM steps_minute_committed GROUP BY step",
+        "step attempts",
+    )
+    .await?;
+    let step_decided = fetch::<DecidedLine>(
+        client,
+        "SELECT step AS name, sum(converted) AS converted, sum(dropped) AS dropped \
+         FROM step_funnel WHERE decided = 1 GROUP BY step",
+        "decided step cohorts",
+    )
+    .await?;
+    let step_times = fetch::<ConvertTime>(
+        client,
+        "SELECT step AS name, quantileExact(0.5)(convert_ms) AS p50_ms, \
+                quantileExact(0.9)(convert_ms) AS p90_ms \
+         FROM step_attempts FINAL WHERE outcome = 'converted' AND withdrawn = 0 GROUP BY step",
+        "step times to convert",
+    )
+    .await?;
+    out.push_str(&header("step", "started"));
+    for step in &map.steps {
+        let Some(l) = steps.iter().find(|l| l.name == step.name) else {
+            continue;
+        };
+        out.push_str(&row(
+            &step.name,
+            [l.started, l.converted, l.dropped, l.still_open],
+            step_decided.iter().find(|d| d.name == step.name),
+            step.target_conversion,
+            step_times.iter().find(|t| t.name == step.name),
+        ));
+    }
+    Ok(out)
+}
+
+async fn fetch<T>(client: &Client, sql: &str, what: &str) -> Result<Vec<T>>
+where
+    T: clickhouse::Row + for<'b> clickhouse::RowRead<Value<'b> = T> + 'static,
+{
+    client
+        .query(sql)
+        .fetch_all::<T>()
+        .await
+        .with_context(|| format!("reading {what} from ClickHouse"))
+}
+
+fn header(what: &str, entries: &str) -> String {
+    format!(
+        "\n  {what:<26} {entries:>8} {:>9} {:>8} {:>8} {:>22} {:>18}\n",
+        "converted", "dropped", "open", "conversion (target)", "to convert p50/p90"
+    )
+}
+
+/// One line of a funnel: [entries, converted, dropped, open], the decided conversion beside
+/// the target, and the time to convert.
+fn row(
+    name: &str,
+    [entries, converted, dropped, open]: [i64; 4],
+    decided: Option<&DecidedLine>,
+    target: f64,
+    time: Option<&ConvertTime>,
+) -> String {
+    let rate =
+        decided
             .filter(|d| d.converted + d.dropped > 0)
             .map_or("not yet known".to_string(), |d| {
                 let n = d.converted + d.dropped;
                 format!("{:.1}% of {n}", 100.0 * d.converted as f64 / n as f64)
             });
-        let time = times
-            .iter()
-            .find(|t| t.stage == stage.name)
-            .map_or("-".to_string(), |t| {
-                format!(
-                    "{} / {}",
-                    human_duration(t.p50_ms),
-                    human_duration(t.p90_ms)
-                )
-            });
-        out.push_str(&format!(
-            "  {:<14} {:>8} {:>9} {:>8} {:>8} {:>22} {:>18}\n",
-            stage.name,
-            l.entries,
-            l.conversions,
-            l.dropoffs,
-            l.open,
-            format!("{rate} ({:.0}%)", 100.0 * stage.target_conversion),
-            time
-        ));
-    }
-    Ok(out)
+    let time = time.map_or("-".to_string(), |t| {
+        format!(
+            "{} / {}",
+            human_duration(t.p50_ms),
+            human_duration(t.p90_ms)
+        )
+    });
+    let rate = format!("{rate} ({:.0}%)", 100.0 * target);
+    format!(
+        "  {name:<26} {entries:>8} {converted:>9} {dropped:>8} {open:>8} {rate:>22} {time:>18}\n"
+    )
 }
 
 /// A measured duration in its two largest units ("2h 53m").

@@ -94,6 +94,9 @@ pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produc
     let sim = simulate(map, &sim_cfg);
     std::fs::write(&args.ground_truth, sim.truth_csv())
         .with_context(|| format!("writing ground truth to {}", args.ground_truth.display()))?;
+    let steps = args.ground_truth.with_extension("steps.csv");
+    std::fs::write(&steps, sim.step_truth_csv())
+        .with_context(|| format!("writing step ground truth to {}", steps.display()))?;
     // What the rules refuse (and keep in refused_events), next to the counts.
     let refused = args.ground_truth.with_extension("refused.csv");
     std::fs::write(

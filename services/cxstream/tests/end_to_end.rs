@@ -121,6 +121,124 @@ fn independent_funnel(
     (out, watermarks)
 }
 
+/// Step attempts per step straight from the produced events, by DESIGN.md / README rules:
+/// per customer in time order, a `from` touchpoint starts an attempt unless one is running
+/// (not converted, deadline not passed); the first `to` by the deadline converts it; else
+/// it has dropped off when its partition's watermark is past the deadline, and is open if
+/// not.
+fn independent_steps(
+    map: &JourneyMap,
+    tps: &[(i32, TouchpointEvent)],
+    watermarks: &BTreeMap<i32, i64>,
+) -> BTreeMap<String, Funnel> {
+    let lowest = watermarks.values().copied().min().unwrap_or(i64::MIN);
+    let mut by_customer: HashMap<&str, Vec<(i32, &TouchpointEvent)>> = HashMap::new();
+    let mut seen = HashSet::new();
+    for (p, t) in tps {
+        if seen.insert(t.event_id.as_str()) {
+            by_customer
+                .entry(t.customer_id.as_deref().unwrap())
+                .or_default()
+                .push((*p, t));
+        }
+    }
+    let mut out: BTreeMap<String, Funnel> = BTreeMap::new();
+    for list in by_customer.values_mut() {
+        list.sort_by_key(|(_, t)| (t.event_time, fnv1a(&t.event_id)));
+        for step in &map.steps {
+            let names = |side: &[u16]| -> Vec<&str> {
+                side.iter().map(|t| map.touchpoint_name(*t)).collect()
+            };
+            let (from, to) = (names(&step.from), names(&step.to));
+            let f = out.entry(step.name.clone()).or_default();
+            let mut running: Option<(i32, i64)> = None;
+            let settle = |f: &mut Funnel, (p, start): (i32, i64), converted_at: Option<i64>| {
+                let deadline = start + step.budget_ms;
+                let decided = start.div_euclid(60_000) * 60_000 + 60_000 + step.budget_ms <= lowest;
+                match converted_at {
+                    Some(at) => {
+                        f.conversions += 1;
+                        f.convert_ms.push(at - start);
+                        f.decided_conversions += i64::from(decided);
+                    }
+                    None if watermarks[&p] > deadline => {
+                        f.dropoffs += 1;
+                        f.decided_dropoffs += i64::from(decided);
+                    }
+                    None => f.open += 1,
+                }
+            };
+            for (p, t) in list.iter() {
+                if let Some(r) = running {
+                    if t.event_time > r.1 + step.budget_ms {
+                        settle(f, r, None);
+                        running = None;
+                    }
+                }
+                let name = t.touchpoint.as_str();
+                if let (Some(r), true) = (running, to.contains(&name)) {
+                    settle(f, r, Some(t.event_time));
+                    running = None;
+                } else if running.is_none() && from.contains(&name) {
+                    f.entries += 1;
+                    running = Some((*p, t.event_time));
+                }
+            }
+            if let Some(r) = running {
+                settle(f, r, None);
+            }
+        }
+    }
+    for f in out.values_mut() {
+        f.convert_ms.sort_unstable();
+    }
+    out.retain(|_, f| f.entries > 0);
+    out
+}
+
+/// The same from ClickHouse: step counts from the committed per-minute aggregates, times
+/// to convert from the attempts' facts (whose outcomes must agree), decided cohorts from
+/// the step funnel view.
+fn clickhouse_steps(s: &Stack) -> BTreeMap<String, Funnel> {
+    let db = s.database();
+    let mut out: BTreeMap<String, Funnel> = BTreeMap::new();
+    for r in s.query(&format!(
+        "SELECT step, sum(starts), sum(conversions), sum(dropoffs), sum(open_attempts) \
+         FROM {db}.steps_minute_committed GROUP BY step"
+    )) {
+        let v: Vec<i64> = r[1..].iter().map(|x| x.parse().unwrap()).collect();
+        let f = out.entry(r[0].clone()).or_default();
+        (f.entries, f.conversions, f.dropoffs, f.open) = (v[0], v[1], v[2], v[3]);
+    }
+    for r in s.query(&format!(
+        "SELECT step, count(), countIf(outcome = 'converted'), countIf(outcome = 'dropped'), \
+         countIf(outcome = 'open'), \
+         arrayStringConcat(arraySort(groupArrayIf(toString(convert_ms), outcome = 'converted')), ' ') \
+         FROM {db}.step_attempts FINAL WHERE withdrawn = 0 GROUP BY step"
+    )) {
+        let facts: Vec<i64> = r[1..5].iter().map(|x| x.parse().unwrap()).collect();
+        let f = out.entry(r[0].clone()).or_default();
+        assert_eq!(
+            facts,
+            vec![f.entries, f.conversions, f.dropoffs, f.open],
+            "the facts of step {} count what its aggregates do",
+            r[0]
+        );
+        f.convert_ms = r[5].split_whitespace().map(|x| x.parse().unwrap()).collect();
+        f.convert_ms.sort_unstable();
+    }
+    for r in s.query(&format!(
+        "SELECT step, sumIf(converted, decided = 1), sumIf(dropped, decided = 1) \
+         FROM {db}.step_funnel GROUP BY step"
+    )) {
+        let f = out.entry(r[0].clone()).or_default();
+        f.decided_conversions = r[1].parse().unwrap();
+        f.decided_dropoffs = r[2].parse().unwrap();
+    }
+    out.retain(|_, f| f.entries > 0);
+    out
+}
+
 /// The same from ClickHouse: counts from the committed per-minute aggregates, times to
 /// convert from the touchpoint facts (whose outcome counts must agree).
 fn clickhouse_funnel(s: &Stack) -> BTreeMap<String, Funnel> {
@@ -320,6 +438,7 @@ fn counts_equal_ground_truth_and_an_independent_computation() {
 
     // 1. Every per-minute cell equals the simulator's ground truth.
     assert_cells_equal(&s.truth(), &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
 
     // 2. NPS / CSAT / CES per stage equal an independent computation from the topics.
     let codec = Codec::new().unwrap();
@@ -381,6 +500,7 @@ fn counts_equal_ground_truth_and_an_independent_computation() {
     let replay = s.replay();
     replay.ok(&["journey", "--until-caught-up"]);
     assert_cells_equal(&s.truth(), &replay.cells());
+    assert_cells_equal(&s.step_truth(), &replay.step_cells());
 }
 
 /// Stage entries, conversions, drop-offs, open entries and every time to convert equal an
@@ -434,6 +554,20 @@ fn assert_funnel_is_independent(s: &Stack, map: &JourneyMap) {
         })
         .collect();
     assert_eq!(clickhouse_stages(s), stages);
+    let steps = independent_steps(map, &tps, &watermarks);
+    for (step, f) in &steps {
+        eprintln!(
+            "step {step}: {} started, {} converted, {} dropped off, {} open",
+            f.entries, f.conversions, f.dropoffs, f.open
+        );
+    }
+    assert_eq!(clickhouse_steps(s), steps);
+    assert!(
+        steps.values().any(|f| f.decided_conversions > 0)
+            && steps.values().any(|f| f.decided_dropoffs > 0)
+            && steps.values().any(|f| f.open > 0),
+        "steps convert, drop off and stay open"
+    );
     let total = |pick: fn(&Funnel) -> i64| expected.values().map(pick).sum::<i64>();
     assert!(
         total(|f| f.conversions) > 0
@@ -501,6 +635,7 @@ fn bad_records_end_in_the_dlq_with_their_reason_and_counts_stay_exact() {
     s.simulate(500, 0.5, 8);
     s.ok(&["journey", "--until-caught-up"]);
     assert_cells_equal(&s.truth(), &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
 
     let dlq = s.read_topic(&s.topic("dlq"), 1);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -611,6 +746,7 @@ fn sigterm_then_sigkill_mid_run(s: Stack, simulate: impl FnOnce(&Stack)) {
 
     s.ok(&["journey", "--until-caught-up"]);
     assert_cells_equal(&s.truth(), &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
     // Facts, too, hold every record exactly once after replays.
     let facts = s.scalar(&format!(
         "SELECT toInt64(count()) FROM (SELECT * FROM {}.touchpoints FINAL)",
@@ -713,6 +849,7 @@ fn messy_delivery_counts_exactly_and_refused_events_are_kept_apart() {
     s.ok(&["journey", "--until-caught-up"]);
     let truth = s.truth();
     assert_cells_equal(&truth, &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
     assert_facts_equal_aggregates(&s);
     let expected_future = s.expected_refused()["future"];
     assert!(expected_future > 0);
@@ -723,6 +860,7 @@ fn messy_delivery_counts_exactly_and_refused_events_are_kept_apart() {
     let replay = s.replay();
     replay.ok(&["journey", "--until-caught-up"]);
     assert_cells_equal(&truth, &replay.cells());
+    assert_cells_equal(&s.step_truth(), &replay.step_cells());
 
     // Events dated a month before the period, sent now: beyond the allowed lateness of
     // every partition's committed watermark. Nothing changes; they are kept as late.
@@ -744,6 +882,7 @@ fn messy_delivery_counts_exactly_and_refused_events_are_kept_apart() {
     s.produce_touchpoints(&old);
     s.ok(&["journey", "--until-caught-up"]);
     assert_cells_equal(&truth, &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
     assert_eq!(s.refused().get("late").copied(), Some(8));
 }
 

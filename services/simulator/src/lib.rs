@@ -188,6 +188,23 @@ impl TruthCounts {
     }
 }
 
+/// A step ground-truth cell: (start minute, step, stage, touchpoint, channel, segment).
+pub type StepTruthKey = (i64, String, String, String, String, String);
+
+/// Step attempts of one cell by DESIGN.md's rules: a `from` touchpoint starts one unless
+/// one is running; it converts at the first `to` by its deadline; else it is not converted
+/// (dropped off or open, which only the pipeline's final watermark tells apart).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepTruth {
+    pub starts: i64,
+    pub conversions: i64,
+    pub convert_ms_sum: i64,
+    pub not_converted: i64,
+}
+
+pub const STEP_TRUTH_HEADER: &str =
+    "minute_ms,step,stage,touchpoint,channel,segment,starts,conversions,convert_ms_sum,not_converted";
+
 /// A record and when its producer sent it (epoch ms; its Kafka timestamp).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sent {
@@ -201,9 +218,23 @@ pub struct Simulation {
     /// Touchpoints dated too far after they were sent: refused, in no count.
     pub future_dated: u64,
     pub truth: BTreeMap<TruthKey, TruthCounts>,
+    pub step_truth: BTreeMap<StepTruthKey, StepTruth>,
 }
 
 impl Simulation {
+    /// Step ground truth as CSV (header [`STEP_TRUTH_HEADER`]).
+    pub fn step_truth_csv(&self) -> String {
+        let mut out = String::from(STEP_TRUTH_HEADER);
+        out.push('\n');
+        for ((minute, step, stage, tp, ch, seg), c) in &self.step_truth {
+            out.push_str(&format!(
+                "{minute},{step},{stage},{tp},{ch},{seg},{},{},{},{}\n",
+                c.starts, c.conversions, c.convert_ms_sum, c.not_converted
+            ));
+        }
+        out
+    }
+
     /// Ground truth as CSV (header [`TRUTH_HEADER`]).
     pub fn truth_csv(&self) -> String {
         let mut out = String::from(TRUTH_HEADER);
@@ -261,12 +292,18 @@ const COMMENTS_BAD: [&str; 4] = [
 pub fn simulate(map: &JourneyMap, cfg: &SimConfig) -> Simulation {
     let mut records = Vec::new();
     let mut truth: BTreeMap<TruthKey, TruthCounts> = BTreeMap::new();
+    let mut step_truth: BTreeMap<StepTruthKey, StepTruth> = BTreeMap::new();
     let mut future_dated = 0;
     let end_ms = cfg.start_ms + (cfg.days * 24.0 * HOUR_MS) as i64;
     for c in 0..cfg.customers {
         // One RNG per customer: a customer's traffic does not depend on the others.
         let mut rng = SmallRng::seed_from_u64(cfg.seed ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        simulate_customer(map, cfg, c, end_ms, &mut rng, &mut records, &mut truth);
+        let out = Out {
+            records: &mut records,
+            truth: &mut truth,
+            step_truth: &mut step_truth,
+        };
+        simulate_customer(map, cfg, c, end_ms, &mut rng, out);
         if cfg.delivery.future_per_mille > 0
             && rng.random_range(0..1000) < cfg.delivery.future_per_mille
         {
@@ -279,7 +316,15 @@ pub fn simulate(map: &JourneyMap, cfg: &SimConfig) -> Simulation {
         records,
         future_dated,
         truth,
+        step_truth,
     }
+}
+
+/// Where a customer's records and truth go.
+struct Out<'a> {
+    records: &'a mut Vec<Sent>,
+    truth: &'a mut BTreeMap<TruthKey, TruthCounts>,
+    step_truth: &'a mut BTreeMap<StepTruthKey, StepTruth>,
 }
 
 fn pick_weighted(rng: &mut SmallRng, n: usize) -> usize {
@@ -313,9 +358,13 @@ fn simulate_customer(
     c: u64,
     end_ms: i64,
     rng: &mut SmallRng,
-    records: &mut Vec<Sent>,
-    truth: &mut BTreeMap<TruthKey, TruthCounts>,
+    out: Out<'_>,
 ) {
+    let Out {
+        records,
+        truth,
+        step_truth,
+    } = out;
     let customer = format!("cust-{c:07}");
     let segment = pick_weighted(rng, map.segments.len().max(1));
     let favourite_channel = rng.random_range(0..map.channels.len().max(1));
@@ -396,6 +445,7 @@ fn simulate_customer(
         .get(segment)
         .map_or("unknown", String::as_str)
         .to_string();
+    count_steps(map, &visits, &seg_name, step_truth);
     let mut planned: Vec<Planned> = Vec::new();
     for (vi, v) in visits.iter().enumerate() {
         if v.burst {
@@ -631,6 +681,46 @@ fn future_dated_touchpoint(
             outcome: None,
             attributes: Default::default(),
         }),
+    }
+}
+
+/// Step attempts of one customer's visits (in event-time order), by the rules on
+/// [`StepTruth`].
+fn count_steps(
+    map: &JourneyMap,
+    visits: &[Visit],
+    segment: &str,
+    step_truth: &mut BTreeMap<StepTruthKey, StepTruth>,
+) {
+    for step in &map.steps {
+        // The running attempt: (its cell, start time).
+        let mut running: Option<(StepTruthKey, i64)> = None;
+        for v in visits {
+            let tp = v.touchpoint as u16;
+            if let Some((cell, start)) = running.take() {
+                let in_budget = v.time <= start + step.budget_ms;
+                if in_budget && step.to.contains(&tp) {
+                    let c = step_truth.entry(cell).or_default();
+                    c.conversions += 1;
+                    c.convert_ms_sum += v.time - start;
+                    continue;
+                }
+                if in_budget {
+                    running = Some((cell, start));
+                } else {
+                    step_truth.entry(cell).or_default().not_converted += 1;
+                }
+            }
+            if running.is_none() && step.from.contains(&tp) {
+                let k = key(map, v, segment);
+                let cell = (k.0, step.name.clone(), k.1, k.2, k.3, k.4);
+                step_truth.entry(cell.clone()).or_default().starts += 1;
+                running = Some((cell, v.time));
+            }
+        }
+        if let Some((cell, _)) = running {
+            step_truth.entry(cell).or_default().not_converted += 1;
+        }
     }
 }
 

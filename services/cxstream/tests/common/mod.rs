@@ -15,6 +15,9 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub const PARTITIONS: i32 = 4;
 
+/// A step cell: (minute, step, stage, touchpoint, channel, segment).
+pub type StepCell = (i64, String, String, String, String, String);
+
 pub struct Stack {
     /// Names the topics.
     pub name: String,
@@ -342,6 +345,52 @@ impl Stack {
             .collect()
     }
 
+    /// The simulator's step ground truth: (minute, step, stage, touchpoint, channel,
+    /// segment) → starts, conversions, convert_ms_sum, not converted.
+    pub fn step_truth(&self) -> BTreeMap<StepCell, Vec<i64>> {
+        let path = self.truth_path().with_extension("steps.csv");
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                let key = (
+                    f[0].parse().unwrap(),
+                    f[1].into(),
+                    f[2].into(),
+                    f[3].into(),
+                    f[4].into(),
+                    f[5].into(),
+                );
+                (key, f[6..].iter().map(|v| v.parse().unwrap()).collect())
+            })
+            .collect()
+    }
+
+    /// Committed step cells, as in the step ground truth (dropped off and open together).
+    pub fn step_cells(&self) -> BTreeMap<StepCell, Vec<i64>> {
+        self.query(&format!(
+            "SELECT toUnixTimestamp(minute) * 1000 AS m, step, stage, touchpoint, channel, segment, \
+             sum(starts), sum(conversions), sum(convert_ms_sum), sum(dropoffs) + sum(open_attempts) \
+             FROM {}.steps_minute_committed GROUP BY m, step, stage, touchpoint, channel, segment",
+            self.database()
+        ))
+        .into_iter()
+        .map(|r| {
+            let key = (
+                r[0].parse().unwrap(),
+                r[1].clone(),
+                r[2].clone(),
+                r[3].clone(),
+                r[4].clone(),
+                r[5].clone(),
+            );
+            (key, r[6..].iter().map(|v| v.parse().unwrap()).collect::<Vec<i64>>())
+        })
+        .filter(|(_, v)| v.iter().any(|x| *x != 0))
+        .collect()
+    }
+
     /// Reads a whole topic from the beginning.
     pub fn read_topic(&self, topic: &str, partitions: i32) -> Vec<Raw> {
         let consumer: BaseConsumer = ClientConfig::new()
@@ -431,9 +480,9 @@ fn broker_log_trouble() -> String {
 }
 
 /// Asserts two cell maps are equal, printing the first differences.
-pub fn assert_cells_equal(
-    expected: &BTreeMap<(i64, String, String, String, String), Vec<i64>>,
-    actual: &BTreeMap<(i64, String, String, String, String), Vec<i64>>,
+pub fn assert_cells_equal<K: Ord + std::fmt::Debug>(
+    expected: &BTreeMap<K, Vec<i64>>,
+    actual: &BTreeMap<K, Vec<i64>>,
 ) {
     let diffs: Vec<_> = expected
         .keys()
