@@ -94,9 +94,11 @@ def main():
         s.query(
             "INSERT INTO cx.metrics_minute_compacted (minute, journey, stage, touchpoint, channel, segment, "
             "nps_promoters, nps_passives, nps_detractors, csat_n, csat_top2, csat_sum, ces_n, ces_agree, ces_sum, "
-            "stage_entries, touchpoints, source_partition, generation) SELECT minute, journey, stage, touchpoint, channel, segment, "
+            "stage_entries, touchpoints, stage_conversions, convert_ms_sum, stage_dropoffs, stage_open, "
+            "source_partition, generation) SELECT minute, journey, stage, touchpoint, channel, segment, "
             "sum(nps_promoters), sum(nps_passives), sum(nps_detractors), sum(csat_n), sum(csat_top2), sum(csat_sum), "
-            "sum(ces_n), sum(ces_agree), sum(ces_sum), sum(stage_entries), sum(touchpoints), 0, 55 "
+            "sum(ces_n), sum(ces_agree), sum(ces_sum), sum(stage_entries), sum(touchpoints), "
+            "sum(stage_conversions), sum(convert_ms_sum), sum(stage_dropoffs), sum(stage_open), 0, 55 "
             "FROM cx.metrics_minute_committed GROUP BY minute, journey, stage, touchpoint, channel, segment"
         )
         s.query(
@@ -109,6 +111,18 @@ def main():
         rows = [l for l in str(out).strip().splitlines() if l]
         if len(rows) != 3 or not all(r.endswith(expected_row) for r in rows):
             failures.append(f"after compaction rolling_metrics returned {rows!r}, expected 3 windows ending {expected_row}")
+        # Every view runs on current ClickHouse too (the data above, or none).
+        for view in ["funnel_rolling", "channel_flow", "journey_paths", "step_funnel",
+                     "steps_minute_committed", "stage_funnel"]:
+            try:
+                s.query(f"SELECT * FROM cx.{view}", "CSV")
+            except Exception as e:  # noqa: BLE001
+                failures.append(f"view {view}: {e}")
+        window = str(s.query(
+            "SELECT window, entered, converted, decided_n FROM cx.funnel_rolling WHERE window = 'all'", "CSV"
+        )).strip()
+        if window != '"all",1,1,0':
+            failures.append(f"funnel_rolling returned {window!r}")
         records = str(s.query("SELECT sum(records) FROM cx.committed_records", "CSV")).strip()
         if records != "15":
             failures.append(f"committed_records after compaction is {records}, expected 15")

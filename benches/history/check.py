@@ -29,15 +29,15 @@ def timed(url, sql, runs=7):
     return statistics.median(times), max(times)
 
 
-def truth_cells(path):
+def truth_cells(path, key_fields=5):
     cells = {}
     with open(path) as f:
         next(f)
         for line in f:
             p = line.rstrip("\n").split(",")
-            v = tuple(int(x) for x in p[5:])
+            v = tuple(int(x) for x in p[key_fields:])
             if any(v):
-                cells[tuple(p[:5])] = v
+                cells[tuple(p[:key_fields])] = v
     return cells
 
 
@@ -58,6 +58,18 @@ def main():
         if any(v):
             got[tuple(p[:5])] = v
     differ = sum(1 for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+    want_steps = truth_cells(truth.replace(".csv", ".steps.csv"), key_fields=6)
+    got_steps = {}
+    for line in query(url, f"""
+        SELECT toUnixTimestamp(minute) * 1000 AS m, step, stage, touchpoint, channel, segment,
+               sum(starts), sum(conversions), sum(convert_ms_sum), sum(dropoffs) + sum(open_attempts)
+        FROM {db}.steps_minute_committed
+        GROUP BY m, step, stage, touchpoint, channel, segment FORMAT TabSeparated""").splitlines():
+        p = line.split("\t")
+        v = tuple(int(x) for x in p[6:])
+        if any(v):
+            got_steps[tuple(p[:6])] = v
+    steps_differ = sum(1 for k in want_steps.keys() | got_steps.keys() if want_steps.get(k) != got_steps.get(k))
     records = query(url, f"SELECT sum(records) FROM {db}.committed_records").strip()
     batches = query(url, f"SELECT sum(n) FROM (SELECT max(batch_seq) + 1 AS n FROM {db}.ingest_batches GROUP BY source_partition)").strip()
     compactions = query(url, f"SELECT count() FROM {db}.compactions").strip()
@@ -79,6 +91,7 @@ def main():
     print(f"\n{label}")
     print(f"  journey caught up in {secs} s: {records} records in {batches} batches, {compactions} compactions")
     print(f"  cells equal to the ground truth: {'yes' if differ == 0 else 'NO'} ({len(want)} cells, {differ} differ)")
+    print(f"  step cells equal to the ground truth: {'yes' if steps_differ == 0 else 'NO'} ({len(want_steps)} cells, {steps_differ} differ)")
     print(f"  rolling_metrics, all windows: {rolling[0]:.0f} ms median ({rolling[1]:.0f} ms max)")
     print(f"  7-day NPS by stage:           {nps7d[0]:.0f} ms median ({nps7d[1]:.0f} ms max)")
     print(f"  funnel of the whole range:    {funnel[0]:.0f} ms median ({funnel[1]:.0f} ms max)")

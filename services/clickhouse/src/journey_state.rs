@@ -3,10 +3,10 @@
 //!
 //! Rows written before the version byte existed start with the floor's first field, an
 //! `Option` tag (0 or 1); versions start at 2, so the first byte tells them apart.
-//! Version 3 added the floor's pending stage entry and step attempts; rows of earlier
-//! versions were written before stage and step outcomes were counted.
+//! Version 3 added the floor's journey progress, pending stage entry and step attempts;
+//! rows of earlier versions were written before stage and step outcomes were counted.
 
-use cxstream_core::journey::{AnswerEntry, Context, Floor, TouchpointEntry};
+use cxstream_core::journey::{AnswerEntry, Context, Floor, Progress, TouchpointEntry};
 use cxstream_core::processor::Written;
 use cxstream_core::Journey;
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,12 @@ impl From<JourneyV2> for Journey {
     fn from(j: JourneyV2) -> Self {
         Journey {
             floor: Floor {
-                max_stage: j.floor.max_stage,
+                // Journeys folded before they could end go on (never ending) as they were.
+                progress: Progress {
+                    furthest: j.floor.max_stage,
+                    open_until: i64::MAX,
+                    seq: 0,
+                },
                 segment: j.floor.segment,
                 last: j.floor.last,
                 pending: None,
@@ -138,6 +143,7 @@ mod tests {
             },
             context: context(),
             deadline: 9_000,
+            journey_seq: 1,
         });
         j
     }

@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "steps",
         sql: include_str!("../../../schemas/clickhouse/0006_steps.sql"),
     },
+    Migration {
+        version: 7,
+        name: "expectation",
+        sql: include_str!("../../../schemas/clickhouse/0007_expectation.sql"),
+    },
 ];
 
 impl Migration {

@@ -33,6 +33,7 @@ pub struct TouchpointRow<'a> {
     pub stage_deadline_ms: i64,
     pub convert_ms: i64,
     pub converted_channel: &'a str,
+    pub journey_seq: u32,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -357,6 +358,7 @@ impl<'a> TouchpointRow<'a> {
                 Some(StageOutcome::Converted { channel, .. }) => map.channel_name(channel),
                 _ => "",
             },
+            journey_seq: f.journey_seq,
         }
     }
 }

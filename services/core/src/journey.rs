@@ -62,6 +62,18 @@ impl Budgets {
         }
     }
 
+    /// How long a journey whose last entry is into `stage` at `time` lasts: until that
+    /// entry's deadline (for the last stage, its budget is how long a completed journey
+    /// lasts before the customer may start a new one).
+    pub fn open_until(&self, stage: StageIdx, time: i64) -> i64 {
+        let budget = self
+            .stages
+            .get(usize::from(stage))
+            .copied()
+            .unwrap_or(i64::MAX);
+        time.saturating_add(budget)
+    }
+
     /// When an entry into `stage` at `time` drops off unless a later stage is entered.
     pub fn deadline(&self, stage: StageIdx, time: i64) -> Option<i64> {
         let s = usize::from(stage);
@@ -191,10 +203,51 @@ impl AnswerEntry {
     }
 }
 
+/// Where a customer is in their current journey: a journey lasts while its last stage
+/// entry is within its stage's budget; the first touchpoint after that starts a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The furthest stage of the current journey (`None` before the first touchpoint).
+    pub furthest: Option<StageIdx>,
+    /// The current journey's end: its last entry's time + that stage's budget.
+    pub open_until: i64,
+    /// Journeys this customer started before the current one.
+    pub seq: u32,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            furthest: None,
+            open_until: i64::MAX,
+            seq: 0,
+        }
+    }
+}
+
+impl Progress {
+    /// Advances over a touchpoint of its own `stage` at `time`; returns whether it enters
+    /// a stage, and the stage it counts under (the furthest of the journey so far).
+    fn advance(&mut self, budgets: &Budgets, stage: StageIdx, time: i64) -> (bool, StageIdx) {
+        if self.furthest.is_some() && time > self.open_until {
+            self.furthest = None;
+            self.seq += 1;
+        }
+        let entered = self.furthest.is_none_or(|f| stage > f);
+        let at = self.furthest.map_or(stage, |f| f.max(stage));
+        self.furthest = Some(at);
+        if entered {
+            self.open_until = budgets.open_until(stage, time);
+        }
+        (entered, at)
+    }
+}
+
 /// What the touchpoints that left the horizon leave behind.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Floor {
-    pub max_stage: Option<StageIdx>,
+    /// The journey as of the last of them.
+    pub progress: Progress,
     pub segment: Option<SegmentIdx>,
     /// The last of them: (order, its context), for answers after it.
     pub last: Option<((i64, u64), Context)>,
@@ -211,6 +264,7 @@ pub struct FoldedEntry {
     pub entry: TouchpointEntry,
     pub context: Context,
     pub deadline: i64,
+    pub journey_seq: u32,
 }
 
 impl FoldedEntry {
@@ -218,6 +272,7 @@ impl FoldedEntry {
         TouchpointView {
             context: self.context,
             entered: true,
+            journey_seq: self.journey_seq,
             outcome: Some(Outcome::Awaiting {
                 deadline: self.deadline,
             }),
@@ -241,6 +296,8 @@ pub struct Journey {
 pub struct TouchpointView {
     pub context: Context,
     pub entered: bool,
+    /// Which of the customer's journeys it belongs to (0 for the first).
+    pub journey_seq: u32,
     /// For a stage entry into any stage but the last.
     pub outcome: Option<Outcome>,
 }
@@ -356,15 +413,13 @@ impl Journey {
 
     /// The touchpoints' (and the pending entry's) views, without the answers'.
     pub fn touchpoint_views(&self, budgets: &Budgets) -> TouchpointViews {
-        let mut furthest = self.floor.max_stage;
+        let mut progress = self.floor.progress;
         let mut segment = self.floor.segment;
         let mut touchpoints: Vec<TouchpointView> = self
             .touchpoints
             .iter()
             .map(|t| {
-                let entered = furthest.is_none_or(|f| t.stage > f);
-                let stage = furthest.map_or(t.stage, |f| f.max(t.stage));
-                furthest = Some(stage);
+                let (entered, stage) = progress.advance(budgets, t.stage, t.time);
                 if t.segment.is_some() {
                     segment = t.segment;
                 }
@@ -376,6 +431,7 @@ impl Journey {
                         segment: segment.unwrap_or(NO_SEGMENT),
                     },
                     entered,
+                    journey_seq: progress.seq,
                     outcome: awaiting(budgets, entered, stage, t.time),
                 }
             })
@@ -406,18 +462,13 @@ impl Journey {
     /// deriving the others'.
     pub fn touchpoint_view(&self, i: usize, budgets: &Budgets) -> TouchpointView {
         let before = &self.touchpoints[..i];
-        let furthest = before
-            .iter()
-            .map(|t| t.stage)
-            .chain(self.floor.max_stage)
-            .max();
+        let mut progress = self.progress_before(before, budgets);
         let t = &self.touchpoints[i];
         let segment = t
             .segment
             .or_else(|| before.iter().rev().find_map(|t| t.segment))
             .or(self.floor.segment);
-        let entered = furthest.is_none_or(|f| t.stage > f);
-        let stage = furthest.map_or(t.stage, |f| f.max(t.stage));
+        let (entered, stage) = progress.advance(budgets, t.stage, t.time);
         let mut outcome = awaiting(budgets, entered, stage, t.time);
         if let Some(next) = self.touchpoints[i + 1..].iter().find(|n| n.stage > stage) {
             decide(&mut outcome, t.time, next.time, next.channel);
@@ -430,28 +481,31 @@ impl Journey {
                 segment: segment.unwrap_or(NO_SEGMENT),
             },
             entered,
+            journey_seq: progress.seq,
             outcome,
         }
     }
 
-    /// Whether a touchpoint appended after every kept one would enter a stage while an
-    /// earlier entry awaits its outcome (so it decides that one's).
-    pub fn would_decide_an_entry(&self, stage: StageIdx) -> bool {
-        let furthest = self
-            .touchpoints
-            .iter()
-            .map(|t| t.stage)
-            .chain(self.floor.max_stage)
-            .max();
-        furthest.is_some_and(|f| stage > f)
+    /// The journey's progress after the floor and `before` (a prefix of the touchpoints).
+    fn progress_before(&self, before: &[TouchpointEntry], budgets: &Budgets) -> Progress {
+        let mut progress = self.floor.progress;
+        for t in before {
+            progress.advance(budgets, t.stage, t.time);
+        }
+        progress
+    }
+
+    /// Whether a touchpoint appended after every kept one would enter a stage of the
+    /// current journey, deciding the outcome of the entry before it.
+    pub fn would_decide_an_entry(&self, stage: StageIdx, time: i64, budgets: &Budgets) -> bool {
+        let p = self.progress_before(&self.touchpoints, budgets);
+        p.furthest.is_some_and(|f| stage > f) && time <= p.open_until
     }
 
     /// The view of answer `j` alone.
-    pub fn answer_view(&self, j: usize) -> AnswerView {
+    pub fn answer_view(&self, j: usize, budgets: &Budgets) -> AnswerView {
         let a = &self.answers[j];
-        // Attribution needs contexts only, which do not depend on budgets.
-        let none = Budgets::default();
-        let (context, attribution) = self.attribute_with(a, |i| self.touchpoint_view(i, &none));
+        let (context, attribution) = self.attribute_with(a, |i| self.touchpoint_view(i, budgets));
         AnswerView {
             context,
             attribution,
@@ -551,6 +605,7 @@ impl Journey {
                             entry: t.clone(),
                             context: v.context,
                             deadline,
+                            journey_seq: v.journey_seq,
                         });
             }
             // Answers that stay and name a leaving touchpoint keep its context.
@@ -558,7 +613,7 @@ impl Journey {
                 a.fixed = Some(v.context);
             }
             let f = &mut self.floor;
-            f.max_stage = Some(v.context.stage);
+            f.progress.advance(budgets, t.stage, t.time);
             if t.segment.is_some() {
                 f.segment = t.segment;
             }
@@ -594,9 +649,10 @@ impl Journey {
 mod tests {
     use super::*;
 
-    /// Three stages: 100 ms to leave the first, 50 ms the second.
+    /// Three stages: 100 ms to leave the first, 50 ms the second; a completed journey
+    /// lasts 1,000 ms.
     fn budgets() -> Budgets {
-        Budgets::new(vec![100, 50, 0])
+        Budgets::new(vec![100, 50, 1_000])
     }
 
     fn tp(id: u64, time: i64, stage: StageIdx, segment: Option<SegmentIdx>) -> TouchpointEntry {

@@ -91,6 +91,8 @@ pub struct TouchpointFact {
     pub event: Arc<TouchpointEvent>,
     pub context: Context,
     pub stage_entered: bool,
+    /// Which of the customer's journeys it belongs to (0 for the first).
+    pub journey_seq: u32,
     /// For a stage entry into any stage but the last; written again when it changes.
     pub outcome: Option<StageOutcome>,
     pub source_offset: i64,
@@ -341,6 +343,7 @@ impl PartitionProcessor {
                     event: t.event.clone(),
                     context: v.context,
                     stage_entered: v.entered,
+                    journey_seq: v.journey_seq,
                     outcome: Some(StageOutcome::Dropped { deadline }),
                     source_offset: t.source_offset,
                 });
@@ -619,6 +622,7 @@ impl Emitter<'_> {
             event: t.event.clone(),
             context: new.context,
             stage_entered: new.entered,
+            journey_seq: new.journey_seq,
             outcome,
             source_offset: t.source_offset,
         });
@@ -736,7 +740,7 @@ fn insert_touchpoint(journey: &mut Journey, entry: TouchpointEntry, out: &mut Em
         .touchpoints
         .last()
         .is_some_and(|l| (l.time, l.id) > (entry.time, entry.id))
-        || journey.would_decide_an_entry(entry.stage)
+        || journey.would_decide_an_entry(entry.stage, entry.time, out.budgets)
         || out.budgets.steps.concerns(entry.touchpoint)
         || journey
             .answers
@@ -762,13 +766,21 @@ fn insert_answer(journey: &mut Journey, entry: AnswerEntry, out: &mut Emitter<'_
         .iter()
         .enumerate()
         .filter(|(_, a)| a.slot() == slot)
-        .map(|(j, _)| (j, journey.answer_view(j)))
+        .map(|(j, _)| (j, journey.answer_view(j, out.budgets)))
         .collect();
     journey.insert_answer(entry);
     let new = journey.answers.len() - 1;
-    out.answer(&journey.answers[new], None, journey.answer_view(new));
+    out.answer(
+        &journey.answers[new],
+        None,
+        journey.answer_view(new, out.budgets),
+    );
     for (j, old) in rivals {
-        out.answer(&journey.answers[j], Some(old), journey.answer_view(j));
+        out.answer(
+            &journey.answers[j],
+            Some(old),
+            journey.answer_view(j, out.budgets),
+        );
     }
 }
 

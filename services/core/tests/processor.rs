@@ -48,6 +48,34 @@ const TOUCHPOINTS: [(&str, usize); 3] = [("ad_click", 0), ("product_view", 1), (
 const SEGMENTS: [&str; 2] = ["new", "vip"];
 /// The budgets of the map above, by stage (the last stage has no later one).
 const BUDGETS_MS: [Option<i64>; 3] = [Some(6 * 3_600_000), Some(2 * 3_600_000), None];
+/// How long a journey lasts after an entry into each stage (the last stage's budget: a
+/// completed journey).
+const LASTS_MS: [i64; 3] = [6 * 3_600_000, 2 * 3_600_000, 2 * 86_400_000];
+
+/// Each touchpoint's (entered, stage it counts under) by the README: the furthest stage of
+/// the current journey so far; a journey lasts while its last entry is within that stage's
+/// budget, and the first touchpoint after that starts a new journey.
+fn stages(list: &[&TouchpointEvent]) -> Vec<(bool, usize)> {
+    let (mut furthest, mut until) = (None::<usize>, i64::MAX);
+    list.iter()
+        .map(|t| {
+            let own = TOUCHPOINTS
+                .iter()
+                .find(|(n, _)| *n == t.touchpoint)
+                .unwrap()
+                .1;
+            if furthest.is_some() && t.event_time > until {
+                furthest = None;
+            }
+            let entered = furthest.is_none_or(|f| own > f);
+            if entered {
+                until = t.event_time + LASTS_MS[own];
+            }
+            furthest = Some(furthest.map_or(own, |f| f.max(own)));
+            (entered, furthest.unwrap_or(own))
+        })
+        .collect()
+}
 
 fn map() -> Arc<JourneyMap> {
     Arc::new(JourneyMap::from_yaml("shop.yaml", MAP).expect("valid map"))
@@ -168,21 +196,20 @@ fn reference_with_horizons(
         HashMap::new();
     for (customer, list) in &mut tps {
         list.sort_by_key(|t| t.event_time);
-        let (mut furthest, mut segment) = (None::<usize>, "unknown".to_string());
+        let mut segment = "unknown".to_string();
         // (cell, time, stage) of each stage entry, in time order.
         let mut entries: Vec<(Cell, i64, usize)> = Vec::new();
-        for t in list.iter() {
+        let placed = stages(list);
+        for (t, (entered, at)) in list.iter().zip(placed) {
             let own = TOUCHPOINTS
                 .iter()
                 .find(|(n, _)| *n == t.touchpoint)
-                .map(|x| x.1)
-                .unwrap_or(0);
-            let entered = furthest.is_none_or(|f| own > f);
-            furthest = Some(furthest.map_or(own, |f| f.max(own)));
+                .unwrap()
+                .1;
             if let Some(s) = &t.segment {
                 segment = s.clone();
             }
-            let stage = ["awareness", "consideration", "conversion"][furthest.unwrap_or(0)];
+            let stage = ["awareness", "consideration", "conversion"][at];
             let ctx = (
                 stage.to_string(),
                 t.touchpoint.clone(),
@@ -315,16 +342,11 @@ fn reference_steps(applied: &[Rec], watermark: Option<i64>) -> BTreeMap<StepCell
     let mut out: BTreeMap<StepCell, StepCounts> = BTreeMap::new();
     for list in tps.values_mut() {
         list.sort_by_key(|t| t.event_time);
-        let (mut furthest, mut segment) = (0usize, "unknown".to_string());
+        let mut segment = "unknown".to_string();
         // Per step: the running attempt's (cell, start, deadline).
         let mut running: Vec<Option<(StepCell, i64, i64)>> = vec![None; STEPS.len()];
-        for (k, t) in list.iter().enumerate() {
-            let own = TOUCHPOINTS
-                .iter()
-                .find(|(n, _)| *n == t.touchpoint)
-                .unwrap()
-                .1;
-            furthest = if k == 0 { own } else { furthest.max(own) };
+        let placed = stages(list);
+        for (t, (_, furthest)) in list.iter().zip(placed) {
             if let Some(sg) = &t.segment {
                 segment = sg.clone();
             }

@@ -33,6 +33,30 @@ fn fnv1a(id: &str) -> u64 {
     })
 }
 
+/// Each touchpoint's (entered, stage it counts under, journey number) by the README: the
+/// furthest stage of the customer's current journey; a journey lasts while its last entry
+/// is within that stage's budget, and the first touchpoint after that starts a new one.
+/// `list` is one customer's touchpoints in event-time order.
+fn placed(map: &JourneyMap, list: &[&TouchpointEvent]) -> Vec<(bool, u8, u32)> {
+    let (mut furthest, mut until, mut seq) = (None::<u8>, i64::MAX, 0u32);
+    list.iter()
+        .map(|t| {
+            let own = map.touchpoints[usize::from(map.touchpoint(&t.touchpoint).unwrap())].stage;
+            if furthest.is_some() && t.event_time > until {
+                furthest = None;
+                seq += 1;
+            }
+            let entered = furthest.is_none_or(|f| own > f);
+            if entered {
+                until = t.event_time + map.stages[usize::from(own)].budget_ms;
+            }
+            let at = furthest.map_or(own, |f| f.max(own));
+            furthest = Some(at);
+            (entered, at, seq)
+        })
+        .collect()
+}
+
 /// Stage outcomes of one stage.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Funnel {
@@ -46,6 +70,16 @@ struct Funnel {
     /// after the lowest partition watermark.
     decided_conversions: i64,
     decided_dropoffs: i64,
+    /// Conversions by (channel entered on, channel of the next entry).
+    flows: BTreeMap<(String, String), i64>,
+}
+
+/// What the independent computation gives besides the stages' funnels.
+struct Independent {
+    stages: BTreeMap<String, Funnel>,
+    watermarks: BTreeMap<i32, i64>,
+    /// Journeys by (stage of their last entry, how they end: completed, dropped or open).
+    endings: BTreeMap<(String, String), i64>,
 }
 
 /// Stage outcomes straight from the produced events, by DESIGN.md's definitions: per
@@ -58,7 +92,7 @@ fn independent_funnel(
     map: &JourneyMap,
     tps: &[(i32, TouchpointEvent)],
     answers: &[(i32, SurveyAnswer)],
-) -> (BTreeMap<String, Funnel>, BTreeMap<i32, i64>) {
+) -> Independent {
     let mut watermarks: BTreeMap<i32, i64> = BTreeMap::new();
     let times = tps.iter().map(|(p, t)| (*p, t.event_time)).chain(
         answers
@@ -82,18 +116,32 @@ fn independent_funnel(
     }
     let lowest = watermarks.values().copied().min().unwrap_or(i64::MIN);
     let mut out: BTreeMap<String, Funnel> = BTreeMap::new();
+    let mut endings: BTreeMap<(String, String), i64> = BTreeMap::new();
     for list in by_customer.values_mut() {
         list.sort_by_key(|(_, t)| (t.event_time, fnv1a(&t.event_id)));
-        let mut furthest: Option<u8> = None;
-        let mut entries: Vec<(i32, i64, u8)> = Vec::new();
-        for (p, t) in list.iter() {
-            let s = map.touchpoints[usize::from(map.touchpoint(&t.touchpoint).unwrap())].stage;
-            if furthest.is_none_or(|f| s > f) {
-                entries.push((*p, t.event_time, s));
+        let events: Vec<&TouchpointEvent> = list.iter().map(|(_, t)| *t).collect();
+        let mut entries: Vec<(i32, i64, u8, &str)> = Vec::new();
+        // The last entry of each journey: how the journey ends.
+        let mut last_of_journey: BTreeMap<u32, (i32, i64, u8)> = BTreeMap::new();
+        for ((p, t), (entered, stage, seq)) in list.iter().zip(placed(map, &events)) {
+            if entered {
+                entries.push((*p, t.event_time, stage, t.channel.as_str()));
+                last_of_journey.insert(seq, (*p, t.event_time, stage));
             }
-            furthest = Some(furthest.map_or(s, |f| f.max(s)));
         }
-        for (k, (p, at, stage)) in entries.iter().enumerate() {
+        for (p, at, stage) in last_of_journey.values() {
+            let ending = if usize::from(*stage) + 1 == map.stages.len() {
+                "completed"
+            } else if watermarks[p] > at + map.stages[usize::from(*stage)].budget_ms {
+                "dropped"
+            } else {
+                "open"
+            };
+            *endings
+                .entry((map.stage_name(*stage).to_string(), ending.to_string()))
+                .or_default() += 1;
+        }
+        for (k, (p, at, stage, channel)) in entries.iter().enumerate() {
             let f = out.entry(map.stage_name(*stage).to_string()).or_default();
             f.entries += 1;
             if usize::from(*stage) + 1 == map.stages.len() {
@@ -102,10 +150,13 @@ fn independent_funnel(
             let budget = map.stages[usize::from(*stage)].budget_ms;
             let decided = at.div_euclid(60_000) * 60_000 + 60_000 + budget <= lowest;
             match entries.get(k + 1) {
-                Some((_, next, _)) if next - at <= budget => {
+                Some((_, next, _, to)) if next - at <= budget => {
                     f.conversions += 1;
                     f.convert_ms.push(next - at);
                     f.decided_conversions += i64::from(decided);
+                    *f.flows
+                        .entry((channel.to_string(), to.to_string()))
+                        .or_default() += 1;
                 }
                 _ if watermarks[p] > at + budget => {
                     f.dropoffs += 1;
@@ -118,7 +169,11 @@ fn independent_funnel(
     for f in out.values_mut() {
         f.convert_ms.sort_unstable();
     }
-    (out, watermarks)
+    Independent {
+        stages: out,
+        watermarks,
+        endings,
+    }
 }
 
 /// Step attempts per step straight from the produced events, by DESIGN.md / README rules:
@@ -279,6 +334,14 @@ fn clickhouse_funnel(s: &Stack) -> BTreeMap<String, Funnel> {
         f.convert_ms = r[5].split_whitespace().map(|x| x.parse().unwrap()).collect();
         f.convert_ms.sort_unstable();
     }
+    for r in s.query(&format!(
+        "SELECT stage, entered_on, converted_on, sum(conversions) FROM {db}.channel_flow \
+         GROUP BY stage, entered_on, converted_on"
+    )) {
+        let f = out.entry(r[0].clone()).or_default();
+        f.flows
+            .insert((r[1].clone(), r[2].clone()), r[3].parse().unwrap());
+    }
     // Decided cohorts, from the view that sets the map's stages beside the figures.
     for r in s.query(&format!(
         "SELECT stage, sumIf(conversions, decided = 1), sumIf(dropoffs, decided = 1) \
@@ -318,7 +381,7 @@ struct StageScores {
 
 /// Per-stage scores straight from the produced events, by the definitions in DESIGN.md,
 /// with none of the pipeline's code: each customer's touchpoints in time order (one per
-/// event id), the stage being the furthest reached so far; an answer counts under the
+/// event id), each under its stage (see [`placed`]); an answer counts under the
 /// touchpoint it names, else the latest touchpoint at or before it; per respondent,
 /// touchpoint and metric only the latest answer counts; invalid records count nowhere.
 fn independent(
@@ -340,12 +403,9 @@ fn independent(
     let mut stage_at: HashMap<(&str, &str), (i64, String)> = HashMap::new();
     let mut timeline: HashMap<&str, Vec<(i64, String)>> = HashMap::new();
     for (c, list) in &mut by_customer {
-        list.sort_by_key(|t| t.event_time);
-        let mut furthest: Option<u8> = None;
-        for t in list.iter() {
-            let s = map.touchpoints[usize::from(map.touchpoint(&t.touchpoint).unwrap())].stage;
-            furthest = Some(furthest.map_or(s, |f| f.max(s)));
-            let name = map.stage_name(furthest.unwrap()).to_string();
+        list.sort_by_key(|t| (t.event_time, fnv1a(&t.event_id)));
+        for (t, (_, stage, _)) in list.iter().zip(placed(map, list)) {
+            let name = map.stage_name(stage).to_string();
             stage_at.insert((c, t.event_id.as_str()), (t.event_time, name.clone()));
             timeline.entry(c).or_default().push((t.event_time, name));
         }
@@ -518,7 +578,11 @@ fn assert_funnel_is_independent(s: &Stack, map: &JourneyMap) {
         .iter()
         .filter_map(|r| Some((r.partition, codec.decode_answer(&r.payload).ok()?)))
         .collect();
-    let (expected, watermarks) = independent_funnel(map, &tps, &answers);
+    let Independent {
+        stages: expected,
+        watermarks,
+        endings,
+    } = independent_funnel(map, &tps, &answers);
     let committed: BTreeMap<i32, i64> = s
         .query(&format!(
             "SELECT source_partition, argMax(watermark_ms, batch_seq) FROM {}.ingest_batches \
@@ -554,6 +618,17 @@ fn assert_funnel_is_independent(s: &Stack, map: &JourneyMap) {
         })
         .collect();
     assert_eq!(clickhouse_stages(s), stages);
+    let paths: BTreeMap<(String, String), i64> = s
+        .query(&format!(
+            "SELECT last_stage, ending, sum(journeys) FROM {}.journey_paths \
+             GROUP BY last_stage, ending",
+            s.database()
+        ))
+        .into_iter()
+        .map(|r| ((r[0].clone(), r[1].clone()), r[2].parse().unwrap()))
+        .collect();
+    assert_eq!(paths, endings, "how AS-IS paths end");
+    assert_wilson_intervals(s);
     let steps = independent_steps(map, &tps, &watermarks);
     for (step, f) in &steps {
         eprintln!(
@@ -577,6 +652,29 @@ fn assert_funnel_is_independent(s: &Stack, map: &JourneyMap) {
             && total(|f| f.decided_dropoffs) > 0,
         "the scenario has every outcome, and decided cohorts"
     );
+}
+
+/// funnel_rolling's conversion and 95 % Wilson interval, recomputed here from its decided
+/// counts by the textbook formula, for every row of the whole range.
+fn assert_wilson_intervals(s: &Stack) {
+    let rows = s.query(&format!(
+        "SELECT decided_converted, decided_n, conversion, conversion_low, conversion_high \
+         FROM {}.funnel_rolling WHERE window = 'all' AND decided_n > 0",
+        s.database()
+    ));
+    assert!(!rows.is_empty());
+    for r in rows {
+        let v: Vec<f64> = r.iter().map(|x| x.parse().unwrap()).collect();
+        let (x, n, z) = (v[0], v[1], 1.959_963_984_540_054_f64);
+        let p = x / n;
+        let center = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+        let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+        assert!((v[2] - p).abs() < 1e-12, "{r:?}");
+        // The view uses z = 1.96: within 1e-4 of the exact quantile's interval.
+        assert!((v[3] - (center - half)).abs() < 1e-4, "{r:?}");
+        assert!((v[4] - (center + half)).abs() < 1e-4, "{r:?}");
+        assert!(v[3] <= p && p <= v[4], "{r:?}");
+    }
 }
 
 /// Sums the facts (latest row per key) into cells and compares them with the committed

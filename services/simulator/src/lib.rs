@@ -423,11 +423,20 @@ fn simulate_customer(
     // README says): each visit counts under the furthest stage reached so far, and enters a
     // stage when its own is beyond every earlier one's.
     visits.sort_by_key(|v| (v.time, fnv1a(&v.id)));
+    // A journey lasts while its last entry is within that stage's budget; the next visit
+    // after that starts a new journey.
     let mut furthest: Option<usize> = None;
+    let mut open_until = i64::MAX;
     for v in &mut visits {
+        if furthest.is_some() && v.time > open_until {
+            furthest = None;
+        }
         v.entered = furthest.is_none_or(|f| v.stage > f);
         v.reached = furthest.map_or(v.stage, |f| f.max(v.stage));
         furthest = Some(v.reached);
+        if v.entered {
+            open_until = v.time.saturating_add(map.stages[v.stage].budget_ms);
+        }
     }
     // An entry converts when the customer's next entry comes within its stage's budget.
     let entries: Vec<usize> = (0..visits.len()).filter(|&i| visits[i].entered).collect();
