@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use cxstream_avro::Codec;
 use cxstream_core::{JourneyMap, Metric, SurveyAnswer};
-use cxstream_simulator::{simulate, Delivery, SimConfig, SimRecord};
+use cxstream_simulator::{simulate, Delivery, Paths, SimConfig, SimRecord, StepBreak};
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
@@ -39,9 +39,13 @@ pub struct SimulateArgs {
     /// out of range), which must end in the DLQ and not in any count.
     #[arg(long, default_value_t = 0)]
     pub bad_records: u64,
-    /// How producers deliver: `punctual` (when things happen, a retry now and then) or
-    /// `messy` (late touchpoints, retries a day later, re-sent answers, a survey tool 3 h
-    /// behind, browsing bursts, clocks a day ahead).
+    /// `punctual`: customers walk the map's stages in order and producers send when things
+    /// happen (a retry now and then); `messy`: the same walk, delivered as real producers do
+    /// (late touchpoints, retries a day later, re-sent answers, a survey tool 3 h behind,
+    /// browsing bursts, clocks a day ahead); `journeys`: messy delivery of journeys as they
+    /// really happen (skipped stages, going back, customers who return after a journey
+    /// ended, steps that convert within their budget or not, and the first step — in the
+    /// app — converting at a fifth of its target from 30 % to 60 % of the period).
     #[arg(long, value_enum, default_value_t = Scenario::Punctual)]
     pub scenario: Scenario,
 }
@@ -50,6 +54,7 @@ pub struct SimulateArgs {
 pub enum Scenario {
     Punctual,
     Messy,
+    Journeys,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -76,6 +81,28 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
+/// The journeys scenario's incident: the map's first step, in the app where it runs there
+/// (else its first channel), converts at a fifth of its target from 30 % to 60 % of the
+/// simulated period.
+fn step_break(map: &JourneyMap, cfg: &SimConfig) -> Option<StepBreak> {
+    let step = map.steps.first()?;
+    let from = map.touchpoints.get(usize::from(*step.from.first()?))?;
+    let channels: Vec<&str> = from.channels.iter().map(|c| map.channel_name(*c)).collect();
+    let channel = if channels.contains(&"app") {
+        "app"
+    } else {
+        channels.first()?
+    };
+    let period = cfg.days * 86_400_000.0;
+    Some(StepBreak {
+        step: step.name.clone(),
+        channel: channel.to_string(),
+        from_ms: cfg.start_ms + (0.3 * period) as i64,
+        until_ms: cfg.start_ms + (0.6 * period) as i64,
+        factor: 0.2,
+    })
+}
+
 pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produced> {
     if args.customers == 0 || args.days <= 0.0 {
         bail!("--customers and --days must be positive");
@@ -86,9 +113,16 @@ pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produc
         seed: args.seed,
         delivery: match args.scenario {
             Scenario::Punctual => Delivery::punctual(),
-            Scenario::Messy => Delivery::messy(),
+            Scenario::Messy | Scenario::Journeys => Delivery::messy(),
         },
         ..SimConfig::default()
+    };
+    let sim_cfg = SimConfig {
+        paths: match args.scenario {
+            Scenario::Journeys => Paths::non_linear(step_break(map, &sim_cfg)),
+            _ => Paths::default(),
+        },
+        ..sim_cfg
     };
     let started = Instant::now();
     let sim = simulate(map, &sim_cfg);

@@ -27,6 +27,51 @@ pub struct SimConfig {
     pub start_ms: i64,
     /// How the producers deliver: on time, or the way real ones do.
     pub delivery: Delivery,
+    /// How customers move through the map: straight through it, or as real ones do.
+    pub paths: Paths,
+}
+
+/// How customers move through the journey map. The default walks the stages in order,
+/// one journey per customer, touchpoints drawn at random within each stage.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Paths {
+    /// Share of stage hops that skip a stage.
+    pub skip_share: f64,
+    /// Share of stages in which the customer also goes back to an earlier stage's
+    /// touchpoint.
+    pub back_share: f64,
+    /// Share of customers who come back after their journey ended and start another.
+    pub return_share: f64,
+    /// Whether a step's `from` touchpoint is followed by one of its `to` touchpoints
+    /// within the budget, at the step's target conversion (see `step_break`).
+    pub steps: bool,
+    /// A step that breaks for a while.
+    pub step_break: Option<StepBreak>,
+}
+
+/// A step whose conversion in one channel falls to `factor` of its target for a while.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepBreak {
+    pub step: String,
+    pub channel: String,
+    pub from_ms: i64,
+    pub until_ms: i64,
+    pub factor: f64,
+}
+
+impl Paths {
+    /// Journeys as they really happen: skipped stages, going back, customers who return
+    /// after a completed or abandoned journey, steps that convert (or not) within their
+    /// budget, and one step that breaks for a while.
+    pub fn non_linear(step_break: Option<StepBreak>) -> Self {
+        Paths {
+            skip_share: 0.15,
+            back_share: 0.2,
+            return_share: 0.25,
+            steps: true,
+            step_break,
+        }
+    }
 }
 
 /// How producers deliver what happened: a record's send time (its Kafka timestamp) and
@@ -94,6 +139,7 @@ impl Default for SimConfig {
             // 2026-11-02T00:00:00Z, a Monday.
             start_ms: 1_793_577_600_000,
             delivery: Delivery::punctual(),
+            paths: Paths::default(),
         }
     }
 }
@@ -371,51 +417,32 @@ fn simulate_customer(
     let mut t = cfg.start_ms + (rng.random::<f64>() * (end_ms - cfg.start_ms) as f64 * 0.9) as i64;
     let mut visits: Vec<Visit> = Vec::new();
 
-    // Walk the stages.
-    for stage in 0..map.stages.len() {
-        let tps: Vec<usize> = map.touchpoints_of(stage as u8).map(usize::from).collect();
-        let n = rng.random_range(1..=3);
-        for _ in 0..n {
-            if t >= end_ms {
-                break;
-            }
-            let tp = tps[rng.random_range(0..tps.len())];
-            let chans = &map.touchpoints[tp].channels;
-            let channel = if chans.contains(&(favourite_channel as u8)) && rng.random_bool(0.6) {
-                favourite_channel
-            } else {
-                usize::from(chans[rng.random_range(0..chans.len())])
-            };
-            visits.push(Visit {
-                id: format!("{customer}-t{}", visits.len()),
-                time: t,
-                touchpoint: tp,
-                channel,
-                stage,
-                reached: stage,
-                entered: false,
-                converted_after: None,
-                burst: false,
-            });
-            t += exp_delay(rng, 0.5 * HOUR_MS);
-        }
-        // Segment and channel shift conversion around the map's target.
-        let base = map.stages[stage].target_conversion;
-        let lift = [0.0, 0.05, 0.15, 0.08].get(segment).copied().unwrap_or(0.0);
-        if stage + 1 == map.stages.len()
-            || !rng.random_bool((base + lift).clamp(0.0, 1.0))
-            || t >= end_ms
-        {
+    // Walk the stages; a returning customer walks them again after the first journey ended.
+    let journeys = if cfg.paths.return_share > 0.0 && rng.random_bool(cfg.paths.return_share) {
+        2
+    } else {
+        1
+    };
+    for j in 0..journeys {
+        let last = walk(
+            map,
+            cfg,
+            &customer,
+            favourite_channel,
+            segment,
+            end_ms,
+            t,
+            rng,
+            &mut visits,
+        );
+        let Some((time, stage)) = last.filter(|_| j + 1 < journeys) else {
+            break;
+        };
+        // Back after the journey ended: past the last entry's budget.
+        t = time + map.stages[stage].budget_ms + exp_delay(rng, 48.0 * HOUR_MS) + 1;
+        if t >= end_ms {
             break;
         }
-        t += exp_delay(
-            rng,
-            [3.0, 6.0, 12.0, 24.0, 24.0]
-                .get(stage)
-                .copied()
-                .unwrap_or(12.0)
-                * HOUR_MS,
-        );
     }
 
     add_bursts(map, cfg, &customer, rng, &mut visits);
@@ -693,6 +720,146 @@ fn future_dated_touchpoint(
     }
 }
 
+/// One journey from `t`: visits appended to `visits`; returns the time and stage of the
+/// furthest stage's first visit (the journey's last entry), if any.
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    map: &JourneyMap,
+    cfg: &SimConfig,
+    customer: &str,
+    favourite_channel: usize,
+    segment: usize,
+    end_ms: i64,
+    mut t: i64,
+    rng: &mut SmallRng,
+    visits: &mut Vec<Visit>,
+) -> Option<(i64, usize)> {
+    let paths = &cfg.paths;
+    let mut last: Option<(i64, usize)> = None;
+    let mut stage = 0;
+    while stage < map.stages.len() {
+        let tps: Vec<usize> = map.touchpoints_of(stage as u8).map(usize::from).collect();
+        let n = rng.random_range(1..=3);
+        for k in 0..n {
+            if t >= end_ms {
+                break;
+            }
+            let tp = tps[rng.random_range(0..tps.len())];
+            let channel = pick_channel(map, tp, favourite_channel, rng);
+            visits.push(visit(customer, visits.len(), t, tp, channel, stage));
+            if k == 0 {
+                last = Some((t, stage));
+            }
+            if paths.steps {
+                follow_steps(map, cfg, customer, (tp, channel, t), end_ms, rng, visits);
+            }
+            t += exp_delay(rng, 0.5 * HOUR_MS);
+        }
+        if stage > 0 && paths.back_share > 0.0 && rng.random_bool(paths.back_share) && t < end_ms {
+            let earlier = rng.random_range(0..stage);
+            let back: Vec<usize> = map.touchpoints_of(earlier as u8).map(usize::from).collect();
+            let tp = back[rng.random_range(0..back.len())];
+            let channel = pick_channel(map, tp, favourite_channel, rng);
+            visits.push(visit(customer, visits.len(), t, tp, channel, earlier));
+            t += exp_delay(rng, 0.5 * HOUR_MS);
+        }
+        // Segment and channel shift conversion around the map's target.
+        let base = map.stages[stage].target_conversion;
+        let lift = [0.0, 0.05, 0.15, 0.08].get(segment).copied().unwrap_or(0.0);
+        if stage + 1 == map.stages.len()
+            || !rng.random_bool((base + lift).clamp(0.0, 1.0))
+            || t >= end_ms
+        {
+            break;
+        }
+        t += exp_delay(
+            rng,
+            [3.0, 6.0, 12.0, 24.0, 24.0]
+                .get(stage)
+                .copied()
+                .unwrap_or(12.0)
+                * HOUR_MS,
+        );
+        let skip = paths.skip_share > 0.0
+            && stage + 2 < map.stages.len()
+            && rng.random_bool(paths.skip_share);
+        stage += if skip { 2 } else { 1 };
+    }
+    last
+}
+
+fn visit(
+    customer: &str,
+    n: usize,
+    time: i64,
+    touchpoint: usize,
+    channel: usize,
+    stage: usize,
+) -> Visit {
+    Visit {
+        id: format!("{customer}-t{n}"),
+        time,
+        touchpoint,
+        channel,
+        stage,
+        reached: stage,
+        entered: false,
+        converted_after: None,
+        burst: false,
+    }
+}
+
+fn pick_channel(map: &JourneyMap, tp: usize, favourite: usize, rng: &mut SmallRng) -> usize {
+    let chans = &map.touchpoints[tp].channels;
+    if chans.contains(&(favourite as u8)) && rng.random_bool(0.6) {
+        favourite
+    } else {
+        usize::from(chans[rng.random_range(0..chans.len())])
+    }
+}
+
+/// After a step's `from` touchpoint (touchpoint, channel, time), one of its `to`
+/// touchpoints on the same channel, within the budget at the step's target conversion (less
+/// while the step is broken there), else after it now and then; none after the period.
+fn follow_steps(
+    map: &JourneyMap,
+    cfg: &SimConfig,
+    customer: &str,
+    (tp, channel, t): (usize, usize, i64),
+    end_ms: i64,
+    rng: &mut SmallRng,
+    visits: &mut Vec<Visit>,
+) {
+    for step in map.steps.iter().filter(|s| s.from.contains(&(tp as u16))) {
+        let broken = cfg.paths.step_break.as_ref().is_some_and(|b| {
+            b.step == step.name
+                && map.channels[channel] == b.channel
+                && (b.from_ms..b.until_ms).contains(&t)
+        });
+        let factor = cfg
+            .paths
+            .step_break
+            .as_ref()
+            .filter(|_| broken)
+            .map_or(1.0, |b| b.factor);
+        let to = usize::from(step.to[rng.random_range(0..step.to.len())]);
+        let budget = step.budget_ms as f64;
+        let after = if rng.random_bool((step.target_conversion * factor).clamp(0.0, 1.0)) {
+            (budget * rng.random_range(0.05..0.95)) as i64
+        } else if rng.random_bool(0.3) {
+            (budget * rng.random_range(1.05..2.0)) as i64
+        } else {
+            continue;
+        };
+        let at = t + after.max(1);
+        if at >= end_ms {
+            continue;
+        }
+        let stage = usize::from(map.touchpoints[to].stage);
+        visits.push(visit(customer, visits.len(), at, to, channel, stage));
+    }
+}
+
 /// Step attempts of one customer's visits (in event-time order), by the rules on
 /// [`StepTruth`].
 fn count_steps(
@@ -861,6 +1028,47 @@ mod tests {
         assert!(stages_entered > 2000);
         let advocacy = s.truth.keys().filter(|k| k.1 == "advocacy").count();
         assert!(advocacy > 0, "some customers reach the last stage");
+    }
+
+    #[test]
+    fn non_linear_journeys_skip_go_back_return_and_take_steps() {
+        let m = map();
+        let cfg = SimConfig {
+            customers: 2000,
+            days: 30.0,
+            paths: Paths::non_linear(None),
+            ..SimConfig::default()
+        };
+        let s = simulate(&m, &cfg);
+        let entries = |stage: &str| -> i64 {
+            s.truth
+                .iter()
+                .filter(|(k, _)| k.1 == stage)
+                .map(|(_, c)| c.stage_entries)
+                .sum()
+        };
+        // Returning customers start a second journey at the first stage.
+        assert!(entries("awareness") > 2000, "{}", entries("awareness"));
+        // Skipped stages: more customers enter conversion than convert out of consideration.
+        let converted_from_consideration: i64 = s
+            .truth
+            .iter()
+            .filter(|(k, _)| k.1 == "consideration")
+            .map(|(_, c)| c.stage_conversions)
+            .sum();
+        assert!(entries("conversion") > converted_from_consideration);
+        // Steps convert within their budget at about their target.
+        let checkout: Vec<&StepTruth> = s
+            .step_truth
+            .iter()
+            .filter(|(k, _)| k.1 == "checkout")
+            .map(|(_, c)| c)
+            .collect();
+        let (started, converted) = checkout
+            .iter()
+            .fold((0, 0), |(a, b), c| (a + c.starts, b + c.conversions));
+        let rate = converted as f64 / started as f64;
+        assert!((0.55..0.85).contains(&rate), "checkout converts {rate}");
     }
 
     #[test]

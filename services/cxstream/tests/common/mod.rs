@@ -35,6 +35,8 @@ pub struct Stack {
 pub struct Raw {
     pub partition: i32,
     pub offset: i64,
+    /// The record's timestamp (epoch ms).
+    pub timestamp_ms: Option<i64>,
     pub payload: Vec<u8>,
     pub headers: BTreeMap<String, String>,
 }
@@ -436,6 +438,7 @@ impl Stack {
             out.push(Raw {
                 partition: m.partition(),
                 offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
                 payload: m.payload().unwrap_or(&[]).to_vec(),
                 headers,
             });
