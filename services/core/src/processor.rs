@@ -741,21 +741,38 @@ fn insert_touchpoint(journey: &mut Journey, entry: TouchpointEntry, out: &mut Em
         .last()
         .is_some_and(|l| (l.time, l.id) > (entry.time, entry.id))
         || journey.would_decide_an_entry(entry.stage, entry.time, out.budgets)
-        || out.budgets.steps.concerns(entry.touchpoint)
         || journey
             .answers
             .iter()
             .any(|a| a.named == Some(entry.id) || (a.time >= entry.time && a.fixed.is_none()));
-    if !affects_others {
+    if affects_others {
+        let before = journey.derive(out.budgets);
         let at = journey.insert_touchpoint(entry);
-        let view = journey.touchpoint_view(at, out.budgets);
-        out.touchpoint(&journey.touchpoints[at], None, view);
+        let after = journey.derive(out.budgets);
+        emit_diff(journey, &before, &after, Some(at), out);
         return;
     }
-    let before = journey.derive(out.budgets);
+    // The latest touchpoint changes no other touchpoint's or answer's view; if it starts or
+    // converts a step, only step attempts change besides its own view.
+    let steps = out.budgets.steps.concerns(entry.touchpoint);
+    let mut views = if steps {
+        journey.touchpoint_views(out.budgets).touchpoints
+    } else {
+        Vec::new()
+    };
+    let before = if steps {
+        journey.step_views(out.budgets, &views)
+    } else {
+        Vec::new()
+    };
     let at = journey.insert_touchpoint(entry);
-    let after = journey.derive(out.budgets);
-    emit_diff(journey, &before, &after, Some(at), out);
+    let view = journey.touchpoint_view(at, out.budgets);
+    out.touchpoint(&journey.touchpoints[at], None, view);
+    if steps {
+        views.push(view);
+        let after = journey.step_views(out.budgets, &views);
+        emit_step_diff(journey, &before, &after, out);
+    }
 }
 
 /// Inserts an answer and emits what changed: its own view, and its slot's previous latest.
