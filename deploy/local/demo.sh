@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing, starts Tansu and ClickHouse, creates topics and tables,
 # simulates CX traffic (from empty servers), runs the journey service until it has caught up, and prints a summary.
-#   CUSTOMERS (default 10000), DAYS (default 30), SEED (default 42)
+#   CUSTOMERS (default 10000), DAYS (default 30), SEED (default 42), SCENARIO (default journeys:
+#   journeys as they really happen, delivered as real producers do; see `cxstream simulate --help`)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -15,7 +16,7 @@ CX_CXSTREAM_BIN="$bin" deploy/local/up.sh
 "$bin" migrate
 mkdir -p "$CXSTREAM_RUN/demo"
 "$bin" simulate --customers "${CUSTOMERS:-10000}" --days "${DAYS:-30}" --seed "${SEED:-42}" \
-  --bad-records 20 --ground-truth "$CXSTREAM_RUN/demo/ground-truth.csv"
+  --scenario "${SCENARIO:-journeys}" --bad-records 20 --ground-truth "$CXSTREAM_RUN/demo/ground-truth.csv"
 CXSTREAM_HTTP_LISTEN=127.0.0.1:0 "$bin" journey --until-caught-up
 echo
 "$bin" report
