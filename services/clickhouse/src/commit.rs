@@ -263,7 +263,7 @@ impl BatchCommitter {
                 Ok(StateRow {
                     journey: map.name.clone(),
                     source_partition: partition,
-                    customer_id: customer.clone(),
+                    customer_id: customer.to_string(),
                     segment: state
                         .floor
                         .segment

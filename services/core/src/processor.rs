@@ -153,11 +153,12 @@ pub struct Batch {
     pub refused: Vec<RefusedEvent>,
     /// Customers whose journey changed, with the journey to persist (shared with the
     /// processor until it changes again: taking a batch copies no journey).
-    pub journeys: Vec<(String, Arc<Journey>)>,
+    pub journeys: Vec<(Arc<str>, Arc<Journey>)>,
     pub duplicates: u64,
 }
 
-type Journeys = hashbrown::HashMap<String, Arc<Journey>, ahash::RandomState>;
+/// Keyed by customer id, shared (not copied) with the deadlines and the dirty list.
+type Journeys = hashbrown::HashMap<Arc<str>, Arc<Journey>, ahash::RandomState>;
 
 pub struct PartitionProcessor {
     map: Arc<JourneyMap>,
@@ -165,7 +166,7 @@ pub struct PartitionProcessor {
     clock: EventClock,
     /// (deadline, customer) of every entry reported open: it drops off when the
     /// watermark passes the deadline, unless converted by then.
-    deadlines: BTreeSet<(i64, String)>,
+    deadlines: BTreeSet<(i64, Arc<str>)>,
     journeys: Journeys,
     agg: HashMap<AggKey, Counts, ahash::RandomState>,
     step_agg: HashMap<StepKey, StepCounts, ahash::RandomState>,
@@ -176,7 +177,7 @@ pub struct PartitionProcessor {
     answers: Vec<AnswerFact>,
     refused: Vec<RefusedEvent>,
     /// Customers whose journey changed since the last batch (each once: see `Journey::dirty`).
-    dirty: Vec<String>,
+    dirty: Vec<Arc<str>>,
     duplicates: u64,
     /// The horizon at the last sweep of all journeys.
     swept_to: i64,
@@ -230,6 +231,7 @@ impl PartitionProcessor {
     /// outcomes were counted has its entries' outcomes counted now, and is persisted with
     /// the next batch so that this happens once.
     pub fn restore(&mut self, customer: String, journey: Journey, written: Written) {
+        let customer: Arc<str> = customer.into();
         let wm = self.clock.watermark();
         let views = journey.touchpoint_views(&self.budgets);
         if written == Written::BeforeOutcomes {
@@ -449,7 +451,14 @@ impl PartitionProcessor {
         insert: impl FnOnce(&mut Journey, &mut Emitter<'_>) -> bool,
     ) {
         let horizon = self.clock.horizon();
-        let journey = Arc::make_mut(self.journeys.entry_ref(customer).or_default());
+        let entry = match self.journeys.entry_ref(customer) {
+            hashbrown::hash_map::EntryRef::Occupied(o) => o,
+            hashbrown::hash_map::EntryRef::Vacant(v) => {
+                v.insert_entry_with_key(Arc::from(customer), Arc::default())
+            }
+        };
+        let customer = &entry.key().clone();
+        let journey = Arc::make_mut(entry.into_mut());
         if let Some(h) = horizon {
             journey.prune(h, &self.budgets);
         }
@@ -586,10 +595,10 @@ struct Emitter<'a> {
     touchpoints: &'a mut Vec<TouchpointFact>,
     rewritten: &'a mut bool,
     answers: &'a mut Vec<AnswerFact>,
-    deadlines: &'a mut BTreeSet<(i64, String)>,
+    deadlines: &'a mut BTreeSet<(i64, Arc<str>)>,
     budgets: &'a Budgets,
     watermark: Option<i64>,
-    customer: &'a str,
+    customer: &'a Arc<str>,
 }
 
 impl Emitter<'_> {
@@ -616,7 +625,7 @@ impl Emitter<'_> {
             .or_default();
         let outcome = tally(cell, &new, self.watermark, 1);
         if let Some(StageOutcome::Open { deadline }) = outcome {
-            self.deadlines.insert((deadline, self.customer.to_string()));
+            self.deadlines.insert((deadline, self.customer.clone()));
         }
         self.touchpoints.push(TouchpointFact {
             event: t.event.clone(),
@@ -646,7 +655,7 @@ impl Emitter<'_> {
             let cell = self.step_agg.entry(StepKey::of(&n)).or_default();
             tally_step(cell, outcome, 1);
             if let StageOutcome::Open { deadline } = outcome {
-                self.deadlines.insert((deadline, self.customer.to_string()));
+                self.deadlines.insert((deadline, self.customer.clone()));
             }
         }
         self.steps.push(StepFact {
@@ -851,10 +860,10 @@ fn emit_step_diff(
 
 /// Remembers that a journey must be persisted with the next batch: one key copy per
 /// customer and batch, not per event.
-fn mark_dirty(journey: &mut Journey, customer: &str, dirty: &mut Vec<String>) {
+fn mark_dirty(journey: &mut Journey, customer: &Arc<str>, dirty: &mut Vec<Arc<str>>) {
     if !journey.dirty {
         journey.dirty = true;
-        dirty.push(customer.to_string());
+        dirty.push(customer.clone());
     }
 }
 

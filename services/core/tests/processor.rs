@@ -530,7 +530,7 @@ impl Sink {
         }
         for (customer, j) in &b.journeys {
             self.saved
-                .insert(customer.clone(), serde_json::to_vec(j).unwrap());
+                .insert(customer.to_string(), serde_json::to_vec(j).unwrap());
         }
         for r in &b.refused {
             let id = match &r.event {
