@@ -1,8 +1,8 @@
 -- Stage outcomes (README § Stage conversion): every stage entry into a stage but the last
 -- converts (reaches a later stage within the stage's budget), drops off (the watermark
 -- passed its deadline first) or is still open. Counted per minute in the entry's cell, and
--- on the entry's touchpoint fact, which is written again when its outcome changes (so
--- `touchpoints FINAL` gives each entry's outcome now, and exact time-to-convert quantiles).
+-- in one fact per entry, written again when its outcome changes (so `stage_entries FINAL`
+-- gives each entry's outcome now, and exact time-to-convert quantiles).
 
 ALTER TABLE {db}.metrics_minute ADD COLUMN stage_conversions Int64 DEFAULT 0;
 ALTER TABLE {db}.metrics_minute ADD COLUMN convert_ms_sum Int64 DEFAULT 0;
@@ -13,13 +13,34 @@ ALTER TABLE {db}.metrics_minute_compacted ADD COLUMN convert_ms_sum Int64 DEFAUL
 ALTER TABLE {db}.metrics_minute_compacted ADD COLUMN stage_dropoffs Int64 DEFAULT 0;
 ALTER TABLE {db}.metrics_minute_compacted ADD COLUMN stage_open Int64 DEFAULT 0;
 
--- 'none': not a stage entry, or an entry into the last stage (there is no later one).
--- stage_deadline_ms: entry time + the stage's budget (0 for 'none'); convert_ms and
--- converted_channel: how long it took and on which channel the next stage was entered.
-ALTER TABLE {db}.touchpoints ADD COLUMN stage_outcome Enum8('none' = 0, 'open' = 1, 'converted' = 2, 'dropped' = 3) DEFAULT 'none';
-ALTER TABLE {db}.touchpoints ADD COLUMN stage_deadline_ms Int64 DEFAULT 0;
-ALTER TABLE {db}.touchpoints ADD COLUMN convert_ms Int64 DEFAULT 0;
-ALTER TABLE {db}.touchpoints ADD COLUMN converted_channel String DEFAULT '';
+-- One row per stage entry: the entering touchpoint's event id and time, its context, and
+-- the outcome now (FINAL): 'none' for an entry into the last stage. deadline_ms is entry
+-- time + the stage's budget; convert_ms and converted_channel tell how long it took and on
+-- which channel the next stage was entered. withdrawn = 1: a late touchpoint made it no
+-- entry any more.
+CREATE TABLE IF NOT EXISTS {db}.stage_entries
+(
+    customer_id String,
+    journey String,
+    event_id String,
+    entry_time DateTime,
+    entry_time_ms Int64,
+    stage String,
+    touchpoint String,
+    channel String,
+    segment String,
+    journey_seq UInt32,
+    outcome Enum8('none' = 0, 'open' = 1, 'converted' = 2, 'dropped' = 3),
+    deadline_ms Int64,
+    convert_ms Int64,
+    converted_channel String,
+    withdrawn UInt8,
+    source_partition UInt16,
+    source_offset Int64
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(entry_time)
+ORDER BY (customer_id, event_id);
 
 DROP TABLE IF EXISTS {db}.metrics_minute_committed;
 

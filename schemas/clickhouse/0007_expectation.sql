@@ -44,11 +44,11 @@ GROUP BY tupleElement(w, 1) AS window, journey, stage, channel, segment;
 -- The omnichannel view: per day of entry, the channel customers entered a stage on and the
 -- channel they entered the next stage on (converted entries only).
 CREATE VIEW IF NOT EXISTS {db}.channel_flow AS
-SELECT toDate(event_time) AS day, journey, stage, channel AS entered_on,
+SELECT toDate(entry_time) AS day, journey, stage, channel AS entered_on,
        converted_channel AS converted_on, count() AS conversions,
        sum(convert_ms) AS convert_ms_total
-FROM {db}.touchpoints FINAL
-WHERE stage_outcome = 'converted'
+FROM {db}.stage_entries FINAL
+WHERE outcome = 'converted' AND withdrawn = 0
 GROUP BY day, journey, stage, entered_on, converted_on;
 
 -- AS-IS paths: each journey's stage entries in event time (the touchpoints through which
@@ -61,15 +61,15 @@ SELECT day, journey, path, stages, ending, last_stage, count() AS journeys
 FROM
 (
     SELECT customer_id, journey, journey_seq,
-           arraySort(x -> tupleElement(x, 1), groupArray((event_time_ms, stage, touchpoint, stage_outcome))) AS entries,
+           arraySort(x -> tupleElement(x, 1), groupArray((entry_time_ms, stage, touchpoint, outcome))) AS entries,
            toDate(toDateTime(intDiv(tupleElement(entries[1], 1), 1000))) AS day,
            arrayStringConcat(arrayMap(x -> tupleElement(x, 3), entries), ' > ') AS path,
            arrayStringConcat(arrayMap(x -> tupleElement(x, 2), entries), ' > ') AS stages,
            tupleElement(entries[-1], 2) AS last_stage,
            multiIf(tupleElement(entries[-1], 4) = 'dropped', 'dropped',
                    tupleElement(entries[-1], 4) = 'open', 'open', 'completed') AS ending
-    FROM {db}.touchpoints FINAL
-    WHERE stage_entered = 1
+    FROM {db}.stage_entries FINAL
+    WHERE withdrawn = 0
     GROUP BY customer_id, journey, journey_seq
 )
 GROUP BY day, journey, path, stages, ending, last_stage;

@@ -17,8 +17,8 @@ use serde::Deserialize;
 
 use crate::journey_state;
 use crate::rows::{
-    AnswerRow, BatchRow, JourneyStepRow, MinuteRow, RefusedRow, StageRow, StateRow, StepAttemptRow,
-    StepMinuteRow, TouchpointRow,
+    AnswerRow, BatchRow, EntryRow, JourneyStepRow, MinuteRow, RefusedRow, StageRow, StateRow,
+    StepAttemptRow, StepMinuteRow, TouchpointRow,
 };
 use crate::{Context, Error, Result};
 
@@ -234,6 +234,14 @@ impl BatchCommitter {
                 .aggregates
                 .iter()
                 .map(|(k, c)| MinuteRow::new(map, k, c, partition, seq, attempt)),
+        )
+        .await?;
+        self.insert_rows::<EntryRow<'_>>(
+            "stage_entries",
+            batch
+                .entries
+                .iter()
+                .map(|f| EntryRow::new(map, f, partition)),
         )
         .await?;
         self.insert_rows::<StepAttemptRow<'_>>(

@@ -91,9 +91,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Journey, Written), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cxstream_core::journey::FoldedEntry;
-    use cxstream_core::TouchpointEvent;
-    use std::sync::Arc;
+    use cxstream_core::journey::{EventId, FoldedEntry, Origin};
 
     fn context() -> Context {
         Context {
@@ -118,27 +116,11 @@ mod tests {
 
     fn journey() -> Journey {
         let mut j: Journey = legacy().into();
-        let event = TouchpointEvent {
-            event_id: "e".into(),
-            customer_id: Some("c".into()),
-            anonymous_id: None,
-            event_time: 1_000,
-            touchpoint: "checkout_started".into(),
-            channel: "web".into(),
-            stage: None,
-            segment: None,
-            outcome: None,
-            attributes: Default::default(),
-        };
         j.floor.pending = Some(FoldedEntry {
-            entry: TouchpointEntry {
+            origin: Origin {
                 id: 7,
+                event_id: EventId::Owned("e".into()),
                 time: 1_000,
-                touchpoint: 3,
-                channel: 1,
-                stage: 2,
-                segment: None,
-                event: Arc::new(event),
                 source_offset: 5,
             },
             context: context(),

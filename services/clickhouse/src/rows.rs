@@ -5,7 +5,8 @@ use cxstream_core::journey::{Attribution, Context, StageOutcome};
 use cxstream_core::journey_map::StepIdx;
 use cxstream_core::metrics::StepCounts;
 use cxstream_core::processor::{
-    AggKey, AnswerFact, RefusedEvent, RefusedPayload, StepFact, StepKey, TouchpointFact, MINUTE_MS,
+    AggKey, AnswerFact, EntryFact, RefusedEvent, RefusedPayload, StepFact, StepKey, TouchpointFact,
+    MINUTE_MS,
 };
 use cxstream_core::{Counts, Input, JourneyMap, Metric, Refusal};
 use serde::{Deserialize, Serialize};
@@ -28,11 +29,6 @@ pub struct TouchpointRow<'a> {
     pub attribute_values: Vec<&'a str>,
     pub source_partition: u16,
     pub source_offset: i64,
-    /// Enum8: none = 0, open = 1, converted = 2, dropped = 3.
-    pub stage_outcome: i8,
-    pub stage_deadline_ms: i64,
-    pub convert_ms: i64,
-    pub converted_channel: &'a str,
     pub journey_seq: u32,
 }
 
@@ -147,6 +143,76 @@ impl<'a> StepMinuteRow<'a> {
     }
 }
 
+/// One stage entry in `stage_entries`.
+#[derive(Debug, clickhouse::Row, Serialize)]
+pub struct EntryRow<'a> {
+    pub customer_id: &'a str,
+    pub journey: &'a str,
+    pub event_id: &'a str,
+    pub entry_time: u32,
+    pub entry_time_ms: i64,
+    pub stage: &'a str,
+    pub touchpoint: &'a str,
+    pub channel: &'a str,
+    pub segment: &'a str,
+    pub journey_seq: u32,
+    /// Enum8: none = 0, open = 1, converted = 2, dropped = 3.
+    pub outcome: i8,
+    pub deadline_ms: i64,
+    pub convert_ms: i64,
+    pub converted_channel: &'a str,
+    pub withdrawn: u8,
+    pub source_partition: u16,
+    pub source_offset: i64,
+}
+
+impl<'a> EntryRow<'a> {
+    pub fn new(map: &'a JourneyMap, f: &'a EntryFact, partition: u16) -> Self {
+        let d = dims(map, Some(f.context));
+        let o = &f.origin;
+        let budget = map
+            .stages
+            .get(usize::from(f.context.stage))
+            .map_or(0, |s| s.budget_ms);
+        let (outcome, convert_ms, converted_channel) = outcome_columns(map, f.outcome);
+        EntryRow {
+            customer_id: &f.customer,
+            journey: &map.name,
+            event_id: o.event_id.as_str(),
+            entry_time: secs(o.time),
+            entry_time_ms: o.time,
+            stage: d.stage,
+            touchpoint: d.touchpoint,
+            channel: d.channel,
+            segment: d.segment,
+            journey_seq: f.journey_seq,
+            outcome,
+            deadline_ms: if f.outcome.is_some() {
+                o.time.saturating_add(budget)
+            } else {
+                0
+            },
+            convert_ms,
+            converted_channel,
+            withdrawn: u8::from(f.withdrawn),
+            source_partition: partition,
+            source_offset: o.source_offset,
+        }
+    }
+}
+
+/// (outcome Enum8, convert_ms, converted_channel) of a reported outcome.
+fn outcome_columns(map: &JourneyMap, outcome: Option<StageOutcome>) -> (i8, i64, &str) {
+    match outcome {
+        None => (0, 0, ""),
+        Some(StageOutcome::Open { .. }) => (1, 0, ""),
+        Some(StageOutcome::Converted { after_ms, channel }) => {
+            (2, after_ms, map.channel_name(channel))
+        }
+        Some(StageOutcome::Dropped { .. }) => (3, 0, ""),
+    }
+}
+
 /// One step attempt in `step_attempts`.
 #[derive(Debug, clickhouse::Row, Serialize)]
 pub struct StepAttemptRow<'a> {
@@ -173,36 +239,30 @@ pub struct StepAttemptRow<'a> {
 impl<'a> StepAttemptRow<'a> {
     pub fn new(map: &'a JourneyMap, f: &'a StepFact, partition: u16) -> Self {
         let d = dims(map, Some(f.context));
-        let e = &f.event;
+        let o = &f.origin;
         let budget = map
             .steps
             .get(usize::from(f.step))
             .map_or(0, |s| s.budget_ms);
-        let (outcome, convert_ms, converted_channel) = match f.outcome {
-            StageOutcome::Open { .. } => (1, 0, ""),
-            StageOutcome::Converted { after_ms, channel } => {
-                (2, after_ms, map.channel_name(channel))
-            }
-            StageOutcome::Dropped { .. } => (3, 0, ""),
-        };
+        let (outcome, convert_ms, converted_channel) = outcome_columns(map, Some(f.outcome));
         StepAttemptRow {
-            customer_id: e.customer_id.as_deref().unwrap_or(""),
+            customer_id: &f.customer,
             journey: &map.name,
             step: step_name(map, f.step),
-            start_event_id: &e.event_id,
-            start_time: secs(e.event_time),
-            start_time_ms: e.event_time,
+            start_event_id: o.event_id.as_str(),
+            start_time: secs(o.time),
+            start_time_ms: o.time,
             stage: d.stage,
             touchpoint: d.touchpoint,
             channel: d.channel,
             segment: d.segment,
             outcome,
-            deadline_ms: e.event_time.saturating_add(budget),
+            deadline_ms: o.time.saturating_add(budget),
             convert_ms,
             converted_channel,
             withdrawn: u8::from(f.withdrawn),
             source_partition: partition,
-            source_offset: f.source_offset,
+            source_offset: o.source_offset,
         }
     }
 }
@@ -333,31 +393,6 @@ impl<'a> TouchpointRow<'a> {
             attribute_values: e.attributes.values().map(String::as_str).collect(),
             source_partition: partition,
             source_offset: f.source_offset,
-            stage_outcome: match f.outcome {
-                None => 0,
-                Some(StageOutcome::Open { .. }) => 1,
-                Some(StageOutcome::Converted { .. }) => 2,
-                Some(StageOutcome::Dropped { .. }) => 3,
-            },
-            stage_deadline_ms: match f.outcome {
-                Some(StageOutcome::Open { deadline } | StageOutcome::Dropped { deadline }) => {
-                    deadline
-                }
-                // The deadline it met: the entry's time + its stage's budget.
-                Some(StageOutcome::Converted { .. }) => map
-                    .stages
-                    .get(usize::from(f.context.stage))
-                    .map_or(0, |s| e.event_time.saturating_add(s.budget_ms)),
-                None => 0,
-            },
-            convert_ms: match f.outcome {
-                Some(StageOutcome::Converted { after_ms, .. }) => after_ms,
-                _ => 0,
-            },
-            converted_channel: match f.outcome {
-                Some(StageOutcome::Converted { channel, .. }) => map.channel_name(channel),
-                _ => "",
-            },
             journey_seq: f.journey_seq,
         }
     }

@@ -258,10 +258,77 @@ pub struct Floor {
     pub pending_steps: Vec<FoldedStep>,
 }
 
+/// What a stage entry's or step attempt's fact needs of the touchpoint it started at, kept
+/// once the touchpoint itself has left the horizon (a few dozen bytes, not the event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub id: u64,
+    pub event_id: EventId,
+    pub time: i64,
+    pub source_offset: i64,
+}
+
+impl Origin {
+    /// For a fact: shares the kept event, copying nothing.
+    pub fn of(t: &TouchpointEntry) -> Self {
+        Origin {
+            id: t.id,
+            event_id: EventId::Shared(t.event.clone()),
+            time: t.time,
+            source_offset: t.source_offset,
+        }
+    }
+
+    /// For the floor: keeps the id alone, so that the event can go.
+    pub fn folded(t: &TouchpointEntry) -> Self {
+        Origin {
+            event_id: EventId::Owned(t.event.event_id.clone()),
+            ..Origin::of(t)
+        }
+    }
+}
+
+/// An event id: shared with its event while the touchpoint is kept, owned once folded.
+/// Stored as the id string.
+#[derive(Debug, Clone)]
+pub enum EventId {
+    Shared(Arc<TouchpointEvent>),
+    Owned(String),
+}
+
+impl EventId {
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventId::Shared(e) => &e.event_id,
+            EventId::Owned(s) => s,
+        }
+    }
+}
+
+impl PartialEq for EventId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for EventId {}
+
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(EventId::Owned)
+    }
+}
+
 /// A stage entry kept in the floor, with what its outcome needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FoldedEntry {
-    pub entry: TouchpointEntry,
+    pub origin: Origin,
     pub context: Context,
     pub deadline: i64,
     pub journey_seq: u32,
@@ -394,10 +461,10 @@ impl Journey {
     }
 
     /// The touchpoint a step attempt started at.
-    pub fn step_start(&self, v: &StepView) -> Option<&TouchpointEntry> {
+    pub fn step_start(&self, v: &StepView) -> Option<Origin> {
         match v.start {
-            Start::Kept(i) => self.touchpoints.get(i),
-            Start::Folded(k) => self.floor.pending_steps.get(k).map(|f| &f.entry),
+            Start::Kept(i) => self.touchpoints.get(i).map(Origin::of),
+            Start::Folded(k) => self.floor.pending_steps.get(k).map(|f| f.origin.clone()),
         }
     }
 
@@ -442,7 +509,7 @@ impl Journey {
             .floor
             .pending
             .as_ref()
-            .map(|p| p.entry.time)
+            .map(|p| p.origin.time)
             .zip(pending.as_mut().map(|v| &mut v.outcome));
         for (t, v) in self.touchpoints.iter().zip(touchpoints.iter_mut()) {
             if v.entered {
@@ -602,7 +669,7 @@ impl Journey {
                     budgets
                         .deadline(v.context.stage, t.time)
                         .map(|deadline| FoldedEntry {
-                            entry: t.clone(),
+                            origin: Origin::folded(t),
                             context: v.context,
                             deadline,
                             journey_seq: v.journey_seq,
@@ -852,7 +919,7 @@ mod tests {
         j.insert_touchpoint(tp(2, 20, 0, None));
         assert!(j.prune(50, &budgets()));
         assert!(j.touchpoints.is_empty());
-        let pending = j.floor.pending.as_ref().map(|p| (p.entry.id, p.deadline));
+        let pending = j.floor.pending.as_ref().map(|p| (p.origin.id, p.deadline));
         assert_eq!(pending, Some((1, 110)));
         j.insert_touchpoint(tp(3, 90, 1, None));
         assert_eq!(

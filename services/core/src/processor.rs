@@ -17,7 +17,7 @@ use crate::event_time::{EventClock, EventTimePolicy, Input, Refusal};
 
 use crate::events::{Invalid, SurveyAnswer, TouchpointEvent};
 use crate::journey::{
-    AnswerEntry, AnswerView, Attribution, Budgets, Context, Derived, Journey, Outcome,
+    AnswerEntry, AnswerView, Attribution, Budgets, Context, Derived, Journey, Origin, Outcome,
     StageOutcome, TouchpointEntry, TouchpointView,
 };
 use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, StepIdx, TouchpointIdx};
@@ -73,14 +73,29 @@ impl StepKey {
 /// start event), when the outcome changes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepFact {
+    pub customer: Arc<str>,
     /// The touchpoint that started it.
-    pub event: Arc<TouchpointEvent>,
+    pub origin: Origin,
     pub step: StepIdx,
     pub context: Context,
     pub outcome: StageOutcome,
     /// Whether it is no attempt any more (a late, earlier start made it a retry).
     pub withdrawn: bool,
-    pub source_offset: i64,
+}
+
+/// A stage entry with its outcome; written again, with the same key (customer, entry
+/// event), when the outcome changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntryFact {
+    pub customer: Arc<str>,
+    /// The touchpoint that entered the stage.
+    pub origin: Origin,
+    pub context: Context,
+    pub journey_seq: u32,
+    /// `None` for an entry into the last stage.
+    pub outcome: Option<StageOutcome>,
+    /// Whether it is no entry any more (a late touchpoint moved it into a later stage).
+    pub withdrawn: bool,
 }
 
 /// A touchpoint with its journey context. Written again, with the same key, when a later
@@ -93,8 +108,6 @@ pub struct TouchpointFact {
     pub stage_entered: bool,
     /// Which of the customer's journeys it belongs to (0 for the first).
     pub journey_seq: u32,
-    /// For a stage entry into any stage but the last; written again when it changes.
-    pub outcome: Option<StageOutcome>,
     pub source_offset: i64,
 }
 
@@ -148,6 +161,7 @@ pub struct Batch {
     pub touchpoints: Vec<TouchpointFact>,
     pub answers: Vec<AnswerFact>,
     pub aggregates: Vec<(AggKey, Counts)>,
+    pub entries: Vec<EntryFact>,
     pub steps: Vec<StepFact>,
     pub step_aggregates: Vec<(StepKey, StepCounts)>,
     pub refused: Vec<RefusedEvent>,
@@ -170,6 +184,7 @@ pub struct PartitionProcessor {
     journeys: Journeys,
     agg: HashMap<AggKey, Counts, ahash::RandomState>,
     step_agg: HashMap<StepKey, StepCounts, ahash::RandomState>,
+    entries: Vec<EntryFact>,
     steps: Vec<StepFact>,
     touchpoints: Vec<TouchpointFact>,
     /// Whether a touchpoint's fact was written again since the last batch.
@@ -198,6 +213,7 @@ impl PartitionProcessor {
             journeys: Journeys::default(),
             agg: HashMap::default(),
             step_agg: HashMap::default(),
+            entries: Vec::new(),
             steps: Vec::new(),
             touchpoints: Vec::new(),
             rewritten: false,
@@ -238,6 +254,7 @@ impl PartitionProcessor {
             let mut out = Emitter {
                 agg: &mut self.agg,
                 step_agg: &mut self.step_agg,
+                entries: &mut self.entries,
                 steps: &mut self.steps,
                 touchpoints: &mut self.touchpoints,
                 rewritten: &mut self.rewritten,
@@ -255,8 +272,8 @@ impl PartitionProcessor {
                 out.touchpoint(t, Some(uncounted), *v);
             }
             for a in journey.step_views(&self.budgets, &views.touchpoints) {
-                if let Some(t) = journey.step_start(&a) {
-                    out.step(t, None, Some(a));
+                if let Some(origin) = journey.step_start(&a) {
+                    out.step(origin, None, Some(a));
                 }
             }
             let mut journey = journey;
@@ -306,7 +323,7 @@ impl PartitionProcessor {
                 if a.outcome != (Outcome::Awaiting { deadline }) {
                     continue;
                 }
-                let Some(t) = journey.step_start(&a) else {
+                let Some(origin) = journey.step_start(&a) else {
                     continue;
                 };
                 let cell = self.step_agg.entry(StepKey::of(&a)).or_default();
@@ -314,40 +331,42 @@ impl PartitionProcessor {
                 cell.dropoffs += 1;
                 self.rewritten = true;
                 self.steps.push(StepFact {
-                    event: t.event.clone(),
+                    customer: customer.clone(),
+                    origin,
                     step: a.step,
                     context: a.context,
                     outcome: StageOutcome::Dropped { deadline },
                     withdrawn: false,
-                    source_offset: t.source_offset,
                 });
             }
-            let entries = journey
-                .floor
-                .pending
-                .as_ref()
-                .map(|p| &p.entry)
+            let pending = journey.floor.pending.as_ref().map(|p| p.origin.clone());
+            let kept = journey.touchpoints.iter().map(Some);
+            let entries = pending
                 .into_iter()
                 .zip(views.pending)
-                .chain(journey.touchpoints.iter().zip(views.touchpoints));
-            for (t, v) in entries {
+                .map(|(o, v)| (Some(o), None, v))
+                .chain(kept.zip(views.touchpoints).map(|(t, v)| (None, t, v)));
+            for (folded, kept, v) in entries {
                 if v.outcome != Some(Outcome::Awaiting { deadline }) {
                     continue;
                 }
+                let Some(origin) = folded.or_else(|| kept.map(Origin::of)) else {
+                    continue;
+                };
                 let cell = self
                     .agg
-                    .entry(AggKey::new(t.time, Some(v.context)))
+                    .entry(AggKey::new(origin.time, Some(v.context)))
                     .or_default();
                 cell.stage_open -= 1;
                 cell.stage_dropoffs += 1;
                 self.rewritten = true;
-                self.touchpoints.push(TouchpointFact {
-                    event: t.event.clone(),
+                self.entries.push(EntryFact {
+                    customer: customer.clone(),
+                    origin,
                     context: v.context,
-                    stage_entered: v.entered,
                     journey_seq: v.journey_seq,
                     outcome: Some(StageOutcome::Dropped { deadline }),
-                    source_offset: t.source_offset,
+                    withdrawn: false,
                 });
             }
         }
@@ -465,6 +484,7 @@ impl PartitionProcessor {
         let mut out = Emitter {
             agg: &mut self.agg,
             step_agg: &mut self.step_agg,
+            entries: &mut self.entries,
             steps: &mut self.steps,
             touchpoints: &mut self.touchpoints,
             rewritten: &mut self.rewritten,
@@ -495,14 +515,17 @@ impl PartitionProcessor {
                 Some((c, j))
             })
             .collect();
-        // A touchpoint (or step attempt) written twice in a batch keeps its last fact only:
-        // rows of one INSERT have no order a ReplacingMergeTree could tell "last" by.
+        // A touchpoint (stage entry, step attempt) written twice in a batch keeps its last
+        // fact only: rows of one INSERT have no order a ReplacingMergeTree could tell "last"
+        // by.
         let mut facts = std::mem::take(&mut self.touchpoints);
+        let mut entries = std::mem::take(&mut self.entries);
         let mut steps = std::mem::take(&mut self.steps);
         if std::mem::take(&mut self.rewritten) {
-            keep_last(&mut facts, |f| (Arc::as_ptr(&f.event), 0));
+            keep_last(&mut facts, |f| (Arc::as_ptr(&f.event).cast::<u8>(), 0, 0));
+            keep_last(&mut entries, |f| (f.customer.as_ptr(), f.origin.id, 0));
             keep_last(&mut steps, |f| {
-                (Arc::as_ptr(&f.event), u16::from(f.step) + 1)
+                (f.customer.as_ptr(), f.origin.id, u16::from(f.step) + 1)
             });
         }
         // The next batch is likely as large as this one: start at its size instead of
@@ -513,6 +536,7 @@ impl PartitionProcessor {
             touchpoints: facts,
             answers: std::mem::replace(&mut self.answers, answers),
             aggregates,
+            entries,
             steps,
             step_aggregates: self
                 .step_agg
@@ -591,6 +615,7 @@ impl PartitionProcessor {
 struct Emitter<'a> {
     agg: &'a mut HashMap<AggKey, Counts, ahash::RandomState>,
     step_agg: &'a mut HashMap<StepKey, StepCounts, ahash::RandomState>,
+    entries: &'a mut Vec<EntryFact>,
     steps: &'a mut Vec<StepFact>,
     touchpoints: &'a mut Vec<TouchpointFact>,
     rewritten: &'a mut bool,
@@ -611,34 +636,82 @@ impl Emitter<'_> {
         if old == Some(new) {
             return;
         }
+        self.count(t.time, old, new);
+        let placed = |v: TouchpointView| (v.context, v.entered, v.journey_seq);
+        if old.map(placed) != Some(placed(new)) {
+            *self.rewritten |= old.is_some();
+            self.touchpoints.push(TouchpointFact {
+                event: t.event.clone(),
+                context: new.context,
+                stage_entered: new.entered,
+                journey_seq: new.journey_seq,
+                source_offset: t.source_offset,
+            });
+        }
+        self.entry(|| Origin::of(t), old, new);
+    }
+
+    /// The floor's pending entry changed outcome.
+    fn pending(&mut self, origin: &Origin, old: Option<TouchpointView>, new: TouchpointView) {
+        if old == Some(new) {
+            return;
+        }
+        self.count(origin.time, old, new);
+        self.entry(|| origin.clone(), old, new);
+    }
+
+    /// Moves what a touchpoint view counts from `old` to `new`, and waits for the deadline
+    /// of an entry reported open.
+    fn count(&mut self, time: i64, old: Option<TouchpointView>, new: TouchpointView) {
         if let Some(o) = old {
             let cell = self
                 .agg
-                .entry(AggKey::new(t.time, Some(o.context)))
+                .entry(AggKey::new(time, Some(o.context)))
                 .or_default();
             tally(cell, &o, self.watermark, -1);
-            *self.rewritten = true;
         }
         let cell = self
             .agg
-            .entry(AggKey::new(t.time, Some(new.context)))
+            .entry(AggKey::new(time, Some(new.context)))
             .or_default();
-        let outcome = tally(cell, &new, self.watermark, 1);
-        if let Some(StageOutcome::Open { deadline }) = outcome {
+        if let Some(StageOutcome::Open { deadline }) = tally(cell, &new, self.watermark, 1) {
             self.deadlines.insert((deadline, self.customer.clone()));
         }
-        self.touchpoints.push(TouchpointFact {
-            event: t.event.clone(),
-            context: new.context,
-            stage_entered: new.entered,
-            journey_seq: new.journey_seq,
+    }
+
+    /// Writes the stage entry's fact when the entry or its reported outcome changed.
+    fn entry(
+        &mut self,
+        origin: impl FnOnce() -> Origin,
+        old: Option<TouchpointView>,
+        new: TouchpointView,
+    ) {
+        let wm = self.watermark;
+        let reported = |v: TouchpointView| {
+            v.entered
+                .then(|| (v.context, v.journey_seq, v.outcome.map(|o| o.at(wm))))
+        };
+        let was = old.and_then(reported);
+        let is = reported(new);
+        if was == is {
+            return;
+        }
+        let Some((context, journey_seq, outcome)) = is.or(was) else {
+            return;
+        };
+        *self.rewritten |= was.is_some();
+        self.entries.push(EntryFact {
+            customer: self.customer.clone(),
+            origin: origin(),
+            context,
+            journey_seq,
             outcome,
-            source_offset: t.source_offset,
+            withdrawn: is.is_none(),
         });
     }
 
-    /// A step attempt started at `t` changed: from `old` to `new` (`None`: no attempt).
-    fn step(&mut self, t: &TouchpointEntry, old: Option<StepView>, new: Option<StepView>) {
+    /// A step attempt started at `origin` changed: from `old` to `new` (`None`: no attempt).
+    fn step(&mut self, origin: Origin, old: Option<StepView>, new: Option<StepView>) {
         if old == new {
             return;
         }
@@ -659,12 +732,12 @@ impl Emitter<'_> {
             }
         }
         self.steps.push(StepFact {
-            event: t.event.clone(),
+            customer: self.customer.clone(),
+            origin,
             step: v.step,
             context: v.context,
             outcome,
             withdrawn: new.is_none(),
-            source_offset: t.source_offset,
         });
     }
 
@@ -718,7 +791,7 @@ fn tally(
 }
 
 /// Keeps the last of the facts with the same key, in order.
-fn keep_last<T>(facts: &mut Vec<T>, key: impl Fn(&T) -> (*const TouchpointEvent, u16)) {
+fn keep_last<T>(facts: &mut Vec<T>, key: impl Fn(&T) -> (*const u8, u64, u16)) {
     let mut seen =
         hashbrown::HashSet::with_capacity_and_hasher(facts.len(), ahash::RandomState::new());
     facts.reverse();
@@ -820,7 +893,7 @@ fn emit_diff(
     out: &mut Emitter<'_>,
 ) {
     if let (Some(p), Some(new)) = (&journey.floor.pending, after.pending) {
-        out.touchpoint(&p.entry, before.pending, new);
+        out.pending(&p.origin, before.pending, new);
     }
     for (i, new) in after.touchpoints.iter().enumerate() {
         let old = match inserted {
@@ -845,14 +918,17 @@ fn emit_step_diff(
 ) {
     for new in after {
         let old = before.iter().find(|o| o.key() == new.key()).copied();
-        if let Some(t) = journey.step_start(new) {
-            out.step(t, old, Some(*new));
+        if old == Some(*new) {
+            continue;
+        }
+        if let Some(origin) = journey.step_start(new) {
+            out.step(origin, old, Some(*new));
         }
     }
     for old in before {
         if !after.iter().any(|n| n.key() == old.key()) {
             if let Some(t) = journey.touchpoints.iter().find(|t| t.id == old.id) {
-                out.step(t, Some(*old), None);
+                out.step(Origin::of(t), Some(*old), None);
             }
         }
     }

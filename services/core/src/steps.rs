@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::journey::{Context, Outcome, TouchpointEntry, TouchpointView};
+use crate::journey::{Context, Origin, Outcome, TouchpointEntry, TouchpointView};
 use crate::journey_map::{JourneyMap, StepIdx, TouchpointIdx};
 
 /// What a touchpoint is to a step.
@@ -106,7 +106,7 @@ impl StepView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FoldedStep {
     pub step: StepIdx,
-    pub entry: TouchpointEntry,
+    pub origin: Origin,
     pub context: Context,
     pub deadline: i64,
 }
@@ -129,8 +129,8 @@ pub fn derive(
         out.push(StepView {
             step: f.step,
             start: Start::Folded(k),
-            id: f.entry.id,
-            time: f.entry.time,
+            id: f.origin.id,
+            time: f.origin.time,
             context: f.context,
             deadline: f.deadline,
             outcome: Outcome::Awaiting {
@@ -191,14 +191,14 @@ pub fn fold(
         .iter()
         .filter(|a| !a.is_final(cut))
         .filter_map(|a| {
-            let entry = match a.start {
-                Start::Folded(k) => &folded.get(k)?.entry,
-                Start::Kept(i) if i < keep_from => touchpoints.get(i)?,
+            let origin = match a.start {
+                Start::Folded(k) => folded.get(k)?.origin.clone(),
+                Start::Kept(i) if i < keep_from => Origin::folded(touchpoints.get(i)?),
                 Start::Kept(_) => return None,
             };
             Some(FoldedStep {
                 step: a.step,
-                entry: entry.clone(),
+                origin,
                 context: a.context,
                 deadline: a.deadline,
             })

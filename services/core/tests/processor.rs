@@ -436,6 +436,8 @@ struct Sink {
     /// Latest fact per touchpoint event id (ReplacingMergeTree: last written wins): its
     /// cell, with what it counts there.
     touchpoint_facts: HashMap<String, (Cell, Counts)>,
+    /// Latest fact per stage entry (customer, event id), likewise.
+    entry_facts: HashMap<(String, String), (Cell, Counts)>,
     /// Counted answer per (customer, rated key, metric), by (answer time, write order).
     answer_facts: HashMap<(String, String, Metric), (i64, Cell, Metric, i32)>,
     step_aggregates: BTreeMap<StepCell, StepCounts>,
@@ -461,12 +463,26 @@ impl Sink {
                 "one fact per touchpoint and batch"
             );
             let key = AggKey::new(f.event.event_time, Some(f.context));
-            let mut c = Counts {
+            let c = Counts {
                 touchpoints: 1,
-                stage_entries: i64::from(f.stage_entered),
                 ..Counts::default()
             };
-            match f.outcome {
+            self.touchpoint_facts
+                .insert(f.event.event_id.clone(), (cell(map, &key), c));
+        }
+        let mut written = HashSet::new();
+        for f in &b.entries {
+            let id = (
+                f.customer.to_string(),
+                f.origin.event_id.as_str().to_string(),
+            );
+            assert!(written.insert(id.clone()), "one fact per entry and batch");
+            let key = AggKey::new(f.origin.time, Some(f.context));
+            let mut c = Counts {
+                stage_entries: i64::from(!f.withdrawn),
+                ..Counts::default()
+            };
+            match f.outcome.filter(|_| !f.withdrawn) {
                 Some(StageOutcome::Converted { after_ms, .. }) => {
                     c.stage_conversions = 1;
                     c.convert_ms_sum = after_ms;
@@ -475,8 +491,7 @@ impl Sink {
                 Some(StageOutcome::Open { .. }) => c.stage_open = 1,
                 None => {}
             }
-            self.touchpoint_facts
-                .insert(f.event.event_id.clone(), (cell(map, &key), c));
+            self.entry_facts.insert(id, (cell(map, &key), c));
         }
         for f in &b.answers {
             let a = &f.answer;
@@ -503,13 +518,13 @@ impl Sink {
         for f in &b.steps {
             let step = map.steps[usize::from(f.step)].name.clone();
             assert!(
-                written.insert((f.event.event_id.clone(), step.clone())),
+                written.insert((f.origin.event_id.as_str().to_string(), step.clone())),
                 "one fact per step attempt and batch"
             );
             let c = f.context;
             let cell = step_cell(
                 map,
-                f.event.event_time.div_euclid(60_000),
+                f.origin.time.div_euclid(60_000),
                 f.step,
                 (c.stage, c.touchpoint, c.channel, c.segment),
             );
@@ -525,8 +540,10 @@ impl Sink {
                     StageOutcome::Open { .. } => counts.open = 1,
                 }
             }
-            self.step_facts
-                .insert((f.event.event_id.clone(), step), (cell, counts));
+            self.step_facts.insert(
+                (f.origin.event_id.as_str().to_string(), step),
+                (cell, counts),
+            );
         }
         for (customer, j) in &b.journeys {
             self.saved
@@ -576,7 +593,11 @@ impl Sink {
     /// The facts, summed into cells as a query over the facts tables would.
     fn facts_summed(&self) -> BTreeMap<Cell, Counts> {
         let mut out: BTreeMap<Cell, Counts> = BTreeMap::new();
-        for (cell, c) in self.touchpoint_facts.values() {
+        for (cell, c) in self
+            .touchpoint_facts
+            .values()
+            .chain(self.entry_facts.values())
+        {
             out.entry(cell.clone()).or_default().merge(c);
         }
         for (_, c, metric, score) in self.answer_facts.values() {

@@ -154,7 +154,7 @@ async fn funnel(client: &Client, map: &JourneyMap, lines: &[StageLine]) -> Resul
         client,
         "SELECT stage AS name, quantileExact(0.5)(convert_ms) AS p50_ms, \
                 quantileExact(0.9)(convert_ms) AS p90_ms \
-         FROM touchpoints FINAL WHERE stage_outcome = 'converted' GROUP BY stage",
+         FROM stage_entries FINAL WHERE outcome = 'converted' AND withdrawn = 0 GROUP BY stage",
         "stage times to convert",
     )
     .await?;

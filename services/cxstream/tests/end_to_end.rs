@@ -318,10 +318,10 @@ fn clickhouse_funnel(s: &Stack) -> BTreeMap<String, Funnel> {
         .filter(|(_, f)| f.entries != 0)
         .collect();
     for r in s.query(&format!(
-        "SELECT stage, countIf(stage_entered = 1), countIf(stage_outcome = 'converted'), \
-         countIf(stage_outcome = 'dropped'), countIf(stage_outcome = 'open'), \
-         arrayStringConcat(arraySort(groupArrayIf(toString(convert_ms), stage_outcome = 'converted')), ' ') \
-         FROM {db}.touchpoints FINAL GROUP BY stage"
+        "SELECT stage, count(), countIf(outcome = 'converted'), \
+         countIf(outcome = 'dropped'), countIf(outcome = 'open'), \
+         arrayStringConcat(arraySort(groupArrayIf(toString(convert_ms), outcome = 'converted')), ' ') \
+         FROM {db}.stage_entries FINAL WHERE withdrawn = 0 GROUP BY stage"
     )) {
         let facts: Vec<i64> = r[1..5].iter().map(|x| x.parse().unwrap()).collect();
         let f = out.entry(r[0].clone()).or_default();
