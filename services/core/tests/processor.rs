@@ -438,6 +438,8 @@ struct Sink {
     touchpoint_facts: HashMap<String, (Cell, Counts)>,
     /// Latest fact per stage entry (customer, event id), likewise.
     entry_facts: HashMap<(String, String), (Cell, Counts)>,
+    /// Latest (journey, time, stage index) per stage entry, None when withdrawn.
+    entry_places: HashMap<(String, String), Option<(u32, i64, u8)>>,
     /// Counted answer per (customer, rated key, metric), by (answer time, write order).
     answer_facts: HashMap<(String, String, Metric), (i64, Cell, Metric, i32)>,
     step_aggregates: BTreeMap<StepCell, StepCounts>,
@@ -491,7 +493,10 @@ impl Sink {
                 Some(StageOutcome::Open { .. }) => c.stage_open = 1,
                 None => {}
             }
-            self.entry_facts.insert(id, (cell(map, &key), c));
+            self.entry_facts.insert(id.clone(), (cell(map, &key), c));
+            let place = (f.journey_seq, f.origin.time, f.context.stage);
+            self.entry_places
+                .insert(id, (!f.withdrawn).then_some(place));
         }
         for f in &b.answers {
             let a = &f.answer;
@@ -573,6 +578,27 @@ impl Sink {
         let mut a = self.aggregates.clone();
         a.retain(|_, c| !c.is_zero());
         a
+    }
+
+    /// Within each of a customer's journeys, stage entries in time order enter ever later
+    /// stages: a customer is never in two stages of one journey.
+    fn assert_one_stage_at_a_time(&self) {
+        let mut by_journey: BTreeMap<(String, u32), Vec<(i64, u8)>> = BTreeMap::new();
+        for ((customer, _), place) in &self.entry_places {
+            if let Some((seq, time, stage)) = place {
+                by_journey
+                    .entry((customer.clone(), *seq))
+                    .or_default()
+                    .push((*time, *stage));
+            }
+        }
+        for (journey, mut entries) in by_journey {
+            entries.sort_unstable();
+            assert!(
+                entries.windows(2).all(|w| w[0].1 < w[1].1),
+                "{journey:?} enters {entries:?}"
+            );
+        }
     }
 
     fn step_aggregates(&self) -> BTreeMap<StepCell, StepCounts> {
@@ -812,6 +838,7 @@ proptest! {
         let mut facts = sink.facts_summed();
         facts.retain(|_, c| !c.is_zero());
         prop_assert_eq!(facts, expected);
+        sink.assert_one_stage_at_a_time();
         let steps = reference_steps(&recs, watermark);
         prop_assert_eq!(sink.step_aggregates(), steps.clone());
         prop_assert_eq!(sink.step_facts_summed(), steps);
