@@ -112,7 +112,7 @@ def main():
         if len(rows) != 3 or not all(r.endswith(expected_row) for r in rows):
             failures.append(f"after compaction rolling_metrics returned {rows!r}, expected 3 windows ending {expected_row}")
         # Every view runs on current ClickHouse too (the data above, or none).
-        for view in ["funnel_rolling", "channel_flow", "journey_paths", "step_funnel",
+        for view in ["funnel_rolling", "channel_flow", "journey_paths", "step_funnel", "off_map_paths",
                      "steps_minute_committed", "stage_funnel"]:
             try:
                 s.query(f"SELECT * FROM cx.{view}", "CSV")

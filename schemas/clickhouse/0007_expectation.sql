@@ -5,6 +5,9 @@
 -- Which of the customer's journeys a touchpoint belongs to: a journey lasts while its last
 -- stage entry is within the stage's budget, and the next touchpoint starts a new one.
 ALTER TABLE {db}.touchpoints ADD COLUMN journey_seq UInt32 DEFAULT 0;
+-- 1: a touchpoint the journey map does not declare, counted off-map (per-minute counts name
+-- it "(off-map)"; the fact keeps its own name).
+ALTER TABLE {db}.touchpoints ADD COLUMN off_map UInt8 DEFAULT 0;
 
 -- The stage funnel over the last 24 h, 7 d and 28 d of entries and over all of them,
 -- ending at the committed watermark, per journey, stage, channel and segment. Conversion
@@ -73,3 +76,20 @@ FROM
     GROUP BY customer_id, journey, journey_seq
 )
 GROUP BY day, journey, path, stages, ending, last_stage;
+
+-- Off-map paths: the touchpoints no map declares, as each journey meets them in a stage
+-- (in event time), by day of the first; stage 'none' outside any journey.
+CREATE VIEW IF NOT EXISTS {db}.off_map_paths AS
+SELECT day, journey, stage, path, count() AS journeys, sum(path_length) AS off_map_touchpoints
+FROM
+(
+    SELECT customer_id, journey, journey_seq, stage,
+           arraySort(x -> tupleElement(x, 1), groupArray((event_time_ms, touchpoint))) AS visits,
+           toDate(toDateTime(intDiv(tupleElement(visits[1], 1), 1000))) AS day,
+           arrayStringConcat(arrayMap(x -> tupleElement(x, 2), visits), ' > ') AS path,
+           length(visits) AS path_length
+    FROM {db}.touchpoints FINAL
+    WHERE off_map = 1
+    GROUP BY customer_id, journey, journey_seq, stage
+)
+GROUP BY day, journey, stage, path;

@@ -2,7 +2,7 @@
 //! `schemas/clickhouse/`), and their construction from the core's batch output.
 
 use cxstream_core::journey::{Attribution, Context, StageOutcome};
-use cxstream_core::journey_map::StepIdx;
+use cxstream_core::journey_map::{StepIdx, OFF_MAP};
 use cxstream_core::metrics::StepCounts;
 use cxstream_core::processor::{
     AggKey, AnswerFact, EntryFact, RefusedEvent, RefusedPayload, StepFact, StepKey, TouchpointFact,
@@ -30,6 +30,7 @@ pub struct TouchpointRow<'a> {
     pub source_partition: u16,
     pub source_offset: i64,
     pub journey_seq: u32,
+    pub off_map: u8,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -394,6 +395,7 @@ impl<'a> TouchpointRow<'a> {
             source_partition: partition,
             source_offset: f.source_offset,
             journey_seq: f.journey_seq,
+            off_map: u8::from(f.context.touchpoint == OFF_MAP),
         }
     }
 }

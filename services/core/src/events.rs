@@ -49,8 +49,6 @@ pub enum Invalid {
     ScoreOutOfRange,
     #[error("event time before 1970-01-01 or after 2106-02-07, which no figure can hold")]
     TimeOutOfRange,
-    #[error("touchpoint is not in the journey map")]
-    UnknownTouchpoint,
     #[error("channel is not in the journey map")]
     UnknownChannel,
     #[error("stage is not in the journey map")]
@@ -67,7 +65,6 @@ impl Invalid {
             Invalid::MissingId => "missing_id",
             Invalid::ScoreOutOfRange => "score_out_of_range",
             Invalid::TimeOutOfRange => "time_out_of_range",
-            Invalid::UnknownTouchpoint => "unknown_touchpoint",
             Invalid::UnknownChannel => "unknown_channel",
             Invalid::UnknownStage => "unknown_stage",
             Invalid::UnknownSegment => "unknown_segment",

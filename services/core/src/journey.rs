@@ -34,7 +34,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{SurveyAnswer, TouchpointEvent};
-use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, TouchpointIdx, NO_SEGMENT};
+use crate::journey_map::{
+    ChannelIdx, JourneyMap, SegmentIdx, StageIdx, TouchpointIdx, NO_SEGMENT, NO_STAGE,
+};
 use crate::metrics::Metric;
 use crate::steps::{self, FoldedStep, Start, StepRules, StepView};
 
@@ -228,7 +230,14 @@ impl Default for Progress {
 impl Progress {
     /// Advances over a touchpoint of its own `stage` at `time`; returns whether it enters
     /// a stage, and the stage it counts under (the furthest of the journey so far).
+    /// An off-map touchpoint (`NO_STAGE`) changes nothing and counts under the journey's
+    /// furthest stage, or no stage outside any journey.
     fn advance(&mut self, budgets: &Budgets, stage: StageIdx, time: i64) -> (bool, StageIdx) {
+        if stage == NO_STAGE {
+            let over = self.furthest.is_some() && time > self.open_until;
+            let at = self.furthest.filter(|_| !over).unwrap_or(NO_STAGE);
+            return (false, at);
+        }
         if self.furthest.is_some() && time > self.open_until {
             self.furthest = None;
             self.seq += 1;
@@ -537,7 +546,8 @@ impl Journey {
             .or(self.floor.segment);
         let (entered, stage) = progress.advance(budgets, t.stage, t.time);
         let mut outcome = awaiting(budgets, entered, stage, t.time);
-        if let Some(next) = self.touchpoints[i + 1..].iter().find(|n| n.stage > stage) {
+        let later = |n: &&TouchpointEntry| n.stage != NO_STAGE && n.stage > stage;
+        if let Some(next) = self.touchpoints[i + 1..].iter().find(later) {
             decide(&mut outcome, t.time, next.time, next.channel);
         }
         TouchpointView {
@@ -565,6 +575,9 @@ impl Journey {
     /// Whether a touchpoint appended after every kept one would enter a stage of the
     /// current journey, deciding the outcome of the entry before it.
     pub fn would_decide_an_entry(&self, stage: StageIdx, time: i64, budgets: &Budgets) -> bool {
+        if stage == NO_STAGE {
+            return false;
+        }
         let p = self.progress_before(&self.touchpoints, budgets);
         p.furthest.is_some_and(|f| stage > f) && time <= p.open_until
     }

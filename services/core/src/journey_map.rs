@@ -23,6 +23,14 @@ pub type ChannelIdx = u8;
 pub type SegmentIdx = u8;
 /// A customer whose events never named a segment.
 pub const NO_SEGMENT: SegmentIdx = SegmentIdx::MAX;
+/// A touchpoint the map does not declare (counted off-map, under [`OFF_MAP_NAME`]).
+pub const OFF_MAP: TouchpointIdx = TouchpointIdx::MAX;
+/// How [`OFF_MAP`] is shown in per-minute counts (facts keep the event's own name).
+pub const OFF_MAP_NAME: &str = "(off-map)";
+/// No stage: an off-map touchpoint's own, or the context of one outside any journey.
+pub const NO_STAGE: StageIdx = StageIdx::MAX;
+/// How [`NO_STAGE`] is shown in outputs.
+pub const NO_STAGE_NAME: &str = "none";
 /// How [`NO_SEGMENT`] is shown in outputs.
 pub const NO_SEGMENT_NAME: &str = "unknown";
 
@@ -231,6 +239,9 @@ impl JourneyMap {
                 };
                 channels.push(ci);
             }
+            if touchpoints.len() >= usize::from(OFF_MAP) {
+                return Err(err(line, "too many touchpoints (at most 65534)".into()));
+            }
             let idx = touchpoints.len() as TouchpointIdx;
             if touchpoint_index.insert(t.name.clone(), idx).is_some() {
                 return Err(err(
@@ -316,13 +327,13 @@ impl JourneyMap {
     pub fn stage_name(&self, idx: StageIdx) -> &str {
         self.stages
             .get(usize::from(idx))
-            .map_or("", |s| s.name.as_str())
+            .map_or(NO_STAGE_NAME, |s| s.name.as_str())
     }
 
     pub fn touchpoint_name(&self, idx: TouchpointIdx) -> &str {
         self.touchpoints
             .get(usize::from(idx))
-            .map_or("", |t| t.name.as_str())
+            .map_or(OFF_MAP_NAME, |t| t.name.as_str())
     }
 
     pub fn channel_name(&self, idx: ChannelIdx) -> &str {

@@ -20,7 +20,9 @@ use crate::journey::{
     AnswerEntry, AnswerView, Attribution, Budgets, Context, Derived, Journey, Origin, Outcome,
     StageOutcome, TouchpointEntry, TouchpointView,
 };
-use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, StepIdx, TouchpointIdx};
+use crate::journey_map::{
+    ChannelIdx, JourneyMap, SegmentIdx, StageIdx, StepIdx, TouchpointIdx, NO_STAGE, OFF_MAP,
+};
 use crate::metrics::{Counts, StepCounts};
 use crate::steps::StepView;
 
@@ -553,17 +555,19 @@ impl PartitionProcessor {
         &self,
         ev: &TouchpointEvent,
     ) -> Result<(TouchpointIdx, ChannelIdx, StageIdx, Option<SegmentIdx>), Invalid> {
-        let tp = self
-            .map
-            .touchpoint(&ev.touchpoint)
-            .ok_or(Invalid::UnknownTouchpoint)?;
+        // A touchpoint the map does not declare is off-map: counted, never dead-lettered.
+        let tp = self.map.touchpoint(&ev.touchpoint).unwrap_or(OFF_MAP);
         let channel = self
             .map
             .channel(&ev.channel)
             .ok_or(Invalid::UnknownChannel)?;
         let stage = match &ev.stage {
             Some(s) => self.map.stage(s).ok_or(Invalid::UnknownStage)?,
-            None => self.map.touchpoints[usize::from(tp)].stage,
+            None => self
+                .map
+                .touchpoints
+                .get(usize::from(tp))
+                .map_or(NO_STAGE, |t| t.stage),
         };
         let segment = match ev.segment.as_deref() {
             Some(s) => Some(self.map.segment(s).ok_or(Invalid::UnknownSegment)?),

@@ -55,15 +55,16 @@ const LASTS_MS: [i64; 3] = [6 * 3_600_000, 2 * 3_600_000, 2 * 86_400_000];
 /// Each touchpoint's (entered, stage it counts under) by the README: the furthest stage of
 /// the current journey so far; a journey lasts while its last entry is within that stage's
 /// budget, and the first touchpoint after that starts a new journey.
-fn stages(list: &[&TouchpointEvent]) -> Vec<(bool, usize)> {
+fn stages(list: &[&TouchpointEvent]) -> Vec<(bool, Option<usize>)> {
     let (mut furthest, mut until) = (None::<usize>, i64::MAX);
     list.iter()
         .map(|t| {
-            let own = TOUCHPOINTS
-                .iter()
-                .find(|(n, _)| *n == t.touchpoint)
-                .unwrap()
-                .1;
+            // A touchpoint the map does not declare changes nothing: it counts off-map
+            // under the journey's furthest stage, or none outside a journey.
+            let Some(own) = own_stage(&t.touchpoint) else {
+                let over = furthest.is_some() && t.event_time > until;
+                return (false, furthest.filter(|_| !over));
+            };
             if furthest.is_some() && t.event_time > until {
                 furthest = None;
             }
@@ -72,9 +73,31 @@ fn stages(list: &[&TouchpointEvent]) -> Vec<(bool, usize)> {
                 until = t.event_time + LASTS_MS[own];
             }
             furthest = Some(furthest.map_or(own, |f| f.max(own)));
-            (entered, furthest.unwrap_or(own))
+            (entered, furthest)
         })
         .collect()
+}
+
+fn own_stage(touchpoint: &str) -> Option<usize> {
+    TOUCHPOINTS
+        .iter()
+        .find(|(n, _)| *n == touchpoint)
+        .map(|x| x.1)
+}
+
+/// A stage by name, "none" for no stage.
+fn stage_name(at: Option<usize>) -> String {
+    at.map_or("none", |s| ["awareness", "consideration", "conversion"][s])
+        .to_string()
+}
+
+/// A touchpoint as the per-minute counts name it.
+fn counted_name(touchpoint: &str) -> String {
+    if own_stage(touchpoint).is_some() {
+        touchpoint.to_string()
+    } else {
+        "(off-map)".to_string()
+    }
 }
 
 fn map() -> Arc<JourneyMap> {
@@ -201,18 +224,13 @@ fn reference_with_horizons(
         let mut entries: Vec<(Cell, i64, usize)> = Vec::new();
         let placed = stages(list);
         for (t, (entered, at)) in list.iter().zip(placed) {
-            let own = TOUCHPOINTS
-                .iter()
-                .find(|(n, _)| *n == t.touchpoint)
-                .unwrap()
-                .1;
+            let own = own_stage(&t.touchpoint).unwrap_or(0);
             if let Some(s) = &t.segment {
                 segment = s.clone();
             }
-            let stage = ["awareness", "consideration", "conversion"][at];
             let ctx = (
-                stage.to_string(),
-                t.touchpoint.clone(),
+                stage_name(at),
+                counted_name(&t.touchpoint),
                 t.channel.clone(),
                 segment.clone(),
             );
@@ -373,7 +391,7 @@ fn reference_steps(applied: &[Rec], watermark: Option<i64>) -> BTreeMap<StepCell
                     let cell = (
                         t.event_time / 60_000,
                         name.to_string(),
-                        ["awareness", "consideration", "conversion"][furthest].to_string(),
+                        stage_name(furthest),
                         t.touchpoint.clone(),
                         t.channel.clone(),
                         segment.clone(),
@@ -675,7 +693,7 @@ fn run(recs: &[Rec], cuts: &[Cut], policy: EventTimePolicy) -> Sink {
 
 fn customer_history(c: u8) -> impl Strategy<Value = Vec<Rec>> {
     let step = (
-        0usize..3,
+        0usize..4,
         1i64..4_000_000,
         0u8..6,
         0i32..=10,
@@ -691,7 +709,9 @@ fn customer_history(c: u8) -> impl Strategy<Value = Vec<Rec>> {
             t += dt * 7 + 3;
             let id = format!("{c}-e{i}");
             let segment = (seg < 2).then(|| SEGMENTS[usize::from(seg)]);
-            recs.push(Rec::T(tp(&id, &c, t, TOUCHPOINTS[stage].0, segment)));
+            // 3: a touchpoint the map does not declare (off-map).
+            let name = TOUCHPOINTS.get(stage).map_or("help_search", |x| x.0);
+            recs.push(Rec::T(tp(&id, &c, t, name, segment)));
             ids.push(id.clone());
             if kind < 3 {
                 let m = Metric::ALL[usize::from(kind)];
@@ -946,9 +966,10 @@ fn invalid_records_are_refused_with_a_reason() {
     let mut t = tp("e", "c", 1, "ad_click", None);
     t.customer_id = None;
     assert_eq!(p.on_touchpoint(t, 0, None), Err(Invalid::MissingCustomerId));
+    // A touchpoint the map does not declare is counted off-map, not refused.
     assert_eq!(
         p.on_touchpoint(tp("e", "c", 1, "teleport", None), 0, None),
-        Err(Invalid::UnknownTouchpoint)
+        Ok(())
     );
     let mut t = tp("e", "c", 1, "ad_click", None);
     t.channel = "fax".into();

@@ -44,8 +44,9 @@ pub struct SimulateArgs {
     /// (late touchpoints, retries a day later, re-sent answers, a survey tool 3 h behind,
     /// browsing bursts, clocks a day ahead); `journeys`: messy delivery of journeys as they
     /// really happen (skipped stages, going back, customers who return after a journey
-    /// ended, steps that convert within their budget or not, and the first step — in the
-    /// app — converting at a fifth of its target from 30 % to 60 % of the period).
+    /// ended, steps that convert within their budget or not, touchpoints no map declares,
+    /// and the first step — in the app — converting at a fifth of its target from 30 % to
+    /// 60 % of the period).
     #[arg(long, value_enum, default_value_t = Scenario::Punctual)]
     pub scenario: Scenario,
 }

@@ -35,13 +35,19 @@ fn fnv1a(id: &str) -> u64 {
 
 /// Each touchpoint's (entered, stage it counts under, journey number) by the README: the
 /// furthest stage of the customer's current journey; a journey lasts while its last entry
-/// is within that stage's budget, and the first touchpoint after that starts a new one.
+/// is within that stage's budget, and the first touchpoint after that starts a new one; a
+/// touchpoint the map does not declare changes nothing (stage `None` outside a journey).
 /// `list` is one customer's touchpoints in event-time order.
-fn placed(map: &JourneyMap, list: &[&TouchpointEvent]) -> Vec<(bool, u8, u32)> {
+fn placed(map: &JourneyMap, list: &[&TouchpointEvent]) -> Vec<(bool, Option<u8>, u32)> {
     let (mut furthest, mut until, mut seq) = (None::<u8>, i64::MAX, 0u32);
     list.iter()
         .map(|t| {
-            let own = map.touchpoints[usize::from(map.touchpoint(&t.touchpoint).unwrap())].stage;
+            // Not in the map: off-map, changing nothing, under the journey's stage if any.
+            let Some(tp) = map.touchpoint(&t.touchpoint) else {
+                let over = furthest.is_some() && t.event_time > until;
+                return (false, furthest.filter(|_| !over), seq);
+            };
+            let own = map.touchpoints[usize::from(tp)].stage;
             if furthest.is_some() && t.event_time > until {
                 furthest = None;
                 seq += 1;
@@ -52,7 +58,7 @@ fn placed(map: &JourneyMap, list: &[&TouchpointEvent]) -> Vec<(bool, u8, u32)> {
             }
             let at = furthest.map_or(own, |f| f.max(own));
             furthest = Some(at);
-            (entered, at, seq)
+            (entered, Some(at), seq)
         })
         .collect()
 }
@@ -124,7 +130,7 @@ fn independent_funnel(
         // The last entry of each journey: how the journey ends.
         let mut last_of_journey: BTreeMap<u32, (i32, i64, u8)> = BTreeMap::new();
         for ((p, t), (entered, stage, seq)) in list.iter().zip(placed(map, &events)) {
-            if entered {
+            if let (true, Some(stage)) = (entered, stage) {
                 entries.push((*p, t.event_time, stage, t.channel.as_str()));
                 last_of_journey.insert(seq, (*p, t.event_time, stage));
             }
@@ -405,7 +411,7 @@ fn independent(
     for (c, list) in &mut by_customer {
         list.sort_by_key(|t| (t.event_time, fnv1a(&t.event_id)));
         for (t, (_, stage, _)) in list.iter().zip(placed(map, list)) {
-            let name = map.stage_name(stage).to_string();
+            let name = stage.map_or("none", |s| map.stage_name(s)).to_string();
             stage_at.insert((c, t.event_id.as_str()), (t.event_time, name.clone()));
             timeline.entry(c).or_default().push((t.event_time, name));
         }
@@ -664,6 +670,25 @@ fn assert_funnel_is_independent(s: &Stack, map: &JourneyMap) {
     );
 }
 
+/// Touchpoints in the topic whose name the map does not declare, one per event id, except
+/// those dated in the future (more than the default hour after their record).
+fn off_map_touchpoints(s: &Stack, map: &JourneyMap) -> i64 {
+    let codec = Codec::new().unwrap();
+    let mut ids = HashSet::new();
+    for r in s.read_topic(&s.topic("touchpoints"), PARTITIONS) {
+        let Ok(t) = codec.decode_touchpoint(&r.payload) else {
+            continue;
+        };
+        let future = r
+            .timestamp_ms
+            .is_some_and(|ts| t.event_time > ts + 3_600_000);
+        if map.touchpoint(&t.touchpoint).is_none() && !future {
+            ids.insert(t.event_id);
+        }
+    }
+    ids.len() as i64
+}
+
 /// funnel_rolling's conversion and 95 % Wilson interval, recomputed here from its decided
 /// counts by the textbook formula, for every row of the whole range.
 fn assert_wilson_intervals(s: &Stack) {
@@ -834,31 +859,46 @@ fn journeys_as_they_really_happen_count_exactly() {
     assert_cells_equal(&s.truth(), &s.cells());
     assert_cells_equal(&s.step_truth(), &s.step_cells());
     assert_funnel_is_independent(&s, &map);
-    // Some customers started a second journey; the broken step shows in the app.
+    // Some customers started a second journey; the broken step shows in the app; touchpoints
+    // no map declares are counted off-map, each once.
     let db = s.database();
+    let off_map = off_map_touchpoints(&s, &map);
+    assert!(off_map > 0);
+    assert_eq!(
+        s.scalar(&format!(
+            "SELECT toInt64(sum(off_map_touchpoints)) FROM {db}.off_map_paths"
+        )),
+        off_map
+    );
+    assert_eq!(
+        s.scalar(&format!(
+            "SELECT toInt64(sum(touchpoints)) FROM {db}.metrics_minute_committed WHERE touchpoint = '(off-map)'"
+        )),
+        off_map
+    );
     assert!(
         s.scalar(&format!(
             "SELECT toInt64(count()) FROM {db}.touchpoints FINAL WHERE journey_seq > 0"
         )) > 0
     );
-    let rate = |cond: &str| {
-        s.query(&format!(
-            "SELECT sum(converted) / sum(converted + dropped) FROM {db}.step_funnel \
+    // (converted, decided attempts) of checkout in the app.
+    let counts = |cond: &str| {
+        let r = &s.query(&format!(
+            "SELECT sum(converted), sum(converted + dropped) FROM {db}.step_funnel \
              WHERE step = 'checkout' AND channel = 'app' AND {cond}"
-        ))[0][0]
-            .parse::<f64>()
-            .unwrap()
+        ))[0];
+        (r[0].parse::<f64>().unwrap(), r[1].parse::<f64>().unwrap())
     };
     let start = 1_793_577_600i64;
     let (from, until) = (start + 2 * 86_400 * 3 / 10, start + 2 * 86_400 * 6 / 10);
-    let broken = rate(&format!(
+    let (xb, nb) = counts(&format!(
         "toUnixTimestamp(minute) BETWEEN {from} AND {until}"
     ));
-    let normal = rate(&format!("toUnixTimestamp(minute) < {} ", from - 3600));
-    assert!(
-        broken < normal / 2.0,
-        "checkout in the app broke: {broken} vs {normal}"
-    );
+    let (xn, nn) = counts(&format!("toUnixTimestamp(minute) < {}", from - 3600));
+    // A two-proportion z-test: the broken window converts significantly less.
+    let (pb, pn, p) = (xb / nb, xn / nn, (xb + xn) / (nb + nn));
+    let z = (pn - pb) / (p * (1.0 - p) * (1.0 / nb + 1.0 / nn)).sqrt();
+    assert!(z > 3.0, "checkout in the app broke: {pb} vs {pn} (z = {z})");
 }
 
 fn sigterm_then_sigkill_mid_run(s: Stack, simulate: impl FnOnce(&Stack)) {

@@ -47,6 +47,9 @@ pub struct Paths {
     pub steps: bool,
     /// A step that breaks for a while.
     pub step_break: Option<StepBreak>,
+    /// Share of visits followed by a touchpoint the map does not declare (help searches,
+    /// order status checks, chats), counted off-map.
+    pub off_map_share: f64,
 }
 
 /// A step whose conversion in one channel falls to `factor` of its target for a while.
@@ -70,6 +73,7 @@ impl Paths {
             return_share: 0.25,
             steps: true,
             step_break,
+            off_map_share: 0.1,
         }
     }
 }
@@ -312,6 +316,34 @@ struct Visit {
     converted_after: Option<Option<i64>>,
     /// Browsing between a touchpoint and its survey; never surveyed itself.
     burst: bool,
+    /// A touchpoint the map does not declare (its name): it changes no stage and counts
+    /// off-map under the stage the customer is in.
+    off_map: Option<&'static str>,
+}
+
+/// Touchpoints product systems send that no journey map declares.
+const OFF_MAP_TOUCHPOINTS: [&str; 4] = [
+    "help_center_search",
+    "order_status_check",
+    "chat_opened",
+    "faq_view",
+];
+
+impl Visit {
+    /// Its name as the event carries it.
+    fn name<'a>(&'a self, map: &'a JourneyMap) -> &'a str {
+        self.off_map
+            .unwrap_or_else(|| map.touchpoints[self.touchpoint].name.as_str())
+    }
+
+    /// Its name as per-minute counts carry it.
+    fn counted_name<'a>(&'a self, map: &'a JourneyMap) -> &'a str {
+        if self.off_map.is_some() {
+            "(off-map)"
+        } else {
+            self.name(map)
+        }
+    }
 }
 
 struct Planned {
@@ -455,6 +487,12 @@ fn simulate_customer(
     let mut furthest: Option<usize> = None;
     let mut open_until = i64::MAX;
     for v in &mut visits {
+        if v.off_map.is_some() {
+            let over = furthest.is_some() && v.time > open_until;
+            v.entered = false;
+            v.reached = furthest.filter(|_| !over).unwrap_or(usize::MAX);
+            continue;
+        }
         if furthest.is_some() && v.time > open_until {
             furthest = None;
         }
@@ -484,7 +522,7 @@ fn simulate_customer(
     count_steps(map, &visits, &seg_name, step_truth);
     let mut planned: Vec<Planned> = Vec::new();
     for (vi, v) in visits.iter().enumerate() {
-        if v.burst {
+        if v.burst || v.off_map.is_some() {
             continue;
         }
         let p_survey = [0.05, 0.10, 0.35, 0.30, 0.20]
@@ -496,7 +534,7 @@ fn simulate_customer(
         }
         let metric = match v.stage {
             2 => Metric::Csat,
-            3 if map.touchpoints[v.touchpoint].name.contains("support") => Metric::Ces,
+            3 if v.name(map).contains("support") => Metric::Ces,
             0 | 1 => [Metric::Csat, Metric::Ces][rng.random_range(0..2)],
             _ => Metric::Nps,
         };
@@ -571,7 +609,7 @@ fn simulate_customer(
             customer_id: Some(customer.clone()),
             anonymous_id: None,
             event_time: v.time,
-            touchpoint: map.touchpoints[v.touchpoint].name.clone(),
+            touchpoint: v.name(map).to_string(),
             channel: map.channels[v.channel].clone(),
             stage: None,
             segment: Some(seg_name.clone()),
@@ -688,6 +726,7 @@ fn add_bursts(
                 entered: false,
                 converted_after: None,
                 burst: true,
+                off_map: None,
             });
         }
     }
@@ -753,6 +792,15 @@ fn walk(
             if paths.steps {
                 follow_steps(map, cfg, customer, (tp, channel, t), end_ms, rng, visits);
             }
+            if paths.off_map_share > 0.0 && rng.random_bool(paths.off_map_share) {
+                let at = t + exp_delay(rng, 0.2 * HOUR_MS) + 1;
+                if at < end_ms {
+                    let name = OFF_MAP_TOUCHPOINTS[rng.random_range(0..OFF_MAP_TOUCHPOINTS.len())];
+                    let mut v = visit(customer, visits.len(), at, 0, channel, usize::MAX);
+                    v.off_map = Some(name);
+                    visits.push(v);
+                }
+            }
             t += exp_delay(rng, 0.5 * HOUR_MS);
         }
         if stage > 0 && paths.back_share > 0.0 && rng.random_bool(paths.back_share) && t < end_ms {
@@ -806,6 +854,7 @@ fn visit(
         entered: false,
         converted_after: None,
         burst: false,
+        off_map: None,
     }
 }
 
@@ -872,7 +921,11 @@ fn count_steps(
         // The running attempt: (its cell, start time).
         let mut running: Option<(StepTruthKey, i64)> = None;
         for v in visits {
-            let tp = v.touchpoint as u16;
+            let tp = if v.off_map.is_some() {
+                u16::MAX
+            } else {
+                v.touchpoint as u16
+            };
             if let Some((cell, start)) = running.take() {
                 let in_budget = v.time <= start + step.budget_ms;
                 if in_budget && step.to.contains(&tp) {
@@ -903,8 +956,11 @@ fn count_steps(
 fn key(map: &JourneyMap, v: &Visit, segment: &str) -> TruthKey {
     (
         v.time.div_euclid(MINUTE_MS) * MINUTE_MS,
-        map.stages[v.reached].name.clone(),
-        map.touchpoints[v.touchpoint].name.clone(),
+        map.stages
+            .get(v.reached)
+            .map_or("none", |s| s.name.as_str())
+            .to_string(),
+        v.counted_name(map).to_string(),
         map.channels[v.channel].clone(),
         segment.to_string(),
     )
@@ -963,7 +1019,7 @@ fn answer(
         metric,
         score: score.clamp(lo, hi),
         touchpoint_event_id: Some(v.id.clone()),
-        touchpoint: Some(map.touchpoints[v.touchpoint].name.clone()),
+        touchpoint: Some(v.name(map).to_string()),
         channel: Some(map.channels[v.channel].clone()),
         comment,
         attributes: Default::default(),
