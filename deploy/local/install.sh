@@ -58,9 +58,10 @@ if [[ $(id -u) == 0 ]] && ! id postgres >/dev/null 2>&1; then
 fi
 
 # chdb: the modern ClickHouse dialect check; fastavro + confluent-kafka (+ PyYAML): the
-# Python producer of the end-to-end tests, a peer written with another Avro implementation.
-if ! python3 -c 'import chdb, fastavro, confluent_kafka, yaml' 2>/dev/null; then
-  echo "install: pip chdb fastavro confluent-kafka pyyaml"
-  python3 -m pip install -q --root-user-action=ignore chdb fastavro confluent-kafka pyyaml
+# Python producer of the end-to-end tests, a peer written with another Avro implementation;
+# jsonschema: the deployment's validation against the Compose and Kubernetes schemas.
+if ! python3 -c 'import chdb, fastavro, confluent_kafka, yaml, jsonschema, referencing' 2>/dev/null; then
+  echo "install: pip chdb fastavro confluent-kafka pyyaml jsonschema"
+  python3 -m pip install -q --root-user-action=ignore chdb fastavro confluent-kafka pyyaml 'jsonschema>=4.18'
 fi
 echo "install: ok (tansu at $TANSU_BIN)"

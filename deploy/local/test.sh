@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every test: unit and property tests, integration and end-to-end tests against the real
 # Tansu and ClickHouse started here, the broker harness at a small size, the migrations on
-# current ClickHouse (chdb), promtool (metrics, and the Prometheus rules' unit tests) and
-# amtool. Idempotent; leaves the servers running for
-# inspection unless CX_STOP_AFTER_TESTS=1.
+# current ClickHouse (chdb), promtool (metrics, and the Prometheus rules' unit tests),
+# amtool, and the deployment files against the Compose and Kubernetes schemas. Idempotent;
+# leaves the servers running for inspection unless CX_STOP_AFTER_TESTS=1.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -14,6 +14,10 @@ export CX_TEST_KAFKA="127.0.0.1:$CX_KAFKA_PORT"
 export CX_TEST_CLICKHOUSE="http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT"
 export CX_TEST_BROKER_LOG="$CXSTREAM_RUN/tansu/broker.log"
 python3 tests/chdb_dialect.py
+# The deployment: compose file and manifests against the Compose and Kubernetes schemas,
+# consistent with the configs and the image.
+cargo build -q -p cxstream
+python3 tests/deploy/validate.py --cxstream target/debug/cxstream
 # The health rules and their unit tests, and the example Alertmanager routing.
 promtool check rules deploy/prometheus/cxstream.rules.yml
 promtool test rules deploy/prometheus/tests/*.yml
