@@ -228,6 +228,12 @@ impl Default for Progress {
 }
 
 impl Progress {
+    /// Whether a touchpoint of `stage` at `time`, coming after this, would enter a stage of
+    /// the current journey and so decide the outcome of the entry before it.
+    pub fn would_decide(&self, stage: StageIdx, time: i64) -> bool {
+        stage != NO_STAGE && self.furthest.is_some_and(|f| stage > f) && time <= self.open_until
+    }
+
     /// Advances over a touchpoint of its own `stage` at `time`; returns whether it enters
     /// a stage, and the stage it counts under (the furthest of the journey so far).
     /// An off-map touchpoint (`NO_STAGE`) changes nothing and counts under the journey's
@@ -537,8 +543,18 @@ impl Journey {
     /// The view of touchpoint `i` alone (what [`Self::derive`] gives it), without
     /// deriving the others'.
     pub fn touchpoint_view(&self, i: usize, budgets: &Budgets) -> TouchpointView {
+        let progress = self.progress_before(&self.touchpoints[..i], budgets);
+        self.view_after(i, progress, budgets)
+    }
+
+    /// The view of touchpoint `i`, given the journey's progress before it.
+    pub fn view_after(
+        &self,
+        i: usize,
+        mut progress: Progress,
+        budgets: &Budgets,
+    ) -> TouchpointView {
         let before = &self.touchpoints[..i];
-        let mut progress = self.progress_before(before, budgets);
         let t = &self.touchpoints[i];
         let segment = t
             .segment
@@ -563,6 +579,11 @@ impl Journey {
         }
     }
 
+    /// The journey's progress after every kept touchpoint: what an appended one meets.
+    pub fn progress(&self, budgets: &Budgets) -> Progress {
+        self.progress_before(&self.touchpoints, budgets)
+    }
+
     /// The journey's progress after the floor and `before` (a prefix of the touchpoints).
     fn progress_before(&self, before: &[TouchpointEntry], budgets: &Budgets) -> Progress {
         let mut progress = self.floor.progress;
@@ -570,16 +591,6 @@ impl Journey {
             progress.advance(budgets, t.stage, t.time);
         }
         progress
-    }
-
-    /// Whether a touchpoint appended after every kept one would enter a stage of the
-    /// current journey, deciding the outcome of the entry before it.
-    pub fn would_decide_an_entry(&self, stage: StageIdx, time: i64, budgets: &Budgets) -> bool {
-        if stage == NO_STAGE {
-            return false;
-        }
-        let p = self.progress_before(&self.touchpoints, budgets);
-        p.furthest.is_some_and(|f| stage > f) && time <= p.open_until
     }
 
     /// The view of answer `j` alone.

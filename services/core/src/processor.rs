@@ -667,7 +667,9 @@ impl Emitter<'_> {
     /// Moves what a touchpoint view counts from `old` to `new`, and waits for the deadline
     /// of an entry reported open.
     fn count(&mut self, time: i64, old: Option<TouchpointView>, new: TouchpointView) {
-        if let Some(o) = old {
+        // One lookup when only the outcome changed, the common case.
+        let same_cell = old.is_some_and(|o| o.context == new.context);
+        if let Some(o) = old.filter(|_| !same_cell) {
             let cell = self
                 .agg
                 .entry(AggKey::new(time, Some(o.context)))
@@ -678,6 +680,9 @@ impl Emitter<'_> {
             .agg
             .entry(AggKey::new(time, Some(new.context)))
             .or_default();
+        if let Some(o) = old.filter(|_| same_cell) {
+            tally(cell, &o, self.watermark, -1);
+        }
         if let Some(StageOutcome::Open { deadline }) = tally(cell, &new, self.watermark, 1) {
             self.deadlines.insert((deadline, self.customer.clone()));
         }
@@ -822,11 +827,12 @@ fn tally_step(cell: &mut StepCounts, outcome: StageOutcome, sign: i64) {
 /// changes nothing else: only its own view is derived. Otherwise the whole journey is
 /// derived before and after.
 fn insert_touchpoint(journey: &mut Journey, entry: TouchpointEntry, out: &mut Emitter<'_>) {
+    let progress = journey.progress(out.budgets);
     let affects_others = journey
         .touchpoints
         .last()
         .is_some_and(|l| (l.time, l.id) > (entry.time, entry.id))
-        || journey.would_decide_an_entry(entry.stage, entry.time, out.budgets)
+        || progress.would_decide(entry.stage, entry.time)
         || journey
             .answers
             .iter()
@@ -852,7 +858,7 @@ fn insert_touchpoint(journey: &mut Journey, entry: TouchpointEntry, out: &mut Em
         Vec::new()
     };
     let at = journey.insert_touchpoint(entry);
-    let view = journey.touchpoint_view(at, out.budgets);
+    let view = journey.view_after(at, progress, out.budgets);
     out.touchpoint(&journey.touchpoints[at], None, view);
     if steps {
         views.push(view);
