@@ -2,7 +2,8 @@
 # Every test: unit and property tests, integration and end-to-end tests against the real
 # Tansu and ClickHouse started here, the broker harness at a small size, the migrations on
 # current ClickHouse (chdb), promtool (metrics, and the Prometheus rules' unit tests),
-# amtool, and the deployment files against the Compose and Kubernetes schemas. Idempotent;
+# amtool, the Grafana boards' panel queries, and the deployment files against the Compose
+# and Kubernetes schemas. Idempotent;
 # leaves the servers running for inspection unless CX_STOP_AFTER_TESTS=1.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -18,6 +19,9 @@ python3 tests/chdb_dialect.py
 # consistent with the configs and the image.
 cargo build -q -p cxstream
 python3 tests/deploy/validate.py --cxstream target/debug/cxstream
+# The Grafana boards: every panel's query on a simulated month (ClickHouse 18.16 and chdb),
+# the funnel board against the funnel views, PromQL over a recorded /metrics, the schema.
+CX_CXSTREAM_BIN=target/debug/cxstream tests/grafana/run.sh
 # The health rules and their unit tests, and the example Alertmanager routing.
 promtool check rules deploy/prometheus/cxstream.rules.yml
 promtool test rules deploy/prometheus/tests/*.yml

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The Grafana boards' test on data of its own: a simulated month through the real pipeline
+# into a fresh database (fresh topics too: topics are never deleted), /metrics recorded from
+# the journey service while it works, then every panel's query run by check_panels.py.
+# Needs the local stack's broker and ClickHouse (CX_TEST_KAFKA, CX_TEST_CLICKHOUSE) and a
+# built target/release/cxstream (CX_CXSTREAM_BIN). The database is dropped when the check
+# passes (CX_PANELS_KEEP=1 keeps it); CX_RECORD_METRICS=1 also replaces the committed
+# recording tests/grafana/metrics.recorded.prom with this run's.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+bin="${CX_CXSTREAM_BIN:-$root/target/release/cxstream}"
+kafka="${CX_TEST_KAFKA:-127.0.0.1:19092}"
+clickhouse="${CX_TEST_CLICKHOUSE:-http://127.0.0.1:18123}"
+run="panels_$(date +%s%3N)"
+dir="$(mktemp -d "${TMPDIR:-/tmp}/cxstream-$run.XXXXXX")"
+cfg="$dir/cxstream.yaml"
+cat >"$cfg" <<EOF
+kafka:
+  brokers: $kafka
+topics:
+  touchpoints: t.$run.touchpoints
+  survey_responses: t.$run.answers
+  aggregates: t.$run.aggregates
+  alerts: t.$run.alerts
+  dlq: t.$run.dlq
+  partitions: 4
+clickhouse:
+  url: $clickhouse
+  database: t_$run
+journey:
+  map: $root/schemas/journeys/retail.yaml
+  group_id: g.$run
+  flush_interval_ms: 200
+  max_batch_records: 5000
+  compact_after_batches: 4
+  idle_release_ms: 500
+  join_timeout_ms: 12000
+# Port 0: parallel runs never collide; the bound address is read from the log.
+http:
+  listen: 127.0.0.1:0
+log:
+  level: info
+EOF
+echo "grafana panels: topics t.$run.*, database t_$run, files in $dir"
+trap 'status=$?; ((status == 0)) || echo "grafana panels: failed; database t_$run and $dir are kept" >&2' EXIT
+cx() { "$bin" --config "$cfg" "$@"; }
+cx topics >/dev/null
+cx migrate >/dev/null
+# The journeys scenario has what every panel shows: late and future events, dead letters,
+# steps that convert or not, off-map touchpoints, customers who come back.
+timeout 300 "$bin" --config "$cfg" simulate --customers 2000 --days 30 --seed 42 --scenario journeys \
+  --bad-records 20 --ground-truth "$dir/ground-truth.csv" >"$dir/simulate.log" 2>&1
+
+# A wedged broker must not hang CI: the journey gets 10 minutes (it needs ~15 s here).
+timeout 600 "$bin" --config "$cfg" journey --until-caught-up >"$dir/journey.log" 2>&1 &
+journey=$!
+addr=""
+for _ in $(seq 100); do
+  addr="$(grep -o 'addr=[0-9.:]*' "$dir/journey.log" | head -1 | cut -d= -f2 || true)"
+  [[ -n "$addr" ]] || ! kill -0 "$journey" 2>/dev/null || { sleep 0.1; continue; }
+  break
+done
+# Scrapes while the service reads, commits and compacts: rates need at least two of them.
+mkdir -p "$dir/scrapes"
+n=0
+while [[ -n "$addr" ]] && kill -0 "$journey" 2>/dev/null; do
+  if curl -sf "http://$addr/metrics" -o "$dir/scrapes/part"; then
+    n=$((n + 1))
+    mv "$dir/scrapes/part" "$dir/scrapes/$(printf %05d $n).prom"
+  fi
+  sleep 0.25
+done
+if ! wait "$journey"; then
+  echo "grafana panels: cxstream journey failed:" >&2
+  tail -20 "$dir/journey.log" >&2
+  exit 1
+fi
+if ((n < 2)); then
+  echo "grafana panels: only $n scrape(s) of $addr/metrics while the journey ran" >&2
+  exit 1
+fi
+# At most 12 scrapes, evenly spread, first and last included: enough for every rate().
+{
+  keep=12
+  if ((n < keep)); then keep=$n; fi
+  for i in $(seq 0 $((keep - 1))); do
+    k=$((1 + i * (n - 1) / (keep - 1)))
+    echo "# cxstream-scrape $i"
+    cat "$dir/scrapes/$(printf %05d $k).prom"
+  done
+} >"$dir/metrics.prom"
+if [[ "${CX_RECORD_METRICS:-0}" == "1" ]]; then
+  cp "$dir/metrics.prom" tests/grafana/metrics.recorded.prom
+fi
+
+python3 tests/grafana/check_panels.py --clickhouse "$clickhouse" --database "t_$run" \
+  --metrics "$dir/metrics.prom"
+if [[ "${CX_PANELS_KEEP:-0}" != "1" ]]; then
+  curl -sf "$clickhouse/" --data-binary "DROP DATABASE IF EXISTS t_$run" >/dev/null
+  rm -rf "$dir"
+fi
