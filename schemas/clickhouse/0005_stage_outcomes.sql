@@ -13,7 +13,8 @@ ALTER TABLE {db}.metrics_minute_compacted ADD COLUMN convert_ms_sum Int64 DEFAUL
 ALTER TABLE {db}.metrics_minute_compacted ADD COLUMN stage_dropoffs Int64 DEFAULT 0;
 ALTER TABLE {db}.metrics_minute_compacted ADD COLUMN stage_open Int64 DEFAULT 0;
 
--- One row per stage entry: the entering touchpoint's event id and time, its context, and
+-- One row per stage entry: the entering touchpoint's event id and time (entry_hash, the
+-- FNV-1a 64 of its event id, orders entries of the same millisecond as the journey does), its context, and
 -- the outcome now (FINAL): 'none' for an entry into the last stage. deadline_ms is entry
 -- time + the stage's budget; convert_ms and converted_channel tell how long it took and on
 -- which channel the next stage was entered. withdrawn = 1: a late touchpoint made it no
@@ -25,6 +26,7 @@ CREATE TABLE IF NOT EXISTS {db}.stage_entries
     event_id String,
     entry_time DateTime,
     entry_time_ms Int64,
+    entry_hash UInt64,
     stage String,
     touchpoint String,
     channel String,

@@ -40,8 +40,9 @@ FROM
     FROM {db}.stage_funnel
     WHERE has_outcome = 1
 )
-WHERE tupleElement(w, 2) = 0
-   OR minute > (SELECT max(watermark) FROM {db}.committed_watermark) - tupleElement(w, 2) * 60
+WHERE minute <= (SELECT max(watermark) FROM {db}.committed_watermark)
+  AND (tupleElement(w, 2) = 0
+       OR minute > (SELECT max(watermark) FROM {db}.committed_watermark) - tupleElement(w, 2) * 60)
 GROUP BY tupleElement(w, 1) AS window, journey, stage, channel, segment;
 
 -- The omnichannel view: per day of entry, the channel customers entered a stage on and the
@@ -64,13 +65,15 @@ SELECT day, journey, path, stages, ending, last_stage, count() AS journeys
 FROM
 (
     SELECT customer_id, journey, journey_seq,
-           arraySort(x -> tupleElement(x, 1), groupArray((entry_time_ms, stage, touchpoint, outcome))) AS entries,
+           arraySort(x -> (tupleElement(x, 1), tupleElement(x, 5)),
+                     groupArray((entry_time_ms, stage, touchpoint, outcome, entry_hash))) AS entries,
            toDate(toDateTime(intDiv(tupleElement(entries[1], 1), 1000))) AS day,
            arrayStringConcat(arrayMap(x -> tupleElement(x, 3), entries), ' > ') AS path,
            arrayStringConcat(arrayMap(x -> tupleElement(x, 2), entries), ' > ') AS stages,
            tupleElement(entries[-1], 2) AS last_stage,
-           multiIf(tupleElement(entries[-1], 4) = 'dropped', 'dropped',
-                   tupleElement(entries[-1], 4) = 'open', 'open', 'completed') AS ending
+           multiIf(tupleElement(entries[-1], 4) = 'none', 'completed',
+                   tupleElement(entries[-1], 4) = 'dropped', 'dropped',
+                   tupleElement(entries[-1], 4) = 'open', 'open', 'converted') AS ending
     FROM {db}.stage_entries FINAL
     WHERE withdrawn = 0
     GROUP BY customer_id, journey, journey_seq

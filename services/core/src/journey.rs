@@ -56,6 +56,11 @@ impl Budgets {
         }
     }
 
+    /// The rules before journeys ended: budgets without end, no steps.
+    pub fn endless(&self) -> Self {
+        Budgets::new(vec![i64::MAX; self.stages.len()])
+    }
+
     /// Budgets by stage, the last one unused; no steps.
     pub fn new(by_stage: Vec<i64>) -> Self {
         Budgets {
@@ -658,6 +663,7 @@ impl Journey {
                 .pending
                 .as_ref()
                 .is_some_and(|p| p.deadline < cut)
+            || self.floor.pending_steps.iter().any(|p| p.deadline < cut)
     }
 
     /// An answer dated before `cut` leaves, unless the touchpoint it names stays.

@@ -253,34 +253,7 @@ impl PartitionProcessor {
         let wm = self.clock.watermark();
         let views = journey.touchpoint_views(&self.budgets);
         if written == Written::BeforeOutcomes {
-            let mut out = Emitter {
-                agg: &mut self.agg,
-                step_agg: &mut self.step_agg,
-                entries: &mut self.entries,
-                steps: &mut self.steps,
-                touchpoints: &mut self.touchpoints,
-                rewritten: &mut self.rewritten,
-                answers: &mut self.answers,
-                deadlines: &mut self.deadlines,
-                budgets: &self.budgets,
-                watermark: wm,
-                customer: &customer,
-            };
-            for (t, v) in journey.touchpoints.iter().zip(&views.touchpoints) {
-                let uncounted = TouchpointView {
-                    outcome: None,
-                    ..*v
-                };
-                out.touchpoint(t, Some(uncounted), *v);
-            }
-            for a in journey.step_views(&self.budgets, &views.touchpoints) {
-                if let Some(origin) = journey.step_start(&a) {
-                    out.step(origin, None, Some(a));
-                }
-            }
-            let mut journey = journey;
-            mark_dirty(&mut journey, &customer, &mut self.dirty);
-            self.journeys.insert(customer, Arc::new(journey));
+            self.restore_counted_before_outcomes(customer, journey);
             return;
         }
         let steps = journey.step_views(&self.budgets, &views.touchpoints);
@@ -295,6 +268,41 @@ impl PartitionProcessor {
                 self.deadlines.insert((deadline, customer.clone()));
             }
         }
+        self.journeys.insert(customer, Arc::new(journey));
+    }
+
+    /// A journey stored before outcomes, steps and journey ends were counted: its counts
+    /// were derived by the rules of then (no journey ends, no outcomes, no steps), so those
+    /// views are taken out and today's put in, facts included; persisted with the next batch
+    /// so that this happens once. A folded journey ends a budget after its last touchpoint.
+    fn restore_counted_before_outcomes(&mut self, customer: Arc<str>, mut journey: Journey) {
+        let floor = &mut journey.floor;
+        if let (Some(stage), Some(((time, _), _))) = (floor.progress.furthest, floor.last) {
+            if floor.progress.open_until == i64::MAX {
+                floor.progress.open_until = self.budgets.open_until(stage, time);
+            }
+        }
+        let mut before = journey.derive(&self.budgets.endless());
+        for v in before.touchpoints.iter_mut() {
+            v.outcome = None;
+        }
+        before.steps.clear();
+        let after = journey.derive(&self.budgets);
+        let mut out = Emitter {
+            agg: &mut self.agg,
+            step_agg: &mut self.step_agg,
+            entries: &mut self.entries,
+            steps: &mut self.steps,
+            touchpoints: &mut self.touchpoints,
+            rewritten: &mut self.rewritten,
+            answers: &mut self.answers,
+            deadlines: &mut self.deadlines,
+            budgets: &self.budgets,
+            watermark: self.clock.watermark(),
+            customer: &customer,
+        };
+        emit_diff(&journey, &before, &after, None, &mut out);
+        mark_dirty(&mut journey, &customer, &mut self.dirty);
         self.journeys.insert(customer, Arc::new(journey));
     }
 
