@@ -176,22 +176,29 @@ pub struct Batch {
 /// Keyed by customer id, shared (not copied) with the deadlines and the dirty list.
 type Journeys = hashbrown::HashMap<Arc<str>, Arc<Journey>, ahash::RandomState>;
 
-pub struct PartitionProcessor {
-    map: Arc<JourneyMap>,
-    budgets: Budgets,
-    clock: EventClock,
-    /// (deadline, customer) of every entry reported open: it drops off when the
-    /// watermark passes the deadline, unless converted by then.
-    deadlines: BTreeSet<(i64, Arc<str>)>,
-    journeys: Journeys,
+/// What journeys' changes produce until the next batch is taken, and the deadlines of what
+/// they reported open.
+#[derive(Default)]
+struct Effects {
     agg: HashMap<AggKey, Counts, ahash::RandomState>,
     step_agg: HashMap<StepKey, StepCounts, ahash::RandomState>,
     entries: Vec<EntryFact>,
     steps: Vec<StepFact>,
     touchpoints: Vec<TouchpointFact>,
-    /// Whether a touchpoint's fact was written again since the last batch.
+    /// Whether a fact was written again since the last batch.
     rewritten: bool,
     answers: Vec<AnswerFact>,
+    /// (deadline, customer) of every entry or attempt reported open: it drops off when the
+    /// watermark passes the deadline, unless converted by then.
+    deadlines: BTreeSet<(i64, Arc<str>)>,
+}
+
+pub struct PartitionProcessor {
+    map: Arc<JourneyMap>,
+    budgets: Budgets,
+    clock: EventClock,
+    journeys: Journeys,
+    out: Effects,
     refused: Vec<RefusedEvent>,
     /// Customers whose journey changed since the last batch (each once: see `Journey::dirty`).
     dirty: Vec<Arc<str>>,
@@ -211,15 +218,8 @@ impl PartitionProcessor {
             budgets: Budgets::of(&map),
             map,
             clock,
-            deadlines: BTreeSet::new(),
             journeys: Journeys::default(),
-            agg: HashMap::default(),
-            step_agg: HashMap::default(),
-            entries: Vec::new(),
-            steps: Vec::new(),
-            touchpoints: Vec::new(),
-            rewritten: false,
-            answers: Vec::new(),
+            out: Effects::default(),
             refused: Vec::new(),
             dirty: Vec::new(),
             duplicates: 0,
@@ -250,12 +250,12 @@ impl PartitionProcessor {
     /// the next batch so that this happens once.
     pub fn restore(&mut self, customer: String, journey: Journey, written: Written) {
         let customer: Arc<str> = customer.into();
-        let wm = self.clock.watermark();
-        let views = journey.touchpoint_views(&self.budgets);
         if written == Written::BeforeOutcomes {
             self.restore_counted_before_outcomes(customer, journey);
             return;
         }
+        let wm = self.clock.watermark();
+        let views = journey.touchpoint_views(&self.budgets);
         let steps = journey.step_views(&self.budgets, &views.touchpoints);
         let outcomes = views
             .pending
@@ -265,7 +265,7 @@ impl PartitionProcessor {
             .chain(steps.iter().map(|a| a.outcome));
         for o in outcomes {
             if let StageOutcome::Open { deadline } = o.at(wm) {
-                self.deadlines.insert((deadline, customer.clone()));
+                self.out.deadlines.insert((deadline, customer.clone()));
             }
         }
         self.journeys.insert(customer, Arc::new(journey));
@@ -289,14 +289,7 @@ impl PartitionProcessor {
         before.steps.clear();
         let after = journey.derive(&self.budgets);
         let mut out = Emitter {
-            agg: &mut self.agg,
-            step_agg: &mut self.step_agg,
-            entries: &mut self.entries,
-            steps: &mut self.steps,
-            touchpoints: &mut self.touchpoints,
-            rewritten: &mut self.rewritten,
-            answers: &mut self.answers,
-            deadlines: &mut self.deadlines,
+            out: &mut self.out,
             budgets: &self.budgets,
             watermark: self.clock.watermark(),
             customer: &customer,
@@ -320,8 +313,8 @@ impl PartitionProcessor {
         let Some(wm) = self.clock.watermark() else {
             return;
         };
-        while self.deadlines.first().is_some_and(|(d, _)| *d < wm) {
-            let Some((deadline, customer)) = self.deadlines.pop_first() else {
+        while self.out.deadlines.first().is_some_and(|(d, _)| *d < wm) {
+            let Some((deadline, customer)) = self.out.deadlines.pop_first() else {
                 break;
             };
             // Gone (converted, no longer an entry, or folded) entries need nothing.
@@ -336,11 +329,11 @@ impl PartitionProcessor {
                 let Some(origin) = journey.step_start(&a) else {
                     continue;
                 };
-                let cell = self.step_agg.entry(StepKey::of(&a)).or_default();
+                let cell = self.out.step_agg.entry(StepKey::of(&a)).or_default();
                 cell.open -= 1;
                 cell.dropoffs += 1;
-                self.rewritten = true;
-                self.steps.push(StepFact {
+                self.out.rewritten = true;
+                self.out.steps.push(StepFact {
                     customer: customer.clone(),
                     origin,
                     step: a.step,
@@ -364,13 +357,14 @@ impl PartitionProcessor {
                     continue;
                 };
                 let cell = self
+                    .out
                     .agg
                     .entry(AggKey::new(origin.time, Some(v.context)))
                     .or_default();
                 cell.stage_open -= 1;
                 cell.stage_dropoffs += 1;
-                self.rewritten = true;
-                self.entries.push(EntryFact {
+                self.out.rewritten = true;
+                self.out.entries.push(EntryFact {
                     customer: customer.clone(),
                     origin,
                     context: v.context,
@@ -492,14 +486,7 @@ impl PartitionProcessor {
             journey.prune(h, &self.budgets);
         }
         let mut out = Emitter {
-            agg: &mut self.agg,
-            step_agg: &mut self.step_agg,
-            entries: &mut self.entries,
-            steps: &mut self.steps,
-            touchpoints: &mut self.touchpoints,
-            rewritten: &mut self.rewritten,
-            answers: &mut self.answers,
-            deadlines: &mut self.deadlines,
+            out: &mut self.out,
             budgets: &self.budgets,
             watermark: self.clock.watermark(),
             customer,
@@ -515,7 +502,7 @@ impl PartitionProcessor {
     /// Takes everything derived since the last call.
     pub fn take_batch(&mut self) -> Batch {
         let aggregates: Vec<(AggKey, Counts)> =
-            self.agg.drain().filter(|(_, c)| !c.is_zero()).collect();
+            self.out.agg.drain().filter(|(_, c)| !c.is_zero()).collect();
         let journeys = std::mem::take(&mut self.dirty)
             .into_iter()
             .filter_map(|c| {
@@ -528,10 +515,10 @@ impl PartitionProcessor {
         // A touchpoint (stage entry, step attempt) written twice in a batch keeps its last
         // fact only: rows of one INSERT have no order a ReplacingMergeTree could tell "last"
         // by.
-        let mut facts = std::mem::take(&mut self.touchpoints);
-        let mut entries = std::mem::take(&mut self.entries);
-        let mut steps = std::mem::take(&mut self.steps);
-        if std::mem::take(&mut self.rewritten) {
+        let mut facts = std::mem::take(&mut self.out.touchpoints);
+        let mut entries = std::mem::take(&mut self.out.entries);
+        let mut steps = std::mem::take(&mut self.out.steps);
+        if std::mem::take(&mut self.out.rewritten) {
             keep_last(&mut facts, |f| (Arc::as_ptr(&f.event).cast::<u8>(), 0, 0));
             keep_last(&mut entries, |f| (f.customer.as_ptr(), f.origin.id, 0));
             keep_last(&mut steps, |f| {
@@ -540,15 +527,16 @@ impl PartitionProcessor {
         }
         // The next batch is likely as large as this one: start at its size instead of
         // growing (and copying) from empty.
-        self.touchpoints = Vec::with_capacity(facts.len());
-        let answers = Vec::with_capacity(self.answers.len());
+        self.out.touchpoints = Vec::with_capacity(facts.len());
+        let answers = Vec::with_capacity(self.out.answers.len());
         Batch {
             touchpoints: facts,
-            answers: std::mem::replace(&mut self.answers, answers),
+            answers: std::mem::replace(&mut self.out.answers, answers),
             aggregates,
             entries,
             steps,
             step_aggregates: self
+                .out
                 .step_agg
                 .drain()
                 .filter(|(_, c)| !c.is_zero())
@@ -625,14 +613,7 @@ impl PartitionProcessor {
 
 /// Where the consequences of a journey's change go.
 struct Emitter<'a> {
-    agg: &'a mut HashMap<AggKey, Counts, ahash::RandomState>,
-    step_agg: &'a mut HashMap<StepKey, StepCounts, ahash::RandomState>,
-    entries: &'a mut Vec<EntryFact>,
-    steps: &'a mut Vec<StepFact>,
-    touchpoints: &'a mut Vec<TouchpointFact>,
-    rewritten: &'a mut bool,
-    answers: &'a mut Vec<AnswerFact>,
-    deadlines: &'a mut BTreeSet<(i64, Arc<str>)>,
+    out: &'a mut Effects,
     budgets: &'a Budgets,
     watermark: Option<i64>,
     customer: &'a Arc<str>,
@@ -651,8 +632,8 @@ impl Emitter<'_> {
         self.count(t.time, old, new);
         let placed = |v: TouchpointView| (v.context, v.entered, v.journey_seq);
         if old.map(placed) != Some(placed(new)) {
-            *self.rewritten |= old.is_some();
-            self.touchpoints.push(TouchpointFact {
+            self.out.rewritten |= old.is_some();
+            self.out.touchpoints.push(TouchpointFact {
                 event: t.event.clone(),
                 context: new.context,
                 stage_entered: new.entered,
@@ -679,12 +660,14 @@ impl Emitter<'_> {
         let same_cell = old.is_some_and(|o| o.context == new.context);
         if let Some(o) = old.filter(|_| !same_cell) {
             let cell = self
+                .out
                 .agg
                 .entry(AggKey::new(time, Some(o.context)))
                 .or_default();
             tally(cell, &o, self.watermark, -1);
         }
         let cell = self
+            .out
             .agg
             .entry(AggKey::new(time, Some(new.context)))
             .or_default();
@@ -692,7 +675,7 @@ impl Emitter<'_> {
             tally(cell, &o, self.watermark, -1);
         }
         if let Some(StageOutcome::Open { deadline }) = tally(cell, &new, self.watermark, 1) {
-            self.deadlines.insert((deadline, self.customer.clone()));
+            self.out.deadlines.insert((deadline, self.customer.clone()));
         }
     }
 
@@ -716,8 +699,8 @@ impl Emitter<'_> {
         let Some((context, journey_seq, outcome)) = is.or(was) else {
             return;
         };
-        *self.rewritten |= was.is_some();
-        self.entries.push(EntryFact {
+        self.out.rewritten |= was.is_some();
+        self.out.entries.push(EntryFact {
             customer: self.customer.clone(),
             origin: origin(),
             context,
@@ -733,22 +716,22 @@ impl Emitter<'_> {
             return;
         }
         if let Some(o) = old {
-            let cell = self.step_agg.entry(StepKey::of(&o)).or_default();
+            let cell = self.out.step_agg.entry(StepKey::of(&o)).or_default();
             tally_step(cell, o.outcome.at(self.watermark), -1);
-            *self.rewritten = true;
+            self.out.rewritten = true;
         }
         let Some(v) = new.or(old) else {
             return;
         };
         let outcome = v.outcome.at(self.watermark);
         if let Some(n) = new {
-            let cell = self.step_agg.entry(StepKey::of(&n)).or_default();
+            let cell = self.out.step_agg.entry(StepKey::of(&n)).or_default();
             tally_step(cell, outcome, 1);
             if let StageOutcome::Open { deadline } = outcome {
-                self.deadlines.insert((deadline, self.customer.clone()));
+                self.out.deadlines.insert((deadline, self.customer.clone()));
             }
         }
-        self.steps.push(StepFact {
+        self.out.steps.push(StepFact {
             customer: self.customer.clone(),
             origin,
             step: v.step,
@@ -764,17 +747,19 @@ impl Emitter<'_> {
         }
         let score = i32::from(a.score);
         if let Some(o) = old.filter(|o| o.counted) {
-            self.agg
+            self.out
+                .agg
                 .entry(AggKey::new(a.time, o.context))
                 .or_default()
                 .add_answer(a.metric, score, -1);
         }
         if new.counted {
-            self.agg
+            self.out
+                .agg
                 .entry(AggKey::new(a.time, new.context))
                 .or_default()
                 .add_answer(a.metric, score, 1);
-            self.answers.push(AnswerFact {
+            self.out.answers.push(AnswerFact {
                 answer: a.answer.clone(),
                 context: new.context,
                 attribution: new.attribution,
