@@ -15,8 +15,64 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub const PARTITIONS: i32 = 4;
 
+/// A cell: (minute, stage, touchpoint, channel, segment).
+pub type Cell = (i64, String, String, String, String);
 /// A step cell: (minute, step, stage, touchpoint, channel, segment).
 pub type StepCell = (i64, String, String, String, String, String);
+
+/// Rows of key fields then counts as cells: `key` takes the fields it needs and says how
+/// many; a cell whose counts are all zero is none (committed deltas may sum to zero).
+fn cells_of<K: Ord>(
+    rows: Vec<Vec<String>>,
+    key: impl Fn(&[String]) -> (K, usize),
+) -> BTreeMap<K, Vec<i64>> {
+    rows.into_iter()
+        .map(|r| {
+            let (k, n) = key(&r);
+            (
+                k,
+                r[n..]
+                    .iter()
+                    .map(|v| v.parse().unwrap())
+                    .collect::<Vec<i64>>(),
+            )
+        })
+        .filter(|(_, v)| v.iter().any(|x| *x != 0))
+        .collect()
+}
+
+fn cell_key(f: &[String]) -> (Cell, usize) {
+    let k = (
+        f[0].parse().unwrap(),
+        f[1].clone(),
+        f[2].clone(),
+        f[3].clone(),
+        f[4].clone(),
+    );
+    (k, 5)
+}
+
+fn step_key(f: &[String]) -> (StepCell, usize) {
+    let k = (
+        f[0].parse().unwrap(),
+        f[1].clone(),
+        f[2].clone(),
+        f[3].clone(),
+        f[4].clone(),
+        f[5].clone(),
+    );
+    (k, 6)
+}
+
+/// A ground-truth CSV's rows (after its header), split into fields.
+fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
 
 pub struct Stack {
     /// Names the topics.
@@ -292,7 +348,7 @@ impl Stack {
     }
 
     /// Per-minute cells of the committed aggregates, as in the ground-truth file.
-    pub fn cells(&self) -> BTreeMap<(i64, String, String, String, String), Vec<i64>> {
+    pub fn cells(&self) -> BTreeMap<Cell, Vec<i64>> {
         let rows = self.query(&format!(
             "SELECT toUnixTimestamp(minute) * 1000 AS m, stage, touchpoint, channel, segment, \
              sum(nps_promoters), sum(nps_passives), sum(nps_detractors), sum(csat_n), sum(csat_top2), sum(csat_sum), \
@@ -301,96 +357,29 @@ impl Stack {
              FROM {}.metrics_minute_committed GROUP BY m, stage, touchpoint, channel, segment",
             self.database()
         ));
-        rows.into_iter()
-            .map(|r| {
-                let key = (
-                    r[0].parse().unwrap(),
-                    r[1].clone(),
-                    r[2].clone(),
-                    r[3].clone(),
-                    r[4].clone(),
-                );
-                (
-                    key,
-                    r[5..]
-                        .iter()
-                        .map(|v| v.parse().unwrap())
-                        .collect::<Vec<i64>>(),
-                )
-            })
-            .filter(|(_, v)| v.iter().any(|x| *x != 0))
-            .collect()
+        cells_of(rows, cell_key)
     }
 
-    pub fn truth(&self) -> BTreeMap<(i64, String, String, String, String), Vec<i64>> {
-        let text = std::fs::read_to_string(self.truth_path()).unwrap();
-        text.lines()
-            .skip(1)
-            .map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                let key = (
-                    f[0].parse().unwrap(),
-                    f[1].into(),
-                    f[2].into(),
-                    f[3].into(),
-                    f[4].into(),
-                );
-                (
-                    key,
-                    f[5..]
-                        .iter()
-                        .map(|v| v.parse().unwrap())
-                        .collect::<Vec<i64>>(),
-                )
-            })
-            .filter(|(_, v)| v.iter().any(|x| *x != 0))
-            .collect()
+    pub fn truth(&self) -> BTreeMap<Cell, Vec<i64>> {
+        cells_of(csv_rows(&self.truth_path()), cell_key)
     }
 
     /// The simulator's step ground truth: (minute, step, stage, touchpoint, channel,
     /// segment) → starts, conversions, convert_ms_sum, not converted.
     pub fn step_truth(&self) -> BTreeMap<StepCell, Vec<i64>> {
         let path = self.truth_path().with_extension("steps.csv");
-        let text = std::fs::read_to_string(path).unwrap();
-        text.lines()
-            .skip(1)
-            .map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                let key = (
-                    f[0].parse().unwrap(),
-                    f[1].into(),
-                    f[2].into(),
-                    f[3].into(),
-                    f[4].into(),
-                    f[5].into(),
-                );
-                (key, f[6..].iter().map(|v| v.parse().unwrap()).collect())
-            })
-            .collect()
+        cells_of(csv_rows(&path), step_key)
     }
 
     /// Committed step cells, as in the step ground truth (dropped off and open together).
     pub fn step_cells(&self) -> BTreeMap<StepCell, Vec<i64>> {
-        self.query(&format!(
+        let rows = self.query(&format!(
             "SELECT toUnixTimestamp(minute) * 1000 AS m, step, stage, touchpoint, channel, segment, \
              sum(starts), sum(conversions), sum(convert_ms_sum), sum(dropoffs) + sum(open_attempts) \
              FROM {}.steps_minute_committed GROUP BY m, step, stage, touchpoint, channel, segment",
             self.database()
-        ))
-        .into_iter()
-        .map(|r| {
-            let key = (
-                r[0].parse().unwrap(),
-                r[1].clone(),
-                r[2].clone(),
-                r[3].clone(),
-                r[4].clone(),
-                r[5].clone(),
-            );
-            (key, r[6..].iter().map(|v| v.parse().unwrap()).collect::<Vec<i64>>())
-        })
-        .filter(|(_, v)| v.iter().any(|x| *x != 0))
-        .collect()
+        ));
+        cells_of(rows, step_key)
     }
 
     /// Reads a whole topic from the beginning.
