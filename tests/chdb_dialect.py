@@ -113,7 +113,7 @@ def main():
             failures.append(f"after compaction rolling_metrics returned {rows!r}, expected 3 windows ending {expected_row}")
         # Every view runs on current ClickHouse too (the data above, or none).
         for view in ["funnel_rolling", "channel_flow", "journey_paths", "step_funnel", "off_map_paths",
-                     "steps_minute_committed", "stage_funnel"]:
+                     "steps_minute_committed", "stage_funnel", "unmapped_touchpoints", "touchpoint_heat"]:
             try:
                 s.query(f"SELECT * FROM cx.{view}", "CSV")
             except Exception as e:  # noqa: BLE001
@@ -123,6 +123,11 @@ def main():
         )).strip()
         if window != '"all",1,1,0':
             failures.append(f"funnel_rolling returned {window!r}")
+        heat = str(s.query(
+            "SELECT stage, touchpoint, touchpoint_count, promoters, csat_answers FROM cx.touchpoint_heat", "CSV"
+        )).strip()
+        if heat != '"conversion","purchase_completed",4,3,2':
+            failures.append(f"touchpoint_heat returned {heat!r}")
         records = str(s.query("SELECT sum(records) FROM cx.committed_records", "CSV")).strip()
         if records != "15":
             failures.append(f"committed_records after compaction is {records}, expected 15")

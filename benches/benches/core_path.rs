@@ -25,7 +25,8 @@ fn inputs(codec: &Codec, map: &JourneyMap) -> Vec<Encoded> {
             days: 3.0,
             ..SimConfig::default()
         },
-    );
+    )
+    .expect("the retail map simulates");
     sim.records
         .iter()
         .map(|s| {

@@ -2,11 +2,13 @@
 # The demo: installs what is missing, starts Tansu and ClickHouse, creates topics and tables,
 # simulates CX traffic (from empty servers), runs the journey service until it has caught up, and prints a summary.
 #   CUSTOMERS (default 10000), DAYS (default 30), SEED (default 42), SCENARIO (default journeys:
-#   journeys as they really happen, delivered as real producers do; see `cxstream simulate --help`)
+#   journeys as they really happen, delivered as real producers do; see `cxstream simulate --help`),
+#   CXSTREAM_JOURNEY_MAPS (default: the retail and support maps, measured at once)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 source deploy/local/env.sh
+export CXSTREAM_JOURNEY_MAPS="${CXSTREAM_JOURNEY_MAPS:-schemas/journeys/retail.yaml,schemas/journeys/support.yaml}"
 # Every demo starts from empty servers, so its numbers are the simulation's alone.
 deploy/local/down.sh --wipe >/dev/null
 cargo build --release -p cxstream

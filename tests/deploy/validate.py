@@ -6,7 +6,7 @@
 - that the schemas are not vacuous (a misspelt field is refused);
 - that the pieces agree: every file the compose stack mounts exists (deploy/grafana/ is
   only reported when missing), both cxstream configs parse with the real binary
-  (`cxstream check-map`), their journey.map resolves inside the container to the repo's map,
+  (`cxstream check-map`), their journey.maps resolve inside the container to the repo's map,
   the HTTP port is the same in the configs, the Dockerfile, compose, Prometheus and
   Kubernetes, the image's user is the manifests' user, and the Docker build context holds
   every file the build reads.
@@ -370,10 +370,10 @@ def check_dockerfile():
     need(final["user"] and final["user"].split(":")[0].isdigit() and int(final["user"].split(":")[0]) > 0,
          f"the image's USER {final['user']!r} must be a numeric non-root uid")
     need(final["entrypoint"] == ["cxstream"], f"ENTRYPOINT is {final['entrypoint']}, not [\"cxstream\"]")
-    # The default journey.map is relative to the working directory.
+    # The default journey.maps is relative to the working directory.
     default_map = posixpath.join(final["workdir"], "schemas/journeys/retail.yaml")
     host = image_path(default_map)
-    need(host and os.path.isfile(host), f"the image has no {default_map} (journey.map's default)")
+    need(host and os.path.isfile(host), f"the image has no {default_map} (journey.maps' default)")
 
 
 def check_dockerignore():
@@ -446,17 +446,23 @@ def pod_template_annotations():
 def check_compose_map_path():
     c = compose()
     _, cfg = compose_config()
-    path = cfg["journey"]["map"]
-    need(path.startswith("/"), f"compose config journey.map {path} should be absolute in the container")
-    for name in CXSTREAM_SERVICES:
-        host = container_to_host(c["services"][name], path, image=True)
-        need(host and os.path.isfile(host), f"compose {name}: journey.map {path} is no file of the image or mounts")
-        need(os.path.samefile(host, MAP), f"compose {name}: journey.map {path} is {rel(host)}, not {rel(MAP)}")
+    paths = cfg["journey"]["maps"]
+    need(paths, "compose config journey.maps lists no map")
+    for path in paths:
+        need(path.startswith("/"), f"compose config journey.maps {path} should be absolute in the container")
+        shipped = os.path.join(ROOT, "schemas/journeys", posixpath.basename(path))
+        for name in CXSTREAM_SERVICES:
+            host = container_to_host(c["services"][name], path, image=True)
+            need(host and os.path.isfile(host), f"compose {name}: journey.maps {path} is no file of the image or mounts")
+            need(os.path.isfile(shipped) and os.path.samefile(host, shipped),
+                 f"compose {name}: journey.maps {path} is {rel(host)}, not a map of schemas/journeys/")
 
 
 def check_k8s_map():
     pod, container, cm, cfg = k8s_config()
-    path = cfg["journey"]["map"]
+    paths = cfg["journey"]["maps"]
+    need(paths == ["/etc/cxstream/retail.yaml"], f"Kubernetes journey.maps is {paths}, not the ConfigMap's retail.yaml")
+    path = paths[0]
     cm_name, key = k8s_mount_source(pod, container, path)
     need(cm_name == cm["metadata"]["name"] and key in cm["data"],
          f"journey.map {path} is not a key of ConfigMap {cm['metadata']['name']}")
@@ -548,10 +554,13 @@ def check_configs_with_binary(binary, report):
     configs = [("deploy/compose/cxstream.yaml", open(compose_config()[0]).read())]
     configs.append(("ConfigMap cxstream.yaml", k8s_config()[2]["data"]["cxstream.yaml"]))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXSTREAM_")}
-    # The map path is the container's; the map itself is checked by the path checks.
-    env["CXSTREAM_JOURNEY_MAP"] = MAP
     with tempfile.TemporaryDirectory() as tmp:
         for where, text in configs:
+            # The map paths are the container's: the repository's maps of the same names
+            # stand in (the path checks tie them together), checked as a set by check-map.
+            maps = yaml.safe_load(text)["journey"]["maps"]
+            env["CXSTREAM_JOURNEY_MAPS"] = ",".join(
+                os.path.join(ROOT, "schemas/journeys", posixpath.basename(m)) for m in maps)
             path = os.path.join(tmp, "cxstream.yaml")
             open(path, "w").write(text)
             r = subprocess.run([binary, "--config", path, "check-map"], capture_output=True, text=True, env=env)
@@ -597,8 +606,8 @@ def main():
         ("Dockerfile: multi-stage, locked build, non-root, entrypoint, schemas", check_dockerfile),
         (".dockerignore keeps what the build reads", check_dockerignore),
         ("one HTTP port across configs, image, compose, Prometheus, Kubernetes", check_ports),
-        ("compose journey.map resolves to the repository's map", check_compose_map_path),
-        ("Kubernetes journey.map is the repository's map", check_k8s_map),
+        ("compose journey.maps resolve to the repository's maps", check_compose_map_path),
+        ("Kubernetes journey.maps is the repository's map", check_k8s_map),
         ("Kubernetes workloads: selectors, probes, security, resources, image", check_k8s_workloads),
         ("Prometheus and Alertmanager load the repository's rules and routing", lambda: check_prometheus(report)),
         ("both cxstream configs parse with cxstream check-map",

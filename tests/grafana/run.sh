@@ -29,7 +29,7 @@ clickhouse:
   url: $clickhouse
   database: t_$run
 journey:
-  map: $root/schemas/journeys/retail.yaml
+  maps: [$root/schemas/journeys/retail.yaml]
   group_id: g.$run
   flush_interval_ms: 200
   max_batch_records: 5000

@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
         days: 1.0,
         ..SimConfig::default()
     };
-    let sim = simulate(&map, &cfg);
+    let sim = simulate(&map, &cfg)?;
     let events = sim.records.len();
     let mut last_ms = cfg.start_ms;
     for (offset, sent) in sim.records.into_iter().enumerate() {
@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
             drop(processor.take_batch());
         }
     }
-    drop(sim.truth);
+    drop(sim.lenses);
     drop(processor.take_batch());
     let tracked = processor.tracked_customers().max(1);
     let active = ALLOCATED.allocated().saturating_sub(base);

@@ -1,5 +1,7 @@
 //! Avro codec for cxstream's topics: Avro single-object encoding (`C3 01` + 8-byte
-//! CRC-64-AVRO fingerprint + datum) with the schemas embedded from `schemas/avro/`.
+//! CRC-64-AVRO fingerprint + datum) with the schemas embedded from `schemas/avro/`, and the
+//! Confluent wire format (`00` + 4-byte big-endian schema id + datum) that Confluent's
+//! serializers write, with the writer schemas of the ids in use ([`Codec::with_confluent`]).
 //!
 //! Decoding reads bytes straight into the domain types with apache-avro's schema-aware serde
 //! deserializer; schemas are parsed and resolved once, never per record. Every writer schema
@@ -29,14 +31,21 @@ pub const ALERT_SCHEMA: &str = include_str!("../../../schemas/avro/alert.avsc");
 
 const MAGIC: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
+/// Confluent's framing: magic byte 0, then the schema id (big-endian u32).
+const CONFLUENT_MAGIC: u8 = 0;
+const CONFLUENT_HEADER_LEN: usize = 5;
 
 /// Why bytes could not be decoded. `kind()` names go into DLQ headers and metric labels.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("not Avro single-object encoding (expected C3 01 header)")]
+    #[error(
+        "neither Avro single-object encoding (C3 01 header) nor the Confluent wire format (00 + schema id)"
+    )]
     NotSingleObject,
     #[error("unknown schema fingerprint {0:016x}")]
     UnknownFingerprint(u64),
+    #[error("Confluent schema id {0} is not configured (schemas.confluent)")]
+    UnknownSchemaId(u32),
     #[error("schema fingerprint {0:016x} belongs to another record type than this topic carries")]
     WrongSchema(u64),
     #[error("malformed Avro datum: {0}")]
@@ -50,6 +59,7 @@ impl DecodeError {
         match self {
             DecodeError::NotSingleObject => "not_avro",
             DecodeError::UnknownFingerprint(_) => "unknown_fingerprint",
+            DecodeError::UnknownSchemaId(_) => "unknown_schema_id",
             DecodeError::WrongSchema(_) => "wrong_schema",
             DecodeError::Malformed(_) => "malformed",
             DecodeError::TrailingBytes(_) => "trailing_bytes",
@@ -113,9 +123,33 @@ pub fn legacy_fingerprint(schema: &Schema) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Why a writer schema of a Confluent schema id cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("is not a valid Avro schema: {0}")]
+    Invalid(String),
+    #[error("cannot be read as cxstream's {record} schema: {reason}")]
+    Incompatible {
+        record: &'static str,
+        reason: String,
+    },
+    #[error("schema id {0} is given twice")]
+    DuplicateId(u32),
+}
+
+/// A record type's schema as a producer wrote it, under a Confluent schema id.
+pub struct WriterSchema {
+    pub id: u32,
+    pub record: RecordType,
+    /// The schema's JSON text.
+    pub text: String,
+}
+
 /// Encodes and decodes cxstream records. Build once, share by reference.
 pub struct Codec {
     readers: HashMap<u64, (RecordType, GenericDatumReader<'static>)>,
+    /// Confluent-framed records: the writer schema of each id, resolved to cxstream's own.
+    confluent: HashMap<u32, (RecordType, GenericDatumReader<'static>)>,
     writers: HashMap<RecordType, (u64, GenericDatumWriter<'static>)>,
 }
 
@@ -139,7 +173,27 @@ impl Codec {
                 .map_err(|e| EncodeError(e.to_string()))?;
             writers.insert(k.record, (fp, writer));
         }
-        Ok(Codec { readers, writers })
+        Ok(Codec {
+            readers,
+            confluent: HashMap::new(),
+            writers,
+        })
+    }
+
+    /// Also decodes Confluent-framed records whose schema id is one of `schemas`: each is
+    /// checked once, here, to be readable as cxstream's schema of its record type by Avro's
+    /// resolution rules (fields added with defaults, fields removed, promotions).
+    pub fn with_confluent(
+        mut self,
+        schemas: impl IntoIterator<Item = WriterSchema>,
+    ) -> Result<Self, (u32, SchemaError)> {
+        for w in schemas {
+            let reader = confluent_reader(&w).map_err(|e| (w.id, e))?;
+            if self.confluent.insert(w.id, (w.record, reader)).is_some() {
+                return Err((w.id, SchemaError::DuplicateId(w.id)));
+            }
+        }
+        Ok(self)
     }
 
     pub fn writer_fingerprint(&self, record: RecordType) -> Option<u64> {
@@ -171,6 +225,9 @@ impl Codec {
         expected: RecordType,
         bytes: &[u8],
     ) -> Result<T, DecodeError> {
+        if bytes.len() >= CONFLUENT_HEADER_LEN && bytes[0] == CONFLUENT_MAGIC {
+            return self.decode_confluent(expected, bytes);
+        }
         if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC {
             return Err(DecodeError::NotSingleObject);
         }
@@ -194,6 +251,39 @@ impl Codec {
         Ok(value)
     }
 
+    /// A Confluent-framed record: its writer schema (by id) resolved to cxstream's. Slower
+    /// than single-object decoding (through apache-avro's `Value`), which resolution needs.
+    fn decode_confluent<T: DeserializeOwned>(
+        &self,
+        expected: RecordType,
+        bytes: &[u8],
+    ) -> Result<T, DecodeError> {
+        let mut id = [0u8; 4];
+        id.copy_from_slice(&bytes[1..CONFLUENT_HEADER_LEN]);
+        let id = u32::from_be_bytes(id);
+        let (record, reader) = self
+            .confluent
+            .get(&id)
+            .ok_or(DecodeError::UnknownSchemaId(id))?;
+        if *record != expected {
+            return Err(DecodeError::WrongSchema(u64::from(id)));
+        }
+        let mut rest = Strict {
+            rest: &bytes[CONFLUENT_HEADER_LEN..],
+            truncated: false,
+        };
+        let value = reader
+            .read_value(&mut rest)
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if rest.truncated {
+            return Err(DecodeError::Malformed("the datum ends early".into()));
+        }
+        if !rest.rest.is_empty() {
+            return Err(DecodeError::TrailingBytes(rest.rest.len()));
+        }
+        apache_avro::from_value::<T>(&value).map_err(|e| DecodeError::Malformed(e.to_string()))
+    }
+
     pub fn encode<T: Serialize>(
         &self,
         record: RecordType,
@@ -211,6 +301,61 @@ impl Codec {
             .map_err(|e| EncodeError(e.to_string()))?;
         Ok(())
     }
+}
+
+impl RecordType {
+    /// How configuration names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordType::Touchpoint => "touchpoint",
+            RecordType::SurveyAnswer => "survey_answer",
+            RecordType::Alert => "alert",
+        }
+    }
+
+    fn schema(self) -> &'static Schema {
+        let i = match self {
+            RecordType::Touchpoint => 0,
+            RecordType::SurveyAnswer => 1,
+            RecordType::Alert => 2,
+        };
+        KNOWN[i].schema
+    }
+}
+
+/// The bytes of one datum, remembering whether a read ran out of them: apache-avro's value
+/// decoder reads a string cut short as null instead of failing.
+struct Strict<'a> {
+    rest: &'a [u8],
+    truncated: bool,
+}
+
+impl std::io::Read for Strict<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.rest.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.truncated = true;
+        }
+        Ok(n)
+    }
+}
+
+fn confluent_reader(w: &WriterSchema) -> Result<GenericDatumReader<'static>, SchemaError> {
+    let writer = Schema::parse_str(&w.text).map_err(|e| SchemaError::Invalid(e.to_string()))?;
+    let reader = w.record.schema();
+    apache_avro::schema_compatibility::SchemaCompatibility::can_read(&writer, reader).map_err(
+        |e| SchemaError::Incompatible {
+            record: w.record.name(),
+            reason: e.to_string(),
+        },
+    )?;
+    // A handful of schemas, parsed once at start-up and used for the process's life.
+    let writer: &'static Schema = Box::leak(Box::new(writer));
+    GenericDatumReader::builder(writer)
+        .reader_schema(reader)
+        .human_readable(false)
+        .build()
+        .map_err(|e| SchemaError::Invalid(e.to_string()))
 }
 
 #[cfg(test)]
@@ -335,5 +480,100 @@ mod tests {
             c.decode_touchpoint(&long).unwrap_err().kind(),
             "trailing_bytes"
         );
+    }
+
+    /// cxstream's touchpoint schema as a producer evolved it: a new optional field, the
+    /// fields in another order.
+    fn touchpoint_v2() -> String {
+        let mut json: serde_json::Value = serde_json::from_str(TOUCHPOINT_SCHEMA).unwrap();
+        let fields = json["fields"].as_array_mut().unwrap();
+        fields.reverse();
+        fields.push(serde_json::json!(
+            {"name": "device", "type": ["null", "string"], "default": null}
+        ));
+        json.to_string()
+    }
+
+    /// `tp()` written by a producer with `writer` under Confluent schema id `id`.
+    fn confluent_bytes(writer: &str, id: u32) -> Vec<u8> {
+        use apache_avro::types::Value;
+        let schema = Schema::parse_str(writer).unwrap();
+        let Value::Record(mut fields) = apache_avro::to_value(tp()).unwrap() else {
+            panic!("a record")
+        };
+        for (name, v) in &mut fields {
+            if name == "event_time" {
+                let Value::Long(ms) = v else { panic!("a long") };
+                *v = Value::TimestampMillis(*ms);
+            }
+        }
+        fields.push((
+            "device".into(),
+            Value::Union(1, Box::new(Value::String("ios".into()))),
+        ));
+        let mut out = vec![0];
+        out.extend_from_slice(&id.to_be_bytes());
+        let writer = GenericDatumWriter::builder(&schema).build().unwrap();
+        out.extend(writer.write_value_to_vec(Value::Record(fields)).unwrap());
+        out
+    }
+
+    fn confluent(id: u32, record: RecordType, text: String) -> WriterSchema {
+        WriterSchema { id, record, text }
+    }
+
+    #[test]
+    fn confluent_framed_records_decode_through_their_writer_schema() {
+        let c = codec()
+            .with_confluent([confluent(7, RecordType::Touchpoint, touchpoint_v2())])
+            .expect("v2 is readable as v1");
+        let bytes = confluent_bytes(&touchpoint_v2(), 7);
+        assert_eq!(c.decode_touchpoint(&bytes).expect("decode"), tp());
+        // Single-object records still decode beside them.
+        let mut buf = Vec::new();
+        c.encode_touchpoint(&tp(), &mut buf).unwrap();
+        assert_eq!(c.decode_touchpoint(&buf).expect("decode"), tp());
+        let other_id = confluent_bytes(&touchpoint_v2(), 8);
+        assert_eq!(
+            c.decode_touchpoint(&other_id).unwrap_err().kind(),
+            "unknown_schema_id"
+        );
+        assert_eq!(c.decode_answer(&bytes).unwrap_err().kind(), "wrong_schema");
+        // Cut anywhere, a record is refused, never read short.
+        for cut in CONFLUENT_HEADER_LEN..bytes.len() {
+            assert_eq!(
+                c.decode_touchpoint(&bytes[..cut]).unwrap_err().kind(),
+                "malformed",
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn writer_schemas_cxstream_cannot_read_are_refused_when_configured() {
+        let renamed = TOUCHPOINT_SCHEMA.replace("\"touchpoint\"", "\"touch_point\"");
+        let (id, e) = codec()
+            .with_confluent([confluent(3, RecordType::Touchpoint, renamed)])
+            .err()
+            .expect("a required field is missing");
+        assert_eq!(id, 3);
+        assert!(
+            e.to_string()
+                .starts_with("cannot be read as cxstream's touchpoint schema"),
+            "{e}"
+        );
+        let (_, e) = codec()
+            .with_confluent([confluent(3, RecordType::Touchpoint, "{".into())])
+            .err()
+            .expect("not JSON");
+        assert!(matches!(e, SchemaError::Invalid(_)), "{e}");
+        let twice = [
+            confluent(1, RecordType::Touchpoint, TOUCHPOINT_SCHEMA.into()),
+            confluent(1, RecordType::SurveyAnswer, SURVEY_ANSWER_SCHEMA.into()),
+        ];
+        assert!(matches!(
+            codec().with_confluent(twice).err(),
+            Some((1, SchemaError::DuplicateId(1)))
+        ));
     }
 }

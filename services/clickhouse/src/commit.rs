@@ -113,7 +113,7 @@ impl BatchCommitter {
         &self.client
     }
 
-    pub(crate) fn journey(&self) -> &str {
+    pub fn journey(&self) -> &str {
         &self.map.name
     }
 

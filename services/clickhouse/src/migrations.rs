@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "expectation",
         sql: include_str!("../../../schemas/clickhouse/0007_expectation.sql"),
     },
+    Migration {
+        version: 8,
+        name: "several_journeys",
+        sql: include_str!("../../../schemas/clickhouse/0008_several_journeys.sql"),
+    },
 ];
 
 impl Migration {

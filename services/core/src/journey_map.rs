@@ -76,6 +76,8 @@ pub struct JourneyMap {
     touchpoint_index: Index<TouchpointIdx>,
     channel_index: Index<ChannelIdx>,
     stage_index: Index<StageIdx>,
+    /// Stages only the other maps running beside this one declare (see [`JourneyMaps`]).
+    stages_elsewhere: Vec<String>,
 }
 
 type Index<T> = HashMap<String, T, ahash::RandomState>;
@@ -299,6 +301,7 @@ impl JourneyMap {
             touchpoint_index,
             channel_index,
             stage_index,
+            stages_elsewhere: Vec::new(),
         })
     }
 
@@ -322,6 +325,12 @@ impl JourneyMap {
 
     pub fn stage(&self, name: &str) -> Option<StageIdx> {
         self.stage_index.get(name).copied()
+    }
+
+    /// Whether `name` is a stage of another map running beside this one: an event that
+    /// names it is that map's business, and takes this map's own stage for its touchpoint.
+    pub fn is_stage_elsewhere(&self, name: &str) -> bool {
+        self.stages_elsewhere.iter().any(|s| s == name)
     }
 
     pub fn stage_name(&self, idx: StageIdx) -> &str {
@@ -350,6 +359,107 @@ impl JourneyMap {
             .filter(move |(_, t)| t.stage == stage)
             .map(|(i, _)| i as TouchpointIdx)
     }
+}
+
+/// Journey maps that one journey service measures at once over the same streams. Each is a
+/// lens of its own (its journeys, figures and off-map touchpoints), so they need not share
+/// touchpoints or stages; channels and segments describe the product systems, not a
+/// journey, so every map declares the same ones (a record valid in one is valid in all).
+#[derive(Debug, Clone)]
+pub struct JourneyMaps(Vec<std::sync::Arc<JourneyMap>>);
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MapSetError {
+    #[error("no journey map configured; set journey.maps to at least one file")]
+    Empty,
+    #[error("two journey maps are both named `{0}`; journey names must be unique")]
+    SameName(String),
+    #[error(
+        "journey maps `{first}` and `{other}` declare different {what} ({detail}); \
+         {what} describe the product systems, so every map running together declares the same ones"
+    )]
+    Differ {
+        first: String,
+        other: String,
+        what: &'static str,
+        detail: String,
+    },
+}
+
+impl JourneyMaps {
+    pub fn new(mut maps: Vec<JourneyMap>) -> Result<Self, MapSetError> {
+        let Some(first) = maps.first() else {
+            return Err(MapSetError::Empty);
+        };
+        for (i, m) in maps.iter().enumerate() {
+            if maps[..i].iter().any(|o| o.name == m.name) {
+                return Err(MapSetError::SameName(m.name.clone()));
+            }
+            for (what, a, b) in [
+                ("channels", &first.channels, &m.channels),
+                ("segments", &first.segments, &m.segments),
+            ] {
+                if let Some(detail) = set_difference(&first.name, a, &m.name, b) {
+                    return Err(MapSetError::Differ {
+                        first: first.name.clone(),
+                        other: m.name.clone(),
+                        what,
+                        detail,
+                    });
+                }
+            }
+        }
+        let all_stages: Vec<String> = maps
+            .iter()
+            .flat_map(|m| m.stages.iter().map(|s| s.name.clone()))
+            .collect();
+        for m in &mut maps {
+            let mut elsewhere: Vec<String> = all_stages
+                .iter()
+                .filter(|s| m.stage(s).is_none())
+                .cloned()
+                .collect();
+            elsewhere.sort();
+            elsewhere.dedup();
+            m.stages_elsewhere = elsewhere;
+        }
+        Ok(JourneyMaps(
+            maps.into_iter().map(std::sync::Arc::new).collect(),
+        ))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &std::sync::Arc<JourneyMap>> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The first map configured: the one the simulator's incidents and the demo lead with.
+    pub fn first(&self) -> &std::sync::Arc<JourneyMap> {
+        &self.0[0]
+    }
+}
+
+/// What one name list has that the other lacks, if they differ as sets.
+fn set_difference(a_name: &str, a: &[String], b_name: &str, b: &[String]) -> Option<String> {
+    let only = |x: &[String], y: &[String]| -> Vec<String> {
+        x.iter().filter(|v| !y.contains(v)).cloned().collect()
+    };
+    let (only_a, only_b) = (only(a, b), only(b, a));
+    let mut parts = Vec::new();
+    if !only_a.is_empty() {
+        parts.push(format!("only `{a_name}` has {}", only_a.join(", ")));
+    }
+    if !only_b.is_empty() {
+        parts.push(format!("only `{b_name}` has {}", only_b.join(", ")));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 fn parse_step(
@@ -622,7 +732,63 @@ touchpoints:
 
 #[cfg(test)]
 mod shipped_maps {
-    use super::JourneyMap;
+    use super::{JourneyMap, JourneyMaps, MapSetError};
+
+    fn shipped() -> (JourneyMap, JourneyMap) {
+        let retail = include_str!("../../../schemas/journeys/retail.yaml");
+        let support = include_str!("../../../schemas/journeys/support.yaml");
+        (
+            JourneyMap::from_yaml("retail.yaml", retail).expect("retail map is valid"),
+            JourneyMap::from_yaml("support.yaml", support).expect("support map is valid"),
+        )
+    }
+
+    #[test]
+    fn the_shipped_maps_run_together_and_know_each_others_stages() {
+        let (retail, support) = shipped();
+        assert!(support.steps.len() >= 3);
+        assert!(
+            retail
+                .touchpoints
+                .iter()
+                .all(|t| support.touchpoint(&t.name).is_none()),
+            "each map has touchpoints of its own"
+        );
+        let maps = JourneyMaps::new(vec![retail, support]).expect("they run together");
+        let names: Vec<&str> = maps.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["retail", "support"]);
+        let (retail, support) = (&maps.iter().next().unwrap(), maps.iter().nth(1).unwrap());
+        assert!(retail.is_stage_elsewhere("diagnosis"));
+        assert!(!retail.is_stage_elsewhere("awareness"));
+        assert!(!retail.is_stage_elsewhere("made_up"));
+        assert!(support.is_stage_elsewhere("awareness"));
+    }
+
+    #[test]
+    fn maps_running_together_must_agree_on_channels_segments_and_names() {
+        let (retail, support) = shipped();
+        let fewer = JourneyMap::from_yaml(
+            "support.yaml",
+            &include_str!("../../../schemas/journeys/support.yaml").replace(
+                "segments: [new, regular, vip, business]",
+                "segments: [new, regular, vip, partner]",
+            ),
+        )
+        .unwrap();
+        let e = JourneyMaps::new(vec![retail.clone(), fewer]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "journey maps `retail` and `support` declare different segments (only `retail` has \
+             business; only `support` has partner); segments describe the product systems, so \
+             every map running together declares the same ones"
+        );
+        assert_eq!(
+            JourneyMaps::new(vec![retail.clone(), retail]).unwrap_err(),
+            MapSetError::SameName("retail".into())
+        );
+        assert_eq!(JourneyMaps::new(vec![]).unwrap_err(), MapSetError::Empty);
+        assert_eq!(JourneyMaps::new(vec![support]).unwrap().len(), 1);
+    }
 
     #[test]
     fn the_retail_map_is_valid() {

@@ -14,6 +14,6 @@ pub mod steps;
 pub use event_time::{ClockState, EventClock, EventTimePolicy, Input, Refusal};
 pub use events::{Invalid, SurveyAnswer, TouchpointEvent};
 pub use journey::Journey;
-pub use journey_map::JourneyMap;
+pub use journey_map::{JourneyMap, JourneyMaps};
 pub use metrics::{Counts, Metric};
 pub use processor::{Batch, PartitionProcessor};

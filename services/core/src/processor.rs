@@ -558,18 +558,23 @@ impl PartitionProcessor {
             .channel(&ev.channel)
             .ok_or(Invalid::UnknownChannel)?;
         let stage = match &ev.stage {
+            Some(s) if self.map.is_stage_elsewhere(s) => self.own_stage(tp),
             Some(s) => self.map.stage(s).ok_or(Invalid::UnknownStage)?,
-            None => self
-                .map
-                .touchpoints
-                .get(usize::from(tp))
-                .map_or(NO_STAGE, |t| t.stage),
+            None => self.own_stage(tp),
         };
         let segment = match ev.segment.as_deref() {
             Some(s) => Some(self.map.segment(s).ok_or(Invalid::UnknownSegment)?),
             None => None,
         };
         Ok((tp, channel, stage, segment))
+    }
+
+    /// The stage the map gives touchpoint `tp` (none when off-map).
+    fn own_stage(&self, tp: TouchpointIdx) -> StageIdx {
+        self.map
+            .touchpoints
+            .get(usize::from(tp))
+            .map_or(NO_STAGE, |t| t.stage)
     }
 
     fn refuse(&mut self, reason: Refusal, source_offset: i64, event: RefusedPayload) {

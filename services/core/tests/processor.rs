@@ -993,6 +993,35 @@ fn invalid_records_are_refused_with_a_reason() {
     );
 }
 
+/// Beside another map, an event naming that map's stage is that map's business: here it
+/// takes this map's stage for its touchpoint. A stage no running map declares is refused.
+#[test]
+fn a_stage_named_by_another_running_map_is_not_refused() {
+    let other = MAP
+        .replace("journey: shop", "journey: care")
+        .replace("name: awareness", "name: contact")
+        .replace("stage: awareness", "stage: contact");
+    let maps = cxstream_core::JourneyMaps::new(vec![
+        JourneyMap::from_yaml("shop.yaml", MAP).unwrap(),
+        JourneyMap::from_yaml("care.yaml", &other).unwrap(),
+    ])
+    .unwrap();
+    let mut p = PartitionProcessor::new(maps.first().clone(), no_lateness());
+    let mut t = tp("e1", "c", 1, "ad_click", None);
+    t.stage = Some("contact".into());
+    assert_eq!(p.on_touchpoint(t, 0, None), Ok(()));
+    let mut t = tp("e2", "c", 2, "purchase", None);
+    t.stage = Some("made_up".into());
+    assert_eq!(p.on_touchpoint(t, 1, None), Err(Invalid::UnknownStage));
+    let batch = p.take_batch();
+    let facts: Vec<(u8, bool)> = batch
+        .touchpoints
+        .iter()
+        .map(|f| (f.context.stage, f.stage_entered))
+        .collect();
+    assert_eq!(facts, [(0, true)], "ad_click's own stage, awareness");
+}
+
 /// A journey persisted before stage outcomes were counted (its entries' outcomes are in no
 /// committed count): restored, its outcomes are counted once, and everything ends as the
 /// reference says.

@@ -16,8 +16,39 @@ pub struct Config {
     pub topics: Topics,
     pub clickhouse: ClickHouseSettings,
     pub journey: JourneySettings,
+    pub schemas: SchemaSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
+}
+
+/// Writer schemas of records in the Confluent wire format (`00` + 4-byte schema id), which
+/// Confluent's serializers write. Single-object records need none of this.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaSettings {
+    /// The schema ids producers use and the writer schema of each, as their schema registry
+    /// holds them (`GET /schemas/ids/{id}`). Default none: a Confluent-framed record is then
+    /// dead-lettered as `unknown_schema_id`.
+    pub confluent: Vec<ConfluentSchema>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfluentSchema {
+    /// The schema id in the records' header.
+    pub id: u32,
+    /// What the records are: `touchpoint` or `survey_answer`.
+    pub record: ConfluentRecord,
+    /// The writer schema (`.avsc` JSON); it must be readable as cxstream's schema of `record`
+    /// by Avro's resolution rules.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfluentRecord {
+    Touchpoint,
+    SurveyAnswer,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,8 +111,10 @@ impl Default for ClickHouseSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JourneySettings {
-    /// Journey map file. Default `schemas/journeys/retail.yaml`.
-    pub map: PathBuf,
+    /// Journey map files, each measured as a journey of its own over the same streams (one
+    /// consumer, one decode per record). Maps running together declare the same channels
+    /// and segments. Default `[schemas/journeys/retail.yaml]`.
+    pub maps: Vec<PathBuf>,
     /// Consumer group of the journey service. Default `cxstream-journey`.
     pub group_id: String,
     /// How often a batch is committed to ClickHouse, ms. Default 1000.
@@ -122,7 +155,7 @@ impl JourneySettings {
 impl Default for JourneySettings {
     fn default() -> Self {
         JourneySettings {
-            map: PathBuf::from("schemas/journeys/retail.yaml"),
+            maps: vec![PathBuf::from("schemas/journeys/retail.yaml")],
             group_id: "cxstream-journey".into(),
             flush_interval_ms: 1000,
             max_batch_records: 200_000,
@@ -210,8 +243,13 @@ impl Config {
         if let Some(v) = get("CXSTREAM_CLICKHOUSE_PASSWORD") {
             self.clickhouse.password = Secret(v);
         }
-        if let Some(v) = get("CXSTREAM_JOURNEY_MAP") {
-            self.journey.map = PathBuf::from(v);
+        if let Some(v) = get("CXSTREAM_JOURNEY_MAPS") {
+            self.journey.maps = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect();
         }
         if let Some(v) = get("CXSTREAM_JOURNEY_GROUP_ID") {
             self.journey.group_id = v;
@@ -261,6 +299,9 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format `{}` must be `text` or `json`", self.log.format);
         }
+        if self.journey.maps.is_empty() {
+            bail!("journey.maps lists no journey map; give at least one file (e.g. schemas/journeys/retail.yaml)");
+        }
         if self.topics.partitions < 1 {
             bail!("topics.partitions must be at least 1");
         }
@@ -271,6 +312,40 @@ impl Config {
             bail!("journey.allowed_lateness_ms and journey.max_future_ms must not be negative");
         }
         Ok(())
+    }
+
+    /// The Avro codec: cxstream's schemas, and the writer schemas of `schemas.confluent`.
+    pub fn codec(&self) -> Result<cxstream_avro::Codec> {
+        use cxstream_avro::{RecordType, WriterSchema};
+        let mut writers = Vec::new();
+        for c in &self.schemas.confluent {
+            let text = std::fs::read_to_string(&c.file).with_context(|| {
+                format!(
+                    "schemas.confluent id {}: cannot read {}",
+                    c.id,
+                    c.file.display()
+                )
+            })?;
+            let record = match c.record {
+                ConfluentRecord::Touchpoint => RecordType::Touchpoint,
+                ConfluentRecord::SurveyAnswer => RecordType::SurveyAnswer,
+            };
+            writers.push(WriterSchema {
+                id: c.id,
+                record,
+                text,
+            });
+        }
+        let codec = cxstream_avro::Codec::new().context("building the Avro codec")?;
+        codec.with_confluent(writers).map_err(|(id, e)| {
+            let file = self
+                .schemas
+                .confluent
+                .iter()
+                .find(|c| c.id == id)
+                .map_or_else(String::new, |c| format!(" ({})", c.file.display()));
+            anyhow::anyhow!("schemas.confluent id {id}{file}: {e}")
+        })
     }
 
     pub fn clickhouse_connection(&self) -> cxstream_clickhouse::Connection {

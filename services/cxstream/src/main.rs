@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use cxstream_core::journey_map::format_duration_ms;
-use cxstream_core::JourneyMap;
+use cxstream_core::{JourneyMap, JourneyMaps};
 use cxstream_kafka::TopicSpec;
 
 use config::Config;
@@ -55,7 +55,7 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Check a journey map file and print its stages and touchpoints.
     CheckMap {
-        /// Journey map YAML (default: journey.map from the configuration).
+        /// Journey map YAML (default: every map of journey.maps, checked as a set).
         path: Option<PathBuf>,
     },
 }
@@ -94,11 +94,22 @@ fn init_logging(cfg: &Config) {
 fn load_map(path: &std::path::Path) -> Result<JourneyMap> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
-            "reading journey map {} (set journey.map or CXSTREAM_JOURNEY_MAP)",
+            "reading journey map {} (set journey.maps or CXSTREAM_JOURNEY_MAPS)",
             path.display()
         )
     })?;
     Ok(JourneyMap::from_yaml(&path.display().to_string(), &text)?)
+}
+
+/// The configured journey maps, checked one by one and as a set that runs together.
+fn load_maps(cfg: &Config) -> Result<JourneyMaps> {
+    let maps = cfg
+        .journey
+        .maps
+        .iter()
+        .map(|p| load_map(p))
+        .collect::<Result<Vec<_>>>()?;
+    JourneyMaps::new(maps).context("journey.maps")
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -147,64 +158,74 @@ fn run(command: Command, cfg: Config) -> Result<()> {
             Ok(())
         }
         Command::Simulate(args) => {
-            let map = load_map(&cfg.journey.map)?;
-            simulate::run(&cfg, &map, &args).map(|_| ())
+            let maps = load_maps(&cfg)?;
+            simulate::run(&cfg, &maps, &args).map(|_| ())
         }
         Command::Journey { until_caught_up } => {
             run_journey(cfg, journey::RunOptions { until_caught_up })
         }
         Command::Report => {
-            let map = load_map(&cfg.journey.map)?;
-            print!("{}", runtime()?.block_on(report::run(&cfg, &map))?);
+            let maps = load_maps(&cfg)?;
+            print!("{}", runtime()?.block_on(report::run(&cfg, &maps))?);
             Ok(())
         }
         Command::Probe(args) => probe::run(&cfg, &args),
-        Command::CheckMap { path } => {
-            let map = load_map(path.as_deref().unwrap_or(&cfg.journey.map))?;
-            println!(
-                "journey `{}`: {} stages, {} touchpoints, {} channels, {} steps",
-                map.name,
-                map.stages.len(),
-                map.touchpoints.len(),
-                map.channels.len(),
-                map.steps.len()
-            );
-            for (i, s) in map.stages.iter().enumerate() {
-                let tps: Vec<&str> = map
-                    .touchpoints_of(i as u8)
-                    .map(|t| map.touchpoint_name(t))
-                    .collect();
-                println!(
-                    "  {} (budget {}, target {:.0}%): {}",
-                    s.name,
-                    format_duration_ms(s.budget_ms),
-                    s.target_conversion * 100.0,
-                    tps.join(", ")
-                );
-            }
-            let names = |tps: &[u16]| {
-                tps.iter()
-                    .map(|t| map.touchpoint_name(*t))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            };
-            for s in &map.steps {
-                println!(
-                    "  step {} (budget {}, target {:.0}%): {} -> {}",
-                    s.name,
-                    format_duration_ms(s.budget_ms),
-                    s.target_conversion * 100.0,
-                    names(&s.from),
-                    names(&s.to)
-                );
+        Command::CheckMap { path: Some(path) } => {
+            print_map(&load_map(&path)?);
+            Ok(())
+        }
+        Command::CheckMap { path: None } => {
+            let maps = load_maps(&cfg)?;
+            for map in maps.iter() {
+                print_map(map);
             }
             Ok(())
         }
     }
 }
 
+fn print_map(map: &JourneyMap) {
+    println!(
+        "journey `{}`: {} stages, {} touchpoints, {} channels, {} steps",
+        map.name,
+        map.stages.len(),
+        map.touchpoints.len(),
+        map.channels.len(),
+        map.steps.len()
+    );
+    for (i, s) in map.stages.iter().enumerate() {
+        let tps: Vec<&str> = map
+            .touchpoints_of(i as u8)
+            .map(|t| map.touchpoint_name(t))
+            .collect();
+        println!(
+            "  {} (budget {}, target {:.0}%): {}",
+            s.name,
+            format_duration_ms(s.budget_ms),
+            s.target_conversion * 100.0,
+            tps.join(", ")
+        );
+    }
+    let names = |tps: &[u16]| {
+        tps.iter()
+            .map(|t| map.touchpoint_name(*t))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    for s in &map.steps {
+        println!(
+            "  step {} (budget {}, target {:.0}%): {} -> {}",
+            s.name,
+            format_duration_ms(s.budget_ms),
+            s.target_conversion * 100.0,
+            names(&s.from),
+            names(&s.to)
+        );
+    }
+}
+
 fn run_journey(cfg: Config, opts: journey::RunOptions) -> Result<()> {
-    let map = Arc::new(load_map(&cfg.journey.map)?);
+    let maps = load_maps(&cfg)?;
     let rt = runtime()?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let metrics = cxstream_http::JourneyMetrics::new().context("registering metrics")?;
@@ -216,7 +237,8 @@ fn run_journey(cfg: Config, opts: journey::RunOptions) -> Result<()> {
             health.clone(),
         ))
         .with_context(|| format!("listening on {} (http.listen)", cfg.http.listen))?;
-    tracing::info!(%addr, journey = %map.name, group = %cfg.journey.group_id, "journey service starting");
+    let journeys: Vec<&str> = maps.iter().map(|m| m.name.as_str()).collect();
+    tracing::info!(%addr, journeys = ?journeys, group = %cfg.journey.group_id, "journey service starting");
     {
         let shutdown = shutdown.clone();
         rt.spawn(async move {
@@ -226,7 +248,7 @@ fn run_journey(cfg: Config, opts: journey::RunOptions) -> Result<()> {
         });
     }
     let service =
-        journey::JourneyService::new(cfg, map, metrics, health, shutdown, rt.handle().clone())?;
+        journey::JourneyService::new(cfg, maps, metrics, health, shutdown, rt.handle().clone())?;
     let result = std::thread::Builder::new()
         .name("journey-consumer".into())
         .spawn(move || service.run(opts))

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clickhouse::Client;
-use cxstream_core::{Counts, JourneyMap};
+use cxstream_core::{Counts, JourneyMap, JourneyMaps};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Deserialize;
 
@@ -79,10 +79,23 @@ struct StepLine {
     still_open: i64,
 }
 
-pub async fn run(cfg: &Config, map: &JourneyMap) -> Result<String> {
-    let stage_order: Vec<&str> = map.stages.iter().map(|s| s.name.as_str()).collect();
+pub async fn run(cfg: &Config, maps: &JourneyMaps) -> Result<String> {
     let client: Client = cfg.clickhouse_connection().client();
-    let lines = client
+    let dlq = dlq_count(cfg).unwrap_or(0);
+    let mut out = format!(
+        "cxstream summary (ClickHouse {} / database {})   dead-lettered: {dlq}\n",
+        cfg.clickhouse.url, cfg.clickhouse.database
+    );
+    for map in maps.iter() {
+        out.push_str(&journey(&client, map).await?);
+    }
+    Ok(out)
+}
+
+/// One journey map's figures: its touchpoints and answers, scores per stage, its funnel.
+async fn journey(client: &Client, map: &JourneyMap) -> Result<String> {
+    let stage_order: Vec<&str> = map.stages.iter().map(|s| s.name.as_str()).collect();
+    let mut lines = client
         .query(
             "SELECT stage, sum(stage_entries) AS entries, sum(touchpoints) AS touchpoints, \
              sum(nps_promoters) AS promoters, sum(nps_passives) AS passives, sum(nps_detractors) AS detractors, \
@@ -90,19 +103,18 @@ pub async fn run(cfg: &Config, map: &JourneyMap) -> Result<String> {
              sum(ces_n) AS ces_n, sum(ces_agree) AS ces_agree, sum(ces_sum) AS ces_sum, \
              sum(stage_conversions) AS conversions, sum(convert_ms_sum) AS convert_ms_sum, \
              sum(stage_dropoffs) AS dropoffs, sum(stage_open) AS open \
-             FROM metrics_minute_committed GROUP BY stage",
+             FROM metrics_minute_committed WHERE journey = ? GROUP BY stage",
         )
+        .bind(map.name.as_str())
         .fetch_all::<StageLine>()
         .await
         .context("reading per-stage metrics from ClickHouse")?;
     let answers: u64 = client
-        .query("SELECT count() FROM survey_answers FINAL")
+        .query("SELECT count() FROM survey_answers FINAL WHERE journey = ?")
+        .bind(map.name.as_str())
         .fetch_one()
         .await
         .context("counting survey answers")?;
-    let dlq = dlq_count(cfg).unwrap_or(0);
-
-    let mut lines = lines;
     lines.sort_by_key(|l| {
         stage_order
             .iter()
@@ -111,8 +123,8 @@ pub async fn run(cfg: &Config, map: &JourneyMap) -> Result<String> {
     });
     let touchpoints: i64 = lines.iter().map(|l| l.touchpoints).sum();
     let mut out = format!(
-        "cxstream summary (ClickHouse {} / database {})\n  touchpoints counted: {touchpoints}   survey answers (latest per respondent): {answers}   dead-lettered: {dlq}\n\n",
-        cfg.clickhouse.url, cfg.clickhouse.database
+        "\njourney `{}`: touchpoints counted: {touchpoints}   survey answers (latest per respondent): {answers}\n\n",
+        map.name
     );
     out.push_str(&format!(
         "  {:<14} {:>8} {:>20} {:>16} {:>16}\n",
@@ -135,7 +147,7 @@ pub async fn run(cfg: &Config, map: &JourneyMap) -> Result<String> {
             ces.unwrap_or_else(|| "-".into())
         ));
     }
-    out.push_str(&funnel(&client, map, &lines).await?);
+    out.push_str(&funnel(client, map, &lines).await?);
     Ok(out)
 }
 
@@ -143,18 +155,21 @@ pub async fn run(cfg: &Config, map: &JourneyMap) -> Result<String> {
 /// conversion of decided cohorts beside the map's target, and the time to convert from
 /// the facts.
 async fn funnel(client: &Client, map: &JourneyMap, lines: &[StageLine]) -> Result<String> {
+    let journey = map.name.as_str();
     let stage_decided = fetch::<DecidedLine>(
         client,
+        journey,
         "SELECT stage AS name, sum(conversions) AS converted, sum(dropoffs) AS dropped \
-         FROM stage_funnel WHERE decided = 1 GROUP BY stage",
+         FROM stage_funnel WHERE decided = 1 AND journey = ? GROUP BY stage",
         "decided stage cohorts",
     )
     .await?;
     let stage_times = fetch::<ConvertTime>(
         client,
+        journey,
         "SELECT stage AS name, quantileExact(0.5)(convert_ms) AS p50_ms, \
                 quantileExact(0.9)(convert_ms) AS p90_ms \
-         FROM stage_entries FINAL WHERE outcome = 'converted' AND withdrawn = 0 GROUP BY stage",
+         FROM stage_entries FINAL WHERE outcome = 'converted' AND withdrawn = 0 AND journey = ? GROUP BY stage",
         "stage times to convert",
     )
     .await?;
@@ -177,24 +192,27 @@ async fn funnel(client: &Client, map: &JourneyMap, lines: &[StageLine]) -> Resul
     }
     let steps = fetch::<StepLine>(
         client,
+        journey,
         "SELECT step AS name, sum(starts) AS started, sum(conversions) AS converted, \
                 sum(dropoffs) AS dropped, sum(open_attempts) AS still_open \
-         FROM steps_minute_committed GROUP BY step",
+         FROM steps_minute_committed WHERE journey = ? GROUP BY step",
         "step attempts",
     )
     .await?;
     let step_decided = fetch::<DecidedLine>(
         client,
+        journey,
         "SELECT step AS name, sum(converted) AS converted, sum(dropped) AS dropped \
-         FROM step_funnel WHERE decided = 1 GROUP BY step",
+         FROM step_funnel WHERE decided = 1 AND journey = ? GROUP BY step",
         "decided step cohorts",
     )
     .await?;
     let step_times = fetch::<ConvertTime>(
         client,
+        journey,
         "SELECT step AS name, quantileExact(0.5)(convert_ms) AS p50_ms, \
                 quantileExact(0.9)(convert_ms) AS p90_ms \
-         FROM step_attempts FINAL WHERE outcome = 'converted' AND withdrawn = 0 GROUP BY step",
+         FROM step_attempts FINAL WHERE outcome = 'converted' AND withdrawn = 0 AND journey = ? GROUP BY step",
         "step times to convert",
     )
     .await?;
@@ -214,12 +232,14 @@ async fn funnel(client: &Client, map: &JourneyMap, lines: &[StageLine]) -> Resul
     Ok(out)
 }
 
-async fn fetch<T>(client: &Client, sql: &str, what: &str) -> Result<Vec<T>>
+/// Rows of `sql`, whose one parameter is the journey.
+async fn fetch<T>(client: &Client, journey: &str, sql: &str, what: &str) -> Result<Vec<T>>
 where
     T: clickhouse::Row + for<'b> clickhouse::RowRead<Value<'b> = T> + 'static,
 {
     client
         .query(sql)
+        .bind(journey)
         .fetch_all::<T>()
         .await
         .with_context(|| format!("reading {what} from ClickHouse"))

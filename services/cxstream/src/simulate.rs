@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use cxstream_avro::Codec;
-use cxstream_core::{JourneyMap, Metric, SurveyAnswer};
-use cxstream_simulator::{simulate, Delivery, Paths, SimConfig, SimRecord, StepBreak};
+use cxstream_core::{JourneyMap, JourneyMaps, Metric, SurveyAnswer};
+use cxstream_simulator::{simulate_maps, Delivery, Lens, Paths, SimConfig, SimRecord, StepBreak};
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
@@ -104,7 +104,7 @@ fn step_break(map: &JourneyMap, cfg: &SimConfig) -> Option<StepBreak> {
     })
 }
 
-pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produced> {
+pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Produced> {
     if args.customers == 0 || args.days <= 0.0 {
         bail!("--customers and --days must be positive");
     }
@@ -120,18 +120,17 @@ pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produc
     };
     let sim_cfg = SimConfig {
         paths: match args.scenario {
-            Scenario::Journeys => Paths::non_linear(step_break(map, &sim_cfg)),
+            Scenario::Journeys => Paths::non_linear(step_break(maps.first(), &sim_cfg)),
             _ => Paths::default(),
         },
         ..sim_cfg
     };
     let started = Instant::now();
-    let sim = simulate(map, &sim_cfg);
-    std::fs::write(&args.ground_truth, sim.truth_csv())
-        .with_context(|| format!("writing ground truth to {}", args.ground_truth.display()))?;
-    let steps = args.ground_truth.with_extension("steps.csv");
-    std::fs::write(&steps, sim.step_truth_csv())
-        .with_context(|| format!("writing step ground truth to {}", steps.display()))?;
+    let maps: Vec<&JourneyMap> = maps.iter().map(|m| &**m).collect();
+    let sim = simulate_maps(&maps, &sim_cfg).context("simulating the journey maps")?;
+    for (i, lens) in sim.lenses.iter().enumerate() {
+        write_truth(&args.ground_truth, i, lens)?;
+    }
     // What the rules refuse (and keep in refused_events), next to the counts.
     let refused = args.ground_truth.with_extension("refused.csv");
     std::fs::write(
@@ -215,6 +214,23 @@ pub fn run(cfg: &Config, map: &JourneyMap, args: &SimulateArgs) -> Result<Produc
         args.ground_truth.display()
     );
     Ok(out)
+}
+
+/// Writes a map's ground truth: the first map's at `base` (steps at `<base>.steps.csv`),
+/// each other's at `<base>.<journey>.csv` (steps at `<base>.<journey>.steps.csv`).
+fn write_truth(base: &std::path::Path, index: usize, lens: &Lens) -> Result<()> {
+    let (counts, steps) = if index == 0 {
+        (base.to_path_buf(), base.with_extension("steps.csv"))
+    } else {
+        (
+            base.with_extension(format!("{}.csv", lens.journey)),
+            base.with_extension(format!("{}.steps.csv", lens.journey)),
+        )
+    };
+    std::fs::write(&counts, lens.truth_csv())
+        .with_context(|| format!("writing ground truth to {}", counts.display()))?;
+    std::fs::write(&steps, lens.step_truth_csv())
+        .with_context(|| format!("writing step ground truth to {}", steps.display()))
 }
 
 fn send(

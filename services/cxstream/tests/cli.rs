@@ -92,3 +92,57 @@ fn a_step_naming_an_unknown_touchpoint_names_its_line() {
         "{err}"
     );
 }
+
+#[test]
+fn maps_that_cannot_run_together_say_why() {
+    let retail = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../schemas/journeys/retail.yaml"
+    );
+    let support = include_str!("../../../schemas/journeys/support.yaml");
+    let other = temp_file(
+        "support.yaml",
+        &support.replace(
+            "segments: [new, regular, vip, business]",
+            "segments: [new, regular]",
+        ),
+    );
+    let cfg = temp_file(
+        "maps.yaml",
+        &format!(
+            "journey:\n  maps: [{retail}, {}]\n",
+            other.to_str().expect("utf8")
+        ),
+    );
+    let (code, err) = cxstream(&["--config", cfg.to_str().expect("utf8"), "check-map"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("journey maps `retail` and `support` declare different segments (only `retail` has vip, business)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_confluent_writer_schema_cxstream_cannot_read_stops_the_service_with_id_and_file() {
+    let shipped = include_str!("../../../schemas/avro/touchpoint.avsc");
+    let schema = temp_file(
+        "touchpoint_v9.avsc",
+        &shipped.replace("\"channel\"", "\"channel_name\""),
+    );
+    let cfg = temp_file(
+        "confluent.yaml",
+        &format!(
+            "kafka:\n  brokers: 127.0.0.1:1\njourney:\n  maps: [{}]\n\
+             schemas:\n  confluent:\n    - {{id: 9, record: touchpoint, file: {}}}\nhttp:\n  listen: 127.0.0.1:0\n",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/journeys/retail.yaml"),
+            schema.to_str().expect("utf8")
+        ),
+    );
+    let (code, err) = cxstream(&["--config", cfg.to_str().expect("utf8"), "journey"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("schemas.confluent id 9 (")
+            && err.contains("touchpoint_v9.avsc): cannot be read as cxstream's touchpoint schema"),
+        "{err}"
+    );
+}

@@ -263,15 +263,48 @@ pub struct Sent {
 }
 
 /// Everything one simulation produced, records in the order they were sent.
+#[derive(Debug)]
 pub struct Simulation {
     pub records: Vec<Sent>,
     /// Touchpoints dated too far after they were sent: refused, in no count.
     pub future_dated: u64,
+    /// The ground truth of each journey map, in the maps' order.
+    pub lenses: Vec<Lens>,
+}
+
+impl Simulation {
+    /// The first map's ground truth.
+    pub fn first(&self) -> &Lens {
+        &self.lenses[0]
+    }
+}
+
+/// One journey map's ground truth over all the traffic: its own customers walk it; every
+/// touchpoint of the other maps' customers is off-map in it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Lens {
+    pub journey: String,
     pub truth: BTreeMap<TruthKey, TruthCounts>,
     pub step_truth: BTreeMap<StepTruthKey, StepTruth>,
 }
 
-impl Simulation {
+/// Why a set of maps cannot be simulated with a truth the simulator can vouch for.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SimError {
+    #[error("no journey map to simulate")]
+    NoMap,
+    #[error(
+        "touchpoint `{touchpoint}` is declared by journey `{journey}` and {also}; the \
+         simulator computes each map's truth assuming every touchpoint has one home"
+    )]
+    SharedTouchpoint {
+        touchpoint: String,
+        journey: String,
+        also: String,
+    },
+}
+
+impl Lens {
     /// Step ground truth as CSV (header [`STEP_TRUTH_HEADER`]).
     pub fn step_truth_csv(&self) -> String {
         let mut out = String::from(STEP_TRUTH_HEADER);
@@ -367,19 +400,46 @@ const COMMENTS_BAD: [&str; 4] = [
     "Too many steps to pay.",
 ];
 
-pub fn simulate(map: &JourneyMap, cfg: &SimConfig) -> Simulation {
+/// Traffic of customers walking one journey map.
+pub fn simulate(map: &JourneyMap, cfg: &SimConfig) -> Result<Simulation, SimError> {
+    simulate_maps(&[map], cfg)
+}
+
+/// Traffic of customers walking several journey maps at once: each customer walks one of
+/// them (the first for 70 %, the others alike for the rest), and each map's truth counts
+/// everyone's touchpoints, the other maps' as off-map.
+pub fn simulate_maps(maps: &[&JourneyMap], cfg: &SimConfig) -> Result<Simulation, SimError> {
+    check_maps(maps)?;
     let mut records = Vec::new();
-    let mut truth: BTreeMap<TruthKey, TruthCounts> = BTreeMap::new();
-    let mut step_truth: BTreeMap<StepTruthKey, StepTruth> = BTreeMap::new();
+    let mut lenses: Vec<Lens> = maps
+        .iter()
+        .map(|m| Lens {
+            journey: m.name.clone(),
+            ..Lens::default()
+        })
+        .collect();
     let mut future_dated = 0;
     let end_ms = cfg.start_ms + (cfg.days * 24.0 * HOUR_MS) as i64;
     for c in 0..cfg.customers {
         // One RNG per customer: a customer's traffic does not depend on the others.
         let mut rng = SmallRng::seed_from_u64(cfg.seed ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let home = if maps.len() > 1 && rng.random_bool(0.3) {
+            rng.random_range(1..maps.len())
+        } else {
+            0
+        };
+        let map = maps[home];
+        let (before, rest) = lenses.split_at_mut(home);
+        let (own, after) = rest.split_at_mut(1);
         let out = Out {
             records: &mut records,
-            truth: &mut truth,
-            step_truth: &mut step_truth,
+            truth: &mut own[0].truth,
+            step_truth: &mut own[0].step_truth,
+            elsewhere: before
+                .iter_mut()
+                .chain(after.iter_mut())
+                .map(|l| &mut l.truth)
+                .collect(),
         };
         simulate_customer(map, cfg, c, end_ms, &mut rng, out);
         if cfg.delivery.future_per_mille > 0
@@ -390,19 +450,51 @@ pub fn simulate(map: &JourneyMap, cfg: &SimConfig) -> Simulation {
         }
     }
     records.sort_by_key(|s: &Sent| s.at_ms);
-    Simulation {
+    Ok(Simulation {
         records,
         future_dated,
-        truth,
-        step_truth,
+        lenses,
+    })
+}
+
+/// Every touchpoint the simulator sends has one home: the map whose customers send it, or
+/// none (the off-map ones). Otherwise the other maps' truth would need their rules too.
+fn check_maps(maps: &[&JourneyMap]) -> Result<(), SimError> {
+    if maps.is_empty() {
+        return Err(SimError::NoMap);
     }
+    for (i, m) in maps.iter().enumerate() {
+        for t in &m.touchpoints {
+            let also = maps
+                .iter()
+                .enumerate()
+                .find(|(j, o)| *j != i && o.touchpoint(&t.name).is_some())
+                .map(|(_, o)| format!("journey `{}`", o.name))
+                .or_else(|| {
+                    OFF_MAP_TOUCHPOINTS
+                        .contains(&t.name.as_str())
+                        .then(|| "the simulator's own off-map touchpoints".to_string())
+                });
+            if let Some(also) = also {
+                return Err(SimError::SharedTouchpoint {
+                    touchpoint: t.name.clone(),
+                    journey: m.name.clone(),
+                    also,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where a customer's records and truth go.
 struct Out<'a> {
     records: &'a mut Vec<Sent>,
+    /// The truth of the map the customer walks.
     truth: &'a mut BTreeMap<TruthKey, TruthCounts>,
     step_truth: &'a mut BTreeMap<StepTruthKey, StepTruth>,
+    /// The truth of every other map, where all the customer's touchpoints are off-map.
+    elsewhere: Vec<&'a mut BTreeMap<TruthKey, TruthCounts>>,
 }
 
 fn pick_weighted(rng: &mut SmallRng, n: usize) -> usize {
@@ -442,6 +534,7 @@ fn simulate_customer(
         records,
         truth,
         step_truth,
+        mut elsewhere,
     } = out;
     let customer = format!("cust-{c:07}");
     let segment = pick_weighted(rng, map.segments.len().max(1));
@@ -623,6 +716,12 @@ fn simulate_customer(
             ),
             attributes: Default::default(),
         };
+        for other in &mut elsewhere {
+            other
+                .entry(off_map_key(map, v, v.time, &seg_name))
+                .or_default()
+                .touchpoints += 1;
+        }
         let cell = truth.entry(key(map, v, &seg_name)).or_default();
         cell.touchpoints += 1;
         cell.stage_entries += i64::from(v.entered);
@@ -656,15 +755,19 @@ fn simulate_customer(
             continue;
         }
         if !p.superseded {
+            for other in &mut elsewhere {
+                let k = match p.context {
+                    Some(vi) => off_map_key(map, &visits[vi], p.answer.answer_time, &seg_name),
+                    None => no_context_key(p.answer.answer_time),
+                };
+                other
+                    .entry(k)
+                    .or_default()
+                    .answer(p.answer.metric, p.answer.score);
+            }
             let key = match p.context {
                 Some(vi) => key(map, &visits[vi], &seg_name),
-                None => (
-                    p.answer.answer_time.div_euclid(MINUTE_MS) * MINUTE_MS,
-                    "none".into(),
-                    "none".into(),
-                    "none".into(),
-                    "unknown".into(),
-                ),
+                None => no_context_key(p.answer.answer_time),
             };
             let key = (
                 p.answer.answer_time.div_euclid(MINUTE_MS) * MINUTE_MS,
@@ -953,6 +1056,29 @@ fn count_steps(
     }
 }
 
+/// The cell of visit `v` (or of an answer at `time` rating it) in a map that does not
+/// declare its touchpoint, for a customer with no journey in that map.
+fn off_map_key(home: &JourneyMap, v: &Visit, time: i64, segment: &str) -> TruthKey {
+    (
+        time.div_euclid(MINUTE_MS) * MINUTE_MS,
+        "none".into(),
+        "(off-map)".into(),
+        home.channels[v.channel].clone(),
+        segment.to_string(),
+    )
+}
+
+/// The cell of an answer with no touchpoint before it to give it a context.
+fn no_context_key(time: i64) -> TruthKey {
+    (
+        time.div_euclid(MINUTE_MS) * MINUTE_MS,
+        "none".into(),
+        "none".into(),
+        "none".into(),
+        "unknown".into(),
+    )
+}
+
 fn key(map: &JourneyMap, v: &Visit, segment: &str) -> TruthKey {
     (
         v.time.div_euclid(MINUTE_MS) * MINUTE_MS,
@@ -1044,10 +1170,10 @@ mod tests {
             customers: 300,
             ..SimConfig::default()
         };
-        let a = simulate(&map(), &cfg);
-        let b = simulate(&map(), &cfg);
+        let a = simulate(&map(), &cfg).unwrap();
+        let b = simulate(&map(), &cfg).unwrap();
         assert_eq!(a.records, b.records);
-        assert_eq!(a.truth, b.truth);
+        assert_eq!(a.lenses, b.lenses);
         assert!(a.records.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
         assert!(a.records.iter().all(|s| s.at_ms >= s.record.time_ms()));
     }
@@ -1060,7 +1186,8 @@ mod tests {
                 customers: 2000,
                 ..SimConfig::default()
             },
-        );
+        )
+        .unwrap();
         let answers: Vec<&SurveyAnswer> = s
             .records
             .iter()
@@ -1080,9 +1207,9 @@ mod tests {
         }
         assert!(answers.iter().any(|a| a.touchpoint_event_id.is_none()));
         assert!(answers.iter().any(|a| a.comment.is_some()));
-        let stages_entered: i64 = s.truth.values().map(|c| c.stage_entries).sum();
+        let stages_entered: i64 = s.first().truth.values().map(|c| c.stage_entries).sum();
         assert!(stages_entered > 2000);
-        let advocacy = s.truth.keys().filter(|k| k.1 == "advocacy").count();
+        let advocacy = s.first().truth.keys().filter(|k| k.1 == "advocacy").count();
         assert!(advocacy > 0, "some customers reach the last stage");
     }
 
@@ -1095,7 +1222,8 @@ mod tests {
             paths: Paths::non_linear(None),
             ..SimConfig::default()
         };
-        let s = simulate(&m, &cfg);
+        let s = simulate(&m, &cfg).unwrap();
+        let s = s.first();
         let entries = |stage: &str| -> i64 {
             s.truth
                 .iter()
@@ -1134,7 +1262,7 @@ mod tests {
             delivery: Delivery::messy(),
             ..SimConfig::default()
         };
-        let s = simulate(&map(), &cfg);
+        let s = simulate(&map(), &cfg).unwrap();
         let late = s
             .records
             .iter()
@@ -1165,8 +1293,63 @@ mod tests {
                 customers: 2000,
                 ..SimConfig::default()
             },
-        );
-        let sum = |s: &Simulation| s.truth.values().map(|c| c.touchpoints).sum::<i64>();
+        )
+        .unwrap();
+        let sum = |s: &Simulation| s.first().truth.values().map(|c| c.touchpoints).sum::<i64>();
         assert!(sum(&s) > sum(&punctual), "browsing bursts add touchpoints");
+    }
+
+    #[test]
+    fn several_maps_each_count_all_traffic_the_others_as_off_map() {
+        let retail = map();
+        let support = JourneyMap::from_yaml(
+            "support.yaml",
+            include_str!("../../../schemas/journeys/support.yaml"),
+        )
+        .unwrap();
+        let cfg = SimConfig {
+            customers: 1000,
+            days: 7.0,
+            paths: Paths::non_linear(None),
+            ..SimConfig::default()
+        };
+        let s = simulate_maps(&[&retail, &support], &cfg).unwrap();
+        let journeys: Vec<&str> = s.lenses.iter().map(|l| l.journey.as_str()).collect();
+        assert_eq!(journeys, ["retail", "support"]);
+        let sum = |l: &Lens, f: fn(&TruthCounts) -> i64| l.truth.values().map(f).sum::<i64>();
+        let (r, p) = (&s.lenses[0], &s.lenses[1]);
+        // Every touchpoint and answer counts once in each map.
+        assert_eq!(sum(r, |c| c.touchpoints), sum(p, |c| c.touchpoints));
+        assert_eq!(
+            sum(r, |c| c.csat_n + c.ces_n),
+            sum(p, |c| c.csat_n + c.ces_n)
+        );
+        // Both maps have customers of their own, and see the others' off-map.
+        for (own, other) in [(r, "diagnosis"), (p, "consideration")] {
+            assert!(sum(own, |c| c.stage_entries) > 100, "{}", own.journey);
+            assert!(!own.truth.keys().any(|k| k.1 == other));
+            let off_map: i64 = own
+                .truth
+                .iter()
+                .filter(|(k, _)| k.2 == "(off-map)")
+                .map(|(_, c)| c.touchpoints)
+                .sum();
+            assert!(off_map > 1000, "{}: {off_map}", own.journey);
+        }
+        assert!(p.step_truth.keys().any(|k| k.1 == "chat_answered"));
+    }
+
+    #[test]
+    fn maps_sharing_a_touchpoint_are_refused() {
+        let retail = map();
+        let mut copy = map();
+        copy.name = "copy".into();
+        let e = simulate_maps(&[&retail, &copy], &SimConfig::default()).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "touchpoint `ad_impression` is declared by journey `retail` and journey `copy`"
+            ),
+            "{e}"
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use cxstream_avro::Codec;
 use cxstream_clickhouse::BatchCommitter;
-use cxstream_core::JourneyMap;
+use cxstream_core::JourneyMaps;
 use cxstream_http::{Health, JourneyMetrics};
 use cxstream_kafka::DeadLetter;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -28,7 +28,7 @@ use rdkafka::TopicPartitionList;
 
 use crate::config::Config;
 use cxstream_core::Input;
-use partition::{Record, Slot};
+use partition::{LaneBatch, Record, Slot};
 use rebalance::{Change, JourneyContext};
 
 type ConsumerHandle = BaseConsumer<JourneyContext>;
@@ -36,13 +36,13 @@ type ConsumerHandle = BaseConsumer<JourneyContext>;
 /// A consumer in the journey group, subscribed to both inputs.
 fn subscribe(
     cfg: &Config,
-    committer: &Arc<BatchCommitter>,
+    committers: &[Arc<BatchCommitter>],
     shutdown: &Arc<AtomicBool>,
     rt: &tokio::runtime::Handle,
 ) -> Result<ConsumerHandle> {
     let ctx = JourneyContext {
         rt: rt.clone(),
-        committer: committer.clone(),
+        committers: committers.to_vec(),
         touchpoints_topic: cfg.topics.touchpoints.clone(),
         answers_topic: cfg.topics.survey_responses.clone(),
         changes: Mutex::new(Vec::new()),
@@ -76,11 +76,12 @@ pub struct JourneyService {
 /// Everything but the consumer, so that a borrowed message and the state can coexist.
 struct Inner {
     cfg: Config,
-    map: Arc<JourneyMap>,
+    maps: JourneyMaps,
     codec: Codec,
     metrics: JourneyMetrics,
     health: Health,
-    committer: Arc<BatchCommitter>,
+    /// One per journey map, in the maps' order.
+    committers: Vec<Arc<BatchCommitter>>,
     dlq: ThreadedProducer<DefaultProducerContext>,
     slots: BTreeMap<i32, Slot>,
     shutdown: Arc<AtomicBool>,
@@ -93,29 +94,34 @@ struct Inner {
 impl JourneyService {
     pub fn new(
         cfg: Config,
-        map: Arc<JourneyMap>,
+        maps: JourneyMaps,
         metrics: JourneyMetrics,
         health: Health,
         shutdown: Arc<AtomicBool>,
         rt: tokio::runtime::Handle,
     ) -> Result<Self> {
-        let committer = Arc::new(BatchCommitter::new(
-            cfg.clickhouse_connection().client(),
-            map.clone(),
-        ));
-        let consumer = subscribe(&cfg, &committer, &shutdown, &rt)?;
+        let committers: Vec<Arc<BatchCommitter>> = maps
+            .iter()
+            .map(|m| {
+                Arc::new(BatchCommitter::new(
+                    cfg.clickhouse_connection().client(),
+                    m.clone(),
+                ))
+            })
+            .collect();
+        let consumer = subscribe(&cfg, &committers, &shutdown, &rt)?;
         let dlq: ThreadedProducer<DefaultProducerContext> = cfg
             .kafka
             .producer_config()
             .create()
             .context("creating the dead-letter producer")?;
         let inner = Inner {
-            codec: Codec::new().context("building the Avro codec")?,
+            codec: cfg.codec()?,
             cfg,
-            map,
+            maps,
             metrics,
             health,
-            committer,
+            committers,
             dlq,
             slots: BTreeMap::new(),
             shutdown,
@@ -167,7 +173,8 @@ impl JourneyService {
                         "no partitions assigned; rejoining the group"
                     );
                     drop(consumer);
-                    consumer = subscribe(&inner.cfg, &inner.committer, &inner.shutdown, &inner.rt)?;
+                    consumer =
+                        subscribe(&inner.cfg, &inner.committers, &inner.shutdown, &inner.rt)?;
                     unassigned_since = Some(Instant::now());
                 }
             } else {
@@ -204,8 +211,8 @@ impl Inner {
     fn apply_rebalance(&mut self, consumer: &ConsumerHandle) {
         for change in consumer.context().take_changes() {
             match change {
-                Change::Assigned(p, resume) => {
-                    let slot = Slot::new(p, self.map.clone(), resume, self.cfg.journey.policy());
+                Change::Assigned(p, resumes) => {
+                    let slot = Slot::new(&self.maps, resumes, self.cfg.journey.policy());
                     self.slots.insert(p, slot);
                 }
                 Change::Revoked(p) => {
@@ -399,47 +406,27 @@ impl Inner {
         let mut offsets = TopicPartitionList::new();
         let parts: Vec<i32> = self.slots.keys().copied().collect();
         for p in parts {
-            let Some(slot) = self.slots.get_mut(&p) else {
+            let Some(batches) = self.slots.get_mut(&p).map(Slot::take_batches) else {
                 continue;
             };
-            let Some((seq, batch, end)) = slot.take_batch() else {
+            let committed_any = !batches.is_empty();
+            for b in batches {
+                if !self.commit_batch(p, b) {
+                    // Shutting down while ClickHouse is away: the batch is simply not
+                    // committed and will be read again by whoever owns the partition next.
+                    return Ok(());
+                }
+            }
+            let Some(slot) = self.slots.get(&p) else {
                 continue;
             };
-            let started = Instant::now();
-            tracing::debug!(partition = p, seq, records = end.records, "committing");
-            if !self.commit_with_retry(p, seq, &batch, end) {
-                // Shutting down while ClickHouse is away: the batch is simply not committed
-                // and will be read again by whoever owns the partition next.
-                return Ok(());
-            }
-            self.metrics
-                .commit_seconds
-                .observe(started.elapsed().as_secs_f64());
-            self.metrics.batches_committed.inc();
-            self.metrics.last_commit_seconds.set(unix_now_secs());
-            self.metrics.duplicates.inc_by(batch.duplicates);
-            for r in &batch.refused {
-                self.metrics
-                    .refused_events
-                    .with_label_values(&[r.input().as_str(), r.reason.as_str()])
-                    .inc();
-            }
-            for (table, n) in [
-                ("touchpoints", batch.touchpoints.len()),
-                ("survey_answers", batch.answers.len()),
-                ("metrics_minute", batch.aggregates.len()),
-                ("journeys", batch.journeys.len()),
-                ("refused_events", batch.refused.len()),
-            ] {
-                self.metrics
-                    .rows_written
-                    .with_label_values(&[table])
-                    .inc_by(n as u64);
-            }
-            let mut compaction_due = None;
-            if let Some(slot) = self.slots.get_mut(&p) {
-                slot.committed(seq, &self.metrics);
-                compaction_due = slot.due_for_compaction(self.cfg.journey.compact_after_batches);
+            if committed_any {
+                if let Some(wm) = slot.watermark_ms().filter(|w| *w > 0) {
+                    self.metrics
+                        .watermark_seconds
+                        .with_label_values(&[&p.to_string()])
+                        .set(wm / 1000);
+                }
                 for (input, next) in slot.next_offsets() {
                     let _ = offsets.add_partition_offset(
                         self.topic(input),
@@ -447,9 +434,6 @@ impl Inner {
                         rdkafka::Offset::Offset(next),
                     );
                 }
-            }
-            if let Some(live_from) = compaction_due {
-                self.compact(p, live_from);
             }
         }
         for (p, slot) in &self.slots {
@@ -476,18 +460,72 @@ impl Inner {
         Ok(())
     }
 
-    /// Folds the partition's committed batches below `live_from` (best effort: a failure
-    /// changes no figure, and the next batch tries again).
-    fn compact(&mut self, p: i32, live_from: u64) {
+    /// Commits one journey's batch of partition `p` (retrying until ClickHouse takes it);
+    /// false when shutting down first.
+    fn commit_batch(&mut self, p: i32, b: LaneBatch) -> bool {
+        let LaneBatch {
+            lane,
+            seq,
+            batch,
+            end,
+        } = b;
         let started = Instant::now();
-        match self
-            .rt
-            .block_on(self.committer.compact(p as u16, live_from))
-        {
+        tracing::debug!(
+            partition = p,
+            lane,
+            seq,
+            records = end.records,
+            "committing"
+        );
+        if !self.commit_with_retry(lane, p, seq, &batch, end) {
+            return false;
+        }
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batches_committed.inc();
+        self.metrics.last_commit_seconds.set(unix_now_secs());
+        self.metrics.duplicates.inc_by(batch.duplicates);
+        for r in &batch.refused {
+            self.metrics
+                .refused_events
+                .with_label_values(&[r.input().as_str(), r.reason.as_str()])
+                .inc();
+        }
+        for (table, n) in [
+            ("touchpoints", batch.touchpoints.len()),
+            ("survey_answers", batch.answers.len()),
+            ("metrics_minute", batch.aggregates.len()),
+            ("journeys", batch.journeys.len()),
+            ("refused_events", batch.refused.len()),
+        ] {
+            self.metrics
+                .rows_written
+                .with_label_values(&[table])
+                .inc_by(n as u64);
+        }
+        let due = self.slots.get_mut(&p).and_then(|slot| {
+            slot.committed(lane, seq);
+            slot.due_for_compaction(lane, self.cfg.journey.compact_after_batches)
+        });
+        if let Some(live_from) = due {
+            self.compact(lane, p, live_from);
+        }
+        true
+    }
+
+    /// Folds a journey's committed batches of partition `p` below `live_from` (best effort:
+    /// a failure changes no figure, and the next batch tries again).
+    fn compact(&mut self, lane: usize, p: i32, live_from: u64) {
+        let started = Instant::now();
+        let Some(committer) = self.committers.get(lane) else {
+            return;
+        };
+        match self.rt.block_on(committer.compact(p as u16, live_from)) {
             Ok(_) => {
                 self.metrics.compactions.with_label_values(&["ok"]).inc();
                 if let Some(slot) = self.slots.get_mut(&p) {
-                    slot.compacted(live_from);
+                    slot.compacted(lane, live_from);
                 }
                 tracing::debug!(
                     partition = p,
@@ -508,19 +546,23 @@ impl Inner {
 
     fn commit_with_retry(
         &self,
+        lane: usize,
         p: i32,
         seq: u64,
         batch: &cxstream_core::Batch,
         end: cxstream_clickhouse::BatchEnd,
     ) -> bool {
+        let Some(committer) = self.committers.get(lane) else {
+            return false;
+        };
         let mut backoff = Duration::from_millis(100);
         let mut retry = false;
         loop {
             let attempt = async {
-                if retry && self.committer.is_committed(p as u16, seq).await? {
+                if retry && committer.is_committed(p as u16, seq).await? {
                     return Ok(());
                 }
-                self.committer.commit(p as u16, seq, batch, end).await
+                committer.commit(p as u16, seq, batch, end).await
             };
             match self.rt.block_on(attempt) {
                 Ok(()) => return true,

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use cxstream_avro::Codec;
 use cxstream_clickhouse::{BatchEnd, Resume};
-use cxstream_core::{Batch, EventClock, EventTimePolicy, Input, JourneyMap, PartitionProcessor};
-use cxstream_http::JourneyMetrics;
+use cxstream_core::{
+    Batch, EventClock, EventTimePolicy, Input, JourneyMap, JourneyMaps, PartitionProcessor,
+};
 
 /// Read position of one input topic-partition.
 #[derive(Debug, Clone, Copy)]
@@ -63,44 +64,90 @@ pub struct Record<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
-pub struct Slot {
-    partition: i32,
+/// One journey map's processor over the partition, and how far that journey has applied
+/// and committed: journeys commit their own batches, so each resumes from its own point.
+struct Lane {
     processor: PartitionProcessor,
     next_seq: u64,
     /// Committed batches below this are folded into the partition's compacted generation.
     live_from: u64,
-    cursors: [Cursor; 2],
-    rejected: Vec<Rejected>,
+    /// Next offset of each input this journey applies; `None` until its first record or a
+    /// committed resume point.
+    next: [Option<i64>; 2],
     records_since_commit: u64,
     /// Something changed that must be committed even without new records (an idle input
     /// moved the watermark and journeys were folded).
     dirty: bool,
 }
 
-impl Slot {
-    pub fn new(
-        partition: i32,
-        map: Arc<JourneyMap>,
-        resume: Resume,
-        policy: EventTimePolicy,
-    ) -> Self {
+impl Lane {
+    fn resumed(map: Arc<JourneyMap>, resume: Resume, policy: EventTimePolicy) -> Self {
         let clock = EventClock::resumed(policy, resume.clock);
         let mut processor = PartitionProcessor::resumed(map, clock);
         for (customer, journey, written) in resume.journeys {
             processor.restore(customer, journey, written);
         }
-        Slot {
-            partition,
+        Lane {
             processor,
             next_seq: resume.next_seq,
             live_from: resume.live_from,
-            cursors: [
-                Cursor::new(resume.touchpoints_offset),
-                Cursor::new(resume.answers_offset),
-            ],
-            rejected: Vec::new(),
+            next: [resume.touchpoints_offset, resume.answers_offset],
             records_since_commit: 0,
             dirty: false,
+        }
+    }
+
+    /// Whether the record at `offset` of `input` is new to this journey (then it is taken).
+    fn takes(&mut self, input: Input, offset: i64) -> bool {
+        let next = &mut self.next[input_index(input)];
+        if next.is_some_and(|n| offset < n) {
+            return false;
+        }
+        *next = Some(offset + 1);
+        self.records_since_commit += 1;
+        true
+    }
+
+    fn pending(&self) -> bool {
+        self.records_since_commit > 0 || self.dirty
+    }
+}
+
+/// A batch of one journey, ready to commit.
+pub struct LaneBatch {
+    pub lane: usize,
+    pub seq: u64,
+    pub batch: Batch,
+    pub end: BatchEnd,
+}
+
+pub struct Slot {
+    /// One per journey map, in the maps' order.
+    lanes: Vec<Lane>,
+    /// What the consumer has read of each input (the furthest of the journeys).
+    cursors: [Cursor; 2],
+    rejected: Vec<Rejected>,
+}
+
+impl Slot {
+    /// `resumes` holds each map's resume point, in the maps' order.
+    pub fn new(maps: &JourneyMaps, resumes: Vec<Resume>, policy: EventTimePolicy) -> Self {
+        let lanes: Vec<Lane> = maps
+            .iter()
+            .zip(resumes)
+            .map(|(map, resume)| Lane::resumed(map.clone(), resume, policy))
+            .collect();
+        // Reading starts where the journey furthest behind resumes.
+        let start = |i: usize| {
+            lanes
+                .iter()
+                .map(|l| l.next[i])
+                .try_fold(i64::MAX, |m, n| n.map(|n| m.min(n)))
+        };
+        Slot {
+            cursors: [Cursor::new(start(0)), Cursor::new(start(1))],
+            lanes,
+            rejected: Vec::new(),
         }
     }
 
@@ -108,7 +155,8 @@ impl Slot {
         &mut self.cursors[input_index(input)]
     }
 
-    /// Decodes and applies one record; refusals collect in [`Self::take_rejected`].
+    /// Decodes a record once and applies it to every journey that has not committed it;
+    /// a refusal (the same in every journey) is collected once in [`Self::take_rejected`].
     pub fn process(&mut self, r: &Record<'_>, codec: &Codec) {
         let cur = self.cursor(r.input);
         if cur.next.is_some_and(|n| r.offset < n) {
@@ -118,23 +166,26 @@ impl Slot {
         cur.next = Some(r.offset + 1);
         cur.last_record = Instant::now();
         cur.idle = false;
-        self.records_since_commit += 1;
+        let takers: Vec<usize> = (0..self.lanes.len())
+            .filter(|&i| self.lanes[i].takes(r.input, r.offset))
+            .collect();
+        if takers.is_empty() {
+            return;
+        }
         let applied = match r.input {
             Input::Touchpoints => codec
                 .decode_touchpoint(r.payload)
                 .map_err(|e| (e.kind(), e.to_string()))
                 .and_then(|ev| {
-                    self.processor
-                        .on_touchpoint(ev, r.offset, r.timestamp_ms)
-                        .map_err(|e| (e.kind(), e.to_string()))
+                    self.apply_each(&takers, ev, |p, ev| {
+                        p.on_touchpoint(ev, r.offset, r.timestamp_ms)
+                    })
                 }),
             Input::Answers => codec
                 .decode_answer(r.payload)
                 .map_err(|e| (e.kind(), e.to_string()))
                 .and_then(|a| {
-                    self.processor
-                        .on_answer(a, r.offset, r.timestamp_ms)
-                        .map_err(|e| (e.kind(), e.to_string()))
+                    self.apply_each(&takers, a, |p, a| p.on_answer(a, r.offset, r.timestamp_ms))
                 }),
         };
         if let Err((kind, message)) = applied {
@@ -149,6 +200,31 @@ impl Slot {
         }
     }
 
+    /// Applies `item` to the journeys `takers` (the last one takes it without a copy);
+    /// the first refusal is the record's.
+    fn apply_each<T: Clone>(
+        &mut self,
+        takers: &[usize],
+        item: T,
+        apply: impl Fn(&mut PartitionProcessor, T) -> Result<(), cxstream_core::Invalid>,
+    ) -> Result<(), (&'static str, String)> {
+        let mut refused = None;
+        let (last, rest) = takers
+            .split_last()
+            .map_or((None, &[][..]), |(l, r)| (Some(*l), r));
+        for &i in rest {
+            if let Err(e) = apply(&mut self.lanes[i].processor, item.clone()) {
+                refused.get_or_insert(e);
+            }
+        }
+        if let Some(i) = last {
+            if let Err(e) = apply(&mut self.lanes[i].processor, item) {
+                refused.get_or_insert(e);
+            }
+        }
+        refused.map_or(Ok(()), |e| Err((e.kind(), e.to_string())))
+    }
+
     pub fn take_rejected(&mut self) -> Vec<Rejected> {
         std::mem::take(&mut self.rejected)
     }
@@ -158,6 +234,9 @@ impl Slot {
         cur.high = Some(high);
         if cur.next.is_none() && high == 0 {
             cur.next = Some(0);
+            for lane in &mut self.lanes {
+                lane.next[input_index(input)].get_or_insert(0);
+            }
         }
     }
 
@@ -168,8 +247,10 @@ impl Slot {
             let now_idle = cur.at_end() && cur.last_record.elapsed() >= idle;
             if now_idle && !cur.idle {
                 cur.idle = true;
-                self.processor.set_idle(input, true);
-                self.dirty = true;
+                for lane in &mut self.lanes {
+                    lane.processor.set_idle(input, true);
+                    lane.dirty = true;
+                }
             }
         }
     }
@@ -182,47 +263,60 @@ impl Slot {
     }
 
     pub fn caught_up(&self) -> bool {
-        self.cursors.iter().all(|c| c.at_end() && c.idle)
-            && self.records_since_commit == 0
-            && !self.dirty
+        self.cursors.iter().all(|c| c.at_end() && c.idle) && !self.lanes.iter().any(Lane::pending)
     }
 
-    /// The batch to commit now, if anything changed.
-    pub fn take_batch(&mut self) -> Option<(u64, Batch, BatchEnd)> {
-        if self.records_since_commit == 0 && !self.dirty {
-            return None;
+    /// The batch of each journey to commit now, if anything changed.
+    pub fn take_batches(&mut self) -> Vec<LaneBatch> {
+        let mut out = Vec::new();
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            if !lane.pending() {
+                continue;
+            }
+            let end = BatchEnd {
+                // -2 is librdkafka's "beginning": nothing read yet on that topic.
+                touchpoints_next_offset: lane.next[0].unwrap_or(-2),
+                answers_next_offset: lane.next[1].unwrap_or(-2),
+                clock: lane.processor.clock().state(),
+                records: lane.records_since_commit,
+            };
+            out.push(LaneBatch {
+                lane: i,
+                seq: lane.next_seq,
+                batch: lane.processor.take_batch(),
+                end,
+            });
         }
-        let end = BatchEnd {
-            // -2 is librdkafka's "beginning": nothing read yet on that topic.
-            touchpoints_next_offset: self.cursors[0].next.unwrap_or(-2),
-            answers_next_offset: self.cursors[1].next.unwrap_or(-2),
-            clock: self.processor.clock().state(),
-            records: self.records_since_commit,
-        };
-        Some((self.next_seq, self.processor.take_batch(), end))
+        out
     }
 
-    pub fn committed(&mut self, seq: u64, metrics: &JourneyMetrics) {
-        self.next_seq = seq + 1;
-        self.records_since_commit = 0;
-        self.dirty = false;
-        if let Some(wm) = self.processor.watermark_ms().filter(|w| *w > 0) {
-            metrics
-                .watermark_seconds
-                .with_label_values(&[&self.partition.to_string()])
-                .set(wm / 1000);
+    pub fn committed(&mut self, lane: usize, seq: u64) {
+        if let Some(l) = self.lanes.get_mut(lane) {
+            l.next_seq = seq + 1;
+            l.records_since_commit = 0;
+            l.dirty = false;
         }
     }
 
-    /// The sequence number below which to fold committed batches now, when at least
-    /// `every` were committed since the last compaction (0: never).
-    pub fn due_for_compaction(&self, every: u64) -> Option<u64> {
-        (every > 0 && self.next_seq.saturating_sub(self.live_from) >= every)
-            .then_some(self.next_seq)
+    /// The event time every journey of the partition has reached (the least watermark).
+    pub fn watermark_ms(&self) -> Option<i64> {
+        self.lanes
+            .iter()
+            .map(|l| l.processor.watermark_ms())
+            .try_fold(i64::MAX, |m, w| w.map(|w| m.min(w)))
     }
 
-    pub fn compacted(&mut self, live_from: u64) {
-        self.live_from = live_from;
+    /// The sequence number below which to fold a journey's committed batches now, when at
+    /// least `every` were committed since its last compaction (0: never).
+    pub fn due_for_compaction(&self, lane: usize, every: u64) -> Option<u64> {
+        let l = self.lanes.get(lane)?;
+        (every > 0 && l.next_seq.saturating_sub(l.live_from) >= every).then_some(l.next_seq)
+    }
+
+    pub fn compacted(&mut self, lane: usize, live_from: u64) {
+        if let Some(l) = self.lanes.get_mut(lane) {
+            l.live_from = live_from;
+        }
     }
 
     /// Records not read yet per input, where the log end is known.
@@ -237,18 +331,26 @@ impl Slot {
             .collect()
     }
 
+    /// Per input, the offset every journey has committed up to (what Kafka may record).
     pub fn next_offsets(&self) -> Vec<(Input, i64)> {
         Input::ALL
             .into_iter()
             .filter_map(|i| {
-                let n = self.cursors[input_index(i)].next?;
+                let n = self
+                    .lanes
+                    .iter()
+                    .map(|l| l.next[input_index(i)])
+                    .try_fold(i64::MAX, |m, n| n.map(|n| m.min(n)))?;
                 (n >= 0).then_some((i, n))
             })
             .collect()
     }
 
     pub fn tracked_customers(&self) -> usize {
-        self.processor.tracked_customers()
+        self.lanes
+            .iter()
+            .map(|l| l.processor.tracked_customers())
+            .sum()
     }
 }
 
@@ -264,21 +366,30 @@ mod tests {
     use super::*;
     use cxstream_core::{Metric, SurveyAnswer, TouchpointEvent};
 
-    fn slot() -> (Slot, Codec) {
-        let map = JourneyMap::from_yaml(
-            "retail.yaml",
-            include_str!("../../../../schemas/journeys/retail.yaml"),
-        )
-        .unwrap();
-        (
-            Slot::new(
-                0,
-                Arc::new(map),
-                Resume::default(),
-                EventTimePolicy::default(),
+    fn maps() -> JourneyMaps {
+        let load = |name: &str, text: &str| JourneyMap::from_yaml(name, text).unwrap();
+        JourneyMaps::new(vec![
+            load(
+                "retail.yaml",
+                include_str!("../../../../schemas/journeys/retail.yaml"),
             ),
+            load(
+                "support.yaml",
+                include_str!("../../../../schemas/journeys/support.yaml"),
+            ),
+        ])
+        .unwrap()
+    }
+
+    fn slot_resuming(resumes: Vec<Resume>) -> (Slot, Codec) {
+        (
+            Slot::new(&maps(), resumes, EventTimePolicy::default()),
             Codec::new().unwrap(),
         )
+    }
+
+    fn slot() -> (Slot, Codec) {
+        slot_resuming(vec![Resume::default(), Resume::default()])
     }
 
     fn touchpoint(codec: &Codec, id: &str, t: i64) -> Vec<u8> {
@@ -299,13 +410,13 @@ mod tests {
         buf
     }
 
-    fn answer(codec: &Codec, t: i64) -> Vec<u8> {
+    fn answer(codec: &Codec, t: i64, score: i32) -> Vec<u8> {
         let a = SurveyAnswer {
             response_id: "r1".into(),
             customer_id: Some("c1".into()),
             answer_time: t,
             metric: Metric::Csat,
-            score: 5,
+            score,
             touchpoint_event_id: None,
             touchpoint: None,
             channel: None,
@@ -327,25 +438,75 @@ mod tests {
         }
     }
 
+    /// (lane, touchpoint facts, answer facts, touchpoints next, answers next) per batch.
+    fn summary(batches: &[LaneBatch]) -> Vec<(usize, usize, usize, i64, i64)> {
+        batches
+            .iter()
+            .map(|b| {
+                (
+                    b.lane,
+                    b.batch.touchpoints.len(),
+                    b.batch.answers.len(),
+                    b.end.touchpoints_next_offset,
+                    b.end.answers_next_offset,
+                )
+            })
+            .collect()
+    }
+
+    fn commit_all(s: &mut Slot) {
+        for b in s.take_batches() {
+            s.committed(b.lane, b.seq);
+        }
+    }
+
     #[test]
-    fn records_are_committed_with_the_offsets_after_them() {
+    fn every_journey_commits_the_records_with_the_offsets_after_them() {
         let (mut s, codec) = slot();
-        let a = answer(&codec, 1_000);
+        let a = answer(&codec, 1_000, 5);
         let t = touchpoint(&codec, "e0", 2_000);
         s.process(&record(Input::Answers, &a, 0), &codec);
         s.process(&record(Input::Touchpoints, &t, 7), &codec);
-        let (seq, batch, end) = s.take_batch().unwrap();
-        assert_eq!((batch.touchpoints.len(), batch.answers.len()), (1, 1));
-        assert_eq!(
-            (end.touchpoints_next_offset, end.answers_next_offset),
-            (8, 1)
-        );
-        assert_eq!(end.clock.highs, [Some(2_000), Some(1_000)]);
-        s.committed(seq, &JourneyMetrics::new().unwrap());
-        assert!(s.take_batch().is_none());
+        let batches = s.take_batches();
+        assert_eq!(summary(&batches), [(0, 1, 1, 8, 1), (1, 1, 1, 8, 1)]);
+        assert_eq!(batches[1].end.clock.highs, [Some(2_000), Some(1_000)]);
+        for b in batches {
+            s.committed(b.lane, b.seq);
+        }
+        assert!(s.take_batches().is_empty());
         // Re-delivered below the committed position: skipped.
         s.process(&record(Input::Touchpoints, &t, 7), &codec);
-        assert!(s.take_batch().is_none());
+        assert!(s.take_batches().is_empty());
+        assert_eq!(
+            s.next_offsets(),
+            [(Input::Touchpoints, 8), (Input::Answers, 1)]
+        );
+    }
+
+    #[test]
+    fn a_journey_ahead_skips_what_it_committed_and_a_bad_record_is_refused_once() {
+        let ahead = Resume {
+            touchpoints_offset: Some(2),
+            next_seq: 5,
+            ..Resume::default()
+        };
+        let (mut s, codec) = slot_resuming(vec![ahead, Resume::default()]);
+        for (offset, id) in [(0, "e0"), (1, "e1"), (2, "e2")] {
+            let t = touchpoint(&codec, id, 1_000 + offset);
+            s.process(&record(Input::Touchpoints, &t, offset), &codec);
+        }
+        let bad = answer(&codec, 1_500, 9);
+        s.process(&record(Input::Answers, &bad, 0), &codec);
+        let rejected = s.take_rejected();
+        assert_eq!(
+            rejected.len(),
+            1,
+            "refused by both journeys, dead-lettered once"
+        );
+        assert_eq!(rejected[0].kind, "score_out_of_range");
+        let batches = s.take_batches();
+        assert_eq!(summary(&batches), [(0, 1, 0, 3, 1), (1, 3, 0, 3, 1)]);
+        assert_eq!((batches[0].seq, batches[1].seq), (5, 0));
     }
 
     #[test]
@@ -353,19 +514,26 @@ mod tests {
         let (mut s, codec) = slot();
         let t = touchpoint(&codec, "e0", 2_000);
         s.process(&record(Input::Touchpoints, &t, 0), &codec);
-        let (seq, _, end) = s.take_batch().unwrap();
+        let batches = s.take_batches();
         assert_eq!(
-            end.clock.watermark, None,
+            batches[0].end.clock.watermark, None,
             "the answers input was never seen"
         );
-        s.committed(seq, &JourneyMetrics::new().unwrap());
+        for b in batches {
+            s.committed(b.lane, b.seq);
+        }
         s.set_high_watermark(Input::Touchpoints, 1);
         s.set_high_watermark(Input::Answers, 0);
         assert!(!s.caught_up());
         s.tick(Duration::ZERO);
-        let (seq, _, end) = s.take_batch().unwrap();
-        assert_eq!(end.clock.watermark, Some(2_000));
-        s.committed(seq, &JourneyMetrics::new().unwrap());
+        let batches = s.take_batches();
+        assert_eq!(batches.len(), 2);
+        assert!(batches.iter().all(|b| b.end.clock.watermark == Some(2_000)));
+        for b in batches {
+            s.committed(b.lane, b.seq);
+        }
+        commit_all(&mut s);
         assert!(s.caught_up());
+        assert_eq!(s.watermark_ms(), Some(2_000));
     }
 }

@@ -15,13 +15,15 @@ use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
 /// What the consumer thread learns from a rebalance.
 pub enum Change {
-    Assigned(i32, Resume),
+    /// A partition and the resume point of each journey map, in the maps' order.
+    Assigned(i32, Vec<Resume>),
     Revoked(i32),
 }
 
 pub struct JourneyContext {
     pub rt: tokio::runtime::Handle,
-    pub committer: Arc<BatchCommitter>,
+    /// One per journey map, in the maps' order.
+    pub committers: Vec<Arc<BatchCommitter>>,
     pub touchpoints_topic: String,
     pub answers_topic: String,
     pub changes: Mutex<Vec<Change>>,
@@ -58,14 +60,22 @@ impl ClientContext for JourneyContext {
 }
 
 impl JourneyContext {
-    /// Reads a partition's resume point, retrying while ClickHouse is unreachable.
-    fn resume(&self, partition: i32) -> Option<Resume> {
+    /// Reads a partition's resume point of every journey, retrying while ClickHouse is
+    /// unreachable; `None` when shutting down first.
+    fn resume(&self, partition: i32) -> Option<Vec<Resume>> {
+        self.committers
+            .iter()
+            .map(|c| self.resume_one(c, partition))
+            .collect()
+    }
+
+    fn resume_one(&self, committer: &BatchCommitter, partition: i32) -> Option<Resume> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.rt.block_on(self.committer.resume(partition as u16)) {
+            match self.rt.block_on(committer.resume(partition as u16)) {
                 Ok(r) => return Some(r),
                 Err(e) => {
-                    tracing::warn!(partition, error = %e, "cannot read resume point; retrying");
+                    tracing::warn!(partition, journey = committer.journey(), error = %e, "cannot read resume point; retrying");
                     if self.shutdown.load(Ordering::Relaxed) {
                         return None;
                     }
@@ -117,34 +127,47 @@ impl ConsumerContext for JourneyContext {
                 partitions.dedup();
                 let mut assignment = TopicPartitionList::new();
                 for p in partitions {
-                    let Some(resume) = self.resume(p) else { return };
-                    let at = |o: Option<i64>| o.map_or(Offset::Beginning, Offset::Offset);
+                    let Some(resumes) = self.resume(p) else {
+                        return;
+                    };
+                    // Journeys resume from their own batches; reading starts at the earliest
+                    // and each skips what it has committed.
+                    let earliest = |of: fn(&Resume) -> Option<i64>| {
+                        resumes
+                            .iter()
+                            .map(of)
+                            .try_fold(i64::MAX, |m, o| o.map(|o| m.min(o)))
+                            .map_or(Offset::Beginning, Offset::Offset)
+                    };
                     let added = assignment
                         .add_partition_offset(
                             &self.touchpoints_topic,
                             p,
-                            at(resume.touchpoints_offset),
+                            earliest(|r| r.touchpoints_offset),
                         )
                         .and_then(|_| {
                             assignment.add_partition_offset(
                                 &self.answers_topic,
                                 p,
-                                at(resume.answers_offset),
+                                earliest(|r| r.answers_offset),
                             )
                         });
                     if let Err(e) = added {
                         tracing::error!(partition = p, error = %e, "cannot build assignment");
                         continue;
                     }
-                    tracing::info!(
-                        partition = p,
-                        next_seq = resume.next_seq,
-                        touchpoints_offset = ?resume.touchpoints_offset,
-                        answers_offset = ?resume.answers_offset,
-                        journeys = resume.journeys.len(),
-                        "partition assigned; resuming from the last committed batch"
-                    );
-                    self.push(Change::Assigned(p, resume));
+                    for (c, resume) in self.committers.iter().zip(&resumes) {
+                        tracing::info!(
+                            partition = p,
+                            journey = c.journey(),
+                            next_seq = resume.next_seq,
+                            touchpoints_offset = ?resume.touchpoints_offset,
+                            answers_offset = ?resume.answers_offset,
+                            journeys = resume.journeys.len(),
+                            "partition assigned; resuming from the last committed batch"
+                        );
+                    }
+                    self.push(Change::Assigned(p, resumes));
                 }
                 if let Err(e) = consumer.assign(&assignment) {
                     tracing::error!(error = %e, "assign failed");

@@ -83,8 +83,10 @@ pub struct Stack {
     pub config: PathBuf,
     pub kafka: String,
     pub clickhouse: String,
-    /// The journey map file the services run with.
-    pub map: PathBuf,
+    /// The journey map files the services run with.
+    pub maps: Vec<PathBuf>,
+    /// Their journey names, in the same order.
+    pub journeys: Vec<String>,
 }
 
 /// One raw record read back from a topic.
@@ -100,9 +102,7 @@ pub struct Raw {
 impl Stack {
     /// A fresh, isolated pipeline: unique topics, database and group.
     pub fn new(test: &str) -> Stack {
-        let retail =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/journeys/retail.yaml");
-        Stack::with_map(test, retail)
+        Stack::with_maps(test, vec![shipped_map("retail")])
     }
 
     /// A fresh pipeline whose services run with the journey map `yaml`.
@@ -110,16 +110,17 @@ impl Stack {
         let path =
             std::env::temp_dir().join(format!("cxstream-map-{test}-{}.yaml", std::process::id()));
         std::fs::write(&path, yaml).unwrap();
-        Stack::with_map(test, path)
+        Stack::with_maps(test, vec![path])
     }
 
-    fn with_map(test: &str, map: PathBuf) -> Stack {
+    /// A fresh pipeline whose journey service measures all of `maps` at once.
+    pub fn with_maps(test: &str, maps: Vec<PathBuf>) -> Stack {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
         let name = format!("{test}_{}", nanos % 1_000_000_000_000);
-        let s = Stack::with_run(&name, &name, map);
+        let s = Stack::with_run(&name, &name, maps);
         s.broker_serves();
         s.ok(&["topics"]);
         s.ok(&["migrate"]);
@@ -132,13 +133,13 @@ impl Stack {
         let s = Stack::with_run(
             &self.name,
             &format!("{}_replay", self.run),
-            self.map.clone(),
+            self.maps.clone(),
         );
         s.ok(&["migrate"]);
         s
     }
 
-    fn with_run(name: &str, run: &str, map_path: PathBuf) -> Stack {
+    fn with_run(name: &str, run: &str, maps: Vec<PathBuf>) -> Stack {
         let (name, run) = (name.to_string(), run.to_string());
         let dir = std::env::temp_dir().join(format!("cxstream-test-{run}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -150,7 +151,20 @@ impl Stack {
         let debug = std::env::var("CX_TEST_KAFKA_DEBUG")
             .map(|d| format!("  properties: {{debug: \"{d}\"}}\n"))
             .unwrap_or_default();
-        let map = map_path.display();
+        let map_list = maps
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let journeys = maps
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p).unwrap();
+                cxstream_core::JourneyMap::from_yaml(&p.display().to_string(), &text)
+                    .unwrap()
+                    .name
+            })
+            .collect();
         std::fs::write(
             &config,
             format!(
@@ -158,7 +172,7 @@ impl Stack {
                  topics:\n  touchpoints: t.{name}.touchpoints\n  survey_responses: t.{name}.answers\n  \
                  aggregates: t.{name}.aggregates\n  alerts: t.{name}.alerts\n  dlq: t.{name}.dlq\n  partitions: {PARTITIONS}\n\
                  clickhouse:\n  url: {clickhouse}\n  database: t_{run}\n\
-                 journey:\n  map: {map}\n  group_id: g.{run}\n  flush_interval_ms: 200\n  max_batch_records: 5000\n  compact_after_batches: 4\n  idle_release_ms: 500\n  join_timeout_ms: 12000\n\
+                 journey:\n  maps: [{map_list}]\n  group_id: g.{run}\n  flush_interval_ms: 200\n  max_batch_records: 5000\n  compact_after_batches: 4\n  idle_release_ms: 500\n  join_timeout_ms: 12000\n\
                  http:\n  listen: 127.0.0.1:0\nlog:\n  level: warn\n"
             ),
         )
@@ -170,8 +184,19 @@ impl Stack {
             config,
             kafka,
             clickhouse,
-            map: map_path,
+            maps,
+            journeys,
         }
+    }
+
+    /// Adds top-level sections to the services' configuration file.
+    pub fn append_config(&self, yaml: &str) {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.config)
+            .unwrap();
+        f.write_all(yaml.as_bytes()).unwrap();
     }
 
     pub fn database(&self) -> String {
@@ -253,6 +278,18 @@ impl Stack {
 
     pub fn truth_path(&self) -> PathBuf {
         self.dir.join("ground-truth.csv")
+    }
+
+    /// Where the simulator wrote the ground truth of `journey` (`steps`: its step truth).
+    fn truth_path_of(&self, journey: &str, steps: bool) -> PathBuf {
+        let first = self.journeys.first().is_some_and(|j| j == journey);
+        let stem = if first {
+            String::new()
+        } else {
+            format!("{journey}.")
+        };
+        let tail = if steps { "steps.csv" } else { "csv" };
+        self.truth_path().with_extension(format!("{stem}{tail}"))
     }
 
     pub fn simulate(&self, customers: u64, days: f64, bad: u64) {
@@ -343,40 +380,78 @@ impl Stack {
             .collect()
     }
 
+    /// Input records committed (folded or live), per journey.
+    pub fn committed_records_by_journey(&self) -> BTreeMap<String, i64> {
+        self.query(&format!(
+            "SELECT journey, toInt64(sum(records)) FROM {}.committed_records GROUP BY journey",
+            self.database()
+        ))
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+        .collect()
+    }
+
     pub fn scalar(&self, sql: &str) -> i64 {
         self.query(sql)[0][0].parse().unwrap()
     }
 
-    /// Per-minute cells of the committed aggregates, as in the ground-truth file.
+    /// Per-minute cells of the committed aggregates, as in the ground-truth file (of a
+    /// stack with one journey map).
     pub fn cells(&self) -> BTreeMap<Cell, Vec<i64>> {
+        assert_eq!(self.journeys.len(), 1, "cells_of(journey) for several maps");
+        self.cells_of(&self.journeys[0])
+    }
+
+    /// One journey's committed per-minute cells.
+    pub fn cells_of(&self, journey: &str) -> BTreeMap<Cell, Vec<i64>> {
         let rows = self.query(&format!(
             "SELECT toUnixTimestamp(minute) * 1000 AS m, stage, touchpoint, channel, segment, \
              sum(nps_promoters), sum(nps_passives), sum(nps_detractors), sum(csat_n), sum(csat_top2), sum(csat_sum), \
              sum(ces_n), sum(ces_agree), sum(ces_sum), sum(stage_entries), sum(touchpoints), \
              sum(stage_conversions), sum(convert_ms_sum), sum(stage_dropoffs) + sum(stage_open) \
-             FROM {}.metrics_minute_committed GROUP BY m, stage, touchpoint, channel, segment",
+             FROM {}.metrics_minute_committed WHERE journey = '{journey}' \
+             GROUP BY m, stage, touchpoint, channel, segment",
             self.database()
         ));
         cells_of(rows, cell_key)
     }
 
+    /// The simulator's ground truth of the first journey map.
     pub fn truth(&self) -> BTreeMap<Cell, Vec<i64>> {
-        cells_of(csv_rows(&self.truth_path()), cell_key)
+        self.truth_of(&self.journeys[0])
     }
 
-    /// The simulator's step ground truth: (minute, step, stage, touchpoint, channel,
-    /// segment) → starts, conversions, convert_ms_sum, not converted.
+    pub fn truth_of(&self, journey: &str) -> BTreeMap<Cell, Vec<i64>> {
+        cells_of(csv_rows(&self.truth_path_of(journey, false)), cell_key)
+    }
+
+    /// The simulator's step ground truth of the first journey map: (minute, step, stage,
+    /// touchpoint, channel, segment) → starts, conversions, convert_ms_sum, not converted.
     pub fn step_truth(&self) -> BTreeMap<StepCell, Vec<i64>> {
-        let path = self.truth_path().with_extension("steps.csv");
-        cells_of(csv_rows(&path), step_key)
+        self.step_truth_of(&self.journeys[0])
     }
 
-    /// Committed step cells, as in the step ground truth (dropped off and open together).
+    pub fn step_truth_of(&self, journey: &str) -> BTreeMap<StepCell, Vec<i64>> {
+        cells_of(csv_rows(&self.truth_path_of(journey, true)), step_key)
+    }
+
+    /// Committed step cells (of a stack with one journey map), as in the step ground truth
+    /// (dropped off and open together).
     pub fn step_cells(&self) -> BTreeMap<StepCell, Vec<i64>> {
+        assert_eq!(
+            self.journeys.len(),
+            1,
+            "step_cells_of(journey) for several maps"
+        );
+        self.step_cells_of(&self.journeys[0])
+    }
+
+    pub fn step_cells_of(&self, journey: &str) -> BTreeMap<StepCell, Vec<i64>> {
         let rows = self.query(&format!(
             "SELECT toUnixTimestamp(minute) * 1000 AS m, step, stage, touchpoint, channel, segment, \
              sum(starts), sum(conversions), sum(convert_ms_sum), sum(dropoffs) + sum(open_attempts) \
-             FROM {}.steps_minute_committed GROUP BY m, step, stage, touchpoint, channel, segment",
+             FROM {}.steps_minute_committed WHERE journey = '{journey}' \
+             GROUP BY m, step, stage, touchpoint, channel, segment",
             self.database()
         ));
         cells_of(rows, step_key)
@@ -452,6 +527,11 @@ impl Drop for Stack {
         }
         let _ = self.query(&format!("DROP DATABASE IF EXISTS {}", self.database()));
     }
+}
+
+/// A journey map shipped in `schemas/journeys/`.
+pub fn shipped_map(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../schemas/journeys/{name}.yaml"))
 }
 
 /// The broker log's last warnings and errors (CX_TEST_BROKER_LOG, set by deploy/local/test.sh).
