@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing, starts Tansu and ClickHouse, creates topics and tables,
-# simulates CX traffic (from empty servers), runs the journey service until it has caught up, and prints a summary.
+# simulates CX traffic (from empty servers), runs the journey service until it has caught up, prints a summary
+# and writes it as a page with charts (.run/demo/report.html).
 #   CUSTOMERS (default 10000), DAYS (default 30), SEED (default 42), SCENARIO (default journeys:
 #   journeys as they really happen, delivered as real producers do; see `cxstream simulate --help`),
 #   CXSTREAM_JOURNEY_MAPS (default: the retail and support maps, measured at once)
@@ -21,7 +22,7 @@ mkdir -p "$CXSTREAM_RUN/demo"
   --scenario "${SCENARIO:-journeys}" --bad-records 20 --ground-truth "$CXSTREAM_RUN/demo/ground-truth.csv"
 CXSTREAM_HTTP_LISTEN=127.0.0.1:0 "$bin" journey --until-caught-up
 echo
-"$bin" report
+"$bin" report --html "$CXSTREAM_RUN/demo/report.html"
 echo
 echo "Data stays in ClickHouse (database cx) at http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT; e.g."
 echo "  curl -s 'http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT/?query=SELECT+window,stage,nps_n,round(nps,1)+FROM+cx.rolling_metrics+LIMIT+5'"

@@ -12,6 +12,8 @@ command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmana
 command -v curl >/dev/null || need_apt+=(curl)
 # psql sets up the PostgreSQL behind Tansu's postgres storage engine (the server is below).
 command -v psql >/dev/null || need_apt+=(postgresql-client)
+# Headless Chromium opens the HTML report in the tests (it must render, with no console errors).
+command -v chromium >/dev/null || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   echo "install: apt packages ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

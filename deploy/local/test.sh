@@ -2,8 +2,8 @@
 # Every test: unit and property tests, integration and end-to-end tests against the real
 # Tansu and ClickHouse started here, the broker harness at a small size, the migrations on
 # current ClickHouse (chdb), promtool (metrics, and the Prometheus rules' unit tests),
-# amtool, the Grafana boards' panel queries, and the deployment files against the Compose
-# and Kubernetes schemas. Idempotent;
+# amtool, the Grafana boards' panel queries, the deployment files against the Compose and
+# Kubernetes schemas, and the HTML report in headless Chromium. Idempotent;
 # leaves the servers running for inspection unless CX_STOP_AFTER_TESTS=1.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"

@@ -15,5 +15,5 @@ pub use event_time::{ClockState, EventClock, EventTimePolicy, Input, Refusal};
 pub use events::{Invalid, SurveyAnswer, TouchpointEvent};
 pub use journey::Journey;
 pub use journey_map::{JourneyMap, JourneyMaps};
-pub use metrics::{Counts, Metric};
+pub use metrics::{Counts, Metric, Proportion};
 pub use processor::{Batch, PartitionProcessor};

@@ -188,6 +188,36 @@ impl Nps {
     }
 }
 
+/// A proportion with its 95 % Wilson score interval (which, unlike the normal
+/// approximation, stays inside 0..=1 and is honest for small n and rates near 0 or 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Proportion {
+    pub n: i64,
+    pub p: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Proportion {
+    pub fn wilson95(successes: i64, n: i64) -> Option<Proportion> {
+        if n <= 0 || !(0..=n).contains(&successes) {
+            return None;
+        }
+        const Z: f64 = 1.96;
+        let nf = n as f64;
+        let p = successes as f64 / nf;
+        let z2 = Z * Z;
+        let centre = (p + z2 / (2.0 * nf)) / (1.0 + z2 / nf);
+        let half = Z / (1.0 + z2 / nf) * (p * (1.0 - p) / nf + z2 / (4.0 * nf * nf)).sqrt();
+        Some(Proportion {
+            n,
+            p,
+            low: (centre - half).max(0.0),
+            high: (centre + half).min(1.0),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Csat {
     pub n: i64,
@@ -216,6 +246,21 @@ mod tests {
         // var = 0.7 − 0.09 = 0.61 → 1.96·sqrt(0.61/100)·100
         assert!((n.ci95 - 100.0 * 1.96 * (0.61f64 / 100.0).sqrt()).abs() < 1e-9);
         assert!(Nps::from_counts(0, 0, 0).is_none());
+    }
+
+    #[test]
+    fn wilson_intervals_of_textbook_cases() {
+        // None of 10: the upper bound is 0.2775 (Wilson 1927; Newcombe 1998, table I).
+        let w = Proportion::wilson95(0, 10).expect("n > 0");
+        assert_eq!((w.p, w.low), (0.0, 0.0));
+        assert!((w.high - 0.2775).abs() < 1e-4, "{w:?}");
+        // 81 of 263 (Newcombe 1998): 0.2553 to 0.3662.
+        let w = Proportion::wilson95(81, 263).expect("n > 0");
+        assert!(
+            (w.low - 0.2553).abs() < 1e-4 && (w.high - 0.3662).abs() < 1e-4,
+            "{w:?}"
+        );
+        assert!(Proportion::wilson95(1, 0).is_none() && Proportion::wilson95(3, 2).is_none());
     }
 
     #[test]
@@ -272,6 +317,17 @@ mod tests {
             for (m, s) in &a { c.add_answer(*m, *s, 1); }
             for (m, s) in &a { c.add_answer(*m, *s, -1); }
             prop_assert!(c.is_zero());
+        }
+
+        /// The interval holds the rate, stays in 0..=1, and mirrors: x of n from below is
+        /// n − x of n from above.
+        #[test]
+        fn wilson_is_bounded_and_symmetric(n in 1i64..5000, x in 0i64..5000) {
+            let x = x % (n + 1);
+            let w = Proportion::wilson95(x, n).expect("0 <= x <= n");
+            prop_assert!(0.0 <= w.low && w.low <= w.p && w.p <= w.high && w.high <= 1.0);
+            let m = Proportion::wilson95(n - x, n).expect("0 <= n - x <= n");
+            prop_assert!((w.low - (1.0 - m.high)).abs() < 1e-9);
         }
 
         #[test]

@@ -48,8 +48,14 @@ enum Command {
         #[arg(long)]
         until_caught_up: bool,
     },
-    /// Print a summary of what is in ClickHouse: events, NPS/CSAT/CES per stage, DLQ count.
-    Report,
+    /// Print a summary of what is in ClickHouse: events, NPS/CSAT/CES per stage, funnels,
+    /// DLQ count.
+    Report {
+        /// Also write one self-contained HTML page with charts (funnel against targets,
+        /// score trends with intervals, heat map) to this file.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+    },
     /// Check that Kafka and ClickHouse serve: a metadata request, a consumer-group round
     /// trip (join, commit, read the commit back, leave) and a ClickHouse query.
     Probe(probe::ProbeArgs),
@@ -164,9 +170,14 @@ fn run(command: Command, cfg: Config) -> Result<()> {
         Command::Journey { until_caught_up } => {
             run_journey(cfg, journey::RunOptions { until_caught_up })
         }
-        Command::Report => {
+        Command::Report { html } => {
             let maps = load_maps(&cfg)?;
-            print!("{}", runtime()?.block_on(report::run(&cfg, &maps))?);
+            let rt = runtime()?;
+            print!("{}", rt.block_on(report::run(&cfg, &maps))?);
+            if let Some(path) = html {
+                rt.block_on(report::write_html(&cfg, &maps, &path))?;
+                println!("\nreport: wrote {}", path.display());
+            }
             Ok(())
         }
         Command::Probe(args) => probe::run(&cfg, &args),

@@ -1171,3 +1171,86 @@ fn assert_compacted(s: &Stack) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `cxstream report --html` on two journey maps: the page opens in headless Chromium with no
+/// console error and loads nothing from elsewhere, every chart is drawn, and each journey's
+/// funnel table holds the figures of the stage funnel view.
+#[test]
+fn the_html_report_renders_in_a_browser_with_the_funnel_views_figures() {
+    let s = Stack::with_maps("html", vec![shipped_map("retail"), shipped_map("support")]);
+    s.simulate_scenario(1500, 3.0, 0, "journeys");
+    s.ok(&["journey", "--until-caught-up"]);
+    let page = s.dir.join("report.html");
+    s.ok(&["report", "--html", page.to_str().unwrap()]);
+    let html = std::fs::read_to_string(&page).unwrap();
+    for external in ["src=", "href=", "@import", "url("] {
+        assert!(!html.contains(external), "the page loads {external}");
+    }
+
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium (installed by deploy/local/install.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let console: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(str::to_string)
+        .collect();
+    assert!(console.is_empty(), "console messages: {console:?}");
+    let dom = String::from_utf8(out.stdout).unwrap();
+    for journey in &s.journeys {
+        let section = dom
+            .split(&format!("id=\"journey-{journey}\""))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no section of journey {journey}"));
+        let section = section.split("<section").next().unwrap();
+        // Stage and step funnels, three score trends.
+        assert_eq!(section.matches("<svg").count(), 5, "{journey}");
+        let table = section
+            .split("data-kind=\"stage\"")
+            .nth(1)
+            .unwrap()
+            .split("</table>")
+            .next()
+            .unwrap();
+        let funnel = s.query(&format!(
+            "SELECT stage, sum(entries), sum(conversions), sum(dropoffs), sum(open_entries) \
+             FROM {}.stage_funnel WHERE journey = '{journey}' AND has_outcome = 1 GROUP BY stage",
+            s.database()
+        ));
+        assert!(!funnel.is_empty());
+        for row in funnel {
+            let cells: Vec<&str> = table
+                .split(&format!("data-name=\"{}\"", row[0]))
+                .nth(1)
+                .unwrap_or_else(|| panic!("{journey}: no row for stage {}", row[0]))
+                .split("</tr>")
+                .next()
+                .unwrap()
+                .split("<td class=\"n\">")
+                .skip(1)
+                .take(4)
+                .map(|c| c.split('<').next().unwrap())
+                .collect();
+            assert_eq!(
+                cells,
+                row[1..].iter().map(String::as_str).collect::<Vec<_>>(),
+                "{journey} {}",
+                row[0]
+            );
+        }
+    }
+}

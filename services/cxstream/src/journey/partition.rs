@@ -127,6 +127,8 @@ pub struct Slot {
     /// What the consumer has read of each input (the furthest of the journeys).
     cursors: [Cursor; 2],
     rejected: Vec<Rejected>,
+    /// The journeys a record is new to (reused: no allocation per record).
+    takers: Vec<usize>,
 }
 
 impl Slot {
@@ -148,6 +150,7 @@ impl Slot {
             cursors: [Cursor::new(start(0)), Cursor::new(start(1))],
             lanes,
             rejected: Vec::new(),
+            takers: Vec::new(),
         }
     }
 
@@ -166,18 +169,22 @@ impl Slot {
         cur.next = Some(r.offset + 1);
         cur.last_record = Instant::now();
         cur.idle = false;
-        let takers: Vec<usize> = (0..self.lanes.len())
-            .filter(|&i| self.lanes[i].takes(r.input, r.offset))
-            .collect();
-        if takers.is_empty() {
-            return;
+        let mut takers = std::mem::take(&mut self.takers);
+        takers.clear();
+        takers.extend((0..self.lanes.len()).filter(|&i| self.lanes[i].takes(r.input, r.offset)));
+        if !takers.is_empty() {
+            self.apply(r, codec, &takers);
         }
+        self.takers = takers;
+    }
+
+    fn apply(&mut self, r: &Record<'_>, codec: &Codec, takers: &[usize]) {
         let applied = match r.input {
             Input::Touchpoints => codec
                 .decode_touchpoint(r.payload)
                 .map_err(|e| (e.kind(), e.to_string()))
                 .and_then(|ev| {
-                    self.apply_each(&takers, ev, |p, ev| {
+                    self.apply_each(takers, ev, |p, ev| {
                         p.on_touchpoint(ev, r.offset, r.timestamp_ms)
                     })
                 }),
@@ -185,7 +192,7 @@ impl Slot {
                 .decode_answer(r.payload)
                 .map_err(|e| (e.kind(), e.to_string()))
                 .and_then(|a| {
-                    self.apply_each(&takers, a, |p, a| p.on_answer(a, r.offset, r.timestamp_ms))
+                    self.apply_each(takers, a, |p, a| p.on_answer(a, r.offset, r.timestamp_ms))
                 }),
         };
         if let Err((kind, message)) = applied {
