@@ -46,6 +46,10 @@ pub enum DecodeError {
     UnknownFingerprint(u64),
     #[error("Confluent schema id {0} is not configured (schemas.confluent)")]
     UnknownSchemaId(u32),
+    #[error(
+        "Confluent schema id {0} is configured for another record type than this topic carries"
+    )]
+    WrongSchemaId(u32),
     #[error("schema fingerprint {0:016x} belongs to another record type than this topic carries")]
     WrongSchema(u64),
     #[error("malformed Avro datum: {0}")]
@@ -60,6 +64,7 @@ impl DecodeError {
             DecodeError::NotSingleObject => "not_avro",
             DecodeError::UnknownFingerprint(_) => "unknown_fingerprint",
             DecodeError::UnknownSchemaId(_) => "unknown_schema_id",
+            DecodeError::WrongSchemaId(_) => "wrong_schema",
             DecodeError::WrongSchema(_) => "wrong_schema",
             DecodeError::Malformed(_) => "malformed",
             DecodeError::TrailingBytes(_) => "trailing_bytes",
@@ -266,7 +271,7 @@ impl Codec {
             .get(&id)
             .ok_or(DecodeError::UnknownSchemaId(id))?;
         if *record != expected {
-            return Err(DecodeError::WrongSchema(u64::from(id)));
+            return Err(DecodeError::WrongSchemaId(id));
         }
         let mut rest = Strict {
             rest: &bytes[CONFLUENT_HEADER_LEN..],
@@ -323,6 +328,74 @@ impl RecordType {
     }
 }
 
+/// Avro's resolution compares types, not logical types (apache-avro's check passes a
+/// `uuid` string or a `timestamp-micros` long where cxstream reads a plain string or
+/// `timestamp-millis`, then fails on every record). A logical type over the same bytes
+/// that cxstream reads as the plain type is dropped from the writer; one that means other
+/// units than cxstream's is refused here, once.
+fn align_logical_types(
+    mut writer: serde_json::Value,
+    record: RecordType,
+) -> Result<serde_json::Value, String> {
+    let reader = &KNOWN
+        .iter()
+        .find(|k| k.record == record)
+        .ok_or_else(|| format!("no schema for {record:?}"))?
+        .json;
+    let reader_fields = reader["fields"].as_array().cloned().unwrap_or_default();
+    let Some(fields) = writer.get_mut("fields").and_then(|f| f.as_array_mut()) else {
+        return Ok(writer);
+    };
+    for field in fields {
+        let Some(name) = field
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let Some(ours) = reader_fields.iter().find(|f| f["name"] == name.as_str()) else {
+            continue;
+        };
+        let theirs = logical_type(&field["type"]);
+        let wanted = logical_type(&ours["type"]);
+        match (theirs, wanted) {
+            (Some(_), None) => strip_logical_type(&mut field["type"]),
+            (Some(t), Some(w)) if t != w => {
+                return Err(format!(
+                    "field `{name}` is {t}, and cxstream reads it as {w}; the values would be \
+                     misread"
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(writer)
+}
+
+/// The logical type of a field's type, or of its one non-null union branch.
+fn logical_type(t: &serde_json::Value) -> Option<String> {
+    match t {
+        serde_json::Value::Object(o) => o.get("logicalType")?.as_str().map(str::to_string),
+        serde_json::Value::Array(branches) => {
+            let mut non_null = branches.iter().filter(|b| *b != "null");
+            let only = non_null.next()?;
+            non_null.next().is_none().then(|| logical_type(only))?
+        }
+        _ => None,
+    }
+}
+
+fn strip_logical_type(t: &mut serde_json::Value) {
+    match t {
+        serde_json::Value::Object(o) => {
+            o.remove("logicalType");
+        }
+        serde_json::Value::Array(branches) => branches.iter_mut().for_each(strip_logical_type),
+        _ => {}
+    }
+}
+
 /// The bytes of one datum, remembering whether a read ran out of them: apache-avro's value
 /// decoder reads a string cut short as null instead of failing.
 struct Strict<'a> {
@@ -341,14 +414,27 @@ impl std::io::Read for Strict<'_> {
 }
 
 fn confluent_reader(w: &WriterSchema) -> Result<GenericDatumReader<'static>, SchemaError> {
-    let writer = Schema::parse_str(&w.text).map_err(|e| SchemaError::Invalid(e.to_string()))?;
+    use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
+    let incompatible = |reason: String| SchemaError::Incompatible {
+        record: w.record.name(),
+        reason,
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&w.text).map_err(|e| SchemaError::Invalid(e.to_string()))?;
+    let json = align_logical_types(json, w.record).map_err(incompatible)?;
+    let writer = Schema::parse(&json).map_err(|e| SchemaError::Invalid(e.to_string()))?;
     let reader = w.record.schema();
-    apache_avro::schema_compatibility::SchemaCompatibility::can_read(&writer, reader).map_err(
-        |e| SchemaError::Incompatible {
-            record: w.record.name(),
-            reason: e.to_string(),
-        },
-    )?;
+    match SchemaCompatibility::can_read(&writer, reader) {
+        Ok(Compatibility::Full) => {}
+        Ok(Compatibility::Partial) => {
+            return Err(incompatible(
+                "only partly: an enum symbol or union branch of the writer has no counterpart, \
+                 and records using it would be dead-lettered"
+                    .into(),
+            ))
+        }
+        Err(e) => return Err(incompatible(e.to_string())),
+    }
     // A handful of schemas, parsed once at start-up and used for the process's life.
     let writer: &'static Schema = Box::leak(Box::new(writer));
     GenericDatumReader::builder(writer)
@@ -496,9 +582,13 @@ mod tests {
 
     /// `tp()` written by a producer with `writer` under Confluent schema id `id`.
     fn confluent_bytes(writer: &str, id: u32) -> Vec<u8> {
+        confluent_datum(writer, id, &tp())
+    }
+
+    fn confluent_datum(writer: &str, id: u32, ev: &TouchpointEvent) -> Vec<u8> {
         use apache_avro::types::Value;
         let schema = Schema::parse_str(writer).unwrap();
-        let Value::Record(mut fields) = apache_avro::to_value(tp()).unwrap() else {
+        let Value::Record(mut fields) = apache_avro::to_value(ev.clone()).unwrap() else {
             panic!("a record")
         };
         for (name, v) in &mut fields {
@@ -547,6 +637,43 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn logical_types_over_the_same_bytes_are_read_and_other_units_refused() {
+        // A producer whose event ids are uuid strings: read as the strings they are.
+        let uuid = touchpoint_v2().replace(
+            r#""name":"event_id","type":"string""#,
+            r#""name":"event_id","type":{"type":"string","logicalType":"uuid"}"#,
+        );
+        assert_ne!(uuid, touchpoint_v2(), "the field was found");
+        let c = codec()
+            .with_confluent([confluent(4, RecordType::Touchpoint, uuid.clone())])
+            .expect("a uuid string is a string");
+        let mut ev = tp();
+        ev.event_id = "5f0c7a3e-4b1d-4c6e-9a51-2d8f6b7e9c10".into();
+        // The annotation does not change the bytes.
+        let bytes = confluent_datum(&touchpoint_v2(), 4, &ev);
+        assert_eq!(c.decode_touchpoint(&bytes).expect("decode"), ev);
+        // Microseconds where cxstream reads milliseconds: refused when configured.
+        let micros = touchpoint_v2().replace("timestamp-millis", "timestamp-micros");
+        let (_, e) = codec()
+            .with_confluent([confluent(5, RecordType::Touchpoint, micros)])
+            .err()
+            .expect("other units");
+        assert!(
+            e.to_string()
+                .contains("field `event_time` is timestamp-micros"),
+            "{e}"
+        );
+        // A metric cxstream does not know: only partly readable, refused.
+        let more = SURVEY_ANSWER_SCHEMA.replace(r#""CES""#, r#""CES", "CSI""#);
+        assert_ne!(more, SURVEY_ANSWER_SCHEMA);
+        let (_, e) = codec()
+            .with_confluent([confluent(6, RecordType::SurveyAnswer, more)])
+            .err()
+            .expect("an enum symbol cxstream lacks");
+        assert!(e.to_string().contains("only partly"), "{e}");
     }
 
     #[test]

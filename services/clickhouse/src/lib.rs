@@ -27,6 +27,9 @@ pub enum Error {
     },
     #[error("journey state of customer in partition {partition} cannot be decoded: {message}")]
     State { partition: u16, message: String },
+    /// A migration that must not run beside journey services found them running.
+    #[error("{0}")]
+    JourneysRunning(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -103,7 +103,24 @@ pub async fn apply_migrations(conn: &Connection) -> Result<Vec<u32>> {
         .collect();
     let mut now = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
-        for st in m.statements(db) {
+        let statements = m.statements(db);
+        if statements.iter().any(|st| swapped_table(st).is_some()) {
+            refuse_while_journeys_commit(&server, db, m).await?;
+            for (table, before) in statements.iter().filter_map(|st| swapped_table(st)) {
+                // ClickHouse 18.16 renames the two tables of a swap one after the other: a
+                // crash between them leaves only the table's old name; put it back first.
+                if !table_exists(&server, db, table).await?
+                    && table_exists(&server, db, before).await?
+                {
+                    exec(
+                        &server,
+                        &format!("RENAME TABLE {db}.{before} TO {db}.{table}"),
+                    )
+                    .await?;
+                }
+            }
+        }
+        for st in statements {
             if let Some((table, column)) = added_column(&st) {
                 // ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS; a half-applied migration
                 // must still re-run.
@@ -124,6 +141,56 @@ pub async fn apply_migrations(conn: &Connection) -> Result<Vec<u32>> {
         now.push(m.version);
     }
     Ok(now)
+}
+
+/// A migration that swaps a table for a rebuilt copy loses whatever a running journey
+/// service writes between the copy and the swap: it waits for them to be stopped.
+async fn refuse_while_journeys_commit(client: &Client, db: &str, m: &Migration) -> Result<()> {
+    if !table_exists(client, db, "ingest_batches").await? {
+        return Ok(());
+    }
+    let recent = client
+        .query(&format!(
+            "SELECT count() FROM {db}.ingest_batches WHERE committed_at > now() - 30"
+        ))
+        .fetch_one::<u64>()
+        .await
+        .ctx(|| "reading the latest batch commits".into())?;
+    if recent > 0 {
+        return Err(crate::Error::JourneysRunning(format!(
+            "migration {} ({}) rebuilds tables, and journey services committed {recent} \
+             batches in the last 30 s; stop every `cxstream journey` (e.g. kubectl scale \
+             deployment/cxstream-journey --replicas=0), then migrate again",
+            m.version, m.name
+        )));
+    }
+    Ok(())
+}
+
+/// `(table, old name)` of a swap `RENAME TABLE db.table TO db.old, db.copy TO db.table`.
+fn swapped_table(statement: &str) -> Option<(&str, &str)> {
+    let rest = statement.strip_prefix("RENAME TABLE")?;
+    let (first, second) = rest.split_once(',')?;
+    let (table, old) = first.split_once(" TO ")?;
+    let (_, to) = second.split_once(" TO ")?;
+    let (table, old, to) = (unqualified(table)?, unqualified(old)?, unqualified(to)?);
+    (table == to).then_some((table, old))
+}
+
+/// `table` of `db.table`.
+fn unqualified(name: &str) -> Option<&str> {
+    name.trim().rsplit('.').next().map(str::trim)
+}
+
+async fn table_exists(client: &Client, db: &str, table: &str) -> Result<bool> {
+    let n = client
+        .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+        .bind(db)
+        .bind(table)
+        .fetch_one::<u64>()
+        .await
+        .ctx(|| format!("looking up table {table}"))?;
+    Ok(n > 0)
 }
 
 /// `(table, column)` of an `ALTER TABLE db.table ADD COLUMN column ...` statement.
@@ -174,6 +241,25 @@ mod tests {
         assert!(st
             .iter()
             .any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS cx.touchpoints")));
+    }
+
+    #[test]
+    fn table_swaps_are_recognised() {
+        let swaps: Vec<String> = MIGRATIONS
+            .iter()
+            .flat_map(|m| m.statements("cx"))
+            .filter_map(|st| swapped_table(&st).map(|(a, b)| format!("{a} {b}")))
+            .collect();
+        assert_eq!(
+            swaps,
+            [
+                "touchpoints touchpoints_before_journeys",
+                "survey_answers survey_answers_before_journeys",
+                "stage_entries stage_entries_before_journeys",
+                "step_attempts step_attempts_before_journeys",
+            ]
+        );
+        assert_eq!(swapped_table("RENAME TABLE cx.a TO cx.b"), None);
     }
 
     #[test]

@@ -243,6 +243,10 @@ impl Config {
         if let Some(v) = get("CXSTREAM_CLICKHOUSE_PASSWORD") {
             self.clickhouse.password = Secret(v);
         }
+        if get("CXSTREAM_JOURNEY_MAP").is_some() {
+            // Ignoring it would quietly measure the default map instead of the one meant.
+            bail!("CXSTREAM_JOURNEY_MAP is now CXSTREAM_JOURNEY_MAPS (a comma-separated list of map files)");
+        }
         if let Some(v) = get("CXSTREAM_JOURNEY_MAPS") {
             self.journey.maps = v
                 .split(',')
@@ -392,5 +396,21 @@ mod tests {
         c.apply_env(|k| (k == "CXSTREAM_HTTP_LISTEN").then(|| "nope".to_string()))
             .map(|_| ())
             .unwrap_err();
+        let e = Config::default()
+            .apply_env(|k| (k == "CXSTREAM_JOURNEY_MAP").then(|| "support.yaml".to_string()))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.to_string().contains("CXSTREAM_JOURNEY_MAPS"), "{e}");
+    }
+
+    #[test]
+    fn several_maps_come_from_the_environment() {
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "CXSTREAM_JOURNEY_MAPS").then(|| "a.yaml, b.yaml,".to_string()))
+            .expect("env");
+        assert_eq!(
+            c.journey.maps,
+            [PathBuf::from("a.yaml"), PathBuf::from("b.yaml")]
+        );
     }
 }

@@ -217,14 +217,15 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Prod
 }
 
 /// Writes a map's ground truth: the first map's at `base` (steps at `<base>.steps.csv`),
-/// each other's at `<base>.<journey>.csv` (steps at `<base>.<journey>.steps.csv`).
+/// each other's at `<base>.journey-<name>.csv` (steps at `<base>.journey-<name>.steps.csv`;
+/// the prefix keeps a map named `steps` or `refused` off the other files).
 fn write_truth(base: &std::path::Path, index: usize, lens: &Lens) -> Result<()> {
     let (counts, steps) = if index == 0 {
         (base.to_path_buf(), base.with_extension("steps.csv"))
     } else {
         (
-            base.with_extension(format!("{}.csv", lens.journey)),
-            base.with_extension(format!("{}.steps.csv", lens.journey)),
+            base.with_extension(format!("journey-{}.csv", lens.journey)),
+            base.with_extension(format!("journey-{}.steps.csv", lens.journey)),
         )
     };
     std::fs::write(&counts, lens.truth_csv())

@@ -812,6 +812,60 @@ fn bad_records_end_in_the_dlq_with_their_reason_and_counts_stay_exact() {
 }
 
 /// Input records committed by the journey furthest behind.
+/// The DLQ refuses a dead letter (a 1,500-byte record where the producer's limit is 1,000
+/// bytes, as a broker with a small limit would): the service stops with a message and
+/// commits nothing past it; restarted with a DLQ that takes it, it is dead-lettered and
+/// every count is exact — nothing was lost in between.
+#[test]
+fn dead_letters_the_dlq_refuses_are_read_again_not_lost() {
+    let s = Stack::new("dlqrefuses");
+    s.simulate(300, 0.2, 0);
+    let garbage: Vec<u8> = (0..1500u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8 | 1)
+        .collect();
+    s.produce_raw(&s.topic("touchpoints"), b"bad-1", &garbage);
+    // Too big for any dead-letter topic: kept as its first 512 KiB and its size.
+    let huge: Vec<u8> = garbage.iter().copied().cycle().take(700_000).collect();
+    s.produce_raw(&s.topic("answers"), b"bad-2", &huge);
+    let total = (s.read_topic(&s.topic("touchpoints"), PARTITIONS).len()
+        + s.read_topic(&s.topic("answers"), PARTITIONS).len()) as i64;
+    let refusing = s.dir.join("refusing.yaml");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &refusing,
+        text.replacen(
+            "kafka:\n",
+            "kafka:\n  properties: {message.max.bytes: \"1000\"}\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cxstream"))
+        .arg("--config")
+        .arg(&refusing)
+        .args(["journey", "--until-caught-up"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("refused records"), "{err}");
+    assert!(
+        committed_records(&s) < total,
+        "records past the refused ones were committed"
+    );
+    assert_eq!(s.read_topic(&s.topic("dlq"), 1).len(), 0);
+
+    s.ok(&["journey", "--until-caught-up"]);
+    let mut dlq = s.read_topic(&s.topic("dlq"), 1);
+    dlq.sort_by_key(|r| r.payload.len());
+    assert_eq!(dlq.len(), 2);
+    assert_eq!(dlq[0].payload, garbage);
+    assert_eq!(dlq[1].payload, huge[..512 * 1024]);
+    assert_eq!(dlq[1].headers["cx.original.bytes"], "700000");
+    assert_eq!(committed_records(&s), total);
+    assert_cells_equal(&s.truth(), &s.cells());
+}
+
 fn committed_records(s: &Stack) -> i64 {
     s.committed_records_by_journey()
         .values()

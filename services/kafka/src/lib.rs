@@ -139,7 +139,8 @@ impl KafkaSettings {
         c
     }
 
-    /// Producer for inputs (simulator) and side outputs (DLQ): idempotent, batched.
+    /// Producer for inputs (simulator) and side outputs (DLQ): batched, acknowledged by all
+    /// replicas. Not idempotent across restarts: a record re-read after a crash is sent again.
     pub fn producer_config(&self) -> ClientConfig {
         let mut c = self.client_config();
         c.set("linger.ms", "20")
@@ -209,20 +210,28 @@ pub struct DeadLetter<'a> {
     pub kind: &'static str,
     /// Human-readable detail; never contains payload text.
     pub message: &'a str,
+    /// The record's size when only its first bytes are kept (see [`DEAD_LETTER_MAX_BYTES`]).
+    pub original_bytes: Option<usize>,
 }
+
+/// Dead letters keep at most this many bytes of the original record (and say its size in
+/// [`HEADER_ORIGINAL_BYTES`]): brokers refuse records over about 1 MB by default, and a
+/// dead letter that cannot be written would stop the pipeline on one bad record.
+pub const DEAD_LETTER_MAX_BYTES: usize = 512 * 1024;
 
 pub const HEADER_SOURCE_TOPIC: &str = "cx.source.topic";
 pub const HEADER_SOURCE_PARTITION: &str = "cx.source.partition";
 pub const HEADER_SOURCE_OFFSET: &str = "cx.source.offset";
 pub const HEADER_ERROR_KIND: &str = "cx.error.kind";
 pub const HEADER_ERROR_MESSAGE: &str = "cx.error.message";
+pub const HEADER_ORIGINAL_BYTES: &str = "cx.original.bytes";
 
 impl DeadLetter<'_> {
     /// Headers of the DLQ record; the payload and key are the original bytes.
     pub fn headers(&self) -> OwnedHeaders {
         let partition = self.source_partition.to_string();
         let offset = self.source_offset.to_string();
-        OwnedHeaders::new_with_capacity(5)
+        let headers = OwnedHeaders::new_with_capacity(6)
             .insert(Header {
                 key: HEADER_SOURCE_TOPIC,
                 value: Some(self.source_topic),
@@ -242,6 +251,13 @@ impl DeadLetter<'_> {
             .insert(Header {
                 key: HEADER_ERROR_MESSAGE,
                 value: Some(self.message),
-            })
+            });
+        match self.original_bytes {
+            Some(n) => headers.insert(Header {
+                key: HEADER_ORIGINAL_BYTES,
+                value: Some(&n.to_string()),
+            }),
+            None => headers,
+        }
     }
 }

@@ -18,11 +18,13 @@ use cxstream_avro::Codec;
 use cxstream_clickhouse::BatchCommitter;
 use cxstream_core::JourneyMaps;
 use cxstream_http::{Health, JourneyMetrics};
-use cxstream_kafka::DeadLetter;
+use cxstream_kafka::{DeadLetter, DEAD_LETTER_MAX_BYTES};
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 
@@ -82,7 +84,9 @@ struct Inner {
     health: Health,
     /// One per journey map, in the maps' order.
     committers: Vec<Arc<BatchCommitter>>,
-    dlq: ThreadedProducer<DefaultProducerContext>,
+    dlq: ThreadedProducer<DeadLetterDelivery>,
+    /// Why a dead letter was refused when sending it, if one was.
+    dlq_refused: Option<String>,
     slots: BTreeMap<i32, Slot>,
     shutdown: Arc<AtomicBool>,
     rt: tokio::runtime::Handle,
@@ -110,10 +114,10 @@ impl JourneyService {
             })
             .collect();
         let consumer = subscribe(&cfg, &committers, &shutdown, &rt)?;
-        let dlq: ThreadedProducer<DefaultProducerContext> = cfg
+        let dlq: ThreadedProducer<DeadLetterDelivery> = cfg
             .kafka
             .producer_config()
-            .create()
+            .create_with_context(DeadLetterDelivery::default())
             .context("creating the dead-letter producer")?;
         let inner = Inner {
             codec: cfg.codec()?,
@@ -123,6 +127,7 @@ impl JourneyService {
             health,
             committers,
             dlq,
+            dlq_refused: None,
             slots: BTreeMap::new(),
             shutdown,
             rt,
@@ -243,21 +248,6 @@ impl Inner {
             return;
         };
         let payload = msg.payload().unwrap_or(&[]);
-        if payload.len() > self.cfg.journey.max_record_bytes {
-            let message = format!(
-                "record of {} bytes exceeds journey.max_record_bytes",
-                payload.len()
-            );
-            let letter = DeadLetter {
-                source_topic: msg.topic(),
-                source_partition: partition,
-                source_offset: msg.offset(),
-                kind: "oversized",
-                message: &message,
-            };
-            self.dead_letter(&letter, msg.key(), payload);
-            return;
-        }
         let record = Record {
             input,
             key: msg.key(),
@@ -265,7 +255,15 @@ impl Inner {
             offset: msg.offset(),
             timestamp_ms: msg.timestamp().to_millis(),
         };
-        slot.process(&record, &self.codec);
+        if payload.len() > self.cfg.journey.max_record_bytes {
+            let message = format!(
+                "record of {} bytes exceeds journey.max_record_bytes",
+                payload.len()
+            );
+            slot.refuse(&record, "oversized", message);
+        } else {
+            slot.process(&record, &self.codec);
+        }
         let rejected = slot.take_rejected();
         self.dead_letter_all(partition, rejected);
     }
@@ -279,12 +277,19 @@ impl Inner {
                 source_offset: r.offset,
                 kind: r.kind,
                 message: &r.message,
+                original_bytes: None,
             };
-            self.dead_letter(&letter, r.key.as_deref(), &r.payload);
+            self.dead_letter(letter, r.key.as_deref(), &r.payload);
         }
     }
 
-    fn dead_letter(&mut self, letter: &DeadLetter<'_>, key: Option<&[u8]>, payload: &[u8]) {
+    fn dead_letter(&mut self, mut letter: DeadLetter<'_>, key: Option<&[u8]>, payload: &[u8]) {
+        let payload = if payload.len() > DEAD_LETTER_MAX_BYTES {
+            letter.original_bytes = Some(payload.len());
+            &payload[..DEAD_LETTER_MAX_BYTES]
+        } else {
+            payload
+        };
         *self.dlq_counts.entry(letter.kind).or_default() += 1;
         tracing::debug!(
             topic = letter.source_topic,
@@ -308,9 +313,10 @@ impl Inner {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err((e, _)) => {
-                    // The offset will not be committed past this record unless the DLQ
-                    // accepted it; failing loudly beats losing it.
+                    // Nothing read since the last commit is committed now (see `flush`), so
+                    // the record is read again after a restart instead of being lost.
                     tracing::error!(error = %e, "dead-letter topic refused a record");
+                    self.dlq_refused.get_or_insert_with(|| e.to_string());
                     self.shutdown.store(true, Ordering::Relaxed);
                     break;
                 }
@@ -382,11 +388,21 @@ impl Inner {
     }
 
     /// Commits every partition's batch (after the DLQ has what it was sent), then offsets.
+    /// A dead letter the DLQ refused, now or in delivery, stops it before any commit: the
+    /// batches holding such records are read again after a restart.
     fn flush(&mut self, consumer: &ConsumerHandle) -> Result<()> {
         if self.dlq.in_flight_count() > 0 {
             self.dlq
                 .flush(Duration::from_secs(30))
                 .context("flushing the dead-letter topic")?;
+        }
+        let failed = self.dlq.context().take_failures();
+        if let Some(why) = self.dlq_refused.take().or(failed) {
+            anyhow::bail!(
+                "the dead-letter topic `{}` refused records ({why}); nothing read since the \
+                 last commit was committed, so they are read again when the service restarts",
+                self.cfg.topics.dlq
+            );
         }
         let [touchpoints, answers] = std::mem::take(&mut self.consumed);
         self.metrics
@@ -577,6 +593,33 @@ impl Inner {
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     retry = true;
                 }
+            }
+        }
+    }
+}
+
+/// Counts dead letters the broker did not acknowledge (checked before every commit).
+#[derive(Default)]
+pub struct DeadLetterDelivery {
+    failed: Mutex<Option<String>>,
+}
+
+impl DeadLetterDelivery {
+    /// The first delivery failure since the last call, if any.
+    fn take_failures(&self) -> Option<String> {
+        self.failed.lock().ok().and_then(|mut f| f.take())
+    }
+}
+
+impl ClientContext for DeadLetterDelivery {}
+
+impl ProducerContext for DeadLetterDelivery {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            if let Ok(mut f) = self.failed.lock() {
+                f.get_or_insert_with(|| e.to_string());
             }
         }
     }

@@ -161,21 +161,45 @@ impl Slot {
     /// Decodes a record once and applies it to every journey that has not committed it;
     /// a refusal (the same in every journey) is collected once in [`Self::take_rejected`].
     pub fn process(&mut self, r: &Record<'_>, codec: &Codec) {
-        let cur = self.cursor(r.input);
-        if cur.next.is_some_and(|n| r.offset < n) {
-            // Re-delivered below the resume point (already committed): skip.
-            return;
-        }
-        cur.next = Some(r.offset + 1);
-        cur.last_record = Instant::now();
-        cur.idle = false;
-        let mut takers = std::mem::take(&mut self.takers);
-        takers.clear();
-        takers.extend((0..self.lanes.len()).filter(|&i| self.lanes[i].takes(r.input, r.offset)));
+        let takers = self.take(r);
         if !takers.is_empty() {
             self.apply(r, codec, &takers);
         }
         self.takers = takers;
+    }
+
+    /// A record refused before decoding (too large): taken like any record by the journeys
+    /// that have not committed it, so that its offset is committed once it is dead-lettered.
+    pub fn refuse(&mut self, r: &Record<'_>, kind: &'static str, message: String) {
+        let takers = self.take(r);
+        if !takers.is_empty() {
+            self.rejected.push(Rejected {
+                input: r.input,
+                offset: r.offset,
+                kind,
+                message,
+                key: r.key.map(<[u8]>::to_vec),
+                payload: r.payload.to_vec(),
+            });
+        }
+        self.takers = takers;
+    }
+
+    /// Moves the read position past `r` and returns the journeys it is new to (the reused
+    /// buffer, to be put back).
+    fn take(&mut self, r: &Record<'_>) -> Vec<usize> {
+        let mut takers = std::mem::take(&mut self.takers);
+        takers.clear();
+        let cur = self.cursor(r.input);
+        if cur.next.is_some_and(|n| r.offset < n) {
+            // Re-delivered below the resume point (already committed): skip.
+            return takers;
+        }
+        cur.next = Some(r.offset + 1);
+        cur.last_record = Instant::now();
+        cur.idle = false;
+        takers.extend((0..self.lanes.len()).filter(|&i| self.lanes[i].takes(r.input, r.offset)));
+        takers
     }
 
     fn apply(&mut self, r: &Record<'_>, codec: &Codec, takers: &[usize]) {
@@ -514,6 +538,32 @@ mod tests {
         let batches = s.take_batches();
         assert_eq!(summary(&batches), [(0, 1, 0, 3, 1), (1, 3, 0, 3, 1)]);
         assert_eq!((batches[0].seq, batches[1].seq), (5, 0));
+    }
+
+    #[test]
+    fn a_record_refused_unread_is_committed_past_and_dead_lettered_once() {
+        let (mut s, _) = slot();
+        let big = [7u8; 16];
+        s.refuse(
+            &record(Input::Answers, &big, 3),
+            "oversized",
+            "too big".into(),
+        );
+        let rejected = s.take_rejected();
+        assert_eq!((rejected.len(), rejected[0].kind), (1, "oversized"));
+        assert_eq!(
+            summary(&s.take_batches()),
+            [(0, 0, 0, -2, 4), (1, 0, 0, -2, 4)]
+        );
+        s.refuse(
+            &record(Input::Answers, &big, 3),
+            "oversized",
+            "too big".into(),
+        );
+        assert!(
+            s.take_rejected().is_empty(),
+            "read again below the position: skipped"
+        );
     }
 
     #[test]

@@ -286,7 +286,7 @@ impl Stack {
         let stem = if first {
             String::new()
         } else {
-            format!("{journey}.")
+            format!("journey-{journey}.")
         };
         let tail = if steps { "steps.csv" } else { "csv" };
         self.truth_path().with_extension(format!("{stem}{tail}"))
@@ -344,6 +344,21 @@ impl Stack {
                 .map_err(|(e, _)| e)
                 .unwrap();
         }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    /// Produces `payload` as it is to `topic`.
+    pub fn produce_raw(&self, topic: &str, key: &[u8], payload: &[u8]) {
+        use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+        let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+            ClientConfig::new()
+                .set("bootstrap.servers", &self.kafka)
+                .create()
+                .unwrap();
+        producer
+            .send(BaseRecord::to(topic).key(key).payload(payload))
+            .map_err(|(e, _)| e)
+            .unwrap();
         producer.flush(Duration::from_secs(30)).unwrap();
     }
 
