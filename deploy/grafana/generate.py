@@ -740,9 +740,11 @@ def pipeline_health():
     rate = "[$__rate_interval]"
 
     b.row("Throughput")
-    b.add(timeseries("Records read /s by input topic", "Input records read per second (touchpoints, answers); "
-                     "per partition, see the lag below.",
-                     [prom(f"sum by (topic) (rate(cxstream_records_consumed_total{j}{rate}))", "{{topic}}")],
+    b.add(timeseries("Records read /s by input topic and partition", "Input records read per second "
+                     "(touchpoints, answers) per partition: a partition that reads nothing while others do "
+                     "is stuck or idle.",
+                     [prom(f"sum by (topic, partition) (rate(cxstream_records_consumed_total{j}{rate}))",
+                           "{{topic}} {{partition}}")],
                      unit="reqps"), 8, 8)
     b.add(timeseries("Rows written /s by table", "Rows written to ClickHouse per second, by table.",
                      [prom(f"sum by (table) (rate(cxstream_rows_written_total{j}{rate}))", "{{table}}")],
@@ -801,9 +803,10 @@ def pipeline_health():
     b.add(timeseries("Assigned partitions per instance", "Input partitions each instance owns; a step is a "
                      "rebalance.", [prom(f"sum by (instance) (cxstream_assigned_partitions{j})", "{{instance}}")],
                      unit="short"), 8, 8)
-    b.add(timeseries("Rebalances", "Changes of an instance's assignment per interval (the service exports no "
-                     "rebalance counter: this counts changes of cxstream_assigned_partitions).",
-                     [prom(f"sum by (instance) (changes(cxstream_assigned_partitions{j}{rate}))", "{{instance}}")],
+    b.add(timeseries("Rebalances", "Partitions assigned to and revoked from each instance per interval by "
+                     "the consumer group.",
+                     [prom(f"sum by (instance, change) (increase(cxstream_rebalances_total{j}{rate}))",
+                           "{{instance}} {{change}}")],
                      unit="short", bars=True), 8, 8)
     b.add(timeseries("Customers tracked in memory", "Customers with journey state held by each instance.",
                      [prom(f"sum by (instance) (cxstream_tracked_customers{j})", "{{instance}}")], unit="short"),

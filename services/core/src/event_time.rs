@@ -17,7 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The two inputs of a partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Input {
     Touchpoints,
     Answers,

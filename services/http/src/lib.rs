@@ -31,6 +31,7 @@ pub struct JourneyMetrics {
     pub tracked_customers: IntGauge,
     pub refused_events: IntCounterVec,
     pub assigned_partitions: IntGauge,
+    pub rebalances: IntCounterVec,
     pub watermark_seconds: IntGaugeVec,
     pub consumer_lag: IntGaugeVec,
     pub last_commit_seconds: IntGauge,
@@ -103,8 +104,8 @@ impl JourneyMetrics {
             records_consumed: counter_vec(
                 &r,
                 "cxstream_records_consumed_total",
-                "Input records read, by topic kind (touchpoints, answers).",
-                &["topic"],
+                "Input records read, by topic kind (touchpoints, answers) and partition.",
+                &["topic", "partition"],
             )?,
             dlq_records: counter_vec(
                 &r,
@@ -157,6 +158,12 @@ impl JourneyMetrics {
                 &r,
                 "cxstream_assigned_partitions",
                 "Input partitions this instance owns.",
+            )?,
+            rebalances: counter_vec(
+                &r,
+                "cxstream_rebalances_total",
+                "Partitions assigned to or revoked from this instance by the consumer group.",
+                &["change"],
             )?,
             last_commit_seconds: gauge(
                 &r,
@@ -243,7 +250,8 @@ mod tests {
     fn the_prometheus_rules_use_only_exported_metrics() {
         let m = JourneyMetrics::new().unwrap();
         // A labelled metric is exported once it has a child.
-        m.records_consumed.with_label_values(&["touchpoints"]);
+        m.records_consumed.with_label_values(&["touchpoints", "0"]);
+        m.rebalances.with_label_values(&["assigned"]);
         m.dlq_records.with_label_values(&["not_avro"]);
         m.consumer_lag.with_label_values(&["touchpoints", "0"]);
         m.watermark_seconds.with_label_values(&["0"]);
@@ -293,8 +301,9 @@ mod tests {
         let m = JourneyMetrics::new().unwrap();
         m.dlq_records.with_label_values(&["not_avro"]).inc();
         m.records_consumed
-            .with_label_values(&["touchpoints"])
+            .with_label_values(&["touchpoints", "0"])
             .inc_by(3);
+        m.rebalances.with_label_values(&["assigned"]).inc();
         m.commit_seconds.observe(0.02);
         m.watermark_seconds.with_label_values(&["0"]).set(1);
         m.consumer_lag

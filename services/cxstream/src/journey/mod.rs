@@ -91,8 +91,8 @@ struct Inner {
     shutdown: Arc<AtomicBool>,
     rt: tokio::runtime::Handle,
     dlq_counts: BTreeMap<&'static str, u64>,
-    /// Records read since the last flush: [touchpoints, answers].
-    consumed: [u64; 2],
+    /// Records read since the last flush, per input and partition.
+    consumed: BTreeMap<(Input, i32), u64>,
 }
 
 impl JourneyService {
@@ -132,7 +132,7 @@ impl JourneyService {
             shutdown,
             rt,
             dlq_counts: BTreeMap::new(),
-            consumed: [0; 2],
+            consumed: BTreeMap::new(),
         };
         Ok(JourneyService { consumer, inner })
     }
@@ -219,9 +219,17 @@ impl Inner {
                 Change::Assigned(p, resumes) => {
                     let slot = Slot::new(&self.maps, resumes, self.cfg.journey.policy());
                     self.slots.insert(p, slot);
+                    self.metrics
+                        .rebalances
+                        .with_label_values(&["assigned"])
+                        .inc();
                 }
                 Change::Revoked(p) => {
                     self.slots.remove(&p);
+                    self.metrics
+                        .rebalances
+                        .with_label_values(&["revoked"])
+                        .inc();
                     for input in Input::ALL {
                         let _ = self
                             .metrics
@@ -243,7 +251,7 @@ impl Inner {
             Input::Answers
         };
         let partition = msg.partition();
-        self.consumed[usize::from(input == Input::Answers)] += 1;
+        *self.consumed.entry((input, partition)).or_default() += 1;
         let Some(slot) = self.slots.get_mut(&partition) else {
             return;
         };
@@ -404,15 +412,12 @@ impl Inner {
                 self.cfg.topics.dlq
             );
         }
-        let [touchpoints, answers] = std::mem::take(&mut self.consumed);
-        self.metrics
-            .records_consumed
-            .with_label_values(&["touchpoints"])
-            .inc_by(touchpoints);
-        self.metrics
-            .records_consumed
-            .with_label_values(&["answers"])
-            .inc_by(answers);
+        for ((input, p), n) in std::mem::take(&mut self.consumed) {
+            self.metrics
+                .records_consumed
+                .with_label_values(&[input.as_str(), &p.to_string()])
+                .inc_by(n);
+        }
         for (kind, n) in std::mem::take(&mut self.dlq_counts) {
             self.metrics
                 .dlq_records
