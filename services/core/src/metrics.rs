@@ -209,11 +209,12 @@ impl Proportion {
         let z2 = Z * Z;
         let centre = (p + z2 / (2.0 * nf)) / (1.0 + z2 / nf);
         let half = Z / (1.0 + z2 / nf) * (p * (1.0 - p) / nf + z2 / (4.0 * nf * nf)).sqrt();
+        // At x = 0 or x = n a bound is exactly p; rounding must not put it on the wrong side.
         Some(Proportion {
             n,
             p,
-            low: (centre - half).max(0.0),
-            high: (centre + half).min(1.0),
+            low: (centre - half).min(p).max(0.0),
+            high: (centre + half).max(p).min(1.0),
         })
     }
 }

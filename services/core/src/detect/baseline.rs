@@ -1,0 +1,117 @@
+//! Baselines by hour of the week, from decayed sums: each week's weight is `decay` times
+//! the next one's, so the recent weeks count most and a lasting change becomes the new
+//! normal within a few weeks.
+
+use super::hour_of_week;
+
+/// A ratio of two sums (successes over trials, events over minutes) per hour of the week,
+/// with the same ratio over all hours for hours with too little history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeasonalRate {
+    decay: f64,
+    hours: Vec<Sums>,
+    all: Sums,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Sums {
+    num: f64,
+    den: f64,
+    /// The week the sums are decayed to.
+    week: i64,
+}
+
+impl Sums {
+    fn at(self, week: i64, decay: f64) -> Sums {
+        let weeks = (week - self.week).max(0);
+        let w = decay.powi(i32::try_from(weeks).unwrap_or(i32::MAX));
+        Sums {
+            num: self.num * w,
+            den: self.den * w,
+            week: week.max(self.week),
+        }
+    }
+
+    fn add(&mut self, week: i64, decay: f64, num: f64, den: f64) {
+        *self = self.at(week, decay);
+        self.num += num;
+        self.den += den;
+    }
+}
+
+fn week_of(minute: i64) -> i64 {
+    minute.div_euclid(super::WEEK_MINUTES)
+}
+
+impl SeasonalRate {
+    /// `decay` per week, in (0, 1]: 0.5 halves a week's weight each following week.
+    pub fn new(decay: f64) -> Self {
+        SeasonalRate {
+            decay: decay.clamp(f64::MIN_POSITIVE, 1.0),
+            hours: vec![Sums::default(); 168],
+            all: Sums::default(),
+        }
+    }
+
+    /// Adds a minute's `num` over `den` (e.g. conversions over attempts).
+    pub fn observe(&mut self, minute: i64, num: f64, den: f64) {
+        let week = week_of(minute);
+        self.hours[hour_of_week(minute)].add(week, self.decay, num, den);
+        self.all.add(week, self.decay, num, den);
+    }
+
+    /// The expected ratio at `minute` and the (decayed) denominator behind it: this hour of
+    /// the week's when it has at least `min_den`, else all hours' when they do, else none
+    /// (too little history to tell a change).
+    pub fn expected(&self, minute: i64, min_den: f64) -> Option<(f64, f64)> {
+        let week = week_of(minute);
+        [self.hours[hour_of_week(minute)], self.all]
+            .into_iter()
+            .map(|s| s.at(week, self.decay))
+            .find(|s| s.den >= min_den && s.den > 0.0)
+            .map(|s| (s.num / s.den, s.den))
+    }
+
+    /// This hour of the week's decayed denominator at `minute` (its history's weight).
+    pub fn hour_weight(&self, minute: i64) -> f64 {
+        self.hours[hour_of_week(minute)]
+            .at(week_of(minute), self.decay)
+            .den
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MONDAY: i64 = 1_793_577_600_000 / 60_000;
+
+    #[test]
+    fn each_hour_of_the_week_has_its_own_rate() {
+        let mut b = SeasonalRate::new(0.5);
+        for m in 0..60 {
+            b.observe(MONDAY + m, 8.0, 10.0); // Monday 00:xx: 80 %
+            b.observe(MONDAY + 120 + m, 2.0, 10.0); // Monday 02:xx: 20 %
+        }
+        let next_week = MONDAY + super::super::WEEK_MINUTES;
+        assert_eq!(b.expected(next_week + 5, 100.0).map(|e| e.0), Some(0.8));
+        assert_eq!(b.expected(next_week + 125, 100.0).map(|e| e.0), Some(0.2));
+        // An hour with no history falls back to all hours; with too little, none.
+        assert_eq!(b.expected(next_week + 60, 100.0).map(|e| e.0), Some(0.5));
+        assert_eq!(b.expected(next_week + 60, 1e6), None);
+        // A week later the sums weigh half.
+        assert_eq!(b.expected(next_week + 5, 0.0).map(|e| e.1), Some(300.0));
+    }
+
+    #[test]
+    fn recent_weeks_weigh_more() {
+        let mut b = SeasonalRate::new(0.5);
+        b.observe(MONDAY, 10.0, 10.0);
+        b.observe(MONDAY + super::super::WEEK_MINUTES, 0.0, 10.0);
+        let (rate, den) = b
+            .expected(MONDAY + super::super::WEEK_MINUTES, 0.0)
+            .unwrap();
+        assert!((rate - 5.0 / 15.0).abs() < 1e-12, "{rate}");
+        assert!((den - 15.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,159 @@
+//! The detectors against the documented rules, with a reference computation of each rule
+//! written here (not the detectors' code): a slice at its baseline never fires, a drop of
+//! the tuned size fires when the reference evidence crosses the threshold, an incident
+//! resolves after the evidence has stayed at zero, and a silence fires when the events it
+//! misses are less likely than the threshold allows.
+
+#![allow(clippy::unwrap_used)]
+
+use cxstream_core::detect::{DropDetector, DropParams, Incident, Silence, SilenceParams};
+use proptest::prelude::*;
+
+/// 2026-11-02T00:00Z, a Monday, in epoch minutes.
+const START: i64 = 1_793_577_600_000 / 60_000;
+const WEEK: i64 = 7 * 24 * 60;
+
+/// The rule's log-likelihood ratio of x successes in n trials, rate p0 against
+/// p0·(1 − drop), from the Bernoulli likelihoods.
+fn reference_llr(x: f64, n: f64, p0: f64, drop: f64) -> f64 {
+    let p1 = p0 * (1.0 - drop);
+    let lik = |p: f64| x * p.ln() + (n - x) * (1.0 - p).ln();
+    lik(p1) - lik(p0)
+}
+
+fn warmed(params: DropParams, k: u64, n: u64, weeks: i64) -> (DropDetector, i64) {
+    let mut d = DropDetector::new(params);
+    for m in 0..weeks * WEEK {
+        assert_eq!(d.observe(START + m, k, n), None, "fired while warming up");
+    }
+    (d, START + weeks * WEEK)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// A slice converting exactly at its baseline never builds evidence, whatever its size.
+    #[test]
+    fn a_slice_at_its_baseline_never_fires(n in 1u64..400, share in 0.01f64..0.99) {
+        let k = ((n as f64 * share) as u64).clamp(1, n.saturating_sub(1).max(1));
+        let (mut d, from) = warmed(DropParams::default(), k, n, 2);
+        for m in 0..WEEK {
+            prop_assert_eq!(d.observe(from + m, k, n), None);
+            prop_assert_eq!(d.evidence(), 0.0);
+        }
+    }
+
+    /// After a drop of the tuned size, the incident starts at the minute the reference
+    /// evidence crosses the threshold (give or take the one the baseline learned meanwhile).
+    #[test]
+    fn a_drop_fires_when_the_reference_evidence_crosses(n in 50u64..400, share in 0.5f64..0.95) {
+        let params = DropParams::default();
+        let k = (n as f64 * share) as u64;
+        let (mut d, from) = warmed(params, k, n, 2);
+        let p0 = k as f64 / n as f64;
+        let dropped = (k as f64 * (1.0 - params.relative_drop)).floor();
+        let per_minute = reference_llr(dropped, n as f64, p0, params.relative_drop);
+        prop_assert!(per_minute > 0.0);
+        let due = (params.threshold / per_minute).ceil() as i64;
+        let mut fired = None;
+        for m in 0..60 {
+            if let Some(Incident::Started { minute, observed, .. }) = d.observe(from + m, dropped as u64, n) {
+                fired = Some(minute - from + 1);
+                prop_assert!((observed - dropped / n as f64).abs() < 1e-9);
+                break;
+            }
+        }
+        let fired = fired.expect("the drop fires within the hour");
+        prop_assert!((fired - due).abs() <= 1, "fired after {} minutes, reference {}", fired, due);
+        // The bar: at 50 trials a minute and more, a 30 % drop is found within 10 minutes.
+        prop_assert!(fired <= 10, "{} minutes", fired);
+    }
+}
+
+/// The incident goes on while the rate stays low, and resolves once the evidence has been
+/// back at zero for `resolve_after_minutes`; the baseline did not learn the incident.
+#[test]
+fn an_incident_resolves_after_the_evidence_stays_at_zero() {
+    let params = DropParams::default();
+    let (mut d, from) = warmed(params, 70, 100, 2);
+    let mut t = from;
+    let mut events = Vec::new();
+    for _ in 0..30 {
+        events.push(d.observe(t, 40, 100));
+        t += 1;
+    }
+    assert!(matches!(
+        events.iter().flatten().next(),
+        Some(Incident::Started { .. })
+    ));
+    assert!(matches!(
+        events.last(),
+        Some(Some(Incident::Ongoing { .. }))
+    ));
+    // Back to normal: the evidence falls by the reference's amount a minute until zero.
+    let mut resolved_at = None;
+    for i in 0..200u32 {
+        let before = d.evidence();
+        let got = d.observe(t, 70, 100);
+        let reference = (before + reference_llr(70.0, 100.0, 0.7, params.relative_drop)).max(0.0);
+        assert!((d.evidence() - reference).abs() < 1e-9, "minute {i}");
+        if let Some(Incident::Resolved { .. }) = got {
+            resolved_at = Some(i);
+            break;
+        }
+        t += 1;
+    }
+    let zero_from = (30.0 * reference_llr(40.0, 100.0, 0.7, 0.3)
+        / -reference_llr(70.0, 100.0, 0.7, 0.3))
+    .ceil() as u32;
+    let resolved_at = resolved_at.expect("resolves");
+    assert!(
+        resolved_at.abs_diff(zero_from + params.resolve_after_minutes) <= 2,
+        "resolved at {resolved_at}, evidence at zero from about {zero_from}"
+    );
+    assert!(!d.firing());
+}
+
+/// Too little history in this hour of the week: the slice is not tested.
+#[test]
+fn a_small_slice_does_not_page() {
+    let (mut d, from) = warmed(DropParams::default(), 1, 2, 1);
+    for m in 0..WEEK {
+        assert_eq!(d.observe(from + m, 0, 2), None);
+    }
+}
+
+/// λ events a minute, then none: it fires at the minute the missed events reach the
+/// threshold (P(no event) = e^−Σλ), and resolves with the first event.
+#[test]
+fn a_silence_fires_when_chance_no_longer_explains_it() {
+    for rate in [1u64, 3, 20] {
+        let params = SilenceParams::default();
+        let mut s = Silence::new(params);
+        for m in 0..2 * WEEK {
+            assert_eq!(s.observe(START + m, rate), None);
+        }
+        let from = START + 2 * WEEK;
+        let due = (params.threshold / rate as f64).ceil() as i64;
+        let mut fired = None;
+        for m in 0..30 {
+            if let Some(Incident::Started { minute, .. }) = s.observe(from + m, 0) {
+                fired = Some(minute - from + 1);
+                break;
+            }
+        }
+        assert_eq!(fired, Some(due), "rate {rate}");
+        assert!(matches!(
+            s.observe(from + 40, 1),
+            Some(Incident::Resolved { .. })
+        ));
+    }
+    // A trickle (under one event a minute) is silent too often to page.
+    let mut s = Silence::new(SilenceParams::default());
+    for m in 0..2 * WEEK {
+        s.observe(START + m, u64::from(m % 3 == 0));
+    }
+    for m in 0..600 {
+        assert_eq!(s.observe(START + 2 * WEEK + m, 0), None);
+    }
+}
