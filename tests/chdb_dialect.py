@@ -113,7 +113,7 @@ def main():
             failures.append(f"after compaction rolling_metrics returned {rows!r}, expected 3 windows ending {expected_row}")
         # Every view runs on current ClickHouse too (the data above, or none).
         for view in ["funnel_rolling", "channel_flow", "journey_paths", "step_funnel", "off_map_paths",
-                     "steps_minute_committed", "stage_funnel", "unmapped_touchpoints", "touchpoint_heat"]:
+                     "steps_minute_committed", "stage_funnel", "unmapped_touchpoints", "touchpoint_heat", "case_queue"]:
             try:
                 s.query(f"SELECT * FROM cx.{view}", "CSV")
             except Exception as e:  # noqa: BLE001

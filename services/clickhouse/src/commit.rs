@@ -17,8 +17,8 @@ use serde::Deserialize;
 
 use crate::journey_state;
 use crate::rows::{
-    AnswerRow, BatchRow, EntryRow, JourneyStepRow, MinuteRow, RefusedRow, StageRow, StateRow,
-    StepAttemptRow, StepMinuteRow, TouchpointRow,
+    AnswerRow, BatchRow, CaseRow, EntryRow, JourneyStepRow, MinuteRow, RefusedRow, StageRow,
+    StateRow, StepAttemptRow, StepMinuteRow, TouchpointRow,
 };
 use crate::{Context, Error, Result};
 
@@ -226,6 +226,14 @@ impl BatchCommitter {
                 .answers
                 .iter()
                 .map(|f| AnswerRow::new(map, f, partition)),
+        )
+        .await?;
+        self.insert_rows::<CaseRow<'_>>(
+            "cases",
+            batch
+                .answers
+                .iter()
+                .map(|f| CaseRow::new(map, f, partition)),
         )
         .await?;
         self.insert_rows::<MinuteRow>(

@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "several_journeys",
         sql: include_str!("../../../schemas/clickhouse/0008_several_journeys.sql"),
     },
+    Migration {
+        version: 9,
+        name: "cases",
+        sql: include_str!("../../../schemas/clickhouse/0009_cases.sql"),
+    },
 ];
 
 impl Migration {

@@ -57,6 +57,63 @@ pub struct AnswerRow<'a> {
     pub source_offset: i64,
 }
 
+/// The case of a respondent's slot (the answer that counts): `is_case` = 1 when it is a
+/// detractor's, with its owner and follow-up deadline by the map's `cases:` rules.
+#[derive(Debug, clickhouse::Row, Serialize)]
+pub struct CaseRow<'a> {
+    pub journey: &'a str,
+    pub customer_id: &'a str,
+    pub rated_key: &'a str,
+    /// Enum8: NPS = 1, CSAT = 2, CES = 3.
+    pub metric: i8,
+    pub response_id: &'a str,
+    pub answer_time: u32,
+    pub answer_time_ms: i64,
+    pub score: i8,
+    pub is_case: u8,
+    pub owner: &'a str,
+    pub due: u32,
+    pub due_ms: i64,
+    pub stage: &'a str,
+    pub touchpoint: &'a str,
+    pub channel: &'a str,
+    pub segment: &'a str,
+    pub touchpoint_event_id: &'a str,
+    pub comment: &'a str,
+    pub source_partition: u16,
+    pub source_offset: i64,
+}
+
+impl<'a> CaseRow<'a> {
+    pub fn new(map: &'a JourneyMap, f: &'a AnswerFact, partition: u16) -> Self {
+        let answer = AnswerRow::new(map, f, partition);
+        let rules = &map.cases;
+        let due_ms = f.answer.answer_time.saturating_add(rules.follow_up_ms);
+        CaseRow {
+            journey: answer.journey,
+            customer_id: answer.customer_id,
+            rated_key: answer.rated_key,
+            metric: answer.metric,
+            response_id: answer.response_id,
+            answer_time: answer.answer_time,
+            answer_time_ms: answer.answer_time_ms,
+            score: answer.score,
+            is_case: u8::from(rules.is_detractor(f.answer.metric, f.answer.score)),
+            owner: rules.owner(f.context.as_ref()),
+            due: secs(due_ms),
+            due_ms,
+            stage: answer.stage,
+            touchpoint: answer.touchpoint,
+            channel: answer.channel,
+            segment: answer.segment,
+            touchpoint_event_id: answer.touchpoint_event_id,
+            comment: answer.comment,
+            source_partition: partition,
+            source_offset: f.source_offset,
+        }
+    }
+}
+
 #[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MinuteRow {
     pub minute: u32,

@@ -76,6 +76,8 @@ pub struct JourneyMap {
     touchpoint_index: Index<TouchpointIdx>,
     channel_index: Index<ChannelIdx>,
     stage_index: Index<StageIdx>,
+    /// Who is a detractor, who owns their cases, and how soon to follow up.
+    pub cases: crate::cases::CaseRules,
     /// Stages only the other maps running beside this one declare (see [`JourneyMaps`]).
     stages_elsewhere: Vec<String>,
 }
@@ -108,6 +110,8 @@ struct RawMap {
     touchpoints: Vec<RawTouchpoint>,
     #[serde(default)]
     steps: Vec<RawStep>,
+    #[serde(default)]
+    cases: Option<crate::cases::RawCases>,
 }
 
 #[derive(Deserialize)]
@@ -290,7 +294,22 @@ impl JourneyMap {
                 ));
             }
         }
+        let cases = match &raw.cases {
+            Some(c) => parse_cases(
+                c,
+                &Names {
+                    stages: &stage_index,
+                    channels: &channel_index,
+                    touchpoints: &touchpoint_index,
+                    segments: &segment_index,
+                },
+                text,
+            )
+            .map_err(|(line, m)| err(line, m))?,
+            None => crate::cases::CaseRules::default(),
+        };
         Ok(JourneyMap {
+            cases,
             name: raw.journey,
             stages,
             steps,
@@ -576,6 +595,84 @@ pub fn format_duration_ms(ms: i64) -> String {
     )
 }
 
+/// The map's names, to resolve the names rules give.
+struct Names<'a> {
+    stages: &'a Index<StageIdx>,
+    channels: &'a Index<ChannelIdx>,
+    touchpoints: &'a Index<TouchpointIdx>,
+    segments: &'a Index<SegmentIdx>,
+}
+
+fn parse_cases(
+    raw: &crate::cases::RawCases,
+    names: &Names<'_>,
+    text: &str,
+) -> Result<crate::cases::CaseRules, (Option<usize>, String)> {
+    let mut rules = crate::cases::CaseRules::default();
+    if let Some(t) = &raw.detractor_at_most {
+        for (metric, value, range, slot) in [
+            ("nps", t.nps, 0..=10, &mut rules.nps_at_most),
+            ("csat", t.csat, 1..=5, &mut rules.csat_at_most),
+            ("ces", t.ces, 1..=7, &mut rules.ces_at_most),
+        ] {
+            let Some(v) = value else { continue };
+            if !range.contains(&v) {
+                return Err((
+                    find_line(text, "detractor_at_most"),
+                    format!(
+                        "cases: detractor_at_most {metric} {v} is not a {metric} score ({}..={})",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+            }
+            *slot = v;
+        }
+    }
+    if let Some(f) = &raw.follow_up {
+        rules.follow_up_ms = parse_duration_ms(f).map_err(|m| {
+            (
+                find_line(text, "follow_up:"),
+                format!("cases: follow_up: {m}"),
+            )
+        })?;
+    }
+    if let Some(d) = &raw.default_owner {
+        rules.default_owner = d.clone();
+    }
+    for o in &raw.owners {
+        let line = find_line(text, &format!("owner: {}", o.owner));
+        rules.owners.push(crate::cases::OwnerRule {
+            stage: resolve(o, line, "stage", &o.stage, names.stages)?,
+            channel: resolve(o, line, "channel", &o.channel, names.channels)?,
+            touchpoint: resolve(o, line, "touchpoint", &o.touchpoint, names.touchpoints)?,
+            segment: resolve(o, line, "segment", &o.segment, names.segments)?,
+            owner: o.owner.clone(),
+        });
+    }
+    Ok(rules)
+}
+
+/// The index of the `what` an owner rule names, if it names one.
+fn resolve<T: Copy>(
+    rule: &crate::cases::RawOwner,
+    line: Option<usize>,
+    what: &str,
+    name: &Option<String>,
+    index: &Index<T>,
+) -> Result<Option<T>, (Option<usize>, String)> {
+    let Some(n) = name else { return Ok(None) };
+    index.get(n).copied().map(Some).ok_or_else(|| {
+        (
+            line,
+            format!(
+                "cases: the rule for owner `{}` names {what} `{n}`, which the map does not declare",
+                rule.owner
+            ),
+        )
+    })
+}
+
 fn find_line(text: &str, needle: &str) -> Option<usize> {
     find_nth_line(text, needle, 1)
 }
@@ -631,6 +728,39 @@ touchpoints:
             "{s}"
         );
         assert!(s.contains("awareness, conversion"));
+    }
+
+    #[test]
+    fn case_rules_name_what_the_map_declares() {
+        let with =
+            |cases: &str| JourneyMap::from_yaml("shop.yaml", &format!("{MAP}cases:\n{cases}"));
+        let m = with("  follow_up: 2d\n  owners:\n    - {stage: conversion, channel: app, owner: team-a}\n  default_owner: team-z\n").unwrap();
+        assert_eq!(m.cases.follow_up_ms, 2 * 86_400_000);
+        assert_eq!(
+            (m.cases.owners[0].stage, m.cases.owners[0].channel),
+            (Some(1), Some(1))
+        );
+        assert_eq!(m.cases.default_owner, "team-z");
+        let e = with("  owners:\n    - {stage: checkout, owner: team-a}\n").unwrap_err();
+        // MAP's 17 lines, `cases:`, `owners:`, then the rule.
+        assert_eq!(e.line, Some(20));
+        assert!(
+            e.message
+                .contains("names stage `checkout`, which the map does not declare"),
+            "{e}"
+        );
+        let e = with("  detractor_at_most: {nps: 11}\n").unwrap_err();
+        assert!(
+            e.message.contains("nps 11 is not a nps score (0..=10)"),
+            "{e}"
+        );
+        assert_eq!(
+            JourneyMap::from_yaml("shop.yaml", MAP)
+                .unwrap()
+                .cases
+                .nps_at_most,
+            6
+        );
     }
 
     #[test]

@@ -395,55 +395,8 @@ fn independent(
     tps: &[TouchpointEvent],
     answers: &[SurveyAnswer],
 ) -> BTreeMap<String, StageScores> {
-    let mut by_customer: HashMap<&str, Vec<&TouchpointEvent>> = HashMap::new();
-    let mut seen = HashSet::new();
-    for t in tps {
-        if seen.insert(t.event_id.as_str()) {
-            by_customer
-                .entry(t.customer_id.as_deref().unwrap())
-                .or_default()
-                .push(t);
-        }
-    }
-    // (customer, event id) → (time, stage name)
-    let mut stage_at: HashMap<(&str, &str), (i64, String)> = HashMap::new();
-    let mut timeline: HashMap<&str, Vec<(i64, String)>> = HashMap::new();
-    for (c, list) in &mut by_customer {
-        list.sort_by_key(|t| (t.event_time, fnv1a(&t.event_id)));
-        for (t, (_, stage, _)) in list.iter().zip(placed(map, list)) {
-            let name = stage.map_or("none", |s| map.stage_name(s)).to_string();
-            stage_at.insert((c, t.event_id.as_str()), (t.event_time, name.clone()));
-            timeline.entry(c).or_default().push((t.event_time, name));
-        }
-    }
-    let mut latest: HashMap<(String, String, Metric), &SurveyAnswer> = HashMap::new();
-    let mut unnamed: Vec<&SurveyAnswer> = Vec::new();
-    for a in answers.iter().filter(|a| a.metric.is_valid(a.score)) {
-        match &a.touchpoint_event_id {
-            Some(id) => {
-                let k = (a.customer_id.clone().unwrap(), id.clone(), a.metric);
-                if latest.get(&k).is_none_or(|b| b.answer_time < a.answer_time) {
-                    latest.insert(k, a);
-                }
-            }
-            None => unnamed.push(a),
-        }
-    }
     let mut out: BTreeMap<String, StageScores> = BTreeMap::new();
-    let counted = latest
-        .into_iter()
-        .map(|((c, id, _), a)| (a, Some((c, id))))
-        .chain(unnamed.into_iter().map(|a| (a, None)));
-    for (a, named) in counted {
-        let c = a.customer_id.as_deref().unwrap();
-        let stage = match named {
-            Some((_, id)) => stage_at.get(&(c, id.as_str())).map(|(_, s)| s.clone()),
-            None => timeline
-                .get(c)
-                .and_then(|tl| tl.iter().rev().find(|(t, _)| *t <= a.answer_time))
-                .map(|(_, s)| s.clone()),
-        }
-        .unwrap_or_else(|| "none".into());
+    for (a, stage, _) in attributed(map, tps, answers) {
         let e = out.entry(stage).or_default();
         match a.metric {
             Metric::Nps if a.score >= 9 => e.promoters += 1,
@@ -463,6 +416,111 @@ fn independent(
     }
     out.retain(|_, v| *v != StageScores::default());
     out
+}
+
+/// Detractors' cases per owner by the map's `cases:` rules, applied here to each counting
+/// answer's attributed stage and channel: the first rule whose stage and channel match.
+fn independent_cases(
+    map: &JourneyMap,
+    tps: &[TouchpointEvent],
+    answers: &[SurveyAnswer],
+) -> BTreeMap<String, i64> {
+    let rules = &map.cases;
+    assert!(
+        rules
+            .owners
+            .iter()
+            .all(|r| r.touchpoint.is_none() && r.segment.is_none()),
+        "this computation routes by stage and channel only"
+    );
+    let mut out = BTreeMap::new();
+    for (a, stage, channel) in attributed(map, tps, answers) {
+        let at_most = match a.metric {
+            Metric::Nps => rules.nps_at_most,
+            Metric::Csat => rules.csat_at_most,
+            Metric::Ces => rules.ces_at_most,
+        };
+        if a.score > at_most {
+            continue;
+        }
+        let owner = rules
+            .owners
+            .iter()
+            .find(|r| {
+                r.stage.is_none_or(|s| map.stage_name(s) == stage)
+                    && r.channel
+                        .is_none_or(|c| channel.as_deref() == Some(map.channel_name(c)))
+            })
+            .map_or(rules.default_owner.clone(), |r| r.owner.clone());
+        *out.entry(owner).or_default() += 1;
+    }
+    out
+}
+
+/// Each answer that counts (the latest of its respondent's slot) with the stage and channel
+/// of the touchpoint it is attributed to (stage `none` and no channel when there is none).
+fn attributed<'a>(
+    map: &JourneyMap,
+    tps: &[TouchpointEvent],
+    answers: &'a [SurveyAnswer],
+) -> Vec<(&'a SurveyAnswer, String, Option<String>)> {
+    let mut by_customer: HashMap<&str, Vec<&TouchpointEvent>> = HashMap::new();
+    let mut seen = HashSet::new();
+    for t in tps {
+        if seen.insert(t.event_id.as_str()) {
+            by_customer
+                .entry(t.customer_id.as_deref().unwrap())
+                .or_default()
+                .push(t);
+        }
+    }
+    // (customer, event id) → (stage name, channel)
+    let mut placed_at: HashMap<(&str, &str), (String, String)> = HashMap::new();
+    let mut timeline: HashMap<&str, Vec<(i64, String, String)>> = HashMap::new();
+    for (c, list) in &mut by_customer {
+        list.sort_by_key(|t| (t.event_time, fnv1a(&t.event_id)));
+        for (t, (_, stage, _)) in list.iter().zip(placed(map, list)) {
+            let name = stage.map_or("none", |s| map.stage_name(s)).to_string();
+            placed_at.insert((c, t.event_id.as_str()), (name.clone(), t.channel.clone()));
+            timeline
+                .entry(c)
+                .or_default()
+                .push((t.event_time, name, t.channel.clone()));
+        }
+    }
+    let mut latest: HashMap<(String, String, Metric), &SurveyAnswer> = HashMap::new();
+    let mut unnamed: Vec<&SurveyAnswer> = Vec::new();
+    for a in answers.iter().filter(|a| a.metric.is_valid(a.score)) {
+        match &a.touchpoint_event_id {
+            Some(id) => {
+                let k = (a.customer_id.clone().unwrap(), id.clone(), a.metric);
+                if latest.get(&k).is_none_or(|b| b.answer_time < a.answer_time) {
+                    latest.insert(k, a);
+                }
+            }
+            None => unnamed.push(a),
+        }
+    }
+    let counted = latest
+        .into_iter()
+        .map(|((c, id, _), a)| (a, Some((c, id))))
+        .chain(unnamed.into_iter().map(|a| (a, None)));
+    counted
+        .map(|(a, named)| {
+            let c = a.customer_id.as_deref().unwrap();
+            let context = match named {
+                Some((_, id)) => placed_at.get(&(c, id.as_str())).cloned(),
+                None => timeline
+                    .get(c)
+                    .and_then(|tl| tl.iter().rev().find(|(t, _, _)| *t <= a.answer_time))
+                    .map(|(_, s, ch)| (s.clone(), ch.clone())),
+            };
+            match context {
+                Some((stage, channel)) => (a, stage, Some(channel)),
+                None => (a, "none".into(), None),
+            }
+        })
+        .collect()
 }
 
 fn clickhouse_stage_scores(s: &Stack) -> BTreeMap<String, StageScores> {
@@ -521,6 +579,10 @@ fn counts_equal_ground_truth_and_an_independent_computation() {
     let expected = independent(&map, &tps, &answers);
     let actual = clickhouse_stage_scores(&s);
     assert_eq!(actual, expected);
+    // Every detractor answer that counts is one case, with the owner its rules give.
+    let expected_cases = independent_cases(&map, &tps, &answers);
+    assert!(expected_cases.len() >= 3, "{expected_cases:?}");
+    assert_eq!(cases_by_owner(&s), expected_cases);
     assert_funnel_is_independent(&s, &map);
     for (stage, e) in &expected {
         let n = e.promoters + e.passives + e.detractors;
@@ -567,6 +629,18 @@ fn counts_equal_ground_truth_and_an_independent_computation() {
     replay.ok(&["journey", "--until-caught-up"]);
     assert_cells_equal(&s.truth(), &replay.cells());
     assert_cells_equal(&s.step_truth(), &replay.step_cells());
+    assert_eq!(cases_by_owner(&replay), expected_cases);
+}
+
+/// Detractors' cases in ClickHouse (the respondent's answer that counts), per owner.
+fn cases_by_owner(s: &Stack) -> BTreeMap<String, i64> {
+    s.query(&format!(
+        "SELECT owner, toInt64(count()) FROM {}.cases FINAL WHERE is_case = 1 GROUP BY owner",
+        s.database()
+    ))
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+    .collect()
 }
 
 /// Stage entries, conversions, drop-offs, open entries and every time to convert equal an
@@ -1029,6 +1103,22 @@ fn sigterm_then_sigkill_mid_run(s: &Stack, simulate: impl FnOnce(&Stack)) {
         ));
         let distinct_events = s.truth_of(j).values().map(|v| v[10]).sum::<i64>();
         assert_eq!(facts, distinct_events, "{j}");
+        // One case row per counting answer, a case exactly for the detractors', after
+        // every kill and replay; NPS detractors as many as the ground truth has.
+        let db = s.database();
+        let answers = s.scalar(&format!(
+            "SELECT toInt64(count()) FROM (SELECT * FROM {db}.survey_answers FINAL WHERE journey = '{j}')"
+        ));
+        let case_rows = s.scalar(&format!(
+            "SELECT toInt64(count()) FROM (SELECT * FROM {db}.cases FINAL WHERE journey = '{j}')"
+        ));
+        assert_eq!(case_rows, answers, "{j}");
+        let nps_cases = s.scalar(&format!(
+            "SELECT toInt64(count()) FROM {db}.cases FINAL \
+             WHERE journey = '{j}' AND is_case = 1 AND metric = 'NPS'"
+        ));
+        let nps_detractors = s.truth_of(j).values().map(|v| v[2]).sum::<i64>();
+        assert_eq!(nps_cases, nps_detractors, "{j}");
     }
     assert_compacted(s);
 }
@@ -1307,4 +1397,58 @@ fn the_html_report_renders_in_a_browser_with_the_funnel_views_figures() {
             );
         }
     }
+}
+
+/// ClickHouse unreachable: the service stays alive (`/healthz` 200), says it is not ready
+/// (`/readyz` 503) while it retries, and commits nothing.
+#[test]
+fn without_clickhouse_the_service_is_alive_but_not_ready() {
+    use std::io::{BufRead, Read, Write};
+    let s = Stack::new("notready");
+    s.simulate(50, 0.1, 0);
+    let mut child = s
+        .command(&["journey"])
+        .env("CXSTREAM_CLICKHOUSE_URL", "http://127.0.0.1:1")
+        .env("CXSTREAM_LOG_LEVEL", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("addr=").nth(1) {
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the service says where it listens");
+    let status = |path: &str| -> String {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out.lines().next().unwrap_or("").to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !status("/readyz").contains("503") {
+        assert!(Instant::now() < deadline, "still ready without ClickHouse");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(status("/healthz").contains("200"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        s.scalar(&format!(
+            "SELECT toInt64(count()) FROM {}.ingest_batches",
+            s.database()
+        )),
+        0
+    );
 }

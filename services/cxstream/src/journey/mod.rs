@@ -40,6 +40,7 @@ fn subscribe(
     cfg: &Config,
     committers: &[Arc<BatchCommitter>],
     shutdown: &Arc<AtomicBool>,
+    health: &Health,
     rt: &tokio::runtime::Handle,
 ) -> Result<ConsumerHandle> {
     let ctx = JourneyContext {
@@ -50,6 +51,7 @@ fn subscribe(
         changes: Mutex::new(Vec::new()),
         changed: AtomicBool::new(false),
         shutdown: shutdown.clone(),
+        health: health.clone(),
         high_watermarks: Mutex::new(Default::default()),
     };
     let mut consumer_config = cfg.kafka.consumer_config(&cfg.journey.group_id);
@@ -113,7 +115,7 @@ impl JourneyService {
                 ))
             })
             .collect();
-        let consumer = subscribe(&cfg, &committers, &shutdown, &rt)?;
+        let consumer = subscribe(&cfg, &committers, &shutdown, &health, &rt)?;
         let dlq: ThreadedProducer<DeadLetterDelivery> = cfg
             .kafka
             .producer_config()
@@ -163,6 +165,10 @@ impl JourneyService {
                 Some(Ok(msg)) => {
                     since_flush += 1;
                     inner.on_message(&msg);
+                    // Records arrive: the brokers answer again.
+                    if !inner.health.is_ready() {
+                        inner.health.set_ready(true);
+                    }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
@@ -178,8 +184,13 @@ impl JourneyService {
                         "no partitions assigned; rejoining the group"
                     );
                     drop(consumer);
-                    consumer =
-                        subscribe(&inner.cfg, &inner.committers, &inner.shutdown, &inner.rt)?;
+                    consumer = subscribe(
+                        &inner.cfg,
+                        &inner.committers,
+                        &inner.shutdown,
+                        &inner.health,
+                        &inner.rt,
+                    )?;
                     unassigned_since = Some(Instant::now());
                 }
             } else {
@@ -586,8 +597,13 @@ impl Inner {
                 committer.commit(p as u16, seq, batch, end).await
             };
             match self.rt.block_on(attempt) {
-                Ok(()) => return true,
+                Ok(()) => {
+                    self.health.set_ready(true);
+                    return true;
+                }
                 Err(e) => {
+                    // Not ready while ClickHouse is away or refuses: nothing is committed.
+                    self.health.set_ready(false);
                     self.metrics.commit_errors.inc();
                     if self.shutdown.load(Ordering::Relaxed) {
                         tracing::warn!(partition = p, seq, error = %e, "giving up on the batch at shutdown; it will be replayed");

@@ -29,6 +29,8 @@ pub struct JourneyContext {
     pub changes: Mutex<Vec<Change>>,
     pub changed: AtomicBool,
     pub shutdown: Arc<AtomicBool>,
+    /// Not ready while ClickHouse cannot be read or no broker answers.
+    pub health: cxstream_http::Health,
     /// High watermarks from librdkafka's statistics (fed by fetch responses), so knowing
     /// whether a partition is read to its end costs no request to the broker.
     pub high_watermarks: Mutex<HashMap<(String, i32), i64>>,
@@ -56,6 +58,9 @@ impl ClientContext for JourneyContext {
         if !eof {
             tracing::error!(error = %error, reason, "kafka client error");
         }
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set_ready(false);
+        }
     }
 }
 
@@ -75,6 +80,7 @@ impl JourneyContext {
             match self.rt.block_on(committer.resume(partition as u16)) {
                 Ok(r) => return Some(r),
                 Err(e) => {
+                    self.health.set_ready(false);
                     tracing::warn!(partition, journey = committer.journey(), error = %e, "cannot read resume point; retrying");
                     if self.shutdown.load(Ordering::Relaxed) {
                         return None;

@@ -124,6 +124,15 @@ pub struct HeatLine {
     pub detractors: i64,
 }
 
+/// Detractors' cases of one owner, by status.
+#[derive(Debug, clickhouse::Row, Deserialize)]
+pub struct CaseLine {
+    pub owner: String,
+    pub open: u64,
+    pub overdue: u64,
+    pub closed: u64,
+}
+
 /// Everything the reports show of one journey map.
 pub struct Journey {
     pub name: String,
@@ -133,6 +142,7 @@ pub struct Journey {
     pub stages: Vec<StageLine>,
     pub stage_funnel: Vec<FunnelRow>,
     pub step_funnel: Vec<FunnelRow>,
+    pub cases: Vec<CaseLine>,
 }
 
 pub async fn journey(client: &Client, map: &JourneyMap) -> Result<Journey> {
@@ -163,6 +173,15 @@ pub async fn journey(client: &Client, map: &JourneyMap) -> Result<Journey> {
         answers,
         stage_funnel: stage_funnel(client, map, &stages).await?,
         step_funnel: step_funnel(client, map).await?,
+        cases: fetch::<CaseLine>(
+            client,
+            name,
+            "SELECT owner, countIf(status = 'open') AS open, countIf(status = 'overdue') AS overdue, \
+                    countIf(status = 'closed') AS closed \
+             FROM case_queue WHERE journey = ? GROUP BY owner ORDER BY owner",
+            "the case queue",
+        )
+        .await?,
         stages,
     })
 }

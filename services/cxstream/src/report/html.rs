@@ -66,6 +66,19 @@ async fn journey(client: &Client, map: &JourneyMap) -> Result<Markup> {
             }
             (funnel_table("stage", "entered", &j.stage_funnel))
             @if !j.step_funnel.is_empty() { (funnel_table("step", "started", &j.step_funnel)) }
+            h3 { "Detractors' cases" }
+            p.note {
+                "Every detractor's answer that counts is a case for its owner; overdue: its "
+                "follow-up deadline is behind the committed watermark without a closure."
+            }
+            table.cases {
+                thead { tr { th { "owner" } th { "open" } th { "overdue" } th { "closed" } } }
+                tbody { @for c in &j.cases {
+                    tr data-owner=(c.owner) {
+                        td { (c.owner) } td.n { (c.open) } td.n { (c.overdue) } td.n { (c.closed) }
+                    }
+                } }
+            }
             h3 { "Scores by day, with 95 % intervals" }
             div.charts { (trends(&days)?) }
             h3 { "Touchpoint × stage heat map" }

@@ -61,6 +61,18 @@ fn journey(j: &figures::Journey) -> String {
     if !j.step_funnel.is_empty() {
         out.push_str(&funnel("step", "started", &j.step_funnel));
     }
+    if !j.cases.is_empty() {
+        out.push_str(&format!(
+            "\n  {:<26} {:>8} {:>9} {:>8}\n",
+            "detractor cases by owner", "open", "overdue", "closed"
+        ));
+        for c in &j.cases {
+            out.push_str(&format!(
+                "  {:<26} {:>8} {:>9} {:>8}\n",
+                c.owner, c.open, c.overdue, c.closed
+            ));
+        }
+    }
     out
 }
 
