@@ -729,6 +729,53 @@ ORDER BY time, touchpoint""", timeseries=True)], decimals=0, interval="1h", bars
     return b
 
 
+# --- Alerts and cases ----------------------------------------------------------------------
+
+
+OWNER = query_var("owner", "Owner", """
+SELECT DISTINCT owner FROM cx.cases FINAL
+WHERE is_case = 1 AND journey = ${journey:singlequote}
+ORDER BY owner""")
+
+
+def alerts_and_cases():
+    b = Board("cxstream-alerts-and-cases", "cxstream / Alerts and cases",
+              "The closed loop: every detractor's answer that counts is a case for an owner, with its journey "
+              "context and a follow-up deadline (README § closed-loop cases). Ranges are of the answers' times.",
+              [JOURNEY, OWNER])
+    queue = f"""cx.case_queue
+WHERE $__timeFilter(answer_time)
+  AND journey = ${{journey:singlequote}}
+  AND owner IN (${{owner:singlequote}})"""
+    b.row("The case queue")
+    for status, color in [("open", "blue"), ("overdue", "red"), ("closed", "green")]:
+        b.add(stat(f"{status.capitalize()} cases", f"Cases {status} among the answers of the range "
+                   "(overdue: the deadline is behind the journey's committed watermark, in event time).",
+                   [ch(f"SELECT toInt64(countIf(status = '{status}')) AS cases FROM {queue}")], decimals=0,
+                   overrides=[override("cases", color={"mode": "fixed", "fixedColor": color})]), 8, 4)
+    b.add(table("Cases by owner and status", "Per owner: open, overdue and closed cases.", [ch(f"""
+SELECT owner, status, toInt64(count()) AS cases
+FROM {queue}
+GROUP BY owner, status
+ORDER BY owner, status""")], decimals=0, heat=True, transformations=[matrix("owner", "status", "cases")]),
+          10, 9)
+    b.add(timeseries("Cases opened per interval by owner", "Detractors' answers per interval, by the owner "
+                     "their case goes to.", [ch(f"""
+SELECT toDateTime(intDiv(toUInt32(answer_time), $__interval_s) * $__interval_s) AS time, owner,
+       toInt64(count()) AS cases
+FROM {queue}
+GROUP BY time, owner
+ORDER BY time, owner""", timeseries=True)], decimals=0, interval="1h", bars=True, stack=True), 14, 9)
+    b.add(table("Overdue cases, most overdue first", "What to call back first: the case's owner and "
+                "deadline, the journey context the answer was given in, and the customer's comment.", [ch(f"""
+SELECT due, owner, customer_id, metric, score, stage, touchpoint, channel, segment, comment
+FROM {queue}
+  AND status = 'overdue'
+ORDER BY due, customer_id
+LIMIT 500""")], decimals=0), 24, 10)
+    return b
+
+
 # --- Pipeline health (Prometheus) ---------------------------------------------------------
 
 
@@ -822,6 +869,7 @@ BOARDS = {
     "journey-funnel.json": journey_funnel,
     "touchpoint-heatmap.json": touchpoint_heatmap,
     "pipeline-health.json": pipeline_health,
+    "alerts-and-cases.json": alerts_and_cases,
 }
 
 
