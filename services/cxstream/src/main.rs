@@ -233,6 +233,31 @@ fn print_map(map: &JourneyMap) {
             names(&s.to)
         );
     }
+    let c = &map.cases;
+    println!(
+        "  cases: NPS <= {}, CSAT <= {}, CES <= {}; follow up within {}; owner {} unless:",
+        c.nps_at_most,
+        c.csat_at_most,
+        c.ces_at_most,
+        format_duration_ms(c.follow_up_ms),
+        c.default_owner
+    );
+    for r in &c.owners {
+        let mut when = Vec::new();
+        if let Some(s) = r.stage {
+            when.push(format!("stage {}", map.stage_name(s)));
+        }
+        if let Some(ch) = r.channel {
+            when.push(format!("channel {}", map.channel_name(ch)));
+        }
+        if let Some(t) = r.touchpoint {
+            when.push(format!("touchpoint {}", map.touchpoint_name(t)));
+        }
+        if let Some(s) = r.segment {
+            when.push(format!("segment {}", map.segment_name(s)));
+        }
+        println!("    {} -> {}", when.join(", "), r.owner);
+    }
 }
 
 fn run_journey(cfg: Config, opts: journey::RunOptions) -> Result<()> {
