@@ -1,8 +1,10 @@
 -- Several journey maps measured at once (journey.maps): every map writes its own facts of
 -- the same events (its stage, entry, journey and off-map flag), so each fact table's key
 -- begins with the journey. A ReplacingMergeTree's key cannot change in place: each table
--- is copied into one keyed by journey and swapped in. Every statement can run again after
--- a crash anywhere: the copy is always rebuilt from the table in place.
+-- is copied into one keyed by journey and swapped in; rows that reached the old table
+-- between the copy and the swap are copied after it (`cxstream migrate` also refuses to run
+-- while journey services commit). Every statement can run again after a crash anywhere:
+-- the copy is always rebuilt from the table in place.
 
 DROP TABLE IF EXISTS {db}.touchpoints_by_journey;
 CREATE TABLE {db}.touchpoints_by_journey AS {db}.touchpoints
@@ -13,6 +15,8 @@ INSERT INTO {db}.touchpoints_by_journey SELECT * FROM {db}.touchpoints;
 DROP TABLE IF EXISTS {db}.touchpoints_before_journeys;
 RENAME TABLE {db}.touchpoints TO {db}.touchpoints_before_journeys,
              {db}.touchpoints_by_journey TO {db}.touchpoints;
+INSERT INTO {db}.touchpoints SELECT * FROM {db}.touchpoints_before_journeys
+WHERE (journey, customer_id, event_id) NOT IN (SELECT journey, customer_id, event_id FROM {db}.touchpoints);
 DROP TABLE IF EXISTS {db}.touchpoints_before_journeys;
 
 DROP TABLE IF EXISTS {db}.survey_answers_by_journey;
@@ -23,6 +27,8 @@ INSERT INTO {db}.survey_answers_by_journey SELECT * FROM {db}.survey_answers;
 DROP TABLE IF EXISTS {db}.survey_answers_before_journeys;
 RENAME TABLE {db}.survey_answers TO {db}.survey_answers_before_journeys,
              {db}.survey_answers_by_journey TO {db}.survey_answers;
+INSERT INTO {db}.survey_answers SELECT * FROM {db}.survey_answers_before_journeys
+WHERE (journey, customer_id, rated_key, metric) NOT IN (SELECT journey, customer_id, rated_key, metric FROM {db}.survey_answers);
 DROP TABLE IF EXISTS {db}.survey_answers_before_journeys;
 
 DROP TABLE IF EXISTS {db}.stage_entries_by_journey;
@@ -34,6 +40,8 @@ INSERT INTO {db}.stage_entries_by_journey SELECT * FROM {db}.stage_entries;
 DROP TABLE IF EXISTS {db}.stage_entries_before_journeys;
 RENAME TABLE {db}.stage_entries TO {db}.stage_entries_before_journeys,
              {db}.stage_entries_by_journey TO {db}.stage_entries;
+INSERT INTO {db}.stage_entries SELECT * FROM {db}.stage_entries_before_journeys
+WHERE (journey, customer_id, event_id) NOT IN (SELECT journey, customer_id, event_id FROM {db}.stage_entries);
 DROP TABLE IF EXISTS {db}.stage_entries_before_journeys;
 
 DROP TABLE IF EXISTS {db}.step_attempts_by_journey;
@@ -45,6 +53,8 @@ INSERT INTO {db}.step_attempts_by_journey SELECT * FROM {db}.step_attempts;
 DROP TABLE IF EXISTS {db}.step_attempts_before_journeys;
 RENAME TABLE {db}.step_attempts TO {db}.step_attempts_before_journeys,
              {db}.step_attempts_by_journey TO {db}.step_attempts;
+INSERT INTO {db}.step_attempts SELECT * FROM {db}.step_attempts_before_journeys
+WHERE (journey, customer_id, step, start_event_id) NOT IN (SELECT journey, customer_id, step, start_event_id FROM {db}.step_attempts);
 DROP TABLE IF EXISTS {db}.step_attempts_before_journeys;
 
 -- Touchpoints outside every journey map running (each map's facts flag what it does not

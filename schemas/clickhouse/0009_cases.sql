@@ -28,19 +28,21 @@ ENGINE = ReplacingMergeTree(answer_time_ms)
 ORDER BY (journey, customer_id, rated_key, metric);
 
 -- Follow-ups done, written by the people or tools that close cases (one row per closing;
--- the latest counts).
+-- the latest counts). A closure is the answer's (response_id): if the respondent answers
+-- again as a detractor, the slot's new answer is a new, open case.
 CREATE TABLE IF NOT EXISTS {db}.case_closures
 (
     journey String,
     customer_id String,
     rated_key String,
     metric Enum8('NPS' = 1, 'CSAT' = 2, 'CES' = 3),
+    response_id String,
     closed_at DateTime,
     closed_by String,
     note String
 )
 ENGINE = MergeTree
-ORDER BY (journey, customer_id, rated_key, metric);
+ORDER BY (journey, customer_id, rated_key, metric, response_id);
 
 -- The case queue: every case with its status — closed (a closure exists), overdue (its
 -- deadline is behind the journey's committed watermark, in event time, so a replayed month
@@ -61,10 +63,10 @@ FROM
     ) AS open_cases
     ANY LEFT JOIN
     (
-        SELECT journey, customer_id, rated_key, metric, max(closed_at) AS closed_at
+        SELECT journey, customer_id, rated_key, metric, response_id, max(closed_at) AS closed_at
         FROM {db}.case_closures
-        GROUP BY journey, customer_id, rated_key, metric
-    ) AS closures USING (journey, customer_id, rated_key, metric)
+        GROUP BY journey, customer_id, rated_key, metric, response_id
+    ) AS closures USING (journey, customer_id, rated_key, metric, response_id)
 ) AS with_closures
 ANY LEFT JOIN
 (

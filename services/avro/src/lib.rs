@@ -331,8 +331,9 @@ impl RecordType {
 /// Avro's resolution compares types, not logical types (apache-avro's check passes a
 /// `uuid` string or a `timestamp-micros` long where cxstream reads a plain string or
 /// `timestamp-millis`, then fails on every record). A logical type over the same bytes
-/// that cxstream reads as the plain type is dropped from the writer; one that means other
-/// units than cxstream's is refused here, once.
+/// that cxstream reads as the plain type is dropped from the writer, wherever it sits (a
+/// field, a union branch, a map's values, an array's items, a nested record's fields); one
+/// that means other units than cxstream's is refused here, once.
 fn align_logical_types(
     mut writer: serde_json::Value,
     record: RecordType,
@@ -342,58 +343,91 @@ fn align_logical_types(
         .find(|k| k.record == record)
         .ok_or_else(|| format!("no schema for {record:?}"))?
         .json;
-    let reader_fields = reader["fields"].as_array().cloned().unwrap_or_default();
-    let Some(fields) = writer.get_mut("fields").and_then(|f| f.as_array_mut()) else {
-        return Ok(writer);
-    };
-    for field in fields {
-        let Some(name) = field
-            .get("name")
-            .and_then(|n| n.as_str())
-            .map(str::to_string)
-        else {
-            continue;
-        };
-        let Some(ours) = reader_fields.iter().find(|f| f["name"] == name.as_str()) else {
-            continue;
-        };
-        let theirs = logical_type(&field["type"]);
-        let wanted = logical_type(&ours["type"]);
-        match (theirs, wanted) {
-            (Some(_), None) => strip_logical_type(&mut field["type"]),
-            (Some(t), Some(w)) if t != w => {
-                return Err(format!(
-                    "field `{name}` is {t}, and cxstream reads it as {w}; the values would be \
-                     misread"
-                ))
-            }
-            _ => {}
-        }
-    }
+    align(&mut writer, reader, "")?;
     Ok(writer)
 }
 
-/// The logical type of a field's type, or of its one non-null union branch.
-fn logical_type(t: &serde_json::Value) -> Option<String> {
-    match t {
-        serde_json::Value::Object(o) => o.get("logicalType")?.as_str().map(str::to_string),
-        serde_json::Value::Array(branches) => {
+/// Aligns the writer's type `w` with the reader's `r` at `path` (for messages).
+fn align(w: &mut serde_json::Value, r: &serde_json::Value, path: &str) -> Result<(), String> {
+    use serde_json::Value;
+    // A union on either side: align each writer branch with the reader's branch of the
+    // same kind (the non-null one when there is a single one).
+    let r = match r {
+        Value::Array(branches) => {
             let mut non_null = branches.iter().filter(|b| *b != "null");
-            let only = non_null.next()?;
-            non_null.next().is_none().then(|| logical_type(only))?
+            match (non_null.next(), non_null.next()) {
+                (Some(only), None) => only,
+                _ => return Ok(()),
+            }
         }
-        _ => None,
+        r => r,
+    };
+    if let Value::Array(branches) = w {
+        for b in branches.iter_mut().filter(|b| *b != "null") {
+            align(b, r, path)?;
+        }
+        return Ok(());
     }
-}
-
-fn strip_logical_type(t: &mut serde_json::Value) {
-    match t {
-        serde_json::Value::Object(o) => {
-            o.remove("logicalType");
+    let theirs = w
+        .get("logicalType")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let wanted = r.get("logicalType").and_then(Value::as_str);
+    match (theirs.as_deref(), wanted) {
+        (Some(_), None) => {
+            if let Some(o) = w.as_object_mut() {
+                o.remove("logicalType");
+            }
         }
-        serde_json::Value::Array(branches) => branches.iter_mut().for_each(strip_logical_type),
+        (Some(t), Some(want)) if t != want => {
+            return Err(format!(
+                "`{path}` is {t}, and cxstream reads it as {want}; the values would be misread"
+            ))
+        }
         _ => {}
     }
+    let kind = w.get("type").and_then(Value::as_str).map(str::to_string);
+    match kind.as_deref() {
+        Some("map") => {
+            if let (Some(wv), Some(rv)) = (w.get_mut("values"), r.get("values")) {
+                align(wv, rv, &format!("{path}[values]"))?;
+            }
+        }
+        Some("array") => {
+            if let (Some(wi), Some(ri)) = (w.get_mut("items"), r.get("items")) {
+                align(wi, ri, &format!("{path}[items]"))?;
+            }
+        }
+        Some("record") => {
+            let ours = r
+                .get("fields")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if let Some(fields) = w.get_mut("fields").and_then(Value::as_array_mut) {
+                for f in fields {
+                    let name = f
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    let Some(o) = ours.iter().find(|o| o["name"] == name.as_str()) else {
+                        continue;
+                    };
+                    let field_path = if path.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{path}.{name}")
+                    };
+                    if let Some(t) = f.get_mut("type") {
+                        align(t, &o["type"], &field_path)?;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// The bytes of one datum, remembering whether a read ran out of them: apache-avro's value
@@ -662,10 +696,20 @@ mod tests {
             .err()
             .expect("other units");
         assert!(
-            e.to_string()
-                .contains("field `event_time` is timestamp-micros"),
+            e.to_string().contains("`event_time` is timestamp-micros"),
             "{e}"
         );
+        // Deeper: a map whose values are uuid strings reads as cxstream's map of strings.
+        let values = touchpoint_v2().replace(
+            r#""type":"map","values":"string""#,
+            r#""type":"map","values":{"type":"string","logicalType":"uuid"}"#,
+        );
+        assert_ne!(values, touchpoint_v2(), "the map was found");
+        let c = codec()
+            .with_confluent([confluent(8, RecordType::Touchpoint, values)])
+            .expect("uuid values are strings");
+        let bytes = confluent_datum(&touchpoint_v2(), 8, &tp());
+        assert_eq!(c.decode_touchpoint(&bytes).expect("decode"), tp());
         // A metric cxstream does not know: only partly readable, refused.
         let more = SURVEY_ANSWER_SCHEMA.replace(r#""CES""#, r#""CES", "CSI""#);
         assert_ne!(more, SURVEY_ANSWER_SCHEMA);

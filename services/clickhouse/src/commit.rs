@@ -186,6 +186,16 @@ impl BatchCommitter {
         })
     }
 
+    /// Whether ClickHouse answers a query now (readiness while nothing is committed).
+    pub async fn ping(&self) -> Result<()> {
+        self.client
+            .query("SELECT 1")
+            .fetch_one::<u8>()
+            .await
+            .map(|_| ())
+            .ctx(|| "pinging ClickHouse".into())
+    }
+
     /// True when batch `seq` of `partition` is already committed (its marker exists). Used
     /// before retrying a commit whose marker insert may have succeeded unseen.
     pub async fn is_committed(&self, partition: u16, seq: u64) -> Result<bool> {

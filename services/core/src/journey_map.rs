@@ -641,7 +641,16 @@ fn parse_cases(
         rules.default_owner = d.clone();
     }
     for o in &raw.owners {
-        let line = find_line(text, &format!("owner: {}", o.owner));
+        // `owner: X` as a rule's field, not `default_owner: X` or `owner: X-longer`.
+        let line = text
+            .lines()
+            .position(|l| {
+                l.split(['{', ',']).any(|part| {
+                    let part = part.trim().trim_start_matches("- ").trim_end_matches('}');
+                    part.trim() == format!("owner: {}", o.owner)
+                })
+            })
+            .map(|i| i + 1);
         rules.owners.push(crate::cases::OwnerRule {
             stage: resolve(o, line, "stage", &o.stage, names.stages)?,
             channel: resolve(o, line, "channel", &o.channel, names.channels)?,

@@ -90,27 +90,61 @@ fn an_incident_resolves_after_the_evidence_stays_at_zero() {
         events.last(),
         Some(Some(Incident::Ongoing { .. }))
     ));
-    // Back to normal: the evidence falls by the reference's amount a minute until zero.
+    // Firing, the evidence stays at the threshold: recovery does not take as long as the
+    // incident lasted.
+    assert!(d.evidence() <= params.threshold + 1e-9);
+    // Back to normal: the evidence falls by about the reference's amount a minute (the
+    // baseline is Laplace-smoothed over thousands of trials) until zero.
     let mut resolved_at = None;
     for i in 0..200u32 {
         let before = d.evidence();
         let got = d.observe(t, 70, 100);
         let reference = (before + reference_llr(70.0, 100.0, 0.7, params.relative_drop)).max(0.0);
-        assert!((d.evidence() - reference).abs() < 1e-9, "minute {i}");
+        assert!((d.evidence() - reference).abs() < 0.01, "minute {i}");
         if let Some(Incident::Resolved { .. }) = got {
             resolved_at = Some(i);
             break;
         }
         t += 1;
     }
-    let zero_from = (30.0 * reference_llr(40.0, 100.0, 0.7, 0.3)
-        / -reference_llr(70.0, 100.0, 0.7, 0.3))
-    .ceil() as u32;
+    let zero_from = (params.threshold / -reference_llr(70.0, 100.0, 0.7, 0.3)).ceil() as u32;
     let resolved_at = resolved_at.expect("resolves");
     assert!(
         resolved_at.abs_diff(zero_from + params.resolve_after_minutes) <= 2,
         "resolved at {resolved_at}, evidence at zero from about {zero_from}"
     );
+    assert!(!d.firing());
+}
+
+/// A baseline without a single failure (every attempt converted) is not certainty: one
+/// minute with two failures does not page.
+#[test]
+fn a_perfect_baseline_does_not_page_on_one_bad_minute() {
+    let (mut d, from) = warmed(DropParams::default(), 10, 10, 3);
+    assert_eq!(d.observe(from, 8, 10), None);
+    for m in 1..WEEK {
+        assert_eq!(d.observe(from + m, 10, 10), None);
+    }
+}
+
+/// A drop that lasts: the incident ends after `max_incident_minutes`, the new rate is
+/// learned afresh, and the slice does not page again at it.
+#[test]
+fn a_lasting_change_ends_its_incident_and_becomes_the_normal() {
+    let params = DropParams::default();
+    let (mut d, from) = warmed(params, 7, 10, 2);
+    let mut started = 0;
+    let mut resolved = Vec::new();
+    for m in 0..5 * WEEK {
+        match d.observe(from + m, 3, 10) {
+            Some(Incident::Started { .. }) => started += 1,
+            Some(Incident::Resolved { minute }) => resolved.push(minute - from),
+            _ => {}
+        }
+    }
+    assert_eq!(started, 1, "one incident");
+    assert_eq!(resolved.len(), 1);
+    assert!((params.max_incident_minutes..params.max_incident_minutes + 60).contains(&resolved[0]));
     assert!(!d.firing());
 }
 
@@ -148,6 +182,22 @@ fn a_silence_fires_when_chance_no_longer_explains_it() {
             Some(Incident::Resolved { .. })
         ));
     }
+    // Busy days and quiet nights: a night is measured against nights, not the day.
+    let mut s = Silence::new(SilenceParams::default());
+    let mut incidents = 0;
+    for m in 0..4 * WEEK {
+        let hour = (m / 60) % 24;
+        let events = if (7..22).contains(&hour) {
+            10
+        } else {
+            u64::from(m % 20 == 0)
+        };
+        incidents += usize::from(matches!(
+            s.observe(START + m, events),
+            Some(Incident::Started { .. })
+        ));
+    }
+    assert_eq!(incidents, 0);
     // A trickle (under one event a minute) is silent too often to page.
     let mut s = Silence::new(SilenceParams::default());
     for m in 0..2 * WEEK {

@@ -72,6 +72,13 @@ impl SeasonalRate {
             .map(|s| (s.num / s.den, s.den))
     }
 
+    /// This hour of the week's own ratio and denominator, when it has at least `min_den`
+    /// (no falling back to all hours: a night is not an average hour).
+    pub fn expected_in_hour(&self, minute: i64, min_den: f64) -> Option<(f64, f64)> {
+        let s = self.hours[hour_of_week(minute)].at(week_of(minute), self.decay);
+        (s.den >= min_den && s.den > 0.0).then(|| (s.num / s.den, s.den))
+    }
+
     /// This hour of the week's decayed denominator at `minute` (its history's weight).
     pub fn hour_weight(&self, minute: i64) -> f64 {
         self.hours[hour_of_week(minute)]

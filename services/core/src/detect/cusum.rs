@@ -27,6 +27,9 @@ pub struct DropParams {
     pub resolve_after_minutes: u32,
     /// Weight of a week of history against the next one. Default 0.5.
     pub weekly_decay: f64,
+    /// An incident this old ends and its rate becomes the baseline: a lasting change is
+    /// the new normal, not an alert that never resolves. Default 7 days.
+    pub max_incident_minutes: i64,
 }
 
 impl Default for DropParams {
@@ -37,6 +40,7 @@ impl Default for DropParams {
             min_baseline_trials: 500.0,
             resolve_after_minutes: 15,
             weekly_decay: 0.5,
+            max_incident_minutes: 7 * 24 * 60,
         }
     }
 }
@@ -72,6 +76,8 @@ pub struct DropDetector {
     /// Successes, trials and the expected successes since the evidence last left zero.
     run: (f64, f64, f64),
     firing: bool,
+    /// The minute the current incident started.
+    since: i64,
     quiet: u32,
     /// Minutes that built the current evidence, learned once it is back at zero without an
     /// incident (an incident's minutes are never learned): (minute, successes, trials).
@@ -86,6 +92,7 @@ impl DropDetector {
             evidence: 0.0,
             run: (0.0, 0.0, 0.0),
             firing: false,
+            since: 0,
             quiet: 0,
             suspect: VecDeque::new(),
         }
@@ -102,11 +109,19 @@ impl DropDetector {
     /// The minute's final counts; minutes must come in order, each once.
     pub fn observe(&mut self, minute: i64, successes: u64, trials: u64) -> Option<Incident> {
         let (x, n) = (successes.min(trials) as f64, trials as f64);
+        // While firing the baseline learns nothing and its weights decay, but its rate does
+        // not: the test goes on against it until the incident resolves or ends.
+        let min_trials = if self.firing {
+            f64::MIN_POSITIVE
+        } else {
+            self.params.min_baseline_trials
+        };
         let expected = self
             .baseline
-            .expected(minute, self.params.min_baseline_trials)
-            .map(|(p, _)| p)
-            .filter(|_| self.baseline.hour_weight(minute) >= self.params.min_baseline_trials);
+            .expected(minute, min_trials)
+            .filter(|_| self.firing || self.baseline.hour_weight(minute) >= min_trials)
+            // Laplace's rule: a baseline without a single failure is not certainty.
+            .map(|(p, den)| (p * den + 1.0) / (den + 2.0));
         let Some(p0) = expected.map(|p| p.clamp(1e-6, 1.0 - 1e-6)) else {
             self.learn(minute, x, n);
             return None;
@@ -115,6 +130,10 @@ impl DropDetector {
             let p1 = p0 * (1.0 - self.params.relative_drop);
             let llr = x * (p1 / p0).ln() + (n - x) * ((1.0 - p1) / (1.0 - p0)).ln();
             self.evidence = (self.evidence + llr).max(0.0);
+            if self.firing {
+                // Firing already: more evidence would only delay the resolution.
+                self.evidence = self.evidence.min(self.params.threshold);
+            }
         }
         self.learn(minute, x, n);
         if self.evidence > 0.0 {
@@ -157,6 +176,7 @@ impl DropDetector {
                 return None;
             }
             self.firing = true;
+            self.since = minute;
             self.quiet = 0;
             self.suspect.clear();
             return Some(Incident::Started {
@@ -167,7 +187,14 @@ impl DropDetector {
             });
         }
         self.quiet = if evidence > 0.0 { 0 } else { self.quiet + 1 };
-        if self.quiet >= self.params.resolve_after_minutes {
+        let lasting = minute - self.since >= self.params.max_incident_minutes;
+        if lasting {
+            // The change lasted: it is learned afresh as the normal, not measured against
+            // weeks before it.
+            self.baseline = SeasonalRate::new(self.params.weekly_decay);
+        }
+        if self.quiet >= self.params.resolve_after_minutes || lasting {
+            self.evidence = 0.0;
             self.firing = false;
             self.run = (0.0, 0.0, 0.0);
             return Some(Incident::Resolved { minute });

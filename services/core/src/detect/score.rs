@@ -48,10 +48,12 @@ pub fn score_drop(
     // ci95 = 1.96 · 100 · sqrt(var / n): the standard error in points is ci95 / 1.96.
     let se = ((w.ci95 / 1.96).powi(2) + (b.ci95 / 1.96).powi(2)).sqrt();
     let diff = w.score - b.score;
-    if se <= 0.0 {
-        return None;
-    }
-    let z = diff / se;
+    // No spread on either side (every answer alike): any difference is certain.
+    let z = if se > 0.0 {
+        diff / se
+    } else {
+        diff.signum() * f64::INFINITY
+    };
     (diff <= -params.min_drop_points && z <= -params.z).then_some(ScoreDrop {
         observed: w.score,
         baseline: b.score,
@@ -76,5 +78,11 @@ mod tests {
         assert_eq!(score_drop((196, 120, 84), base, &p), None);
         // A rise is not a drop.
         assert_eq!(score_drop((280, 80, 40), base, &p), None);
+        // Every answer a promoter, then every one a detractor: certain.
+        let all = score_drop((0, 0, 200), (400, 0, 0), &p).expect("a drop");
+        assert_eq!(
+            (all.observed, all.baseline, all.z),
+            (-100.0, 100.0, f64::NEG_INFINITY)
+        );
     }
 }

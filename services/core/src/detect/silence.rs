@@ -12,7 +12,9 @@ pub struct SilenceParams {
     /// Events per minute this hour of the week must normally bring before its silence can
     /// fire (a trickle is silent often). Default 1.
     pub min_events_per_minute: f64,
-    /// Minutes of history (decayed) the hour of the week needs. Default 120.
+    /// Minutes of history (decayed) the hour of the week needs. With a weekly decay of
+    /// 0.5 the past weeks of an hour weigh 60 · (1/2 + 1/4 + …) < 60 minutes when it
+    /// starts: 40 is two weeks of it. Default 40.
     pub min_baseline_minutes: f64,
     pub weekly_decay: f64,
 }
@@ -22,7 +24,7 @@ impl Default for SilenceParams {
         SilenceParams {
             threshold: 12.0,
             min_events_per_minute: 1.0,
-            min_baseline_minutes: 120.0,
+            min_baseline_minutes: 40.0,
             weekly_decay: 0.5,
         }
     }
@@ -56,7 +58,7 @@ impl Silence {
     pub fn observe(&mut self, minute: i64, events: u64) -> Option<Incident> {
         let rate = self
             .volume
-            .expected(minute, self.params.min_baseline_minutes)
+            .expected_in_hour(minute, self.params.min_baseline_minutes)
             .map(|(r, _)| r)
             .filter(|r| *r >= self.params.min_events_per_minute);
         if events > 0 {

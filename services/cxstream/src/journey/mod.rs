@@ -6,6 +6,7 @@
 //! async ClickHouse writes are driven from it through the runtime handle.
 
 mod partition;
+mod readiness;
 mod rebalance;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,9 @@ use cxstream_clickhouse::BatchCommitter;
 use cxstream_core::JourneyMaps;
 use cxstream_http::{Health, JourneyMetrics};
 use cxstream_kafka::{DeadLetter, DEAD_LETTER_MAX_BYTES};
+
+/// A dead letter keeps at most this much of its record's key.
+const DEAD_LETTER_MAX_KEY_BYTES: usize = 4096;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -31,6 +35,7 @@ use rdkafka::TopicPartitionList;
 use crate::config::Config;
 use cxstream_core::Input;
 use partition::{LaneBatch, Record, Slot};
+use readiness::Readiness;
 use rebalance::{Change, JourneyContext};
 
 type ConsumerHandle = BaseConsumer<JourneyContext>;
@@ -40,7 +45,7 @@ fn subscribe(
     cfg: &Config,
     committers: &[Arc<BatchCommitter>],
     shutdown: &Arc<AtomicBool>,
-    health: &Health,
+    readiness: &Arc<Readiness>,
     rt: &tokio::runtime::Handle,
 ) -> Result<ConsumerHandle> {
     let ctx = JourneyContext {
@@ -51,7 +56,7 @@ fn subscribe(
         changes: Mutex::new(Vec::new()),
         changed: AtomicBool::new(false),
         shutdown: shutdown.clone(),
-        health: health.clone(),
+        readiness: readiness.clone(),
         high_watermarks: Mutex::new(Default::default()),
     };
     let mut consumer_config = cfg.kafka.consumer_config(&cfg.journey.group_id);
@@ -83,7 +88,9 @@ struct Inner {
     maps: JourneyMaps,
     codec: Codec,
     metrics: JourneyMetrics,
-    health: Health,
+    readiness: Arc<Readiness>,
+    /// When ClickHouse was last heard from (a commit, a resume or a ping).
+    clickhouse_seen: Instant,
     /// One per journey map, in the maps' order.
     committers: Vec<Arc<BatchCommitter>>,
     dlq: ThreadedProducer<DeadLetterDelivery>,
@@ -115,7 +122,8 @@ impl JourneyService {
                 ))
             })
             .collect();
-        let consumer = subscribe(&cfg, &committers, &shutdown, &health, &rt)?;
+        let readiness = Arc::new(Readiness::new(health));
+        let consumer = subscribe(&cfg, &committers, &shutdown, &readiness, &rt)?;
         let dlq: ThreadedProducer<DeadLetterDelivery> = cfg
             .kafka
             .producer_config()
@@ -126,7 +134,8 @@ impl JourneyService {
             cfg,
             maps,
             metrics,
-            health,
+            readiness,
+            clickhouse_seen: Instant::now(),
             committers,
             dlq,
             dlq_refused: None,
@@ -152,7 +161,7 @@ impl JourneyService {
         let flush_every = Duration::from_millis(inner.cfg.journey.flush_interval_ms);
         let mut last_flush = Instant::now();
         let mut since_flush: u64 = 0;
-        inner.health.set_ready(true);
+        inner.readiness.clickhouse(true);
         loop {
             if inner.shutdown.load(Ordering::Relaxed) {
                 tracing::info!("shutting down: committing what was read");
@@ -165,10 +174,6 @@ impl JourneyService {
                 Some(Ok(msg)) => {
                     since_flush += 1;
                     inner.on_message(&msg);
-                    // Records arrive: the brokers answer again.
-                    if !inner.health.is_ready() {
-                        inner.health.set_ready(true);
-                    }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
@@ -188,7 +193,7 @@ impl JourneyService {
                         &inner.cfg,
                         &inner.committers,
                         &inner.shutdown,
-                        &inner.health,
+                        &inner.readiness,
                         &inner.rt,
                     )?;
                     unassigned_since = Some(Instant::now());
@@ -218,7 +223,7 @@ impl JourneyService {
                 }
             }
         }
-        inner.health.set_ready(false);
+        inner.readiness.stopping();
         Ok(())
     }
 }
@@ -309,6 +314,9 @@ impl Inner {
         } else {
             payload
         };
+        // Keys are customer ids; one of megabytes is garbage too, and must not make the
+        // dead letter itself too large to write.
+        let key = key.map(|k| &k[..k.len().min(DEAD_LETTER_MAX_KEY_BYTES)]);
         *self.dlq_counts.entry(letter.kind).or_default() += 1;
         tracing::debug!(
             topic = letter.source_topic,
@@ -448,6 +456,7 @@ impl Inner {
                     // committed and will be read again by whoever owns the partition next.
                     return Ok(());
                 }
+                self.clickhouse_seen = Instant::now();
             }
             let Some(slot) = self.slots.get(&p) else {
                 continue;
@@ -482,6 +491,7 @@ impl Inner {
                 .map(Slot::tracked_customers)
                 .sum::<usize>() as i64,
         );
+        self.ping_when_idle();
         if offsets.count() > 0 {
             // Kafka's offsets only mirror the ClickHouse commit log (for lag monitoring);
             // resuming reads the log, so a lost Kafka commit costs nothing.
@@ -546,6 +556,24 @@ impl Inner {
         true
     }
 
+    /// An idle service commits nothing, so ClickHouse is asked now and then whether it
+    /// answers: readiness must not go stale while the inputs are quiet.
+    fn ping_when_idle(&mut self) {
+        const PING_EVERY: Duration = Duration::from_secs(5);
+        if self.clickhouse_seen.elapsed() < PING_EVERY {
+            return;
+        }
+        let Some(committer) = self.committers.first() else {
+            return;
+        };
+        let up = self.rt.block_on(committer.ping());
+        if let Err(e) = &up {
+            tracing::warn!(error = %e, "ClickHouse does not answer");
+        }
+        self.readiness.clickhouse(up.is_ok());
+        self.clickhouse_seen = Instant::now();
+    }
+
     /// Folds a journey's committed batches of partition `p` below `live_from` (best effort:
     /// a failure changes no figure, and the next batch tries again).
     fn compact(&mut self, lane: usize, p: i32, live_from: u64) {
@@ -598,12 +626,12 @@ impl Inner {
             };
             match self.rt.block_on(attempt) {
                 Ok(()) => {
-                    self.health.set_ready(true);
+                    self.readiness.clickhouse(true);
                     return true;
                 }
                 Err(e) => {
                     // Not ready while ClickHouse is away or refuses: nothing is committed.
-                    self.health.set_ready(false);
+                    self.readiness.clickhouse(false);
                     self.metrics.commit_errors.inc();
                     if self.shutdown.load(Ordering::Relaxed) {
                         tracing::warn!(partition = p, seq, error = %e, "giving up on the batch at shutdown; it will be replayed");

@@ -30,7 +30,7 @@ pub struct JourneyContext {
     pub changed: AtomicBool,
     pub shutdown: Arc<AtomicBool>,
     /// Not ready while ClickHouse cannot be read or no broker answers.
-    pub health: cxstream_http::Health,
+    pub readiness: Arc<super::readiness::Readiness>,
     /// High watermarks from librdkafka's statistics (fed by fetch responses), so knowing
     /// whether a partition is read to its end costs no request to the broker.
     pub high_watermarks: Mutex<HashMap<(String, i32), i64>>,
@@ -38,6 +38,13 @@ pub struct JourneyContext {
 
 impl ClientContext for JourneyContext {
     fn stats(&self, statistics: Statistics) {
+        // Logical brokers (the bootstrap list, the group coordinator) have ids below 0.
+        let up = statistics
+            .brokers
+            .values()
+            .filter(|b| b.nodeid >= 0)
+            .any(|b| b.state == "UP");
+        self.readiness.brokers(up);
         let Ok(mut highs) = self.high_watermarks.lock() else {
             return;
         };
@@ -59,7 +66,7 @@ impl ClientContext for JourneyContext {
             tracing::error!(error = %error, reason, "kafka client error");
         }
         if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
-            self.health.set_ready(false);
+            self.readiness.brokers(false);
         }
     }
 }
@@ -78,9 +85,12 @@ impl JourneyContext {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.rt.block_on(committer.resume(partition as u16)) {
-                Ok(r) => return Some(r),
+                Ok(r) => {
+                    self.readiness.clickhouse(true);
+                    return Some(r);
+                }
                 Err(e) => {
-                    self.health.set_ready(false);
+                    self.readiness.clickhouse(false);
                     tracing::warn!(partition, journey = committer.journey(), error = %e, "cannot read resume point; retrying");
                     if self.shutdown.load(Ordering::Relaxed) {
                         return None;

@@ -62,6 +62,13 @@ pub fn trend(title: &str, days: &[String], values: &[Point], y: (f64, f64)) -> R
                     BAND.stroke_width(2),
                 ))
                 .map_err(drawing)?;
+            // A day between days without answers is a point, not an invisible line.
+            chart
+                .draw_series(
+                    run.iter()
+                        .map(|&(x, (v, _, _))| Circle::new((x, v), 2, BAND.filled())),
+                )
+                .map_err(drawing)?;
         }
         root.present().map_err(drawing)?;
     }
