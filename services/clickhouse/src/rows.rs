@@ -428,8 +428,11 @@ pub(crate) fn dims(map: &JourneyMap, c: Option<Context>) -> Dims<'_> {
     }
 }
 
+/// A DateTime column's seconds. Event times are validated to fit (1970 to 2106); a time
+/// derived from one (a deadline, a follow-up) past 2106 saturates there instead of
+/// wrapping to 1970.
 fn secs(ms: i64) -> u32 {
-    u32::try_from(ms.div_euclid(1000)).unwrap_or(0)
+    u32::try_from(ms.div_euclid(1000).max(0)).unwrap_or(u32::MAX)
 }
 
 impl<'a> TouchpointRow<'a> {
@@ -579,5 +582,19 @@ impl MinuteRow {
             batch_seq: seq,
             batch_attempt: attempt,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secs;
+
+    #[test]
+    fn times_past_what_a_datetime_holds_saturate_instead_of_wrapping() {
+        assert_eq!(secs(1_793_577_600_123), 1_793_577_600);
+        assert_eq!(secs(4_294_967_295_999), u32::MAX);
+        // A follow-up deadline two days after the last representable second.
+        assert_eq!(secs(4_294_967_295_999 + 2 * 86_400_000), u32::MAX);
+        assert_eq!(secs(-1), 0);
     }
 }
