@@ -70,23 +70,37 @@ fn binomial(rng: &mut SmallRng, n: u64, p: f64) -> u64 {
         .count() as u64
 }
 
+/// Successes and trials of the hour under way; the hourly baselines judge whole hours.
+#[derive(Default)]
+struct Hour {
+    x: u64,
+    n: u64,
+}
+
+impl Hour {
+    /// Adds a minute; at the hour's last minute, returns the hour's totals.
+    fn add(&mut self, minute: i64, x: u64, n: u64) -> Option<(u64, u64)> {
+        self.x += x;
+        self.n += n;
+        ((minute + 1).rem_euclid(60) == 0)
+            .then(|| std::mem::take(self))
+            .map(|h| (h.x, h.n))
+    }
+}
+
 /// Static threshold, hourly: the hour's rate below 80 % of the rate of everything before.
 #[derive(Default)]
 struct Static {
-    x: u64,
-    n: u64,
+    hour: Hour,
     total: (u64, u64),
     firing: bool,
 }
 
 impl Static {
     fn observe(&mut self, minute: i64, x: u64, n: u64) -> bool {
-        self.x += x;
-        self.n += n;
-        if (minute + 1).rem_euclid(60) != 0 {
+        let Some((hx, hn)) = self.hour.add(minute, x, n) else {
             return false;
-        }
-        let (hx, hn) = (std::mem::take(&mut self.x), std::mem::take(&mut self.n));
+        };
         let mean = self.total.0 as f64 / self.total.1.max(1) as f64;
         let low = hn > 0 && self.total.1 > 0 && (hx as f64 / hn as f64) < 0.8 * mean;
         self.total = (self.total.0 + hx, self.total.1 + hn);
@@ -99,20 +113,16 @@ impl Static {
 /// 3-sigma z-score, hourly: the hour's rate against the mean and spread of the last 24.
 #[derive(Default)]
 struct ZScore {
-    x: u64,
-    n: u64,
+    hour: Hour,
     hours: Vec<f64>,
     firing: bool,
 }
 
 impl ZScore {
     fn observe(&mut self, minute: i64, x: u64, n: u64) -> bool {
-        self.x += x;
-        self.n += n;
-        if (minute + 1).rem_euclid(60) != 0 {
+        let Some((hx, hn)) = self.hour.add(minute, x, n) else {
             return false;
-        }
-        let (hx, hn) = (std::mem::take(&mut self.x), std::mem::take(&mut self.n));
+        };
         if hn == 0 {
             return false;
         }

@@ -172,12 +172,10 @@ fn run(command: Command, cfg: Config) -> Result<()> {
         }
         Command::Report { html } => {
             let maps = load_maps(&cfg)?;
-            let rt = runtime()?;
-            print!("{}", rt.block_on(report::run(&cfg, &maps))?);
-            if let Some(path) = html {
-                rt.block_on(report::write_html(&cfg, &maps, &path))?;
-                println!("\nreport: wrote {}", path.display());
-            }
+            print!(
+                "{}",
+                runtime()?.block_on(report::run(&cfg, &maps, html.as_deref()))?
+            );
             Ok(())
         }
         Command::Probe(args) => probe::run(&cfg, &args),

@@ -634,13 +634,10 @@ fn counts_equal_ground_truth_and_an_independent_computation() {
 
 /// Detractors' cases in ClickHouse (the respondent's answer that counts), per owner.
 fn cases_by_owner(s: &Stack) -> BTreeMap<String, i64> {
-    s.query(&format!(
+    s.counts(&format!(
         "SELECT owner, toInt64(count()) FROM {}.cases FINAL WHERE is_case = 1 GROUP BY owner",
         s.database()
     ))
-    .into_iter()
-    .map(|r| (r[0].clone(), r[1].parse().unwrap()))
-    .collect()
 }
 
 /// Stage entries, conversions, drop-offs, open entries and every time to convert equal an
@@ -1192,14 +1189,10 @@ fn python_producer_is_counted(s: &Stack, framing: &str) -> serde_json::Value {
         "nothing is dead-lettered"
     );
     let db = s.database();
-    let by_touchpoint: BTreeMap<String, i64> = s
-        .query(&format!(
-            "SELECT touchpoint, sum(touchpoints) FROM {db}.metrics_minute_committed GROUP BY touchpoint"
-        ))
-        .into_iter()
-        .map(|r| (r[0].clone(), r[1].parse().unwrap()))
-        .filter(|(_, n)| *n != 0)
-        .collect();
+    let mut by_touchpoint = s.counts(&format!(
+        "SELECT touchpoint, sum(touchpoints) FROM {db}.metrics_minute_committed GROUP BY touchpoint"
+    ));
+    by_touchpoint.retain(|_, n| *n != 0);
     let expected: BTreeMap<String, i64> = summary["by_touchpoint"]
         .as_object()
         .unwrap()

@@ -140,12 +140,7 @@ impl Slot {
             .map(|(map, resume)| Lane::resumed(map.clone(), resume, policy))
             .collect();
         // Reading starts where the journey furthest behind resumes.
-        let start = |i: usize| {
-            lanes
-                .iter()
-                .map(|l| l.next[i])
-                .try_fold(i64::MAX, |m, n| n.map(|n| m.min(n)))
-        };
+        let start = |i: usize| least_of_all(lanes.iter().map(|l| l.next[i]));
         Slot {
             cursors: [Cursor::new(start(0)), Cursor::new(start(1))],
             lanes,
@@ -331,10 +326,7 @@ impl Slot {
 
     /// The event time every journey of the partition has reached (the least watermark).
     pub fn watermark_ms(&self) -> Option<i64> {
-        self.lanes
-            .iter()
-            .map(|l| l.processor.watermark_ms())
-            .try_fold(i64::MAX, |m, w| w.map(|w| m.min(w)))
+        least_of_all(self.lanes.iter().map(|l| l.processor.watermark_ms()))
     }
 
     /// The sequence number below which to fold a journey's committed batches now, when at
@@ -367,11 +359,7 @@ impl Slot {
         Input::ALL
             .into_iter()
             .filter_map(|i| {
-                let n = self
-                    .lanes
-                    .iter()
-                    .map(|l| l.next[input_index(i)])
-                    .try_fold(i64::MAX, |m, n| n.map(|n| m.min(n)))?;
+                let n = least_of_all(self.lanes.iter().map(|l| l.next[input_index(i)]))?;
                 (n >= 0).then_some((i, n))
             })
             .collect()
@@ -383,6 +371,14 @@ impl Slot {
             .map(|l| l.processor.tracked_customers())
             .sum()
     }
+}
+
+/// The least of the journeys' values, or none when one of them has none yet (a journey
+/// that has not started holds everything back).
+pub(super) fn least_of_all(values: impl IntoIterator<Item = Option<i64>>) -> Option<i64> {
+    values
+        .into_iter()
+        .try_fold(i64::MAX, |least, v| v.map(|v| least.min(v)))
 }
 
 fn input_index(input: Input) -> usize {

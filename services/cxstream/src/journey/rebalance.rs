@@ -149,10 +149,7 @@ impl ConsumerContext for JourneyContext {
                     // Journeys resume from their own batches; reading starts at the earliest
                     // and each skips what it has committed.
                     let earliest = |of: fn(&Resume) -> Option<i64>| {
-                        resumes
-                            .iter()
-                            .map(of)
-                            .try_fold(i64::MAX, |m, o| o.map(|o| m.min(o)))
+                        super::partition::least_of_all(resumes.iter().map(of))
                             .map_or(Offset::Beginning, Offset::Offset)
                     };
                     let added = assignment

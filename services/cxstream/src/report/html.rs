@@ -12,16 +12,22 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::charts::{self, Point};
 use super::figures::{self, DayLine, FunnelRow, HeatLine};
-use super::{dlq_count, human_duration};
+use super::human_duration;
 use crate::config::Config;
 
-pub async fn write(cfg: &Config, maps: &JourneyMaps, path: &Path) -> Result<()> {
-    let client: Client = cfg.clickhouse_connection().client();
+/// Writes the page of `journeys` (the figures of `maps`, in order) to `path`.
+pub async fn write(
+    cfg: &Config,
+    client: &Client,
+    maps: &JourneyMaps,
+    journeys: &[figures::Journey],
+    dlq: i64,
+    path: &Path,
+) -> Result<()> {
     let mut sections = Vec::new();
-    for map in maps.iter() {
-        sections.push(journey(&client, map).await?);
+    for (map, j) in maps.iter().zip(journeys) {
+        sections.push(journey(client, map, j).await?);
     }
-    let dlq = dlq_count(cfg).unwrap_or(0);
     let page = html! {
         (DOCTYPE)
         html lang="en" {
@@ -44,8 +50,7 @@ pub async fn write(cfg: &Config, maps: &JourneyMaps, path: &Path) -> Result<()> 
         .with_context(|| format!("writing the report to {}", path.display()))
 }
 
-async fn journey(client: &Client, map: &JourneyMap) -> Result<Markup> {
-    let j = figures::journey(client, map).await?;
+async fn journey(client: &Client, map: &JourneyMap, j: &figures::Journey) -> Result<Markup> {
     let days = figures::days(client, &map.name).await?;
     let heat = figures::heat(client, &map.name).await?;
     Ok(html! {

@@ -5,6 +5,7 @@ mod charts;
 mod figures;
 mod html;
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -15,17 +16,23 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use crate::config::Config;
 use figures::FunnelRow;
 
-pub use html::write as write_html;
-
-pub async fn run(cfg: &Config, maps: &JourneyMaps) -> Result<String> {
+/// The summary as text; with `html`, also the page with charts, from the same figures.
+pub async fn run(cfg: &Config, maps: &JourneyMaps, html: Option<&Path>) -> Result<String> {
     let client: Client = cfg.clickhouse_connection().client();
     let dlq = dlq_count(cfg).unwrap_or(0);
     let mut out = format!(
         "cxstream summary (ClickHouse {} / database {})   dead-lettered: {dlq}\n",
         cfg.clickhouse.url, cfg.clickhouse.database
     );
+    let mut journeys = Vec::new();
     for map in maps.iter() {
-        out.push_str(&journey(&figures::journey(&client, map).await?));
+        let j = figures::journey(&client, map).await?;
+        out.push_str(&journey(&j));
+        journeys.push(j);
+    }
+    if let Some(path) = html {
+        html::write(cfg, &client, maps, &journeys, dlq, path).await?;
+        out.push_str(&format!("\nreport: wrote {}\n", path.display()));
     }
     Ok(out)
 }

@@ -327,50 +327,54 @@ impl Stack {
 
     /// Produces touchpoints to the touchpoints topic, keyed by customer id.
     pub fn produce_touchpoints(&self, events: &[cxstream_core::TouchpointEvent]) {
-        use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
         let codec = cxstream_avro::Codec::new().unwrap();
+        let records: Vec<(Vec<u8>, Vec<u8>)> = events
+            .iter()
+            .map(|e| {
+                let mut buf = Vec::new();
+                codec.encode_touchpoint(e, &mut buf).unwrap();
+                (e.customer_id.clone().unwrap_or_default().into_bytes(), buf)
+            })
+            .collect();
+        self.produce(&self.topic("touchpoints"), &records);
+    }
+
+    /// Produces `payload` as it is to `topic`.
+    pub fn produce_raw(&self, topic: &str, key: &[u8], payload: &[u8]) {
+        self.produce(topic, &[(key.to_vec(), payload.to_vec())]);
+    }
+
+    /// Produces (key, payload) records to `topic` and waits for the broker to have them.
+    fn produce(&self, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
+        use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
         let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
             ClientConfig::new()
                 .set("bootstrap.servers", &self.kafka)
                 .create()
                 .unwrap();
-        let topic = self.topic("touchpoints");
-        for e in events {
-            let mut buf = Vec::new();
-            codec.encode_touchpoint(e, &mut buf).unwrap();
-            let key = e.customer_id.clone().unwrap_or_default();
+        for (key, payload) in records {
             producer
-                .send(BaseRecord::to(&topic).key(&key).payload(&buf))
+                .send(BaseRecord::to(topic).key(key).payload(payload))
                 .map_err(|(e, _)| e)
                 .unwrap();
         }
         producer.flush(Duration::from_secs(30)).unwrap();
     }
 
-    /// Produces `payload` as it is to `topic`.
-    pub fn produce_raw(&self, topic: &str, key: &[u8], payload: &[u8]) {
-        use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-        let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
-            ClientConfig::new()
-                .set("bootstrap.servers", &self.kafka)
-                .create()
-                .unwrap();
-        producer
-            .send(BaseRecord::to(topic).key(key).payload(payload))
-            .map_err(|(e, _)| e)
-            .unwrap();
-        producer.flush(Duration::from_secs(30)).unwrap();
-    }
-
     /// Refused events in ClickHouse, by reason.
     pub fn refused(&self) -> BTreeMap<String, i64> {
-        self.query(&format!(
+        self.counts(&format!(
             "SELECT reason, toInt64(count()) FROM (SELECT * FROM {}.refused_events FINAL) GROUP BY reason",
             self.database()
         ))
-        .into_iter()
-        .map(|r| (r[0].clone(), r[1].parse().unwrap()))
-        .collect()
+    }
+
+    /// The (name, number) rows of `sql`.
+    pub fn counts(&self, sql: &str) -> BTreeMap<String, i64> {
+        self.query(sql)
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+            .collect()
     }
 
     /// Runs an SQL query over HTTP and returns TabSeparated rows.
@@ -397,13 +401,10 @@ impl Stack {
 
     /// Input records committed (folded or live), per journey.
     pub fn committed_records_by_journey(&self) -> BTreeMap<String, i64> {
-        self.query(&format!(
+        self.counts(&format!(
             "SELECT journey, toInt64(sum(records)) FROM {}.committed_records GROUP BY journey",
             self.database()
         ))
-        .into_iter()
-        .map(|r| (r[0].clone(), r[1].parse().unwrap()))
-        .collect()
     }
 
     pub fn scalar(&self, sql: &str) -> i64 {
