@@ -55,6 +55,8 @@ pub enum Invalid {
     UnknownStage,
     #[error("segment is not in the journey map")]
     UnknownSegment,
+    #[error("customer id starts with the prefix of visitors' journeys (anon:)")]
+    ReservedCustomerId,
 }
 
 impl Invalid {
@@ -68,6 +70,7 @@ impl Invalid {
             Invalid::UnknownChannel => "unknown_channel",
             Invalid::UnknownStage => "unknown_stage",
             Invalid::UnknownSegment => "unknown_segment",
+            Invalid::ReservedCustomerId => "reserved_customer_id",
         }
     }
 }

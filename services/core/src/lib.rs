@@ -7,6 +7,7 @@ pub mod cases;
 pub mod detect;
 pub mod event_time;
 pub mod events;
+pub mod identity;
 pub mod journey;
 pub mod journey_map;
 pub mod metrics;

@@ -376,6 +376,16 @@ impl PartitionProcessor {
         }
     }
 
+    /// Checks everything of a touchpoint but its customer id (which identity stitching may
+    /// still set): the event id, the time and the names the map must know.
+    pub fn validate_touchpoint(&self, ev: &TouchpointEvent) -> Result<(), Invalid> {
+        if ev.event_id.is_empty() {
+            return Err(Invalid::MissingId);
+        }
+        valid_time(ev.event_time)?;
+        self.resolve(ev).map(|_| ())
+    }
+
     /// Applies a touchpoint. `record_ms` is its Kafka record timestamp (for the future bound).
     pub fn on_touchpoint(
         &mut self,

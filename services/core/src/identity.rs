@@ -1,0 +1,456 @@
+//! Identity stitching: a device's anonymous touchpoints (an anonymous id, no customer id)
+//! join the journey of the customer identified on that device, and every figure counts the
+//! person once.
+//!
+//! Producers key anonymous touchpoints by anonymous id, so they reach the partition of the
+//! anonymous id, while the identifying touchpoint (both ids, keyed by customer id) reaches
+//! the customer's. The [`IdentityResolver`] of each partition:
+//!
+//! - applies a customer's touchpoint as it is; when it also names an anonymous id it sends
+//!   an [`Identification`] to the anonymous id's partition (once per device and customer,
+//!   again only for an earlier identification);
+//! - holds a device's anonymous touchpoint (counted nowhere yet) until either an
+//!   identification that covers it arrives — then the touchpoint goes, with the customer id
+//!   set, to the customer's partition and counts there like any of the customer's — or the
+//!   *identity watermark* (the lowest watermark every partition has published after sending
+//!   its identifications) passes its time + the identity window — then it counts as the
+//!   visitor's own journey, keyed [`VISITOR_PREFIX`] + anonymous id.
+//!
+//! An identification at time `t`, applied on its partition while that partition's watermark
+//! was `w`, covers the device's anonymous touchpoints dated `s` with `s ≥ t − window` and
+//! `w ≤ s + window`: identified at most a window after the touchpoint (or at any time before
+//! it), and known before the touchpoint's figures could have been final. Nothing is counted
+//! for the visitor first and taken back later, and which touchpoints are stitched depends on
+//! the partitions' logs, not on how fast each was read: a replay stitches the same ones.
+//!
+//! A device identified as two customers (a shared computer) stays with the first one whose
+//! identification reaches it; the second customer's journey starts at their own touchpoints.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::{Invalid, TouchpointEvent};
+
+/// Customer ids of visitors' journeys start with this; producers' customer ids may not.
+pub const VISITOR_PREFIX: &str = "anon:";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityPolicy {
+    /// How long after an anonymous touchpoint an identification may come and still claim
+    /// it; also how long its figures wait for one. Shorter than the allowed lateness, so
+    /// that a stitched touchpoint is never late on the customer's partition.
+    pub window_ms: i64,
+}
+
+impl Default for IdentityPolicy {
+    /// One day: a visitor who signs in or buys within a day of browsing.
+    fn default() -> Self {
+        IdentityPolicy {
+            window_ms: 86_400_000,
+        }
+    }
+}
+
+/// "The customer signed in on this device": sent from the customer's partition to the
+/// anonymous id's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identification {
+    pub anonymous_id: String,
+    pub customer_id: String,
+    /// Event time of the identifying touchpoint.
+    pub time: i64,
+    /// The identifying partition's watermark when it applied the touchpoint (`None` before
+    /// it had one).
+    pub watermark: Option<i64>,
+}
+
+impl Identification {
+    /// Whether it claims an anonymous touchpoint dated `time` (see the module's rule).
+    fn covers(&self, time: i64, window_ms: i64) -> bool {
+        time >= self.time.saturating_sub(window_ms)
+            && self
+                .watermark
+                .is_none_or(|w| w <= time.saturating_add(window_ms))
+    }
+
+    /// Whether it claims everything `other` claims.
+    fn dominates(&self, other: &Identification) -> bool {
+        self.time <= other.time
+            && match (self.watermark, other.watermark) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(a), Some(b)) => a <= b,
+            }
+    }
+}
+
+/// A touchpoint with the input offset it was read at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Routed {
+    pub event: TouchpointEvent,
+    pub source_offset: i64,
+}
+
+/// What to do with a touchpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// Apply it here (a customer's touchpoint, or a visitor's whose wait is over: its
+    /// customer id is then the visitor's key).
+    Apply(TouchpointEvent),
+    /// Held for an identification.
+    Held,
+    /// The device's customer is known: send it, customer id set, to the customer's
+    /// partition.
+    Forward(TouchpointEvent),
+}
+
+/// A device's held touchpoints and the customer it was identified as.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Visitor {
+    pub held: Vec<Routed>,
+    pub customer: Option<String>,
+    /// The customer's identifications that reached this partition, none dominated by
+    /// another.
+    pub identifications: Vec<Identification>,
+}
+
+impl Visitor {
+    fn covered(&self, time: i64, window_ms: i64) -> Option<&str> {
+        let c = self.customer.as_deref()?;
+        self.identifications
+            .iter()
+            .any(|i| i.covers(time, window_ms))
+            .then_some(c)
+    }
+}
+
+/// One partition's identity stitching.
+#[derive(Debug, Default)]
+pub struct IdentityResolver {
+    policy: IdentityPolicy,
+    visitors: HashMap<String, Visitor>,
+    /// (time + window, anonymous id) of every held touchpoint.
+    releases: BTreeSet<(i64, String)>,
+    /// The identity watermark: held touchpoints dated before it − window count as the
+    /// visitor's.
+    released_to: Option<i64>,
+    /// Identifications sent, per customer: the devices and their earliest time (not
+    /// persisted: after a restart one may be sent again, which changes nothing).
+    sent: HashMap<String, Vec<(String, i64)>>,
+    outbox: Vec<Identification>,
+}
+
+/// The journey key of a device's own (never identified) journey.
+pub fn visitor_key(anonymous_id: &str) -> String {
+    format!("{VISITOR_PREFIX}{anonymous_id}")
+}
+
+fn present(id: &Option<String>) -> Option<&str> {
+    id.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+impl IdentityResolver {
+    pub fn new(policy: IdentityPolicy) -> Self {
+        IdentityResolver {
+            policy,
+            ..Default::default()
+        }
+    }
+
+    pub fn policy(&self) -> IdentityPolicy {
+        self.policy
+    }
+
+    /// Routes a valid touchpoint (validated but for its ids). `watermark` is this
+    /// partition's when it arrives.
+    pub fn route(
+        &mut self,
+        event: TouchpointEvent,
+        source_offset: i64,
+        watermark: Option<i64>,
+    ) -> Result<Route, Invalid> {
+        if let Some(customer) = present(&event.customer_id) {
+            if customer.starts_with(VISITOR_PREFIX) {
+                return Err(Invalid::ReservedCustomerId);
+            }
+            if let Some(device) = present(&event.anonymous_id) {
+                self.identified(customer, device, event.event_time, watermark);
+            }
+            return Ok(Route::Apply(event));
+        }
+        let Some(device) = present(&event.anonymous_id).map(str::to_owned) else {
+            return Err(Invalid::MissingCustomerId);
+        };
+        let window = self.policy.window_ms;
+        let time = event.event_time;
+        let visitor = self.visitors.entry(device.clone()).or_default();
+        if let Some(customer) = visitor.covered(time, window) {
+            return Ok(Route::Forward(with_customer(event, customer)));
+        }
+        let release = time.saturating_add(window);
+        if self.released_to.is_some_and(|iw| release < iw) {
+            if visitor.held.is_empty() && visitor.customer.is_none() {
+                self.visitors.remove(&device);
+            }
+            return Ok(Route::Apply(with_customer(event, &visitor_key(&device))));
+        }
+        visitor.held.push(Routed {
+            event,
+            source_offset,
+        });
+        self.releases.insert((release, device));
+        Ok(Route::Held)
+    }
+
+    /// Remembers an identification to send, unless one as early was sent.
+    fn identified(&mut self, customer: &str, device: &str, time: i64, watermark: Option<i64>) {
+        let devices = self.sent.entry(customer.to_owned()).or_default();
+        match devices.iter_mut().find(|(d, _)| d == device) {
+            Some((_, t)) if *t <= time => return,
+            Some((_, t)) => *t = time,
+            None => devices.push((device.to_owned(), time)),
+        }
+        self.outbox.push(Identification {
+            anonymous_id: device.to_owned(),
+            customer_id: customer.to_owned(),
+            time,
+            watermark,
+        });
+    }
+
+    /// Identifications to send to their anonymous ids' partitions before the batch that
+    /// produced them commits (and before this partition publishes a later watermark).
+    pub fn take_identifications(&mut self) -> Vec<Identification> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// An identification reached the anonymous id's partition: returns the held
+    /// touchpoints it claims, customer id set, to send to the customer's partition.
+    pub fn on_identification(&mut self, id: Identification) -> Vec<Routed> {
+        let window = self.policy.window_ms;
+        let visitor = self.visitors.entry(id.anonymous_id.clone()).or_default();
+        match &visitor.customer {
+            Some(c) if *c != id.customer_id => return Vec::new(),
+            Some(_) => {}
+            None => visitor.customer = Some(id.customer_id.clone()),
+        }
+        if visitor.identifications.iter().any(|i| i.dominates(&id)) {
+            return Vec::new();
+        }
+        visitor.identifications.retain(|i| !id.dominates(i));
+        let (claimed, kept): (Vec<Routed>, Vec<Routed>) = std::mem::take(&mut visitor.held)
+            .into_iter()
+            .partition(|r| id.covers(r.event.event_time, window));
+        visitor.held = kept;
+        visitor.identifications.push(id);
+        let customer = visitor.customer.clone().unwrap_or_default();
+        claimed
+            .into_iter()
+            .map(|r| Routed {
+                event: with_customer(r.event, &customer),
+                source_offset: r.source_offset,
+            })
+            .collect()
+    }
+
+    /// The identity watermark moved to `iw`: returns the held touchpoints whose wait is
+    /// over, keyed by their visitor, to apply here.
+    pub fn release(&mut self, iw: i64) -> Vec<Routed> {
+        if self.released_to.is_some_and(|r| r >= iw) {
+            return Vec::new();
+        }
+        self.released_to = Some(iw);
+        let mut out = Vec::new();
+        while self.releases.first().is_some_and(|(r, _)| *r < iw) {
+            let Some((_, device)) = self.releases.pop_first() else {
+                break;
+            };
+            let Some(visitor) = self.visitors.get_mut(&device) else {
+                continue;
+            };
+            let window = self.policy.window_ms;
+            let (due, kept): (Vec<Routed>, Vec<Routed>) = std::mem::take(&mut visitor.held)
+                .into_iter()
+                .partition(|r| r.event.event_time.saturating_add(window) < iw);
+            visitor.held = kept;
+            let key = visitor_key(&device);
+            out.extend(due.into_iter().map(|r| Routed {
+                event: with_customer(r.event, &key),
+                source_offset: r.source_offset,
+            }));
+            if visitor.held.is_empty() && visitor.customer.is_none() {
+                self.visitors.remove(&device);
+            }
+        }
+        out
+    }
+
+    /// Touchpoints held now.
+    pub fn held(&self) -> usize {
+        self.visitors.values().map(|v| v.held.len()).sum()
+    }
+
+    /// The state to persist with a commit: every device holding touchpoints or identified.
+    pub fn visitors(&self) -> impl Iterator<Item = (&str, &Visitor)> {
+        self.visitors.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Restores a device's persisted state (after a restart or rebalance).
+    pub fn restore(&mut self, device: String, visitor: Visitor) {
+        let window = self.policy.window_ms;
+        for r in &visitor.held {
+            let release = r.event.event_time.saturating_add(window);
+            self.releases.insert((release, device.clone()));
+        }
+        self.visitors.insert(device, visitor);
+    }
+}
+
+fn with_customer(mut event: TouchpointEvent, customer: &str) -> TouchpointEvent {
+    event.customer_id = Some(customer.to_owned());
+    event
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3_600_000;
+
+    fn resolver() -> IdentityResolver {
+        IdentityResolver::new(IdentityPolicy { window_ms: 24 * H })
+    }
+
+    fn ev(id: &str, customer: Option<&str>, device: Option<&str>, t: i64) -> TouchpointEvent {
+        TouchpointEvent {
+            event_id: id.into(),
+            customer_id: customer.map(Into::into),
+            anonymous_id: device.map(Into::into),
+            event_time: t,
+            touchpoint: "product_view".into(),
+            channel: "web".into(),
+            stage: None,
+            segment: None,
+            outcome: None,
+            attributes: Default::default(),
+        }
+    }
+
+    fn identification(t: i64, watermark: Option<i64>, customer: &str) -> Identification {
+        Identification {
+            anonymous_id: "d".into(),
+            customer_id: customer.into(),
+            time: t,
+            watermark,
+        }
+    }
+
+    fn customers(rs: &[Routed]) -> Vec<(&str, &str)> {
+        rs.iter()
+            .map(|r| {
+                let e = &r.event;
+                (e.event_id.as_str(), e.customer_id.as_deref().unwrap_or(""))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_anonymous_touchpoint_waits_and_goes_to_the_customer_identified_within_the_window() {
+        let mut r = resolver();
+        let held = r.route(ev("a", None, Some("d"), 10 * H), 4, None);
+        assert_eq!(held, Ok(Route::Held));
+        assert_eq!(r.held(), 1);
+        let claimed = r.on_identification(identification(30 * H, Some(30 * H), "c"));
+        assert_eq!(customers(&claimed), [("a", "c")]);
+        assert_eq!(claimed[0].source_offset, 4);
+        assert_eq!(r.held(), 0);
+        // Later anonymous touchpoints of the device go straight to the customer.
+        let later = r.route(ev("b", None, Some("d"), 40 * H), 5, None);
+        assert!(matches!(later, Ok(Route::Forward(e)) if e.customer_id.as_deref() == Some("c")));
+    }
+
+    #[test]
+    fn without_an_identification_in_time_it_becomes_the_visitors_own() {
+        let mut r = resolver();
+        r.route(ev("a", None, Some("d"), 10 * H), 0, None).unwrap();
+        r.route(ev("b", None, Some("d"), 20 * H), 1, None).unwrap();
+        assert!(r.release(34 * H).is_empty(), "10 h + 24 h has not passed");
+        let released = r.release(34 * H + 1);
+        assert_eq!(customers(&released), [("a", "anon:d")]);
+        // Identified 25 h after "a": too late for it (already counted), in time for "b".
+        let claimed = r.on_identification(identification(35 * H, Some(35 * H), "c"));
+        assert_eq!(customers(&claimed), [("b", "c")]);
+        // Dated past the identity watermark's reach: counted as the visitor's at once.
+        let old = r.route(ev("z", None, Some("e"), 5 * H), 2, None);
+        assert!(matches!(old, Ok(Route::Apply(e)) if e.customer_id.as_deref() == Some("anon:e")));
+    }
+
+    #[test]
+    fn an_identification_known_only_after_the_figures_were_final_claims_nothing() {
+        let mut r = resolver();
+        r.route(ev("a", None, Some("d"), 10 * H), 0, None).unwrap();
+        // Applied while its partition's watermark was already past 10 h + 24 h.
+        let claimed = r.on_identification(identification(20 * H, Some(40 * H), "c"));
+        assert!(claimed.is_empty());
+        assert_eq!(r.held(), 1);
+        // An earlier one, known in time, claims it.
+        let claimed = r.on_identification(identification(20 * H, Some(21 * H), "c"));
+        assert_eq!(customers(&claimed), [("a", "c")]);
+    }
+
+    #[test]
+    fn a_device_stays_with_the_first_customer_identified_on_it() {
+        let mut r = resolver();
+        r.on_identification(identification(10 * H, None, "c"));
+        assert!(r
+            .on_identification(identification(5 * H, None, "x"))
+            .is_empty());
+        let e = r.route(ev("a", None, Some("d"), 11 * H), 0, None);
+        assert!(matches!(e, Ok(Route::Forward(e)) if e.customer_id.as_deref() == Some("c")));
+    }
+
+    #[test]
+    fn identifications_are_sent_once_per_device_and_again_only_when_earlier() {
+        let mut r = resolver();
+        for (t, id) in [(10, "1"), (12, "2"), (8, "3"), (9, "4")] {
+            let e = ev(id, Some("c"), Some("d"), t * H);
+            assert!(matches!(r.route(e, 0, Some(7 * H)), Ok(Route::Apply(_))));
+        }
+        let sent: Vec<i64> = r
+            .take_identifications()
+            .iter()
+            .map(|i| i.time / H)
+            .collect();
+        assert_eq!(sent, [10, 8]);
+        assert!(r.take_identifications().is_empty());
+    }
+
+    #[test]
+    fn ids_are_required_and_the_visitor_prefix_is_reserved() {
+        let mut r = resolver();
+        let none = r.route(ev("a", Some(" "), None, 0), 0, None);
+        assert_eq!(none, Err(Invalid::MissingCustomerId));
+        let reserved = r.route(ev("b", Some("anon:x"), None, 0), 0, None);
+        assert_eq!(reserved, Err(Invalid::ReservedCustomerId));
+    }
+
+    #[test]
+    fn restored_visitors_wait_and_release_as_before() {
+        let mut r = resolver();
+        r.route(ev("a", None, Some("d"), 10 * H), 3, None).unwrap();
+        r.on_identification(identification(100 * H, None, "c"));
+        let saved: Vec<(String, Visitor)> = r
+            .visitors()
+            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .collect();
+        let mut back = resolver();
+        for (k, v) in saved {
+            back.restore(k, v);
+        }
+        assert_eq!(back.held(), 1);
+        assert_eq!(customers(&back.release(35 * H)), [("a", "anon:d")]);
+        let later = back.route(ev("b", None, Some("d"), 90 * H), 0, None);
+        assert!(matches!(later, Ok(Route::Forward(_))));
+    }
+}
