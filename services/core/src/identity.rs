@@ -6,30 +6,36 @@
 //! anonymous id, while the identifying touchpoint (both ids, keyed by customer id) reaches
 //! the customer's. The [`IdentityResolver`] of each partition:
 //!
-//! - applies a customer's touchpoint as it is; when it also names an anonymous id it sends
-//!   an [`Identification`] to the anonymous id's partition (once per device and customer,
-//!   again only for an earlier identification);
+//! - passes a customer's touchpoint on as it is; when it also names an anonymous id and is
+//!   not refused (late or from the future), it sends an [`Identification`] to the anonymous
+//!   id's partition (once per device and customer, again only when it reaches further back);
 //! - holds a device's anonymous touchpoint (counted nowhere yet) until either an
-//!   identification that covers it arrives — then the touchpoint goes, with the customer id
+//!   identification that claims it arrives — then the touchpoint goes, with the customer id
 //!   set, to the customer's partition and counts there like any of the customer's — or the
-//!   *identity watermark* (the lowest watermark every partition has published after sending
-//!   its identifications) passes its time + the identity window — then it counts as the
+//!   *identity watermark* passes its time + the identity window — then it counts as the
 //!   visitor's own journey, keyed [`VISITOR_PREFIX`] + anonymous id.
 //!
-//! An identification at time `t`, applied on its partition while that partition's watermark
-//! was `w`, covers the device's anonymous touchpoints dated `s` with `s ≥ t − window` and
-//! `w ≤ s + window`: identified at most a window after the touchpoint (or at any time before
-//! it), and known before the touchpoint's figures could have been final. Nothing is counted
-//! for the visitor first and taken back later, and which touchpoints are stitched depends on
-//! the partitions' logs, not on how fast each was read: a replay stitches the same ones.
+//! The identity watermark is the lowest watermark every partition has published, each
+//! publishing only after the identifications it sent before, on the same ordered stream as
+//! them. An identification dated `t`, applied while its partition's watermark was `w`,
+//! claims the device's anonymous touchpoints dated `s ≥ max(t, w) − window`: identified at
+//! most a window after the touchpoint (or at any time before it), and known before the
+//! touchpoint's wait could have ended. So a touchpoint is never counted for the visitor
+//! first and taken back later, and whether it is stitched follows from the partitions' logs
+//! and watermarks, not from which partition was read faster.
 //!
-//! A device identified as two customers (a shared computer) stays with the first one whose
-//! identification reaches it; the second customer's journey starts at their own touchpoints.
+//! Limits, documented: a device identified as two customers (a shared computer) stays with
+//! the first identification that reaches its partition. A stitched touchpoint (on the
+//! customer's partition) or a released one (on its own) is applied like any event, so it is
+//! refused as late, and recorded as such, if that partition's watermark has run more than
+//! the allowed lateness past it — possible only when one partition runs more than the
+//! allowed lateness − the window ahead of the slowest.
 
 use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::event_time::EventClock;
 use crate::events::{Invalid, TouchpointEvent};
 
 /// Customer ids of visitors' journeys start with this; producers' customer ids may not.
@@ -38,8 +44,7 @@ pub const VISITOR_PREFIX: &str = "anon:";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityPolicy {
     /// How long after an anonymous touchpoint an identification may come and still claim
-    /// it; also how long its figures wait for one. Shorter than the allowed lateness, so
-    /// that a stitched touchpoint is never late on the customer's partition.
+    /// it; also how long the touchpoint waits for one before it counts as the visitor's.
     pub window_ms: i64,
 }
 
@@ -52,7 +57,7 @@ impl Default for IdentityPolicy {
     }
 }
 
-/// "The customer signed in on this device": sent from the customer's partition to the
+/// "The customer was identified on this device": sent from the customer's partition to the
 /// anonymous id's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identification {
@@ -66,22 +71,11 @@ pub struct Identification {
 }
 
 impl Identification {
-    /// Whether it claims an anonymous touchpoint dated `time` (see the module's rule).
-    fn covers(&self, time: i64, window_ms: i64) -> bool {
-        time >= self.time.saturating_sub(window_ms)
-            && self
-                .watermark
-                .is_none_or(|w| w <= time.saturating_add(window_ms))
-    }
-
-    /// Whether it claims everything `other` claims.
-    fn dominates(&self, other: &Identification) -> bool {
-        self.time <= other.time
-            && match (self.watermark, other.watermark) {
-                (None, _) => true,
-                (Some(_), None) => false,
-                (Some(a), Some(b)) => a <= b,
-            }
+    /// The earliest anonymous touchpoint it claims (see the module's rule).
+    fn claims_from(&self, window_ms: i64) -> i64 {
+        self.watermark
+            .map_or(self.time, |w| w.max(self.time))
+            .saturating_sub(window_ms)
     }
 }
 
@@ -95,33 +89,38 @@ pub struct Routed {
 /// What to do with a touchpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
-    /// Apply it here (a customer's touchpoint, or a visitor's whose wait is over: its
-    /// customer id is then the visitor's key).
+    /// Apply it here: a customer's touchpoint, or an anonymous one that cannot wait (its
+    /// wait is over, or it is refused anyway), keyed by its visitor.
     Apply(TouchpointEvent),
     /// Held for an identification.
     Held,
     /// The device's customer is known: send it, customer id set, to the customer's
-    /// partition.
+    /// partition, to be applied there as it is (never routed again: it keeps its anonymous
+    /// id, which would make it an identification).
     Forward(TouchpointEvent),
 }
 
-/// A device's held touchpoints and the customer it was identified as.
+/// A device: its held touchpoints and who claimed it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Visitor {
     pub held: Vec<Routed>,
-    pub customer: Option<String>,
-    /// The customer's identifications that reached this partition, none dominated by
-    /// another.
-    pub identifications: Vec<Identification>,
+    pub claim: Option<Claim>,
+}
+
+/// The customer a device was identified as, and from when its anonymous touchpoints are
+/// theirs (the furthest back any of the customer's identifications reached).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub customer_id: String,
+    pub from: i64,
 }
 
 impl Visitor {
-    fn covered(&self, time: i64, window_ms: i64) -> Option<&str> {
-        let c = self.customer.as_deref()?;
-        self.identifications
-            .iter()
-            .any(|i| i.covers(time, window_ms))
-            .then_some(c)
+    fn claimant(&self, time: i64) -> Option<&str> {
+        self.claim
+            .as_ref()
+            .filter(|c| time >= c.from)
+            .map(|c| c.customer_id.as_str())
     }
 }
 
@@ -132,11 +131,10 @@ pub struct IdentityResolver {
     visitors: HashMap<String, Visitor>,
     /// (time + window, anonymous id) of every held touchpoint.
     releases: BTreeSet<(i64, String)>,
-    /// The identity watermark: held touchpoints dated before it − window count as the
-    /// visitor's.
+    /// The identity watermark last released by.
     released_to: Option<i64>,
-    /// Identifications sent, per customer: the devices and their earliest time (not
-    /// persisted: after a restart one may be sent again, which changes nothing).
+    /// Identifications sent, per customer: each device and the furthest back it claimed
+    /// (not persisted: after a restart one may be sent again, which changes nothing).
     sent: HashMap<String, Vec<(String, i64)>>,
     outbox: Vec<Identification>,
 }
@@ -146,8 +144,9 @@ pub fn visitor_key(anonymous_id: &str) -> String {
     format!("{VISITOR_PREFIX}{anonymous_id}")
 }
 
+/// The id as sent (the partition it was keyed to follows from it), if not blank.
 fn present(id: &Option<String>) -> Option<&str> {
-    id.as_deref().map(str::trim).filter(|s| !s.is_empty())
+    id.as_deref().filter(|s| !s.trim().is_empty())
 }
 
 impl IdentityResolver {
@@ -162,35 +161,36 @@ impl IdentityResolver {
         self.policy
     }
 
-    /// Routes a valid touchpoint (validated but for its ids). `watermark` is this
-    /// partition's when it arrives.
+    /// Routes a touchpoint validated but for its ids, by the partition's `clock` now and
+    /// the record's timestamp.
     pub fn route(
         &mut self,
         event: TouchpointEvent,
         source_offset: i64,
-        watermark: Option<i64>,
+        clock: &EventClock,
+        record_ms: Option<i64>,
     ) -> Result<Route, Invalid> {
+        let refused = clock.check(event.event_time, record_ms).is_err();
         if let Some(customer) = present(&event.customer_id) {
-            if customer.starts_with(VISITOR_PREFIX) {
+            if customer.trim().starts_with(VISITOR_PREFIX) {
                 return Err(Invalid::ReservedCustomerId);
             }
-            if let Some(device) = present(&event.anonymous_id) {
-                self.identified(customer, device, event.event_time, watermark);
+            if let (Some(device), false) = (present(&event.anonymous_id), refused) {
+                self.identified(customer, device, event.event_time, clock.watermark());
             }
             return Ok(Route::Apply(event));
         }
         let Some(device) = present(&event.anonymous_id).map(str::to_owned) else {
             return Err(Invalid::MissingCustomerId);
         };
-        let window = self.policy.window_ms;
         let time = event.event_time;
         let visitor = self.visitors.entry(device.clone()).or_default();
-        if let Some(customer) = visitor.covered(time, window) {
+        if let (Some(customer), false) = (visitor.claimant(time), refused) {
             return Ok(Route::Forward(with_customer(event, customer)));
         }
-        let release = time.saturating_add(window);
-        if self.released_to.is_some_and(|iw| release < iw) {
-            if visitor.held.is_empty() && visitor.customer.is_none() {
+        let release = time.saturating_add(self.policy.window_ms);
+        if refused || self.released_to.is_some_and(|iw| release < iw) {
+            if visitor.held.is_empty() && visitor.claim.is_none() {
                 self.visitors.remove(&device);
             }
             return Ok(Route::Apply(with_customer(event, &visitor_key(&device))));
@@ -203,20 +203,22 @@ impl IdentityResolver {
         Ok(Route::Held)
     }
 
-    /// Remembers an identification to send, unless one as early was sent.
+    /// Remembers an identification to send, unless one reaching as far back was sent.
     fn identified(&mut self, customer: &str, device: &str, time: i64, watermark: Option<i64>) {
-        let devices = self.sent.entry(customer.to_owned()).or_default();
-        match devices.iter_mut().find(|(d, _)| d == device) {
-            Some((_, t)) if *t <= time => return,
-            Some((_, t)) => *t = time,
-            None => devices.push((device.to_owned(), time)),
-        }
-        self.outbox.push(Identification {
+        let id = Identification {
             anonymous_id: device.to_owned(),
             customer_id: customer.to_owned(),
             time,
             watermark,
-        });
+        };
+        let from = id.claims_from(self.policy.window_ms);
+        let devices = self.sent.entry(customer.to_owned()).or_default();
+        match devices.iter_mut().find(|(d, _)| d == device) {
+            Some((_, f)) if *f <= from => return,
+            Some((_, f)) => *f = from,
+            None => devices.push((device.to_owned(), from)),
+        }
+        self.outbox.push(id);
     }
 
     /// Identifications to send to their anonymous ids' partitions before the batch that
@@ -228,27 +230,31 @@ impl IdentityResolver {
     /// An identification reached the anonymous id's partition: returns the held
     /// touchpoints it claims, customer id set, to send to the customer's partition.
     pub fn on_identification(&mut self, id: Identification) -> Vec<Routed> {
-        let window = self.policy.window_ms;
-        let visitor = self.visitors.entry(id.anonymous_id.clone()).or_default();
-        match &visitor.customer {
-            Some(c) if *c != id.customer_id => return Vec::new(),
-            Some(_) => {}
-            None => visitor.customer = Some(id.customer_id.clone()),
+        let from = id.claims_from(self.policy.window_ms);
+        let visitor = self.visitors.entry(id.anonymous_id).or_default();
+        match &mut visitor.claim {
+            Some(c) if c.customer_id != id.customer_id => return Vec::new(),
+            Some(c) if c.from <= from => return Vec::new(),
+            Some(c) => c.from = from,
+            None => {
+                visitor.claim = Some(Claim {
+                    customer_id: id.customer_id,
+                    from,
+                })
+            }
         }
-        if visitor.identifications.iter().any(|i| i.dominates(&id)) {
-            return Vec::new();
-        }
-        visitor.identifications.retain(|i| !id.dominates(i));
         let (claimed, kept): (Vec<Routed>, Vec<Routed>) = std::mem::take(&mut visitor.held)
             .into_iter()
-            .partition(|r| id.covers(r.event.event_time, window));
+            .partition(|r| r.event.event_time >= from);
         visitor.held = kept;
-        visitor.identifications.push(id);
-        let customer = visitor.customer.clone().unwrap_or_default();
+        let customer = visitor
+            .claim
+            .as_ref()
+            .map_or("", |c| c.customer_id.as_str());
         claimed
             .into_iter()
             .map(|r| Routed {
-                event: with_customer(r.event, &customer),
+                event: with_customer(r.event, customer),
                 source_offset: r.source_offset,
             })
             .collect()
@@ -261,6 +267,7 @@ impl IdentityResolver {
             return Vec::new();
         }
         self.released_to = Some(iw);
+        let window = self.policy.window_ms;
         let mut out = Vec::new();
         while self.releases.first().is_some_and(|(r, _)| *r < iw) {
             let Some((_, device)) = self.releases.pop_first() else {
@@ -269,7 +276,6 @@ impl IdentityResolver {
             let Some(visitor) = self.visitors.get_mut(&device) else {
                 continue;
             };
-            let window = self.policy.window_ms;
             let (due, kept): (Vec<Routed>, Vec<Routed>) = std::mem::take(&mut visitor.held)
                 .into_iter()
                 .partition(|r| r.event.event_time.saturating_add(window) < iw);
@@ -279,7 +285,7 @@ impl IdentityResolver {
                 event: with_customer(r.event, &key),
                 source_offset: r.source_offset,
             }));
-            if visitor.held.is_empty() && visitor.customer.is_none() {
+            if visitor.held.is_empty() && visitor.claim.is_none() {
                 self.visitors.remove(&device);
             }
         }
@@ -291,7 +297,7 @@ impl IdentityResolver {
         self.visitors.values().map(|v| v.held.len()).sum()
     }
 
-    /// The state to persist with a commit: every device holding touchpoints or identified.
+    /// The state to persist with a commit: every device holding touchpoints or claimed.
     pub fn visitors(&self) -> impl Iterator<Item = (&str, &Visitor)> {
         self.visitors.iter().map(|(k, v)| (k.as_str(), v))
     }
@@ -315,8 +321,26 @@ fn with_customer(mut event: TouchpointEvent, customer: &str) -> TouchpointEvent 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event_time::{ClockState, EventTimePolicy};
 
     const H: i64 = 3_600_000;
+
+    /// Routes with the partition's watermark at `wm` and the record written when it
+    /// happened.
+    fn route(
+        r: &mut IdentityResolver,
+        e: TouchpointEvent,
+        offset: i64,
+        wm: Option<i64>,
+    ) -> Result<Route, Invalid> {
+        let state = ClockState {
+            highs: [wm, wm],
+            watermark: wm,
+        };
+        let clock = EventClock::resumed(EventTimePolicy::default(), state);
+        let t = e.event_time;
+        r.route(e, offset, &clock, Some(t))
+    }
 
     fn resolver() -> IdentityResolver {
         IdentityResolver::new(IdentityPolicy { window_ms: 24 * H })
@@ -358,7 +382,7 @@ mod tests {
     #[test]
     fn an_anonymous_touchpoint_waits_and_goes_to_the_customer_identified_within_the_window() {
         let mut r = resolver();
-        let held = r.route(ev("a", None, Some("d"), 10 * H), 4, None);
+        let held = route(&mut r, ev("a", None, Some("d"), 10 * H), 4, None);
         assert_eq!(held, Ok(Route::Held));
         assert_eq!(r.held(), 1);
         let claimed = r.on_identification(identification(30 * H, Some(30 * H), "c"));
@@ -366,15 +390,15 @@ mod tests {
         assert_eq!(claimed[0].source_offset, 4);
         assert_eq!(r.held(), 0);
         // Later anonymous touchpoints of the device go straight to the customer.
-        let later = r.route(ev("b", None, Some("d"), 40 * H), 5, None);
+        let later = route(&mut r, ev("b", None, Some("d"), 40 * H), 5, None);
         assert!(matches!(later, Ok(Route::Forward(e)) if e.customer_id.as_deref() == Some("c")));
     }
 
     #[test]
     fn without_an_identification_in_time_it_becomes_the_visitors_own() {
         let mut r = resolver();
-        r.route(ev("a", None, Some("d"), 10 * H), 0, None).unwrap();
-        r.route(ev("b", None, Some("d"), 20 * H), 1, None).unwrap();
+        route(&mut r, ev("a", None, Some("d"), 10 * H), 0, None).unwrap();
+        route(&mut r, ev("b", None, Some("d"), 20 * H), 1, None).unwrap();
         assert!(r.release(34 * H).is_empty(), "10 h + 24 h has not passed");
         let released = r.release(34 * H + 1);
         assert_eq!(customers(&released), [("a", "anon:d")]);
@@ -382,14 +406,14 @@ mod tests {
         let claimed = r.on_identification(identification(35 * H, Some(35 * H), "c"));
         assert_eq!(customers(&claimed), [("b", "c")]);
         // Dated past the identity watermark's reach: counted as the visitor's at once.
-        let old = r.route(ev("z", None, Some("e"), 5 * H), 2, None);
+        let old = route(&mut r, ev("z", None, Some("e"), 5 * H), 2, None);
         assert!(matches!(old, Ok(Route::Apply(e)) if e.customer_id.as_deref() == Some("anon:e")));
     }
 
     #[test]
     fn an_identification_known_only_after_the_figures_were_final_claims_nothing() {
         let mut r = resolver();
-        r.route(ev("a", None, Some("d"), 10 * H), 0, None).unwrap();
+        route(&mut r, ev("a", None, Some("d"), 10 * H), 0, None).unwrap();
         // Applied while its partition's watermark was already past 10 h + 24 h.
         let claimed = r.on_identification(identification(20 * H, Some(40 * H), "c"));
         assert!(claimed.is_empty());
@@ -402,12 +426,40 @@ mod tests {
     #[test]
     fn a_device_stays_with_the_first_customer_identified_on_it() {
         let mut r = resolver();
-        r.on_identification(identification(10 * H, None, "c"));
+        route(&mut r, ev("h", None, Some("d"), 2 * H), 0, None).unwrap();
+        // c's identification reaches back to 6 h: not to "h".
+        assert!(r
+            .on_identification(identification(30 * H, None, "c"))
+            .is_empty());
+        // x's would reach it, but the device is c's.
         assert!(r
             .on_identification(identification(5 * H, None, "x"))
             .is_empty());
-        let e = r.route(ev("a", None, Some("d"), 11 * H), 0, None);
+        assert_eq!(r.held(), 1);
+        let e = route(&mut r, ev("a", None, Some("d"), 11 * H), 0, None);
         assert!(matches!(e, Ok(Route::Forward(e)) if e.customer_id.as_deref() == Some("c")));
+    }
+
+    #[test]
+    fn a_claimed_touchpoint_arriving_after_the_wait_still_goes_to_the_customer() {
+        let mut r = resolver();
+        r.on_identification(identification(10 * H, Some(10 * H), "c"));
+        assert!(r.release(100 * H).is_empty());
+        let e = route(&mut r, ev("a", None, Some("d"), 10 * H), 0, None);
+        assert!(matches!(e, Ok(Route::Forward(e)) if e.customer_id.as_deref() == Some("c")));
+    }
+
+    #[test]
+    fn refused_touchpoints_identify_nothing_and_wait_for_nothing() {
+        let mut r = resolver();
+        let lateness = EventTimePolicy::default().allowed_lateness_ms;
+        let wm = Some(20 * H + lateness);
+        let late = ev("i", Some("c"), Some("d"), 10 * H);
+        assert!(matches!(route(&mut r, late, 0, wm), Ok(Route::Apply(_))));
+        assert!(r.take_identifications().is_empty());
+        let late = route(&mut r, ev("a", None, Some("e"), 10 * H), 0, wm);
+        assert!(matches!(late, Ok(Route::Apply(e)) if e.customer_id.as_deref() == Some("anon:e")));
+        assert_eq!(r.held(), 0);
     }
 
     #[test]
@@ -415,7 +467,10 @@ mod tests {
         let mut r = resolver();
         for (t, id) in [(10, "1"), (12, "2"), (8, "3"), (9, "4")] {
             let e = ev(id, Some("c"), Some("d"), t * H);
-            assert!(matches!(r.route(e, 0, Some(7 * H)), Ok(Route::Apply(_))));
+            assert!(matches!(
+                route(&mut r, e, 0, Some(7 * H)),
+                Ok(Route::Apply(_))
+            ));
         }
         let sent: Vec<i64> = r
             .take_identifications()
@@ -429,16 +484,16 @@ mod tests {
     #[test]
     fn ids_are_required_and_the_visitor_prefix_is_reserved() {
         let mut r = resolver();
-        let none = r.route(ev("a", Some(" "), None, 0), 0, None);
+        let none = route(&mut r, ev("a", Some(" "), None, 0), 0, None);
         assert_eq!(none, Err(Invalid::MissingCustomerId));
-        let reserved = r.route(ev("b", Some("anon:x"), None, 0), 0, None);
+        let reserved = route(&mut r, ev("b", Some("anon:x"), None, 0), 0, None);
         assert_eq!(reserved, Err(Invalid::ReservedCustomerId));
     }
 
     #[test]
     fn restored_visitors_wait_and_release_as_before() {
         let mut r = resolver();
-        r.route(ev("a", None, Some("d"), 10 * H), 3, None).unwrap();
+        route(&mut r, ev("a", None, Some("d"), 10 * H), 3, None).unwrap();
         r.on_identification(identification(100 * H, None, "c"));
         let saved: Vec<(String, Visitor)> = r
             .visitors()
@@ -450,7 +505,7 @@ mod tests {
         }
         assert_eq!(back.held(), 1);
         assert_eq!(customers(&back.release(35 * H)), [("a", "anon:d")]);
-        let later = back.route(ev("b", None, Some("d"), 90 * H), 0, None);
+        let later = route(&mut back, ev("b", None, Some("d"), 90 * H), 0, None);
         assert!(matches!(later, Ok(Route::Forward(_))));
     }
 }

@@ -1,14 +1,16 @@
-//! Identity stitching across two partitions, against the documented rule (README § Identity
-//! stitching): a device's anonymous touchpoint dated at or after its first identification −
+//! Identity stitching across two partitions, against the documented rule (the module
+//! `cxstream_core::identity`): a device's anonymous touchpoint dated at or after its first identification −
 //! the identity window counts exactly as if it had carried the customer id; any other counts
 //! as the visitor's own journey, keyed `anon:` + anonymous id. So the two partitions' counts,
-//! whatever the order they read their records, identifications and watermarks in, equal one
+//! however they interleave reading their records with reading the identifications, stitched
+//! touchpoints and watermarks sent to them, equal one
 //! processor's over the events with that rule's customer ids written in (the processor alone
 //! is checked against the reference model in `processor.rs`).
 //!
-//! The harness plays the service's protocol: a partition sends its identifications, then
-//! publishes its watermark, to every partition's queue; a partition releases held
-//! touchpoints by the lowest watermark published by all.
+//! The harness plays the service's protocol: each partition reads two queues, its records and
+//! an internal one; on a commit it sends its identifications, then publishes its watermark,
+//! to every partition's internal queue; a partition releases held touchpoints by the lowest
+//! watermark published by all.
 
 #![allow(clippy::unwrap_used)]
 
@@ -82,7 +84,7 @@ fn partition(key: &str) -> usize {
     key.bytes().map(usize::from).sum::<usize>() % PARTITIONS
 }
 
-/// One device (and its customer, `c` + the same number): anonymous touchpoints, maybe
+/// One device (and its customer, `c` + half its number: a customer may have two devices): anonymous touchpoints, maybe
 /// identifications (touchpoints with both ids), the customer's own touchpoints after.
 /// Anonymous touchpoints are dated either well inside or well outside the window before the
 /// first identification, so that the arrival jitter never decides (the documented rule's
@@ -120,7 +122,7 @@ fn device(n: u8) -> impl Strategy<Value = Device> {
 fn records(devices: &[Device]) -> (Vec<TouchpointEvent>, Vec<TouchpointEvent>) {
     let (mut sent, mut expected) = (Vec::new(), Vec::new());
     for d in devices {
-        let (dev, cust) = (format!("d{}", d.n), format!("c{}", d.n));
+        let (dev, cust) = (format!("d{}", d.n), format!("c{}", d.n / 2));
         // Minutes apart per device so that no two of its touchpoints tie.
         let base = T0 + 200 * HOUR + i64::from(d.n) * 7 * 60_000;
         let at = |h: i64, k: usize| base + h * HOUR + k as i64 * 60_000;
@@ -206,7 +208,8 @@ impl Totals {
 struct Partition {
     processor: PartitionProcessor,
     resolver: IdentityResolver,
-    queue: VecDeque<Item>,
+    records: VecDeque<Item>,
+    internal: VecDeque<Item>,
     heard: [Option<Option<i64>>; PARTITIONS],
     /// The last watermark it published (`None`: none yet).
     published: Option<Option<i64>>,
@@ -236,7 +239,8 @@ fn stitched_run(
         .map(|_| Partition {
             processor: new_processor(),
             resolver: IdentityResolver::new(IdentityPolicy { window_ms: WINDOW }),
-            queue: VecDeque::new(),
+            records: VecDeque::new(),
+            internal: VecDeque::new(),
             heard: [None; PARTITIONS],
             published: None,
         })
@@ -249,12 +253,12 @@ fn stitched_run(
             .or(e.anonymous_id.as_deref())
             .unwrap();
         parts[partition(key)]
-            .queue
+            .records
             .push_back(Item::Record(e.clone()));
         // A producer's retry: the same record again, later.
         if i % 5 == 0 {
             parts[partition(key)]
-                .queue
+                .records
                 .push_back(Item::Record(e.clone()));
         }
     }
@@ -268,29 +272,49 @@ fn stitched_run(
             T0 + 10_000 * HOUR,
             "ad_click",
         );
-        part.queue.push_back(Item::Record(end));
+        part.records.push_back(Item::Record(end));
     }
     let mut totals = Totals::default();
     let mut step = 0usize;
     loop {
-        let pending: Vec<usize> = (0..PARTITIONS)
-            .filter(|p| !parts[*p].queue.is_empty())
+        // (partition, which queue) with something to read.
+        let pending: Vec<(usize, bool)> = (0..PARTITIONS)
+            .flat_map(|p| [(p, false), (p, true)])
+            .filter(|(p, internal)| {
+                let part = &parts[*p];
+                !if *internal {
+                    &part.internal
+                } else {
+                    &part.records
+                }
+                .is_empty()
+            })
             .collect();
         if pending.is_empty() {
             break;
         }
-        let me = pending[usize::from(picks[step % picks.len()]) % pending.len()];
-        let commit = commits[step % commits.len()] || parts[me].queue.len() == 1;
+        let (me, internal) = pending[usize::from(picks[step % picks.len()]) % pending.len()];
+        let last = parts[me].records.len() + parts[me].internal.len() == 1;
+        let commit = commits[step % commits.len()] || last;
         step += 1;
-        let item = parts[me].queue.pop_front().unwrap();
+        let queue = if internal {
+            &mut parts[me].internal
+        } else {
+            &mut parts[me].records
+        };
+        let item = queue.pop_front().unwrap();
         let mut out: Vec<(usize, Item)> = Vec::new();
         let part = &mut parts[me];
         match item {
             Item::Record(e) => {
                 part.processor.validate_touchpoint(&e).unwrap();
-                let wm = part.processor.watermark_ms();
-                match part.resolver.route(e, 0, wm).unwrap() {
-                    Route::Apply(e) => part.processor.on_touchpoint(e, 0, None).unwrap(),
+                let written = Some(e.event_time);
+                match part
+                    .resolver
+                    .route(e, 0, part.processor.clock(), written)
+                    .unwrap()
+                {
+                    Route::Apply(e) => part.processor.on_touchpoint(e, 0, written).unwrap(),
                     Route::Held => {}
                     Route::Forward(e) => {
                         let to = partition(e.customer_id.as_deref().unwrap());
@@ -330,7 +354,7 @@ fn stitched_run(
             }
         }
         for (to, item) in out {
-            parts[to].queue.push_back(item);
+            parts[to].internal.push_back(item);
         }
     }
     for part in &mut parts {
