@@ -165,6 +165,12 @@ impl EventClock {
         if future_reference.is_some_and(|r| time_ms > r.saturating_add(self.policy.max_future_ms)) {
             return Err(Refusal::Future);
         }
+        self.check_late(time_ms)
+    }
+
+    /// Whether an event already checked on arrival elsewhere (a stitched or released
+    /// touchpoint) may still be applied: only the watermark can have passed it since.
+    pub fn check_late(&self, time_ms: i64) -> Result<(), Refusal> {
         if self.horizon().is_some_and(|h| time_ms < h) {
             return Err(Refusal::Late);
         }

@@ -31,7 +31,7 @@
 //! the allowed lateness past it — possible only when one partition runs more than the
 //! allowed lateness − the window ahead of the slowest.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -137,6 +137,8 @@ pub struct IdentityResolver {
     /// (not persisted: after a restart one may be sent again, which changes nothing).
     sent: HashMap<String, Vec<(String, i64)>>,
     outbox: Vec<Identification>,
+    /// Devices whose state changed since the last [`IdentityResolver::take_changed`].
+    changed: HashSet<String>,
 }
 
 /// The journey key of a device's own (never identified) journey.
@@ -199,7 +201,8 @@ impl IdentityResolver {
             event,
             source_offset,
         });
-        self.releases.insert((release, device));
+        self.releases.insert((release, device.clone()));
+        self.changed.insert(device);
         Ok(Route::Held)
     }
 
@@ -231,7 +234,7 @@ impl IdentityResolver {
     /// touchpoints it claims, customer id set, to send to the customer's partition.
     pub fn on_identification(&mut self, id: Identification) -> Vec<Routed> {
         let from = id.claims_from(self.policy.window_ms);
-        let visitor = self.visitors.entry(id.anonymous_id).or_default();
+        let visitor = self.visitors.entry(id.anonymous_id.clone()).or_default();
         match &mut visitor.claim {
             Some(c) if c.customer_id != id.customer_id => return Vec::new(),
             Some(c) if c.from <= from => return Vec::new(),
@@ -247,6 +250,7 @@ impl IdentityResolver {
             .into_iter()
             .partition(|r| r.event.event_time >= from);
         visitor.held = kept;
+        self.changed.insert(id.anonymous_id);
         let customer = visitor
             .claim
             .as_ref()
@@ -280,6 +284,7 @@ impl IdentityResolver {
                 .into_iter()
                 .partition(|r| r.event.event_time.saturating_add(window) < iw);
             visitor.held = kept;
+            self.changed.insert(device.clone());
             let key = visitor_key(&device);
             out.extend(due.into_iter().map(|r| Routed {
                 event: with_customer(r.event, &key),
@@ -290,6 +295,23 @@ impl IdentityResolver {
             }
         }
         out
+    }
+
+    /// The devices whose state changed since the last call, with their state now (`None`:
+    /// nothing left to keep), to persist with the batch.
+    pub fn take_changed(&mut self) -> Vec<(String, Option<Visitor>)> {
+        self.changed
+            .drain()
+            .map(|d| {
+                let v = self.visitors.get(&d).cloned();
+                (d, v)
+            })
+            .collect()
+    }
+
+    /// A device's state now.
+    pub fn visitor(&self, device: &str) -> Option<&Visitor> {
+        self.visitors.get(device)
     }
 
     /// Touchpoints held now.

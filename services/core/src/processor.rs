@@ -16,6 +16,10 @@ use std::sync::Arc;
 use crate::event_time::{EventClock, EventTimePolicy, Input, Refusal};
 
 use crate::events::{Invalid, SurveyAnswer, TouchpointEvent};
+use crate::identity::{
+    visitor_key, Identification, IdentityPolicy, IdentityResolver, Route, Routed, Visitor,
+    VISITOR_PREFIX,
+};
 use crate::journey::{
     AnswerEntry, AnswerView, Attribution, Budgets, Context, Derived, Journey, Origin, Outcome,
     StageOutcome, TouchpointEntry, TouchpointView,
@@ -171,6 +175,15 @@ pub struct Batch {
     /// processor until it changes again: taking a batch copies no journey).
     pub journeys: Vec<(Arc<str>, Arc<Journey>)>,
     pub duplicates: u64,
+    /// With identity stitching: the state of each device whose visitor's journey is in
+    /// `journeys` (none for a key without an entry: nothing held or claimed), persisted with
+    /// that journey.
+    pub visitors: HashMap<Arc<str>, Visitor>,
+    /// Identifications to send to the anonymous ids' partitions before this batch commits.
+    pub identifications: Vec<Identification>,
+    /// Claimed anonymous touchpoints, customer id set, to send to the customers' partitions
+    /// before this batch commits.
+    pub forwarded: Vec<Routed>,
 }
 
 /// Keyed by customer id, shared (not copied) with the deadlines and the dirty list.
@@ -205,6 +218,9 @@ pub struct PartitionProcessor {
     duplicates: u64,
     /// The horizon at the last sweep of all journeys.
     swept_to: i64,
+    /// Identity stitching, when on.
+    identity: Option<IdentityResolver>,
+    forwarded: Vec<Routed>,
 }
 
 impl PartitionProcessor {
@@ -224,7 +240,21 @@ impl PartitionProcessor {
             dirty: Vec::new(),
             duplicates: 0,
             swept_to: i64::MIN,
+            identity: None,
+            forwarded: Vec::new(),
         }
+    }
+
+    /// Turns identity stitching on (see [`crate::identity`]): anonymous touchpoints wait for
+    /// an identification instead of being refused for their missing customer id.
+    pub fn with_identity(mut self, policy: IdentityPolicy) -> Self {
+        self.identity = Some(IdentityResolver::new(policy));
+        self
+    }
+
+    /// Touchpoints held for an identification.
+    pub fn held_touchpoints(&self) -> usize {
+        self.identity.as_ref().map_or(0, IdentityResolver::held)
     }
 
     pub fn map(&self) -> &JourneyMap {
@@ -386,12 +416,83 @@ impl PartitionProcessor {
         self.resolve(ev).map(|_| ())
     }
 
-    /// Applies a touchpoint. `record_ms` is its Kafka record timestamp (for the future bound).
+    /// Applies a touchpoint read from this partition's input. `record_ms` is its Kafka record
+    /// timestamp (for the future bound). With identity stitching an anonymous touchpoint may
+    /// wait instead, or go to its customer's partition (in the next batch's `forwarded`).
     pub fn on_touchpoint(
         &mut self,
         ev: TouchpointEvent,
         source_offset: i64,
         record_ms: Option<i64>,
+    ) -> Result<(), Invalid> {
+        if self.identity.is_none() {
+            return self.apply_touchpoint(ev, source_offset, Arrival::Input(record_ms));
+        }
+        self.validate_touchpoint(&ev)?;
+        let time = ev.event_time;
+        let Some(resolver) = self.identity.as_mut() else {
+            return Ok(());
+        };
+        match resolver.route(ev, source_offset, &self.clock, record_ms)? {
+            Route::Apply(ev) => self.apply_touchpoint(ev, source_offset, Arrival::Input(record_ms)),
+            route => {
+                // Arrived here: it moves this input's event time like any touchpoint.
+                self.clock.observe(Input::Touchpoints, time);
+                self.pass_deadlines();
+                if let Route::Forward(event) = route {
+                    self.forwarded.push(Routed {
+                        event,
+                        source_offset,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies a customer's touchpoint stitched on another partition (claimed there for
+    /// this customer). It was checked against the clock there; it does not move this
+    /// partition's event time, which follows this partition's inputs.
+    pub fn on_stitched(&mut self, ev: TouchpointEvent, source_offset: i64) -> Result<(), Invalid> {
+        self.apply_touchpoint(ev, source_offset, Arrival::Internal)
+    }
+
+    /// An identification from the customer's partition reached this (the anonymous id's)
+    /// partition: the touchpoints it claims go to the customer's partition.
+    pub fn on_identification(&mut self, id: Identification) {
+        if let Some(resolver) = self.identity.as_mut() {
+            let claimed = resolver.on_identification(id);
+            self.forwarded.extend(claimed);
+        }
+    }
+
+    /// The identity watermark (the lowest every partition published) moved: touchpoints
+    /// whose wait is over count as their visitors'.
+    pub fn release_identities(&mut self, identity_watermark: i64) {
+        let Some(resolver) = self.identity.as_mut() else {
+            return;
+        };
+        for r in resolver.release(identity_watermark) {
+            // Valid when it arrived; only the watermark may have moved past it since.
+            // Cannot be refused: it was valid when it arrived and its visitor's key is a
+            // customer id (a late one is kept as refused, like any late touchpoint).
+            let applied = self.apply_touchpoint(r.event, r.source_offset, Arrival::Internal);
+            debug_assert!(applied.is_ok());
+        }
+    }
+
+    /// Restores a device's persisted identity state.
+    pub fn restore_visitor(&mut self, device: String, visitor: Visitor) {
+        if let Some(resolver) = self.identity.as_mut() {
+            resolver.restore(device, visitor);
+        }
+    }
+
+    fn apply_touchpoint(
+        &mut self,
+        ev: TouchpointEvent,
+        source_offset: i64,
+        arrival: Arrival,
     ) -> Result<(), Invalid> {
         valid_customer(&ev.customer_id)?;
         if ev.event_id.is_empty() {
@@ -400,7 +501,11 @@ impl PartitionProcessor {
         valid_time(ev.event_time)?;
         let (touchpoint, channel, stage, segment) = self.resolve(&ev)?;
         let time = ev.event_time;
-        if let Err(reason) = self.clock.check(time, record_ms) {
+        let checked = match arrival {
+            Arrival::Input(record_ms) => self.clock.check(time, record_ms),
+            Arrival::Internal => self.clock.check_late(time),
+        };
+        if let Err(reason) = checked {
             self.refuse(
                 reason,
                 source_offset,
@@ -408,8 +513,10 @@ impl PartitionProcessor {
             );
             return Ok(());
         }
-        self.clock.observe(Input::Touchpoints, time);
-        self.pass_deadlines();
+        if let Arrival::Input(_) = arrival {
+            self.clock.observe(Input::Touchpoints, time);
+            self.pass_deadlines();
+        }
         let id = event_id_hash(&ev.event_id);
         let event = Arc::new(ev);
         let entry = TouchpointEntry {
@@ -513,7 +620,7 @@ impl PartitionProcessor {
     pub fn take_batch(&mut self) -> Batch {
         let aggregates: Vec<(AggKey, Counts)> =
             self.out.agg.drain().filter(|(_, c)| !c.is_zero()).collect();
-        let journeys = std::mem::take(&mut self.dirty)
+        let mut journeys: Vec<(Arc<str>, Arc<Journey>)> = std::mem::take(&mut self.dirty)
             .into_iter()
             .filter_map(|c| {
                 let j = self.journeys.get_mut(&c)?;
@@ -535,6 +642,7 @@ impl PartitionProcessor {
                 (f.customer.as_ptr(), f.origin.id, u16::from(f.step) + 1)
             });
         }
+        let (identifications, visitors) = self.take_identity(&mut journeys);
         // The next batch is likely as large as this one: start at its size instead of
         // growing (and copying) from empty.
         self.out.touchpoints = Vec::with_capacity(facts.len());
@@ -554,7 +662,40 @@ impl PartitionProcessor {
             refused: std::mem::take(&mut self.refused),
             journeys,
             duplicates: std::mem::take(&mut self.duplicates),
+            visitors,
+            identifications,
+            forwarded: std::mem::take(&mut self.forwarded),
         }
+    }
+
+    /// The identifications to send, and the identity state of every device whose visitor
+    /// journey is persisted with this batch (the changed ones added to `journeys`): a
+    /// visitor's row holds both.
+    fn take_identity(
+        &mut self,
+        journeys: &mut Vec<(Arc<str>, Arc<Journey>)>,
+    ) -> (Vec<Identification>, HashMap<Arc<str>, Visitor>) {
+        let Some(resolver) = self.identity.as_mut() else {
+            return Default::default();
+        };
+        let identifications = resolver.take_identifications();
+        let mut keys: std::collections::HashSet<Arc<str>> =
+            journeys.iter().map(|(k, _)| k.clone()).collect();
+        for (device, _) in resolver.take_changed() {
+            let key: Arc<str> = visitor_key(&device).into();
+            if keys.insert(key.clone()) {
+                let journey = self.journeys.get(&*key).cloned().unwrap_or_default();
+                journeys.push((key, journey));
+            }
+        }
+        let visitors = journeys
+            .iter()
+            .filter_map(|(key, _)| {
+                let device = key.strip_prefix(VISITOR_PREFIX)?;
+                Some((key.clone(), resolver.visitor(device)?.clone()))
+            })
+            .collect();
+        (identifications, visitors)
     }
 
     fn resolve(
@@ -624,6 +765,15 @@ impl PartitionProcessor {
         }
         self.swept_to = h;
     }
+}
+
+/// How a touchpoint reached the processor.
+#[derive(Debug, Clone, Copy)]
+enum Arrival {
+    /// Read from this partition's input, with its record timestamp.
+    Input(Option<i64>),
+    /// Stitched on another partition, or released after waiting here: checked on arrival.
+    Internal,
 }
 
 /// Where the consequences of a journey's change go.

@@ -7,21 +7,26 @@
 //! processor's over the events with that rule's customer ids written in (the processor alone
 //! is checked against the reference model in `processor.rs`).
 //!
-//! The harness plays the service's protocol: each partition reads two queues, its records and
-//! an internal one; on a commit it sends its identifications, then publishes its watermark,
-//! to every partition's internal queue; a partition releases held touchpoints by the lowest
-//! watermark published by all.
+//! The harness plays the service's protocol: each partition reads two logs, its records and
+//! an internal one; on a commit it sends its identifications and claimed touchpoints, writes
+//! its batch (with its journeys and held touchpoints), then publishes its watermark to every
+//! partition's internal log; a partition releases held touchpoints by the lowest watermark
+//! published by all. A crash after sending but before writing restarts the partition from
+//! its last commit (its outputs were sent and are sent again); every partition republishes
+//! its watermark now and then, which a restarted one needs.
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use cxstream_core::identity::{Identification, IdentityPolicy, IdentityResolver, Route};
+use cxstream_core::identity::{Identification, IdentityPolicy, Visitor};
+use cxstream_core::journey::Journey;
 use cxstream_core::metrics::StepCounts;
-use cxstream_core::processor::{AggKey, StepKey};
+use cxstream_core::processor::{AggKey, StepKey, Written};
 use cxstream_core::{
-    Counts, EventTimePolicy, Input, JourneyMap, PartitionProcessor, TouchpointEvent,
+    ClockState, Counts, EventClock, EventTimePolicy, Input, JourneyMap, PartitionProcessor,
+    TouchpointEvent,
 };
 use proptest::prelude::*;
 
@@ -181,6 +186,14 @@ enum Item {
     Watermark(usize, Option<i64>),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cut {
+    None,
+    Commit,
+    /// Outputs sent, the batch not written: restart from the last commit.
+    CrashBeforeWrite,
+}
+
 #[derive(Default)]
 struct Totals {
     agg: BTreeMap<AggKey, Counts>,
@@ -188,16 +201,6 @@ struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, p: &mut PartitionProcessor) {
-        let b = p.take_batch();
-        for (k, c) in b.aggregates {
-            self.agg.entry(k).or_default().merge(&c);
-        }
-        for (k, c) in b.step_aggregates {
-            self.steps.entry(k).or_default().merge(&c);
-        }
-    }
-
     fn nonzero(mut self) -> (BTreeMap<AggKey, Counts>, BTreeMap<StepKey, StepCounts>) {
         self.agg.retain(|_, c| !c.is_zero());
         self.steps.retain(|_, c| !c.is_zero());
@@ -205,30 +208,120 @@ impl Totals {
     }
 }
 
+/// What one partition committed: its state and read positions.
+#[derive(Default)]
+struct Committed {
+    journeys: HashMap<Arc<str>, Arc<Journey>>,
+    visitors: HashMap<String, Visitor>,
+    clock: ClockState,
+    /// Read positions of (records, internal).
+    at: [usize; 2],
+}
+
 struct Partition {
     processor: PartitionProcessor,
-    resolver: IdentityResolver,
-    records: VecDeque<Item>,
-    internal: VecDeque<Item>,
+    logs: [Vec<Item>; 2],
+    at: [usize; 2],
+    committed: Committed,
     heard: [Option<Option<i64>>; PARTITIONS],
     /// The last watermark it published (`None`: none yet).
     published: Option<Option<i64>>,
 }
 
+fn identity() -> IdentityPolicy {
+    IdentityPolicy { window_ms: WINDOW }
+}
+
 fn new_processor() -> PartitionProcessor {
-    let mut p = PartitionProcessor::new(map(), policy());
+    let mut p = PartitionProcessor::new(map(), policy()).with_identity(identity());
     p.set_idle(Input::Answers, true);
     p
 }
 
-/// Plays the records through two partitions; `picks` chooses which partition takes its next
-/// item, `commits` when one commits (sends identifications, then its watermark).
-fn stitched_run(
-    sent: &[TouchpointEvent],
-    jitter: &[i64],
-    picks: &[u8],
-    commits: &[bool],
-) -> Totals {
+impl Partition {
+    fn restart(&mut self) {
+        let c = &self.committed;
+        let clock = EventClock::resumed(policy(), c.clock);
+        let mut p = PartitionProcessor::resumed(map(), clock).with_identity(identity());
+        for (k, j) in &c.journeys {
+            p.restore(k.to_string(), (**j).clone(), Written::WithOutcomes);
+        }
+        for (d, v) in &c.visitors {
+            p.restore_visitor(d.clone(), v.clone());
+        }
+        p.set_idle(Input::Answers, true);
+        self.processor = p;
+        self.at = c.at;
+        self.heard = [None; PARTITIONS];
+    }
+
+    fn read(&mut self, item: Item) {
+        let p = &mut self.processor;
+        match item {
+            Item::Record(e) => {
+                let written = Some(e.event_time);
+                p.on_touchpoint(e, 0, written).unwrap();
+            }
+            Item::Stitched(e) => p.on_stitched(e, 0).unwrap(),
+            Item::Identification(id) => p.on_identification(id),
+            Item::Watermark(from, wm) => {
+                self.heard[from] = Some(wm);
+                let lowest = self
+                    .heard
+                    .iter()
+                    .try_fold(i64::MAX, |lo, h| Some(lo.min((*h)??)));
+                if let Some(iw) = lowest {
+                    p.release_identities(iw);
+                }
+            }
+        }
+    }
+
+    /// Sends the batch's outputs, then (unless it crashes first) writes it and publishes
+    /// the watermark.
+    fn commit(&mut self, me: usize, totals: &mut Totals, crash: bool) -> Vec<(usize, Item)> {
+        let b = self.processor.take_batch();
+        let mut out: Vec<(usize, Item)> = Vec::new();
+        for id in b.identifications {
+            out.push((partition(&id.anonymous_id), Item::Identification(id)));
+        }
+        for r in b.forwarded {
+            let to = partition(r.event.customer_id.as_deref().unwrap());
+            out.push((to, Item::Stitched(r.event)));
+        }
+        if crash {
+            self.restart();
+            return out;
+        }
+        for (k, c) in b.aggregates {
+            totals.agg.entry(k).or_default().merge(&c);
+        }
+        for (k, c) in b.step_aggregates {
+            totals.steps.entry(k).or_default().merge(&c);
+        }
+        for (k, j) in b.journeys {
+            if let Some(device) = k.strip_prefix("anon:") {
+                match b.visitors.get(&k) {
+                    Some(v) => self.committed.visitors.insert(device.to_owned(), v.clone()),
+                    None => self.committed.visitors.remove(device),
+                };
+            }
+            self.committed.journeys.insert(k, j);
+        }
+        self.committed.clock = self.processor.clock().state();
+        self.committed.at = self.at;
+        let wm = self.processor.watermark_ms();
+        if self.published != Some(wm) {
+            self.published = Some(wm);
+            out.extend((0..PARTITIONS).map(|to| (to, Item::Watermark(me, wm))));
+        }
+        out
+    }
+}
+
+/// Plays the records through two partitions; `picks` chooses which log is read next,
+/// `cuts` when a partition commits or crashes.
+fn stitched_run(sent: &[TouchpointEvent], jitter: &[i64], picks: &[u8], cuts: &[Cut]) -> Totals {
     let mut arrival: Vec<(i64, usize)> = sent
         .iter()
         .enumerate()
@@ -238,9 +331,9 @@ fn stitched_run(
     let mut parts: Vec<Partition> = (0..PARTITIONS)
         .map(|_| Partition {
             processor: new_processor(),
-            resolver: IdentityResolver::new(IdentityPolicy { window_ms: WINDOW }),
-            records: VecDeque::new(),
-            internal: VecDeque::new(),
+            logs: [Vec::new(), Vec::new()],
+            at: [0, 0],
+            committed: Committed::default(),
             heard: [None; PARTITIONS],
             published: None,
         })
@@ -252,14 +345,11 @@ fn stitched_run(
             .as_deref()
             .or(e.anonymous_id.as_deref())
             .unwrap();
-        parts[partition(key)]
-            .records
-            .push_back(Item::Record(e.clone()));
+        let log = &mut parts[partition(key)].logs[0];
+        log.push(Item::Record(e.clone()));
         // A producer's retry: the same record again, later.
         if i % 5 == 0 {
-            parts[partition(key)]
-                .records
-                .push_back(Item::Record(e.clone()));
+            log.push(Item::Record(e.clone()));
         }
     }
     // The end of the inputs: a far-future touchpoint on each partition moves every
@@ -272,104 +362,60 @@ fn stitched_run(
             T0 + 10_000 * HOUR,
             "ad_click",
         );
-        part.records.push_back(Item::Record(end));
+        part.logs[0].push(Item::Record(end));
     }
     let mut totals = Totals::default();
-    let mut step = 0usize;
+    let (mut step, mut crashes) = (0usize, 0);
     loop {
-        // (partition, which queue) with something to read.
-        let pending: Vec<(usize, bool)> = (0..PARTITIONS)
-            .flat_map(|p| [(p, false), (p, true)])
-            .filter(|(p, internal)| {
-                let part = &parts[*p];
-                !if *internal {
-                    &part.internal
-                } else {
-                    &part.records
-                }
-                .is_empty()
-            })
+        let pending: Vec<(usize, usize)> = (0..PARTITIONS)
+            .flat_map(|p| [(p, 0), (p, 1)])
+            .filter(|&(p, l)| parts[p].at[l] < parts[p].logs[l].len())
             .collect();
         if pending.is_empty() {
             break;
         }
-        let (me, internal) = pending[usize::from(picks[step % picks.len()]) % pending.len()];
-        let last = parts[me].records.len() + parts[me].internal.len() == 1;
-        let commit = commits[step % commits.len()] || last;
+        let (me, log) = pending[usize::from(picks[step % picks.len()]) % pending.len()];
+        let mut cut = cuts[step % cuts.len()];
         step += 1;
-        let queue = if internal {
-            &mut parts[me].internal
-        } else {
-            &mut parts[me].records
-        };
-        let item = queue.pop_front().unwrap();
-        let mut out: Vec<(usize, Item)> = Vec::new();
         let part = &mut parts[me];
-        match item {
-            Item::Record(e) => {
-                part.processor.validate_touchpoint(&e).unwrap();
-                let written = Some(e.event_time);
-                match part
-                    .resolver
-                    .route(e, 0, part.processor.clock(), written)
-                    .unwrap()
-                {
-                    Route::Apply(e) => part.processor.on_touchpoint(e, 0, written).unwrap(),
-                    Route::Held => {}
-                    Route::Forward(e) => {
-                        let to = partition(e.customer_id.as_deref().unwrap());
-                        out.push((to, Item::Stitched(e)));
-                    }
-                }
-            }
-            Item::Stitched(e) => part.processor.on_touchpoint(e, 0, None).unwrap(),
-            Item::Identification(id) => {
-                for r in part.resolver.on_identification(id) {
-                    let to = partition(r.event.customer_id.as_deref().unwrap());
-                    out.push((to, Item::Stitched(r.event)));
-                }
-            }
-            Item::Watermark(from, wm) => {
-                part.heard[from] = Some(wm);
-                let lowest = part
-                    .heard
-                    .iter()
-                    .try_fold(i64::MAX, |lo, h| Some(lo.min((*h)??)));
-                if let Some(iw) = lowest {
-                    for r in part.resolver.release(iw) {
-                        part.processor.on_touchpoint(r.event, 0, None).unwrap();
-                    }
-                }
-            }
+        let item = part.logs[log][part.at[log]].clone();
+        part.at[log] += 1;
+        part.read(item);
+        let mut out = Vec::new();
+        let last = part.at.iter().zip(&part.logs).all(|(a, l)| *a == l.len());
+        if cut == Cut::CrashBeforeWrite && crashes >= 4 || cut == Cut::None && last {
+            cut = Cut::Commit;
         }
-        if commit {
-            for id in part.resolver.take_identifications() {
-                out.push((partition(&id.anonymous_id), Item::Identification(id)));
-            }
-            totals.add(&mut part.processor);
-            let wm = part.processor.watermark_ms();
-            if part.published != Some(wm) {
-                part.published = Some(wm);
-                out.extend((0..PARTITIONS).map(|to| (to, Item::Watermark(me, wm))));
+        if cut != Cut::None {
+            let crash = cut == Cut::CrashBeforeWrite;
+            crashes += usize::from(crash);
+            out.extend(part.commit(me, &mut totals, crash));
+            if crash {
+                // Every partition republishes its watermark now and then.
+                for r in 0..PARTITIONS {
+                    if let Some(wm) = parts[r].published {
+                        parts[me].logs[1].push(Item::Watermark(r, wm));
+                    }
+                }
             }
         }
         for (to, item) in out {
-            parts[to].internal.push_back(item);
+            parts[to].logs[1].push(item);
         }
     }
-    for part in &mut parts {
+    for part in &parts {
         assert_eq!(
-            part.resolver.held(),
+            part.processor.held_touchpoints(),
             0,
             "everything held was released or claimed"
         );
-        totals.add(&mut part.processor);
     }
     totals
 }
 
 fn baseline(expected: &[TouchpointEvent]) -> Totals {
-    let mut p = new_processor();
+    let mut p = PartitionProcessor::new(map(), policy());
+    p.set_idle(Input::Answers, true);
     let mut events = expected.to_vec();
     for n in 0..PARTITIONS {
         events.push(tp(
@@ -384,9 +430,22 @@ fn baseline(expected: &[TouchpointEvent]) -> Totals {
     for e in events {
         p.on_touchpoint(e, 0, None).unwrap();
     }
-    let mut t = Totals::default();
-    t.add(&mut p);
-    t
+    let b = p.take_batch();
+    Totals {
+        agg: b.aggregates.into_iter().collect(),
+        steps: b.step_aggregates.into_iter().collect(),
+    }
+}
+
+fn cuts() -> impl Strategy<Value = Vec<Cut>> {
+    prop::collection::vec(
+        prop_oneof![
+            10 => Just(Cut::None),
+            4 => Just(Cut::Commit),
+            1 => Just(Cut::CrashBeforeWrite),
+        ],
+        1..40,
+    )
 }
 
 proptest! {
@@ -397,10 +456,10 @@ proptest! {
         devices in (1u8..6).prop_flat_map(|n| (0..n).map(device).collect::<Vec<_>>()),
         jitter in prop::collection::vec(0..JITTER, 1..20),
         picks in prop::collection::vec(any::<u8>(), 1..30),
-        commits in prop::collection::vec(prop::bool::weighted(0.3), 1..30),
+        cuts in cuts(),
     ) {
         let (sent, expected) = records(&devices);
-        let got = stitched_run(&sent, &jitter, &picks, &commits).nonzero();
+        let got = stitched_run(&sent, &jitter, &picks, &cuts).nonzero();
         prop_assert_eq!(got, baseline(&expected).nonzero());
     }
 }
