@@ -11,8 +11,7 @@
 use std::sync::Arc;
 
 use clickhouse::Client;
-use cxstream_core::processor::Written;
-use cxstream_core::{Batch, ClockState, Journey, JourneyMap};
+use cxstream_core::{Batch, ClockState, JourneyMap};
 use serde::Deserialize;
 
 use crate::journey_state;
@@ -30,9 +29,11 @@ pub struct Resume {
     /// Next offsets to read, `None` when nothing was committed yet.
     pub touchpoints_offset: Option<i64>,
     pub answers_offset: Option<i64>,
+    pub identities_offset: Option<i64>,
     /// The event clock as committed.
     pub clock: ClockState,
-    pub journeys: Vec<(String, Journey, Written)>,
+    /// Each customer's (and visitor's) stored journey.
+    pub journeys: Vec<(String, journey_state::Stored)>,
     /// Batches below this sequence number are folded into the partition's generation.
     pub live_from: u64,
 }
@@ -42,6 +43,7 @@ pub struct Resume {
 pub struct BatchEnd {
     pub touchpoints_next_offset: i64,
     pub answers_next_offset: i64,
+    pub identities_next_offset: i64,
     pub clock: ClockState,
     pub records: u64,
 }
@@ -165,17 +167,18 @@ impl BatchCommitter {
             .ctx(|| format!("reading journey state of partition {partition}"))?;
         let mut journeys = Vec::with_capacity(saved.len());
         for s in saved {
-            let (state, written) = journey_state::decode(&s.state).map_err(|e| Error::State {
+            let stored = journey_state::decode(&s.state).map_err(|e| Error::State {
                 partition,
                 message: e.to_string(),
             })?;
-            journeys.push((s.customer_id, state, written));
+            journeys.push((s.customer_id, stored));
         }
         Ok(Resume {
             next_seq: last.batch_seq + 1,
             // Negative: nothing was read from that topic yet (start at its beginning).
             touchpoints_offset: Some(last.touchpoints_next_offset).filter(|o| *o >= 0),
             answers_offset: Some(last.answers_next_offset).filter(|o| *o >= 0),
+            identities_offset: Some(last.identities_next_offset).filter(|o| *o >= 0),
             clock: ClockState {
                 highs: [last.touchpoints_high_ms, last.answers_high_ms]
                     .map(|h| Some(h).filter(|h| *h != i64::MIN)),
@@ -282,7 +285,8 @@ impl BatchCommitter {
             .journeys
             .iter()
             .map(|(customer, state)| {
-                let bytes = journey_state::encode(state).map_err(|e| Error::State {
+                let visitor = batch.visitors.get(customer);
+                let bytes = journey_state::encode(state, visitor).map_err(|e| Error::State {
                     partition,
                     message: e.to_string(),
                 })?;
@@ -324,6 +328,7 @@ impl BatchCommitter {
             committed_at: now_secs(),
             touchpoints_high_ms: end.clock.highs[0].unwrap_or(i64::MIN),
             answers_high_ms: end.clock.highs[1].unwrap_or(i64::MIN),
+            identities_next_offset: end.identities_next_offset,
         };
         self.insert_rows::<BatchRow>("ingest_batches", [marker])
             .await?;

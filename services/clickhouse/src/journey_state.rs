@@ -5,7 +5,10 @@
 //! `Option` tag (0 or 1); versions start at 2, so the first byte tells them apart.
 //! Version 3 added the floor's journey progress, pending stage entry and step attempts;
 //! rows of earlier versions were written before stage and step outcomes were counted.
+//! Version 4 is a visitor's row (identity stitching): its journey and the device's held
+//! touchpoints and claim, written together so that they commit together.
 
+use cxstream_core::identity::Visitor;
 use cxstream_core::journey::{AnswerEntry, Context, Floor, Progress, TouchpointEntry};
 use cxstream_core::processor::Written;
 use cxstream_core::Journey;
@@ -13,6 +16,16 @@ use serde::{Deserialize, Serialize};
 
 const V2: u8 = 2;
 const V3: u8 = 3;
+const V4: u8 = 4;
+
+/// A stored row, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub journey: Journey,
+    pub written: Written,
+    /// A visitor's device state, on a visitor's row.
+    pub visitor: Option<Visitor>,
+}
 
 /// The layout of versions 0 to 2.
 #[derive(Serialize, Deserialize)]
@@ -55,35 +68,50 @@ impl From<JourneyV2> for Journey {
 pub enum StateError {
     #[error("the stored journey is empty")]
     Empty,
-    #[error("the stored journey has version {0}, newer than this cxstream reads (up to {V3}); upgrade cxstream")]
+    #[error("the stored journey has version {0}, newer than this cxstream reads (up to {V4}); upgrade cxstream")]
     Newer(u8),
     #[error("the stored journey cannot be decoded: {0}")]
     Decode(String),
 }
 
-pub fn encode(journey: &Journey) -> Result<Vec<u8>, StateError> {
-    postcard::to_extend(journey, vec![V3]).map_err(|e| StateError::Decode(e.to_string()))
+pub fn encode(journey: &Journey, visitor: Option<&Visitor>) -> Result<Vec<u8>, StateError> {
+    let written = match visitor {
+        None => postcard::to_extend(journey, vec![V3]),
+        Some(v) => postcard::to_extend(&(journey, v), vec![V4]),
+    };
+    written.map_err(|e| StateError::Decode(e.to_string()))
 }
 
-pub fn decode(bytes: &[u8]) -> Result<(Journey, Written), StateError> {
+pub fn decode(bytes: &[u8]) -> Result<Stored, StateError> {
     let (&version, rest) = bytes.split_first().ok_or(StateError::Empty)?;
     let err = |e: postcard::Error| StateError::Decode(e.to_string());
+    let before_outcomes = |journey: JourneyV2| Stored {
+        journey: journey.into(),
+        written: Written::BeforeOutcomes,
+        visitor: None,
+    };
     match version {
         // Before the version byte: the same layout as version 2.
-        0 | 1 => Ok((
-            postcard::from_bytes::<JourneyV2>(bytes)
-                .map_err(err)?
-                .into(),
-            Written::BeforeOutcomes,
+        0 | 1 => Ok(before_outcomes(
+            postcard::from_bytes::<JourneyV2>(bytes).map_err(err)?,
         )),
-        V2 => Ok((
-            postcard::from_bytes::<JourneyV2>(rest).map_err(err)?.into(),
-            Written::BeforeOutcomes,
+        V2 => Ok(before_outcomes(
+            postcard::from_bytes::<JourneyV2>(rest).map_err(err)?,
         )),
-        V3 => Ok((
-            postcard::from_bytes(rest).map_err(err)?,
-            Written::WithOutcomes,
-        )),
+        V3 => Ok(Stored {
+            journey: postcard::from_bytes(rest).map_err(err)?,
+            written: Written::WithOutcomes,
+            visitor: None,
+        }),
+        V4 => {
+            let (journey, visitor) =
+                postcard::from_bytes::<(Journey, Visitor)>(rest).map_err(err)?;
+            Ok(Stored {
+                journey,
+                written: Written::WithOutcomes,
+                visitor: Some(visitor),
+            })
+        }
         newer => Err(StateError::Newer(newer)),
     }
 }
@@ -130,24 +158,63 @@ mod tests {
         j
     }
 
+    fn stored(journey: Journey, written: Written, visitor: Option<Visitor>) -> Stored {
+        Stored {
+            journey,
+            written,
+            visitor,
+        }
+    }
+
     #[test]
     fn round_trips_with_a_version_byte() {
-        let bytes = encode(&journey()).unwrap();
+        let bytes = encode(&journey(), None).unwrap();
         assert_eq!(bytes[0], V3);
-        assert_eq!(decode(&bytes), Ok((journey(), Written::WithOutcomes)));
+        let expected = stored(journey(), Written::WithOutcomes, None);
+        assert_eq!(decode(&bytes), Ok(expected));
+    }
+
+    #[test]
+    fn a_visitors_row_keeps_its_held_touchpoints_and_claim() {
+        use cxstream_core::identity::{Claim, Routed};
+        use cxstream_core::TouchpointEvent;
+        let event = TouchpointEvent {
+            event_id: "a".into(),
+            customer_id: None,
+            anonymous_id: Some("d".into()),
+            event_time: 5,
+            touchpoint: "product_view".into(),
+            channel: "web".into(),
+            stage: None,
+            segment: None,
+            outcome: None,
+            attributes: [("k".to_string(), "v".to_string())].into(),
+        };
+        let visitor = Visitor {
+            held: vec![Routed {
+                event,
+                source_offset: 3,
+            }],
+            claim: Some(Claim {
+                customer_id: "c".into(),
+                from: 1,
+            }),
+        };
+        let bytes = encode(&journey(), Some(&visitor)).unwrap();
+        assert_eq!(bytes[0], V4);
+        let expected = stored(journey(), Written::WithOutcomes, Some(visitor));
+        assert_eq!(decode(&bytes), Ok(expected));
     }
 
     #[test]
     fn reads_rows_of_earlier_versions_as_written_before_outcomes() {
         let expected: Journey = legacy().into();
         let v2 = postcard::to_extend(&legacy(), vec![V2]).unwrap();
-        assert_eq!(decode(&v2), Ok((expected.clone(), Written::BeforeOutcomes)));
+        let before = stored(expected, Written::BeforeOutcomes, None);
+        assert_eq!(decode(&v2), Ok(before.clone()));
         let unversioned = postcard::to_allocvec(&legacy()).unwrap();
         assert!(unversioned[0] <= 1);
-        assert_eq!(
-            decode(&unversioned),
-            Ok((expected, Written::BeforeOutcomes))
-        );
+        assert_eq!(decode(&unversioned), Ok(before));
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod rows;
 
 pub use commit::{BatchCommitter, BatchEnd, Resume};
 pub use compaction::Generation;
+pub use journey_state::Stored;
 pub use migrations::{apply_migrations, Migration, MIGRATIONS};
 pub use rows::{AnswerRow, BatchRow, MinuteRow, StateRow, TouchpointRow};
 

@@ -60,6 +60,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "cases",
         sql: include_str!("../../../schemas/clickhouse/0009_cases.sql"),
     },
+    Migration {
+        version: 10,
+        name: "identities",
+        sql: include_str!("../../../schemas/clickhouse/0010_identities.sql"),
+    },
 ];
 
 impl Migration {

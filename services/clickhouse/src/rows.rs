@@ -372,6 +372,8 @@ pub struct BatchRow {
     /// High marks of the inputs (`i64::MIN`: not seen yet), for resuming the event clock.
     pub touchpoints_high_ms: i64,
     pub answers_high_ms: i64,
+    /// Next offset of the identities topic (-2: not read yet).
+    pub identities_next_offset: i64,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]

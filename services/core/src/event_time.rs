@@ -143,6 +143,11 @@ impl EventClock {
         }
     }
 
+    /// The latest event time applied from `input`.
+    pub fn high(&self, input: Input) -> Option<i64> {
+        self.high[input.index()]
+    }
+
     fn latest(&self) -> Option<i64> {
         self.high.iter().flatten().copied().max()
     }

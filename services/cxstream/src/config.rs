@@ -16,6 +16,7 @@ pub struct Config {
     pub topics: Topics,
     pub clickhouse: ClickHouseSettings,
     pub journey: JourneySettings,
+    pub identity: IdentitySettings,
     pub schemas: SchemaSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
@@ -64,7 +65,11 @@ pub struct Topics {
     pub alerts: String,
     /// Dead letters: original bytes plus headers naming source and reason. Default `cx.dlq`.
     pub dlq: String,
-    /// Partitions of both input topics when `cxstream topics` creates them. Default 4.
+    /// Internal topic of identity stitching, co-partitioned with the inputs (read and written
+    /// by journey services only). Default `cx.identities`.
+    pub identities: String,
+    /// Partitions of both input topics (and the identities topic) when `cxstream topics`
+    /// creates them. Default 4.
     pub partitions: i32,
 }
 
@@ -76,6 +81,7 @@ impl Default for Topics {
             aggregates: "cx.aggregates".into(),
             alerts: "cx.alerts".into(),
             dlq: "cx.dlq".into(),
+            identities: "cx.identities".into(),
             partitions: 4,
         }
     }
@@ -169,6 +175,58 @@ impl Default for JourneySettings {
     }
 }
 
+/// Identity stitching (README § Identity stitching): a device's anonymous touchpoints join
+/// the journey of the customer later identified on it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySettings {
+    /// Default false: a touchpoint without a customer id is dead-lettered as
+    /// `missing_customer_id`. On, the journey service also reads and writes
+    /// `topics.identities`.
+    pub enabled: bool,
+    /// How long after an anonymous touchpoint an identification may come and still claim
+    /// it, and how long it waits for one before it counts as the visitor's own journey, ms;
+    /// less than `journey.allowed_lateness_ms`. Default 86400000 (1 day).
+    pub window_ms: i64,
+    /// How producers choose a key's partition, in librdkafka's names: cxstream sends each
+    /// identification to the anonymous id's partition and each claimed touchpoint to the
+    /// customer's, so it must partition keys as the producers do. `consistent_random`
+    /// (default: librdkafka's, so Python, Go, .NET and Rust clients') or `murmur2_random`
+    /// (Java clients').
+    pub partitioner: String,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        IdentitySettings {
+            enabled: false,
+            window_ms: 86_400_000,
+            partitioner: "consistent_random".into(),
+        }
+    }
+}
+
+impl IdentitySettings {
+    /// The core's policy, when stitching is on.
+    pub fn policy(&self) -> Option<cxstream_core::identity::IdentityPolicy> {
+        self.enabled
+            .then_some(cxstream_core::identity::IdentityPolicy {
+                window_ms: self.window_ms,
+            })
+    }
+}
+
+/// Partitioners librdkafka knows (its `partitioner` setting).
+const PARTITIONERS: [&str; 7] = [
+    "random",
+    "consistent",
+    "consistent_random",
+    "murmur2",
+    "murmur2_random",
+    "fnv1a",
+    "fnv1a_random",
+];
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
@@ -255,6 +313,13 @@ impl Config {
                 .map(PathBuf::from)
                 .collect();
         }
+        if let Some(v) = get("CXSTREAM_IDENTITY_ENABLED") {
+            self.identity.enabled = match v.as_str() {
+                "true" | "1" | "on" => true,
+                "false" | "0" | "off" => false,
+                _ => bail!("CXSTREAM_IDENTITY_ENABLED `{v}` must be true or false"),
+            };
+        }
         if let Some(v) = get("CXSTREAM_JOURNEY_GROUP_ID") {
             self.journey.group_id = v;
         }
@@ -314,6 +379,21 @@ impl Config {
         }
         if self.journey.allowed_lateness_ms < 0 || self.journey.max_future_ms < 0 {
             bail!("journey.allowed_lateness_ms and journey.max_future_ms must not be negative");
+        }
+        let id = &self.identity;
+        if id.enabled && !(0 < id.window_ms && id.window_ms < self.journey.allowed_lateness_ms) {
+            bail!(
+                "identity.window_ms {} must be positive and less than journey.allowed_lateness_ms ({}), so that a stitched touchpoint is not late where it goes",
+                id.window_ms,
+                self.journey.allowed_lateness_ms
+            );
+        }
+        if !PARTITIONERS.contains(&id.partitioner.as_str()) {
+            bail!(
+                "identity.partitioner `{}` is not one of {} (murmur2_random for Java producers)",
+                id.partitioner,
+                PARTITIONERS.join(", ")
+            );
         }
         Ok(())
     }
@@ -401,6 +481,21 @@ mod tests {
             .map(|_| ())
             .unwrap_err();
         assert!(e.to_string().contains("CXSTREAM_JOURNEY_MAPS"), "{e}");
+    }
+
+    #[test]
+    fn identity_settings_are_checked() {
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "CXSTREAM_IDENTITY_ENABLED").then(|| "true".to_string()))
+            .expect("env");
+        assert!(c.identity.enabled);
+        c.identity.window_ms = c.journey.allowed_lateness_ms;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("identity.window_ms"), "{e}");
+        let mut c = Config::default();
+        c.identity.partitioner = "murmur3".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("murmur2_random"), "{e}");
     }
 
     #[test]

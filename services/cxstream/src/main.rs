@@ -38,7 +38,8 @@ struct Cli {
 enum Command {
     /// Apply the ClickHouse migrations in schemas/clickhouse/ that are not applied yet.
     Migrate,
-    /// Create the Kafka topics (inputs co-partitioned, DLQ, aggregates, alerts) if missing.
+    /// Create the Kafka topics (inputs and identities co-partitioned, DLQ, aggregates,
+    /// alerts) if missing.
     Topics,
     /// Produce simulated customer journeys and survey answers; write the ground truth.
     Simulate(simulate::SimulateArgs),
@@ -152,6 +153,7 @@ fn run(command: Command, cfg: Config) -> Result<()> {
                 (t.touchpoints.as_str(), t.partitions),
                 (t.survey_responses.as_str(), t.partitions),
                 (t.aggregates.as_str(), t.partitions),
+                (t.identities.as_str(), t.partitions),
                 (t.alerts.as_str(), 1),
                 (t.dlq.as_str(), 1),
             ]

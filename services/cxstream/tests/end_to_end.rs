@@ -1445,3 +1445,225 @@ fn without_clickhouse_the_service_is_alive_but_not_ready() {
         0
     );
 }
+
+/// A touchpoint to produce, to the given partition or (none) to its key's.
+type Placed = (TouchpointEvent, Option<i32>);
+
+/// Identity stitching's window in the identity test: one hour.
+const IDENTITY_WINDOW_MS: i64 = 3_600_000;
+
+/// Devices browsing anonymously (keyed by their anonymous id, as producers key them), some
+/// signing in within the window, some never, some hours later, some signed in before they
+/// browse; and one far-future touchpoint per partition, so that every wait ends. Returns the
+/// records with their partition (for the far-future ones) and, per event id, whose journey
+/// it belongs to by the README's rule: the customer's when dated at or after the device's
+/// first identification minus the window, else the visitor's (`anon:` + anonymous id).
+fn identity_traffic(devices: u32) -> (Vec<Placed>, BTreeMap<String, String>) {
+    let t0 = 1_793_836_800_000i64; // 2026-11-05 00:00 UTC
+    let minute = 60_000;
+    let event = |id: String, customer: Option<&str>, device: Option<&str>, t: i64, name: &str| {
+        TouchpointEvent {
+            event_id: id,
+            customer_id: customer.map(Into::into),
+            anonymous_id: device.map(Into::into),
+            event_time: t,
+            touchpoint: name.into(),
+            channel: "web".into(),
+            stage: None,
+            segment: None,
+            outcome: None,
+            attributes: HashMap::new(),
+        }
+    };
+    let mut events: Vec<TouchpointEvent> = Vec::new();
+    let mut owner = BTreeMap::new();
+    for k in 0..devices {
+        let (device, customer) = (format!("dev-{k}"), format!("cust-{k}"));
+        let base = t0 + i64::from(k) * 7 * minute;
+        let browse = 1 + k % 4;
+        // When the device is identified (minutes after `base`), if ever.
+        let identified_at = match k % 4 {
+            0 => Some(20),
+            1 => None,
+            2 => Some(180),
+            _ => Some(-5),
+        };
+        for i in 0..browse {
+            let t = base + i64::from(i) * 3 * minute;
+            let name = if i == 0 {
+                "ad_impression"
+            } else {
+                "product_view"
+            };
+            events.push(event(
+                format!("{device}-a{i}"),
+                None,
+                Some(&device),
+                t,
+                name,
+            ));
+        }
+        if let Some(at) = identified_at {
+            let t = base + at * minute;
+            events.push(event(
+                format!("{device}-i"),
+                Some(&customer),
+                Some(&device),
+                t,
+                "checkout_started",
+            ));
+            events.push(event(
+                format!("{device}-p"),
+                Some(&customer),
+                None,
+                t + 2 * minute,
+                "purchase_completed",
+            ));
+            // Still browsing without signing in on the same device, later.
+            events.push(event(
+                format!("{device}-late"),
+                None,
+                Some(&device),
+                t + 30 * minute,
+                "product_view",
+            ));
+        }
+        for e in events
+            .iter()
+            .filter(|e| e.anonymous_id.as_deref() == Some(device.as_str()))
+        {
+            let mine = e.customer_id.clone().or_else(|| {
+                let first = base + identified_at? * minute;
+                (e.event_time >= first - IDENTITY_WINDOW_MS).then(|| customer.clone())
+            });
+            owner.insert(
+                e.event_id.clone(),
+                mine.unwrap_or_else(|| format!("anon:{device}")),
+            );
+        }
+        for e in events
+            .iter()
+            .filter(|e| e.customer_id.as_deref() == Some(customer.as_str()))
+        {
+            owner.insert(e.event_id.clone(), customer.clone());
+        }
+    }
+    events.sort_by_key(|e| e.event_time);
+    let end = t0 + i64::from(devices) * 7 * minute + 2 * 86_400_000;
+    let mut records: Vec<(TouchpointEvent, Option<i32>)> =
+        events.into_iter().map(|e| (e, None)).collect();
+    for p in 0..PARTITIONS {
+        let (id, who) = (format!("end-{p}"), format!("end-{p}"));
+        owner.insert(id.clone(), who.clone());
+        records.push((event(id, Some(&who), None, end, "ad_impression"), Some(p)));
+    }
+    (records, owner)
+}
+
+/// Whose journey each touchpoint fact is in, by event id.
+fn fact_owners(s: &Stack) -> BTreeMap<String, String> {
+    s.query(&format!(
+        "SELECT event_id, customer_id FROM {}.touchpoints FINAL",
+        s.database()
+    ))
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].clone()))
+    .collect()
+}
+
+fn assert_each_person_counted_once(s: &Stack, owner: &BTreeMap<String, String>) {
+    let facts = fact_owners(s);
+    let diffs: Vec<_> = owner
+        .keys()
+        .chain(facts.keys())
+        .filter(|k| owner.get(*k) != facts.get(*k))
+        .take(8)
+        .map(|k| {
+            format!(
+                "{k}: expected {:?}, in ClickHouse {:?}",
+                owner.get(k),
+                facts.get(k)
+            )
+        })
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "touchpoints in the wrong journey:\n{}",
+        diffs.join("\n")
+    );
+    // Every touchpoint once, in one journey: the facts hold each event id once (FINAL) and
+    // the per-minute counts sum to the same.
+    let db = s.database();
+    let rows = s.scalar(&format!(
+        "SELECT toInt64(count()) FROM {db}.touchpoints FINAL"
+    ));
+    assert_eq!(rows, owner.len() as i64);
+    let counted = s.scalar(&format!(
+        "SELECT toInt64(sum(touchpoints)) FROM {db}.metrics_minute_committed"
+    ));
+    assert_eq!(counted, owner.len() as i64);
+    let persons: HashSet<&String> = owner.values().collect();
+    let in_clickhouse = s.scalar(&format!(
+        "SELECT toInt64(uniqExact(customer_id)) FROM {db}.stage_entries FINAL WHERE withdrawn = 0"
+    ));
+    assert_eq!(
+        in_clickhouse,
+        persons.len() as i64,
+        "persons with a stage entry"
+    );
+    assert_facts_equal_aggregates(s);
+    assert!(s.refused().is_empty(), "{:?}", s.refused());
+    assert!(s.read_topic(&s.topic("dlq"), 1).is_empty());
+}
+
+fn identity_stack(test: &str) -> Stack {
+    let s = Stack::new(test);
+    s.append_config(&format!(
+        "identity:\n  enabled: true\n  window_ms: {IDENTITY_WINDOW_MS}\n"
+    ));
+    s
+}
+
+#[test]
+fn anonymous_visitors_join_the_customer_identified_on_their_device_and_count_once() {
+    let s = identity_stack("identity");
+    let (records, owner) = identity_traffic(120);
+    s.produce_touchpoints_keyed(&records);
+    s.ok(&["journey", "--until-caught-up"]);
+    assert_each_person_counted_once(&s, &owner);
+    let visitors = owner.values().filter(|o| o.starts_with("anon:")).count();
+    let stitched = owner
+        .iter()
+        .filter(|(id, o)| id.contains("-a") && !o.starts_with("anon:"))
+        .count();
+    assert!(
+        visitors > 0 && stitched > 0,
+        "{visitors} visitors' touchpoints, {stitched} stitched"
+    );
+    // A replay of the same topics (the identities topic included) into an empty database
+    // stitches the same touchpoints.
+    let r = s.replay();
+    r.append_config(&format!(
+        "identity:\n  enabled: true\n  window_ms: {IDENTITY_WINDOW_MS}\n"
+    ));
+    r.ok(&["journey", "--until-caught-up"]);
+    assert_each_person_counted_once(&r, &owner);
+}
+
+#[test]
+fn identity_stitching_survives_kill_9_mid_run() {
+    let s = identity_stack("identity_kill");
+    let (records, owner) = identity_traffic(1500);
+    s.produce_touchpoints_keyed(&records);
+    let mut child = s.spawn(&["journey"]);
+    wait_for_batches(&s, 3);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = fact_owners(&s).len();
+    assert!(
+        before < owner.len(),
+        "the run finished before SIGKILL; make the data set larger"
+    );
+    s.ok(&["journey", "--until-caught-up"]);
+    assert_each_person_counted_once(&s, &owner);
+}

@@ -29,6 +29,7 @@ pub struct JourneyMetrics {
     pub commit_seconds: Histogram,
     pub rows_written: IntCounterVec,
     pub tracked_customers: IntGauge,
+    pub held_touchpoints: IntGauge,
     pub refused_events: IntCounterVec,
     pub assigned_partitions: IntGauge,
     pub rebalances: IntCounterVec,
@@ -145,6 +146,11 @@ impl JourneyMetrics {
                 &r,
                 "cxstream_tracked_customers",
                 "Customers with journey state in memory.",
+            )?,
+            held_touchpoints: gauge(
+                &r,
+                "cxstream_identity_held_touchpoints",
+                "Anonymous touchpoints waiting for an identification (identity stitching).",
             )?,
             refused_events: counter_vec(
                 &r,

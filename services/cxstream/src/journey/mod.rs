@@ -1,6 +1,8 @@
 //! `cxstream journey`: consumes both input topics in one consumer group, runs one
 //! [`PartitionProcessor`] per input partition, dead-letters bad records, and commits batches
-//! to ClickHouse (then offsets to Kafka) on a fixed interval.
+//! to ClickHouse (then offsets to Kafka) on a fixed interval. With identity stitching it
+//! also reads and writes the identities topic: identifications and claimed touchpoints are
+//! sent before the batch that made them commits, each journey's committed watermark after.
 //!
 //! The consumer runs on its own thread with a `BaseConsumer` (no wake-up per message); the
 //! async ClickHouse writes are driven from it through the runtime handle.
@@ -15,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use cxstream_avro::Codec;
+use cxstream_avro::{Codec, IdentityMessage, IdentityMessageKind};
 use cxstream_clickhouse::BatchCommitter;
 use cxstream_core::JourneyMaps;
 use cxstream_http::{Health, JourneyMetrics};
@@ -33,8 +35,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 
 use crate::config::Config;
-use cxstream_core::Input;
-use partition::{LaneBatch, Record, Slot};
+use partition::{LaneBatch, Record, Setup, Slot, Source};
 use readiness::Readiness;
 use rebalance::{Change, JourneyContext};
 
@@ -53,6 +54,7 @@ fn subscribe(
         committers: committers.to_vec(),
         touchpoints_topic: cfg.topics.touchpoints.clone(),
         answers_topic: cfg.topics.survey_responses.clone(),
+        identities_topic: cfg.identity.enabled.then(|| cfg.topics.identities.clone()),
         changes: Mutex::new(Vec::new()),
         changed: AtomicBool::new(false),
         shutdown: shutdown.clone(),
@@ -64,8 +66,15 @@ fn subscribe(
     let consumer: ConsumerHandle = consumer_config
         .create_with_context(ctx)
         .context("creating the Kafka consumer")?;
+    let mut topics = vec![
+        cfg.topics.touchpoints.as_str(),
+        cfg.topics.survey_responses.as_str(),
+    ];
+    if cfg.identity.enabled {
+        topics.push(cfg.topics.identities.as_str());
+    }
     consumer
-        .subscribe(&[&cfg.topics.touchpoints, &cfg.topics.survey_responses])
+        .subscribe(&topics)
         .context("subscribing to the input topics")?;
     Ok(consumer)
 }
@@ -96,12 +105,22 @@ struct Inner {
     dlq: ThreadedProducer<DeadLetterDelivery>,
     /// Why a dead letter was refused when sending it, if one was.
     dlq_refused: Option<String>,
+    /// What every slot shares (the event-time policy, identity stitching).
+    setup: Setup,
+    /// Writes the identities topic, partitioning keys as the producers do.
+    identities: Option<ThreadedProducer<DeadLetterDelivery>>,
+    /// When every journey's watermark was last published again.
+    republished: Instant,
+    /// Inputs (partition, source) paused to wait for the identity watermark.
+    paused: std::collections::BTreeSet<(i32, Source)>,
+    /// Inputs that read a record they had to leave (they must wait): paused next.
+    waiting: std::collections::BTreeSet<(i32, Source)>,
     slots: BTreeMap<i32, Slot>,
     shutdown: Arc<AtomicBool>,
     rt: tokio::runtime::Handle,
     dlq_counts: BTreeMap<&'static str, u64>,
-    /// Records read since the last flush, per input and partition.
-    consumed: BTreeMap<(Input, i32), u64>,
+    /// Records read since the last flush, per source and partition.
+    consumed: BTreeMap<(Source, i32), u64>,
 }
 
 impl JourneyService {
@@ -129,6 +148,24 @@ impl JourneyService {
             .producer_config()
             .create_with_context(DeadLetterDelivery::default())
             .context("creating the dead-letter producer")?;
+        let (partitions, identities) = match cfg.identity.policy() {
+            None => (1, None),
+            Some(_) => {
+                let partitions = copartitioned(&consumer, &cfg)?;
+                let producer: ThreadedProducer<DeadLetterDelivery> = cfg
+                    .kafka
+                    .producer_config()
+                    .set("partitioner", &cfg.identity.partitioner)
+                    .create_with_context(DeadLetterDelivery::default())
+                    .context("creating the identities producer")?;
+                (partitions, Some(producer))
+            }
+        };
+        let setup = Setup {
+            policy: cfg.journey.policy(),
+            identity: cfg.identity.policy(),
+            partitions,
+        };
         let inner = Inner {
             codec: cfg.codec()?,
             cfg,
@@ -139,6 +176,11 @@ impl JourneyService {
             committers,
             dlq,
             dlq_refused: None,
+            setup,
+            identities,
+            republished: Instant::now(),
+            paused: Default::default(),
+            waiting: Default::default(),
             slots: BTreeMap::new(),
             shutdown,
             rt,
@@ -174,6 +216,9 @@ impl JourneyService {
                 Some(Ok(msg)) => {
                     since_flush += 1;
                     inner.on_message(&msg);
+                    if !inner.waiting.is_empty() {
+                        inner.throttle(&consumer);
+                    }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
@@ -206,6 +251,7 @@ impl JourneyService {
             {
                 inner.refresh_positions(&consumer);
                 inner.flush(&consumer)?;
+                inner.throttle(&consumer);
                 last_flush = Instant::now();
                 since_flush = 0;
                 if opts.until_caught_up && inner.caught_up(&consumer) {
@@ -233,8 +279,11 @@ impl Inner {
         for change in consumer.context().take_changes() {
             match change {
                 Change::Assigned(p, resumes) => {
-                    let slot = Slot::new(&self.maps, resumes, self.cfg.journey.policy());
+                    let slot = Slot::new(&self.maps, resumes, &self.setup);
                     self.slots.insert(p, slot);
+                    // A new assignment reads unpaused from its resume point.
+                    self.paused.retain(|(q, _)| *q != p);
+                    self.waiting.retain(|(q, _)| *q != p);
                     self.metrics
                         .rebalances
                         .with_label_values(&["assigned"])
@@ -242,15 +291,17 @@ impl Inner {
                 }
                 Change::Revoked(p) => {
                     self.slots.remove(&p);
+                    self.paused.retain(|(q, _)| *q != p);
+                    self.waiting.retain(|(q, _)| *q != p);
                     self.metrics
                         .rebalances
                         .with_label_values(&["revoked"])
                         .inc();
-                    for input in Input::ALL {
+                    for source in Source::ALL {
                         let _ = self
                             .metrics
                             .consumer_lag
-                            .remove_label_values(&[input.as_str(), &p.to_string()]);
+                            .remove_label_values(&[source.as_str(), &p.to_string()]);
                     }
                 }
             }
@@ -261,19 +312,26 @@ impl Inner {
     }
 
     fn on_message(&mut self, msg: &BorrowedMessage<'_>) {
-        let input = if msg.topic() == self.cfg.topics.touchpoints {
-            Input::Touchpoints
+        let source = if msg.topic() == self.cfg.topics.touchpoints {
+            Source::Touchpoints
+        } else if msg.topic() == self.cfg.topics.survey_responses {
+            Source::Answers
         } else {
-            Input::Answers
+            Source::Identities
         };
         let partition = msg.partition();
-        *self.consumed.entry((input, partition)).or_default() += 1;
+        *self.consumed.entry((source, partition)).or_default() += 1;
         let Some(slot) = self.slots.get_mut(&partition) else {
             return;
         };
+        if slot.must_wait(source) {
+            // Not taken: read again when the input resumes.
+            self.waiting.insert((partition, source));
+            return;
+        }
         let payload = msg.payload().unwrap_or(&[]);
         let record = Record {
-            input,
+            source,
             key: msg.key(),
             payload,
             offset: msg.offset(),
@@ -294,7 +352,7 @@ impl Inner {
 
     fn dead_letter_all(&mut self, partition: i32, rejected: Vec<partition::Rejected>) {
         for r in rejected {
-            let topic = self.topic(r.input).to_string();
+            let topic = self.topic(r.source).to_string();
             let letter = DeadLetter {
                 source_topic: &topic,
                 source_partition: partition,
@@ -331,31 +389,102 @@ impl Inner {
         if let Some(k) = key {
             record = record.key(k);
         }
-        let mut record = record;
-        loop {
-            match self.dlq.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(10));
+        if let Err(e) = send(&self.dlq, record) {
+            // Nothing read since the last commit is committed now (see `flush`), so
+            // the record is read again after a restart instead of being lost.
+            tracing::error!(error = %e, "dead-letter topic refused a record");
+            self.dlq_refused.get_or_insert_with(|| e.to_string());
+            self.shutdown.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn topic(&self, source: Source) -> &str {
+        match source {
+            Source::Touchpoints => &self.cfg.topics.touchpoints,
+            Source::Answers => &self.cfg.topics.survey_responses,
+            Source::Identities => &self.cfg.topics.identities,
+        }
+    }
+
+    /// The sources this service reads.
+    fn sources(&self) -> &'static [Source] {
+        if self.setup.identity.is_some() {
+            &Source::ALL
+        } else {
+            &Source::ALL[..2]
+        }
+    }
+
+    /// With identity stitching, pauses each input that read a record while it had to wait
+    /// for the identity watermark, and resumes those that need not wait any more where they
+    /// stopped (records read while waiting were not taken). Pausing changes when records
+    /// are read, never what they count.
+    fn throttle(&mut self, consumer: &ConsumerHandle) {
+        if self.setup.identity.is_none() {
+            return;
+        }
+        let mut changes: Vec<((i32, Source), bool)> = Vec::new();
+        for (p, slot) in &mut self.slots {
+            for source in [Source::Touchpoints, Source::Answers] {
+                let at = (*p, source);
+                let wait = slot.must_wait(source);
+                if wait && self.waiting.contains(&at) && !self.paused.contains(&at) {
+                    changes.push((at, true));
+                } else if !wait && self.paused.contains(&at) {
+                    changes.push((at, false));
                 }
-                Err((e, _)) => {
-                    // Nothing read since the last commit is committed now (see `flush`), so
-                    // the record is read again after a restart instead of being lost.
-                    tracing::error!(error = %e, "dead-letter topic refused a record");
-                    self.dlq_refused.get_or_insert_with(|| e.to_string());
-                    self.shutdown.store(true, Ordering::Relaxed);
-                    break;
+            }
+        }
+        for (at, pause) in changes {
+            let done = if pause {
+                self.pause(consumer, at)
+            } else {
+                self.resume(consumer, at)
+            };
+            let (p, source) = at;
+            let input = source.as_str();
+            match done {
+                Ok(()) => tracing::debug!(
+                    partition = p,
+                    input,
+                    pause,
+                    "waits for the identity watermark"
+                ),
+                Err(e) => {
+                    tracing::warn!(partition = p, input, error = %e, "cannot pause or resume")
                 }
             }
         }
     }
 
-    fn topic(&self, input: Input) -> &str {
-        match input {
-            Input::Touchpoints => &self.cfg.topics.touchpoints,
-            Input::Answers => &self.cfg.topics.survey_responses,
+    fn one(&self, (p, source): (i32, Source)) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(self.topic(source), p);
+        tpl
+    }
+
+    fn pause(&mut self, consumer: &ConsumerHandle, at: (i32, Source)) -> Result<(), KafkaError> {
+        consumer.pause(&self.one(at))?;
+        self.paused.insert(at);
+        Ok(())
+    }
+
+    /// Resumes reading an input at its first record not taken.
+    fn resume(&mut self, consumer: &ConsumerHandle, at: (i32, Source)) -> Result<(), KafkaError> {
+        let (p, source) = at;
+        if let Some(next) = self.slots.get(&p).and_then(|s| s.resume_at(source)) {
+            let topic = self.topic(source).to_string();
+            consumer.seek(
+                &topic,
+                p,
+                rdkafka::Offset::Offset(next),
+                Duration::from_secs(10),
+            )?;
         }
+        consumer.resume(&self.one(at))?;
+        self.paused.remove(&at);
+        self.waiting.remove(&at);
+        Ok(())
     }
 
     /// Learns how far each input partition goes, to decide idleness.
@@ -363,10 +492,10 @@ impl Inner {
         let started = Instant::now();
         let parts: Vec<i32> = self.slots.keys().copied().collect();
         for p in parts {
-            for input in [Input::Touchpoints, Input::Answers] {
-                if let Some(high) = consumer.context().high_watermark(self.topic(input), p) {
+            for &source in self.sources() {
+                if let Some(high) = consumer.context().high_watermark(self.topic(source), p) {
                     if let Some(slot) = self.slots.get_mut(&p) {
-                        slot.set_high_watermark(input, high);
+                        slot.set_high_watermark(source, high);
                     }
                 }
             }
@@ -389,12 +518,12 @@ impl Inner {
     /// Asks the broker for the high watermarks of partition `p` of both inputs. The
     /// statistics' values can lag behind (seen with Tansu), which would end a catch-up early.
     fn confirm_at_end(&mut self, consumer: &ConsumerHandle, p: i32) {
-        for input in [Input::Touchpoints, Input::Answers] {
-            let topic = self.topic(input).to_string();
+        for &source in self.sources() {
+            let topic = self.topic(source).to_string();
             match consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)) {
                 Ok((_, high)) => {
                     if let Some(slot) = self.slots.get_mut(&p) {
-                        slot.set_high_watermark(input, high);
+                        slot.set_high_watermark(source, high);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, partition = p, "cannot read high watermark"),
@@ -414,7 +543,8 @@ impl Inner {
         self.slots.values().all(Slot::caught_up)
     }
 
-    /// Commits every partition's batch (after the DLQ has what it was sent), then offsets.
+    /// Commits every partition's batch (after the DLQ, and the identities topic, have what
+    /// they were sent), then publishes each journey's watermark, then commits offsets.
     /// A dead letter the DLQ refused, now or in delivery, stops it before any commit: the
     /// batches holding such records are read again after a restart.
     fn flush(&mut self, consumer: &ConsumerHandle) -> Result<()> {
@@ -431,10 +561,10 @@ impl Inner {
                 self.cfg.topics.dlq
             );
         }
-        for ((input, p), n) in std::mem::take(&mut self.consumed) {
+        for ((source, p), n) in std::mem::take(&mut self.consumed) {
             self.metrics
                 .records_consumed
-                .with_label_values(&[input.as_str(), &p.to_string()])
+                .with_label_values(&[source.as_str(), &p.to_string()])
                 .inc_by(n);
         }
         for (kind, n) in std::mem::take(&mut self.dlq_counts) {
@@ -443,12 +573,13 @@ impl Inner {
                 .with_label_values(&[kind])
                 .inc_by(n);
         }
+        let mut taken: Vec<(i32, Vec<LaneBatch>)> = Vec::new();
+        for (p, slot) in &mut self.slots {
+            taken.push((*p, slot.take_batches()));
+        }
+        self.send_identity_messages(&taken)?;
         let mut offsets = TopicPartitionList::new();
-        let parts: Vec<i32> = self.slots.keys().copied().collect();
-        for p in parts {
-            let Some(batches) = self.slots.get_mut(&p).map(Slot::take_batches) else {
-                continue;
-            };
+        for (p, batches) in taken {
             let committed_any = !batches.is_empty();
             for b in batches {
                 if !self.commit_batch(p, b) {
@@ -468,23 +599,36 @@ impl Inner {
                         .with_label_values(&[&p.to_string()])
                         .set(wm / 1000);
                 }
-                for (input, next) in slot.next_offsets() {
+                for (source, next) in slot.next_offsets() {
+                    if !self.sources().contains(&source) {
+                        continue;
+                    }
                     let _ = offsets.add_partition_offset(
-                        self.topic(input),
+                        self.topic(source),
                         p,
                         rdkafka::Offset::Offset(next),
                     );
                 }
             }
         }
+        self.publish_watermarks();
         for (p, slot) in &self.slots {
-            for (input, lag) in slot.lag() {
+            for (source, lag) in slot.lag() {
+                if !self.sources().contains(&source) {
+                    continue;
+                }
                 self.metrics
                     .consumer_lag
-                    .with_label_values(&[input.as_str(), &p.to_string()])
+                    .with_label_values(&[source.as_str(), &p.to_string()])
                     .set(lag);
             }
         }
+        self.metrics.held_touchpoints.set(
+            self.slots
+                .values()
+                .map(Slot::held_touchpoints)
+                .sum::<usize>() as i64,
+        );
         self.metrics.tracked_customers.set(
             self.slots
                 .values()
@@ -500,6 +644,112 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Sends each batch's identifications (to the anonymous ids' partitions) and claimed
+    /// touchpoints (to the customers' partitions), and waits until the broker has them all:
+    /// a batch commits only after what it sent is durable, so a crash before its marker
+    /// sends them again (identifications and touchpoints are idempotent where they land).
+    fn send_identity_messages(&mut self, taken: &[(i32, Vec<LaneBatch>)]) -> Result<()> {
+        let Some(producer) = &self.identities else {
+            return Ok(());
+        };
+        let topic = &self.cfg.topics.identities;
+        let (mut buf, mut touchpoint) = (Vec::new(), Vec::new());
+        for (p, batches) in taken {
+            let Some(slot) = self.slots.get(p) else {
+                continue;
+            };
+            for b in batches {
+                let journey = slot.journey(b.lane);
+                for id in &b.batch.identifications {
+                    let m = IdentityMessage {
+                        anonymous_id: Some(id.anonymous_id.clone()),
+                        customer_id: Some(id.customer_id.clone()),
+                        time: Some(id.time),
+                        watermark: id.watermark,
+                        ..message(journey, IdentityMessageKind::Identification)
+                    };
+                    buf.clear();
+                    self.codec.encode_identity(&m, &mut buf)?;
+                    let record = BaseRecord::to(topic)
+                        .key(id.anonymous_id.as_bytes())
+                        .payload(&buf[..]);
+                    send(producer, record).context("sending an identification")?;
+                }
+                for r in &b.batch.forwarded {
+                    let customer = r.event.customer_id.clone().unwrap_or_default();
+                    touchpoint.clear();
+                    self.codec.encode_touchpoint(&r.event, &mut touchpoint)?;
+                    let m = IdentityMessage {
+                        customer_id: Some(customer.clone()),
+                        stitched: Some(touchpoint.clone()),
+                        ..message(journey, IdentityMessageKind::Stitched)
+                    };
+                    buf.clear();
+                    self.codec.encode_identity(&m, &mut buf)?;
+                    let record = BaseRecord::to(topic)
+                        .key(customer.as_bytes())
+                        .payload(&buf[..]);
+                    send(producer, record).context("sending a stitched touchpoint")?;
+                }
+            }
+        }
+        if producer.in_flight_count() > 0 {
+            producer
+                .flush(Duration::from_secs(30))
+                .context("flushing the identities topic")?;
+        }
+        if let Some(why) = producer.context().take_failures() {
+            anyhow::bail!(
+                "the identities topic `{topic}` refused records ({why}); nothing read since the \
+                 last commit was committed, so they are sent again when the service restarts"
+            );
+        }
+        Ok(())
+    }
+
+    /// Publishes each journey's committed watermark to every partition of the identities
+    /// topic when it changed (and all of them every 10 s, for partitions that restarted and
+    /// forgot what they heard). Sent after the commits, so after every identification the
+    /// batches up to it sent.
+    fn publish_watermarks(&mut self) {
+        const AGAIN_EVERY: Duration = Duration::from_secs(10);
+        let Some(producer) = &self.identities else {
+            return;
+        };
+        let again = self.republished.elapsed() >= AGAIN_EVERY;
+        if again {
+            self.republished = Instant::now();
+        }
+        let topic = &self.cfg.topics.identities;
+        let mut buf = Vec::new();
+        for (p, slot) in &mut self.slots {
+            for (lane, published) in slot.watermarks_to_publish(again) {
+                let m = IdentityMessage {
+                    watermark: published.watermark,
+                    partition: Some(*p),
+                    idle: published.idle,
+                    ..message(slot.journey(lane), IdentityMessageKind::Watermark)
+                };
+                buf.clear();
+                if let Err(e) = self.codec.encode_identity(&m, &mut buf) {
+                    tracing::warn!(error = %e, "cannot encode a watermark message");
+                    continue;
+                }
+                for to in 0..self.setup.partitions {
+                    let to = i32::try_from(to).unwrap_or(i32::MAX);
+                    let record = BaseRecord::to(topic)
+                        .partition(to)
+                        .key(m.journey.as_bytes())
+                        .payload(&buf[..]);
+                    if let Err(e) = send(producer, record) {
+                        // Published again within seconds; nothing waits on this one.
+                        tracing::warn!(partition = to, error = %e, "cannot publish a watermark");
+                    }
+                }
+            }
+        }
     }
 
     /// Commits one journey's batch of partition `p` (retrying until ClickHouse takes it);
@@ -672,6 +922,69 @@ impl ProducerContext for DeadLetterDelivery {
             }
         }
     }
+}
+
+/// Sends a record, waiting while the producer's queue is full.
+fn send<C: ProducerContext>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// An identities-topic message of `kind` with nothing else set.
+fn message(journey: &str, kind: IdentityMessageKind) -> IdentityMessage {
+    IdentityMessage {
+        journey: journey.to_string(),
+        kind,
+        anonymous_id: None,
+        customer_id: None,
+        time: None,
+        watermark: None,
+        partition: None,
+        idle: false,
+        stitched: None,
+    }
+}
+
+/// The partitions of the identities topic, checked to be as many as the inputs': a key's
+/// partition must be the same in all three.
+fn copartitioned(consumer: &ConsumerHandle, cfg: &Config) -> Result<usize> {
+    let count = |topic: &str| -> Result<usize> {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("reading the metadata of topic `{topic}`"))?;
+        let n = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if n == 0 {
+            anyhow::bail!(
+                "topic `{topic}` does not exist; identity stitching needs it (create the topics with `cxstream topics`)"
+            );
+        }
+        Ok(n)
+    };
+    let inputs = count(&cfg.topics.touchpoints)?;
+    let identities = count(&cfg.topics.identities)?;
+    if identities != inputs {
+        anyhow::bail!(
+            "topic `{}` has {identities} partitions and `{}` {inputs}: identity stitching needs the same number",
+            cfg.topics.identities,
+            cfg.topics.touchpoints
+        );
+    }
+    Ok(inputs)
 }
 
 fn unix_now_secs() -> i64 {

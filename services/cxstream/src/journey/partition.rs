@@ -1,20 +1,58 @@
-//! One owned input partition (the same partition number of both input topics): its
-//! processor and the read positions of both inputs.
+//! One owned input partition (the same partition number of both input topics, and of the
+//! identities topic when identity stitching is on): each journey map's processor and the
+//! read positions of every source.
 //!
 //! The event-time rules live in the core's processor; this only tells it what the
 //! consumer sees: each record with its Kafka timestamp, and when an input is read to its
 //! end and quiet (idle), so that a silent input does not hold the watermark back forever.
+//! With identity stitching it also dispatches the identities topic's messages to their
+//! journey and keeps, per journey, the watermark every partition last published.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cxstream_avro::Codec;
+use cxstream_avro::{Codec, IdentityMessage, IdentityMessageKind};
 use cxstream_clickhouse::{BatchEnd, Resume};
+use cxstream_core::identity::{Identification, IdentityPolicy, VISITOR_PREFIX};
 use cxstream_core::{
-    Batch, EventClock, EventTimePolicy, Input, JourneyMap, JourneyMaps, PartitionProcessor,
+    Batch, EventClock, EventTimePolicy, Input, Journey, JourneyMap, JourneyMaps, PartitionProcessor,
 };
 
-/// Read position of one input topic-partition.
+/// Where a record comes from: an input topic, or the internal identities topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    Touchpoints,
+    Answers,
+    Identities,
+}
+
+impl Source {
+    pub const ALL: [Source; 3] = [Source::Touchpoints, Source::Answers, Source::Identities];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The input whose event time it carries, if an input.
+    pub fn input(self) -> Option<Input> {
+        match self {
+            Source::Touchpoints => Some(Input::Touchpoints),
+            Source::Answers => Some(Input::Answers),
+            Source::Identities => None,
+        }
+    }
+
+    /// Bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Touchpoints => "touchpoints",
+            Source::Answers => "answers",
+            Source::Identities => "identities",
+        }
+    }
+}
+
+/// Read position of one source topic-partition.
 #[derive(Debug, Clone, Copy)]
 struct Cursor {
     /// Next offset to read; `None` until the first record or a committed resume point.
@@ -35,6 +73,16 @@ impl Cursor {
         }
     }
 
+    /// A source not read at all (identity stitching off): always at its end and quiet.
+    fn unused() -> Self {
+        Cursor {
+            next: Some(0),
+            high: Some(0),
+            last_record: Instant::now(),
+            idle: true,
+        }
+    }
+
     fn at_end(&self) -> bool {
         match (self.next, self.high) {
             (_, Some(0)) => true,
@@ -46,7 +94,7 @@ impl Cursor {
 
 /// A record refused by decoding or validation, to be dead-lettered.
 pub struct Rejected {
-    pub input: Input,
+    pub source: Source,
     pub offset: i64,
     pub kind: &'static str,
     pub message: String,
@@ -56,12 +104,21 @@ pub struct Rejected {
 
 /// One record as the consumer read it.
 pub struct Record<'a> {
-    pub input: Input,
+    pub source: Source,
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
     pub offset: i64,
     /// Kafka record timestamp, epoch ms.
     pub timestamp_ms: Option<i64>,
+}
+
+/// A partition's committed watermark as it publishes it to every partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub watermark: Option<i64>,
+    /// No watermark because nothing was read and the inputs are at their end: it holds
+    /// nothing back.
+    pub idle: bool,
 }
 
 /// One journey map's processor over the partition, and how far that journey has applied
@@ -71,35 +128,59 @@ struct Lane {
     next_seq: u64,
     /// Committed batches below this are folded into the partition's compacted generation.
     live_from: u64,
-    /// Next offset of each input this journey applies; `None` until its first record or a
+    /// Next offset of each source this journey applies; `None` until its first record or a
     /// committed resume point.
-    next: [Option<i64>; 2],
+    next: [Option<i64>; 3],
     records_since_commit: u64,
     /// Something changed that must be committed even without new records (an idle input
     /// moved the watermark and journeys were folded).
     dirty: bool,
+    /// Identity stitching: the watermark each partition last published (`None`: not heard
+    /// from yet, which holds every held touchpoint back).
+    heard: Vec<Option<Published>>,
+    /// What this journey last published of its own.
+    published: Option<Published>,
+    /// The lowest of `heard` (see [`identity_watermark`]).
+    identity_watermark: Option<i64>,
 }
 
 impl Lane {
-    fn resumed(map: Arc<JourneyMap>, resume: Resume, policy: EventTimePolicy) -> Self {
-        let clock = EventClock::resumed(policy, resume.clock);
+    fn resumed(map: Arc<JourneyMap>, resume: Resume, setup: &Setup) -> Self {
+        let clock = EventClock::resumed(setup.policy, resume.clock);
         let mut processor = PartitionProcessor::resumed(map, clock);
-        for (customer, journey, written) in resume.journeys {
-            processor.restore(customer, journey, written);
+        if let Some(identity) = setup.identity {
+            processor = processor.with_identity(identity);
+        }
+        for (customer, stored) in resume.journeys {
+            let device = customer.strip_prefix(VISITOR_PREFIX);
+            let keep_journey = stored.visitor.is_none() || stored.journey != Journey::default();
+            if let (Some(device), Some(visitor)) = (device, stored.visitor) {
+                processor.restore_visitor(device.to_string(), visitor);
+            }
+            if keep_journey {
+                processor.restore(customer, stored.journey, stored.written);
+            }
         }
         Lane {
             processor,
             next_seq: resume.next_seq,
             live_from: resume.live_from,
-            next: [resume.touchpoints_offset, resume.answers_offset],
+            next: [
+                resume.touchpoints_offset,
+                resume.answers_offset,
+                resume.identities_offset,
+            ],
             records_since_commit: 0,
             dirty: false,
+            heard: vec![None; setup.partitions],
+            published: None,
+            identity_watermark: None,
         }
     }
 
-    /// Whether the record at `offset` of `input` is new to this journey (then it is taken).
-    fn takes(&mut self, input: Input, offset: i64) -> bool {
-        let next = &mut self.next[input_index(input)];
+    /// Whether the record at `offset` of `source` is new to this journey (then it is taken).
+    fn takes(&mut self, source: Source, offset: i64) -> bool {
+        let next = &mut self.next[source.index()];
         if next.is_some_and(|n| offset < n) {
             return false;
         }
@@ -111,6 +192,44 @@ impl Lane {
     fn pending(&self) -> bool {
         self.records_since_commit > 0 || self.dirty
     }
+
+    /// A partition published its watermark: held touchpoints whose wait is over are
+    /// released by the lowest watermark of all.
+    fn heard_from(&mut self, partition: usize, published: Published) {
+        let Some(slot) = self.heard.get_mut(partition) else {
+            return;
+        };
+        *slot = Some(published);
+        self.identity_watermark = identity_watermark(&self.heard);
+        if let Some(iw) = self.identity_watermark {
+            self.processor.release_identities(iw);
+        }
+    }
+
+    /// Whether `input` must wait: see [`Slot::must_wait`].
+    fn input_ahead(&self, input: Input, lead: i64) -> bool {
+        match (self.processor.clock().high(input), self.identity_watermark) {
+            (None, _) => false,
+            (Some(high), Some(iw)) => high > iw.saturating_add(lead),
+            (Some(_), None) => true,
+        }
+    }
+}
+
+/// The lowest watermark all partitions published; none while one was not heard from or has
+/// none without being idle.
+fn identity_watermark(heard: &[Option<Published>]) -> Option<i64> {
+    let mut lowest: Option<i64> = None;
+    for h in heard {
+        match (*h)? {
+            Published {
+                watermark: Some(w), ..
+            } => lowest = Some(lowest.map_or(w, |l| l.min(w))),
+            Published { idle: true, .. } => {}
+            Published { idle: false, .. } => return None,
+        }
+    }
+    lowest
 }
 
 /// A batch of one journey, ready to commit.
@@ -121,11 +240,34 @@ pub struct LaneBatch {
     pub end: BatchEnd,
 }
 
+/// What every slot of the service shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    pub policy: EventTimePolicy,
+    /// Identity stitching, when on.
+    pub identity: Option<IdentityPolicy>,
+    /// Partitions of the topics (how many watermarks the identity watermark waits for).
+    pub partitions: usize,
+}
+
+impl Setup {
+    /// With identity stitching, how far a partition's event time may run ahead of the
+    /// identity watermark: half of (allowed lateness − identity window). A touchpoint
+    /// claimed on one partition is then never late on another, and one released is never
+    /// late on its own (README § Identity stitching).
+    pub fn identity_lead(&self) -> Option<i64> {
+        self.identity
+            .map(|i| (self.policy.allowed_lateness_ms - i.window_ms) / 2)
+    }
+}
+
 pub struct Slot {
     /// One per journey map, in the maps' order.
     lanes: Vec<Lane>,
-    /// What the consumer has read of each input (the furthest of the journeys).
-    cursors: [Cursor; 2],
+    /// See [`Setup::identity_lead`].
+    lead: Option<i64>,
+    /// What the consumer has read of each source (the furthest of the journeys).
+    cursors: [Cursor; 3],
     rejected: Vec<Rejected>,
     /// The journeys a record is new to (reused: no allocation per record).
     takers: Vec<usize>,
@@ -133,24 +275,37 @@ pub struct Slot {
 
 impl Slot {
     /// `resumes` holds each map's resume point, in the maps' order.
-    pub fn new(maps: &JourneyMaps, resumes: Vec<Resume>, policy: EventTimePolicy) -> Self {
+    pub fn new(maps: &JourneyMaps, resumes: Vec<Resume>, setup: &Setup) -> Self {
         let lanes: Vec<Lane> = maps
             .iter()
             .zip(resumes)
-            .map(|(map, resume)| Lane::resumed(map.clone(), resume, policy))
+            .map(|(map, resume)| Lane::resumed(map.clone(), resume, setup))
             .collect();
         // Reading starts where the journey furthest behind resumes.
-        let start = |i: usize| least_of_all(lanes.iter().map(|l| l.next[i]));
+        let start = |i: usize| Cursor::new(least_of_all(lanes.iter().map(|l| l.next[i])));
+        let identities = if setup.identity.is_some() {
+            start(2)
+        } else {
+            Cursor::unused()
+        };
         Slot {
-            cursors: [Cursor::new(start(0)), Cursor::new(start(1))],
+            cursors: [start(0), start(1), identities],
+            lead: setup.identity_lead(),
             lanes,
             rejected: Vec::new(),
             takers: Vec::new(),
         }
     }
 
-    fn cursor(&mut self, input: Input) -> &mut Cursor {
-        &mut self.cursors[input_index(input)]
+    fn cursor(&mut self, source: Source) -> &mut Cursor {
+        &mut self.cursors[source.index()]
+    }
+
+    /// The journey (map) name of a lane.
+    pub fn journey(&self, lane: usize) -> &str {
+        self.lanes
+            .get(lane)
+            .map_or("", |l| l.processor.map().name.as_str())
     }
 
     /// Decodes a record once and applies it to every journey that has not committed it;
@@ -158,7 +313,10 @@ impl Slot {
     pub fn process(&mut self, r: &Record<'_>, codec: &Codec) {
         let takers = self.take(r);
         if !takers.is_empty() {
-            self.apply(r, codec, &takers);
+            match r.source {
+                Source::Identities => self.apply_identity(r, codec, &takers),
+                Source::Touchpoints | Source::Answers => self.apply(r, codec, &takers),
+            }
         }
         self.takers = takers;
     }
@@ -168,16 +326,20 @@ impl Slot {
     pub fn refuse(&mut self, r: &Record<'_>, kind: &'static str, message: String) {
         let takers = self.take(r);
         if !takers.is_empty() {
-            self.rejected.push(Rejected {
-                input: r.input,
-                offset: r.offset,
-                kind,
-                message,
-                key: r.key.map(<[u8]>::to_vec),
-                payload: r.payload.to_vec(),
-            });
+            self.reject(r, kind, message);
         }
         self.takers = takers;
+    }
+
+    fn reject(&mut self, r: &Record<'_>, kind: &'static str, message: String) {
+        self.rejected.push(Rejected {
+            source: r.source,
+            offset: r.offset,
+            kind,
+            message,
+            key: r.key.map(<[u8]>::to_vec),
+            payload: r.payload.to_vec(),
+        });
     }
 
     /// Moves the read position past `r` and returns the journeys it is new to (the reused
@@ -185,7 +347,7 @@ impl Slot {
     fn take(&mut self, r: &Record<'_>) -> Vec<usize> {
         let mut takers = std::mem::take(&mut self.takers);
         takers.clear();
-        let cur = self.cursor(r.input);
+        let cur = self.cursor(r.source);
         if cur.next.is_some_and(|n| r.offset < n) {
             // Re-delivered below the resume point (already committed): skip.
             return takers;
@@ -193,13 +355,13 @@ impl Slot {
         cur.next = Some(r.offset + 1);
         cur.last_record = Instant::now();
         cur.idle = false;
-        takers.extend((0..self.lanes.len()).filter(|&i| self.lanes[i].takes(r.input, r.offset)));
+        takers.extend((0..self.lanes.len()).filter(|&i| self.lanes[i].takes(r.source, r.offset)));
         takers
     }
 
     fn apply(&mut self, r: &Record<'_>, codec: &Codec, takers: &[usize]) {
-        let applied = match r.input {
-            Input::Touchpoints => codec
+        let applied = match r.source {
+            Source::Touchpoints => codec
                 .decode_touchpoint(r.payload)
                 .map_err(|e| (e.kind(), e.to_string()))
                 .and_then(|ev| {
@@ -207,23 +369,78 @@ impl Slot {
                         p.on_touchpoint(ev, r.offset, r.timestamp_ms)
                     })
                 }),
-            Input::Answers => codec
+            Source::Answers => codec
                 .decode_answer(r.payload)
                 .map_err(|e| (e.kind(), e.to_string()))
                 .and_then(|a| {
                     self.apply_each(takers, a, |p, a| p.on_answer(a, r.offset, r.timestamp_ms))
                 }),
+            Source::Identities => Ok(()),
         };
         if let Err((kind, message)) = applied {
-            self.rejected.push(Rejected {
-                input: r.input,
-                offset: r.offset,
-                kind,
-                message,
-                key: r.key.map(<[u8]>::to_vec),
-                payload: r.payload.to_vec(),
-            });
+            self.reject(r, kind, message);
         }
+    }
+
+    /// A message of the identities topic, for the lane of its journey (taken by every
+    /// lane that has not committed past it; the others' journeys are another map's).
+    fn apply_identity(&mut self, r: &Record<'_>, codec: &Codec, takers: &[usize]) {
+        let m = match codec.decode_identity(r.payload) {
+            Ok(m) => m,
+            Err(e) => return self.reject(r, e.kind(), e.to_string()),
+        };
+        let Some(&lane) = takers.iter().find(|&&i| self.journey(i) == m.journey) else {
+            return;
+        };
+        if let Err(message) = self.apply_message(lane, m, r.offset, codec) {
+            self.reject(r, "invalid_identity_message", message);
+        }
+    }
+
+    fn apply_message(
+        &mut self,
+        lane: usize,
+        m: IdentityMessage,
+        offset: i64,
+        codec: &Codec,
+    ) -> Result<(), String> {
+        let lane = &mut self.lanes[lane];
+        match m.kind {
+            IdentityMessageKind::Identification => {
+                let (Some(anonymous_id), Some(customer_id), Some(time)) =
+                    (m.anonymous_id, m.customer_id, m.time)
+                else {
+                    return Err("an identification without its ids or time".into());
+                };
+                lane.processor.on_identification(Identification {
+                    anonymous_id,
+                    customer_id,
+                    time,
+                    watermark: m.watermark,
+                });
+            }
+            IdentityMessageKind::Stitched => {
+                let bytes = m
+                    .stitched
+                    .ok_or("a stitched message without its touchpoint")?;
+                let ev = codec.decode_touchpoint(&bytes).map_err(|e| e.to_string())?;
+                lane.processor
+                    .on_stitched(ev, offset)
+                    .map_err(|e| e.to_string())?;
+            }
+            IdentityMessageKind::Watermark => {
+                let from = m
+                    .partition
+                    .and_then(|p| usize::try_from(p).ok())
+                    .ok_or("a watermark without its partition")?;
+                let published = Published {
+                    watermark: m.watermark,
+                    idle: m.idle,
+                };
+                lane.heard_from(from, published);
+            }
+        }
+        Ok(())
     }
 
     /// Applies `item` to the journeys `takers` (the last one takes it without a copy);
@@ -255,24 +472,28 @@ impl Slot {
         std::mem::take(&mut self.rejected)
     }
 
-    pub fn set_high_watermark(&mut self, input: Input, high: i64) {
-        let cur = self.cursor(input);
+    pub fn set_high_watermark(&mut self, source: Source, high: i64) {
+        let cur = self.cursor(source);
         cur.high = Some(high);
         if cur.next.is_none() && high == 0 {
             cur.next = Some(0);
             for lane in &mut self.lanes {
-                lane.next[input_index(input)].get_or_insert(0);
+                lane.next[source.index()].get_or_insert(0);
             }
         }
     }
 
-    /// An input read to its end and quiet for `idle` stops holding the watermark back.
+    /// An input read to its end and quiet for `idle` stops holding the watermark back (the
+    /// identities topic holds no event time; its quiet matters for catching up only).
     pub fn tick(&mut self, idle: Duration) {
-        for input in Input::ALL {
-            let cur = self.cursor(input);
+        for source in Source::ALL {
+            let cur = self.cursor(source);
             let now_idle = cur.at_end() && cur.last_record.elapsed() >= idle;
             if now_idle && !cur.idle {
                 cur.idle = true;
+                let Some(input) = source.input() else {
+                    continue;
+                };
                 for lane in &mut self.lanes {
                     lane.processor.set_idle(input, true);
                     lane.dirty = true;
@@ -281,7 +502,7 @@ impl Slot {
         }
     }
 
-    /// Whether [`Self::tick`] would mark an input idle now.
+    /// Whether [`Self::tick`] would mark a source idle now.
     pub fn would_idle(&self, idle: Duration) -> bool {
         self.cursors
             .iter()
@@ -299,10 +520,12 @@ impl Slot {
             if !lane.pending() {
                 continue;
             }
+            // -2 is librdkafka's "beginning": nothing read yet on that topic.
+            let next = |s: Source| lane.next[s.index()].unwrap_or(-2);
             let end = BatchEnd {
-                // -2 is librdkafka's "beginning": nothing read yet on that topic.
-                touchpoints_next_offset: lane.next[0].unwrap_or(-2),
-                answers_next_offset: lane.next[1].unwrap_or(-2),
+                touchpoints_next_offset: next(Source::Touchpoints),
+                answers_next_offset: next(Source::Answers),
+                identities_next_offset: next(Source::Identities),
                 clock: lane.processor.clock().state(),
                 records: lane.records_since_commit,
             };
@@ -324,6 +547,44 @@ impl Slot {
         }
     }
 
+    /// Each journey's committed watermark to publish to every partition: those that changed
+    /// since last published, or all when `again`. Call only when every journey's batch is
+    /// committed (then its watermark is the committed one).
+    pub fn watermarks_to_publish(&mut self, again: bool) -> Vec<(usize, Published)> {
+        let inputs_idle = self.cursors[..2].iter().all(|c| c.idle);
+        let mut out = Vec::new();
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            let watermark = lane.processor.watermark_ms();
+            let now = Published {
+                watermark,
+                idle: watermark.is_none() && inputs_idle,
+            };
+            if again || lane.published != Some(now) {
+                lane.published = Some(now);
+                out.push((i, now));
+            }
+        }
+        out
+    }
+
+    /// Whether an input must wait for the identity watermark: in a journey, its latest event
+    /// time is more than [`Setup::identity_lead`] ahead of the identity watermark, or the
+    /// identity watermark is not known (yet, or again after a restart). An input that has
+    /// not delivered an event yet never waits, so every partition reaches a watermark and
+    /// publishes it. A record read meanwhile is not taken; it is read again from
+    /// [`Self::resume_at`].
+    pub fn must_wait(&self, source: Source) -> bool {
+        let (Some(lead), Some(input)) = (self.lead, source.input()) else {
+            return false;
+        };
+        self.lanes.iter().any(|l| l.input_ahead(input, lead))
+    }
+
+    /// Where reading `source` goes on (`None`: from where the partition was assigned).
+    pub fn resume_at(&self, source: Source) -> Option<i64> {
+        self.cursors[source.index()].next
+    }
+
     /// The event time every journey of the partition has reached (the least watermark).
     pub fn watermark_ms(&self) -> Option<i64> {
         least_of_all(self.lanes.iter().map(|l| l.processor.watermark_ms()))
@@ -342,25 +603,25 @@ impl Slot {
         }
     }
 
-    /// Records not read yet per input, where the log end is known.
-    pub fn lag(&self) -> Vec<(Input, i64)> {
-        Input::ALL
+    /// Records not read yet per source, where the log end is known.
+    pub fn lag(&self) -> Vec<(Source, i64)> {
+        Source::ALL
             .into_iter()
-            .filter_map(|i| {
-                let c = &self.cursors[input_index(i)];
+            .filter_map(|s| {
+                let c = &self.cursors[s.index()];
                 let high = c.high?;
-                Some((i, (high - c.next.unwrap_or(0).max(0)).max(0)))
+                Some((s, (high - c.next.unwrap_or(0).max(0)).max(0)))
             })
             .collect()
     }
 
-    /// Per input, the offset every journey has committed up to (what Kafka may record).
-    pub fn next_offsets(&self) -> Vec<(Input, i64)> {
-        Input::ALL
+    /// Per source, the offset every journey has committed up to (what Kafka may record).
+    pub fn next_offsets(&self) -> Vec<(Source, i64)> {
+        Source::ALL
             .into_iter()
-            .filter_map(|i| {
-                let n = least_of_all(self.lanes.iter().map(|l| l.next[input_index(i)]))?;
-                (n >= 0).then_some((i, n))
+            .filter_map(|s| {
+                let n = least_of_all(self.lanes.iter().map(|l| l.next[s.index()]))?;
+                (n >= 0).then_some((s, n))
             })
             .collect()
     }
@@ -371,6 +632,14 @@ impl Slot {
             .map(|l| l.processor.tracked_customers())
             .sum()
     }
+
+    /// Touchpoints held for an identification, over the journeys.
+    pub fn held_touchpoints(&self) -> usize {
+        self.lanes
+            .iter()
+            .map(|l| l.processor.held_touchpoints())
+            .sum()
+    }
 }
 
 /// The least of the journeys' values, or none when one of them has none yet (a journey
@@ -379,13 +648,6 @@ pub(super) fn least_of_all(values: impl IntoIterator<Item = Option<i64>>) -> Opt
     values
         .into_iter()
         .try_fold(i64::MAX, |least, v| v.map(|v| least.min(v)))
-}
-
-fn input_index(input: Input) -> usize {
-    match input {
-        Input::Touchpoints => 0,
-        Input::Answers => 1,
-    }
 }
 
 #[cfg(test)]
@@ -408,11 +670,16 @@ mod tests {
         .unwrap()
     }
 
+    fn setup() -> Setup {
+        Setup {
+            policy: EventTimePolicy::default(),
+            identity: None,
+            partitions: 1,
+        }
+    }
+
     fn slot_resuming(resumes: Vec<Resume>) -> (Slot, Codec) {
-        (
-            Slot::new(&maps(), resumes, EventTimePolicy::default()),
-            Codec::new().unwrap(),
-        )
+        (Slot::new(&maps(), resumes, &setup()), Codec::new().unwrap())
     }
 
     fn slot() -> (Slot, Codec) {
@@ -455,9 +722,9 @@ mod tests {
         buf
     }
 
-    fn record(input: Input, payload: &[u8], offset: i64) -> Record<'_> {
+    fn record(source: Source, payload: &[u8], offset: i64) -> Record<'_> {
         Record {
-            input,
+            source,
             key: None,
             payload,
             offset,
@@ -492,8 +759,8 @@ mod tests {
         let (mut s, codec) = slot();
         let a = answer(&codec, 1_000, 5);
         let t = touchpoint(&codec, "e0", 2_000);
-        s.process(&record(Input::Answers, &a, 0), &codec);
-        s.process(&record(Input::Touchpoints, &t, 7), &codec);
+        s.process(&record(Source::Answers, &a, 0), &codec);
+        s.process(&record(Source::Touchpoints, &t, 7), &codec);
         let batches = s.take_batches();
         assert_eq!(summary(&batches), [(0, 1, 1, 8, 1), (1, 1, 1, 8, 1)]);
         assert_eq!(batches[1].end.clock.highs, [Some(2_000), Some(1_000)]);
@@ -502,11 +769,11 @@ mod tests {
         }
         assert!(s.take_batches().is_empty());
         // Re-delivered below the committed position: skipped.
-        s.process(&record(Input::Touchpoints, &t, 7), &codec);
+        s.process(&record(Source::Touchpoints, &t, 7), &codec);
         assert!(s.take_batches().is_empty());
         assert_eq!(
             s.next_offsets(),
-            [(Input::Touchpoints, 8), (Input::Answers, 1)]
+            [(Source::Touchpoints, 8), (Source::Answers, 1)]
         );
     }
 
@@ -520,10 +787,10 @@ mod tests {
         let (mut s, codec) = slot_resuming(vec![ahead, Resume::default()]);
         for (offset, id) in [(0, "e0"), (1, "e1"), (2, "e2")] {
             let t = touchpoint(&codec, id, 1_000 + offset);
-            s.process(&record(Input::Touchpoints, &t, offset), &codec);
+            s.process(&record(Source::Touchpoints, &t, offset), &codec);
         }
         let bad = answer(&codec, 1_500, 9);
-        s.process(&record(Input::Answers, &bad, 0), &codec);
+        s.process(&record(Source::Answers, &bad, 0), &codec);
         let rejected = s.take_rejected();
         assert_eq!(
             rejected.len(),
@@ -541,7 +808,7 @@ mod tests {
         let (mut s, _) = slot();
         let big = [7u8; 16];
         s.refuse(
-            &record(Input::Answers, &big, 3),
+            &record(Source::Answers, &big, 3),
             "oversized",
             "too big".into(),
         );
@@ -552,7 +819,7 @@ mod tests {
             [(0, 0, 0, -2, 4), (1, 0, 0, -2, 4)]
         );
         s.refuse(
-            &record(Input::Answers, &big, 3),
+            &record(Source::Answers, &big, 3),
             "oversized",
             "too big".into(),
         );
@@ -566,7 +833,7 @@ mod tests {
     fn an_input_at_its_end_and_quiet_becomes_idle_and_that_is_committed() {
         let (mut s, codec) = slot();
         let t = touchpoint(&codec, "e0", 2_000);
-        s.process(&record(Input::Touchpoints, &t, 0), &codec);
+        s.process(&record(Source::Touchpoints, &t, 0), &codec);
         let batches = s.take_batches();
         assert_eq!(
             batches[0].end.clock.watermark, None,
@@ -575,8 +842,8 @@ mod tests {
         for b in batches {
             s.committed(b.lane, b.seq);
         }
-        s.set_high_watermark(Input::Touchpoints, 1);
-        s.set_high_watermark(Input::Answers, 0);
+        s.set_high_watermark(Source::Touchpoints, 1);
+        s.set_high_watermark(Source::Answers, 0);
         assert!(!s.caught_up());
         s.tick(Duration::ZERO);
         let batches = s.take_batches();
@@ -588,5 +855,68 @@ mod tests {
         commit_all(&mut s);
         assert!(s.caught_up());
         assert_eq!(s.watermark_ms(), Some(2_000));
+    }
+
+    #[test]
+    fn the_identity_watermark_waits_for_every_partition_but_idle_empty_ones() {
+        let at = |w: Option<i64>, idle: bool| Some(Published { watermark: w, idle });
+        assert_eq!(identity_watermark(&[at(Some(5), false), None]), None);
+        assert_eq!(
+            identity_watermark(&[at(Some(5), false), at(None, false)]),
+            None
+        );
+        assert_eq!(
+            identity_watermark(&[at(Some(5), false), at(None, true)]),
+            Some(5)
+        );
+        assert_eq!(
+            identity_watermark(&[at(Some(5), false), at(Some(3), false)]),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn an_input_waits_while_the_identity_watermark_is_unknown_or_far_behind() {
+        let mut setup = setup();
+        setup.identity = Some(IdentityPolicy { window_ms: 10 });
+        setup.partitions = 2;
+        let lead = setup.identity_lead().unwrap();
+        let codec = Codec::new().unwrap();
+        let mut s = Slot::new(&maps(), vec![Resume::default(), Resume::default()], &setup);
+        assert!(
+            !s.must_wait(Source::Touchpoints),
+            "no event yet: reads to get a watermark"
+        );
+        let t = touchpoint(&codec, "e0", 1_000);
+        s.process(&record(Source::Touchpoints, &t, 0), &codec);
+        assert!(
+            s.must_wait(Source::Touchpoints),
+            "the identity watermark is not known"
+        );
+        assert!(!s.must_wait(Source::Answers), "the other input reads on");
+        assert!(!s.must_wait(Source::Identities));
+        for lane in &mut s.lanes {
+            lane.heard_from(
+                0,
+                Published {
+                    watermark: Some(900),
+                    idle: false,
+                },
+            );
+            lane.heard_from(
+                1,
+                Published {
+                    watermark: None,
+                    idle: true,
+                },
+            );
+        }
+        assert!(!s.must_wait(Source::Touchpoints));
+        let far = touchpoint(&codec, "e1", 901 + lead);
+        let mut written = record(Source::Touchpoints, &far, 1);
+        written.timestamp_ms = Some(901 + lead);
+        s.process(&written, &codec);
+        assert!(s.must_wait(Source::Touchpoints), "more than the lead ahead");
+        assert_eq!(s.resume_at(Source::Touchpoints), Some(2));
     }
 }

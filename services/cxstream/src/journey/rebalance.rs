@@ -26,6 +26,8 @@ pub struct JourneyContext {
     pub committers: Vec<Arc<BatchCommitter>>,
     pub touchpoints_topic: String,
     pub answers_topic: String,
+    /// The identities topic, when identity stitching is on.
+    pub identities_topic: Option<String>,
     pub changes: Mutex<Vec<Change>>,
     pub changed: AtomicBool,
     pub shutdown: Arc<AtomicBool>,
@@ -165,6 +167,12 @@ impl ConsumerContext for JourneyContext {
                                 earliest(|r| r.answers_offset),
                             )
                         });
+                    let added = added.and_then(|_| match &self.identities_topic {
+                        Some(t) => {
+                            assignment.add_partition_offset(t, p, earliest(|r| r.identities_offset))
+                        }
+                        None => Ok(()),
+                    });
                     if let Err(e) = added {
                         tracing::error!(partition = p, error = %e, "cannot build assignment");
                         continue;
@@ -176,6 +184,7 @@ impl ConsumerContext for JourneyContext {
                             next_seq = resume.next_seq,
                             touchpoints_offset = ?resume.touchpoints_offset,
                             answers_offset = ?resume.answers_offset,
+                            identities_offset = ?resume.identities_offset,
                             journeys = resume.journeys.len(),
                             "partition assigned; resuming from the last committed batch"
                         );

@@ -170,7 +170,7 @@ impl Stack {
             format!(
                 "kafka:\n  brokers: {kafka}\n{debug}\
                  topics:\n  touchpoints: t.{name}.touchpoints\n  survey_responses: t.{name}.answers\n  \
-                 aggregates: t.{name}.aggregates\n  alerts: t.{name}.alerts\n  dlq: t.{name}.dlq\n  partitions: {PARTITIONS}\n\
+                 aggregates: t.{name}.aggregates\n  alerts: t.{name}.alerts\n  dlq: t.{name}.dlq\n  identities: t.{name}.identities\n  partitions: {PARTITIONS}\n\
                  clickhouse:\n  url: {clickhouse}\n  database: t_{run}\n\
                  journey:\n  maps: [{map_list}]\n  group_id: g.{run}\n  flush_interval_ms: 200\n  max_batch_records: 5000\n  compact_after_batches: 4\n  idle_release_ms: 500\n  join_timeout_ms: 12000\n\
                  http:\n  listen: 127.0.0.1:0\nlog:\n  level: warn\n"
@@ -337,6 +337,38 @@ impl Stack {
             })
             .collect();
         self.produce(&self.topic("touchpoints"), &records);
+    }
+
+    /// Produces touchpoints keyed as producers key them: by customer id, or by anonymous id
+    /// when there is none; to the given partition when one is given (else the producer's
+    /// partitioner, librdkafka's default, picks).
+    pub fn produce_touchpoints_keyed(
+        &self,
+        events: &[(cxstream_core::TouchpointEvent, Option<i32>)],
+    ) {
+        use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+        let codec = cxstream_avro::Codec::new().unwrap();
+        let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+            ClientConfig::new()
+                .set("bootstrap.servers", &self.kafka)
+                .create()
+                .unwrap();
+        let topic = self.topic("touchpoints");
+        for (e, partition) in events {
+            let mut buf = Vec::new();
+            codec.encode_touchpoint(e, &mut buf).unwrap();
+            let key = e
+                .customer_id
+                .clone()
+                .or(e.anonymous_id.clone())
+                .unwrap_or_default();
+            let mut record = BaseRecord::to(&topic).key(key.as_bytes()).payload(&buf);
+            if let Some(p) = partition {
+                record = record.partition(*p);
+            }
+            producer.send(record).map_err(|(e, _)| e).unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
     }
 
     /// Produces `payload` as it is to `topic`.
