@@ -83,6 +83,8 @@ pub struct EncodeError(String);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IdentityMessage {
     pub journey: String,
+    /// The sender's consumer group.
+    pub group: String,
     pub kind: IdentityMessageKind,
     pub anonymous_id: Option<String>,
     pub customer_id: Option<String>,
@@ -579,6 +581,7 @@ mod tests {
         c.encode_touchpoint(&tp(), &mut stitched).expect("encode");
         let m = IdentityMessage {
             journey: "retail".into(),
+            group: "g".into(),
             kind: IdentityMessageKind::Stitched,
             anonymous_id: None,
             customer_id: Some("c".into()),

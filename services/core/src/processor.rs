@@ -679,9 +679,13 @@ impl PartitionProcessor {
             return Default::default();
         };
         let identifications = resolver.take_identifications();
-        let mut keys: std::collections::HashSet<Arc<str>> =
-            journeys.iter().map(|(k, _)| k.clone()).collect();
-        for (device, _) in resolver.take_changed() {
+        let changed = resolver.take_changed();
+        let mut keys: std::collections::HashSet<Arc<str>> = if changed.is_empty() {
+            Default::default()
+        } else {
+            journeys.iter().map(|(k, _)| k.clone()).collect()
+        };
+        for (device, _) in changed {
             let key: Arc<str> = visitor_key(&device).into();
             if keys.insert(key.clone()) {
                 let journey = self.journeys.get(&*key).cloned().unwrap_or_default();

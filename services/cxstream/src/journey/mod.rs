@@ -107,14 +107,18 @@ struct Inner {
     dlq_refused: Option<String>,
     /// What every slot shares (the event-time policy, identity stitching).
     setup: Setup,
-    /// Writes the identities topic, partitioning keys as the producers do.
+    /// Writes identifications and claimed touchpoints to the identities topic, partitioning
+    /// keys as the producers do; a refusal stops the service before any commit.
     identities: Option<ThreadedProducer<DeadLetterDelivery>>,
+    /// Publishes watermarks there: one lost is published again, so its refusals are logged.
+    watermarks: Option<ThreadedProducer<DeadLetterDelivery>>,
     /// When every journey's watermark was last published again.
     republished: Instant,
     /// Inputs (partition, source) paused to wait for the identity watermark.
     paused: std::collections::BTreeSet<(i32, Source)>,
-    /// Inputs that read a record they had to leave (they must wait): paused next.
-    waiting: std::collections::BTreeSet<(i32, Source)>,
+    /// Inputs waiting for the identity watermark, with the first record they left (offset,
+    /// event time): every record of theirs is left until they go on from there.
+    waiting: BTreeMap<(i32, Source), (i64, i64)>,
     slots: BTreeMap<i32, Slot>,
     shutdown: Arc<AtomicBool>,
     rt: tokio::runtime::Handle,
@@ -148,23 +152,25 @@ impl JourneyService {
             .producer_config()
             .create_with_context(DeadLetterDelivery::default())
             .context("creating the dead-letter producer")?;
-        let (partitions, identities) = match cfg.identity.policy() {
-            None => (1, None),
+        let (partitions, identities, watermarks) = match cfg.identity.policy() {
+            None => (1, None, None),
             Some(_) => {
                 let partitions = copartitioned(&consumer, &cfg)?;
-                let producer: ThreadedProducer<DeadLetterDelivery> = cfg
-                    .kafka
-                    .producer_config()
-                    .set("partitioner", &cfg.identity.partitioner)
-                    .create_with_context(DeadLetterDelivery::default())
-                    .context("creating the identities producer")?;
-                (partitions, Some(producer))
+                let producer = || -> Result<ThreadedProducer<DeadLetterDelivery>> {
+                    cfg.kafka
+                        .producer_config()
+                        .set("partitioner", &cfg.identity.partitioner)
+                        .create_with_context(DeadLetterDelivery::default())
+                        .context("creating the identities producer")
+                };
+                (partitions, Some(producer()?), Some(producer()?))
             }
         };
         let setup = Setup {
             policy: cfg.journey.policy(),
             identity: cfg.identity.policy(),
             partitions,
+            group: cfg.journey.group_id.as_str().into(),
         };
         let inner = Inner {
             codec: cfg.codec()?,
@@ -178,6 +184,7 @@ impl JourneyService {
             dlq_refused: None,
             setup,
             identities,
+            watermarks,
             republished: Instant::now(),
             paused: Default::default(),
             waiting: Default::default(),
@@ -281,9 +288,19 @@ impl Inner {
                 Change::Assigned(p, resumes) => {
                     let slot = Slot::new(&self.maps, resumes, &self.setup);
                     self.slots.insert(p, slot);
-                    // A new assignment reads unpaused from its resume point.
+                    // A new assignment reads from its resume point, unpaused (librdkafka
+                    // keeps a partition paused across a rebalance).
                     self.paused.retain(|(q, _)| *q != p);
-                    self.waiting.retain(|(q, _)| *q != p);
+                    self.waiting.retain(|(q, _), _| *q != p);
+                    if self.setup.identity.is_some() {
+                        let mut tpl = TopicPartitionList::new();
+                        for &source in self.sources() {
+                            tpl.add_partition(self.topic(source), p);
+                        }
+                        if let Err(e) = consumer.resume(&tpl) {
+                            tracing::warn!(partition = p, error = %e, "cannot resume a new assignment");
+                        }
+                    }
                     self.metrics
                         .rebalances
                         .with_label_values(&["assigned"])
@@ -292,7 +309,7 @@ impl Inner {
                 Change::Revoked(p) => {
                     self.slots.remove(&p);
                     self.paused.retain(|(q, _)| *q != p);
-                    self.waiting.retain(|(q, _)| *q != p);
+                    self.waiting.retain(|(q, _), _| *q != p);
                     self.metrics
                         .rebalances
                         .with_label_values(&["revoked"])
@@ -324,9 +341,9 @@ impl Inner {
         let Some(slot) = self.slots.get_mut(&partition) else {
             return;
         };
-        if slot.must_wait(source) {
-            // Not taken: read again when the input resumes.
-            self.waiting.insert((partition, source));
+        let at = (partition, source);
+        if self.waiting.contains_key(&at) {
+            // Left: read again from the first one left when the input goes on.
             return;
         }
         let payload = msg.payload().unwrap_or(&[]);
@@ -337,6 +354,12 @@ impl Inner {
             offset: msg.offset(),
             timestamp_ms: msg.timestamp().to_millis(),
         };
+        if let Some(time) = slot.event_time(&record, &self.codec) {
+            if slot.must_wait(source, record.offset, time) {
+                self.waiting.insert(at, (record.offset, time));
+                return;
+            }
+        }
         if payload.len() > self.cfg.journey.max_record_bytes {
             let message = format!(
                 "record of {} bytes exceeds journey.max_record_bytes",
@@ -415,36 +438,33 @@ impl Inner {
         }
     }
 
-    /// With identity stitching, pauses each input that read a record while it had to wait
-    /// for the identity watermark, and resumes those that need not wait any more where they
-    /// stopped (records read while waiting were not taken). Pausing changes when records
-    /// are read, never what they count.
+    /// With identity stitching, pauses each input that left a record because it had to wait
+    /// for the identity watermark, and lets those that need not wait any more go on from the
+    /// first record they left. Pausing changes when records are read, never what they count.
     fn throttle(&mut self, consumer: &ConsumerHandle) {
-        if self.setup.identity.is_none() {
-            return;
-        }
-        let mut changes: Vec<((i32, Source), bool)> = Vec::new();
-        for (p, slot) in &mut self.slots {
-            for source in [Source::Touchpoints, Source::Answers] {
-                let at = (*p, source);
-                let wait = slot.must_wait(source);
-                if wait && self.waiting.contains(&at) && !self.paused.contains(&at) {
-                    changes.push((at, true));
-                } else if !wait && self.paused.contains(&at) {
-                    changes.push((at, false));
-                }
-            }
-        }
-        for (at, pause) in changes {
-            let done = if pause {
-                self.pause(consumer, at)
-            } else {
-                self.resume(consumer, at)
-            };
+        let waiting: Vec<((i32, Source), (i64, i64))> =
+            self.waiting.iter().map(|(at, o)| (*at, *o)).collect();
+        for (at, (first, time)) in waiting {
             let (p, source) = at;
+            let Some(slot) = self.slots.get(&p) else {
+                continue;
+            };
+            let (done, pause) = if slot.must_wait(source, first, time) {
+                if self.paused.contains(&at) {
+                    continue;
+                }
+                (
+                    consumer
+                        .pause(&self.one(at))
+                        .map(|()| self.paused.insert(at)),
+                    true,
+                )
+            } else {
+                (self.go_on(consumer, at, first), false)
+            };
             let input = source.as_str();
             match done {
-                Ok(()) => tracing::debug!(
+                Ok(_) => tracing::debug!(
                     partition = p,
                     input,
                     pause,
@@ -463,28 +483,26 @@ impl Inner {
         tpl
     }
 
-    fn pause(&mut self, consumer: &ConsumerHandle, at: (i32, Source)) -> Result<(), KafkaError> {
-        consumer.pause(&self.one(at))?;
-        self.paused.insert(at);
-        Ok(())
-    }
-
-    /// Resumes reading an input at its first record not taken.
-    fn resume(&mut self, consumer: &ConsumerHandle, at: (i32, Source)) -> Result<(), KafkaError> {
+    /// Reads an input again from `first`, the first record it left.
+    fn go_on(
+        &mut self,
+        consumer: &ConsumerHandle,
+        at: (i32, Source),
+        first: i64,
+    ) -> Result<bool, KafkaError> {
         let (p, source) = at;
-        if let Some(next) = self.slots.get(&p).and_then(|s| s.resume_at(source)) {
-            let topic = self.topic(source).to_string();
-            consumer.seek(
-                &topic,
-                p,
-                rdkafka::Offset::Offset(next),
-                Duration::from_secs(10),
-            )?;
+        let topic = self.topic(source).to_string();
+        consumer.seek(
+            &topic,
+            p,
+            rdkafka::Offset::Offset(first),
+            Duration::from_secs(10),
+        )?;
+        if self.paused.remove(&at) {
+            consumer.resume(&self.one(at))?;
         }
-        consumer.resume(&self.one(at))?;
-        self.paused.remove(&at);
         self.waiting.remove(&at);
-        Ok(())
+        Ok(true)
     }
 
     /// Learns how far each input partition goes, to decide idleness.
@@ -668,7 +686,11 @@ impl Inner {
                         customer_id: Some(id.customer_id.clone()),
                         time: Some(id.time),
                         watermark: id.watermark,
-                        ..message(journey, IdentityMessageKind::Identification)
+                        ..message(
+                            journey,
+                            &self.setup.group,
+                            IdentityMessageKind::Identification,
+                        )
                     };
                     buf.clear();
                     self.codec.encode_identity(&m, &mut buf)?;
@@ -684,7 +706,7 @@ impl Inner {
                     let m = IdentityMessage {
                         customer_id: Some(customer.clone()),
                         stitched: Some(touchpoint.clone()),
-                        ..message(journey, IdentityMessageKind::Stitched)
+                        ..message(journey, &self.setup.group, IdentityMessageKind::Stitched)
                     };
                     buf.clear();
                     self.codec.encode_identity(&m, &mut buf)?;
@@ -715,9 +737,12 @@ impl Inner {
     /// batches up to it sent.
     fn publish_watermarks(&mut self) {
         const AGAIN_EVERY: Duration = Duration::from_secs(10);
-        let Some(producer) = &self.identities else {
+        let Some(producer) = &self.watermarks else {
             return;
         };
+        if let Some(why) = producer.context().take_failures() {
+            tracing::warn!(error = %why, "a watermark was not delivered; it is published again");
+        }
         let again = self.republished.elapsed() >= AGAIN_EVERY;
         if again {
             self.republished = Instant::now();
@@ -730,7 +755,11 @@ impl Inner {
                     watermark: published.watermark,
                     partition: Some(*p),
                     idle: published.idle,
-                    ..message(slot.journey(lane), IdentityMessageKind::Watermark)
+                    ..message(
+                        slot.journey(lane),
+                        &self.setup.group,
+                        IdentityMessageKind::Watermark,
+                    )
                 };
                 buf.clear();
                 if let Err(e) = self.codec.encode_identity(&m, &mut buf) {
@@ -942,9 +971,10 @@ fn send<C: ProducerContext>(
 }
 
 /// An identities-topic message of `kind` with nothing else set.
-fn message(journey: &str, kind: IdentityMessageKind) -> IdentityMessage {
+fn message(journey: &str, group: &str, kind: IdentityMessageKind) -> IdentityMessage {
     IdentityMessage {
         journey: journey.to_string(),
+        group: group.to_string(),
         kind,
         anonymous_id: None,
         customer_id: None,

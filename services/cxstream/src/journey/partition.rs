@@ -116,8 +116,7 @@ pub struct Record<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
     pub watermark: Option<i64>,
-    /// No watermark because nothing was read and the inputs are at their end: it holds
-    /// nothing back.
+    /// Its inputs are read to their end and quiet: it holds no one back.
     pub idle: bool,
 }
 
@@ -151,14 +150,27 @@ impl Lane {
         if let Some(identity) = setup.identity {
             processor = processor.with_identity(identity);
         }
+        let mut unheld = Vec::new();
         for (customer, stored) in resume.journeys {
             let device = customer.strip_prefix(VISITOR_PREFIX);
             let keep_journey = stored.visitor.is_none() || stored.journey != Journey::default();
             if let (Some(device), Some(visitor)) = (device, stored.visitor) {
-                processor.restore_visitor(device.to_string(), visitor);
+                if setup.identity.is_some() {
+                    processor.restore_visitor(device.to_string(), visitor);
+                } else {
+                    unheld.extend(visitor.held.into_iter().map(|r| (customer.clone(), r)));
+                }
             }
             if keep_journey {
                 processor.restore(customer, stored.journey, stored.written);
+            }
+        }
+        // Identity stitching was turned off: what waited counts as its visitor's now (its
+        // input offsets are committed, so it is never read again).
+        for (visitor, mut r) in unheld {
+            r.event.customer_id = Some(visitor);
+            if let Err(e) = processor.on_stitched(r.event, r.source_offset) {
+                tracing::warn!(error = %e, "a held touchpoint could not be applied");
             }
         }
         Lane {
@@ -206,30 +218,43 @@ impl Lane {
         }
     }
 
-    /// Whether `input` must wait: see [`Slot::must_wait`].
-    fn input_ahead(&self, input: Input, lead: i64) -> bool {
+    /// Whether an event of `input` dated `time` must wait: see [`Slot::must_wait`].
+    fn must_wait(&self, input: Input, time: i64, lead: i64) -> bool {
         match (self.processor.clock().high(input), self.identity_watermark) {
-            (None, _) => false,
-            (Some(high), Some(iw)) => high > iw.saturating_add(lead),
+            (_, Some(iw)) => time > iw.saturating_add(lead),
             (Some(_), None) => true,
+            (None, None) => false,
         }
     }
 }
 
-/// The lowest watermark all partitions published; none while one was not heard from or has
-/// none without being idle.
+/// The lowest watermark the partitions published: of those reading (an idle partition, read
+/// to its end and quiet, holds nothing back, or traffic on one partition would wait for
+/// quiet ones forever), or of all when all are idle; none while one was not heard from or a
+/// reading one has none yet.
 fn identity_watermark(heard: &[Option<Published>]) -> Option<i64> {
-    let mut lowest: Option<i64> = None;
+    let mut reading: Option<i64> = None;
+    let mut idle: Option<i64> = None;
+    let mut any_reading = false;
     for h in heard {
-        match (*h)? {
-            Published {
-                watermark: Some(w), ..
-            } => lowest = Some(lowest.map_or(w, |l| l.min(w))),
-            Published { idle: true, .. } => {}
-            Published { idle: false, .. } => return None,
+        let h = (*h)?;
+        let lowest = if h.idle {
+            &mut idle
+        } else {
+            any_reading = true;
+            &mut reading
+        };
+        match h.watermark {
+            Some(w) => *lowest = Some(lowest.map_or(w, |l| l.min(w))),
+            None if h.idle => {}
+            None => return None,
         }
     }
-    lowest
+    if any_reading {
+        reading
+    } else {
+        idle
+    }
 }
 
 /// A batch of one journey, ready to commit.
@@ -241,13 +266,16 @@ pub struct LaneBatch {
 }
 
 /// What every slot of the service shares.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Setup {
     pub policy: EventTimePolicy,
     /// Identity stitching, when on.
     pub identity: Option<IdentityPolicy>,
     /// Partitions of the topics (how many watermarks the identity watermark waits for).
     pub partitions: usize,
+    /// The consumer group: only its own journeys' watermarks count (a replay under a new
+    /// group reading an identities topic an earlier run wrote must not run ahead on them).
+    pub group: Arc<str>,
 }
 
 impl Setup {
@@ -266,6 +294,7 @@ pub struct Slot {
     lanes: Vec<Lane>,
     /// See [`Setup::identity_lead`].
     lead: Option<i64>,
+    group: Arc<str>,
     /// What the consumer has read of each source (the furthest of the journeys).
     cursors: [Cursor; 3],
     rejected: Vec<Rejected>,
@@ -291,6 +320,7 @@ impl Slot {
         Slot {
             cursors: [start(0), start(1), identities],
             lead: setup.identity_lead(),
+            group: setup.group.clone(),
             lanes,
             rejected: Vec::new(),
             takers: Vec::new(),
@@ -404,6 +434,7 @@ impl Slot {
         offset: i64,
         codec: &Codec,
     ) -> Result<(), String> {
+        let group = self.group.clone();
         let lane = &mut self.lanes[lane];
         match m.kind {
             IdentityMessageKind::Identification => {
@@ -429,6 +460,9 @@ impl Slot {
                     .map_err(|e| e.to_string())?;
             }
             IdentityMessageKind::Watermark => {
+                if *m.group != *group {
+                    return Ok(());
+                }
                 let from = m
                     .partition
                     .and_then(|p| usize::try_from(p).ok())
@@ -557,7 +591,7 @@ impl Slot {
             let watermark = lane.processor.watermark_ms();
             let now = Published {
                 watermark,
-                idle: watermark.is_none() && inputs_idle,
+                idle: inputs_idle,
             };
             if again || lane.published != Some(now) {
                 lane.published = Some(now);
@@ -567,22 +601,34 @@ impl Slot {
         out
     }
 
-    /// Whether an input must wait for the identity watermark: in a journey, its latest event
-    /// time is more than [`Setup::identity_lead`] ahead of the identity watermark, or the
-    /// identity watermark is not known (yet, or again after a restart). An input that has
-    /// not delivered an event yet never waits, so every partition reaches a watermark and
-    /// publishes it. A record read meanwhile is not taken; it is read again from
-    /// [`Self::resume_at`].
-    pub fn must_wait(&self, source: Source) -> bool {
+    /// Whether the record at `offset` of an input, dated `time`, must wait for the identity
+    /// watermark: in a journey that has not taken it yet, it is dated more than
+    /// [`Setup::identity_lead`] after the identity watermark, or the identity watermark is
+    /// not known (yet, or again after a restart) while the input has delivered before. An
+    /// input's first event never waits, so every partition reaches a watermark and
+    /// publishes it.
+    pub fn must_wait(&self, source: Source, offset: i64, time: i64) -> bool {
         let (Some(lead), Some(input)) = (self.lead, source.input()) else {
             return false;
         };
-        self.lanes.iter().any(|l| l.input_ahead(input, lead))
+        self.lanes.iter().any(|l| {
+            let new = l.next[source.index()].is_none_or(|n| offset >= n);
+            new && l.must_wait(input, time, lead)
+        })
     }
 
-    /// Where reading `source` goes on (`None`: from where the partition was assigned).
-    pub fn resume_at(&self, source: Source) -> Option<i64> {
-        self.cursors[source.index()].next
+    /// With identity stitching, the event time of an input record (`None` when it cannot be
+    /// decoded: it is dead-lettered as usual).
+    pub fn event_time(&self, r: &Record<'_>, codec: &Codec) -> Option<i64> {
+        self.lead?;
+        match r.source {
+            Source::Touchpoints => codec
+                .decode_touchpoint(r.payload)
+                .ok()
+                .map(|e| e.event_time),
+            Source::Answers => codec.decode_answer(r.payload).ok().map(|a| a.answer_time),
+            Source::Identities => None,
+        }
     }
 
     /// The event time every journey of the partition has reached (the least watermark).
@@ -675,6 +721,7 @@ mod tests {
             policy: EventTimePolicy::default(),
             identity: None,
             partitions: 1,
+            group: "g".into(),
         }
     }
 
@@ -858,7 +905,7 @@ mod tests {
     }
 
     #[test]
-    fn the_identity_watermark_waits_for_every_partition_but_idle_empty_ones() {
+    fn the_identity_watermark_waits_for_every_partition_reading() {
         let at = |w: Option<i64>, idle: bool| Some(Published { watermark: w, idle });
         assert_eq!(identity_watermark(&[at(Some(5), false), None]), None);
         assert_eq!(
@@ -873,6 +920,11 @@ mod tests {
             identity_watermark(&[at(Some(5), false), at(Some(3), false)]),
             Some(3)
         );
+        // A quiet partition holds no one back; when all are quiet, the lowest counts.
+        let quiet = [at(Some(5), false), at(Some(3), true)];
+        assert_eq!(identity_watermark(&quiet), Some(5));
+        let all_quiet = [at(Some(5), true), at(Some(3), true)];
+        assert_eq!(identity_watermark(&all_quiet), Some(3));
     }
 
     #[test]
@@ -882,41 +934,31 @@ mod tests {
         setup.partitions = 2;
         let lead = setup.identity_lead().unwrap();
         let codec = Codec::new().unwrap();
-        let mut s = Slot::new(&maps(), vec![Resume::default(), Resume::default()], &setup);
+        let resumes = vec![Resume::default(), Resume::default()];
+        let mut s = Slot::new(&maps(), resumes, &setup);
+        let tp = Source::Touchpoints;
         assert!(
-            !s.must_wait(Source::Touchpoints),
-            "no event yet: reads to get a watermark"
+            !s.must_wait(tp, 0, 1_000),
+            "the first event reads to get a watermark"
         );
         let t = touchpoint(&codec, "e0", 1_000);
-        s.process(&record(Source::Touchpoints, &t, 0), &codec);
+        s.process(&record(tp, &t, 0), &codec);
         assert!(
-            s.must_wait(Source::Touchpoints),
+            s.must_wait(tp, 1, 1_000),
             "the identity watermark is not known"
         );
-        assert!(!s.must_wait(Source::Answers), "the other input reads on");
-        assert!(!s.must_wait(Source::Identities));
+        assert!(!s.must_wait(tp, 0, 1_000), "taken already by every journey");
+        assert!(
+            !s.must_wait(Source::Answers, 0, 1_000),
+            "the other input reads on"
+        );
+        assert!(!s.must_wait(Source::Identities, 0, 1_000));
         for lane in &mut s.lanes {
-            lane.heard_from(
-                0,
-                Published {
-                    watermark: Some(900),
-                    idle: false,
-                },
-            );
-            lane.heard_from(
-                1,
-                Published {
-                    watermark: None,
-                    idle: true,
-                },
-            );
+            let heard = |w, idle| Published { watermark: w, idle };
+            lane.heard_from(0, heard(Some(900), false));
+            lane.heard_from(1, heard(None, true));
         }
-        assert!(!s.must_wait(Source::Touchpoints));
-        let far = touchpoint(&codec, "e1", 901 + lead);
-        let mut written = record(Source::Touchpoints, &far, 1);
-        written.timestamp_ms = Some(901 + lead);
-        s.process(&written, &codec);
-        assert!(s.must_wait(Source::Touchpoints), "more than the lead ahead");
-        assert_eq!(s.resume_at(Source::Touchpoints), Some(2));
+        assert!(!s.must_wait(tp, 1, 900 + lead));
+        assert!(s.must_wait(tp, 1, 901 + lead), "more than the lead ahead");
     }
 }
