@@ -407,13 +407,14 @@ impl PartitionProcessor {
     }
 
     /// Checks everything of a touchpoint but its customer id (which identity stitching may
-    /// still set): the event id, the time and the names the map must know.
-    pub fn validate_touchpoint(&self, ev: &TouchpointEvent) -> Result<(), Invalid> {
+    /// still set) — the event id, the time and the names the map must know — and resolves
+    /// those names.
+    fn resolved(&self, ev: &TouchpointEvent) -> Result<Resolved, Invalid> {
         if ev.event_id.is_empty() {
             return Err(Invalid::MissingId);
         }
         valid_time(ev.event_time)?;
-        self.resolve(ev).map(|_| ())
+        self.resolve(ev)
     }
 
     /// Applies a touchpoint read from this partition's input. `record_ms` is its Kafka record
@@ -428,13 +429,16 @@ impl PartitionProcessor {
         if self.identity.is_none() {
             return self.apply_touchpoint(ev, source_offset, Arrival::Input(record_ms));
         }
-        self.validate_touchpoint(&ev)?;
+        let resolved = self.resolved(&ev)?;
         let time = ev.event_time;
         let Some(resolver) = self.identity.as_mut() else {
             return Ok(());
         };
         match resolver.route(ev, source_offset, &self.clock, record_ms)? {
-            Route::Apply(ev) => self.apply_touchpoint(ev, source_offset, Arrival::Input(record_ms)),
+            Route::Apply(ev) => {
+                valid_customer(&ev.customer_id)?;
+                self.apply_resolved(ev, resolved, source_offset, Arrival::Input(record_ms))
+            }
             route => {
                 // Arrived here: it moves this input's event time like any touchpoint.
                 self.clock.observe(Input::Touchpoints, time);
@@ -473,9 +477,9 @@ impl PartitionProcessor {
             return;
         };
         for r in resolver.release(identity_watermark) {
-            // Valid when it arrived; only the watermark may have moved past it since.
             // Cannot be refused: it was valid when it arrived and its visitor's key is a
-            // customer id (a late one is kept as refused, like any late touchpoint).
+            // customer id (only the watermark may have moved past it: then it is kept as
+            // refused, like any late touchpoint).
             let applied = self.apply_touchpoint(r.event, r.source_offset, Arrival::Internal);
             debug_assert!(applied.is_ok());
         }
@@ -495,11 +499,18 @@ impl PartitionProcessor {
         arrival: Arrival,
     ) -> Result<(), Invalid> {
         valid_customer(&ev.customer_id)?;
-        if ev.event_id.is_empty() {
-            return Err(Invalid::MissingId);
-        }
-        valid_time(ev.event_time)?;
-        let (touchpoint, channel, stage, segment) = self.resolve(&ev)?;
+        let resolved = self.resolved(&ev)?;
+        self.apply_resolved(ev, resolved, source_offset, arrival)
+    }
+
+    /// Applies a touchpoint whose customer id and names were checked (`resolved`).
+    fn apply_resolved(
+        &mut self,
+        ev: TouchpointEvent,
+        (touchpoint, channel, stage, segment): Resolved,
+        source_offset: i64,
+        arrival: Arrival,
+    ) -> Result<(), Invalid> {
         let time = ev.event_time;
         let checked = match arrival {
             Arrival::Input(record_ms) => self.clock.check(time, record_ms),
@@ -702,10 +713,7 @@ impl PartitionProcessor {
         (identifications, visitors)
     }
 
-    fn resolve(
-        &self,
-        ev: &TouchpointEvent,
-    ) -> Result<(TouchpointIdx, ChannelIdx, StageIdx, Option<SegmentIdx>), Invalid> {
+    fn resolve(&self, ev: &TouchpointEvent) -> Result<Resolved, Invalid> {
         // A touchpoint the map does not declare is off-map: counted, never dead-lettered.
         let tp = self.map.touchpoint(&ev.touchpoint).unwrap_or(OFF_MAP);
         let channel = self
@@ -770,6 +778,9 @@ impl PartitionProcessor {
         self.swept_to = h;
     }
 }
+
+/// A touchpoint's names as the map's indices: touchpoint, channel, stage, segment.
+type Resolved = (TouchpointIdx, ChannelIdx, StageIdx, Option<SegmentIdx>);
 
 /// How a touchpoint reached the processor.
 #[derive(Debug, Clone, Copy)]

@@ -449,22 +449,20 @@ impl Inner {
             let Some(slot) = self.slots.get(&p) else {
                 continue;
             };
-            let (done, pause) = if slot.must_wait(source, first, time) {
-                if self.paused.contains(&at) {
-                    continue;
-                }
-                (
-                    consumer
-                        .pause(&self.one(at))
-                        .map(|()| self.paused.insert(at)),
-                    true,
-                )
+            let pause = slot.must_wait(source, first, time);
+            if pause && self.paused.contains(&at) {
+                continue;
+            }
+            let done = if pause {
+                consumer.pause(&self.one(at)).map(|()| {
+                    self.paused.insert(at);
+                })
             } else {
-                (self.go_on(consumer, at, first), false)
+                self.go_on(consumer, at, first)
             };
             let input = source.as_str();
             match done {
-                Ok(_) => tracing::debug!(
+                Ok(()) => tracing::debug!(
                     partition = p,
                     input,
                     pause,
@@ -489,7 +487,7 @@ impl Inner {
         consumer: &ConsumerHandle,
         at: (i32, Source),
         first: i64,
-    ) -> Result<bool, KafkaError> {
+    ) -> Result<(), KafkaError> {
         let (p, source) = at;
         let topic = self.topic(source).to_string();
         consumer.seek(
@@ -502,7 +500,7 @@ impl Inner {
             consumer.resume(&self.one(at))?;
         }
         self.waiting.remove(&at);
-        Ok(true)
+        Ok(())
     }
 
     /// Learns how far each input partition goes, to decide idleness.
@@ -566,12 +564,7 @@ impl Inner {
     /// A dead letter the DLQ refused, now or in delivery, stops it before any commit: the
     /// batches holding such records are read again after a restart.
     fn flush(&mut self, consumer: &ConsumerHandle) -> Result<()> {
-        if self.dlq.in_flight_count() > 0 {
-            self.dlq
-                .flush(Duration::from_secs(30))
-                .context("flushing the dead-letter topic")?;
-        }
-        let failed = self.dlq.context().take_failures();
+        let failed = delivered(&self.dlq, &self.cfg.topics.dlq)?;
         if let Some(why) = self.dlq_refused.take().or(failed) {
             anyhow::bail!(
                 "the dead-letter topic `{}` refused records ({why}); nothing read since the \
@@ -717,12 +710,7 @@ impl Inner {
                 }
             }
         }
-        if producer.in_flight_count() > 0 {
-            producer
-                .flush(Duration::from_secs(30))
-                .context("flushing the identities topic")?;
-        }
-        if let Some(why) = producer.context().take_failures() {
+        if let Some(why) = delivered(producer, topic)? {
             anyhow::bail!(
                 "the identities topic `{topic}` refused records ({why}); nothing read since the \
                  last commit was committed, so they are sent again when the service restarts"
@@ -951,6 +939,20 @@ impl ProducerContext for DeadLetterDelivery {
             }
         }
     }
+}
+
+/// Waits until the broker has every record `producer` sent to `topic`; returns the first
+/// refusal since the last call, if any.
+fn delivered(
+    producer: &ThreadedProducer<DeadLetterDelivery>,
+    topic: &str,
+) -> Result<Option<String>> {
+    if producer.in_flight_count() > 0 {
+        producer
+            .flush(Duration::from_secs(30))
+            .with_context(|| format!("flushing topic `{topic}`"))?;
+    }
+    Ok(producer.context().take_failures())
 }
 
 /// Sends a record, waiting while the producer's queue is full.
