@@ -3,12 +3,18 @@
 # simulates CX traffic (from empty servers), runs the journey service until it has caught up, prints a summary
 # and writes it as a page with charts (.run/demo/report.html).
 #   CUSTOMERS (default 10000), DAYS (default 30), SEED (default 42), SCENARIO (default journeys:
-#   journeys as they really happen, delivered as real producers do; see `cxstream simulate --help`),
+#   journeys as they really happen, delivered as real producers do; `identity` adds customers
+#   browsing anonymously before they sign in and turns identity stitching on; see
+#   `cxstream simulate --help`),
 #   CXSTREAM_JOURNEY_MAPS (default: the retail and support maps, measured at once)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 source deploy/local/env.sh
+SCENARIO="${SCENARIO:-journeys}"
+if [[ "$SCENARIO" == identity ]]; then
+  export CXSTREAM_IDENTITY_ENABLED="${CXSTREAM_IDENTITY_ENABLED:-true}"
+fi
 export CXSTREAM_JOURNEY_MAPS="${CXSTREAM_JOURNEY_MAPS:-schemas/journeys/retail.yaml,schemas/journeys/support.yaml}"
 # Every demo starts from empty servers, so its numbers are the simulation's alone.
 deploy/local/down.sh --wipe >/dev/null
@@ -19,7 +25,7 @@ CX_CXSTREAM_BIN="$bin" deploy/local/up.sh
 "$bin" migrate
 mkdir -p "$CXSTREAM_RUN/demo"
 "$bin" simulate --customers "${CUSTOMERS:-10000}" --days "${DAYS:-30}" --seed "${SEED:-42}" \
-  --scenario "${SCENARIO:-journeys}" --bad-records 20 --ground-truth "$CXSTREAM_RUN/demo/ground-truth.csv"
+  --scenario "$SCENARIO" --bad-records 20 --ground-truth "$CXSTREAM_RUN/demo/ground-truth.csv"
 CXSTREAM_HTTP_LISTEN=127.0.0.1:0 "$bin" journey --until-caught-up
 echo
 "$bin" report --html "$CXSTREAM_RUN/demo/report.html"

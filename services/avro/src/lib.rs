@@ -21,7 +21,8 @@ use apache_avro::rabin::Rabin;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
-use cxstream_core::{SurveyAnswer, TouchpointEvent};
+use cxstream_core::metrics::StepCounts;
+use cxstream_core::{Counts, SurveyAnswer, TouchpointEvent};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,7 @@ pub const SURVEY_ANSWER_SCHEMA: &str = include_str!("../../../schemas/avro/surve
 pub const ALERT_SCHEMA: &str = include_str!("../../../schemas/avro/alert.avsc");
 pub const IDENTITY_MESSAGE_SCHEMA: &str =
     include_str!("../../../schemas/avro/identity_message.avsc");
+pub const AGGREGATES_SCHEMA: &str = include_str!("../../../schemas/avro/aggregates.avsc");
 
 const MAGIC: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
@@ -104,6 +106,57 @@ pub enum IdentityMessageKind {
     Watermark,
 }
 
+/// A record of `cx.aggregates` (`schemas/avro/aggregates.avsc`): a batch's per-minute
+/// partial counts, or which batch of a partition committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AggregatesMessage {
+    pub journey: String,
+    pub group: String,
+    pub kind: AggregatesKind,
+    pub partition: i32,
+    pub partitions: i32,
+    pub seq: i64,
+    pub batch_id: i64,
+    pub chunk: i32,
+    pub chunks: i32,
+    pub watermark: Option<i64>,
+    pub idle: bool,
+    pub minutes: Vec<MinuteCell>,
+    pub steps: Vec<StepCell>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggregatesKind {
+    Partial,
+    Committed,
+}
+
+/// Changes to one cell of `cx.metrics_minute`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinuteCell {
+    /// Start of the minute, epoch ms.
+    pub minute: i64,
+    pub stage: String,
+    pub touchpoint: String,
+    pub channel: String,
+    pub segment: String,
+    pub counts: Counts,
+}
+
+/// Changes to one cell of `cx.steps_minute`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepCell {
+    /// Start of the minute the attempts started in, epoch ms.
+    pub minute: i64,
+    pub step: String,
+    pub stage: String,
+    pub touchpoint: String,
+    pub channel: String,
+    pub segment: String,
+    pub counts: StepCounts,
+}
+
 /// The record types carried by cxstream's topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordType {
@@ -111,6 +164,7 @@ pub enum RecordType {
     SurveyAnswer,
     Alert,
     IdentityMessage,
+    Aggregates,
 }
 
 struct Known {
@@ -145,6 +199,7 @@ static KNOWN: LazyLock<Vec<Known>> = LazyLock::new(|| {
         known(SURVEY_ANSWER_SCHEMA, RecordType::SurveyAnswer),
         known(ALERT_SCHEMA, RecordType::Alert),
         known(IDENTITY_MESSAGE_SCHEMA, RecordType::IdentityMessage),
+        known(AGGREGATES_SCHEMA, RecordType::Aggregates),
     ]
 });
 
@@ -267,6 +322,18 @@ impl Codec {
         self.decode(RecordType::IdentityMessage, bytes)
     }
 
+    pub fn encode_aggregates(
+        &self,
+        m: &AggregatesMessage,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        self.encode(RecordType::Aggregates, m, out)
+    }
+
+    pub fn decode_aggregates(&self, bytes: &[u8]) -> Result<AggregatesMessage, DecodeError> {
+        self.decode(RecordType::Aggregates, bytes)
+    }
+
     pub fn decode<T: DeserializeOwned>(
         &self,
         expected: RecordType,
@@ -358,6 +425,7 @@ impl RecordType {
             RecordType::SurveyAnswer => "survey_answer",
             RecordType::Alert => "alert",
             RecordType::IdentityMessage => "identity_message",
+            RecordType::Aggregates => "aggregates",
         }
     }
 
@@ -367,6 +435,7 @@ impl RecordType {
             RecordType::SurveyAnswer => 1,
             RecordType::Alert => 2,
             RecordType::IdentityMessage => 3,
+            RecordType::Aggregates => 4,
         };
         KNOWN[i].schema
     }
@@ -598,6 +667,58 @@ mod tests {
         let inner = back.stitched.expect("stitched");
         assert_eq!(c.decode_touchpoint(&inner).expect("decode"), tp());
         assert!(c.decode_touchpoint(&buf).is_err(), "not a touchpoint");
+    }
+
+    #[test]
+    fn aggregates_round_trip_with_their_cells() {
+        let c = codec();
+        let m = AggregatesMessage {
+            journey: "retail".into(),
+            group: "g".into(),
+            kind: AggregatesKind::Partial,
+            partition: 2,
+            partitions: 4,
+            seq: 17,
+            batch_id: -3,
+            chunk: 1,
+            chunks: 2,
+            watermark: None,
+            idle: false,
+            minutes: vec![MinuteCell {
+                minute: 1_793_577_600_000,
+                stage: "awareness".into(),
+                touchpoint: "ad_impression".into(),
+                channel: "web".into(),
+                segment: "new".into(),
+                counts: Counts {
+                    nps_detractors: -1,
+                    csat_n: 2,
+                    csat_sum: 7,
+                    touchpoints: 3,
+                    stage_open: -1,
+                    ..Counts::default()
+                },
+            }],
+            steps: vec![StepCell {
+                minute: 1_793_577_600_000,
+                step: "checkout".into(),
+                stage: "conversion".into(),
+                touchpoint: "checkout_started".into(),
+                channel: "app".into(),
+                segment: "unknown".into(),
+                counts: StepCounts {
+                    starts: 1,
+                    conversions: 1,
+                    convert_ms_sum: 90_000,
+                    dropoffs: 0,
+                    open: -1,
+                },
+            }],
+        };
+        let mut buf = Vec::new();
+        c.encode_aggregates(&m, &mut buf).expect("encode");
+        assert_eq!(c.decode_aggregates(&buf).expect("decode"), m);
+        assert!(c.decode_identity(&buf).is_err(), "not an identity message");
     }
 
     /// Header bytes of the shipped schemas as fastavro 1.13 computes them (little-endian,

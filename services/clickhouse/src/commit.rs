@@ -36,6 +36,8 @@ pub struct Resume {
     pub journeys: Vec<(String, journey_state::Stored)>,
     /// Batches below this sequence number are folded into the partition's generation.
     pub live_from: u64,
+    /// The last committed batch's sequence number and aggregates id.
+    pub last: Option<(u64, u64)>,
 }
 
 /// The offsets and bookkeeping a batch commits together with its rows.
@@ -46,6 +48,8 @@ pub struct BatchEnd {
     pub identities_next_offset: i64,
     pub clock: ClockState,
     pub records: u64,
+    /// The id its partial counts were published under (0: not published).
+    pub aggregates_id: u64,
 }
 
 pub struct BatchCommitter {
@@ -186,6 +190,7 @@ impl BatchCommitter {
             },
             journeys,
             live_from: generation.live_from,
+            last: Some((last.batch_seq, last.aggregates_id)),
         })
     }
 
@@ -329,6 +334,7 @@ impl BatchCommitter {
             touchpoints_high_ms: end.clock.highs[0].unwrap_or(i64::MIN),
             answers_high_ms: end.clock.highs[1].unwrap_or(i64::MIN),
             identities_next_offset: end.identities_next_offset,
+            aggregates_id: end.aggregates_id,
         };
         self.insert_rows::<BatchRow>("ingest_batches", [marker])
             .await?;

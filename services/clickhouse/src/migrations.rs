@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "identities",
         sql: include_str!("../../../schemas/clickhouse/0010_identities.sql"),
     },
+    Migration {
+        version: 11,
+        name: "aggregates",
+        sql: include_str!("../../../schemas/clickhouse/0011_aggregates.sql"),
+    },
 ];
 
 impl Migration {

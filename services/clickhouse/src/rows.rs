@@ -1,7 +1,7 @@
 //! Rows as written to ClickHouse (RowBinary, field order = column order of the DDL in
 //! `schemas/clickhouse/`), and their construction from the core's batch output.
 
-use cxstream_core::journey::{Attribution, Context, StageOutcome};
+use cxstream_core::journey::{Attribution, Context, ContextNames, StageOutcome};
 use cxstream_core::journey_map::{StepIdx, OFF_MAP};
 use cxstream_core::metrics::StepCounts;
 use cxstream_core::processor::{
@@ -374,6 +374,8 @@ pub struct BatchRow {
     pub answers_high_ms: i64,
     /// Next offset of the identities topic (-2: not read yet).
     pub identities_next_offset: i64,
+    /// The id its per-minute partials went to the aggregates topic under (0: none).
+    pub aggregates_id: u64,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]
@@ -405,29 +407,8 @@ pub struct StateRow {
     pub batch_attempt: u64,
 }
 
-/// Names of a context's dimensions; answers without context get stage/touchpoint `none`.
-pub(crate) struct Dims<'a> {
-    pub stage: &'a str,
-    pub touchpoint: &'a str,
-    pub channel: &'a str,
-    pub segment: &'a str,
-}
-
-pub(crate) fn dims(map: &JourneyMap, c: Option<Context>) -> Dims<'_> {
-    match c {
-        Some(c) => Dims {
-            stage: map.stage_name(c.stage),
-            touchpoint: map.touchpoint_name(c.touchpoint),
-            channel: map.channel_name(c.channel),
-            segment: map.segment_name(c.segment),
-        },
-        None => Dims {
-            stage: "none",
-            touchpoint: "none",
-            channel: "none",
-            segment: "unknown",
-        },
-    }
+pub(crate) fn dims(map: &JourneyMap, c: Option<Context>) -> ContextNames<'_> {
+    Context::names(c, map)
 }
 
 /// A DateTime column's seconds. Event times are validated to fit (1970 to 2106); a time

@@ -35,7 +35,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::{SurveyAnswer, TouchpointEvent};
 use crate::journey_map::{
-    ChannelIdx, JourneyMap, SegmentIdx, StageIdx, TouchpointIdx, NO_SEGMENT, NO_STAGE,
+    ChannelIdx, JourneyMap, SegmentIdx, StageIdx, TouchpointIdx, NO_SEGMENT, NO_SEGMENT_NAME,
+    NO_STAGE,
 };
 use crate::metrics::Metric;
 use crate::steps::{self, FoldedStep, Start, StepRules, StepView};
@@ -137,6 +138,37 @@ pub struct Context {
     pub touchpoint: TouchpointIdx,
     pub channel: ChannelIdx,
     pub segment: SegmentIdx,
+}
+
+impl Context {
+    /// The names a context is reported under in every output; without one (an answer with
+    /// no touchpoint before it) stage, touchpoint and channel are `none` and the segment
+    /// `unknown`.
+    pub fn names(c: Option<Context>, map: &JourneyMap) -> ContextNames<'_> {
+        match c {
+            Some(c) => ContextNames {
+                stage: map.stage_name(c.stage),
+                touchpoint: map.touchpoint_name(c.touchpoint),
+                channel: map.channel_name(c.channel),
+                segment: map.segment_name(c.segment),
+            },
+            None => ContextNames {
+                stage: "none",
+                touchpoint: "none",
+                channel: "none",
+                segment: NO_SEGMENT_NAME,
+            },
+        }
+    }
+}
+
+/// A context's dimensions by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextNames<'a> {
+    pub stage: &'a str,
+    pub touchpoint: &'a str,
+    pub channel: &'a str,
+    pub segment: &'a str,
 }
 
 /// How an answer found its context.

@@ -147,6 +147,9 @@ pub struct JourneySettings {
     /// Leave and re-join the consumer group when no partition was assigned for this long,
     /// ms. Default 20000 (twice the session timeout).
     pub join_timeout_ms: u64,
+    /// Publish each batch's per-minute partial counts to `topics.aggregates`, for the
+    /// alerter. Default true.
+    pub publish_aggregates: bool,
 }
 
 impl JourneySettings {
@@ -171,6 +174,7 @@ impl Default for JourneySettings {
             idle_release_ms: 2000,
             max_record_bytes: 1 << 20,
             join_timeout_ms: 20_000,
+            publish_aggregates: true,
         }
     }
 }
@@ -314,11 +318,10 @@ impl Config {
                 .collect();
         }
         if let Some(v) = get("CXSTREAM_IDENTITY_ENABLED") {
-            self.identity.enabled = match v.as_str() {
-                "true" | "1" | "on" => true,
-                "false" | "0" | "off" => false,
-                _ => bail!("CXSTREAM_IDENTITY_ENABLED `{v}` must be true or false"),
-            };
+            self.identity.enabled = boolean("CXSTREAM_IDENTITY_ENABLED", &v)?;
+        }
+        if let Some(v) = get("CXSTREAM_PUBLISH_AGGREGATES") {
+            self.journey.publish_aggregates = boolean("CXSTREAM_PUBLISH_AGGREGATES", &v)?;
         }
         if let Some(v) = get("CXSTREAM_JOURNEY_GROUP_ID") {
             self.journey.group_id = v;
@@ -439,6 +442,15 @@ impl Config {
             user: self.clickhouse.user.clone(),
             password: self.clickhouse.password.0.clone(),
         }
+    }
+}
+
+/// An environment variable's yes or no.
+fn boolean(name: &str, v: &str) -> Result<bool> {
+    match v {
+        "true" | "1" | "on" => Ok(true),
+        "false" | "0" | "off" => Ok(false),
+        _ => bail!("{name} `{v}` must be true or false"),
     }
 }
 

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use cxstream_avro::Codec;
 use cxstream_core::{JourneyMap, JourneyMaps, Metric, SurveyAnswer};
-use cxstream_simulator::{simulate_maps, Delivery, Lens, Paths, SimConfig, SimRecord, StepBreak};
+use cxstream_simulator::{
+    simulate_maps, Anonymity, Delivery, Lens, Paths, SimConfig, SimRecord, StepBreak,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
@@ -46,7 +48,13 @@ pub struct SimulateArgs {
     /// really happen (skipped stages, going back, customers who return after a journey
     /// ended, steps that convert within their budget or not, touchpoints no map declares,
     /// and the first step — in the app — converting at a fifth of its target from 30 % to
-    /// 60 % of the period).
+    /// 60 % of the period); `identity`: the journeys scenario with 40 % of customers
+    /// browsing anonymously on their device (web and app) until they sign in to buy or on
+    /// their return, or never, and now and then signed out after — it needs identity
+    /// stitching turned on (the truth follows its rule and `identity.window_ms`), and ends
+    /// with one touchpoint on each partition dated a window after its last record, the traffic
+    /// that would follow, so that every visitor's wait ends; whose journey each anonymous
+    /// touchpoint counts in is written to `<ground truth>.owners.csv`.
     #[arg(long, value_enum, default_value_t = Scenario::Punctual)]
     pub scenario: Scenario,
 }
@@ -56,6 +64,7 @@ pub enum Scenario {
     Punctual,
     Messy,
     Journeys,
+    Identity,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -108,19 +117,27 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Prod
     if args.customers == 0 || args.days <= 0.0 {
         bail!("--customers and --days must be positive");
     }
+    let producer: ThreadedProducer<DeliveryCounter> = cfg
+        .kafka
+        .producer_config()
+        .create_with_context(DeliveryCounter::default())
+        .context("creating the producer")?;
     let sim_cfg = SimConfig {
         customers: args.customers,
         days: args.days,
         seed: args.seed,
         delivery: match args.scenario {
             Scenario::Punctual => Delivery::punctual(),
-            Scenario::Messy | Scenario::Journeys => Delivery::messy(),
+            Scenario::Messy | Scenario::Journeys | Scenario::Identity => Delivery::messy(),
         },
+        anonymity: anonymity(cfg, &producer, args.scenario)?,
         ..SimConfig::default()
     };
     let sim_cfg = SimConfig {
         paths: match args.scenario {
-            Scenario::Journeys => Paths::non_linear(step_break(maps.first(), &sim_cfg)),
+            Scenario::Journeys | Scenario::Identity => {
+                Paths::non_linear(step_break(maps.first(), &sim_cfg))
+            }
             _ => Paths::default(),
         },
         ..sim_cfg
@@ -131,6 +148,9 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Prod
     for (i, lens) in sim.lenses.iter().enumerate() {
         write_truth(&args.ground_truth, i, lens)?;
     }
+    if sim_cfg.anonymity.is_some() {
+        write_owners(&args.ground_truth, &sim.owners)?;
+    }
     // What the rules refuse (and keep in refused_events), next to the counts.
     let refused = args.ground_truth.with_extension("refused.csv");
     std::fs::write(
@@ -140,11 +160,6 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Prod
     .with_context(|| format!("writing {}", refused.display()))?;
     tracing::info!(records = sim.records.len(), ground_truth = %args.ground_truth.display(), "simulated");
 
-    let producer: ThreadedProducer<DeliveryCounter> = cfg
-        .kafka
-        .producer_config()
-        .create_with_context(DeliveryCounter::default())
-        .context("creating the producer")?;
     let codec = Codec::new().context("building the Avro codec")?;
     let bar = ProgressBar::new(sim.records.len() as u64 + args.bad_records);
     bar.set_style(
@@ -175,9 +190,9 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Prod
         send(
             &producer,
             topic,
-            rec.customer_id().as_bytes(),
+            rec.key().as_bytes(),
             &buf,
-            Some(sent.at_ms),
+            (Some(sent.at_ms), sent.partition),
         )?;
         if i % 1024 == 0 {
             bar.set_position(i as u64);
@@ -191,7 +206,7 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Prod
             topic,
             format!("bad-{i}").as_bytes(),
             &bytes,
-            None,
+            (None, None),
         )?;
         out.bad += 1;
     }
@@ -214,6 +229,56 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Prod
         args.ground_truth.display()
     );
     Ok(out)
+}
+
+/// The identity scenario's anonymous visitors, with the rule's window from the config and
+/// the touchpoints topic's partitions from the broker; without stitching their touchpoints
+/// would only be dead-lettered.
+fn anonymity(
+    cfg: &Config,
+    producer: &ThreadedProducer<DeliveryCounter>,
+    scenario: Scenario,
+) -> Result<Option<Anonymity>> {
+    if scenario != Scenario::Identity {
+        return Ok(None);
+    }
+    if !cfg.identity.enabled {
+        bail!(
+            "--scenario identity sends anonymous touchpoints, which only identity stitching \
+             counts: set identity.enabled: true in the config (or CXSTREAM_IDENTITY_ENABLED=true)"
+        );
+    }
+    let topic = &cfg.topics.touchpoints;
+    let metadata = producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .with_context(|| format!("reading the partitions of {topic}"))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    if partitions == 0 {
+        bail!("topic {topic} has no partitions: create the topics first (`cxstream topics`)");
+    }
+    Ok(Some(Anonymity {
+        share: 0.4,
+        window_ms: cfg.identity.window_ms,
+        partitions: u32::try_from(partitions).context("partitions of the touchpoints topic")?,
+    }))
+}
+
+/// Whose journey each touchpoint sent without a customer id counts in, as CSV
+/// (`event_id,customer_id`) at `<base>.owners.csv`.
+fn write_owners(
+    base: &std::path::Path,
+    owners: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    let path = base.with_extension("owners.csv");
+    let mut out = String::from("event_id,customer_id\n");
+    for (event, owner) in owners {
+        out.push_str(&format!("{event},{owner}\n"));
+    }
+    std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes a map's ground truth: the first map's at `base` (steps at `<base>.steps.csv`),
@@ -239,11 +304,14 @@ fn send(
     topic: &str,
     key: &[u8],
     payload: &[u8],
-    timestamp_ms: Option<i64>,
+    (timestamp_ms, partition): (Option<i64>, Option<u32>),
 ) -> Result<()> {
     let mut record = BaseRecord::to(topic).key(key).payload(payload);
     if let Some(t) = timestamp_ms {
         record = record.timestamp(t);
+    }
+    if let Some(p) = partition {
+        record = record.partition(i32::try_from(p).context("partition number")?);
     }
     loop {
         match producer.send(record) {

@@ -1118,6 +1118,136 @@ fn sigterm_then_sigkill_mid_run(s: &Stack, simulate: impl FnOnce(&Stack)) {
         assert_eq!(nps_cases, nps_detractors, "{j}");
     }
     assert_compacted(s);
+    // What the alerter reads: the committed batches' partial counts on the aggregates topic
+    // sum to the ground truth too, after SIGTERM, SIGKILL and replays.
+    let (minutes, steps) = committed_aggregates(s);
+    for j in &s.journeys {
+        assert_cells_equal(&s.truth_of(j), minutes.get(j).unwrap_or(&BTreeMap::new()));
+        assert_cells_equal(
+            &s.step_truth_of(j),
+            steps.get(j).unwrap_or(&BTreeMap::new()),
+        );
+    }
+}
+
+/// Cells per journey, as in the ground truth files.
+type JourneyCells<K> = BTreeMap<String, BTreeMap<K, Vec<i64>>>;
+
+/// The per-minute and step cells a reader of the aggregates topic has, by the README's
+/// protocol: a committed record of the stack's group naming batch n of a journey's
+/// partition confirms it and every earlier batch of that partition; of each sequence
+/// number, the last partial sent counts (a batch replayed after a crash is sent again
+/// under a new id), whole (all its chunks), and batch n's is the one the record names.
+fn committed_aggregates(s: &Stack) -> (JourneyCells<common::Cell>, JourneyCells<common::StepCell>) {
+    use cxstream_avro::{AggregatesKind, AggregatesMessage};
+    let codec = Codec::new().unwrap();
+    let group = format!("g.{}", s.run);
+    let mut raw = s.read_topic(&s.topic("aggregates"), PARTITIONS);
+    raw.sort_by_key(|r| (r.partition, r.offset));
+    // (journey, partition) → seq → (batch id, chunks read, the batch's messages)
+    type Partials = BTreeMap<i64, (i64, Vec<AggregatesMessage>)>;
+    let mut partials: BTreeMap<(String, i32), Partials> = BTreeMap::new();
+    let mut confirmed: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+    for r in raw {
+        let m = codec.decode_aggregates(&r.payload).unwrap();
+        if m.group != group {
+            continue;
+        }
+        let at = (m.journey.clone(), m.partition);
+        match m.kind {
+            AggregatesKind::Partial => {
+                let seqs = partials.entry(at).or_default();
+                let entry = seqs.entry(m.seq).or_insert((m.batch_id, Vec::new()));
+                if entry.0 != m.batch_id {
+                    *entry = (m.batch_id, Vec::new());
+                }
+                entry.1.push(m);
+            }
+            AggregatesKind::Committed => {
+                let c = confirmed.entry(at).or_insert((m.seq, m.batch_id));
+                if m.seq >= c.0 {
+                    *c = (m.seq, m.batch_id);
+                }
+            }
+        }
+    }
+    let (mut minutes, mut steps) = (JourneyCells::new(), JourneyCells::new());
+    for ((journey, p), (last, id)) in confirmed {
+        let seqs = partials.remove(&(journey.clone(), p)).unwrap_or_default();
+        for (seq, (batch_id, chunks)) in seqs.range(..=last) {
+            if *seq == last {
+                assert_eq!(
+                    *batch_id, id,
+                    "{journey}/{p}: batch {seq} is named with another id"
+                );
+            }
+            let whole: HashSet<i32> = chunks.iter().map(|c| c.chunk).collect();
+            assert_eq!(
+                whole.len() as i32,
+                chunks[0].chunks,
+                "{journey}/{p}: batch {seq}"
+            );
+            for m in chunks {
+                for c in &m.minutes {
+                    let key = (
+                        c.minute,
+                        c.stage.clone(),
+                        c.touchpoint.clone(),
+                        c.channel.clone(),
+                        c.segment.clone(),
+                    );
+                    let v = [
+                        c.counts.nps_promoters,
+                        c.counts.nps_passives,
+                        c.counts.nps_detractors,
+                        c.counts.csat_n,
+                        c.counts.csat_top2,
+                        c.counts.csat_sum,
+                        c.counts.ces_n,
+                        c.counts.ces_agree,
+                        c.counts.ces_sum,
+                        c.counts.stage_entries,
+                        c.counts.touchpoints,
+                        c.counts.stage_conversions,
+                        c.counts.convert_ms_sum,
+                        c.counts.stage_dropoffs + c.counts.stage_open,
+                    ];
+                    add(minutes.entry(journey.clone()).or_default(), key, &v);
+                }
+                for c in &m.steps {
+                    let key = (
+                        c.minute,
+                        c.step.clone(),
+                        c.stage.clone(),
+                        c.touchpoint.clone(),
+                        c.channel.clone(),
+                        c.segment.clone(),
+                    );
+                    let v = [
+                        c.counts.starts,
+                        c.counts.conversions,
+                        c.counts.convert_ms_sum,
+                        c.counts.dropoffs + c.counts.open,
+                    ];
+                    add(steps.entry(journey.clone()).or_default(), key, &v);
+                }
+            }
+        }
+    }
+    for cells in minutes.values_mut() {
+        cells.retain(|_, v| v.iter().any(|x| *x != 0));
+    }
+    for cells in steps.values_mut() {
+        cells.retain(|_, v| v.iter().any(|x| *x != 0));
+    }
+    (minutes, steps)
+}
+
+fn add<K: Ord>(cells: &mut BTreeMap<K, Vec<i64>>, key: K, v: &[i64]) {
+    let sum = cells.entry(key).or_insert_with(|| vec![0; v.len()]);
+    for (s, x) in sum.iter_mut().zip(v) {
+        *s += x;
+    }
 }
 
 /// A product system written in Python (fastavro + confluent-kafka, schemas from
@@ -1684,4 +1814,48 @@ fn identity_stitching_survives_kill_9_mid_run() {
     );
     catch_up_within_minutes(&s);
     assert_each_person_counted_once(&s, &owner);
+}
+
+/// The simulator's identity scenario (journeys as they really happen, messily delivered,
+/// with 40 % of customers browsing anonymously before they sign in, or never), a kill -9
+/// mid-run: every cell and step cell equals the ground truth, and each anonymous
+/// touchpoint counts once, in the journey the simulator says (customer's or visitor's).
+#[test]
+fn the_identity_scenario_counts_each_person_once_and_equals_its_truth_across_kill_9() {
+    let s = Stack::with_map_text("identity_scenario", &retail_in_hours());
+    s.append_config("identity:\n  enabled: true\n  window_ms: 7200000\n");
+    s.simulate_scenario(3000, 2.0, 0, "identity");
+    let mut child = s.spawn(&["journey"]);
+    wait_for_batches(&s, 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    catch_up_within_minutes(&s);
+    assert_cells_equal(&s.truth(), &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
+    let owners: BTreeMap<String, String> =
+        std::fs::read_to_string(s.truth_path().with_extension("owners.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(','))
+            .map(|(e, c)| (e.to_string(), c.to_string()))
+            .collect();
+    let facts = fact_owners(&s);
+    let wrong: Vec<String> = owners
+        .iter()
+        .filter(|(e, c)| facts.get(*e) != Some(c))
+        .take(8)
+        .map(|(e, c)| format!("{e}: expected {c}, in ClickHouse {:?}", facts.get(e)))
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let visitors = owners.values().filter(|c| c.starts_with("anon:")).count();
+    assert!(
+        visitors > 100 && owners.len() - visitors > 100,
+        "{visitors} of {} anonymous touchpoints are visitors'",
+        owners.len()
+    );
+    assert_eq!(
+        s.refused().get("future").copied(),
+        Some(s.expected_refused()["future"])
+    );
 }

@@ -15,6 +15,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 const MINUTE_MS: i64 = 60_000;
+/// The segment of a touchpoint when none up to it names one (README).
+const UNKNOWN_SEGMENT: &str = "unknown";
 const HOUR_MS: f64 = 3_600_000.0;
 
 #[derive(Debug, Clone)]
@@ -29,6 +31,32 @@ pub struct SimConfig {
     pub delivery: Delivery,
     /// How customers move through the map: straight through it, or as real ones do.
     pub paths: Paths,
+    /// Customers who browse anonymously before they sign in (identity stitching).
+    pub anonymity: Option<Anonymity>,
+}
+
+/// Customers who browse on a device without signing in, and sign in later, or never.
+///
+/// A share of customers browse anonymously on their own device (one device each, never
+/// shared): on the web and app channels, until they sign in at their first digital visit in
+/// the map's third stage (to buy) or in a second journey; now and then after it too, signed
+/// out. Store and call-centre visits know the customer. Sign-ins are sent as they happen
+/// (the shop's backend), while the anonymous touchpoints go out as messily as any.
+///
+/// The truth follows the README's rule: an anonymous touchpoint is the customer's when dated
+/// at or after the device's first sign-in minus the window, else the visitor's own journey
+/// (`anon:` + device id), with no segment. Answers need a customer: anonymous touchpoints
+/// are not surveyed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Anonymity {
+    /// Share of customers who start anonymous.
+    pub share: f64,
+    /// The identity window: how long after an anonymous touchpoint a sign-in claims it.
+    pub window_ms: i64,
+    /// The period ends with one touchpoint on each of this many partitions, dated a window
+    /// and a minute after its last record (the traffic that would follow), so that every
+    /// device's wait for a sign-in ends within the simulation.
+    pub partitions: u32,
 }
 
 /// How customers move through the journey map. The default walks the stages in order,
@@ -144,6 +172,7 @@ impl Default for SimConfig {
             start_ms: 1_793_577_600_000,
             delivery: Delivery::punctual(),
             paths: Paths::default(),
+            anonymity: None,
         }
     }
 }
@@ -168,6 +197,19 @@ impl SimRecord {
             SimRecord::Answer(a) => &a.customer_id,
         };
         id.as_deref().unwrap_or("")
+    }
+
+    /// The Kafka key producers give it: the customer id, or for an anonymous touchpoint its
+    /// anonymous id.
+    pub fn key(&self) -> &str {
+        match self {
+            SimRecord::Touchpoint(TouchpointEvent {
+                customer_id: None,
+                anonymous_id: Some(device),
+                ..
+            }) => device,
+            _ => self.customer_id(),
+        }
     }
 }
 
@@ -260,6 +302,8 @@ pub const STEP_TRUTH_HEADER: &str =
 pub struct Sent {
     pub at_ms: i64,
     pub record: SimRecord,
+    /// The partition it must go to, if not its key's.
+    pub partition: Option<u32>,
 }
 
 /// Everything one simulation produced, records in the order they were sent.
@@ -270,6 +314,9 @@ pub struct Simulation {
     pub future_dated: u64,
     /// The ground truth of each journey map, in the maps' order.
     pub lenses: Vec<Lens>,
+    /// Whose journey each touchpoint sent without a customer id counts in, by event id:
+    /// the customer's, or the visitor's (`anon:` + anonymous id).
+    pub owners: BTreeMap<String, String>,
 }
 
 impl Simulation {
@@ -352,6 +399,16 @@ struct Visit {
     /// A touchpoint the map does not declare (its name): it changes no stage and counts
     /// off-map under the stage the customer is in.
     off_map: Option<&'static str>,
+    /// Carries the customer id (signed in, or a channel that knows the customer).
+    known: bool,
+    /// Carries the customer's device's anonymous id.
+    device: bool,
+    /// Identifies the device: the customer's first sign-in on it.
+    identifies: bool,
+    /// Counted in the device visitor's journey, not the customer's.
+    visitor: bool,
+    /// Counted in the customer's segment: a visit up to it names the segment.
+    in_segment: bool,
 }
 
 /// Touchpoints product systems send that no journey map declares.
@@ -367,6 +424,15 @@ impl Visit {
     fn name<'a>(&'a self, map: &'a JourneyMap) -> &'a str {
         self.off_map
             .unwrap_or_else(|| map.touchpoints[self.touchpoint].name.as_str())
+    }
+
+    /// Its segment as counts carry it, given the customer's.
+    fn segment<'a>(&self, customer_segment: &'a str) -> &'a str {
+        if self.in_segment {
+            customer_segment
+        } else {
+            UNKNOWN_SEGMENT
+        }
     }
 
     /// Its name as per-minute counts carry it.
@@ -411,6 +477,7 @@ pub fn simulate(map: &JourneyMap, cfg: &SimConfig) -> Result<Simulation, SimErro
 pub fn simulate_maps(maps: &[&JourneyMap], cfg: &SimConfig) -> Result<Simulation, SimError> {
     check_maps(maps)?;
     let mut records = Vec::new();
+    let mut owners = BTreeMap::new();
     let mut lenses: Vec<Lens> = maps
         .iter()
         .map(|m| Lens {
@@ -428,33 +495,75 @@ pub fn simulate_maps(maps: &[&JourneyMap], cfg: &SimConfig) -> Result<Simulation
         } else {
             0
         };
-        let map = maps[home];
-        let (before, rest) = lenses.split_at_mut(home);
-        let (own, after) = rest.split_at_mut(1);
-        let out = Out {
-            records: &mut records,
-            truth: &mut own[0].truth,
-            step_truth: &mut own[0].step_truth,
-            elsewhere: before
-                .iter_mut()
-                .chain(after.iter_mut())
-                .map(|l| &mut l.truth)
-                .collect(),
-        };
-        simulate_customer(map, cfg, c, end_ms, &mut rng, out);
+        let out = Out::of(&mut lenses, home, &mut records, &mut owners);
+        simulate_customer(maps[home], cfg, c, end_ms, &mut rng, out);
         if cfg.delivery.future_per_mille > 0
             && rng.random_range(0..1000) < cfg.delivery.future_per_mille
         {
-            records.push(future_dated_touchpoint(map, cfg, c, end_ms, &mut rng));
+            records.push(future_dated_touchpoint(
+                maps[home], cfg, c, end_ms, &mut rng,
+            ));
             future_dated += 1;
         }
+    }
+    if let Some(a) = &cfg.anonymity {
+        close_partitions(
+            maps[0],
+            cfg,
+            a,
+            end_ms,
+            &mut lenses,
+            &mut records,
+            &mut owners,
+        );
     }
     records.sort_by_key(|s: &Sent| s.at_ms);
     Ok(Simulation {
         records,
         future_dated,
         lenses,
+        owners,
     })
+}
+
+/// The traffic that follows the period, as far as the identity rule needs it: one
+/// touchpoint on each partition, dated a window and a minute after the period's end, so
+/// that every device's wait for a sign-in ends. Counted like any customer's.
+fn close_partitions(
+    map: &JourneyMap,
+    cfg: &SimConfig,
+    a: &Anonymity,
+    end_ms: i64,
+    lenses: &mut [Lens],
+    records: &mut Vec<Sent>,
+    owners: &mut BTreeMap<String, String>,
+) {
+    let Some(tp) = map.touchpoints_of(0).map(usize::from).next() else {
+        return;
+    };
+    let channel = usize::from(map.touchpoints[tp].channels[0]);
+    // Browsing bursts run on a little past the period's end.
+    let last = records
+        .iter()
+        .map(|r| r.record.time_ms())
+        .max()
+        .unwrap_or(end_ms);
+    let at = last.max(end_ms) + a.window_ms + MINUTE_MS;
+    for p in 0..a.partitions {
+        let mut rng = SmallRng::seed_from_u64(cfg.seed ^ u64::from(p).wrapping_add(0x5EED));
+        let person = Person {
+            customer: format!("closing-{p}"),
+            segment: 0,
+            device: None,
+        };
+        let mut visits = vec![visit(&person.customer, 0, at, tp, channel, 0)];
+        let first = records.len();
+        let out = Out::of(lenses, 0, records, owners);
+        settle(map, cfg, &person, &mut visits, end_ms, &mut rng, out);
+        for sent in &mut records[first..] {
+            sent.partition = Some(p);
+        }
+    }
 }
 
 /// Every touchpoint the simulator sends has one home: the map whose customers send it, or
@@ -495,6 +604,32 @@ struct Out<'a> {
     step_truth: &'a mut BTreeMap<StepTruthKey, StepTruth>,
     /// The truth of every other map, where all the customer's touchpoints are off-map.
     elsewhere: Vec<&'a mut BTreeMap<TruthKey, TruthCounts>>,
+    /// Whose journey each touchpoint sent without a customer id counts in.
+    owners: &'a mut BTreeMap<String, String>,
+}
+
+impl<'a> Out<'a> {
+    /// Where the records and truth of a customer of map `home` go.
+    fn of(
+        lenses: &'a mut [Lens],
+        home: usize,
+        records: &'a mut Vec<Sent>,
+        owners: &'a mut BTreeMap<String, String>,
+    ) -> Self {
+        let (before, rest) = lenses.split_at_mut(home);
+        let (own, after) = rest.split_at_mut(1);
+        Out {
+            records,
+            truth: &mut own[0].truth,
+            step_truth: &mut own[0].step_truth,
+            elsewhere: before
+                .iter_mut()
+                .chain(after.iter_mut())
+                .map(|l| &mut l.truth)
+                .collect(),
+            owners,
+        }
+    }
 }
 
 fn pick_weighted(rng: &mut SmallRng, n: usize) -> usize {
@@ -522,6 +657,16 @@ fn exp_delay(rng: &mut SmallRng, mean_ms: f64) -> i64 {
     (-u.ln() * mean_ms) as i64 + 1_000
 }
 
+/// A person whose visits are counted together: a customer, or a device's visitor.
+struct Person {
+    /// The customer's id (also for their visitor's records, which do not carry it).
+    customer: String,
+    /// Index of the customer's segment in the map.
+    segment: usize,
+    /// The device the customer browses anonymously on, if any.
+    device: Option<String>,
+}
+
 fn simulate_customer(
     map: &JourneyMap,
     cfg: &SimConfig,
@@ -530,12 +675,6 @@ fn simulate_customer(
     rng: &mut SmallRng,
     out: Out<'_>,
 ) {
-    let Out {
-        records,
-        truth,
-        step_truth,
-        mut elsewhere,
-    } = out;
     let customer = format!("cust-{c:07}");
     let segment = pick_weighted(rng, map.segments.len().max(1));
     let favourite_channel = rng.random_range(0..map.channels.len().max(1));
@@ -548,6 +687,7 @@ fn simulate_customer(
     } else {
         1
     };
+    let mut second_journey = i64::MAX;
     for j in 0..journeys {
         let last = walk(
             map,
@@ -568,54 +708,90 @@ fn simulate_customer(
         if t >= end_ms {
             break;
         }
+        second_journey = t;
     }
 
     add_bursts(map, cfg, &customer, rng, &mut visits);
     // A customer's journey in event time (ties by the FNV-1a 64 hash of the event id, as the
-    // README says): each visit counts under the furthest stage reached so far, and enters a
-    // stage when its own is beyond every earlier one's.
+    // README says).
     visits.sort_by_key(|v| (v.time, fnv1a(&v.id)));
-    // A journey lasts while its last entry is within that stage's budget; the next visit
-    // after that starts a new journey.
-    let mut furthest: Option<usize> = None;
-    let mut open_until = i64::MAX;
-    for v in &mut visits {
-        if v.off_map.is_some() {
-            let over = furthest.is_some() && v.time > open_until;
-            v.entered = false;
-            v.reached = furthest.filter(|_| !over).unwrap_or(usize::MAX);
-            continue;
+    let device = match &cfg.anonymity {
+        Some(a) if rng.random_bool(a.share) => {
+            let device = format!("device-{c:07}");
+            browse_anonymously(map, a, second_journey, rng, &mut visits);
+            Some(device)
         }
-        if furthest.is_some() && v.time > open_until {
-            furthest = None;
-        }
-        v.entered = furthest.is_none_or(|f| v.stage > f);
-        v.reached = furthest.map_or(v.stage, |f| f.max(v.stage));
-        furthest = Some(v.reached);
-        if v.entered {
-            open_until = v.time.saturating_add(map.stages[v.stage].budget_ms);
-        }
-    }
-    // An entry converts when the customer's next entry comes within its stage's budget.
-    let entries: Vec<usize> = (0..visits.len()).filter(|&i| visits[i].entered).collect();
-    for (k, &i) in entries.iter().enumerate() {
-        let stage = visits[i].stage;
-        if stage + 1 >= map.stages.len() {
-            continue;
-        }
-        let gap = entries.get(k + 1).map(|&j| visits[j].time - visits[i].time);
-        visits[i].converted_after = Some(gap.filter(|g| *g <= map.stages[stage].budget_ms));
-    }
+        _ => None,
+    };
+    let person = Person {
+        customer,
+        segment,
+        device,
+    };
+    settle(map, cfg, &person, &mut visits, end_ms, rng, out);
+}
 
+/// Digital visits before the customer signs in are anonymous; the sign-in (the first
+/// digital visit in the third stage or a second journey) identifies the device; after it,
+/// a few visits are signed out. Anonymous visits dated before the sign-in minus the window
+/// are the visitor's (see [`Anonymity`]).
+fn browse_anonymously(
+    map: &JourneyMap,
+    a: &Anonymity,
+    second_journey: i64,
+    rng: &mut SmallRng,
+    visits: &mut [Visit],
+) {
+    let digital = |v: &Visit| matches!(map.channels[v.channel].as_str(), "web" | "app");
+    let sign_in = visits.iter().position(|v| {
+        digital(v) && !v.burst && v.off_map.is_none() && (v.stage == 2 || v.time >= second_journey)
+    });
+    let signed_in_at = sign_in.map(|i| visits[i].time);
+    for (i, v) in visits.iter_mut().enumerate() {
+        if !digital(v) {
+            continue;
+        }
+        let before = sign_in.is_none_or(|s| i < s);
+        v.identifies = sign_in == Some(i);
+        v.device = v.identifies || before || rng.random_bool(0.15);
+        v.known = v.identifies || !v.device;
+        v.visitor = !v.known && signed_in_at.is_none_or(|t| v.time < t - a.window_ms);
+    }
+}
+
+/// Counts a customer's visits (and their visitor's) by the rules, plans their answers and
+/// sends both.
+fn settle(
+    map: &JourneyMap,
+    cfg: &SimConfig,
+    person: &Person,
+    visits: &mut [Visit],
+    end_ms: i64,
+    rng: &mut SmallRng,
+    out: Out<'_>,
+) {
+    let Out {
+        records,
+        truth,
+        step_truth,
+        mut elsewhere,
+        owners,
+    } = out;
+    let customer = &person.customer;
     let seg_name = map
         .segments
-        .get(segment)
-        .map_or("unknown", String::as_str)
+        .get(person.segment)
+        .map_or(UNKNOWN_SEGMENT, String::as_str)
         .to_string();
-    count_steps(map, &visits, &seg_name, step_truth);
+    let (theirs, visitors): (Vec<usize>, Vec<usize>) =
+        (0..visits.len()).partition(|&i| !visits[i].visitor);
+    for members in [&theirs, &visitors] {
+        follow_journey(map, visits, members);
+        count_steps(map, visits, members, &seg_name, step_truth);
+    }
     let mut planned: Vec<Planned> = Vec::new();
     for (vi, v) in visits.iter().enumerate() {
-        if v.burst || v.off_map.is_some() {
+        if v.burst || v.off_map.is_some() || !v.known {
             continue;
         }
         let p_survey = [0.05, 0.10, 0.35, 0.30, 0.20]
@@ -633,7 +809,16 @@ fn simulate_customer(
         };
         let at = v.time + exp_delay(rng, 0.2 * HOUR_MS);
         planned.push(Planned {
-            answer: answer(rng, map, &customer, planned.len(), at, metric, v, segment),
+            answer: answer(
+                rng,
+                map,
+                customer,
+                planned.len(),
+                at,
+                metric,
+                v,
+                person.segment,
+            ),
             context: Some(vi),
             superseded: false,
         });
@@ -647,32 +832,33 @@ fn simulate_customer(
                 answer: answer(
                     rng,
                     map,
-                    &customer,
+                    customer,
                     planned.len(),
                     again,
                     metric,
                     v,
-                    segment,
+                    person.segment,
                 ),
                 context: Some(vi),
                 superseded: false,
             });
         }
     }
-    // Relationship NPS, not tied to a touchpoint: counted under the latest touchpoint before it.
+    // Relationship NPS, not tied to a touchpoint: counted under the customer's latest
+    // touchpoint before it (their visitor's are another journey).
     if !visits.is_empty() && rng.random_bool(0.05) {
         let first = visits[0].time;
         let at = first + (rng.random::<f64>() * (end_ms - first) as f64) as i64;
-        let ctx = visits.iter().rposition(|v| v.time <= at);
+        let ctx = theirs.iter().rev().copied().find(|&i| visits[i].time <= at);
         let mut a = answer(
             rng,
             map,
-            &customer,
+            customer,
             planned.len(),
             at,
             Metric::Nps,
             &visits[ctx.unwrap_or(0)],
-            segment,
+            person.segment,
         );
         a.touchpoint_event_id = None;
         a.touchpoint = None;
@@ -696,16 +882,16 @@ fn simulate_customer(
         })
         .collect();
 
-    for v in &visits {
+    for v in visits.iter() {
         let ev = TouchpointEvent {
             event_id: v.id.clone(),
-            customer_id: Some(customer.clone()),
-            anonymous_id: None,
+            customer_id: v.known.then(|| customer.clone()),
+            anonymous_id: v.device.then(|| person.device.clone()).flatten(),
             event_time: v.time,
             touchpoint: v.name(map).to_string(),
             channel: map.channels[v.channel].clone(),
             stage: None,
-            segment: Some(seg_name.clone()),
+            segment: v.known.then(|| seg_name.clone()),
             outcome: Some(
                 if rng.random_bool(0.95) {
                     "success"
@@ -716,6 +902,14 @@ fn simulate_customer(
             ),
             attributes: Default::default(),
         };
+        if let (false, Some(device)) = (v.known, &person.device) {
+            let owner = if v.visitor {
+                format!("anon:{device}")
+            } else {
+                customer.clone()
+            };
+            owners.insert(v.id.clone(), owner);
+        }
         for other in &mut elsewhere {
             other
                 .entry(off_map_key(map, v, v.time, &seg_name))
@@ -735,7 +929,7 @@ fn simulate_customer(
         }
         let d = &cfg.delivery;
         let mut at = v.time;
-        if d.late_share > 0.0 && rng.random_bool(d.late_share) {
+        if d.late_share > 0.0 && rng.random_bool(d.late_share) && !v.identifies {
             at += rng.random_range(0..=d.late_by_ms.max(0));
         }
         // Producers retry, sometimes hours later: the same event id must count once.
@@ -743,11 +937,13 @@ fn simulate_customer(
             records.push(Sent {
                 at_ms: at + exp_delay(rng, d.redeliver_after_ms),
                 record: SimRecord::Touchpoint(ev.clone()),
+                partition: None,
             });
         }
         records.push(Sent {
             at_ms: at,
             record: SimRecord::Touchpoint(ev),
+            partition: None,
         });
     }
     for (p, k) in planned.into_iter().zip(keep) {
@@ -788,12 +984,59 @@ fn simulate_customer(
             records.push(Sent {
                 at_ms: at + exp_delay(rng, HOUR_MS),
                 record: SimRecord::Answer(p.answer.clone()),
+                partition: None,
             });
         }
         records.push(Sent {
             at_ms: at,
             record: SimRecord::Answer(p.answer),
+            partition: None,
         });
+    }
+}
+
+/// One person's journeys over their visits (`members`, in event-time order), by the
+/// README's rules: each visit counts under the furthest stage reached so far, and enters a
+/// stage when its own is beyond every earlier one's; a journey lasts while its last entry
+/// is within that stage's budget, the next visit after that starts a new one; an entry
+/// converts when the person's next entry comes within its stage's budget. A visit's segment
+/// is known from the first visit that names one (the customer's signed-in visits).
+fn follow_journey(map: &JourneyMap, visits: &mut [Visit], members: &[usize]) {
+    let mut furthest: Option<usize> = None;
+    let mut open_until = i64::MAX;
+    let mut named = false;
+    for &i in members {
+        let v = &mut visits[i];
+        named |= v.known;
+        v.in_segment = named;
+        if v.off_map.is_some() {
+            let over = furthest.is_some() && v.time > open_until;
+            v.entered = false;
+            v.reached = furthest.filter(|_| !over).unwrap_or(usize::MAX);
+            continue;
+        }
+        if furthest.is_some() && v.time > open_until {
+            furthest = None;
+        }
+        v.entered = furthest.is_none_or(|f| v.stage > f);
+        v.reached = furthest.map_or(v.stage, |f| f.max(v.stage));
+        furthest = Some(v.reached);
+        if v.entered {
+            open_until = v.time.saturating_add(map.stages[v.stage].budget_ms);
+        }
+    }
+    let entries: Vec<usize> = members
+        .iter()
+        .copied()
+        .filter(|&i| visits[i].entered)
+        .collect();
+    for (k, &i) in entries.iter().enumerate() {
+        let stage = visits[i].stage;
+        if stage + 1 >= map.stages.len() {
+            continue;
+        }
+        let gap = entries.get(k + 1).map(|&j| visits[j].time - visits[i].time);
+        visits[i].converted_after = Some(gap.filter(|g| *g <= map.stages[stage].budget_ms));
     }
 }
 
@@ -819,17 +1062,11 @@ fn add_bursts(
         for _ in 0..rng.random_range(5..=30) {
             let tp = browse[rng.random_range(0..browse.len())];
             let chans = &map.touchpoints[tp].channels;
+            let time = t0 + rng.random_range(1_000..1_200_000);
+            let channel = usize::from(chans[rng.random_range(0..chans.len())]);
             visits.push(Visit {
-                id: format!("{customer}-t{}", visits.len()),
-                time: t0 + rng.random_range(1_000..1_200_000),
-                touchpoint: tp,
-                channel: usize::from(chans[rng.random_range(0..chans.len())]),
-                stage: 1,
-                reached: 1,
-                entered: false,
-                converted_after: None,
                 burst: true,
-                off_map: None,
+                ..visit(customer, visits.len(), time, tp, channel, 1)
             });
         }
     }
@@ -859,6 +1096,7 @@ fn future_dated_touchpoint(
             outcome: None,
             attributes: Default::default(),
         }),
+        partition: None,
     }
 }
 
@@ -958,6 +1196,11 @@ fn visit(
         converted_after: None,
         burst: false,
         off_map: None,
+        known: true,
+        device: false,
+        identifies: false,
+        visitor: false,
+        in_segment: true,
     }
 }
 
@@ -1017,13 +1260,14 @@ fn follow_steps(
 fn count_steps(
     map: &JourneyMap,
     visits: &[Visit],
+    members: &[usize],
     segment: &str,
     step_truth: &mut BTreeMap<StepTruthKey, StepTruth>,
 ) {
     for step in &map.steps {
         // The running attempt: (its cell, start time).
         let mut running: Option<(StepTruthKey, i64)> = None;
-        for v in visits {
+        for v in members.iter().map(|&i| &visits[i]) {
             let tp = if v.off_map.is_some() {
                 u16::MAX
             } else {
@@ -1064,7 +1308,7 @@ fn off_map_key(home: &JourneyMap, v: &Visit, time: i64, segment: &str) -> TruthK
         "none".into(),
         "(off-map)".into(),
         home.channels[v.channel].clone(),
-        segment.to_string(),
+        v.segment(segment).to_string(),
     )
 }
 
@@ -1088,7 +1332,7 @@ fn key(map: &JourneyMap, v: &Visit, segment: &str) -> TruthKey {
             .to_string(),
         v.counted_name(map).to_string(),
         map.channels[v.channel].clone(),
-        segment.to_string(),
+        v.segment(segment).to_string(),
     )
 }
 
@@ -1337,6 +1581,84 @@ mod tests {
             assert!(off_map > 1000, "{}: {off_map}", own.journey);
         }
         assert!(p.step_truth.keys().any(|k| k.1 == "chat_answered"));
+    }
+
+    /// The owners follow the README's rule, recomputed here from the records alone: an
+    /// anonymous touchpoint is its device's customer's when dated at or after the device's
+    /// first identification (a touchpoint with both ids) minus the window.
+    #[test]
+    fn anonymous_visitors_sign_in_later_or_never_and_the_owners_follow_the_rule() {
+        let window = 86_400_000;
+        let cfg = SimConfig {
+            customers: 3000,
+            days: 20.0,
+            delivery: Delivery::messy(),
+            paths: Paths::non_linear(None),
+            anonymity: Some(Anonymity {
+                share: 0.4,
+                window_ms: window,
+                partitions: 3,
+            }),
+            ..SimConfig::default()
+        };
+        let s = simulate(&map(), &cfg).unwrap();
+        let touchpoints: Vec<(&Sent, &TouchpointEvent)> = s
+            .records
+            .iter()
+            .filter_map(|r| match &r.record {
+                SimRecord::Touchpoint(t) => Some((r, t)),
+                SimRecord::Answer(_) => None,
+            })
+            .collect();
+        let mut identified: BTreeMap<&str, (i64, &str)> = BTreeMap::new();
+        let mut first_sent: BTreeMap<&str, i64> = BTreeMap::new();
+        for (sent, t) in &touchpoints {
+            if let (Some(c), Some(d)) = (&t.customer_id, &t.anonymous_id) {
+                let at = first_sent.entry(&t.event_id).or_insert(sent.at_ms);
+                *at = (*at).min(sent.at_ms);
+                let e = identified.entry(d).or_insert((t.event_time, c));
+                assert_eq!(e.1, c, "a device is one customer's");
+                e.0 = e.0.min(t.event_time);
+            }
+        }
+        // Sign-ins are sent as they happen (a retry may follow).
+        for (_, t) in &touchpoints {
+            if let Some(at) = first_sent.get(t.event_id.as_str()) {
+                assert_eq!(*at, t.event_time, "{}", t.event_id);
+            }
+        }
+        let mut expected = BTreeMap::new();
+        for (_, t) in &touchpoints {
+            if let (None, Some(d)) = (&t.customer_id, &t.anonymous_id) {
+                let owner = match identified.get(d.as_str()) {
+                    Some((first, c)) if t.event_time >= first - window => c.to_string(),
+                    _ => format!("anon:{d}"),
+                };
+                expected.insert(t.event_id.clone(), owner);
+                assert!(t.segment.is_none());
+            }
+        }
+        assert_eq!(s.owners, expected);
+        let visitors = expected.values().filter(|o| o.starts_with("anon:")).count();
+        let stitched = expected.len() - visitors;
+        assert!(visitors > 300 && stitched > 300, "{visitors} / {stitched}");
+        // Nobody answers for an anonymous touchpoint; the period is closed on each partition.
+        assert!(s.records.iter().all(|r| match &r.record {
+            SimRecord::Answer(a) =>
+                !expected.contains_key(a.touchpoint_event_id.as_deref().unwrap_or("")),
+            SimRecord::Touchpoint(_) => true,
+        }));
+        let closing: Vec<u32> = s.records.iter().filter_map(|r| r.partition).collect();
+        assert_eq!(closing.len(), 3);
+        // The visitors' journeys are counted: awareness entries in segment "unknown".
+        let unknown_entries: i64 = s
+            .first()
+            .truth
+            .iter()
+            .filter(|(k, _)| k.4 == "unknown")
+            .map(|(_, c)| c.stage_entries)
+            .sum();
+        assert!(unknown_entries > 100, "{unknown_entries}");
     }
 
     #[test]

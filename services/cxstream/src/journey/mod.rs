@@ -7,6 +7,7 @@
 //! The consumer runs on its own thread with a `BaseConsumer` (no wake-up per message); the
 //! async ClickHouse writes are driven from it through the runtime handle.
 
+mod aggregates;
 mod partition;
 mod readiness;
 mod rebalance;
@@ -35,6 +36,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 
 use crate::config::Config;
+use aggregates::AggregatesOutput;
 use partition::{LaneBatch, Record, Setup, Slot, Source};
 use readiness::Readiness;
 use rebalance::{Change, JourneyContext};
@@ -63,6 +65,14 @@ fn subscribe(
     };
     let mut consumer_config = cfg.kafka.consumer_config(&cfg.journey.group_id);
     consumer_config.set("statistics.interval.ms", "250");
+    if cfg.identity.enabled {
+        // An input that waits for the identity watermark drops what was fetched past the
+        // record it left and reads it again when it goes on: fetch less far ahead, or every
+        // wait costs a re-read of up to the whole prefetch.
+        consumer_config
+            .set("queued.min.messages", "10000")
+            .set("queued.max.messages.kbytes", "4096");
+    }
     let consumer: ConsumerHandle = consumer_config
         .create_with_context(ctx)
         .context("creating the Kafka consumer")?;
@@ -114,6 +124,8 @@ struct Inner {
     watermarks: Option<ThreadedProducer<DeadLetterDelivery>>,
     /// When every journey's watermark was last published again.
     republished: Instant,
+    /// Publishes each batch's per-minute partial counts for the alerter, when on.
+    aggregates: Option<AggregatesOutput>,
     /// Inputs (partition, source) paused to wait for the identity watermark.
     paused: std::collections::BTreeSet<(i32, Source)>,
     /// Inputs waiting for the identity watermark, with the first record they left (offset,
@@ -136,6 +148,8 @@ impl JourneyService {
         shutdown: Arc<AtomicBool>,
         rt: tokio::runtime::Handle,
     ) -> Result<Self> {
+        // The configured schemas are checked before anything is asked of the broker.
+        let codec = cfg.codec()?;
         let committers: Vec<Arc<BatchCommitter>> = maps
             .iter()
             .map(|m| {
@@ -153,7 +167,11 @@ impl JourneyService {
             .create_with_context(DeadLetterDelivery::default())
             .context("creating the dead-letter producer")?;
         let (partitions, identities, watermarks) = match cfg.identity.policy() {
-            None => (1, None, None),
+            None => (
+                partition_count(&consumer, &cfg.topics.touchpoints)?,
+                None,
+                None,
+            ),
             Some(_) => {
                 let partitions = copartitioned(&consumer, &cfg)?;
                 let producer = || -> Result<ThreadedProducer<DeadLetterDelivery>> {
@@ -166,6 +184,11 @@ impl JourneyService {
                 (partitions, Some(producer()?), Some(producer()?))
             }
         };
+        let aggregates = if cfg.journey.publish_aggregates {
+            Some(AggregatesOutput::new(&cfg, partitions)?)
+        } else {
+            None
+        };
         let setup = Setup {
             policy: cfg.journey.policy(),
             identity: cfg.identity.policy(),
@@ -173,7 +196,7 @@ impl JourneyService {
             group: cfg.journey.group_id.as_str().into(),
         };
         let inner = Inner {
-            codec: cfg.codec()?,
+            codec,
             cfg,
             maps,
             metrics,
@@ -186,6 +209,7 @@ impl JourneyService {
             identities,
             watermarks,
             republished: Instant::now(),
+            aggregates,
             paused: Default::default(),
             waiting: Default::default(),
             slots: BTreeMap::new(),
@@ -589,6 +613,9 @@ impl Inner {
             taken.push((*p, slot.take_batches()));
         }
         self.send_identity_messages(&taken)?;
+        if let Some(out) = &self.aggregates {
+            out.send_partials(&self.codec, &self.maps, &mut taken)?;
+        }
         let mut offsets = TopicPartitionList::new();
         for (p, batches) in taken {
             let committed_any = !batches.is_empty();
@@ -623,6 +650,9 @@ impl Inner {
             }
         }
         self.publish_watermarks();
+        if let Some(out) = self.aggregates.as_mut() {
+            out.confirm(&self.codec, &mut self.slots);
+        }
         for (p, slot) in &self.slots {
             for (source, lag) in slot.lag() {
                 if !self.sources().contains(&source) {
@@ -814,7 +844,7 @@ impl Inner {
                 .inc_by(n as u64);
         }
         let due = self.slots.get_mut(&p).and_then(|slot| {
-            slot.committed(lane, seq);
+            slot.committed(lane, seq, end.aggregates_id);
             slot.due_for_compaction(lane, self.cfg.journey.compact_after_batches)
         });
         if let Some(live_from) = due {
@@ -991,24 +1021,8 @@ fn message(journey: &str, group: &str, kind: IdentityMessageKind) -> IdentityMes
 /// The partitions of the identities topic, checked to be as many as the inputs': a key's
 /// partition must be the same in all three.
 fn copartitioned(consumer: &ConsumerHandle, cfg: &Config) -> Result<usize> {
-    let count = |topic: &str| -> Result<usize> {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .with_context(|| format!("reading the metadata of topic `{topic}`"))?;
-        let n = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map_or(0, |t| t.partitions().len());
-        if n == 0 {
-            anyhow::bail!(
-                "topic `{topic}` does not exist; identity stitching needs it (create the topics with `cxstream topics`)"
-            );
-        }
-        Ok(n)
-    };
-    let inputs = count(&cfg.topics.touchpoints)?;
-    let identities = count(&cfg.topics.identities)?;
+    let inputs = partition_count(consumer, &cfg.topics.touchpoints)?;
+    let identities = partition_count(consumer, &cfg.topics.identities)?;
     if identities != inputs {
         anyhow::bail!(
             "topic `{}` has {identities} partitions and `{}` {inputs}: identity stitching needs the same number",
@@ -1017,6 +1031,22 @@ fn copartitioned(consumer: &ConsumerHandle, cfg: &Config) -> Result<usize> {
         );
     }
     Ok(inputs)
+}
+
+/// How many partitions `topic` has; an error when it does not exist.
+fn partition_count(consumer: &ConsumerHandle, topic: &str) -> Result<usize> {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("reading the metadata of topic `{topic}`"))?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    if n == 0 {
+        anyhow::bail!("topic `{topic}` does not exist; create the topics with `cxstream topics`");
+    }
+    Ok(n)
 }
 
 fn unix_now_secs() -> i64 {

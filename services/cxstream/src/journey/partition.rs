@@ -120,6 +120,15 @@ pub struct Published {
     pub idle: bool,
 }
 
+/// A journey's latest committed batch, as the aggregates topic is told of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub seq: u64,
+    /// The id its partial counts were published under (0: none).
+    pub aggregates_id: u64,
+    pub published: Published,
+}
+
 /// One journey map's processor over the partition, and how far that journey has applied
 /// and committed: journeys commit their own batches, so each resumes from its own point.
 struct Lane {
@@ -141,6 +150,10 @@ struct Lane {
     published: Option<Published>,
     /// The lowest of `heard` (see [`identity_watermark`]).
     identity_watermark: Option<i64>,
+    /// The latest committed batch (sequence number, aggregates id), and what the aggregates
+    /// topic was last told of it.
+    last: Option<(u64, u64)>,
+    confirmed: Option<Committed>,
 }
 
 impl Lane {
@@ -187,6 +200,8 @@ impl Lane {
             heard: vec![None; setup.partitions],
             published: None,
             identity_watermark: None,
+            last: resume.last,
+            confirmed: None,
         }
     }
 
@@ -562,6 +577,7 @@ impl Slot {
                 identities_next_offset: next(Source::Identities),
                 clock: lane.processor.clock().state(),
                 records: lane.records_since_commit,
+                aggregates_id: 0,
             };
             out.push(LaneBatch {
                 lane: i,
@@ -573,12 +589,39 @@ impl Slot {
         out
     }
 
-    pub fn committed(&mut self, lane: usize, seq: u64) {
+    pub fn committed(&mut self, lane: usize, seq: u64, aggregates_id: u64) {
         if let Some(l) = self.lanes.get_mut(lane) {
             l.next_seq = seq + 1;
             l.records_since_commit = 0;
             l.dirty = false;
+            l.last = Some((seq, aggregates_id));
         }
+    }
+
+    /// Each journey's latest committed batch to name on the aggregates topic: those not
+    /// named yet (a new commit, a resume) or whose watermark or idleness changed, or all
+    /// when `again`. Call only when every journey's batch is committed.
+    pub fn confirmations_to_publish(&mut self, again: bool) -> Vec<(usize, Committed)> {
+        let idle = self.cursors[..2].iter().all(|c| c.idle);
+        let mut out = Vec::new();
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            let Some((seq, aggregates_id)) = lane.last else {
+                continue;
+            };
+            let now = Committed {
+                seq,
+                aggregates_id,
+                published: Published {
+                    watermark: lane.processor.watermark_ms(),
+                    idle,
+                },
+            };
+            if again || lane.confirmed != Some(now) {
+                lane.confirmed = Some(now);
+                out.push((i, now));
+            }
+        }
+        out
     }
 
     /// Each journey's committed watermark to publish to every partition: those that changed
@@ -797,7 +840,7 @@ mod tests {
 
     fn commit_all(s: &mut Slot) {
         for b in s.take_batches() {
-            s.committed(b.lane, b.seq);
+            s.committed(b.lane, b.seq, b.end.aggregates_id);
         }
     }
 
@@ -812,7 +855,7 @@ mod tests {
         assert_eq!(summary(&batches), [(0, 1, 1, 8, 1), (1, 1, 1, 8, 1)]);
         assert_eq!(batches[1].end.clock.highs, [Some(2_000), Some(1_000)]);
         for b in batches {
-            s.committed(b.lane, b.seq);
+            s.committed(b.lane, b.seq, b.end.aggregates_id);
         }
         assert!(s.take_batches().is_empty());
         // Re-delivered below the committed position: skipped.
@@ -822,6 +865,38 @@ mod tests {
             s.next_offsets(),
             [(Source::Touchpoints, 8), (Source::Answers, 1)]
         );
+    }
+
+    #[test]
+    fn the_latest_committed_batch_is_named_after_a_resume_a_commit_or_a_new_watermark() {
+        let resumed = Resume {
+            next_seq: 8,
+            last: Some((7, 42)),
+            ..Resume::default()
+        };
+        let (mut s, codec) = slot_resuming(vec![resumed, Resume::default()]);
+        // Resumed: its last batch is named again at once; the other journey has none yet.
+        let named: Vec<(usize, u64, u64)> = s
+            .confirmations_to_publish(false)
+            .into_iter()
+            .map(|(lane, c)| (lane, c.seq, c.aggregates_id))
+            .collect();
+        assert_eq!(named, [(0, 7, 42)]);
+        assert!(s.confirmations_to_publish(false).is_empty());
+        let t = touchpoint(&codec, "e0", 60_000);
+        s.process(&record(Source::Touchpoints, &t, 0), &codec);
+        for mut b in s.take_batches() {
+            b.end.aggregates_id = 100 + b.lane as u64;
+            s.committed(b.lane, b.seq, b.end.aggregates_id);
+        }
+        let named: Vec<(usize, u64, u64)> = s
+            .confirmations_to_publish(false)
+            .into_iter()
+            .map(|(lane, c)| (lane, c.seq, c.aggregates_id))
+            .collect();
+        assert_eq!(named, [(0, 8, 100), (1, 0, 101)]);
+        assert!(s.confirmations_to_publish(false).is_empty());
+        assert_eq!(s.confirmations_to_publish(true).len(), 2, "all, again");
     }
 
     #[test]
@@ -887,7 +962,7 @@ mod tests {
             "the answers input was never seen"
         );
         for b in batches {
-            s.committed(b.lane, b.seq);
+            s.committed(b.lane, b.seq, b.end.aggregates_id);
         }
         s.set_high_watermark(Source::Touchpoints, 1);
         s.set_high_watermark(Source::Answers, 0);
@@ -897,7 +972,7 @@ mod tests {
         assert_eq!(batches.len(), 2);
         assert!(batches.iter().all(|b| b.end.clock.watermark == Some(2_000)));
         for b in batches {
-            s.committed(b.lane, b.seq);
+            s.committed(b.lane, b.seq, b.end.aggregates_id);
         }
         commit_all(&mut s);
         assert!(s.caught_up());

@@ -133,6 +133,16 @@ pub struct CaseLine {
     pub closed: u64,
 }
 
+/// Touchpoints that carry an anonymous id (identity stitching): in customers' journeys
+/// (stitched, or the sign-ins that identified a device) and in visitors' own.
+#[derive(Debug, clickhouse::Row, Deserialize)]
+pub struct IdentityLine {
+    pub in_customers: u64,
+    pub customers: u64,
+    pub in_visitors: u64,
+    pub visitors: u64,
+}
+
 /// Everything the reports show of one journey map.
 pub struct Journey {
     pub name: String,
@@ -143,6 +153,8 @@ pub struct Journey {
     pub stage_funnel: Vec<FunnelRow>,
     pub step_funnel: Vec<FunnelRow>,
     pub cases: Vec<CaseLine>,
+    /// None when no touchpoint carried an anonymous id.
+    pub identity: Option<IdentityLine>,
 }
 
 pub async fn journey(client: &Client, map: &JourneyMap) -> Result<Journey> {
@@ -182,6 +194,19 @@ pub async fn journey(client: &Client, map: &JourneyMap) -> Result<Journey> {
             "the case queue",
         )
         .await?,
+        identity: fetch::<IdentityLine>(
+            client,
+            name,
+            "SELECT countIf(startsWith(customer_id, 'anon:') = 0) AS in_customers, \
+                    uniqExactIf(customer_id, startsWith(customer_id, 'anon:') = 0) AS customers, \
+                    countIf(startsWith(customer_id, 'anon:')) AS in_visitors, \
+                    uniqExactIf(customer_id, startsWith(customer_id, 'anon:')) AS visitors \
+             FROM touchpoints FINAL WHERE journey = ? AND anonymous_id != ''",
+            "touchpoints with an anonymous id",
+        )
+        .await?
+        .into_iter()
+        .find(|l| l.in_customers + l.in_visitors > 0),
         stages,
     })
 }

@@ -57,6 +57,13 @@ async fn journey(client: &Client, map: &JourneyMap, j: &figures::Journey) -> Res
         section.journey id=(format!("journey-{}", j.name)) {
             h2 { "Journey " (j.name) }
             p { (j.touchpoints) " touchpoints counted · " (j.answers) " survey answers (latest per respondent)" }
+            @if let Some(i) = &j.identity {
+                p {
+                    "Anonymous touchpoints: " (i.in_customers) " in " (i.customers)
+                    " customers' journeys (stitched, or their sign-ins) · " (i.in_visitors) " in "
+                    (i.visitors) " visitors' own"
+                }
+            }
             h3 { "Funnel: expectation beside reality" }
             p.note {
                 "Bars: conversion of decided cohorts (every deadline behind the committed "

@@ -64,6 +64,12 @@ fn journey(j: &figures::Journey) -> String {
             ces.unwrap_or_else(|| "-".into())
         ));
     }
+    if let Some(i) = &j.identity {
+        out.push_str(&format!(
+            "\n  anonymous touchpoints: {} in {} customers' journeys (stitched, or their sign-ins), {} in {} visitors' own\n",
+            i.in_customers, i.customers, i.in_visitors, i.visitors
+        ));
+    }
     out.push_str(&funnel("stage", "entries", &j.stage_funnel));
     if !j.step_funnel.is_empty() {
         out.push_str(&funnel("step", "started", &j.step_funnel));

@@ -1,0 +1,277 @@
+//! The reader's side of the aggregates topic (README § Aggregates for the alerter): which
+//! partial counts a reader may count, and how far every partition of a journey has
+//! committed.
+//!
+//! Per journey and partition, records arrive in the order they were sent: partial counts
+//! under a batch's sequence number and id (in one or more chunks), and committed records
+//! naming the latest committed batch. A committed record naming batch n confirms it and
+//! every earlier batch of the partition; of each sequence number the last partial sent
+//! counts (a batch replayed after a crash is sent again under a new id, and batch n's is the
+//! one named). [`BatchLog`] releases each confirmed batch's cells exactly once, whatever
+//! was repeated or lost of the committed records, and [`BatchLog::known_until`] says up to
+//! which event time every partition's committed watermark has come: before it, a minute's
+//! counts are known; after it, they are not yet (never zero).
+
+use std::collections::BTreeMap;
+
+/// A partial record: one chunk of a batch's cells.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Partial<C> {
+    pub seq: u64,
+    pub batch_id: u64,
+    pub chunk: u32,
+    pub chunks: u32,
+    pub cells: Vec<C>,
+}
+
+/// A committed record: the partition's latest committed batch and watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmed {
+    pub seq: u64,
+    pub batch_id: u64,
+    /// Committed watermark, epoch ms (none yet: `None`).
+    pub watermark: Option<i64>,
+    /// The partition's inputs are read to their end and quiet: it holds nothing back.
+    pub idle: bool,
+    /// How many partitions the journey reads.
+    pub partitions: u32,
+}
+
+/// Why a confirmed batch's counts cannot be counted as they should.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error("batch {seq} is confirmed under id {named:x}, but its last partial has id {last:x}")]
+    WrongId { seq: u64, named: u64, last: u64 },
+    #[error("batch {seq} is confirmed with {read} of its {chunks} chunks read")]
+    Incomplete { seq: u64, read: u32, chunks: u32 },
+    #[error("batches {from} to {to} are confirmed but were never read (the topic's retention?)")]
+    Missing { from: u64, to: u64 },
+}
+
+/// A confirmed batch's cells, released once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Released<C> {
+    pub seq: u64,
+    pub cells: Vec<C>,
+}
+
+/// One partition's partials waiting for confirmation, and how far it has committed.
+#[derive(Debug, Clone)]
+struct PartitionLog<C> {
+    /// The last partial sent under each sequence number not released yet: its id, chunks.
+    waiting: BTreeMap<u64, (u64, Vec<Partial<C>>)>,
+    /// The highest sequence number released.
+    released: Option<u64>,
+    watermark: Option<i64>,
+    idle: bool,
+}
+
+impl<C> Default for PartitionLog<C> {
+    fn default() -> Self {
+        PartitionLog {
+            waiting: BTreeMap::new(),
+            released: None,
+            watermark: None,
+            idle: false,
+        }
+    }
+}
+
+/// What a reader knows of one journey's partitions.
+#[derive(Debug, Clone)]
+pub struct BatchLog<C> {
+    partitions: BTreeMap<u32, PartitionLog<C>>,
+    /// How many partitions the journey reads (from its committed records).
+    expected: u32,
+}
+
+impl<C> Default for BatchLog<C> {
+    fn default() -> Self {
+        BatchLog {
+            partitions: BTreeMap::new(),
+            expected: 0,
+        }
+    }
+}
+
+impl<C> BatchLog<C> {
+    pub fn on_partial(&mut self, partition: u32, p: Partial<C>) {
+        let log = self.partitions.entry(partition).or_default();
+        if log.released.is_some_and(|r| p.seq <= r) {
+            // A batch confirmed before cannot be sent again; a stray copy changes nothing.
+            return;
+        }
+        let entry = log
+            .waiting
+            .entry(p.seq)
+            .or_insert_with(|| (p.batch_id, Vec::new()));
+        if entry.0 != p.batch_id {
+            // Sent again after a crash: the later batch replaces the earlier one.
+            *entry = (p.batch_id, Vec::new());
+        }
+        entry.1.push(p);
+    }
+
+    /// A committed record: releases every batch it confirms that was not released yet, in
+    /// order, with what is wrong with any of them (it is released as read all the same).
+    pub fn on_confirmed(
+        &mut self,
+        partition: u32,
+        c: Confirmed,
+    ) -> (Vec<Released<C>>, Vec<LogError>) {
+        self.expected = self.expected.max(c.partitions);
+        let log = self.partitions.entry(partition).or_default();
+        log.watermark = c.watermark.max(log.watermark);
+        log.idle = c.idle;
+        let (mut out, mut errors) = (Vec::new(), Vec::new());
+        if log.released.is_some_and(|r| c.seq <= r) {
+            return (out, errors);
+        }
+        let later = log.waiting.split_off(&(c.seq + 1));
+        let confirmed = std::mem::replace(&mut log.waiting, later);
+        for (seq, (id, mut chunks)) in confirmed {
+            if let Some(r) = log.released.filter(|r| seq > r + 1) {
+                errors.push(LogError::Missing {
+                    from: r + 1,
+                    to: seq - 1,
+                });
+            }
+            if seq == c.seq && id != c.batch_id {
+                errors.push(LogError::WrongId {
+                    seq,
+                    named: c.batch_id,
+                    last: id,
+                });
+            }
+            chunks.sort_by_key(|p| p.chunk);
+            chunks.dedup_by_key(|p| p.chunk);
+            let expected = chunks.first().map_or(0, |p| p.chunks);
+            if chunks.len() as u32 != expected {
+                errors.push(LogError::Incomplete {
+                    seq,
+                    read: chunks.len() as u32,
+                    chunks: expected,
+                });
+            }
+            log.released = Some(seq);
+            out.push(Released {
+                seq,
+                cells: chunks.into_iter().flat_map(|p| p.cells).collect(),
+            });
+        }
+        if log.released.is_none_or(|r| r < c.seq) {
+            errors.push(LogError::Missing {
+                from: log.released.map_or(0, |r| r + 1),
+                to: c.seq,
+            });
+            log.released = Some(c.seq);
+        }
+        (out, errors)
+    }
+
+    /// The event time up to which every partition has committed: the lowest committed
+    /// watermark among the partitions still reading (an idle one, read to its end and
+    /// quiet, holds nothing back), or among all when all are idle; `None` until every
+    /// partition has named a committed batch with a watermark.
+    pub fn known_until(&self) -> Option<i64> {
+        if self.expected == 0 || (self.partitions.len() as u32) < self.expected {
+            return None;
+        }
+        let lowest = |idle: bool| -> Option<Option<i64>> {
+            let mut it = self
+                .partitions
+                .values()
+                .filter(|l| l.idle == idle)
+                .peekable();
+            it.peek()?;
+            Some(it.map(|l| l.watermark).min().flatten())
+        };
+        match lowest(false) {
+            Some(reading) => reading,
+            None => lowest(true).flatten(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partial(seq: u64, batch_id: u64, cells: Vec<i64>) -> Partial<i64> {
+        Partial {
+            seq,
+            batch_id,
+            chunk: 0,
+            chunks: 1,
+            cells,
+        }
+    }
+
+    fn confirmed(seq: u64, batch_id: u64, watermark: i64) -> Confirmed {
+        Confirmed {
+            seq,
+            batch_id,
+            watermark: Some(watermark),
+            idle: false,
+            partitions: 2,
+        }
+    }
+
+    #[test]
+    fn a_replayed_batch_replaces_the_crashed_one_and_a_lost_confirmation_is_covered() {
+        let mut log = BatchLog::default();
+        log.on_partial(0, partial(0, 1, vec![1]));
+        log.on_partial(0, partial(1, 2, vec![10])); // crashed before its marker
+        log.on_partial(0, partial(1, 3, vec![20])); // the replay, committed
+        log.on_partial(0, partial(2, 4, vec![100]));
+        // Batch 1's committed record was lost; batch 2's confirms both.
+        let (out, errors) = log.on_confirmed(0, confirmed(2, 4, 5_000));
+        assert!(errors.is_empty(), "{errors:?}");
+        let cells: Vec<i64> = out.into_iter().flat_map(|r| r.cells).collect();
+        assert_eq!(cells, [1, 20, 100]);
+        // Said again (every 10 s, after a restart): nothing more.
+        assert_eq!(log.on_confirmed(0, confirmed(2, 4, 5_000)).0, []);
+        assert_eq!(log.known_until(), None, "partition 1 not heard from");
+        log.on_confirmed(1, confirmed(0, 9, 3_000));
+        assert_eq!(log.known_until(), Some(3_000));
+        log.on_confirmed(
+            1,
+            Confirmed {
+                idle: true,
+                ..confirmed(0, 9, 3_000)
+            },
+        );
+        assert_eq!(
+            log.known_until(),
+            Some(5_000),
+            "an idle partition holds nothing back"
+        );
+    }
+
+    #[test]
+    fn chunks_are_counted_once_and_a_missing_one_is_reported() {
+        let mut log = BatchLog::default();
+        for chunk in [1, 0, 1] {
+            log.on_partial(
+                0,
+                Partial {
+                    chunk,
+                    chunks: 3,
+                    ..partial(0, 7, vec![i64::from(chunk)])
+                },
+            );
+        }
+        let (out, errors) = log.on_confirmed(0, confirmed(0, 7, 1));
+        assert_eq!(out[0].cells, [0, 1]);
+        assert_eq!(
+            errors,
+            [LogError::Incomplete {
+                seq: 0,
+                read: 2,
+                chunks: 3
+            }]
+        );
+        let (_, errors) = log.on_confirmed(0, confirmed(3, 8, 2));
+        assert_eq!(errors, [LogError::Missing { from: 1, to: 3 }]);
+    }
+}

@@ -1,0 +1,230 @@
+//! The journey service's output for the alerter (README § Aggregates for the alerter):
+//! each batch's per-minute partial counts go to `topics.aggregates` before the batch
+//! commits, under a random id that its marker keeps; after the commit (again every 10 s,
+//! and first thing after a restart) a `committed` record names each journey's latest
+//! committed batch of the partition, with the committed watermark. Summing the partials
+//! the committed records name, per group, gives exactly the committed per-minute counts;
+//! a partial no committed record names (a crash before the marker) never counts.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use cxstream_avro::{AggregatesKind, AggregatesMessage, Codec, MinuteCell, StepCell};
+use cxstream_core::journey::Context;
+use cxstream_core::processor::MINUTE_MS;
+use cxstream_core::{Batch, JourneyMap, JourneyMaps};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+
+use super::partition::{Committed, LaneBatch, Slot};
+use super::{delivered, send, DeadLetterDelivery};
+use crate::config::Config;
+
+/// Cells per record: a large batch goes out in several records, each far below the
+/// broker's message size limit (a cell is about 100 bytes).
+const CELLS_PER_RECORD: usize = 2000;
+
+/// How often every journey's latest committed batch is named again.
+const AGAIN_EVERY: Duration = Duration::from_secs(10);
+
+pub struct AggregatesOutput {
+    producer: ThreadedProducer<DeadLetterDelivery>,
+    topic: String,
+    group: String,
+    /// Input partitions of the journeys.
+    partitions: i32,
+    republished: Instant,
+}
+
+impl AggregatesOutput {
+    pub fn new(cfg: &Config, partitions: usize) -> Result<Self> {
+        Ok(AggregatesOutput {
+            producer: cfg
+                .kafka
+                .producer_config()
+                .create_with_context(DeadLetterDelivery::default())
+                .context("creating the aggregates producer")?,
+            topic: cfg.topics.aggregates.clone(),
+            group: cfg.journey.group_id.clone(),
+            partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
+            republished: Instant::now(),
+        })
+    }
+
+    /// Sends each batch's partial counts under a fresh id (kept in the batch's end, which
+    /// its marker records) and waits until the broker has them all: a batch commits only
+    /// after what it published is durable.
+    pub fn send_partials(
+        &self,
+        codec: &Codec,
+        maps: &JourneyMaps,
+        taken: &mut [(i32, Vec<LaneBatch>)],
+    ) -> Result<()> {
+        let maps: Vec<&JourneyMap> = maps.iter().map(|m| &**m).collect();
+        let mut buf = Vec::new();
+        for (p, batches) in taken.iter_mut() {
+            for b in batches.iter_mut() {
+                let Some(map) = maps.get(b.lane) else {
+                    continue;
+                };
+                // Never 0, which markers of batches without partials hold.
+                let id = rand::random::<u64>().max(1);
+                b.end.aggregates_id = id;
+                for m in self.partials(map, *p, b.seq, id, &b.batch) {
+                    buf.clear();
+                    codec.encode_aggregates(&m, &mut buf)?;
+                    let key = format!("{}/{p}", map.name);
+                    let record = BaseRecord::to(&self.topic)
+                        .key(key.as_bytes())
+                        .payload(&buf[..]);
+                    send(&self.producer, record).context("sending partial aggregates")?;
+                }
+            }
+        }
+        if let Some(why) = delivered(&self.producer, &self.topic)? {
+            anyhow::bail!(
+                "the aggregates topic `{}` refused records ({why}); nothing read since the \
+                 last commit was committed, so they are sent again when the service restarts",
+                self.topic
+            );
+        }
+        Ok(())
+    }
+
+    /// Names each journey's latest committed batch of every partition whose batch or
+    /// watermark changed (all of them every 10 s). Call after the commits. A record the
+    /// broker refuses is logged: it is sent again within seconds.
+    pub fn confirm(&mut self, codec: &Codec, slots: &mut BTreeMap<i32, Slot>) {
+        if let Some(why) = self.producer.context().take_failures() {
+            tracing::warn!(error = %why, "a committed-batch record was not delivered; it is sent again");
+        }
+        let again = self.republished.elapsed() >= AGAIN_EVERY;
+        if again {
+            self.republished = Instant::now();
+        }
+        let mut buf = Vec::new();
+        for (p, slot) in slots.iter_mut() {
+            for (lane, c) in slot.confirmations_to_publish(again) {
+                let journey = slot.journey(lane).to_string();
+                let m = self.committed(&journey, *p, c);
+                buf.clear();
+                if let Err(e) = codec.encode_aggregates(&m, &mut buf) {
+                    tracing::warn!(error = %e, "cannot encode a committed-batch record");
+                    continue;
+                }
+                let key = format!("{journey}/{p}");
+                let record = BaseRecord::to(&self.topic)
+                    .key(key.as_bytes())
+                    .payload(&buf[..]);
+                if let Err(e) = send(&self.producer, record) {
+                    tracing::warn!(partition = p, error = %e, "cannot send a committed-batch record");
+                }
+            }
+        }
+    }
+
+    fn message(&self, journey: &str, partition: i32, kind: AggregatesKind) -> AggregatesMessage {
+        AggregatesMessage {
+            journey: journey.to_string(),
+            group: self.group.clone(),
+            kind,
+            partition,
+            partitions: self.partitions,
+            seq: 0,
+            batch_id: 0,
+            chunk: 0,
+            chunks: 0,
+            watermark: None,
+            idle: false,
+            minutes: Vec::new(),
+            steps: Vec::new(),
+        }
+    }
+
+    fn committed(&self, journey: &str, partition: i32, c: Committed) -> AggregatesMessage {
+        AggregatesMessage {
+            seq: i64::try_from(c.seq).unwrap_or(i64::MAX),
+            // The id's bits, as Avro has no unsigned long.
+            batch_id: c.aggregates_id as i64,
+            watermark: c.published.watermark,
+            idle: c.published.idle,
+            ..self.message(journey, partition, AggregatesKind::Committed)
+        }
+    }
+
+    /// A batch's changes in records of at most [`CELLS_PER_RECORD`] cells; at least one,
+    /// so that a reader can tell every batch it was told committed was read whole.
+    fn partials(
+        &self,
+        map: &JourneyMap,
+        partition: i32,
+        seq: u64,
+        id: u64,
+        batch: &Batch,
+    ) -> Vec<AggregatesMessage> {
+        let minutes: Vec<MinuteCell> = batch
+            .aggregates
+            .iter()
+            .map(|(k, c)| {
+                let n = Context::names(k.context.map(context), map);
+                MinuteCell {
+                    minute: k.minute * MINUTE_MS,
+                    stage: n.stage.into(),
+                    touchpoint: n.touchpoint.into(),
+                    channel: n.channel.into(),
+                    segment: n.segment.into(),
+                    counts: *c,
+                }
+            })
+            .collect();
+        let steps: Vec<StepCell> = batch
+            .step_aggregates
+            .iter()
+            .map(|(k, c)| {
+                let n = Context::names(Some(context(k.context)), map);
+                StepCell {
+                    minute: k.minute * MINUTE_MS,
+                    step: map
+                        .steps
+                        .get(usize::from(k.step))
+                        .map_or_else(String::new, |s| s.name.clone()),
+                    stage: n.stage.into(),
+                    touchpoint: n.touchpoint.into(),
+                    channel: n.channel.into(),
+                    segment: n.segment.into(),
+                    counts: *c,
+                }
+            })
+            .collect();
+        let mut minutes = minutes.chunks(CELLS_PER_RECORD);
+        let mut steps = steps.chunks(CELLS_PER_RECORD);
+        let chunks = minutes.len().max(steps.len()).max(1);
+        (0..chunks)
+            .map(|i| AggregatesMessage {
+                seq: i64::try_from(seq).unwrap_or(i64::MAX),
+                batch_id: id as i64,
+                chunk: i32::try_from(i).unwrap_or(i32::MAX),
+                chunks: i32::try_from(chunks).unwrap_or(i32::MAX),
+                minutes: minutes.next().map(<[_]>::to_vec).unwrap_or_default(),
+                steps: steps.next().map(<[_]>::to_vec).unwrap_or_default(),
+                ..self.message(&map.name, partition, AggregatesKind::Partial)
+            })
+            .collect()
+    }
+}
+
+fn context(
+    (stage, touchpoint, channel, segment): (
+        cxstream_core::journey_map::StageIdx,
+        cxstream_core::journey_map::TouchpointIdx,
+        cxstream_core::journey_map::ChannelIdx,
+        cxstream_core::journey_map::SegmentIdx,
+    ),
+) -> Context {
+    Context {
+        stage,
+        touchpoint,
+        channel,
+        segment,
+    }
+}
