@@ -9,8 +9,10 @@
 //! counts (a batch replayed after a crash is sent again under a new id, and batch n's is the
 //! one named). [`BatchLog`] releases each confirmed batch's cells exactly once, whatever
 //! was repeated or lost of the committed records, and [`BatchLog::known_until`] says up to
-//! which event time every partition's committed watermark has come: before it, a minute's
-//! counts are known; after it, they are not yet (never zero).
+//! which event time every partition's committed watermark has come: after it a minute's
+//! counts are not known yet (never zero); before it they are no longer missing, though
+//! late events within the allowed lateness and outcomes decided at their deadlines still
+//! change them, as they change ClickHouse's.
 
 use std::collections::BTreeMap;
 
@@ -121,13 +123,21 @@ impl<C> BatchLog<C> {
     ) -> (Vec<Released<C>>, Vec<LogError>) {
         self.expected = self.expected.max(c.partitions);
         let log = self.partitions.entry(partition).or_default();
-        log.watermark = c.watermark.max(log.watermark);
-        log.idle = c.idle;
         let (mut out, mut errors) = (Vec::new(), Vec::new());
-        if log.released.is_some_and(|r| c.seq <= r) {
+        if log.released.is_some_and(|r| c.seq < r) {
+            // An earlier owner's record, read late: it says nothing new.
             return (out, errors);
         }
-        let later = log.waiting.split_off(&(c.seq + 1));
+        log.watermark = c.watermark.max(log.watermark);
+        log.idle = c.idle;
+        if log.released == Some(c.seq) {
+            // Said again (every 10 s, after a restart): only idleness may have changed.
+            return (out, errors);
+        }
+        let later = match c.seq.checked_add(1) {
+            Some(next) => log.waiting.split_off(&next),
+            None => BTreeMap::new(),
+        };
         let confirmed = std::mem::replace(&mut log.waiting, later);
         for (seq, (id, mut chunks)) in confirmed {
             if let Some(r) = log.released.filter(|r| seq > r + 1) {

@@ -14,14 +14,15 @@ enum Sent {
 }
 
 /// One batch: its attempts' cells (the last attempt commits), how its partial is cut into
-/// chunks, whether a chunk is sent twice, and whether its committed record is lost or sent
-/// twice.
+/// chunks, whether a chunk is sent twice, whether its committed record is lost or sent
+/// twice, and whether an older committed record (an earlier owner's, read late) follows.
 #[derive(Debug, Clone)]
 struct Batch {
     attempts: Vec<Vec<i64>>,
     chunk_size: usize,
     repeat_chunk: bool,
     confirmation: u8,
+    stale: bool,
 }
 
 fn batch() -> impl Strategy<Value = Batch> {
@@ -30,100 +31,134 @@ fn batch() -> impl Strategy<Value = Batch> {
         1usize..4,
         any::<bool>(),
         0u8..3,
+        any::<bool>(),
     )
-        .prop_map(|(attempts, chunk_size, repeat_chunk, confirmation)| Batch {
-            attempts,
-            chunk_size,
-            repeat_chunk,
-            confirmation,
-        })
+        .prop_map(
+            |(attempts, chunk_size, repeat_chunk, confirmation, stale)| Batch {
+                attempts,
+                chunk_size,
+                repeat_chunk,
+                confirmation,
+                stale,
+            },
+        )
 }
 
-/// The records one partition sends for `batches`, and the sum of what committed.
-fn play(batches: &[Batch], partitions: u32) -> (Vec<Sent>, i64) {
-    let (mut out, mut committed) = (Vec::new(), 0);
+/// What one partition sends for `batches` (then a crashed attempt of the next batch when
+/// `trailing` holds cells), and the sum committed up to each sequence number.
+fn play(batches: &[Batch], trailing: &Option<Vec<i64>>, partitions: u32) -> (Vec<Sent>, Vec<i64>) {
+    let (mut out, mut prefix) = (Vec::new(), Vec::new());
     let mut next_id = 1u64;
-    let mut last = None;
+    let mut last: Option<Confirmed> = None;
+    let mut sum = 0;
+    let mut send_partials = |out: &mut Vec<Sent>, seq: u64, cells: &[i64], b: &Batch| -> u64 {
+        let id = next_id;
+        next_id += 1;
+        let parts: Vec<&[i64]> = if cells.is_empty() {
+            vec![&[]]
+        } else {
+            cells.chunks(b.chunk_size).collect()
+        };
+        for (k, part) in parts.iter().enumerate() {
+            let p = Partial {
+                seq,
+                batch_id: id,
+                chunk: k as u32,
+                chunks: parts.len() as u32,
+                cells: part.to_vec(),
+            };
+            if b.repeat_chunk {
+                out.push(Sent::Partial(p.clone()));
+            }
+            out.push(Sent::Partial(p));
+        }
+        id
+    };
     for (seq, b) in batches.iter().enumerate() {
         let seq = seq as u64;
         for (i, cells) in b.attempts.iter().enumerate() {
-            let id = next_id;
-            next_id += 1;
-            let parts: Vec<&[i64]> = if cells.is_empty() {
-                vec![&[]]
-            } else {
-                cells.chunks(b.chunk_size).collect()
-            };
-            for (k, part) in parts.iter().enumerate() {
-                let p = Partial {
-                    seq,
-                    batch_id: id,
-                    chunk: k as u32,
-                    chunks: parts.len() as u32,
-                    cells: part.to_vec(),
-                };
-                if b.repeat_chunk {
-                    out.push(Sent::Partial(p.clone()));
-                }
-                out.push(Sent::Partial(p));
-            }
-            if i + 1 == b.attempts.len() {
-                committed += cells.iter().sum::<i64>();
-                let c = Confirmed {
-                    seq,
-                    batch_id: id,
-                    watermark: Some(seq as i64 * 1000),
-                    idle: false,
-                    partitions,
-                };
-                last = Some(c);
-                // 0: lost (a crash after the marker), 1: sent, 2: sent twice.
-                for _ in 0..b.confirmation {
+            let id = send_partials(&mut out, seq, cells, b);
+            if i + 1 < b.attempts.len() {
+                // Crashed before the marker; the restart names the last committed batch
+                // before it sends this one again.
+                if let Some(c) = last {
                     out.push(Sent::Confirmed(c));
                 }
+                continue;
             }
+            sum += cells.iter().sum::<i64>();
+            let c = Confirmed {
+                seq,
+                batch_id: id,
+                watermark: Some(seq as i64 * 1000),
+                idle: false,
+                partitions,
+            };
+            // 0: lost (a crash after the marker), 1: sent, 2: sent twice.
+            for _ in 0..b.confirmation {
+                out.push(Sent::Confirmed(c));
+            }
+            if b.stale {
+                if let Some(old) = last {
+                    out.push(Sent::Confirmed(old));
+                }
+            }
+            last = Some(c);
         }
+        prefix.push(sum);
+    }
+    if let (Some(cells), Some(b)) = (trailing, batches.last()) {
+        send_partials(&mut out, batches.len() as u64, cells, b);
     }
     // Said again every 10 s and after a restart: the latest one arrives in the end.
     if let Some(c) = last {
         out.push(Sent::Confirmed(c));
     }
-    (out, committed)
+    (out, prefix)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
+    /// After every committed record the reader has counted exactly the committed batches
+    /// up to the highest one confirmed, never an attempt that crashed, and in the end all.
     #[test]
     fn the_reader_counts_exactly_the_committed_batches(
         a in prop::collection::vec(batch(), 1..8),
         b in prop::collection::vec(batch(), 1..8),
+        trailing in prop::option::of(prop::collection::vec(1i64..20, 1..4)),
         interleave in prop::collection::vec(any::<bool>(), 0..200),
     ) {
-        let (sent_a, sum_a) = play(&a, 2);
-        let (sent_b, sum_b) = play(&b, 2);
+        let plays = [play(&a, &trailing, 2), play(&b, &None, 2)];
         let mut log = BatchLog::default();
-        let (mut ia, mut ib, mut total) = (0, 0, 0);
+        let mut at = [0usize; 2];
+        let mut counted = [0i64; 2];
+        let mut confirmed: [Option<u64>; 2] = [None; 2];
         let mut pick = interleave.into_iter();
-        while ia < sent_a.len() || ib < sent_b.len() {
-            let from_a = ib >= sent_b.len() || (ia < sent_a.len() && pick.next().unwrap_or(true));
-            let (partition, record) = if from_a {
-                ia += 1;
-                (0, &sent_a[ia - 1])
+        while at[0] < plays[0].0.len() || at[1] < plays[1].0.len() {
+            let p = if at[1] >= plays[1].0.len()
+                || (at[0] < plays[0].0.len() && pick.next().unwrap_or(true))
+            {
+                0
             } else {
-                ib += 1;
-                (1, &sent_b[ib - 1])
+                1
             };
+            let record = &plays[p].0[at[p]];
+            at[p] += 1;
             match record {
-                Sent::Partial(p) => log.on_partial(partition, p.clone()),
+                Sent::Partial(x) => log.on_partial(p as u32, x.clone()),
                 Sent::Confirmed(c) => {
-                    let (released, errors) = log.on_confirmed(partition, *c);
+                    let (released, errors) = log.on_confirmed(p as u32, *c);
                     prop_assert!(errors.is_empty(), "{errors:?}");
-                    total += released.iter().flat_map(|r| &r.cells).sum::<i64>();
+                    counted[p] += released.iter().flat_map(|r| &r.cells).sum::<i64>();
+                    confirmed[p] = confirmed[p].max(Some(c.seq));
+                    let upto = confirmed[p].map_or(0, |s| plays[p].1[s as usize]);
+                    prop_assert_eq!(counted[p], upto, "partition {}", p);
                 }
             }
         }
-        prop_assert_eq!(total, sum_a + sum_b);
+        prop_assert_eq!(counted[0], *plays[0].1.last().unwrap_or(&0));
+        prop_assert_eq!(counted[1], *plays[1].1.last().unwrap_or(&0));
         let until = ((a.len() - 1).min(b.len() - 1) as i64) * 1000;
         prop_assert_eq!(log.known_until(), Some(until));
     }

@@ -1134,105 +1134,98 @@ fn sigterm_then_sigkill_mid_run(s: &Stack, simulate: impl FnOnce(&Stack)) {
 type JourneyCells<K> = BTreeMap<String, BTreeMap<K, Vec<i64>>>;
 
 /// The per-minute and step cells a reader of the aggregates topic has, by the README's
-/// protocol: a committed record of the stack's group naming batch n of a journey's
-/// partition confirms it and every earlier batch of that partition; of each sequence
-/// number, the last partial sent counts (a batch replayed after a crash is sent again
-/// under a new id), whole (all its chunks), and batch n's is the one the record names.
+/// protocol as the core's `BatchLog` implements it (the alerter's reader): only batches a
+/// committed record of the stack's group confirms, each once, every one of them whole.
 fn committed_aggregates(s: &Stack) -> (JourneyCells<common::Cell>, JourneyCells<common::StepCell>) {
-    use cxstream_avro::{AggregatesKind, AggregatesMessage};
+    use cxstream_avro::{AggregatesKind, MinuteCell, StepCell};
+    use cxstream_core::batch_log::{BatchLog, Confirmed, Partial};
     let codec = Codec::new().unwrap();
     let group = format!("g.{}", s.run);
     let mut raw = s.read_topic(&s.topic("aggregates"), PARTITIONS);
     raw.sort_by_key(|r| (r.partition, r.offset));
-    // (journey, partition) → seq → (batch id, chunks read, the batch's messages)
-    type Partials = BTreeMap<i64, (i64, Vec<AggregatesMessage>)>;
-    let mut partials: BTreeMap<(String, i32), Partials> = BTreeMap::new();
-    let mut confirmed: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+    type Cells = (Vec<MinuteCell>, Vec<StepCell>);
+    let mut logs: BTreeMap<String, BatchLog<Cells>> = BTreeMap::new();
+    let (mut minutes, mut steps) = (JourneyCells::new(), JourneyCells::new());
     for r in raw {
         let m = codec.decode_aggregates(&r.payload).unwrap();
         if m.group != group {
             continue;
         }
-        let at = (m.journey.clone(), m.partition);
+        let log = logs.entry(m.journey.clone()).or_default();
+        let partition = m.partition as u32;
         match m.kind {
-            AggregatesKind::Partial => {
-                let seqs = partials.entry(at).or_default();
-                let entry = seqs.entry(m.seq).or_insert((m.batch_id, Vec::new()));
-                if entry.0 != m.batch_id {
-                    *entry = (m.batch_id, Vec::new());
-                }
-                entry.1.push(m);
-            }
+            AggregatesKind::Partial => log.on_partial(
+                partition,
+                Partial {
+                    seq: m.seq as u64,
+                    batch_id: m.batch_id as u64,
+                    chunk: m.chunk as u32,
+                    chunks: m.chunks as u32,
+                    cells: vec![(m.minutes, m.steps)],
+                },
+            ),
             AggregatesKind::Committed => {
-                let c = confirmed.entry(at).or_insert((m.seq, m.batch_id));
-                if m.seq >= c.0 {
-                    *c = (m.seq, m.batch_id);
+                let (released, errors) = log.on_confirmed(
+                    partition,
+                    Confirmed {
+                        seq: m.seq as u64,
+                        batch_id: m.batch_id as u64,
+                        watermark: m.watermark,
+                        idle: m.idle,
+                        partitions: m.partitions as u32,
+                    },
+                );
+                assert!(errors.is_empty(), "{}/{partition}: {errors:?}", m.journey);
+                for (mins, stps) in released.into_iter().flat_map(|b| b.cells) {
+                    for c in mins {
+                        let key = (c.minute, c.stage, c.touchpoint, c.channel, c.segment);
+                        let n = &c.counts;
+                        let v = [
+                            n.nps_promoters,
+                            n.nps_passives,
+                            n.nps_detractors,
+                            n.csat_n,
+                            n.csat_top2,
+                            n.csat_sum,
+                            n.ces_n,
+                            n.ces_agree,
+                            n.ces_sum,
+                            n.stage_entries,
+                            n.touchpoints,
+                            n.stage_conversions,
+                            n.convert_ms_sum,
+                            n.stage_dropoffs + n.stage_open,
+                        ];
+                        add(minutes.entry(m.journey.clone()).or_default(), key, &v);
+                    }
+                    for c in stps {
+                        let key = (
+                            c.minute,
+                            c.step,
+                            c.stage,
+                            c.touchpoint,
+                            c.channel,
+                            c.segment,
+                        );
+                        let n = &c.counts;
+                        let v = [
+                            n.starts,
+                            n.conversions,
+                            n.convert_ms_sum,
+                            n.dropoffs + n.open,
+                        ];
+                        add(steps.entry(m.journey.clone()).or_default(), key, &v);
+                    }
                 }
             }
         }
     }
-    let (mut minutes, mut steps) = (JourneyCells::new(), JourneyCells::new());
-    for ((journey, p), (last, id)) in confirmed {
-        let seqs = partials.remove(&(journey.clone(), p)).unwrap_or_default();
-        for (seq, (batch_id, chunks)) in seqs.range(..=last) {
-            if *seq == last {
-                assert_eq!(
-                    *batch_id, id,
-                    "{journey}/{p}: batch {seq} is named with another id"
-                );
-            }
-            let whole: HashSet<i32> = chunks.iter().map(|c| c.chunk).collect();
-            assert_eq!(
-                whole.len() as i32,
-                chunks[0].chunks,
-                "{journey}/{p}: batch {seq}"
-            );
-            for m in chunks {
-                for c in &m.minutes {
-                    let key = (
-                        c.minute,
-                        c.stage.clone(),
-                        c.touchpoint.clone(),
-                        c.channel.clone(),
-                        c.segment.clone(),
-                    );
-                    let v = [
-                        c.counts.nps_promoters,
-                        c.counts.nps_passives,
-                        c.counts.nps_detractors,
-                        c.counts.csat_n,
-                        c.counts.csat_top2,
-                        c.counts.csat_sum,
-                        c.counts.ces_n,
-                        c.counts.ces_agree,
-                        c.counts.ces_sum,
-                        c.counts.stage_entries,
-                        c.counts.touchpoints,
-                        c.counts.stage_conversions,
-                        c.counts.convert_ms_sum,
-                        c.counts.stage_dropoffs + c.counts.stage_open,
-                    ];
-                    add(minutes.entry(journey.clone()).or_default(), key, &v);
-                }
-                for c in &m.steps {
-                    let key = (
-                        c.minute,
-                        c.step.clone(),
-                        c.stage.clone(),
-                        c.touchpoint.clone(),
-                        c.channel.clone(),
-                        c.segment.clone(),
-                    );
-                    let v = [
-                        c.counts.starts,
-                        c.counts.conversions,
-                        c.counts.convert_ms_sum,
-                        c.counts.dropoffs + c.counts.open,
-                    ];
-                    add(steps.entry(journey.clone()).or_default(), key, &v);
-                }
-            }
-        }
+    // Every partition named its last batch, with the watermark it committed.
+    for (journey, log) in &logs {
+        assert!(
+            log.known_until().is_some(),
+            "{journey}: a partition never said"
+        );
     }
     for cells in minutes.values_mut() {
         cells.retain(|_, v| v.iter().any(|x| *x != 0));

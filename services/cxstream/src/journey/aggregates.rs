@@ -3,8 +3,8 @@
 //! commits, under a random id that its marker keeps; after the commit (again every 10 s,
 //! and first thing after a restart) a `committed` record names each journey's latest
 //! committed batch of the partition, with the committed watermark. Summing the partials
-//! the committed records name, per group, gives exactly the committed per-minute counts;
-//! a partial no committed record names (a crash before the marker) never counts.
+//! the committed records confirm, per group, gives exactly the committed per-minute counts;
+//! a partial no committed record confirms (a crash before the marker) never counts.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -28,7 +28,10 @@ const CELLS_PER_RECORD: usize = 2000;
 const AGAIN_EVERY: Duration = Duration::from_secs(10);
 
 pub struct AggregatesOutput {
+    /// Partials: a refusal stops the service before the batch commits.
     producer: ThreadedProducer<DeadLetterDelivery>,
+    /// Committed records: one refused is logged and sent again.
+    confirmations: ThreadedProducer<DeadLetterDelivery>,
     topic: String,
     group: String,
     /// Input partitions of the journeys.
@@ -38,12 +41,15 @@ pub struct AggregatesOutput {
 
 impl AggregatesOutput {
     pub fn new(cfg: &Config, partitions: usize) -> Result<Self> {
-        Ok(AggregatesOutput {
-            producer: cfg
-                .kafka
+        let producer = || -> Result<ThreadedProducer<DeadLetterDelivery>> {
+            cfg.kafka
                 .producer_config()
                 .create_with_context(DeadLetterDelivery::default())
-                .context("creating the aggregates producer")?,
+                .context("creating the aggregates producer")
+        };
+        Ok(AggregatesOutput {
+            producer: producer()?,
+            confirmations: producer()?,
             topic: cfg.topics.aggregates.clone(),
             group: cfg.journey.group_id.clone(),
             partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
@@ -95,7 +101,7 @@ impl AggregatesOutput {
     /// watermark changed (all of them every 10 s). Call after the commits. A record the
     /// broker refuses is logged: it is sent again within seconds.
     pub fn confirm(&mut self, codec: &Codec, slots: &mut BTreeMap<i32, Slot>) {
-        if let Some(why) = self.producer.context().take_failures() {
+        if let Some(why) = self.confirmations.context().take_failures() {
             tracing::warn!(error = %why, "a committed-batch record was not delivered; it is sent again");
         }
         let again = self.republished.elapsed() >= AGAIN_EVERY;
@@ -116,10 +122,18 @@ impl AggregatesOutput {
                 let record = BaseRecord::to(&self.topic)
                     .key(key.as_bytes())
                     .payload(&buf[..]);
-                if let Err(e) = send(&self.producer, record) {
+                if let Err(e) = send(&self.confirmations, record) {
                     tracing::warn!(partition = p, error = %e, "cannot send a committed-batch record");
                 }
             }
+        }
+    }
+
+    /// Waits (a while) for the last committed records to reach the broker: on exit nobody
+    /// may resume the partitions to say them again.
+    pub fn close(&self) {
+        if let Err(e) = self.confirmations.flush(Duration::from_secs(10)) {
+            tracing::warn!(error = %e, "the last committed-batch records may not have been delivered");
         }
     }
 

@@ -300,6 +300,9 @@ impl JourneyService {
                 }
             }
         }
+        if let Some(out) = &inner.aggregates {
+            out.close();
+        }
         inner.readiness.stopping();
         Ok(())
     }
