@@ -167,11 +167,13 @@ impl JourneyService {
             .create_with_context(DeadLetterDelivery::default())
             .context("creating the dead-letter producer")?;
         let (partitions, identities, watermarks) = match cfg.identity.policy() {
-            None => (
+            // Only the aggregates' readers need the count then.
+            None if cfg.journey.publish_aggregates => (
                 partition_count(&consumer, &cfg.topics.touchpoints)?,
                 None,
                 None,
             ),
+            None => (1, None, None),
             Some(_) => {
                 let partitions = copartitioned(&consumer, &cfg)?;
                 let producer = || -> Result<ThreadedProducer<DeadLetterDelivery>> {
