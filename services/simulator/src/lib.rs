@@ -530,8 +530,9 @@ pub fn simulate_maps(maps: &[&JourneyMap], cfg: &SimConfig) -> Result<Simulation
 }
 
 /// The traffic that follows the period, as far as the identity rule needs it: one
-/// touchpoint on each partition, dated a window and a minute after the period's end, so
-/// that every device's wait for a sign-in ends. Counted like any customer's.
+/// touchpoint on each partition, dated a window and a minute after the last record (or the
+/// period's end), so that every device's wait for a sign-in ends. Counted like any
+/// customer's.
 fn close_partitions(
     map: &JourneyMap,
     cfg: &SimConfig,
