@@ -1847,6 +1847,13 @@ fn the_identity_scenario_counts_each_person_once_and_equals_its_truth_across_kil
         "{visitors} of {} anonymous touchpoints are visitors'",
         owners.len()
     );
+    // The report says how many anonymous touchpoints are in visitors' journeys, and whose.
+    let report = String::from_utf8(s.ok(&["report"]).stdout).unwrap();
+    let devices: HashSet<&String> = owners.values().filter(|c| c.starts_with("anon:")).collect();
+    assert!(
+        report.contains(&format!(" {visitors} in {} visitors' own", devices.len())),
+        "{report}"
+    );
     assert_eq!(
         s.refused().get("future").copied(),
         Some(s.expected_refused()["future"])
