@@ -1,8 +1,8 @@
 //! Rows as written to ClickHouse (RowBinary, field order = column order of the DDL in
 //! `schemas/clickhouse/`), and their construction from the core's batch output.
 
-use cxstream_core::journey::{Attribution, Context, ContextNames, StageOutcome};
-use cxstream_core::journey_map::{StepIdx, OFF_MAP};
+use cxstream_core::journey::{Attribution, Context, StageOutcome};
+use cxstream_core::journey_map::OFF_MAP;
 use cxstream_core::metrics::StepCounts;
 use cxstream_core::processor::{
     AggKey, AnswerFact, EntryFact, RefusedEvent, RefusedPayload, StepFact, StepKey, TouchpointFact,
@@ -171,20 +171,11 @@ impl<'a> StepMinuteRow<'a> {
         seq: u64,
         attempt: u64,
     ) -> Self {
-        let (stage, touchpoint, channel, segment) = key.context;
-        let d = dims(
-            map,
-            Some(Context {
-                stage,
-                touchpoint,
-                channel,
-                segment,
-            }),
-        );
+        let d = Context::names(Some(key.context.into()), map);
         StepMinuteRow {
             minute: secs(key.minute * MINUTE_MS),
             journey: &map.name,
-            step: step_name(map, key.step),
+            step: map.step_name(key.step),
             stage: d.stage,
             touchpoint: d.touchpoint,
             channel: d.channel,
@@ -227,7 +218,7 @@ pub struct EntryRow<'a> {
 
 impl<'a> EntryRow<'a> {
     pub fn new(map: &'a JourneyMap, f: &'a EntryFact, partition: u16) -> Self {
-        let d = dims(map, Some(f.context));
+        let d = Context::names(Some(f.context), map);
         let o = &f.origin;
         let budget = map
             .stages
@@ -298,7 +289,7 @@ pub struct StepAttemptRow<'a> {
 
 impl<'a> StepAttemptRow<'a> {
     pub fn new(map: &'a JourneyMap, f: &'a StepFact, partition: u16) -> Self {
-        let d = dims(map, Some(f.context));
+        let d = Context::names(Some(f.context), map);
         let o = &f.origin;
         let budget = map
             .steps
@@ -308,7 +299,7 @@ impl<'a> StepAttemptRow<'a> {
         StepAttemptRow {
             customer_id: &f.customer,
             journey: &map.name,
-            step: step_name(map, f.step),
+            step: map.step_name(f.step),
             start_event_id: o.event_id.as_str(),
             start_time: secs(o.time),
             start_time_ms: o.time,
@@ -325,12 +316,6 @@ impl<'a> StepAttemptRow<'a> {
             source_offset: o.source_offset,
         }
     }
-}
-
-fn step_name(map: &JourneyMap, step: StepIdx) -> &str {
-    map.steps
-        .get(usize::from(step))
-        .map_or("", |s| s.name.as_str())
 }
 
 /// A step of the journey map, as `journey_steps` keeps it.
@@ -407,10 +392,6 @@ pub struct StateRow {
     pub batch_attempt: u64,
 }
 
-pub(crate) fn dims(map: &JourneyMap, c: Option<Context>) -> ContextNames<'_> {
-    Context::names(c, map)
-}
-
 /// A DateTime column's seconds. Event times are validated to fit (1970 to 2106); a time
 /// derived from one (a deadline, a follow-up) past 2106 saturates there instead of
 /// wrapping to 1970.
@@ -420,7 +401,7 @@ fn secs(ms: i64) -> u32 {
 
 impl<'a> TouchpointRow<'a> {
     pub fn new(map: &'a JourneyMap, f: &'a TouchpointFact, partition: u16) -> Self {
-        let d = dims(map, Some(f.context));
+        let d = Context::names(Some(f.context), map);
         let e = &f.event;
         TouchpointRow {
             event_id: &e.event_id,
@@ -447,7 +428,7 @@ impl<'a> TouchpointRow<'a> {
 
 impl<'a> AnswerRow<'a> {
     pub fn new(map: &'a JourneyMap, f: &'a AnswerFact, partition: u16) -> Self {
-        let d = dims(map, f.context);
+        let d = Context::names(f.context, map);
         let a = &f.answer;
         let named = a.touchpoint_event_id.as_deref();
         AnswerRow {
@@ -529,16 +510,7 @@ impl MinuteRow {
         seq: u64,
         attempt: u64,
     ) -> Self {
-        let d = dims(
-            map,
-            key.context
-                .map(|(stage, touchpoint, channel, segment)| Context {
-                    stage,
-                    touchpoint,
-                    channel,
-                    segment,
-                }),
-        );
+        let d = Context::names(key.context.map(Context::from), map);
         MinuteRow {
             minute: secs(key.minute * MINUTE_MS),
             journey: map.name.clone(),

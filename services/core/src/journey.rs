@@ -140,6 +140,20 @@ pub struct Context {
     pub segment: SegmentIdx,
 }
 
+/// Per-minute keys hold a context as (stage, touchpoint, channel, segment).
+impl From<(StageIdx, TouchpointIdx, ChannelIdx, SegmentIdx)> for Context {
+    fn from(
+        (stage, touchpoint, channel, segment): (StageIdx, TouchpointIdx, ChannelIdx, SegmentIdx),
+    ) -> Self {
+        Context {
+            stage,
+            touchpoint,
+            channel,
+            segment,
+        }
+    }
+}
+
 impl Context {
     /// The names a context is reported under in every output; without one (an answer with
     /// no touchpoint before it) stage, touchpoint and channel are `none` and the segment

@@ -358,6 +358,13 @@ impl JourneyMap {
             .map_or(NO_STAGE_NAME, |s| s.name.as_str())
     }
 
+    /// A step's name; empty for an index the map does not have.
+    pub fn step_name(&self, idx: StepIdx) -> &str {
+        self.steps
+            .get(usize::from(idx))
+            .map_or("", |s| s.name.as_str())
+    }
+
     pub fn touchpoint_name(&self, idx: TouchpointIdx) -> &str {
         self.touchpoints
             .get(usize::from(idx))

@@ -79,7 +79,7 @@ impl AggregatesOutput {
                 for m in self.partials(map, *p, b.seq, id, &b.batch) {
                     buf.clear();
                     codec.encode_aggregates(&m, &mut buf)?;
-                    let key = format!("{}/{p}", map.name);
+                    let key = key(&map.name, *p);
                     let record = BaseRecord::to(&self.topic)
                         .key(key.as_bytes())
                         .payload(&buf[..]);
@@ -118,7 +118,7 @@ impl AggregatesOutput {
                     tracing::warn!(error = %e, "cannot encode a committed-batch record");
                     continue;
                 }
-                let key = format!("{journey}/{p}");
+                let key = key(&journey, *p);
                 let record = BaseRecord::to(&self.topic)
                     .key(key.as_bytes())
                     .payload(&buf[..]);
@@ -180,7 +180,7 @@ impl AggregatesOutput {
             .aggregates
             .iter()
             .map(|(k, c)| {
-                let n = Context::names(k.context.map(context), map);
+                let n = Context::names(k.context.map(Context::from), map);
                 MinuteCell {
                     minute: k.minute * MINUTE_MS,
                     stage: n.stage.into(),
@@ -195,13 +195,10 @@ impl AggregatesOutput {
             .step_aggregates
             .iter()
             .map(|(k, c)| {
-                let n = Context::names(Some(context(k.context)), map);
+                let n = Context::names(Some(k.context.into()), map);
                 StepCell {
                     minute: k.minute * MINUTE_MS,
-                    step: map
-                        .steps
-                        .get(usize::from(k.step))
-                        .map_or_else(String::new, |s| s.name.clone()),
+                    step: map.step_name(k.step).into(),
                     stage: n.stage.into(),
                     touchpoint: n.touchpoint.into(),
                     channel: n.channel.into(),
@@ -227,18 +224,7 @@ impl AggregatesOutput {
     }
 }
 
-fn context(
-    (stage, touchpoint, channel, segment): (
-        cxstream_core::journey_map::StageIdx,
-        cxstream_core::journey_map::TouchpointIdx,
-        cxstream_core::journey_map::ChannelIdx,
-        cxstream_core::journey_map::SegmentIdx,
-    ),
-) -> Context {
-    Context {
-        stage,
-        touchpoint,
-        channel,
-        segment,
-    }
+/// The records of a journey's partition share a key, so they stay in order.
+fn key(journey: &str, partition: i32) -> String {
+    format!("{journey}/{partition}")
 }

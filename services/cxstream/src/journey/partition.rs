@@ -205,6 +205,14 @@ impl Lane {
         }
     }
 
+    /// Its committed watermark as it is published now.
+    fn published_now(&self, idle: bool) -> Published {
+        Published {
+            watermark: self.processor.watermark_ms(),
+            idle,
+        }
+    }
+
     /// Whether the record at `offset` of `source` is new to this journey (then it is taken).
     fn takes(&mut self, source: Source, offset: i64) -> bool {
         let next = &mut self.next[source.index()];
@@ -270,6 +278,16 @@ fn identity_watermark(heard: &[Option<Published>]) -> Option<i64> {
     } else {
         idle
     }
+}
+
+/// Whether `now` must be published: it differs from what was `sent` last, or everything is
+/// published `again`; then it is what was sent.
+fn unsent<T: PartialEq + Copy>(sent: &mut Option<T>, now: T, again: bool) -> bool {
+    let publish = again || *sent != Some(now);
+    if publish {
+        *sent = Some(now);
+    }
+    publish
 }
 
 /// A batch of one journey, ready to commit.
@@ -602,7 +620,7 @@ impl Slot {
     /// named yet (a new commit, a resume) or whose watermark or idleness changed, or all
     /// when `again`. Call only when every journey's batch is committed.
     pub fn confirmations_to_publish(&mut self, again: bool) -> Vec<(usize, Committed)> {
-        let idle = self.cursors[..2].iter().all(|c| c.idle);
+        let idle = self.inputs_idle();
         let mut out = Vec::new();
         for (i, lane) in self.lanes.iter_mut().enumerate() {
             let Some((seq, aggregates_id)) = lane.last else {
@@ -611,13 +629,9 @@ impl Slot {
             let now = Committed {
                 seq,
                 aggregates_id,
-                published: Published {
-                    watermark: lane.processor.watermark_ms(),
-                    idle,
-                },
+                published: lane.published_now(idle),
             };
-            if again || lane.confirmed != Some(now) {
-                lane.confirmed = Some(now);
+            if unsent(&mut lane.confirmed, now, again) {
                 out.push((i, now));
             }
         }
@@ -628,20 +642,20 @@ impl Slot {
     /// since last published, or all when `again`. Call only when every journey's batch is
     /// committed (then its watermark is the committed one).
     pub fn watermarks_to_publish(&mut self, again: bool) -> Vec<(usize, Published)> {
-        let inputs_idle = self.cursors[..2].iter().all(|c| c.idle);
+        let idle = self.inputs_idle();
         let mut out = Vec::new();
         for (i, lane) in self.lanes.iter_mut().enumerate() {
-            let watermark = lane.processor.watermark_ms();
-            let now = Published {
-                watermark,
-                idle: inputs_idle,
-            };
-            if again || lane.published != Some(now) {
-                lane.published = Some(now);
+            let now = lane.published_now(idle);
+            if unsent(&mut lane.published, now, again) {
                 out.push((i, now));
             }
         }
         out
+    }
+
+    /// Both inputs are read to their end and quiet.
+    fn inputs_idle(&self) -> bool {
+        self.cursors[..2].iter().all(|c| c.idle)
     }
 
     /// Whether the record at `offset` of an input, dated `time`, must wait for the identity
