@@ -14,6 +14,7 @@ pub mod journey_map;
 pub mod metrics;
 pub mod processor;
 pub mod steps;
+pub mod watch;
 
 pub use event_time::{ClockState, EventClock, EventTimePolicy, Input, Refusal};
 pub use events::{Invalid, SurveyAnswer, TouchpointEvent};

@@ -3,6 +3,8 @@
 //! baseline's", the sum never going below zero. Under the baseline the sum drifts down and
 //! stays near zero; after a drop of that size it climbs by about n·KL(p1‖p0) a minute, so a
 //! slice with many trials crosses the threshold within minutes and a small one slowly.
+//! An incident resolves by the mirror test: once the minutes since are `resolve_evidence`
+//! times (in log) likelier under the baseline than under the drop, the rate is back.
 
 use std::collections::VecDeque;
 
@@ -25,8 +27,13 @@ pub struct DropParams {
     /// two a minute; the alert-quality benchmark found no false alert down to 5 a minute at
     /// the daily peak, while 500 left quiet nights unwatched).
     pub min_baseline_trials: f64,
-    /// Minutes the evidence must stay at zero before an incident resolves. Default 15.
-    pub resolve_after_minutes: u32,
+    /// The evidence of recovery (the log-likelihood ratio of the baseline's rate against
+    /// the dropped one, summed from zero and never below it) at which an incident
+    /// resolves. Default 8: back to normal, a slice of 100 trials a minute resolves within
+    /// minutes, while a still-broken one hits it about once in e^8 minutes at most.
+    /// (Waiting for the evidence of the drop to stay at zero instead took hours on small
+    /// noisy slices: each minute a little below the baseline started the wait again.)
+    pub resolve_evidence: f64,
     /// Weight of a week of history against the next one. Default 0.5.
     pub weekly_decay: f64,
     /// An incident this old ends and its rate becomes the baseline: a lasting change is
@@ -40,7 +47,7 @@ impl Default for DropParams {
             relative_drop: 0.3,
             threshold: 16.0,
             min_baseline_trials: 120.0,
-            resolve_after_minutes: 15,
+            resolve_evidence: 8.0,
             weekly_decay: 0.5,
             max_incident_minutes: 7 * 24 * 60,
         }
@@ -53,9 +60,10 @@ pub enum Incident {
     /// The evidence crossed the threshold at `minute`.
     Started {
         minute: i64,
-        /// The rate over the minutes that built the evidence.
+        /// The rate over the minutes that built the evidence, and their trials.
         observed: f64,
         expected: f64,
+        trials: f64,
         evidence: f64,
     },
     /// Still firing; figures over the incident so far.
@@ -63,6 +71,7 @@ pub enum Incident {
         minute: i64,
         observed: f64,
         expected: f64,
+        trials: f64,
         evidence: f64,
     },
     /// The evidence went back to zero and stayed there.
@@ -80,7 +89,8 @@ pub struct DropDetector {
     firing: bool,
     /// The minute the current incident started.
     since: i64,
-    quiet: u32,
+    /// Evidence of recovery while firing.
+    recovery: f64,
     /// Minutes that built the current evidence, learned once it is back at zero without an
     /// incident (an incident's minutes are never learned): (minute, successes, trials).
     suspect: VecDeque<(i64, f64, f64)>,
@@ -95,7 +105,7 @@ impl DropDetector {
             run: (0.0, 0.0, 0.0),
             firing: false,
             since: 0,
-            quiet: 0,
+            recovery: 0.0,
             suspect: VecDeque::new(),
         }
     }
@@ -133,7 +143,9 @@ impl DropDetector {
             let llr = x * (p1 / p0).ln() + (n - x) * ((1.0 - p1) / (1.0 - p0)).ln();
             self.evidence = (self.evidence + llr).max(0.0);
             if self.firing {
-                // Firing already: more evidence would only delay the resolution.
+                self.recovery = (self.recovery - llr).max(0.0);
+                // The evidence of the drop is reported, and capped: it says how sure the
+                // incident is, not how long it lasted.
                 self.evidence = self.evidence.min(self.params.threshold);
             }
         }
@@ -179,23 +191,23 @@ impl DropDetector {
             }
             self.firing = true;
             self.since = minute;
-            self.quiet = 0;
+            self.recovery = 0.0;
             self.suspect.clear();
             return Some(Incident::Started {
                 minute,
                 observed,
                 expected,
+                trials: n,
                 evidence,
             });
         }
-        self.quiet = if evidence > 0.0 { 0 } else { self.quiet + 1 };
         let lasting = minute - self.since >= self.params.max_incident_minutes;
         if lasting {
             // The change lasted: it is learned afresh as the normal, not measured against
             // weeks before it.
             self.baseline = SeasonalRate::new(self.params.weekly_decay);
         }
-        if self.quiet >= self.params.resolve_after_minutes || lasting {
+        if self.recovery >= self.params.resolve_evidence || lasting {
             self.evidence = 0.0;
             self.firing = false;
             self.run = (0.0, 0.0, 0.0);
@@ -205,6 +217,7 @@ impl DropDetector {
             minute,
             observed,
             expected,
+            trials: n,
             evidence,
         })
     }

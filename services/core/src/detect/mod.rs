@@ -9,20 +9,23 @@
 //! - [`DropDetector`]: a Bernoulli CUSUM on the minute's successes and trials against that
 //!   baseline, testing for a relative drop of at least the configured size; an incident
 //!   fires when the evidence crosses the threshold and resolves, with hysteresis, once the
-//!   evidence has gone back to nothing and stayed there.
+//!   mirror test finds the rate back at the baseline.
 //! - [`score_drop`]: an NPS significantly below its baseline (variance from the three
-//!   categories' counts).
+//!   categories' counts); [`ScoreWatch`] runs it minute by minute on a trailing window
+//!   against the week before.
 //! - [`Silence`]: a slice that normally has traffic sends nothing for longer than chance
 //!   explains ("data stopped arriving"), told apart from a drop, where traffic goes on.
 
 mod baseline;
 mod cusum;
 mod score;
+mod score_watch;
 mod silence;
 
 pub use baseline::SeasonalRate;
 pub use cusum::{DropDetector, DropParams, Incident};
 pub use score::{score_drop, ScoreDrop, ScoreParams};
+pub use score_watch::{ScoreWatch, ScoreWatchParams};
 pub use silence::{Silence, SilenceParams};
 
 /// Minutes in a week: the baselines' season.

@@ -93,6 +93,7 @@ impl Silence {
                 minute,
                 observed: 0.0,
                 expected: evidence,
+                trials: 0.0,
                 evidence,
             });
         }
@@ -103,6 +104,7 @@ impl Silence {
                 minute,
                 observed: 0.0,
                 expected: evidence,
+                trials: 0.0,
                 evidence,
             }
         })

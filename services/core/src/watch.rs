@@ -1,0 +1,509 @@
+//! What the alerter watches in one journey (README § Alerts): the committed per-minute
+//! counts every journey instance publishes, merged across partitions, judged minute by
+//! minute once every partition's committed watermark has passed the minute, and turned
+//! into alerts — one per incident, with a stable id.
+//!
+//! Signals, each per slice (all traffic, each channel, each segment):
+//! - **step drop**: a step's attempts started in a minute and how many converted within its
+//!   budget ([`DropDetector`]); a minute is judged once the watermark has passed its
+//!   attempts' deadlines;
+//! - **score drop**: a stage's NPS over a trailing window against the week before
+//!   ([`ScoreWatch`]);
+//! - **silence**: a channel that normally sends touchpoints sends none ([`Silence`]).
+//!
+//! Minutes whose counts are not known yet are never judged as zero: a signal's minute is
+//! judged only when [`JourneyWatch::advance`] is told that every partition has committed
+//! past it. Counts that arrive for a minute after that (late events applied by the journey
+//! service within its allowed lateness) are left out: the alert was judged without them.
+//! Which counts are left out depends only on each partition's own order of batches (a
+//! cell is late when its partition had already committed past its minute), so reading the
+//! same aggregates again judges the same minutes the same way and raises the same alerts
+//! under the same ids.
+//!
+//! All slices of one subject (a step, a stage's score, a channel's traffic) that fire
+//! together are one incident: it starts when the first fires, is updated when the set of
+//! firing slices changes, and resolves when the last has resolved.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::detect::{
+    DropDetector, DropParams, Incident, ScoreWatch, ScoreWatchParams, Silence, SilenceParams,
+};
+use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, StepIdx};
+use crate::metrics::{Counts, StepCounts};
+
+const MINUTE_MS: i64 = 60_000;
+
+/// The detectors' parameters for one journey.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WatchParams {
+    pub drop: DropParams,
+    pub score: ScoreWatchParams,
+    pub silence: SilenceParams,
+}
+
+/// Which traffic a detector sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slice {
+    All,
+    Channel(ChannelIdx),
+    Segment(SegmentIdx),
+}
+
+/// What an incident is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    /// A step's conversion.
+    Step(StepIdx),
+    /// A stage's NPS.
+    Score(StageIdx),
+    /// A channel's touchpoints.
+    Source(ChannelIdx),
+}
+
+impl Subject {
+    pub fn kind(self) -> AlertKind {
+        match self {
+            Subject::Step(_) => AlertKind::StepDrop,
+            Subject::Score(_) => AlertKind::ScoreDrop,
+            Subject::Source(_) => AlertKind::Silence,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AlertKind {
+    StepDrop,
+    ScoreDrop,
+    Silence,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::StepDrop => "step_drop",
+            AlertKind::ScoreDrop => "score_drop",
+            AlertKind::Silence => "silence",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertState {
+    Firing,
+    Updated,
+    Resolved,
+}
+
+/// A slice's figures when the alert changed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Figures {
+    pub slice: Slice,
+    /// Conversion rate (0–1), NPS (points) or touchpoints a minute.
+    pub observed: f64,
+    pub baseline: f64,
+    /// Trials, answers or expected touchpoints behind the figures.
+    pub n: f64,
+    /// The probability of evidence this strong without a change (an upper bound from the
+    /// test's likelihood ratio; the one-sided normal tail for scores).
+    pub significance: f64,
+}
+
+/// One change of an alert; `(id, revision)` names it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertChange {
+    pub id: String,
+    pub revision: u32,
+    pub state: AlertState,
+    pub subject: Subject,
+    /// The strongest firing slice's figures (at resolution: the last slice's).
+    pub figures: Figures,
+    /// Every slice firing after the change (none when resolved).
+    pub firing: Vec<Slice>,
+    /// Event time (ms) of the incident's first judged minute, and the end of the minute
+    /// judged now.
+    pub window_start: i64,
+    pub window_end: i64,
+    /// Event time (ms) by which the change could be known: the end of the minute judged
+    /// plus what it waited for (a step's budget). Detection delay is measured to this.
+    pub at: i64,
+}
+
+/// A slice's step attempts in a minute.
+#[derive(Debug, Clone, Copy, Default)]
+struct Trials {
+    conversions: i64,
+    starts: i64,
+}
+
+/// One subject's open incident.
+#[derive(Debug, Clone)]
+struct Open {
+    id: String,
+    revision: u32,
+    start: i64,
+    slices: BTreeMap<Slice, Figures>,
+}
+
+/// Promoters, passives, detractors.
+type NpsCounts = (i64, i64, i64);
+
+/// Per signal, the next minute (epoch ms) to judge: none until its first cell.
+type Cursor = Option<i64>;
+
+#[derive(Debug)]
+pub struct JourneyWatch {
+    journey: String,
+    params: WatchParams,
+    /// Per step: how long after a minute its attempts' outcomes are known.
+    step_wait: Vec<i64>,
+    steps: BTreeMap<(i64, StepIdx, Slice), Trials>,
+    step_cursor: Vec<Cursor>,
+    drops: BTreeMap<(StepIdx, Slice), DropDetector>,
+    scores_in: BTreeMap<(i64, (StageIdx, Slice)), NpsCounts>,
+    sources_in: BTreeMap<(i64, ChannelIdx), i64>,
+    minute_cursor: Cursor,
+    scores: BTreeMap<(StageIdx, Slice), ScoreWatch>,
+    sources: BTreeMap<ChannelIdx, Silence>,
+    open: BTreeMap<Subject, Open>,
+    /// Cells that came after their minute was judged (or their partition had committed
+    /// past it): left out of every alert.
+    late_cells: u64,
+    known_until: Option<i64>,
+}
+
+impl JourneyWatch {
+    pub fn new(map: &JourneyMap, params: WatchParams) -> Self {
+        JourneyWatch {
+            journey: map.name.clone(),
+            params,
+            step_wait: map.steps.iter().map(|s| s.budget_ms + MINUTE_MS).collect(),
+            steps: BTreeMap::new(),
+            step_cursor: vec![None; map.steps.len()],
+            drops: BTreeMap::new(),
+            scores_in: BTreeMap::new(),
+            sources_in: BTreeMap::new(),
+            minute_cursor: None,
+            scores: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            open: BTreeMap::new(),
+            late_cells: 0,
+            known_until: None,
+        }
+    }
+
+    pub fn late_cells(&self) -> u64 {
+        self.late_cells
+    }
+
+    /// The incidents firing now.
+    pub fn firing(&self) -> impl Iterator<Item = (Subject, &str)> {
+        self.open.iter().map(|(s, o)| (*s, o.id.as_str()))
+    }
+
+    /// A committed step cell (minute = start of the attempts' minute, epoch ms), from a
+    /// partition that had committed up to `partition_watermark` before this batch.
+    pub fn add_step_cell(
+        &mut self,
+        minute: i64,
+        step: StepIdx,
+        channel: ChannelIdx,
+        segment: SegmentIdx,
+        counts: &StepCounts,
+        partition_watermark: Option<i64>,
+    ) {
+        let Some(&wait) = self.step_wait.get(usize::from(step)) else {
+            return;
+        };
+        if is_late(minute + wait, self.known_until, partition_watermark) {
+            self.late_cells += 1;
+            return;
+        }
+        let cursor = &mut self.step_cursor[usize::from(step)];
+        if cursor.is_none_or(|c| minute < c) {
+            *cursor = Some(minute);
+        }
+        for slice in [Slice::All, Slice::Channel(channel), Slice::Segment(segment)] {
+            let t = self.steps.entry((minute, step, slice)).or_default();
+            t.conversions += counts.conversions;
+            t.starts += counts.starts;
+        }
+    }
+
+    /// A committed per-minute cell (minute start, epoch ms), as for [`add_step_cell`].
+    ///
+    /// [`add_step_cell`]: JourneyWatch::add_step_cell
+    pub fn add_minute_cell(
+        &mut self,
+        minute: i64,
+        stage: StageIdx,
+        channel: ChannelIdx,
+        counts: &Counts,
+        partition_watermark: Option<i64>,
+    ) {
+        if is_late(minute + MINUTE_MS, self.known_until, partition_watermark) {
+            self.late_cells += 1;
+            return;
+        }
+        if self.minute_cursor.is_none_or(|c| minute < c) {
+            self.minute_cursor = Some(minute);
+        }
+        let nps = (
+            counts.nps_promoters,
+            counts.nps_passives,
+            counts.nps_detractors,
+        );
+        if nps != (0, 0, 0) {
+            for slice in [Slice::All, Slice::Channel(channel)] {
+                let c = self.scores_in.entry((minute, (stage, slice))).or_default();
+                *c = (c.0 + nps.0, c.1 + nps.1, c.2 + nps.2);
+            }
+        }
+        if counts.touchpoints != 0 {
+            *self.sources_in.entry((minute, channel)).or_default() += counts.touchpoints;
+        }
+    }
+
+    /// Every partition has committed up to `known_until` (epoch ms): judges every minute
+    /// that is now known, in order, and returns the alerts' changes.
+    pub fn advance(&mut self, known_until: i64) -> Vec<AlertChange> {
+        if self.known_until.is_some_and(|k| k >= known_until) {
+            return Vec::new();
+        }
+        self.known_until = Some(known_until);
+        let mut out = Vec::new();
+        for step in 0..self.step_cursor.len() {
+            let idx = StepIdx::try_from(step).unwrap_or(StepIdx::MAX);
+            self.judge_step(idx, known_until, &mut out);
+        }
+        self.judge_minutes(known_until, &mut out);
+        out
+    }
+
+    fn judge_step(&mut self, step: StepIdx, known_until: i64, out: &mut Vec<AlertChange>) {
+        let wait = self.step_wait[usize::from(step)];
+        while let Some(minute) = self.step_cursor[usize::from(step)] {
+            if minute + wait > known_until {
+                break;
+            }
+            // Slices seen before are judged every minute (a minute without trials is known
+            // too); new ones join with their first cell.
+            let mut slices: BTreeSet<Slice> = self
+                .drops
+                .range((step, Slice::All)..=(step, Slice::Segment(SegmentIdx::MAX)))
+                .map(|(k, _)| k.1)
+                .collect();
+            let cells: Vec<(Slice, Trials)> = self
+                .steps
+                .range((minute, step, Slice::All)..=(minute, step, Slice::Segment(SegmentIdx::MAX)))
+                .map(|(k, t)| (k.2, *t))
+                .collect();
+            slices.extend(cells.iter().map(|c| c.0));
+            for slice in slices {
+                let t = cells
+                    .iter()
+                    .find(|c| c.0 == slice)
+                    .map_or(Trials::default(), |c| c.1);
+                self.steps.remove(&(minute, step, slice));
+                let d = self
+                    .drops
+                    .entry((step, slice))
+                    .or_insert_with(|| DropDetector::new(self.params.drop));
+                let x = u64::try_from(t.conversions).unwrap_or(0);
+                let n = u64::try_from(t.starts).unwrap_or(0);
+                let incident = d.observe(minute / MINUTE_MS, x, n);
+                if let Some(i) = incident {
+                    let at = minute + wait;
+                    self.apply(Subject::Step(step), slice, i, minute, at, out);
+                }
+            }
+            self.step_cursor[usize::from(step)] = Some(minute + MINUTE_MS);
+        }
+    }
+
+    fn judge_minutes(&mut self, known_until: i64, out: &mut Vec<AlertChange>) {
+        while let Some(minute) = self.minute_cursor {
+            if minute + MINUTE_MS > known_until {
+                break;
+            }
+            let at = minute + MINUTE_MS;
+            let m = minute / MINUTE_MS;
+            let scores = take_minute(&mut self.scores_in, minute);
+            let mut keys: BTreeSet<(StageIdx, Slice)> = self.scores.keys().copied().collect();
+            keys.extend(scores.keys().copied());
+            for key in keys {
+                let c = scores.get(&key).copied().unwrap_or((0, 0, 0));
+                let w = self
+                    .scores
+                    .entry(key)
+                    .or_insert_with(|| ScoreWatch::new(self.params.score));
+                if let Some(i) = w.observe(m, c) {
+                    self.apply(Subject::Score(key.0), key.1, i, minute, at, out);
+                }
+            }
+            let sources = take_minute(&mut self.sources_in, minute);
+            let mut channels: BTreeSet<ChannelIdx> = self.sources.keys().copied().collect();
+            channels.extend(sources.keys().copied());
+            for channel in channels {
+                let events = sources.get(&channel).copied().unwrap_or(0);
+                let s = self
+                    .sources
+                    .entry(channel)
+                    .or_insert_with(|| Silence::new(self.params.silence));
+                if let Some(i) = s.observe(m, u64::try_from(events).unwrap_or(0)) {
+                    let slice = Slice::Channel(channel);
+                    self.apply(Subject::Source(channel), slice, i, minute, at, out);
+                }
+            }
+            self.minute_cursor = Some(minute + MINUTE_MS);
+        }
+    }
+
+    /// A slice's detector said something: the subject's incident starts, changes or ends.
+    fn apply(
+        &mut self,
+        subject: Subject,
+        slice: Slice,
+        incident: Incident,
+        minute: i64,
+        at: i64,
+        out: &mut Vec<AlertChange>,
+    ) {
+        let window_end = minute + MINUTE_MS;
+        match incident {
+            Incident::Started {
+                observed,
+                expected,
+                trials,
+                evidence,
+                ..
+            }
+            | Incident::Ongoing {
+                observed,
+                expected,
+                trials,
+                evidence,
+                ..
+            } => {
+                let figures = Figures {
+                    slice,
+                    observed,
+                    baseline: expected,
+                    n: trials,
+                    significance: significance(subject, evidence),
+                };
+                let journey = &self.journey;
+                let open = self.open.entry(subject).or_insert_with(|| Open {
+                    id: alert_id(journey, subject, minute),
+                    revision: 0,
+                    start: minute,
+                    slices: BTreeMap::new(),
+                });
+                // Each slice keeps its figures current and its strongest significance.
+                let figures = match open.slices.get(&slice) {
+                    Some(before) => Figures {
+                        significance: figures.significance.min(before.significance),
+                        ..figures
+                    },
+                    None => figures,
+                };
+                if open.slices.insert(slice, figures).is_some() {
+                    return;
+                }
+                let state = if open.slices.len() == 1 {
+                    AlertState::Firing
+                } else {
+                    open.revision += 1;
+                    AlertState::Updated
+                };
+                out.push(change(open, state, subject, figures, window_end, at));
+            }
+            Incident::Resolved { .. } => {
+                let Some(open) = self.open.get_mut(&subject) else {
+                    return;
+                };
+                let Some(figures) = open.slices.remove(&slice) else {
+                    return;
+                };
+                open.revision += 1;
+                let state = if open.slices.is_empty() {
+                    AlertState::Resolved
+                } else {
+                    AlertState::Updated
+                };
+                out.push(change(open, state, subject, figures, window_end, at));
+                if state == AlertState::Resolved {
+                    self.open.remove(&subject);
+                }
+            }
+        }
+    }
+}
+
+/// A cell is late for the alerter when its partition had committed past the minute's
+/// judging point before the cell's batch (whether the other partitions had too depends on
+/// reading order, not on the data), or when the minute was judged already (possible only
+/// when its partition was idle then).
+fn is_late(point: i64, known_until: Option<i64>, partition_watermark: Option<i64>) -> bool {
+    partition_watermark.is_some_and(|w| w >= point) || known_until.is_some_and(|k| k >= point)
+}
+
+/// The cells of `minute`, the earliest kept (earlier ones are judged already).
+fn take_minute<K: Ord + Copy, V>(cells: &mut BTreeMap<(i64, K), V>, minute: i64) -> BTreeMap<K, V> {
+    let mut now = BTreeMap::new();
+    while let Some(entry) = cells.first_entry() {
+        if entry.key().0 != minute {
+            break;
+        }
+        let ((_, k), v) = entry.remove_entry();
+        now.insert(k, v);
+    }
+    now
+}
+
+fn change(
+    open: &Open,
+    state: AlertState,
+    subject: Subject,
+    resolved: Figures,
+    window_end: i64,
+    at: i64,
+) -> AlertChange {
+    let strongest = open
+        .slices
+        .values()
+        .copied()
+        .min_by(|a, b| a.significance.total_cmp(&b.significance));
+    AlertChange {
+        id: open.id.clone(),
+        revision: open.revision,
+        state,
+        subject,
+        figures: strongest.unwrap_or(resolved),
+        firing: open.slices.keys().copied().collect(),
+        window_start: open.start,
+        window_end,
+        at,
+    }
+}
+
+/// Evidence as a probability: the CUSUM's and silence's are log-likelihood ratios, and the
+/// chance of a ratio ever that large without a change is at most e^−evidence (Ville's
+/// inequality); a score's is a z statistic.
+fn significance(subject: Subject, evidence: f64) -> f64 {
+    match subject {
+        Subject::Score(_) => 0.5 * libm::erfc(evidence / std::f64::consts::SQRT_2),
+        Subject::Step(_) | Subject::Source(_) => (-evidence).exp().min(1.0),
+    }
+}
+
+/// Stable across restarts and replays: the journey, what the incident is about and the
+/// minute it started (epoch minutes).
+fn alert_id(journey: &str, subject: Subject, start: i64) -> String {
+    let what = match subject {
+        Subject::Step(s) => format!("step{s}"),
+        Subject::Score(s) => format!("score{s}"),
+        Subject::Source(c) => format!("source{c}"),
+    };
+    format!("{journey}/{what}/{}", start / MINUTE_MS)
+}

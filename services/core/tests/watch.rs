@@ -1,0 +1,298 @@
+//! The alerter's watch of a journey, fed as the alerter feeds it: two partitions' committed
+//! batches, each cell with its partition's committed watermark before the batch, and the
+//! lowest committed watermark after every batch read. Checked against the README's rules:
+//! a week of clean traffic raises nothing; a step whose conversion breaks in one channel is
+//! one incident (stable id, the channel among its slices) found within minutes of event
+//! time and resolved after; a channel that stops sending is silence, not a drop; a cell a
+//! partition sends after it committed past the cell's minute counts nowhere; and reading
+//! the partitions in another order raises the very same alerts.
+
+#![allow(clippy::unwrap_used)]
+
+use cxstream_core::metrics::{Counts, StepCounts};
+use cxstream_core::watch::{AlertChange, AlertKind, AlertState, JourneyWatch, Slice, Subject};
+use cxstream_core::JourneyMap;
+
+const MAP: &str = "journey: shop
+stages:
+  - name: browse
+    budget: 7d
+    target_conversion: 0.4
+  - name: buy
+    budget: 2d
+    target_conversion: 0.3
+channels: [web, app]
+segments: [new, vip]
+touchpoints:
+  - name: cart
+    stage: browse
+    channels: [web, app]
+  - name: paid
+    stage: buy
+    channels: [web, app]
+steps:
+  - name: checkout
+    from: [cart]
+    to: [paid]
+    budget: 5m
+    target_conversion: 0.6
+";
+
+/// 2026-11-02T00:00Z, a Monday, in epoch ms.
+const START: i64 = 1_793_577_600_000;
+const MINUTE: i64 = 60_000;
+const DAY: i64 = 1440;
+/// The break: app's checkout converts at a third of its rate for an hour, on day 8.
+const BREAK: (i64, i64) = (8 * DAY + 600, 8 * DAY + 660);
+/// App sends nothing for 40 minutes, on day 9.
+const SILENT: (i64, i64) = (9 * DAY + 500, 9 * DAY + 540);
+const DAYS: i64 = 10;
+const BUDGET_MINUTES: i64 = 5;
+
+/// A deterministic pseudo-random number in [0, 1) from a key (splitmix64).
+fn noise(key: u64) -> f64 {
+    let mut z = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// One cell as the journey service publishes it.
+#[derive(Debug, Clone)]
+enum Cell {
+    Step {
+        minute: i64,
+        channel: u8,
+        segment: u8,
+        starts: i64,
+        conversions: i64,
+    },
+    Traffic {
+        minute: i64,
+        channel: u8,
+        touchpoints: i64,
+    },
+}
+
+/// A committed batch of one partition: its cells and the watermark it committed.
+#[derive(Debug, Clone)]
+struct Batch {
+    cells: Vec<Cell>,
+    watermark: i64,
+}
+
+/// A minute's attempts in a channel and segment: how many started, how many converted.
+fn attempts(m: i64, channel: u8, segment: u8) -> (i64, i64) {
+    if channel == 1 && (SILENT.0..SILENT.1).contains(&m) {
+        return (0, 0);
+    }
+    let key = (m as u64) << 8 | u64::from(channel) << 4 | u64::from(segment);
+    let starts = 12 + (noise(key) * 8.0) as i64;
+    let mut rate = if channel == 0 { 0.6 } else { 0.5 };
+    if channel == 1 && (BREAK.0..BREAK.1).contains(&m) {
+        rate /= 3.0;
+    }
+    let conversions = (1..=starts as u64)
+        .filter(|i| noise(key ^ i << 40) < rate)
+        .count() as i64;
+    (starts, conversions)
+}
+
+/// Partition = segment. Attempts start in their minute's batch and convert two minutes
+/// later (in that minute's batch, counted in the start's cell); partition 0 commits every
+/// 3 minutes, partition 1 every 7, each with the minute it has read up to as watermark.
+/// Partition 0 also sends, now and then, a cell for a minute it committed past long ago (a
+/// late event the journey service applied within its lateness).
+fn partition(segment: u8) -> Vec<Batch> {
+    let every = if segment == 0 { 3 } else { 7 };
+    let mut batches: Vec<Batch> = Vec::new();
+    for m in 0..DAYS * DAY {
+        let mut now = Vec::new();
+        for channel in 0..2u8 {
+            let (starts, _) = attempts(m, channel, segment);
+            if starts > 0 {
+                now.push(Cell::Step {
+                    minute: m,
+                    channel,
+                    segment,
+                    starts,
+                    conversions: 0,
+                });
+                now.push(Cell::Traffic {
+                    minute: m,
+                    channel,
+                    touchpoints: starts,
+                });
+            }
+            let (_, conversions) = attempts(m - 2, channel, segment);
+            if conversions > 0 {
+                now.push(Cell::Step {
+                    minute: m - 2,
+                    channel,
+                    segment,
+                    starts: 0,
+                    conversions,
+                });
+            }
+        }
+        if segment == 0 && m % 997 == 0 && m > 60 {
+            // Late: an hour-old minute's attempts, after the partition committed past it.
+            now.push(Cell::Step {
+                minute: m - 60,
+                channel: 1,
+                segment,
+                starts: 50,
+                conversions: 0,
+            });
+        }
+        match batches.last_mut() {
+            Some(b) if m % every != 0 => {
+                b.cells.extend(now);
+                b.watermark = (m + 1) * MINUTE;
+            }
+            _ => batches.push(Batch {
+                cells: now,
+                watermark: (m + 1) * MINUTE,
+            }),
+        }
+    }
+    batches
+}
+
+/// Feeds the batches in the given order of partitions; returns every alert change.
+fn run(parts: &[Vec<Batch>], order: &[usize]) -> (Vec<AlertChange>, u64) {
+    let map = JourneyMap::from_yaml("shop.yaml", MAP).unwrap();
+    let mut watch = JourneyWatch::new(&map, Default::default());
+    let mut next = vec![0usize; parts.len()];
+    let mut watermark: Vec<Option<i64>> = vec![None; parts.len()];
+    let mut out = Vec::new();
+    for &p in order {
+        let Some(batch) = parts[p].get(next[p]) else {
+            continue;
+        };
+        next[p] += 1;
+        for c in &batch.cells {
+            let before = watermark[p].map(|w| START + w);
+            match *c {
+                Cell::Step {
+                    minute,
+                    channel,
+                    segment,
+                    starts,
+                    conversions,
+                } => watch.add_step_cell(
+                    START + minute * MINUTE,
+                    0,
+                    channel,
+                    segment,
+                    &StepCounts {
+                        starts,
+                        conversions,
+                        ..StepCounts::default()
+                    },
+                    before,
+                ),
+                Cell::Traffic {
+                    minute,
+                    channel,
+                    touchpoints,
+                } => watch.add_minute_cell(
+                    START + minute * MINUTE,
+                    0,
+                    channel,
+                    &Counts {
+                        touchpoints,
+                        ..Counts::default()
+                    },
+                    before,
+                ),
+            }
+        }
+        watermark[p] = Some(batch.watermark);
+        if let Some(known) = watermark.iter().copied().min().flatten() {
+            out.extend(watch.advance(START + known));
+        }
+    }
+    (out, watch.late_cells())
+}
+
+/// Reading orders: batch by batch in turn, and each partition's whole log before the
+/// other's (a reader that caught up on one partition first).
+fn orders(parts: &[Vec<Batch>]) -> Vec<Vec<usize>> {
+    let longest = parts.iter().map(Vec::len).max().unwrap();
+    let round_robin = (0..longest).flat_map(|_| 0..parts.len()).collect();
+    let first = |p: usize| -> Vec<usize> {
+        let mut o = vec![p; longest];
+        o.extend(
+            (0..parts.len())
+                .filter(|q| *q != p)
+                .flat_map(|q| vec![q; longest]),
+        );
+        o
+    };
+    vec![round_robin, first(0), first(1)]
+}
+
+#[test]
+fn a_break_is_one_incident_silence_is_not_a_drop_and_reading_order_changes_nothing() {
+    let parts = vec![partition(0), partition(1)];
+    let orders = orders(&parts);
+    let (alerts, late) = run(&parts, &orders[0]);
+    for order in &orders[1..] {
+        let (again, late_again) = run(&parts, order);
+        assert_eq!(alerts, again, "another reading order, other alerts");
+        assert_eq!(late, late_again);
+    }
+    assert!(late >= 10, "late cells are left out: {late}");
+
+    let by_kind = |k: AlertKind| -> Vec<&AlertChange> {
+        alerts.iter().filter(|c| c.subject.kind() == k).collect()
+    };
+    // The break: one incident, app among its slices, within 10 minutes of its start
+    // (measured to when the minute could be judged: its end plus the step's budget).
+    let drops = by_kind(AlertKind::StepDrop);
+    let firing: Vec<_> = drops
+        .iter()
+        .filter(|c| c.state == AlertState::Firing)
+        .collect();
+    assert_eq!(firing.len(), 1, "{drops:#?}");
+    let f = firing[0];
+    let start = START + BREAK.0 * MINUTE;
+    assert!(
+        f.window_start >= start && f.at <= start + (10 + BUDGET_MINUTES + 1) * MINUTE,
+        "{f:#?}"
+    );
+    assert_eq!(f.id, format!("shop/step0/{}", f.window_start / MINUTE));
+    assert!(
+        drops
+            .iter()
+            .any(|c| c.firing.contains(&Slice::Channel(1)) || c.figures.slice == Slice::Channel(1)),
+        "{drops:#?}"
+    );
+    assert!(drops.iter().all(|c| c.id == f.id));
+    let resolved: Vec<_> = drops
+        .iter()
+        .filter(|c| c.state == AlertState::Resolved)
+        .collect();
+    assert_eq!(resolved.len(), 1, "{drops:#?}");
+    assert!(resolved[0].at > START + BREAK.1 * MINUTE);
+    let revisions: Vec<u32> = drops.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, (0..drops.len() as u32).collect::<Vec<_>>());
+
+    // The silence: one incident on app's traffic, found while it lasts, and no drop.
+    let silences = by_kind(AlertKind::Silence);
+    assert_eq!(
+        silences
+            .iter()
+            .map(|c| (c.subject, c.state))
+            .collect::<Vec<_>>(),
+        [
+            (Subject::Source(1), AlertState::Firing),
+            (Subject::Source(1), AlertState::Resolved)
+        ],
+        "{silences:#?}"
+    );
+    let silent = START + SILENT.0 * MINUTE..START + SILENT.1 * MINUTE;
+    assert!(silent.contains(&silences[0].at), "{silences:#?}");
+    assert!(by_kind(AlertKind::ScoreDrop).is_empty());
+}
