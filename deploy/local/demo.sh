@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing, starts Tansu and ClickHouse, creates topics and tables,
-# simulates CX traffic (from empty servers), runs the journey service until it has caught up, prints a summary
+# simulates CX traffic (from empty servers), runs the journey service and then the alerter until
+# they have caught up, prints a summary
 # and writes it as a page with charts (.run/demo/report.html).
 #   CUSTOMERS (default 10000), DAYS (default 30), SEED (default 42), SCENARIO (default journeys:
 #   journeys as they really happen, delivered as real producers do; `identity` adds customers
@@ -27,6 +28,7 @@ mkdir -p "$CXSTREAM_RUN/demo"
 "$bin" simulate --customers "${CUSTOMERS:-10000}" --days "${DAYS:-30}" --seed "${SEED:-42}" \
   --scenario "$SCENARIO" --bad-records 20 --ground-truth "$CXSTREAM_RUN/demo/ground-truth.csv"
 CXSTREAM_HTTP_LISTEN=127.0.0.1:0 "$bin" journey --until-caught-up
+CXSTREAM_HTTP_LISTEN=127.0.0.1:0 "$bin" alerter --until-caught-up
 echo
 "$bin" report --html "$CXSTREAM_RUN/demo/report.html"
 echo

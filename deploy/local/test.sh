@@ -17,7 +17,8 @@ export CX_TEST_BROKER_LOG="$CXSTREAM_RUN/tansu/broker.log"
 python3 tests/chdb_dialect.py
 # The deployment: compose file and manifests against the Compose and Kubernetes schemas,
 # consistent with the configs and the image.
-cargo build -q -p cxstream
+# Failpoints compiled in (inert unless a crash test sets FAILPOINTS), as the tests build it.
+cargo build -q -p cxstream --features failpoints
 python3 tests/deploy/validate.py --cxstream target/debug/cxstream
 # The Grafana boards: every panel's query on a simulated month (ClickHouse 18.16 and chdb),
 # the funnel board against the funnel views, PromQL over a recorded /metrics, the schema.
@@ -27,7 +28,7 @@ promtool check rules deploy/prometheus/cxstream.rules.yml
 promtool test rules deploy/prometheus/tests/*.yml
 amtool check-config deploy/prometheus/alertmanager.yml >/dev/null
 status=0
-cargo test --workspace --all-targets --no-fail-fast || status=$?
+cargo test --workspace --all-targets --features cxstream/failpoints --no-fail-fast || status=$?
 if ((status)); then
   # Tell a wedged broker from failing tests, with the broker's own words.
   deploy/local/probe.sh 5000 || echo "test: the broker stopped serving during the tests" >&2

@@ -4,12 +4,14 @@
 //! Works against ClickHouse 18.16 (Debian) and current releases: RowBinary without
 //! validation, no compression, and only SQL both understand.
 
+mod alerts;
 mod commit;
 mod compaction;
 mod journey_state;
 mod migrations;
 mod rows;
 
+pub use alerts::{AlertRow, AlertsTable};
 pub use commit::{BatchCommitter, BatchEnd, Resume};
 pub use compaction::Generation;
 pub use journey_state::Stored;

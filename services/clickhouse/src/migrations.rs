@@ -70,6 +70,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "aggregates",
         sql: include_str!("../../../schemas/clickhouse/0011_aggregates.sql"),
     },
+    Migration {
+        version: 12,
+        name: "alerts",
+        sql: include_str!("../../../schemas/clickhouse/0012_alerts.sql"),
+    },
 ];
 
 impl Migration {

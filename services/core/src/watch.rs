@@ -50,6 +50,17 @@ pub enum Slice {
     Segment(SegmentIdx),
 }
 
+impl Slice {
+    /// `all`, `channel=NAME` or `segment=NAME`.
+    pub fn name(self, map: &JourneyMap) -> String {
+        match self {
+            Slice::All => "all".into(),
+            Slice::Channel(c) => format!("channel={}", map.channel_name(c)),
+            Slice::Segment(s) => format!("segment={}", map.segment_name(s)),
+        }
+    }
+}
+
 /// What an incident is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Subject {
@@ -62,6 +73,15 @@ pub enum Subject {
 }
 
 impl Subject {
+    /// The step's, stage's or channel's name.
+    pub fn name(self, map: &JourneyMap) -> &str {
+        match self {
+            Subject::Step(s) => map.step_name(s),
+            Subject::Score(s) => map.stage_name(s),
+            Subject::Source(c) => map.channel_name(c),
+        }
+    }
+
     pub fn kind(self) -> AlertKind {
         match self {
             Subject::Step(_) => AlertKind::StepDrop,
@@ -127,6 +147,8 @@ pub struct AlertChange {
     /// Event time (ms) by which the change could be known: the end of the minute judged
     /// plus what it waited for (a step's budget). Detection delay is measured to this.
     pub at: i64,
+    /// `at` of the change that fired the incident.
+    pub fired_at: i64,
 }
 
 /// A slice's step attempts in a minute.
@@ -142,6 +164,7 @@ struct Open {
     id: String,
     revision: u32,
     start: i64,
+    fired_at: i64,
     slices: BTreeMap<Slice, Figures>,
 }
 
@@ -153,7 +176,8 @@ type Cursor = Option<i64>;
 
 #[derive(Debug)]
 pub struct JourneyWatch {
-    journey: String,
+    /// Names for the alerts' ids.
+    map: JourneyMap,
     params: WatchParams,
     /// Per step: how long after a minute its attempts' outcomes are known.
     step_wait: Vec<i64>,
@@ -175,7 +199,7 @@ pub struct JourneyWatch {
 impl JourneyWatch {
     pub fn new(map: &JourneyMap, params: WatchParams) -> Self {
         JourneyWatch {
-            journey: map.name.clone(),
+            map: map.clone(),
             params,
             step_wait: map.steps.iter().map(|s| s.budget_ms + MINUTE_MS).collect(),
             steps: BTreeMap::new(),
@@ -392,11 +416,12 @@ impl JourneyWatch {
                     n: trials,
                     significance: significance(subject, evidence),
                 };
-                let journey = &self.journey;
+                let map = &self.map;
                 let open = self.open.entry(subject).or_insert_with(|| Open {
-                    id: alert_id(journey, subject, minute),
+                    id: alert_id(map, subject, minute),
                     revision: 0,
                     start: minute,
+                    fired_at: at,
                     slices: BTreeMap::new(),
                 });
                 // Each slice keeps its figures current and its strongest significance.
@@ -484,6 +509,7 @@ fn change(
         window_start: open.start,
         window_end,
         at,
+        fired_at: open.fired_at,
     }
 }
 
@@ -499,11 +525,12 @@ fn significance(subject: Subject, evidence: f64) -> f64 {
 
 /// Stable across restarts and replays: the journey, what the incident is about and the
 /// minute it started (epoch minutes).
-fn alert_id(journey: &str, subject: Subject, start: i64) -> String {
-    let what = match subject {
-        Subject::Step(s) => format!("step{s}"),
-        Subject::Score(s) => format!("score{s}"),
-        Subject::Source(c) => format!("source{c}"),
-    };
-    format!("{journey}/{what}/{}", start / MINUTE_MS)
+fn alert_id(map: &JourneyMap, subject: Subject, start: i64) -> String {
+    format!(
+        "{}/{}:{}/{}",
+        map.name,
+        subject.kind().as_str(),
+        subject.name(map),
+        start / MINUTE_MS
+    )
 }

@@ -206,3 +206,38 @@ fn a_silence_fires_when_chance_no_longer_explains_it() {
         assert_eq!(s.observe(START + 2 * WEEK + m, 0), None);
     }
 }
+
+/// An hour is judged against the weeks before it, never against its own first minutes: a
+/// slice without history is not silent, however busy its hour began.
+#[test]
+fn a_silence_needs_the_hour_of_weeks_before() {
+    let mut s = Silence::new(SilenceParams::default());
+    for m in 0..50 {
+        assert_eq!(s.observe(START + m, 30), None);
+    }
+    for m in 50..600 {
+        assert_eq!(s.observe(START + m, 0), None, "minute {m}");
+    }
+}
+
+/// Bursty traffic: each hour normally has a pause of 10 minutes at 20 events a minute
+/// otherwise (Poisson would call 10 silent minutes impossible). Such a pause pages no one;
+/// a longer one fires the minute it is longer than any this hour has had.
+#[test]
+fn a_silence_is_longer_than_the_pauses_its_hour_has_seen() {
+    let params = SilenceParams::default();
+    let mut s = Silence::new(params);
+    let bursty = |m: i64| if (20..30).contains(&(m % 60)) { 0 } else { 20 };
+    for m in 0..3 * WEEK {
+        assert_eq!(s.observe(START + m, bursty(m)), None, "minute {m}");
+    }
+    let from = START + 3 * WEEK;
+    let mut fired = None;
+    for m in 0..60 {
+        let events = if (20..50).contains(&m) { 0 } else { 20 };
+        if let Some(Incident::Started { .. }) = s.observe(from + m, events) {
+            fired = Some(m);
+        }
+    }
+    assert_eq!(fired, Some(30), "the 11th silent minute");
+}

@@ -1,7 +1,7 @@
 //! The alerter's watch of a journey, fed as the alerter feeds it: two partitions' committed
 //! batches, each cell with its partition's committed watermark before the batch, and the
 //! lowest committed watermark after every batch read. Checked against the README's rules:
-//! a week of clean traffic raises nothing; a step whose conversion breaks in one channel is
+//! two weeks of clean traffic raise nothing; a step whose conversion breaks in one channel is
 //! one incident (stable id, the channel among its slices) found within minutes of event
 //! time and resolved after; a channel that stops sending is silence, not a drop; a cell a
 //! partition sends after it committed past the cell's minute counts nowhere; and reading
@@ -42,11 +42,11 @@ steps:
 const START: i64 = 1_793_577_600_000;
 const MINUTE: i64 = 60_000;
 const DAY: i64 = 1440;
-/// The break: app's checkout converts at a third of its rate for an hour, on day 8.
-const BREAK: (i64, i64) = (8 * DAY + 600, 8 * DAY + 660);
-/// App sends nothing for 40 minutes, on day 9.
-const SILENT: (i64, i64) = (9 * DAY + 500, 9 * DAY + 540);
-const DAYS: i64 = 10;
+/// The break: app's checkout converts at a third of its rate for an hour, on day 15.
+const BREAK: (i64, i64) = (15 * DAY + 600, 15 * DAY + 660);
+/// App sends nothing for 40 minutes, on day 16 (two weeks of its hour behind it).
+const SILENT: (i64, i64) = (16 * DAY + 500, 16 * DAY + 540);
+const DAYS: i64 = 17;
 const BUDGET_MINUTES: i64 = 5;
 
 /// A deterministic pseudo-random number in [0, 1) from a key (splitmix64).
@@ -262,7 +262,10 @@ fn a_break_is_one_incident_silence_is_not_a_drop_and_reading_order_changes_nothi
         f.window_start >= start && f.at <= start + (10 + BUDGET_MINUTES + 1) * MINUTE,
         "{f:#?}"
     );
-    assert_eq!(f.id, format!("shop/step0/{}", f.window_start / MINUTE));
+    assert_eq!(
+        f.id,
+        format!("shop/step_drop:checkout/{}", f.window_start / MINUTE)
+    );
     assert!(
         drops
             .iter()

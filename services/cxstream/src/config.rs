@@ -17,6 +17,7 @@ pub struct Config {
     pub clickhouse: ClickHouseSettings,
     pub journey: JourneySettings,
     pub identity: IdentitySettings,
+    pub alerter: AlerterSettings,
     pub schemas: SchemaSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
@@ -220,6 +221,15 @@ impl IdentitySettings {
     }
 }
 
+/// The alerter (README § Alerts).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlerterSettings {
+    /// The consumer group of the journey services whose committed aggregates are judged
+    /// (a replay under another group publishes its own). Default: `journey.group_id`.
+    pub journey_group: Option<String>,
+}
+
 /// Partitioners librdkafka knows (its `partitioner` setting).
 const PARTITIONERS: [&str; 7] = [
     "random",
@@ -325,6 +335,9 @@ impl Config {
         }
         if let Some(v) = get("CXSTREAM_JOURNEY_GROUP_ID") {
             self.journey.group_id = v;
+        }
+        if let Some(v) = get("CXSTREAM_ALERTER_JOURNEY_GROUP") {
+            self.alerter.journey_group = Some(v);
         }
         if let Some(v) = get("CXSTREAM_HTTP_LISTEN") {
             self.http.listen = v.parse().with_context(|| {

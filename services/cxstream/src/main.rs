@@ -1,8 +1,10 @@
 //! The `cxstream` binary: one command per service, wiring the adapters together.
 
+mod alerter;
 mod config;
 mod journey;
 mod probe;
+mod produce;
 mod report;
 mod simulate;
 
@@ -49,6 +51,13 @@ enum Command {
         #[arg(long)]
         until_caught_up: bool,
     },
+    /// Run the alerter: committed per-minute aggregates → alerts on drops, score drops and
+    /// silence, to ClickHouse and the alerts topic.
+    Alerter {
+        /// Exit once the aggregates topic is read to its end (tests).
+        #[arg(long)]
+        until_caught_up: bool,
+    },
     /// Print a summary of what is in ClickHouse: events, NPS/CSAT/CES per stage, funnels,
     /// DLQ count.
     Report {
@@ -68,6 +77,8 @@ enum Command {
 }
 
 fn main() {
+    // Inert unless built with `--features failpoints` and FAILPOINTS is set (crash tests).
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -171,6 +182,9 @@ fn run(command: Command, cfg: Config) -> Result<()> {
         }
         Command::Journey { until_caught_up } => {
             run_journey(cfg, journey::RunOptions { until_caught_up })
+        }
+        Command::Alerter { until_caught_up } => {
+            run_alerter(cfg, alerter::RunOptions { until_caught_up })
         }
         Command::Report { html } => {
             let maps = load_maps(&cfg)?;
@@ -291,6 +305,40 @@ fn run_journey(cfg: Config, opts: journey::RunOptions) -> Result<()> {
         .context("starting the consumer thread")?
         .join()
         .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
+}
+
+fn run_alerter(cfg: Config, opts: alerter::RunOptions) -> Result<()> {
+    let maps = load_maps(&cfg)?;
+    let rt = runtime()?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let metrics = cxstream_http::AlerterMetrics::new().context("registering metrics")?;
+    let health = cxstream_http::Health::default();
+    let addr = rt
+        .block_on(cxstream_http::serve(
+            cfg.http.listen,
+            metrics.registry.clone(),
+            health.clone(),
+        ))
+        .with_context(|| format!("listening on {} (http.listen)", cfg.http.listen))?;
+    tracing::info!(%addr, "alerter starting");
+    {
+        let shutdown = shutdown.clone();
+        rt.spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received");
+            shutdown.store(true, Ordering::Relaxed);
+        });
+    }
+    let alerter =
+        alerter::Alerter::new(cfg, &maps, metrics, health, shutdown, rt.handle().clone())?;
+    let result = std::thread::Builder::new()
+        .name("alerter".into())
+        .spawn(move || alerter.run(opts))
+        .context("starting the alerter thread")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the alerter thread panicked"))?;
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     result
 }

@@ -184,6 +184,74 @@ impl JourneyMetrics {
     }
 }
 
+/// Metrics of the alerter.
+#[derive(Clone)]
+pub struct AlerterMetrics {
+    pub registry: Registry,
+    pub records_read: IntCounterVec,
+    pub log_errors: IntCounterVec,
+    pub late_cells: IntCounterVec,
+    pub judged_until_seconds: IntGaugeVec,
+    pub alert_changes: IntCounterVec,
+    pub alert_active: IntGaugeVec,
+    pub write_errors: IntCounterVec,
+}
+
+impl AlerterMetrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        let gauge_vec =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                r.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        Ok(AlerterMetrics {
+            judged_until_seconds: gauge_vec(
+                "cxstream_alerter_judged_until_seconds",
+                "Event time up to which every partition of the journey has committed and the alerter has judged.",
+                &["journey"],
+            )?,
+            alert_active: gauge_vec(
+                "cxstream_alert_active",
+                "Incidents firing now, by journey and kind (step_drop, score_drop, silence).",
+                &["journey", "kind"],
+            )?,
+            records_read: counter_vec(
+                &r,
+                "cxstream_alerter_records_total",
+                "Aggregates records read, by kind (partial, committed, other_group, unknown_journey).",
+                &["kind"],
+            )?,
+            log_errors: counter_vec(
+                &r,
+                "cxstream_alerter_log_errors_total",
+                "Confirmed batches whose partial counts were not all read (missing, incomplete, wrong id).",
+                &["journey"],
+            )?,
+            late_cells: counter_vec(
+                &r,
+                "cxstream_alerter_late_cells_total",
+                "Cells that arrived after their minute was judged (late events the journey service applied): in no alert.",
+                &["journey"],
+            )?,
+            alert_changes: counter_vec(
+                &r,
+                "cxstream_alert_changes_total",
+                "Alert changes published, by kind and state (firing, updated, resolved).",
+                &["kind", "state"],
+            )?,
+            write_errors: counter_vec(
+                &r,
+                "cxstream_alerter_write_errors_total",
+                "Failed writes of alert changes, by sink (clickhouse, kafka); they are retried.",
+                &["sink"],
+            )?,
+            registry: r,
+        })
+    }
+}
+
 /// Liveness and readiness as seen by `/healthz` and `/readyz`.
 #[derive(Clone, Default)]
 pub struct Health {

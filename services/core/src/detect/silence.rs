@@ -1,7 +1,10 @@
 //! Data stopped arriving: a slice whose baseline expects λ events a minute has sent none
 //! for long enough that chance explains it less than once in e^`threshold` (the zero-event
-//! probability of the silent run is e^(−Σλ)). Unlike a drop, where traffic goes on at a
-//! worse rate, a silence is nothing at all; it ends with the first event.
+//! probability of the silent run is e^(−Σλ)), and for longer than any pause its hour of
+//! the week has had in the last weeks (real traffic is burstier than Poisson). The
+//! baseline is the same hour of the weeks before: an hour's own first minutes never set
+//! what its later minutes are held to. Unlike a drop, where traffic goes on at a worse
+//! rate, a silence is nothing at all; it ends with the first event.
 
 use super::{Incident, SeasonalRate};
 
@@ -30,25 +33,44 @@ impl Default for SilenceParams {
     }
 }
 
+/// Weeks a silent run counts as one this hour of the week has seen.
+const GAP_WEEKS: i64 = 4;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Silence {
     params: SilenceParams,
-    /// Events over minutes, by hour of the week.
+    /// Events over minutes, by hour of the week, from hours that are over: an hour is
+    /// judged against the weeks before, never against its own first minutes.
     volume: SeasonalRate,
-    /// Events expected over the current silent run.
+    /// The current hour's minutes, learned when it is over: (minute, events).
+    this_hour: Vec<(i64, u64)>,
+    /// The hour (epoch hours) of the latest minute observed.
+    hour: i64,
+    /// Per hour of the week, the longest silent run (minutes) that ended by itself within
+    /// the last weeks, and its week: bursty traffic has gaps Poisson does not explain, and
+    /// a silence must be longer than those this hour has seen.
+    longest: Vec<(i64, i64)>,
+    /// The current run of minutes without events: its first minute and length.
+    run: Option<(i64, i64)>,
+    /// Events expected over the run (from the minutes with a known rate).
     expected: f64,
-    /// The silent run's minutes, learned (as zeros) when it ends without an incident.
-    silent: Vec<i64>,
     firing: bool,
+}
+
+fn week_of(minute: i64) -> i64 {
+    minute.div_euclid(super::WEEK_MINUTES)
 }
 
 impl Silence {
     pub fn new(params: SilenceParams) -> Self {
         Silence {
             volume: SeasonalRate::new(params.weekly_decay),
+            this_hour: Vec::new(),
+            hour: i64::MIN,
+            longest: vec![(0, i64::MIN); 168],
             params,
+            run: None,
             expected: 0.0,
-            silent: Vec::new(),
             firing: false,
         }
     }
@@ -56,20 +78,19 @@ impl Silence {
     /// The minute's final event count; minutes in order, each once (a minute whose
     /// watermark has not passed is not passed at all).
     pub fn observe(&mut self, minute: i64, events: u64) -> Option<Incident> {
-        let rate = self
-            .volume
-            .expected_in_hour(minute, self.params.min_baseline_minutes)
-            .map(|(r, _)| r)
-            .filter(|r| *r >= self.params.min_events_per_minute);
+        self.close_hours(minute);
         if events > 0 {
             // Zeros are normal too (a slice of one event a minute has a third of them): a
             // silent run that ended without an incident is learned; one that fired is not.
-            for m in self.silent.drain(..) {
+            if let Some((first, len)) = self.run.take() {
                 if !self.firing {
-                    self.volume.observe(m, 0.0, 1.0);
+                    self.learn_gap(first, len);
+                    for m in first..first + len {
+                        self.learn(m, 0);
+                    }
                 }
             }
-            self.volume.observe(minute, events as f64, 1.0);
+            self.learn(minute, events);
             self.expected = 0.0;
             if self.firing {
                 self.firing = false;
@@ -77,16 +98,17 @@ impl Silence {
             }
             return None;
         }
-        let Some(rate) = rate else {
-            if !self.firing {
-                self.volume.observe(minute, 0.0, 1.0);
-            }
-            return None;
+        let (first, len) = match self.run {
+            Some((first, len)) => (first, len + 1),
+            None => (minute, 1),
         };
-        if !self.firing {
-            self.silent.push(minute);
-        }
-        self.expected += rate;
+        self.run = Some((first, len));
+        let rate = self
+            .volume
+            .expected_in_hour(minute, self.params.min_baseline_minutes)
+            .map(|(r, _)| r)
+            .filter(|r| *r >= self.params.min_events_per_minute);
+        self.expected += rate.unwrap_or(0.0);
         let evidence = self.expected;
         if self.firing {
             return Some(Incident::Ongoing {
@@ -97,9 +119,11 @@ impl Silence {
                 evidence,
             });
         }
-        (evidence >= self.params.threshold).then(|| {
+        let fires = rate.is_some()
+            && evidence >= self.params.threshold
+            && len > self.longest_gap(first, minute);
+        fires.then(|| {
             self.firing = true;
-            self.silent.clear();
             Incident::Started {
                 minute,
                 observed: 0.0,
@@ -108,5 +132,41 @@ impl Silence {
                 evidence,
             }
         })
+    }
+
+    /// Learns a minute, holding those of the current hour back until it is over.
+    fn learn(&mut self, minute: i64, events: u64) {
+        if minute.div_euclid(60) < self.hour {
+            self.volume.observe(minute, events as f64, 1.0);
+        } else {
+            self.this_hour.push((minute, events));
+        }
+    }
+
+    /// Learns the minutes held back once `minute` is in a later hour.
+    fn close_hours(&mut self, minute: i64) {
+        let hour = minute.div_euclid(60);
+        if hour > self.hour {
+            for (m, e) in std::mem::take(&mut self.this_hour) {
+                self.volume.observe(m, e as f64, 1.0);
+            }
+            self.hour = hour;
+        }
+    }
+
+    fn learn_gap(&mut self, first: i64, len: i64) {
+        let seen = self.longest_gap(first, first);
+        self.longest[super::hour_of_week(first)] = (seen.max(len), week_of(first));
+    }
+
+    /// The longest silent run seen starting in `first`'s hour of the week within the
+    /// `GAP_WEEKS` before `now`.
+    fn longest_gap(&self, first: i64, now: i64) -> i64 {
+        let (gap, week) = self.longest[super::hour_of_week(first)];
+        if week_of(now).saturating_sub(week) <= GAP_WEEKS {
+            gap
+        } else {
+            0
+        }
     }
 }

@@ -17,8 +17,8 @@ use cxstream_core::{Batch, JourneyMap, JourneyMaps};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use super::partition::{Committed, LaneBatch, Slot};
-use super::{delivered, send, DeadLetterDelivery};
 use crate::config::Config;
+use crate::produce::{delivered, send, Deliveries};
 
 /// Cells per record: a large batch goes out in several records, each far below the
 /// broker's message size limit (a cell is about 100 bytes).
@@ -29,9 +29,9 @@ const AGAIN_EVERY: Duration = Duration::from_secs(10);
 
 pub struct AggregatesOutput {
     /// Partials: a refusal stops the service before the batch commits.
-    producer: ThreadedProducer<DeadLetterDelivery>,
+    producer: ThreadedProducer<Deliveries>,
     /// Committed records: one refused is logged and sent again.
-    confirmations: ThreadedProducer<DeadLetterDelivery>,
+    confirmations: ThreadedProducer<Deliveries>,
     topic: String,
     group: String,
     /// Input partitions of the journeys.
@@ -41,10 +41,10 @@ pub struct AggregatesOutput {
 
 impl AggregatesOutput {
     pub fn new(cfg: &Config, partitions: usize) -> Result<Self> {
-        let producer = || -> Result<ThreadedProducer<DeadLetterDelivery>> {
+        let producer = || -> Result<ThreadedProducer<Deliveries>> {
             cfg.kafka
                 .producer_config()
-                .create_with_context(DeadLetterDelivery::default())
+                .create_with_context(Deliveries::default())
                 .context("creating the aggregates producer")
         };
         Ok(AggregatesOutput {

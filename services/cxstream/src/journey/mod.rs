@@ -26,16 +26,14 @@ use cxstream_kafka::{DeadLetter, DEAD_LETTER_MAX_BYTES};
 
 /// A dead letter keeps at most this much of its record's key.
 const DEAD_LETTER_MAX_KEY_BYTES: usize = 4096;
-use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::DeliveryResult;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::TopicPartitionList;
 
 use crate::config::Config;
+use crate::produce::{delivered, send, Deliveries};
 use aggregates::AggregatesOutput;
 use partition::{LaneBatch, Record, Setup, Slot, Source};
 use readiness::Readiness;
@@ -112,16 +110,16 @@ struct Inner {
     clickhouse_seen: Instant,
     /// One per journey map, in the maps' order.
     committers: Vec<Arc<BatchCommitter>>,
-    dlq: ThreadedProducer<DeadLetterDelivery>,
+    dlq: ThreadedProducer<Deliveries>,
     /// Why a dead letter was refused when sending it, if one was.
     dlq_refused: Option<String>,
     /// What every slot shares (the event-time policy, identity stitching).
     setup: Setup,
     /// Writes identifications and claimed touchpoints to the identities topic, partitioning
     /// keys as the producers do; a refusal stops the service before any commit.
-    identities: Option<ThreadedProducer<DeadLetterDelivery>>,
+    identities: Option<ThreadedProducer<Deliveries>>,
     /// Publishes watermarks there: one lost is published again, so its refusals are logged.
-    watermarks: Option<ThreadedProducer<DeadLetterDelivery>>,
+    watermarks: Option<ThreadedProducer<Deliveries>>,
     /// When every journey's watermark was last published again.
     republished: Instant,
     /// Publishes each batch's per-minute partial counts for the alerter, when on.
@@ -161,10 +159,10 @@ impl JourneyService {
             .collect();
         let readiness = Arc::new(Readiness::new(health));
         let consumer = subscribe(&cfg, &committers, &shutdown, &readiness, &rt)?;
-        let dlq: ThreadedProducer<DeadLetterDelivery> = cfg
+        let dlq: ThreadedProducer<Deliveries> = cfg
             .kafka
             .producer_config()
-            .create_with_context(DeadLetterDelivery::default())
+            .create_with_context(Deliveries::default())
             .context("creating the dead-letter producer")?;
         let (partitions, identities, watermarks) = match cfg.identity.policy() {
             // Only the aggregates' readers need the count then.
@@ -176,11 +174,11 @@ impl JourneyService {
             None => (1, None, None),
             Some(_) => {
                 let partitions = copartitioned(&consumer, &cfg)?;
-                let producer = || -> Result<ThreadedProducer<DeadLetterDelivery>> {
+                let producer = || -> Result<ThreadedProducer<Deliveries>> {
                     cfg.kafka
                         .producer_config()
                         .set("partitioner", &cfg.identity.partitioner)
-                        .create_with_context(DeadLetterDelivery::default())
+                        .create_with_context(Deliveries::default())
                         .context("creating the identities producer")
                 };
                 (partitions, Some(producer()?), Some(producer()?))
@@ -945,64 +943,6 @@ impl Inner {
                     retry = true;
                 }
             }
-        }
-    }
-}
-
-/// Counts dead letters the broker did not acknowledge (checked before every commit).
-#[derive(Default)]
-pub struct DeadLetterDelivery {
-    failed: Mutex<Option<String>>,
-}
-
-impl DeadLetterDelivery {
-    /// The first delivery failure since the last call, if any.
-    fn take_failures(&self) -> Option<String> {
-        self.failed.lock().ok().and_then(|mut f| f.take())
-    }
-}
-
-impl ClientContext for DeadLetterDelivery {}
-
-impl ProducerContext for DeadLetterDelivery {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            if let Ok(mut f) = self.failed.lock() {
-                f.get_or_insert_with(|| e.to_string());
-            }
-        }
-    }
-}
-
-/// Waits until the broker has every record `producer` sent to `topic`; returns the first
-/// refusal since the last call, if any.
-fn delivered(
-    producer: &ThreadedProducer<DeadLetterDelivery>,
-    topic: &str,
-) -> Result<Option<String>> {
-    if producer.in_flight_count() > 0 {
-        producer
-            .flush(Duration::from_secs(30))
-            .with_context(|| format!("flushing topic `{topic}`"))?;
-    }
-    Ok(producer.context().take_failures())
-}
-
-/// Sends a record, waiting while the producer's queue is full.
-fn send<C: ProducerContext>(
-    producer: &ThreadedProducer<C>,
-    mut record: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
-) -> Result<(), KafkaError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err((e, _)) => return Err(e),
         }
     }
 }

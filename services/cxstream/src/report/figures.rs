@@ -368,3 +368,46 @@ where
         .await
         .with_context(|| format!("reading {what} from ClickHouse"))
 }
+
+/// An incident of the alerter, as `alerts_current` has it.
+#[derive(Debug, clickhouse::Row, Deserialize)]
+pub struct AlertLine {
+    pub kind: String,
+    pub subject: String,
+    pub slice: String,
+    pub state: String,
+    /// UTC, `YYYY-MM-DD hh:mm:ss`.
+    pub fired_utc: String,
+    pub observed: f64,
+    pub baseline: f64,
+}
+
+/// The journey group's incidents, latest first (at most `limit`), and how many there are.
+pub async fn alerts(
+    client: &Client,
+    journey: &str,
+    group: &str,
+    limit: u64,
+) -> Result<(u64, Vec<AlertLine>)> {
+    let total: u64 = client
+        .query("SELECT count() FROM alerts_current WHERE journey = ? AND journey_group = ?")
+        .bind(journey)
+        .bind(group)
+        .fetch_one()
+        .await
+        .context("counting alerts")?;
+    let lines = client
+        .query(
+            "SELECT toString(kind) AS kind, subject, slice, toString(state) AS state, \
+             toString(fired_at, 'UTC') AS fired_utc, observed, baseline \
+             FROM alerts_current WHERE journey = ? AND journey_group = ? \
+             ORDER BY fired_utc DESC, subject LIMIT ?",
+        )
+        .bind(journey)
+        .bind(group)
+        .bind(limit)
+        .fetch_all::<AlertLine>()
+        .await
+        .context("reading alerts from ClickHouse")?;
+    Ok((total, lines))
+}

@@ -25,16 +25,56 @@ pub async fn run(cfg: &Config, maps: &JourneyMaps, html: Option<&Path>) -> Resul
         cfg.clickhouse.url, cfg.clickhouse.database
     );
     let mut journeys = Vec::new();
+    let group = cfg
+        .alerter
+        .journey_group
+        .as_deref()
+        .unwrap_or(&cfg.journey.group_id);
     for map in maps.iter() {
         let j = figures::journey(&client, map).await?;
         out.push_str(&journey(&j));
         journeys.push(j);
+        let (total, lines) = figures::alerts(&client, &map.name, group, 10).await?;
+        out.push_str(&alerts(total, &lines));
     }
     if let Some(path) = html {
         html::write(cfg, &client, maps, &journeys, dlq, path).await?;
         out.push_str(&format!("\nreport: wrote {}\n", path.display()));
     }
     Ok(out)
+}
+
+/// The alerter's incidents: how many, and the latest.
+fn alerts(total: u64, lines: &[figures::AlertLine]) -> String {
+    let firing = lines.iter().filter(|l| l.state != "RESOLVED").count();
+    let mut out = format!(
+        "\n  alerts: {total} incidents{}\n",
+        if firing > 0 {
+            format!(" ({firing} of the latest still firing)")
+        } else {
+            String::new()
+        }
+    );
+    for l in lines {
+        let value = |v: f64| {
+            if l.kind == "STEP_DROP" {
+                format!("{:.1} %", 100.0 * v)
+            } else {
+                format!("{v:.1}")
+            }
+        };
+        out.push_str(&format!(
+            "    {:<11} {:<20} {:<18} fired {}  {} vs baseline {}  {}\n",
+            l.kind,
+            l.subject,
+            l.slice,
+            l.fired_utc,
+            value(l.observed),
+            value(l.baseline),
+            l.state.to_lowercase()
+        ));
+    }
+    out
 }
 
 /// One journey map's figures: its touchpoints and answers, scores per stage, its funnels.

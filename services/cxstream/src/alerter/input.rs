@@ -1,0 +1,148 @@
+//! One journey's side of the aggregates topic, as the alerter reads it: records of the
+//! followed group go through the journey's [`BatchLog`]; each confirmed batch's cells go
+//! to its [`JourneyWatch`] with the watermark their partition had committed before, and
+//! every advance of the journey's known-until judges what became known.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cxstream_avro::{AggregatesKind, AggregatesMessage, MinuteCell, StepCell};
+use cxstream_core::batch_log::{BatchLog, Confirmed, LogError, Partial};
+use cxstream_core::journey_map::{StepIdx, NO_SEGMENT, NO_SEGMENT_NAME, NO_STAGE, NO_STAGE_NAME};
+use cxstream_core::metrics::{Counts, StepCounts};
+use cxstream_core::watch::{AlertChange, JourneyWatch, WatchParams};
+use cxstream_core::JourneyMap;
+
+type Cells = (Vec<MinuteCell>, Vec<StepCell>);
+
+pub struct JourneyInput {
+    pub map: std::sync::Arc<JourneyMap>,
+    log: BatchLog<Cells>,
+    /// Each partition's latest committed watermark, as read.
+    watermarks: BTreeMap<u32, Option<i64>>,
+    pub watch: JourneyWatch,
+    steps: HashMap<String, StepIdx>,
+    /// Cells naming a stage, channel, segment or step the map does not have (another
+    /// version of the map): left out.
+    pub unknown_cells: u64,
+    /// Event time up to which every partition has committed, as last judged.
+    pub known_until: Option<i64>,
+}
+
+/// What one record changed.
+#[derive(Default)]
+pub struct Read {
+    pub changes: Vec<AlertChange>,
+    pub errors: Vec<LogError>,
+}
+
+impl JourneyInput {
+    pub fn new(map: std::sync::Arc<JourneyMap>, params: WatchParams) -> Self {
+        let steps = map
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((s.name.clone(), StepIdx::try_from(i).ok()?)))
+            .collect();
+        JourneyInput {
+            watch: JourneyWatch::new(&map, params),
+            map,
+            log: BatchLog::default(),
+            watermarks: BTreeMap::new(),
+            steps,
+            unknown_cells: 0,
+            known_until: None,
+        }
+    }
+
+    /// A record of this journey and the followed group.
+    pub fn on_record(&mut self, m: AggregatesMessage) -> Read {
+        let partition = u32::try_from(m.partition).unwrap_or(0);
+        match m.kind {
+            AggregatesKind::Partial => {
+                self.log.on_partial(
+                    partition,
+                    Partial {
+                        seq: u64::try_from(m.seq).unwrap_or(0),
+                        batch_id: m.batch_id as u64,
+                        chunk: u32::try_from(m.chunk).unwrap_or(0),
+                        chunks: u32::try_from(m.chunks).unwrap_or(0),
+                        cells: vec![(m.minutes, m.steps)],
+                    },
+                );
+                Read::default()
+            }
+            AggregatesKind::Committed => {
+                let confirmed = Confirmed {
+                    seq: u64::try_from(m.seq).unwrap_or(0),
+                    batch_id: m.batch_id as u64,
+                    watermark: m.watermark,
+                    idle: m.idle,
+                    partitions: u32::try_from(m.partitions).unwrap_or(0),
+                };
+                let (released, errors) = self.log.on_confirmed(partition, confirmed);
+                let before = self.watermarks.get(&partition).copied().flatten();
+                for (minutes, steps) in released.into_iter().flat_map(|b| b.cells) {
+                    self.add(&minutes, &steps, before);
+                }
+                let w = self.watermarks.entry(partition).or_default();
+                *w = (*w).max(m.watermark);
+                let mut read = Read {
+                    errors,
+                    ..Read::default()
+                };
+                if let Some(k) = self.log.known_until() {
+                    if self.known_until.is_none_or(|before| k > before) {
+                        self.known_until = Some(k);
+                        read.changes = self.watch.advance(k);
+                    }
+                }
+                read
+            }
+        }
+    }
+
+    fn add(&mut self, minutes: &[MinuteCell], steps: &[StepCell], before: Option<i64>) {
+        let map = &self.map;
+        for c in minutes {
+            let stage = match map.stage(&c.stage) {
+                Some(s) => Some(s),
+                None if c.stage == NO_STAGE_NAME => Some(NO_STAGE),
+                None => None,
+            };
+            let (Some(stage), Some(channel)) = (stage, map.channel(&c.channel)) else {
+                self.unknown_cells += 1;
+                continue;
+            };
+            let n = &c.counts;
+            let counts = Counts {
+                nps_promoters: n.nps_promoters,
+                nps_passives: n.nps_passives,
+                nps_detractors: n.nps_detractors,
+                touchpoints: n.touchpoints,
+                ..Counts::default()
+            };
+            self.watch
+                .add_minute_cell(c.minute, stage, channel, &counts, before);
+        }
+        for c in steps {
+            let segment = match map.segment(&c.segment) {
+                Some(s) => Some(s),
+                None if c.segment == NO_SEGMENT_NAME => Some(NO_SEGMENT),
+                None => None,
+            };
+            let (Some(&step), Some(channel), Some(segment)) =
+                (self.steps.get(&c.step), map.channel(&c.channel), segment)
+            else {
+                self.unknown_cells += 1;
+                continue;
+            };
+            let counts = StepCounts {
+                starts: c.counts.starts,
+                conversions: c.counts.conversions,
+                ..StepCounts::default()
+            };
+            self.watch
+                .add_step_cell(c.minute, step, channel, segment, &counts, before);
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! `cxstream alerter` (README § Alerts): reads every partition of the aggregates topic from
+//! its beginning, follows one journey group's committed batches per journey map, judges
+//! each minute once every partition of the journey has committed past it, and writes the
+//! alerts' changes to ClickHouse and the alerts topic.
+//!
+//! It keeps no state of its own: the aggregates topic is its input and the alerts topic
+//! its memory. A restart judges the aggregates again from their beginning (the same
+//! minutes, the same way, so the same alerts under the same ids) and writes only the
+//! changes the alerts topic does not have.
+
+mod input;
+mod output;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use cxstream_avro::Codec;
+use cxstream_core::watch::{AlertChange, AlertKind, WatchParams};
+use cxstream_core::JourneyMaps;
+use cxstream_http::{AlerterMetrics, Health};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Config;
+use input::JourneyInput;
+use output::AlertsOutput;
+
+/// Options of one run that are not configuration (CLI flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Exit once every partition of the aggregates topic is read to its end.
+    pub until_caught_up: bool,
+}
+
+pub struct Alerter {
+    cfg: Config,
+    codec: Codec,
+    group: String,
+    inputs: BTreeMap<String, JourneyInput>,
+    output: AlertsOutput,
+    metrics: AlerterMetrics,
+    health: Health,
+    shutdown: Arc<AtomicBool>,
+    rt: tokio::runtime::Handle,
+    /// Late cells already counted in the metric, per journey.
+    late_counted: BTreeMap<String, u64>,
+}
+
+impl Alerter {
+    pub fn new(
+        cfg: Config,
+        maps: &JourneyMaps,
+        metrics: AlerterMetrics,
+        health: Health,
+        shutdown: Arc<AtomicBool>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Self> {
+        let group = cfg
+            .alerter
+            .journey_group
+            .clone()
+            .unwrap_or_else(|| cfg.journey.group_id.clone());
+        let output = AlertsOutput::open(&cfg, &group, metrics.clone())?;
+        let inputs = maps
+            .iter()
+            .map(|m| {
+                let input = JourneyInput::new(m.clone(), WatchParams::default());
+                (m.name.clone(), input)
+            })
+            .collect();
+        Ok(Alerter {
+            codec: cfg.codec()?,
+            group,
+            inputs,
+            output,
+            metrics,
+            health,
+            shutdown,
+            rt,
+            late_counted: BTreeMap::new(),
+            cfg,
+        })
+    }
+
+    pub fn run(mut self, opts: RunOptions) -> Result<()> {
+        let (consumer, mut to_read) = self.assign()?;
+        tracing::info!(group = %self.group, "alerter reading the aggregates");
+        self.health.set_ready(true);
+        while !self.shutdown.load(Ordering::Relaxed) {
+            if opts.until_caught_up && to_read.is_empty() {
+                break;
+            }
+            let msg = match consumer.poll(Duration::from_millis(200)) {
+                None => continue,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "reading the aggregates topic");
+                    continue;
+                }
+                Some(Ok(msg)) => msg,
+            };
+            if to_read
+                .get(&msg.partition())
+                .is_some_and(|end| msg.offset() + 1 >= *end)
+            {
+                to_read.remove(&msg.partition());
+            }
+            let Some(m) = msg
+                .payload()
+                .and_then(|b| self.codec.decode_aggregates(b).ok())
+            else {
+                self.count("undecodable");
+                continue;
+            };
+            if m.group != self.group {
+                self.count("other_group");
+                continue;
+            }
+            let journey = m.journey.clone();
+            if !self.inputs.contains_key(&journey) {
+                self.count("unknown_journey");
+                continue;
+            }
+            self.count(match m.kind {
+                cxstream_avro::AggregatesKind::Partial => "partial",
+                cxstream_avro::AggregatesKind::Committed => "committed",
+            });
+            let Some(input) = self.inputs.get_mut(&journey) else {
+                continue;
+            };
+            let read = input.on_record(m);
+            for e in &read.errors {
+                tracing::warn!(journey = %journey, error = %e, "aggregates of a confirmed batch are missing");
+                self.metrics.log_errors.with_label_values(&[&journey]).inc();
+            }
+            if !read.changes.is_empty() {
+                self.publish(&journey, &read.changes)?;
+            }
+            self.update_gauges(&journey);
+        }
+        tracing::info!("alerter stopped");
+        Ok(())
+    }
+
+    fn count(&self, kind: &str) {
+        self.metrics.records_read.with_label_values(&[kind]).inc();
+    }
+
+    /// Every partition of the aggregates topic, from its beginning; and the end of each
+    /// that holds records, as it is now.
+    fn assign(&self) -> Result<(BaseConsumer, BTreeMap<i32, i64>)> {
+        let topic = &self.cfg.topics.aggregates;
+        let consumer: BaseConsumer = self
+            .cfg
+            .kafka
+            .consumer_config(&format!("{}-alerter", self.group))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .context("creating the aggregates reader")?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .with_context(|| format!("reading the metadata of `{topic}`"))?;
+        let partitions: BTreeSet<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            anyhow::bail!(
+                "the aggregates topic `{topic}` has no partitions (run `cxstream topics`)"
+            );
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for p in partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(30))
+                .with_context(|| format!("reading the end of `{topic}` partition {p}"))?;
+            if high > low {
+                ends.insert(p, high);
+            }
+        }
+        consumer
+            .assign(&tpl)
+            .context("assigning the aggregates topic")?;
+        Ok((consumer, ends))
+    }
+
+    /// Writes the changes, retrying with back-off while ClickHouse or the broker refuse
+    /// (not ready meanwhile); gives up only on shutdown, when the next start judges them
+    /// again.
+    fn publish(&mut self, journey: &str, changes: &[AlertChange]) -> Result<()> {
+        let Some(input) = self.inputs.get(journey) else {
+            return Ok(());
+        };
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match self
+                .rt
+                .block_on(self.output.publish(&self.codec, &input.map, changes))
+            {
+                Ok(_) => {
+                    self.health.set_ready(true);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.health.set_ready(false);
+                    tracing::warn!(error = format!("{e:#}"), retry_in = ?wait, "cannot write alerts");
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        return Err(e.context(
+                            "stopping with alert changes unwritten; the next start writes them",
+                        ));
+                    }
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    fn update_gauges(&mut self, journey: &str) {
+        let Some(input) = self.inputs.get(journey) else {
+            return;
+        };
+        if let Some(k) = input.known_until {
+            self.metrics
+                .judged_until_seconds
+                .with_label_values(&[journey])
+                .set(k / 1000);
+        }
+        let late = input.watch.late_cells();
+        let counted = self.late_counted.entry(journey.to_string()).or_default();
+        if late > *counted {
+            self.metrics
+                .late_cells
+                .with_label_values(&[journey])
+                .inc_by(late - *counted);
+            *counted = late;
+        }
+        for kind in [
+            AlertKind::StepDrop,
+            AlertKind::ScoreDrop,
+            AlertKind::Silence,
+        ] {
+            let n = input
+                .watch
+                .firing()
+                .filter(|(s, _)| s.kind() == kind)
+                .count();
+            self.metrics
+                .alert_active
+                .with_label_values(&[journey, kind.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Where alerts go: the ClickHouse alerts table, then the alerts topic. The topic is also
+//! the alerter's memory: on start it reads which changes of the followed group are there
+//! already, and judging the aggregates again from their beginning raises the same changes
+//! under the same names, so only those missing are written — none lost, none repeated.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use cxstream_avro::{AlertKind, AlertMessage, AlertState, Codec, Severity};
+use cxstream_clickhouse::{AlertRow, AlertsTable};
+use cxstream_core::watch::{self, AlertChange, Subject};
+use cxstream_core::JourneyMap;
+use cxstream_http::AlerterMetrics;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::produce::{delivered, send, Deliveries};
+
+pub struct AlertsOutput {
+    producer: ThreadedProducer<Deliveries>,
+    topic: String,
+    /// The journey group whose aggregates are judged.
+    group: String,
+    table: AlertsTable,
+    /// (id, revision) of the group's changes on the topic.
+    sent: HashSet<(String, i32)>,
+    metrics: AlerterMetrics,
+}
+
+impl AlertsOutput {
+    /// Reads the alerts topic to its end first: what is there is not written again.
+    pub fn open(cfg: &Config, group: &str, metrics: AlerterMetrics) -> Result<Self> {
+        let codec = Codec::new()?;
+        let sent = read_sent(cfg, group, &codec)?;
+        tracing::info!(changes = sent.len(), topic = %cfg.topics.alerts, "alert changes already published");
+        Ok(AlertsOutput {
+            producer: cfg
+                .kafka
+                .producer_config()
+                .create_with_context(Deliveries::default())
+                .context("creating the alerts producer")?,
+            topic: cfg.topics.alerts.clone(),
+            group: group.to_string(),
+            table: AlertsTable::new(&cfg.clickhouse_connection()),
+            sent,
+            metrics,
+        })
+    }
+
+    /// Writes the changes not published yet: all to ClickHouse, then to the topic, and waits
+    /// until the broker has them. Returns how many were new.
+    pub async fn publish(
+        &mut self,
+        codec: &Codec,
+        map: &JourneyMap,
+        changes: &[AlertChange],
+    ) -> Result<usize> {
+        let new: Vec<AlertMessage> = changes
+            .iter()
+            .map(|c| message(map, &self.group, c))
+            .filter(|m| !self.sent.contains(&(m.id.clone(), m.revision)))
+            .collect();
+        if new.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<AlertRow> = new.iter().map(row).collect();
+        if let Err(e) = self.table.insert(&rows).await {
+            self.metrics
+                .write_errors
+                .with_label_values(&["clickhouse"])
+                .inc();
+            return Err(e).context("writing alerts to ClickHouse");
+        }
+        // The crash tests' worst moment: written to ClickHouse, not to the topic.
+        fail::fail_point!("alerter-before-topic", |_| std::process::abort());
+        let mut buf = Vec::new();
+        for m in &new {
+            buf.clear();
+            codec.encode_alert(m, &mut buf)?;
+            let record = BaseRecord::to(&self.topic)
+                .key(m.id.as_bytes())
+                .payload(&buf[..]);
+            send(&self.producer, record).context("sending an alert")?;
+        }
+        if let Some(why) = delivered(&self.producer, &self.topic)? {
+            self.metrics
+                .write_errors
+                .with_label_values(&["kafka"])
+                .inc();
+            anyhow::bail!("the alerts topic `{}` refused a record: {why}", self.topic);
+        }
+        for m in new.iter() {
+            self.sent.insert((m.id.clone(), m.revision));
+            let state = format!("{:?}", m.state).to_lowercase();
+            let kind = kind_label(m.kind);
+            self.metrics
+                .alert_changes
+                .with_label_values(&[kind, &state])
+                .inc();
+            tracing::info!(
+                id = %m.id, revision = m.revision, state = %state, journey = %m.journey,
+                subject = %m.subject, slice = %m.slice, observed = m.observed,
+                baseline = m.baseline, n = m.n, significance = m.significance,
+                "alert"
+            );
+        }
+        Ok(new.len())
+    }
+}
+
+fn kind_label(k: AlertKind) -> &'static str {
+    match k {
+        AlertKind::StepDrop => "step_drop",
+        AlertKind::ScoreDrop => "score_drop",
+        AlertKind::Silence => "silence",
+    }
+}
+
+/// The changes of `group` on the alerts topic, read from its beginning to its end.
+fn read_sent(cfg: &Config, group: &str, codec: &Codec) -> Result<HashSet<(String, i32)>> {
+    let topic = &cfg.topics.alerts;
+    let consumer: BaseConsumer = cfg
+        .kafka
+        .consumer_config("cxstream-alerter-memory")
+        .set("enable.partition.eof", "false")
+        .create()
+        .context("creating the alerts-topic reader")?;
+    let timeout = Duration::from_secs(30);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the metadata of `{topic}` (run `cxstream topics`)"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut ends = std::collections::BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .with_context(|| format!("reading the end of `{topic}` partition {p}"))?;
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+    }
+    let mut sent = HashSet::new();
+    if ends.is_empty() {
+        return Ok(sent);
+    }
+    consumer.assign(&tpl)?;
+    let started = std::time::Instant::now();
+    while !ends.is_empty() {
+        if started.elapsed() > Duration::from_secs(300) {
+            anyhow::bail!("reading `{topic}` to its end took over 5 minutes");
+        }
+        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = msg.with_context(|| format!("reading `{topic}`"))?;
+        if let Some(m) = msg.payload().and_then(|b| codec.decode_alert(b).ok()) {
+            if m.group == group {
+                sent.insert((m.id, m.revision));
+            }
+        }
+        if ends
+            .get(&msg.partition())
+            .is_some_and(|end| msg.offset() + 1 >= *end)
+        {
+            ends.remove(&msg.partition());
+        }
+    }
+    Ok(sent)
+}
+
+fn message(map: &JourneyMap, group: &str, c: &AlertChange) -> AlertMessage {
+    let kind = match c.subject {
+        Subject::Step(_) => AlertKind::StepDrop,
+        Subject::Score(_) => AlertKind::ScoreDrop,
+        Subject::Source(_) => AlertKind::Silence,
+    };
+    let f = &c.figures;
+    let severity = match c.subject {
+        Subject::Source(_) => Severity::Critical,
+        Subject::Step(_) if f.observed < 0.5 * f.baseline => Severity::Critical,
+        _ => Severity::Warning,
+    };
+    AlertMessage {
+        id: c.id.clone(),
+        revision: i32::try_from(c.revision).unwrap_or(i32::MAX),
+        state: match c.state {
+            watch::AlertState::Firing => AlertState::Firing,
+            watch::AlertState::Updated => AlertState::Updated,
+            watch::AlertState::Resolved => AlertState::Resolved,
+        },
+        kind,
+        journey: map.name.clone(),
+        group: group.to_string(),
+        subject: c.subject.name(map).to_string(),
+        slice: f.slice.name(map),
+        firing: c.firing.iter().map(|s| s.name(map)).collect(),
+        window_start: c.window_start,
+        window_end: c.window_end,
+        observed: f.observed,
+        baseline: f.baseline,
+        n: f.n,
+        significance: f.significance,
+        severity,
+        fired_at: c.fired_at,
+        changed_at: c.at,
+        resolved_at: (c.state == watch::AlertState::Resolved).then_some(c.at),
+    }
+}
+
+fn row(m: &AlertMessage) -> AlertRow {
+    AlertRow {
+        id: m.id.clone(),
+        revision: u32::try_from(m.revision).unwrap_or(0),
+        state: match m.state {
+            AlertState::Firing => 1,
+            AlertState::Updated => 2,
+            AlertState::Resolved => 3,
+        },
+        kind: match m.kind {
+            AlertKind::StepDrop => 1,
+            AlertKind::ScoreDrop => 2,
+            AlertKind::Silence => 3,
+        },
+        journey: m.journey.clone(),
+        journey_group: m.group.clone(),
+        subject: m.subject.clone(),
+        slice: m.slice.clone(),
+        firing: m.firing.clone(),
+        window_start_ms: m.window_start,
+        window_end_ms: m.window_end,
+        observed: m.observed,
+        baseline: m.baseline,
+        n: m.n,
+        significance: m.significance,
+        severity: match m.severity {
+            Severity::Info => 1,
+            Severity::Warning => 2,
+            Severity::Critical => 3,
+        },
+        fired_at: u32::try_from(m.fired_at.div_euclid(1000)).unwrap_or(0),
+        fired_at_ms: m.fired_at,
+        changed_at_ms: m.changed_at,
+        resolved_at_ms: m.resolved_at.unwrap_or(0),
+        written_at: u32::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
+        .unwrap_or(0),
+    }
+}

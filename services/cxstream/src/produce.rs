@@ -1,0 +1,68 @@
+//! What every producer of the services shares: sending through a full queue, and
+//! knowing that the broker has every record sent before a commit that depends on them.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use rdkafka::client::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+
+/// Remembers the first record a producer's broker refused (checked before every commit
+/// that depends on the records).
+#[derive(Default)]
+pub struct Deliveries {
+    failed: Mutex<Option<String>>,
+}
+
+impl Deliveries {
+    /// The first delivery failure since the last call, if any.
+    pub fn take_failures(&self) -> Option<String> {
+        self.failed.lock().ok().and_then(|mut f| f.take())
+    }
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            if let Ok(mut f) = self.failed.lock() {
+                f.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// Waits until the broker has every record `producer` sent to `topic`; returns the first
+/// refusal since the last call, if any.
+pub fn delivered(producer: &ThreadedProducer<Deliveries>, topic: &str) -> Result<Option<String>> {
+    if producer.in_flight_count() > 0 {
+        producer
+            .flush(Duration::from_secs(30))
+            .with_context(|| format!("flushing topic `{topic}`"))?;
+    }
+    Ok(producer.context().take_failures())
+}
+
+/// Sends a record, waiting while the producer's queue is full.
+pub fn send<C: ProducerContext>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
