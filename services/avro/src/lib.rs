@@ -769,6 +769,10 @@ mod tests {
                     convert_ms_sum: 90_000,
                     dropoffs: 0,
                     open: -1,
+                    within_1m: 0,
+                    within_2m: 1,
+                    within_5m: 1,
+                    within_10m: 1,
                 },
             }],
         };

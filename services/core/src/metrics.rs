@@ -67,6 +67,11 @@ pub struct Counts {
     pub stage_open: i64,
 }
 
+/// The early horizons of a step attempt: how many converted within 1, 2, 5 and 10
+/// minutes of starting is known that soon, long before a budget of hours has passed, so
+/// the alerter judges a step's minute by them first.
+pub const EARLY_HORIZONS_MS: [i64; 4] = [60_000, 120_000, 300_000, 600_000];
+
 /// Exact per-cell counts of step attempts (README § Steps), in the start's cell.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepCounts {
@@ -75,6 +80,11 @@ pub struct StepCounts {
     pub convert_ms_sum: i64,
     pub dropoffs: i64,
     pub open: i64,
+    /// Conversions at most 1, 2, 5 and 10 minutes after the start ([`EARLY_HORIZONS_MS`]).
+    pub within_1m: i64,
+    pub within_2m: i64,
+    pub within_5m: i64,
+    pub within_10m: i64,
 }
 
 impl StepCounts {
@@ -84,6 +94,37 @@ impl StepCounts {
         self.convert_ms_sum += o.convert_ms_sum;
         self.dropoffs += o.dropoffs;
         self.open += o.open;
+        self.within_1m += o.within_1m;
+        self.within_2m += o.within_2m;
+        self.within_5m += o.within_5m;
+        self.within_10m += o.within_10m;
+    }
+
+    /// Adds (`sign` = 1) or retracts (`sign` = -1) a conversion `after_ms` after the start.
+    pub fn add_conversion(&mut self, after_ms: i64, sign: i64) {
+        self.conversions += sign;
+        self.convert_ms_sum += sign * after_ms;
+        let within = [
+            &mut self.within_1m,
+            &mut self.within_2m,
+            &mut self.within_5m,
+            &mut self.within_10m,
+        ];
+        for (count, horizon) in within.into_iter().zip(EARLY_HORIZONS_MS) {
+            if after_ms <= horizon {
+                *count += sign;
+            }
+        }
+    }
+
+    /// Conversions within each of [`EARLY_HORIZONS_MS`].
+    pub fn within(&self) -> [i64; 4] {
+        [
+            self.within_1m,
+            self.within_2m,
+            self.within_5m,
+            self.within_10m,
+        ]
     }
 
     pub fn is_zero(&self) -> bool {

@@ -985,10 +985,7 @@ fn keep_last<T>(facts: &mut Vec<T>, key: impl Fn(&T) -> (*const u8, u64, u16)) {
 fn tally_step(cell: &mut StepCounts, outcome: StageOutcome, sign: i64) {
     cell.starts += sign;
     match outcome {
-        StageOutcome::Converted { after_ms, .. } => {
-            cell.conversions += sign;
-            cell.convert_ms_sum += sign * after_ms;
-        }
+        StageOutcome::Converted { after_ms, .. } => cell.add_conversion(after_ms, sign),
         StageOutcome::Dropped { .. } => cell.dropoffs += sign,
         StageOutcome::Open { .. } => cell.open += sign,
     }

@@ -4,9 +4,12 @@
 //! into alerts — one per incident, with a stable id.
 //!
 //! Signals, each per slice (all traffic, each channel, each segment):
-//! - **step drop**: a step's attempts started in a minute and how many converted within its
-//!   budget ([`DropDetector`]); a minute is judged once the watermark has passed its
-//!   attempts' deadlines;
+//! - **step drop**: a step's attempts started in a minute and how many converted
+//!   ([`DropDetector`]), through several *lenses*: how many converted within 1, 2, 5 and
+//!   10 minutes (those shorter than the budget), each judged as soon as the watermark has
+//!   passed the minute plus that horizon, and how many converted within the budget, judged
+//!   once the attempts' deadlines have passed — a checkout with a 30-minute budget that
+//!   breaks shows within minutes in its early lenses;
 //! - **score drop**: a stage's NPS over a trailing window against the week before
 //!   ([`ScoreWatch`]);
 //! - **silence**: a channel that normally sends touchpoints sends none ([`Silence`]).
@@ -20,9 +23,10 @@
 //! same aggregates again judges the same minutes the same way and raises the same alerts
 //! under the same ids.
 //!
-//! All slices of one subject (a step, a stage's score, a channel's traffic) that fire
-//! together are one incident: it starts when the first fires, is updated when the set of
-//! firing slices changes, and resolves when the last has resolved.
+//! All slices (and lenses) of one subject (a step, a stage's score, a channel's traffic)
+//! that fire together are one incident: it starts when the first fires, is updated when
+//! the set of firing slices changes (not when another lens of a firing slice joins or
+//! leaves), and resolves when the last lens has resolved.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,7 +34,7 @@ use crate::detect::{
     DropDetector, DropParams, Incident, ScoreWatch, ScoreWatchParams, Silence, SilenceParams,
 };
 use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, StepIdx};
-use crate::metrics::{Counts, StepCounts};
+use crate::metrics::{Counts, StepCounts, EARLY_HORIZONS_MS};
 
 const MINUTE_MS: i64 = 60_000;
 
@@ -115,10 +119,29 @@ pub enum AlertState {
     Resolved,
 }
 
-/// A slice's figures when the alert changed.
+/// Which detector of a subject: its slice and, for a step, its horizon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lens {
+    pub slice: Slice,
+    /// A step's share converted within this time (ms); `None`: within its budget, or not a
+    /// step.
+    pub within_ms: Option<i64>,
+}
+
+impl Lens {
+    /// `all`, `channel=app`, `segment=vip within 2m`, …
+    pub fn name(self, map: &JourneyMap) -> String {
+        match self.within_ms {
+            Some(ms) => format!("{} within {}m", self.slice.name(map), ms / MINUTE_MS),
+            None => self.slice.name(map),
+        }
+    }
+}
+
+/// A lens's figures when the alert changed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Figures {
-    pub slice: Slice,
+    pub lens: Lens,
     /// Conversion rate (0–1), NPS (points) or touchpoints a minute.
     pub observed: f64,
     pub baseline: f64,
@@ -138,8 +161,8 @@ pub struct AlertChange {
     pub subject: Subject,
     /// The strongest firing slice's figures (at resolution: the last slice's).
     pub figures: Figures,
-    /// Every slice firing after the change (none when resolved).
-    pub firing: Vec<Slice>,
+    /// Every lens firing after the change (none when resolved).
+    pub firing: Vec<Lens>,
     /// Event time (ms) of the incident's first judged minute, and the end of the minute
     /// judged now.
     pub window_start: i64,
@@ -151,11 +174,19 @@ pub struct AlertChange {
     pub fired_at: i64,
 }
 
-/// A slice's step attempts in a minute.
+/// A slice's step attempts in a minute, as one lens sees them.
 #[derive(Debug, Clone, Copy, Default)]
 struct Trials {
     conversions: i64,
     starts: i64,
+}
+
+/// A step's lens: which count of conversions (an index into the early horizons, or the
+/// budget's) and how long after a minute it is known.
+#[derive(Debug, Clone, Copy)]
+struct StepLens {
+    early: Option<usize>,
+    wait: i64,
 }
 
 /// One subject's open incident.
@@ -165,7 +196,7 @@ struct Open {
     revision: u32,
     start: i64,
     fired_at: i64,
-    slices: BTreeMap<Slice, Figures>,
+    slices: BTreeMap<Lens, Figures>,
 }
 
 /// Promoters, passives, detractors.
@@ -179,11 +210,12 @@ pub struct JourneyWatch {
     /// Names for the alerts' ids.
     map: JourneyMap,
     params: WatchParams,
-    /// Per step: how long after a minute its attempts' outcomes are known.
-    step_wait: Vec<i64>,
-    steps: BTreeMap<(i64, StepIdx, Slice), Trials>,
-    step_cursor: Vec<Cursor>,
-    drops: BTreeMap<(StepIdx, Slice), DropDetector>,
+    /// Per step, its lenses (the early horizons shorter than its budget, then the budget).
+    step_lenses: Vec<Vec<StepLens>>,
+    steps: BTreeMap<(i64, StepIdx, u8, Slice), Trials>,
+    /// Per step and lens.
+    step_cursor: Vec<Vec<Cursor>>,
+    drops: BTreeMap<(StepIdx, u8, Slice), DropDetector>,
     scores_in: BTreeMap<(i64, (StageIdx, Slice)), NpsCounts>,
     sources_in: BTreeMap<(i64, ChannelIdx), i64>,
     minute_cursor: Cursor,
@@ -201,9 +233,13 @@ impl JourneyWatch {
         JourneyWatch {
             map: map.clone(),
             params,
-            step_wait: map.steps.iter().map(|s| s.budget_ms + MINUTE_MS).collect(),
+            step_lenses: map.steps.iter().map(|s| lenses(s.budget_ms)).collect(),
             steps: BTreeMap::new(),
-            step_cursor: vec![None; map.steps.len()],
+            step_cursor: map
+                .steps
+                .iter()
+                .map(|s| vec![None; lenses(s.budget_ms).len()])
+                .collect(),
             drops: BTreeMap::new(),
             scores_in: BTreeMap::new(),
             sources_in: BTreeMap::new(),
@@ -236,21 +272,26 @@ impl JourneyWatch {
         counts: &StepCounts,
         partition_watermark: Option<i64>,
     ) {
-        let Some(&wait) = self.step_wait.get(usize::from(step)) else {
+        let Some(lenses) = self.step_lenses.get(usize::from(step)) else {
             return;
         };
-        if is_late(minute + wait, self.known_until, partition_watermark) {
-            self.late_cells += 1;
-            return;
-        }
-        let cursor = &mut self.step_cursor[usize::from(step)];
-        if cursor.is_none_or(|c| minute < c) {
-            *cursor = Some(minute);
-        }
-        for slice in [Slice::All, Slice::Channel(channel), Slice::Segment(segment)] {
-            let t = self.steps.entry((minute, step, slice)).or_default();
-            t.conversions += counts.conversions;
-            t.starts += counts.starts;
+        let within = counts.within();
+        for (l, lens) in lenses.iter().enumerate() {
+            if is_late(minute + lens.wait, self.known_until, partition_watermark) {
+                self.late_cells += 1;
+                continue;
+            }
+            let cursor = &mut self.step_cursor[usize::from(step)][l];
+            if cursor.is_none_or(|c| minute < c) {
+                *cursor = Some(minute);
+            }
+            let conversions = lens.early.map_or(counts.conversions, |i| within[i]);
+            let l = u8::try_from(l).unwrap_or(u8::MAX);
+            for slice in [Slice::All, Slice::Channel(channel), Slice::Segment(segment)] {
+                let t = self.steps.entry((minute, step, l, slice)).or_default();
+                t.conversions += conversions;
+                t.starts += counts.starts;
+            }
         }
     }
 
@@ -296,98 +337,128 @@ impl JourneyWatch {
         }
         self.known_until = Some(known_until);
         let mut out = Vec::new();
-        for step in 0..self.step_cursor.len() {
-            let idx = StepIdx::try_from(step).unwrap_or(StepIdx::MAX);
-            self.judge_step(idx, known_until, &mut out);
+        // Every signal's minutes in the order they became known (then steps before
+        // minutes, by step and lens): how far another signal has come when one changes an
+        // incident never depends on how far `known_until` jumped.
+        while let Some(signal) = self.next_due(known_until) {
+            match signal {
+                Due::Step(step, lens, minute) => self.judge_step(step, lens, minute, &mut out),
+                Due::Minute(minute) => self.judge_minute(minute, &mut out),
+            }
         }
-        self.judge_minutes(known_until, &mut out);
         out
     }
 
-    fn judge_step(&mut self, step: StepIdx, known_until: i64, out: &mut Vec<AlertChange>) {
-        let wait = self.step_wait[usize::from(step)];
-        while let Some(minute) = self.step_cursor[usize::from(step)] {
-            if minute + wait > known_until {
-                break;
-            }
-            // Slices seen before are judged every minute (a minute without trials is known
-            // too); new ones join with their first cell.
-            let mut slices: BTreeSet<Slice> = self
-                .drops
-                .range((step, Slice::All)..=(step, Slice::Segment(SegmentIdx::MAX)))
-                .map(|(k, _)| k.1)
-                .collect();
-            let cells: Vec<(Slice, Trials)> = self
-                .steps
-                .range((minute, step, Slice::All)..=(minute, step, Slice::Segment(SegmentIdx::MAX)))
-                .map(|(k, t)| (k.2, *t))
-                .collect();
-            slices.extend(cells.iter().map(|c| c.0));
-            for slice in slices {
-                let t = cells
-                    .iter()
-                    .find(|c| c.0 == slice)
-                    .map_or(Trials::default(), |c| c.1);
-                self.steps.remove(&(minute, step, slice));
-                let d = self
-                    .drops
-                    .entry((step, slice))
-                    .or_insert_with(|| DropDetector::new(self.params.drop));
-                let x = u64::try_from(t.conversions).unwrap_or(0);
-                let n = u64::try_from(t.starts).unwrap_or(0);
-                let incident = d.observe(minute / MINUTE_MS, x, n);
-                if let Some(i) = incident {
-                    let at = minute + wait;
-                    self.apply(Subject::Step(step), slice, i, minute, at, out);
-                }
-            }
-            self.step_cursor[usize::from(step)] = Some(minute + MINUTE_MS);
-        }
+    /// The signal whose next minute became known first, if one is known by `known_until`.
+    fn next_due(&self, known_until: i64) -> Option<Due> {
+        let steps = self
+            .step_cursor
+            .iter()
+            .enumerate()
+            .flat_map(|(s, cursors)| {
+                cursors.iter().enumerate().filter_map(move |(l, c)| {
+                    let minute = (*c)?;
+                    let at = minute + self.step_lenses[s][l].wait;
+                    let step = StepIdx::try_from(s).ok()?;
+                    Some((at, Due::Step(step, l, minute)))
+                })
+            });
+        let minutes = self
+            .minute_cursor
+            .map(|minute| (minute + MINUTE_MS, Due::Minute(minute)));
+        steps
+            .chain(minutes)
+            .filter(|(at, _)| *at <= known_until)
+            .min_by_key(|(at, due)| (*at, *due))
+            .map(|(_, due)| due)
     }
 
-    fn judge_minutes(&mut self, known_until: i64, out: &mut Vec<AlertChange>) {
-        while let Some(minute) = self.minute_cursor {
-            if minute + MINUTE_MS > known_until {
-                break;
+    /// Judges a step's minute through one lens.
+    fn judge_step(&mut self, step: StepIdx, lens: usize, minute: i64, out: &mut Vec<AlertChange>) {
+        let StepLens { early, wait } = self.step_lenses[usize::from(step)][lens];
+        let within_ms = early.map(|i| EARLY_HORIZONS_MS[i]);
+        let l = u8::try_from(lens).unwrap_or(u8::MAX);
+        // Slices seen before are judged every minute (a minute without trials is known
+        // too); new ones join with their first cell.
+        let mut slices: BTreeSet<Slice> = self
+            .drops
+            .range((step, l, Slice::All)..=(step, l, Slice::Segment(SegmentIdx::MAX)))
+            .map(|(k, _)| k.2)
+            .collect();
+        let first = (minute, step, l, Slice::All);
+        let last = (minute, step, l, Slice::Segment(SegmentIdx::MAX));
+        let cells: Vec<(Slice, Trials)> = self
+            .steps
+            .range(first..=last)
+            .map(|(k, t)| (k.3, *t))
+            .collect();
+        slices.extend(cells.iter().map(|c| c.0));
+        for slice in slices {
+            let t = cells
+                .iter()
+                .find(|c| c.0 == slice)
+                .map_or(Trials::default(), |c| c.1);
+            self.steps.remove(&(minute, step, l, slice));
+            let d = self
+                .drops
+                .entry((step, l, slice))
+                .or_insert_with(|| DropDetector::new(self.params.drop));
+            let x = u64::try_from(t.conversions).unwrap_or(0);
+            let n = u64::try_from(t.starts).unwrap_or(0);
+            if let Some(i) = d.observe(minute / MINUTE_MS, x, n) {
+                let lens = Lens { slice, within_ms };
+                self.apply(Subject::Step(step), lens, i, minute, minute + wait, out);
             }
-            let at = minute + MINUTE_MS;
-            let m = minute / MINUTE_MS;
-            let scores = take_minute(&mut self.scores_in, minute);
-            let mut keys: BTreeSet<(StageIdx, Slice)> = self.scores.keys().copied().collect();
-            keys.extend(scores.keys().copied());
-            for key in keys {
-                let c = scores.get(&key).copied().unwrap_or((0, 0, 0));
-                let w = self
-                    .scores
-                    .entry(key)
-                    .or_insert_with(|| ScoreWatch::new(self.params.score));
-                if let Some(i) = w.observe(m, c) {
-                    self.apply(Subject::Score(key.0), key.1, i, minute, at, out);
-                }
-            }
-            let sources = take_minute(&mut self.sources_in, minute);
-            let mut channels: BTreeSet<ChannelIdx> = self.sources.keys().copied().collect();
-            channels.extend(sources.keys().copied());
-            for channel in channels {
-                let events = sources.get(&channel).copied().unwrap_or(0);
-                let s = self
-                    .sources
-                    .entry(channel)
-                    .or_insert_with(|| Silence::new(self.params.silence));
-                if let Some(i) = s.observe(m, u64::try_from(events).unwrap_or(0)) {
-                    let slice = Slice::Channel(channel);
-                    self.apply(Subject::Source(channel), slice, i, minute, at, out);
-                }
-            }
-            self.minute_cursor = Some(minute + MINUTE_MS);
         }
+        self.step_cursor[usize::from(step)][lens] = Some(minute + MINUTE_MS);
+    }
+
+    /// Judges a minute's scores and traffic.
+    fn judge_minute(&mut self, minute: i64, out: &mut Vec<AlertChange>) {
+        let at = minute + MINUTE_MS;
+        let m = minute / MINUTE_MS;
+        let scores = take_minute(&mut self.scores_in, minute);
+        let mut keys: BTreeSet<(StageIdx, Slice)> = self.scores.keys().copied().collect();
+        keys.extend(scores.keys().copied());
+        for key in keys {
+            let c = scores.get(&key).copied().unwrap_or((0, 0, 0));
+            let w = self
+                .scores
+                .entry(key)
+                .or_insert_with(|| ScoreWatch::new(self.params.score));
+            if let Some(i) = w.observe(m, c) {
+                let lens = Lens {
+                    slice: key.1,
+                    within_ms: None,
+                };
+                self.apply(Subject::Score(key.0), lens, i, minute, at, out);
+            }
+        }
+        let sources = take_minute(&mut self.sources_in, minute);
+        let mut channels: BTreeSet<ChannelIdx> = self.sources.keys().copied().collect();
+        channels.extend(sources.keys().copied());
+        for channel in channels {
+            let events = sources.get(&channel).copied().unwrap_or(0);
+            let s = self
+                .sources
+                .entry(channel)
+                .or_insert_with(|| Silence::new(self.params.silence));
+            if let Some(i) = s.observe(m, u64::try_from(events).unwrap_or(0)) {
+                let lens = Lens {
+                    slice: Slice::Channel(channel),
+                    within_ms: None,
+                };
+                self.apply(Subject::Source(channel), lens, i, minute, at, out);
+            }
+        }
+        self.minute_cursor = Some(minute + MINUTE_MS);
     }
 
     /// A slice's detector said something: the subject's incident starts, changes or ends.
     fn apply(
         &mut self,
         subject: Subject,
-        slice: Slice,
+        lens: Lens,
         incident: Incident,
         minute: i64,
         at: i64,
@@ -410,7 +481,7 @@ impl JourneyWatch {
                 ..
             } => {
                 let figures = Figures {
-                    slice,
+                    lens,
                     observed,
                     baseline: expected,
                     n: trials,
@@ -424,15 +495,17 @@ impl JourneyWatch {
                     fired_at: at,
                     slices: BTreeMap::new(),
                 });
-                // Each slice keeps its figures current and its strongest significance.
-                let figures = match open.slices.get(&slice) {
+                // Each lens keeps its figures current and its strongest significance.
+                let figures = match open.slices.get(&lens) {
                     Some(before) => Figures {
                         significance: figures.significance.min(before.significance),
                         ..figures
                     },
                     None => figures,
                 };
-                if open.slices.insert(slice, figures).is_some() {
+                let slice_was_firing = open.slices.keys().any(|l| l.slice == lens.slice);
+                if open.slices.insert(lens, figures).is_some() || slice_was_firing {
+                    // Another lens of a slice already firing says nothing new to on-call.
                     return;
                 }
                 let state = if open.slices.len() == 1 {
@@ -447,9 +520,13 @@ impl JourneyWatch {
                 let Some(open) = self.open.get_mut(&subject) else {
                     return;
                 };
-                let Some(figures) = open.slices.remove(&slice) else {
+                let Some(figures) = open.slices.remove(&lens) else {
                     return;
                 };
+                if open.slices.keys().any(|l| l.slice == lens.slice) {
+                    // The slice still fires through another lens.
+                    return;
+                }
                 open.revision += 1;
                 let state = if open.slices.is_empty() {
                     AlertState::Resolved
@@ -463,6 +540,30 @@ impl JourneyWatch {
             }
         }
     }
+}
+
+/// A signal's next minute to judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    Step(StepIdx, usize, i64),
+    Minute(i64),
+}
+
+/// A step's lenses: the early horizons shorter than its budget, then the budget.
+fn lenses(budget_ms: i64) -> Vec<StepLens> {
+    EARLY_HORIZONS_MS
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| **h < budget_ms)
+        .map(|(i, h)| StepLens {
+            early: Some(i),
+            wait: h + MINUTE_MS,
+        })
+        .chain(std::iter::once(StepLens {
+            early: None,
+            wait: budget_ms + MINUTE_MS,
+        }))
+        .collect()
 }
 
 /// A cell is late for the alerter when its partition had committed past the minute's

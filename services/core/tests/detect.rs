@@ -241,3 +241,14 @@ fn a_silence_is_longer_than_the_pauses_its_hour_has_seen() {
     }
     assert_eq!(fired, Some(30), "the 11th silent minute");
 }
+
+/// A rate of almost nothing (a lens in which hardly any attempt converts yet) is not
+/// tested: its smoothed baseline would drift the evidence up minute by minute.
+#[test]
+fn a_rate_of_almost_nothing_does_not_page() {
+    let mut d = DropDetector::new(DropParams::default());
+    for m in 0..3 * WEEK {
+        let x = u64::from(m % 5000 == 0);
+        assert_eq!(d.observe(START + m, x, 60), None, "minute {m}");
+    }
+}

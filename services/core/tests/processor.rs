@@ -384,8 +384,14 @@ fn reference_steps(applied: &[Rec], watermark: Option<i64>) -> BTreeMap<StepCell
                 if t.touchpoint == *to {
                     if let Some((cell, start, _)) = running[i].take() {
                         let c = out.entry(cell).or_default();
+                        let after = t.event_time - start;
                         c.conversions += 1;
-                        c.convert_ms_sum += t.event_time - start;
+                        c.convert_ms_sum += after;
+                        // Converted within 1, 2, 5, 10 minutes of the start.
+                        c.within_1m += i64::from(after <= 60_000);
+                        c.within_2m += i64::from(after <= 120_000);
+                        c.within_5m += i64::from(after <= 300_000);
+                        c.within_10m += i64::from(after <= 600_000);
                     }
                 } else if t.touchpoint == *from && running[i].is_none() {
                     let cell = (
@@ -558,6 +564,10 @@ impl Sink {
                     StageOutcome::Converted { after_ms, .. } => {
                         counts.conversions = 1;
                         counts.convert_ms_sum = after_ms;
+                        counts.within_1m = i64::from(after_ms <= 60_000);
+                        counts.within_2m = i64::from(after_ms <= 120_000);
+                        counts.within_5m = i64::from(after_ms <= 300_000);
+                        counts.within_10m = i64::from(after_ms <= 600_000);
                     }
                     StageOutcome::Dropped { .. } => counts.dropoffs = 1,
                     StageOutcome::Open { .. } => counts.open = 1,

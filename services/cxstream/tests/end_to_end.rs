@@ -1120,12 +1120,17 @@ fn sigterm_then_sigkill_mid_run(s: &Stack, simulate: impl FnOnce(&Stack)) {
     assert_compacted(s);
     // What the alerter reads: the committed batches' partial counts on the aggregates topic
     // sum to the ground truth too, after SIGTERM, SIGKILL and replays.
-    let (minutes, steps) = committed_aggregates(s);
+    let (minutes, steps, within) = committed_aggregates(s);
     for j in &s.journeys {
         assert_cells_equal(&s.truth_of(j), minutes.get(j).unwrap_or(&BTreeMap::new()));
         assert_cells_equal(
             &s.step_truth_of(j),
             steps.get(j).unwrap_or(&BTreeMap::new()),
+        );
+        // The early horizons the alerter judges steps by first: as the attempts' facts.
+        assert_cells_equal(
+            &s.step_within_of(j),
+            within.get(j).unwrap_or(&BTreeMap::new()),
         );
     }
     // The alerter reads that topic to its end with nothing missing from a confirmed batch.
@@ -1140,7 +1145,13 @@ type JourneyCells<K> = BTreeMap<String, BTreeMap<K, Vec<i64>>>;
 /// The per-minute and step cells a reader of the aggregates topic has, by the README's
 /// protocol as the core's `BatchLog` implements it (the alerter's reader): only batches a
 /// committed record of the stack's group confirms, each once, every one of them whole.
-fn committed_aggregates(s: &Stack) -> (JourneyCells<common::Cell>, JourneyCells<common::StepCell>) {
+fn committed_aggregates(
+    s: &Stack,
+) -> (
+    JourneyCells<common::Cell>,
+    JourneyCells<common::StepCell>,
+    JourneyCells<common::StepCell>,
+) {
     use cxstream_avro::{AggregatesKind, MinuteCell, StepCell};
     use cxstream_core::batch_log::{BatchLog, Confirmed, Partial};
     let codec = Codec::new().unwrap();
@@ -1149,7 +1160,11 @@ fn committed_aggregates(s: &Stack) -> (JourneyCells<common::Cell>, JourneyCells<
     raw.sort_by_key(|r| (r.partition, r.offset));
     type Cells = (Vec<MinuteCell>, Vec<StepCell>);
     let mut logs: BTreeMap<String, BatchLog<Cells>> = BTreeMap::new();
-    let (mut minutes, mut steps) = (JourneyCells::new(), JourneyCells::new());
+    let (mut minutes, mut steps, mut within) = (
+        JourneyCells::new(),
+        JourneyCells::new(),
+        JourneyCells::new(),
+    );
     for r in raw {
         let m = codec.decode_aggregates(&r.payload).unwrap();
         if m.group != group {
@@ -1218,7 +1233,12 @@ fn committed_aggregates(s: &Stack) -> (JourneyCells<common::Cell>, JourneyCells<
                             n.convert_ms_sum,
                             n.dropoffs + n.open,
                         ];
-                        add(steps.entry(m.journey.clone()).or_default(), key, &v);
+                        add(steps.entry(m.journey.clone()).or_default(), key.clone(), &v);
+                        add(
+                            within.entry(m.journey.clone()).or_default(),
+                            key,
+                            &n.within(),
+                        );
                     }
                 }
             }
@@ -1234,10 +1254,10 @@ fn committed_aggregates(s: &Stack) -> (JourneyCells<common::Cell>, JourneyCells<
     for cells in minutes.values_mut() {
         cells.retain(|_, v| v.iter().any(|x| *x != 0));
     }
-    for cells in steps.values_mut() {
+    for cells in steps.values_mut().chain(within.values_mut()) {
         cells.retain(|_, v| v.iter().any(|x| *x != 0));
     }
-    (minutes, steps)
+    (minutes, steps, within)
 }
 
 fn add<K: Ord>(cells: &mut BTreeMap<K, Vec<i64>>, key: K, v: &[i64]) {

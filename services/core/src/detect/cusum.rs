@@ -27,6 +27,10 @@ pub struct DropParams {
     /// two a minute; the alert-quality benchmark found no false alert down to 5 a minute at
     /// the daily peak, while 500 left quiet nights unwatched).
     pub min_baseline_trials: f64,
+    /// Successes (decayed) behind the baseline before the slice is tested: a rate of
+    /// almost nothing cannot fall measurably, and its smoothed estimate would drift the
+    /// evidence up (a lens in which almost no attempt converts yet). Default 30.
+    pub min_baseline_successes: f64,
     /// The evidence of recovery (the log-likelihood ratio of the baseline's rate against
     /// the dropped one, summed from zero and never below it) at which an incident
     /// resolves. Default 8: back to normal, a slice of 100 trials a minute resolves within
@@ -47,6 +51,7 @@ impl Default for DropParams {
             relative_drop: 0.3,
             threshold: 16.0,
             min_baseline_trials: 120.0,
+            min_baseline_successes: 30.0,
             resolve_evidence: 8.0,
             weekly_decay: 0.5,
             max_incident_minutes: 7 * 24 * 60,
@@ -132,6 +137,7 @@ impl DropDetector {
             .baseline
             .expected(minute, min_trials)
             .filter(|_| self.firing || self.baseline.hour_weight(minute) >= min_trials)
+            .filter(|(p, den)| self.firing || p * den >= self.params.min_baseline_successes)
             // Laplace's rule: a baseline without a single failure is not certainty.
             .map(|(p, den)| (p * den + 1.0) / (den + 2.0));
         let Some(p0) = expected.map(|p| p.clamp(1e-6, 1.0 - 1e-6)) else {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use cxstream_avro::{AggregatesKind, AggregatesMessage, MinuteCell, StepCell};
 use cxstream_core::batch_log::{BatchLog, Confirmed, LogError, Partial};
 use cxstream_core::journey_map::{StepIdx, NO_SEGMENT, NO_SEGMENT_NAME, NO_STAGE, NO_STAGE_NAME};
-use cxstream_core::metrics::{Counts, StepCounts};
+use cxstream_core::metrics::Counts;
 use cxstream_core::watch::{AlertChange, JourneyWatch, WatchParams};
 use cxstream_core::JourneyMap;
 
@@ -136,13 +136,8 @@ impl JourneyInput {
                 self.unknown_cells += 1;
                 continue;
             };
-            let counts = StepCounts {
-                starts: c.counts.starts,
-                conversions: c.counts.conversions,
-                ..StepCounts::default()
-            };
             self.watch
-                .add_step_cell(c.minute, step, channel, segment, &counts, before);
+                .add_step_cell(c.minute, step, channel, segment, &c.counts, before);
         }
     }
 }

@@ -505,6 +505,21 @@ impl Stack {
         cells_of(rows, step_key)
     }
 
+    /// Per step cell, the attempts (facts) that converted within 1, 2, 5 and 10 minutes of
+    /// their start.
+    pub fn step_within_of(&self, journey: &str) -> BTreeMap<StepCell, Vec<i64>> {
+        let rows = self.query(&format!(
+            "SELECT intDiv(start_time_ms, 60000) * 60000 AS m, step, stage, touchpoint, channel, segment, \
+             sum(c AND convert_ms <= 60000), sum(c AND convert_ms <= 120000), \
+             sum(c AND convert_ms <= 300000), sum(c AND convert_ms <= 600000) \
+             FROM (SELECT *, outcome = 'converted' AND withdrawn = 0 AS c \
+                   FROM {}.step_attempts FINAL WHERE journey = '{journey}') \
+             GROUP BY m, step, stage, touchpoint, channel, segment",
+            self.database()
+        ));
+        cells_of(rows, step_key)
+    }
+
     /// Reads a whole topic from the beginning.
     pub fn read_topic(&self, topic: &str, partitions: i32) -> Vec<Raw> {
         let consumer: BaseConsumer = ClientConfig::new()
