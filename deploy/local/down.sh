@@ -3,7 +3,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
-for svc in cxstream-journey tansu clickhouse; do
+for svc in cxstream-journey tansu clickhouse alertmanager; do
   pidf="$CXSTREAM_RUN/$svc.pid"
   [[ -f "$pidf" ]] || continue
   pid=$(cat "$pidf")

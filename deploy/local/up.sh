@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the local stack on loopback (idempotent): Tansu (Kafka API) on the storage engine
-# CX_BROKER_STORAGE (postgres by default; see README § Local broker), and ClickHouse, with
+# CX_BROKER_STORAGE (postgres by default; see README § Local broker), ClickHouse and
+# Alertmanager (the alerter's, deploy/local/alertmanager.yml), with
 # all data, logs and pids under $CXSTREAM_RUN. Then probes both for real (a metadata
 # request, a consumer-group round trip, a ClickHouse query): a broker that accepts
 # connections but does not serve is reported as wedged, with its log lines that matter.
@@ -50,6 +51,18 @@ wipe_broker() {
   mkdir -p "$CXSTREAM_RUN/tansu"
 }
 
+start_alertmanager() {
+  if alive "$CXSTREAM_RUN/alertmanager.pid"; then return 0; fi
+  mkdir -p "$CXSTREAM_RUN/alertmanager/data"
+  # No cluster: one local instance, and no gossip port to collide with.
+  (cd "$CXSTREAM_RUN/alertmanager" && exec nohup prometheus-alertmanager \
+      --config.file="$here/alertmanager.yml" \
+      --storage.path="$CXSTREAM_RUN/alertmanager/data" \
+      --web.listen-address="127.0.0.1:$CX_ALERTMANAGER_PORT" \
+      --cluster.listen-address="" \
+      >>"$CXSTREAM_RUN/alertmanager/alertmanager.log" 2>&1 & echo $! >"$CXSTREAM_RUN/alertmanager.pid")
+}
+
 wait_for() { # name, check command...
   local name=$1; shift
   for _ in $(seq 1 120); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
@@ -73,11 +86,14 @@ if ! alive "$CXSTREAM_RUN/clickhouse.pid"; then
       >"$CXSTREAM_RUN/clickhouse/log/stdout.log" 2>&1 & echo $! >"$CXSTREAM_RUN/clickhouse.pid")
 fi
 
+start_alertmanager
+
 wait_for clickhouse curl -sf "http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT/ping"
+wait_for alertmanager curl -sf "http://127.0.0.1:$CX_ALERTMANAGER_PORT/-/ready"
 wait_for tansu bash -c "exec 3<>/dev/tcp/127.0.0.1/$CX_KAFKA_PORT"
 # A server that could not bind (port taken by a process this script does not own) exits
 # while the port still answers: say so instead of testing against someone else's server.
-for svc in tansu clickhouse; do
+for svc in tansu clickhouse alertmanager; do
   if ! alive "$CXSTREAM_RUN/$svc.pid"; then
     echo "up: $svc exited; is its port taken by another process? log: $CXSTREAM_RUN/$svc/" >&2
     exit 1
@@ -106,4 +122,4 @@ if ! "$here/probe.sh"; then
     "$here/probe.sh"
   fi
 fi
-echo "up: kafka 127.0.0.1:$CX_KAFKA_PORT (tansu, $CX_BROKER_STORAGE storage), clickhouse http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT (data in $CXSTREAM_RUN)"
+echo "up: kafka 127.0.0.1:$CX_KAFKA_PORT (tansu, $CX_BROKER_STORAGE storage), clickhouse http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT, alertmanager http://127.0.0.1:$CX_ALERTMANAGER_PORT (data in $CXSTREAM_RUN)"

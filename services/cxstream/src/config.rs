@@ -222,12 +222,28 @@ impl IdentitySettings {
 }
 
 /// The alerter (README § Alerts).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlerterSettings {
     /// The consumer group of the journey services whose committed aggregates are judged
     /// (a replay under another group publishes its own). Default: `journey.group_id`.
     pub journey_group: Option<String>,
+    /// Alertmanager (`http://host:port`) to post alerts to. Default none: alerts go to
+    /// ClickHouse and the alerts topic only.
+    pub alertmanager_url: Option<String>,
+    /// Alerts go to Alertmanager only while a journey is judged up to within this of the
+    /// wall clock, ms: catching up on history pages no one. Default 3600000 (1 hour).
+    pub live_within_ms: i64,
+}
+
+impl Default for AlerterSettings {
+    fn default() -> Self {
+        AlerterSettings {
+            journey_group: None,
+            alertmanager_url: None,
+            live_within_ms: 3_600_000,
+        }
+    }
 }
 
 /// Partitioners librdkafka knows (its `partitioner` setting).
@@ -339,6 +355,9 @@ impl Config {
         if let Some(v) = get("CXSTREAM_ALERTER_JOURNEY_GROUP") {
             self.alerter.journey_group = Some(v);
         }
+        if let Some(v) = get("CXSTREAM_ALERTMANAGER_URL") {
+            self.alerter.alertmanager_url = Some(v).filter(|v| !v.is_empty());
+        }
         if let Some(v) = get("CXSTREAM_HTTP_LISTEN") {
             self.http.listen = v.parse().with_context(|| {
                 format!("CXSTREAM_HTTP_LISTEN `{v}` is not host:port (e.g. 127.0.0.1:9464)")
@@ -395,6 +414,11 @@ impl Config {
         }
         if self.journey.allowed_lateness_ms < 0 || self.journey.max_future_ms < 0 {
             bail!("journey.allowed_lateness_ms and journey.max_future_ms must not be negative");
+        }
+        if let Some(url) = &self.alerter.alertmanager_url {
+            if !url.starts_with("http://") {
+                bail!("alerter.alertmanager_url `{url}` must be http://host:port (e.g. http://127.0.0.1:9093)");
+            }
         }
         let id = &self.identity;
         if id.enabled && !(0 < id.window_ms && id.window_ms < self.journey.allowed_lateness_ms) {

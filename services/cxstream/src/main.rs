@@ -47,7 +47,8 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Run the journey service: inputs → journeys → facts and per-minute aggregates in ClickHouse.
     Journey {
-        /// Exit once every assigned partition is read to its end and committed (demo, tests).
+        /// Exit once every input partition is assigned here, read to its end and committed
+        /// (a single instance: demo, tests).
         #[arg(long)]
         until_caught_up: bool,
     },

@@ -90,13 +90,13 @@ const SEGMENTS: [&str; 2] = ["new", "vip"];
 
 /// The cells one partition (= segment) publishes for minute `m`: the attempts started,
 /// their touchpoints, and the conversions of the attempts started two minutes before.
-fn cells(m: i64, segment: usize) -> (Vec<MinuteCell>, Vec<StepCell>) {
+fn cells(start: i64, m: i64, segment: usize) -> (Vec<MinuteCell>, Vec<StepCell>) {
     let (mut minutes, mut steps) = (Vec::new(), Vec::new());
     for (channel, name) in CHANNELS.iter().enumerate() {
         let (starts, _) = attempts(m, channel, segment);
         let (_, conversions) = attempts(m - 2, channel, segment);
         let step = |minute: i64, counts: StepCounts| StepCell {
-            minute: START + minute * MINUTE,
+            minute: start + minute * MINUTE,
             step: "checkout".into(),
             stage: "browse".into(),
             touchpoint: "cart".into(),
@@ -114,7 +114,7 @@ fn cells(m: i64, segment: usize) -> (Vec<MinuteCell>, Vec<StepCell>) {
                 },
             ));
             minutes.push(MinuteCell {
-                minute: START + m * MINUTE,
+                minute: start + m * MINUTE,
                 stage: "browse".into(),
                 touchpoint: "cart".into(),
                 channel: name.to_string(),
@@ -152,15 +152,20 @@ fn zero() -> Counts {
 /// each batch's partials (in chunks of 50 cells), then a committed record with the batch's
 /// watermark. Now and then a batch's first attempt crashes before its marker (its partial
 /// is sent again under a new id), a committed record is lost (the next one confirms both),
-/// or one is said again.
-fn journey_records(group: &str) -> Vec<(String, AggregatesMessage)> {
+/// or one is said again. `minutes` (from `start`) are whole batches.
+fn journey_records(
+    group: &str,
+    start: i64,
+    minutes: std::ops::Range<i64>,
+) -> Vec<(String, AggregatesMessage)> {
     let mut out = Vec::new();
     for partition in 0..2usize {
-        let mut batch_id = (partition as i64 + 1) << 32;
-        for (seq, first) in (0..DAYS * DAY).step_by(BATCH_MINUTES as usize).enumerate() {
+        for first in minutes.clone().step_by(BATCH_MINUTES as usize) {
+            let seq = (first / BATCH_MINUTES) as usize;
+            let mut batch_id = ((partition as i64 + 1) << 32) + 4 * seq as i64;
             let (mut minutes, mut steps) = (Vec::new(), Vec::new());
             for m in first..first + BATCH_MINUTES {
-                let (mi, st) = cells(m, partition);
+                let (mi, st) = cells(start, m, partition);
                 minutes.extend(mi);
                 steps.extend(st);
             }
@@ -199,7 +204,7 @@ fn journey_records(group: &str) -> Vec<(String, AggregatesMessage)> {
                 }
             }
             let mut committed = message(AggregatesKind::Committed, seq, batch_id);
-            committed.watermark = Some(START + (first + BATCH_MINUTES) * MINUTE);
+            committed.watermark = Some(start + (first + BATCH_MINUTES) * MINUTE);
             let lost = seq % 89 == 7;
             if !lost {
                 out.push((partition, committed.clone()));
@@ -241,7 +246,7 @@ fn produce_aggregates(s: &Stack, records: &[(String, AggregatesMessage)]) {
     producer.flush(Duration::from_secs(60)).unwrap();
 }
 
-fn alerts(s: &Stack) -> Vec<AlertMessage> {
+fn alerts_of(s: &Stack) -> Vec<AlertMessage> {
     let codec = Codec::new().unwrap();
     s.read_topic(&s.topic("alerts"), 1)
         .into_iter()
@@ -327,9 +332,9 @@ fn assert_once_each(alerts: &[AlertMessage]) {
 )]
 fn a_break_and_a_silence_are_alerted_once_each_across_a_crash_and_a_second_run() {
     let s = Stack::with_map_text("alerter", MAP);
-    let records = journey_records(&format!("g.{}", s.run));
+    let records = journey_records(&format!("g.{}", s.run), START, 0..DAYS * DAY);
     // Another group's replay on the same topic: ignored.
-    let other: Vec<_> = journey_records("g.someone-else")
+    let other: Vec<_> = journey_records("g.someone-else", START, 0..DAYS * DAY)
         .into_iter()
         .take(500)
         .collect();
@@ -344,17 +349,17 @@ fn a_break_and_a_silence_are_alerted_once_each_across_a_crash_and_a_second_run()
         .output()
         .unwrap();
     assert!(!crashed.status.success(), "the failpoint did not fire");
-    let before = alerts(&s).len();
+    let before = alerts_of(&s).len();
     assert!(before > 0, "the first write reached the topic");
     s.ok(&["alerter", "--until-caught-up"]);
-    let after = alerts(&s);
+    let after = alerts_of(&s);
     assert!(after.len() > before, "the restart wrote the rest");
     assert_expected(&after);
     assert_once_each(&after);
 
     // Again over the same input: nothing new.
     s.ok(&["alerter", "--until-caught-up"]);
-    assert_eq!(alerts(&s), after);
+    assert_eq!(alerts_of(&s), after);
 
     // ClickHouse has each change once (after merges: FINAL), the same as the topic.
     let db = s.database();
@@ -386,4 +391,98 @@ fn a_break_and_a_silence_are_alerted_once_each_across_a_crash_and_a_second_run()
             vec!["SILENCE".to_string(), "RESOLVED".to_string()]
         ]
     );
+}
+
+/// Alertmanager's active alerts of `group` (its API v2, through curl).
+fn alertmanager_alerts(url: &str, group: &str) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("curl")
+        .args(["-sfG", &format!("{url}/api/v2/alerts")])
+        .args(["--data-urlencode", &format!("filter=group=\"{group}\"")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "alertmanager at {url} does not answer"
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Live traffic, up to a few minutes ago: the break is posted to the real Alertmanager (read
+/// back through its API) while it lasts, with the labels teams route by, and resolved there
+/// once traffic after the break shows the rate back.
+#[test]
+fn a_live_break_reaches_alertmanager_and_resolves_there() {
+    let Ok(url) = std::env::var("CX_TEST_ALERTMANAGER") else {
+        eprintln!("CX_TEST_ALERTMANAGER is not set (deploy/local/test.sh sets it): skipped");
+        return;
+    };
+    let s = Stack::with_map_text("alerter_live", MAP);
+    s.append_config(&format!("alerter:\n  alertmanager_url: {url}\n"));
+    let group = format!("g.{}", s.run);
+    // 40 minutes into the break is five minutes ago.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let into_break = BREAK.0 + 40;
+    let start = now - (into_break + 5) * MINUTE;
+    let start = start - start.rem_euclid(MINUTE);
+    produce_aggregates(&s, &journey_records(&group, start, 0..into_break));
+    let mut alerter = s.spawn(&["alerter"]);
+    wait_until("the break in Alertmanager", || {
+        alertmanager_alerts(&url, &group)
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "CxStepDrop" && a["labels"]["step"] == "checkout")
+    });
+    let alerts = alertmanager_alerts(&url, &group);
+    let drop = alerts
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "CxStepDrop")
+        .unwrap();
+    assert_eq!(drop["labels"]["team"], "cx");
+    assert_eq!(drop["labels"]["journey"], "shop");
+    let incident = drop["labels"]["incident"].as_str().unwrap().to_string();
+    assert!(incident.starts_with("shop/step_drop:checkout/"), "{drop}");
+    assert!(
+        drop["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("checkout conversion fell"),
+        "{drop}"
+    );
+    // The same incident on the alerts topic, firing.
+    let firing: Vec<AlertMessage> = alerts_of(&s)
+        .into_iter()
+        .filter(|a| a.id == incident)
+        .collect();
+    assert_eq!(firing[0].state, AlertState::Firing);
+
+    // The rest of the break and two hours after it.
+    produce_aggregates(
+        &s,
+        &journey_records(&group, start, into_break..BREAK.1 + 120),
+    );
+    wait_until("the break resolved in Alertmanager", || {
+        !alertmanager_alerts(&url, &group)
+            .iter()
+            .any(|a| a["labels"]["incident"] == incident.as_str())
+    });
+    let resolved = alerts_of(&s)
+        .into_iter()
+        .filter(|a| a.id == incident && a.state == AlertState::Resolved)
+        .count();
+    assert_eq!(resolved, 1);
+    alerter.kill().unwrap();
+    alerter.wait().unwrap();
 }

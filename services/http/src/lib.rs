@@ -1,6 +1,9 @@
 //! HTTP adapter: `/metrics` (Prometheus text), `/healthz` (the process is alive) and
-//! `/readyz` (the service is doing its job), plus the registry of pipeline metrics.
+//! `/readyz` (the service is doing its job), plus the registry of pipeline metrics; and
+//! Alertmanager's API as a client ([`alertmanager`]).
 //! Label sets are bounded: topic kinds, reasons, partitions — never customer ids or text.
+
+pub mod alertmanager;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

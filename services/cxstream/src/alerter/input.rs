@@ -33,6 +33,8 @@ pub struct JourneyInput {
 pub struct Read {
     pub changes: Vec<AlertChange>,
     pub errors: Vec<LogError>,
+    /// How far the journey is judged now (after a committed record).
+    pub known_until: Option<i64>,
 }
 
 impl JourneyInput {
@@ -96,6 +98,7 @@ impl JourneyInput {
                         read.changes = self.watch.advance(k);
                     }
                 }
+                read.known_until = self.known_until;
                 read
             }
         }

@@ -10,6 +10,7 @@
 
 mod input;
 mod output;
+mod push;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +29,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::Config;
 use input::JourneyInput;
 use output::AlertsOutput;
+use push::AlertmanagerPush;
 
 /// Options of one run that are not configuration (CLI flags).
 #[derive(Debug, Clone, Copy, Default)]
@@ -42,6 +44,8 @@ pub struct Alerter {
     group: String,
     inputs: BTreeMap<String, JourneyInput>,
     output: AlertsOutput,
+    /// Alertmanager, when configured.
+    push: Option<AlertmanagerPush>,
     metrics: AlerterMetrics,
     health: Health,
     shutdown: Arc<AtomicBool>,
@@ -65,6 +69,18 @@ impl Alerter {
             .clone()
             .unwrap_or_else(|| cfg.journey.group_id.clone());
         let output = AlertsOutput::open(&cfg, &group, metrics.clone())?;
+        let push = match &cfg.alerter.alertmanager_url {
+            Some(url) => {
+                let client = cxstream_http::alertmanager::AlertmanagerClient::new(url)
+                    .context("alerter.alertmanager_url")?;
+                Some(AlertmanagerPush::new(
+                    client,
+                    cfg.alerter.live_within_ms,
+                    metrics.clone(),
+                ))
+            }
+            None => None,
+        };
         let inputs = maps
             .iter()
             .map(|m| {
@@ -77,6 +93,7 @@ impl Alerter {
             group,
             inputs,
             output,
+            push,
             metrics,
             health,
             shutdown,
@@ -91,6 +108,9 @@ impl Alerter {
         tracing::info!(group = %self.group, "alerter reading the aggregates");
         self.health.set_ready(true);
         while !self.shutdown.load(Ordering::Relaxed) {
+            if let Some(push) = &mut self.push {
+                self.rt.block_on(push.tick());
+            }
             if opts.until_caught_up && to_read.is_empty() {
                 break;
             }
@@ -140,6 +160,9 @@ impl Alerter {
                 self.publish(&journey, &read.changes)?;
             }
             self.update_gauges(&journey);
+            if let (Some(push), Some(k)) = (&mut self.push, read.known_until) {
+                push.judged(&journey, k);
+            }
         }
         tracing::info!("alerter stopped");
         Ok(())
@@ -198,11 +221,18 @@ impl Alerter {
         let Some(input) = self.inputs.get(journey) else {
             return Ok(());
         };
+        let messages: Vec<_> = changes
+            .iter()
+            .map(|c| output::message(&input.map, &self.group, c))
+            .collect();
+        if let Some(push) = &mut self.push {
+            push.on_changes(&messages);
+        }
         let mut wait = Duration::from_millis(500);
         loop {
             match self
                 .rt
-                .block_on(self.output.publish(&self.codec, &input.map, changes))
+                .block_on(self.output.publish(&self.codec, &messages))
             {
                 Ok(_) => {
                     self.health.set_ready(true);

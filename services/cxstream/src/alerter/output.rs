@@ -23,8 +23,6 @@ use crate::produce::{delivered, send, Deliveries};
 pub struct AlertsOutput {
     producer: ThreadedProducer<Deliveries>,
     topic: String,
-    /// The journey group whose aggregates are judged.
-    group: String,
     table: AlertsTable,
     /// (id, revision) of the group's changes on the topic.
     sent: HashSet<(String, i32)>,
@@ -44,7 +42,6 @@ impl AlertsOutput {
                 .create_with_context(Deliveries::default())
                 .context("creating the alerts producer")?,
             topic: cfg.topics.alerts.clone(),
-            group: group.to_string(),
             table: AlertsTable::new(&cfg.clickhouse_connection()),
             sent,
             metrics,
@@ -53,21 +50,15 @@ impl AlertsOutput {
 
     /// Writes the changes not published yet: all to ClickHouse, then to the topic, and waits
     /// until the broker has them. Returns how many were new.
-    pub async fn publish(
-        &mut self,
-        codec: &Codec,
-        map: &JourneyMap,
-        changes: &[AlertChange],
-    ) -> Result<usize> {
-        let new: Vec<AlertMessage> = changes
+    pub async fn publish(&mut self, codec: &Codec, changes: &[AlertMessage]) -> Result<usize> {
+        let new: Vec<&AlertMessage> = changes
             .iter()
-            .map(|c| message(map, &self.group, c))
             .filter(|m| !self.sent.contains(&(m.id.clone(), m.revision)))
             .collect();
         if new.is_empty() {
             return Ok(0);
         }
-        let rows: Vec<AlertRow> = new.iter().map(row).collect();
+        let rows: Vec<AlertRow> = new.iter().map(|m| row(m)).collect();
         if let Err(e) = self.table.insert(&rows).await {
             self.metrics
                 .write_errors
@@ -178,7 +169,8 @@ fn read_sent(cfg: &Config, group: &str, codec: &Codec) -> Result<HashSet<(String
     Ok(sent)
 }
 
-fn message(map: &JourneyMap, group: &str, c: &AlertChange) -> AlertMessage {
+/// A change as the alerts topic has it.
+pub fn message(map: &JourneyMap, group: &str, c: &AlertChange) -> AlertMessage {
     let kind = match c.subject {
         Subject::Step(_) => AlertKind::StepDrop,
         Subject::Score(_) => AlertKind::ScoreDrop,

@@ -90,7 +90,7 @@ fn subscribe(
 /// Options of one run that are not configuration (CLI flags).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
-    /// Exit once every assigned partition is read to its end and committed.
+    /// Exit once every input partition is assigned here, read to its end and committed.
     pub until_caught_up: bool,
 }
 
@@ -230,6 +230,13 @@ impl JourneyService {
         let join_timeout = Duration::from_millis(inner.cfg.journey.join_timeout_ms);
         let mut unassigned_since = Some(Instant::now());
         let mut caught_up_since: Option<Instant> = None;
+        // Caught up means all of the input, not the share assigned so far: after a crash the
+        // dead member keeps its partitions until the group evicts it.
+        let inputs = if opts.until_caught_up {
+            partition_count(&consumer, &inner.cfg.topics.touchpoints)?
+        } else {
+            0
+        };
         let settle = Duration::from_millis(inner.cfg.journey.idle_release_ms.max(1000));
         let flush_every = Duration::from_millis(inner.cfg.journey.flush_interval_ms);
         let mut last_flush = Instant::now();
@@ -285,13 +292,14 @@ impl JourneyService {
                 inner.throttle(&consumer);
                 last_flush = Instant::now();
                 since_flush = 0;
-                if opts.until_caught_up && inner.caught_up(&consumer) {
+                if opts.until_caught_up && inner.slots.len() >= inputs && inner.caught_up(&consumer)
+                {
                     // Some brokers (Tansu under load, seen here) show a just-acknowledged
                     // batch a moment later; only a quiet end that lasts counts.
                     let since = *caught_up_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= settle {
                         tracing::info!(
-                            "caught up: every assigned partition is read to its end and committed"
+                            "caught up: every input partition is assigned here, read to its end and committed"
                         );
                         break;
                     }
