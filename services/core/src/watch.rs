@@ -4,12 +4,13 @@
 //! into alerts — one per incident, with a stable id.
 //!
 //! Signals, each per slice (all traffic, each channel, each segment):
-//! - **step drop**: a step's attempts started in a minute and how many converted
-//!   ([`DropDetector`]), through several *lenses*: how many converted within 1, 2, 5 and
-//!   10 minutes (those shorter than the budget), each judged as soon as the watermark has
-//!   passed the minute plus that horizon, and how many converted within the budget, judged
-//!   once the attempts' deadlines have passed — a checkout with a 30-minute budget that
-//!   breaks shows within minutes in its early lenses;
+//! - **step drop**: a step's attempts started in a minute and how many converted, known
+//!   through *lenses*: how many converted within 1, 2, 5 and 10 minutes (those shorter
+//!   than the budget), each as soon as the watermark has passed the minute plus that
+//!   horizon, and how many within the budget, once the attempts' deadlines have passed.
+//!   Each slice's [`DropDetector`] takes the lenses as stages of one test, so a checkout
+//!   with a 30-minute budget that breaks shows within minutes, with all the evidence its
+//!   outcomes hold;
 //! - **score drop**: a stage's NPS over a trailing window against the week before
 //!   ([`ScoreWatch`]);
 //! - **silence**: a channel that normally sends touchpoints sends none ([`Silence`]).
@@ -23,10 +24,9 @@
 //! same aggregates again judges the same minutes the same way and raises the same alerts
 //! under the same ids.
 //!
-//! All slices (and lenses) of one subject (a step, a stage's score, a channel's traffic)
-//! that fire together are one incident: it starts when the first fires, is updated when
-//! the set of firing slices changes (not when another lens of a firing slice joins or
-//! leaves), and resolves when the last lens has resolved.
+//! All slices of one subject (a step, a stage's score, a channel's traffic) that fire
+//! together are one incident: it starts when the first fires, is updated when the set of
+//! firing slices changes, and resolves when the last has resolved.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -161,8 +161,8 @@ pub struct AlertChange {
     pub subject: Subject,
     /// The strongest firing slice's figures (at resolution: the last slice's).
     pub figures: Figures,
-    /// Every lens firing after the change (none when resolved).
-    pub firing: Vec<Lens>,
+    /// Every slice firing after the change (none when resolved).
+    pub firing: Vec<Slice>,
     /// Event time (ms) of the incident's first judged minute, and the end of the minute
     /// judged now.
     pub window_start: i64,
@@ -174,11 +174,13 @@ pub struct AlertChange {
     pub fired_at: i64,
 }
 
-/// A slice's step attempts in a minute, as one lens sees them.
+/// A slice's step attempts in a minute, as one lens sees them: how many started, how many
+/// had converted by the previous lens's horizon and by this one's.
 #[derive(Debug, Clone, Copy, Default)]
 struct Trials {
-    conversions: i64,
     starts: i64,
+    before: i64,
+    by: i64,
 }
 
 /// A step's lens: which count of conversions (an index into the early horizons, or the
@@ -196,7 +198,7 @@ struct Open {
     revision: u32,
     start: i64,
     fired_at: i64,
-    slices: BTreeMap<Lens, Figures>,
+    slices: BTreeMap<Slice, Figures>,
 }
 
 /// Promoters, passives, detractors.
@@ -215,7 +217,8 @@ pub struct JourneyWatch {
     steps: BTreeMap<(i64, StepIdx, u8, Slice), Trials>,
     /// Per step and lens.
     step_cursor: Vec<Vec<Cursor>>,
-    drops: BTreeMap<(StepIdx, u8, Slice), DropDetector>,
+    /// Per step and slice, one detector judging every lens as a stage.
+    drops: BTreeMap<(StepIdx, Slice), DropDetector>,
     scores_in: BTreeMap<(i64, (StageIdx, Slice)), NpsCounts>,
     sources_in: BTreeMap<(i64, ChannelIdx), i64>,
     minute_cursor: Cursor,
@@ -285,12 +288,15 @@ impl JourneyWatch {
             if cursor.is_none_or(|c| minute < c) {
                 *cursor = Some(minute);
             }
-            let conversions = lens.early.map_or(counts.conversions, |i| within[i]);
+            let by = |lens: &StepLens| lens.early.map_or(counts.conversions, |i| within[i]);
+            let before = l.checked_sub(1).map_or(0, |k| by(&lenses[k]));
+            let by = by(lens);
             let l = u8::try_from(l).unwrap_or(u8::MAX);
             for slice in [Slice::All, Slice::Channel(channel), Slice::Segment(segment)] {
                 let t = self.steps.entry((minute, step, l, slice)).or_default();
-                t.conversions += conversions;
                 t.starts += counts.starts;
+                t.before += before;
+                t.by += by;
             }
         }
     }
@@ -373,17 +379,24 @@ impl JourneyWatch {
             .map(|(_, due)| due)
     }
 
-    /// Judges a step's minute through one lens.
+    /// Judges a step's minute through one lens: a stage of its slices' detectors.
     fn judge_step(&mut self, step: StepIdx, lens: usize, minute: i64, out: &mut Vec<AlertChange>) {
-        let StepLens { early, wait } = self.step_lenses[usize::from(step)][lens];
-        let within_ms = early.map(|i| EARLY_HORIZONS_MS[i]);
+        let lenses = &self.step_lenses[usize::from(step)];
+        let (stages, wait) = (lenses.len(), lenses[lens].wait);
+        let horizon = |stage: usize| {
+            lenses
+                .get(stage)
+                .and_then(|l| l.early)
+                .map(|i| EARLY_HORIZONS_MS[i])
+        };
+        let horizons: Vec<Option<i64>> = (0..stages).map(horizon).collect();
         let l = u8::try_from(lens).unwrap_or(u8::MAX);
         // Slices seen before are judged every minute (a minute without trials is known
         // too); new ones join with their first cell.
         let mut slices: BTreeSet<Slice> = self
             .drops
-            .range((step, l, Slice::All)..=(step, l, Slice::Segment(SegmentIdx::MAX)))
-            .map(|(k, _)| k.2)
+            .range((step, Slice::All)..=(step, Slice::Segment(SegmentIdx::MAX)))
+            .map(|(k, _)| k.1)
             .collect();
         let first = (minute, step, l, Slice::All);
         let last = (minute, step, l, Slice::Segment(SegmentIdx::MAX));
@@ -401,11 +414,18 @@ impl JourneyWatch {
             self.steps.remove(&(minute, step, l, slice));
             let d = self
                 .drops
-                .entry((step, l, slice))
-                .or_insert_with(|| DropDetector::new(self.params.drop));
-            let x = u64::try_from(t.conversions).unwrap_or(0);
-            let n = u64::try_from(t.starts).unwrap_or(0);
-            if let Some(i) = d.observe(minute / MINUTE_MS, x, n) {
+                .entry((step, slice))
+                .or_insert_with(|| DropDetector::staged(self.params.drop, stages));
+            let count = |v: i64| u64::try_from(v).unwrap_or(0);
+            let incident = d.observe_stage(
+                minute / MINUTE_MS,
+                lens,
+                count(t.starts),
+                count(t.before),
+                count(t.by),
+            );
+            if let Some(i) = incident {
+                let within_ms = horizons.get(d.figures_stage()).copied().flatten();
                 let lens = Lens { slice, within_ms };
                 self.apply(Subject::Step(step), lens, i, minute, minute + wait, out);
             }
@@ -495,17 +515,15 @@ impl JourneyWatch {
                     fired_at: at,
                     slices: BTreeMap::new(),
                 });
-                // Each lens keeps its figures current and its strongest significance.
-                let figures = match open.slices.get(&lens) {
+                // Each slice keeps its figures current and its strongest significance.
+                let figures = match open.slices.get(&lens.slice) {
                     Some(before) => Figures {
                         significance: figures.significance.min(before.significance),
                         ..figures
                     },
                     None => figures,
                 };
-                let slice_was_firing = open.slices.keys().any(|l| l.slice == lens.slice);
-                if open.slices.insert(lens, figures).is_some() || slice_was_firing {
-                    // Another lens of a slice already firing says nothing new to on-call.
+                if open.slices.insert(lens.slice, figures).is_some() {
                     return;
                 }
                 let state = if open.slices.len() == 1 {
@@ -520,13 +538,9 @@ impl JourneyWatch {
                 let Some(open) = self.open.get_mut(&subject) else {
                     return;
                 };
-                let Some(figures) = open.slices.remove(&lens) else {
+                let Some(figures) = open.slices.remove(&lens.slice) else {
                     return;
                 };
-                if open.slices.keys().any(|l| l.slice == lens.slice) {
-                    // The slice still fires through another lens.
-                    return;
-                }
                 open.revision += 1;
                 let state = if open.slices.is_empty() {
                     AlertState::Resolved

@@ -252,3 +252,50 @@ fn a_rate_of_almost_nothing_does_not_page() {
         assert_eq!(d.observe(START + m, x, 60), None, "minute {m}");
     }
 }
+
+/// The stages of a cohort carry exactly the evidence of its whole outcome (the chain rule):
+/// fed stage by stage, a staged test's evidence equals that of a one-stage test fed only
+/// the final counts; and the first stage alone already says much of it.
+#[test]
+fn the_stages_of_a_cohort_carry_the_evidence_of_its_outcome() {
+    for by in [
+        [30u64, 50, 60, 65, 70],
+        [5, 10, 40, 41, 42],
+        [60, 80, 90, 95, 99],
+    ] {
+        // Never firing, so that the evidence is not capped.
+        let params = DropParams {
+            threshold: f64::MAX,
+            ..DropParams::default()
+        };
+        let mut staged = DropDetector::staged(params, 5);
+        let mut whole = DropDetector::new(params);
+        let stage = |d: &mut DropDetector, m: i64, counts: &[u64; 5]| {
+            for k in 0..5 {
+                let before = if k == 0 { 0 } else { counts[k - 1] };
+                assert_eq!(d.observe_stage(m, k, 100, before, counts[k]), None);
+            }
+        };
+        for m in 0..2 * WEEK {
+            stage(&mut staged, START + m, &by);
+            assert_eq!(whole.observe(START + m, by[4], 100), None);
+        }
+        // A broken minute: nobody converts. Its first stage alone builds evidence.
+        let from = START + 2 * WEEK;
+        staged.observe_stage(from, 0, 100, 0, 0);
+        let first = staged.evidence();
+        for k in 1..5 {
+            staged.observe_stage(from, k, 100, 0, 0);
+        }
+        whole.observe(from, 0, 100);
+        let (s, w) = (staged.evidence(), whole.evidence());
+        assert!(
+            s > 0.0 && (s - w).abs() < 1e-6 * w,
+            "{by:?}: staged {s}, whole {w}"
+        );
+        assert!(
+            first > 0.0 && first < s,
+            "{by:?}: first stage {first} of {s}"
+        );
+    }
+}

@@ -273,8 +273,8 @@ fn a_break_is_one_incident_silence_is_not_a_drop_and_reading_order_changes_nothi
     assert!(
         drops
             .iter()
-            .flat_map(|c| c.firing.iter().chain([&c.figures.lens]))
-            .any(|l| l.slice == Slice::Channel(1)),
+            .flat_map(|c| c.firing.iter().chain([&c.figures.lens.slice]))
+            .any(|s| *s == Slice::Channel(1)),
         "{drops:#?}"
     );
     assert!(drops.iter().all(|c| c.id == f.id));
