@@ -1,16 +1,19 @@
-//! Data stopped arriving: a slice whose baseline expects λ events a minute has sent none
-//! for long enough that chance explains it less than once in e^`threshold` (the zero-event
-//! probability of the silent run is e^(−Σλ)), and for longer than any pause its hour of
-//! the week has had in the last weeks (real traffic is burstier than Poisson). The
-//! baseline is the same hour of the weeks before: an hour's own first minutes never set
-//! what its later minutes are held to. Unlike a drop, where traffic goes on at a worse
-//! rate, a silence is nothing at all; it ends with the first event.
+//! Data stopped arriving: a slice that normally has traffic sends nothing for long enough
+//! that chance explains it less than once in e^`threshold`. Chance is measured, not
+//! assumed: a minute of this hour of the week had no event with probability p0 in the
+//! weeks before (smoothed), so k silent minutes happen with p0^k — real traffic comes in
+//! bursts (a customer's touchpoints together), and a Poisson rate would call its pauses
+//! impossible. The run must also be longer than any pause its hour of the week had in the
+//! last weeks. An hour's own first minutes never set what its later minutes are held to.
+//! Unlike a drop, where traffic goes on at a worse rate, a silence is nothing at all; it
+//! ends with the first event.
 
 use super::{Incident, SeasonalRate};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SilenceParams {
-    /// −ln of the chance below which a silent run is not chance. Default 12.
+    /// −ln of the chance below which a silent run is not chance. Default 16 (as a drop's):
+    /// a slice has some 20,000 minutes in 14 days to start a run in.
     pub threshold: f64,
     /// Events per minute this hour of the week must normally bring before its silence can
     /// fire (a trickle is silent often). Default 1.
@@ -25,7 +28,7 @@ pub struct SilenceParams {
 impl Default for SilenceParams {
     fn default() -> Self {
         SilenceParams {
-            threshold: 12.0,
+            threshold: 16.0,
             min_events_per_minute: 1.0,
             min_baseline_minutes: 40.0,
             weekly_decay: 0.5,
@@ -42,6 +45,8 @@ pub struct Silence {
     /// Events over minutes, by hour of the week, from hours that are over: an hour is
     /// judged against the weeks before, never against its own first minutes.
     volume: SeasonalRate,
+    /// Minutes without an event over minutes, the same way.
+    zeros: SeasonalRate,
     /// The current hour's minutes, learned when it is over: (minute, events).
     this_hour: Vec<(i64, u64)>,
     /// The hour (epoch hours) of the latest minute observed.
@@ -52,8 +57,10 @@ pub struct Silence {
     longest: Vec<(i64, i64)>,
     /// The current run of minutes without events: its first minute and length.
     run: Option<(i64, i64)>,
-    /// Events expected over the run (from the minutes with a known rate).
+    /// Events expected over the run (from the minutes with a known rate), for the figures.
     expected: f64,
+    /// −ln of the chance of the run (from the minutes with a known rate).
+    evidence: f64,
     firing: bool,
 }
 
@@ -65,12 +72,14 @@ impl Silence {
     pub fn new(params: SilenceParams) -> Self {
         Silence {
             volume: SeasonalRate::new(params.weekly_decay),
+            zeros: SeasonalRate::new(params.weekly_decay),
             this_hour: Vec::new(),
             hour: i64::MIN,
             longest: vec![(0, i64::MIN); 168],
             params,
             run: None,
             expected: 0.0,
+            evidence: 0.0,
             firing: false,
         }
     }
@@ -92,6 +101,7 @@ impl Silence {
             }
             self.learn(minute, events);
             self.expected = 0.0;
+            self.evidence = 0.0;
             if self.firing {
                 self.firing = false;
                 return Some(Incident::Resolved { minute });
@@ -108,13 +118,20 @@ impl Silence {
             .expected_in_hour(minute, self.params.min_baseline_minutes)
             .map(|(r, _)| r)
             .filter(|r| *r >= self.params.min_events_per_minute);
-        self.expected += rate.unwrap_or(0.0);
-        let evidence = self.expected;
+        if let Some(rate) = rate {
+            let p0 = self
+                .zeros
+                .expected_in_hour(minute, self.params.min_baseline_minutes)
+                .map_or(1.0, |(p, den)| (p * den + 1.0) / (den + 2.0));
+            self.expected += rate;
+            self.evidence -= p0.ln();
+        }
+        let (expected, evidence) = (self.expected, self.evidence);
         if self.firing {
             return Some(Incident::Ongoing {
                 minute,
                 observed: 0.0,
-                expected: evidence,
+                expected,
                 trials: 0.0,
                 evidence,
             });
@@ -127,7 +144,7 @@ impl Silence {
             Incident::Started {
                 minute,
                 observed: 0.0,
-                expected: evidence,
+                expected,
                 trials: 0.0,
                 evidence,
             }
@@ -138,6 +155,8 @@ impl Silence {
     fn learn(&mut self, minute: i64, events: u64) {
         if minute.div_euclid(60) < self.hour {
             self.volume.observe(minute, events as f64, 1.0);
+            self.zeros
+                .observe(minute, f64::from(u8::from(events == 0)), 1.0);
         } else {
             self.this_hour.push((minute, events));
         }
@@ -149,6 +168,7 @@ impl Silence {
         if hour > self.hour {
             for (m, e) in std::mem::take(&mut self.this_hour) {
                 self.volume.observe(m, e as f64, 1.0);
+                self.zeros.observe(m, f64::from(u8::from(e == 0)), 1.0);
             }
             self.hour = hour;
         }
