@@ -145,7 +145,7 @@ pub struct Figures {
     /// Conversion rate (0–1), NPS (points) or touchpoints a minute.
     pub observed: f64,
     pub baseline: f64,
-    /// Trials, answers or expected touchpoints behind the figures.
+    /// Attempts or answers behind the figures (0 for a silence).
     pub n: f64,
     /// The probability of evidence this strong without a change (an upper bound from the
     /// test's likelihood ratio; the one-sided normal tail for scores).
@@ -278,9 +278,14 @@ impl JourneyWatch {
         let Some(lenses) = self.step_lenses.get(usize::from(step)) else {
             return;
         };
+        let minute = minute_start(minute);
         let within = counts.within();
         for (l, lens) in lenses.iter().enumerate() {
-            if is_late(minute + lens.wait, self.known_until, partition_watermark) {
+            if is_late(
+                minute.saturating_add(lens.wait),
+                self.known_until,
+                partition_watermark,
+            ) {
                 self.late_cells += 1;
                 continue;
             }
@@ -312,7 +317,12 @@ impl JourneyWatch {
         counts: &Counts,
         partition_watermark: Option<i64>,
     ) {
-        if is_late(minute + MINUTE_MS, self.known_until, partition_watermark) {
+        let minute = minute_start(minute);
+        if is_late(
+            minute.saturating_add(MINUTE_MS),
+            self.known_until,
+            partition_watermark,
+        ) {
             self.late_cells += 1;
             return;
         }
@@ -509,7 +519,7 @@ impl JourneyWatch {
                 };
                 let map = &self.map;
                 let open = self.open.entry(subject).or_insert_with(|| Open {
-                    id: alert_id(map, subject, minute),
+                    id: alert_id(map, subject, at),
                     revision: 0,
                     start: minute,
                     fired_at: at,
@@ -588,15 +598,22 @@ fn is_late(point: i64, known_until: Option<i64>, partition_watermark: Option<i64
     partition_watermark.is_some_and(|w| w >= point) || known_until.is_some_and(|k| k >= point)
 }
 
-/// The cells of `minute`, the earliest kept (earlier ones are judged already).
+/// The start of the minute `ms` is in: a cell's minute off the grid would never be judged.
+fn minute_start(ms: i64) -> i64 {
+    ms - ms.rem_euclid(MINUTE_MS)
+}
+
+/// The cells of `minute` (and any of earlier minutes, judged already), taken out.
 fn take_minute<K: Ord + Copy, V>(cells: &mut BTreeMap<(i64, K), V>, minute: i64) -> BTreeMap<K, V> {
     let mut now = BTreeMap::new();
     while let Some(entry) = cells.first_entry() {
-        if entry.key().0 != minute {
+        if entry.key().0 > minute {
             break;
         }
-        let ((_, k), v) = entry.remove_entry();
-        now.insert(k, v);
+        let ((m, k), v) = entry.remove_entry();
+        if m == minute {
+            now.insert(k, v);
+        }
     }
     now
 }
@@ -639,7 +656,9 @@ fn significance(subject: Subject, evidence: f64) -> f64 {
 }
 
 /// Stable across restarts and replays: the journey, what the incident is about and the
-/// minute it started (epoch minutes).
+/// minute it became known (epoch minutes) — after the subject's previous incident
+/// resolved, so never the same twice (the minute the evidence is about can be: a later
+/// lens of an earlier minute).
 fn alert_id(map: &JourneyMap, subject: Subject, start: i64) -> String {
     format!(
         "{}/{}:{}/{}",

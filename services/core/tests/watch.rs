@@ -266,10 +266,7 @@ fn a_break_is_one_incident_silence_is_not_a_drop_and_reading_order_changes_nothi
         f.window_start >= start && f.at <= start + 10 * MINUTE,
         "{f:#?}"
     );
-    assert_eq!(
-        f.id,
-        format!("shop/step_drop:checkout/{}", f.window_start / MINUTE)
-    );
+    assert_eq!(f.id, format!("shop/step_drop:checkout/{}", f.at / MINUTE));
     assert!(
         drops
             .iter()

@@ -45,6 +45,20 @@ fn bad_value_says_what_to_fix() {
 }
 
 #[test]
+fn an_alertmanager_url_the_alerter_cannot_post_to_says_what_to_fix() {
+    let cfg = temp_file(
+        "am.yaml",
+        "alerter:\n  alertmanager_url: https://am.example:9093\n",
+    );
+    let (code, err) = cxstream(&["--config", cfg.to_str().expect("utf8"), "alerter"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("alerter.alertmanager_url `https://am.example:9093` must be http://host:port"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unknown_flag_is_refused() {
     let (code, err) = cxstream(&["simulate", "--customerz", "5"]);
     assert_eq!(code, 2, "{err}");

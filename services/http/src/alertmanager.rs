@@ -19,6 +19,8 @@ pub enum AlertmanagerError {
     Url(String),
     #[error("alertmanager {url}: {message}")]
     Request { url: String, message: String },
+    #[error("alertmanager did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     #[error("alertmanager {url} answered {status}: {body}")]
     Status {
         url: String,

@@ -90,7 +90,8 @@ pub enum Incident {
         trials: f64,
         evidence: f64,
     },
-    /// The evidence went back to zero and stayed there.
+    /// The rate is back: the evidence of recovery reached `resolve_evidence` (or the
+    /// incident lasted `max_incident_minutes`).
     Resolved { minute: i64 },
 }
 

@@ -8,6 +8,8 @@
 //! Unlike a drop, where traffic goes on at a worse rate, a silence is nothing at all; it
 //! ends with the first event.
 
+use std::collections::BTreeMap;
+
 use super::{Incident, SeasonalRate};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,10 +53,9 @@ pub struct Silence {
     this_hour: Vec<(i64, u64)>,
     /// The hour (epoch hours) of the latest minute observed.
     hour: i64,
-    /// Per hour of the week, the longest silent run (minutes) that ended by itself within
-    /// the last weeks, and its week: bursty traffic has gaps Poisson does not explain, and
-    /// a silence must be longer than those this hour has seen.
-    longest: Vec<(i64, i64)>,
+    /// Per hour of the week, the longest silent run (minutes) that ended by itself in each
+    /// of the last weeks: a silence must be longer than those this hour has seen lately.
+    longest: Vec<BTreeMap<i64, i64>>,
     /// The current run of minutes without events: its first minute and length.
     run: Option<(i64, i64)>,
     /// Events expected over the run (from the minutes with a known rate), for the figures.
@@ -75,7 +76,7 @@ impl Silence {
             zeros: SeasonalRate::new(params.weekly_decay),
             this_hour: Vec::new(),
             hour: i64::MIN,
-            longest: vec![(0, i64::MIN); 168],
+            longest: vec![BTreeMap::new(); 168],
             params,
             run: None,
             expected: 0.0,
@@ -175,18 +176,22 @@ impl Silence {
     }
 
     fn learn_gap(&mut self, first: i64, len: i64) {
-        let seen = self.longest_gap(first, first);
-        self.longest[super::hour_of_week(first)] = (seen.max(len), week_of(first));
+        let week = week_of(first);
+        let weeks = &mut self.longest[super::hour_of_week(first)];
+        let longest = weeks.entry(week).or_default();
+        *longest = (*longest).max(len);
+        weeks.retain(|w, _| week - *w <= GAP_WEEKS);
     }
 
-    /// The longest silent run seen starting in `first`'s hour of the week within the
-    /// `GAP_WEEKS` before `now`.
+    /// The longest silent run seen starting in `first`'s hour of the week in the
+    /// `GAP_WEEKS` weeks before `now`'s.
     fn longest_gap(&self, first: i64, now: i64) -> i64 {
-        let (gap, week) = self.longest[super::hour_of_week(first)];
-        if week_of(now).saturating_sub(week) <= GAP_WEEKS {
-            gap
-        } else {
-            0
-        }
+        let now = week_of(now);
+        self.longest[super::hour_of_week(first)]
+            .iter()
+            .filter(|(w, _)| now - **w <= GAP_WEEKS)
+            .map(|(_, len)| *len)
+            .max()
+            .unwrap_or(0)
     }
 }

@@ -246,6 +246,10 @@ impl Alerter {
                             "stopping with alert changes unwritten; the next start writes them",
                         ));
                     }
+                    // Firing alerts stay posted meanwhile, or Alertmanager resolves them.
+                    if let Some(push) = &mut self.push {
+                        self.rt.block_on(push.tick());
+                    }
                     std::thread::sleep(wait);
                     wait = (wait * 2).min(Duration::from_secs(30));
                 }

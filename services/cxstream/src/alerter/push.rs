@@ -13,10 +13,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use cxstream_avro::{AlertKind, AlertMessage, AlertState, Severity};
-use cxstream_http::alertmanager::{rfc3339, AlertmanagerClient, PostableAlert};
+use cxstream_http::alertmanager::{rfc3339, AlertmanagerClient, AlertmanagerError, PostableAlert};
 use cxstream_http::AlerterMetrics;
 
 const AGAIN_EVERY: Duration = Duration::from_secs(30);
+const POST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct AlertmanagerPush {
     client: AlertmanagerClient,
@@ -94,7 +95,8 @@ impl AlertmanagerPush {
     /// logged and tried again with the next.
     pub async fn tick(&mut self) {
         let due = self.sent.is_none_or(|t| t.elapsed() >= AGAIN_EVERY);
-        if !(self.changed || due && !self.firing.is_empty()) {
+        let waiting = !self.firing.is_empty() || !self.resolved.is_empty();
+        if !(self.changed || due && waiting) {
             return;
         }
         let mut alerts: Vec<PostableAlert> = self
@@ -109,7 +111,11 @@ impl AlertmanagerPush {
         if alerts.is_empty() {
             return;
         }
-        match self.client.post(&alerts).await {
+        // An Alertmanager that hangs must not stop the alerter: give up, post again later.
+        let posted = tokio::time::timeout(POST_TIMEOUT, self.client.post(&alerts))
+            .await
+            .unwrap_or(Err(AlertmanagerError::Timeout(POST_TIMEOUT)));
+        match posted {
             Ok(()) => self.resolved.clear(),
             Err(e) => {
                 self.metrics
