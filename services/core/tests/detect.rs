@@ -156,7 +156,7 @@ fn a_small_slice_does_not_page() {
     }
 }
 
-/// A slice with one silent minute in every `every` (5 events a minute otherwise), then
+/// A slice with one silent minute in every `every` (10 events a minute otherwise), then
 /// none: it fires at the minute the run's chance, from the measured share of silent
 /// minutes of that hour of the week (p0, smoothed), falls below e^−threshold; and it
 /// resolves with the first event.
@@ -166,7 +166,7 @@ fn a_silence_fires_when_chance_no_longer_explains_it() {
         let params = SilenceParams::default();
         let mut s = Silence::new(params);
         for m in 0..2 * WEEK {
-            let events = if m % every == every - 1 { 0 } else { 5 };
+            let events = if m % every == every - 1 { 0 } else { 10 };
             assert_eq!(s.observe(START + m, events), None);
         }
         let from = START + 2 * WEEK;
