@@ -168,7 +168,8 @@ pub struct AlertChange {
     pub window_start: i64,
     pub window_end: i64,
     /// Event time (ms) by which the change could be known: the end of the minute judged
-    /// plus what it waited for (a step's budget). Detection delay is measured to this.
+    /// plus what it waited for (a step's horizon or budget). Detection delay is measured
+    /// to this.
     pub at: i64,
     /// `at` of the change that fired the incident.
     pub fired_at: i64,
@@ -233,16 +234,15 @@ pub struct JourneyWatch {
 
 impl JourneyWatch {
     pub fn new(map: &JourneyMap, params: WatchParams) -> Self {
+        let step_lenses: Vec<Vec<StepLens>> =
+            map.steps.iter().map(|s| lenses(s.budget_ms)).collect();
+        let step_cursor = step_lenses.iter().map(|l| vec![None; l.len()]).collect();
         JourneyWatch {
             map: map.clone(),
             params,
-            step_lenses: map.steps.iter().map(|s| lenses(s.budget_ms)).collect(),
+            step_lenses,
             steps: BTreeMap::new(),
-            step_cursor: map
-                .steps
-                .iter()
-                .map(|s| vec![None; lenses(s.budget_ms).len()])
-                .collect(),
+            step_cursor,
             drops: BTreeMap::new(),
             scores_in: BTreeMap::new(),
             sources_in: BTreeMap::new(),
@@ -393,13 +393,6 @@ impl JourneyWatch {
     fn judge_step(&mut self, step: StepIdx, lens: usize, minute: i64, out: &mut Vec<AlertChange>) {
         let lenses = &self.step_lenses[usize::from(step)];
         let (stages, wait) = (lenses.len(), lenses[lens].wait);
-        let horizon = |stage: usize| {
-            lenses
-                .get(stage)
-                .and_then(|l| l.early)
-                .map(|i| EARLY_HORIZONS_MS[i])
-        };
-        let horizons: Vec<Option<i64>> = (0..stages).map(horizon).collect();
         let l = u8::try_from(lens).unwrap_or(u8::MAX);
         // Slices seen before are judged every minute (a minute without trials is known
         // too); new ones join with their first cell.
@@ -435,7 +428,11 @@ impl JourneyWatch {
                 count(t.by),
             );
             if let Some(i) = incident {
-                let within_ms = horizons.get(d.figures_stage()).copied().flatten();
+                // The horizon of the stage the figures are of.
+                let within_ms = self.step_lenses[usize::from(step)]
+                    .get(d.figures_stage())
+                    .and_then(|l| l.early)
+                    .map(|i| EARLY_HORIZONS_MS[i]);
                 let lens = Lens { slice, within_ms };
                 self.apply(Subject::Step(step), lens, i, minute, minute + wait, out);
             }
@@ -659,12 +656,12 @@ fn significance(subject: Subject, evidence: f64) -> f64 {
 /// minute it became known (epoch minutes) — after the subject's previous incident
 /// resolved, so never the same twice (the minute the evidence is about can be: a later
 /// lens of an earlier minute).
-fn alert_id(map: &JourneyMap, subject: Subject, start: i64) -> String {
+fn alert_id(map: &JourneyMap, subject: Subject, known_at: i64) -> String {
     format!(
         "{}/{}:{}/{}",
         map.name,
         subject.kind().as_str(),
         subject.name(map),
-        start / MINUTE_MS
+        known_at / MINUTE_MS
     )
 }

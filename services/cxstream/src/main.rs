@@ -277,71 +277,86 @@ fn print_map(map: &JourneyMap) {
 
 fn run_journey(cfg: Config, opts: journey::RunOptions) -> Result<()> {
     let maps = load_maps(&cfg)?;
-    let rt = runtime()?;
-    let shutdown = Arc::new(AtomicBool::new(false));
     let metrics = cxstream_http::JourneyMetrics::new().context("registering metrics")?;
-    let health = cxstream_http::Health::default();
-    let addr = rt
-        .block_on(cxstream_http::serve(
-            cfg.http.listen,
-            metrics.registry.clone(),
-            health.clone(),
-        ))
-        .with_context(|| format!("listening on {} (http.listen)", cfg.http.listen))?;
+    let s = Serving::start(&cfg, metrics.registry.clone())?;
     let journeys: Vec<&str> = maps.iter().map(|m| m.name.as_str()).collect();
-    tracing::info!(%addr, journeys = ?journeys, group = %cfg.journey.group_id, "journey service starting");
-    {
-        let shutdown = shutdown.clone();
-        rt.spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("signal received");
-            shutdown.store(true, Ordering::Relaxed);
-        });
-    }
-    let service =
-        journey::JourneyService::new(cfg, maps, metrics, health, shutdown, rt.handle().clone())?;
-    let result = std::thread::Builder::new()
-        .name("journey-consumer".into())
-        .spawn(move || service.run(opts))
-        .context("starting the consumer thread")?
-        .join()
-        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
-    rt.shutdown_timeout(std::time::Duration::from_secs(2));
-    result
+    tracing::info!(addr = %s.addr, journeys = ?journeys, group = %cfg.journey.group_id, "journey service starting");
+    let service = journey::JourneyService::new(
+        cfg,
+        maps,
+        metrics,
+        s.health.clone(),
+        s.shutdown.clone(),
+        s.rt.handle().clone(),
+    )?;
+    s.run("journey-consumer", move || service.run(opts))
 }
 
 fn run_alerter(cfg: Config, opts: alerter::RunOptions) -> Result<()> {
     let maps = load_maps(&cfg)?;
-    let rt = runtime()?;
-    let shutdown = Arc::new(AtomicBool::new(false));
     let metrics = cxstream_http::AlerterMetrics::new().context("registering metrics")?;
-    let health = cxstream_http::Health::default();
-    let addr = rt
-        .block_on(cxstream_http::serve(
-            cfg.http.listen,
-            metrics.registry.clone(),
-            health.clone(),
-        ))
-        .with_context(|| format!("listening on {} (http.listen)", cfg.http.listen))?;
-    tracing::info!(%addr, "alerter starting");
-    {
-        let shutdown = shutdown.clone();
-        rt.spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("signal received");
-            shutdown.store(true, Ordering::Relaxed);
-        });
+    let s = Serving::start(&cfg, metrics.registry.clone())?;
+    tracing::info!(addr = %s.addr, "alerter starting");
+    let alerter = alerter::Alerter::new(
+        cfg,
+        &maps,
+        metrics,
+        s.health.clone(),
+        s.shutdown.clone(),
+        s.rt.handle().clone(),
+    )?;
+    s.run("alerter", move || alerter.run(opts))
+}
+
+/// What a long-running service runs with: the runtime, `/metrics` and the health endpoints
+/// on `http.listen`, and a flag that SIGTERM or SIGINT sets.
+struct Serving {
+    rt: tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    health: cxstream_http::Health,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Serving {
+    fn start(cfg: &Config, registry: cxstream_http::Registry) -> Result<Self> {
+        let rt = runtime()?;
+        let health = cxstream_http::Health::default();
+        let addr = rt
+            .block_on(cxstream_http::serve(
+                cfg.http.listen,
+                registry,
+                health.clone(),
+            ))
+            .with_context(|| format!("listening on {} (http.listen)", cfg.http.listen))?;
+        let shutdown = Arc::new(AtomicBool::new(false));
+        {
+            let shutdown = shutdown.clone();
+            rt.spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("signal received");
+                shutdown.store(true, Ordering::Relaxed);
+            });
+        }
+        Ok(Serving {
+            rt,
+            addr,
+            health,
+            shutdown,
+        })
     }
-    let alerter =
-        alerter::Alerter::new(cfg, &maps, metrics, health, shutdown, rt.handle().clone())?;
-    let result = std::thread::Builder::new()
-        .name("alerter".into())
-        .spawn(move || alerter.run(opts))
-        .context("starting the alerter thread")?
-        .join()
-        .map_err(|_| anyhow::anyhow!("the alerter thread panicked"))?;
-    rt.shutdown_timeout(std::time::Duration::from_secs(2));
-    result
+
+    /// Runs the service's loop on a thread of its own (its blocking Kafka calls stay off
+    /// the runtime) until it returns, then stops the runtime.
+    fn run(self, name: &str, service: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+        let result = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(service)
+            .with_context(|| format!("starting the {name} thread"))?
+            .join()
+            .map_err(|_| anyhow::anyhow!("the {name} thread panicked"))?;
+        self.rt.shutdown_timeout(std::time::Duration::from_secs(2));
+        result
+    }
 }
 
 async fn wait_for_signal() {

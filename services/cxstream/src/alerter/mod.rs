@@ -8,11 +8,12 @@
 //! minutes, the same way, so the same alerts under the same ids) and writes only the
 //! changes the alerts topic does not have.
 
+mod from_beginning;
 mod input;
 mod output;
 mod push;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +23,10 @@ use cxstream_avro::Codec;
 use cxstream_core::watch::{AlertChange, AlertKind, WatchParams};
 use cxstream_core::JourneyMaps;
 use cxstream_http::{AlerterMetrics, Health};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
+use from_beginning::from_beginning;
 use input::JourneyInput;
 use output::AlertsOutput;
 use push::AlertmanagerPush;
@@ -68,7 +68,8 @@ impl Alerter {
             .journey_group
             .clone()
             .unwrap_or_else(|| cfg.journey.group_id.clone());
-        let output = AlertsOutput::open(&cfg, &group, metrics.clone())?;
+        let codec = cfg.codec()?;
+        let output = AlertsOutput::open(&cfg, &codec, &group, metrics.clone())?;
         let push = match &cfg.alerter.alertmanager_url {
             Some(url) => {
                 let client = cxstream_http::alertmanager::AlertmanagerClient::new(url)
@@ -89,7 +90,7 @@ impl Alerter {
             })
             .collect();
         Ok(Alerter {
-            codec: cfg.codec()?,
+            codec,
             group,
             inputs,
             output,
@@ -104,14 +105,16 @@ impl Alerter {
     }
 
     pub fn run(mut self, opts: RunOptions) -> Result<()> {
-        let (consumer, mut to_read) = self.assign()?;
+        let topic = &self.cfg.topics.aggregates;
+        let (consumer, mut to_read) =
+            from_beginning(&self.cfg, topic, &format!("{}-alerter", self.group))?;
         tracing::info!(group = %self.group, "alerter reading the aggregates");
         self.health.set_ready(true);
         while !self.shutdown.load(Ordering::Relaxed) {
             if let Some(push) = &mut self.push {
                 self.rt.block_on(push.tick());
             }
-            if opts.until_caught_up && to_read.is_empty() {
+            if opts.until_caught_up && to_read.at_end() {
                 break;
             }
             let msg = match consumer.poll(Duration::from_millis(200)) {
@@ -122,12 +125,7 @@ impl Alerter {
                 }
                 Some(Ok(msg)) => msg,
             };
-            if to_read
-                .get(&msg.partition())
-                .is_some_and(|end| msg.offset() + 1 >= *end)
-            {
-                to_read.remove(&msg.partition());
-            }
+            to_read.read(msg.partition(), msg.offset());
             let Some(m) = msg
                 .payload()
                 .and_then(|b| self.codec.decode_aggregates(b).ok())
@@ -170,48 +168,6 @@ impl Alerter {
 
     fn count(&self, kind: &str) {
         self.metrics.records_read.with_label_values(&[kind]).inc();
-    }
-
-    /// Every partition of the aggregates topic, from its beginning; and the end of each
-    /// that holds records, as it is now.
-    fn assign(&self) -> Result<(BaseConsumer, BTreeMap<i32, i64>)> {
-        let topic = &self.cfg.topics.aggregates;
-        let consumer: BaseConsumer = self
-            .cfg
-            .kafka
-            .consumer_config(&format!("{}-alerter", self.group))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .create()
-            .context("creating the aggregates reader")?;
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(30))
-            .with_context(|| format!("reading the metadata of `{topic}`"))?;
-        let partitions: BTreeSet<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            anyhow::bail!(
-                "the aggregates topic `{topic}` has no partitions (run `cxstream topics`)"
-            );
-        }
-        let mut tpl = TopicPartitionList::new();
-        let mut ends = BTreeMap::new();
-        for p in partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(30))
-                .with_context(|| format!("reading the end of `{topic}` partition {p}"))?;
-            if high > low {
-                ends.insert(p, high);
-            }
-        }
-        consumer
-            .assign(&tpl)
-            .context("assigning the aggregates topic")?;
-        Ok((consumer, ends))
     }
 
     /// Writes the changes, retrying with back-off while ClickHouse or the broker refuse

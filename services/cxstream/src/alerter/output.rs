@@ -12,11 +12,10 @@ use cxstream_clickhouse::{AlertRow, AlertsTable};
 use cxstream_core::watch::{self, AlertChange, Subject};
 use cxstream_core::JourneyMap;
 use cxstream_http::AlerterMetrics;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 
+use super::from_beginning::from_beginning;
 use crate::config::Config;
 use crate::produce::{delivered, send, Deliveries};
 
@@ -31,9 +30,8 @@ pub struct AlertsOutput {
 
 impl AlertsOutput {
     /// Reads the alerts topic to its end first: what is there is not written again.
-    pub fn open(cfg: &Config, group: &str, metrics: AlerterMetrics) -> Result<Self> {
-        let codec = Codec::new()?;
-        let sent = read_sent(cfg, group, &codec)?;
+    pub fn open(cfg: &Config, codec: &Codec, group: &str, metrics: AlerterMetrics) -> Result<Self> {
+        let sent = read_sent(cfg, group, codec)?;
         tracing::info!(changes = sent.len(), topic = %cfg.topics.alerts, "alert changes already published");
         Ok(AlertsOutput {
             producer: cfg
@@ -114,39 +112,10 @@ fn kind_label(k: AlertKind) -> &'static str {
 /// The changes of `group` on the alerts topic, read from its beginning to its end.
 fn read_sent(cfg: &Config, group: &str, codec: &Codec) -> Result<HashSet<(String, i32)>> {
     let topic = &cfg.topics.alerts;
-    let consumer: BaseConsumer = cfg
-        .kafka
-        .consumer_config("cxstream-alerter-memory")
-        .set("enable.partition.eof", "false")
-        .create()
-        .context("creating the alerts-topic reader")?;
-    let timeout = Duration::from_secs(30);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .with_context(|| format!("reading the metadata of `{topic}` (run `cxstream topics`)"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut ends = std::collections::BTreeMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, timeout)
-            .with_context(|| format!("reading the end of `{topic}` partition {p}"))?;
-        if high > low {
-            ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-        }
-    }
+    let (consumer, mut to_read) = from_beginning(cfg, topic, "cxstream-alerter-memory")?;
     let mut sent = HashSet::new();
-    if ends.is_empty() {
-        return Ok(sent);
-    }
-    consumer.assign(&tpl)?;
     let started = std::time::Instant::now();
-    while !ends.is_empty() {
+    while !to_read.at_end() {
         if started.elapsed() > Duration::from_secs(300) {
             anyhow::bail!("reading `{topic}` to its end took over 5 minutes");
         }
@@ -159,22 +128,17 @@ fn read_sent(cfg: &Config, group: &str, codec: &Codec) -> Result<HashSet<(String
                 sent.insert((m.id, m.revision));
             }
         }
-        if ends
-            .get(&msg.partition())
-            .is_some_and(|end| msg.offset() + 1 >= *end)
-        {
-            ends.remove(&msg.partition());
-        }
+        to_read.read(msg.partition(), msg.offset());
     }
     Ok(sent)
 }
 
 /// A change as the alerts topic has it.
 pub fn message(map: &JourneyMap, group: &str, c: &AlertChange) -> AlertMessage {
-    let kind = match c.subject {
-        Subject::Step(_) => AlertKind::StepDrop,
-        Subject::Score(_) => AlertKind::ScoreDrop,
-        Subject::Source(_) => AlertKind::Silence,
+    let kind = match c.subject.kind() {
+        watch::AlertKind::StepDrop => AlertKind::StepDrop,
+        watch::AlertKind::ScoreDrop => AlertKind::ScoreDrop,
+        watch::AlertKind::Silence => AlertKind::Silence,
     };
     let f = &c.figures;
     let severity = match c.subject {

@@ -1,0 +1,68 @@
+//! A whole topic read from its beginning, and where its end was when reading started: the
+//! alerter reads its input (the aggregates) and its memory (the alerts) this way, with no
+//! consumer group offsets.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Config;
+
+/// Assigns every partition of `topic` from its beginning (`client` names the reader), and
+/// says where each partition's end was.
+pub fn from_beginning(cfg: &Config, topic: &str, client: &str) -> Result<(BaseConsumer, Ends)> {
+    let consumer: BaseConsumer = cfg
+        .kafka
+        .consumer_config(client)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .with_context(|| format!("creating the reader of `{topic}`"))?;
+    let timeout = Duration::from_secs(30);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the metadata of `{topic}`"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        anyhow::bail!("the topic `{topic}` has no partitions (run `cxstream topics`)");
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .with_context(|| format!("reading the end of `{topic}` partition {p}"))?;
+        if high > low {
+            ends.insert(p, high);
+        }
+    }
+    consumer
+        .assign(&tpl)
+        .with_context(|| format!("assigning `{topic}`"))?;
+    Ok((consumer, Ends(ends)))
+}
+
+/// Per partition not read to its end yet: the offset after its last record at start.
+pub struct Ends(BTreeMap<i32, i64>);
+
+impl Ends {
+    /// A record of `partition` at `offset` was read.
+    pub fn read(&mut self, partition: i32, offset: i64) {
+        if self.0.get(&partition).is_some_and(|end| offset + 1 >= *end) {
+            self.0.remove(&partition);
+        }
+    }
+
+    /// Every partition is read to where its end was at start.
+    pub fn at_end(&self) -> bool {
+        self.0.is_empty()
+    }
+}
