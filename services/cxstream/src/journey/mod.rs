@@ -229,6 +229,7 @@ impl JourneyService {
         } = self;
         let join_timeout = Duration::from_millis(inner.cfg.journey.join_timeout_ms);
         let mut unassigned_since = Some(Instant::now());
+        let mut rejoins: u32 = 0;
         let mut caught_up_since: Option<Instant> = None;
         // Caught up means all of the input, not the share assigned so far: after a crash the
         // dead member keeps its partitions until the group evicts it.
@@ -269,12 +270,19 @@ impl JourneyService {
                 inner.slots.is_empty() || opts.until_caught_up && inner.slots.len() < inputs;
             if short {
                 let since = *unassigned_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= join_timeout {
-                    // Some coordinators never finish a rebalance while a killed member's
-                    // session lingers; leaving and joining again resets the group.
+                // Tansu 0.6 keeps a group whose leader was evicted formed around the missing
+                // leader, so nobody ever takes the dead member's partitions; leaving and
+                // joining again resets the group. Each further attempt waits twice as long:
+                // a rejoin that lands while the group is settling (the dead session expires,
+                // a new leader assigns) starts the settling over, and a fixed wait close to
+                // the session timeout repeated that forever (seen once in CI).
+                let wait = join_timeout * 2u32.pow(rejoins.min(3));
+                if since.elapsed() >= wait {
+                    rejoins += 1;
                     tracing::warn!(
                         waited_ms = since.elapsed().as_millis() as u64,
                         assigned = inner.slots.len(),
+                        rejoins,
                         "not all partitions assigned; rejoining the group"
                     );
                     if !inner.slots.is_empty() {
@@ -297,6 +305,7 @@ impl JourneyService {
                 }
             } else {
                 unassigned_since = None;
+                rejoins = 0;
             }
             if last_flush.elapsed() >= flush_every
                 || since_flush >= inner.cfg.journey.max_batch_records
