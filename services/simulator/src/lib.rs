@@ -14,6 +14,10 @@ use cxstream_core::{JourneyMap, Metric, SurveyAnswer, TouchpointEvent};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+mod incidents;
+pub use incidents::{incidents_csv, nps, Incident, IncidentKind, IncidentTally};
+use incidents::{Injector, MapInjector};
+
 const MINUTE_MS: i64 = 60_000;
 /// The segment of a touchpoint when none up to it names one (README).
 const UNKNOWN_SEGMENT: &str = "unknown";
@@ -33,6 +37,11 @@ pub struct SimConfig {
     pub paths: Paths,
     /// Customers who browse anonymously before they sign in (identity stitching).
     pub anonymity: Option<Anonymity>,
+    /// Journeys start more often in the evening than at night and less at weekends (UTC),
+    /// instead of evenly over the period.
+    pub seasonality: bool,
+    /// What goes wrong, and when; its truth is in [`Simulation::incidents`].
+    pub incidents: Vec<Incident>,
 }
 
 /// Customers who browse on a device without signing in, and sign in later, or never.
@@ -74,36 +83,23 @@ pub struct Paths {
     /// Share of customers who come back after their journey ended and start another.
     pub return_share: f64,
     /// Whether a step's `from` touchpoint is followed by one of its `to` touchpoints
-    /// within the budget, at the step's target conversion (see `step_break`).
+    /// within the budget, at the step's target conversion (less during a step drop).
     pub steps: bool,
-    /// A step that breaks for a while.
-    pub step_break: Option<StepBreak>,
     /// Share of visits followed by a touchpoint the map does not declare (help searches,
     /// order status checks, chats), counted off-map.
     pub off_map_share: f64,
 }
 
-/// A step whose conversion in one channel falls to `factor` of its target for a while.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepBreak {
-    pub step: String,
-    pub channel: String,
-    pub from_ms: i64,
-    pub until_ms: i64,
-    pub factor: f64,
-}
-
 impl Paths {
     /// Journeys as they really happen: skipped stages, going back, customers who return
     /// after a completed or abandoned journey, steps that convert (or not) within their
-    /// budget, and one step that breaks for a while.
-    pub fn non_linear(step_break: Option<StepBreak>) -> Self {
+    /// budget.
+    pub fn non_linear() -> Self {
         Paths {
             skip_share: 0.15,
             back_share: 0.2,
             return_share: 0.25,
             steps: true,
-            step_break,
             off_map_share: 0.1,
         }
     }
@@ -176,6 +172,8 @@ impl Default for SimConfig {
             delivery: Delivery::punctual(),
             paths: Paths::default(),
             anonymity: None,
+            seasonality: false,
+            incidents: Vec::new(),
         }
     }
 }
@@ -320,6 +318,8 @@ pub struct Simulation {
     /// Whose journey each touchpoint sent without a customer id counts in, by event id:
     /// the customer's, or the visitor's (`anon:` + anonymous id).
     pub owners: BTreeMap<String, String>,
+    /// What each of [`SimConfig::incidents`] touched, in their order.
+    pub incidents: Vec<IncidentTally>,
 }
 
 impl Simulation {
@@ -352,6 +352,8 @@ pub enum SimError {
         journey: String,
         also: String,
     },
+    #[error("incident {incident}: {why}")]
+    Incident { incident: String, why: String },
 }
 
 impl Lens {
@@ -479,6 +481,7 @@ pub fn simulate(map: &JourneyMap, cfg: &SimConfig) -> Result<Simulation, SimErro
 /// everyone's touchpoints, the other maps' as off-map.
 pub fn simulate_maps(maps: &[&JourneyMap], cfg: &SimConfig) -> Result<Simulation, SimError> {
     check_maps(maps)?;
+    let mut injector = Injector::new(maps, &cfg.incidents)?;
     let mut records = Vec::new();
     let mut owners = BTreeMap::new();
     let mut lenses: Vec<Lens> = maps
@@ -499,7 +502,8 @@ pub fn simulate_maps(maps: &[&JourneyMap], cfg: &SimConfig) -> Result<Simulation
             0
         };
         let out = Out::of(&mut lenses, home, &mut records, &mut owners);
-        simulate_customer(maps[home], cfg, c, end_ms, &mut rng, out);
+        let inject = injector.for_map(home);
+        simulate_customer(maps[home], cfg, c, end_ms, &mut rng, out, inject);
         if cfg.delivery.future_per_mille > 0
             && rng.random_range(0..1000) < cfg.delivery.future_per_mille
         {
@@ -518,6 +522,7 @@ pub fn simulate_maps(maps: &[&JourneyMap], cfg: &SimConfig) -> Result<Simulation
             &mut lenses,
             &mut records,
             &mut owners,
+            &mut injector,
         );
     }
     records.sort_by_key(|s: &Sent| s.at_ms);
@@ -526,6 +531,7 @@ pub fn simulate_maps(maps: &[&JourneyMap], cfg: &SimConfig) -> Result<Simulation
         future_dated,
         lenses,
         owners,
+        incidents: injector.tallies,
     })
 }
 
@@ -533,6 +539,7 @@ pub fn simulate_maps(maps: &[&JourneyMap], cfg: &SimConfig) -> Result<Simulation
 /// touchpoint on each partition, dated a window and a minute after the last record (or the
 /// period's end), so that every device's wait for a sign-in ends. Counted like any
 /// customer's.
+#[allow(clippy::too_many_arguments)]
 fn close_partitions(
     map: &JourneyMap,
     cfg: &SimConfig,
@@ -541,6 +548,7 @@ fn close_partitions(
     lenses: &mut [Lens],
     records: &mut Vec<Sent>,
     owners: &mut BTreeMap<String, String>,
+    injector: &mut Injector,
 ) {
     let Some(tp) = map.touchpoints_of(0).map(usize::from).next() else {
         return;
@@ -563,7 +571,17 @@ fn close_partitions(
         let mut visits = vec![visit(&person.customer, 0, at, tp, channel, 0)];
         let first = records.len();
         let out = Out::of(lenses, 0, records, owners);
-        settle(map, cfg, &person, &mut visits, end_ms, &mut rng, out);
+        let mut inject = injector.for_map(0);
+        settle(
+            map,
+            cfg,
+            &person,
+            &mut visits,
+            end_ms,
+            &mut rng,
+            out,
+            &mut inject,
+        );
         for sent in &mut records[first..] {
             sent.partition = Some(p);
         }
@@ -678,11 +696,12 @@ fn simulate_customer(
     end_ms: i64,
     rng: &mut SmallRng,
     out: Out<'_>,
+    mut inject: MapInjector<'_>,
 ) {
     let customer = format!("cust-{c:07}");
     let segment = pick_weighted(rng, map.segments.len().max(1));
     let favourite_channel = rng.random_range(0..map.channels.len().max(1));
-    let mut t = cfg.start_ms + (rng.random::<f64>() * (end_ms - cfg.start_ms) as f64 * 0.9) as i64;
+    let mut t = journey_start(cfg, end_ms, rng);
     let mut visits: Vec<Visit> = Vec::new();
 
     // Walk the stages; a returning customer walks them again after the first journey ended.
@@ -698,11 +717,11 @@ fn simulate_customer(
             cfg,
             &customer,
             favourite_channel,
-            segment,
-            end_ms,
+            (segment, end_ms),
             t,
             rng,
             &mut visits,
+            &mut inject,
         );
         let Some((time, stage)) = last.filter(|_| j + 1 < journeys) else {
             break;
@@ -719,6 +738,9 @@ fn simulate_customer(
     // A customer's journey in event time (ties by the FNV-1a 64 hash of the event id, as the
     // README says).
     visits.sort_by_key(|v| (v.time, fnv1a(&v.id)));
+    // A silenced channel's producers lose what happens there (before sign-ins are chosen:
+    // a lost visit identifies no one).
+    visits.retain(|v| !inject.silenced((v.channel, segment, v.time)));
     let device = match &cfg.anonymity {
         Some(a) if rng.random_bool(a.share) => {
             let device = format!("device-{c:07}");
@@ -732,7 +754,44 @@ fn simulate_customer(
         segment,
         device,
     };
-    settle(map, cfg, &person, &mut visits, end_ms, rng, out);
+    settle(
+        map,
+        cfg,
+        &person,
+        &mut visits,
+        end_ms,
+        rng,
+        out,
+        &mut inject,
+    );
+}
+
+/// When a customer's first journey starts: evenly over the period's first 90 %, or with
+/// [`SimConfig::seasonality`] as often as the hour and day make it.
+fn journey_start(cfg: &SimConfig, end_ms: i64, rng: &mut SmallRng) -> i64 {
+    let span = (end_ms - cfg.start_ms) as f64 * 0.9;
+    let mut t = cfg.start_ms + (rng.random::<f64>() * span) as i64;
+    if cfg.seasonality {
+        // Thinning: accept a time as often as its intensity over the highest.
+        for _ in 0..64 {
+            if rng.random::<f64>() * 1.87 < seasonal_intensity(t) {
+                break;
+            }
+            t = cfg.start_ms + (rng.random::<f64>() * span) as i64;
+        }
+    }
+    t
+}
+
+/// Relative traffic at `t` (epoch ms, UTC): busiest at 20:00, quietest at 08:00 (0.3 of
+/// the mean to 1.7), a little busier late in the week, quieter at weekends.
+fn seasonal_intensity(t: i64) -> f64 {
+    const DAY_MS: i64 = 86_400_000;
+    let hour = t.rem_euclid(DAY_MS) as f64 / HOUR_MS;
+    let daily = 1.0 + 0.7 * (std::f64::consts::TAU * (hour - 20.0) / 24.0).cos();
+    // 1970-01-01 was a Thursday: +3 makes Monday 0.
+    let weekday = usize::try_from((t.div_euclid(DAY_MS) + 3).rem_euclid(7)).unwrap_or(0);
+    daily * [1.0, 1.0, 1.0, 1.05, 1.1, 0.8, 0.7][weekday]
 }
 
 /// Digital visits before the customer signs in are anonymous; the sign-in (the first
@@ -765,6 +824,7 @@ fn browse_anonymously(
 
 /// Counts a customer's visits (and their visitor's) by the rules, plans their answers and
 /// sends both.
+#[allow(clippy::too_many_arguments)]
 fn settle(
     map: &JourneyMap,
     cfg: &SimConfig,
@@ -773,6 +833,7 @@ fn settle(
     end_ms: i64,
     rng: &mut SmallRng,
     out: Out<'_>,
+    inject: &mut MapInjector<'_>,
 ) {
     let Out {
         records,
@@ -812,17 +873,20 @@ fn settle(
             _ => Metric::Nps,
         };
         let at = v.time + exp_delay(rng, 0.2 * HOUR_MS);
+        let place = (v.channel, person.segment, v.time);
+        let mut first = answer(
+            rng,
+            map,
+            customer,
+            planned.len(),
+            at,
+            metric,
+            v,
+            person.segment,
+        );
+        inject.shift_score(v.touchpoint, place, &mut first);
         planned.push(Planned {
-            answer: answer(
-                rng,
-                map,
-                customer,
-                planned.len(),
-                at,
-                metric,
-                v,
-                person.segment,
-            ),
+            answer: first,
             context: Some(vi),
             superseded: false,
         });
@@ -832,17 +896,19 @@ fn settle(
             if let Some(prev) = planned.last_mut() {
                 prev.superseded = true;
             }
+            let mut again = answer(
+                rng,
+                map,
+                customer,
+                planned.len(),
+                again,
+                metric,
+                v,
+                person.segment,
+            );
+            inject.shift_score(v.touchpoint, place, &mut again);
             planned.push(Planned {
-                answer: answer(
-                    rng,
-                    map,
-                    customer,
-                    planned.len(),
-                    again,
-                    metric,
-                    v,
-                    person.segment,
-                ),
+                answer: again,
                 context: Some(vi),
                 superseded: false,
             });
@@ -1112,11 +1178,11 @@ fn walk(
     cfg: &SimConfig,
     customer: &str,
     favourite_channel: usize,
-    segment: usize,
-    end_ms: i64,
+    (segment, end_ms): (usize, i64),
     mut t: i64,
     rng: &mut SmallRng,
     visits: &mut Vec<Visit>,
+    inject: &mut MapInjector<'_>,
 ) -> Option<(i64, usize)> {
     let paths = &cfg.paths;
     let mut last: Option<(i64, usize)> = None;
@@ -1124,6 +1190,8 @@ fn walk(
     while stage < map.stages.len() {
         let tps: Vec<usize> = map.touchpoints_of(stage as u8).map(usize::from).collect();
         let n = rng.random_range(1..=3);
+        // Where and when the stage was entered (a stage drop there holds customers back).
+        let mut entered_at = (0, segment, t);
         for k in 0..n {
             if t >= end_ms {
                 break;
@@ -1133,9 +1201,18 @@ fn walk(
             visits.push(visit(customer, visits.len(), t, tp, channel, stage));
             if k == 0 {
                 last = Some((t, stage));
+                entered_at = (channel, segment, t);
             }
             if paths.steps {
-                follow_steps(map, cfg, customer, (tp, channel, t), end_ms, rng, visits);
+                follow_steps(
+                    map,
+                    customer,
+                    (tp, channel, segment, t),
+                    end_ms,
+                    rng,
+                    visits,
+                    inject,
+                );
             }
             if paths.off_map_share > 0.0 && rng.random_bool(paths.off_map_share) {
                 let at = t + exp_delay(rng, 0.2 * HOUR_MS) + 1;
@@ -1160,7 +1237,12 @@ fn walk(
         let base = map.stages[stage].target_conversion;
         let lift = [0.0, 0.05, 0.15, 0.08].get(segment).copied().unwrap_or(0.0);
         if stage + 1 == map.stages.len()
-            || !rng.random_bool((base + lift).clamp(0.0, 1.0))
+            || !inject.stage_converts(
+                stage,
+                entered_at,
+                rng.random::<f64>(),
+                (base + lift).clamp(0.0, 1.0),
+            )
             || t >= end_ms
         {
             break;
@@ -1217,33 +1299,26 @@ fn pick_channel(map: &JourneyMap, tp: usize, favourite: usize, rng: &mut SmallRn
     }
 }
 
-/// After a step's `from` touchpoint (touchpoint, channel, time), one of its `to`
+/// After a step's `from` touchpoint (touchpoint, channel, segment, time), one of its `to`
 /// touchpoints on the same channel, within the budget at the step's target conversion (less
-/// while the step is broken there), else after it now and then; none after the period.
+/// during a step drop there), else after it now and then; none after the period.
 fn follow_steps(
     map: &JourneyMap,
-    cfg: &SimConfig,
     customer: &str,
-    (tp, channel, t): (usize, usize, i64),
+    (tp, channel, segment, t): (usize, usize, usize, i64),
     end_ms: i64,
     rng: &mut SmallRng,
     visits: &mut Vec<Visit>,
+    inject: &mut MapInjector<'_>,
 ) {
-    for step in map.steps.iter().filter(|s| s.from.contains(&(tp as u16))) {
-        let broken = cfg.paths.step_break.as_ref().is_some_and(|b| {
-            b.step == step.name
-                && map.channels[channel] == b.channel
-                && (b.from_ms..b.until_ms).contains(&t)
-        });
-        let factor = cfg
-            .paths
-            .step_break
-            .as_ref()
-            .filter(|_| broken)
-            .map_or(1.0, |b| b.factor);
+    for (i, step) in map.steps.iter().enumerate() {
+        if !step.from.contains(&(tp as u16)) {
+            continue;
+        }
         let to = usize::from(step.to[rng.random_range(0..step.to.len())]);
         let budget = step.budget_ms as f64;
-        let after = if rng.random_bool((step.target_conversion * factor).clamp(0.0, 1.0)) {
+        let p = step.target_conversion.clamp(0.0, 1.0);
+        let after = if inject.step_converts(i, (channel, segment, t), rng.random::<f64>(), p) {
             (budget * rng.random_range(0.05..0.95)) as i64
         } else if rng.random_bool(0.3) {
             (budget * rng.random_range(1.05..2.0)) as i64
@@ -1467,7 +1542,7 @@ mod tests {
         let cfg = SimConfig {
             customers: 2000,
             days: 30.0,
-            paths: Paths::non_linear(None),
+            paths: Paths::non_linear(),
             ..SimConfig::default()
         };
         let s = simulate(&m, &cfg).unwrap();
@@ -1558,7 +1633,7 @@ mod tests {
         let cfg = SimConfig {
             customers: 1000,
             days: 7.0,
-            paths: Paths::non_linear(None),
+            paths: Paths::non_linear(),
             ..SimConfig::default()
         };
         let s = simulate_maps(&[&retail, &support], &cfg).unwrap();
@@ -1597,7 +1672,7 @@ mod tests {
             customers: 3000,
             days: 20.0,
             delivery: Delivery::messy(),
-            paths: Paths::non_linear(None),
+            paths: Paths::non_linear(),
             anonymity: Some(Anonymity {
                 share: 0.4,
                 window_ms: window,
@@ -1664,6 +1739,154 @@ mod tests {
             .map(|(_, c)| c.stage_entries)
             .sum();
         assert!(unknown_entries > 100, "{unknown_entries}");
+    }
+
+    fn incident(kind: IncidentKind, channel: Option<&str>, hours: (i64, i64)) -> Incident {
+        let start = SimConfig::default().start_ms;
+        Incident {
+            kind,
+            channel: channel.map(str::to_string),
+            segment: None,
+            from_ms: start + hours.0 * 3_600_000,
+            until_ms: start + hours.1 * 3_600_000,
+        }
+    }
+
+    fn in_window(t: i64, inc: &Incident) -> bool {
+        (inc.from_ms..inc.until_ms).contains(&t)
+    }
+
+    #[test]
+    fn injected_incidents_change_only_their_slice_and_window_and_say_how_much() {
+        let incidents = vec![
+            incident(
+                IncidentKind::StepDrop {
+                    step: "checkout".into(),
+                    drop: 0.6,
+                },
+                Some("app"),
+                (24, 36),
+            ),
+            incident(IncidentKind::Silence, Some("web"), (40, 42)),
+            incident(
+                IncidentKind::ScoreShift {
+                    touchpoint: "review_posted".into(),
+                    metric: Metric::Nps,
+                    shift: -4,
+                },
+                None,
+                (12, 60),
+            ),
+        ];
+        let cfg = SimConfig {
+            customers: 30_000,
+            days: 3.0,
+            paths: Paths::non_linear(),
+            incidents: incidents.clone(),
+            ..SimConfig::default()
+        };
+        let sim = simulate(&map(), &cfg).unwrap();
+        let [drop, silence, shift] = &sim.incidents[..] else {
+            panic!("one tally per incident: {:?}", sim.incidents);
+        };
+
+        // The drop: the tally's own draws, and the step truth, inside against outside.
+        assert!(drop.affected > 200, "{drop:?}");
+        let ratio = drop.converted as f64 / drop.would_have_converted as f64;
+        assert!((0.3..0.5).contains(&ratio), "{drop:?}");
+        let rate = |inside: bool, channel: &str| {
+            let (mut n, mut c) = (0, 0);
+            for (k, v) in &sim.first().step_truth {
+                if k.1 == "checkout" && k.4 == channel && in_window(k.0, &incidents[0]) == inside {
+                    n += v.starts;
+                    c += v.conversions;
+                }
+            }
+            c as f64 / n as f64
+        };
+        assert!(rate(true, "app") < 0.6 * rate(false, "app"));
+        assert!(
+            rate(true, "web") > 0.8 * rate(false, "web"),
+            "other channels go on"
+        );
+
+        // The silence: nothing dated in it on the web is sent; other channels are.
+        let sent_in = |channel: &str| {
+            sim.records
+                .iter()
+                .filter(|s| match &s.record {
+                    SimRecord::Touchpoint(t) => {
+                        t.channel == channel && in_window(t.event_time, &incidents[1])
+                    }
+                    SimRecord::Answer(_) => false,
+                })
+                .count()
+        };
+        assert_eq!(sent_in("web"), 0);
+        assert!(sent_in("app") > 20);
+        assert!(silence.affected > 20, "{silence:?}");
+
+        // The shift: the same answers, 4 points lower, which moves NPS a lot.
+        let (sent, unshifted) = (
+            nps(shift.nps_sent).unwrap(),
+            nps(shift.nps_unshifted).unwrap(),
+        );
+        assert!(shift.affected > 30, "{shift:?}");
+        assert!(unshifted - sent > 30.0, "{sent} vs {unshifted}");
+        let csv = incidents_csv(&incidents, &sim.incidents);
+        assert_eq!(csv.lines().count(), 4, "{csv}");
+        assert!(csv.contains("step_drop,checkout,app,,"), "{csv}");
+    }
+
+    #[test]
+    fn seasonal_traffic_peaks_in_the_evening_and_dips_at_weekends() {
+        let cfg = SimConfig {
+            customers: 20_000,
+            days: 14.0,
+            seasonality: true,
+            ..SimConfig::default()
+        };
+        let sim = simulate(&map(), &cfg).unwrap();
+        let (mut by_hour, mut by_day) = ([0u64; 24], [0u64; 7]);
+        for s in &sim.records {
+            let t = s.record.time_ms();
+            by_hour[usize::try_from(t.rem_euclid(86_400_000) / 3_600_000).unwrap()] += 1;
+            // The period starts on a Monday.
+            let day = (t - cfg.start_ms).div_euclid(86_400_000).rem_euclid(7);
+            by_day[usize::try_from(day).unwrap()] += 1;
+        }
+        assert!(by_hour[20] > 2 * by_hour[8], "{by_hour:?}");
+        assert!(by_day[6] < by_day[2], "{by_day:?}");
+    }
+
+    #[test]
+    fn incidents_naming_what_no_map_declares_are_refused() {
+        for (kind, channel) in [
+            (
+                IncidentKind::StepDrop {
+                    step: "teleport".into(),
+                    drop: 0.5,
+                },
+                None,
+            ),
+            (
+                IncidentKind::StepDrop {
+                    step: "checkout".into(),
+                    drop: 1.5,
+                },
+                None,
+            ),
+            (IncidentKind::Silence, Some("fax")),
+            (IncidentKind::Silence, None),
+        ] {
+            let cfg = SimConfig {
+                customers: 10,
+                incidents: vec![incident(kind, channel, (1, 2))],
+                ..SimConfig::default()
+            };
+            let err = simulate(&map(), &cfg).unwrap_err();
+            assert!(matches!(err, SimError::Incident { .. }), "{err}");
+        }
     }
 
     #[test]

@@ -1,16 +1,23 @@
 //! Baselines by hour of the week, from decayed sums: each week's weight is `decay` times
 //! the next one's, so the recent weeks count most and a lasting change becomes the new
-//! normal within a few weeks.
+//! normal within a few weeks. In the first week, before an hour of the week has history of
+//! its own, the same hour of the days before stands in for it (an hour's own first minutes
+//! are no baseline: a chance high among them would be taken for normal): a new deployment
+//! is watched from its second day, not its second week.
 
 use super::hour_of_week;
 
 /// A ratio of two sums (successes over trials, events over minutes) per hour of the week,
-/// with the same ratio over all hours for hours with too little history.
+/// with the same hour of the days before (in the first week), then all hours, for hours
+/// with too little history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeasonalRate {
     decay: f64,
     hours: Vec<Sums>,
+    hours_of_day: Vec<Sums>,
     all: Sums,
+    /// The first minute observed: how many days the hours of the day have seen.
+    since: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -49,23 +56,34 @@ impl SeasonalRate {
         SeasonalRate {
             decay: decay.clamp(f64::MIN_POSITIVE, 1.0),
             hours: vec![Sums::default(); 168],
+            hours_of_day: vec![Sums::default(); 24],
             all: Sums::default(),
+            since: None,
         }
     }
 
     /// Adds a minute's `num` over `den` (e.g. conversions over attempts).
     pub fn observe(&mut self, minute: i64, num: f64, den: f64) {
         let week = week_of(minute);
+        self.since = Some(self.since.map_or(minute, |s| s.min(minute)));
         self.hours[hour_of_week(minute)].add(week, self.decay, num, den);
+        self.hours_of_day[hour_of_week(minute) % 24].add(week, self.decay, num, den);
         self.all.add(week, self.decay, num, den);
     }
 
     /// The expected ratio at `minute` and the (decayed) denominator behind it: this hour of
-    /// the week's when it has at least `min_den`, else all hours' when they do, else none
-    /// (too little history to tell a change).
+    /// the week's (in the first week: this hour of the days') when it has at least
+    /// `min_den`, else all hours' when they do, else none (too little history to tell a
+    /// change).
     pub fn expected(&self, minute: i64, min_den: f64) -> Option<(f64, f64)> {
         let week = week_of(minute);
-        [self.hours[hour_of_week(minute)], self.all]
+        let hour = hour_of_week(minute);
+        let seasonal = if self.first_week(minute) {
+            self.hours_of_day[hour % 24]
+        } else {
+            self.hours[hour]
+        };
+        [seasonal, self.all]
             .into_iter()
             .map(|s| s.at(week, self.decay))
             .find(|s| s.den >= min_den && s.den > 0.0)
@@ -79,11 +97,26 @@ impl SeasonalRate {
         (s.den >= min_den && s.den > 0.0).then(|| (s.num / s.den, s.den))
     }
 
-    /// This hour of the week's decayed denominator at `minute` (its history's weight).
+    /// How much history an hour like this one has: the decayed denominator of this hour
+    /// of the week at `minute`; in the first week, of this hour of a day (the days' sum over
+    /// the days before), none on the first day. Per day, so that a gate on it asks the same
+    /// size of a slice on its second day as after many weeks.
     pub fn hour_weight(&self, minute: i64) -> f64 {
-        self.hours[hour_of_week(minute)]
-            .at(week_of(minute), self.decay)
-            .den
+        let (week, hour) = (week_of(minute), hour_of_week(minute));
+        let (Some(since), true) = (self.since, self.first_week(minute)) else {
+            return self.hours[hour].at(week, self.decay).den;
+        };
+        let days = (minute - since).div_euclid(24 * 60);
+        if days == 0 {
+            return 0.0;
+        }
+        self.hours_of_day[hour % 24].at(week, self.decay).den / days as f64
+    }
+
+    /// Whether `minute` is within a week of the first observed: the hours of the week have
+    /// no history of their own yet.
+    fn first_week(&self, minute: i64) -> bool {
+        self.since.is_some_and(|s| minute - s < super::WEEK_MINUTES)
     }
 }
 
@@ -103,8 +136,23 @@ mod tests {
         let next_week = MONDAY + super::super::WEEK_MINUTES;
         assert_eq!(b.expected(next_week + 5, 100.0).map(|e| e.0), Some(0.8));
         assert_eq!(b.expected(next_week + 125, 100.0).map(|e| e.0), Some(0.2));
-        // An hour with no history falls back to all hours; with too little, none.
+        // In the first week the same hour of the days before stands in (Tuesday 00:xx),
+        // never on the first day; after it, an hour of the week without history falls back
+        // to all hours (01:xx); with too little, none.
+        assert_eq!(
+            b.expected(MONDAY + 24 * 60 + 5, 100.0).map(|e| e.0),
+            Some(0.8)
+        );
+        assert_eq!(b.hour_weight(MONDAY + 24 * 60 + 5), 600.0);
+        assert_eq!(b.hour_weight(MONDAY + 5), 0.0);
+        // After the first week the hours of the week have their own history: none here.
+        assert_eq!(
+            b.expected(MONDAY + 8 * 24 * 60 + 5, 100.0).map(|e| e.0),
+            Some(0.5)
+        );
+        assert_eq!(b.hour_weight(MONDAY + 8 * 24 * 60 + 5), 0.0);
         assert_eq!(b.expected(next_week + 60, 100.0).map(|e| e.0), Some(0.5));
+        assert_eq!(b.hour_weight(next_week + 60), 0.0);
         assert_eq!(b.expected(next_week + 60, 1e6), None);
         // A week later the sums weigh half.
         assert_eq!(b.expected(next_week + 5, 0.0).map(|e| e.1), Some(300.0));

@@ -1,15 +1,17 @@
 //! `cxstream simulate`: produces simulated traffic to the input topics, optionally a few
 //! bad records, and writes the simulator's ground truth.
 
+mod incidents;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
 use cxstream_avro::Codec;
 use cxstream_core::{JourneyMap, JourneyMaps, Metric, SurveyAnswer};
 use cxstream_simulator::{
-    simulate_maps, Anonymity, Delivery, Lens, Paths, SimConfig, SimRecord, StepBreak,
+    incidents_csv, simulate_maps, Anonymity, Delivery, Lens, Paths, SimConfig, SimRecord,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::client::ClientContext;
@@ -48,7 +50,11 @@ pub struct SimulateArgs {
     /// really happen (skipped stages, going back, customers who return after a journey
     /// ended, steps that convert within their budget or not, touchpoints no map declares,
     /// and the first step — in the app — converting at a fifth of its target from 30 % to
-    /// 60 % of the period); `identity`: the journeys scenario with 40 % of customers
+    /// 60 % of the period); `incidents`: journeys as they really happen, delivered on time,
+    /// with daily and weekly cycles, and four incidents (the first step converting half as
+    /// often in the app at 20–25 % of the period, the first stage a third less in the first
+    /// segment at 40–45 %, the web silent at 60–61 %, the last stage's first touchpoint's NPS
+    /// answers 3 points lower at 75–85 %); `identity`: the journeys scenario with 40 % of customers
     /// browsing anonymously on their device (web and app) until they sign in to buy or on
     /// their return, or never, and now and then signed out after — it needs identity
     /// stitching turned on (the truth follows its rule and `identity.window_ms`), and ends
@@ -57,6 +63,41 @@ pub struct SimulateArgs {
     /// touchpoint counts in is written to `<ground truth>.owners.csv`.
     #[arg(long, value_enum, default_value_t = Scenario::Punctual)]
     pub scenario: Scenario,
+    /// Incidents to inject instead of the scenario's own: a YAML list, each with `kind`
+    /// (step_drop, stage_drop, silence, score_shift), its subject (`step`, `stage`,
+    /// `channel` for a silence, `touchpoint`), an optional `channel` and `segment`, `drop`
+    /// (0–1) or `shift` (points, with `metric`: nps, csat, ces), `start_hours` (after the
+    /// period's start) and `minutes`. Their truth goes to `<ground truth>.incidents.csv`.
+    #[arg(long)]
+    pub incidents: Option<PathBuf>,
+    /// Start of the simulated period: RFC 3339 (`2026-11-02T00:00:00Z`) or epoch ms.
+    /// Default 2026-11-02T00:00:00Z, a Monday.
+    #[arg(long, value_parser = parse_time, conflicts_with = "ends_now")]
+    pub start: Option<i64>,
+    /// The simulated period ends now (its traffic is live for the alerter).
+    #[arg(long)]
+    pub ends_now: bool,
+    /// Produce only the records sent at or after this time (RFC 3339 or epoch ms): with
+    /// `--sent-before`, the same simulation is produced in parts. The truth is always the
+    /// whole period's.
+    #[arg(long, value_parser = parse_time)]
+    pub sent_from: Option<i64>,
+    /// Produce only the records sent before this time (RFC 3339 or epoch ms).
+    #[arg(long, value_parser = parse_time)]
+    pub sent_before: Option<i64>,
+}
+
+/// RFC 3339 or epoch milliseconds.
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let at = humantime::parse_rfc3339_weak(s).map_err(|e| {
+        format!("`{s}` is neither RFC 3339 (2026-11-02T00:00:00Z) nor epoch ms: {e}")
+    })?;
+    at.duration_since(UNIX_EPOCH)
+        .map_err(|_| format!("`{s}` is before 1970"))
+        .and_then(|d| i64::try_from(d.as_millis()).map_err(|e| e.to_string()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -64,6 +105,7 @@ pub enum Scenario {
     Punctual,
     Messy,
     Journeys,
+    Incidents,
     Identity,
 }
 
@@ -91,28 +133,6 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
-/// The journeys scenario's incident: the map's first step, in the app where it runs there
-/// (else its first channel), converts at a fifth of its target from 30 % to 60 % of the
-/// simulated period.
-fn step_break(map: &JourneyMap, cfg: &SimConfig) -> Option<StepBreak> {
-    let step = map.steps.first()?;
-    let from = map.touchpoints.get(usize::from(*step.from.first()?))?;
-    let channels: Vec<&str> = from.channels.iter().map(|c| map.channel_name(*c)).collect();
-    let channel = if channels.contains(&"app") {
-        "app"
-    } else {
-        channels.first()?
-    };
-    let period = cfg.days * 86_400_000.0;
-    Some(StepBreak {
-        step: step.name.clone(),
-        channel: channel.to_string(),
-        from_ms: cfg.start_ms + (0.3 * period) as i64,
-        until_ms: cfg.start_ms + (0.6 * period) as i64,
-        factor: 0.2,
-    })
-}
-
 pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Produced> {
     if args.customers == 0 || args.days <= 0.0 {
         bail!("--customers and --days must be positive");
@@ -122,25 +142,36 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Prod
         .producer_config()
         .create_with_context(DeliveryCounter::default())
         .context("creating the producer")?;
+    let period_ms = args.days * 86_400_000.0;
+    let start_ms = match (args.start, args.ends_now) {
+        (Some(start), _) => start,
+        (None, true) => now_ms()? - period_ms as i64,
+        (None, false) => SimConfig::default().start_ms,
+    };
+    let injected = match (&args.incidents, args.scenario) {
+        (Some(file), _) => incidents::read(file, start_ms)?,
+        (None, Scenario::Journeys | Scenario::Identity) => {
+            incidents::journeys(maps.first(), start_ms, period_ms)
+        }
+        (None, Scenario::Incidents) => incidents::scenario(maps.first(), start_ms, period_ms),
+        (None, _) => Vec::new(),
+    };
     let sim_cfg = SimConfig {
         customers: args.customers,
         days: args.days,
         seed: args.seed,
+        start_ms,
         delivery: match args.scenario {
-            Scenario::Punctual => Delivery::punctual(),
+            Scenario::Punctual | Scenario::Incidents => Delivery::punctual(),
             Scenario::Messy | Scenario::Journeys | Scenario::Identity => Delivery::messy(),
         },
-        anonymity: anonymity(cfg, &producer, args.scenario)?,
-        ..SimConfig::default()
-    };
-    let sim_cfg = SimConfig {
         paths: match args.scenario {
-            Scenario::Journeys | Scenario::Identity => {
-                Paths::non_linear(step_break(maps.first(), &sim_cfg))
-            }
-            _ => Paths::default(),
+            Scenario::Journeys | Scenario::Identity | Scenario::Incidents => Paths::non_linear(),
+            Scenario::Punctual | Scenario::Messy => Paths::default(),
         },
-        ..sim_cfg
+        anonymity: anonymity(cfg, &producer, args.scenario)?,
+        seasonality: args.scenario == Scenario::Incidents,
+        incidents: injected,
     };
     let started = Instant::now();
     let maps: Vec<&JourneyMap> = maps.iter().map(|m| &**m).collect();
@@ -150,6 +181,11 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Prod
     }
     if sim_cfg.anonymity.is_some() {
         write_owners(&args.ground_truth, &sim.owners)?;
+    }
+    if !sim_cfg.incidents.is_empty() {
+        let path = args.ground_truth.with_extension("incidents.csv");
+        std::fs::write(&path, incidents_csv(&sim_cfg.incidents, &sim.incidents))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     // What the rules refuse (and keep in refused_events), next to the counts.
     let refused = args.ground_truth.with_extension("refused.csv");
@@ -161,7 +197,12 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Prod
     tracing::info!(records = sim.records.len(), ground_truth = %args.ground_truth.display(), "simulated");
 
     let codec = Codec::new().context("building the Avro codec")?;
-    let bar = ProgressBar::new(sim.records.len() as u64 + args.bad_records);
+    let wanted = |at: i64| {
+        args.sent_from.is_none_or(|from| at >= from)
+            && args.sent_before.is_none_or(|before| at < before)
+    };
+    let to_send = sim.records.iter().filter(|s| wanted(s.at_ms)).count() as u64;
+    let bar = ProgressBar::new(to_send + args.bad_records);
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} produce [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
@@ -172,6 +213,9 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Prod
     let mut buf = Vec::with_capacity(512);
     let pace = Pace::new(args.rate);
     for (i, sent) in sim.records.iter().enumerate() {
+        if !wanted(sent.at_ms) {
+            continue;
+        }
         buf.clear();
         let rec = &sent.record;
         let topic = match rec {
@@ -229,6 +273,13 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Prod
         args.ground_truth.display()
     );
     Ok(out)
+}
+
+fn now_ms() -> Result<i64> {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the clock is before 1970")?;
+    i64::try_from(since.as_millis()).context("the clock is past what epoch ms hold")
 }
 
 /// The identity scenario's anonymous visitors, with the rule's window from the config and
