@@ -301,7 +301,7 @@ impl Sim {
                     touchpoints,
                     ..Counts::default()
                 };
-                watch.add_minute_cell(ms, 0, c, &counts, None);
+                watch.add_minute_cell(ms, (0, None), c, &counts, None);
             }
             // NPS answers after purchase.
             let answers = if silent {
@@ -331,7 +331,7 @@ impl Sim {
                 }
             }
             if answers > 0 {
-                watch.add_minute_cell(ms, 1, c, &counts, None);
+                watch.add_minute_cell(ms, (1, None), c, &counts, None);
             }
         }
         for (k, i) in &active {

@@ -168,6 +168,8 @@ pub struct AlertMessage {
     pub journey: String,
     pub group: String,
     pub subject: String,
+    pub metric: Option<String>,
+    pub touchpoint: Option<String>,
     pub slice: String,
     pub firing: Vec<String>,
     pub window_start: i64,
@@ -793,6 +795,8 @@ mod tests {
             journey: "retail".into(),
             group: "cxstream-journey".into(),
             subject: "checkout".into(),
+            metric: None,
+            touchpoint: None,
             slice: "channel=app".into(),
             firing: vec![],
             window_start: 1_794_304_920_000,
@@ -819,7 +823,7 @@ mod tests {
     const FASTAVRO: [(RecordType, &str); 3] = [
         (RecordType::Touchpoint, "b7654fa06f31c558"),
         (RecordType::SurveyAnswer, "83a98be0c7502bf4"),
-        (RecordType::Alert, "9684331fa51f7ab0"),
+        (RecordType::Alert, "27e0adcf1ab83afc"),
     ];
 
     fn hex(fp: u64) -> String {

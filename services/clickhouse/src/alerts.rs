@@ -17,6 +17,10 @@ pub struct AlertRow {
     pub journey: String,
     pub journey_group: String,
     pub subject: String,
+    /// `NPS`, `CSAT` or `CES` for a score; empty otherwise.
+    pub metric: String,
+    /// A score's touchpoint; empty for a stage's.
+    pub touchpoint: String,
     pub slice: String,
     pub firing: Vec<String>,
     pub window_start_ms: i64,

@@ -33,8 +33,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::detect::{
     DropDetector, DropParams, Incident, ScoreWatch, ScoreWatchParams, Silence, SilenceParams,
 };
-use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, StepIdx};
-use crate::metrics::{Counts, StepCounts, EARLY_HORIZONS_MS};
+use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, StepIdx, TouchpointIdx};
+use crate::metrics::{Counts, Metric, StepCounts, EARLY_HORIZONS_MS};
 
 const MINUTE_MS: i64 = 60_000;
 
@@ -70,19 +70,58 @@ impl Slice {
 pub enum Subject {
     /// A step's conversion.
     Step(StepIdx),
-    /// A stage's NPS.
-    Score(StageIdx),
+    /// A score of a stage's answers, or of one of its touchpoints'.
+    Score(ScoreOf),
     /// A channel's touchpoints.
     Source(ChannelIdx),
 }
 
+/// Which answers a score is over. As points, like NPS: CSAT as the share of satisfied
+/// answers (top two of five), CES as the share agreeing it was easy (5–7 of seven), in %.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScoreOf {
+    pub metric: Metric,
+    pub stage: StageIdx,
+    /// Only this touchpoint's answers (in a stage with several).
+    pub touchpoint: Option<TouchpointIdx>,
+}
+
 impl Subject {
-    /// The step's, stage's or channel's name.
+    /// The step's, stage's (a score's, also of a touchpoint) or channel's name.
     pub fn name(self, map: &JourneyMap) -> &str {
         match self {
             Subject::Step(s) => map.step_name(s),
-            Subject::Score(s) => map.stage_name(s),
+            Subject::Score(s) => map.stage_name(s.stage),
             Subject::Source(c) => map.channel_name(c),
+        }
+    }
+
+    /// A score's touchpoint, when it is over one touchpoint's answers.
+    pub fn touchpoint(self, map: &JourneyMap) -> Option<&str> {
+        match self {
+            Subject::Score(ScoreOf {
+                touchpoint: Some(t),
+                ..
+            }) => Some(map.touchpoint_name(t)),
+            _ => None,
+        }
+    }
+
+    /// A score's metric.
+    pub fn metric(self) -> Option<Metric> {
+        match self {
+            Subject::Score(s) => Some(s.metric),
+            _ => None,
+        }
+    }
+
+    /// Unique per subject, for the incidents' ids: the name, a score's metric first and
+    /// touchpoint after (`nps:advocacy`, `csat:conversion.checkout_started`).
+    fn key(self, map: &JourneyMap) -> String {
+        match (self.metric(), self.touchpoint(map)) {
+            (Some(m), Some(t)) => format!("{}:{}.{t}", m.as_str().to_lowercase(), self.name(map)),
+            (Some(m), None) => format!("{}:{}", m.as_str().to_lowercase(), self.name(map)),
+            _ => self.name(map).to_string(),
         }
     }
 
@@ -220,10 +259,10 @@ pub struct JourneyWatch {
     step_cursor: Vec<Vec<Cursor>>,
     /// Per step and slice, one detector judging every lens as a stage.
     drops: BTreeMap<(StepIdx, Slice), DropDetector>,
-    scores_in: BTreeMap<(i64, (StageIdx, Slice)), NpsCounts>,
+    scores_in: BTreeMap<(i64, (ScoreOf, Slice)), NpsCounts>,
     sources_in: BTreeMap<(i64, ChannelIdx), i64>,
     minute_cursor: Cursor,
-    scores: BTreeMap<(StageIdx, Slice), ScoreWatch>,
+    scores: BTreeMap<(ScoreOf, Slice), ScoreWatch>,
     sources: BTreeMap<ChannelIdx, Silence>,
     open: BTreeMap<Subject, Open>,
     /// Cells that came after their minute was judged (or their partition had committed
@@ -306,13 +345,14 @@ impl JourneyWatch {
         }
     }
 
-    /// A committed per-minute cell (minute start, epoch ms), as for [`add_step_cell`].
+    /// A committed per-minute cell (minute start, epoch ms) of a stage and touchpoint (none:
+    /// answers about no touchpoint of the map), as for [`add_step_cell`].
     ///
     /// [`add_step_cell`]: JourneyWatch::add_step_cell
     pub fn add_minute_cell(
         &mut self,
         minute: i64,
-        stage: StageIdx,
+        (stage, touchpoint): (StageIdx, Option<TouchpointIdx>),
         channel: ChannelIdx,
         counts: &Counts,
         partition_watermark: Option<i64>,
@@ -329,15 +369,19 @@ impl JourneyWatch {
         if self.minute_cursor.is_none_or(|c| minute < c) {
             self.minute_cursor = Some(minute);
         }
-        let nps = (
-            counts.nps_promoters,
-            counts.nps_passives,
-            counts.nps_detractors,
-        );
-        if nps != (0, 0, 0) {
-            for slice in [Slice::All, Slice::Channel(channel)] {
-                let c = self.scores_in.entry((minute, (stage, slice))).or_default();
-                *c = (c.0 + nps.0, c.1 + nps.1, c.2 + nps.2);
+        // A touchpoint's own score only where its stage has others: else it is the stage's.
+        let touchpoint = touchpoint.filter(|_| self.map.touchpoints_of(stage).nth(1).is_some());
+        for (metric, three) in score_counts(counts) {
+            for touchpoint in std::iter::once(None).chain(touchpoint.map(Some)) {
+                let of = ScoreOf {
+                    metric,
+                    stage,
+                    touchpoint,
+                };
+                for slice in [Slice::All, Slice::Channel(channel)] {
+                    let c = self.scores_in.entry((minute, (of, slice))).or_default();
+                    *c = (c.0 + three.0, c.1 + three.1, c.2 + three.2);
+                }
             }
         }
         if counts.touchpoints != 0 {
@@ -445,7 +489,7 @@ impl JourneyWatch {
         let at = minute + MINUTE_MS;
         let m = minute / MINUTE_MS;
         let scores = take_minute(&mut self.scores_in, minute);
-        let mut keys: BTreeSet<(StageIdx, Slice)> = self.scores.keys().copied().collect();
+        let mut keys: BTreeSet<(ScoreOf, Slice)> = self.scores.keys().copied().collect();
         keys.extend(scores.keys().copied());
         for key in keys {
             let c = scores.get(&key).copied().unwrap_or((0, 0, 0));
@@ -563,6 +607,22 @@ impl JourneyWatch {
     }
 }
 
+/// A cell's answers as three counts whose NPS-like score (first minus last, in % of all) is
+/// the metric's: NPS's promoters, passives and detractors; CSAT's satisfied and not; CES's
+/// agreeing and not. Metrics without answers in the cell are left out.
+fn score_counts(c: &Counts) -> impl Iterator<Item = (Metric, NpsCounts)> {
+    [
+        (
+            Metric::Nps,
+            (c.nps_promoters, c.nps_passives, c.nps_detractors),
+        ),
+        (Metric::Csat, (c.csat_top2, c.csat_n - c.csat_top2, 0)),
+        (Metric::Ces, (c.ces_agree, c.ces_n - c.ces_agree, 0)),
+    ]
+    .into_iter()
+    .filter(|(_, three)| *three != (0, 0, 0))
+}
+
 /// A signal's next minute to judge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Due {
@@ -661,7 +721,7 @@ fn alert_id(map: &JourneyMap, subject: Subject, known_at: i64) -> String {
         "{}/{}:{}/{}",
         map.name,
         subject.kind().as_str(),
-        subject.name(map),
+        subject.key(map),
         known_at / MINUTE_MS
     )
 }

@@ -201,7 +201,7 @@ fn run(parts: &[Vec<Batch>], order: &[usize]) -> (Vec<AlertChange>, u64) {
                     touchpoints,
                 } => watch.add_minute_cell(
                     START + minute * MINUTE,
-                    0,
+                    (0, None),
                     channel,
                     &Counts {
                         touchpoints,
@@ -300,4 +300,88 @@ fn a_break_is_one_incident_silence_is_not_a_drop_and_reading_order_changes_nothi
     let silent = START + SILENT.0 * MINUTE..START + SILENT.1 * MINUTE;
     assert!(silent.contains(&silences[0].at), "{silences:#?}");
     assert!(by_kind(AlertKind::ScoreDrop).is_empty());
+}
+
+/// A stage with two touchpoints, answered with CSAT on the web: after nine days of 80 %
+/// satisfied at each, one touchpoint's falls to 50 % for three hours. That touchpoint's CSAT
+/// is an incident (metric and touchpoint in its subject), resolved after; the other
+/// touchpoint's is not, and no NPS or step incident comes of it.
+#[test]
+fn a_touchpoints_csat_drop_is_its_own_incident() {
+    let map = JourneyMap::from_yaml(
+        "shop.yaml",
+        &MAP.replace(
+            "  - name: paid\n",
+            "  - name: wishlist\n    stage: browse\n    channels: [web, app]\n  - name: paid\n",
+        ),
+    )
+    .unwrap();
+    let (cart, wishlist) = (
+        map.touchpoint("cart").unwrap(),
+        map.touchpoint("wishlist").unwrap(),
+    );
+    let mut watch = JourneyWatch::new(&map, Default::default());
+    let drop = (9 * DAY + 600, 9 * DAY + 780);
+    let mut out = Vec::new();
+    for m in 0..10 * DAY {
+        for (tp, salt) in [(cart, 1u64), (wishlist, 2)] {
+            let satisfied = if tp == cart && (drop.0..drop.1).contains(&m) {
+                0.5
+            } else {
+                0.8
+            };
+            let n = 4;
+            let top2 = (0..n)
+                .filter(|i| noise((m as u64) << 8 | salt << 4 | i) < satisfied)
+                .count() as i64;
+            let counts = Counts {
+                csat_n: n as i64,
+                csat_top2: top2,
+                ..Counts::default()
+            };
+            watch.add_minute_cell(START + m * MINUTE, (0, Some(tp)), 0, &counts, None);
+        }
+        out.extend(watch.advance(START + (m + 1) * MINUTE));
+    }
+    let ids: std::collections::BTreeSet<&str> = out.iter().map(|c| c.id.as_str()).collect();
+    assert!(
+        ids.iter()
+            .all(|id| id.starts_with("shop/score_drop:csat:browse")),
+        "{ids:?}"
+    );
+    // Fired, updated when the web slice joined (it is all the traffic here), resolved.
+    let cart = |state: AlertState| -> Vec<&AlertChange> {
+        out.iter()
+            .filter(|c| c.subject.touchpoint(&map) == Some("cart") && c.state == state)
+            .collect()
+    };
+    let (fired, resolved) = match (
+        &cart(AlertState::Firing)[..],
+        &cart(AlertState::Resolved)[..],
+    ) {
+        ([f], [r]) => (*f, *r),
+        _ => panic!("one incident, fired and resolved: {out:#?}"),
+    };
+    assert_eq!(fired.subject.kind(), AlertKind::ScoreDrop);
+    assert_eq!(fired.subject.name(&map), "browse");
+    assert_eq!(
+        fired.id.split('/').nth(1),
+        Some("score_drop:csat:browse.cart")
+    );
+    assert!(
+        fired.figures.observed < fired.figures.baseline - 5.0 && fired.figures.baseline > 75.0,
+        "{fired:?}"
+    );
+    let start = START + drop.0 * MINUTE;
+    assert!(
+        (start..start + 120 * MINUTE).contains(&fired.fired_at),
+        "{fired:?}"
+    );
+    assert_eq!(resolved.state, AlertState::Resolved);
+    assert!(resolved.at > START + drop.1 * MINUTE);
+    assert!(
+        out.iter()
+            .all(|c| c.subject.touchpoint(&map) != Some("wishlist")),
+        "{out:#?}"
+    );
 }

@@ -121,11 +121,17 @@ impl JourneyInput {
                 nps_promoters: n.nps_promoters,
                 nps_passives: n.nps_passives,
                 nps_detractors: n.nps_detractors,
+                csat_n: n.csat_n,
+                csat_top2: n.csat_top2,
+                ces_n: n.ces_n,
+                ces_agree: n.ces_agree,
                 touchpoints: n.touchpoints,
                 ..Counts::default()
             };
+            // Answers about no touchpoint of the map count for their stage only.
+            let touchpoint = map.touchpoint(&c.touchpoint);
             self.watch
-                .add_minute_cell(c.minute, stage, channel, &counts, before);
+                .add_minute_cell(c.minute, (stage, touchpoint), channel, &counts, before);
         }
         for c in steps {
             let segment = match map.segment(&c.segment) {

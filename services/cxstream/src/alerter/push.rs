@@ -139,7 +139,7 @@ fn labels(m: &AlertMessage) -> BTreeMap<String, String> {
         Severity::Warning => "warning",
         Severity::Critical => "critical",
     };
-    BTreeMap::from([
+    let mut labels = BTreeMap::from([
         ("alertname".to_string(), alertname.to_string()),
         ("team".to_string(), "cx".to_string()),
         ("journey".to_string(), m.journey.clone()),
@@ -147,14 +147,27 @@ fn labels(m: &AlertMessage) -> BTreeMap<String, String> {
         (subject_label.to_string(), m.subject.clone()),
         ("severity".to_string(), severity.to_string()),
         ("incident".to_string(), m.id.clone()),
-    ])
+    ]);
+    // A score's metric and touchpoint are as much what it is about as its stage.
+    for (name, value) in [("metric", &m.metric), ("touchpoint", &m.touchpoint)] {
+        if let Some(v) = value {
+            labels.insert(name.to_string(), v.to_lowercase());
+        }
+    }
+    labels
 }
 
 fn annotations(m: &AlertMessage) -> BTreeMap<String, String> {
+    let metric = m.metric.as_deref().unwrap_or("NPS");
     let value = |v: f64| match m.kind {
         AlertKind::StepDrop => format!("{:.1} %", 100.0 * v),
-        AlertKind::ScoreDrop => format!("NPS {v:.1}"),
+        AlertKind::ScoreDrop if metric == "NPS" => format!("NPS {v:.1}"),
+        AlertKind::ScoreDrop => format!("{metric} {v:.1} %"),
         AlertKind::Silence => format!("{v:.0} touchpoints"),
+    };
+    let about = match &m.touchpoint {
+        Some(t) => format!("{} ({t})", m.subject),
+        None => m.subject.clone(),
     };
     let summary = match m.kind {
         AlertKind::StepDrop => format!(
@@ -165,8 +178,7 @@ fn annotations(m: &AlertMessage) -> BTreeMap<String, String> {
             m.slice
         ),
         AlertKind::ScoreDrop => format!(
-            "{} score fell to {} from {} ({})",
-            m.subject,
+            "{about} score fell to {} from {} ({})",
             value(m.observed),
             value(m.baseline),
             m.slice

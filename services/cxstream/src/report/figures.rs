@@ -373,6 +373,8 @@ where
 #[derive(Debug, clickhouse::Row, Deserialize)]
 pub struct AlertLine {
     pub kind: String,
+    /// The step, stage or channel; a score's with its touchpoint and metric
+    /// (`retention/delivery_received CSAT`).
     pub subject: String,
     pub slice: String,
     pub state: String,
@@ -398,7 +400,9 @@ pub async fn alerts(
         .context("counting alerts")?;
     let lines = client
         .query(
-            "SELECT toString(kind) AS kind, subject, slice, toString(state) AS state, \
+            "SELECT toString(kind) AS kind, \
+             if(metric = '', subject, concat(subject, if(touchpoint = '', '', concat('/', touchpoint)), ' ', metric)) AS subject, \
+             slice, toString(state) AS state, \
              toString(fired_at, 'UTC') AS fired_utc, observed, baseline \
              FROM alerts_current WHERE journey = ? AND journey_group = ? \
              ORDER BY fired_utc DESC, subject LIMIT ?",
