@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 pub const TOUCHPOINT_SCHEMA: &str = include_str!("../../../schemas/avro/touchpoint.avsc");
 pub const SURVEY_ANSWER_SCHEMA: &str = include_str!("../../../schemas/avro/survey_answer.avsc");
 pub const ALERT_SCHEMA: &str = include_str!("../../../schemas/avro/alert.avsc");
+/// Alerts as written before score drops named their metric and touchpoint: still read.
+const ALERT_SCHEMA_V1: &str = include_str!("../../../schemas/avro/alert.v1.avsc");
 pub const IDENTITY_MESSAGE_SCHEMA: &str =
     include_str!("../../../schemas/avro/identity_message.avsc");
 pub const AGGREGATES_SCHEMA: &str = include_str!("../../../schemas/avro/aggregates.avsc");
@@ -168,7 +170,10 @@ pub struct AlertMessage {
     pub journey: String,
     pub group: String,
     pub subject: String,
+    /// Absent from alerts written before score drops named them (`alert.v1.avsc`).
+    #[serde(default)]
     pub metric: Option<String>,
+    #[serde(default)]
     pub touchpoint: Option<String>,
     pub slice: String,
     pub firing: Vec<String>,
@@ -248,6 +253,7 @@ static KNOWN: LazyLock<Vec<Known>> = LazyLock::new(|| {
     vec![
         known(TOUCHPOINT_SCHEMA, RecordType::Touchpoint),
         known(SURVEY_ANSWER_SCHEMA, RecordType::SurveyAnswer),
+        known(ALERT_SCHEMA_V1, RecordType::Alert),
         known(ALERT_SCHEMA, RecordType::Alert),
         known(IDENTITY_MESSAGE_SCHEMA, RecordType::IdentityMessage),
         known(AGGREGATES_SCHEMA, RecordType::Aggregates),
@@ -488,15 +494,13 @@ impl RecordType {
         }
     }
 
+    /// The newest schema of the record type (KNOWN lists oldest first).
     fn schema(self) -> &'static Schema {
-        let i = match self {
-            RecordType::Touchpoint => 0,
-            RecordType::SurveyAnswer => 1,
-            RecordType::Alert => 2,
-            RecordType::IdentityMessage => 3,
-            RecordType::Aggregates => 4,
-        };
-        KNOWN[i].schema
+        KNOWN
+            .iter()
+            .rev()
+            .find(|k| k.record == self)
+            .map_or_else(|| KNOWN[0].schema, |k| k.schema)
     }
 }
 
@@ -512,6 +516,7 @@ fn align_logical_types(
 ) -> Result<serde_json::Value, String> {
     let reader = &KNOWN
         .iter()
+        .rev()
         .find(|k| k.record == record)
         .ok_or_else(|| format!("no schema for {record:?}"))?
         .json;
@@ -831,6 +836,66 @@ mod tests {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+
+    /// An alert as written before score drops named their metric and touchpoint.
+    #[test]
+    fn alerts_of_the_first_schema_still_decode() {
+        #[derive(Serialize)]
+        #[serde(rename = "Alert")]
+        struct V1 {
+            id: String,
+            revision: i32,
+            state: AlertState,
+            kind: AlertKind,
+            journey: String,
+            group: String,
+            subject: String,
+            slice: String,
+            firing: Vec<String>,
+            window_start: i64,
+            window_end: i64,
+            observed: f64,
+            baseline: f64,
+            n: f64,
+            significance: f64,
+            severity: Severity,
+            fired_at: i64,
+            changed_at: i64,
+            resolved_at: Option<i64>,
+        }
+        let v1 = V1 {
+            id: "retail/score_drop:advocacy/29905082".into(),
+            revision: 0,
+            state: AlertState::Firing,
+            kind: AlertKind::ScoreDrop,
+            journey: "retail".into(),
+            group: "cxstream-journey".into(),
+            subject: "advocacy".into(),
+            slice: "all".into(),
+            firing: vec!["all".into()],
+            window_start: 1_794_304_920_000,
+            window_end: 1_794_309_120_000,
+            observed: 12.5,
+            baseline: 31.0,
+            n: 410.0,
+            significance: 1e-6,
+            severity: Severity::Warning,
+            fired_at: 1_794_309_120_000,
+            changed_at: 1_794_309_120_000,
+            resolved_at: None,
+        };
+        let json: serde_json::Value = serde_json::from_str(ALERT_SCHEMA_V1).expect("json");
+        let writer = GenericDatumWriter::builder(parse(ALERT_SCHEMA_V1))
+            .human_readable(false)
+            .build()
+            .expect("writer");
+        let mut buf = MAGIC.to_vec();
+        buf.extend_from_slice(&canonical::fingerprint(&json).to_le_bytes());
+        writer.write_ser(&mut buf, &v1).expect("encode");
+        let m = codec().decode_alert(&buf).expect("decode");
+        assert_eq!((m.metric, m.touchpoint), (None, None));
+        assert_eq!((m.subject.as_str(), m.observed), ("advocacy", 12.5));
     }
 
     #[test]

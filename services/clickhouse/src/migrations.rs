@@ -75,6 +75,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "alerts",
         sql: include_str!("../../../schemas/clickhouse/0012_alerts.sql"),
     },
+    Migration {
+        version: 13,
+        name: "score_alerts",
+        sql: include_str!("../../../schemas/clickhouse/0013_score_alerts.sql"),
+    },
 ];
 
 impl Migration {

@@ -78,6 +78,8 @@ pub struct JourneyMap {
     stage_index: Index<StageIdx>,
     /// Who is a detractor, who owns their cases, and how soon to follow up.
     pub cases: crate::cases::CaseRules,
+    /// The alerter's detectors for this journey (`alerts:`; defaults where not set).
+    pub alerts: crate::watch::WatchParams,
     /// Stages only the other maps running beside this one declare (see [`JourneyMaps`]).
     stages_elsewhere: Vec<String>,
 }
@@ -112,6 +114,8 @@ struct RawMap {
     steps: Vec<RawStep>,
     #[serde(default)]
     cases: Option<crate::cases::RawCases>,
+    #[serde(default)]
+    alerts: Option<crate::alert_rules::RawAlerts>,
 }
 
 #[derive(Deserialize)]
@@ -308,8 +312,13 @@ impl JourneyMap {
             .map_err(|(line, m)| err(line, m))?,
             None => crate::cases::CaseRules::default(),
         };
+        let alerts = match &raw.alerts {
+            Some(a) => crate::alert_rules::params(a).map_err(|m| err(at("alerts:"), m))?,
+            None => crate::watch::WatchParams::default(),
+        };
         Ok(JourneyMap {
             cases,
+            alerts,
             name: raw.journey,
             stages,
             steps,

@@ -3,6 +3,7 @@
 //! processor that turns input records into exact per-minute counts and enriched facts.
 //! Adapters (Avro, Kafka, ClickHouse, HTTP) live in other crates.
 
+mod alert_rules;
 pub mod batch_log;
 pub mod cases;
 pub mod detect;

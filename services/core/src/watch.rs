@@ -115,13 +115,14 @@ impl Subject {
         }
     }
 
-    /// Unique per subject, for the incidents' ids: the name, a score's metric first and
-    /// touchpoint after (`nps:advocacy`, `csat:conversion.checkout_started`).
+    /// Unique per subject, for the incidents' ids: the name; another score than a stage's
+    /// NPS (whose ids are as before there were others) has its metric first and touchpoint
+    /// after (`csat:conversion`, `nps:conversion.checkout_started`).
     fn key(self, map: &JourneyMap) -> String {
         match (self.metric(), self.touchpoint(map)) {
             (Some(m), Some(t)) => format!("{}:{}.{t}", m.as_str().to_lowercase(), self.name(map)),
+            (Some(Metric::Nps), None) | (None, _) => self.name(map).to_string(),
             (Some(m), None) => format!("{}:{}", m.as_str().to_lowercase(), self.name(map)),
-            _ => self.name(map).to_string(),
         }
     }
 
@@ -369,10 +370,15 @@ impl JourneyWatch {
         if self.minute_cursor.is_none_or(|c| minute < c) {
             self.minute_cursor = Some(minute);
         }
-        // A touchpoint's own score only where its stage has others: else it is the stage's.
-        let touchpoint = touchpoint.filter(|_| self.map.touchpoints_of(stage).nth(1).is_some());
+        // The cell's stage is the customer's (the furthest reached); a touchpoint's own score
+        // is under the stage that declares it, and only where that stage has others (else
+        // it is that stage's score).
+        let own = touchpoint
+            .and_then(|t| Some((self.map.touchpoints.get(usize::from(t))?.stage, t)))
+            .filter(|(s, _)| self.map.touchpoints_of(*s).nth(1).is_some());
         for (metric, three) in score_counts(counts) {
-            for touchpoint in std::iter::once(None).chain(touchpoint.map(Some)) {
+            let scopes = std::iter::once((stage, None)).chain(own.map(|(s, t)| (s, Some(t))));
+            for (stage, touchpoint) in scopes {
                 let of = ScoreOf {
                     metric,
                     stage,

@@ -302,10 +302,12 @@ fn a_break_is_one_incident_silence_is_not_a_drop_and_reading_order_changes_nothi
     assert!(by_kind(AlertKind::ScoreDrop).is_empty());
 }
 
-/// A stage with two touchpoints, answered with CSAT on the web: after nine days of 80 %
-/// satisfied at each, one touchpoint's falls to 50 % for three hours. That touchpoint's CSAT
-/// is an incident (metric and touchpoint in its subject), resolved after; the other
-/// touchpoint's is not, and no NPS or step incident comes of it.
+/// A stage with two touchpoints, answered with CSAT on the web (half of the answers by
+/// customers already in the next stage, whose cells are that stage's): after nine days of
+/// 80 % satisfied at each, one touchpoint's falls to 50 % for three hours. That touchpoint's
+/// CSAT is one incident, under the stage that declares it (metric and touchpoint in its
+/// subject), resolved after; the other touchpoint's is not, and no NPS or step incident
+/// comes of it.
 #[test]
 fn a_touchpoints_csat_drop_is_its_own_incident() {
     let map = JourneyMap::from_yaml(
@@ -339,14 +341,16 @@ fn a_touchpoints_csat_drop_is_its_own_incident() {
                 csat_top2: top2,
                 ..Counts::default()
             };
-            watch.add_minute_cell(START + m * MINUTE, (0, Some(tp)), 0, &counts, None);
+            // Every other minute's answers come from customers who went on to buy: their
+            // cells are the later stage's, their touchpoint is still the browse stage's.
+            let stage = u8::from(m % 2 == 1);
+            watch.add_minute_cell(START + m * MINUTE, (stage, Some(tp)), 0, &counts, None);
         }
         out.extend(watch.advance(START + (m + 1) * MINUTE));
     }
     let ids: std::collections::BTreeSet<&str> = out.iter().map(|c| c.id.as_str()).collect();
     assert!(
-        ids.iter()
-            .all(|id| id.starts_with("shop/score_drop:csat:browse")),
+        ids.iter().all(|id| id.starts_with("shop/score_drop:csat:")),
         "{ids:?}"
     );
     // Fired, updated when the web slice joined (it is all the traffic here), resolved.

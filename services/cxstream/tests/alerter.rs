@@ -529,7 +529,9 @@ fn a_drop_injected_into_simulated_traffic_reaches_alertmanager_and_resolves() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
+    // On the hour, so that every run's minutes and hours fall alike.
     let start = now - 30 * 60 * MINUTE;
+    let start = start - start.rem_euclid(60 * MINUTE);
     let (from, until) = (start + 25 * 60 * MINUTE, start + 27 * 60 * MINUTE);
     let simulate = |part: &str| {
         s.ok(&[

@@ -160,3 +160,76 @@ fn a_confluent_writer_schema_cxstream_cannot_read_stops_the_service_with_id_and_
         "{err}"
     );
 }
+
+#[test]
+fn incidents_the_simulator_cannot_inject_say_what_to_fix() {
+    let cfg = temp_file(
+        "sim.yaml",
+        &format!(
+            "kafka:\n  brokers: 127.0.0.1:1\njourney:\n  maps: [{}/../../schemas/journeys/retail.yaml]\n",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    );
+    let cfg = cfg.to_str().expect("utf8");
+    let (code, err) = cxstream(&[
+        "--config",
+        cfg,
+        "simulate",
+        "--scenario",
+        "incidents",
+        "--days",
+        "1",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--scenario incidents needs --days 2"), "{err}");
+    let typo = temp_file("typo.yaml", "- kind: step_drop\n  stepp: checkout\n");
+    let (code, err) = cxstream(&[
+        "--config",
+        cfg,
+        "simulate",
+        "--incidents",
+        typo.to_str().expect("utf8"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("typo.yaml") && err.contains("unknown field `stepp`"),
+        "{err}"
+    );
+    let unknown = temp_file(
+        "unknown.yaml",
+        "- kind: step_drop\n  step: teleport\n  drop: 0.5\n  start_hours: 1\n  minutes: 5\n",
+    );
+    let (code, err) = cxstream(&[
+        "--config",
+        cfg,
+        "simulate",
+        "--scenario",
+        "journeys",
+        "--incidents",
+        unknown.to_str().expect("utf8"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no map declares `teleport`"), "{err}");
+    let (code, err) = cxstream(&["--config", cfg, "simulate", "--start", "yesterday"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("RFC 3339"), "{err}");
+}
+
+#[test]
+fn a_maps_alert_parameter_out_of_range_names_key_and_line() {
+    let map = temp_file(
+        "alerts_map.yaml",
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../schemas/journeys/retail.yaml"
+        ))
+        .expect("retail map")
+        .replace("step_drop: {drop: 0.3,", "step_drop: {drop: 1.3,"),
+    );
+    let (code, err) = cxstream(&["check-map", map.to_str().expect("utf8")]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("alerts_map.yaml:") && err.contains("alerts.step_drop.drop: 1.3"),
+        "{err}"
+    );
+}

@@ -70,15 +70,16 @@ impl Incident {
 /// What an incident touched, counted while the traffic was drawn.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IncidentTally {
-    /// Step attempts or stage entries in the slice and window, touchpoints lost, or
-    /// answers shifted.
+    /// Step attempts or stage entries (as the customers walk; the pipeline may count a
+    /// return as a new journey's) in the slice and window, touchpoints lost, or answers
+    /// shifted that count (sent, and not replaced by a later answer).
     pub affected: u64,
     /// Of the attempts or entries, how many converted, and how many would have without
     /// the incident (the same draws). Zero for the other kinds.
     pub converted: u64,
     pub would_have_converted: u64,
-    /// NPS answers' (promoters, passives, detractors) as sent, and as they would have been
-    /// without the shift.
+    /// The shifted NPS answers that count: (promoters, passives, detractors) as sent, and
+    /// as they would have been without the shift.
     pub nps_sent: (u64, u64, u64),
     pub nps_unshifted: (u64, u64, u64),
 }
@@ -112,7 +113,12 @@ pub(crate) struct Injector {
 }
 
 impl Injector {
-    pub(crate) fn new(maps: &[&JourneyMap], incidents: &[Incident]) -> Result<Self, SimError> {
+    /// `steps_taken`: whether the simulated customers take the maps' steps at all.
+    pub(crate) fn new(
+        maps: &[&JourneyMap],
+        incidents: &[Incident],
+        steps_taken: bool,
+    ) -> Result<Self, SimError> {
         let mut per_map = vec![Vec::new(); maps.len()];
         for inc in incidents {
             let bad = |why: String| SimError::Incident {
@@ -136,23 +142,12 @@ impl Injector {
             }
             let mut found = false;
             for (m, map) in maps.iter().enumerate() {
-                let channel = match &inc.channel {
-                    Some(c) => {
-                        Some(usize::from(map.channel(c).ok_or_else(|| {
-                            bad(format!("the map declares no channel `{c}`"))
-                        })?))
-                    }
-                    None => None,
-                };
-                let segment = match &inc.segment {
-                    Some(s) => {
-                        Some(usize::from(map.segment(s).ok_or_else(|| {
-                            bad(format!("the map declares no segment `{s}`"))
-                        })?))
-                    }
-                    None => None,
-                };
+                // A slice the map does not have: the incident is not in its traffic.
+                let channel = inc.channel.as_ref().map(|c| map.channel(c));
+                let segment = inc.segment.as_ref().map(|s| map.segment(s));
+                let sliced = !matches!(channel, Some(None)) && !matches!(segment, Some(None));
                 let what = match &inc.kind {
+                    _ if !sliced => What::Elsewhere,
                     IncidentKind::StepDrop { step, drop } => map
                         .steps
                         .iter()
@@ -173,14 +168,29 @@ impl Injector {
                 found |= !matches!(what, What::Elsewhere);
                 per_map[m].push(Resolved {
                     what,
-                    channel,
-                    segment,
+                    channel: channel.flatten().map(usize::from),
+                    segment: segment.flatten().map(usize::from),
                     from_ms: inc.from_ms,
                     until_ms: inc.until_ms,
                 });
             }
             if !found {
-                return Err(bad(format!("no map declares `{}`", inc.subject())));
+                let slice = |what: &str, name: &Option<String>| {
+                    name.as_ref()
+                        .map_or(String::new(), |n| format!(" with {what} `{n}`"))
+                };
+                return Err(bad(format!(
+                    "no map declares `{}`{}{}",
+                    inc.subject(),
+                    slice("channel", &inc.channel),
+                    slice("segment", &inc.segment),
+                )));
+            }
+            if matches!(inc.kind, IncidentKind::StepDrop { .. }) && !steps_taken {
+                return Err(bad(
+                    "customers take no steps in this scenario (use journeys, incidents or identity)"
+                        .into(),
+                ));
             }
         }
         Ok(Injector {
@@ -281,14 +291,14 @@ impl MapInjector<'_> {
         hit.is_some()
     }
 
-    /// Shifts an answer about `touchpoint` (dated by its touchpoint, `at`) when an incident
-    /// says so.
+    /// Shifts an answer about `touchpoint` (at the place and time of its visit) when an
+    /// incident says so: which incidents did, and the score it had, for [`Self::counted`].
     pub(crate) fn shift_score(
         &mut self,
         touchpoint: usize,
         at: (usize, usize, i64),
         answer: &mut SurveyAnswer,
-    ) {
+    ) -> Option<Shifted> {
         let metric = answer.metric;
         let hits: Vec<(usize, i32)> = self
             .active(at)
@@ -298,20 +308,35 @@ impl MapInjector<'_> {
             })
             .collect();
         if hits.is_empty() {
-            return;
+            return None;
         }
         let (lo, hi) = metric.range();
         let before = answer.score;
         answer.score = (before + hits.iter().map(|(_, s)| s).sum::<i32>()).clamp(lo, hi);
-        for (i, _) in hits {
+        Some(Shifted {
+            incidents: hits.into_iter().map(|(i, _)| i).collect(),
+            before,
+        })
+    }
+
+    /// A shifted answer that counts (sent, and not replaced by a later one): the truth.
+    pub(crate) fn counted(&mut self, shifted: &Shifted, answer: &SurveyAnswer) {
+        for &i in &shifted.incidents {
             let t = &mut self.injector.tallies[i];
             t.affected += 1;
-            if metric == Metric::Nps {
+            if answer.metric == Metric::Nps {
                 bump(&mut t.nps_sent, answer.score);
-                bump(&mut t.nps_unshifted, before);
+                bump(&mut t.nps_unshifted, shifted.before);
             }
         }
     }
+}
+
+/// What [`MapInjector::shift_score`] did to an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Shifted {
+    incidents: Vec<usize>,
+    before: i32,
 }
 
 /// Promoters 9–10, passives 7–8, detractors 0–6 (the NPS definition).

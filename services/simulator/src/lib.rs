@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 
 mod incidents;
 pub use incidents::{incidents_csv, nps, Incident, IncidentKind, IncidentTally};
-use incidents::{Injector, MapInjector};
+use incidents::{Injector, MapInjector, Shifted};
 
 const MINUTE_MS: i64 = 60_000;
 /// The segment of a touchpoint when none up to it names one (README).
@@ -452,6 +452,8 @@ impl Visit {
 
 struct Planned {
     answer: SurveyAnswer,
+    /// What an incident did to its score, if anything.
+    shifted: Option<Shifted>,
     /// Index into the customer's visits this answer is counted under (None: no context).
     context: Option<usize>,
     /// Replaced by a later answer of the same respondent for the same touchpoint/metric.
@@ -481,7 +483,7 @@ pub fn simulate(map: &JourneyMap, cfg: &SimConfig) -> Result<Simulation, SimErro
 /// everyone's touchpoints, the other maps' as off-map.
 pub fn simulate_maps(maps: &[&JourneyMap], cfg: &SimConfig) -> Result<Simulation, SimError> {
     check_maps(maps)?;
-    let mut injector = Injector::new(maps, &cfg.incidents)?;
+    let mut injector = Injector::new(maps, &cfg.incidents, cfg.paths.steps)?;
     let mut records = Vec::new();
     let mut owners = BTreeMap::new();
     let mut lenses: Vec<Lens> = maps
@@ -884,9 +886,10 @@ fn settle(
             v,
             person.segment,
         );
-        inject.shift_score(v.touchpoint, place, &mut first);
+        let shifted = inject.shift_score(v.touchpoint, place, &mut first);
         planned.push(Planned {
             answer: first,
+            shifted,
             context: Some(vi),
             superseded: false,
         });
@@ -906,9 +909,10 @@ fn settle(
                 v,
                 person.segment,
             );
-            inject.shift_score(v.touchpoint, place, &mut again);
+            let shifted = inject.shift_score(v.touchpoint, place, &mut again);
             planned.push(Planned {
                 answer: again,
+                shifted,
                 context: Some(vi),
                 superseded: false,
             });
@@ -934,6 +938,7 @@ fn settle(
         a.touchpoint = None;
         planned.push(Planned {
             answer: a,
+            shifted: None,
             context: ctx,
             superseded: false,
         });
@@ -1021,6 +1026,9 @@ fn settle(
             continue;
         }
         if !p.superseded {
+            if let Some(shifted) = &p.shifted {
+                inject.counted(shifted, &p.answer);
+            }
             for other in &mut elsewhere {
                 let k = match p.context {
                     Some(vi) => off_map_key(map, &visits[vi], p.answer.answer_time, &seg_name),
@@ -1237,13 +1245,13 @@ fn walk(
         let base = map.stages[stage].target_conversion;
         let lift = [0.0, 0.05, 0.15, 0.08].get(segment).copied().unwrap_or(0.0);
         if stage + 1 == map.stages.len()
+            || t >= end_ms
             || !inject.stage_converts(
                 stage,
                 entered_at,
                 rng.random::<f64>(),
                 (base + lift).clamp(0.0, 1.0),
             )
-            || t >= end_ms
         {
             break;
         }

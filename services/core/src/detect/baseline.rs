@@ -67,7 +67,8 @@ impl SeasonalRate {
         let week = week_of(minute);
         self.since = Some(self.since.map_or(minute, |s| s.min(minute)));
         self.hours[hour_of_week(minute)].add(week, self.decay, num, den);
-        self.hours_of_day[hour_of_week(minute) % 24].add(week, self.decay, num, den);
+        // Only read in the first week: not decayed (a week boundary would halve it midweek).
+        self.hours_of_day[hour_of_week(minute) % 24].add(week, 1.0, num, den);
         self.all.add(week, self.decay, num, den);
     }
 
@@ -79,13 +80,12 @@ impl SeasonalRate {
         let week = week_of(minute);
         let hour = hour_of_week(minute);
         let seasonal = if self.first_week(minute) {
-            self.hours_of_day[hour % 24]
+            self.hours_of_day[hour % 24].at(week, 1.0)
         } else {
-            self.hours[hour]
+            self.hours[hour].at(week, self.decay)
         };
-        [seasonal, self.all]
+        [seasonal, self.all.at(week, self.decay)]
             .into_iter()
-            .map(|s| s.at(week, self.decay))
             .find(|s| s.den >= min_den && s.den > 0.0)
             .map(|s| (s.num / s.den, s.den))
     }
@@ -110,7 +110,7 @@ impl SeasonalRate {
         if days == 0 {
             return 0.0;
         }
-        self.hours_of_day[hour % 24].at(week, self.decay).den / days as f64
+        self.hours_of_day[hour % 24].at(week, 1.0).den / days as f64
     }
 
     /// Whether `minute` is within a week of the first observed: the hours of the week have

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use cxstream_avro::Codec;
-use cxstream_core::watch::{AlertChange, AlertKind, WatchParams};
+use cxstream_core::watch::{AlertChange, AlertKind};
 use cxstream_core::JourneyMaps;
 use cxstream_http::{AlerterMetrics, Health};
 use rdkafka::message::Message;
@@ -85,7 +85,7 @@ impl Alerter {
         let inputs = maps
             .iter()
             .map(|m| {
-                let input = JourneyInput::new(m.clone(), WatchParams::default());
+                let input = JourneyInput::new(m.clone(), m.alerts);
                 (m.name.clone(), input)
             })
             .collect();

@@ -107,10 +107,11 @@ pub fn journeys(map: &JourneyMap, start_ms: i64, period_ms: f64) -> Vec<Incident
     }]
 }
 
-/// The incidents scenario's four: the first step converting half as often in the app
-/// (20–25 % of the period), the first stage a third less in the first segment (40–45 %),
-/// the web channel silent (60–61 %), and the last stage's first touchpoint's NPS answers
-/// three points lower (75–85 %).
+/// The incidents scenario's four, in the period's second half (the detectors learn a day
+/// before they judge, silence a week): the first step converting half as often in the app
+/// (55–60 % of the period), the first stage a third less in the first segment (65–70 %),
+/// the web channel silent (75–76 %), and the last stage's first touchpoint's NPS answers
+/// three points lower (85–95 %).
 pub fn scenario(map: &JourneyMap, start_ms: i64, period_ms: f64) -> Vec<Incident> {
     let at = |share: f64| start_ms + (share * period_ms) as i64;
     let mut out = Vec::new();
@@ -119,8 +120,8 @@ pub fn scenario(map: &JourneyMap, start_ms: i64, period_ms: f64) -> Vec<Incident
             kind: IncidentKind::StepDrop { step, drop: 0.5 },
             channel: Some(channel),
             segment: None,
-            from_ms: at(0.20),
-            until_ms: at(0.25),
+            from_ms: at(0.55),
+            until_ms: at(0.60),
         });
     }
     if let (Some(stage), Some(segment)) = (map.stages.first(), map.segments.first()) {
@@ -131,8 +132,8 @@ pub fn scenario(map: &JourneyMap, start_ms: i64, period_ms: f64) -> Vec<Incident
             },
             channel: None,
             segment: Some(segment.clone()),
-            from_ms: at(0.40),
-            until_ms: at(0.45),
+            from_ms: at(0.65),
+            until_ms: at(0.70),
         });
     }
     let silent = map
@@ -145,8 +146,8 @@ pub fn scenario(map: &JourneyMap, start_ms: i64, period_ms: f64) -> Vec<Incident
             kind: IncidentKind::Silence,
             channel: Some(channel.clone()),
             segment: None,
-            from_ms: at(0.60),
-            until_ms: at(0.61),
+            from_ms: at(0.75),
+            until_ms: at(0.76),
         });
     }
     let last = map.stages.len().saturating_sub(1);
@@ -162,8 +163,8 @@ pub fn scenario(map: &JourneyMap, start_ms: i64, period_ms: f64) -> Vec<Incident
             },
             channel: None,
             segment: None,
-            from_ms: at(0.75),
-            until_ms: at(0.85),
+            from_ms: at(0.85),
+            until_ms: at(0.95),
         });
     }
     out

@@ -52,9 +52,9 @@ pub struct SimulateArgs {
     /// and the first step — in the app — converting at a fifth of its target from 30 % to
     /// 60 % of the period); `incidents`: journeys as they really happen, delivered on time,
     /// with daily and weekly cycles, and four incidents (the first step converting half as
-    /// often in the app at 20–25 % of the period, the first stage a third less in the first
-    /// segment at 40–45 %, the web silent at 60–61 %, the last stage's first touchpoint's NPS
-    /// answers 3 points lower at 75–85 %); `identity`: the journeys scenario with 40 % of customers
+    /// often in the app at 55–60 % of the period, the first stage a third less in the first
+    /// segment at 65–70 %, the web silent at 75–76 %, the last stage's first touchpoint's NPS
+    /// answers 3 points lower at 85–95 %; at least 2 days); `identity`: the journeys scenario with 40 % of customers
     /// browsing anonymously on their device (web and app) until they sign in to buy or on
     /// their return, or never, and now and then signed out after — it needs identity
     /// stitching turned on (the truth follows its rule and `identity.window_ms`), and ends
@@ -93,7 +93,7 @@ fn parse_time(s: &str) -> Result<i64, String> {
         return Ok(ms);
     }
     let at = humantime::parse_rfc3339_weak(s).map_err(|e| {
-        format!("`{s}` is neither RFC 3339 (2026-11-02T00:00:00Z) nor epoch ms: {e}")
+        format!("`{s}` is neither an RFC 3339 time in UTC (2026-11-02T00:00:00Z) nor epoch ms: {e}")
     })?;
     at.duration_since(UNIX_EPOCH)
         .map_err(|_| format!("`{s}` is before 1970"))
@@ -136,6 +136,18 @@ impl ProducerContext for DeliveryCounter {
 pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Produced> {
     if args.customers == 0 || args.days <= 0.0 {
         bail!("--customers and --days must be positive");
+    }
+    if let (Some(from), Some(before)) = (args.sent_from, args.sent_before) {
+        if from >= before {
+            bail!("--sent-from must be before --sent-before: nothing would be sent");
+        }
+    }
+    if args.scenario == Scenario::Incidents && args.incidents.is_none() && args.days < 2.0 {
+        bail!(
+            "--scenario incidents needs --days 2 or more: the detectors learn a day of traffic \
+             before they judge one (silence needs a week), and its incidents are in the period's \
+             second half"
+        );
     }
     let producer: ThreadedProducer<DeliveryCounter> = cfg
         .kafka
@@ -212,10 +224,7 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Prod
     let mut out = Produced::default();
     let mut buf = Vec::with_capacity(512);
     let pace = Pace::new(args.rate);
-    for (i, sent) in sim.records.iter().enumerate() {
-        if !wanted(sent.at_ms) {
-            continue;
-        }
+    for (i, sent) in sim.records.iter().filter(|s| wanted(s.at_ms)).enumerate() {
         buf.clear();
         let rec = &sent.record;
         let topic = match rec {
