@@ -1,7 +1,10 @@
 -- Score drops name their metric (NPS, CSAT, CES) and, over one touchpoint's answers, the
 -- touchpoint (README § Alerts); empty for the other kinds and for a whole stage's score.
+-- And a fourth kind of alert.
 ALTER TABLE {db}.alerts ADD COLUMN metric String DEFAULT '' AFTER subject;
 ALTER TABLE {db}.alerts ADD COLUMN touchpoint String DEFAULT '' AFTER metric;
+-- Flow drops: entries into a stage falling as a share of its and the stage before's.
+ALTER TABLE {db}.alerts MODIFY COLUMN kind Enum8('STEP_DROP' = 1, 'SCORE_DROP' = 2, 'SILENCE' = 3, 'FLOW_DROP' = 4);
 
 DROP TABLE IF EXISTS {db}.alerts_current;
 

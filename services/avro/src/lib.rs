@@ -203,6 +203,7 @@ pub enum AlertKind {
     StepDrop,
     ScoreDrop,
     Silence,
+    FlowDrop,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -828,7 +829,7 @@ mod tests {
     const FASTAVRO: [(RecordType, &str); 3] = [
         (RecordType::Touchpoint, "b7654fa06f31c558"),
         (RecordType::SurveyAnswer, "83a98be0c7502bf4"),
-        (RecordType::Alert, "27e0adcf1ab83afc"),
+        (RecordType::Alert, "667c8c97d4a8a36c"),
     ];
 
     fn hex(fp: u64) -> String {

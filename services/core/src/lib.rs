@@ -14,6 +14,7 @@ pub mod journey;
 pub mod journey_map;
 pub mod metrics;
 pub mod processor;
+pub mod stage_conversion;
 pub mod steps;
 pub mod watch;
 

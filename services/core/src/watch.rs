@@ -35,6 +35,7 @@ use crate::detect::{
 };
 use crate::journey_map::{ChannelIdx, JourneyMap, SegmentIdx, StageIdx, StepIdx, TouchpointIdx};
 use crate::metrics::{Counts, Metric, StepCounts, EARLY_HORIZONS_MS};
+use crate::stage_conversion::StageConversions;
 
 const MINUTE_MS: i64 = 60_000;
 
@@ -74,6 +75,9 @@ pub enum Subject {
     Score(ScoreOf),
     /// A channel's touchpoints.
     Source(ChannelIdx),
+    /// The flow of entries into a stage (after the first), as a share of the entries into
+    /// it and into the stage before it.
+    Flow(StageIdx),
 }
 
 /// Which answers a score is over. As points, like NPS: CSAT as the share of satisfied
@@ -93,6 +97,7 @@ impl Subject {
             Subject::Step(s) => map.step_name(s),
             Subject::Score(s) => map.stage_name(s.stage),
             Subject::Source(c) => map.channel_name(c),
+            Subject::Flow(s) => map.stage_name(s),
         }
     }
 
@@ -131,6 +136,7 @@ impl Subject {
             Subject::Step(_) => AlertKind::StepDrop,
             Subject::Score(_) => AlertKind::ScoreDrop,
             Subject::Source(_) => AlertKind::Silence,
+            Subject::Flow(_) => AlertKind::FlowDrop,
         }
     }
 }
@@ -140,6 +146,7 @@ pub enum AlertKind {
     StepDrop,
     ScoreDrop,
     Silence,
+    FlowDrop,
 }
 
 impl AlertKind {
@@ -148,6 +155,7 @@ impl AlertKind {
             AlertKind::StepDrop => "step_drop",
             AlertKind::ScoreDrop => "score_drop",
             AlertKind::Silence => "silence",
+            AlertKind::FlowDrop => "flow_drop",
         }
     }
 }
@@ -262,6 +270,10 @@ pub struct JourneyWatch {
     drops: BTreeMap<(StepIdx, Slice), DropDetector>,
     scores_in: BTreeMap<(i64, (ScoreOf, Slice)), NpsCounts>,
     sources_in: BTreeMap<(i64, ChannelIdx), i64>,
+    /// Per minute, stage and slice: entries into the stage, and into it or the one before.
+    flows_in: BTreeMap<(i64, (StageIdx, Slice)), (i64, i64)>,
+    flows: BTreeMap<(StageIdx, Slice), DropDetector>,
+    conversions: StageConversions,
     minute_cursor: Cursor,
     scores: BTreeMap<(ScoreOf, Slice), ScoreWatch>,
     sources: BTreeMap<ChannelIdx, Silence>,
@@ -286,6 +298,9 @@ impl JourneyWatch {
             drops: BTreeMap::new(),
             scores_in: BTreeMap::new(),
             sources_in: BTreeMap::new(),
+            flows_in: BTreeMap::new(),
+            flows: BTreeMap::new(),
+            conversions: StageConversions::new(map),
             minute_cursor: None,
             scores: BTreeMap::new(),
             sources: BTreeMap::new(),
@@ -297,6 +312,12 @@ impl JourneyWatch {
 
     pub fn late_cells(&self) -> u64 {
         self.late_cells
+    }
+
+    /// A stage's conversion over the last week of its decided cohorts, as far as judged
+    /// (see [`StageConversions`]), and how many entries that is.
+    pub fn stage_conversion(&self, stage: StageIdx) -> Option<(f64, i64)> {
+        self.conversions.ratio(stage, self.known_until?)
     }
 
     /// The incidents firing now.
@@ -393,6 +414,24 @@ impl JourneyWatch {
         if counts.touchpoints != 0 {
             *self.sources_in.entry((minute, channel)).or_default() += counts.touchpoints;
         }
+        self.conversions.add(
+            minute,
+            stage,
+            counts.stage_conversions,
+            counts.stage_dropoffs,
+        );
+        if counts.stage_entries != 0 && usize::from(stage) < self.map.stages.len() {
+            let e = counts.stage_entries;
+            // Into this stage (against the one before), and before the next one.
+            let into = (stage > 0).then_some((stage, e));
+            let before = (usize::from(stage) + 1 < self.map.stages.len()).then_some((stage + 1, 0));
+            for (target, k) in into.into_iter().chain(before) {
+                for slice in [Slice::All, Slice::Channel(channel)] {
+                    let f = self.flows_in.entry((minute, (target, slice))).or_default();
+                    *f = (f.0 + k, f.1 + e);
+                }
+            }
+        }
     }
 
     /// Every partition has committed up to `known_until` (epoch ms): judges every minute
@@ -402,6 +441,7 @@ impl JourneyWatch {
             return Vec::new();
         }
         self.known_until = Some(known_until);
+        self.conversions.forget(known_until);
         let mut out = Vec::new();
         // Every signal's minutes in the order they became known (then steps before
         // minutes, by step and lens): how far another signal has come when one changes an
@@ -526,6 +566,24 @@ impl JourneyWatch {
                     within_ms: None,
                 };
                 self.apply(Subject::Source(channel), lens, i, minute, at, out);
+            }
+        }
+        let flows = take_minute(&mut self.flows_in, minute);
+        let mut keys: BTreeSet<(StageIdx, Slice)> = self.flows.keys().copied().collect();
+        keys.extend(flows.keys().copied());
+        for key in keys {
+            let (k, n) = flows.get(&key).copied().unwrap_or((0, 0));
+            let count = |v: i64| u64::try_from(v).unwrap_or(0);
+            let d = self
+                .flows
+                .entry(key)
+                .or_insert_with(|| DropDetector::new(self.params.drop));
+            if let Some(i) = d.observe(m, count(k).min(count(n)), count(n)) {
+                let lens = Lens {
+                    slice: key.1,
+                    within_ms: None,
+                };
+                self.apply(Subject::Flow(key.0), lens, i, minute, at, out);
             }
         }
         self.minute_cursor = Some(minute + MINUTE_MS);
@@ -714,7 +772,7 @@ fn change(
 fn significance(subject: Subject, evidence: f64) -> f64 {
     match subject {
         Subject::Score(_) => 0.5 * libm::erfc(evidence / std::f64::consts::SQRT_2),
-        Subject::Step(_) | Subject::Source(_) => (-evidence).exp().min(1.0),
+        Subject::Step(_) | Subject::Source(_) | Subject::Flow(_) => (-evidence).exp().min(1.0),
     }
 }
 

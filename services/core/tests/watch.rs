@@ -389,3 +389,67 @@ fn a_touchpoints_csat_drop_is_its_own_incident() {
         "{out:#?}"
     );
 }
+
+/// Entries into `buy` are half as many as into `browse`, on the web and in the app. On day
+/// 9 the app's entries into `buy` fall to a fifth for two hours — a flow drop (the app
+/// among its slices), resolved after; on day 8 all traffic falls by 80 % for two hours —
+/// no flow drop, the share of entries is as ever.
+#[test]
+fn entries_into_a_stage_falling_are_a_flow_drop_and_less_traffic_is_not() {
+    let map = JourneyMap::from_yaml("shop.yaml", MAP).unwrap();
+    let mut watch = JourneyWatch::new(&map, Default::default());
+    let quiet = (8 * DAY + 600, 8 * DAY + 720);
+    let broken = (9 * DAY + 600, 9 * DAY + 720);
+    let mut out = Vec::new();
+    for m in 0..10 * DAY {
+        for channel in [0u8, 1] {
+            for (stage, base) in [(0u8, 10.0), (1, 5.0)] {
+                let mut rate = base;
+                if (quiet.0..quiet.1).contains(&m) {
+                    rate *= 0.2;
+                }
+                if channel == 1 && stage == 1 && (broken.0..broken.1).contains(&m) {
+                    rate *= 0.2;
+                }
+                let key = (m as u64) << 8 | u64::from(channel) << 4 | u64::from(stage);
+                // Binomial(2 × rate, ½): about `rate` a minute.
+                let entries = (0..(2.0 * rate) as u64)
+                    .filter(|i| noise(key ^ i << 24) < 0.5)
+                    .count() as i64;
+                let counts = Counts {
+                    stage_entries: entries,
+                    ..Counts::default()
+                };
+                watch.add_minute_cell(START + m * MINUTE, (stage, None), channel, &counts, None);
+            }
+        }
+        out.extend(watch.advance(START + (m + 1) * MINUTE));
+    }
+    let flows: Vec<&AlertChange> = out
+        .iter()
+        .filter(|c| c.subject.kind() == AlertKind::FlowDrop)
+        .collect();
+    let fired: Vec<&&AlertChange> = flows
+        .iter()
+        .filter(|c| c.state == AlertState::Firing)
+        .collect();
+    assert_eq!(fired.len(), 1, "{flows:#?}");
+    let f = fired[0];
+    assert_eq!(f.subject.name(&map), "buy");
+    assert!(f.id.starts_with("shop/flow_drop:buy/"), "{f:?}");
+    let start = START + broken.0 * MINUTE;
+    assert!((start..start + 30 * MINUTE).contains(&f.fired_at), "{f:?}");
+    assert!(
+        flows.iter().any(|c| c.firing.contains(&Slice::Channel(1))),
+        "the app among its slices: {flows:#?}"
+    );
+    let resolved = flows
+        .iter()
+        .find(|c| c.state == AlertState::Resolved)
+        .expect("resolved");
+    assert!(resolved.at > START + broken.1 * MINUTE, "{resolved:?}");
+    assert!(
+        resolved.at < START + (broken.1 + 60) * MINUTE,
+        "{resolved:?}"
+    );
+}

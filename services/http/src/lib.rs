@@ -17,8 +17,8 @@ use axum::Router;
 /// The registry services hand to [`serve`].
 pub use prometheus::Registry;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, TextEncoder,
 };
 
 /// Metrics of the journey service.
@@ -199,6 +199,7 @@ pub struct AlerterMetrics {
     pub judged_until_seconds: IntGaugeVec,
     pub alert_changes: IntCounterVec,
     pub alert_active: IntGaugeVec,
+    pub stage_conversion_ratio: GaugeVec,
     pub write_errors: IntCounterVec,
 }
 
@@ -219,9 +220,20 @@ impl AlerterMetrics {
             )?,
             alert_active: gauge_vec(
                 "cxstream_alert_active",
-                "Incidents firing now, by journey and kind (step_drop, score_drop, silence).",
+                "Incidents firing now, by journey and kind (step_drop, flow_drop, score_drop, silence).",
                 &["journey", "kind"],
             )?,
+            stage_conversion_ratio: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "cxstream_stage_conversion_ratio",
+                        "Share of a stage's entries that converted to the next stage within its budget, over the last week of cohorts decided by the judged event time.",
+                    ),
+                    &["journey", "stage"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             records_read: counter_vec(
                 &r,
                 "cxstream_alerter_records_total",

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use cxstream_avro::{AggregatesKind, AggregatesMessage, MinuteCell, StepCell};
 use cxstream_core::batch_log::{BatchLog, Confirmed, LogError, Partial};
 use cxstream_core::journey_map::{StepIdx, NO_SEGMENT, NO_SEGMENT_NAME, NO_STAGE, NO_STAGE_NAME};
-use cxstream_core::metrics::Counts;
 use cxstream_core::watch::{AlertChange, JourneyWatch, WatchParams};
 use cxstream_core::JourneyMap;
 
@@ -116,22 +115,10 @@ impl JourneyInput {
                 self.unknown_cells += 1;
                 continue;
             };
-            let n = &c.counts;
-            let counts = Counts {
-                nps_promoters: n.nps_promoters,
-                nps_passives: n.nps_passives,
-                nps_detractors: n.nps_detractors,
-                csat_n: n.csat_n,
-                csat_top2: n.csat_top2,
-                ces_n: n.ces_n,
-                ces_agree: n.ces_agree,
-                touchpoints: n.touchpoints,
-                ..Counts::default()
-            };
             // Answers about no touchpoint of the map count for their stage only.
             let touchpoint = map.touchpoint(&c.touchpoint);
             self.watch
-                .add_minute_cell(c.minute, (stage, touchpoint), channel, &counts, before);
+                .add_minute_cell(c.minute, (stage, touchpoint), channel, &c.counts, before);
         }
         for c in steps {
             let segment = match map.segment(&c.segment) {

@@ -236,6 +236,7 @@ impl Alerter {
             AlertKind::StepDrop,
             AlertKind::ScoreDrop,
             AlertKind::Silence,
+            AlertKind::FlowDrop,
         ] {
             let n = input
                 .watch
@@ -246,6 +247,20 @@ impl Alerter {
                 .alert_active
                 .with_label_values(&[journey, kind.as_str()])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        // Every stage but the last, which has no next stage to convert to.
+        let stages = input.map.stages.len().saturating_sub(1);
+        for (i, stage) in input.map.stages.iter().take(stages).enumerate() {
+            let Some((ratio, _)) = u8::try_from(i)
+                .ok()
+                .and_then(|s| input.watch.stage_conversion(s))
+            else {
+                continue;
+            };
+            self.metrics
+                .stage_conversion_ratio
+                .with_label_values(&[journey, &stage.name])
+                .set(ratio);
         }
     }
 }

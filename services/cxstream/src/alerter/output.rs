@@ -106,6 +106,7 @@ fn kind_label(k: AlertKind) -> &'static str {
         AlertKind::StepDrop => "step_drop",
         AlertKind::ScoreDrop => "score_drop",
         AlertKind::Silence => "silence",
+        AlertKind::FlowDrop => "flow_drop",
     }
 }
 
@@ -139,11 +140,12 @@ pub fn message(map: &JourneyMap, group: &str, c: &AlertChange) -> AlertMessage {
         watch::AlertKind::StepDrop => AlertKind::StepDrop,
         watch::AlertKind::ScoreDrop => AlertKind::ScoreDrop,
         watch::AlertKind::Silence => AlertKind::Silence,
+        watch::AlertKind::FlowDrop => AlertKind::FlowDrop,
     };
     let f = &c.figures;
     let severity = match c.subject {
         Subject::Source(_) => Severity::Critical,
-        Subject::Step(_) if f.observed < 0.5 * f.baseline => Severity::Critical,
+        Subject::Step(_) | Subject::Flow(_) if f.observed < 0.5 * f.baseline => Severity::Critical,
         _ => Severity::Warning,
     };
     AlertMessage {
@@ -188,6 +190,7 @@ fn row(m: &AlertMessage) -> AlertRow {
             AlertKind::StepDrop => 1,
             AlertKind::ScoreDrop => 2,
             AlertKind::Silence => 3,
+            AlertKind::FlowDrop => 4,
         },
         journey: m.journey.clone(),
         journey_group: m.group.clone(),

@@ -133,6 +133,7 @@ fn labels(m: &AlertMessage) -> BTreeMap<String, String> {
         AlertKind::StepDrop => ("CxStepDrop", "step"),
         AlertKind::ScoreDrop => ("CxScoreDrop", "stage"),
         AlertKind::Silence => ("CxSilence", "channel"),
+        AlertKind::FlowDrop => ("CxFlowDrop", "stage"),
     };
     let severity = match m.severity {
         Severity::Info => "info",
@@ -160,7 +161,7 @@ fn labels(m: &AlertMessage) -> BTreeMap<String, String> {
 fn annotations(m: &AlertMessage) -> BTreeMap<String, String> {
     let metric = m.metric.as_deref().unwrap_or("NPS");
     let value = |v: f64| match m.kind {
-        AlertKind::StepDrop => format!("{:.1} %", 100.0 * v),
+        AlertKind::StepDrop | AlertKind::FlowDrop => format!("{:.1} %", 100.0 * v),
         AlertKind::ScoreDrop if metric == "NPS" => format!("NPS {v:.1}"),
         AlertKind::ScoreDrop => format!("{metric} {v:.1} %"),
         AlertKind::Silence => format!("{v:.0} touchpoints"),
@@ -179,6 +180,13 @@ fn annotations(m: &AlertMessage) -> BTreeMap<String, String> {
         ),
         AlertKind::ScoreDrop => format!(
             "{about} score fell to {} from {} ({})",
+            value(m.observed),
+            value(m.baseline),
+            m.slice
+        ),
+        AlertKind::FlowDrop => format!(
+            "entries into {} fell to {} of its and the stage before's, from {} ({})",
+            m.subject,
             value(m.observed),
             value(m.baseline),
             m.slice
