@@ -397,8 +397,14 @@ impl JourneyWatch {
         let own = touchpoint
             .and_then(|t| Some((self.map.touchpoints.get(usize::from(t))?.stage, t)))
             .filter(|(s, _)| self.map.touchpoints_of(*s).nth(1).is_some());
+        // Answers in no stage of this journey (before any, or other journeys' customers)
+        // are nobody's score to watch: their mix, not their mood, changes.
+        let in_map = usize::from(stage) < self.map.stages.len();
         for (metric, three) in score_counts(counts) {
-            let scopes = std::iter::once((stage, None)).chain(own.map(|(s, t)| (s, Some(t))));
+            let scopes = in_map
+                .then_some((stage, None))
+                .into_iter()
+                .chain(own.map(|(s, t)| (s, Some(t))));
             for (stage, touchpoint) in scopes {
                 let of = ScoreOf {
                     metric,

@@ -1239,6 +1239,20 @@ fn walk(
             let tp = back[rng.random_range(0..back.len())];
             let channel = pick_channel(map, tp, favourite_channel, rng);
             visits.push(visit(customer, visits.len(), t, tp, channel, earlier));
+            // Going back is a visit like any: a step started there converts as often (its
+            // attempts never converting made the step look broken wherever returns were
+            // most of the traffic: at night, and once new journeys stop near the end).
+            if paths.steps {
+                follow_steps(
+                    map,
+                    customer,
+                    (tp, channel, segment, t),
+                    end_ms,
+                    rng,
+                    visits,
+                    inject,
+                );
+            }
             t += exp_delay(rng, 0.5 * HOUR_MS);
         }
         // Segment and channel shift conversion around the map's target.
