@@ -43,6 +43,8 @@ struct RawScoreDrop {
     /// Answers each side needs.
     min_answers: Option<i64>,
     resolve_after_minutes: Option<u32>,
+    /// Hours the baseline must span before anything is judged.
+    min_baseline_hours: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +113,12 @@ pub(crate) fn params(raw: &RawAlerts) -> Result<WatchParams, String> {
         "score_drop.resolve_after_minutes",
         |v| v >= 1,
     )?;
+    set(
+        &mut w.min_baseline_hours,
+        s.min_baseline_hours,
+        "score_drop.min_baseline_hours",
+        |v| v >= 1,
+    )?;
     let (s, q) = (&raw.silence, &mut p.silence);
     set(&mut q.threshold, s.threshold, "silence.threshold", positive)?;
     set(
@@ -153,7 +161,9 @@ fn range_of(key: &str) -> &'static str {
     match key {
         "step_drop.drop" => "between 0 and 1, exclusive",
         "score_drop.window_minutes" => "1 to 1440",
-        "score_drop.min_answers" | "score_drop.resolve_after_minutes" => "at least 1",
+        "score_drop.min_answers"
+        | "score_drop.resolve_after_minutes"
+        | "score_drop.min_baseline_hours" => "at least 1",
         k if k.ends_with("min_attempts")
             || k.ends_with("min_conversions")
             || k.ends_with("min_points") =>

@@ -21,6 +21,10 @@ pub struct ScoreWatchParams {
     pub resolve_after_minutes: u32,
     /// An incident this old ends and the baseline starts afresh. Default 7 days.
     pub max_incident_minutes: i64,
+    /// Hours the baseline must span before the window is judged against it. Default 24: a
+    /// few hours are not "the week before" (seen: the first hours of a journey's traffic,
+    /// all of it new customers, made a later hour's CES look like a drop).
+    pub min_baseline_hours: i64,
 }
 
 impl Default for ScoreWatchParams {
@@ -30,6 +34,7 @@ impl Default for ScoreWatchParams {
             window_minutes: 120,
             resolve_after_minutes: 30,
             max_incident_minutes: 7 * 24 * 60,
+            min_baseline_hours: 24,
         }
     }
 }
@@ -84,7 +89,13 @@ impl ScoreWatch {
             }
         }
         self.forget(minute);
-        let drop = score_drop(self.window_sum, self.baseline_sum, &self.params.test);
+        let span = match (self.hours.front(), self.hours.back()) {
+            (Some(first), Some(last)) => last.0 - first.0 + 1,
+            _ => 0,
+        };
+        let drop = (span >= self.params.min_baseline_hours || self.firing.is_some())
+            .then(|| score_drop(self.window_sum, self.baseline_sum, &self.params.test))
+            .flatten();
         let n = (self.window_sum.0 + self.window_sum.1 + self.window_sum.2) as f64;
         let Some(since) = self.firing else {
             let d = drop?;
@@ -152,13 +163,13 @@ mod tests {
     #[test]
     fn a_lasting_drop_fires_once_and_resolves_when_the_score_recovers() {
         let mut w = ScoreWatch::new(ScoreWatchParams::default());
-        // A day at NPS 20 with 5 answers a minute, then NPS 0 for two hours.
+        // Two days at NPS 20 with 5 answers a minute, then NPS 0 for two hours.
         let normal = (2, 2, 1);
         let mut events = Vec::new();
-        for m in 0..1440 {
+        for m in 0..2880 {
             assert_eq!(w.observe(m, normal), None, "minute {m}");
         }
-        for m in 1440..1560 {
+        for m in 2880..3000 {
             events.extend(w.observe(m, (1, 3, 1)).map(|i| (m, i)));
         }
         let started: Vec<_> = events
@@ -166,11 +177,22 @@ mod tests {
             .filter(|(_, i)| matches!(i, Incident::Started { .. }))
             .collect();
         assert_eq!(started.len(), 1, "{events:?}");
-        for m in 1560..1800 {
+        for m in 3000..3240 {
             if let Some(Incident::Resolved { .. }) = w.observe(m, normal) {
                 return;
             }
         }
         panic!("never resolved");
+    }
+
+    #[test]
+    fn a_baseline_of_a_few_hours_judges_nothing() {
+        let mut w = ScoreWatch::new(ScoreWatchParams::default());
+        for m in 0..600 {
+            assert_eq!(w.observe(m, (2, 2, 1)), None);
+        }
+        for m in 600..1200 {
+            assert_eq!(w.observe(m, (0, 1, 4)), None, "minute {m}");
+        }
     }
 }
