@@ -277,6 +277,11 @@ pub struct JourneyWatch {
     minute_cursor: Cursor,
     scores: BTreeMap<(ScoreOf, Slice), ScoreWatch>,
     sources: BTreeMap<ChannelIdx, Silence>,
+    /// Touchpoints a minute each channel sent lately (smoothed over about 20 minutes).
+    traffic: BTreeMap<ChannelIdx, f64>,
+    /// Minutes in which a busy channel sent nothing: what happened there is missing, not
+    /// failing, so the steps whose horizon spans one are not judged.
+    gaps: BTreeSet<i64>,
     open: BTreeMap<Subject, Open>,
     /// Cells that came after their minute was judged (or their partition had committed
     /// past it): left out of every alert.
@@ -304,6 +309,8 @@ impl JourneyWatch {
             minute_cursor: None,
             scores: BTreeMap::new(),
             sources: BTreeMap::new(),
+            traffic: BTreeMap::new(),
+            gaps: BTreeSet::new(),
             open: BTreeMap::new(),
             late_cells: 0,
             known_until: None,
@@ -505,12 +512,18 @@ impl JourneyWatch {
             .map(|(k, t)| (k.3, *t))
             .collect();
         slices.extend(cells.iter().map(|c| c.0));
+        // A busy channel silent within the horizon lost conversions (and starts) with its
+        // touchpoints: a silent source must not read as a drop.
+        let lost = self.gaps.range(minute..minute + wait).next().is_some();
         for slice in slices {
             let t = cells
                 .iter()
                 .find(|c| c.0 == slice)
                 .map_or(Trials::default(), |c| c.1);
             self.steps.remove(&(minute, step, l, slice));
+            if lost {
+                continue;
+            }
             let d = self
                 .drops
                 .entry((step, slice))
@@ -562,6 +575,11 @@ impl JourneyWatch {
         channels.extend(sources.keys().copied());
         for channel in channels {
             let events = sources.get(&channel).copied().unwrap_or(0);
+            let rate = self.traffic.entry(channel).or_default();
+            if events == 0 && *rate >= self.params.silence.min_events_per_minute {
+                self.gaps.insert(minute);
+            }
+            *rate = 0.95 * *rate + 0.05 * events as f64;
             let s = self
                 .sources
                 .entry(channel)
@@ -593,6 +611,15 @@ impl JourneyWatch {
             }
         }
         self.minute_cursor = Some(minute + MINUTE_MS);
+        // No step's horizon reaches back further than its longest lens.
+        let longest = self
+            .step_lenses
+            .iter()
+            .flatten()
+            .map(|l| l.wait)
+            .max()
+            .unwrap_or(0);
+        self.gaps = self.gaps.split_off(&(minute - longest));
     }
 
     /// A slice's detector said something: the subject's incident starts, changes or ends.

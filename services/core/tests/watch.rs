@@ -453,3 +453,45 @@ fn entries_into_a_stage_falling_are_a_flow_drop_and_less_traffic_is_not() {
         "{resolved:?}"
     );
 }
+
+/// The web sends 20 touchpoints a minute and a checkout whose attempts all convert 8
+/// minutes after they start (budget 15 minutes). On day 3 — before silence can be judged
+/// against weeks of history — it sends nothing for 40 minutes: the attempts of the 8
+/// minutes before lose their conversions with the touchpoints. That is a silent source,
+/// not a drop: no step incident.
+#[test]
+fn conversions_lost_to_a_silent_channel_are_no_drop() {
+    let map =
+        JourneyMap::from_yaml("shop.yaml", &MAP.replace("budget: 5m", "budget: 15m")).unwrap();
+    let mut watch = JourneyWatch::new(&map, Default::default());
+    let silent = (2 * DAY + 600, 2 * DAY + 640);
+    let quiet = |m: i64| (silent.0..silent.1).contains(&m);
+    let mut out = Vec::new();
+    for m in 0..4 * DAY {
+        let web = 0;
+        if !quiet(m) {
+            let counts = Counts {
+                touchpoints: 20,
+                ..Counts::default()
+            };
+            watch.add_minute_cell(START + m * MINUTE, (0, None), web, &counts, None);
+            let starts = 12 + (noise(m as u64) * 4.0) as i64;
+            // Converted 8 minutes later, unless that minute was silent.
+            let lost = quiet(m + 8);
+            let by = if lost { 0 } else { (starts * 3) / 4 };
+            let counts = StepCounts {
+                starts,
+                conversions: by,
+                within_10m: by,
+                ..StepCounts::default()
+            };
+            watch.add_step_cell(START + m * MINUTE, 0, web, 0, &counts, None);
+        }
+        out.extend(watch.advance(START + (m + 1) * MINUTE));
+    }
+    let drops: Vec<&AlertChange> = out
+        .iter()
+        .filter(|c| c.subject.kind() == AlertKind::StepDrop)
+        .collect();
+    assert!(drops.is_empty(), "{drops:#?}");
+}
