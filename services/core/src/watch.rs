@@ -3,16 +3,20 @@
 //! minute once every partition's committed watermark has passed the minute, and turned
 //! into alerts — one per incident, with a stable id.
 //!
-//! Signals, each per slice (all traffic, each channel, each segment):
+//! Signals, each per slice (all traffic and each channel; steps also each segment):
 //! - **step drop**: a step's attempts started in a minute and how many converted, known
 //!   through *lenses*: how many converted within 1, 2, 5 and 10 minutes (those shorter
 //!   than the budget), each as soon as the watermark has passed the minute plus that
 //!   horizon, and how many within the budget, once the attempts' deadlines have passed.
 //!   Each slice's [`DropDetector`] takes the lenses as stages of one test, so a checkout
 //!   with a 30-minute budget that breaks shows within minutes, with all the evidence its
-//!   outcomes hold;
-//! - **score drop**: a stage's NPS over a trailing window against the week before
-//!   ([`ScoreWatch`]);
+//!   outcomes hold. A busy channel's silent minute within the horizon keeps the minute
+//!   from being judged: its conversions are missing, not failing;
+//! - **flow drop**: the entries into a stage as a share of the entries into it and into the
+//!   stage before it, per minute (a [`DropDetector`] of one stage): a stage no longer
+//!   reached, told apart from less traffic;
+//! - **score drop**: a stage's NPS, CSAT and CES — and each touchpoint's in a stage with
+//!   several — over a trailing window against the week before ([`ScoreWatch`]);
 //! - **silence**: a channel that normally sends touchpoints sends none ([`Silence`]).
 //!
 //! Minutes whose counts are not known yet are never judged as zero: a signal's minute is
@@ -24,7 +28,7 @@
 //! same aggregates again judges the same minutes the same way and raises the same alerts
 //! under the same ids.
 //!
-//! All slices of one subject (a step, a stage's score, a channel's traffic) that fire
+//! All slices of one subject (a step, a stage's flow or score, a channel's traffic) that fire
 //! together are one incident: it starts when the first fires, is updated when the set of
 //! firing slices changes, and resolves when the last has resolved.
 
