@@ -109,7 +109,15 @@ impl ScoreWatch {
                 evidence: -d.z,
             });
         };
-        self.quiet = if drop.is_some() { 0 } else { self.quiet + 1 };
+        // Too few answers in the window to tell is not a recovery (seen: a long shift
+        // resolved at night, when its touchpoint was answered too seldom, and fired again in
+        // the morning as a second incident).
+        let judged = n >= self.params.test.min_answers as f64;
+        self.quiet = match (drop.is_some(), judged) {
+            (true, _) => 0,
+            (false, true) => self.quiet + 1,
+            (false, false) => self.quiet,
+        };
         if minute - since >= self.params.max_incident_minutes {
             // A lasting change: the window is the new normal.
             self.hours.clear();
@@ -179,6 +187,34 @@ mod tests {
         assert_eq!(started.len(), 1, "{events:?}");
         for m in 3000..3240 {
             if let Some(Incident::Resolved { .. }) = w.observe(m, normal) {
+                return;
+            }
+        }
+        panic!("never resolved");
+    }
+
+    #[test]
+    fn a_window_too_thin_to_judge_does_not_resolve() {
+        let mut w = ScoreWatch::new(ScoreWatchParams::default());
+        for m in 0..2880 {
+            assert_eq!(w.observe(m, (2, 2, 1)), None);
+        }
+        let mut started = false;
+        for m in 2880..3000 {
+            started |= matches!(w.observe(m, (1, 3, 1)), Some(Incident::Started { .. }));
+        }
+        assert!(started);
+        // Still NPS 0, but one answer in three minutes: never 100 in the window.
+        for m in 3000..3600 {
+            let c = if m % 3 == 0 { (0, 1, 0) } else { (0, 0, 0) };
+            assert!(
+                !matches!(w.observe(m, c), Some(Incident::Resolved { .. })),
+                "resolved at {m} without the answers to tell"
+            );
+        }
+        // Back to normal, and answered: it resolves.
+        for m in 3600..3900 {
+            if let Some(Incident::Resolved { .. }) = w.observe(m, (2, 2, 1)) {
                 return;
             }
         }
