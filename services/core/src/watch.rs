@@ -532,13 +532,12 @@ impl JourneyWatch {
                 .drops
                 .entry((step, slice))
                 .or_insert_with(|| DropDetector::staged(self.params.drop, stages));
-            let count = |v: i64| u64::try_from(v).unwrap_or(0);
             let incident = d.observe_stage(
                 minute / MINUTE_MS,
                 lens,
-                count(t.starts),
-                count(t.before),
-                count(t.by),
+                at_least_zero(t.starts),
+                at_least_zero(t.before),
+                at_least_zero(t.by),
             );
             if let Some(i) = incident {
                 // The horizon of the stage the figures are of.
@@ -601,12 +600,12 @@ impl JourneyWatch {
         keys.extend(flows.keys().copied());
         for key in keys {
             let (k, n) = flows.get(&key).copied().unwrap_or((0, 0));
-            let count = |v: i64| u64::try_from(v).unwrap_or(0);
             let d = self
                 .flows
                 .entry(key)
                 .or_insert_with(|| DropDetector::new(self.params.drop));
-            if let Some(i) = d.observe(m, count(k).min(count(n)), count(n)) {
+            if let Some(i) = d.observe(m, at_least_zero(k).min(at_least_zero(n)), at_least_zero(n))
+            {
                 let lens = Lens {
                     slice: key.1,
                     within_ms: None,
@@ -722,6 +721,11 @@ fn score_counts(c: &Counts) -> impl Iterator<Item = (Metric, NpsCounts)> {
     ]
     .into_iter()
     .filter(|(_, three)| *three != (0, 0, 0))
+}
+
+/// Summed signed changes as a count (a retraction can outrun its cell's additions).
+fn at_least_zero(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 /// A signal's next minute to judge.

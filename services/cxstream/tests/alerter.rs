@@ -487,20 +487,6 @@ fn a_live_break_reaches_alertmanager_and_resolves_there() {
     alerter.wait().unwrap();
 }
 
-/// `journey --until-caught-up`, failing (not hanging) if it has not caught up in 5 minutes.
-fn journey_catches_up(s: &Stack) {
-    let mut child = s.spawn(&["journey", "--until-caught-up"]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("journey --until-caught-up did not catch up within 5 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(child.wait().unwrap().success());
-}
-
 /// The whole chain from simulated traffic: `cxstream simulate` (messy delivery) with a drop
 /// injected into the app's checkout, ending now; the journey service; the alerter, posting
 /// to the real Alertmanager. Produced in two parts of the same simulation: up to an hour
@@ -574,7 +560,7 @@ fn a_drop_injected_into_simulated_traffic_reaches_alertmanager_and_resolves() {
     assert!(affected > 500.0, "attempts in the drop: {truth}");
     assert!(converted < 0.5 * would_have, "{truth}");
 
-    journey_catches_up(&s);
+    s.catch_up_within_minutes();
     let mut alerter = s.spawn(&["alerter"]);
     let is_drop = |a: &serde_json::Value| {
         a["labels"]["alertname"] == "CxStepDrop" && a["labels"]["step"] == "checkout"
@@ -591,7 +577,7 @@ fn a_drop_injected_into_simulated_traffic_reaches_alertmanager_and_resolves() {
         .to_string();
 
     simulate("--sent-from");
-    journey_catches_up(&s);
+    s.catch_up_within_minutes();
     wait_until("the drop resolved in Alertmanager", || {
         !alertmanager_alerts(&url, &group)
             .iter()

@@ -1766,24 +1766,6 @@ fn assert_each_person_counted_once(s: &Stack, owner: &BTreeMap<String, String>) 
     assert!(s.read_topic(&s.topic("dlq"), 1).is_empty());
 }
 
-/// `journey --until-caught-up`, failing (not hanging) if it has not caught up in 5 minutes.
-fn catch_up_within_minutes(s: &Stack) {
-    let mut child = s.spawn(&["journey", "--until-caught-up"]);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "journey --until-caught-up: {status:?}");
-            return;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("journey --until-caught-up did not catch up within 5 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn identity_stack(test: &str) -> Stack {
     let s = Stack::new(test);
     s.append_config(&format!(
@@ -1797,7 +1779,7 @@ fn anonymous_visitors_join_the_customer_identified_on_their_device_and_count_onc
     let s = identity_stack("identity");
     let (records, owner) = identity_traffic(120);
     s.produce_touchpoints_keyed(&records);
-    catch_up_within_minutes(&s);
+    s.catch_up_within_minutes();
     assert_each_person_counted_once(&s, &owner);
     let visitors = owner.values().filter(|o| o.starts_with("anon:")).count();
     let stitched = owner
@@ -1814,7 +1796,7 @@ fn anonymous_visitors_join_the_customer_identified_on_their_device_and_count_onc
     r.append_config(&format!(
         "identity:\n  enabled: true\n  window_ms: {IDENTITY_WINDOW_MS}\n"
     ));
-    catch_up_within_minutes(&r);
+    r.catch_up_within_minutes();
     assert_each_person_counted_once(&r, &owner);
 }
 
@@ -1832,7 +1814,7 @@ fn identity_stitching_survives_kill_9_mid_run() {
         before < owner.len(),
         "the run finished before SIGKILL; make the data set larger"
     );
-    catch_up_within_minutes(&s);
+    s.catch_up_within_minutes();
     assert_each_person_counted_once(&s, &owner);
 }
 
@@ -1849,7 +1831,7 @@ fn the_identity_scenario_counts_each_person_once_and_equals_its_truth_across_kil
     wait_for_batches(&s, 2);
     child.kill().unwrap();
     child.wait().unwrap();
-    catch_up_within_minutes(&s);
+    s.catch_up_within_minutes();
     assert_cells_equal(&s.truth(), &s.cells());
     assert_cells_equal(&s.step_truth(), &s.step_cells());
     let owners: BTreeMap<String, String> =

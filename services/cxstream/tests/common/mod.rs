@@ -272,6 +272,25 @@ impl Stack {
         }
     }
 
+    /// `journey --until-caught-up`, failing (not hanging) if it has not caught up in 5
+    /// minutes.
+    pub fn catch_up_within_minutes(&self) {
+        let mut child = self.spawn(&["journey", "--until-caught-up"]);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "journey --until-caught-up: {status:?}");
+                return;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("journey --until-caught-up did not catch up within 5 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.command(args).spawn().expect("cxstream starts")
     }
