@@ -146,8 +146,9 @@ pub struct JourneySettings {
     /// Records larger than this go to the DLQ as `oversized`. Default 1048576.
     pub max_record_bytes: usize,
     /// Leave and re-join the consumer group when no partition was assigned for this long,
-    /// ms; each further attempt waits twice as long, up to 8×. Default 20000 (twice the
-    /// session timeout).
+    /// ms; each further attempt waits twice as long, up to 8× (`--until-caught-up` takes
+    /// every partition itself instead of a third). Default 20000 (twice the session
+    /// timeout).
     pub join_timeout_ms: u64,
     /// Publish each batch's per-minute partial counts to `topics.aggregates`, for the
     /// alerter. Default true.

@@ -1818,6 +1818,49 @@ fn identity_stitching_survives_kill_9_mid_run() {
     assert_each_person_counted_once(&s, &owner);
 }
 
+/// A catch-up whose group keeps partitions from it (a member of the group that holds them
+/// and reads nothing, as Tansu's wedged groups did with a member that was gone) rejoins,
+/// then takes every partition itself and counts everything exactly once.
+#[test]
+fn a_catch_up_that_the_group_keeps_partitions_from_reads_them_all_alone() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let s = Stack::with_map_text("catch_up_alone", &retail_in_hours());
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        config.replace("join_timeout_ms: 12000", "join_timeout_ms: 2000"),
+    )
+    .unwrap();
+    s.simulate(1500, 1.0, 0);
+    let squatter: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &s.kafka)
+        .set("group.id", format!("g.{}", s.run))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    squatter
+        .subscribe(&[&s.topic("touchpoints"), &s.topic("answers")])
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let polling = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Keeps its membership and reads nothing.
+            while !stop.load(Ordering::Relaxed) {
+                squatter.poll(Duration::from_millis(100));
+            }
+        })
+    };
+    s.catch_up_within_minutes();
+    stop.store(true, Ordering::Relaxed);
+    polling.join().unwrap();
+    assert_cells_equal(&s.truth(), &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
+}
+
 /// The simulator's identity scenario (journeys as they really happen, messily delivered,
 /// with 40 % of customers browsing anonymously before they sign in, or never), a kill -9
 /// mid-run: every cell and step cell equals the ground truth, and each anonymous

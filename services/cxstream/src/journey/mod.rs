@@ -26,6 +26,8 @@ use cxstream_kafka::{DeadLetter, DEAD_LETTER_MAX_BYTES};
 
 /// A dead letter keeps at most this much of its record's key.
 const DEAD_LETTER_MAX_KEY_BYTES: usize = 4096;
+/// Rejoins of the group by `--until-caught-up` before it takes every partition itself.
+const REJOINS_BEFORE_ALONE: u32 = 2;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -41,13 +43,24 @@ use rebalance::{Change, JourneyContext};
 
 type ConsumerHandle = BaseConsumer<JourneyContext>;
 
-/// A consumer in the journey group, subscribed to both inputs.
-fn subscribe(
+/// How a consumer gets its partitions.
+#[derive(Debug, Clone, Copy)]
+enum Membership {
+    /// From the journey group, subscribed to the inputs.
+    Group,
+    /// Every one of the inputs' partitions, assigned here without the group (its offsets
+    /// are still committed under the group's id).
+    Alone { partitions: usize },
+}
+
+/// A consumer of the inputs, in the journey group or alone.
+fn connect(
     cfg: &Config,
     committers: &[Arc<BatchCommitter>],
     shutdown: &Arc<AtomicBool>,
     readiness: &Arc<Readiness>,
     rt: &tokio::runtime::Handle,
+    membership: Membership,
 ) -> Result<ConsumerHandle> {
     let ctx = JourneyContext {
         rt: rt.clone(),
@@ -81,9 +94,22 @@ fn subscribe(
     if cfg.identity.enabled {
         topics.push(cfg.topics.identities.as_str());
     }
-    consumer
-        .subscribe(&topics)
-        .context("subscribing to the input topics")?;
+    match membership {
+        Membership::Group => consumer
+            .subscribe(&topics)
+            .context("subscribing to the input topics")?,
+        Membership::Alone { partitions } => {
+            let all: Vec<i32> = (0..partitions)
+                .filter_map(|p| i32::try_from(p).ok())
+                .collect();
+            // `None` only when shutting down, which the run loop sees next.
+            if let Some(assignment) = consumer.context().assignment(&all) {
+                consumer
+                    .assign(&assignment)
+                    .context("assigning every input partition")?;
+            }
+        }
+    }
     Ok(consumer)
 }
 
@@ -158,7 +184,14 @@ impl JourneyService {
             })
             .collect();
         let readiness = Arc::new(Readiness::new(health));
-        let consumer = subscribe(&cfg, &committers, &shutdown, &readiness, &rt)?;
+        let consumer = connect(
+            &cfg,
+            &committers,
+            &shutdown,
+            &readiness,
+            &rt,
+            Membership::Group,
+        )?;
         let dlq: ThreadedProducer<Deliveries> = cfg
             .kafka
             .producer_config()
@@ -230,6 +263,7 @@ impl JourneyService {
         let join_timeout = Duration::from_millis(inner.cfg.journey.join_timeout_ms);
         let mut unassigned_since = Some(Instant::now());
         let mut rejoins: u32 = 0;
+        let mut alone = false;
         let mut caught_up_since: Option<Instant> = None;
         // Caught up means all of the input, not the share assigned so far: after a crash the
         // dead member keeps its partitions until the group evicts it.
@@ -268,7 +302,7 @@ impl JourneyService {
             // never does (seen here: a run waited 20 minutes for two of four partitions).
             let short =
                 inner.slots.is_empty() || opts.until_caught_up && inner.slots.len() < inputs;
-            if short {
+            if short && !alone {
                 let since = *unassigned_since.get_or_insert_with(Instant::now);
                 // Tansu 0.6 keeps a group whose leader was evicted formed around the missing
                 // leader, so nobody ever takes the dead member's partitions; leaving and
@@ -278,13 +312,26 @@ impl JourneyService {
                 // the session timeout repeated that forever (seen once in CI).
                 let wait = join_timeout * 2u32.pow(rejoins.min(3));
                 if since.elapsed() >= wait {
+                    // Catching up is a single instance's job: when the group still withholds
+                    // partitions after rejoining, nobody live holds them (Tansu has also kept a
+                    // group led by a member that had left, seen once in CI), so take them all.
+                    alone = opts.until_caught_up && rejoins >= REJOINS_BEFORE_ALONE;
                     rejoins += 1;
-                    tracing::warn!(
-                        waited_ms = since.elapsed().as_millis() as u64,
-                        assigned = inner.slots.len(),
-                        rejoins,
-                        "not all partitions assigned; rejoining the group"
-                    );
+                    if alone {
+                        tracing::warn!(
+                            waited_ms = since.elapsed().as_millis() as u64,
+                            assigned = inner.slots.len(),
+                            partitions = inputs,
+                            "the group still withholds partitions after rejoining; catching up alone with every partition assigned here"
+                        );
+                    } else {
+                        tracing::warn!(
+                            waited_ms = since.elapsed().as_millis() as u64,
+                            assigned = inner.slots.len(),
+                            rejoins,
+                            "not all partitions assigned; rejoining the group"
+                        );
+                    }
                     if !inner.slots.is_empty() {
                         // Commit what was read; the partitions resume from their commit log
                         // wherever they are assigned next.
@@ -294,12 +341,18 @@ impl JourneyService {
                         inner.waiting.clear();
                     }
                     drop(consumer);
-                    consumer = subscribe(
+                    let membership = if alone {
+                        Membership::Alone { partitions: inputs }
+                    } else {
+                        Membership::Group
+                    };
+                    consumer = connect(
                         &inner.cfg,
                         &inner.committers,
                         &inner.shutdown,
                         &inner.readiness,
                         &inner.rt,
+                        membership,
                     )?;
                     unassigned_since = Some(Instant::now());
                 }

@@ -104,6 +104,57 @@ impl JourneyContext {
         }
     }
 
+    /// The assignment of the partitions, each input at the earliest resume point of its
+    /// journeys, reading every resume point from ClickHouse and queueing the changes for
+    /// the consumer thread; `None` when shutting down first.
+    pub fn assignment(&self, partitions: &[i32]) -> Option<TopicPartitionList> {
+        let mut assignment = TopicPartitionList::new();
+        for &p in partitions {
+            let resumes = self.resume(p)?;
+            // Journeys resume from their own batches; reading starts at the earliest and
+            // each skips what it has committed.
+            let earliest = |of: fn(&Resume) -> Option<i64>| {
+                super::partition::least_of_all(resumes.iter().map(of))
+                    .map_or(Offset::Beginning, Offset::Offset)
+            };
+            let added = assignment
+                .add_partition_offset(
+                    &self.touchpoints_topic,
+                    p,
+                    earliest(|r| r.touchpoints_offset),
+                )
+                .and_then(|_| {
+                    assignment.add_partition_offset(
+                        &self.answers_topic,
+                        p,
+                        earliest(|r| r.answers_offset),
+                    )
+                });
+            let added = added.and_then(|_| match &self.identities_topic {
+                Some(t) => assignment.add_partition_offset(t, p, earliest(|r| r.identities_offset)),
+                None => Ok(()),
+            });
+            if let Err(e) = added {
+                tracing::error!(partition = p, error = %e, "cannot build assignment");
+                continue;
+            }
+            for (c, resume) in self.committers.iter().zip(&resumes) {
+                tracing::info!(
+                    partition = p,
+                    journey = c.journey(),
+                    next_seq = resume.next_seq,
+                    touchpoints_offset = ?resume.touchpoints_offset,
+                    answers_offset = ?resume.answers_offset,
+                    identities_offset = ?resume.identities_offset,
+                    journeys = resume.journeys.len(),
+                    "partition assigned; resuming from the last committed batch"
+                );
+            }
+            self.push(Change::Assigned(p, resumes));
+        }
+        Some(assignment)
+    }
+
     fn push(&self, c: Change) {
         if let Ok(mut v) = self.changes.lock() {
             v.push(c);
@@ -143,54 +194,9 @@ impl ConsumerContext for JourneyContext {
                     tpl.elements().iter().map(|e| e.partition()).collect();
                 partitions.sort_unstable();
                 partitions.dedup();
-                let mut assignment = TopicPartitionList::new();
-                for p in partitions {
-                    let Some(resumes) = self.resume(p) else {
-                        return;
-                    };
-                    // Journeys resume from their own batches; reading starts at the earliest
-                    // and each skips what it has committed.
-                    let earliest = |of: fn(&Resume) -> Option<i64>| {
-                        super::partition::least_of_all(resumes.iter().map(of))
-                            .map_or(Offset::Beginning, Offset::Offset)
-                    };
-                    let added = assignment
-                        .add_partition_offset(
-                            &self.touchpoints_topic,
-                            p,
-                            earliest(|r| r.touchpoints_offset),
-                        )
-                        .and_then(|_| {
-                            assignment.add_partition_offset(
-                                &self.answers_topic,
-                                p,
-                                earliest(|r| r.answers_offset),
-                            )
-                        });
-                    let added = added.and_then(|_| match &self.identities_topic {
-                        Some(t) => {
-                            assignment.add_partition_offset(t, p, earliest(|r| r.identities_offset))
-                        }
-                        None => Ok(()),
-                    });
-                    if let Err(e) = added {
-                        tracing::error!(partition = p, error = %e, "cannot build assignment");
-                        continue;
-                    }
-                    for (c, resume) in self.committers.iter().zip(&resumes) {
-                        tracing::info!(
-                            partition = p,
-                            journey = c.journey(),
-                            next_seq = resume.next_seq,
-                            touchpoints_offset = ?resume.touchpoints_offset,
-                            answers_offset = ?resume.answers_offset,
-                            identities_offset = ?resume.identities_offset,
-                            journeys = resume.journeys.len(),
-                            "partition assigned; resuming from the last committed batch"
-                        );
-                    }
-                    self.push(Change::Assigned(p, resumes));
-                }
+                let Some(assignment) = self.assignment(&partitions) else {
+                    return;
+                };
                 if let Err(e) = consumer.assign(&assignment) {
                     tracing::error!(error = %e, "assign failed");
                 }
