@@ -34,6 +34,9 @@ const ALERT_SCHEMA_V1: &str = include_str!("../../../schemas/avro/alert.v1.avsc"
 pub const IDENTITY_MESSAGE_SCHEMA: &str =
     include_str!("../../../schemas/avro/identity_message.avsc");
 pub const AGGREGATES_SCHEMA: &str = include_str!("../../../schemas/avro/aggregates.avsc");
+/// Aggregates as written before committed records said how far touchpoints are final:
+/// still read.
+const AGGREGATES_SCHEMA_V1: &str = include_str!("../../../schemas/avro/aggregates.v1.avsc");
 
 const MAGIC: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
@@ -122,6 +125,9 @@ pub struct AggregatesMessage {
     pub chunk: i32,
     pub chunks: i32,
     pub watermark: Option<i64>,
+    /// Absent from records written before it (`aggregates.v1.avsc`).
+    #[serde(default)]
+    pub touchpoints_watermark: Option<i64>,
     pub idle: bool,
     pub minutes: Vec<MinuteCell>,
     pub steps: Vec<StepCell>,
@@ -257,6 +263,7 @@ static KNOWN: LazyLock<Vec<Known>> = LazyLock::new(|| {
         known(ALERT_SCHEMA_V1, RecordType::Alert),
         known(ALERT_SCHEMA, RecordType::Alert),
         known(IDENTITY_MESSAGE_SCHEMA, RecordType::IdentityMessage),
+        known(AGGREGATES_SCHEMA_V1, RecordType::Aggregates),
         known(AGGREGATES_SCHEMA, RecordType::Aggregates),
     ]
 });
@@ -748,6 +755,7 @@ mod tests {
             chunk: 1,
             chunks: 2,
             watermark: None,
+            touchpoints_watermark: Some(1_793_577_660_000),
             idle: false,
             minutes: vec![MinuteCell {
                 minute: 1_793_577_600_000,
@@ -837,6 +845,54 @@ mod tests {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+
+    /// A committed record as written before it said how far touchpoints are final.
+    #[test]
+    fn aggregates_of_the_first_schema_still_decode() {
+        #[derive(Serialize)]
+        #[serde(rename = "AggregatesMessage")]
+        struct V1 {
+            journey: String,
+            group: String,
+            kind: AggregatesKind,
+            partition: i32,
+            partitions: i32,
+            seq: i64,
+            batch_id: i64,
+            chunk: i32,
+            chunks: i32,
+            watermark: Option<i64>,
+            idle: bool,
+            minutes: Vec<MinuteCell>,
+            steps: Vec<StepCell>,
+        }
+        let v1 = V1 {
+            journey: "retail".into(),
+            group: "cxstream-journey".into(),
+            kind: AggregatesKind::Committed,
+            partition: 3,
+            partitions: 4,
+            seq: 17,
+            batch_id: -5,
+            chunk: 0,
+            chunks: 0,
+            watermark: Some(1_794_309_120_000),
+            idle: false,
+            minutes: Vec::new(),
+            steps: Vec::new(),
+        };
+        let json: serde_json::Value = serde_json::from_str(AGGREGATES_SCHEMA_V1).expect("json");
+        let writer = GenericDatumWriter::builder(parse(AGGREGATES_SCHEMA_V1))
+            .human_readable(false)
+            .build()
+            .expect("writer");
+        let mut buf = MAGIC.to_vec();
+        buf.extend_from_slice(&canonical::fingerprint(&json).to_le_bytes());
+        writer.write_ser(&mut buf, &v1).expect("encode");
+        let m = codec().decode_aggregates(&buf).expect("decode");
+        assert_eq!(m.touchpoints_watermark, None);
+        assert_eq!((m.seq, m.watermark), (17, Some(1_794_309_120_000)));
     }
 
     /// An alert as written before score drops named their metric and touchpoint.

@@ -16,6 +16,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::event_time::Finality;
+
 /// A partial record: one chunk of a batch's cells.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Partial<C> {
@@ -33,6 +35,9 @@ pub struct Confirmed {
     pub batch_id: u64,
     /// Committed watermark, epoch ms (none yet: `None`).
     pub watermark: Option<i64>,
+    /// How far the committed touchpoint counts are final, epoch ms, when that is further
+    /// than the watermark (answers lag); `None`: as far as the watermark.
+    pub touchpoints_watermark: Option<i64>,
     /// The partition's inputs are read to their end and quiet: it holds nothing back.
     pub idle: bool,
     /// How many partitions the journey reads.
@@ -65,6 +70,8 @@ struct PartitionLog<C> {
     /// The highest sequence number released.
     released: Option<u64>,
     watermark: Option<i64>,
+    /// Never behind `watermark`.
+    touchpoints: Option<i64>,
     idle: bool,
 }
 
@@ -74,6 +81,7 @@ impl<C> Default for PartitionLog<C> {
             waiting: BTreeMap::new(),
             released: None,
             watermark: None,
+            touchpoints: None,
             idle: false,
         }
     }
@@ -129,6 +137,10 @@ impl<C> BatchLog<C> {
             return (out, errors);
         }
         log.watermark = c.watermark.max(log.watermark);
+        log.touchpoints = c
+            .touchpoints_watermark
+            .max(log.watermark)
+            .max(log.touchpoints);
         log.idle = c.idle;
         if log.released == Some(c.seq) {
             // Said again (every 10 s, after a restart): only idleness may have changed.
@@ -184,6 +196,18 @@ impl<C> BatchLog<C> {
     /// quiet, holds nothing back), or among all when all are idle; `None` until every
     /// partition has named a committed batch with a watermark.
     pub fn known_until(&self) -> Option<i64> {
+        self.lowest(|l| l.watermark)
+    }
+
+    /// As [`known_until`](Self::known_until), for all counts and for touchpoint counts.
+    pub fn known(&self) -> Finality {
+        Finality {
+            touchpoints: self.lowest(|l| l.touchpoints),
+            all: self.known_until(),
+        }
+    }
+
+    fn lowest(&self, of: impl Fn(&PartitionLog<C>) -> Option<i64>) -> Option<i64> {
         if self.expected == 0 || (self.partitions.len() as u32) < self.expected {
             return None;
         }
@@ -194,7 +218,7 @@ impl<C> BatchLog<C> {
                 .filter(|l| l.idle == idle)
                 .peekable();
             it.peek()?;
-            Some(it.map(|l| l.watermark).min().flatten())
+            Some(it.map(&of).min().flatten())
         };
         match lowest(false) {
             Some(reading) => reading,
@@ -219,12 +243,37 @@ mod tests {
 
     fn confirmed(seq: u64, batch_id: u64, watermark: i64) -> Confirmed {
         Confirmed {
+            touchpoints_watermark: None,
             seq,
             batch_id,
             watermark: Some(watermark),
             idle: false,
             partitions: 2,
         }
+    }
+
+    #[test]
+    fn touchpoints_are_known_as_far_as_every_partition_says_never_behind_its_watermark() {
+        let mut log: BatchLog<i64> = BatchLog::default();
+        let ahead = |seq, id, watermark, touchpoints| Confirmed {
+            touchpoints_watermark: Some(touchpoints),
+            ..confirmed(seq, id, watermark)
+        };
+        log.on_confirmed(0, ahead(0, 1, 5_000, 9_000));
+        // Partition 1 says nothing of its touchpoints: they are as far as its watermark.
+        log.on_confirmed(1, confirmed(0, 2, 3_000));
+        let known = |t, a| Finality {
+            touchpoints: Some(t),
+            all: Some(a),
+        };
+        assert_eq!(log.known(), known(3_000, 3_000));
+        log.on_confirmed(1, ahead(1, 3, 4_000, 7_000));
+        assert_eq!(log.known(), known(7_000, 4_000));
+        // A touchpoint watermark behind the partition's own counts as the latter, and
+        // neither goes back.
+        log.on_confirmed(0, ahead(1, 4, 8_000, 1_000));
+        log.on_confirmed(1, ahead(2, 5, 10_000, 2_000));
+        assert_eq!(log.known(), known(9_000, 8_000));
     }
 
     #[test]

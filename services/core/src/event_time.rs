@@ -197,6 +197,31 @@ impl EventClock {
     }
 }
 
+/// How far counts are final (epoch ms): a partition's before a batch, or every partition's.
+/// Touchpoint counts (steps, stage entries, traffic) are final up to `touchpoints`, all
+/// counts — answers too — up to `all`, never later than `touchpoints`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Finality {
+    pub touchpoints: Option<i64>,
+    pub all: Option<i64>,
+}
+
+impl Finality {
+    /// Both clocks at once (no input ahead of the other).
+    pub fn both(until: Option<i64>) -> Self {
+        Finality {
+            touchpoints: until,
+            all: until,
+        }
+    }
+}
+
+impl From<Option<i64>> for Finality {
+    fn from(until: Option<i64>) -> Self {
+        Finality::both(until)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -221,6 +221,8 @@ pub struct PartitionProcessor {
     /// Identity stitching, when on.
     identity: Option<IdentityResolver>,
     forwarded: Vec<Routed>,
+    /// The latest record timestamp of a touchpoint applied from the input.
+    touchpoints_written: Option<i64>,
 }
 
 impl PartitionProcessor {
@@ -242,6 +244,7 @@ impl PartitionProcessor {
             swept_to: i64::MIN,
             identity: None,
             forwarded: Vec::new(),
+            touchpoints_written: None,
         }
     }
 
@@ -263,6 +266,23 @@ impl PartitionProcessor {
 
     pub fn watermark_ms(&self) -> Option<i64> {
         self.clock.watermark()
+    }
+
+    /// How far this partition's touchpoint counts are final: as far as its touchpoints have
+    /// come, but not past when the latest of them was written (one dated in the future must
+    /// not close minutes still to come), or the watermark if that is further. The answers
+    /// may lag: the scores wait for the watermark, a broken step need not. With identity
+    /// stitching a touchpoint may be held for an identification: the watermark only.
+    pub fn touchpoints_final_ms(&self) -> Option<i64> {
+        let watermark = self.clock.watermark();
+        if self.identity.is_some() {
+            return watermark;
+        }
+        let come = self
+            .clock
+            .high(Input::Touchpoints)
+            .min(self.touchpoints_written);
+        come.max(watermark)
     }
 
     /// The event-time state to persist with a commit.
@@ -524,8 +544,9 @@ impl PartitionProcessor {
             );
             return Ok(());
         }
-        if let Arrival::Input(_) = arrival {
+        if let Arrival::Input(record_ms) = arrival {
             self.clock.observe(Input::Touchpoints, time);
+            self.touchpoints_written = self.touchpoints_written.max(record_ms.filter(|r| *r > 0));
             self.pass_deadlines();
         }
         let id = event_id_hash(&ev.event_id);

@@ -21,7 +21,11 @@
 //!
 //! Minutes whose counts are not known yet are never judged as zero: a signal's minute is
 //! judged only when [`JourneyWatch::advance`] is told that every partition has committed
-//! past it. Counts that arrive for a minute after that (late events applied by the journey
+//! past it. Two clocks say how far: the signals of touchpoints (steps, flows, silence) go
+//! by how far every partition's touchpoint counts are final, the scores (and the stages'
+//! decided conversions) by the journey's watermark, which also waits for the answers — a
+//! survey tool that sends late holds back the scores, not a broken checkout ([`Finality`]).
+//! Counts that arrive for a minute after that (late events applied by the journey
 //! service within its allowed lateness) are left out: the alert was judged without them.
 //! Which counts are left out depends only on each partition's own order of batches (a
 //! cell is late when its partition had already committed past its minute), so reading the
@@ -33,6 +37,8 @@
 //! firing slices changes, and resolves when the last has resolved.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+pub use crate::event_time::Finality;
 
 use crate::detect::{
     DropDetector, DropParams, Incident, ScoreWatch, ScoreWatchParams, Silence, SilenceParams,
@@ -278,7 +284,9 @@ pub struct JourneyWatch {
     flows_in: BTreeMap<(i64, (StageIdx, Slice)), (i64, i64)>,
     flows: BTreeMap<(StageIdx, Slice), DropDetector>,
     conversions: StageConversions,
+    /// Touchpoint signals' next minute (flows, silence), and the scores'.
     minute_cursor: Cursor,
+    score_cursor: Cursor,
     scores: BTreeMap<(ScoreOf, Slice), ScoreWatch>,
     sources: BTreeMap<ChannelIdx, Silence>,
     /// Touchpoints a minute each channel sent lately (smoothed over about 20 minutes).
@@ -290,7 +298,7 @@ pub struct JourneyWatch {
     /// Cells that came after their minute was judged (or their partition had committed
     /// past it): left out of every alert.
     late_cells: u64,
-    known_until: Option<i64>,
+    known: Finality,
 }
 
 impl JourneyWatch {
@@ -311,13 +319,14 @@ impl JourneyWatch {
             flows: BTreeMap::new(),
             conversions: StageConversions::new(map),
             minute_cursor: None,
+            score_cursor: None,
             scores: BTreeMap::new(),
             sources: BTreeMap::new(),
             traffic: BTreeMap::new(),
             gaps: BTreeSet::new(),
             open: BTreeMap::new(),
             late_cells: 0,
-            known_until: None,
+            known: Finality::default(),
         }
     }
 
@@ -328,7 +337,7 @@ impl JourneyWatch {
     /// A stage's conversion over the last week of its decided cohorts, as far as judged
     /// (see [`StageConversions`]), and how many entries that is.
     pub fn stage_conversion(&self, stage: StageIdx) -> Option<(f64, i64)> {
-        self.conversions.ratio(stage, self.known_until?)
+        self.conversions.ratio(stage, self.known.all?)
     }
 
     /// The incidents firing now.
@@ -337,7 +346,7 @@ impl JourneyWatch {
     }
 
     /// A committed step cell (minute = start of the attempts' minute, epoch ms), from a
-    /// partition that had committed up to `partition_watermark` before this batch.
+    /// partition whose counts were final up to `before` before this batch.
     pub fn add_step_cell(
         &mut self,
         minute: i64,
@@ -345,8 +354,9 @@ impl JourneyWatch {
         channel: ChannelIdx,
         segment: SegmentIdx,
         counts: &StepCounts,
-        partition_watermark: Option<i64>,
+        before: impl Into<Finality>,
     ) {
+        let before = before.into();
         let Some(lenses) = self.step_lenses.get(usize::from(step)) else {
             return;
         };
@@ -355,8 +365,8 @@ impl JourneyWatch {
         for (l, lens) in lenses.iter().enumerate() {
             if is_late(
                 minute.saturating_add(lens.wait),
-                self.known_until,
-                partition_watermark,
+                self.known.touchpoints,
+                before.touchpoints,
             ) {
                 self.late_cells += 1;
                 continue;
@@ -388,19 +398,40 @@ impl JourneyWatch {
         (stage, touchpoint): (StageIdx, Option<TouchpointIdx>),
         channel: ChannelIdx,
         counts: &Counts,
-        partition_watermark: Option<i64>,
+        before: impl Into<Finality>,
     ) {
+        let before = before.into();
         let minute = minute_start(minute);
-        if is_late(
-            minute.saturating_add(MINUTE_MS),
-            self.known_until,
-            partition_watermark,
-        ) {
+        let end = minute.saturating_add(MINUTE_MS);
+        // Each part of the cell by its own clock; a part with nothing in it is never late.
+        let answers = score_counts(counts).next().is_some()
+            || counts.stage_conversions != 0
+            || counts.stage_dropoffs != 0;
+        let touchpoints = counts.touchpoints != 0 || counts.stage_entries != 0;
+        let late_answers = answers && is_late(end, self.known.all, before.all);
+        let late_touchpoints =
+            touchpoints && is_late(end, self.known.touchpoints, before.touchpoints);
+        if late_answers || late_touchpoints {
             self.late_cells += 1;
-            return;
         }
-        if self.minute_cursor.is_none_or(|c| minute < c) {
-            self.minute_cursor = Some(minute);
+        if answers && !late_answers {
+            self.add_answers(minute, (stage, touchpoint), channel, counts);
+        }
+        if touchpoints && !late_touchpoints {
+            self.add_touchpoints(minute, stage, channel, counts);
+        }
+    }
+
+    /// A cell's scores and decided stage conversions, judged by the journey's watermark.
+    fn add_answers(
+        &mut self,
+        minute: i64,
+        (stage, touchpoint): (StageIdx, Option<TouchpointIdx>),
+        channel: ChannelIdx,
+        counts: &Counts,
+    ) {
+        if self.score_cursor.is_none_or(|c| minute < c) {
+            self.score_cursor = Some(minute);
         }
         // The cell's stage is the customer's (the furthest reached); a touchpoint's own score
         // is under the stage that declares it, and only where that stage has others (else
@@ -428,15 +459,28 @@ impl JourneyWatch {
                 }
             }
         }
-        if counts.touchpoints != 0 {
-            *self.sources_in.entry((minute, channel)).or_default() += counts.touchpoints;
-        }
         self.conversions.add(
             minute,
             stage,
             counts.stage_conversions,
             counts.stage_dropoffs,
         );
+    }
+
+    /// A cell's traffic and stage entries, judged by how far touchpoints are final.
+    fn add_touchpoints(
+        &mut self,
+        minute: i64,
+        stage: StageIdx,
+        channel: ChannelIdx,
+        counts: &Counts,
+    ) {
+        if self.minute_cursor.is_none_or(|c| minute < c) {
+            self.minute_cursor = Some(minute);
+        }
+        if counts.touchpoints != 0 {
+            *self.sources_in.entry((minute, channel)).or_default() += counts.touchpoints;
+        }
         if counts.stage_entries != 0 && usize::from(stage) < self.map.stages.len() {
             let e = counts.stage_entries;
             // Into this stage (against the one before), and before the next one.
@@ -451,29 +495,45 @@ impl JourneyWatch {
         }
     }
 
-    /// Every partition has committed up to `known_until` (epoch ms): judges every minute
-    /// that is now known, in order, and returns the alerts' changes.
+    /// Every partition has committed everything up to `known_until` (epoch ms): judges every
+    /// minute that is now known, in order, and returns the alerts' changes.
     pub fn advance(&mut self, known_until: i64) -> Vec<AlertChange> {
-        if self.known_until.is_some_and(|k| k >= known_until) {
+        self.advance_to(Finality::both(Some(known_until)))
+    }
+
+    /// As [`advance`](Self::advance), touchpoints final up to `known.touchpoints` and all
+    /// counts up to `known.all` (each clock only ever goes forward).
+    pub fn advance_to(&mut self, known: Finality) -> Vec<AlertChange> {
+        let all = known.all.max(self.known.all);
+        let known = Finality {
+            touchpoints: known.touchpoints.max(all).max(self.known.touchpoints),
+            all,
+        };
+        if known == self.known {
             return Vec::new();
         }
-        self.known_until = Some(known_until);
-        self.conversions.forget(known_until);
+        self.known = known;
+        if let Some(all) = known.all {
+            self.conversions.forget(all);
+        }
         let mut out = Vec::new();
         // Every signal's minutes in the order they became known (then steps before
         // minutes, by step and lens): how far another signal has come when one changes an
-        // incident never depends on how far `known_until` jumped.
-        while let Some(signal) = self.next_due(known_until) {
+        // incident never depends on how far the clocks jumped.
+        while let Some(signal) = self.next_due(known) {
             match signal {
                 Due::Step(step, lens, minute) => self.judge_step(step, lens, minute, &mut out),
                 Due::Minute(minute) => self.judge_minute(minute, &mut out),
+                Due::Scores(minute) => self.judge_scores(minute, &mut out),
             }
         }
         out
     }
 
-    /// The signal whose next minute became known first, if one is known by `known_until`.
-    fn next_due(&self, known_until: i64) -> Option<Due> {
+    /// The signal whose next minute became known first, if one is known by `known`.
+    fn next_due(&self, known: Finality) -> Option<Due> {
+        let touchpoints = known.touchpoints.unwrap_or(i64::MIN);
+        let all = known.all.unwrap_or(i64::MIN);
         let steps = self
             .step_cursor
             .iter()
@@ -489,9 +549,13 @@ impl JourneyWatch {
         let minutes = self
             .minute_cursor
             .map(|minute| (minute + MINUTE_MS, Due::Minute(minute)));
-        steps
-            .chain(minutes)
-            .filter(|(at, _)| *at <= known_until)
+        let touchpoint_signals = steps.chain(minutes).filter(|(at, _)| *at <= touchpoints);
+        let scores = self
+            .score_cursor
+            .map(|minute| (minute + MINUTE_MS, Due::Scores(minute)))
+            .filter(|(at, _)| *at <= all);
+        touchpoint_signals
+            .chain(scores)
             .min_by_key(|(at, due)| (*at, *due))
             .map(|(_, due)| due)
     }
@@ -552,8 +616,8 @@ impl JourneyWatch {
         self.step_cursor[usize::from(step)][lens] = Some(minute + MINUTE_MS);
     }
 
-    /// Judges a minute's scores and traffic.
-    fn judge_minute(&mut self, minute: i64, out: &mut Vec<AlertChange>) {
+    /// Judges a minute's scores.
+    fn judge_scores(&mut self, minute: i64, out: &mut Vec<AlertChange>) {
         let at = minute + MINUTE_MS;
         let m = minute / MINUTE_MS;
         let scores = take_minute(&mut self.scores_in, minute);
@@ -573,6 +637,13 @@ impl JourneyWatch {
                 self.apply(Subject::Score(key.0), lens, i, minute, at, out);
             }
         }
+        self.score_cursor = Some(minute + MINUTE_MS);
+    }
+
+    /// Judges a minute's traffic and flows.
+    fn judge_minute(&mut self, minute: i64, out: &mut Vec<AlertChange>) {
+        let at = minute + MINUTE_MS;
+        let m = minute / MINUTE_MS;
         let sources = take_minute(&mut self.sources_in, minute);
         let mut channels: BTreeSet<ChannelIdx> = self.sources.keys().copied().collect();
         channels.extend(sources.keys().copied());
@@ -733,6 +804,7 @@ fn at_least_zero(v: i64) -> u64 {
 enum Due {
     Step(StepIdx, usize, i64),
     Minute(i64),
+    Scores(i64),
 }
 
 /// A step's lenses: the early horizons shorter than its budget, then the budget.

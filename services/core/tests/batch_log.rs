@@ -91,6 +91,7 @@ fn play(batches: &[Batch], trailing: &Option<Vec<i64>>, partitions: u32) -> (Vec
                 seq,
                 batch_id: id,
                 watermark: Some(seq as i64 * 1000),
+                touchpoints_watermark: None,
                 idle: false,
                 partitions,
             };

@@ -966,6 +966,43 @@ fn an_event_dated_in_the_future_is_refused_and_does_not_move_the_watermark() {
     assert_eq!(b.touchpoints.len(), 1);
 }
 
+/// Answers that lag (a survey tool sending late) hold the watermark back, not how far the
+/// touchpoint counts are final; that goes as far as the touchpoints applied, but not past
+/// when the latest was written (one dated ahead of its record, within the future bound,
+/// does not close minutes still to come), and never behind the watermark.
+#[test]
+fn touchpoints_are_final_as_far_as_they_came_and_were_written() {
+    let mut p = PartitionProcessor::new(map(), EventTimePolicy::default());
+    let now = 1_700_000_000_000;
+    let hour = 3_600_000;
+    p.on_answer(
+        ans("r1", "c", now - 3 * hour, Metric::Nps, 9, None),
+        0,
+        Some(now),
+    )
+    .unwrap();
+    assert_eq!(p.touchpoints_final_ms(), None, "no touchpoint yet");
+    p.on_touchpoint(tp("e1", "c", now, "ad_click", None), 0, Some(now))
+        .unwrap();
+    assert_eq!(p.watermark_ms(), Some(now - 3 * hour));
+    assert_eq!(p.touchpoints_final_ms(), Some(now));
+    // Dated half an hour after it was written: accepted, but final only up to its writing.
+    p.on_touchpoint(
+        tp("e2", "c", now + hour / 2, "product_view", None),
+        1,
+        Some(now + 60_000),
+    )
+    .unwrap();
+    assert_eq!(p.touchpoints_final_ms(), Some(now + 60_000));
+    // Without record timestamps nothing bounds the touchpoints' time: the watermark only.
+    let mut q = PartitionProcessor::new(map(), EventTimePolicy::default());
+    q.on_answer(ans("r1", "c", now - hour, Metric::Nps, 9, None), 0, None)
+        .unwrap();
+    q.on_touchpoint(tp("e1", "c", now, "ad_click", None), 0, None)
+        .unwrap();
+    assert_eq!(q.touchpoints_final_ms(), Some(now - hour));
+}
+
 #[test]
 fn invalid_records_are_refused_with_a_reason() {
     let mut p = PartitionProcessor::new(map(), no_lateness());

@@ -10,7 +10,9 @@
 #![allow(clippy::unwrap_used)]
 
 use cxstream_core::metrics::{Counts, StepCounts};
-use cxstream_core::watch::{AlertChange, AlertKind, AlertState, JourneyWatch, Slice, Subject};
+use cxstream_core::watch::{
+    AlertChange, AlertKind, AlertState, Finality, JourneyWatch, Slice, Subject,
+};
 use cxstream_core::JourneyMap;
 
 const MAP: &str = "journey: shop
@@ -494,4 +496,119 @@ fn conversions_lost_to_a_silent_channel_are_no_drop() {
         .filter(|c| c.subject.kind() == AlertKind::StepDrop)
         .collect();
     assert!(drops.is_empty(), "{drops:#?}");
+}
+
+/// A survey tool that sends its answers three hours late: every batch carries the answers
+/// of three hours before, and the journey's watermark (all counts final) lags its
+/// touchpoints' by as much. The break and the silence are found as soon as the touchpoints
+/// show them — while the answers' clock is still hours behind — and the answers, though
+/// they arrive after the touchpoints of their minute are final, are not late.
+#[test]
+fn answers_sent_hours_late_hold_back_the_scores_not_a_break() {
+    const LAG: i64 = 180;
+    let map = JourneyMap::from_yaml("shop.yaml", MAP).unwrap();
+    let mut watch = JourneyWatch::new(&map, Default::default());
+    let parts = [partition(0), partition(1)];
+    let mut known = [Finality::default(); 2];
+    let mut out: Vec<(AlertChange, Finality)> = Vec::new();
+    let mut answers = 0;
+    for i in 0..parts.iter().map(Vec::len).max().unwrap() {
+        for (p, batches) in parts.iter().enumerate() {
+            let Some(batch) = batches.get(i) else {
+                continue;
+            };
+            let before = known[p];
+            for c in &batch.cells {
+                match *c {
+                    Cell::Step {
+                        minute,
+                        channel,
+                        segment,
+                        starts,
+                        conversions,
+                    } => watch.add_step_cell(
+                        START + minute * MINUTE,
+                        0,
+                        channel,
+                        segment,
+                        &StepCounts {
+                            starts,
+                            conversions,
+                            within_2m: conversions,
+                            within_5m: conversions,
+                            within_10m: conversions,
+                            ..StepCounts::default()
+                        },
+                        before,
+                    ),
+                    Cell::Traffic {
+                        minute,
+                        channel,
+                        touchpoints,
+                    } => watch.add_minute_cell(
+                        START + minute * MINUTE,
+                        (0, None),
+                        channel,
+                        &Counts {
+                            touchpoints,
+                            ..Counts::default()
+                        },
+                        before,
+                    ),
+                }
+            }
+            // The answers of the minutes LAG before this batch's.
+            let to = batch.watermark / MINUTE - LAG;
+            let from = before.all.map_or(to - 3, |a| (a - START) / MINUTE);
+            for m in from.max(0)..to {
+                answers += 1;
+                watch.add_minute_cell(
+                    START + m * MINUTE,
+                    (1, None),
+                    0,
+                    &Counts {
+                        nps_promoters: 1,
+                        ..Counts::default()
+                    },
+                    before,
+                );
+            }
+            known[p] = Finality {
+                touchpoints: Some(START + batch.watermark),
+                all: Some(START + to * MINUTE),
+            };
+            let every = Finality {
+                touchpoints: known.iter().map(|k| k.touchpoints).min().flatten(),
+                all: known.iter().map(|k| k.all).min().flatten(),
+            };
+            let changes = watch.advance_to(every);
+            out.extend(changes.into_iter().map(|c| (c, every)));
+        }
+    }
+    assert!(answers > 10_000);
+    // Only the deliberately late step cells (see `partition`) are late, no answer.
+    let (_, late) = run(&parts, &orders(&parts)[0]);
+    assert_eq!(watch.late_cells(), late);
+
+    let fired = |kind: AlertKind| {
+        out.iter()
+            .find(|(c, _)| c.subject.kind() == kind && c.state == AlertState::Firing)
+            .unwrap_or_else(|| panic!("no {kind:?} fired"))
+    };
+    let (drop, when) = fired(AlertKind::StepDrop);
+    let start = START + BREAK.0 * MINUTE;
+    assert!(drop.at <= start + 10 * MINUTE, "{drop:#?}");
+    // Raised once the touchpoints showed it (partitions commit every 3 and 7 minutes),
+    // with the answers hours behind.
+    assert!(
+        when.touchpoints.unwrap() <= drop.at + 7 * MINUTE,
+        "{when:?}"
+    );
+    assert!(when.all.unwrap() <= drop.at - 2 * 60 * MINUTE, "{when:?}");
+    let (silence, when) = fired(AlertKind::Silence);
+    assert!(
+        (START + SILENT.0 * MINUTE..START + SILENT.1 * MINUTE).contains(&silence.at),
+        "{silence:#?}"
+    );
+    assert!(when.all.unwrap() < START + SILENT.0 * MINUTE, "{when:?}");
 }

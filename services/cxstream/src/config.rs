@@ -69,6 +69,9 @@ pub struct Topics {
     /// Internal topic of identity stitching, co-partitioned with the inputs (read and written
     /// by journey services only). Default `cx.identities`.
     pub identities: String,
+    /// Alerter instances say here that they are alive (one partition). Default
+    /// `cx.alerter-members`.
+    pub alerter_members: String,
     /// Partitions of both input topics (and the identities topic) when `cxstream topics`
     /// creates them. Default 4.
     pub partitions: i32,
@@ -83,6 +86,7 @@ impl Default for Topics {
             alerts: "cx.alerts".into(),
             dlq: "cx.dlq".into(),
             identities: "cx.identities".into(),
+            alerter_members: "cx.alerter-members".into(),
             partitions: 4,
         }
     }
@@ -236,6 +240,8 @@ pub struct AlerterSettings {
     /// Alerts go to Alertmanager only while a journey is judged up to within this of the
     /// wall clock, ms: catching up on history pages no one. Default 3600000 (1 hour).
     pub live_within_ms: i64,
+    /// Several alerters sharing the journeys.
+    pub peers: AlerterPeers,
 }
 
 impl Default for AlerterSettings {
@@ -244,6 +250,35 @@ impl Default for AlerterSettings {
             journey_group: None,
             alertmanager_url: None,
             live_within_ms: 3_600_000,
+            peers: AlerterPeers::default(),
+        }
+    }
+}
+
+/// Alerter instances that share the journeys through `topics.alerter_members` (README §
+/// Alerts → Several alerters). `alerter --until-caught-up` always writes every journey.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlerterPeers {
+    /// Share with the other alerters following the same journey group. Default true; off,
+    /// this instance writes every journey's alerts whatever others do.
+    pub enabled: bool,
+    /// This instance's name among its peers. Default: host name and process id.
+    pub instance: Option<String>,
+    /// How often an instance says it is alive, ms. Default 2000.
+    pub heartbeat_ms: u64,
+    /// An instance not heard from for this long is gone and its journeys move, ms; a new
+    /// instance writes nothing for this long after it starts. Default 10000.
+    pub timeout_ms: u64,
+}
+
+impl Default for AlerterPeers {
+    fn default() -> Self {
+        AlerterPeers {
+            enabled: true,
+            instance: None,
+            heartbeat_ms: 2_000,
+            timeout_ms: 10_000,
         }
     }
 }
@@ -416,6 +451,14 @@ impl Config {
         }
         if self.journey.allowed_lateness_ms < 0 || self.journey.max_future_ms < 0 {
             bail!("journey.allowed_lateness_ms and journey.max_future_ms must not be negative");
+        }
+        let peers = &self.alerter.peers;
+        if peers.heartbeat_ms == 0 || peers.timeout_ms < 2 * peers.heartbeat_ms {
+            bail!(
+                "alerter.peers.timeout_ms ({}) must be at least twice alerter.peers.heartbeat_ms ({}), which must be positive",
+                peers.timeout_ms,
+                peers.heartbeat_ms
+            );
         }
         if let Some(url) = &self.alerter.alertmanager_url {
             if !url.starts_with("http://") {

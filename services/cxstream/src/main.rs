@@ -168,6 +168,7 @@ fn run(command: Command, cfg: Config) -> Result<()> {
                 (t.identities.as_str(), t.partitions),
                 (t.alerts.as_str(), 1),
                 (t.dlq.as_str(), 1),
+                (t.alerter_members.as_str(), 1),
             ]
             .map(|(name, partitions)| TopicSpec {
                 name: name.to_string(),

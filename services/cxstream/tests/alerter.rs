@@ -158,6 +158,16 @@ fn journey_records(
     start: i64,
     minutes: std::ops::Range<i64>,
 ) -> Vec<(String, AggregatesMessage)> {
+    records_of("shop", group, start, minutes)
+}
+
+/// [`journey_records`] of the journey named `journey`.
+fn records_of(
+    journey: &str,
+    group: &str,
+    start: i64,
+    minutes: std::ops::Range<i64>,
+) -> Vec<(String, AggregatesMessage)> {
     let mut out = Vec::new();
     for partition in 0..2usize {
         for first in minutes.clone().step_by(BATCH_MINUTES as usize) {
@@ -170,7 +180,7 @@ fn journey_records(
                 steps.extend(st);
             }
             let message = |kind, seq: usize, batch_id: i64| AggregatesMessage {
-                journey: "shop".into(),
+                journey: journey.into(),
                 group: group.into(),
                 kind,
                 partition: partition as i32,
@@ -180,6 +190,7 @@ fn journey_records(
                 chunk: 0,
                 chunks: 0,
                 watermark: None,
+                touchpoints_watermark: None,
                 idle: false,
                 minutes: Vec::new(),
                 steps: Vec::new(),
@@ -215,7 +226,7 @@ fn journey_records(
         }
     }
     out.into_iter()
-        .map(|(p, m)| (format!("shop/{p}"), m))
+        .map(|(p, m)| (format!("{journey}/{p}"), m))
         .collect()
 }
 
@@ -260,6 +271,17 @@ fn at(minute: i64) -> i64 {
 
 /// The alerts the input calls for, checked against the incidents' times.
 fn assert_expected(alerts: &[AlertMessage]) {
+    assert_expected_of("shop", alerts);
+}
+
+/// [`assert_expected`] of the journey named `journey`.
+fn assert_expected_of(journey: &str, alerts: &[AlertMessage]) {
+    let alerts: Vec<AlertMessage> = alerts
+        .iter()
+        .filter(|a| a.journey == journey)
+        .cloned()
+        .collect();
+    let alerts = &alerts[..];
     let incidents: BTreeSet<(&str, String)> = alerts
         .iter()
         .map(|a| (a.id.as_str(), format!("{:?}", a.kind)))
@@ -272,7 +294,9 @@ fn assert_expected(alerts: &[AlertMessage]) {
     let fired = drop.iter().find(|a| a.state == AlertState::Firing).unwrap();
     assert_eq!(fired.subject, "checkout");
     assert!(
-        fired.id.starts_with("shop/step_drop:checkout/"),
+        fired
+            .id
+            .starts_with(&format!("{journey}/step_drop:checkout/")),
         "{}",
         fired.id
     );
@@ -391,6 +415,133 @@ fn a_break_and_a_silence_are_alerted_once_each_across_a_crash_and_a_second_run()
             vec!["SILENCE".to_string(), "RESOLVED".to_string()]
         ]
     );
+}
+
+/// The journeys of the sharing test: the shop's map under four names.
+const SHARED: [&str; 4] = ["shop", "shop_two", "shop_three", "shop_four"];
+
+/// A process killed when the test ends, passed or not.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One alerter of the sharing test: its own name, heartbeats and metrics port.
+fn peer(s: &Stack, name: &str) -> (Running, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))
+        + &format!(
+            "alerter:\n  peers:\n    instance: {name}\n    heartbeat_ms: 500\n    timeout_ms: 3000\n"
+        );
+    let path = s.dir.join(format!("alerter-{name}.yaml"));
+    std::fs::write(&path, config).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cxstream"))
+        .arg("--config")
+        .arg(&path)
+        .arg("alerter")
+        .spawn()
+        .unwrap();
+    (Running(child), port)
+}
+
+/// The journeys an alerter says it writes (its `/metrics`, through curl).
+fn writes(port: u16) -> BTreeSet<String> {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("cxstream_alerter_writes_journey{journey=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .filter(|(_, v)| v.trim() == "1")
+        .map(|(j, _)| j.to_string())
+        .collect()
+}
+
+/// Two alerters share four journeys: each journey's alerts are written by one of them, each
+/// change once; one is killed (kill -9) in the middle of the incidents, and the other
+/// writes the rest of its journeys' changes — every incident complete, each change once.
+#[test]
+fn two_alerters_share_the_journeys_and_one_writes_on_when_the_other_is_killed() {
+    let maps: Vec<std::path::PathBuf> = SHARED
+        .iter()
+        .map(|j| {
+            let path = std::env::temp_dir().join(format!(
+                "cxstream-map-alerters-{j}-{}.yaml",
+                std::process::id()
+            ));
+            std::fs::write(
+                &path,
+                MAP.replace("journey: shop", &format!("journey: {j}")),
+            )
+            .unwrap();
+            path
+        })
+        .collect();
+    let s = Stack::with_maps("alerters", maps);
+    let group = format!("g.{}", s.run);
+    let into_break = BREAK.0 + 40;
+    for j in SHARED {
+        produce_aggregates(&s, &records_of(j, &group, START, 0..into_break));
+    }
+    let (a, port_a) = peer(&s, "a");
+    let (b, port_b) = peer(&s, "b");
+    let firing = |s: &Stack| -> BTreeSet<String> {
+        alerts_of(s)
+            .into_iter()
+            .filter(|m| m.kind == AlertKind::StepDrop && m.state == AlertState::Firing)
+            .map(|m| m.journey)
+            .collect()
+    };
+    wait_until("every journey's break firing", || {
+        firing(&s).len() == SHARED.len()
+    });
+    // Each journey written by one of them.
+    let (of_a, of_b) = (writes(port_a), writes(port_b));
+    eprintln!("journeys written by a: {of_a:?}, by b: {of_b:?}");
+    assert!(of_a.is_disjoint(&of_b), "{of_a:?} {of_b:?}");
+    let all: BTreeSet<String> = SHARED.iter().map(|j| j.to_string()).collect();
+    assert_eq!(&of_a | &of_b, all);
+    assert_once_each(&alerts_of(&s));
+
+    // The writer of the first journey dies; the rest of the period follows.
+    let (dead, survivor) = if of_a.contains(SHARED[0]) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    drop(dead);
+    for j in SHARED {
+        produce_aggregates(&s, &records_of(j, &group, START, into_break..DAYS * DAY));
+    }
+    let complete = |s: &Stack| {
+        let alerts = alerts_of(s);
+        SHARED.iter().all(|j| {
+            alerts
+                .iter()
+                .filter(|m| m.journey == *j && m.state == AlertState::Resolved)
+                .count()
+                == 2
+        })
+    };
+    wait_until("every journey's incidents resolved", || complete(&s));
+    let alerts = alerts_of(&s);
+    for j in SHARED {
+        assert_expected_of(j, &alerts);
+    }
+    assert_once_each(&alerts);
+    drop(survivor);
 }
 
 /// Alertmanager's active alerts of `group` (its API v2, through curl).

@@ -1193,6 +1193,7 @@ fn committed_aggregates(
                         seq: m.seq as u64,
                         batch_id: m.batch_id as u64,
                         watermark: m.watermark,
+                        touchpoints_watermark: m.touchpoints_watermark,
                         idle: m.idle,
                         partitions: m.partitions as u32,
                     },

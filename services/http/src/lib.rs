@@ -201,6 +201,8 @@ pub struct AlerterMetrics {
     pub alert_active: IntGaugeVec,
     pub stage_conversion_ratio: GaugeVec,
     pub write_errors: IntCounterVec,
+    pub peers: IntGauge,
+    pub writes_journey: IntGaugeVec,
 }
 
 impl AlerterMetrics {
@@ -216,6 +218,19 @@ impl AlerterMetrics {
             judged_until_seconds: gauge_vec(
                 "cxstream_alerter_judged_until_seconds",
                 "Event time up to which every partition of the journey has committed and the alerter has judged.",
+                &["journey"],
+            )?,
+            peers: {
+                let g = IntGauge::new(
+                    "cxstream_alerter_peers",
+                    "Alerter instances sharing the journeys, this one included, as this one hears them.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            writes_journey: gauge_vec(
+                "cxstream_alerter_writes_journey",
+                "1 when this alerter writes (and posts) the journey's alerts, 0 when another does.",
                 &["journey"],
             )?,
             alert_active: gauge_vec(

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use cxstream_avro::{AggregatesKind, AggregatesMessage, MinuteCell, StepCell};
 use cxstream_core::batch_log::{BatchLog, Confirmed, LogError, Partial};
 use cxstream_core::journey_map::{StepIdx, NO_SEGMENT, NO_SEGMENT_NAME, NO_STAGE, NO_STAGE_NAME};
-use cxstream_core::watch::{AlertChange, JourneyWatch, WatchParams};
+use cxstream_core::watch::{AlertChange, Finality, JourneyWatch, WatchParams};
 use cxstream_core::JourneyMap;
 
 type Cells = (Vec<MinuteCell>, Vec<StepCell>);
@@ -16,15 +16,15 @@ type Cells = (Vec<MinuteCell>, Vec<StepCell>);
 pub struct JourneyInput {
     pub map: std::sync::Arc<JourneyMap>,
     log: BatchLog<Cells>,
-    /// Each partition's latest committed watermark, as read.
-    watermarks: BTreeMap<u32, Option<i64>>,
+    /// How far each partition's committed counts are final, as read.
+    watermarks: BTreeMap<u32, Finality>,
     pub watch: JourneyWatch,
     steps: HashMap<String, StepIdx>,
     /// Cells naming a stage, channel, segment or step the map does not have (another
     /// version of the map): left out.
     pub unknown_cells: u64,
-    /// Event time up to which every partition has committed, as last judged.
-    pub known_until: Option<i64>,
+    /// How far every partition's counts are final, as last judged.
+    pub known: Finality,
 }
 
 /// What one record changed.
@@ -33,7 +33,7 @@ pub struct Read {
     pub changes: Vec<AlertChange>,
     pub errors: Vec<LogError>,
     /// How far the journey is judged now (after a committed record).
-    pub known_until: Option<i64>,
+    pub known: Finality,
 }
 
 impl JourneyInput {
@@ -51,7 +51,7 @@ impl JourneyInput {
             watermarks: BTreeMap::new(),
             steps,
             unknown_cells: 0,
-            known_until: None,
+            known: Finality::default(),
         }
     }
 
@@ -77,33 +77,34 @@ impl JourneyInput {
                     seq: u64::try_from(m.seq).unwrap_or(0),
                     batch_id: m.batch_id as u64,
                     watermark: m.watermark,
+                    touchpoints_watermark: m.touchpoints_watermark,
                     idle: m.idle,
                     partitions: u32::try_from(m.partitions).unwrap_or(0),
                 };
                 let (released, errors) = self.log.on_confirmed(partition, confirmed);
-                let before = self.watermarks.get(&partition).copied().flatten();
+                let before = self.watermarks.get(&partition).copied().unwrap_or_default();
                 for (minutes, steps) in released.into_iter().flat_map(|b| b.cells) {
                     self.add(&minutes, &steps, before);
                 }
                 let w = self.watermarks.entry(partition).or_default();
-                *w = (*w).max(m.watermark);
+                w.all = w.all.max(m.watermark);
+                w.touchpoints = w.touchpoints.max(m.touchpoints_watermark).max(w.all);
                 let mut read = Read {
                     errors,
                     ..Read::default()
                 };
-                if let Some(k) = self.log.known_until() {
-                    if self.known_until.is_none_or(|before| k > before) {
-                        self.known_until = Some(k);
-                        read.changes = self.watch.advance(k);
-                    }
+                let known = self.log.known();
+                if known != self.known {
+                    self.known = known;
+                    read.changes = self.watch.advance_to(known);
                 }
-                read.known_until = self.known_until;
+                read.known = self.known;
                 read
             }
         }
     }
 
-    fn add(&mut self, minutes: &[MinuteCell], steps: &[StepCell], before: Option<i64>) {
+    fn add(&mut self, minutes: &[MinuteCell], steps: &[StepCell], before: Finality) {
         let map = &self.map;
         for c in minutes {
             let stage = match map.stage(&c.stage) {

@@ -7,19 +7,25 @@
 //! its memory. A restart judges the aggregates again from their beginning (the same
 //! minutes, the same way, so the same alerts under the same ids) and writes only the
 //! changes the alerts topic does not have.
+//!
+//! Beside other alerters ([`members`]), every instance judges every journey and writes the
+//! alerts of the journeys it owns; the changes of the others' journeys wait until the
+//! alerts topic shows them written, and an instance that takes a journey over writes those
+//! still missing.
 
 mod from_beginning;
 mod input;
+mod members;
 mod output;
 mod push;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use cxstream_avro::Codec;
+use cxstream_avro::{AlertMessage, Codec};
 use cxstream_core::watch::{AlertChange, AlertKind};
 use cxstream_core::JourneyMaps;
 use cxstream_http::{AlerterMetrics, Health};
@@ -28,6 +34,7 @@ use rdkafka::message::Message;
 use crate::config::Config;
 use from_beginning::from_beginning;
 use input::JourneyInput;
+use members::Members;
 use output::AlertsOutput;
 use push::AlertmanagerPush;
 
@@ -52,7 +59,31 @@ pub struct Alerter {
     rt: tokio::runtime::Handle,
     /// Late cells already counted in the metric, per journey.
     late_counted: BTreeMap<String, u64>,
+    /// Whether this instance writes each journey's alerts, as last decided.
+    owned: BTreeMap<String, bool>,
+    /// Changes of journeys another alerter writes, until the alerts topic has them.
+    unwritten: BTreeMap<String, Vec<AlertMessage>>,
 }
+
+/// Who writes which journey's alerts.
+enum Writers {
+    /// This instance, every journey.
+    Alone,
+    /// Each journey's owner among the alerters heard from.
+    Shared(Box<Members>),
+}
+
+impl Writers {
+    fn owns(&self, journey: &str) -> bool {
+        match self {
+            Writers::Alone => true,
+            Writers::Shared(m) => m.owns(journey),
+        }
+    }
+}
+
+/// How often the alerter hears its peers and reads what they wrote.
+const PEERS_EVERY: Duration = Duration::from_millis(100);
 
 impl Alerter {
     pub fn new(
@@ -100,8 +131,70 @@ impl Alerter {
             shutdown,
             rt,
             late_counted: BTreeMap::new(),
+            owned: BTreeMap::new(),
+            unwritten: BTreeMap::new(),
             cfg,
         })
+    }
+
+    /// `--until-caught-up` is one instance by definition; otherwise peers share, unless
+    /// turned off.
+    fn writers(&self, opts: RunOptions) -> Result<Writers> {
+        if opts.until_caught_up || !self.cfg.alerter.peers.enabled {
+            return Ok(Writers::Alone);
+        }
+        let me = members::instance_name(&self.cfg);
+        Ok(Writers::Shared(Box::new(Members::join(&self.cfg, me)?)))
+    }
+
+    /// Hears the peers, reads what reached the alerts topic, and writes what a journey
+    /// taken over still misses.
+    fn share(&mut self, writers: &mut Writers) -> Result<()> {
+        if let Writers::Shared(m) = writers {
+            m.tick();
+            self.metrics
+                .peers
+                .set(i64::try_from(m.live().count()).unwrap_or(i64::MAX));
+        }
+        for (journey, id, revision) in self.output.follow(&self.codec) {
+            if let Some(waiting) = self.unwritten.get_mut(&journey) {
+                waiting.retain(|m| !(m.id == id && m.revision == revision));
+            }
+        }
+        let journeys: Vec<String> = self.inputs.keys().cloned().collect();
+        for journey in journeys {
+            let owns = writers.owns(&journey);
+            if self.owned.insert(journey.clone(), owns) == Some(owns) {
+                continue;
+            }
+            self.metrics
+                .writes_journey
+                .with_label_values(&[&journey])
+                .set(i64::from(owns));
+            if let Some(push) = &mut self.push {
+                push.owns(&journey, owns);
+            }
+            let waiting = if owns {
+                self.unwritten.remove(&journey).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            tracing::info!(
+                journey = %journey,
+                owns,
+                missing = waiting.len(),
+                "{}",
+                if owns {
+                    "this alerter writes the journey's alerts"
+                } else {
+                    "another alerter writes the journey's alerts"
+                }
+            );
+            if !waiting.is_empty() {
+                self.write(&waiting)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn run(mut self, opts: RunOptions) -> Result<()> {
@@ -109,8 +202,14 @@ impl Alerter {
         let (consumer, mut to_read) =
             from_beginning(&self.cfg, topic, &format!("{}-alerter", self.group))?;
         tracing::info!(group = %self.group, "alerter reading the aggregates");
+        let mut writers = self.writers(opts)?;
+        let mut shared: Option<Instant> = None;
         self.health.set_ready(true);
         while !self.shutdown.load(Ordering::Relaxed) {
+            if shared.is_none_or(|t| t.elapsed() >= PEERS_EVERY) {
+                self.share(&mut writers)?;
+                shared = Some(Instant::now());
+            }
             if let Some(push) = &mut self.push {
                 self.rt.block_on(push.tick());
             }
@@ -158,9 +257,14 @@ impl Alerter {
                 self.publish(&journey, &read.changes)?;
             }
             self.update_gauges(&journey);
-            if let (Some(push), Some(k)) = (&mut self.push, read.known_until) {
+            // Live by the touchpoints' clock: answers a survey tool sends late hold back
+            // the scores only, not the posting of a broken checkout.
+            if let (Some(push), Some(k)) = (&mut self.push, read.known.touchpoints) {
                 push.judged(&journey, k);
             }
+        }
+        if let Writers::Shared(m) = &writers {
+            m.leave();
         }
         tracing::info!("alerter stopped");
         Ok(())
@@ -170,9 +274,8 @@ impl Alerter {
         self.metrics.records_read.with_label_values(&[kind]).inc();
     }
 
-    /// Writes the changes, retrying with back-off while ClickHouse or the broker refuse
-    /// (not ready meanwhile); gives up only on shutdown, when the next start judges them
-    /// again.
+    /// The journey's new changes: written when this alerter owns the journey, otherwise
+    /// kept until its owner has written them.
     fn publish(&mut self, journey: &str, changes: &[AlertChange]) -> Result<()> {
         let Some(input) = self.inputs.get(journey) else {
             return Ok(());
@@ -184,12 +287,28 @@ impl Alerter {
         if let Some(push) = &mut self.push {
             push.on_changes(&messages);
         }
+        if self.owned.get(journey).copied().unwrap_or(true) {
+            return self.write(&messages);
+        }
+        let output = &self.output;
+        self.unwritten
+            .entry(journey.to_string())
+            .or_default()
+            .extend(
+                messages
+                    .into_iter()
+                    .filter(|m| !output.has(&m.id, m.revision)),
+            );
+        Ok(())
+    }
+
+    /// Writes the changes, retrying with back-off while ClickHouse or the broker refuse
+    /// (not ready meanwhile); gives up only on shutdown, when the next start judges them
+    /// again.
+    fn write(&mut self, messages: &[AlertMessage]) -> Result<()> {
         let mut wait = Duration::from_millis(500);
         loop {
-            match self
-                .rt
-                .block_on(self.output.publish(&self.codec, &messages))
-            {
+            match self.rt.block_on(self.output.publish(&self.codec, messages)) {
                 Ok(_) => {
                     self.health.set_ready(true);
                     return Ok(());
@@ -217,7 +336,7 @@ impl Alerter {
         let Some(input) = self.inputs.get(journey) else {
             return;
         };
-        if let Some(k) = input.known_until {
+        if let Some(k) = input.known.all {
             self.metrics
                 .judged_until_seconds
                 .with_label_values(&[journey])

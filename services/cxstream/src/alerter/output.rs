@@ -2,6 +2,7 @@
 //! the alerter's memory: on start it reads which changes of the followed group are there
 //! already, and judging the aggregates again from their beginning raises the same changes
 //! under the same names, so only those missing are written — none lost, none repeated.
+//! It goes on reading the topic, for what other alerters write.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use cxstream_clickhouse::{AlertRow, AlertsTable};
 use cxstream_core::watch::{self, AlertChange, Subject};
 use cxstream_core::JourneyMap;
 use cxstream_http::AlerterMetrics;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, ThreadedProducer};
 
@@ -25,13 +27,16 @@ pub struct AlertsOutput {
     table: AlertsTable,
     /// (id, revision) of the group's changes on the topic.
     sent: HashSet<(String, i32)>,
+    /// Reads on from where `sent` was read to.
+    memory: BaseConsumer,
+    group: String,
     metrics: AlerterMetrics,
 }
 
 impl AlertsOutput {
     /// Reads the alerts topic to its end first: what is there is not written again.
     pub fn open(cfg: &Config, codec: &Codec, group: &str, metrics: AlerterMetrics) -> Result<Self> {
-        let sent = read_sent(cfg, group, codec)?;
+        let (memory, sent) = read_sent(cfg, group, codec)?;
         tracing::info!(changes = sent.len(), topic = %cfg.topics.alerts, "alert changes already published");
         Ok(AlertsOutput {
             producer: cfg
@@ -42,8 +47,37 @@ impl AlertsOutput {
             topic: cfg.topics.alerts.clone(),
             table: AlertsTable::new(&cfg.clickhouse_connection()),
             sent,
+            memory,
+            group: group.to_string(),
             metrics,
         })
+    }
+
+    /// Whether the alerts topic has the change.
+    pub fn has(&self, id: &str, revision: i32) -> bool {
+        self.sent.contains(&(id.to_string(), revision))
+    }
+
+    /// Reads what reached the alerts topic since (others' writes and this one's): the
+    /// group's changes, as (journey, id, revision).
+    pub fn follow(&mut self, codec: &Codec) -> Vec<(String, String, i32)> {
+        let mut read = Vec::new();
+        while let Some(msg) = self.memory.poll(Duration::ZERO) {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %self.topic, "reading the alerts topic");
+                    break;
+                }
+            };
+            let Some(m) = msg.payload().and_then(|b| codec.decode_alert(b).ok()) else {
+                continue;
+            };
+            if m.group == self.group && self.sent.insert((m.id.clone(), m.revision)) {
+                read.push((m.journey, m.id, m.revision));
+            }
+        }
+        read
     }
 
     /// Writes the changes not published yet: all to ClickHouse, then to the topic, and waits
@@ -110,8 +144,13 @@ fn kind_label(k: AlertKind) -> &'static str {
     }
 }
 
-/// The changes of `group` on the alerts topic, read from its beginning to its end.
-fn read_sent(cfg: &Config, group: &str, codec: &Codec) -> Result<HashSet<(String, i32)>> {
+/// The changes of `group` on the alerts topic, read from its beginning to its end, and the
+/// reader, to read on.
+fn read_sent(
+    cfg: &Config,
+    group: &str,
+    codec: &Codec,
+) -> Result<(BaseConsumer, HashSet<(String, i32)>)> {
     let topic = &cfg.topics.alerts;
     let (consumer, mut to_read) = from_beginning(cfg, topic, "cxstream-alerter-memory")?;
     let mut sent = HashSet::new();
@@ -131,7 +170,7 @@ fn read_sent(cfg: &Config, group: &str, codec: &Codec) -> Result<HashSet<(String
         }
         to_read.read(msg.partition(), msg.offset());
     }
-    Ok(sent)
+    Ok((consumer, sent))
 }
 
 /// A change as the alerts topic has it.

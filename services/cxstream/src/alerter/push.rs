@@ -7,7 +7,9 @@
 //! Only while the alerter is *live* — the journey judged up to within
 //! `alerter.live_within_ms` of the wall clock: catching up on history (a restart, a
 //! replay) pages no one for incidents long over. A restart finds the incidents still
-//! firing by judging again, and posts them once it is live.
+//! firing by judging again, and posts them once it is live. Beside other alerters, only the
+//! journeys this one writes are posted; it knows the others' incidents, to post them when
+//! it takes a journey over.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -29,6 +31,8 @@ pub struct AlertmanagerPush {
     resolved: Vec<PostableAlert>,
     /// Journeys live now.
     live: BTreeMap<String, bool>,
+    /// Journeys another alerter writes (and posts) now.
+    others: BTreeMap<String, bool>,
     sent: Option<Instant>,
     changed: bool,
     metrics: AlerterMetrics,
@@ -42,6 +46,7 @@ impl AlertmanagerPush {
             firing: BTreeMap::new(),
             resolved: Vec::new(),
             live: BTreeMap::new(),
+            others: BTreeMap::new(),
             sent: None,
             changed: false,
             metrics,
@@ -67,7 +72,7 @@ impl AlertmanagerPush {
                 AlertState::Resolved => {
                     if let Some(mut alert) = self.firing.remove(&m.id) {
                         alert.annotations = annotations(m);
-                        if self.is_live(&m.journey) {
+                        if self.posts(&m.journey) {
                             self.resolved.push(alert.resolved_at(SystemTime::now()));
                             self.changed = true;
                         }
@@ -87,8 +92,15 @@ impl AlertmanagerPush {
         self.changed |= live && before != Some(true);
     }
 
-    fn is_live(&self, journey: &str) -> bool {
+    /// Whether this alerter writes the journey's alerts (it does unless told otherwise).
+    pub fn owns(&mut self, journey: &str, owns: bool) {
+        let before = self.others.insert(journey.to_string(), !owns);
+        self.changed |= owns && before == Some(true);
+    }
+
+    fn posts(&self, journey: &str) -> bool {
         self.live.get(journey).copied().unwrap_or(false)
+            && !self.others.get(journey).copied().unwrap_or(false)
     }
 
     /// Posts when something changed or the firing alerts are due again. A refused post is
@@ -102,7 +114,7 @@ impl AlertmanagerPush {
         let mut alerts: Vec<PostableAlert> = self
             .firing
             .values()
-            .filter(|a| self.is_live(a.labels.get("journey").map_or("", String::as_str)))
+            .filter(|a| self.posts(a.labels.get("journey").map_or("", String::as_str)))
             .cloned()
             .collect();
         alerts.extend(self.resolved.iter().cloned());

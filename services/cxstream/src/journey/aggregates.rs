@@ -149,6 +149,7 @@ impl AggregatesOutput {
             chunk: 0,
             chunks: 0,
             watermark: None,
+            touchpoints_watermark: None,
             idle: false,
             minutes: Vec::new(),
             steps: Vec::new(),
@@ -161,6 +162,7 @@ impl AggregatesOutput {
             // The id's bits, as Avro has no unsigned long.
             batch_id: c.aggregates_id as i64,
             watermark: c.published.watermark,
+            touchpoints_watermark: c.touchpoints,
             idle: c.published.idle,
             ..self.message(journey, partition, AggregatesKind::Committed)
         }

@@ -127,6 +127,8 @@ pub struct Committed {
     /// The id its partial counts were published under (0: none).
     pub aggregates_id: u64,
     pub published: Published,
+    /// How far its touchpoint counts are final (may be ahead of the watermark).
+    pub touchpoints: Option<i64>,
 }
 
 /// One journey map's processor over the partition, and how far that journey has applied
@@ -630,6 +632,7 @@ impl Slot {
                 seq,
                 aggregates_id,
                 published: lane.published_now(idle),
+                touchpoints: lane.processor.touchpoints_final_ms(),
             };
             if unsent(&mut lane.confirmed, now, again) {
                 out.push((i, now));

@@ -1,0 +1,214 @@
+//! Several alerters sharing the journeys (README § Alerts → Several alerters). Each
+//! instance says it is alive on the members topic every `heartbeat_ms` and reads what the
+//! others say; a journey's alerts are written by one of the instances heard from within
+//! `timeout_ms` (itself included): the one with the highest hash of (instance, journey) —
+//! rendezvous hashing, so an instance that comes or goes moves only its own share.
+//!
+//! Liveness is judged by when this instance *read* a heartbeat, not by the sender's clock,
+//! so clocks that disagree between hosts do not matter. This does not go through the
+//! broker's consumer-group coordinator: Tansu 0.6 keeps a group formed around a member
+//! that died, so its partitions would never move to the survivors.
+
+use std::collections::HashMap;
+use std::hash::Hasher as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::{AlerterPeers, Config};
+
+const ALIVE: &[u8] = b"alive";
+const LEAVING: &[u8] = b"leaving";
+
+pub struct Members {
+    me: String,
+    topic: String,
+    every: Duration,
+    timeout: Duration,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    consumer: BaseConsumer,
+    /// When each other instance was last heard from.
+    heard: HashMap<String, Instant>,
+    said: Option<Instant>,
+    joined: Instant,
+}
+
+impl Members {
+    /// Starts listening at the members topic's end and says this instance is alive.
+    pub fn join(cfg: &Config, me: String) -> Result<Self> {
+        let AlerterPeers {
+            heartbeat_ms,
+            timeout_ms,
+            ..
+        } = cfg.alerter.peers;
+        let topic = cfg.topics.alerter_members.clone();
+        let consumer: BaseConsumer = cfg
+            .kafka
+            .consumer_config(&format!("cxstream-alerter-members-{me}"))
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "100")
+            .create()
+            .context("creating the reader of the alerter members topic")?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(30))
+            .with_context(|| format!("reading the metadata of `{topic}`"))?;
+        if !metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        {
+            anyhow::bail!(
+                "the alerter members topic `{topic}` does not exist: create it with `cxstream topics` (or set alerter.peers.enabled: false)"
+            );
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::End)?;
+        consumer
+            .assign(&tpl)
+            .with_context(|| format!("reading `{topic}` (run `cxstream topics`)"))?;
+        let producer = cfg
+            .kafka
+            .producer_config()
+            .set("linger.ms", "0")
+            .create()
+            .context("creating the alerter members producer")?;
+        tracing::info!(instance = %me, topic = %topic, "alerter joining its peers");
+        Ok(Members {
+            me,
+            topic,
+            every: Duration::from_millis(heartbeat_ms),
+            timeout: Duration::from_millis(timeout_ms),
+            producer,
+            consumer,
+            heard: HashMap::new(),
+            said: None,
+            joined: Instant::now(),
+        })
+    }
+
+    /// Says this instance is alive when due and reads what the others said.
+    pub fn tick(&mut self) {
+        if self.said.is_none_or(|t| t.elapsed() >= self.every) {
+            self.say(ALIVE);
+            self.said = Some(Instant::now());
+        }
+        while let Some(read) = self.consumer.poll(Duration::ZERO) {
+            let msg = match read {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %self.topic, "reading the alerter members");
+                    break;
+                }
+            };
+            let Some(who) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                continue;
+            };
+            if who == self.me {
+                continue;
+            }
+            if msg.payload() == Some(LEAVING) {
+                self.heard.remove(who);
+            } else {
+                self.heard.insert(who.to_string(), Instant::now());
+            }
+        }
+        let timeout = self.timeout;
+        self.heard.retain(|_, t| t.elapsed() < timeout);
+    }
+
+    /// Whether this instance writes the journey's alerts now. Nothing until it has listened
+    /// for a whole timeout: before that it may not have heard from every live instance.
+    pub fn owns(&self, journey: &str) -> bool {
+        self.joined.elapsed() >= self.timeout
+            && owner(journey, self.live()).is_some_and(|o| o == self.me)
+    }
+
+    /// The instances heard from within the timeout, this one included.
+    pub fn live(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.me.as_str()).chain(self.heard.keys().map(String::as_str))
+    }
+
+    /// Tells the others to take over now instead of after the timeout.
+    pub fn leave(&self) {
+        self.say(LEAVING);
+        let _ = rdkafka::producer::Producer::flush(&self.producer, Duration::from_secs(5));
+    }
+
+    fn say(&self, what: &[u8]) {
+        let record = BaseRecord::to(&self.topic)
+            .key(self.me.as_bytes())
+            .payload(what);
+        if let Err((e, _)) = self.producer.send(record) {
+            tracing::warn!(error = %e, topic = %self.topic, "cannot tell the alerter members");
+        }
+    }
+}
+
+/// The instance that writes a journey's alerts: the highest SipHash-2-4 (keys 0) of
+/// `instance \0 journey` (rendezvous hashing), ties to the greater name.
+fn owner<'a>(journey: &str, live: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    live.max_by_key(|i| {
+        let mut h = siphasher::sip::SipHasher24::new();
+        h.write(i.as_bytes());
+        h.write(&[0]);
+        h.write(journey.as_bytes());
+        (h.finish(), *i)
+    })
+}
+
+/// This process's name among its peers: the configured one, or host and process id.
+pub fn instance_name(cfg: &Config) -> String {
+    cfg.alerter.peers.instance.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "alerter".to_string());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_journey_has_one_owner_and_a_leaver_moves_only_its_own() {
+        let journeys: Vec<String> = (0..200).map(|i| format!("journey{i}")).collect();
+        let three = ["a", "b", "c"];
+        let before: Vec<&str> = journeys
+            .iter()
+            .map(|j| owner(j, three.iter().copied()).unwrap())
+            .collect();
+        // Every instance gets a share.
+        for i in three {
+            let n = before.iter().filter(|o| **o == i).count();
+            assert!((40..=100).contains(&n), "{i}: {n} of 200");
+        }
+        // The same view gives the same owner, in any order.
+        for j in &journeys {
+            assert_eq!(
+                owner(j, three.iter().copied()),
+                owner(j, three.iter().rev().copied())
+            );
+        }
+        // `b` leaves: its journeys move, no other does.
+        let after: Vec<&str> = journeys
+            .iter()
+            .map(|j| owner(j, ["a", "c"].into_iter()).unwrap())
+            .collect();
+        for (b, a) in before.iter().zip(&after) {
+            if *b != "b" {
+                assert_eq!(b, a);
+            } else {
+                assert_ne!(*a, "b");
+            }
+        }
+        assert_eq!(owner("j", std::iter::empty()), None);
+    }
+}
