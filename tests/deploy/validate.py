@@ -53,7 +53,9 @@ K8S_KINDS = {
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudget-policy-v1.json",
 }
 # The compose services built from the Dockerfile.
-CXSTREAM_SERVICES = ("init", "journey", "simulator")
+CXSTREAM_SERVICES = ("init", "journey", "alerter", "simulator")
+# The long-running ones: compose services and the Kubernetes Deployments running them.
+SERVERS = {"journey": "cxstream-journey", "alerter": "cxstream-alerter"}
 
 
 class Failed(Exception):
@@ -351,10 +353,11 @@ def check_compose_services():
     need(services["init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
          and services["init"]["depends_on"]["clickhouse"]["condition"] == "service_healthy",
          "init must wait for healthy Kafka and ClickHouse")
-    need(services["journey"]["depends_on"]["init"]["condition"] == "service_completed_successfully",
-         "journey must wait for init (topics, migrations)")
-    hc = " ".join(services["journey"]["healthcheck"]["test"])
-    need("/readyz" in hc, "the journey's healthcheck does not ask /readyz")
+    for name in SERVERS:
+        need(services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully",
+             f"{name} must wait for init (topics, migrations)")
+        hc = " ".join(services[name]["healthcheck"]["test"])
+        need("/readyz" in hc, f"the {name}'s healthcheck does not ask /readyz")
     grace = services["journey"].get("stop_grace_period", "10s")
     need(re.fullmatch(r"\d+s", grace) and int(grace[:-1]) >= 30,
          f"journey stop_grace_period {grace}: SIGTERM must have time to commit (>= 30s)")
@@ -404,43 +407,44 @@ def check_dockerignore():
 
 def check_ports():
     port_c = listen_port(compose_config()[1], "deploy/compose/cxstream.yaml")
-    _, container, _, cfg_k = k8s_config()
+    cfg_k = k8s_config()[3]
     port_k = listen_port(cfg_k, "ConfigMap cxstream.yaml")
     final = dockerfile()[-1]
     seen = {"compose config": port_c, "k8s config": port_k}
     for p in final["expose"]:
         seen["Dockerfile EXPOSE"] = p
     c = compose()
-    journey = c["services"]["journey"]
-    for p in journey.get("expose", []):
-        seen["compose expose"] = int(str(p).split("/")[0])
-    m = re.search(r"/dev/tcp/[^/]+/(\d+)", " ".join(journey["healthcheck"]["test"]))
-    need(m, "cannot read the port of the journey's healthcheck")
-    seen["compose healthcheck"] = int(m[1])
     prom = yaml.safe_load(open(os.path.join(COMPOSE_DIR, "prometheus.yml")))
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
-    need("cxstream-journey" in jobs, "prometheus.yml has no cxstream-journey job")
-    for sd in jobs["cxstream-journey"].get("dns_sd_configs", []):
-        need(set(sd["names"]) <= set(c["services"]), f"prometheus scrapes unknown hosts {sd['names']}")
-        seen["prometheus dns_sd"] = sd["port"]
-    named = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
-    need(len(named) == 1, "the journey container should declare exactly its HTTP port")
-    seen["k8s containerPort"] = next(iter(named.values()))
-    for probe in ("livenessProbe", "readinessProbe"):
-        port = container[probe]["httpGet"]["port"]
-        seen[f"k8s {probe}"] = named.get(port, port)
-    ann = pod_template_annotations()
-    if "prometheus.io/port" in ann:
-        seen["k8s prometheus.io/port"] = int(ann["prometheus.io/port"])
+    named = {}
+    for name, deployment in SERVERS.items():
+        svc = c["services"][name]
+        for p in svc.get("expose", []):
+            seen[f"compose {name} expose"] = int(str(p).split("/")[0])
+        m = re.search(r"/dev/tcp/[^/]+/(\d+)", " ".join(svc["healthcheck"]["test"]))
+        need(m, f"cannot read the port of the {name}'s healthcheck")
+        seen[f"compose {name} healthcheck"] = int(m[1])
+        need(f"cxstream-{name}" in jobs, f"prometheus.yml has no cxstream-{name} job")
+        for sd in jobs[f"cxstream-{name}"].get("dns_sd_configs", []):
+            need(sd["names"] == [name], f"prometheus job cxstream-{name} scrapes {sd['names']}, not [{name}]")
+            seen[f"prometheus {name} dns_sd"] = sd["port"]
+        tmpl = k8s_find("Deployment", deployment)[0]["spec"]["template"]
+        ctr = tmpl["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in ctr.get("ports", [])}
+        need(len(ports) == 1, f"the {name} container should declare exactly its HTTP port")
+        named.update(ports)
+        seen[f"k8s {name} containerPort"] = next(iter(ports.values()))
+        for probe in ("livenessProbe", "readinessProbe"):
+            port = ctr[probe]["httpGet"]["port"]
+            seen[f"k8s {name} {probe}"] = ports.get(port, port)
+        ann = tmpl["metadata"].get("annotations", {})
+        if "prometheus.io/port" in ann:
+            seen[f"k8s {name} prometheus.io/port"] = int(ann["prometheus.io/port"])
     for svc in k8s_find("Service"):
         for p in svc["spec"]["ports"]:
             seen[f"k8s Service {svc['metadata']['name']} targetPort"] = named.get(p["targetPort"], p["targetPort"])
     ports = set(seen.values())
     need(len(ports) == 1, "the HTTP port differs: " + ", ".join(f"{k}={v}" for k, v in seen.items()))
-
-
-def pod_template_annotations():
-    return k8s_find("Deployment", "cxstream-journey")[0]["spec"]["template"]["metadata"].get("annotations", {})
 
 
 def check_compose_map_path():
@@ -472,24 +476,32 @@ def check_k8s_map():
 
 def check_k8s_workloads():
     uid = int(dockerfile()[-1]["user"].split(":")[0])
-    dep = k8s_find("Deployment", "cxstream-journey")[0]
-    spec = dep["spec"]
-    labels = spec["template"]["metadata"]["labels"]
+    pods = {}
+    for name, deployment in SERVERS.items():
+        spec = k8s_find("Deployment", deployment)[0]["spec"]
+        labels = spec["template"]["metadata"]["labels"]
+        pods[deployment] = labels
+        sel = spec["selector"]["matchLabels"]
+        need(sel and all(labels.get(k) == v for k, v in sel.items()),
+             f"Deployment {deployment}'s selector does not select its pods")
+        need(spec["template"]["spec"]["containers"][0].get("args") == [name],
+             f"Deployment {deployment} does not run `cxstream {name}`")
+        need(spec.get("replicas", 1) >= 2, f"Deployment {deployment} should run at least 2 replicas")
+        pod = spec["template"]["spec"]
+        need(pod.get("terminationGracePeriodSeconds", 30) >= 30, f"{deployment}: terminationGracePeriodSeconds < 30")
+        c = pod["containers"][0]
+        need(c["livenessProbe"]["httpGet"]["path"] == "/healthz", f"{deployment}: liveness must probe /healthz")
+        need(c["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{deployment}: readiness must probe /readyz")
 
-    def selects(sel, where):
-        need(sel and all(labels.get(k) == v for k, v in sel.items()), f"{where} does not select the journey pods")
+    def selects_one(sel, where):
+        chosen = [d for d, labels in pods.items() if sel and all(labels.get(k) == v for k, v in sel.items())]
+        need(len(chosen) == 1, f"{where} selects the pods of {chosen or 'no Deployment'}, not of exactly one")
+        return chosen[0]
 
-    selects(spec["selector"]["matchLabels"], "the Deployment's selector")
-    need(spec.get("replicas", 1) >= 2, "the Deployment should run at least 2 replicas")
-    for pdb in k8s_find("PodDisruptionBudget"):
-        selects(pdb["spec"]["selector"]["matchLabels"], f"PodDisruptionBudget {pdb['metadata']['name']}")
-    for svc in k8s_find("Service"):
-        selects(svc["spec"]["selector"], f"Service {svc['metadata']['name']}")
-    pod = spec["template"]["spec"]
-    need(pod.get("terminationGracePeriodSeconds", 30) >= 30, "terminationGracePeriodSeconds < 30")
-    c = pod["containers"][0]
-    need(c["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness must probe /healthz")
-    need(c["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness must probe /readyz")
+    for kind, selector in (("PodDisruptionBudget", lambda d: d["spec"]["selector"]["matchLabels"]),
+                           ("Service", lambda d: d["spec"]["selector"])):
+        covered = {selects_one(selector(d), f"{kind} {d['metadata']['name']}") for d in k8s_find(kind)}
+        need(covered == set(pods), f"{kind}s cover {sorted(covered)}, not every Deployment {sorted(pods)}")
     configmaps = {cm["metadata"]["name"] for cm in k8s_find("ConfigMap")}
     images = set()
     for where, doc in k8s_docs():

@@ -364,10 +364,14 @@ mod tests {
         m.compactions.with_label_values(&["ok"]);
         m.refused_events.with_label_values(&["touchpoints", "late"]);
         m.rows_written.with_label_values(&["touchpoints"]);
+        let a = AlerterMetrics::new().unwrap();
+        a.writes_journey.with_label_values(&["retail"]);
+        a.write_errors.with_label_values(&["clickhouse"]);
         let exported: Vec<String> = m
             .registry
             .gather()
             .iter()
+            .chain(a.registry.gather().iter())
             .map(|f| f.name().to_string())
             .collect();
         let rules = include_str!("../../../deploy/prometheus/cxstream.rules.yml");
