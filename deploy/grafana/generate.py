@@ -236,10 +236,31 @@ JOB = {"type": "query", "name": "job", "label": "Job", "datasource": PROM,
 # --- Layout -------------------------------------------------------------------------------
 
 
+# The alerter's incidents over the journey's trends: a region from firing to resolution
+# (to now while it fires), with the slice, the figures against the baseline and the
+# significance on hover (README § Alerts).
+ALERTS_ANNOTATION = {
+    "datasource": CH, "enable": True, "hide": False, "iconColor": "red", "name": "cxstream alerts",
+    "target": ch("""
+SELECT fired_at AS time,
+       if(resolved_at_ms > 0, toDateTime(intDiv(resolved_at_ms, 1000)), now()) AS timeEnd,
+       concat(toString(kind), ' ', subject, if(touchpoint = '', '', concat(' / ', touchpoint)),
+              if(metric = '', '', concat(' ', metric)), ' (', slice, '): ', toString(round(observed, 3)),
+              ' against a baseline of ', toString(round(baseline, 3)), ', significance ',
+              toString(significance), if(resolved_at_ms > 0, '', ' — firing')) AS text,
+       toString(kind) AS tags
+FROM cx.alerts_current
+WHERE $__timeFilter(fired_at)
+  AND journey = ${journey:singlequote}
+ORDER BY time, id""", ref="Anno"),
+}
+
+
 class Board:
-    def __init__(self, uid, title, description, variables, tags=()):
+    def __init__(self, uid, title, description, variables, tags=(), annotations=()):
         self.uid, self.title, self.description, self.variables = uid, title, description, variables
         self.tags = ["cxstream", *tags]
+        self.annotations = list(annotations)
         self.panels, self.x, self.y, self.row_h = [], 0, 0, 0
 
     def row(self, title):
@@ -264,7 +285,7 @@ class Board:
             "annotations": {"list": [{
                 "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
                 "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
-                "type": "dashboard"}]},
+                "type": "dashboard"}, *self.annotations]},
             "description": self.description,
             "editable": True,
             "fiscalYearStartMonth": 0,
@@ -293,7 +314,8 @@ class Board:
 def cx_overview():
     b = Board("cxstream-cx-overview", "cxstream / CX overview",
               "NPS, CSAT and CES with 95 % intervals and n, from exact per-minute counts, by stage, touchpoint, "
-              "channel and segment.", [JOURNEY, STAGE, TOUCHPOINT, CHANNEL, SEGMENT, BREAKDOWN])
+              "channel and segment.", [JOURNEY, STAGE, TOUCHPOINT, CHANNEL, SEGMENT, BREAKDOWN],
+              annotations=[ALERTS_ANNOTATION])
     dims = ("stage", "touchpoint", "channel", "segment")
     period = f"""minute >= {PREVIOUS_FROM} AND minute <= $__toTime
   AND {where(*dims, time=None)}"""
@@ -474,7 +496,7 @@ def journey_funnel():
     b = Board("cxstream-journey-funnel", "cxstream / Journey funnel",
               "Stage and step conversion beside the journey map's targets and budgets (expectation vs reality), "
               "open entries apart, time to convert, cross-channel flows and AS-IS paths. Rows are by entry time.",
-              [JOURNEY, CHANNEL, SEGMENT])
+              [JOURNEY, CHANNEL, SEGMENT], annotations=[ALERTS_ANNOTATION])
     dims = ("channel", "segment")
     entry_facts = f"""cx.stage_entries FINAL
 WHERE {where(*dims, time="entry_time")}
@@ -740,9 +762,44 @@ ORDER BY owner""")
 
 def alerts_and_cases():
     b = Board("cxstream-alerts-and-cases", "cxstream / Alerts and cases",
-              "The closed loop: every detractor's answer that counts is a case for an owner, with its journey "
-              "context and a follow-up deadline (README § closed-loop cases). Ranges are of the answers' times.",
-              [JOURNEY, OWNER])
+              "The alerter's incidents (step and flow drops, score drops, silence) with their slice, figures "
+              "against the baseline and significance; and the closed loop: every detractor's answer that counts "
+              "is a case for an owner, with its journey context and a follow-up deadline (README § Alerts, "
+              "closed-loop cases). Ranges are of the incidents' and the answers' event times.",
+              [JOURNEY, OWNER], annotations=[ALERTS_ANNOTATION])
+    incidents = """cx.alerts_current
+WHERE $__timeFilter(fired_at)
+  AND journey = ${journey:singlequote}"""
+    b.row("Incidents")
+    b.add(stat("Firing", "Incidents of the journey firing now (whenever they fired).", [ch("""
+SELECT toInt64(countIf(state != 'RESOLVED')) AS firing
+FROM cx.alerts_current
+WHERE journey = ${journey:singlequote}""")], decimals=0,
+               overrides=[override("firing", color={"mode": "fixed", "fixedColor": "red"})]), 6, 4)
+    b.add(stat("Incidents in the range", "Incidents fired in the range, and how many of them are resolved.",
+               [ch(f"""
+SELECT toInt64(count()) AS incidents, toInt64(countIf(state = 'RESOLVED')) AS resolved
+FROM {incidents}""")], decimals=0), 6, 4)
+    b.add(timeseries("Incidents fired per interval by kind", "When the incidents fired (event time), by kind.",
+                     [ch(f"""
+SELECT toDateTime(intDiv(toUInt32(fired_at), $__interval_s) * $__interval_s) AS time, toString(kind) AS kind,
+       toInt64(count()) AS incidents
+FROM {incidents}
+GROUP BY time, kind
+ORDER BY time, kind""", timeseries=True)], decimals=0, interval="1h", bars=True, stack=True), 12, 8)
+    b.add(table("Incidents, latest first", "Each incident as last changed: what it is about, the slice whose "
+                "figures are shown (the most significant) and every slice firing, the observed value against "
+                "the baseline (a conversion share, points of a score, touchpoints a minute), its significance "
+                "(the chance of evidence this strong without a change) and severity. Times are event times.",
+                [ch(f"""
+SELECT fired_at AS fired, toString(state) AS state, toString(kind) AS kind, subject, metric, touchpoint, slice,
+       arrayStringConcat(firing, ', ') AS "firing slices", observed, baseline, significance,
+       toString(severity) AS severity,
+       if(resolved_at_ms > 0, toDateTime(intDiv(resolved_at_ms, 1000)), NULL) AS resolved, id
+FROM {incidents}
+ORDER BY fired DESC, id
+LIMIT 500""")], decimals=3,
+                overrides=[override("significance", unit="sci")]), 24, 9)
     queue = f"""cx.case_queue
 WHERE $__timeFilter(answer_time)
   AND journey = ${{journey:singlequote}}

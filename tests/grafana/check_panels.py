@@ -11,6 +11,8 @@
    server: it must succeed and return rows, with every variable at "All" and with each one
    at a concrete value (its busiest); time series must come as the plugin needs them. The
    funnel board's figures must equal a direct query of cx.stage_funnel / cx.step_funnel.
+   Annotation queries count as panels. With --alerts-database, the queries of the alerter's
+   incidents (cx.alerts_current) run on that database instead, which must hold incidents.
    The same queries run on current ClickHouse too (chdb), for the dialect.
 4. Every PromQL query is evaluated by `promtool test rules` over a recorded /metrics (a few
    scrapes of a real `cxstream journey`) and must return series; every metric it names must
@@ -40,6 +42,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 GRAFANA = os.path.join(ROOT, "deploy", "grafana")
 RULES = os.path.join(ROOT, "deploy", "prometheus", "cxstream.rules.yml")
 CH_TYPE, PROM_TYPE = "grafana-clickhouse-datasource", "prometheus"
+# The alerter's incidents: queries reading them may run on data of their own (--alerts-database).
+ALERTS_TABLE = "cx.alerts_current"
 # Variables that are columns of metrics_minute_committed: their busiest value is the
 # concrete one tried.
 DIMENSIONS = ("journey", "stage", "touchpoint", "channel", "segment")
@@ -80,6 +84,14 @@ def panels_of(board):
     for p in board["panels"]:
         yield p
         yield from p.get("panels", [])
+
+
+def annotation_queries(board):
+    """The board's ClickHouse annotation queries, as panels with one target each."""
+    for a in board.get("annotations", {}).get("list", []):
+        if a.get("datasource", {}).get("type") == CH_TYPE:
+            yield {"id": "annotation", "title": a["name"], "type": "annotation", "targets": [a["target"]],
+                   "fieldConfig": {"overrides": []}}
 
 
 # --- 1 and 2: the JSON itself -------------------------------------------------------------
@@ -138,6 +150,16 @@ def check_structure(name, board, uids):
     prom_query = validator(schema("prometheus"))
     ids, boxes = set(), []
     defined = {v["name"] for v in board["templating"]["list"]}
+    for a in annotation_queries(board):
+        where = f"{name} annotation {a['title']!r}"
+        t = a["targets"][0]
+        if t["datasource"].get("uid") not in uids or t.get("editorType") != "sql" or not t.get("rawSql"):
+            fail(where, "not a ClickHouse SQL query of a provisioned data source")
+        for var in re.findall(r"\$\{(\w+)|\$(\w+)", t.get("rawSql", "")):
+            var = var[0] or var[1]
+            if not var.startswith("__") and var not in defined:
+                fail(where, f"names ${var}, which the board does not define")
+        ok()
     for p in panels_of(board):
         where = f"{name} panel {p.get('id')} {p.get('title')!r}"
         if p["id"] in ids:
@@ -276,11 +298,13 @@ def interval_of(panel, frm, to):
 class Board:
     """A board's variables resolved against the data: options, and the values each run uses."""
 
-    def __init__(self, name, board, ch, frm, to):
+    def __init__(self, name, board, ch, frm, to, only=None):
         self.name, self.board, self.ch, self.frm, self.to = name, board, ch, frm, to
         self.options, self.busiest, self.custom = {}, {}, {}
         base = {}
         for v in board["templating"]["list"]:
+            if only is not None and v["name"] not in only:
+                continue
             where = f"{name} variable ${v['name']}"
             if v["type"] == "custom":
                 self.options[v["name"]] = [o["value"] for o in v["options"]]
@@ -306,7 +330,7 @@ class Board:
                 fail(where, f"the busiest value {self.busiest[v['name']]!r} is not among its options")
             base[v["name"]] = values if v.get("multi") else [self.busiest[v["name"]]]
         self.base = base
-        self.multi = {v["name"] for v in board["templating"]["list"] if v.get("multi")}
+        self.multi = {v["name"] for v in board["templating"]["list"] if v.get("multi") and v["name"] in base}
 
     def busiest_value(self, name, base):
         if name not in DIMENSIONS:
@@ -347,12 +371,21 @@ def referenced_fields(panel):
     return names
 
 
-def check_clickhouse(board, modern):
-    for p in panels_of(board.board):
+def is_alert_query(sql):
+    return ALERTS_TABLE in sql
+
+
+def variables_of(sql):
+    return {a or b for a, b in re.findall(r"\$\{(\w+)|\$(\w+)", sql)}
+
+
+def check_clickhouse(board, modern, select=lambda sql: True):
+    for p in [*panels_of(board.board), *annotation_queries(board.board)]:
         for t in p.get("targets", []):
-            if t["datasource"]["type"] != CH_TYPE:
+            if t["datasource"]["type"] != CH_TYPE or not select(t["rawSql"]):
                 continue
-            where = f"{board.name} panel {p['id']} {p['title']!r}"
+            where = f"{board.name} {'panel ' + str(p['id']) if p['type'] != 'annotation' else 'annotation'} " \
+                    f"{p['title']!r}"
             for label, values in board.variants(t["rawSql"]):
                 try:
                     sql = board.expand(t["rawSql"], values, p)
@@ -365,6 +398,8 @@ def check_clickhouse(board, modern):
                     fail(f"{where} [{label}]", "returns no rows")
                     continue
                 names = [c[0] for c in columns]
+                if p["type"] == "annotation" and not {"time", "text"} <= set(names):
+                    fail(f"{where} [{label}]", f"an annotation needs `time` and `text` columns, not {names}")
                 if t["format"] == 0:
                     if names[0] != "time" or not columns[0][1].startswith("DateTime"):
                         fail(f"{where} [{label}]", f"a time series must start with a DateTime `time`, not {columns[0]}")
@@ -534,6 +569,27 @@ def check_prometheus(name, board, metrics_file):
 # --- main ---------------------------------------------------------------------------------
 
 
+def check_alerts(boards, ch, modern):
+    """The incidents' queries on a database whose data has incidents, over that data's range."""
+    try:
+        frm, to = (int(x) for x in ch.query("SELECT toUInt32(min(minute)), toUInt32(max(minute)) + 59 "
+                                            "FROM cx.metrics_minute_committed")[1][0])
+        incidents = int(ch.query("SELECT count() FROM cx.alerts_current")[1][0][0])
+    except (RuntimeError, urllib.error.URLError) as e:
+        fail(ch.database, f"cannot read the data: {e}")
+        return
+    if not incidents:
+        fail(ch.database, "the alerter raised no incident: nothing to check the incidents' queries against")
+        return
+    print(f"grafana panels: incidents' queries on database {ch.database} ({incidents} incidents)")
+    for name, board in boards.items():
+        queries = [t["rawSql"] for p in [*panels_of(board), *annotation_queries(board)]
+                   for t in p.get("targets", []) if t["datasource"]["type"] == CH_TYPE and is_alert_query(t["rawSql"])]
+        if queries:
+            used = set().union(*(variables_of(q) for q in queries))
+            check_clickhouse(Board(name, board, ch, frm, to, only=used), modern, is_alert_query)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clickhouse", default=os.environ.get("CX_TEST_CLICKHOUSE", "http://127.0.0.1:18123"))
@@ -541,6 +597,8 @@ def main():
     ap.add_argument("--metrics", default=os.path.join(HERE, "metrics.recorded.prom"),
                     help="scrapes of /metrics separated by `# cxstream-scrape N` lines")
     ap.add_argument("--no-chdb", action="store_true", help="skip the current-ClickHouse dialect check")
+    ap.add_argument("--alerts-database", help="run the queries of the alerter's incidents (cx.alerts_current) "
+                    "on this database (data with incidents) instead of --database")
     args = ap.parse_args()
 
     boards = check_generated()
@@ -567,12 +625,15 @@ def main():
               f"{datetime.datetime.fromtimestamp(to, datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
               f"metrics {os.path.relpath(args.metrics)}")
         modern = []
+        here = (lambda sql: not is_alert_query(sql)) if args.alerts_database else (lambda sql: True)
         for name, board in boards.items():
             if any(t["datasource"]["type"] == CH_TYPE for p in panels_of(board) for t in p.get("targets", [])):
                 resolved = Board(name, board, ch, frm, to)
-                check_clickhouse(resolved, modern)
+                check_clickhouse(resolved, modern, here)
                 if board["uid"] == "cxstream-journey-funnel":
                     check_funnel(resolved)
+        if args.alerts_database:
+            check_alerts(boards, ClickHouse(args.clickhouse, args.alerts_database), modern)
         if not args.no_chdb:
             check_modern(modern)
     for name, board in boards.items():
