@@ -404,25 +404,41 @@ impl JourneyWatch {
         let minute = minute_start(minute);
         let end = minute.saturating_add(MINUTE_MS);
         // Each part of the cell by its own clock; a part with nothing in it is never late.
-        let answers = score_counts(counts).next().is_some()
-            || counts.stage_conversions != 0
-            || counts.stage_dropoffs != 0;
+        // Entries' outcomes land on the entry's minute as they are decided, up to the
+        // stage's budget after it: only then are they final.
+        let answers = score_counts(counts).next().is_some();
+        let outcomes = counts.stage_conversions != 0 || counts.stage_dropoffs != 0;
         let touchpoints = counts.touchpoints != 0 || counts.stage_entries != 0;
+        let decided = end.saturating_add(
+            self.map
+                .stages
+                .get(usize::from(stage))
+                .map_or(0, |s| s.budget_ms),
+        );
         let late_answers = answers && is_late(end, self.known.all, before.all);
+        let late_outcomes = outcomes && is_late(decided, self.known.all, before.all);
         let late_touchpoints =
             touchpoints && is_late(end, self.known.touchpoints, before.touchpoints);
-        if late_answers || late_touchpoints {
+        if late_answers || late_outcomes || late_touchpoints {
             self.late_cells += 1;
         }
         if answers && !late_answers {
             self.add_answers(minute, (stage, touchpoint), channel, counts);
+        }
+        if outcomes && !late_outcomes {
+            self.conversions.add(
+                minute,
+                stage,
+                counts.stage_conversions,
+                counts.stage_dropoffs,
+            );
         }
         if touchpoints && !late_touchpoints {
             self.add_touchpoints(minute, stage, channel, counts);
         }
     }
 
-    /// A cell's scores and decided stage conversions, judged by the journey's watermark.
+    /// A cell's scores, judged by the journey's watermark.
     fn add_answers(
         &mut self,
         minute: i64,
@@ -459,12 +475,6 @@ impl JourneyWatch {
                 }
             }
         }
-        self.conversions.add(
-            minute,
-            stage,
-            counts.stage_conversions,
-            counts.stage_dropoffs,
-        );
     }
 
     /// A cell's traffic and stage entries, judged by how far touchpoints are final.

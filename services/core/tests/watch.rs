@@ -612,3 +612,92 @@ fn answers_sent_hours_late_hold_back_the_scores_not_a_break() {
     );
     assert!(when.all.unwrap() < START + SILENT.0 * MINUTE, "{when:?}");
 }
+
+/// Entries' outcomes land on the entry's minute as they are decided — a conversion when the
+/// next stage is reached, a drop-off when the budget has passed — so they arrive in batches
+/// committed long after that minute. They count (nothing is late), and a stage's conversion
+/// is over the cohorts decided by the journey's watermark.
+#[test]
+fn outcomes_decided_a_budget_after_the_entry_count_in_the_stage_conversion() {
+    let map = JourneyMap::from_yaml(
+        "short.yaml",
+        "journey: short
+stages:
+  - name: look
+    budget: 30m
+    target_conversion: 0.5
+  - name: buy
+    budget: 1h
+    target_conversion: 0.3
+channels: [web]
+segments: [all]
+touchpoints:
+  - name: visit
+    stage: look
+    channels: [web]
+  - name: order
+    stage: buy
+    channels: [web]
+",
+    )
+    .unwrap();
+    let mut watch = JourneyWatch::new(&map, Default::default());
+    // 10 entries a minute; 6 convert 10 minutes later, 4 drop off at the budget (30 min).
+    let cell = |watch: &mut JourneyWatch, m: i64, counts: Counts, before: i64| {
+        watch.add_minute_cell(
+            START + m * MINUTE,
+            (0, None),
+            0,
+            &counts,
+            Some(START + before * MINUTE),
+        );
+    };
+    let batch = 5;
+    let mut ratios = Vec::new();
+    for first in (0..600).step_by(batch) {
+        for m in first..first + batch as i64 {
+            cell(
+                &mut watch,
+                m,
+                Counts {
+                    touchpoints: 10,
+                    stage_entries: 10,
+                    ..Counts::default()
+                },
+                first,
+            );
+            if m >= 10 {
+                cell(
+                    &mut watch,
+                    m - 10,
+                    Counts {
+                        stage_conversions: 6,
+                        ..Counts::default()
+                    },
+                    first,
+                );
+            }
+            if m >= 30 {
+                cell(
+                    &mut watch,
+                    m - 30,
+                    Counts {
+                        stage_dropoffs: 4,
+                        ..Counts::default()
+                    },
+                    first,
+                );
+            }
+        }
+        watch.advance(START + (first + batch as i64) * MINUTE);
+        ratios.push(watch.stage_conversion(0));
+    }
+    assert_eq!(watch.late_cells(), 0);
+    // Decided by the last watermark (minute 600): the entries of hours wholly a budget
+    // before it, minutes 0–539 (hours 0–8), 10 a minute, 6 of them converted.
+    assert_eq!(watch.stage_conversion(0), Some((0.6, 5400)));
+    assert!(
+        ratios.iter().flatten().all(|(r, _)| (r - 0.6).abs() < 1e-9),
+        "{ratios:?}"
+    );
+}
