@@ -31,6 +31,8 @@ pub const SURVEY_ANSWER_SCHEMA: &str = include_str!("../../../schemas/avro/surve
 pub const ALERT_SCHEMA: &str = include_str!("../../../schemas/avro/alert.avsc");
 /// Alerts as written before score drops named their metric and touchpoint: still read.
 const ALERT_SCHEMA_V1: &str = include_str!("../../../schemas/avro/alert.v1.avsc");
+/// Alerts as written before a stage's decided conversion was watched: still read.
+const ALERT_SCHEMA_V2: &str = include_str!("../../../schemas/avro/alert.v2.avsc");
 pub const IDENTITY_MESSAGE_SCHEMA: &str =
     include_str!("../../../schemas/avro/identity_message.avsc");
 pub const AGGREGATES_SCHEMA: &str = include_str!("../../../schemas/avro/aggregates.avsc");
@@ -210,6 +212,7 @@ pub enum AlertKind {
     ScoreDrop,
     Silence,
     FlowDrop,
+    StageDrop,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -261,6 +264,7 @@ static KNOWN: LazyLock<Vec<Known>> = LazyLock::new(|| {
         known(TOUCHPOINT_SCHEMA, RecordType::Touchpoint),
         known(SURVEY_ANSWER_SCHEMA, RecordType::SurveyAnswer),
         known(ALERT_SCHEMA_V1, RecordType::Alert),
+        known(ALERT_SCHEMA_V2, RecordType::Alert),
         known(ALERT_SCHEMA, RecordType::Alert),
         known(IDENTITY_MESSAGE_SCHEMA, RecordType::IdentityMessage),
         known(AGGREGATES_SCHEMA_V1, RecordType::Aggregates),
@@ -837,7 +841,7 @@ mod tests {
     const FASTAVRO: [(RecordType, &str); 3] = [
         (RecordType::Touchpoint, "b7654fa06f31c558"),
         (RecordType::SurveyAnswer, "83a98be0c7502bf4"),
-        (RecordType::Alert, "667c8c97d4a8a36c"),
+        (RecordType::Alert, "bb320932304c3b8e"),
     ];
 
     fn hex(fp: u64) -> String {

@@ -80,6 +80,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "score_alerts",
         sql: include_str!("../../../schemas/clickhouse/0013_score_alerts.sql"),
     },
+    Migration {
+        version: 14,
+        name: "stage_alerts",
+        sql: include_str!("../../../schemas/clickhouse/0014_stage_alerts.sql"),
+    },
 ];
 
 impl Migration {

@@ -88,6 +88,9 @@ pub enum Subject {
     /// The flow of entries into a stage (after the first), as a share of the entries into
     /// it and into the stage before it.
     Flow(StageIdx),
+    /// A stage's decided conversion: of its entries (by minute of entry), the share that
+    /// reached a later stage within the budget, known a budget after they entered.
+    Stage(StageIdx),
 }
 
 /// Which answers a score is over. As points, like NPS: CSAT as the share of satisfied
@@ -107,7 +110,7 @@ impl Subject {
             Subject::Step(s) => map.step_name(s),
             Subject::Score(s) => map.stage_name(s.stage),
             Subject::Source(c) => map.channel_name(c),
-            Subject::Flow(s) => map.stage_name(s),
+            Subject::Flow(s) | Subject::Stage(s) => map.stage_name(s),
         }
     }
 
@@ -147,6 +150,7 @@ impl Subject {
             Subject::Score(_) => AlertKind::ScoreDrop,
             Subject::Source(_) => AlertKind::Silence,
             Subject::Flow(_) => AlertKind::FlowDrop,
+            Subject::Stage(_) => AlertKind::StageDrop,
         }
     }
 }
@@ -157,6 +161,7 @@ pub enum AlertKind {
     ScoreDrop,
     Silence,
     FlowDrop,
+    StageDrop,
 }
 
 impl AlertKind {
@@ -166,6 +171,7 @@ impl AlertKind {
             AlertKind::ScoreDrop => "score_drop",
             AlertKind::Silence => "silence",
             AlertKind::FlowDrop => "flow_drop",
+            AlertKind::StageDrop => "stage_drop",
         }
     }
 }
@@ -284,6 +290,11 @@ pub struct JourneyWatch {
     flows_in: BTreeMap<(i64, (StageIdx, Slice)), (i64, i64)>,
     flows: BTreeMap<(StageIdx, Slice), DropDetector>,
     conversions: StageConversions,
+    /// Per minute of entry, stage and slice: entries converted and dropped off.
+    outcomes_in: BTreeMap<(i64, (StageIdx, Slice)), (i64, i64)>,
+    /// Per stage, the next minute of entries to judge (a budget after it).
+    outcome_cursor: Vec<Cursor>,
+    stage_drops: BTreeMap<(StageIdx, Slice), DropDetector>,
     /// Touchpoint signals' next minute (flows, silence), and the scores'.
     minute_cursor: Cursor,
     score_cursor: Cursor,
@@ -318,6 +329,9 @@ impl JourneyWatch {
             flows_in: BTreeMap::new(),
             flows: BTreeMap::new(),
             conversions: StageConversions::new(map),
+            outcomes_in: BTreeMap::new(),
+            outcome_cursor: vec![None; map.stages.len()],
+            stage_drops: BTreeMap::new(),
             minute_cursor: None,
             score_cursor: None,
             scores: BTreeMap::new(),
@@ -409,12 +423,7 @@ impl JourneyWatch {
         let answers = score_counts(counts).next().is_some();
         let outcomes = counts.stage_conversions != 0 || counts.stage_dropoffs != 0;
         let touchpoints = counts.touchpoints != 0 || counts.stage_entries != 0;
-        let decided = end.saturating_add(
-            self.map
-                .stages
-                .get(usize::from(stage))
-                .map_or(0, |s| s.budget_ms),
-        );
+        let decided = self.decided(stage, minute);
         let late_answers = answers && is_late(end, self.known.all, before.all);
         let late_outcomes = outcomes && is_late(decided, self.known.all, before.all);
         let late_touchpoints =
@@ -426,16 +435,42 @@ impl JourneyWatch {
             self.add_answers(minute, (stage, touchpoint), channel, counts);
         }
         if outcomes && !late_outcomes {
-            self.conversions.add(
-                minute,
-                stage,
-                counts.stage_conversions,
-                counts.stage_dropoffs,
-            );
+            self.add_outcomes(minute, stage, channel, counts);
         }
         if touchpoints && !late_touchpoints {
             self.add_touchpoints(minute, stage, channel, counts);
         }
+    }
+
+    /// A cell's decided outcomes of entries (in their entry's minute), judged a budget later
+    /// by the journey's watermark. The last stage converts to nothing.
+    fn add_outcomes(&mut self, minute: i64, stage: StageIdx, channel: ChannelIdx, counts: &Counts) {
+        let (conversions, dropoffs) = (counts.stage_conversions, counts.stage_dropoffs);
+        self.conversions.add(minute, stage, conversions, dropoffs);
+        if usize::from(stage) + 1 >= self.map.stages.len() {
+            return;
+        }
+        let cursor = &mut self.outcome_cursor[usize::from(stage)];
+        if cursor.is_none_or(|c| minute < c) {
+            *cursor = Some(minute);
+        }
+        for slice in [Slice::All, Slice::Channel(channel)] {
+            let o = self
+                .outcomes_in
+                .entry((minute, (stage, slice)))
+                .or_default();
+            *o = (o.0 + conversions, o.1 + dropoffs);
+        }
+    }
+
+    /// When a minute of a stage's entries is decided: a budget after the minute's end.
+    fn decided(&self, stage: StageIdx, minute: i64) -> i64 {
+        let budget = self
+            .map
+            .stages
+            .get(usize::from(stage))
+            .map_or(0, |s| s.budget_ms);
+        minute.saturating_add(MINUTE_MS).saturating_add(budget)
     }
 
     /// A cell's scores, judged by the journey's watermark.
@@ -535,6 +570,7 @@ impl JourneyWatch {
                 Due::Step(step, lens, minute) => self.judge_step(step, lens, minute, &mut out),
                 Due::Minute(minute) => self.judge_minute(minute, &mut out),
                 Due::Scores(minute) => self.judge_scores(minute, &mut out),
+                Due::Outcomes(stage, minute) => self.judge_outcomes(stage, minute, &mut out),
             }
         }
         out
@@ -564,8 +600,19 @@ impl JourneyWatch {
             .score_cursor
             .map(|minute| (minute + MINUTE_MS, Due::Scores(minute)))
             .filter(|(at, _)| *at <= all);
+        let outcomes = self
+            .outcome_cursor
+            .iter()
+            .enumerate()
+            .filter_map(|(s, c)| {
+                let stage = StageIdx::try_from(s).ok()?;
+                let minute = (*c)?;
+                Some((self.decided(stage, minute), Due::Outcomes(stage, minute)))
+            })
+            .filter(|(at, _)| *at <= all);
         touchpoint_signals
             .chain(scores)
+            .chain(outcomes)
             .min_by_key(|(at, due)| (*at, *due))
             .map(|(_, due)| due)
     }
@@ -624,6 +671,51 @@ impl JourneyWatch {
             }
         }
         self.step_cursor[usize::from(step)][lens] = Some(minute + MINUTE_MS);
+    }
+
+    /// Judges a minute of a stage's entries, now decided: a stage of its slices' detectors.
+    fn judge_outcomes(&mut self, stage: StageIdx, minute: i64, out: &mut Vec<AlertChange>) {
+        let at = self.decided(stage, minute);
+        let mut slices: BTreeSet<Slice> = self
+            .stage_drops
+            .range((stage, Slice::All)..=(stage, Slice::Segment(SegmentIdx::MAX)))
+            .map(|(k, _)| k.1)
+            .collect();
+        let first = (minute, (stage, Slice::All));
+        let last = (minute, (stage, Slice::Segment(SegmentIdx::MAX)));
+        let cells: BTreeMap<Slice, (i64, i64)> = self
+            .outcomes_in
+            .range(first..=last)
+            .map(|(k, v)| (k.1 .1, *v))
+            .collect();
+        // Cells of earlier minutes were late, never kept: the minute's are all there are.
+        for slice in cells.keys() {
+            self.outcomes_in.remove(&(minute, (stage, *slice)));
+        }
+        slices.extend(cells.keys().copied());
+        // A busy channel silent while the entries could convert lost their conversions with
+        // its touchpoints: missing, not failing.
+        let lost = self.gaps.range(minute..at).next().is_some();
+        for slice in slices {
+            if lost {
+                break;
+            }
+            let (converted, dropped) = cells.get(&slice).copied().unwrap_or((0, 0));
+            let converted = at_least_zero(converted);
+            let decided = converted + at_least_zero(dropped);
+            let d = self
+                .stage_drops
+                .entry((stage, slice))
+                .or_insert_with(|| DropDetector::new(self.params.drop));
+            if let Some(i) = d.observe(minute / MINUTE_MS, converted, decided) {
+                let lens = Lens {
+                    slice,
+                    within_ms: None,
+                };
+                self.apply(Subject::Stage(stage), lens, i, minute, at, out);
+            }
+        }
+        self.outcome_cursor[usize::from(stage)] = Some(minute + MINUTE_MS);
     }
 
     /// Judges a minute's scores.
@@ -695,12 +787,14 @@ impl JourneyWatch {
             }
         }
         self.minute_cursor = Some(minute + MINUTE_MS);
-        // No step's horizon reaches back further than its longest lens.
+        // No step's horizon reaches back further than its longest lens, no stage's entries
+        // further than its budget.
         let longest = self
             .step_lenses
             .iter()
             .flatten()
             .map(|l| l.wait)
+            .chain(self.map.stages.iter().map(|s| s.budget_ms + MINUTE_MS))
             .max()
             .unwrap_or(0);
         self.gaps = self.gaps.split_off(&(minute - longest));
@@ -815,6 +909,7 @@ enum Due {
     Step(StepIdx, usize, i64),
     Minute(i64),
     Scores(i64),
+    Outcomes(StageIdx, i64),
 }
 
 /// A step's lenses: the early horizons shorter than its budget, then the budget.
@@ -895,7 +990,9 @@ fn change(
 fn significance(subject: Subject, evidence: f64) -> f64 {
     match subject {
         Subject::Score(_) => 0.5 * libm::erfc(evidence / std::f64::consts::SQRT_2),
-        Subject::Step(_) | Subject::Source(_) | Subject::Flow(_) => (-evidence).exp().min(1.0),
+        Subject::Step(_) | Subject::Source(_) | Subject::Flow(_) | Subject::Stage(_) => {
+            (-evidence).exp().min(1.0)
+        }
     }
 }
 

@@ -701,3 +701,132 @@ touchpoints:
         "{ratios:?}"
     );
 }
+
+/// A stage's decided conversion: after two days of the app's entries converting at 50 %, a
+/// third of that for two hours. One STAGE_DROP incident on the stage, the app among its
+/// slices, raised once the entries of the break are decided (their budget after them) and
+/// resolved after; the web's conversion, unchanged, raises nothing.
+#[test]
+fn a_stage_whose_entries_stop_converting_is_a_stage_drop() {
+    let map = JourneyMap::from_yaml(
+        "short.yaml",
+        "journey: short
+stages:
+  - name: look
+    budget: 30m
+    target_conversion: 0.5
+  - name: buy
+    budget: 1h
+    target_conversion: 0.3
+channels: [web, app]
+segments: [all]
+touchpoints:
+  - name: visit
+    stage: look
+    channels: [web, app]
+  - name: order
+    stage: buy
+    channels: [web, app]
+",
+    )
+    .unwrap();
+    const BREAK: (i64, i64) = (2 * DAY + 600, 2 * DAY + 720);
+    let mut watch = JourneyWatch::new(&map, Default::default());
+    let converted = |m: i64, channel: u8| -> (i64, i64) {
+        let n = 15 + (noise(m as u64 * 2 + u64::from(channel)) * 10.0) as i64;
+        let mut rate = if channel == 0 { 0.6 } else { 0.5 };
+        if channel == 1 && (BREAK.0..BREAK.1).contains(&m) {
+            rate /= 3.0;
+        }
+        let k = (0..n)
+            .filter(|i| noise((m as u64) << 20 | u64::from(channel) << 16 | *i as u64) < rate)
+            .count() as i64;
+        (n, k)
+    };
+    let mut out = Vec::new();
+    let batch = 5;
+    for first in (0..3 * DAY).step_by(batch) {
+        let before = Some(START + first * MINUTE);
+        for m in first..first + batch as i64 {
+            for channel in 0..2u8 {
+                let entries = Counts {
+                    touchpoints: converted(m, channel).0,
+                    stage_entries: converted(m, channel).0,
+                    ..Counts::default()
+                };
+                watch.add_minute_cell(START + m * MINUTE, (0, None), channel, &entries, before);
+                // Conversions 10 minutes after the entries, drop-offs at the budget.
+                if m >= 10 {
+                    let (_, k) = converted(m - 10, channel);
+                    let c = Counts {
+                        stage_conversions: k,
+                        ..Counts::default()
+                    };
+                    watch.add_minute_cell(
+                        START + (m - 10) * MINUTE,
+                        (0, None),
+                        channel,
+                        &c,
+                        before,
+                    );
+                }
+                if m >= 30 {
+                    let (n, k) = converted(m - 30, channel);
+                    let d = Counts {
+                        stage_dropoffs: n - k,
+                        ..Counts::default()
+                    };
+                    watch.add_minute_cell(
+                        START + (m - 30) * MINUTE,
+                        (0, None),
+                        channel,
+                        &d,
+                        before,
+                    );
+                }
+            }
+        }
+        out.extend(watch.advance(START + (first + batch as i64) * MINUTE));
+    }
+    assert_eq!(watch.late_cells(), 0);
+    let drops: Vec<&AlertChange> = out
+        .iter()
+        .filter(|c| c.subject.kind() == AlertKind::StageDrop)
+        .collect();
+    let firing: Vec<_> = drops
+        .iter()
+        .filter(|c| c.state == AlertState::Firing)
+        .collect();
+    assert_eq!(firing.len(), 1, "{drops:#?}");
+    let f = firing[0];
+    let start = START + BREAK.0 * MINUTE;
+    // Known once the break's first entries are decided (a minute and the 30-minute budget
+    // after them), within minutes of that.
+    assert!(f.window_start >= start, "{f:#?}");
+    assert!(f.at <= start + 31 * MINUTE + 10 * MINUTE, "{f:#?}");
+    assert!(f.id.starts_with("short/stage_drop:look/"), "{f:?}");
+    assert!(
+        drops
+            .iter()
+            .flat_map(|c| c.firing.iter().chain([&c.figures.lens.slice]))
+            .any(|s| *s == Slice::Channel(1)),
+        "{drops:#?}"
+    );
+    assert!(
+        !drops
+            .iter()
+            .flat_map(|c| c.firing.iter())
+            .any(|s| *s == Slice::Channel(0)),
+        "{drops:#?}"
+    );
+    let resolved: Vec<_> = drops
+        .iter()
+        .filter(|c| c.state == AlertState::Resolved)
+        .collect();
+    assert_eq!(resolved.len(), 1, "{drops:#?}");
+    assert!(
+        resolved[0].at > START + BREAK.1 * MINUTE,
+        "{:#?}",
+        resolved[0]
+    );
+}

@@ -235,7 +235,7 @@ impl AlerterMetrics {
             )?,
             alert_active: gauge_vec(
                 "cxstream_alert_active",
-                "Incidents firing now, by journey and kind (step_drop, flow_drop, score_drop, silence).",
+                "Incidents firing now, by journey and kind (step_drop, flow_drop, stage_drop, score_drop, silence).",
                 &["journey", "kind"],
             )?,
             stage_conversion_ratio: {

@@ -356,6 +356,7 @@ impl Alerter {
             AlertKind::ScoreDrop,
             AlertKind::Silence,
             AlertKind::FlowDrop,
+            AlertKind::StageDrop,
         ] {
             let n = input
                 .watch

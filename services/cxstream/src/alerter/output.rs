@@ -141,6 +141,7 @@ fn kind_label(k: AlertKind) -> &'static str {
         AlertKind::ScoreDrop => "score_drop",
         AlertKind::Silence => "silence",
         AlertKind::FlowDrop => "flow_drop",
+        AlertKind::StageDrop => "stage_drop",
     }
 }
 
@@ -180,11 +181,16 @@ pub fn message(map: &JourneyMap, group: &str, c: &AlertChange) -> AlertMessage {
         watch::AlertKind::ScoreDrop => AlertKind::ScoreDrop,
         watch::AlertKind::Silence => AlertKind::Silence,
         watch::AlertKind::FlowDrop => AlertKind::FlowDrop,
+        watch::AlertKind::StageDrop => AlertKind::StageDrop,
     };
     let f = &c.figures;
     let severity = match c.subject {
         Subject::Source(_) => Severity::Critical,
-        Subject::Step(_) | Subject::Flow(_) if f.observed < 0.5 * f.baseline => Severity::Critical,
+        Subject::Step(_) | Subject::Flow(_) | Subject::Stage(_)
+            if f.observed < 0.5 * f.baseline =>
+        {
+            Severity::Critical
+        }
         _ => Severity::Warning,
     };
     AlertMessage {
@@ -230,6 +236,7 @@ fn row(m: &AlertMessage) -> AlertRow {
             AlertKind::ScoreDrop => 2,
             AlertKind::Silence => 3,
             AlertKind::FlowDrop => 4,
+            AlertKind::StageDrop => 5,
         },
         journey: m.journey.clone(),
         journey_group: m.group.clone(),

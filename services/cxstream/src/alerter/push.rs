@@ -146,6 +146,7 @@ fn labels(m: &AlertMessage) -> BTreeMap<String, String> {
         AlertKind::ScoreDrop => ("CxScoreDrop", "stage"),
         AlertKind::Silence => ("CxSilence", "channel"),
         AlertKind::FlowDrop => ("CxFlowDrop", "stage"),
+        AlertKind::StageDrop => ("CxStageDrop", "stage"),
     };
     let severity = match m.severity {
         Severity::Info => "info",
@@ -173,7 +174,9 @@ fn labels(m: &AlertMessage) -> BTreeMap<String, String> {
 fn annotations(m: &AlertMessage) -> BTreeMap<String, String> {
     let metric = m.metric.as_deref().unwrap_or("NPS");
     let value = |v: f64| match m.kind {
-        AlertKind::StepDrop | AlertKind::FlowDrop => format!("{:.1} %", 100.0 * v),
+        AlertKind::StepDrop | AlertKind::FlowDrop | AlertKind::StageDrop => {
+            format!("{:.1} %", 100.0 * v)
+        }
         AlertKind::ScoreDrop if metric == "NPS" => format!("NPS {v:.1}"),
         AlertKind::ScoreDrop => format!("{metric} {v:.1} %"),
         AlertKind::Silence => format!("{v:.0} touchpoints"),
@@ -198,6 +201,13 @@ fn annotations(m: &AlertMessage) -> BTreeMap<String, String> {
         ),
         AlertKind::FlowDrop => format!(
             "entries into {} fell to {} of its and the stage before's, from {} ({})",
+            m.subject,
+            value(m.observed),
+            value(m.baseline),
+            m.slice
+        ),
+        AlertKind::StageDrop => format!(
+            "{} converted {} of its decided entries, from {} ({})",
             m.subject,
             value(m.observed),
             value(m.baseline),

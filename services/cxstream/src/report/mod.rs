@@ -57,7 +57,7 @@ fn alerts(total: u64, lines: &[figures::AlertLine]) -> String {
     );
     for l in lines {
         let value = |v: f64| {
-            if l.kind == "STEP_DROP" || l.kind == "FLOW_DROP" {
+            if matches!(l.kind.as_str(), "STEP_DROP" | "FLOW_DROP" | "STAGE_DROP") {
                 format!("{:.1} %", 100.0 * v)
             } else {
                 format!("{v:.1}")
