@@ -851,6 +851,19 @@ mod tests {
             .collect()
     }
 
+    /// `value` single-object encoded with an older writer schema, as its producers wrote it.
+    fn written_with(schema: &'static str, value: &impl Serialize) -> Vec<u8> {
+        let json: serde_json::Value = serde_json::from_str(schema).expect("json");
+        let writer = GenericDatumWriter::builder(parse(schema))
+            .human_readable(false)
+            .build()
+            .expect("writer");
+        let mut buf = MAGIC.to_vec();
+        buf.extend_from_slice(&canonical::fingerprint(&json).to_le_bytes());
+        writer.write_ser(&mut buf, value).expect("encode");
+        buf
+    }
+
     /// A committed record as written before it said how far touchpoints are final.
     #[test]
     fn aggregates_of_the_first_schema_still_decode() {
@@ -886,14 +899,7 @@ mod tests {
             minutes: Vec::new(),
             steps: Vec::new(),
         };
-        let json: serde_json::Value = serde_json::from_str(AGGREGATES_SCHEMA_V1).expect("json");
-        let writer = GenericDatumWriter::builder(parse(AGGREGATES_SCHEMA_V1))
-            .human_readable(false)
-            .build()
-            .expect("writer");
-        let mut buf = MAGIC.to_vec();
-        buf.extend_from_slice(&canonical::fingerprint(&json).to_le_bytes());
-        writer.write_ser(&mut buf, &v1).expect("encode");
+        let buf = written_with(AGGREGATES_SCHEMA_V1, &v1);
         let m = codec().decode_aggregates(&buf).expect("decode");
         assert_eq!(m.touchpoints_watermark, None);
         assert_eq!((m.seq, m.watermark), (17, Some(1_794_309_120_000)));
@@ -946,14 +952,7 @@ mod tests {
             changed_at: 1_794_309_120_000,
             resolved_at: None,
         };
-        let json: serde_json::Value = serde_json::from_str(ALERT_SCHEMA_V1).expect("json");
-        let writer = GenericDatumWriter::builder(parse(ALERT_SCHEMA_V1))
-            .human_readable(false)
-            .build()
-            .expect("writer");
-        let mut buf = MAGIC.to_vec();
-        buf.extend_from_slice(&canonical::fingerprint(&json).to_le_bytes());
-        writer.write_ser(&mut buf, &v1).expect("encode");
+        let buf = written_with(ALERT_SCHEMA_V1, &v1);
         let m = codec().decode_alert(&buf).expect("decode");
         assert_eq!((m.metric, m.touchpoint), (None, None));
         assert_eq!((m.subject.as_str(), m.observed), ("advocacy", 12.5));

@@ -160,6 +160,48 @@ fn partition(segment: u8) -> Vec<Batch> {
     batches
 }
 
+/// One cell to the watch, from a partition whose counts were final up to `before`.
+fn feed(watch: &mut JourneyWatch, cell: &Cell, before: impl Into<Finality>) {
+    match *cell {
+        Cell::Step {
+            minute,
+            channel,
+            segment,
+            starts,
+            conversions,
+        } => watch.add_step_cell(
+            START + minute * MINUTE,
+            0,
+            channel,
+            segment,
+            // Converted two minutes after their start.
+            &StepCounts {
+                starts,
+                conversions,
+                within_2m: conversions,
+                within_5m: conversions,
+                within_10m: conversions,
+                ..StepCounts::default()
+            },
+            before,
+        ),
+        Cell::Traffic {
+            minute,
+            channel,
+            touchpoints,
+        } => watch.add_minute_cell(
+            START + minute * MINUTE,
+            (0, None),
+            channel,
+            &Counts {
+                touchpoints,
+                ..Counts::default()
+            },
+            before,
+        ),
+    }
+}
+
 /// Feeds the batches in the given order of partitions; returns every alert change.
 fn run(parts: &[Vec<Batch>], order: &[usize]) -> (Vec<AlertChange>, u64) {
     let map = JourneyMap::from_yaml("shop.yaml", MAP).unwrap();
@@ -173,45 +215,7 @@ fn run(parts: &[Vec<Batch>], order: &[usize]) -> (Vec<AlertChange>, u64) {
         };
         next[p] += 1;
         for c in &batch.cells {
-            let before = watermark[p].map(|w| START + w);
-            match *c {
-                Cell::Step {
-                    minute,
-                    channel,
-                    segment,
-                    starts,
-                    conversions,
-                } => watch.add_step_cell(
-                    START + minute * MINUTE,
-                    0,
-                    channel,
-                    segment,
-                    // Converted two minutes after their start.
-                    &StepCounts {
-                        starts,
-                        conversions,
-                        within_2m: conversions,
-                        within_5m: conversions,
-                        within_10m: conversions,
-                        ..StepCounts::default()
-                    },
-                    before,
-                ),
-                Cell::Traffic {
-                    minute,
-                    channel,
-                    touchpoints,
-                } => watch.add_minute_cell(
-                    START + minute * MINUTE,
-                    (0, None),
-                    channel,
-                    &Counts {
-                        touchpoints,
-                        ..Counts::default()
-                    },
-                    before,
-                ),
-            }
+            feed(&mut watch, c, watermark[p].map(|w| START + w));
         }
         watermark[p] = Some(batch.watermark);
         if let Some(known) = watermark.iter().copied().min().flatten() {
@@ -519,43 +523,7 @@ fn answers_sent_hours_late_hold_back_the_scores_not_a_break() {
             };
             let before = known[p];
             for c in &batch.cells {
-                match *c {
-                    Cell::Step {
-                        minute,
-                        channel,
-                        segment,
-                        starts,
-                        conversions,
-                    } => watch.add_step_cell(
-                        START + minute * MINUTE,
-                        0,
-                        channel,
-                        segment,
-                        &StepCounts {
-                            starts,
-                            conversions,
-                            within_2m: conversions,
-                            within_5m: conversions,
-                            within_10m: conversions,
-                            ..StepCounts::default()
-                        },
-                        before,
-                    ),
-                    Cell::Traffic {
-                        minute,
-                        channel,
-                        touchpoints,
-                    } => watch.add_minute_cell(
-                        START + minute * MINUTE,
-                        (0, None),
-                        channel,
-                        &Counts {
-                            touchpoints,
-                            ..Counts::default()
-                        },
-                        before,
-                    ),
-                }
+                feed(&mut watch, c, before);
             }
             // The answers of the minutes LAG before this batch's.
             let to = batch.watermark / MINUTE - LAG;
@@ -613,104 +581,8 @@ fn answers_sent_hours_late_hold_back_the_scores_not_a_break() {
     assert!(when.all.unwrap() < START + SILENT.0 * MINUTE, "{when:?}");
 }
 
-/// Entries' outcomes land on the entry's minute as they are decided — a conversion when the
-/// next stage is reached, a drop-off when the budget has passed — so they arrive in batches
-/// committed long after that minute. They count (nothing is late), and a stage's conversion
-/// is over the cohorts decided by the journey's watermark.
-#[test]
-fn outcomes_decided_a_budget_after_the_entry_count_in_the_stage_conversion() {
-    let map = JourneyMap::from_yaml(
-        "short.yaml",
-        "journey: short
-stages:
-  - name: look
-    budget: 30m
-    target_conversion: 0.5
-  - name: buy
-    budget: 1h
-    target_conversion: 0.3
-channels: [web]
-segments: [all]
-touchpoints:
-  - name: visit
-    stage: look
-    channels: [web]
-  - name: order
-    stage: buy
-    channels: [web]
-",
-    )
-    .unwrap();
-    let mut watch = JourneyWatch::new(&map, Default::default());
-    // 10 entries a minute; 6 convert 10 minutes later, 4 drop off at the budget (30 min).
-    let cell = |watch: &mut JourneyWatch, m: i64, counts: Counts, before: i64| {
-        watch.add_minute_cell(
-            START + m * MINUTE,
-            (0, None),
-            0,
-            &counts,
-            Some(START + before * MINUTE),
-        );
-    };
-    let batch = 5;
-    let mut ratios = Vec::new();
-    for first in (0..600).step_by(batch) {
-        for m in first..first + batch as i64 {
-            cell(
-                &mut watch,
-                m,
-                Counts {
-                    touchpoints: 10,
-                    stage_entries: 10,
-                    ..Counts::default()
-                },
-                first,
-            );
-            if m >= 10 {
-                cell(
-                    &mut watch,
-                    m - 10,
-                    Counts {
-                        stage_conversions: 6,
-                        ..Counts::default()
-                    },
-                    first,
-                );
-            }
-            if m >= 30 {
-                cell(
-                    &mut watch,
-                    m - 30,
-                    Counts {
-                        stage_dropoffs: 4,
-                        ..Counts::default()
-                    },
-                    first,
-                );
-            }
-        }
-        watch.advance(START + (first + batch as i64) * MINUTE);
-        ratios.push(watch.stage_conversion(0));
-    }
-    assert_eq!(watch.late_cells(), 0);
-    // Decided by the last watermark (minute 600): the entries of hours wholly a budget
-    // before it, minutes 0–539 (hours 0–8), 10 a minute, 6 of them converted.
-    assert_eq!(watch.stage_conversion(0), Some((0.6, 5400)));
-    assert!(
-        ratios.iter().flatten().all(|(r, _)| (r - 0.6).abs() < 1e-9),
-        "{ratios:?}"
-    );
-}
-
-/// A stage's decided conversion: after two days of the app's entries converting at 50 %, a
-/// third of that for two hours. One STAGE_DROP incident on the stage, the app among its
-/// slices, raised once the entries of the break are decided (their budget after them) and
-/// resolved after; the web's conversion, unchanged, raises nothing.
-#[test]
-fn a_stage_whose_entries_stop_converting_is_a_stage_drop() {
-    let map = JourneyMap::from_yaml(
-        "short.yaml",
-        "journey: short
+/// Stages with budgets of minutes, so that a test's entries are decided within hours.
+const SHORT: &str = "journey: short
 stages:
   - name: look
     budget: 30m
@@ -727,9 +599,103 @@ touchpoints:
   - name: order
     stage: buy
     channels: [web, app]
-",
-    )
-    .unwrap();
+";
+
+/// Feeds `minutes` of a stage's entries in `channels`, `of(minute, channel)` = (entries,
+/// converted), as one partition committing every 5 minutes sends them: entries in their
+/// minute, their conversions 10 minutes later and their drop-offs at the 30-minute budget,
+/// each in the entry's cell. Returns each batch's first minute and the changes it raised.
+fn batches_of_entries(
+    minutes: i64,
+    channels: u8,
+    of: impl Fn(i64, u8) -> (i64, i64),
+    watch: &mut JourneyWatch,
+) -> Vec<(i64, Vec<AlertChange>)> {
+    const BATCH: i64 = 5;
+    let mut out = Vec::new();
+    for first in (0..minutes).step_by(BATCH as usize) {
+        let before = Some(START + first * MINUTE);
+        for m in first..first + BATCH {
+            for channel in 0..channels {
+                let mut cell = |minute: i64, counts: Counts| {
+                    watch.add_minute_cell(
+                        START + minute * MINUTE,
+                        (0, None),
+                        channel,
+                        &counts,
+                        before,
+                    );
+                };
+                let (n, _) = of(m, channel);
+                cell(
+                    m,
+                    Counts {
+                        touchpoints: n,
+                        stage_entries: n,
+                        ..Counts::default()
+                    },
+                );
+                if m >= 10 {
+                    let (_, k) = of(m - 10, channel);
+                    cell(
+                        m - 10,
+                        Counts {
+                            stage_conversions: k,
+                            ..Counts::default()
+                        },
+                    );
+                }
+                if m >= 30 {
+                    let (n, k) = of(m - 30, channel);
+                    cell(
+                        m - 30,
+                        Counts {
+                            stage_dropoffs: n - k,
+                            ..Counts::default()
+                        },
+                    );
+                }
+            }
+        }
+        out.push((first, watch.advance(START + (first + BATCH) * MINUTE)));
+    }
+    out
+}
+
+/// Entries' outcomes land on the entry's minute as they are decided — a conversion when the
+/// next stage is reached, a drop-off when the budget has passed — so they arrive in batches
+/// committed long after that minute. They count (nothing is late), and a stage's conversion
+/// is over the cohorts decided by the journey's watermark.
+#[test]
+fn outcomes_decided_a_budget_after_the_entry_count_in_the_stage_conversion() {
+    let map = JourneyMap::from_yaml("short.yaml", SHORT).unwrap();
+    let mut watch = JourneyWatch::new(&map, Default::default());
+    let mut ratios = Vec::new();
+    // 10 entries a minute on the web, 6 of which convert.
+    for (first, changes) in batches_of_entries(600, 1, |_, _| (10, 6), &mut watch) {
+        assert!(changes.is_empty(), "{changes:#?}");
+        ratios.push((first, watch.stage_conversion(0)));
+    }
+    assert_eq!(watch.late_cells(), 0);
+    // Decided by the last watermark (minute 600): the entries of hours wholly a budget
+    // before it, minutes 0–539 (hours 0–8), 10 a minute, 6 of them converted.
+    assert_eq!(watch.stage_conversion(0), Some((0.6, 5400)));
+    assert!(
+        ratios
+            .iter()
+            .filter_map(|r| r.1)
+            .all(|(r, _)| (r - 0.6).abs() < 1e-9),
+        "{ratios:?}"
+    );
+}
+
+/// A stage's decided conversion: after two days of the app's entries converting at 50 %, a
+/// third of that for two hours. One STAGE_DROP incident on the stage, the app among its
+/// slices, raised once the entries of the break are decided (their budget after them) and
+/// resolved after; the web's conversion, unchanged, raises nothing.
+#[test]
+fn a_stage_whose_entries_stop_converting_is_a_stage_drop() {
+    let map = JourneyMap::from_yaml("short.yaml", SHORT).unwrap();
     const BREAK: (i64, i64) = (2 * DAY + 600, 2 * DAY + 720);
     let mut watch = JourneyWatch::new(&map, Default::default());
     let converted = |m: i64, channel: u8| -> (i64, i64) {
@@ -743,51 +709,10 @@ touchpoints:
             .count() as i64;
         (n, k)
     };
-    let mut out = Vec::new();
-    let batch = 5;
-    for first in (0..3 * DAY).step_by(batch) {
-        let before = Some(START + first * MINUTE);
-        for m in first..first + batch as i64 {
-            for channel in 0..2u8 {
-                let entries = Counts {
-                    touchpoints: converted(m, channel).0,
-                    stage_entries: converted(m, channel).0,
-                    ..Counts::default()
-                };
-                watch.add_minute_cell(START + m * MINUTE, (0, None), channel, &entries, before);
-                // Conversions 10 minutes after the entries, drop-offs at the budget.
-                if m >= 10 {
-                    let (_, k) = converted(m - 10, channel);
-                    let c = Counts {
-                        stage_conversions: k,
-                        ..Counts::default()
-                    };
-                    watch.add_minute_cell(
-                        START + (m - 10) * MINUTE,
-                        (0, None),
-                        channel,
-                        &c,
-                        before,
-                    );
-                }
-                if m >= 30 {
-                    let (n, k) = converted(m - 30, channel);
-                    let d = Counts {
-                        stage_dropoffs: n - k,
-                        ..Counts::default()
-                    };
-                    watch.add_minute_cell(
-                        START + (m - 30) * MINUTE,
-                        (0, None),
-                        channel,
-                        &d,
-                        before,
-                    );
-                }
-            }
-        }
-        out.extend(watch.advance(START + (first + batch as i64) * MINUTE));
-    }
+    let out: Vec<AlertChange> = batches_of_entries(3 * DAY, 2, converted, &mut watch)
+        .into_iter()
+        .flat_map(|(_, changes)| changes)
+        .collect();
     assert_eq!(watch.late_cells(), 0);
     let drops: Vec<&AlertChange> = out
         .iter()
