@@ -250,7 +250,8 @@ SELECT fired_at AS time,
               toString(significance), if(resolved_at_ms > 0, '', ' — firing')) AS text,
        toString(kind) AS tags
 FROM cx.alerts_current
-WHERE $__timeFilter(fired_at)
+WHERE fired_at <= $__toTime
+  AND (state != 'RESOLVED' OR resolved_at_ms >= toUInt32($__fromTime) * 1000)
   AND journey = ${journey:singlequote}
 ORDER BY time, id""", ref="Anno"),
 }
@@ -762,12 +763,17 @@ ORDER BY owner""")
 
 def alerts_and_cases():
     b = Board("cxstream-alerts-and-cases", "cxstream / Alerts and cases",
-              "The alerter's incidents (step and flow drops, score drops, silence) with their slice, figures "
+              "The alerter's incidents (step, flow and stage drops, score drops, silence) with their slice, figures "
               "against the baseline and significance; and the closed loop: every detractor's answer that counts "
               "is a case for an owner, with its journey context and a follow-up deadline (README § Alerts, "
               "closed-loop cases). Ranges are of the incidents' and the answers' event times.",
               [JOURNEY, OWNER], annotations=[ALERTS_ANNOTATION])
+    # Incidents open at some time in the range: fired before its end, resolved after its start.
     incidents = """cx.alerts_current
+WHERE fired_at <= $__toTime
+  AND (state != 'RESOLVED' OR resolved_at_ms >= toUInt32($__fromTime) * 1000)
+  AND journey = ${journey:singlequote}"""
+    fired = """cx.alerts_current
 WHERE $__timeFilter(fired_at)
   AND journey = ${journey:singlequote}"""
     b.row("Incidents")
@@ -776,7 +782,8 @@ SELECT toInt64(countIf(state != 'RESOLVED')) AS firing
 FROM cx.alerts_current
 WHERE journey = ${journey:singlequote}""")], decimals=0,
                overrides=[override("firing", color={"mode": "fixed", "fixedColor": "red"})]), 6, 4)
-    b.add(stat("Incidents in the range", "Incidents fired in the range, and how many of them are resolved.",
+    b.add(stat("Incidents in the range", "Incidents open at some time in the range (fired before its end, "
+               "resolved after its start or not yet), and how many of them are resolved now.",
                [ch(f"""
 SELECT toInt64(count()) AS incidents, toInt64(countIf(state = 'RESOLVED')) AS resolved
 FROM {incidents}""")], decimals=0), 6, 4)
@@ -784,11 +791,11 @@ FROM {incidents}""")], decimals=0), 6, 4)
                      [ch(f"""
 SELECT toDateTime(intDiv(toUInt32(fired_at), $__interval_s) * $__interval_s) AS time, toString(kind) AS kind,
        toInt64(count()) AS incidents
-FROM {incidents}
+FROM {fired}
 GROUP BY time, kind
 ORDER BY time, kind""", timeseries=True)], decimals=0, interval="1h", bars=True, stack=True), 12, 8)
-    b.add(table("Incidents, latest first", "Each incident as last changed: what it is about, the slice whose "
-                "figures are shown (the most significant) and every slice firing, the observed value against "
+    b.add(table("Incidents, latest first", "Each incident open in the range, as last changed: what it is "
+                "about, the slice whose figures are shown (the most significant) and every slice firing, the observed value against "
                 "the baseline (a conversion share, points of a score, touchpoints a minute), its significance "
                 "(the chance of evidence this strong without a change) and severity. Times are event times.",
                 [ch(f"""

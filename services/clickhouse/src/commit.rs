@@ -204,6 +204,21 @@ impl BatchCommitter {
             .ctx(|| "pinging ClickHouse".into())
     }
 
+    /// Whether a batch of `partition` was committed within the last `seconds` (its marker's
+    /// time, the committer's clock, against ClickHouse's): another instance works on it.
+    pub async fn committed_within(&self, partition: u16, seconds: u32) -> Result<bool> {
+        let n = self
+            .client
+            .query("SELECT count() FROM ingest_batches WHERE journey = ? AND source_partition = ? AND committed_at > now() - ?")
+            .bind(self.map.name.as_str())
+            .bind(partition)
+            .bind(seconds)
+            .fetch_one::<u64>()
+            .await
+            .ctx(|| "checking for recent batch markers".into())?;
+        Ok(n > 0)
+    }
+
     /// True when batch `seq` of `partition` is already committed (its marker exists). Used
     /// before retrying a commit whose marker insert may have succeeded unseen.
     pub async fn is_committed(&self, partition: u16, seq: u64) -> Result<bool> {

@@ -787,17 +787,31 @@ impl JourneyWatch {
             }
         }
         self.minute_cursor = Some(minute + MINUTE_MS);
-        // No step's horizon reaches back further than its longest lens, no stage's entries
-        // further than its budget.
-        let longest = self
+        // No step's horizon reaches back further than its longest lens (steps go by this
+        // clock); a stage's entries still to judge are within a budget of the journey's
+        // watermark, which may be far behind (answers sent late): keep what either needs,
+        // however far apart the clocks are.
+        let longest_step = self
             .step_lenses
             .iter()
             .flatten()
             .map(|l| l.wait)
-            .chain(self.map.stages.iter().map(|s| s.budget_ms + MINUTE_MS))
             .max()
             .unwrap_or(0);
-        self.gaps = self.gaps.split_off(&(minute - longest));
+        let longest_budget = self
+            .map
+            .stages
+            .iter()
+            .map(|s| s.budget_ms + MINUTE_MS)
+            .max()
+            .unwrap_or(0);
+        let stages_need = self
+            .known
+            .all
+            .map_or(i64::MIN, |all| all.saturating_sub(longest_budget));
+        self.gaps = self
+            .gaps
+            .split_off(&(minute - longest_step).min(stages_need));
     }
 
     /// A slice's detector said something: the subject's incident starts, changes or ends.

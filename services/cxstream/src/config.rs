@@ -453,7 +453,7 @@ impl Config {
             bail!("journey.allowed_lateness_ms and journey.max_future_ms must not be negative");
         }
         let peers = &self.alerter.peers;
-        if peers.heartbeat_ms == 0 || peers.timeout_ms < 2 * peers.heartbeat_ms {
+        if peers.heartbeat_ms == 0 || peers.timeout_ms < peers.heartbeat_ms.saturating_mul(2) {
             bail!(
                 "alerter.peers.timeout_ms ({}) must be at least twice alerter.peers.heartbeat_ms ({}), which must be positive",
                 peers.timeout_ms,

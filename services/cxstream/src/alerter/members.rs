@@ -11,6 +11,9 @@
 
 use std::collections::HashMap;
 use std::hash::Hasher as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -27,18 +30,20 @@ const LEAVING: &[u8] = b"leaving";
 pub struct Members {
     me: String,
     topic: String,
-    every: Duration,
     timeout: Duration,
-    producer: ThreadedProducer<DefaultProducerContext>,
     consumer: BaseConsumer,
     /// When each other instance was last heard from.
     heard: HashMap<String, Instant>,
-    said: Option<Instant>,
     joined: Instant,
+    /// Says this instance is alive every `heartbeat_ms` on a thread of its own, so that a
+    /// main loop waiting on ClickHouse or Alertmanager does not pass for a dead instance.
+    heartbeat: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
 impl Members {
-    /// Starts listening at the members topic's end and says this instance is alive.
+    /// Starts listening at the members topic's end and saying this instance is alive. Join
+    /// once caught up with the aggregates: the others hand over this instance's share
+    /// within a timeout of hearing it.
     pub fn join(cfg: &Config, me: String) -> Result<Self> {
         let AlerterPeers {
             heartbeat_ms,
@@ -70,32 +75,35 @@ impl Members {
         consumer
             .assign(&tpl)
             .with_context(|| format!("reading `{topic}` (run `cxstream topics`)"))?;
-        let producer = cfg
+        let producer: ThreadedProducer<DefaultProducerContext> = cfg
             .kafka
             .producer_config()
             .set("linger.ms", "0")
             .create()
             .context("creating the alerter members producer")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let beat = {
+            let (stop, topic, me) = (stop.clone(), topic.clone(), me.clone());
+            let every = Duration::from_millis(heartbeat_ms);
+            std::thread::Builder::new()
+                .name("alerter-heartbeat".into())
+                .spawn(move || heartbeats(&producer, &topic, &me, every, &stop))
+                .context("starting the alerter heartbeat")?
+        };
         tracing::info!(instance = %me, topic = %topic, "alerter joining its peers");
         Ok(Members {
             me,
             topic,
-            every: Duration::from_millis(heartbeat_ms),
             timeout: Duration::from_millis(timeout_ms),
-            producer,
             consumer,
             heard: HashMap::new(),
-            said: None,
             joined: Instant::now(),
+            heartbeat: Some((stop, beat)),
         })
     }
 
-    /// Says this instance is alive when due and reads what the others said.
+    /// Reads what the others said.
     pub fn tick(&mut self) {
-        if self.said.is_none_or(|t| t.elapsed() >= self.every) {
-            self.say(ALIVE);
-            self.said = Some(Instant::now());
-        }
         while let Some(read) = self.consumer.poll(Duration::ZERO) {
             let msg = match read {
                 Ok(m) => m,
@@ -131,21 +139,44 @@ impl Members {
     pub fn live(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.me.as_str()).chain(self.heard.keys().map(String::as_str))
     }
+}
 
-    /// Tells the others to take over now instead of after the timeout.
-    pub fn leave(&self) {
-        self.say(LEAVING);
-        let _ = rdkafka::producer::Producer::flush(&self.producer, Duration::from_secs(5));
-    }
-
-    fn say(&self, what: &[u8]) {
-        let record = BaseRecord::to(&self.topic)
-            .key(self.me.as_bytes())
-            .payload(what);
-        if let Err((e, _)) = self.producer.send(record) {
-            tracing::warn!(error = %e, topic = %self.topic, "cannot tell the alerter members");
+impl Drop for Members {
+    /// Tells the others to take over now instead of after the timeout, however the alerter
+    /// stops.
+    fn drop(&mut self) {
+        if let Some((stop, beat)) = self.heartbeat.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = beat.join();
         }
     }
+}
+
+/// Says `alive` every `every` until stopped, then `leaving`.
+fn heartbeats(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    me: &str,
+    every: Duration,
+    stop: &AtomicBool,
+) {
+    let say = |what: &[u8]| {
+        let record = BaseRecord::to(topic).key(me.as_bytes()).payload(what);
+        if let Err((e, _)) = producer.send(record) {
+            tracing::warn!(error = %e, topic, "cannot tell the alerter members");
+        }
+    };
+    let step = Duration::from_millis(50).min(every);
+    let mut said: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        if said.is_none_or(|t| t.elapsed() >= every) {
+            say(ALIVE);
+            said = Some(Instant::now());
+        }
+        std::thread::sleep(step);
+    }
+    say(LEAVING);
+    let _ = rdkafka::producer::Producer::flush(producer, Duration::from_secs(5));
 }
 
 /// The instance that writes a journey's alerts: the highest SipHash-2-4 (keys 0) of

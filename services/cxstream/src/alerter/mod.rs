@@ -69,6 +69,10 @@ pub struct Alerter {
 enum Writers {
     /// This instance, every journey.
     Alone,
+    /// None yet: catching up with the aggregates before joining the other alerters, who
+    /// write meanwhile (an instance that joined at once would own journeys it had not
+    /// judged up to now: their changes would wait for its replay).
+    CatchingUp,
     /// Each journey's owner among the alerters heard from.
     Shared(Box<Members>),
 }
@@ -77,6 +81,7 @@ impl Writers {
     fn owns(&self, journey: &str) -> bool {
         match self {
             Writers::Alone => true,
+            Writers::CatchingUp => false,
             Writers::Shared(m) => m.owns(journey),
         }
     }
@@ -138,13 +143,24 @@ impl Alerter {
     }
 
     /// `--until-caught-up` is one instance by definition; otherwise peers share, unless
-    /// turned off.
-    fn writers(&self, opts: RunOptions) -> Result<Writers> {
+    /// turned off, once this one has caught up.
+    fn writers(&self, opts: RunOptions) -> Writers {
         if opts.until_caught_up || !self.cfg.alerter.peers.enabled {
-            return Ok(Writers::Alone);
+            Writers::Alone
+        } else {
+            Writers::CatchingUp
         }
-        let me = members::instance_name(&self.cfg);
-        Ok(Writers::Shared(Box::new(Members::join(&self.cfg, me)?)))
+    }
+
+    /// Joins the other alerters once the aggregates are read to where they ended at start;
+    /// ready from then on (a rollout waits for it before stopping the instance it replaces).
+    fn join_when_caught_up(&self, writers: &mut Writers, caught_up: bool) -> Result<()> {
+        if matches!(writers, Writers::CatchingUp) && caught_up {
+            let me = members::instance_name(&self.cfg);
+            *writers = Writers::Shared(Box::new(Members::join(&self.cfg, me)?));
+            self.health.set_ready(true);
+        }
+        Ok(())
     }
 
     /// Hears the peers, reads what reached the alerts topic, and writes what a journey
@@ -202,11 +218,12 @@ impl Alerter {
         let (consumer, mut to_read) =
             from_beginning(&self.cfg, topic, &format!("{}-alerter", self.group))?;
         tracing::info!(group = %self.group, "alerter reading the aggregates");
-        let mut writers = self.writers(opts)?;
+        let mut writers = self.writers(opts);
         let mut shared: Option<Instant> = None;
-        self.health.set_ready(true);
+        self.health.set_ready(matches!(writers, Writers::Alone));
         while !self.shutdown.load(Ordering::Relaxed) {
             if shared.is_none_or(|t| t.elapsed() >= PEERS_EVERY) {
+                self.join_when_caught_up(&mut writers, to_read.at_end())?;
                 self.share(&mut writers)?;
                 shared = Some(Instant::now());
             }
@@ -263,9 +280,8 @@ impl Alerter {
                 push.judged(&journey, k);
             }
         }
-        if let Writers::Shared(m) = &writers {
-            m.leave();
-        }
+        // Dropping the members says `leaving`, on every way out.
+        drop(writers);
         tracing::info!("alerter stopped");
         Ok(())
     }

@@ -161,6 +161,9 @@ struct Inner {
     dlq_counts: BTreeMap<&'static str, u64>,
     /// Records read since the last flush, per source and partition.
     consumed: BTreeMap<(Source, i32), u64>,
+    /// Every partition this run has been assigned (its own recent commits are no sign of
+    /// another instance).
+    held: std::collections::BTreeSet<i32>,
 }
 
 impl JourneyService {
@@ -250,6 +253,7 @@ impl JourneyService {
             rt,
             dlq_counts: BTreeMap::new(),
             consumed: BTreeMap::new(),
+            held: Default::default(),
         };
         Ok(JourneyService { consumer, inner })
     }
@@ -315,7 +319,9 @@ impl JourneyService {
                     // Catching up is a single instance's job: when the group still withholds
                     // partitions after rejoining, nobody live holds them (Tansu has also kept a
                     // group led by a member that had left, seen once in CI), so take them all.
-                    alone = opts.until_caught_up && rejoins >= REJOINS_BEFORE_ALONE;
+                    alone = opts.until_caught_up
+                        && rejoins >= REJOINS_BEFORE_ALONE
+                        && !inner.committed_elsewhere(inputs);
                     rejoins += 1;
                     if alone {
                         tracing::warn!(
@@ -393,10 +399,44 @@ impl JourneyService {
 }
 
 impl Inner {
+    /// Whether a partition never assigned here had a batch committed lately: a live
+    /// instance holds it, so catching up alone would commit it twice. Unknown (ClickHouse
+    /// does not answer) counts as yes.
+    fn committed_elsewhere(&self, partitions: usize) -> bool {
+        const LATELY_SECS: u32 = 30;
+        let others = (0..partitions)
+            .filter_map(|p| i32::try_from(p).ok())
+            .filter(|p| !self.held.contains(p));
+        for p in others {
+            let Ok(partition) = u16::try_from(p) else {
+                continue;
+            };
+            for c in &self.committers {
+                match self.rt.block_on(c.committed_within(partition, LATELY_SECS)) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        tracing::warn!(
+                            partition = p,
+                            journey = c.journey(),
+                            "another instance commits this partition; not catching up alone"
+                        );
+                        return true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "cannot tell whether another instance commits this partition; not catching up alone");
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
     fn apply_rebalance(&mut self, consumer: &ConsumerHandle) {
         for change in consumer.context().take_changes() {
             match change {
                 Change::Assigned(p, resumes) => {
+                    self.held.insert(p);
                     let slot = Slot::new(&self.maps, resumes, &self.setup);
                     self.slots.insert(p, slot);
                     // A new assignment reads from its resume point, unpaused (librdkafka
