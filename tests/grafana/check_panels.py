@@ -569,11 +569,16 @@ def check_prometheus(name, board, metrics_file):
 # --- main ---------------------------------------------------------------------------------
 
 
+def data_range(ch):
+    """The data's own range, to the last second of its last minute (Unix seconds)."""
+    return tuple(int(x) for x in ch.query("SELECT toUInt32(min(minute)), toUInt32(max(minute)) + 59 "
+                                          "FROM cx.metrics_minute_committed")[1][0])
+
+
 def check_alerts(boards, ch, modern):
     """The incidents' queries on a database whose data has incidents, over that data's range."""
     try:
-        frm, to = (int(x) for x in ch.query("SELECT toUInt32(min(minute)), toUInt32(max(minute)) + 59 "
-                                            "FROM cx.metrics_minute_committed")[1][0])
+        frm, to = data_range(ch)
         incidents = int(ch.query("SELECT count() FROM cx.alerts_current")[1][0][0])
     except (RuntimeError, urllib.error.URLError) as e:
         fail(ch.database, f"cannot read the data: {e}")
@@ -611,9 +616,8 @@ def main():
             check_prometheus(name, board, args.metrics)
 
     ch = ClickHouse(args.clickhouse, args.database)
-    try:  # the data's own range, to the last second of its last minute
-        frm, to = (int(x) for x in ch.query("SELECT toUInt32(min(minute)), toUInt32(max(minute)) + 59 "
-                                            "FROM cx.metrics_minute_committed")[1][0])
+    try:
+        frm, to = data_range(ch)
     except (RuntimeError, urllib.error.URLError) as e:
         fail(args.database, f"cannot read the data: {e}")
         frm = to = None

@@ -199,6 +199,16 @@ impl<C> BatchLog<C> {
         self.lowest(|l| l.watermark)
     }
 
+    /// How far one partition's committed counts are final, as its committed records said.
+    pub fn partition_known(&self, partition: u32) -> Finality {
+        self.partitions
+            .get(&partition)
+            .map_or_else(Finality::default, |l| Finality {
+                touchpoints: l.touchpoints,
+                all: l.watermark,
+            })
+    }
+
     /// As [`known_until`](Self::known_until), for all counts and for touchpoint counts.
     pub fn known(&self) -> Finality {
         Finality {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
@@ -64,5 +65,19 @@ impl Ends {
     /// Every partition is read to where its end was at start.
     pub fn at_end(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// Hands each record `consumer` has ready to `f`, without waiting for more; a read error is
+/// logged and ends the round (the next one reads on).
+pub fn each_ready(consumer: &BaseConsumer, topic: &str, mut f: impl FnMut(&BorrowedMessage<'_>)) {
+    while let Some(read) = consumer.poll(Duration::ZERO) {
+        match read {
+            Ok(msg) => f(&msg),
+            Err(e) => {
+                tracing::warn!(error = %e, topic, "reading a topic");
+                break;
+            }
+        }
     }
 }

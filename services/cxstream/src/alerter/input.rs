@@ -3,7 +3,7 @@
 //! to its [`JourneyWatch`] with the watermark their partition had committed before, and
 //! every advance of the journey's known-until judges what became known.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use cxstream_avro::{AggregatesKind, AggregatesMessage, MinuteCell, StepCell};
 use cxstream_core::batch_log::{BatchLog, Confirmed, LogError, Partial};
@@ -16,8 +16,6 @@ type Cells = (Vec<MinuteCell>, Vec<StepCell>);
 pub struct JourneyInput {
     pub map: std::sync::Arc<JourneyMap>,
     log: BatchLog<Cells>,
-    /// How far each partition's committed counts are final, as read.
-    watermarks: BTreeMap<u32, Finality>,
     pub watch: JourneyWatch,
     steps: HashMap<String, StepIdx>,
     /// Cells naming a stage, channel, segment or step the map does not have (another
@@ -48,7 +46,6 @@ impl JourneyInput {
             watch: JourneyWatch::new(&map, params),
             map,
             log: BatchLog::default(),
-            watermarks: BTreeMap::new(),
             steps,
             unknown_cells: 0,
             known: Finality::default(),
@@ -81,14 +78,12 @@ impl JourneyInput {
                     idle: m.idle,
                     partitions: u32::try_from(m.partitions).unwrap_or(0),
                 };
+                // The batches it releases count with what the partition had committed before.
+                let before = self.log.partition_known(partition);
                 let (released, errors) = self.log.on_confirmed(partition, confirmed);
-                let before = self.watermarks.get(&partition).copied().unwrap_or_default();
                 for (minutes, steps) in released.into_iter().flat_map(|b| b.cells) {
                     self.add(&minutes, &steps, before);
                 }
-                let w = self.watermarks.entry(partition).or_default();
-                w.all = w.all.max(m.watermark);
-                w.touchpoints = w.touchpoints.max(m.touchpoints_watermark).max(w.all);
                 let mut read = Read {
                     errors,
                     ..Read::default()

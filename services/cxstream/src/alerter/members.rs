@@ -22,6 +22,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::from_beginning::each_ready;
 use crate::config::{AlerterPeers, Config};
 
 const ALIVE: &[u8] = b"alive";
@@ -104,26 +105,20 @@ impl Members {
 
     /// Reads what the others said.
     pub fn tick(&mut self) {
-        while let Some(read) = self.consumer.poll(Duration::ZERO) {
-            let msg = match read {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, topic = %self.topic, "reading the alerter members");
-                    break;
-                }
-            };
+        let (me, heard) = (&self.me, &mut self.heard);
+        each_ready(&self.consumer, &self.topic, |msg| {
             let Some(who) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-                continue;
+                return;
             };
-            if who == self.me {
-                continue;
+            if who == me {
+                return;
             }
             if msg.payload() == Some(LEAVING) {
-                self.heard.remove(who);
+                heard.remove(who);
             } else {
-                self.heard.insert(who.to_string(), Instant::now());
+                heard.insert(who.to_string(), Instant::now());
             }
-        }
+        });
         let timeout = self.timeout;
         self.heard.retain(|_, t| t.elapsed() < timeout);
     }

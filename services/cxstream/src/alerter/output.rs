@@ -17,7 +17,7 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, ThreadedProducer};
 
-use super::from_beginning::from_beginning;
+use super::from_beginning::{each_ready, from_beginning};
 use crate::config::Config;
 use crate::produce::{delivered, send, Deliveries};
 
@@ -62,21 +62,15 @@ impl AlertsOutput {
     /// group's changes, as (journey, id, revision).
     pub fn follow(&mut self, codec: &Codec) -> Vec<(String, String, i32)> {
         let mut read = Vec::new();
-        while let Some(msg) = self.memory.poll(Duration::ZERO) {
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, topic = %self.topic, "reading the alerts topic");
-                    break;
-                }
-            };
+        let (group, sent) = (&self.group, &mut self.sent);
+        each_ready(&self.memory, &self.topic, |msg| {
             let Some(m) = msg.payload().and_then(|b| codec.decode_alert(b).ok()) else {
-                continue;
+                return;
             };
-            if m.group == self.group && self.sent.insert((m.id.clone(), m.revision)) {
+            if m.group == *group && sent.insert((m.id.clone(), m.revision)) {
                 read.push((m.journey, m.id, m.revision));
             }
-        }
+        });
         read
     }
 
