@@ -29,7 +29,12 @@ promtool check rules deploy/prometheus/cxstream.rules.yml
 promtool test rules deploy/prometheus/tests/*.yml
 amtool check-config deploy/prometheus/alertmanager.yml >/dev/null
 status=0
+# The fault battery's tests (services/cxstream/tests/faults.rs) each add a line to the
+# scorecard, printed after the tests.
+export CX_FAULTS_SCORECARD="$root/target/faults-scorecard.jsonl"
+rm -f "$CX_FAULTS_SCORECARD"
 cargo test --workspace --all-targets --features cxstream/failpoints --no-fail-fast || status=$?
+python3 tests/faults/scorecard.py || true
 if ((status)); then
   # Tell a wedged broker from failing tests, with the broker's own words.
   deploy/local/probe.sh 5000 || echo "test: the broker stopped serving during the tests" >&2

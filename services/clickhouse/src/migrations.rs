@@ -85,6 +85,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "stage_alerts",
         sql: include_str!("../../../schemas/clickhouse/0014_stage_alerts.sql"),
     },
+    Migration {
+        version: 15,
+        name: "dead_letter_positions",
+        sql: include_str!("../../../schemas/clickhouse/0015_dead_letter_positions.sql"),
+    },
 ];
 
 impl Migration {

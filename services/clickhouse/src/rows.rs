@@ -361,6 +361,9 @@ pub struct BatchRow {
     pub identities_next_offset: i64,
     /// The id its per-minute partials went to the aggregates topic under (0: none).
     pub aggregates_id: u64,
+    /// The dead-letter topic's end offset per partition when the batch was committed, or a
+    /// lower bound of it (empty: not known).
+    pub dead_letters_from: Vec<i64>,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]

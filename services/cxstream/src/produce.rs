@@ -1,27 +1,34 @@
 //! What every producer of the services shares: sending through a full queue, and
 //! knowing that the broker has every record sent before a commit that depends on them.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::DeliveryResult;
+use rdkafka::message::{DeliveryResult, Message as _};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
 /// Remembers the first record a producer's broker refused (checked before every commit
-/// that depends on the records).
+/// that depends on the records), and how far its deliveries reached in each partition.
 #[derive(Default)]
 pub struct Deliveries {
     failed: Mutex<Option<String>>,
+    ends: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl Deliveries {
     /// The first delivery failure since the last call, if any.
     pub fn take_failures(&self) -> Option<String> {
         self.failed.lock().ok().and_then(|mut f| f.take())
+    }
+
+    /// Per partition, the offset after the last record delivered so far.
+    pub fn delivered_ends(&self) -> BTreeMap<i32, i64> {
+        self.ends.lock().map(|e| e.clone()).unwrap_or_default()
     }
 }
 
@@ -31,9 +38,17 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            if let Ok(mut f) = self.failed.lock() {
-                f.get_or_insert_with(|| e.to_string());
+        match result {
+            Ok(m) => {
+                if let Ok(mut ends) = self.ends.lock() {
+                    let end = ends.entry(m.partition()).or_default();
+                    *end = (*end).max(m.offset() + 1);
+                }
+            }
+            Err((e, _)) => {
+                if let Ok(mut f) = self.failed.lock() {
+                    f.get_or_insert_with(|| e.to_string());
+                }
             }
         }
     }

@@ -24,6 +24,8 @@ pub enum Error {
     },
     #[error("kafka: creating topic {topic}: {message}")]
     CreateTopic { topic: String, message: String },
+    #[error("kafka: timed out {context}")]
+    Timeout { context: String },
 }
 
 /// A string that never shows in `Debug` output or logs.
@@ -260,4 +262,105 @@ impl DeadLetter<'_> {
             None => headers,
         }
     }
+}
+
+/// Where a dead letter's record came from (its headers).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceCoordinates {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The source coordinates of the dead letters in `topic` written from `from` (offset per
+/// DLQ partition; a partition without one is read from its beginning) to its current end,
+/// of records from the source partitions `of`. Letters without the headers are skipped.
+pub fn dead_letters_since(
+    settings: &KafkaSettings,
+    topic: &str,
+    from: &[i64],
+    of: &std::collections::BTreeSet<i32>,
+    timeout: Duration,
+) -> Result<Vec<SourceCoordinates>, Error> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    let err = |context: &str| {
+        let context = format!("{context} of dead-letter topic `{topic}`");
+        move |source| Error::Kafka { context, source }
+    };
+    let consumer: BaseConsumer = settings
+        .client_config()
+        .set("group.id", "cxstream-dead-letter-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(err("creating a reader"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(err("reading the partitions"))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in (0..partitions).filter_map(|p| i32::try_from(p).ok()) {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(err("reading the offsets"))?;
+        let start = usize::try_from(p)
+            .ok()
+            .and_then(|i| from.get(i))
+            .map_or(low, |f| (*f).max(low));
+        if start < high {
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))
+                .map_err(err("assigning a partition"))?;
+            ends.insert(p, high);
+        }
+    }
+    let mut found = Vec::new();
+    if ends.is_empty() {
+        return Ok(found);
+    }
+    consumer.assign(&tpl).map_err(err("assigning"))?;
+    let deadline = std::time::Instant::now() + timeout;
+    while !ends.is_empty() {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Timeout {
+                context: format!("reading dead-letter topic `{topic}` to its end"),
+            });
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.map_err(err("reading"))?;
+        if ends
+            .get(&m.partition())
+            .is_some_and(|h| m.offset() + 1 >= *h)
+        {
+            ends.remove(&m.partition());
+        }
+        let header = |key: &str| {
+            m.headers()?
+                .iter()
+                .find(|h| h.key == key)
+                .and_then(|h| std::str::from_utf8(h.value?).ok())
+        };
+        let (Some(source), Some(partition), Some(offset)) = (
+            header(HEADER_SOURCE_TOPIC),
+            header(HEADER_SOURCE_PARTITION).and_then(|p| p.parse().ok()),
+            header(HEADER_SOURCE_OFFSET).and_then(|o| o.parse().ok()),
+        ) else {
+            continue;
+        };
+        if of.contains(&partition) {
+            found.push(SourceCoordinates {
+                topic: source.to_string(),
+                partition,
+                offset,
+            });
+        }
+    }
+    Ok(found)
 }

@@ -8,6 +8,7 @@
 //! async ClickHouse writes are driven from it through the runtime handle.
 
 mod aggregates;
+mod dead_letters;
 mod partition;
 mod readiness;
 mod rebalance;
@@ -22,10 +23,7 @@ use cxstream_avro::{Codec, IdentityMessage, IdentityMessageKind};
 use cxstream_clickhouse::BatchCommitter;
 use cxstream_core::JourneyMaps;
 use cxstream_http::{Health, JourneyMetrics};
-use cxstream_kafka::{DeadLetter, DEAD_LETTER_MAX_BYTES};
 
-/// A dead letter keeps at most this much of its record's key.
-const DEAD_LETTER_MAX_KEY_BYTES: usize = 4096;
 /// Rejoins of the group by `--until-caught-up` before it takes every partition itself.
 const REJOINS_BEFORE_ALONE: u32 = 2;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -159,6 +157,8 @@ struct Inner {
     shutdown: Arc<AtomicBool>,
     rt: tokio::runtime::Handle,
     dlq_counts: BTreeMap<&'static str, u64>,
+    /// Where the DLQ stands, and which records read again are in it already.
+    dead_letters: dead_letters::DeadLetterLog,
     /// Records read since the last flush, per source and partition.
     consumed: BTreeMap<(Source, i32), u64>,
     /// Every partition this run has been assigned (its own recent commits are no sign of
@@ -252,6 +252,7 @@ impl JourneyService {
             shutdown,
             rt,
             dlq_counts: BTreeMap::new(),
+            dead_letters: Default::default(),
             consumed: BTreeMap::new(),
             held: Default::default(),
         };
@@ -433,7 +434,12 @@ impl Inner {
     }
 
     fn apply_rebalance(&mut self, consumer: &ConsumerHandle) {
-        for change in consumer.context().take_changes() {
+        let changes = consumer.context().take_changes();
+        if changes.is_empty() {
+            return;
+        }
+        self.learn_sent_before(&changes);
+        for change in changes {
             match change {
                 Change::Assigned(p, resumes) => {
                     self.held.insert(p);
@@ -522,54 +528,6 @@ impl Inner {
         }
         let rejected = slot.take_rejected();
         self.dead_letter_all(partition, rejected);
-    }
-
-    fn dead_letter_all(&mut self, partition: i32, rejected: Vec<partition::Rejected>) {
-        for r in rejected {
-            let topic = self.topic(r.source).to_string();
-            let letter = DeadLetter {
-                source_topic: &topic,
-                source_partition: partition,
-                source_offset: r.offset,
-                kind: r.kind,
-                message: &r.message,
-                original_bytes: None,
-            };
-            self.dead_letter(letter, r.key.as_deref(), &r.payload);
-        }
-    }
-
-    fn dead_letter(&mut self, mut letter: DeadLetter<'_>, key: Option<&[u8]>, payload: &[u8]) {
-        let payload = if payload.len() > DEAD_LETTER_MAX_BYTES {
-            letter.original_bytes = Some(payload.len());
-            &payload[..DEAD_LETTER_MAX_BYTES]
-        } else {
-            payload
-        };
-        // Keys are customer ids; one of megabytes is garbage too, and must not make the
-        // dead letter itself too large to write.
-        let key = key.map(|k| &k[..k.len().min(DEAD_LETTER_MAX_KEY_BYTES)]);
-        *self.dlq_counts.entry(letter.kind).or_default() += 1;
-        tracing::debug!(
-            topic = letter.source_topic,
-            partition = letter.source_partition,
-            offset = letter.source_offset,
-            reason = letter.kind,
-            "record dead-lettered"
-        );
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.topics.dlq)
-            .payload(payload)
-            .headers(letter.headers());
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Err(e) = send(&self.dlq, record) {
-            // Nothing read since the last commit is committed now (see `flush`), so
-            // the record is read again after a restart instead of being lost.
-            tracing::error!(error = %e, "dead-letter topic refused a record");
-            self.dlq_refused.get_or_insert_with(|| e.to_string());
-            self.shutdown.store(true, Ordering::Relaxed);
-        }
     }
 
     fn topic(&self, source: Source) -> &str {
@@ -738,6 +696,12 @@ impl Inner {
         let mut taken: Vec<(i32, Vec<LaneBatch>)> = Vec::new();
         for (p, slot) in &mut self.slots {
             taken.push((*p, slot.take_batches()));
+        }
+        if taken.iter().any(|(_, b)| !b.is_empty()) {
+            let from = self.dead_letters_from();
+            for b in taken.iter_mut().flat_map(|(_, b)| b.iter_mut()) {
+                b.end.dead_letters_from.clone_from(&from);
+            }
         }
         self.send_identity_messages(&taken)?;
         if let Some(out) = &self.aggregates {
@@ -943,7 +907,7 @@ impl Inner {
             records = end.records,
             "committing"
         );
-        if !self.commit_with_retry(lane, p, seq, &batch, end) {
+        if !self.commit_with_retry(lane, p, seq, &batch, &end) {
             return false;
         }
         self.metrics
@@ -1034,7 +998,7 @@ impl Inner {
         p: i32,
         seq: u64,
         batch: &cxstream_core::Batch,
-        end: cxstream_clickhouse::BatchEnd,
+        end: &cxstream_clickhouse::BatchEnd,
     ) -> bool {
         let Some(committer) = self.committers.get(lane) else {
             return false;

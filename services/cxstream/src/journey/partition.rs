@@ -19,7 +19,7 @@ use cxstream_core::{
 };
 
 /// Where a record comes from: an input topic, or the internal identities topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Source {
     Touchpoints,
     Answers,
@@ -598,6 +598,8 @@ impl Slot {
                 clock: lane.processor.clock().state(),
                 records: lane.records_since_commit,
                 aggregates_id: 0,
+                // Set by the flush, which knows where the dead-letter topic stands.
+                dead_letters_from: Vec::new(),
             };
             out.push(LaneBatch {
                 lane: i,

@@ -401,6 +401,8 @@ impl Stack {
         let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
             ClientConfig::new()
                 .set("bootstrap.servers", &self.kafka)
+                // Poison of several megabytes, as a producer with a raised limit sends it.
+                .set("message.max.bytes", "8000000")
                 .create()
                 .unwrap();
         for (key, payload) in records {
