@@ -1,4 +1,4 @@
-//! The fault battery (issue "Nothing lost, no one let in"): crashes and bad input against the
+//! The fault battery: crashes, bad input and a ClickHouse outage against the
 //! real Tansu and ClickHouse, each test ending with every count equal to the simulator's
 //! truth, no fact twice after `FINAL`, every bad record in the DLQ exactly once, and the
 //! committed offsets at the inputs' log end. Each test also writes its line of the
@@ -350,6 +350,228 @@ fn poison_is_dead_lettered_once_each_across_a_crash() {
         .expect("the 4 MiB record is in the DLQ with its size");
     assert_eq!(huge.payload, noise[..512 * 1024]);
     assert_eq!(huge.headers["cx.error.kind"], "oversized");
+    let short = offsets_short_of_the_end(&s);
+    assert!(short.is_empty(), "{short:?}");
+}
+
+/// What the proxy in front of ClickHouse does with its connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Up,
+    /// Every connection is closed (new ones at once, open ones within 100 ms): a server
+    /// that went away.
+    Down,
+    /// Every chunk of a response waits this long: a server under load.
+    Slow(Duration),
+}
+
+/// A TCP proxy to ClickHouse's HTTP port whose link the test sets: a real server behind
+/// a fault the test controls, without stopping the server the other tests share.
+struct Proxy {
+    url: String,
+    link: std::sync::Arc<std::sync::Mutex<Link>>,
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Proxy {
+        use std::net::{TcpListener, TcpStream};
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let link = std::sync::Arc::new(std::sync::Mutex::new(Link::Up));
+        let shared = link.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if *shared.lock().unwrap() == Link::Down {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                for (from, to, responses) in [
+                    (
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        false,
+                    ),
+                    (server, client, true),
+                ] {
+                    let link = shared.clone();
+                    std::thread::spawn(move || pipe(from, to, &link, responses));
+                }
+            }
+        });
+        Proxy { url, link }
+    }
+
+    fn set(&self, link: Link) {
+        *self.link.lock().unwrap() = link;
+    }
+}
+
+/// Copies `from` to `to` until either closes or the link goes down; delays responses
+/// while the link is slow.
+fn pipe(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    link: &std::sync::Mutex<Link>,
+    responses: bool,
+) {
+    use std::io::{ErrorKind, Read, Write};
+    from.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let now = *link.lock().unwrap();
+        if now == Link::Down {
+            break;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if let (Link::Slow(d), true) = (now, responses) {
+                    std::thread::sleep(d);
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// The first line of the service's answer to `GET path`.
+fn http_status(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out.lines().next().unwrap_or("").to_string()
+}
+
+/// Starts the journey service with ClickHouse behind `proxy`; returns it and the address
+/// its HTTP endpoints listen on (read from its log).
+fn journey_behind(s: &Stack, proxy: &Proxy) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = s
+        .command(&["journey"])
+        .env("CXSTREAM_CLICKHOUSE_URL", &proxy.url)
+        .env("CXSTREAM_LOG_LEVEL", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("addr=").nth(1) {
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the service says where it listens");
+    (child, addr)
+}
+
+/// ClickHouse gone for 90 s, then slow (every response chunk 300 ms late) for 30 s, then
+/// back: the service stays alive, is not ready while it cannot write, commits nothing
+/// meanwhile, and ends with every count exact and nothing twice.
+#[test]
+fn clickhouse_down_then_slow_loses_and_doubles_nothing() {
+    let s = Stack::new("faults_chdown");
+    s.simulate(6_000, 1.0, 0);
+    let total = records_in(&s);
+    let proxy = Proxy::start(&s.clickhouse);
+    let (mut child, addr) = journey_behind(&s, &proxy);
+    assert!(wait_for_batches(&s, &mut child, 4), "the service exited");
+
+    proxy.set(Link::Down);
+    let down_at = Instant::now();
+    let mut not_ready_seen = false;
+    // A commit already past the proxy when it went down may still land; after that, none.
+    let mut frozen = None;
+    while down_at.elapsed() < Duration::from_secs(90) {
+        if down_at.elapsed() > Duration::from_secs(5) {
+            frozen.get_or_insert_with(|| committed_batches(&s));
+        }
+        not_ready_seen |= http_status(&addr, "/readyz").contains("503");
+        assert!(http_status(&addr, "/healthz").contains("200"), "not alive");
+        assert!(child.try_wait().unwrap().is_none(), "the service exited");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let during_outage = committed_batches(&s);
+    let frozen = frozen.unwrap();
+    assert!(
+        committed_records(&s) < total as i64,
+        "everything was committed before the outage; make the data set larger"
+    );
+    proxy.set(Link::Slow(Duration::from_millis(300)));
+    std::thread::sleep(Duration::from_secs(30));
+    proxy.set(Link::Up);
+    let up_at = Instant::now();
+    let deadline = up_at + Duration::from_secs(300);
+    while committed_records(&s) < total as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "not caught up 5 minutes after the outage"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the service exited");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let recovery = up_at.elapsed();
+    let ready_after = http_status(&addr, "/readyz");
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success(), "SIGTERM exit");
+
+    let journey = s.journeys[0].clone();
+    let truth_events: i64 = s.truth_of(&journey).values().map(|v| v[10]).sum();
+    let (rows, distinct) = facts(&s, &journey);
+    let exact = s.truth() == s.cells() && s.step_truth() == s.step_cells();
+    Score {
+        test: "clickhouse_down_then_slow",
+        fault: "ClickHouse unreachable 90 s, then responses 300 ms late for 30 s".into(),
+        records_in: total,
+        exact,
+        duplicates: rows - distinct,
+        lost: truth_events - distinct,
+        recovery,
+    }
+    .write();
+
+    assert!(
+        not_ready_seen,
+        "/readyz never said 503 while ClickHouse was away"
+    );
+    assert_eq!(
+        during_outage, frozen,
+        "batches committed while ClickHouse was unreachable"
+    );
+    assert!(
+        ready_after.contains("200"),
+        "not ready again: {ready_after}"
+    );
+    assert_cells_equal(&s.truth(), &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
+    assert_eq!((rows, distinct), (truth_events, truth_events), "facts");
     let short = offsets_short_of_the_end(&s);
     assert!(short.is_empty(), "{short:?}");
 }
