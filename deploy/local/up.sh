@@ -76,11 +76,12 @@ if [[ -f "$CXSTREAM_RUN/tansu/storage" && $(cat "$CXSTREAM_RUN/tansu/storage") !
 fi
 start_broker
 
+# Users are copied every time: a running server reloads them by itself.
+cp "$here/clickhouse/users.xml" "$CXSTREAM_RUN/clickhouse/users.xml"
 if ! alive "$CXSTREAM_RUN/clickhouse.pid"; then
   sed -e "s#@RUN@#$CXSTREAM_RUN#g" -e "s#@HTTP_PORT@#$CX_CLICKHOUSE_HTTP_PORT#g" \
       -e "s#@TCP_PORT@#$CX_CLICKHOUSE_TCP_PORT#g" "$here/clickhouse/config.xml" \
       >"$CXSTREAM_RUN/clickhouse/config.xml"
-  cp "$here/clickhouse/users.xml" "$CXSTREAM_RUN/clickhouse/users.xml"
   (cd "$CXSTREAM_RUN/clickhouse" && exec nohup clickhouse-server \
       --config-file="$CXSTREAM_RUN/clickhouse/config.xml" \
       >"$CXSTREAM_RUN/clickhouse/log/stdout.log" 2>&1 & echo $! >"$CXSTREAM_RUN/clickhouse.pid")

@@ -21,6 +21,15 @@ use crate::rows::{
 };
 use crate::{Context, Error, Result};
 
+/// A partition's last committed batch, as another instance sees it.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct LastCommit {
+    pub age_secs: u64,
+    /// Negative: nothing read from that topic yet.
+    pub touchpoints_next_offset: i64,
+    pub answers_next_offset: i64,
+}
+
 /// Where a partition resumes.
 #[derive(Debug, Default)]
 pub struct Resume {
@@ -226,6 +235,22 @@ impl BatchCommitter {
             .await
             .ctx(|| "checking for recent batch markers".into())?;
         Ok(n > 0)
+    }
+
+    /// The last committed batch of `partition`: how many seconds ago, by ClickHouse's clock,
+    /// and the input offsets it reached (`None`: nothing committed yet).
+    pub async fn last_commit(&self, partition: u16) -> Result<Option<LastCommit>> {
+        self.client
+            .query(
+                "SELECT toUInt64(greatest(0, now() - committed_at)) AS age_secs, \
+                 touchpoints_next_offset, answers_next_offset FROM ingest_batches \
+                 WHERE journey = ? AND source_partition = ? ORDER BY batch_seq DESC LIMIT 1",
+            )
+            .bind(self.map.name.as_str())
+            .bind(partition)
+            .fetch_optional::<LastCommit>()
+            .await
+            .ctx(|| format!("reading the last committed batch of partition {partition}"))
     }
 
     /// True when batch `seq` of `partition` is already committed (its marker exists). Used

@@ -12,7 +12,7 @@ mod migrations;
 mod rows;
 
 pub use alerts::{AlertRow, AlertsTable};
-pub use commit::{BatchCommitter, BatchEnd, Resume};
+pub use commit::{BatchCommitter, BatchEnd, LastCommit, Resume};
 pub use compaction::Generation;
 pub use journey_state::Stored;
 pub use migrations::{apply_migrations, Migration, MIGRATIONS};
@@ -33,6 +33,37 @@ pub enum Error {
     /// A migration that must not run beside journey services found them running.
     #[error("{0}")]
     JourneysRunning(String),
+    /// The server refused the configured user: retrying cannot help.
+    #[error(
+        "ClickHouse at {url} refused user `{user}` ({reason}): set clickhouse.user and the \
+         password (clickhouse.password_file or CXSTREAM_CLICKHOUSE_PASSWORD) to a login it accepts"
+    )]
+    LoginRefused {
+        url: String,
+        user: String,
+        reason: &'static str,
+    },
+}
+
+impl Error {
+    /// Why the server refused the login, when that is what it did (ClickHouse's error codes
+    /// 192 unknown user, 193 wrong password, 194 password required, 516 authentication
+    /// failed, as every version from 18.16 on writes them).
+    pub fn login_refusal(&self) -> Option<&'static str> {
+        let Error::ClickHouse { source, .. } = self else {
+            return None;
+        };
+        let text = source.to_string();
+        [
+            ("Code: 192", "unknown user"),
+            ("Code: 193", "wrong password"),
+            ("Code: 194", "a password is required"),
+            ("Code: 516", "authentication failed"),
+        ]
+        .into_iter()
+        .find(|(code, _)| text.contains(code))
+        .map(|(_, why)| why)
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -88,6 +119,25 @@ impl Connection {
 
     pub fn client(&self) -> Client {
         self.server_client().with_database(&self.database)
+    }
+
+    /// Fails when the server refuses the login; a server that cannot be reached passes
+    /// (the services wait for it, not ready meanwhile), as does any other error.
+    pub async fn check_login(&self) -> Result<()> {
+        let answer = self
+            .server_client()
+            .query("SELECT 1")
+            .fetch_one::<u8>()
+            .await
+            .ctx(|| "logging in".into());
+        match answer.as_ref().err().and_then(Error::login_refusal) {
+            Some(reason) => Err(Error::LoginRefused {
+                url: self.url.clone(),
+                user: self.user.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        }
     }
 }
 

@@ -143,9 +143,9 @@ fn run(command: Command, cfg: Config) -> Result<()> {
     match command {
         Command::Migrate => {
             let rt = runtime()?;
-            let applied = rt.block_on(cxstream_clickhouse::apply_migrations(
-                &cfg.clickhouse_connection(),
-            ))?;
+            let conn = cfg.clickhouse_connection();
+            rt.block_on(conn.check_login())?;
+            let applied = rt.block_on(cxstream_clickhouse::apply_migrations(&conn))?;
             if applied.is_empty() {
                 println!(
                     "migrate: database `{}` is up to date",
@@ -282,6 +282,8 @@ fn run_journey(cfg: Config, opts: journey::RunOptions) -> Result<()> {
     let s = Serving::start(&cfg, metrics.registry.clone())?;
     let journeys: Vec<&str> = maps.iter().map(|m| m.name.as_str()).collect();
     tracing::info!(addr = %s.addr, journeys = ?journeys, group = %cfg.journey.group_id, "journey service starting");
+    // A refused login is a configuration error, not an outage to wait out.
+    s.rt.block_on(cfg.clickhouse_connection().check_login())?;
     let service = journey::JourneyService::new(
         cfg,
         maps,
@@ -298,6 +300,7 @@ fn run_alerter(cfg: Config, opts: alerter::RunOptions) -> Result<()> {
     let metrics = cxstream_http::AlerterMetrics::new().context("registering metrics")?;
     let s = Serving::start(&cfg, metrics.registry.clone())?;
     tracing::info!(addr = %s.addr, "alerter starting");
+    s.rt.block_on(cfg.clickhouse_connection().check_login())?;
     let alerter = alerter::Alerter::new(
         cfg,
         &maps,

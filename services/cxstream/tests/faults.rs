@@ -575,3 +575,166 @@ fn clickhouse_down_then_slow_loses_and_doubles_nothing() {
     let short = offsets_short_of_the_end(&s);
     assert!(short.is_empty(), "{short:?}");
 }
+
+/// A second instance joins the group mid-run and takes its share of the partitions, then
+/// the first is killed (kill -9) and the second takes over the rest: every count exact,
+/// every fact once, the offsets at the end.
+#[test]
+fn a_second_instance_joins_then_the_first_is_killed() {
+    let s = Stack::new("faults_rebalance");
+    s.simulate(30_000, 2.0, 4);
+    let total = records_in(&s);
+    let mut first = s.spawn(&["journey"]);
+    assert!(
+        wait_for_batches(&s, &mut first, 4),
+        "the first instance exited"
+    );
+    let mut second = s.spawn(&["journey"]);
+    // The second one's share: its first commits come from partitions the first gave up.
+    let owners = |s: &Stack| {
+        s.scalar(&format!(
+            "SELECT toInt64(count()) FROM (SELECT source_partition FROM {}.ingest_batches \
+             WHERE committed_at >= now() - 2 GROUP BY source_partition)",
+            s.database()
+        ))
+    };
+    let before = committed_batches(&s);
+    assert!(
+        wait_for_batches(&s, &mut second, before + 8),
+        "the second instance exited"
+    );
+    let shared = owners(&s);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let killed_at = committed_records(&s);
+    assert!(
+        killed_at < total as i64,
+        "the run finished before the kill; make the data set larger"
+    );
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(300);
+    while committed_records(&s) < total as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the second instance did not take over"
+        );
+        assert!(
+            second.try_wait().unwrap().is_none(),
+            "the second instance exited"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let recovery = started.elapsed();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(second.wait().unwrap().success(), "SIGTERM exit");
+
+    let journey = s.journeys[0].clone();
+    let truth_events: i64 = s.truth_of(&journey).values().map(|v| v[10]).sum();
+    let (rows, distinct) = facts(&s, &journey);
+    let dlq = s.read_topic(&s.topic("dlq"), 1);
+    let per_record = letters_per_record(&dlq);
+    let exact = s.truth() == s.cells() && s.step_truth() == s.step_cells();
+    Score {
+        test: "second_instance_then_kill",
+        fault: format!(
+            "a second instance joins ({shared} partitions committing), the first is killed"
+        ),
+        records_in: total,
+        exact,
+        duplicates: rows - distinct + (dlq.len() - per_record.len()) as i64,
+        lost: truth_events - distinct,
+        recovery,
+    }
+    .write();
+
+    assert_cells_equal(&s.truth(), &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
+    assert_eq!((rows, distinct), (truth_events, truth_events), "facts");
+    assert_eq!(per_record.len(), 4, "{per_record:?}");
+    assert!(per_record.values().all(|n| *n == 1), "{per_record:?}");
+    let short = offsets_short_of_the_end(&s);
+    assert!(short.is_empty(), "{short:?}");
+}
+
+/// ClickHouse refuses the inserts (the first table a batch writes is detached for 30 s:
+/// every insert fails with the server's own error): the service retries with back-off, is
+/// not ready, commits nothing meanwhile, and ends exact once the table is back.
+#[test]
+fn clickhouse_refusing_inserts_loses_and_doubles_nothing() {
+    let s = Stack::new("faults_refuse");
+    s.simulate(6_000, 1.0, 0);
+    let total = records_in(&s);
+    let proxy = Proxy::start(&s.clickhouse); // only to learn the service's address
+    let (mut child, addr) = journey_behind(&s, &proxy);
+    assert!(wait_for_batches(&s, &mut child, 4), "the service exited");
+    let db = s.database();
+    s.query(&format!("DETACH TABLE {db}.touchpoints"));
+    let refused_at = Instant::now();
+    let mut not_ready_seen = false;
+    let mut frozen = None;
+    while refused_at.elapsed() < Duration::from_secs(30) {
+        if refused_at.elapsed() > Duration::from_secs(3) {
+            frozen.get_or_insert_with(|| committed_batches(&s));
+        }
+        not_ready_seen |= http_status(&addr, "/readyz").contains("503");
+        assert!(child.try_wait().unwrap().is_none(), "the service exited");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let during = committed_batches(&s);
+    let midway = committed_records(&s);
+    s.query(&format!("ATTACH TABLE {db}.touchpoints"));
+    let back_at = Instant::now();
+    let deadline = back_at + Duration::from_secs(300);
+    while committed_records(&s) < total as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "not caught up after the inserts were taken again"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the service exited");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let recovery = back_at.elapsed();
+    let ready_after = http_status(&addr, "/readyz");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let journey = s.journeys[0].clone();
+    let truth_events: i64 = s.truth_of(&journey).values().map(|v| v[10]).sum();
+    let (rows, distinct) = facts(&s, &journey);
+    let exact = s.truth() == s.cells() && s.step_truth() == s.step_cells();
+    Score {
+        test: "clickhouse_refusing_inserts",
+        fault: "inserts refused for 30 s (table detached)".into(),
+        records_in: total,
+        exact,
+        duplicates: rows - distinct,
+        lost: truth_events - distinct,
+        recovery,
+    }
+    .write();
+
+    assert!(
+        midway < total as i64,
+        "everything was committed before the refusal"
+    );
+    assert!(
+        not_ready_seen,
+        "/readyz never said 503 while inserts were refused"
+    );
+    assert_eq!(
+        frozen.unwrap(),
+        during,
+        "batches committed while inserts were refused"
+    );
+    assert!(
+        ready_after.contains("200"),
+        "not ready again: {ready_after}"
+    );
+    assert_cells_equal(&s.truth(), &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
+    assert_eq!((rows, distinct), (truth_events, truth_events), "facts");
+}

@@ -26,6 +26,10 @@ use cxstream_http::{Health, JourneyMetrics};
 
 /// Rejoins of the group by `--until-caught-up` before it takes every partition itself.
 const REJOINS_BEFORE_ALONE: u32 = 2;
+/// A partition with records waiting and no batch committed this long has no live owner.
+const UNSERVED_AFTER_SECS: u64 = 30;
+/// How often a member holding partitions looks for input partitions nobody serves.
+const UNSERVED_CHECK_EVERY: Duration = Duration::from_secs(10);
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -272,11 +276,9 @@ impl JourneyService {
         let mut caught_up_since: Option<Instant> = None;
         // Caught up means all of the input, not the share assigned so far: after a crash the
         // dead member keeps its partitions until the group evicts it.
-        let inputs = if opts.until_caught_up {
-            partition_count(&consumer, &inner.cfg.topics.touchpoints)?
-        } else {
-            0
-        };
+        let inputs = partition_count(&consumer, &inner.cfg.topics.touchpoints)?;
+        let mut unserved_checked = Instant::now();
+        let mut unserved = false;
         let settle = Duration::from_millis(inner.cfg.journey.idle_release_ms.max(1000));
         let flush_every = Duration::from_millis(inner.cfg.journey.flush_interval_ms);
         let mut last_flush = Instant::now();
@@ -305,8 +307,20 @@ impl JourneyService {
             // Catching up alone, a share of the input is not enough either: a killed
             // member's partitions stay with it until the coordinator evicts it, which Tansu
             // never does (seen here: a run waited 20 minutes for two of four partitions).
-            let short =
-                inner.slots.is_empty() || opts.until_caught_up && inner.slots.len() < inputs;
+            if !inner.slots.is_empty()
+                && inner.slots.len() < inputs
+                && unserved_checked.elapsed() >= UNSERVED_CHECK_EVERY
+            {
+                unserved_checked = Instant::now();
+                let nobody = inner.unserved(&consumer, inputs);
+                if !nobody.is_empty() && !unserved {
+                    tracing::warn!(partitions = ?nobody, "input partitions have records waiting and nobody has committed them lately; rejoining the group if it lasts");
+                }
+                unserved = !nobody.is_empty();
+            }
+            let short = inner.slots.is_empty()
+                || unserved
+                || opts.until_caught_up && inner.slots.len() < inputs;
             if short && !alone {
                 let since = *unassigned_since.get_or_insert_with(Instant::now);
                 // Tansu 0.6 keeps a group whose leader was evicted formed around the missing
@@ -362,6 +376,8 @@ impl JourneyService {
                         membership,
                     )?;
                     unassigned_since = Some(Instant::now());
+                    unserved = false;
+                    unserved_checked = Instant::now();
                 }
             } else {
                 unassigned_since = None;
@@ -400,6 +416,50 @@ impl JourneyService {
 }
 
 impl Inner {
+    /// Input partitions nobody serves: not assigned here, records waiting after their last
+    /// committed batch, and no batch committed for [`UNSERVED_AFTER_SECS`]. Under Tansu 0.6
+    /// a killed member that led the group leaves its partitions so for good (the group
+    /// stays formed around it), while the other members keep theirs and never notice.
+    /// Errors count as served: this only decides whether to rejoin.
+    fn unserved(&self, consumer: &ConsumerHandle, partitions: usize) -> Vec<i32> {
+        let timeout = Duration::from_secs(5);
+        let inputs = [Source::Touchpoints, Source::Answers].map(|s| self.topic(s).to_string());
+        let mut unserved = Vec::new();
+        for p in (0..partitions).filter_map(|p| i32::try_from(p).ok()) {
+            let Ok(partition) = u16::try_from(p) else {
+                continue;
+            };
+            if self.slots.contains_key(&p) {
+                continue;
+            }
+            let Some(c) = self.committers.first() else {
+                break;
+            };
+            let last = match self.rt.block_on(c.last_commit(partition)) {
+                Ok(last) => last,
+                Err(_) => continue,
+            };
+            if last
+                .as_ref()
+                .is_some_and(|l| l.age_secs < UNSERVED_AFTER_SECS)
+            {
+                continue;
+            }
+            let next = last.map_or([-1, -1], |l| {
+                [l.touchpoints_next_offset, l.answers_next_offset]
+            });
+            let waiting = inputs.iter().zip(next).any(|(topic, next)| {
+                consumer
+                    .fetch_watermarks(topic, p, timeout)
+                    .is_ok_and(|(low, high)| high > next.max(low))
+            });
+            if waiting {
+                unserved.push(p);
+            }
+        }
+        unserved
+    }
+
     /// Whether a partition never assigned here had a batch committed lately: a live
     /// instance holds it, so catching up alone would commit it twice. Unknown (ClickHouse
     /// does not answer) counts as yes.
