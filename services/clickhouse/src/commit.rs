@@ -67,6 +67,8 @@ pub struct BatchEnd {
     /// batch's records was delivered (a lower bound is enough): dead letters of later
     /// records come after it, so a replay from this batch finds its earlier ones from there.
     pub dead_letters_from: Vec<i64>,
+    /// How many records of the erasures topic were applied before the batch was taken.
+    pub erasures_seen: u64,
 }
 
 pub struct BatchCommitter {
@@ -387,6 +389,7 @@ impl BatchCommitter {
             identities_next_offset: end.identities_next_offset,
             aggregates_id: end.aggregates_id,
             dead_letters_from: end.dead_letters_from.clone(),
+            erasures_seen: end.erasures_seen,
         };
         self.insert_rows::<BatchRow>("ingest_batches", [marker])
             .await?;

@@ -11,6 +11,7 @@ mod journey_state;
 mod migrations;
 mod rows;
 
+pub mod erasure;
 pub use alerts::{AlertRow, AlertsTable};
 pub use commit::{BatchCommitter, BatchEnd, LastCommit, Resume};
 pub use compaction::Generation;

@@ -90,6 +90,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dead_letter_positions",
         sql: include_str!("../../../schemas/clickhouse/0015_dead_letter_positions.sql"),
     },
+    Migration {
+        version: 16,
+        name: "erasures",
+        sql: include_str!("../../../schemas/clickhouse/0016_erasures.sql"),
+    },
 ];
 
 impl Migration {

@@ -364,6 +364,8 @@ pub struct BatchRow {
     /// The dead-letter topic's end offset per partition when the batch was committed, or a
     /// lower bound of it (empty: not known).
     pub dead_letters_from: Vec<i64>,
+    /// Records of the erasures topic applied before the batch was taken.
+    pub erasures_seen: u64,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]

@@ -7,6 +7,7 @@ mod alert_rules;
 pub mod batch_log;
 pub mod cases;
 pub mod detect;
+pub mod erasure;
 pub mod event_time;
 pub mod events;
 pub mod identity;

@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::hash::Hasher;
 use std::sync::Arc;
 
+use crate::erasure::{is_pseudonym, strip_answer, strip_touchpoint, Erasures, PSEUDONYM_PREFIX};
 use crate::event_time::{EventClock, EventTimePolicy, Input, Refusal};
 
 use crate::events::{Invalid, SurveyAnswer, TouchpointEvent};
@@ -144,6 +145,13 @@ pub enum RefusedPayload {
 }
 
 impl RefusedEvent {
+    pub fn customer_id(&self) -> &Option<String> {
+        match &self.event {
+            RefusedPayload::Touchpoint(t) => &t.customer_id,
+            RefusedPayload::Answer(a) => &a.customer_id,
+        }
+    }
+
     pub fn input(&self) -> Input {
         match self.event {
             RefusedPayload::Touchpoint(_) => Input::Touchpoints,
@@ -223,6 +231,8 @@ pub struct PartitionProcessor {
     forwarded: Vec<Routed>,
     /// The latest record timestamp of a touchpoint applied from the input.
     touchpoints_written: Option<i64>,
+    /// Customers who asked to be forgotten: see [`crate::erasure`].
+    erasures: Arc<Erasures>,
 }
 
 impl PartitionProcessor {
@@ -245,7 +255,68 @@ impl PartitionProcessor {
             identity: None,
             forwarded: Vec::new(),
             touchpoints_written: None,
+            erasures: Arc::default(),
         }
+    }
+
+    /// Sets who is erased (before [`Self::restore`], and whenever erasures are added):
+    /// journeys of newly erased customers go on under their pseudonyms, stripped of
+    /// everything personal, and their facts not yet taken are never written. Returns how
+    /// many journeys that moved.
+    pub fn set_erasures(&mut self, erasures: Arc<Erasures>) -> usize {
+        self.erasures = erasures;
+        if self.erasures.is_empty() {
+            return 0;
+        }
+        let erased: Vec<(Arc<str>, String)> = self
+            .journeys
+            .keys()
+            .filter_map(|k| Some((k.clone(), self.erasures.pseudonym_of(k)?)))
+            .collect();
+        for (key, pseudonym) in &erased {
+            self.forget(key, pseudonym);
+        }
+        erased.len()
+    }
+
+    /// Moves a customer's journey to their pseudonym. Its counts stay where they are (as
+    /// anonymous counts), its open entries keep their deadlines; nothing personal stays.
+    fn forget(&mut self, key: &Arc<str>, pseudonym: &str) {
+        let Some(mut journey) = self.journeys.remove(key) else {
+            return;
+        };
+        let j = Arc::make_mut(&mut journey);
+        for t in &mut j.touchpoints {
+            let mut ev = TouchpointEvent::clone(&t.event);
+            strip_touchpoint(&mut ev, pseudonym.to_string());
+            t.event = Arc::new(ev);
+        }
+        for a in &mut j.answers {
+            let mut ans = SurveyAnswer::clone(&a.answer);
+            strip_answer(&mut ans, pseudonym.to_string());
+            a.answer = Arc::new(ans);
+        }
+        let p: Arc<str> = Arc::from(pseudonym);
+        let moved: Vec<(i64, Arc<str>)> = self
+            .out
+            .deadlines
+            .iter()
+            .filter(|(_, c)| c == key)
+            .cloned()
+            .collect();
+        for (deadline, c) in moved {
+            self.out.deadlines.remove(&(deadline, c));
+            self.out.deadlines.insert((deadline, p.clone()));
+        }
+        let own = |id: &Option<String>| customer_of(id) == &**key;
+        self.out.touchpoints.retain(|f| !own(&f.event.customer_id));
+        self.out.answers.retain(|f| !own(&f.answer.customer_id));
+        self.out.entries.retain(|f| f.customer != *key);
+        self.out.steps.retain(|f| f.customer != *key);
+        self.refused.retain(|r| !own(r.customer_id()));
+        j.dirty = false;
+        mark_dirty(j, &p, &mut self.dirty);
+        self.journeys.insert(p, journey);
     }
 
     /// Turns identity stitching on (see [`crate::identity`]): anonymous touchpoints wait for
@@ -300,6 +371,20 @@ impl PartitionProcessor {
     /// the next batch so that this happens once.
     pub fn restore(&mut self, customer: String, journey: Journey, written: Written) {
         let customer: Arc<str> = customer.into();
+        // A customer erased since this row was written: their pseudonym's row (written
+        // after the erasure) is the newer one wherever both are stored.
+        if let Some(pseudonym) = self.erasures.pseudonym_of(&customer) {
+            if self.journeys.contains_key(pseudonym.as_str()) {
+                return;
+            }
+            self.restore_as(customer.clone(), journey, written);
+            self.forget(&customer, &pseudonym);
+            return;
+        }
+        self.restore_as(customer, journey, written);
+    }
+
+    fn restore_as(&mut self, customer: Arc<str>, journey: Journey, written: Written) {
         if written == Written::BeforeOutcomes {
             self.restore_counted_before_outcomes(customer, journey);
             return;
@@ -531,6 +616,8 @@ impl PartitionProcessor {
         source_offset: i64,
         arrival: Arrival,
     ) -> Result<(), Invalid> {
+        let mut ev = ev;
+        self.erasures.scrub_touchpoint(&mut ev);
         let time = ev.event_time;
         let checked = match arrival {
             Arrival::Input(record_ms) => self.clock.check(time, record_ms),
@@ -586,6 +673,8 @@ impl PartitionProcessor {
         if !ans.metric.is_valid(ans.score) {
             return Err(Invalid::ScoreOutOfRange);
         }
+        let mut ans = ans;
+        self.erasures.scrub_answer(&mut ans);
         let time = ans.answer_time;
         if let Err(reason) = self.clock.check(time, record_ms) {
             self.refuse(reason, source_offset, RefusedPayload::Answer(Arc::new(ans)));
@@ -674,6 +763,13 @@ impl PartitionProcessor {
                 (f.customer.as_ptr(), f.origin.id, u16::from(f.step) + 1)
             });
         }
+        // Erased customers' events count, but no fact of theirs is written.
+        let erased = |id: &Option<String>| is_pseudonym(customer_of(id));
+        facts.retain(|f| !erased(&f.event.customer_id));
+        entries.retain(|f| !is_pseudonym(&f.customer));
+        steps.retain(|f| !is_pseudonym(&f.customer));
+        self.out.answers.retain(|f| !erased(&f.answer.customer_id));
+        self.refused.retain(|r| !erased(r.customer_id()));
         let (identifications, visitors) = self.take_identity(&mut journeys);
         // The next batch is likely as large as this one: start at its size instead of
         // growing (and copying) from empty.
@@ -1162,6 +1258,7 @@ fn valid_time(ms: i64) -> Result<(), Invalid> {
 
 fn valid_customer(id: &Option<String>) -> Result<&str, Invalid> {
     match id.as_deref().map(str::trim) {
+        Some(s) if s.starts_with(PSEUDONYM_PREFIX) => Err(Invalid::ReservedCustomerId),
         Some(s) if !s.is_empty() => Ok(s),
         _ => Err(Invalid::MissingCustomerId),
     }

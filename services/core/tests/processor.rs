@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use cxstream_core::erasure::{fingerprint, Erasures};
 use cxstream_core::journey::{Journey, StageOutcome};
 use cxstream_core::metrics::StepCounts;
 use cxstream_core::processor::{AggKey, Batch, Written};
@@ -472,6 +473,9 @@ struct Sink {
     step_facts: HashMap<(String, String), (StepCell, StepCounts)>,
     /// Persisted journeys, as the commit protocol saves them.
     saved: HashMap<String, Vec<u8>>,
+    /// Who is erased, and since when nothing of theirs may be written.
+    erasures: Arc<Erasures>,
+    forgotten: Option<String>,
     clock: ClockState,
     refused: Vec<(String, Refusal)>,
 }
@@ -479,6 +483,9 @@ struct Sink {
 impl Sink {
     fn commit(&mut self, map: &JourneyMap, p: &mut PartitionProcessor) {
         let b: Batch = p.take_batch();
+        if let Some(c) = &self.forgotten {
+            assert_nothing_of(c, &b);
+        }
         for (k, c) in &b.aggregates {
             self.aggregates.entry(cell(map, k)).or_default().merge(c);
         }
@@ -595,6 +602,7 @@ impl Sink {
     /// A restart: a new processor from what was committed.
     fn restore(&self, policy: EventTimePolicy) -> PartitionProcessor {
         let mut p = PartitionProcessor::resumed(map(), EventClock::resumed(policy, self.clock));
+        p.set_erasures(self.erasures.clone());
         for (c, bytes) in &self.saved {
             let j: Journey = serde_json::from_slice(bytes).unwrap();
             p.restore(c.clone(), j, Written::WithOutcomes);
@@ -673,11 +681,59 @@ enum Cut {
     Idle(Input),
 }
 
+/// A batch holds no fact of `customer`, and what it persists of them (under their
+/// pseudonym) names neither them nor anything they wrote.
+fn assert_nothing_of(customer: &str, b: &Batch) {
+    let theirs = |id: &Option<String>| {
+        id.as_deref()
+            .is_some_and(|c| c == customer || c.starts_with("erased:"))
+    };
+    assert!(!b.touchpoints.iter().any(|f| theirs(&f.event.customer_id)));
+    assert!(!b.answers.iter().any(|f| theirs(&f.answer.customer_id)));
+    assert!(!b
+        .entries
+        .iter()
+        .any(|f| theirs(&Some(f.customer.to_string()))));
+    assert!(!b
+        .steps
+        .iter()
+        .any(|f| theirs(&Some(f.customer.to_string()))));
+    assert!(!b.refused.iter().any(|r| theirs(r.customer_id())));
+    for (key, j) in &b.journeys {
+        assert_ne!(&**key, customer, "their journey persisted under their id");
+        let text = serde_json::to_string(j).unwrap();
+        let quoted = format!("\"{customer}\"");
+        for secret in [quoted.as_str(), "call me", "555-0199"] {
+            assert!(!text.contains(secret), "{secret} kept in {text}");
+        }
+    }
+}
+
 fn run(recs: &[Rec], cuts: &[Cut], policy: EventTimePolicy) -> Sink {
+    run_erasing(recs, cuts, policy, None)
+}
+
+/// As [`run`]; with `erase` = (i, customer), the customer is erased after the i-th record.
+fn run_erasing(
+    recs: &[Rec],
+    cuts: &[Cut],
+    policy: EventTimePolicy,
+    erase: Option<(usize, &str)>,
+) -> Sink {
     let m = map();
     let mut sink = Sink::default();
     let mut p = PartitionProcessor::new(m.clone(), policy);
+    let erase_now = |sink: &mut Sink, p: &mut PartitionProcessor, customer: &str| {
+        let mut e = Erasures::default();
+        e.insert(&fingerprint(customer)).unwrap();
+        sink.erasures = Arc::new(e);
+        p.set_erasures(sink.erasures.clone());
+        sink.forgotten = Some(customer.to_string());
+    };
     for (i, r) in recs.iter().enumerate() {
+        if let Some((_, customer)) = erase.filter(|(at, _)| *at == i) {
+            erase_now(&mut sink, &mut p, customer);
+        }
         let res = match r {
             Rec::T(t) => p.on_touchpoint(t.clone(), i as i64, None),
             Rec::A(a) => p.on_answer(a.clone(), i as i64, None),
@@ -692,6 +748,9 @@ fn run(recs: &[Rec], cuts: &[Cut], policy: EventTimePolicy) -> Sink {
             }
             Cut::Idle(input) => p.set_idle(input, true),
         }
+    }
+    if let Some((_, customer)) = erase.filter(|(at, _)| *at >= recs.len()) {
+        erase_now(&mut sink, &mut p, customer);
     }
     sink.commit(&m, &mut p);
     sink
@@ -872,6 +931,37 @@ proptest! {
         let steps = reference_steps(&recs, watermark);
         prop_assert_eq!(sink.step_aggregates(), steps.clone());
         prop_assert_eq!(sink.step_facts_summed(), steps);
+    }
+
+    /// A customer erased at any point (their answers carrying comments and personal
+    /// attributes) still counts as the reference says, as anonymous counts, while nothing
+    /// of theirs is written from then on, across batch cuts and restarts.
+    #[test]
+    fn an_erased_customer_counts_anonymously_and_is_never_written_again(
+        (recs, arrived) in arrivals(),
+        cuts in cuts(60),
+        at in any::<prop::sample::Index>(),
+    ) {
+        let victim = match &recs[0] {
+            Rec::T(t) => t.customer_id.clone().unwrap(),
+            Rec::A(a) => a.customer_id.clone().unwrap(),
+        };
+        let personal = |r: &Rec| {
+            let mut r = r.clone();
+            if let Rec::A(a) = &mut r {
+                if a.customer_id.as_deref() == Some(victim.as_str()) {
+                    a.comment = Some("call me".into());
+                    a.attributes.insert("phone".into(), "555-0199".into());
+                }
+            }
+            r
+        };
+        let arrived: Vec<Rec> = arrived.iter().map(personal).collect();
+        let at = at.index(arrived.len() + 1);
+        let sink = run_erasing(&arrived, &cuts, no_lateness(), Some((at, &victim)));
+        let (_, _, watermark) = watermark_rule(&arrived, &cuts, i64::MAX / 4);
+        prop_assert_eq!(sink.aggregates(), reference(&recs, watermark));
+        prop_assert_eq!(sink.step_aggregates(), reference_steps(&recs, watermark));
     }
 
     /// With a finite allowed lateness, exactly the events the watermark rule calls late are

@@ -72,6 +72,9 @@ pub struct Topics {
     /// Alerter instances say here that they are alive (one partition). Default
     /// `cx.alerter-members`.
     pub alerter_members: String,
+    /// Customers who asked to be forgotten, by fingerprint (one partition, kept forever:
+    /// a replay of the inputs reads it first). Default `cx.erasures`.
+    pub erasures: String,
     /// Partitions of both input topics (and the identities topic) when `cxstream topics`
     /// creates them. Default 4.
     pub partitions: i32,
@@ -87,6 +90,7 @@ impl Default for Topics {
             dlq: "cx.dlq".into(),
             identities: "cx.identities".into(),
             alerter_members: "cx.alerter-members".into(),
+            erasures: "cx.erasures".into(),
             partitions: 4,
         }
     }

@@ -2,6 +2,8 @@
 
 mod alerter;
 mod config;
+mod erase;
+mod from_beginning;
 mod journey;
 mod probe;
 mod produce;
@@ -59,6 +61,9 @@ enum Command {
         #[arg(long)]
         until_caught_up: bool,
     },
+    /// Forget customers (right to be forgotten): record the erasure, wait for the journey
+    /// services to apply it, delete the customers' rows. Their events still count, anonymously.
+    Erase(erase::EraseArgs),
     /// Print a summary of what is in ClickHouse: events, NPS/CSAT/CES per stage, funnels,
     /// DLQ count.
     Report {
@@ -169,6 +174,7 @@ fn run(command: Command, cfg: Config) -> Result<()> {
                 (t.alerts.as_str(), 1),
                 (t.dlq.as_str(), 1),
                 (t.alerter_members.as_str(), 1),
+                (t.erasures.as_str(), 1),
             ]
             .map(|(name, partitions)| TopicSpec {
                 name: name.to_string(),
@@ -197,6 +203,7 @@ fn run(command: Command, cfg: Config) -> Result<()> {
             Ok(())
         }
         Command::Probe(args) => probe::run(&cfg, &args),
+        Command::Erase(args) => erase::run(&cfg, &load_maps(&cfg)?, &args),
         Command::CheckMap { path: Some(path) } => {
             print_map(&load_map(&path)?);
             Ok(())

@@ -22,8 +22,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::from_beginning::each_ready;
 use crate::config::{AlerterPeers, Config};
+use crate::from_beginning::each_ready;
 
 const ALIVE: &[u8] = b"alive";
 const LEAVING: &[u8] = b"leaving";

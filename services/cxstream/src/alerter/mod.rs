@@ -13,7 +13,6 @@
 //! alerts topic shows them written, and an instance that takes a journey over writes those
 //! still missing.
 
-mod from_beginning;
 mod input;
 mod members;
 mod output;
@@ -32,7 +31,7 @@ use cxstream_http::{AlerterMetrics, Health};
 use rdkafka::message::Message;
 
 use crate::config::Config;
-use from_beginning::from_beginning;
+use crate::from_beginning::from_beginning;
 use input::JourneyInput;
 use members::Members;
 use output::AlertsOutput;

@@ -17,8 +17,8 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, ThreadedProducer};
 
-use super::from_beginning::{each_ready, from_beginning};
 use crate::config::Config;
+use crate::from_beginning::{each_ready, from_beginning};
 use crate::produce::{delivered, send, Deliveries};
 
 pub struct AlertsOutput {

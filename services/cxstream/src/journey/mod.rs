@@ -9,6 +9,7 @@
 
 mod aggregates;
 mod dead_letters;
+mod erasures;
 mod partition;
 mod readiness;
 mod rebalance;
@@ -168,6 +169,7 @@ struct Inner {
     /// Every partition this run has been assigned (its own recent commits are no sign of
     /// another instance).
     held: std::collections::BTreeSet<i32>,
+    erasures: erasures::ErasureLog,
 }
 
 impl JourneyService {
@@ -181,6 +183,8 @@ impl JourneyService {
     ) -> Result<Self> {
         // The configured schemas are checked before anything is asked of the broker.
         let codec = cfg.codec()?;
+        // Before any partition resumes: a journey restored must know who is erased.
+        let erasures = erasures::ErasureLog::load(&cfg)?;
         let committers: Vec<Arc<BatchCommitter>> = maps
             .iter()
             .map(|m| {
@@ -234,6 +238,7 @@ impl JourneyService {
             identity: cfg.identity.policy(),
             partitions,
             group: cfg.journey.group_id.as_str().into(),
+            erasures: erasures.erased().clone(),
         };
         let inner = Inner {
             codec,
@@ -259,6 +264,7 @@ impl JourneyService {
             dead_letters: Default::default(),
             consumed: BTreeMap::new(),
             held: Default::default(),
+            erasures,
         };
         Ok(JourneyService { consumer, inner })
     }
@@ -732,6 +738,24 @@ impl Inner {
     /// they were sent), then publishes each journey's watermark, then commits offsets.
     /// A dead letter the DLQ refused, now or in delivery, stops it before any commit: the
     /// batches holding such records are read again after a restart.
+    /// Erasures recorded since the last flush go to every journey before its batch is taken.
+    fn apply_new_erasures(&mut self) {
+        let Some(erased) = self.erasures.refresh() else {
+            return;
+        };
+        self.setup.erasures = erased.clone();
+        let moved: usize = self
+            .slots
+            .values_mut()
+            .map(|s| s.set_erasures(&erased))
+            .sum();
+        tracing::info!(
+            erased = erased.len(),
+            journeys_moved = moved,
+            "new erasures applied"
+        );
+    }
+
     fn flush(&mut self, consumer: &ConsumerHandle) -> Result<()> {
         let failed = delivered(&self.dlq, &self.cfg.topics.dlq)?;
         if let Some(why) = self.dlq_refused.take().or(failed) {
@@ -753,6 +777,7 @@ impl Inner {
                 .with_label_values(&[kind])
                 .inc_by(n);
         }
+        self.apply_new_erasures();
         let mut taken: Vec<(i32, Vec<LaneBatch>)> = Vec::new();
         for (p, slot) in &mut self.slots {
             taken.push((*p, slot.take_batches()));
@@ -761,6 +786,7 @@ impl Inner {
             let from = self.dead_letters_from();
             for b in taken.iter_mut().flat_map(|(_, b)| b.iter_mut()) {
                 b.end.dead_letters_from.clone_from(&from);
+                b.end.erasures_seen = self.erasures.seen();
             }
         }
         self.send_identity_messages(&taken)?;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use cxstream_avro::{Codec, IdentityMessage, IdentityMessageKind};
 use cxstream_clickhouse::{BatchEnd, Resume};
+use cxstream_core::erasure::Erasures;
 use cxstream_core::identity::{Identification, IdentityPolicy, VISITOR_PREFIX};
 use cxstream_core::{
     Batch, EventClock, EventTimePolicy, Input, Journey, JourneyMap, JourneyMaps, PartitionProcessor,
@@ -165,6 +166,7 @@ impl Lane {
         if let Some(identity) = setup.identity {
             processor = processor.with_identity(identity);
         }
+        processor.set_erasures(setup.erasures.clone());
         let mut unheld = Vec::new();
         for (customer, stored) in resume.journeys {
             let device = customer.strip_prefix(VISITOR_PREFIX);
@@ -198,7 +200,9 @@ impl Lane {
                 resume.identities_offset,
             ],
             records_since_commit: 0,
-            dirty: false,
+            // With erasures, a resumed partition commits at once, so that its marker says
+            // they are applied here (what `cxstream erase` waits for).
+            dirty: !setup.erasures.is_empty(),
             heard: vec![None; setup.partitions],
             published: None,
             identity_watermark: None,
@@ -311,6 +315,8 @@ pub struct Setup {
     /// The consumer group: only its own journeys' watermarks count (a replay under a new
     /// group reading an identities topic an earlier run wrote must not run ahead on them).
     pub group: Arc<str>,
+    /// Erased customers, known before any journey is restored.
+    pub erasures: Arc<Erasures>,
 }
 
 impl Setup {
@@ -582,6 +588,17 @@ impl Slot {
         self.cursors.iter().all(|c| c.at_end() && c.idle) && !self.lanes.iter().any(Lane::pending)
     }
 
+    /// New erasures: every journey commits a batch with them applied (even an empty one),
+    /// so that its marker tells `cxstream erase` that nothing of theirs is written any more.
+    pub fn set_erasures(&mut self, erasures: &Arc<Erasures>) -> usize {
+        let mut moved = 0;
+        for lane in &mut self.lanes {
+            moved += lane.processor.set_erasures(erasures.clone());
+            lane.dirty = true;
+        }
+        moved
+    }
+
     /// The batch of each journey to commit now, if anything changed.
     pub fn take_batches(&mut self) -> Vec<LaneBatch> {
         let mut out = Vec::new();
@@ -600,6 +617,7 @@ impl Slot {
                 aggregates_id: 0,
                 // Set by the flush, which knows where the dead-letter topic stands.
                 dead_letters_from: Vec::new(),
+                erasures_seen: 0,
             };
             out.push(LaneBatch {
                 lane: i,
@@ -784,6 +802,7 @@ mod tests {
             identity: None,
             partitions: 1,
             group: "g".into(),
+            erasures: Default::default(),
         }
     }
 

@@ -170,7 +170,7 @@ impl Stack {
             format!(
                 "kafka:\n  brokers: {kafka}\n{debug}\
                  topics:\n  touchpoints: t.{name}.touchpoints\n  survey_responses: t.{name}.answers\n  \
-                 aggregates: t.{name}.aggregates\n  alerts: t.{name}.alerts\n  dlq: t.{name}.dlq\n  identities: t.{name}.identities\n  alerter_members: t.{name}.members\n  partitions: {PARTITIONS}\n\
+                 aggregates: t.{name}.aggregates\n  alerts: t.{name}.alerts\n  dlq: t.{name}.dlq\n  identities: t.{name}.identities\n  alerter_members: t.{name}.members\n  erasures: t.{name}.erasures\n  partitions: {PARTITIONS}\n\
                  clickhouse:\n  url: {clickhouse}\n  database: t_{run}\n\
                  journey:\n  maps: [{map_list}]\n  group_id: g.{run}\n  flush_interval_ms: 200\n  max_batch_records: 5000\n  compact_after_batches: 4\n  idle_release_ms: 500\n  join_timeout_ms: 12000\n  publish_aggregates: true\n\
                  http:\n  listen: 127.0.0.1:0\nlog:\n  level: warn\n"

@@ -1,6 +1,6 @@
 //! A whole topic read from its beginning, and where its end was when reading started: the
-//! alerter reads its input (the aggregates) and its memory (the alerts) this way, with no
-//! consumer group offsets.
+//! alerter reads its input (the aggregates) and its memory (the alerts) this way, and the
+//! journey service the erasures, with no consumer group offsets.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

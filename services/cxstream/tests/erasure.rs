@@ -1,0 +1,174 @@
+//! The right to be forgotten against the real Tansu and ClickHouse: a customer erased while
+//! the journey service runs is in no table afterwards — nor after a replay of the topics
+//! from the earliest offsets into an empty database — while every per-minute count still
+//! equals the simulator's ground truth (erased customers count as anonymous counts, README
+//! § Operations, Erasure) and every other customer's facts are all there.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_cells_equal, Stack};
+
+fn committed(s: &Stack) -> i64 {
+    s.committed_records_by_journey()
+        .values()
+        .copied()
+        .min()
+        .unwrap_or(0)
+}
+
+fn records_in(s: &Stack) -> i64 {
+    (s.read_topic(&s.topic("touchpoints"), common::PARTITIONS)
+        .len()
+        + s.read_topic(&s.topic("answers"), common::PARTITIONS).len()) as i64
+}
+
+/// Tables (not views) of the stack's database with a `customer_id` column, asked of the
+/// server (a table added later is covered without changing this test).
+fn customer_tables(s: &Stack) -> Vec<String> {
+    let db = s.database();
+    s.query(&format!(
+        "SELECT table FROM system.columns WHERE database = '{db}' AND name = 'customer_id' \
+         AND table IN (SELECT name FROM system.tables WHERE database = '{db}' \
+         AND engine NOT LIKE '%View') ORDER BY table"
+    ))
+    .into_iter()
+    .map(|r| r[0].clone())
+    .collect()
+}
+
+/// Per table, rows whose customer id matches `condition` (nonzero only).
+fn rows_where(s: &Stack, condition: &str) -> Vec<(String, i64)> {
+    let db = s.database();
+    customer_tables(s)
+        .into_iter()
+        .map(|t| {
+            let n = s.scalar(&format!(
+                "SELECT toInt64(count()) FROM {db}.{t} WHERE {condition}"
+            ));
+            (t, n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// Touchpoint facts of every customer, each once.
+fn touchpoint_facts(s: &Stack) -> i64 {
+    s.scalar(&format!(
+        "SELECT toInt64(count()) FROM {}.touchpoints FINAL",
+        s.database()
+    ))
+}
+
+#[test]
+fn an_erased_customer_is_in_no_table_also_after_a_replay_and_every_count_stays_exact() {
+    let s = Stack::new("erase");
+    s.simulate(4_000, 2.0, 0);
+    let total = records_in(&s);
+    let mut service = s.spawn(&["journey"]);
+    // Someone who wrote a comment and whose journey entered a stage (personal data in
+    // several tables), while the service is still reading.
+    let db = s.database();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let victim = loop {
+        let found = s.query(&format!(
+            "SELECT customer_id FROM {db}.survey_answers WHERE comment != '' AND customer_id \
+             IN (SELECT customer_id FROM {db}.stage_entries) ORDER BY customer_id LIMIT 1"
+        ));
+        if let Some(row) = found.first() {
+            break row[0].clone();
+        }
+        assert!(Instant::now() < deadline, "nothing committed");
+        assert!(service.try_wait().unwrap().is_none(), "the service exited");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let erased_at = committed(&s);
+    assert!(erased_at < total, "the run finished before the erase");
+    let out = s
+        .command(&["erase", "--customer", &victim, "--wait-secs", "60"])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "erase failed: {said}");
+    assert!(said.contains("none left"), "{said}");
+    let victim_is = format!("customer_id = '{victim}'");
+    assert_eq!(rows_where(&s, &victim_is), vec![], "right after the erase");
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while committed(&s) < total {
+        assert!(Instant::now() < deadline, "not caught up after the erase");
+        assert!(service.try_wait().unwrap().is_none(), "the service exited");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(service.wait().unwrap().success());
+
+    // Nothing of theirs, nor any fact under their pseudonym; their journey goes on under it.
+    assert_eq!(rows_where(&s, &victim_is), vec![], "after the run");
+    let pseudonymous = rows_where(&s, "startsWith(customer_id, 'erased:')");
+    assert!(
+        pseudonymous.iter().all(|(t, _)| t.starts_with("journeys")),
+        "{pseudonymous:?}"
+    );
+    // Every count as if nothing had been erased; every other customer's facts all there.
+    assert_cells_equal(&s.truth(), &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
+    let truth_events: i64 = s.truth().values().map(|v| v[10]).sum();
+    let theirs = truth_events - touchpoint_facts(&s);
+    assert!(theirs > 0, "the victim had touchpoints");
+
+    // A replay from the earliest offsets into an empty database: the erasure holds.
+    let replay = s.replay();
+    replay.ok(&["journey", "--until-caught-up"]);
+    assert_eq!(rows_where(&replay, &victim_is), vec![], "after the replay");
+    let pseudonymous = rows_where(&replay, "startsWith(customer_id, 'erased:')");
+    assert!(
+        pseudonymous.iter().all(|(t, _)| t.starts_with("journeys")),
+        "{pseudonymous:?}"
+    );
+    assert_cells_equal(&s.truth(), &replay.cells());
+    assert_cells_equal(&s.step_truth(), &replay.step_cells());
+    assert_eq!(touchpoint_facts(&replay), truth_events - theirs);
+}
+
+#[test]
+fn erase_stops_with_what_to_do_when_no_journey_service_applies_it() {
+    let s = Stack::new("erase_idle");
+    s.simulate(200, 0.2, 0);
+    s.ok(&["journey", "--until-caught-up"]);
+    let out = s
+        .command(&["erase", "--customer", "cust-0000001", "--wait-secs", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no journey service applied the erasure")
+            && err.contains("run the same `cxstream erase` again"),
+        "{err}"
+    );
+    // Recorded all the same: the next run applies it, and the erase then finishes.
+    let mut service = s.spawn(&["journey"]);
+    let out = s
+        .command(&["erase", "--customer", "cust-0000001", "--wait-secs", "60"])
+        .output()
+        .unwrap();
+    let _ = service.kill();
+    let _ = service.wait();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(
+        rows_where(&s, "customer_id = 'cust-0000001'"),
+        vec![],
+        "{said}"
+    );
+}
