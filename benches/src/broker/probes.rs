@@ -149,6 +149,7 @@ fn create_and_fill(settings: &KafkaSettings, topic: &str) -> Result<(), String> 
     let spec = TopicSpec {
         name: topic.to_string(),
         partitions: 1,
+        keep_forever: false,
     };
     rt.block_on(async {
         tokio::time::timeout(

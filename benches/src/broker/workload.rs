@@ -315,6 +315,7 @@ fn create_topics(
         .map(|t| TopicSpec {
             name: t.clone(),
             partitions,
+            keep_forever: false,
         })
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()

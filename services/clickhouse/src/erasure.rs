@@ -25,12 +25,21 @@ pub async fn customer_tables(client: &Client, database: &str) -> Result<Vec<Stri
         .ctx(|| "listing the tables that hold customer ids".into())
 }
 
-/// Rows of `ids` in `table`.
+/// Matches a row whose `customer_id`, trimmed as journeys key it, is one of the ids: facts
+/// keep the id as producers sent it, and " c-1" and "c-1" are one customer.
+fn matching(ids: &[String]) -> String {
+    format!(
+        r"replaceRegexpAll(customer_id, '^\\s+|\\s+$', '') IN ({})",
+        placeholders(ids)
+    )
+}
+
+/// Rows of `ids` (trimmed) in `table`.
 pub async fn count_rows(client: &Client, table: &str, ids: &[String]) -> Result<u64> {
     bind_all(
         client.query(&format!(
-            "SELECT count() FROM {table} WHERE customer_id IN ({})",
-            placeholders(ids)
+            "SELECT count() FROM {table} WHERE {}",
+            matching(ids)
         )),
         ids,
     )
@@ -43,8 +52,8 @@ pub async fn count_rows(client: &Client, table: &str, ids: &[String]) -> Result<
 pub async fn delete_rows(client: &Client, table: &str, ids: &[String]) -> Result<()> {
     bind_all(
         client.query(&format!(
-            "ALTER TABLE {table} DELETE WHERE customer_id IN ({})",
-            placeholders(ids)
+            "ALTER TABLE {table} DELETE WHERE {}",
+            matching(ids)
         )),
         ids,
     )
@@ -65,10 +74,14 @@ fn bind_all(mut q: clickhouse::query::Query, ids: &[String]) -> clickhouse::quer
     q
 }
 
-/// Mutations of the database not done yet.
+/// Deletions of customers' rows in the database not done yet (compaction's own deletes
+/// are not waited for).
 pub async fn mutations_running(client: &Client, database: &str) -> Result<u64> {
     client
-        .query("SELECT count() FROM system.mutations WHERE database = ? AND is_done = 0")
+        .query(
+            "SELECT count() FROM system.mutations WHERE database = ? AND is_done = 0 \
+             AND position(command, 'customer_id') > 0",
+        )
         .bind(database)
         .fetch_one::<u64>()
         .await

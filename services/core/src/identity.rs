@@ -177,6 +177,15 @@ impl IdentityResolver {
             if customer.trim().starts_with(VISITOR_PREFIX) {
                 return Err(Invalid::ReservedCustomerId);
             }
+            // Only the processor writes pseudonyms (of erased customers), stripped of any
+            // anonymous id: one sent by a producer is refused before it identifies a device.
+            if customer
+                .trim()
+                .starts_with(crate::erasure::PSEUDONYM_PREFIX)
+                && event.anonymous_id.is_some()
+            {
+                return Err(Invalid::ReservedCustomerId);
+            }
             if let (Some(device), false) = (present(&event.anonymous_id), refused) {
                 self.identified(customer, device, event.event_time, clock.watermark());
             }

@@ -285,6 +285,31 @@ impl PartitionProcessor {
         let Some(mut journey) = self.journeys.remove(key) else {
             return;
         };
+        let p: Arc<str> = Arc::from(pseudonym);
+        // Both restored (the real id's row was not deleted yet): the pseudonym's is newer.
+        let replaced = self.journeys.contains_key(pseudonym);
+        let moved: Vec<(i64, Arc<str>)> = self
+            .out
+            .deadlines
+            .iter()
+            .filter(|(_, c)| c == key)
+            .cloned()
+            .collect();
+        for (deadline, c) in moved {
+            self.out.deadlines.remove(&(deadline, c));
+            if !replaced {
+                self.out.deadlines.insert((deadline, p.clone()));
+            }
+        }
+        let own = |id: &Option<String>| customer_of(id) == &**key;
+        self.out.touchpoints.retain(|f| !own(&f.event.customer_id));
+        self.out.answers.retain(|f| !own(&f.answer.customer_id));
+        self.out.entries.retain(|f| f.customer != *key);
+        self.out.steps.retain(|f| f.customer != *key);
+        self.refused.retain(|r| !own(r.customer_id()));
+        if replaced {
+            return;
+        }
         let j = Arc::make_mut(&mut journey);
         for t in &mut j.touchpoints {
             let mut ev = TouchpointEvent::clone(&t.event);
@@ -296,24 +321,6 @@ impl PartitionProcessor {
             strip_answer(&mut ans, pseudonym.to_string());
             a.answer = Arc::new(ans);
         }
-        let p: Arc<str> = Arc::from(pseudonym);
-        let moved: Vec<(i64, Arc<str>)> = self
-            .out
-            .deadlines
-            .iter()
-            .filter(|(_, c)| c == key)
-            .cloned()
-            .collect();
-        for (deadline, c) in moved {
-            self.out.deadlines.remove(&(deadline, c));
-            self.out.deadlines.insert((deadline, p.clone()));
-        }
-        let own = |id: &Option<String>| customer_of(id) == &**key;
-        self.out.touchpoints.retain(|f| !own(&f.event.customer_id));
-        self.out.answers.retain(|f| !own(&f.answer.customer_id));
-        self.out.entries.retain(|f| f.customer != *key);
-        self.out.steps.retain(|f| f.customer != *key);
-        self.refused.retain(|r| !own(r.customer_id()));
         j.dirty = false;
         mark_dirty(j, &p, &mut self.dirty);
         self.journeys.insert(p, journey);
@@ -535,13 +542,21 @@ impl PartitionProcessor {
             return self.apply_touchpoint(ev, source_offset, Arrival::Input(record_ms));
         }
         let resolved = self.resolved(&ev)?;
+        if customer_of(&ev.customer_id).starts_with(PSEUDONYM_PREFIX) {
+            return Err(Invalid::ReservedCustomerId);
+        }
+        // An erased customer's touchpoint identifies no device (it no longer carries one).
+        let mut ev = ev;
+        self.erasures.scrub_touchpoint(&mut ev);
         let time = ev.event_time;
         let Some(resolver) = self.identity.as_mut() else {
             return Ok(());
         };
         match resolver.route(ev, source_offset, &self.clock, record_ms)? {
             Route::Apply(ev) => {
-                valid_customer(&ev.customer_id)?;
+                if !is_pseudonym(customer_of(&ev.customer_id)) {
+                    valid_customer(&ev.customer_id)?;
+                }
                 self.apply_resolved(ev, resolved, source_offset, Arrival::Input(record_ms))
             }
             route => {

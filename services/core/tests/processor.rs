@@ -1128,6 +1128,15 @@ fn invalid_records_are_refused_with_a_reason() {
         p.on_touchpoint(tp("e", "c", 4_294_967_295_999, "ad_click", None), 0, None),
         Ok(())
     );
+    // Erased customers' pseudonyms are the processor's own: never a producer's.
+    assert_eq!(
+        p.on_touchpoint(tp("e2", " erased:ab", 1, "ad_click", None), 0, None),
+        Err(Invalid::ReservedCustomerId)
+    );
+    assert_eq!(
+        p.on_answer(ans("r2", "erased:ab", 1, Metric::Nps, 9, None), 0, None),
+        Err(Invalid::ReservedCustomerId)
+    );
 }
 
 /// Beside another map, an event naming that map's stage is that map's business: here it

@@ -54,14 +54,13 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &EraseArgs) -> Result<()> {
     rt.block_on(delete(&client, &cfg.clickhouse.database, &ids))
 }
 
-/// The ids to delete rows of: each as given and as journeys key it (trimmed).
+/// The ids to delete rows of, as journeys key them (trimmed; rows match trimmed too).
 fn ids_of(customers: &[String]) -> Result<Vec<String>> {
     let mut ids = Vec::new();
     for c in customers {
         if c.trim().is_empty() {
             anyhow::bail!("--customer: an empty customer id names no one");
         }
-        ids.push(c.clone());
         ids.push(c.trim().to_string());
     }
     ids.sort();
@@ -116,6 +115,9 @@ fn partitions(cfg: &Config) -> Result<u16> {
         .iter()
         .find(|t| t.name() == topic)
         .map_or(0, |t| t.partitions().len());
+    if n == 0 {
+        anyhow::bail!("topic `{topic}` has no partitions here: is `kafka.brokers` right?");
+    }
     u16::try_from(n).context("too many partitions")
 }
 
@@ -155,34 +157,55 @@ async fn wait_for_journeys(
     }
 }
 
+/// How long after the deletions the tables are checked once more: a batch commit or a
+/// compaction under way when they started may have written a row they did not see.
+const SETTLE: Duration = Duration::from_secs(5);
+
 /// Deletes the customers' rows from every table that holds customer ids, waits for the
-/// deletions to finish, and checks that none is left.
+/// deletions to finish, and checks that none is left (deleting again what a batch or a
+/// compaction under way wrote meanwhile).
 async fn delete(client: &clickhouse::Client, database: &str, ids: &[String]) -> Result<()> {
     let tables = erasure::customer_tables(client, database).await?;
     let mut found = Vec::new();
-    for t in &tables {
-        let n = erasure::count_rows(client, t, ids).await?;
-        if n > 0 {
-            erasure::delete_rows(client, t, ids).await?;
-            found.push(format!("{t} {n}"));
-        }
-    }
-    let started = Instant::now();
-    while erasure::mutations_running(client, database).await? > 0 {
-        if started.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!("the deletions were still running after 10 minutes (system.mutations); run the same erase again to check");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
     let mut left = Vec::new();
-    for t in &tables {
-        let n = erasure::count_rows(client, t, ids).await?;
-        if n > 0 {
-            left.push(format!("{t} {n}"));
+    for pass in 0..3 {
+        let mut deleted = false;
+        for t in &tables {
+            let n = erasure::count_rows(client, t, ids).await?;
+            if n > 0 {
+                erasure::delete_rows(client, t, ids).await?;
+                found.push(format!("{t} {n}"));
+                deleted = true;
+            }
+        }
+        if !deleted && pass > 0 {
+            left.clear();
+            break;
+        }
+        let started = Instant::now();
+        while erasure::mutations_running(client, database).await? > 0 {
+            if started.elapsed() > Duration::from_secs(600) {
+                anyhow::bail!("the deletions were still running after 10 minutes (system.mutations); run the same erase again to check");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        tokio::time::sleep(SETTLE).await;
+        left.clear();
+        for t in &tables {
+            let n = erasure::count_rows(client, t, ids).await?;
+            if n > 0 {
+                left.push(format!("{t} {n}"));
+            }
+        }
+        if left.is_empty() {
+            break;
         }
     }
     if !left.is_empty() {
-        anyhow::bail!("rows are left after deleting: {}", left.join(", "));
+        anyhow::bail!(
+            "rows are left after deleting three times: {}",
+            left.join(", ")
+        );
     }
     println!(
         "erase: rows deleted: {} ({} tables checked, none left)",

@@ -179,6 +179,7 @@ fn run(command: Command, cfg: Config) -> Result<()> {
             .map(|(name, partitions)| TopicSpec {
                 name: name.to_string(),
                 partitions,
+                keep_forever: name == t.erasures,
             });
             runtime()?.block_on(cxstream_kafka::ensure_topics(&cfg.kafka, &specs))?;
             println!("topics: ready ({} partitions for the inputs)", t.partitions);

@@ -37,6 +37,7 @@ pub fn run(cfg: &Config, args: &ProbeArgs) -> Result<()> {
         let spec = TopicSpec {
             name: topic.to_string(),
             partitions: 1,
+            keep_forever: false,
         };
         crate::runtime()?
             .block_on(async {

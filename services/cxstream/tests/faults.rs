@@ -738,3 +738,204 @@ fn clickhouse_refusing_inserts_loses_and_doubles_nothing() {
     assert_cells_equal(&s.step_truth(), &s.step_cells());
     assert_eq!((rows, distinct), (truth_events, truth_events), "facts");
 }
+
+/// A Tansu of the test's own, on a free port, storing in a database of its own in the local
+/// stack's PostgreSQL (`TANSU_BIN`, `CX_POSTGRES_PORT`: deploy/local/env.sh), so that it
+/// can be stopped and started again with its data while other tests use the shared broker.
+struct PrivateBroker {
+    addr: String,
+    storage: String,
+    /// (PostgreSQL port, database) of its storage, dropped when the test ends.
+    database: (String, String),
+    log: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateBroker {
+    fn start(name: &str, dir: &std::path::Path) -> PrivateBroker {
+        let pg_port = std::env::var("CX_POSTGRES_PORT").unwrap_or_else(|_| "15432".into());
+        let db = format!("tansu_{name}");
+        let psql = |database: &str, args: &[&str]| {
+            let out = std::process::Command::new("psql")
+                .args(["-h", "127.0.0.1", "-p", &pg_port, "-U", "postgres", "-v"])
+                .args(["ON_ERROR_STOP=1", "-qAt", "-d", database])
+                .args(args)
+                .output()
+                .expect("psql (deploy/local/install.sh installs it)");
+            assert!(
+                out.status.success(),
+                "psql {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        psql("postgres", &["-c", &format!("create database {db}")]);
+        let schema = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/local/tansu/postgres-schema.sql"
+        );
+        psql(&db, &["-f", schema]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut b = PrivateBroker {
+            addr: format!("127.0.0.1:{port}"),
+            storage: format!("postgres://postgres@127.0.0.1:{pg_port}/{db}"),
+            database: (pg_port.clone(), db.clone()),
+            log: dir.join("private-broker.log"),
+            child: None,
+        };
+        b.up();
+        b
+    }
+
+    fn up(&mut self) {
+        let bin = std::env::var("TANSU_BIN")
+            .expect("TANSU_BIN names the broker binary (source deploy/local/env.sh)");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let url = format!("tcp://{}", self.addr);
+        self.child = Some(
+            std::process::Command::new(bin)
+                .args(["broker", "--storage-engine", &self.storage])
+                .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .create()
+            .unwrap();
+        while consumer
+            .fetch_metadata(None, Duration::from_secs(2))
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the private broker does not serve"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGTERM, as a service manager stops it; its data stays.
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    c.kill().unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.down();
+        let (port, db) = &self.database;
+        let _ = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-U",
+                "postgres",
+                "-qAt",
+                "-d",
+                "postgres",
+            ])
+            .args(["-c", &format!("drop database if exists {db}")])
+            .output();
+    }
+}
+
+/// The broker stopped for 30 s and started again with its data: the service stays alive,
+/// says not ready while no broker answers, and ends with every count exact, every fact
+/// once, and the group's offsets at the end.
+#[test]
+fn broker_restarted_with_its_data_loses_and_doubles_nothing() {
+    let shared = Stack::new("faults_broker");
+    let mut broker = PrivateBroker::start(&shared.run, &shared.dir);
+    let s = shared.on_broker(&broker.addr.clone());
+    s.simulate(20_000, 2.0, 0);
+    let total = records_in(&s);
+    let proxy = Proxy::start(&s.clickhouse); // only to learn the service's address
+    let (mut child, addr) = journey_behind(&s, &proxy);
+    assert!(wait_for_batches(&s, &mut child, 4), "the service exited");
+    broker.down();
+    let down_at = Instant::now();
+    let mut not_ready_seen = false;
+    while down_at.elapsed() < Duration::from_secs(30) {
+        not_ready_seen |= http_status(&addr, "/readyz").contains("503");
+        assert!(child.try_wait().unwrap().is_none(), "the service exited");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let midway = committed_records(&s);
+    broker.up();
+    let back_at = Instant::now();
+    let deadline = back_at + Duration::from_secs(300);
+    while committed_records(&s) < total as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "not caught up after the broker came back"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the service exited");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let recovery = back_at.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let ready_after = http_status(&addr, "/readyz");
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success(), "SIGTERM exit");
+
+    let journey = s.journeys[0].clone();
+    let truth_events: i64 = s.truth_of(&journey).values().map(|v| v[10]).sum();
+    let (rows, distinct) = facts(&s, &journey);
+    let exact = s.truth() == s.cells() && s.step_truth() == s.step_cells();
+    Score {
+        test: "broker_restarted",
+        fault: "broker stopped 30 s, started again with its data".into(),
+        records_in: total,
+        exact,
+        duplicates: rows - distinct,
+        lost: truth_events - distinct,
+        recovery,
+    }
+    .write();
+
+    assert!(
+        midway < total as i64,
+        "everything was committed before the broker stopped"
+    );
+    assert!(
+        not_ready_seen,
+        "/readyz never said 503 while no broker answered"
+    );
+    assert!(
+        ready_after.contains("200"),
+        "not ready again: {ready_after}"
+    );
+    assert_cells_equal(&s.truth(), &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
+    assert_eq!((rows, distinct), (truth_events, truth_events), "facts");
+    let short = offsets_short_of_the_end(&s);
+    assert!(short.is_empty(), "{short:?}");
+}

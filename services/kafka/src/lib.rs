@@ -163,6 +163,8 @@ impl KafkaSettings {
 pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
+    /// Never delete records (`retention.ms=-1`): what must outlive the inputs.
+    pub keep_forever: bool,
 }
 
 /// Creates the topics that do not exist yet; existing topics are left as they are.
@@ -177,7 +179,14 @@ pub async fn ensure_topics(settings: &KafkaSettings, topics: &[TopicSpec]) -> Re
             })?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1)))
+        .map(|t| {
+            let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1));
+            if t.keep_forever {
+                topic.set("retention.ms", "-1")
+            } else {
+                topic
+            }
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin

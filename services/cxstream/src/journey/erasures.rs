@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use cxstream_core::erasure::Erasures;
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::config::Config;
@@ -30,6 +30,28 @@ impl ErasureLog {
     pub fn load(cfg: &Config) -> Result<Self> {
         let topic = cfg.topics.erasures.clone();
         let (consumer, mut ends) = from_beginning(cfg, &topic, "cxstream-erasures")?;
+        // One partition: its offset is what markers acknowledge. Its first record still
+        // there: an erasure lost to retention would let the customer be written again.
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(30))
+            .with_context(|| format!("reading the metadata of `{topic}`"))?;
+        let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
+        if partitions != 1 {
+            anyhow::bail!(
+                "the erasures topic `{topic}` has {partitions} partitions; it must have one \
+                 (create it with `cxstream topics`)"
+            );
+        }
+        let (low, _) = consumer
+            .fetch_watermarks(&topic, 0, Duration::from_secs(30))
+            .with_context(|| format!("reading the start of `{topic}`"))?;
+        if low > 0 {
+            anyhow::bail!(
+                "the erasures topic `{topic}` has lost its first {low} records (retention): \
+                 erased customers would be written again; restore them and set \
+                 retention.ms=-1 on it"
+            );
+        }
         let mut log = ErasureLog {
             consumer,
             topic,

@@ -282,7 +282,13 @@ impl JourneyService {
         let mut caught_up_since: Option<Instant> = None;
         // Caught up means all of the input, not the share assigned so far: after a crash the
         // dead member keeps its partitions until the group evicts it.
-        let inputs = partition_count(&consumer, &inner.cfg.topics.touchpoints)?;
+        // Catching up needs the count; a long-running member only uses it to look for
+        // partitions nobody serves (0: it does not look).
+        let inputs = if opts.until_caught_up {
+            partition_count(&consumer, &inner.cfg.topics.touchpoints)?
+        } else {
+            partition_count(&consumer, &inner.cfg.topics.touchpoints).unwrap_or(0)
+        };
         let mut unserved_checked = Instant::now();
         let mut unserved = false;
         let settle = Duration::from_millis(inner.cfg.journey.idle_release_ms.max(1000));
@@ -313,7 +319,10 @@ impl JourneyService {
             // Catching up alone, a share of the input is not enough either: a killed
             // member's partitions stay with it until the coordinator evicts it, which Tansu
             // never does (seen here: a run waited 20 minutes for two of four partitions).
+            // With identity stitching an owner may rightly wait for the identity watermark
+            // without committing: no sign that it is gone.
             if !inner.slots.is_empty()
+                && inner.setup.identity.is_none()
                 && inner.slots.len() < inputs
                 && unserved_checked.elapsed() >= UNSERVED_CHECK_EVERY
             {
@@ -428,7 +437,7 @@ impl Inner {
     /// stays formed around it), while the other members keep theirs and never notice.
     /// Errors count as served: this only decides whether to rejoin.
     fn unserved(&self, consumer: &ConsumerHandle, partitions: usize) -> Vec<i32> {
-        let timeout = Duration::from_secs(5);
+        let timeout = Duration::from_secs(2);
         let inputs = [Source::Touchpoints, Source::Answers].map(|s| self.topic(s).to_string());
         let mut unserved = Vec::new();
         for p in (0..partitions).filter_map(|p| i32::try_from(p).ok()) {
@@ -505,6 +514,8 @@ impl Inner {
             return;
         }
         self.learn_sent_before(&changes);
+        // Journeys restored now must know every erasure recorded so far.
+        self.apply_new_erasures();
         for change in changes {
             match change {
                 Change::Assigned(p, resumes) => {

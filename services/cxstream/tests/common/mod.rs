@@ -189,6 +189,20 @@ impl Stack {
         }
     }
 
+    /// The same pipeline on another broker (its topics created there).
+    pub fn on_broker(mut self, kafka: &str) -> Stack {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.replacen(
+            &format!("brokers: {}\n", self.kafka),
+            &format!("brokers: {kafka}\n"),
+            1,
+        );
+        std::fs::write(&self.config, text).unwrap();
+        self.kafka = kafka.to_string();
+        self.ok(&["topics"]);
+        self
+    }
+
     /// Adds top-level sections to the services' configuration file.
     pub fn append_config(&self, yaml: &str) {
         use std::io::Write as _;
