@@ -4,10 +4,10 @@
 
 FROM rust:1.95-bookworm AS build
 # rdkafka-sys builds its bundled librdkafka with ./configure + make (no cmake) and links the
-# system zlib found by pkg-config; SSL, SASL/GSSAPI, zstd and curl are disabled by the
-# crate's default features, so nothing else is needed.
+# system zlib and OpenSSL (TLS and SASL/SCRAM to Kafka) found by pkg-config; SASL/GSSAPI,
+# zstd and curl are disabled.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential pkg-config zlib1g-dev \
+ && apt-get install -y --no-install-recommends build-essential pkg-config zlib1g-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -20,7 +20,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && strip --strip-debug /out/cxstream
 
 FROM debian:bookworm-slim
-# Same Debian release as the builder, so the glibc and zlib the binary links are there.
+# Same Debian release as the builder, so the glibc and zlib the binary links are there;
+# OpenSSL's library and the CA certificates for TLS to Kafka.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libssl3 ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/cxstream /usr/local/bin/cxstream
 RUN ! ldd /usr/local/bin/cxstream | grep 'not found' \
  && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin cxstream

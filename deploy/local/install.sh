@@ -14,6 +14,11 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 # Headless Chromium opens the HTML report in the tests (it must render, with no console errors).
 command -v chromium >/dev/null || need_apt+=(chromium)
+# OpenSSL for TLS and SASL/SCRAM to Kafka (rdkafka's `ssl`), found by pkg-config at build
+# time; openssl and socat make the throw-away CA and the TLS listener of the Kafka TLS test.
+for pkg in libssl-dev pkg-config openssl socat; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+done
 if ((${#need_apt[@]})); then
   echo "install: apt packages ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

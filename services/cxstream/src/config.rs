@@ -414,6 +414,12 @@ impl Config {
     }
 
     fn validate(&mut self) -> Result<()> {
+        if let Some(f) = &self.kafka.sasl_password_file {
+            let text = std::fs::read_to_string(f).with_context(|| {
+                format!("kafka.sasl_password_file {} cannot be read", f.display())
+            })?;
+            self.kafka.sasl_password = Some(Secret(text.lines().next().unwrap_or("").to_string()));
+        }
         self.kafka.validate().map_err(anyhow::Error::msg)?;
         if let Some(f) = &self.clickhouse.password_file {
             let text = std::fs::read_to_string(f).with_context(|| {
@@ -553,6 +559,27 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("<redacted>"));
+    }
+
+    #[test]
+    fn a_sasl_password_comes_from_its_file_and_is_never_shown() {
+        let file = std::env::temp_dir().join(format!("cx-sasl-{}", std::process::id()));
+        std::fs::write(&file, "s3cret-sasl\n").expect("write");
+        let mut c: Config = yaml_serde::from_str(&format!(
+            "kafka:\n  security_protocol: sasl_ssl\n  sasl_mechanism: SCRAM-SHA-512\n  \
+             sasl_username: cx\n  sasl_password_file: {}\n",
+            file.display()
+        ))
+        .expect("parses");
+        c.validate().expect("valid");
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(c.kafka.sasl_password, Some(Secret("s3cret-sasl".into())));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let mut missing = Config::default();
+        missing.kafka.security_protocol = "sasl_ssl".into();
+        missing.kafka.sasl_username = Some("cx".into());
+        let e = missing.validate().unwrap_err().to_string();
+        assert!(e.contains("kafka.sasl_password_file"), "{e}");
     }
 
     #[test]

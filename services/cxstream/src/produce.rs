@@ -55,12 +55,29 @@ impl ProducerContext for Deliveries {
 }
 
 /// Waits until the broker has every record `producer` sent to `topic`; returns the first
-/// refusal since the last call, if any.
-pub fn delivered(producer: &ThreadedProducer<Deliveries>, topic: &str) -> Result<Option<String>> {
-    if producer.in_flight_count() > 0 {
-        producer
-            .flush(Duration::from_secs(30))
-            .with_context(|| format!("flushing topic `{topic}`"))?;
+/// refusal since the last call, if any. A broker that does not answer is waited for (a
+/// restart is no refusal), calling `waiting` every 30 s meanwhile: each record is either
+/// acknowledged or, after librdkafka's `message.timeout.ms`, refused, so the wait ends.
+pub fn delivered(
+    producer: &ThreadedProducer<Deliveries>,
+    topic: &str,
+    waiting: &dyn Fn(),
+) -> Result<Option<String>> {
+    let started = std::time::Instant::now();
+    while producer.in_flight_count() > 0 {
+        match producer.flush(Duration::from_secs(30)) {
+            Ok(()) => break,
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
+                waiting();
+                tracing::warn!(
+                    topic,
+                    waiting = producer.in_flight_count(),
+                    waited_s = started.elapsed().as_secs(),
+                    "the broker has not acknowledged records yet; waiting"
+                );
+            }
+            Err(e) => return Err(e).with_context(|| format!("flushing topic `{topic}`")),
+        }
     }
     Ok(producer.context().take_failures())
 }

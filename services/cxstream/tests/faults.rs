@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{assert_cells_equal, Raw, Stack, PARTITIONS};
+use common::{assert_cells_equal, PrivateBroker, Raw, Stack, PARTITIONS};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, TopicPartitionList};
 
@@ -480,6 +480,11 @@ fn journey_behind(s: &Stack, proxy: &Proxy) -> (std::process::Child, String) {
             if let Some(addr) = line.split("addr=").nth(1) {
                 let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
             }
+            // Shown when the test fails: why the service complained or stopped.
+            if line.contains(" WARN ") || line.contains(" ERROR ") || line.starts_with("cxstream:")
+            {
+                eprintln!("journey: {line}");
+            }
         }
     });
     let addr = rx
@@ -737,130 +742,6 @@ fn clickhouse_refusing_inserts_loses_and_doubles_nothing() {
     assert_cells_equal(&s.truth(), &s.cells());
     assert_cells_equal(&s.step_truth(), &s.step_cells());
     assert_eq!((rows, distinct), (truth_events, truth_events), "facts");
-}
-
-/// A Tansu of the test's own, on a free port, storing in a database of its own in the local
-/// stack's PostgreSQL (`TANSU_BIN`, `CX_POSTGRES_PORT`: deploy/local/env.sh), so that it
-/// can be stopped and started again with its data while other tests use the shared broker.
-struct PrivateBroker {
-    addr: String,
-    storage: String,
-    /// (PostgreSQL port, database) of its storage, dropped when the test ends.
-    database: (String, String),
-    log: std::path::PathBuf,
-    child: Option<std::process::Child>,
-}
-
-impl PrivateBroker {
-    fn start(name: &str, dir: &std::path::Path) -> PrivateBroker {
-        let pg_port = std::env::var("CX_POSTGRES_PORT").unwrap_or_else(|_| "15432".into());
-        let db = format!("tansu_{name}");
-        let psql = |database: &str, args: &[&str]| {
-            let out = std::process::Command::new("psql")
-                .args(["-h", "127.0.0.1", "-p", &pg_port, "-U", "postgres", "-v"])
-                .args(["ON_ERROR_STOP=1", "-qAt", "-d", database])
-                .args(args)
-                .output()
-                .expect("psql (deploy/local/install.sh installs it)");
-            assert!(
-                out.status.success(),
-                "psql {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        psql("postgres", &["-c", &format!("create database {db}")]);
-        let schema = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../deploy/local/tansu/postgres-schema.sql"
-        );
-        psql(&db, &["-f", schema]);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut b = PrivateBroker {
-            addr: format!("127.0.0.1:{port}"),
-            storage: format!("postgres://postgres@127.0.0.1:{pg_port}/{db}"),
-            database: (pg_port.clone(), db.clone()),
-            log: dir.join("private-broker.log"),
-            child: None,
-        };
-        b.up();
-        b
-    }
-
-    fn up(&mut self) {
-        let bin = std::env::var("TANSU_BIN")
-            .expect("TANSU_BIN names the broker binary (source deploy/local/env.sh)");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let url = format!("tcp://{}", self.addr);
-        self.child = Some(
-            std::process::Command::new(bin)
-                .args(["broker", "--storage-engine", &self.storage])
-                .args(["--listener-url", &url, "--advertised-listener-url", &url])
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.addr)
-            .create()
-            .unwrap();
-        while consumer
-            .fetch_metadata(None, Duration::from_secs(2))
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the private broker does not serve"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// SIGTERM, as a service manager stops it; its data stays.
-    fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    c.kill().unwrap();
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        self.down();
-        let (port, db) = &self.database;
-        let _ = std::process::Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                port,
-                "-U",
-                "postgres",
-                "-qAt",
-                "-d",
-                "postgres",
-            ])
-            .args(["-c", &format!("drop database if exists {db}")])
-            .output();
-    }
 }
 
 /// The broker stopped for 30 s and started again with its data: the service stays alive,

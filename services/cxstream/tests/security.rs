@@ -167,3 +167,82 @@ fn a_wrong_password_stops_every_command_with_what_to_fix() {
     );
     assert!(!err.contains(wrong), "{err}");
 }
+
+/// Kafka over TLS: a TLS listener (socat, with a throw-away CA made by
+/// `deploy/local/tls-ca.sh`) in front of a broker of the test's own that advertises it.
+/// Simulator, journey service and topic creation all speak TLS and the counts are exact; a
+/// client that does not trust the CA gets no answer and says why.
+#[test]
+fn the_pipeline_runs_over_tls_to_kafka_and_an_untrusted_broker_is_refused() {
+    let shared = Stack::new("sec_tls");
+    let dir = shared.dir.clone();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/local/tls-ca.sh");
+    for sub in ["tls", "other"] {
+        let made = std::process::Command::new(script)
+            .arg(dir.join(sub))
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+    }
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tls_addr = format!("127.0.0.1:{tls_port}");
+    let broker = common::PrivateBroker::advertising(&shared.run, &dir, Some(&tls_addr));
+    let tls = dir.join("tls");
+    let mut proxy = std::process::Command::new("socat")
+        .arg(format!(
+            "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+            tls.join("server.pem").display(),
+            tls.join("server.key").display()
+        ))
+        .arg(format!("TCP:{}", broker.listen))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("socat (deploy/local/install.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&tls_addr).is_err() {
+        assert!(Instant::now() < deadline, "the TLS listener does not open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let trusting = |ca: &str| {
+        format!(
+            "  security_protocol: ssl\n  ssl_ca_location: {}\n",
+            dir.join(ca).join("ca.pem").display()
+        )
+    };
+    let s = shared.on_broker_with(&tls_addr, &trusting("tls"));
+    s.simulate(1_500, 0.5, 0);
+    s.ok(&["journey", "--until-caught-up"]);
+    assert_cells_equal(&s.truth(), &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
+
+    // The same broker, a CA that did not sign it.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let untrusting = s.dir.join("untrusting.yaml");
+    std::fs::write(
+        &untrusting,
+        text.replacen(&trusting("tls"), &trusting("other"), 1),
+    )
+    .unwrap();
+    let out = cxstream(
+        &untrusting,
+        &["probe", "--kafka-only", "--timeout-ms", "5000"],
+    )
+    .output()
+    .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert!(
+        !out.status.success(),
+        "an untrusted broker was used: {said}"
+    );
+    assert!(
+        said.to_lowercase().contains("certificate") || said.contains("SSL"),
+        "the refusal does not say why: {said}"
+    );
+}

@@ -54,8 +54,10 @@ pub struct KafkaSettings {
     /// SASL mechanism when SASL is used: `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`.
     pub sasl_mechanism: Option<String>,
     pub sasl_username: Option<String>,
-    /// Also from `CXSTREAM_KAFKA_SASL_PASSWORD`; never logged.
+    /// Also from `CXSTREAM_KAFKA_SASL_PASSWORD` or `sasl_password_file`; never logged.
     pub sasl_password: Option<Secret>,
+    /// A file whose first line is the SASL password (a mounted secret).
+    pub sasl_password_file: Option<std::path::PathBuf>,
     /// CA bundle for `ssl` / `sasl_ssl`.
     pub ssl_ca_location: Option<String>,
     /// Extra librdkafka properties, applied last (e.g. `fetch.max.bytes`).
@@ -70,6 +72,7 @@ impl Default for KafkaSettings {
             sasl_mechanism: None,
             sasl_username: None,
             sasl_password: None,
+            sasl_password_file: None,
             ssl_ca_location: None,
             properties: BTreeMap::new(),
         }
@@ -92,7 +95,7 @@ impl KafkaSettings {
         if self.security_protocol.starts_with("sasl")
             && (self.sasl_username.is_none() || self.sasl_password.is_none())
         {
-            return Err("kafka.security_protocol uses SASL: set kafka.sasl_username and kafka.sasl_password (or CXSTREAM_KAFKA_SASL_PASSWORD)".into());
+            return Err("kafka.security_protocol uses SASL: set kafka.sasl_username and the password (kafka.sasl_password_file or CXSTREAM_KAFKA_SASL_PASSWORD)".into());
         }
         Ok(())
     }

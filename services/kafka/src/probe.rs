@@ -6,8 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,15 +36,54 @@ pub struct MetadataAnswer {
     pub topics: usize,
 }
 
-/// One metadata request (all topics) with a deadline.
+/// Remembers the last error librdkafka logged (a TLS handshake's reason, say), which a
+/// failed request's own error does not carry.
+#[derive(Default)]
+struct LastError(std::sync::Mutex<Option<String>>);
+
+impl ClientContext for LastError {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(fac, log_message, "librdkafka");
+        let severe = matches!(
+            level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+        );
+        if severe {
+            if let Ok(mut last) = self.0.lock() {
+                *last = Some(log_message.to_string());
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LastError {}
+
+/// One metadata request (all topics) with a deadline; a failure says the client's last
+/// error too (why the connection failed).
 pub fn metadata(config: &ClientConfig, timeout: Duration) -> Result<MetadataAnswer, ProbeError> {
-    let client: BaseConsumer = config.create()?;
-    metadata_with(&client, timeout)
+    let client: BaseConsumer<LastError> = config.create_with_context(LastError::default())?;
+    metadata_with(&client, timeout).map_err(|e| match e {
+        ProbeError::Metadata(t, m) => {
+            // The client's logs wait in its queue until it is polled.
+            for _ in 0..5 {
+                let _ = client.poll(Duration::from_millis(50));
+            }
+            let why = client.context().0.lock().ok().and_then(|l| l.clone());
+            ProbeError::Metadata(
+                t,
+                why.map_or(m.clone(), |w| format!("{m}; the client's last error: {w}")),
+            )
+        }
+        other => other,
+    })
 }
 
 /// As [`metadata`], on a client the caller keeps (repeated probes reuse its connection).
-pub fn metadata_with(
-    client: &BaseConsumer,
+pub fn metadata_with<C: ConsumerContext>(
+    client: &BaseConsumer<C>,
     timeout: Duration,
 ) -> Result<MetadataAnswer, ProbeError> {
     let start = Instant::now();

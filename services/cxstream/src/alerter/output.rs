@@ -103,7 +103,7 @@ impl AlertsOutput {
                 .payload(&buf[..]);
             send(&self.producer, record).context("sending an alert")?;
         }
-        if let Some(why) = delivered(&self.producer, &self.topic)? {
+        if let Some(why) = delivered(&self.producer, &self.topic, &|| {})? {
             self.metrics
                 .write_errors
                 .with_label_values(&["kafka"])

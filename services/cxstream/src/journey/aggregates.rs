@@ -65,6 +65,7 @@ impl AggregatesOutput {
         codec: &Codec,
         maps: &JourneyMaps,
         taken: &mut [(i32, Vec<LaneBatch>)],
+        waiting: &dyn Fn(),
     ) -> Result<()> {
         let maps: Vec<&JourneyMap> = maps.iter().map(|m| &**m).collect();
         let mut buf = Vec::new();
@@ -87,7 +88,7 @@ impl AggregatesOutput {
                 }
             }
         }
-        if let Some(why) = delivered(&self.producer, &self.topic)? {
+        if let Some(why) = delivered(&self.producer, &self.topic, waiting)? {
             anyhow::bail!(
                 "the aggregates topic `{}` refused records ({why}); nothing read since the \
                  last commit was committed, so they are sent again when the service restarts",

@@ -722,13 +722,18 @@ impl Inner {
     fn confirm_at_end(&mut self, consumer: &ConsumerHandle, p: i32) {
         for &source in self.sources() {
             let topic = self.topic(source).to_string();
-            match consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)) {
+            // Short: the consumer is not polled meanwhile.
+            match consumer.fetch_watermarks(&topic, p, Duration::from_secs(2)) {
                 Ok((_, high)) => {
                     if let Some(slot) = self.slots.get_mut(&p) {
                         slot.set_high_watermark(source, high);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, partition = p, "cannot read high watermark"),
+                Err(e) => {
+                    // Polling stops while the broker keeps us waiting here: say so.
+                    self.readiness.brokers(false);
+                    tracing::warn!(error = %e, partition = p, "cannot read high watermark");
+                }
             }
         }
     }
@@ -768,7 +773,11 @@ impl Inner {
     }
 
     fn flush(&mut self, consumer: &ConsumerHandle) -> Result<()> {
-        let failed = delivered(&self.dlq, &self.cfg.topics.dlq)?;
+        // Waiting for the broker here, the consumer is not polled, so its statistics cannot
+        // say that no broker answers: the wait does.
+        let readiness = self.readiness.clone();
+        let not_ready = move || readiness.brokers(false);
+        let failed = delivered(&self.dlq, &self.cfg.topics.dlq, &not_ready)?;
         if let Some(why) = self.dlq_refused.take().or(failed) {
             anyhow::bail!(
                 "the dead-letter topic `{}` refused records ({why}); nothing read since the \
@@ -802,7 +811,7 @@ impl Inner {
         }
         self.send_identity_messages(&taken)?;
         if let Some(out) = &self.aggregates {
-            out.send_partials(&self.codec, &self.maps, &mut taken)?;
+            out.send_partials(&self.codec, &self.maps, &mut taken, &not_ready)?;
         }
         let mut offsets = TopicPartitionList::new();
         for (p, batches) in taken {
@@ -928,7 +937,8 @@ impl Inner {
                 }
             }
         }
-        if let Some(why) = delivered(producer, topic)? {
+        let readiness = self.readiness.clone();
+        if let Some(why) = delivered(producer, topic, &move || readiness.brokers(false))? {
             anyhow::bail!(
                 "the identities topic `{topic}` refused records ({why}); nothing read since the \
                  last commit was committed, so they are sent again when the service restarts"

@@ -190,11 +190,16 @@ impl Stack {
     }
 
     /// The same pipeline on another broker (its topics created there).
-    pub fn on_broker(mut self, kafka: &str) -> Stack {
+    pub fn on_broker(self, kafka: &str) -> Stack {
+        self.on_broker_with(kafka, "")
+    }
+
+    /// As [`Self::on_broker`], with more `kafka:` settings (YAML lines indented two spaces).
+    pub fn on_broker_with(mut self, kafka: &str, settings: &str) -> Stack {
         let text = std::fs::read_to_string(&self.config).unwrap();
         let text = text.replacen(
             &format!("brokers: {}\n", self.kafka),
-            &format!("brokers: {kafka}\n"),
+            &format!("brokers: {kafka}\n{settings}"),
             1,
         );
         std::fs::write(&self.config, text).unwrap();
@@ -675,4 +680,149 @@ pub fn assert_cells_equal<K: Ord + std::fmt::Debug>(
         diffs.join("\n")
     );
     assert!(!expected.is_empty());
+}
+
+/// A Tansu of the test's own, on a free port, storing in a database of its own in the local
+/// stack's PostgreSQL (`TANSU_BIN`, `CX_POSTGRES_PORT`: deploy/local/env.sh), so that it
+/// can be stopped and started again with its data while other tests use the shared broker.
+pub struct PrivateBroker {
+    /// Where clients reach it (its advertised listener).
+    pub addr: String,
+    /// Where it listens.
+    pub listen: String,
+    storage: String,
+    /// (PostgreSQL port, database) of its storage, dropped when the test ends.
+    database: (String, String),
+    log: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateBroker {
+    pub fn start(name: &str, dir: &std::path::Path) -> PrivateBroker {
+        Self::advertising(name, dir, None)
+    }
+
+    /// Listening on a free port, advertising `advertised` (a TLS proxy in front of it, say)
+    /// when given.
+    pub fn advertising(
+        name: &str,
+        dir: &std::path::Path,
+        advertised: Option<&str>,
+    ) -> PrivateBroker {
+        let pg_port = std::env::var("CX_POSTGRES_PORT").unwrap_or_else(|_| "15432".into());
+        let db = format!("tansu_{name}");
+        let psql = |database: &str, args: &[&str]| {
+            let out = std::process::Command::new("psql")
+                .args(["-h", "127.0.0.1", "-p", &pg_port, "-U", "postgres", "-v"])
+                .args(["ON_ERROR_STOP=1", "-qAt", "-d", database])
+                .args(args)
+                .output()
+                .expect("psql (deploy/local/install.sh installs it)");
+            assert!(
+                out.status.success(),
+                "psql {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        psql("postgres", &["-c", &format!("create database {db}")]);
+        let schema = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/local/tansu/postgres-schema.sql"
+        );
+        psql(&db, &["-f", schema]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut b = PrivateBroker {
+            addr: advertised.map_or_else(|| listen.clone(), str::to_string),
+            listen,
+            storage: format!("postgres://postgres@127.0.0.1:{pg_port}/{db}"),
+            database: (pg_port.clone(), db.clone()),
+            log: dir.join("private-broker.log"),
+            child: None,
+        };
+        b.up();
+        b
+    }
+
+    pub fn up(&mut self) {
+        let bin = std::env::var("TANSU_BIN")
+            .expect("TANSU_BIN names the broker binary (source deploy/local/env.sh)");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let (listen, advertised) = (
+            format!("tcp://{}", self.listen),
+            format!("tcp://{}", self.addr),
+        );
+        self.child = Some(
+            std::process::Command::new(bin)
+                .args(["broker", "--storage-engine", &self.storage])
+                .args(["--listener-url", &listen])
+                .args(["--advertised-listener-url", &advertised])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Asked where it listens: metadata answers name the advertised address, but a
+        // metadata request is answered either way.
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.listen)
+            .create()
+            .unwrap();
+        while consumer
+            .fetch_metadata(None, Duration::from_secs(2))
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the private broker does not serve"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGTERM, as a service manager stops it; its data stays.
+    pub fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    c.kill().unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.down();
+        let (port, db) = &self.database;
+        let _ = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-U",
+                "postgres",
+                "-qAt",
+                "-d",
+                "postgres",
+            ])
+            .args(["-c", &format!("drop database if exists {db}")])
+            .output();
+    }
 }
