@@ -6,6 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 source deploy/local/env.sh
+deploy/local/install.sh >/dev/null
 cargo build --release -q -p cxstream -p cxstream-benches
 bin="$root/target/release"
 CX_CXSTREAM_BIN="$bin/cxstream" deploy/local/up.sh >/dev/null

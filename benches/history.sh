@@ -8,6 +8,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 source deploy/local/env.sh
+deploy/local/install.sh >/dev/null
 cargo build --release -q -p cxstream
 bin="$root/target/release/cxstream"
 CX_CXSTREAM_BIN="$bin" deploy/local/up.sh >/dev/null

@@ -19,6 +19,8 @@ fi
 export CXSTREAM_JOURNEY_MAPS="${CXSTREAM_JOURNEY_MAPS:-schemas/journeys/retail.yaml,schemas/journeys/support.yaml}"
 # Every demo starts from empty servers, so its numbers are the simulation's alone.
 deploy/local/down.sh --wipe >/dev/null
+# Before the build: it needs OpenSSL's headers (rdkafka's TLS), which install.sh brings.
+deploy/local/install.sh
 cargo build --release -p cxstream
 bin="$root/target/release/cxstream"
 CX_CXSTREAM_BIN="$bin" deploy/local/up.sh
