@@ -100,24 +100,12 @@ async fn record(cfg: &Config, customers: &[String]) -> Result<u64> {
 
 /// Partitions of the inputs.
 fn partitions(cfg: &Config) -> Result<u16> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = cfg
+    let consumer: rdkafka::consumer::BaseConsumer = cfg
         .kafka
         .consumer_config("cxstream-erase")
         .create()
         .context("creating a metadata client")?;
-    let topic = &cfg.topics.touchpoints;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .with_context(|| format!("reading the metadata of `{topic}`"))?;
-    let n = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map_or(0, |t| t.partitions().len());
-    if n == 0 {
-        anyhow::bail!("topic `{topic}` has no partitions here: is `kafka.brokers` right?");
-    }
+    let n = crate::journey::partition_count(&consumer, &cfg.topics.touchpoints)?;
     u16::try_from(n).context("too many partitions")
 }
 

@@ -10,21 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_cells_equal, Stack};
-
-fn committed(s: &Stack) -> i64 {
-    s.committed_records_by_journey()
-        .values()
-        .copied()
-        .min()
-        .unwrap_or(0)
-}
-
-fn records_in(s: &Stack) -> i64 {
-    (s.read_topic(&s.topic("touchpoints"), common::PARTITIONS)
-        .len()
-        + s.read_topic(&s.topic("answers"), common::PARTITIONS).len()) as i64
-}
+use common::{assert_cells_equal, stop_with_sigterm, Stack};
 
 /// Tables (not views) of the stack's database with a `customer_id` column, asked of the
 /// server (a table added later is covered without changing this test).
@@ -55,6 +41,15 @@ fn rows_where(s: &Stack, condition: &str) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// Under a pseudonym there are journey rows only: no fact of an erased customer.
+fn assert_only_journeys_under_pseudonyms(s: &Stack) {
+    let pseudonymous = rows_where(s, "startsWith(customer_id, 'erased:')");
+    assert!(
+        pseudonymous.iter().all(|(t, _)| t.starts_with("journeys")),
+        "{pseudonymous:?}"
+    );
+}
+
 /// Touchpoint facts of every customer, each once.
 fn touchpoint_facts(s: &Stack) -> i64 {
     s.scalar(&format!(
@@ -67,7 +62,7 @@ fn touchpoint_facts(s: &Stack) -> i64 {
 fn an_erased_customer_is_in_no_table_also_after_a_replay_and_every_count_stays_exact() {
     let s = Stack::new("erase");
     s.simulate(4_000, 2.0, 0);
-    let total = records_in(&s);
+    let total = s.records_in();
     let mut service = s.spawn(&["journey"]);
     // Someone who wrote a comment and whose journey entered a stage (personal data in
     // several tables), while the service is still reading.
@@ -85,7 +80,7 @@ fn an_erased_customer_is_in_no_table_also_after_a_replay_and_every_count_stays_e
         assert!(service.try_wait().unwrap().is_none(), "the service exited");
         std::thread::sleep(Duration::from_millis(100));
     };
-    let erased_at = committed(&s);
+    let erased_at = s.committed_records();
     assert!(erased_at < total, "the run finished before the erase");
     let out = s
         .command(&["erase", "--customer", &victim, "--wait-secs", "60"])
@@ -98,26 +93,17 @@ fn an_erased_customer_is_in_no_table_also_after_a_replay_and_every_count_stays_e
     let victim_is = format!("customer_id = '{victim}'");
     assert_eq!(rows_where(&s, &victim_is), vec![], "right after the erase");
 
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while committed(&s) < total {
-        assert!(Instant::now() < deadline, "not caught up after the erase");
-        assert!(service.try_wait().unwrap().is_none(), "the service exited");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &service.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert!(service.wait().unwrap().success());
+    s.wait_until_committed(
+        &mut service,
+        total,
+        Duration::from_secs(300),
+        "not caught up after the erase",
+    );
+    stop_with_sigterm(&mut service);
 
     // Nothing of theirs, nor any fact under their pseudonym; their journey goes on under it.
     assert_eq!(rows_where(&s, &victim_is), vec![], "after the run");
-    let pseudonymous = rows_where(&s, "startsWith(customer_id, 'erased:')");
-    assert!(
-        pseudonymous.iter().all(|(t, _)| t.starts_with("journeys")),
-        "{pseudonymous:?}"
-    );
+    assert_only_journeys_under_pseudonyms(&s);
     // Every count as if nothing had been erased; every other customer's facts all there.
     assert_cells_equal(&s.truth(), &s.cells());
     assert_cells_equal(&s.step_truth(), &s.step_cells());
@@ -129,11 +115,7 @@ fn an_erased_customer_is_in_no_table_also_after_a_replay_and_every_count_stays_e
     let replay = s.replay();
     replay.ok(&["journey", "--until-caught-up"]);
     assert_eq!(rows_where(&replay, &victim_is), vec![], "after the replay");
-    let pseudonymous = rows_where(&replay, "startsWith(customer_id, 'erased:')");
-    assert!(
-        pseudonymous.iter().all(|(t, _)| t.starts_with("journeys")),
-        "{pseudonymous:?}"
-    );
+    assert_only_journeys_under_pseudonyms(&replay);
     assert_cells_equal(&s.truth(), &replay.cells());
     assert_cells_equal(&s.step_truth(), &replay.step_cells());
     assert_eq!(touchpoint_facts(&replay), truth_events - theirs);

@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{assert_cells_equal, PrivateBroker, Raw, Stack, PARTITIONS};
+use common::{assert_cells_equal, stop_with_sigterm, PrivateBroker, Raw, Stack, PARTITIONS};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, TopicPartitionList};
 
@@ -47,7 +47,7 @@ impl Draw {
 struct Score {
     test: &'static str,
     fault: String,
-    records_in: usize,
+    records_in: i64,
     exact: bool,
     duplicates: i64,
     lost: i64,
@@ -87,14 +87,6 @@ fn committed_batches(s: &Stack) -> i64 {
     ))
 }
 
-fn committed_records(s: &Stack) -> i64 {
-    s.committed_records_by_journey()
-        .values()
-        .copied()
-        .min()
-        .unwrap_or(0)
-}
-
 /// Waits until at least `n` batches are committed; false when the service exited first.
 fn wait_for_batches(s: &Stack, child: &mut std::process::Child, n: i64) -> bool {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -109,12 +101,6 @@ fn wait_for_batches(s: &Stack, child: &mut std::process::Child, n: i64) -> bool 
         std::thread::sleep(Duration::from_millis(20));
     }
     true
-}
-
-/// Input records on the touchpoints and answers topics.
-fn records_in(s: &Stack) -> usize {
-    s.read_topic(&s.topic("touchpoints"), PARTITIONS).len()
-        + s.read_topic(&s.topic("answers"), PARTITIONS).len()
 }
 
 /// Per input partition, the group's committed offset against the log end; the partitions
@@ -166,14 +152,56 @@ fn letters_per_record(dlq: &[Raw]) -> BTreeMap<(String, String, String), usize> 
     per
 }
 
-/// Facts in ClickHouse after `FINAL`, and how many distinct events they are.
-fn facts(s: &Stack, journey: &str) -> (i64, i64) {
-    let db = s.database();
-    let row = s.query(&format!(
-        "SELECT toInt64(count()), toInt64(uniqExact(event_id)) FROM {db}.touchpoints FINAL \
-         WHERE journey = '{journey}'"
-    ));
-    (row[0][0].parse().unwrap(), row[0][1].parse().unwrap())
+/// The touchpoint facts of the stack's journey in ClickHouse after `FINAL`, against the
+/// touchpoints of its ground truth.
+struct Facts {
+    truth: i64,
+    rows: i64,
+    distinct: i64,
+}
+
+impl Facts {
+    fn of(s: &Stack) -> Facts {
+        let journey = &s.journeys[0];
+        let row = s.query(&format!(
+            "SELECT toInt64(count()), toInt64(uniqExact(event_id)) FROM {}.touchpoints FINAL \
+             WHERE journey = '{journey}'",
+            s.database()
+        ));
+        Facts {
+            truth: s.truth_of(journey).values().map(|v| v[10]).sum(),
+            rows: row[0][0].parse().unwrap(),
+            distinct: row[0][1].parse().unwrap(),
+        }
+    }
+
+    fn duplicates(&self) -> i64 {
+        self.rows - self.distinct
+    }
+
+    fn lost(&self) -> i64 {
+        self.truth - self.distinct
+    }
+
+    /// Every touchpoint of the ground truth is there, once.
+    fn assert_once(&self) {
+        assert_eq!(
+            (self.rows, self.distinct),
+            (self.truth, self.truth),
+            "facts"
+        );
+    }
+}
+
+/// Whether every cell and step cell equals the ground truth (for the scorecard).
+fn exact(s: &Stack) -> bool {
+    s.truth() == s.cells() && s.step_truth() == s.step_cells()
+}
+
+/// Every cell and step cell equals the ground truth, shown cell by cell where not.
+fn assert_exact(s: &Stack) {
+    assert_cells_equal(&s.truth(), &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
 }
 
 /// Kill -9 five times at random points, one of them between the ClickHouse rows of a batch
@@ -188,7 +216,7 @@ fn facts(s: &Stack, journey: &str) -> (i64, i64) {
 fn five_kills_at_random_points_leave_every_count_exact() {
     let s = Stack::new("faults_kill");
     s.simulate(40_000, 2.0, 8);
-    let total = records_in(&s);
+    let total = s.records_in();
     let mut draw = Draw::seeded();
     let at_failpoint = draw.between(0, 4);
     let mut kills = Vec::new();
@@ -218,7 +246,7 @@ fn five_kills_at_random_points_leave_every_count_exact() {
             kills.push(format!("SIGKILL after {n} batches"));
         }
         assert!(
-            committed_records(&s) < total as i64,
+            s.committed_records() < total,
             "the run finished before kill {k}; make the data set larger"
         );
     }
@@ -226,27 +254,23 @@ fn five_kills_at_random_points_leave_every_count_exact() {
     s.catch_up_within_minutes();
     let recovery = started.elapsed();
 
-    let journey = s.journeys[0].clone();
-    let truth_events: i64 = s.truth_of(&journey).values().map(|v| v[10]).sum();
-    let (rows, distinct) = facts(&s, &journey);
+    let facts = Facts::of(&s);
     let dlq = s.read_topic(&s.topic("dlq"), 1);
     let per_record = letters_per_record(&dlq);
-    let exact = s.truth() == s.cells() && s.step_truth() == s.step_cells();
     Score {
         test: "five_kills_at_random_points",
         fault: kills.join("; "),
         records_in: total,
-        exact,
-        duplicates: rows - distinct + (dlq.len() - per_record.len()) as i64,
-        lost: truth_events - distinct,
+        exact: exact(&s),
+        duplicates: facts.duplicates() + (dlq.len() - per_record.len()) as i64,
+        lost: facts.lost(),
         recovery,
     }
     .write();
 
-    assert_cells_equal(&s.truth(), &s.cells());
-    assert_cells_equal(&s.step_truth(), &s.step_cells());
-    assert_eq!((rows, distinct), (truth_events, truth_events), "facts");
-    assert_eq!(committed_records(&s), total as i64);
+    assert_exact(&s);
+    facts.assert_once();
+    assert_eq!(s.committed_records(), total);
     let short = offsets_short_of_the_end(&s);
     assert!(short.is_empty(), "{short:?}");
     // The simulator's bad records: each dead-lettered once, across every crash.
@@ -283,7 +307,7 @@ fn poison_is_dead_lettered_once_each_across_a_crash() {
     s.produce_raw(&s.topic("touchpoints"), b"empty-1", &[]);
     s.produce_raw(&s.topic("touchpoints"), b"marker-1", &[0xc3, 0x01]);
     let poison = 8 + 5;
-    let total = records_in(&s);
+    let total = s.records_in();
 
     // One long batch, so that every record is read, and every poison dead-lettered, before
     // the crash at its marker.
@@ -318,23 +342,21 @@ fn poison_is_dead_lettered_once_each_across_a_crash() {
     let recovery = started.elapsed();
     let dlq = s.read_topic(&s.topic("dlq"), 1);
     let per_record = letters_per_record(&dlq);
-    let exact = s.truth() == s.cells() && s.step_truth() == s.step_cells();
     Score {
         test: "poison_across_a_crash",
         fault: format!(
             "{poison} poison records; abort before the first marker after {before} dead letters"
         ),
         records_in: total,
-        exact,
+        exact: exact(&s),
         duplicates: (dlq.len() - per_record.len()) as i64,
         lost: poison as i64 - per_record.len() as i64,
         recovery,
     }
     .write();
 
-    assert_cells_equal(&s.truth(), &s.cells());
-    assert_cells_equal(&s.step_truth(), &s.step_cells());
-    assert_eq!(committed_records(&s), total as i64);
+    assert_exact(&s);
+    assert_eq!(s.committed_records(), total);
     assert!(per_record.values().all(|n| *n == 1), "{per_record:?}");
     assert_eq!(per_record.len(), poison, "{per_record:?}");
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -500,7 +522,7 @@ fn journey_behind(s: &Stack, proxy: &Proxy) -> (std::process::Child, String) {
 fn clickhouse_down_then_slow_loses_and_doubles_nothing() {
     let s = Stack::new("faults_chdown");
     s.simulate(6_000, 1.0, 0);
-    let total = records_in(&s);
+    let total = s.records_in();
     let proxy = Proxy::start(&s.clickhouse);
     let (mut child, addr) = journey_behind(&s, &proxy);
     assert!(wait_for_batches(&s, &mut child, 4), "the service exited");
@@ -522,42 +544,31 @@ fn clickhouse_down_then_slow_loses_and_doubles_nothing() {
     let during_outage = committed_batches(&s);
     let frozen = frozen.unwrap();
     assert!(
-        committed_records(&s) < total as i64,
+        s.committed_records() < total,
         "everything was committed before the outage; make the data set larger"
     );
     proxy.set(Link::Slow(Duration::from_millis(300)));
     std::thread::sleep(Duration::from_secs(30));
     proxy.set(Link::Up);
     let up_at = Instant::now();
-    let deadline = up_at + Duration::from_secs(300);
-    while committed_records(&s) < total as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "not caught up 5 minutes after the outage"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the service exited");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    s.wait_until_committed(
+        &mut child,
+        total,
+        Duration::from_secs(300),
+        "not caught up 5 minutes after the outage",
+    );
     let recovery = up_at.elapsed();
     let ready_after = http_status(&addr, "/readyz");
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert!(child.wait().unwrap().success(), "SIGTERM exit");
+    stop_with_sigterm(&mut child);
 
-    let journey = s.journeys[0].clone();
-    let truth_events: i64 = s.truth_of(&journey).values().map(|v| v[10]).sum();
-    let (rows, distinct) = facts(&s, &journey);
-    let exact = s.truth() == s.cells() && s.step_truth() == s.step_cells();
+    let facts = Facts::of(&s);
     Score {
         test: "clickhouse_down_then_slow",
         fault: "ClickHouse unreachable 90 s, then responses 300 ms late for 30 s".into(),
         records_in: total,
-        exact,
-        duplicates: rows - distinct,
-        lost: truth_events - distinct,
+        exact: exact(&s),
+        duplicates: facts.duplicates(),
+        lost: facts.lost(),
         recovery,
     }
     .write();
@@ -574,9 +585,8 @@ fn clickhouse_down_then_slow_loses_and_doubles_nothing() {
         ready_after.contains("200"),
         "not ready again: {ready_after}"
     );
-    assert_cells_equal(&s.truth(), &s.cells());
-    assert_cells_equal(&s.step_truth(), &s.step_cells());
-    assert_eq!((rows, distinct), (truth_events, truth_events), "facts");
+    assert_exact(&s);
+    facts.assert_once();
     let short = offsets_short_of_the_end(&s);
     assert!(short.is_empty(), "{short:?}");
 }
@@ -588,7 +598,7 @@ fn clickhouse_down_then_slow_loses_and_doubles_nothing() {
 fn a_second_instance_joins_then_the_first_is_killed() {
     let s = Stack::new("faults_rebalance");
     s.simulate(30_000, 2.0, 4);
-    let total = records_in(&s);
+    let total = s.records_in();
     let mut first = s.spawn(&["journey"]);
     assert!(
         wait_for_batches(&s, &mut first, 4),
@@ -611,54 +621,39 @@ fn a_second_instance_joins_then_the_first_is_killed() {
     let shared = owners(&s);
     first.kill().unwrap();
     first.wait().unwrap();
-    let killed_at = committed_records(&s);
+    let killed_at = s.committed_records();
     assert!(
-        killed_at < total as i64,
+        killed_at < total,
         "the run finished before the kill; make the data set larger"
     );
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(300);
-    while committed_records(&s) < total as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "the second instance did not take over"
-        );
-        assert!(
-            second.try_wait().unwrap().is_none(),
-            "the second instance exited"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    s.wait_until_committed(
+        &mut second,
+        total,
+        Duration::from_secs(300),
+        "the second instance did not take over",
+    );
     let recovery = started.elapsed();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert!(second.wait().unwrap().success(), "SIGTERM exit");
+    stop_with_sigterm(&mut second);
 
-    let journey = s.journeys[0].clone();
-    let truth_events: i64 = s.truth_of(&journey).values().map(|v| v[10]).sum();
-    let (rows, distinct) = facts(&s, &journey);
+    let facts = Facts::of(&s);
     let dlq = s.read_topic(&s.topic("dlq"), 1);
     let per_record = letters_per_record(&dlq);
-    let exact = s.truth() == s.cells() && s.step_truth() == s.step_cells();
     Score {
         test: "second_instance_then_kill",
         fault: format!(
             "a second instance joins ({shared} partitions committing), the first is killed"
         ),
         records_in: total,
-        exact,
-        duplicates: rows - distinct + (dlq.len() - per_record.len()) as i64,
-        lost: truth_events - distinct,
+        exact: exact(&s),
+        duplicates: facts.duplicates() + (dlq.len() - per_record.len()) as i64,
+        lost: facts.lost(),
         recovery,
     }
     .write();
 
-    assert_cells_equal(&s.truth(), &s.cells());
-    assert_cells_equal(&s.step_truth(), &s.step_cells());
-    assert_eq!((rows, distinct), (truth_events, truth_events), "facts");
+    assert_exact(&s);
+    facts.assert_once();
     assert_eq!(per_record.len(), 4, "{per_record:?}");
     assert!(per_record.values().all(|n| *n == 1), "{per_record:?}");
     let short = offsets_short_of_the_end(&s);
@@ -672,7 +667,7 @@ fn a_second_instance_joins_then_the_first_is_killed() {
 fn clickhouse_refusing_inserts_loses_and_doubles_nothing() {
     let s = Stack::new("faults_refuse");
     s.simulate(6_000, 1.0, 0);
-    let total = records_in(&s);
+    let total = s.records_in();
     let proxy = Proxy::start(&s.clickhouse); // only to learn the service's address
     let (mut child, addr) = journey_behind(&s, &proxy);
     assert!(wait_for_batches(&s, &mut child, 4), "the service exited");
@@ -690,40 +685,34 @@ fn clickhouse_refusing_inserts_loses_and_doubles_nothing() {
         std::thread::sleep(Duration::from_millis(300));
     }
     let during = committed_batches(&s);
-    let midway = committed_records(&s);
+    let midway = s.committed_records();
     s.query(&format!("ATTACH TABLE {db}.touchpoints"));
     let back_at = Instant::now();
-    let deadline = back_at + Duration::from_secs(300);
-    while committed_records(&s) < total as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "not caught up after the inserts were taken again"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the service exited");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    s.wait_until_committed(
+        &mut child,
+        total,
+        Duration::from_secs(300),
+        "not caught up after the inserts were taken again",
+    );
     let recovery = back_at.elapsed();
     let ready_after = http_status(&addr, "/readyz");
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let journey = s.journeys[0].clone();
-    let truth_events: i64 = s.truth_of(&journey).values().map(|v| v[10]).sum();
-    let (rows, distinct) = facts(&s, &journey);
-    let exact = s.truth() == s.cells() && s.step_truth() == s.step_cells();
+    let facts = Facts::of(&s);
     Score {
         test: "clickhouse_refusing_inserts",
         fault: "inserts refused for 30 s (table detached)".into(),
         records_in: total,
-        exact,
-        duplicates: rows - distinct,
-        lost: truth_events - distinct,
+        exact: exact(&s),
+        duplicates: facts.duplicates(),
+        lost: facts.lost(),
         recovery,
     }
     .write();
 
     assert!(
-        midway < total as i64,
+        midway < total,
         "everything was committed before the refusal"
     );
     assert!(
@@ -739,9 +728,8 @@ fn clickhouse_refusing_inserts_loses_and_doubles_nothing() {
         ready_after.contains("200"),
         "not ready again: {ready_after}"
     );
-    assert_cells_equal(&s.truth(), &s.cells());
-    assert_cells_equal(&s.step_truth(), &s.step_cells());
-    assert_eq!((rows, distinct), (truth_events, truth_events), "facts");
+    assert_exact(&s);
+    facts.assert_once();
 }
 
 /// The broker stopped for 30 s and started again with its data: the service stays alive,
@@ -753,7 +741,7 @@ fn broker_restarted_with_its_data_loses_and_doubles_nothing() {
     let mut broker = PrivateBroker::start(&shared.run, &shared.dir);
     let s = shared.on_broker(&broker.addr.clone());
     s.simulate(20_000, 2.0, 0);
-    let total = records_in(&s);
+    let total = s.records_in();
     let proxy = Proxy::start(&s.clickhouse); // only to learn the service's address
     let (mut child, addr) = journey_behind(&s, &proxy);
     assert!(wait_for_batches(&s, &mut child, 4), "the service exited");
@@ -765,45 +753,34 @@ fn broker_restarted_with_its_data_loses_and_doubles_nothing() {
         assert!(child.try_wait().unwrap().is_none(), "the service exited");
         std::thread::sleep(Duration::from_millis(300));
     }
-    let midway = committed_records(&s);
+    let midway = s.committed_records();
     broker.up();
     let back_at = Instant::now();
-    let deadline = back_at + Duration::from_secs(300);
-    while committed_records(&s) < total as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "not caught up after the broker came back"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the service exited");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    s.wait_until_committed(
+        &mut child,
+        total,
+        Duration::from_secs(300),
+        "not caught up after the broker came back",
+    );
     let recovery = back_at.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let ready_after = http_status(&addr, "/readyz");
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert!(child.wait().unwrap().success(), "SIGTERM exit");
+    stop_with_sigterm(&mut child);
 
-    let journey = s.journeys[0].clone();
-    let truth_events: i64 = s.truth_of(&journey).values().map(|v| v[10]).sum();
-    let (rows, distinct) = facts(&s, &journey);
-    let exact = s.truth() == s.cells() && s.step_truth() == s.step_cells();
+    let facts = Facts::of(&s);
     Score {
         test: "broker_restarted",
         fault: "broker stopped 30 s, started again with its data".into(),
         records_in: total,
-        exact,
-        duplicates: rows - distinct,
-        lost: truth_events - distinct,
+        exact: exact(&s),
+        duplicates: facts.duplicates(),
+        lost: facts.lost(),
         recovery,
     }
     .write();
 
     assert!(
-        midway < total as i64,
+        midway < total,
         "everything was committed before the broker stopped"
     );
     assert!(
@@ -814,9 +791,8 @@ fn broker_restarted_with_its_data_loses_and_doubles_nothing() {
         ready_after.contains("200"),
         "not ready again: {ready_after}"
     );
-    assert_cells_equal(&s.truth(), &s.cells());
-    assert_cells_equal(&s.step_truth(), &s.step_cells());
-    assert_eq!((rows, distinct), (truth_events, truth_events), "facts");
+    assert_exact(&s);
+    facts.assert_once();
     let short = offsets_short_of_the_end(&s);
     assert!(short.is_empty(), "{short:?}");
 }

@@ -12,7 +12,7 @@ use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{assert_cells_equal, Stack};
+use common::{assert_cells_equal, stop_with_sigterm, Stack};
 
 const USER: &str = "cx_secured";
 const PASSWORD: &str = "cx-test-password-7f3a";
@@ -74,24 +74,12 @@ fn a_password_from_a_file_logs_in_and_is_never_shown() {
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the service says where it listens");
-    let total = (s
-        .read_topic(&s.topic("touchpoints"), common::PARTITIONS)
-        .len()
-        + s.read_topic(&s.topic("answers"), common::PARTITIONS).len()) as i64;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let committed = s
-            .committed_records_by_journey()
-            .values()
-            .copied()
-            .min()
-            .unwrap_or(0);
-        if committed >= total {
-            break;
-        }
-        assert!(Instant::now() < deadline, "nothing committed as {USER}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    s.wait_until_committed(
+        &mut child,
+        s.records_in(),
+        Duration::from_secs(120),
+        &format!("nothing committed as {USER}"),
+    );
     let mut metrics = String::new();
     let mut c = std::net::TcpStream::connect(&addr).unwrap();
     write!(
@@ -100,12 +88,7 @@ fn a_password_from_a_file_logs_in_and_is_never_shown() {
     )
     .unwrap();
     c.read_to_string(&mut metrics).unwrap();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert!(child.wait().unwrap().success());
+    stop_with_sigterm(&mut child);
     logs.push_str(&reader.join().unwrap());
 
     assert!(

@@ -32,10 +32,7 @@ impl ErasureLog {
         let (consumer, mut ends) = from_beginning(cfg, &topic, "cxstream-erasures")?;
         // One partition: its offset is what markers acknowledge. Its first record still
         // there: an erasure lost to retention would let the customer be written again.
-        let md = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(30))
-            .with_context(|| format!("reading the metadata of `{topic}`"))?;
-        let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
+        let partitions = super::partition_count(&consumer, &topic)?;
         if partitions != 1 {
             anyhow::bail!(
                 "the erasures topic `{topic}` has {partitions} partitions; it must have one \

@@ -1174,7 +1174,10 @@ fn copartitioned(consumer: &ConsumerHandle, cfg: &Config) -> Result<usize> {
 }
 
 /// How many partitions `topic` has; an error when it does not exist.
-fn partition_count(consumer: &ConsumerHandle, topic: &str) -> Result<usize> {
+pub(crate) fn partition_count<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> Result<usize> {
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .with_context(|| format!("reading the metadata of topic `{topic}`"))?;

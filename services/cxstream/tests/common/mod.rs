@@ -471,6 +471,40 @@ impl Stack {
             .collect()
     }
 
+    /// Records on the input topics (touchpoints and answers).
+    pub fn records_in(&self) -> i64 {
+        (self
+            .read_topic(&self.topic("touchpoints"), PARTITIONS)
+            .len()
+            + self.read_topic(&self.topic("answers"), PARTITIONS).len()) as i64
+    }
+
+    /// Input records committed by every journey (the least of them).
+    pub fn committed_records(&self) -> i64 {
+        self.committed_records_by_journey()
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Waits until `total` input records are committed by `service`, which must not exit
+    /// meanwhile; panics with `late` after `within`.
+    pub fn wait_until_committed(
+        &self,
+        service: &mut Child,
+        total: i64,
+        within: Duration,
+        late: &str,
+    ) {
+        let deadline = Instant::now() + within;
+        while self.committed_records() < total {
+            assert!(Instant::now() < deadline, "{late}");
+            assert!(service.try_wait().unwrap().is_none(), "the service exited");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Input records committed (folded or live), per journey.
     pub fn committed_records_by_journey(&self) -> BTreeMap<String, i64> {
         self.counts(&format!(
@@ -680,6 +714,16 @@ pub fn assert_cells_equal<K: Ord + std::fmt::Debug>(
         diffs.join("\n")
     );
     assert!(!expected.is_empty());
+}
+
+/// Stops a service as a service manager does (SIGTERM); it must exit 0.
+pub fn stop_with_sigterm(service: &mut Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -TERM {}", service.id());
+    assert!(service.wait().unwrap().success(), "SIGTERM exit");
 }
 
 /// A Tansu of the test's own, on a free port, storing in a database of its own in the local
