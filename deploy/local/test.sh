@@ -13,6 +13,8 @@ source deploy/local/env.sh
 CX_BROKER_RECOVER=recreate deploy/local/up.sh
 export CX_TEST_KAFKA="127.0.0.1:$CX_KAFKA_PORT"
 export CX_TEST_CLICKHOUSE="http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT"
+export CX_TEST_CLICKHOUSE_HTTPS="https://127.0.0.1:$CX_CLICKHOUSE_HTTPS_PORT"
+export CX_TEST_CLICKHOUSE_CA="$CXSTREAM_RUN/clickhouse/tls/ca.pem"
 export CX_TEST_ALERTMANAGER="http://127.0.0.1:$CX_ALERTMANAGER_PORT"
 export CX_TEST_BROKER_LOG="$CXSTREAM_RUN/tansu/broker.log"
 python3 tests/chdb_dialect.py

@@ -15,6 +15,7 @@ root="$(cd "$here/../.." && pwd)"
 source "$here/env.sh"
 "$here/install.sh"
 mkdir -p "$CXSTREAM_RUN"/{tansu,clickhouse/{log,data,tmp,user_files}}
+chtls="$CXSTREAM_RUN/clickhouse/tls"
 
 alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -76,20 +77,46 @@ if [[ -f "$CXSTREAM_RUN/tansu/storage" && $(cat "$CXSTREAM_RUN/tansu/storage") !
 fi
 start_broker
 
+stop_clickhouse() {
+  local pid
+  pid=$(cat "$CXSTREAM_RUN/clickhouse.pid" 2>/dev/null) || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$CXSTREAM_RUN/clickhouse.pid"
+}
+
 # Users are copied every time: a running server reloads them by itself.
 cp "$here/clickhouse/users.xml" "$CXSTREAM_RUN/clickhouse/users.xml"
+# The HTTPS port's certificate (throw-away CA, valid 7 days) is renewed a day before it
+# expires; a server started with another configuration or certificate is restarted.
+if ! openssl x509 -checkend 86400 -noout -in "$chtls/server.pem" >/dev/null 2>&1; then
+  "$here/tls-ca.sh" "$chtls" >/dev/null
+fi
+sed -e "s#@RUN@#$CXSTREAM_RUN#g" -e "s#@HTTP_PORT@#$CX_CLICKHOUSE_HTTP_PORT#g" \
+    -e "s#@HTTPS_PORT@#$CX_CLICKHOUSE_HTTPS_PORT#g" \
+    -e "s#@TCP_PORT@#$CX_CLICKHOUSE_TCP_PORT#g" "$here/clickhouse/config.xml" \
+    >"$CXSTREAM_RUN/clickhouse/config.next"
+stamp=$(cat "$CXSTREAM_RUN/clickhouse/config.next" "$chtls/server.pem" | sha256sum)
+if alive "$CXSTREAM_RUN/clickhouse.pid" \
+    && [[ "$stamp" != "$(cat "$CXSTREAM_RUN/clickhouse/started" 2>/dev/null)" ]]; then
+  echo "up: restarting ClickHouse for its new configuration or certificate"
+  stop_clickhouse
+fi
 if ! alive "$CXSTREAM_RUN/clickhouse.pid"; then
-  sed -e "s#@RUN@#$CXSTREAM_RUN#g" -e "s#@HTTP_PORT@#$CX_CLICKHOUSE_HTTP_PORT#g" \
-      -e "s#@TCP_PORT@#$CX_CLICKHOUSE_TCP_PORT#g" "$here/clickhouse/config.xml" \
-      >"$CXSTREAM_RUN/clickhouse/config.xml"
+  mv "$CXSTREAM_RUN/clickhouse/config.next" "$CXSTREAM_RUN/clickhouse/config.xml"
+  echo "$stamp" >"$CXSTREAM_RUN/clickhouse/started"
   (cd "$CXSTREAM_RUN/clickhouse" && exec nohup clickhouse-server \
       --config-file="$CXSTREAM_RUN/clickhouse/config.xml" \
       >"$CXSTREAM_RUN/clickhouse/log/stdout.log" 2>&1 & echo $! >"$CXSTREAM_RUN/clickhouse.pid")
 fi
+rm -f "$CXSTREAM_RUN/clickhouse/config.next"
 
 start_alertmanager
 
 wait_for clickhouse curl -sf "http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT/ping"
+wait_for clickhouse-https curl -sf --cacert "$chtls/ca.pem" \
+  "https://127.0.0.1:$CX_CLICKHOUSE_HTTPS_PORT/ping"
 wait_for alertmanager curl -sf "http://127.0.0.1:$CX_ALERTMANAGER_PORT/-/ready"
 wait_for tansu bash -c "exec 3<>/dev/tcp/127.0.0.1/$CX_KAFKA_PORT"
 # A server that could not bind (port taken by a process this script does not own) exits
@@ -123,4 +150,4 @@ if ! "$here/probe.sh"; then
     "$here/probe.sh"
   fi
 fi
-echo "up: kafka 127.0.0.1:$CX_KAFKA_PORT (tansu, $CX_BROKER_STORAGE storage), clickhouse http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT, alertmanager http://127.0.0.1:$CX_ALERTMANAGER_PORT (data in $CXSTREAM_RUN)"
+echo "up: kafka 127.0.0.1:$CX_KAFKA_PORT (tansu, $CX_BROKER_STORAGE storage), clickhouse http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT and https://127.0.0.1:$CX_CLICKHOUSE_HTTPS_PORT (CA $chtls/ca.pem), alertmanager http://127.0.0.1:$CX_ALERTMANAGER_PORT (data in $CXSTREAM_RUN)"

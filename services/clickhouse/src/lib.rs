@@ -10,6 +10,7 @@ mod compaction;
 mod journey_state;
 mod migrations;
 mod rows;
+mod tls;
 
 pub mod erasure;
 pub use alerts::{AlertRow, AlertsTable};
@@ -18,6 +19,7 @@ pub use compaction::Generation;
 pub use journey_state::Stored;
 pub use migrations::{apply_migrations, Migration, MIGRATIONS};
 pub use rows::{AnswerRow, BatchRow, MinuteRow, StateRow, TouchpointRow};
+pub use tls::{Tls, TlsError};
 
 use clickhouse::Client;
 
@@ -44,6 +46,12 @@ pub enum Error {
         user: String,
         reason: &'static str,
     },
+    /// The server's certificate failed verification: retrying cannot help either.
+    #[error(
+        "the certificate of ClickHouse at {url} is not trusted ({reason}): set \
+         clickhouse.ca_file to the PEM of the CA that signed it, or fix the url's host name"
+    )]
+    CertificateRefused { url: String, reason: String },
 }
 
 impl Error {
@@ -64,6 +72,28 @@ impl Error {
         .into_iter()
         .find(|(code, _)| text.contains(code))
         .map(|(_, why)| why)
+    }
+
+    /// OpenSSL's reason when the TLS handshake failed on the server's certificate (e.g.
+    /// `unable to get local issuer certificate`, `certificate has expired`, `hostname
+    /// mismatch`).
+    pub fn certificate_refusal(&self) -> Option<String> {
+        let Error::ClickHouse { source, .. } = self else {
+            return None;
+        };
+        // The handshake's words sit deep in the chain of causes (hyper, then OpenSSL).
+        let mut text = String::new();
+        let mut cause: Option<&dyn std::error::Error> = Some(source);
+        while let Some(e) = cause {
+            text.push_str(&e.to_string());
+            cause = e.source();
+        }
+        let after = text.split_once("certificate verify failed")?.1;
+        let reason = after
+            .split_once('(')
+            .and_then(|(_, r)| r.split_once(')'))
+            .map_or("certificate verify failed", |(r, _)| r);
+        Some(reason.to_string())
     }
 }
 
@@ -89,6 +119,8 @@ pub struct Connection {
     pub database: String,
     pub user: String,
     pub password: String,
+    /// For `https://` URLs: the roots the server's certificate is checked against.
+    pub tls: Option<Tls>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -98,6 +130,7 @@ impl std::fmt::Debug for Connection {
             .field("database", &self.database)
             .field("user", &self.user)
             .field("password", &"<redacted>")
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -105,7 +138,11 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     /// A client without a default database (for `CREATE DATABASE`).
     pub fn server_client(&self) -> Client {
-        let mut c = Client::default()
+        let base = match &self.tls {
+            Some(tls) => tls.client(),
+            None => Client::default(),
+        };
+        let mut c = base
             .with_url(&self.url)
             .with_user(&self.user)
             // 18.16 cannot read its own LZ4 responses through this client; validation needs
@@ -122,8 +159,9 @@ impl Connection {
         self.server_client().with_database(&self.database)
     }
 
-    /// Fails when the server refuses the login; a server that cannot be reached passes
-    /// (the services wait for it, not ready meanwhile), as does any other error.
+    /// Fails when the server refuses the login or its certificate is not trusted; a server
+    /// that cannot be reached passes (the services wait for it, not ready meanwhile), as
+    /// does any other error.
     pub async fn check_login(&self) -> Result<()> {
         let answer = self
             .server_client()
@@ -131,10 +169,17 @@ impl Connection {
             .fetch_one::<u8>()
             .await
             .ctx(|| "logging in".into());
-        match answer.as_ref().err().and_then(Error::login_refusal) {
-            Some(reason) => Err(Error::LoginRefused {
+        let Err(e) = answer else { return Ok(()) };
+        if let Some(reason) = e.login_refusal() {
+            return Err(Error::LoginRefused {
                 url: self.url.clone(),
                 user: self.user.clone(),
+                reason,
+            });
+        }
+        match e.certificate_refusal() {
+            Some(reason) => Err(Error::CertificateRefused {
+                url: self.url.clone(),
                 reason,
             }),
             None => Ok(()),

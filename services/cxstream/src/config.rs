@@ -109,6 +109,37 @@ pub struct ClickHouseSettings {
     pub password: Secret,
     /// File whose first line is the password (e.g. a mounted secret).
     pub password_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that signed the server's certificate, trusted besides the
+    /// system's roots; only with an `https://` url. Default none.
+    pub ca_file: Option<PathBuf>,
+    /// Built from `ca_file` when the configuration is read.
+    #[serde(skip)]
+    pub tls: Option<cxstream_clickhouse::Tls>,
+}
+
+impl ClickHouseSettings {
+    /// The TLS roots an `https://` url needs; an error names what to fix.
+    fn tls_settings(&self) -> Result<Option<cxstream_clickhouse::Tls>> {
+        let https = match &self.url {
+            u if u.starts_with("https://") => true,
+            u if u.starts_with("http://") => false,
+            u => bail!("clickhouse.url `{u}` must start with http:// or https://"),
+        };
+        if !https {
+            if let Some(f) = &self.ca_file {
+                bail!(
+                    "clickhouse.ca_file {} is set but clickhouse.url `{}` is not https://: \
+                     use the server's https port or drop ca_file",
+                    f.display(),
+                    self.url
+                );
+            }
+            return Ok(None);
+        }
+        Ok(Some(cxstream_clickhouse::Tls::new(
+            self.ca_file.as_deref(),
+        )?))
+    }
 }
 
 impl Default for ClickHouseSettings {
@@ -119,6 +150,8 @@ impl Default for ClickHouseSettings {
             user: "default".into(),
             password: Secret::default(),
             password_file: None,
+            ca_file: None,
+            tls: None,
         }
     }
 }
@@ -372,6 +405,9 @@ impl Config {
         if let Some(v) = get("CXSTREAM_CLICKHOUSE_PASSWORD") {
             self.clickhouse.password = Secret(v);
         }
+        if let Some(v) = get("CXSTREAM_CLICKHOUSE_CA_FILE") {
+            self.clickhouse.ca_file = Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
+        }
         if get("CXSTREAM_JOURNEY_MAP").is_some() {
             // Ignoring it would quietly measure the default map instead of the one meant.
             bail!("CXSTREAM_JOURNEY_MAP is now CXSTREAM_JOURNEY_MAPS (a comma-separated list of map files)");
@@ -427,14 +463,7 @@ impl Config {
             })?;
             self.clickhouse.password = Secret(text.lines().next().unwrap_or("").to_string());
         }
-        if !self.clickhouse.url.starts_with("http://")
-            && !self.clickhouse.url.starts_with("https://")
-        {
-            bail!(
-                "clickhouse.url `{}` must start with http:// or https://",
-                self.clickhouse.url
-            );
-        }
+        self.clickhouse.tls = self.clickhouse.tls_settings()?;
         let db_ok = !self.clickhouse.database.is_empty()
             && self
                 .clickhouse
@@ -533,6 +562,7 @@ impl Config {
             database: self.clickhouse.database.clone(),
             user: self.clickhouse.user.clone(),
             password: self.clickhouse.password.0.clone(),
+            tls: self.clickhouse.tls.clone(),
         }
     }
 }
@@ -606,6 +636,33 @@ mod tests {
             .map(|_| ())
             .unwrap_err();
         assert!(e.to_string().contains("CXSTREAM_JOURNEY_MAPS"), "{e}");
+    }
+
+    #[test]
+    fn a_clickhouse_ca_file_must_be_a_readable_pem_for_an_https_url() {
+        let with = |url: &str, ca: &str| {
+            let mut c = Config::default();
+            c.clickhouse.url = url.into();
+            c.clickhouse.ca_file = Some(PathBuf::from(ca));
+            c.validate().map(|_| c.clickhouse.tls.is_some())
+        };
+        let e = with("http://127.0.0.1:18123", "/etc/hostname").unwrap_err();
+        assert!(e.to_string().contains("is not https://"), "{e}");
+        let e = with("https://127.0.0.1:18443", "/nonexistent/ca.pem").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("clickhouse.ca_file /nonexistent/ca.pem cannot be read"),
+            "{e}"
+        );
+        let not_pem = std::env::temp_dir().join(format!("cx-not-pem-{}", std::process::id()));
+        std::fs::write(&not_pem, "not a certificate\n").expect("write");
+        let e = with("https://127.0.0.1:18443", &not_pem.display().to_string()).unwrap_err();
+        let _ = std::fs::remove_file(&not_pem);
+        assert!(e.to_string().contains("holds no PEM certificate"), "{e}");
+        let mut plain = Config::default();
+        plain.clickhouse.url = "https://clickhouse.example:8443".into();
+        plain.validate().expect("system roots");
+        assert!(plain.clickhouse.tls.is_some());
     }
 
     #[test]

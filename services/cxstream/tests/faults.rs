@@ -12,7 +12,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{assert_cells_equal, stop_with_sigterm, PrivateBroker, Raw, Stack, PARTITIONS};
+use common::{
+    assert_cells_equal, http_get, spawn_listening, stop_with_sigterm, PrivateBroker, Raw, Score,
+    Stack, PARTITIONS,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, TopicPartitionList};
 
@@ -40,42 +43,6 @@ impl Draw {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         lo + self.0 % (hi - lo + 1)
-    }
-}
-
-/// What a fault test found, measured before it asserts anything.
-struct Score {
-    test: &'static str,
-    fault: String,
-    records_in: i64,
-    exact: bool,
-    duplicates: i64,
-    lost: i64,
-    recovery: Duration,
-}
-
-impl Score {
-    fn write(&self) {
-        let Ok(path) = std::env::var("CX_FAULTS_SCORECARD") else {
-            return;
-        };
-        use std::io::Write as _;
-        let line = format!(
-            "{{\"test\":\"{}\",\"fault\":\"{}\",\"records_in\":{},\"exact\":{},\"duplicates\":{},\"lost\":{},\"recovery_s\":{:.1}}}\n",
-            self.test,
-            self.fault.replace('"', "'"),
-            self.records_in,
-            self.exact,
-            self.duplicates,
-            self.lost,
-            self.recovery.as_secs_f64()
-        );
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        f.write_all(line.as_bytes()).unwrap();
     }
 }
 
@@ -471,48 +438,19 @@ fn pipe(
 
 /// The first line of the service's answer to `GET path`.
 fn http_status(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = c.read_to_string(&mut out);
-    out.lines().next().unwrap_or("").to_string()
+    http_get(addr, path)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Starts the journey service with ClickHouse behind `proxy`; returns it and the address
 /// its HTTP endpoints listen on (read from its log).
 fn journey_behind(s: &Stack, proxy: &Proxy) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let mut child = s
-        .command(&["journey"])
-        .env("CXSTREAM_CLICKHOUSE_URL", &proxy.url)
-        .env("CXSTREAM_LOG_LEVEL", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("addr=").nth(1) {
-                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-            }
-            // Shown when the test fails: why the service complained or stopped.
-            if line.contains(" WARN ") || line.contains(" ERROR ") || line.starts_with("cxstream:")
-            {
-                eprintln!("journey: {line}");
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the service says where it listens");
-    (child, addr)
+    let mut journey = s.command(&["journey"]);
+    journey.env("CXSTREAM_CLICKHOUSE_URL", &proxy.url);
+    spawn_listening(journey)
 }
 
 /// ClickHouse gone for 90 s, then slow (every response chunk 300 ms late) for 30 s, then

@@ -1,8 +1,9 @@
-//! Credentials against the real ClickHouse: a login with a password (the local stack's
-//! `cx_secured` user, whose SHA-256 is in `deploy/local/clickhouse/users.xml`) works from a
-//! file and is never shown in a log line — at the most verbose level — or on `/metrics`; a
-//! wrong one stops every command at once with a message that says what to fix, and is not
-//! shown either.
+//! Credentials and TLS against the real servers: a login with a password (the local stack's
+//! `cx_secured` user, whose SHA-256 is in `deploy/local/clickhouse/users.xml`) over ClickHouse's
+//! HTTPS port (the throw-away CA up.sh makes) works from a file and is never shown in a log
+//! line — at the most verbose level — or on `/metrics`; a wrong one, or a server certificate
+//! that is not trusted, stops every command at once with a message that says what to fix.
+//! Kafka over TLS through a TLS listener in front of a broker of the test's own.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,22 +18,39 @@ use common::{assert_cells_equal, stop_with_sigterm, Stack};
 const USER: &str = "cx_secured";
 const PASSWORD: &str = "cx-test-password-7f3a";
 
-/// The stack's configuration, logging in as `cx_secured` with the password in a file.
-fn secured_config(s: &Stack, password: &str) -> PathBuf {
+/// ClickHouse's HTTPS url and the CA its certificate is signed by (deploy/local/up.sh).
+fn https_and_ca() -> (String, PathBuf) {
+    let url = std::env::var("CX_TEST_CLICKHOUSE_HTTPS")
+        .unwrap_or_else(|_| "https://127.0.0.1:18443".into());
+    let ca = std::env::var("CX_TEST_CLICKHOUSE_CA").map_or_else(
+        |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.run/clickhouse/tls/ca.pem"),
+        PathBuf::from,
+    );
+    (url, ca)
+}
+
+/// The stack's configuration, logging in as `cx_secured` with the password in a file;
+/// over HTTPS when `tls` says with which CA file (`Some(None)`: the system's roots only).
+fn secured_config(s: &Stack, password: &str, tls: Option<Option<&std::path::Path>>) -> PathBuf {
     let file = s.dir.join("clickhouse-password");
     std::fs::write(&file, format!("{password}\n")).unwrap();
-    let text = std::fs::read_to_string(&s.config).unwrap();
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    let mut lines = format!("  user: {USER}\n  password_file: {}\n", file.display());
+    if let Some(ca) = tls {
+        let (https, _) = https_and_ca();
+        text = text.replacen(
+            &format!("  url: {}\n", s.clickhouse),
+            &format!("  url: {https}\n"),
+            1,
+        );
+        if let Some(ca) = ca {
+            lines.push_str(&format!("  ca_file: {}\n", ca.display()));
+        }
+    }
     let path = s.dir.join("secured.yaml");
     std::fs::write(
         &path,
-        text.replacen(
-            "clickhouse:\n",
-            &format!(
-                "clickhouse:\n  user: {USER}\n  password_file: {}\n",
-                file.display()
-            ),
-            1,
-        ),
+        text.replacen("clickhouse:\n", &format!("clickhouse:\n{lines}"), 1),
     )
     .unwrap();
     path
@@ -45,10 +63,12 @@ fn cxstream(config: &PathBuf, args: &[&str]) -> std::process::Command {
 }
 
 #[test]
-fn a_password_from_a_file_logs_in_and_is_never_shown() {
+fn over_https_a_password_from_a_file_logs_in_and_is_never_shown() {
     let s = Stack::new("sec_ok");
     s.simulate(300, 0.3, 2);
-    let config = secured_config(&s, PASSWORD);
+    let (https, ca) = https_and_ca();
+    let config = secured_config(&s, PASSWORD, Some(Some(&ca)));
+    assert!(std::fs::read_to_string(&config).unwrap().contains(&https));
     let migrate = cxstream(&config, &["migrate"]).output().unwrap();
     let mut logs = String::from_utf8_lossy(&migrate.stderr).into_owned();
     assert!(migrate.status.success(), "{logs}");
@@ -102,16 +122,14 @@ fn a_password_from_a_file_logs_in_and_is_never_shown() {
     assert_cells_equal(&s.truth(), &s.cells());
 }
 
-#[test]
-fn a_wrong_password_stops_every_command_with_what_to_fix() {
-    let s = Stack::new("sec_wrong");
-    let wrong = "not-the-password-4411";
-    let config = secured_config(&s, wrong);
+/// Runs each of migrate, journey and alerter, which must stop within 30 s; their stderr.
+fn each_command_stops(s: &Stack, config: &PathBuf, what: &str) -> Vec<String> {
+    let mut errs = Vec::new();
     for args in [&["migrate"][..], &["journey"], &["alerter"]] {
         let started = Instant::now();
         // A file, not a pipe: a verbose child must never block on a full pipe.
         let log = s.dir.join(format!("{}.stderr", args[0]));
-        let mut child = cxstream(&config, args)
+        let mut child = cxstream(config, args)
             .env("CXSTREAM_LOG_LEVEL", "trace")
             .stderr(std::fs::File::create(&log).unwrap())
             .stdout(std::process::Stdio::null())
@@ -123,18 +141,29 @@ fn a_wrong_password_stops_every_command_with_what_to_fix() {
             }
             if started.elapsed() > Duration::from_secs(30) {
                 child.kill().unwrap();
-                panic!("cxstream {args:?} kept retrying a refused login");
+                panic!("cxstream {args:?} kept retrying {what}");
             }
             std::thread::sleep(Duration::from_millis(100));
         };
         let err = std::fs::read_to_string(&log).unwrap();
         assert!(!status.success(), "{args:?}: {err}");
+        errs.push(err);
+    }
+    errs
+}
+
+#[test]
+fn a_wrong_password_stops_every_command_with_what_to_fix() {
+    let s = Stack::new("sec_wrong");
+    let wrong = "not-the-password-4411";
+    let config = secured_config(&s, wrong, None);
+    for err in each_command_stops(&s, &config, "a refused login") {
         assert!(
             err.contains(&format!("refused user `{USER}` (wrong password)"))
                 && err.contains("clickhouse.password_file"),
-            "{args:?}: {err}"
+            "{err}"
         );
-        assert!(!err.contains(wrong), "{args:?} shows the password: {err}");
+        assert!(!err.contains(wrong), "the password is shown: {err}");
     }
     // The same with the password from the environment.
     let out = s
@@ -149,6 +178,22 @@ fn a_wrong_password_stops_every_command_with_what_to_fix() {
         "{err}"
     );
     assert!(!err.contains(wrong), "{err}");
+}
+
+/// ClickHouse's certificate is signed by the stack's throw-away CA: without `ca_file` the
+/// system's roots do not vouch for it, and no command takes that for an outage to wait out.
+#[test]
+fn an_untrusted_clickhouse_certificate_stops_every_command_with_what_to_fix() {
+    let s = Stack::new("sec_untrusted");
+    let config = secured_config(&s, PASSWORD, Some(None));
+    for err in each_command_stops(&s, &config, "an untrusted certificate") {
+        assert!(
+            err.contains("is not trusted (unable to get local issuer certificate)")
+                && err.contains("set clickhouse.ca_file"),
+            "{err}"
+        );
+        assert!(!err.contains(PASSWORD), "the password is shown: {err}");
+    }
 }
 
 /// Kafka over TLS: a TLS listener (socat, with a throw-away CA made by

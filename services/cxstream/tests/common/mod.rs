@@ -208,6 +208,27 @@ impl Stack {
         self
     }
 
+    /// Sets `journey:` settings (YAML lines `  key: value`), replacing the harness's own.
+    pub fn set_journey(&self, lines: &str) {
+        let key = |l: &str| l.split(':').next().unwrap_or("").to_string();
+        let keys: Vec<String> = lines.lines().map(key).collect();
+        let mut out = String::new();
+        let mut in_journey = false;
+        for l in std::fs::read_to_string(&self.config).unwrap().lines() {
+            if !l.starts_with("  ") {
+                in_journey = l == "journey:";
+            }
+            if !(in_journey && keys.contains(&key(l))) {
+                out.push_str(l);
+                out.push('\n');
+            }
+            if l == "journey:" {
+                out.push_str(lines);
+            }
+        }
+        std::fs::write(&self.config, out).unwrap();
+    }
+
     /// Adds top-level sections to the services' configuration file.
     pub fn append_config(&self, yaml: &str) {
         use std::io::Write as _;
@@ -714,6 +735,88 @@ pub fn assert_cells_equal<K: Ord + std::fmt::Debug>(
         diffs.join("\n")
     );
     assert!(!expected.is_empty());
+}
+
+/// A line of the fault battery's scorecard (`tests/faults/scorecard.py`, to
+/// `$CX_FAULTS_SCORECARD` when set): what a test found, measured before it asserts anything.
+pub struct Score {
+    pub test: &'static str,
+    pub fault: String,
+    pub records_in: i64,
+    pub exact: bool,
+    pub duplicates: i64,
+    pub lost: i64,
+    pub recovery: Duration,
+}
+
+impl Score {
+    pub fn write(&self) {
+        let Ok(path) = std::env::var("CX_FAULTS_SCORECARD") else {
+            return;
+        };
+        use std::io::Write as _;
+        let line = format!(
+            "{{\"test\":\"{}\",\"fault\":\"{}\",\"records_in\":{},\"exact\":{},\"duplicates\":{},\"lost\":{},\"recovery_s\":{:.1}}}\n",
+            self.test,
+            self.fault.replace('"', "'"),
+            self.records_in,
+            self.exact,
+            self.duplicates,
+            self.lost,
+            self.recovery.as_secs_f64()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(line.as_bytes()).unwrap();
+    }
+}
+
+/// Starts a service at `info` level; returns it and the address its HTTP endpoints listen
+/// on (read from its log). Its warnings and errors are shown with the test's output.
+pub fn spawn_listening(mut command: Command) -> (Child, String) {
+    use std::io::BufRead;
+    let mut child = command
+        .env("CXSTREAM_LOG_LEVEL", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("addr=").nth(1) {
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+            }
+            // Shown when the test fails: why the service complained or stopped.
+            if line.contains(" WARN ") || line.contains(" ERROR ") || line.starts_with("cxstream:")
+            {
+                eprintln!("service: {line}");
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the service says where it listens");
+    (child, addr)
+}
+
+/// The service's whole answer to `GET path` (status line, headers, body); empty when it
+/// cannot be reached.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out
 }
 
 /// Stops a service as a service manager does (SIGTERM); it must exit 0.
