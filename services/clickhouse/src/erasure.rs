@@ -1,7 +1,9 @@
 //! Erasing a customer's rows (README § Operations, Erasure): every table of the database
 //! with a `customer_id` column, found by asking the server, so that a table added later
 //! is never forgotten. Journeys of erased customers go on under their pseudonyms, which
-//! name no one; those rows stay.
+//! name no one; those rows stay. With identity stitching, a device's stored state named
+//! the customer who claimed it until the journeys applied the erasure: those earlier
+//! versions of device rows are deleted too, keeping each device's latest committed one.
 
 use clickhouse::Client;
 use serde::Deserialize;
@@ -60,6 +62,104 @@ pub async fn delete_rows(client: &Client, table: &str, ids: &[String]) -> Result
     .execute()
     .await
     .ctx(|| format!("deleting the customer's rows from {table}"))
+}
+
+/// The tables holding devices' rows (identity stitching), keyed `anon:` + device.
+pub const DEVICE_TABLES: [&str; 2] = ["journeys", "journeys_compacted"];
+
+/// A device row whose state names one of `ids` as its claim does: postcard writes a
+/// string as its length (one byte below 128) then its bytes, which makes a match of a short
+/// id inside a longer string unlikely.
+fn naming(ids: &[String]) -> String {
+    let each = vec!["position(state, ?) > 0"; ids.len()].join(" OR ");
+    format!("customer_id LIKE 'anon:%' AND ({each})")
+}
+
+fn needles(ids: &[String]) -> Vec<String> {
+    ids.iter()
+        .map(|id| match u8::try_from(id.len()) {
+            Ok(n) if n < 128 => format!("{}{id}", char::from(n)),
+            _ => id.clone(),
+        })
+        .collect()
+}
+
+/// A device's row: its key in a state table.
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
+pub struct DeviceRow {
+    pub journey: String,
+    pub source_partition: u16,
+    pub customer_id: String,
+    pub batch_seq: u64,
+}
+
+/// Device rows in `table` that name one of `ids`, but for each device's latest committed
+/// version (which the journeys wrote after the erasure, under the pseudonym).
+pub async fn stale_device_rows(
+    client: &Client,
+    database: &str,
+    table: &str,
+    ids: &[String],
+) -> Result<Vec<DeviceRow>> {
+    bind_all(
+        client.query(&format!(
+            "SELECT journey, source_partition, customer_id, batch_seq FROM {database}.{table} \
+             WHERE {} AND {}",
+            naming(ids),
+            not_latest(database)
+        )),
+        &needles(ids),
+    )
+    .fetch_all::<DeviceRow>()
+    .await
+    .ctx(|| format!("finding devices' rows naming the customer in {table}"))
+}
+
+/// Starts deleting those rows (a mutation). They are named one by one: ClickHouse 18.16
+/// cannot run a mutation whose condition reads other tables (it fails in the background,
+/// again and again, holding up every later mutation of the table).
+pub async fn delete_device_rows(
+    client: &Client,
+    database: &str,
+    table: &str,
+    rows: &[DeviceRow],
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let keys = vec!["(?, ?, ?, ?)"; rows.len()].join(", ");
+    let mut q = client.query(&format!(
+        "ALTER TABLE {database}.{table} DELETE WHERE \
+         (journey, source_partition, customer_id, batch_seq) IN ({keys})"
+    ));
+    for r in rows {
+        q = q
+            .bind(&r.journey)
+            .bind(r.source_partition)
+            .bind(&r.customer_id)
+            .bind(r.batch_seq);
+    }
+    q.execute()
+        .await
+        .ctx(|| format!("deleting devices' rows naming the customer from {table}"))
+}
+
+/// Not a device's latest committed version: of committed batches (their marker written)
+/// and committed generations (their compaction row written), the highest batch_seq.
+fn not_latest(db: &str) -> String {
+    format!(
+        "(journey, source_partition, customer_id, batch_seq) NOT IN \
+         (SELECT journey, source_partition, customer_id, max(batch_seq) FROM \
+           (SELECT journey, source_partition, customer_id, batch_seq FROM {db}.journeys \
+            WHERE customer_id LIKE 'anon:%' AND \
+            (journey, source_partition, batch_seq, batch_attempt) IN \
+              (SELECT journey, source_partition, batch_seq, batch_attempt FROM {db}.ingest_batches) \
+            UNION ALL \
+            SELECT journey, source_partition, customer_id, batch_seq FROM {db}.journeys_compacted \
+            WHERE customer_id LIKE 'anon:%' AND (journey, source_partition, generation) IN \
+              (SELECT journey, source_partition, generation FROM {db}.compactions)) \
+          GROUP BY journey, source_partition, customer_id)"
+    )
 }
 
 /// One `?` per id (ClickHouse 18.16 reads a bound array after `IN` as one value).

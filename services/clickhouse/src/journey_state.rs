@@ -6,9 +6,11 @@
 //! Version 3 added the floor's journey progress, pending stage entry and step attempts;
 //! rows of earlier versions were written before stage and step outcomes were counted.
 //! Version 4 is a visitor's row (identity stitching): its journey and the device's held
-//! touchpoints and claim, written together so that they commit together.
+//! touchpoints and claim, written together so that they commit together. Version 5 is the
+//! same with the claim's partition (where the device's touchpoints go once the customer is
+//! erased); a version 4 claim knows none.
 
-use cxstream_core::identity::Visitor;
+use cxstream_core::identity::{Claim, Routed, Visitor};
 use cxstream_core::journey::{AnswerEntry, Context, Floor, Progress, TouchpointEntry};
 use cxstream_core::processor::Written;
 use cxstream_core::Journey;
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 const V2: u8 = 2;
 const V3: u8 = 3;
 const V4: u8 = 4;
+const V5: u8 = 5;
 
 /// A stored row, decoded.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,11 +67,37 @@ impl From<JourneyV2> for Journey {
     }
 }
 
+/// A visitor's device state as version 4 wrote it.
+#[derive(Serialize, Deserialize)]
+struct VisitorV4 {
+    held: Vec<Routed>,
+    claim: Option<ClaimV4>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ClaimV4 {
+    customer_id: String,
+    from: i64,
+}
+
+impl From<VisitorV4> for Visitor {
+    fn from(v: VisitorV4) -> Self {
+        Visitor {
+            held: v.held,
+            claim: v.claim.map(|c| Claim {
+                customer_id: c.customer_id,
+                from: c.from,
+                partition: None,
+            }),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum StateError {
     #[error("the stored journey is empty")]
     Empty,
-    #[error("the stored journey has version {0}, newer than this cxstream reads (up to {V4}); upgrade cxstream")]
+    #[error("the stored journey has version {0}, newer than this cxstream reads (up to {V5}); upgrade cxstream")]
     Newer(u8),
     #[error("the stored journey cannot be decoded: {0}")]
     Decode(String),
@@ -77,7 +106,7 @@ pub enum StateError {
 pub fn encode(journey: &Journey, visitor: Option<&Visitor>) -> Result<Vec<u8>, StateError> {
     let written = match visitor {
         None => postcard::to_extend(journey, vec![V3]),
-        Some(v) => postcard::to_extend(&(journey, v), vec![V4]),
+        Some(v) => postcard::to_extend(&(journey, v), vec![V5]),
     };
     written.map_err(|e| StateError::Decode(e.to_string()))
 }
@@ -104,6 +133,15 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, StateError> {
             visitor: None,
         }),
         V4 => {
+            let (journey, visitor) =
+                postcard::from_bytes::<(Journey, VisitorV4)>(rest).map_err(err)?;
+            Ok(Stored {
+                journey,
+                written: Written::WithOutcomes,
+                visitor: Some(visitor.into()),
+            })
+        }
+        V5 => {
             let (journey, visitor) =
                 postcard::from_bytes::<(Journey, Visitor)>(rest).map_err(err)?;
             Ok(Stored {
@@ -176,7 +214,6 @@ mod tests {
 
     #[test]
     fn a_visitors_row_keeps_its_held_touchpoints_and_claim() {
-        use cxstream_core::identity::{Claim, Routed};
         use cxstream_core::TouchpointEvent;
         let event = TouchpointEvent {
             event_id: "a".into(),
@@ -198,11 +235,28 @@ mod tests {
             claim: Some(Claim {
                 customer_id: "c".into(),
                 from: 1,
+                partition: Some(3),
             }),
         };
         let bytes = encode(&journey(), Some(&visitor)).unwrap();
-        assert_eq!(bytes[0], V4);
-        let expected = stored(journey(), Written::WithOutcomes, Some(visitor));
+        assert_eq!(bytes[0], V5);
+        let expected = stored(journey(), Written::WithOutcomes, Some(visitor.clone()));
+        assert_eq!(decode(&bytes), Ok(expected));
+        // Version 4 knew no claim's partition.
+        let v4 = VisitorV4 {
+            held: visitor.held.clone(),
+            claim: Some(ClaimV4 {
+                customer_id: "c".into(),
+                from: 1,
+            }),
+        };
+        let bytes = postcard::to_extend(&(journey(), v4), vec![V4]).unwrap();
+        let mut then = visitor;
+        then.claim = then.claim.map(|c| Claim {
+            partition: None,
+            ..c
+        });
+        let expected = stored(journey(), Written::WithOutcomes, Some(then));
         assert_eq!(decode(&bytes), Ok(expected));
     }
 

@@ -35,6 +35,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::erasure::Erasures;
 use crate::event_time::EventClock;
 use crate::events::{Invalid, TouchpointEvent};
 
@@ -68,6 +69,9 @@ pub struct Identification {
     /// The identifying partition's watermark when it applied the touchpoint (`None` before
     /// it had one).
     pub watermark: Option<i64>,
+    /// The identifying (the customer's) partition, as its message says: where the device's
+    /// touchpoints go, also once the customer id is a pseudonym, which is keyed elsewhere.
+    pub partition: Option<u32>,
 }
 
 impl Identification {
@@ -97,7 +101,15 @@ pub enum Route {
     /// The device's customer is known: send it, customer id set, to the customer's
     /// partition, to be applied there as it is (never routed again: it keeps its anonymous
     /// id, which would make it an identification).
-    Forward(TouchpointEvent),
+    Forward(TouchpointEvent, Option<u32>),
+}
+
+/// A claimed touchpoint on its way to its customer's partition: `partition` when the claim
+/// knows it, else the partition its customer id is keyed to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forwarded {
+    pub routed: Routed,
+    pub partition: Option<u32>,
 }
 
 /// A device: its held touchpoints and who claimed it.
@@ -113,14 +125,13 @@ pub struct Visitor {
 pub struct Claim {
     pub customer_id: String,
     pub from: i64,
+    /// The customer's partition, when the identification said (see [`Identification`]).
+    pub partition: Option<u32>,
 }
 
 impl Visitor {
-    fn claimant(&self, time: i64) -> Option<&str> {
-        self.claim
-            .as_ref()
-            .filter(|c| time >= c.from)
-            .map(|c| c.customer_id.as_str())
+    fn claimant(&self, time: i64) -> Option<&Claim> {
+        self.claim.as_ref().filter(|c| time >= c.from)
     }
 }
 
@@ -177,15 +188,6 @@ impl IdentityResolver {
             if customer.trim().starts_with(VISITOR_PREFIX) {
                 return Err(Invalid::ReservedCustomerId);
             }
-            // Only the processor writes pseudonyms (of erased customers), stripped of any
-            // anonymous id: one sent by a producer is refused before it identifies a device.
-            if customer
-                .trim()
-                .starts_with(crate::erasure::PSEUDONYM_PREFIX)
-                && event.anonymous_id.is_some()
-            {
-                return Err(Invalid::ReservedCustomerId);
-            }
             if let (Some(device), false) = (present(&event.anonymous_id), refused) {
                 self.identified(customer, device, event.event_time, clock.watermark());
             }
@@ -196,8 +198,12 @@ impl IdentityResolver {
         };
         let time = event.event_time;
         let visitor = self.visitors.entry(device.clone()).or_default();
-        if let (Some(customer), false) = (visitor.claimant(time), refused) {
-            return Ok(Route::Forward(with_customer(event, customer)));
+        if let (Some(claim), false) = (visitor.claimant(time), refused) {
+            let partition = claim.partition;
+            return Ok(Route::Forward(
+                with_customer(event, &claim.customer_id),
+                partition,
+            ));
         }
         let release = time.saturating_add(self.policy.window_ms);
         if refused || self.released_to.is_some_and(|iw| release < iw) {
@@ -222,6 +228,7 @@ impl IdentityResolver {
             customer_id: customer.to_owned(),
             time,
             watermark,
+            partition: None,
         };
         let from = id.claims_from(self.policy.window_ms);
         let devices = self.sent.entry(customer.to_owned()).or_default();
@@ -241,17 +248,21 @@ impl IdentityResolver {
 
     /// An identification reached the anonymous id's partition: returns the held
     /// touchpoints it claims, customer id set, to send to the customer's partition.
-    pub fn on_identification(&mut self, id: Identification) -> Vec<Routed> {
+    pub fn on_identification(&mut self, id: Identification) -> Vec<Forwarded> {
         let from = id.claims_from(self.policy.window_ms);
         let visitor = self.visitors.entry(id.anonymous_id.clone()).or_default();
         match &mut visitor.claim {
             Some(c) if c.customer_id != id.customer_id => return Vec::new(),
             Some(c) if c.from <= from => return Vec::new(),
-            Some(c) => c.from = from,
+            Some(c) => {
+                c.from = from;
+                c.partition = c.partition.or(id.partition);
+            }
             None => {
                 visitor.claim = Some(Claim {
                     customer_id: id.customer_id,
                     from,
+                    partition: id.partition,
                 })
             }
         }
@@ -260,17 +271,38 @@ impl IdentityResolver {
             .partition(|r| r.event.event_time >= from);
         visitor.held = kept;
         self.changed.insert(id.anonymous_id);
-        let customer = visitor
+        let (customer, partition) = visitor
             .claim
             .as_ref()
-            .map_or("", |c| c.customer_id.as_str());
+            .map_or(("", None), |c| (c.customer_id.as_str(), c.partition));
         claimed
             .into_iter()
-            .map(|r| Routed {
-                event: with_customer(r.event, customer),
-                source_offset: r.source_offset,
+            .map(|r| Forwarded {
+                routed: Routed {
+                    event: with_customer(r.event, customer),
+                    source_offset: r.source_offset,
+                },
+                partition,
             })
             .collect()
+    }
+
+    /// Devices claimed by customers now erased are claimed by their pseudonyms: their
+    /// touchpoints go on counting where they did, naming no one. Returns how many.
+    pub fn erase(&mut self, erasures: &Erasures) -> usize {
+        self.sent.retain(|c, _| erasures.pseudonym_of(c).is_none());
+        let mut n = 0;
+        for (device, visitor) in &mut self.visitors {
+            let Some(claim) = visitor.claim.as_mut() else {
+                continue;
+            };
+            if let Some(pseudonym) = erasures.pseudonym_of(&claim.customer_id) {
+                claim.customer_id = pseudonym;
+                self.changed.insert(device.clone());
+                n += 1;
+            }
+        }
+        n
     }
 
     /// The identity watermark moved to `iw`: returns the held touchpoints whose wait is
@@ -333,8 +365,15 @@ impl IdentityResolver {
         self.visitors.iter().map(|(k, v)| (k.as_str(), v))
     }
 
-    /// Restores a device's persisted state (after a restart or rebalance).
-    pub fn restore(&mut self, device: String, visitor: Visitor) {
+    /// Restores a device's persisted state (after a restart or rebalance); a claim by a
+    /// customer erased since is the pseudonym's, and stored again.
+    pub fn restore(&mut self, device: String, mut visitor: Visitor, erasures: &Erasures) {
+        if let Some(claim) = visitor.claim.as_mut() {
+            if let Some(pseudonym) = erasures.pseudonym_of(&claim.customer_id) {
+                claim.customer_id = pseudonym;
+                self.changed.insert(device.clone());
+            }
+        }
         let window = self.policy.window_ms;
         for r in &visitor.held {
             let release = r.event.event_time.saturating_add(window);
@@ -398,7 +437,12 @@ mod tests {
             customer_id: customer.into(),
             time: t,
             watermark,
+            partition: Some(2),
         }
+    }
+
+    fn routed(claimed: Vec<Forwarded>) -> Vec<Routed> {
+        claimed.into_iter().map(|f| f.routed).collect()
     }
 
     fn customers(rs: &[Routed]) -> Vec<(&str, &str)> {
@@ -417,12 +461,13 @@ mod tests {
         assert_eq!(held, Ok(Route::Held));
         assert_eq!(r.held(), 1);
         let claimed = r.on_identification(identification(30 * H, Some(30 * H), "c"));
-        assert_eq!(customers(&claimed), [("a", "c")]);
-        assert_eq!(claimed[0].source_offset, 4);
+        assert_eq!(claimed[0].partition, Some(2));
+        assert_eq!(claimed[0].routed.source_offset, 4);
+        assert_eq!(customers(&routed(claimed)), [("a", "c")]);
         assert_eq!(r.held(), 0);
         // Later anonymous touchpoints of the device go straight to the customer.
         let later = route(&mut r, ev("b", None, Some("d"), 40 * H), 5, None);
-        assert!(matches!(later, Ok(Route::Forward(e)) if e.customer_id.as_deref() == Some("c")));
+        assert!(matches!(later, Ok(Route::Forward(e, _)) if e.customer_id.as_deref() == Some("c")));
     }
 
     #[test]
@@ -435,7 +480,7 @@ mod tests {
         assert_eq!(customers(&released), [("a", "anon:d")]);
         // Identified 25 h after "a": too late for it (already counted), in time for "b".
         let claimed = r.on_identification(identification(35 * H, Some(35 * H), "c"));
-        assert_eq!(customers(&claimed), [("b", "c")]);
+        assert_eq!(customers(&routed(claimed)), [("b", "c")]);
         // Dated past the identity watermark's reach: counted as the visitor's at once.
         let old = route(&mut r, ev("z", None, Some("e"), 5 * H), 2, None);
         assert!(matches!(old, Ok(Route::Apply(e)) if e.customer_id.as_deref() == Some("anon:e")));
@@ -451,7 +496,7 @@ mod tests {
         assert_eq!(r.held(), 1);
         // An earlier one, known in time, claims it.
         let claimed = r.on_identification(identification(20 * H, Some(21 * H), "c"));
-        assert_eq!(customers(&claimed), [("a", "c")]);
+        assert_eq!(customers(&routed(claimed)), [("a", "c")]);
     }
 
     #[test]
@@ -468,7 +513,7 @@ mod tests {
             .is_empty());
         assert_eq!(r.held(), 1);
         let e = route(&mut r, ev("a", None, Some("d"), 11 * H), 0, None);
-        assert!(matches!(e, Ok(Route::Forward(e)) if e.customer_id.as_deref() == Some("c")));
+        assert!(matches!(e, Ok(Route::Forward(e, _)) if e.customer_id.as_deref() == Some("c")));
     }
 
     #[test]
@@ -477,7 +522,7 @@ mod tests {
         r.on_identification(identification(10 * H, Some(10 * H), "c"));
         assert!(r.release(100 * H).is_empty());
         let e = route(&mut r, ev("a", None, Some("d"), 10 * H), 0, None);
-        assert!(matches!(e, Ok(Route::Forward(e)) if e.customer_id.as_deref() == Some("c")));
+        assert!(matches!(e, Ok(Route::Forward(e, _)) if e.customer_id.as_deref() == Some("c")));
     }
 
     #[test]
@@ -532,11 +577,37 @@ mod tests {
             .collect();
         let mut back = resolver();
         for (k, v) in saved {
-            back.restore(k, v);
+            back.restore(k, v, &Erasures::default());
         }
         assert_eq!(back.held(), 1);
         assert_eq!(customers(&back.release(35 * H)), [("a", "anon:d")]);
         let later = route(&mut back, ev("b", None, Some("d"), 90 * H), 0, None);
-        assert!(matches!(later, Ok(Route::Forward(_))));
+        assert!(matches!(later, Ok(Route::Forward(..))));
+    }
+
+    #[test]
+    fn a_device_claimed_by_an_erased_customer_is_claimed_by_the_pseudonym_on_the_same_partition() {
+        let mut r = resolver();
+        r.on_identification(identification(10 * H, Some(10 * H), "c"));
+        r.take_changed();
+        let mut erasures = Erasures::default();
+        erasures.insert(&crate::erasure::fingerprint("c")).unwrap();
+        assert_eq!(r.erase(&erasures), 1);
+        let pseudonym = erasures.pseudonym_of("c").unwrap();
+        let changed = r.take_changed();
+        assert_eq!(changed.len(), 1);
+        let claim = changed[0].1.as_ref().and_then(|v| v.claim.clone()).unwrap();
+        assert_eq!(
+            (claim.customer_id.as_str(), claim.partition),
+            (pseudonym.as_str(), Some(2))
+        );
+        let later = route(&mut r, ev("b", None, Some("d"), 11 * H), 0, None);
+        assert!(matches!(later, Ok(Route::Forward(e, Some(2)))
+            if e.customer_id.as_deref() == Some(pseudonym.as_str())));
+        // The pseudonym's own identifications claim the device as before.
+        let mut again = identification(12 * H, Some(12 * H), &pseudonym);
+        again.anonymous_id = "d".into();
+        assert!(r.on_identification(again).is_empty());
+        assert_eq!(r.erase(&erasures), 0, "nothing left to erase");
     }
 }

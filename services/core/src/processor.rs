@@ -18,8 +18,8 @@ use crate::event_time::{EventClock, EventTimePolicy, Input, Refusal};
 
 use crate::events::{Invalid, SurveyAnswer, TouchpointEvent};
 use crate::identity::{
-    visitor_key, Identification, IdentityPolicy, IdentityResolver, Route, Routed, Visitor,
-    VISITOR_PREFIX,
+    visitor_key, Forwarded, Identification, IdentityPolicy, IdentityResolver, Route, Routed,
+    Visitor, VISITOR_PREFIX,
 };
 use crate::journey::{
     AnswerEntry, AnswerView, Attribution, Budgets, Context, Derived, Journey, Origin, Outcome,
@@ -191,7 +191,7 @@ pub struct Batch {
     pub identifications: Vec<Identification>,
     /// Claimed anonymous touchpoints, customer id set, to send to the customers' partitions
     /// before this batch commits.
-    pub forwarded: Vec<Routed>,
+    pub forwarded: Vec<Forwarded>,
 }
 
 /// Keyed by customer id, shared (not copied) with the deadlines and the dirty list.
@@ -228,7 +228,7 @@ pub struct PartitionProcessor {
     swept_to: i64,
     /// Identity stitching, when on.
     identity: Option<IdentityResolver>,
-    forwarded: Vec<Routed>,
+    forwarded: Vec<Forwarded>,
     /// The latest record timestamp of a touchpoint applied from the input.
     touchpoints_written: Option<i64>,
     /// Customers who asked to be forgotten: see [`crate::erasure`].
@@ -275,6 +275,9 @@ impl PartitionProcessor {
             .collect();
         for (key, pseudonym) in &erased {
             self.forget(key, pseudonym);
+        }
+        if let Some(resolver) = self.identity.as_mut() {
+            resolver.erase(&self.erasures);
         }
         erased.len()
     }
@@ -545,16 +548,27 @@ impl PartitionProcessor {
         if customer_of(&ev.customer_id).starts_with(PSEUDONYM_PREFIX) {
             return Err(Invalid::ReservedCustomerId);
         }
-        // An erased customer's touchpoint identifies no device (it no longer carries one).
+        // An erased customer's touchpoint is stripped, but its device still identifies, under
+        // the pseudonym: a replay stitches what the live run stitched before the erasure.
         let mut ev = ev;
-        self.erasures.scrub_touchpoint(&mut ev);
+        if let Some(p) = ev
+            .customer_id
+            .as_deref()
+            .and_then(|c| self.erasures.pseudonym_of(c))
+        {
+            let device = ev.anonymous_id.take();
+            strip_touchpoint(&mut ev, p);
+            ev.anonymous_id = device;
+        }
         let time = ev.event_time;
         let Some(resolver) = self.identity.as_mut() else {
             return Ok(());
         };
         match resolver.route(ev, source_offset, &self.clock, record_ms)? {
-            Route::Apply(ev) => {
-                if !is_pseudonym(customer_of(&ev.customer_id)) {
+            Route::Apply(mut ev) => {
+                if is_pseudonym(customer_of(&ev.customer_id)) {
+                    ev.anonymous_id = None;
+                } else {
                     valid_customer(&ev.customer_id)?;
                 }
                 self.apply_resolved(ev, resolved, source_offset, Arrival::Input(record_ms))
@@ -563,10 +577,13 @@ impl PartitionProcessor {
                 // Arrived here: it moves this input's event time like any touchpoint.
                 self.clock.observe(Input::Touchpoints, time);
                 self.pass_deadlines();
-                if let Route::Forward(event) = route {
-                    self.forwarded.push(Routed {
-                        event,
-                        source_offset,
+                if let Route::Forward(event, partition) = route {
+                    self.forwarded.push(Forwarded {
+                        routed: Routed {
+                            event,
+                            source_offset,
+                        },
+                        partition,
                     });
                 }
                 Ok(())
@@ -578,12 +595,25 @@ impl PartitionProcessor {
     /// this customer). It was checked against the clock there; it does not move this
     /// partition's event time, which follows this partition's inputs.
     pub fn on_stitched(&mut self, ev: TouchpointEvent, source_offset: i64) -> Result<(), Invalid> {
-        self.apply_touchpoint(ev, source_offset, Arrival::Internal)
+        if !is_pseudonym(customer_of(&ev.customer_id)) {
+            return self.apply_touchpoint(ev, source_offset, Arrival::Internal);
+        }
+        // Claimed for an erased customer, whose pseudonym only journeys write: kept as the
+        // journey keeps the customer's own, naming no device.
+        let mut ev = ev;
+        let pseudonym = customer_of(&ev.customer_id).to_string();
+        strip_touchpoint(&mut ev, pseudonym);
+        let resolved = self.resolved(&ev)?;
+        self.apply_resolved(ev, resolved, source_offset, Arrival::Internal)
     }
 
     /// An identification from the customer's partition reached this (the anonymous id's)
     /// partition: the touchpoints it claims go to the customer's partition.
-    pub fn on_identification(&mut self, id: Identification) {
+    pub fn on_identification(&mut self, mut id: Identification) {
+        // Sent before the customer's erasure reached this partition.
+        if let Some(p) = self.erasures.pseudonym_of(&id.customer_id) {
+            id.customer_id = p;
+        }
         if let Some(resolver) = self.identity.as_mut() {
             let claimed = resolver.on_identification(id);
             self.forwarded.extend(claimed);
@@ -608,7 +638,7 @@ impl PartitionProcessor {
     /// Restores a device's persisted identity state.
     pub fn restore_visitor(&mut self, device: String, visitor: Visitor) {
         if let Some(resolver) = self.identity.as_mut() {
-            resolver.restore(device, visitor);
+            resolver.restore(device, visitor, &self.erasures);
         }
     }
 

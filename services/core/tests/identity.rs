@@ -1,7 +1,7 @@
-//! Identity stitching across two partitions, against the documented rule (the module
+//! Identity stitching across three partitions, against the documented rule (the module
 //! `cxstream_core::identity`): a device's anonymous touchpoint dated at or after its first identification −
 //! the identity window counts exactly as if it had carried the customer id; any other counts
-//! as the visitor's own journey, keyed `anon:` + anonymous id. So the two partitions' counts,
+//! as the visitor's own journey, keyed `anon:` + anonymous id. So the partitions' counts,
 //! however they interleave reading their records with reading the identifications, stitched
 //! touchpoints and watermarks sent to them, equal one
 //! processor's over the events with that rule's customer ids written in (the processor alone
@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use cxstream_core::erasure::{fingerprint, Erasures};
 use cxstream_core::identity::{Identification, IdentityPolicy, Visitor};
 use cxstream_core::journey::Journey;
 use cxstream_core::metrics::StepCounts;
@@ -50,7 +51,7 @@ const WINDOW: i64 = 24 * HOUR;
 /// Arrival is at most this much out of event-time order.
 const JITTER: i64 = 2 * HOUR;
 const T0: i64 = 1_700_000_000_000;
-const PARTITIONS: usize = 2;
+const PARTITIONS: usize = 3;
 
 fn map() -> Arc<JourneyMap> {
     Arc::new(JourneyMap::from_yaml("shop.yaml", MAP).expect("valid map"))
@@ -226,6 +227,8 @@ struct Partition {
     heard: [Option<Option<i64>>; PARTITIONS],
     /// The last watermark it published (`None`: none yet).
     published: Option<Option<i64>>,
+    /// The erasures it knows, read again on a restart before its state, as the service does.
+    erasures: Arc<Erasures>,
 }
 
 fn identity() -> IdentityPolicy {
@@ -243,6 +246,7 @@ impl Partition {
         let c = &self.committed;
         let clock = EventClock::resumed(policy(), c.clock);
         let mut p = PartitionProcessor::resumed(map(), clock).with_identity(identity());
+        p.set_erasures(self.erasures.clone());
         for (k, j) in &c.journeys {
             p.restore(k.to_string(), (**j).clone(), Written::WithOutcomes);
         }
@@ -282,12 +286,15 @@ impl Partition {
     fn commit(&mut self, me: usize, totals: &mut Totals, crash: bool) -> Vec<(usize, Item)> {
         let b = self.processor.take_batch();
         let mut out: Vec<(usize, Item)> = Vec::new();
-        for id in b.identifications {
+        for mut id in b.identifications {
+            // The service says which partition identified (the customer's).
+            id.partition = Some(me as u32);
             out.push((partition(&id.anonymous_id), Item::Identification(id)));
         }
-        for r in b.forwarded {
-            let to = partition(r.event.customer_id.as_deref().unwrap());
-            out.push((to, Item::Stitched(r.event)));
+        for f in b.forwarded {
+            let key = partition(f.routed.event.customer_id.as_deref().unwrap());
+            let to = f.partition.map_or(key, |p| p as usize);
+            out.push((to, Item::Stitched(f.routed.event)));
         }
         if crash {
             self.restart();
@@ -319,9 +326,23 @@ impl Partition {
     }
 }
 
-/// Plays the records through two partitions; `picks` chooses which log is read next,
-/// `cuts` when a partition commits or crashes.
-fn stitched_run(sent: &[TouchpointEvent], jitter: &[i64], picks: &[u8], cuts: &[Cut]) -> Totals {
+/// A customer erased at a step of the run (0: known before anything is read, a replay).
+#[derive(Debug, Clone)]
+struct Erase {
+    customer: String,
+    at_step: usize,
+}
+
+/// Plays the records through the partitions; `picks` chooses which log is read next,
+/// `cuts` when a partition commits or crashes. With `erase`, every partition learns of the
+/// erasure at its step, and the run ends with a commit on each after it.
+fn stitched_run(
+    sent: &[TouchpointEvent],
+    jitter: &[i64],
+    picks: &[u8],
+    cuts: &[Cut],
+    erase: Option<&Erase>,
+) -> (Totals, Vec<Partition>) {
     let mut arrival: Vec<(i64, usize)> = sent
         .iter()
         .enumerate()
@@ -336,8 +357,23 @@ fn stitched_run(sent: &[TouchpointEvent], jitter: &[i64], picks: &[u8], cuts: &[
             committed: Committed::default(),
             heard: [None; PARTITIONS],
             published: None,
+            erasures: Arc::default(),
         })
         .collect();
+    let erased: Arc<Erasures> = Arc::new(erase.map_or_else(Erasures::default, |e| {
+        let mut set = Erasures::default();
+        set.insert(&fingerprint(&e.customer)).unwrap();
+        set
+    }));
+    let learn = |parts: &mut Vec<Partition>, step: usize| {
+        let due = erase.is_some_and(|e| e.at_step <= step);
+        if due && parts[0].erasures.is_empty() {
+            for part in parts.iter_mut() {
+                part.erasures = erased.clone();
+                part.processor.set_erasures(erased.clone());
+            }
+        }
+    };
     for (_, i) in arrival {
         let e = &sent[i];
         let key = e
@@ -367,6 +403,7 @@ fn stitched_run(sent: &[TouchpointEvent], jitter: &[i64], picks: &[u8], cuts: &[
     let mut totals = Totals::default();
     let (mut step, mut crashes) = (0usize, 0);
     loop {
+        learn(&mut parts, step);
         let pending: Vec<(usize, usize)> = (0..PARTITIONS)
             .flat_map(|p| [(p, 0), (p, 1)])
             .filter(|&(p, l)| parts[p].at[l] < parts[p].logs[l].len())
@@ -403,6 +440,16 @@ fn stitched_run(sent: &[TouchpointEvent], jitter: &[i64], picks: &[u8], cuts: &[
             parts[to].logs[1].push(item);
         }
     }
+    if erase.is_some() {
+        // Learnt at the end if not before; committed, as the erasure's marker waits for.
+        learn(&mut parts, usize::MAX);
+        for (me, part) in parts.iter_mut().enumerate() {
+            assert!(part
+                .commit(me, &mut totals, false)
+                .iter()
+                .all(|(_, i)| matches!(i, Item::Watermark(..))));
+        }
+    }
     for part in &parts {
         assert_eq!(
             part.processor.held_touchpoints(),
@@ -410,7 +457,7 @@ fn stitched_run(sent: &[TouchpointEvent], jitter: &[i64], picks: &[u8], cuts: &[
             "everything held was released or claimed"
         );
     }
-    totals
+    (totals, parts)
 }
 
 fn baseline(expected: &[TouchpointEvent]) -> Totals {
@@ -459,7 +506,37 @@ proptest! {
         cuts in cuts(),
     ) {
         let (sent, expected) = records(&devices);
-        let got = stitched_run(&sent, &jitter, &picks, &cuts).nonzero();
+        let got = stitched_run(&sent, &jitter, &picks, &cuts, None).0.nonzero();
         prop_assert_eq!(got, baseline(&expected).nonzero());
+    }
+
+    /// A customer erased at any point — or before anything is read, as in a replay of the
+    /// inputs — goes on counting as before (anonymously): the devices it identified stay
+    /// stitched to the pseudonym, on the customer's partition, and no device's committed
+    /// state names the customer.
+    #[test]
+    fn an_erased_customer_stitches_as_before_live_and_in_a_replay(
+        devices in (1u8..6).prop_flat_map(|n| (0..n).map(device).collect::<Vec<_>>()),
+        jitter in prop::collection::vec(0..JITTER, 1..20),
+        picks in prop::collection::vec(any::<u8>(), 1..30),
+        cuts in cuts(),
+        who in any::<prop::sample::Index>(),
+        at_step in 0usize..200,
+    ) {
+        let (sent, expected) = records(&devices);
+        let customer = format!("c{}", devices[who.index(devices.len())].n / 2);
+        let want = baseline(&expected).nonzero();
+        for at_step in [at_step, 0] {
+            let erase = Erase { customer: customer.clone(), at_step };
+            let (totals, parts) = stitched_run(&sent, &jitter, &picks, &cuts, Some(&erase));
+            prop_assert_eq!(totals.nonzero(), want.clone(), "erased at step {}", at_step);
+            for part in &parts {
+                // (Journeys stored under the id are deleted by `cxstream erase`; the devices'
+                // rows, keyed by device, must stop naming the customer by themselves.)
+                for v in part.committed.visitors.values() {
+                    prop_assert!(v.claim.as_ref().is_none_or(|cl| cl.customer_id != customer));
+                }
+            }
+        }
     }
 }

@@ -153,15 +153,20 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// deletions to finish, and checks that none is left (deleting again what a batch or a
 /// compaction under way wrote meanwhile).
 async fn delete(client: &clickhouse::Client, database: &str, ids: &[String]) -> Result<()> {
-    let tables = erasure::customer_tables(client, database).await?;
+    let mut tables: Vec<Rows> = erasure::customer_tables(client, database)
+        .await?
+        .into_iter()
+        .map(Rows::Customer)
+        .collect();
+    tables.extend(erasure::DEVICE_TABLES.map(Rows::Devices));
     let mut found = Vec::new();
     let mut left = Vec::new();
     for pass in 0..3 {
         let mut deleted = false;
         for t in &tables {
-            let n = erasure::count_rows(client, t, ids).await?;
+            let n = t.count(client, database, ids).await?;
             if n > 0 {
-                erasure::delete_rows(client, t, ids).await?;
+                t.delete(client, database, ids).await?;
                 found.push(format!("{t} {n}"));
                 deleted = true;
             }
@@ -180,7 +185,7 @@ async fn delete(client: &clickhouse::Client, database: &str, ids: &[String]) -> 
         tokio::time::sleep(SETTLE).await;
         left.clear();
         for t in &tables {
-            let n = erasure::count_rows(client, t, ids).await?;
+            let n = t.count(client, database, ids).await?;
             if n > 0 {
                 left.push(format!("{t} {n}"));
             }
@@ -205,4 +210,41 @@ async fn delete(client: &clickhouse::Client, database: &str, ids: &[String]) -> 
         tables.len()
     );
     Ok(())
+}
+
+/// Where the customers' rows are.
+enum Rows {
+    /// A table with a `customer_id` column.
+    Customer(String),
+    /// Devices' earlier rows naming the customer who claimed them (identity stitching).
+    Devices(&'static str),
+}
+
+impl std::fmt::Display for Rows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rows::Customer(t) => f.write_str(t),
+            Rows::Devices(t) => write!(f, "{t} (devices)"),
+        }
+    }
+}
+
+impl Rows {
+    async fn count(&self, client: &clickhouse::Client, db: &str, ids: &[String]) -> Result<u64> {
+        Ok(match self {
+            Rows::Customer(t) => erasure::count_rows(client, t, ids).await?,
+            Rows::Devices(t) => erasure::stale_device_rows(client, db, t, ids).await?.len() as u64,
+        })
+    }
+
+    async fn delete(&self, client: &clickhouse::Client, db: &str, ids: &[String]) -> Result<()> {
+        match self {
+            Rows::Customer(t) => erasure::delete_rows(client, t, ids).await?,
+            Rows::Devices(t) => {
+                let rows = erasure::stale_device_rows(client, db, t, ids).await?;
+                erasure::delete_device_rows(client, db, t, &rows).await?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -9,22 +9,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{assert_cells_equal, shipped_map, Stack, PARTITIONS};
+use common::{assert_cells_equal, retail_in_hours, shipped_map, Stack, PARTITIONS};
 use cxstream_avro::Codec;
 use cxstream_core::{JourneyMap, Metric, SurveyAnswer, TouchpointEvent};
-
-const RETAIL: &str = include_str!("../../../schemas/journeys/retail.yaml");
-
-/// The retail map with stage budgets of hours instead of days, so that one simulated day
-/// has conversions, drop-offs and open entries.
-fn retail_in_hours() -> String {
-    let (stages, rest) = RETAIL.split_at(RETAIL.find("\nchannels:").unwrap());
-    let mut stages = stages.to_string();
-    for (days, hours) in [("14d", "4h"), ("7d", "6h"), ("30d", "10h"), ("60d", "12h")] {
-        stages = stages.replace(&format!("budget: {days}\n"), &format!("budget: {hours}\n"));
-    }
-    stages + rest
-}
 
 /// FNV-1a 64 of an event id: the README's tie-break between touchpoints of the same time.
 fn fnv1a(id: &str) -> u64 {

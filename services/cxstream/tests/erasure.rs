@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_cells_equal, stop_with_sigterm, Stack};
+use common::{assert_cells_equal, retail_in_hours, stop_with_sigterm, Stack};
 
 /// Tables (not views) of the stack's database with a `customer_id` column, asked of the
 /// server (a table added later is covered without changing this test).
@@ -119,6 +119,95 @@ fn an_erased_customer_is_in_no_table_also_after_a_replay_and_every_count_stays_e
     assert_cells_equal(&s.truth(), &replay.cells());
     assert_cells_equal(&s.step_truth(), &replay.step_cells());
     assert_eq!(touchpoint_facts(&replay), truth_events - theirs);
+}
+
+const STITCHING: &str = "identity:\n  enabled: true\n  window_ms: 7200000\n";
+
+/// Devices' rows (identity stitching) holding a string that is `id` exactly, as the claim
+/// of a device identified as that customer does: the state is postcard, which writes a
+/// string as its length (one byte, for a short one) and its bytes. (The simulator's event
+/// ids start with the customer id, so a mere substring says nothing.)
+fn device_rows_naming(s: &Stack, id: &str) -> i64 {
+    let db = s.database();
+    let len = format!("{:02X}", id.len());
+    ["journeys", "journeys_compacted"]
+        .iter()
+        .map(|t| {
+            s.scalar(&format!(
+                "SELECT toInt64(count()) FROM {db}.{t} WHERE startsWith(customer_id, 'anon:') \
+                 AND position(state, concat(unhex('{len}'), '{id}')) > 0"
+            ))
+        })
+        .sum()
+}
+
+/// With identity stitching: a customer who signed in on a device that had browsed
+/// anonymously, erased while the service runs, is named by no table — not even by the
+/// device's stored state, which said who claimed it — and the device's touchpoints go on
+/// counting where they did (under the pseudonym, on the customer's partition), so every
+/// cell equals the ground truth, also after a replay into an empty database.
+#[test]
+fn with_identity_stitching_an_erased_customer_is_in_no_table_and_counts_stay_exact() {
+    let s = Stack::with_map_text("erase_identity", &retail_in_hours());
+    s.append_config(STITCHING);
+    // No compaction: the devices' earlier rows, which name the customer, stay for the erase.
+    s.set_journey("  compact_after_batches: 0\n");
+    s.simulate_scenario(3000, 2.0, 0, "identity");
+    let total = s.records_in();
+    let mut service = s.spawn(&["journey"]);
+    let db = s.database();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    // A customer with touchpoints from a device that browsed anonymously first, whose
+    // device's stored state names them as its claimant.
+    let victim = loop {
+        let found = s.query(&format!(
+            "SELECT customer_id FROM {db}.touchpoints WHERE anonymous_id != '' \
+             AND NOT startsWith(customer_id, 'anon:') GROUP BY customer_id \
+             HAVING count() >= 2 ORDER BY customer_id LIMIT 50"
+        ));
+        if let Some(row) = found.iter().find(|r| device_rows_naming(&s, &r[0]) > 0) {
+            break row[0].clone();
+        }
+        assert!(Instant::now() < deadline, "no device claim was committed");
+        assert!(service.try_wait().unwrap().is_none(), "the service exited");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        s.committed_records() < total,
+        "the run finished before the erase"
+    );
+    let out = s
+        .command(&["erase", "--customer", &victim, "--wait-secs", "60"])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "erase failed: {said}");
+    assert!(
+        said.contains("(devices)"),
+        "no device row was deleted: {said}"
+    );
+    s.wait_until_committed(
+        &mut service,
+        total,
+        Duration::from_secs(300),
+        "not caught up after the erase",
+    );
+    stop_with_sigterm(&mut service);
+
+    let victim_is = format!("customer_id = '{victim}'");
+    let replay = s.replay();
+    replay.append_config(STITCHING);
+    for (stack, when) in [(&s, "after the run"), (&replay, "after a replay")] {
+        if when == "after a replay" {
+            stack.ok(&["journey", "--until-caught-up"]);
+        }
+        assert_eq!(rows_where(stack, &victim_is), vec![], "{when}");
+        assert_eq!(device_rows_naming(stack, &victim), 0, "{when}");
+        assert_only_journeys_under_pseudonyms(stack);
+        assert_cells_equal(&s.truth(), &stack.cells());
+        assert_cells_equal(&s.step_truth(), &stack.step_cells());
+    }
 }
 
 #[test]

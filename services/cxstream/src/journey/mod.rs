@@ -906,6 +906,8 @@ impl Inner {
                         customer_id: Some(id.customer_id.clone()),
                         time: Some(id.time),
                         watermark: id.watermark,
+                        // The identifying partition: where the device's touchpoints go.
+                        partition: Some(*p),
                         ..message(
                             journey,
                             &self.setup.group,
@@ -919,7 +921,8 @@ impl Inner {
                         .payload(&buf[..]);
                     send(producer, record).context("sending an identification")?;
                 }
-                for r in &b.batch.forwarded {
+                for f in &b.batch.forwarded {
+                    let r = &f.routed;
                     let customer = r.event.customer_id.clone().unwrap_or_default();
                     touchpoint.clear();
                     self.codec.encode_touchpoint(&r.event, &mut touchpoint)?;
@@ -930,9 +933,13 @@ impl Inner {
                     };
                     buf.clear();
                     self.codec.encode_identity(&m, &mut buf)?;
-                    let record = BaseRecord::to(topic)
+                    let mut record = BaseRecord::to(topic)
                         .key(customer.as_bytes())
                         .payload(&buf[..]);
+                    // A pseudonym is not keyed where its customer was: the claim knows where.
+                    if let Some(to) = f.partition.and_then(|to| i32::try_from(to).ok()) {
+                        record = record.partition(to);
+                    }
                     send(producer, record).context("sending a stitched touchpoint")?;
                 }
             }

@@ -489,6 +489,7 @@ impl Slot {
                     customer_id,
                     time,
                     watermark: m.watermark,
+                    partition: m.partition.and_then(|p| u32::try_from(p).ok()),
                 });
             }
             IdentityMessageKind::Stitched => {

@@ -687,6 +687,18 @@ impl Drop for Stack {
     }
 }
 
+/// The retail map with stage budgets of hours instead of days, so that one simulated day
+/// has conversions, drop-offs and open entries.
+pub fn retail_in_hours() -> String {
+    const RETAIL: &str = include_str!("../../../../schemas/journeys/retail.yaml");
+    let (stages, rest) = RETAIL.split_at(RETAIL.find("\nchannels:").unwrap());
+    let mut stages = stages.to_string();
+    for (days, hours) in [("14d", "4h"), ("7d", "6h"), ("30d", "10h"), ("60d", "12h")] {
+        stages = stages.replace(&format!("budget: {days}\n"), &format!("budget: {hours}\n"));
+    }
+    stages + rest
+}
+
 /// A journey map shipped in `schemas/journeys/`.
 pub fn shipped_map(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../schemas/journeys/{name}.yaml"))
