@@ -36,14 +36,16 @@ start_broker() {
       >>"$CXSTREAM_RUN/tansu/broker.log" 2>&1 & echo $! >"$CXSTREAM_RUN/tansu.pid")
 }
 
-stop_broker() {
+stop() { # pid file, quarter-seconds to wait for SIGTERM before SIGKILL
   local pid
-  pid=$(cat "$CXSTREAM_RUN/tansu.pid" 2>/dev/null) || return 0
+  pid=$(cat "$1" 2>/dev/null) || return 0
   kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  for _ in $(seq 1 "$2"); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
   kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$CXSTREAM_RUN/tansu.pid"
+  rm -f "$1"
 }
+
+stop_broker() { stop "$CXSTREAM_RUN/tansu.pid" 40; }
 
 wipe_broker() {
   stop_broker
@@ -77,14 +79,7 @@ if [[ -f "$CXSTREAM_RUN/tansu/storage" && $(cat "$CXSTREAM_RUN/tansu/storage") !
 fi
 start_broker
 
-stop_clickhouse() {
-  local pid
-  pid=$(cat "$CXSTREAM_RUN/clickhouse.pid" 2>/dev/null) || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$CXSTREAM_RUN/clickhouse.pid"
-}
+stop_clickhouse() { stop "$CXSTREAM_RUN/clickhouse.pid" 60; }
 
 # Users are copied every time: a running server reloads them by itself.
 cp "$here/clickhouse/users.xml" "$CXSTREAM_RUN/clickhouse/users.xml"

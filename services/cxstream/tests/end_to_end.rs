@@ -9,7 +9,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{assert_cells_equal, retail_in_hours, shipped_map, Stack, PARTITIONS};
+use common::{
+    assert_cells_equal, http_get, retail_in_hours, shipped_map, spawn_listening, Stack, PARTITIONS,
+};
 use cxstream_avro::Codec;
 use cxstream_core::{JourneyMap, Metric, SurveyAnswer, TouchpointEvent};
 
@@ -1534,38 +1536,17 @@ fn the_html_report_renders_in_a_browser_with_the_funnel_views_figures() {
 /// (`/readyz` 503) while it retries, and commits nothing.
 #[test]
 fn without_clickhouse_the_service_is_alive_but_not_ready() {
-    use std::io::{BufRead, Read, Write};
     let s = Stack::new("notready");
     s.simulate(50, 0.1, 0);
-    let mut child = s
-        .command(&["journey"])
-        .env("CXSTREAM_CLICKHOUSE_URL", "http://127.0.0.1:1")
-        .env("CXSTREAM_LOG_LEVEL", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("addr=").nth(1) {
-                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the service says where it listens");
-    let status = |path: &str| -> String {
-        let mut c = std::net::TcpStream::connect(&addr).unwrap();
-        write!(
-            c,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        c.read_to_string(&mut out).unwrap();
-        out.lines().next().unwrap_or("").to_string()
+    let mut journey = s.command(&["journey"]);
+    journey.env("CXSTREAM_CLICKHOUSE_URL", "http://127.0.0.1:1");
+    let (mut child, addr) = spawn_listening(journey);
+    let status = |path: &str| {
+        http_get(&addr, path)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while !status("/readyz").contains("503") {

@@ -50,6 +50,18 @@ fn assert_only_journeys_under_pseudonyms(s: &Stack) {
     );
 }
 
+/// Runs `cxstream erase` on the customer, which must succeed; what it said.
+fn erase(s: &Stack, customer: &str) -> String {
+    let out = s
+        .command(&["erase", "--customer", customer, "--wait-secs", "60"])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "erase failed: {said}");
+    said
+}
+
 /// Touchpoint facts of every customer, each once.
 fn touchpoint_facts(s: &Stack) -> i64 {
     s.scalar(&format!(
@@ -82,13 +94,7 @@ fn an_erased_customer_is_in_no_table_also_after_a_replay_and_every_count_stays_e
     };
     let erased_at = s.committed_records();
     assert!(erased_at < total, "the run finished before the erase");
-    let out = s
-        .command(&["erase", "--customer", &victim, "--wait-secs", "60"])
-        .output()
-        .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "erase failed: {said}");
+    let said = erase(&s, &victim);
     assert!(said.contains("none left"), "{said}");
     let victim_is = format!("customer_id = '{victim}'");
     assert_eq!(rows_where(&s, &victim_is), vec![], "right after the erase");
@@ -175,13 +181,7 @@ fn with_identity_stitching_an_erased_customer_is_in_no_table_and_counts_stay_exa
     // Claims are committed late (a device waits for the identity watermark), so the inputs
     // may be read to their end by now: the running service applies the erasure to what it
     // holds, and the replay below reads every touchpoint with the erasure known.
-    let out = s
-        .command(&["erase", "--customer", &victim, "--wait-secs", "60"])
-        .output()
-        .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "erase failed: {said}");
+    let said = erase(&s, &victim);
     assert!(
         said.contains("(devices)"),
         "no device row was deleted: {said}"
