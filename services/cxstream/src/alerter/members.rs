@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{AlerterPeers, Config};
+use crate::produce::Producer;
 use crate::from_beginning::each_ready;
 
 const ALIVE: &[u8] = b"alive";
@@ -76,11 +77,11 @@ impl Members {
         consumer
             .assign(&tpl)
             .with_context(|| format!("reading `{topic}` (run `cxstream topics`)"))?;
-        let producer: ThreadedProducer<DefaultProducerContext> = cfg
+        let producer: Producer<DefaultProducerContext> = cfg
             .kafka
             .producer_config()
             .set("linger.ms", "0")
-            .create()
+            .create_with_context(DefaultProducerContext)
             .context("creating the alerter members producer")?;
         let stop = Arc::new(AtomicBool::new(false));
         let beat = {
@@ -149,7 +150,7 @@ impl Drop for Members {
 
 /// Says `alive` every `every` until stopped, then `leaving`.
 fn heartbeats(
-    producer: &ThreadedProducer<DefaultProducerContext>,
+    producer: &BaseProducer<DefaultProducerContext>,
     topic: &str,
     me: &str,
     every: Duration,

@@ -15,14 +15,14 @@ use cxstream_core::JourneyMap;
 use cxstream_http::AlerterMetrics;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, ThreadedProducer};
+use rdkafka::producer::BaseRecord;
 
 use crate::config::Config;
 use crate::from_beginning::{each_ready, from_beginning};
-use crate::produce::{delivered, send, Deliveries};
+use crate::produce::{delivered, send, Deliveries, Producer};
 
 pub struct AlertsOutput {
-    producer: ThreadedProducer<Deliveries>,
+    producer: Producer<Deliveries>,
     topic: String,
     table: AlertsTable,
     /// (id, revision) of the group's changes on the topic.

@@ -14,11 +14,11 @@ use cxstream_avro::{AggregatesKind, AggregatesMessage, Codec, MinuteCell, StepCe
 use cxstream_core::journey::Context;
 use cxstream_core::processor::MINUTE_MS;
 use cxstream_core::{Batch, JourneyMap, JourneyMaps};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer as _};
 
 use super::partition::{Committed, LaneBatch, Slot};
 use crate::config::Config;
-use crate::produce::{delivered, send, Deliveries};
+use crate::produce::{delivered, send, Deliveries, Producer};
 
 /// Cells per record: a large batch goes out in several records, each far below the
 /// broker's message size limit (a cell is about 100 bytes).
@@ -29,9 +29,9 @@ const AGAIN_EVERY: Duration = Duration::from_secs(10);
 
 pub struct AggregatesOutput {
     /// Partials: a refusal stops the service before the batch commits.
-    producer: ThreadedProducer<Deliveries>,
+    producer: Producer<Deliveries>,
     /// Committed records: one refused is logged and sent again.
-    confirmations: ThreadedProducer<Deliveries>,
+    confirmations: Producer<Deliveries>,
     topic: String,
     group: String,
     /// Input partitions of the journeys.
@@ -41,7 +41,7 @@ pub struct AggregatesOutput {
 
 impl AggregatesOutput {
     pub fn new(cfg: &Config, partitions: usize) -> Result<Self> {
-        let producer = || -> Result<ThreadedProducer<Deliveries>> {
+        let producer = || -> Result<Producer<Deliveries>> {
             cfg.kafka
                 .producer_config()
                 .create_with_context(Deliveries::default())

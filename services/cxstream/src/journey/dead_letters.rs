@@ -107,7 +107,7 @@ impl Inner {
     pub(super) fn dead_letters_from(&mut self) -> Vec<i64> {
         let log = &mut self.dead_letters;
         if log.asked.is_none_or(|t| t.elapsed() >= ASK_EVERY) {
-            match dlq_ends(&self.dlq, &self.cfg.topics.dlq) {
+            match dlq_ends(&*self.dlq, &self.cfg.topics.dlq) {
                 Ok(ends) => {
                     log.ends = ends;
                     log.asked = Some(Instant::now());

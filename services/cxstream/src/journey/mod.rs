@@ -11,6 +11,7 @@ mod aggregates;
 mod dead_letters;
 mod erasures;
 mod partition;
+mod positions;
 mod readiness;
 mod rebalance;
 
@@ -34,11 +35,11 @@ const UNSERVED_CHECK_EVERY: Duration = Duration::from_secs(10);
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer as _};
 use rdkafka::TopicPartitionList;
 
 use crate::config::Config;
-use crate::produce::{delivered, send, Deliveries};
+use crate::produce::{delivered, send, Deliveries, Producer};
 use aggregates::AggregatesOutput;
 use partition::{LaneBatch, Record, Setup, Slot, Source};
 use readiness::Readiness;
@@ -139,16 +140,16 @@ struct Inner {
     clickhouse_seen: Instant,
     /// One per journey map, in the maps' order.
     committers: Vec<Arc<BatchCommitter>>,
-    dlq: ThreadedProducer<Deliveries>,
+    dlq: Producer<Deliveries>,
     /// Why a dead letter was refused when sending it, if one was.
     dlq_refused: Option<String>,
     /// What every slot shares (the event-time policy, identity stitching).
     setup: Setup,
     /// Writes identifications and claimed touchpoints to the identities topic, partitioning
     /// keys as the producers do; a refusal stops the service before any commit.
-    identities: Option<ThreadedProducer<Deliveries>>,
+    identities: Option<Producer<Deliveries>>,
     /// Publishes watermarks there: one lost is published again, so its refusals are logged.
-    watermarks: Option<ThreadedProducer<Deliveries>>,
+    watermarks: Option<Producer<Deliveries>>,
     /// When every journey's watermark was last published again.
     republished: Instant,
     /// Publishes each batch's per-minute partial counts for the alerter, when on.
@@ -170,6 +171,10 @@ struct Inner {
     /// another instance).
     held: std::collections::BTreeSet<i32>,
     erasures: erasures::ErasureLog,
+    /// Asks the broker where inputs end, off this thread.
+    positions: positions::PositionProbe,
+    /// Per partition, the question asked of `positions` and how many answers are to come.
+    probing: BTreeMap<i32, (u64, usize)>,
 }
 
 impl JourneyService {
@@ -195,6 +200,7 @@ impl JourneyService {
             })
             .collect();
         let readiness = Arc::new(Readiness::new(health));
+        let positions = positions::PositionProbe::start(&cfg)?;
         let consumer = connect(
             &cfg,
             &committers,
@@ -203,7 +209,7 @@ impl JourneyService {
             &rt,
             Membership::Group,
         )?;
-        let dlq: ThreadedProducer<Deliveries> = cfg
+        let dlq: Producer<Deliveries> = cfg
             .kafka
             .producer_config()
             .create_with_context(Deliveries::default())
@@ -218,7 +224,7 @@ impl JourneyService {
             None => (1, None, None),
             Some(_) => {
                 let partitions = copartitioned(&consumer, &cfg)?;
-                let producer = || -> Result<ThreadedProducer<Deliveries>> {
+                let producer = || -> Result<Producer<Deliveries>> {
                     cfg.kafka
                         .producer_config()
                         .set("partitioner", &cfg.identity.partitioner)
@@ -265,6 +271,8 @@ impl JourneyService {
             consumed: BTreeMap::new(),
             held: Default::default(),
             erasures,
+            positions,
+            probing: BTreeMap::new(),
         };
         Ok(JourneyService { consumer, inner })
     }
@@ -375,6 +383,7 @@ impl JourneyService {
                         inner.slots.clear();
                         inner.paused.clear();
                         inner.waiting.clear();
+                        inner.probing.clear();
                     }
                     drop(consumer);
                     let membership = if alone {
@@ -520,6 +529,7 @@ impl Inner {
             match change {
                 Change::Assigned(p, resumes) => {
                     self.held.insert(p);
+                    self.probing.remove(&p);
                     let slot = Slot::new(&self.maps, resumes, &self.setup);
                     self.slots.insert(p, slot);
                     // A new assignment reads from its resume point, unpaused (librdkafka
@@ -542,6 +552,7 @@ impl Inner {
                 }
                 Change::Revoked(p) => {
                     self.slots.remove(&p);
+                    self.probing.remove(&p);
                     self.paused.retain(|(q, _)| *q != p);
                     self.waiting.retain(|(q, _), _| *q != p);
                     self.metrics
@@ -689,11 +700,12 @@ impl Inner {
         Ok(())
     }
 
-    /// Learns how far each input partition goes, to decide idleness.
+    /// Learns how far each input partition goes, to decide idleness. An input read to the
+    /// end that librdkafka's statistics show, and quiet, becomes idle only once the broker
+    /// has confirmed where it ends: asked here, answered at a later flush.
     fn refresh_positions(&mut self, consumer: &ConsumerHandle) {
-        let started = Instant::now();
         let parts: Vec<i32> = self.slots.keys().copied().collect();
-        for p in parts {
+        for &p in &parts {
             for &source in self.sources() {
                 if let Some(high) = consumer.context().high_watermark(self.topic(source), p) {
                     if let Some(slot) = self.slots.get_mut(&p) {
@@ -701,20 +713,70 @@ impl Inner {
                     }
                 }
             }
-            let idle = Duration::from_millis(self.cfg.journey.idle_release_ms);
-            if self.slots.get(&p).is_some_and(|s| s.would_idle(idle)) {
-                // Letting an input stop holding the watermark deserves the broker's own
-                // word that nothing is left to read, not the statistics' cached value.
-                self.confirm_at_end(consumer, p);
+        }
+        let confirmed = self.take_positions();
+        let idle = Duration::from_millis(self.cfg.journey.idle_release_ms);
+        for p in parts {
+            let Some(slot) = self.slots.get_mut(&p) else {
+                continue;
+            };
+            if slot.would_idle(idle) && !confirmed.contains(&p) {
+                self.ask_where_inputs_end(p);
+                continue;
             }
-            if let Some(slot) = self.slots.get_mut(&p) {
-                slot.tick(idle);
+            slot.tick(idle);
+        }
+    }
+
+    /// Asks where partition `p`'s inputs end, unless that is being asked already.
+    fn ask_where_inputs_end(&mut self, p: i32) {
+        if self.probing.contains_key(&p) {
+            return;
+        }
+        let inputs: Vec<(Source, String)> = self
+            .sources()
+            .iter()
+            .map(|&s| (s, self.topic(s).to_string()))
+            .collect();
+        let asked = inputs.len();
+        let id = self.positions.ask(p, inputs);
+        self.probing.insert(p, (id, asked));
+    }
+
+    /// Applies the broker's answers that came; returns the partitions whose inputs are all
+    /// answered now (an answer to a question about an earlier assignment is dropped).
+    fn take_positions(&mut self) -> std::collections::BTreeSet<i32> {
+        let mut confirmed = std::collections::BTreeSet::new();
+        let mut failed = std::collections::BTreeSet::new();
+        for a in self.positions.answers() {
+            let Some((id, left)) = self.probing.get_mut(&a.partition) else {
+                continue;
+            };
+            if *id != a.id {
+                continue;
+            }
+            *left -= 1;
+            let done = *left == 0;
+            match a.high {
+                Ok(high) => {
+                    if let Some(slot) = self.slots.get_mut(&a.partition) {
+                        slot.set_high_watermark(a.source, high);
+                    }
+                }
+                Err(e) => {
+                    self.readiness.brokers(false);
+                    tracing::warn!(partition = a.partition, input = a.source.as_str(), error = %e, "cannot read where an input ends; asking again");
+                    failed.insert(a.partition);
+                }
+            }
+            if done {
+                self.probing.remove(&a.partition);
+                if !failed.contains(&a.partition) {
+                    confirmed.insert(a.partition);
+                }
             }
         }
-        tracing::debug!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "positions refreshed"
-        );
+        confirmed
     }
 
     /// Asks the broker for the high watermarks of partition `p` of both inputs. The

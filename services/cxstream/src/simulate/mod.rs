@@ -17,10 +17,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
+use crate::produce::Producer;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
@@ -149,7 +150,7 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &SimulateArgs) -> Result<Prod
              second half"
         );
     }
-    let producer: ThreadedProducer<DeliveryCounter> = cfg
+    let producer: Producer<DeliveryCounter> = cfg
         .kafka
         .producer_config()
         .create_with_context(DeliveryCounter::default())
@@ -296,7 +297,7 @@ fn now_ms() -> Result<i64> {
 /// would only be dead-lettered.
 fn anonymity(
     cfg: &Config,
-    producer: &ThreadedProducer<DeliveryCounter>,
+    producer: &BaseProducer<DeliveryCounter>,
     scenario: Scenario,
 ) -> Result<Option<Anonymity>> {
     if scenario != Scenario::Identity {
@@ -360,7 +361,7 @@ fn write_truth(base: &std::path::Path, index: usize, lens: &Lens) -> Result<()> 
 }
 
 fn send(
-    producer: &ThreadedProducer<DeliveryCounter>,
+    producer: &BaseProducer<DeliveryCounter>,
     topic: &str,
     key: &[u8],
     payload: &[u8],

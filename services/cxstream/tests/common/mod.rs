@@ -677,13 +677,36 @@ impl Stack {
 
 impl Drop for Stack {
     /// A passing test leaves no database behind; a failing one keeps its data to look at.
-    /// (Topics stay: deleting them is slow on Tansu and they are small.)
+    /// (Topics stay: deleting them is slow on Tansu and they are small.) No service of the
+    /// stack outlives it: one left by a failing test went on loading the shared broker and
+    /// writing into the next run's log.
     fn drop(&mut self) {
+        self.kill_services();
         let _ = std::fs::remove_dir_all(&self.dir);
         if std::thread::panicking() {
             return;
         }
         let _ = self.query(&format!("DROP DATABASE IF EXISTS {}", self.database()));
+    }
+}
+
+impl Stack {
+    /// Kills every process still running with this stack's configuration.
+    fn kill_services(&self) {
+        let config = self.config.to_string_lossy().into_owned();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in procs.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            if args.iter().any(|a| *a == config.as_bytes()) {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+        }
     }
 }
 
