@@ -83,11 +83,14 @@ fn a_day_at_a_steady_rate_grows_nothing_without_bound() {
     let rate = size("CX_SOAK_RATE", 1_000);
     let s = Stack::new("soak");
     // An hour of lateness: what is kept for de-duplication turns over many times a day.
-    // Batches as often as in production; compaction every 30 s, so that a day sees several.
-    s.set_journey(
-        "  allowed_lateness_ms: 3600000\n  flush_interval_ms: 1000\n  \
-         max_batch_records: 200000\n  compact_after_batches: 30\n",
-    );
+    // Batches as often as in production; compaction every 30 s, so that a day sees several
+    // (CX_SOAK_FLUSH_MS and CX_SOAK_COMPACT_EVERY try other cadences).
+    let flush_ms = size("CX_SOAK_FLUSH_MS", 1_000);
+    let compact_every = size("CX_SOAK_COMPACT_EVERY", 30_000 / flush_ms.max(1));
+    s.set_journey(&format!(
+        "  allowed_lateness_ms: 3600000\n  flush_interval_ms: {flush_ms}\n  \
+         max_batch_records: 200000\n  compact_after_batches: {compact_every}\n"
+    ));
     let (mut child, addr) = spawn_listening(s.command(&["journey"]));
 
     let summary_path = s.dir.join("steady-summary.json");

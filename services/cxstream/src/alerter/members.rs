@@ -23,8 +23,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{AlerterPeers, Config};
-use crate::produce::Producer;
 use crate::from_beginning::each_ready;
+use crate::produce::Producer;
 
 const ALIVE: &[u8] = b"alive";
 const LEAVING: &[u8] = b"leaving";

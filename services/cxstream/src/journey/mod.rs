@@ -1,6 +1,7 @@
 //! `cxstream journey`: consumes both input topics in one consumer group, runs one
 //! [`PartitionProcessor`] per input partition, dead-letters bad records, and commits batches
-//! to ClickHouse (then offsets to Kafka) on a fixed interval. With identity stitching it
+//! to ClickHouse (then offsets to Kafka) on a fixed interval, on a thread of their own
+//! while the next batch is read ([`commits`]). With identity stitching it
 //! also reads and writes the identities topic: identifications and claimed touchpoints are
 //! sent before the batch that made them commits, each journey's committed watermark after.
 //!
@@ -8,6 +9,7 @@
 //! async ClickHouse writes are driven from it through the runtime handle.
 
 mod aggregates;
+mod commits;
 mod dead_letters;
 mod erasures;
 mod partition;
@@ -41,7 +43,7 @@ use rdkafka::TopicPartitionList;
 use crate::config::Config;
 use crate::produce::{delivered, send, Deliveries, Producer};
 use aggregates::AggregatesOutput;
-use partition::{LaneBatch, Record, Setup, Slot, Source};
+use partition::{LaneBatch, Published, Record, Setup, Slot, Source};
 use readiness::Readiness;
 use rebalance::{Change, JourneyContext};
 
@@ -61,6 +63,7 @@ enum Membership {
 fn connect(
     cfg: &Config,
     committers: &[Arc<BatchCommitter>],
+    in_flight: &Arc<commits::InFlight>,
     shutdown: &Arc<AtomicBool>,
     readiness: &Arc<Readiness>,
     rt: &tokio::runtime::Handle,
@@ -69,6 +72,7 @@ fn connect(
     let ctx = JourneyContext {
         rt: rt.clone(),
         committers: committers.to_vec(),
+        in_flight: in_flight.clone(),
         touchpoints_topic: cfg.topics.touchpoints.clone(),
         answers_topic: cfg.topics.survey_responses.clone(),
         identities_topic: cfg.identity.enabled.then(|| cfg.topics.identities.clone()),
@@ -173,6 +177,13 @@ struct Inner {
     erasures: erasures::ErasureLog,
     /// Asks the broker where inputs end, off this thread.
     positions: positions::PositionProbe,
+    /// Commits to ClickHouse, off this thread.
+    pipeline: commits::Pipeline,
+    in_flight: Arc<commits::InFlight>,
+    /// What follows the commits of the job in flight.
+    after: Option<AfterCommit>,
+    /// Folds due, for the next job.
+    compactions: Vec<(usize, i32, u64)>,
     /// Per partition, the question asked of `positions` and how many answers are to come.
     probing: BTreeMap<i32, (u64, usize)>,
 }
@@ -201,9 +212,21 @@ impl JourneyService {
             .collect();
         let readiness = Arc::new(Readiness::new(health));
         let positions = positions::PositionProbe::start(&cfg)?;
+        let in_flight = Arc::new(commits::InFlight::default());
+        let pipeline = commits::Pipeline::start(
+            commits::Committing {
+                committers: committers.clone(),
+                metrics: metrics.clone(),
+                readiness: readiness.clone(),
+                shutdown: shutdown.clone(),
+                rt: rt.clone(),
+            },
+            in_flight.clone(),
+        )?;
         let consumer = connect(
             &cfg,
             &committers,
+            &in_flight,
             &shutdown,
             &readiness,
             &rt,
@@ -273,6 +296,10 @@ impl JourneyService {
             erasures,
             positions,
             probing: BTreeMap::new(),
+            pipeline,
+            in_flight,
+            after: None,
+            compactions: Vec::new(),
         };
         Ok(JourneyService { consumer, inner })
     }
@@ -308,6 +335,7 @@ impl JourneyService {
             if inner.shutdown.load(Ordering::Relaxed) {
                 tracing::info!("shutting down: committing what was read");
                 inner.flush(&consumer)?;
+                inner.settle(&consumer)?;
                 break;
             }
             let polled = consumer.poll(Duration::from_millis(50));
@@ -380,10 +408,12 @@ impl JourneyService {
                         // Commit what was read; the partitions resume from their commit log
                         // wherever they are assigned next.
                         inner.flush(&consumer)?;
+                        inner.settle(&consumer)?;
                         inner.slots.clear();
                         inner.paused.clear();
                         inner.waiting.clear();
                         inner.probing.clear();
+                        inner.compactions.clear();
                     }
                     drop(consumer);
                     let membership = if alone {
@@ -394,6 +424,7 @@ impl JourneyService {
                     consumer = connect(
                         &inner.cfg,
                         &inner.committers,
+                        &inner.in_flight,
                         &inner.shutdown,
                         &inner.readiness,
                         &inner.rt,
@@ -415,7 +446,9 @@ impl JourneyService {
                 inner.throttle(&consumer);
                 last_flush = Instant::now();
                 since_flush = 0;
-                if opts.until_caught_up && inner.slots.len() >= inputs && inner.caught_up(&consumer)
+                if opts.until_caught_up
+                    && inner.slots.len() >= inputs
+                    && inner.caught_up(&consumer)?
                 {
                     // Some brokers (Tansu under load, seen here) show a just-acknowledged
                     // batch a moment later; only a quiet end that lasts counts.
@@ -553,6 +586,7 @@ impl Inner {
                 Change::Revoked(p) => {
                     self.slots.remove(&p);
                     self.probing.remove(&p);
+                    self.compactions.retain(|(_, q, _)| *q != p);
                     self.paused.retain(|(q, _)| *q != p);
                     self.waiting.retain(|(q, _), _| *q != p);
                     self.metrics
@@ -801,21 +835,20 @@ impl Inner {
     }
 
     /// Every assigned partition read to its end (as the broker confirms) and committed.
-    fn caught_up(&mut self, consumer: &ConsumerHandle) -> bool {
+    fn caught_up(&mut self, consumer: &ConsumerHandle) -> Result<bool> {
         if self.slots.is_empty() || !self.slots.values().all(Slot::caught_up) {
-            return false;
+            return Ok(false);
+        }
+        if !self.settle(consumer)? {
+            return Ok(false);
         }
         let parts: Vec<i32> = self.slots.keys().copied().collect();
         for p in parts {
             self.confirm_at_end(consumer, p);
         }
-        self.slots.values().all(Slot::caught_up)
+        Ok(self.slots.values().all(Slot::caught_up))
     }
 
-    /// Commits every partition's batch (after the DLQ, and the identities topic, have what
-    /// they were sent), then publishes each journey's watermark, then commits offsets.
-    /// A dead letter the DLQ refused, now or in delivery, stops it before any commit: the
-    /// batches holding such records are read again after a restart.
     /// Erasures recorded since the last flush go to every journey before its batch is taken.
     fn apply_new_erasures(&mut self) {
         let Some(erased) = self.erasures.refresh() else {
@@ -834,7 +867,17 @@ impl Inner {
         );
     }
 
+    /// Waits for the commits in flight, then takes every partition's batch and hands it to
+    /// the committing thread (after the DLQ, and the identities topic, have what they were
+    /// sent); each journey's watermark and Kafka's offsets follow once it is committed.
+    /// A dead letter the DLQ refused, now or in delivery, stops it before any commit: the
+    /// batches holding such records are read again after a restart.
     fn flush(&mut self, consumer: &ConsumerHandle) -> Result<()> {
+        if !self.settle(consumer)? {
+            // Shutting down while ClickHouse is away: what was not committed is read again
+            // by whoever owns the partition next.
+            return Ok(());
+        }
         // Waiting for the broker here, the consumer is not polled, so its statistics cannot
         // say that no broker answers: the wait does.
         let readiness = self.readiness.clone();
@@ -875,42 +918,18 @@ impl Inner {
         if let Some(out) = &self.aggregates {
             out.send_partials(&self.codec, &self.maps, &mut taken, &not_ready)?;
         }
-        let mut offsets = TopicPartitionList::new();
-        for (p, batches) in taken {
-            let committed_any = !batches.is_empty();
-            for b in batches {
-                if !self.commit_batch(p, b) {
-                    // Shutting down while ClickHouse is away: the batch is simply not
-                    // committed and will be read again by whoever owns the partition next.
-                    return Ok(());
-                }
-                self.clickhouse_seen = Instant::now();
-            }
-            let Some(slot) = self.slots.get(&p) else {
-                continue;
-            };
-            if committed_any {
-                if let Some(wm) = slot.watermark_ms().filter(|w| *w > 0) {
-                    self.metrics
-                        .watermark_seconds
-                        .with_label_values(&[&p.to_string()])
-                        .set(wm / 1000);
-                }
-                for (source, next) in slot.next_offsets() {
-                    if !self.sources().contains(&source) {
-                        continue;
-                    }
-                    let _ = offsets.add_partition_offset(
-                        self.topic(source),
-                        p,
-                        rdkafka::Offset::Offset(next),
-                    );
-                }
-            }
-        }
-        self.publish_watermarks();
-        if let Some(out) = self.aggregates.as_mut() {
-            out.confirm(&self.codec, &mut self.slots);
+        let after = self.after_commit_of(&taken);
+        let mut compactions = std::mem::take(&mut self.compactions);
+        // Only this owner's: folding a partition another instance commits races with it.
+        compactions.retain(|(_, p, _)| self.slots.contains_key(p));
+        if taken.iter().any(|(_, b)| !b.is_empty()) || !compactions.is_empty() {
+            self.pipeline.submit(commits::Job {
+                batches: taken,
+                compactions,
+            })?;
+            self.after = Some(after);
+        } else {
+            self.after_commit(consumer, after);
         }
         for (p, slot) in &self.slots {
             for (source, lag) in slot.lag() {
@@ -936,6 +955,101 @@ impl Inner {
                 .sum::<usize>() as i64,
         );
         self.ping_when_idle();
+        Ok(())
+    }
+
+    /// Waits for the job in flight and does what follows its commits; false when it gave
+    /// up (shutting down while ClickHouse refused).
+    fn settle(&mut self, consumer: &ConsumerHandle) -> Result<bool> {
+        let Some(outcome) = self.pipeline.wait()? else {
+            return Ok(true);
+        };
+        let after = self.after.take();
+        let commits::Outcome::Done {
+            committed,
+            compacted,
+        } = outcome
+        else {
+            return Ok(false);
+        };
+        for (lane, p, live_from) in compacted {
+            if let Some(slot) = self.slots.get_mut(&p) {
+                slot.compacted(lane, live_from);
+            }
+        }
+        let every = self.cfg.journey.compact_after_batches;
+        for (p, lane, batch) in committed {
+            // A partition revoked meanwhile is someone else's now.
+            let Some(slot) = self.slots.get_mut(&p) else {
+                continue;
+            };
+            slot.committed(lane, batch);
+            if let Some(live_from) = slot.due_for_compaction(lane, every) {
+                self.compactions.push((lane, p, live_from));
+            }
+        }
+        self.clickhouse_seen = Instant::now();
+        if let Some(after) = after {
+            self.after_commit(consumer, after);
+        }
+        Ok(true)
+    }
+
+    /// What is to follow the commits of the batches `taken`, as of now.
+    fn after_commit_of(&mut self, taken: &[(i32, Vec<LaneBatch>)]) -> AfterCommit {
+        let mut partitions = Vec::new();
+        for (p, batches) in taken {
+            let Some(slot) = self.slots.get(p).filter(|_| !batches.is_empty()) else {
+                continue;
+            };
+            let next: Vec<(Source, i64)> = slot
+                .next_offsets()
+                .into_iter()
+                .filter(|(source, _)| self.sources().contains(source))
+                .collect();
+            partitions.push(PartitionAfter {
+                partition: *p,
+                next,
+                watermark: slot.watermark_ms(),
+            });
+        }
+        AfterCommit {
+            partitions,
+            watermarks: self.watermarks_due(),
+        }
+    }
+
+    /// Once a job's batches are committed: the watermark gauges, the watermarks and
+    /// confirmations published, and Kafka's offsets.
+    fn after_commit(&mut self, consumer: &ConsumerHandle, after: AfterCommit) {
+        let mut offsets = TopicPartitionList::new();
+        for PartitionAfter {
+            partition: p,
+            next,
+            watermark,
+        } in after.partitions
+        {
+            if !self.slots.contains_key(&p) {
+                continue;
+            }
+            if let Some(wm) = watermark.filter(|w| *w > 0) {
+                self.metrics
+                    .watermark_seconds
+                    .with_label_values(&[&p.to_string()])
+                    .set(wm / 1000);
+            }
+            for (source, next) in next {
+                let _ = offsets.add_partition_offset(
+                    self.topic(source),
+                    p,
+                    rdkafka::Offset::Offset(next),
+                );
+            }
+        }
+        self.publish_watermarks(after.watermarks);
+        if let Some(out) = self.aggregates.as_mut() {
+            out.confirm(&self.codec, &mut self.slots);
+        }
         if offsets.count() > 0 {
             // Kafka's offsets only mirror the ClickHouse commit log (for lag monitoring);
             // resuming reads the log, so a lost Kafka commit costs nothing.
@@ -943,7 +1057,6 @@ impl Inner {
                 tracing::debug!(error = %e, "offset commit failed");
             }
         }
-        Ok(())
     }
 
     /// Sends each batch's identifications (to the anonymous ids' partitions) and claimed
@@ -1016,14 +1129,13 @@ impl Inner {
         Ok(())
     }
 
-    /// Publishes each journey's committed watermark to every partition of the identities
-    /// topic when it changed (and all of them every 10 s, for partitions that restarted and
-    /// forgot what they heard). Sent after the commits, so after every identification the
-    /// batches up to it sent.
-    fn publish_watermarks(&mut self) {
+    /// Each journey's watermark to publish once the batches taken now are committed: those
+    /// that changed (and all of them every 10 s, for partitions that restarted and forgot
+    /// what they heard).
+    fn watermarks_due(&mut self) -> Vec<(i32, String, Published)> {
         const AGAIN_EVERY: Duration = Duration::from_secs(10);
         let Some(producer) = &self.watermarks else {
-            return;
+            return Vec::new();
         };
         if let Some(why) = producer.context().take_failures() {
             tracing::warn!(error = %why, "a watermark was not delivered; it is published again");
@@ -1032,92 +1144,47 @@ impl Inner {
         if again {
             self.republished = Instant::now();
         }
-        let topic = &self.cfg.topics.identities;
-        let mut buf = Vec::new();
+        let mut due = Vec::new();
         for (p, slot) in &mut self.slots {
             for (lane, published) in slot.watermarks_to_publish(again) {
-                let m = IdentityMessage {
-                    watermark: published.watermark,
-                    partition: Some(*p),
-                    idle: published.idle,
-                    ..message(
-                        slot.journey(lane),
-                        &self.setup.group,
-                        IdentityMessageKind::Watermark,
-                    )
-                };
-                buf.clear();
-                if let Err(e) = self.codec.encode_identity(&m, &mut buf) {
-                    tracing::warn!(error = %e, "cannot encode a watermark message");
-                    continue;
-                }
-                for to in 0..self.setup.partitions {
-                    let to = i32::try_from(to).unwrap_or(i32::MAX);
-                    let record = BaseRecord::to(topic)
-                        .partition(to)
-                        .key(m.journey.as_bytes())
-                        .payload(&buf[..]);
-                    if let Err(e) = send(producer, record) {
-                        // Published again within seconds; nothing waits on this one.
-                        tracing::warn!(partition = to, error = %e, "cannot publish a watermark");
-                    }
+                due.push((*p, slot.journey(lane).to_string(), published));
+            }
+        }
+        due
+    }
+
+    /// Publishes watermarks to every partition of the identities topic. Sent after the
+    /// commits, so after every identification the batches up to them sent.
+    fn publish_watermarks(&self, due: Vec<(i32, String, Published)>) {
+        let Some(producer) = &self.watermarks else {
+            return;
+        };
+        let topic = &self.cfg.topics.identities;
+        let mut buf = Vec::new();
+        for (p, journey, published) in due {
+            let m = IdentityMessage {
+                watermark: published.watermark,
+                partition: Some(p),
+                idle: published.idle,
+                ..message(&journey, &self.setup.group, IdentityMessageKind::Watermark)
+            };
+            buf.clear();
+            if let Err(e) = self.codec.encode_identity(&m, &mut buf) {
+                tracing::warn!(error = %e, "cannot encode a watermark message");
+                continue;
+            }
+            for to in 0..self.setup.partitions {
+                let to = i32::try_from(to).unwrap_or(i32::MAX);
+                let record = BaseRecord::to(topic)
+                    .partition(to)
+                    .key(m.journey.as_bytes())
+                    .payload(&buf[..]);
+                if let Err(e) = send(producer, record) {
+                    // Published again within seconds; nothing waits on this one.
+                    tracing::warn!(partition = to, error = %e, "cannot publish a watermark");
                 }
             }
         }
-    }
-
-    /// Commits one journey's batch of partition `p` (retrying until ClickHouse takes it);
-    /// false when shutting down first.
-    fn commit_batch(&mut self, p: i32, b: LaneBatch) -> bool {
-        let LaneBatch {
-            lane,
-            seq,
-            batch,
-            end,
-        } = b;
-        let started = Instant::now();
-        tracing::debug!(
-            partition = p,
-            lane,
-            seq,
-            records = end.records,
-            "committing"
-        );
-        if !self.commit_with_retry(lane, p, seq, &batch, &end) {
-            return false;
-        }
-        self.metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.batches_committed.inc();
-        self.metrics.last_commit_seconds.set(unix_now_secs());
-        self.metrics.duplicates.inc_by(batch.duplicates);
-        for r in &batch.refused {
-            self.metrics
-                .refused_events
-                .with_label_values(&[r.input().as_str(), r.reason.as_str()])
-                .inc();
-        }
-        for (table, n) in [
-            ("touchpoints", batch.touchpoints.len()),
-            ("survey_answers", batch.answers.len()),
-            ("metrics_minute", batch.aggregates.len()),
-            ("journeys", batch.journeys.len()),
-            ("refused_events", batch.refused.len()),
-        ] {
-            self.metrics
-                .rows_written
-                .with_label_values(&[table])
-                .inc_by(n as u64);
-        }
-        let due = self.slots.get_mut(&p).and_then(|slot| {
-            slot.committed(lane, seq, end.aggregates_id);
-            slot.due_for_compaction(lane, self.cfg.journey.compact_after_batches)
-        });
-        if let Some(live_from) = due {
-            self.compact(lane, p, live_from);
-        }
-        true
     }
 
     /// An idle service commits nothing, so ClickHouse is asked now and then whether it
@@ -1137,78 +1204,22 @@ impl Inner {
         self.readiness.clickhouse(up.is_ok());
         self.clickhouse_seen = Instant::now();
     }
+}
 
-    /// Folds a journey's committed batches of partition `p` below `live_from` (best effort:
-    /// a failure changes no figure, and the next batch tries again).
-    fn compact(&mut self, lane: usize, p: i32, live_from: u64) {
-        let started = Instant::now();
-        let Some(committer) = self.committers.get(lane) else {
-            return;
-        };
-        match self.rt.block_on(committer.compact(p as u16, live_from)) {
-            Ok(_) => {
-                self.metrics.compactions.with_label_values(&["ok"]).inc();
-                if let Some(slot) = self.slots.get_mut(&p) {
-                    slot.compacted(lane, live_from);
-                }
-                tracing::debug!(
-                    partition = p,
-                    live_from,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "compacted"
-                );
-            }
-            Err(e) => {
-                self.metrics
-                    .compactions
-                    .with_label_values(&["failed"])
-                    .inc();
-                tracing::warn!(partition = p, live_from, error = %e, "compaction failed; retried after the next batch");
-            }
-        }
-    }
+/// What follows the commits of a flush, as of when its batches were taken.
+struct AfterCommit {
+    /// Each partition that committed.
+    partitions: Vec<PartitionAfter>,
+    /// The watermarks to publish: (partition, journey, watermark).
+    watermarks: Vec<(i32, String, Published)>,
+}
 
-    fn commit_with_retry(
-        &self,
-        lane: usize,
-        p: i32,
-        seq: u64,
-        batch: &cxstream_core::Batch,
-        end: &cxstream_clickhouse::BatchEnd,
-    ) -> bool {
-        let Some(committer) = self.committers.get(lane) else {
-            return false;
-        };
-        let mut backoff = Duration::from_millis(100);
-        let mut retry = false;
-        loop {
-            let attempt = async {
-                if retry && committer.is_committed(p as u16, seq).await? {
-                    return Ok(());
-                }
-                committer.commit(p as u16, seq, batch, end).await
-            };
-            match self.rt.block_on(attempt) {
-                Ok(()) => {
-                    self.readiness.clickhouse(true);
-                    return true;
-                }
-                Err(e) => {
-                    // Not ready while ClickHouse is away or refuses: nothing is committed.
-                    self.readiness.clickhouse(false);
-                    self.metrics.commit_errors.inc();
-                    if self.shutdown.load(Ordering::Relaxed) {
-                        tracing::warn!(partition = p, seq, error = %e, "giving up on the batch at shutdown; it will be replayed");
-                        return false;
-                    }
-                    tracing::warn!(partition = p, seq, error = %e, backoff_ms = backoff.as_millis() as u64, "commit failed; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    retry = true;
-                }
-            }
-        }
-    }
+/// A partition whose batches a flush commits, as of when they were taken.
+struct PartitionAfter {
+    partition: i32,
+    /// Kafka's next offset of each input.
+    next: Vec<(Source, i64)>,
+    watermark: Option<i64>,
 }
 
 /// An identities-topic message of `kind` with nothing else set.
@@ -1261,7 +1272,7 @@ pub(crate) fn partition_count<C: rdkafka::consumer::ConsumerContext>(
     Ok(n)
 }
 
-fn unix_now_secs() -> i64 {
+pub(crate) fn unix_now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

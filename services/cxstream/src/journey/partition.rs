@@ -153,9 +153,9 @@ struct Lane {
     published: Option<Published>,
     /// The lowest of `heard` (see [`identity_watermark`]).
     identity_watermark: Option<i64>,
-    /// The latest committed batch (sequence number, aggregates id), and what the aggregates
-    /// topic was last told of it.
-    last: Option<(u64, u64)>,
+    /// The latest committed batch as it was taken, and what the aggregates topic was last
+    /// told of it.
+    last: Option<Committed>,
     confirmed: Option<Committed>,
 }
 
@@ -190,6 +190,16 @@ impl Lane {
                 tracing::warn!(error = %e, "a held touchpoint could not be applied");
             }
         }
+        // Restored, the processor is where the last batch left it.
+        let last = resume.last.map(|(seq, aggregates_id)| Committed {
+            seq,
+            aggregates_id,
+            published: Published {
+                watermark: processor.watermark_ms(),
+                idle: false,
+            },
+            touchpoints: processor.touchpoints_final_ms(),
+        });
         Lane {
             processor,
             next_seq: resume.next_seq,
@@ -206,7 +216,7 @@ impl Lane {
             heard: vec![None; setup.partitions],
             published: None,
             identity_watermark: None,
-            last: resume.last,
+            last,
             confirmed: None,
         }
     }
@@ -302,6 +312,23 @@ pub struct LaneBatch {
     pub seq: u64,
     pub batch: Batch,
     pub end: BatchEnd,
+    /// The journey's watermark and idleness as of this batch: what may be published once
+    /// it is committed (later records are not in it).
+    pub published: Published,
+    /// How far its touchpoint counts are final as of this batch.
+    pub touchpoints_final: Option<i64>,
+}
+
+impl LaneBatch {
+    /// What the aggregates topic is told of this batch once it is committed.
+    pub fn committed(&self) -> Committed {
+        Committed {
+            seq: self.seq,
+            aggregates_id: self.end.aggregates_id,
+            published: self.published,
+            touchpoints: self.touchpoints_final,
+        }
+    }
 }
 
 /// What every slot of the service shares.
@@ -600,8 +627,10 @@ impl Slot {
         moved
     }
 
-    /// The batch of each journey to commit now, if anything changed.
+    /// The batch of each journey to commit now, if anything changed. Records read after
+    /// this go into the next batch, whether or not this one is committed yet.
     pub fn take_batches(&mut self) -> Vec<LaneBatch> {
+        let idle = self.inputs_idle();
         let mut out = Vec::new();
         for (i, lane) in self.lanes.iter_mut().enumerate() {
             if !lane.pending() {
@@ -620,40 +649,36 @@ impl Slot {
                 dead_letters_from: Vec::new(),
                 erasures_seen: 0,
             };
+            let batch = lane.processor.take_batch();
             out.push(LaneBatch {
                 lane: i,
                 seq: lane.next_seq,
-                batch: lane.processor.take_batch(),
+                published: lane.published_now(idle),
+                touchpoints_final: lane.processor.touchpoints_final_ms(),
+                batch,
                 end,
             });
+            lane.next_seq += 1;
+            lane.records_since_commit = 0;
+            lane.dirty = false;
         }
         out
     }
 
-    pub fn committed(&mut self, lane: usize, seq: u64, aggregates_id: u64) {
+    /// A batch taken by [`Self::take_batches`] is committed.
+    pub fn committed(&mut self, lane: usize, batch: Committed) {
         if let Some(l) = self.lanes.get_mut(lane) {
-            l.next_seq = seq + 1;
-            l.records_since_commit = 0;
-            l.dirty = false;
-            l.last = Some((seq, aggregates_id));
+            l.last = Some(batch);
         }
     }
 
-    /// Each journey's latest committed batch to name on the aggregates topic: those not
-    /// named yet (a new commit, a resume) or whose watermark or idleness changed, or all
-    /// when `again`. Call only when every journey's batch is committed.
+    /// Each journey's latest committed batch to name on the aggregates topic, as it was
+    /// when taken: those not named yet (a new commit, a resume), or all when `again`.
     pub fn confirmations_to_publish(&mut self, again: bool) -> Vec<(usize, Committed)> {
-        let idle = self.inputs_idle();
         let mut out = Vec::new();
         for (i, lane) in self.lanes.iter_mut().enumerate() {
-            let Some((seq, aggregates_id)) = lane.last else {
+            let Some(now) = lane.last else {
                 continue;
-            };
-            let now = Committed {
-                seq,
-                aggregates_id,
-                published: lane.published_now(idle),
-                touchpoints: lane.processor.touchpoints_final_ms(),
             };
             if unsent(&mut lane.confirmed, now, again) {
                 out.push((i, now));
@@ -662,9 +687,9 @@ impl Slot {
         out
     }
 
-    /// Each journey's committed watermark to publish to every partition: those that changed
-    /// since last published, or all when `again`. Call only when every journey's batch is
-    /// committed (then its watermark is the committed one).
+    /// Each journey's watermark to publish to every partition once the batches taken now
+    /// are committed: those that changed since last published, or all when `again`. Call
+    /// right after [`Self::take_batches`] (then its watermark is the one being committed).
     pub fn watermarks_to_publish(&mut self, again: bool) -> Vec<(usize, Published)> {
         let idle = self.inputs_idle();
         let mut out = Vec::new();
@@ -834,8 +859,12 @@ mod tests {
     }
 
     fn answer(codec: &Codec, t: i64, score: i32) -> Vec<u8> {
+        answer_to(codec, "r1", t, score)
+    }
+
+    fn answer_to(codec: &Codec, response: &str, t: i64, score: i32) -> Vec<u8> {
         let a = SurveyAnswer {
-            response_id: "r1".into(),
+            response_id: response.into(),
             customer_id: Some("c1".into()),
             answer_time: t,
             metric: Metric::Csat,
@@ -879,7 +908,7 @@ mod tests {
 
     fn commit_all(s: &mut Slot) {
         for b in s.take_batches() {
-            s.committed(b.lane, b.seq, b.end.aggregates_id);
+            s.committed(b.lane, b.committed());
         }
     }
 
@@ -894,7 +923,7 @@ mod tests {
         assert_eq!(summary(&batches), [(0, 1, 1, 8, 1), (1, 1, 1, 8, 1)]);
         assert_eq!(batches[1].end.clock.highs, [Some(2_000), Some(1_000)]);
         for b in batches {
-            s.committed(b.lane, b.seq, b.end.aggregates_id);
+            s.committed(b.lane, b.committed());
         }
         assert!(s.take_batches().is_empty());
         // Re-delivered below the committed position: skipped.
@@ -907,7 +936,47 @@ mod tests {
     }
 
     #[test]
-    fn the_latest_committed_batch_is_named_after_a_resume_a_commit_or_a_new_watermark() {
+    fn a_batch_committed_after_more_was_read_is_named_as_taken_and_the_rest_stays_pending() {
+        let (mut s, codec) = slot();
+        const DAY: i64 = 86_400_000;
+        let t0 = touchpoint(&codec, "e0", 8 * DAY);
+        let a0 = answer(&codec, 8 * DAY, 4);
+        s.process(&record(Source::Touchpoints, &t0, 0), &codec);
+        s.process(&record(Source::Answers, &a0, 0), &codec);
+        let taken = s.take_batches();
+        // Read while the batch is being committed: later events move the watermark on.
+        let later = 8 * DAY + 1_800_000;
+        let t1 = touchpoint(&codec, "e1", later);
+        let a1 = answer_to(&codec, "r2", later, 4);
+        s.process(&record(Source::Touchpoints, &t1, 1), &codec);
+        s.process(&record(Source::Answers, &a1, 1), &codec);
+        for b in &taken {
+            s.committed(b.lane, b.committed());
+        }
+        let named: Vec<Committed> = s
+            .confirmations_to_publish(false)
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        let as_taken: Vec<Committed> = taken.iter().map(LaneBatch::committed).collect();
+        assert_eq!(named, as_taken);
+        let next = s.take_batches();
+        assert_eq!(
+            next.len(),
+            taken.len(),
+            "what was read since is the next batch"
+        );
+        for (a, b) in taken.iter().zip(&next) {
+            assert_eq!(b.seq, a.seq + 1);
+            assert_eq!((a.end.records, b.end.records), (2, 2));
+            assert_eq!(b.end.touchpoints_next_offset, 2);
+            assert_eq!(b.end.answers_next_offset, 2);
+            assert!(b.published.watermark > a.published.watermark);
+        }
+    }
+
+    #[test]
+    fn the_latest_committed_batch_is_named_after_a_resume_or_a_commit() {
         let resumed = Resume {
             next_seq: 8,
             last: Some((7, 42)),
@@ -926,7 +995,7 @@ mod tests {
         s.process(&record(Source::Touchpoints, &t, 0), &codec);
         for mut b in s.take_batches() {
             b.end.aggregates_id = 100 + b.lane as u64;
-            s.committed(b.lane, b.seq, b.end.aggregates_id);
+            s.committed(b.lane, b.committed());
         }
         let named: Vec<(usize, u64, u64)> = s
             .confirmations_to_publish(false)
@@ -1001,7 +1070,7 @@ mod tests {
             "the answers input was never seen"
         );
         for b in batches {
-            s.committed(b.lane, b.seq, b.end.aggregates_id);
+            s.committed(b.lane, b.committed());
         }
         s.set_high_watermark(Source::Touchpoints, 1);
         s.set_high_watermark(Source::Answers, 0);
@@ -1011,7 +1080,7 @@ mod tests {
         assert_eq!(batches.len(), 2);
         assert!(batches.iter().all(|b| b.end.clock.watermark == Some(2_000)));
         for b in batches {
-            s.committed(b.lane, b.seq, b.end.aggregates_id);
+            s.committed(b.lane, b.committed());
         }
         commit_all(&mut s);
         assert!(s.caught_up());

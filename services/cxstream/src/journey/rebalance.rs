@@ -24,6 +24,8 @@ pub struct JourneyContext {
     pub rt: tokio::runtime::Handle,
     /// One per journey map, in the maps' order.
     pub committers: Vec<Arc<BatchCommitter>>,
+    /// The commits in flight, waited for before a partition is handed over.
+    pub in_flight: Arc<super::commits::InFlight>,
     pub touchpoints_topic: String,
     pub answers_topic: String,
     /// The identities topic, when identity stitching is on.
@@ -202,6 +204,9 @@ impl ConsumerContext for JourneyContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // The next owner resumes from the commit log: the batches being committed
+                // must be in it (or given up, at shutdown) before the partitions go.
+                self.in_flight.wait_idle();
                 let mut partitions: Vec<i32> =
                     tpl.elements().iter().map(|e| e.partition()).collect();
                 partitions.sort_unstable();

@@ -1,0 +1,278 @@
+//! Committing batches to ClickHouse on a thread of its own, so that the consumer thread
+//! reads and applies the next batch while ClickHouse takes this one. One flush is in flight
+//! at a time: the next flush first waits for it (back-pressure when ClickHouse is slow), and
+//! what follows a commit (marking it committed, publishing watermarks and confirmations,
+//! Kafka's offsets) happens on the consumer thread once it is done, with what the batch
+//! was when taken. The exactly-once protocol is unchanged: each batch's rows, then its
+//! marker, in sequence per partition and journey.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use cxstream_clickhouse::BatchCommitter;
+use cxstream_http::JourneyMetrics;
+
+use super::partition::{Committed, LaneBatch};
+use super::readiness::Readiness;
+
+/// One flush's work for ClickHouse.
+pub struct Job {
+    /// Each partition's batches, one per journey that changed.
+    pub batches: Vec<(i32, Vec<LaneBatch>)>,
+    /// Folds of committed batches to run after the commits: (journey lane, partition,
+    /// below which sequence number).
+    pub compactions: Vec<(usize, i32, u64)>,
+}
+
+/// What became of a job.
+pub enum Outcome {
+    Done {
+        /// (partition, journey lane, what was committed).
+        committed: Vec<(i32, usize, Committed)>,
+        /// The folds that succeeded.
+        compacted: Vec<(usize, i32, u64)>,
+    },
+    /// Shutting down while ClickHouse refused: what was not committed is read again by
+    /// whoever owns the partition next.
+    GaveUp,
+}
+
+/// Whether a job is in flight, for the rebalance callback to wait on: a partition is
+/// handed over only once its batches are committed or given up.
+#[derive(Default)]
+pub struct InFlight {
+    busy: Mutex<bool>,
+    done: Condvar,
+}
+
+impl InFlight {
+    fn set(&self, busy: bool) {
+        if let Ok(mut b) = self.busy.lock() {
+            *b = busy;
+        }
+        self.done.notify_all();
+    }
+
+    /// Waits until no job is in flight.
+    pub fn wait_idle(&self) {
+        let Ok(mut busy) = self.busy.lock() else {
+            return;
+        };
+        while *busy {
+            match self.done.wait_timeout(busy, Duration::from_secs(1)) {
+                Ok((b, _)) => busy = b,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// The consumer thread's end of the committing thread.
+pub struct Pipeline {
+    jobs: SyncSender<Job>,
+    outcomes: Receiver<Outcome>,
+    in_flight: Arc<InFlight>,
+    pending: bool,
+}
+
+/// What the committing thread needs.
+pub struct Committing {
+    /// One per journey map, in the maps' order.
+    pub committers: Vec<Arc<BatchCommitter>>,
+    pub metrics: JourneyMetrics,
+    pub readiness: Arc<Readiness>,
+    pub shutdown: Arc<AtomicBool>,
+    pub rt: tokio::runtime::Handle,
+}
+
+impl Pipeline {
+    pub fn start(committing: Committing, in_flight: Arc<InFlight>) -> Result<Self> {
+        let (jobs, queue) = sync_channel::<Job>(1);
+        let (tell, outcomes) = channel();
+        let flag = in_flight.clone();
+        std::thread::Builder::new()
+            .name("clickhouse-commits".into())
+            .spawn(move || {
+                for job in queue {
+                    let outcome = committing.run(job);
+                    // Before the outcome is told: once it is, the next job may be in flight.
+                    flag.set(false);
+                    if tell.send(outcome).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("starting the thread that commits to ClickHouse")?;
+        Ok(Pipeline {
+            jobs,
+            outcomes,
+            in_flight,
+            pending: false,
+        })
+    }
+
+    /// Hands a job over; the one before must have been waited for.
+    pub fn submit(&mut self, job: Job) -> Result<()> {
+        debug_assert!(!self.pending, "one job in flight at a time");
+        self.in_flight.set(true);
+        self.jobs
+            .send(job)
+            .map_err(|_| anyhow::anyhow!("the thread that commits to ClickHouse has stopped"))?;
+        self.pending = true;
+        Ok(())
+    }
+
+    /// Waits for the job in flight, if any.
+    pub fn wait(&mut self) -> Result<Option<Outcome>> {
+        if !self.pending {
+            return Ok(None);
+        }
+        let outcome = self
+            .outcomes
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the thread that commits to ClickHouse has stopped"))?;
+        self.pending = false;
+        Ok(Some(outcome))
+    }
+}
+
+impl Committing {
+    fn run(&self, job: Job) -> Outcome {
+        let mut committed = Vec::new();
+        for (p, batches) in job.batches {
+            for b in batches {
+                let (lane, done) = (b.lane, b.committed());
+                if !self.commit_batch(p, b) {
+                    return Outcome::GaveUp;
+                }
+                committed.push((p, lane, done));
+            }
+        }
+        let compacted = job
+            .compactions
+            .into_iter()
+            .filter(|&(lane, p, live_from)| self.compact(lane, p, live_from))
+            .collect();
+        Outcome::Done {
+            committed,
+            compacted,
+        }
+    }
+
+    /// Commits one journey's batch of partition `p` (retrying until ClickHouse takes it);
+    /// false when shutting down first.
+    fn commit_batch(&self, p: i32, b: LaneBatch) -> bool {
+        let LaneBatch {
+            lane,
+            seq,
+            batch,
+            end,
+            ..
+        } = b;
+        let started = Instant::now();
+        tracing::debug!(
+            partition = p,
+            lane,
+            seq,
+            records = end.records,
+            "committing"
+        );
+        if !self.commit_with_retry(lane, p, seq, &batch, &end) {
+            return false;
+        }
+        let m = &self.metrics;
+        m.commit_seconds.observe(started.elapsed().as_secs_f64());
+        m.batches_committed.inc();
+        m.last_commit_seconds.set(super::unix_now_secs());
+        m.duplicates.inc_by(batch.duplicates);
+        for r in &batch.refused {
+            m.refused_events
+                .with_label_values(&[r.input().as_str(), r.reason.as_str()])
+                .inc();
+        }
+        for (table, n) in [
+            ("touchpoints", batch.touchpoints.len()),
+            ("survey_answers", batch.answers.len()),
+            ("metrics_minute", batch.aggregates.len()),
+            ("journeys", batch.journeys.len()),
+            ("refused_events", batch.refused.len()),
+        ] {
+            m.rows_written.with_label_values(&[table]).inc_by(n as u64);
+        }
+        true
+    }
+
+    fn commit_with_retry(
+        &self,
+        lane: usize,
+        p: i32,
+        seq: u64,
+        batch: &cxstream_core::Batch,
+        end: &cxstream_clickhouse::BatchEnd,
+    ) -> bool {
+        let Some(committer) = self.committers.get(lane) else {
+            return false;
+        };
+        let mut backoff = Duration::from_millis(100);
+        let mut retry = false;
+        loop {
+            let attempt = async {
+                if retry && committer.is_committed(p as u16, seq).await? {
+                    return Ok(());
+                }
+                committer.commit(p as u16, seq, batch, end).await
+            };
+            match self.rt.block_on(attempt) {
+                Ok(()) => {
+                    self.readiness.clickhouse(true);
+                    return true;
+                }
+                Err(e) => {
+                    // Not ready while ClickHouse is away or refuses: nothing is committed.
+                    self.readiness.clickhouse(false);
+                    self.metrics.commit_errors.inc();
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        tracing::warn!(partition = p, seq, error = %e, "giving up on the batch at shutdown; it will be replayed");
+                        return false;
+                    }
+                    tracing::warn!(partition = p, seq, error = %e, backoff_ms = backoff.as_millis() as u64, "commit failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    retry = true;
+                }
+            }
+        }
+    }
+
+    /// Folds a journey's committed batches of partition `p` below `live_from` (best effort:
+    /// a failure changes no figure, and a later flush asks again).
+    fn compact(&self, lane: usize, p: i32, live_from: u64) -> bool {
+        let started = Instant::now();
+        let Some(committer) = self.committers.get(lane) else {
+            return false;
+        };
+        match self.rt.block_on(committer.compact(p as u16, live_from)) {
+            Ok(_) => {
+                self.metrics.compactions.with_label_values(&["ok"]).inc();
+                tracing::debug!(
+                    partition = p,
+                    live_from,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "compacted"
+                );
+                true
+            }
+            Err(e) => {
+                self.metrics
+                    .compactions
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::warn!(partition = p, live_from, error = %e, "compaction failed; retried after a later batch");
+                false
+            }
+        }
+    }
+}
