@@ -70,6 +70,14 @@ impl InFlight {
     }
 }
 
+struct IdleAtExit(Arc<InFlight>);
+
+impl Drop for IdleAtExit {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
 /// The consumer thread's end of the committing thread.
 pub struct Pipeline {
     jobs: SyncSender<Job>,
@@ -96,6 +104,9 @@ impl Pipeline {
         std::thread::Builder::new()
             .name("clickhouse-commits".into())
             .spawn(move || {
+                // Should this thread ever panic, a rebalance waiting on it must not wait
+                // forever (the consumer thread stops at its next flush).
+                let _idle_at_exit = IdleAtExit(flag.clone());
                 for job in queue {
                     let outcome = committing.run(job);
                     // Before the outcome is told: once it is, the next job may be in flight.
