@@ -281,62 +281,6 @@ impl BatchCommitter {
     ) -> Result<()> {
         let attempt: u64 = rand::random();
         let map = &*self.map;
-        self.insert_rows::<TouchpointRow<'_>>(
-            "touchpoints",
-            batch
-                .touchpoints
-                .iter()
-                .map(|f| TouchpointRow::new(map, f, partition)),
-        )
-        .await?;
-        self.insert_rows::<AnswerRow<'_>>(
-            "survey_answers",
-            batch
-                .answers
-                .iter()
-                .map(|f| AnswerRow::new(map, f, partition)),
-        )
-        .await?;
-        self.insert_rows::<CaseRow<'_>>(
-            "cases",
-            batch
-                .answers
-                .iter()
-                .map(|f| CaseRow::new(map, f, partition)),
-        )
-        .await?;
-        self.insert_rows::<MinuteRow>(
-            "metrics_minute",
-            batch
-                .aggregates
-                .iter()
-                .map(|(k, c)| MinuteRow::new(map, k, c, partition, seq, attempt)),
-        )
-        .await?;
-        self.insert_rows::<EntryRow<'_>>(
-            "stage_entries",
-            batch
-                .entries
-                .iter()
-                .map(|f| EntryRow::new(map, f, partition)),
-        )
-        .await?;
-        self.insert_rows::<StepAttemptRow<'_>>(
-            "step_attempts",
-            batch
-                .steps
-                .iter()
-                .map(|f| StepAttemptRow::new(map, f, partition)),
-        )
-        .await?;
-        self.insert_rows::<StepMinuteRow<'_>>(
-            "steps_minute",
-            batch
-                .step_aggregates
-                .iter()
-                .map(|(k, c)| StepMinuteRow::new(map, k, c, partition, seq, attempt)),
-        )
-        .await?;
         let states = batch
             .journeys
             .iter()
@@ -362,15 +306,67 @@ impl BatchCommitter {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        self.insert_rows::<StateRow>("journeys", states).await?;
-        self.insert_rows::<RefusedRow<'_>>(
-            "refused_events",
-            batch
-                .refused
-                .iter()
-                .map(|r| RefusedRow::new(map, r, partition)),
-        )
-        .await?;
+        // The rows of every table at once: nothing counts before the marker, so their
+        // order does not matter, and each INSERT waits mostly for ClickHouse to write a part.
+        tokio::try_join!(
+            self.insert_rows::<TouchpointRow<'_>>(
+                "touchpoints",
+                batch
+                    .touchpoints
+                    .iter()
+                    .map(|f| TouchpointRow::new(map, f, partition)),
+            ),
+            self.insert_rows::<AnswerRow<'_>>(
+                "survey_answers",
+                batch
+                    .answers
+                    .iter()
+                    .map(|f| AnswerRow::new(map, f, partition)),
+            ),
+            self.insert_rows::<CaseRow<'_>>(
+                "cases",
+                batch
+                    .answers
+                    .iter()
+                    .map(|f| CaseRow::new(map, f, partition)),
+            ),
+            self.insert_rows::<MinuteRow>(
+                "metrics_minute",
+                batch
+                    .aggregates
+                    .iter()
+                    .map(|(k, c)| MinuteRow::new(map, k, c, partition, seq, attempt)),
+            ),
+            self.insert_rows::<EntryRow<'_>>(
+                "stage_entries",
+                batch
+                    .entries
+                    .iter()
+                    .map(|f| EntryRow::new(map, f, partition)),
+            ),
+            self.insert_rows::<StepAttemptRow<'_>>(
+                "step_attempts",
+                batch
+                    .steps
+                    .iter()
+                    .map(|f| StepAttemptRow::new(map, f, partition)),
+            ),
+            self.insert_rows::<StepMinuteRow<'_>>(
+                "steps_minute",
+                batch
+                    .step_aggregates
+                    .iter()
+                    .map(|(k, c)| StepMinuteRow::new(map, k, c, partition, seq, attempt)),
+            ),
+            self.insert_rows::<StateRow>("journeys", states),
+            self.insert_rows::<RefusedRow<'_>>(
+                "refused_events",
+                batch
+                    .refused
+                    .iter()
+                    .map(|r| RefusedRow::new(map, r, partition)),
+            ),
+        )?;
         // The marker goes last, alone: it is the commit point. (The failpoint crashes the
         // crash tests here: every row written, the marker not.)
         fail::fail_point!("journey-before-marker", |_| std::process::abort());

@@ -4,7 +4,8 @@
 //! what follows a commit (marking it committed, publishing watermarks and confirmations,
 //! Kafka's offsets) happens on the consumer thread once it is done, with what the batch
 //! was when taken. The exactly-once protocol is unchanged: each batch's rows, then its
-//! marker, in sequence per partition and journey.
+//! marker, in sequence per partition and journey; partitions are independent (each resumes
+//! from its own markers), so they are committed at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
@@ -151,16 +152,23 @@ impl Pipeline {
 }
 
 impl Committing {
+    /// Commits the partitions' batches at once (each partition's in order: they are
+    /// independent, each with its own markers), then the folds.
     fn run(&self, job: Job) -> Outcome {
+        let partitions = job
+            .batches
+            .into_iter()
+            .map(|(p, batches)| self.commit_partition(p, batches));
         let mut committed = Vec::new();
-        for (p, batches) in job.batches {
-            for b in batches {
-                let (lane, done) = (b.lane, b.committed());
-                if !self.commit_batch(p, b) {
-                    return Outcome::GaveUp;
-                }
-                committed.push((p, lane, done));
+        let mut gave_up = false;
+        for done in self.rt.block_on(futures_util::future::join_all(partitions)) {
+            match done {
+                Some(batches) => committed.extend(batches),
+                None => gave_up = true,
             }
+        }
+        if gave_up {
+            return Outcome::GaveUp;
         }
         let compacted = job
             .compactions
@@ -173,9 +181,26 @@ impl Committing {
         }
     }
 
+    /// Commits a partition's batches in order; `None` when shutting down first.
+    async fn commit_partition(
+        &self,
+        p: i32,
+        batches: Vec<LaneBatch>,
+    ) -> Option<Vec<(i32, usize, Committed)>> {
+        let mut committed = Vec::new();
+        for b in batches {
+            let (lane, done) = (b.lane, b.committed());
+            if !self.commit_batch(p, b).await {
+                return None;
+            }
+            committed.push((p, lane, done));
+        }
+        Some(committed)
+    }
+
     /// Commits one journey's batch of partition `p` (retrying until ClickHouse takes it);
     /// false when shutting down first.
-    fn commit_batch(&self, p: i32, b: LaneBatch) -> bool {
+    async fn commit_batch(&self, p: i32, b: LaneBatch) -> bool {
         let LaneBatch {
             lane,
             seq,
@@ -191,7 +216,7 @@ impl Committing {
             records = end.records,
             "committing"
         );
-        if !self.commit_with_retry(lane, p, seq, &batch, &end) {
+        if !self.commit_with_retry(lane, p, seq, &batch, &end).await {
             return false;
         }
         let m = &self.metrics;
@@ -216,7 +241,7 @@ impl Committing {
         true
     }
 
-    fn commit_with_retry(
+    async fn commit_with_retry(
         &self,
         lane: usize,
         p: i32,
@@ -236,7 +261,7 @@ impl Committing {
                 }
                 committer.commit(p as u16, seq, batch, end).await
             };
-            match self.rt.block_on(attempt) {
+            match attempt.await {
                 Ok(()) => {
                     self.readiness.clickhouse(true);
                     return true;
@@ -250,7 +275,7 @@ impl Committing {
                         return false;
                     }
                     tracing::warn!(partition = p, seq, error = %e, backoff_ms = backoff.as_millis() as u64, "commit failed; retrying");
-                    std::thread::sleep(backoff);
+                    tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     retry = true;
                 }
