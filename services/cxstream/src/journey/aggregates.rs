@@ -98,8 +98,8 @@ impl AggregatesOutput {
         Ok(())
     }
 
-    /// Names each journey's latest committed batch of every partition whose batch or
-    /// watermark changed (all of them every 10 s). Call after the commits. A record the
+    /// Names each journey's latest committed batch of every partition, as it was taken,
+    /// when it is new (all of them every 10 s). Call after the commits. A record the
     /// broker refuses is logged: it is sent again within seconds.
     pub fn confirm(&mut self, codec: &Codec, slots: &mut BTreeMap<i32, Slot>) {
         if let Some(why) = self.confirmations.context().take_failures() {

@@ -2,8 +2,8 @@
 //! reads and applies the next batch while ClickHouse takes this one. One flush is in flight
 //! at a time: the next flush first waits for it (back-pressure when ClickHouse is slow), and
 //! what follows a commit (marking it committed, publishing watermarks and confirmations,
-//! Kafka's offsets) happens on the consumer thread once it is done, with what the batch
-//! was when taken. The exactly-once protocol is unchanged: each batch's rows, then its
+//! Kafka's offsets) happens on the consumer thread at the next flush (or shutdown) after it
+//! is done, with what the batch was when taken. The exactly-once protocol is unchanged: each batch's rows, then its
 //! marker, in sequence per partition and journey; partitions are independent (each resumes
 //! from its own markers), so they are committed at once.
 
@@ -129,12 +129,19 @@ impl Pipeline {
     /// Hands a job over; the one before must have been waited for.
     pub fn submit(&mut self, job: Job) -> Result<()> {
         debug_assert!(!self.pending, "one job in flight at a time");
+        // Busy before the job can be done (the thread clears it when it is).
         self.in_flight.set(true);
-        self.jobs
-            .send(job)
-            .map_err(|_| anyhow::anyhow!("the thread that commits to ClickHouse has stopped"))?;
+        if self.jobs.send(job).is_err() {
+            self.in_flight.set(false);
+            anyhow::bail!("the thread that commits to ClickHouse has stopped");
+        }
         self.pending = true;
         Ok(())
+    }
+
+    /// Whether a job is in flight (not waited for yet).
+    pub fn pending(&self) -> bool {
+        self.pending
     }
 
     /// Waits for the job in flight, if any.
@@ -284,7 +291,7 @@ impl Committing {
     }
 
     /// Folds a journey's committed batches of partition `p` below `live_from` (best effort:
-    /// a failure changes no figure, and a later flush asks again).
+    /// a failure changes no figure, and the journey's next committed batch asks again).
     fn compact(&self, lane: usize, p: i32, live_from: u64) -> bool {
         let started = Instant::now();
         let Some(committer) = self.committers.get(lane) else {

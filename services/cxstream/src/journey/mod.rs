@@ -182,6 +182,9 @@ struct Inner {
     in_flight: Arc<commits::InFlight>,
     /// What follows the commits of the job in flight.
     after: Option<AfterCommit>,
+    /// Partitions revoked while a job was in flight: what follows its commits is not
+    /// theirs to do any more (another owner, or a new assignment here, resumed after it).
+    handed_over: std::collections::BTreeSet<i32>,
     /// Folds due, for the next job.
     compactions: Vec<(usize, i32, u64)>,
     /// Per partition, the question asked of `positions` and how many answers are to come.
@@ -299,6 +302,7 @@ impl JourneyService {
             pipeline,
             in_flight,
             after: None,
+            handed_over: Default::default(),
             compactions: Vec::new(),
         };
         Ok(JourneyService { consumer, inner })
@@ -584,6 +588,9 @@ impl Inner {
                         .inc();
                 }
                 Change::Revoked(p) => {
+                    if self.pipeline.pending() {
+                        self.handed_over.insert(p);
+                    }
                     self.slots.remove(&p);
                     self.probing.remove(&p);
                     self.compactions.retain(|(_, q, _)| *q != p);
@@ -794,7 +801,7 @@ impl Inner {
             match a.high {
                 Ok(high) => {
                     if let Some(slot) = self.slots.get_mut(&a.partition) {
-                        slot.set_high_watermark(a.source, high);
+                        slot.confirm_high_watermark(a.source, high);
                     }
                 }
                 Err(e) => {
@@ -873,22 +880,25 @@ impl Inner {
     /// A dead letter the DLQ refused, now or in delivery, stops it before any commit: the
     /// batches holding such records are read again after a restart.
     fn flush(&mut self, consumer: &ConsumerHandle) -> Result<()> {
-        if !self.settle(consumer)? {
-            // Shutting down while ClickHouse is away: what was not committed is read again
-            // by whoever owns the partition next.
-            return Ok(());
-        }
         // Waiting for the broker here, the consumer is not polled, so its statistics cannot
         // say that no broker answers: the wait does.
         let readiness = self.readiness.clone();
         let not_ready = move || readiness.brokers(false);
+        // Before waiting for the commits in flight: a refusal sets off a shutdown, which
+        // may make them give up, and must still stop the service with its error.
         let failed = delivered(&self.dlq, &self.cfg.topics.dlq, &not_ready)?;
         if let Some(why) = self.dlq_refused.take().or(failed) {
             anyhow::bail!(
                 "the dead-letter topic `{}` refused records ({why}); nothing read since the \
-                 last commit was committed, so they are read again when the service restarts",
+                 batches being committed is committed, so they are read again when the \
+                 service restarts",
                 self.cfg.topics.dlq
             );
+        }
+        if !self.settle(consumer)? {
+            // Shutting down while ClickHouse is away: what was not committed is read again
+            // by whoever owns the partition next.
+            return Ok(());
         }
         for ((source, p), n) in std::mem::take(&mut self.consumed) {
             self.metrics
@@ -964,7 +974,8 @@ impl Inner {
         let Some(outcome) = self.pipeline.wait()? else {
             return Ok(true);
         };
-        let after = self.after.take();
+        let mut after = self.after.take();
+        let handed_over = std::mem::take(&mut self.handed_over);
         let commits::Outcome::Done {
             committed,
             compacted,
@@ -972,14 +983,25 @@ impl Inner {
         else {
             return Ok(false);
         };
+        if let Some(after) = after.as_mut() {
+            after
+                .partitions
+                .retain(|a| !handed_over.contains(&a.partition));
+            after.watermarks.retain(|(p, ..)| !handed_over.contains(p));
+        }
         for (lane, p, live_from) in compacted {
+            if handed_over.contains(&p) {
+                continue;
+            }
             if let Some(slot) = self.slots.get_mut(&p) {
                 slot.compacted(lane, live_from);
             }
         }
         let every = self.cfg.journey.compact_after_batches;
         for (p, lane, batch) in committed {
-            // A partition revoked meanwhile is someone else's now.
+            if handed_over.contains(&p) {
+                continue;
+            }
             let Some(slot) = self.slots.get_mut(&p) else {
                 continue;
             };

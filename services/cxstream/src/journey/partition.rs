@@ -142,6 +142,7 @@ struct Lane {
     /// Next offset of each source this journey applies; `None` until its first record or a
     /// committed resume point.
     next: [Option<i64>; 3],
+    /// Records taken since the last batch was taken (its records).
     records_since_commit: u64,
     /// Something changed that must be committed even without new records (an idle input
     /// moved the watermark and journeys were folded).
@@ -221,7 +222,7 @@ impl Lane {
         }
     }
 
-    /// Its committed watermark as it is published now.
+    /// Its watermark and idleness as a batch taken now holds them.
     fn published_now(&self, idle: bool) -> Published {
         Published {
             watermark: self.processor.watermark_ms(),
@@ -573,6 +574,13 @@ impl Slot {
 
     pub fn take_rejected(&mut self) -> Vec<Rejected> {
         std::mem::take(&mut self.rejected)
+    }
+
+    /// A high watermark the broker confirmed: the higher of it and what the statistics
+    /// said (a record written since the question was asked is not undone by its answer).
+    pub fn confirm_high_watermark(&mut self, source: Source, high: i64) {
+        let known = self.cursors[source.index()].high.unwrap_or(0);
+        self.set_high_watermark(source, high.max(known));
     }
 
     pub fn set_high_watermark(&mut self, source: Source, high: i64) {
@@ -973,6 +981,19 @@ mod tests {
             assert_eq!(b.end.answers_next_offset, 2);
             assert!(b.published.watermark > a.published.watermark);
         }
+    }
+
+    #[test]
+    fn a_confirmed_end_older_than_the_statistics_does_not_undo_a_record_written_since() {
+        let (mut s, codec) = slot();
+        let t = touchpoint(&codec, "e0", 60_000);
+        s.process(&record(Source::Touchpoints, &t, 0), &codec);
+        // The statistics saw a second record; the broker's answer predates it.
+        s.set_high_watermark(Source::Touchpoints, 2);
+        s.confirm_high_watermark(Source::Touchpoints, 1);
+        assert!(s.lag().contains(&(Source::Touchpoints, 1)));
+        s.confirm_high_watermark(Source::Touchpoints, 3);
+        assert!(s.lag().contains(&(Source::Touchpoints, 2)));
     }
 
     #[test]
