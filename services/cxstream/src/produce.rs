@@ -126,25 +126,35 @@ impl ProducerContext for Deliveries {
 
 /// Waits until the broker has every record `producer` sent to `topic`; returns the first
 /// refusal since the last call, if any. A broker that does not answer is waited for (a
-/// restart is no refusal), calling `waiting` every 30 s meanwhile: each record is either
+/// restart is no refusal), calling `waiting` once the wait has lasted 2 s and every second
+/// after (the caller's consumer is not polled meanwhile, so its statistics cannot tell that
+/// no broker answers: the wait does), and warning every 30 s. Each record is either
 /// acknowledged or, after librdkafka's `message.timeout.ms`, refused, so the wait ends.
 pub fn delivered(
     producer: &BaseProducer<Deliveries>,
     topic: &str,
     waiting: &dyn Fn(),
 ) -> Result<Option<String>> {
+    const NOT_ANSWERING_AFTER: Duration = Duration::from_secs(2);
+    const WARN_EVERY: Duration = Duration::from_secs(30);
     let started = std::time::Instant::now();
+    let mut warned = started;
     while producer.in_flight_count() > 0 {
-        match producer.flush(Duration::from_secs(30)) {
+        match producer.flush(Duration::from_secs(1)) {
             Ok(()) => break,
             Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
-                waiting();
-                tracing::warn!(
-                    topic,
-                    waiting = producer.in_flight_count(),
-                    waited_s = started.elapsed().as_secs(),
-                    "the broker has not acknowledged records yet; waiting"
-                );
+                if started.elapsed() >= NOT_ANSWERING_AFTER {
+                    waiting();
+                }
+                if warned.elapsed() >= WARN_EVERY {
+                    warned = std::time::Instant::now();
+                    tracing::warn!(
+                        topic,
+                        waiting = producer.in_flight_count(),
+                        waited_s = started.elapsed().as_secs(),
+                        "the broker has not acknowledged records yet; waiting"
+                    );
+                }
             }
             Err(e) => return Err(e).with_context(|| format!("flushing topic `{topic}`")),
         }

@@ -214,7 +214,7 @@ impl JourneyService {
             })
             .collect();
         let readiness = Arc::new(Readiness::new(health));
-        let positions = positions::PositionProbe::start(&cfg)?;
+        let positions = positions::PositionProbe::start(&cfg, readiness.clone())?;
         let in_flight = Arc::new(commits::InFlight::default());
         let pipeline = commits::Pipeline::start(
             commits::Committing {

@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::partition::Source;
+use super::readiness::Readiness;
 use crate::config::Config;
 
 /// How long one question may wait for the broker.
@@ -42,7 +43,8 @@ pub struct PositionProbe {
 }
 
 impl PositionProbe {
-    pub fn start(cfg: &Config) -> Result<Self> {
+    /// A question the broker leaves unanswered marks the brokers not ready at once.
+    pub fn start(cfg: &Config, readiness: std::sync::Arc<Readiness>) -> Result<Self> {
         let consumer: BaseConsumer = cfg
             .kafka
             .consumer_config(&cfg.journey.group_id)
@@ -58,6 +60,9 @@ impl PositionProbe {
                         .fetch_watermarks(&ask.topic, ask.partition, ASK_WITHIN)
                         .map(|(_, high)| high)
                         .map_err(|e| e.to_string());
+                    if high.is_err() {
+                        readiness.brokers(false);
+                    }
                     let answer = Answer {
                         id: ask.id,
                         partition: ask.partition,
