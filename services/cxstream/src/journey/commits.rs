@@ -98,7 +98,8 @@ pub struct Committing {
 }
 
 impl Pipeline {
-    pub fn start(committing: Committing, in_flight: Arc<InFlight>) -> Result<Self> {
+    pub fn start(committing: Committing) -> Result<Self> {
+        let in_flight = Arc::new(InFlight::default());
         let (jobs, queue) = sync_channel::<Job>(1);
         let (tell, outcomes) = channel();
         let flag = in_flight.clone();
@@ -137,6 +138,11 @@ impl Pipeline {
         }
         self.pending = true;
         Ok(())
+    }
+
+    /// What the rebalance callback waits on.
+    pub fn in_flight(&self) -> &Arc<InFlight> {
+        &self.in_flight
     }
 
     /// Whether a job is in flight (not waited for yet).

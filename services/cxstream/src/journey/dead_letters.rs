@@ -164,11 +164,7 @@ impl Inner {
                 return;
             }
         };
-        let sources: Vec<(Source, String)> = self
-            .sources()
-            .iter()
-            .map(|&s| (s, self.topic(s).to_string()))
-            .collect();
+        let sources = self.source_topics();
         for c in &found {
             if let Some((source, _)) = sources.iter().find(|(_, t)| *t == c.topic) {
                 self.dead_letters

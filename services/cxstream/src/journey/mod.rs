@@ -179,7 +179,6 @@ struct Inner {
     positions: positions::PositionProbe,
     /// Commits to ClickHouse, off this thread.
     pipeline: commits::Pipeline,
-    in_flight: Arc<commits::InFlight>,
     /// What follows the commits of the job in flight.
     after: Option<AfterCommit>,
     /// Partitions revoked while a job was in flight: what follows its commits is not
@@ -215,21 +214,17 @@ impl JourneyService {
             .collect();
         let readiness = Arc::new(Readiness::new(health));
         let positions = positions::PositionProbe::start(&cfg, readiness.clone())?;
-        let in_flight = Arc::new(commits::InFlight::default());
-        let pipeline = commits::Pipeline::start(
-            commits::Committing {
-                committers: committers.clone(),
-                metrics: metrics.clone(),
-                readiness: readiness.clone(),
-                shutdown: shutdown.clone(),
-                rt: rt.clone(),
-            },
-            in_flight.clone(),
-        )?;
+        let pipeline = commits::Pipeline::start(commits::Committing {
+            committers: committers.clone(),
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            shutdown: shutdown.clone(),
+            rt: rt.clone(),
+        })?;
         let consumer = connect(
             &cfg,
             &committers,
-            &in_flight,
+            pipeline.in_flight(),
             &shutdown,
             &readiness,
             &rt,
@@ -300,7 +295,6 @@ impl JourneyService {
             positions,
             probing: BTreeMap::new(),
             pipeline,
-            in_flight,
             after: None,
             handed_over: Default::default(),
             compactions: Vec::new(),
@@ -428,7 +422,7 @@ impl JourneyService {
                     consumer = connect(
                         &inner.cfg,
                         &inner.committers,
-                        &inner.in_flight,
+                        inner.pipeline.in_flight(),
                         &inner.shutdown,
                         &inner.readiness,
                         &inner.rt,
@@ -667,6 +661,14 @@ impl Inner {
         }
     }
 
+    /// The sources this service reads, each with its topic.
+    fn source_topics(&self) -> Vec<(Source, String)> {
+        self.sources()
+            .iter()
+            .map(|&s| (s, self.topic(s).to_string()))
+            .collect()
+    }
+
     /// The sources this service reads.
     fn sources(&self) -> &'static [Source] {
         if self.setup.identity.is_some() {
@@ -774,11 +776,7 @@ impl Inner {
         if self.probing.contains_key(&p) {
             return;
         }
-        let inputs: Vec<(Source, String)> = self
-            .sources()
-            .iter()
-            .map(|&s| (s, self.topic(s).to_string()))
-            .collect();
+        let inputs = self.source_topics();
         let asked = inputs.len();
         let id = self.positions.ask(p, inputs);
         self.probing.insert(p, (id, asked));
