@@ -5,7 +5,8 @@
 # Prints p50, p90, p99 and max in milliseconds.
 #   RATE records/s (default 4000: about half of what the local broker delivers to a bare
 #   consumer, see benches/readers.sh), DURATION seconds (default 60), FLUSH_MS (the journey
-#   service's flush interval, default 1000). Uses the local stack (deploy/local/up.sh).
+#   service's flush interval, default 1000), INSERTS (clickhouse.max_concurrent_inserts,
+#   default the service's). Uses the local stack (deploy/local/up.sh).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -18,7 +19,7 @@ work="$(mktemp -d)"
 run="latency$(date +%s)"
 cat >"$work/cxstream.yaml" <<YAML
 topics: {touchpoints: $run.touchpoints, survey_responses: $run.answers, dlq: $run.dlq, aggregates: $run.aggregates, alerts: $run.alerts, identities: $run.identities, alerter_members: $run.members, erasures: $run.erasures}
-clickhouse: {database: $run}
+clickhouse: {database: $run${INSERTS:+, max_concurrent_inserts: $INSERTS}}
 journey: {group_id: $run, flush_interval_ms: ${FLUSH_MS:-1000}}
 http: {listen: "127.0.0.1:0"}
 log: {level: info}

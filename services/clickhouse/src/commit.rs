@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use clickhouse::Client;
+use cxstream_core::claims::Claim;
 use cxstream_core::{Batch, ClockState, JourneyMap};
 use serde::Deserialize;
 
@@ -51,6 +52,8 @@ pub struct Resume {
     /// [`BatchEnd::dead_letters_from`]); `None` when nothing was committed or it is not
     /// known: the DLQ is then read from its beginning.
     pub dead_letters_from: Option<Vec<i64>>,
+    /// The claim this owner's batches commit under.
+    pub claim: Claim,
 }
 
 /// The offsets and bookkeeping a batch commits together with its rows.
@@ -69,11 +72,16 @@ pub struct BatchEnd {
     pub dead_letters_from: Vec<i64>,
     /// How many records of the erasures topic were applied before the batch was taken.
     pub erasures_seen: u64,
+    /// The owner's claim (see [`Resume::claim`]).
+    pub claim: u64,
 }
 
 pub struct BatchCommitter {
     client: Client,
     map: Arc<JourneyMap>,
+    /// Shared by every committer of the service: the INSERTs in flight at once, and with
+    /// them the connections to ClickHouse (a flush writes each partition's tables together).
+    inserts: Arc<tokio::sync::Semaphore>,
     /// Whether the map's stages were written to `journey_stages` by this instance.
     map_published: std::sync::atomic::AtomicBool,
 }
@@ -86,10 +94,11 @@ struct SavedState {
 }
 
 impl BatchCommitter {
-    pub fn new(client: Client, map: Arc<JourneyMap>) -> Self {
+    pub fn new(client: Client, map: Arc<JourneyMap>, inserts: Arc<tokio::sync::Semaphore>) -> Self {
         BatchCommitter {
             client,
             map,
+            inserts,
             map_published: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -142,62 +151,43 @@ impl BatchCommitter {
         &self.map.name
     }
 
+    /// Reads where `partition` resumes (the last batch that counts, the journeys as of it)
+    /// and claims the partition from there: batches of earlier owners after it no longer
+    /// count.
     pub async fn resume(&self, partition: u16) -> Result<Resume> {
         self.publish_map().await?;
-        let journey = self.map.name.as_str();
-        let last = self
-            .client
-            .query(
-                "SELECT ?fields FROM ingest_batches WHERE journey = ? AND source_partition = ? \
-                 ORDER BY batch_seq DESC LIMIT 1",
-            )
-            .bind(journey)
-            .bind(partition)
-            .fetch_optional::<BatchRow>()
-            .await
-            .ctx(|| format!("reading the last committed batch of partition {partition}"))?;
-        let Some(last) = last else {
-            return Ok(Resume::default());
-        };
+        let top = self.highest_claim(partition).await?;
+        let read = top.clone().unwrap_or_default();
+        let last = crate::claims::bind_chain(
+            self.client()
+                .query(&format!(
+                    "SELECT ?fields FROM ingest_batches WHERE journey = ? AND source_partition = ? \
+                     AND {} ORDER BY batch_seq DESC LIMIT 1",
+                    crate::claims::in_chain("claim", "batch_seq")
+                ))
+                .bind(self.journey())
+                .bind(partition),
+            &read,
+        )
+        .fetch_optional::<BatchRow>()
+        .await
+        .ctx(|| format!("reading the last committed batch of partition {partition}"))?;
         // The partition's generation holds each customer's journey as of its last folded
         // batch; committed batches since then hold the newer ones.
-        let generation = self.generation(partition).await?;
-        let saved = self
-            .client
-            .query(
-                "SELECT customer_id, argMax(state, batch_seq) AS state FROM ( \
-                   SELECT customer_id, state, batch_seq FROM journeys_compacted \
-                   WHERE journey = ? AND source_partition = ? AND generation = ? \
-                   UNION ALL \
-                   SELECT customer_id, state, batch_seq FROM journeys \
-                   WHERE journey = ? AND source_partition = ? AND batch_seq >= ? \
-                   AND (journey, source_partition, batch_seq, batch_attempt) IN \
-                     (SELECT journey, source_partition, batch_seq, batch_attempt FROM ingest_batches \
-                      WHERE journey = ? AND source_partition = ? AND batch_seq >= ?)) \
-                 GROUP BY customer_id",
-            )
-            .bind(journey)
-            .bind(partition)
-            .bind(generation.generation)
-            .bind(journey)
-            .bind(partition)
-            .bind(generation.live_from)
-            .bind(journey)
-            .bind(partition)
-            .bind(generation.live_from)
-            .fetch_all::<SavedState>()
-            .await
-            .ctx(|| format!("reading journey state of partition {partition}"))?;
-        let mut journeys = Vec::with_capacity(saved.len());
-        for s in saved {
-            let stored = journey_state::decode(&s.state).map_err(|e| Error::State {
-                partition,
-                message: e.to_string(),
-            })?;
-            journeys.push((s.customer_id, stored));
-        }
+        let generation = self.generation_under(partition, &read).await?;
+        let next_seq = last.as_ref().map_or(0, |l| l.batch_seq + 1);
+        let claim = self
+            .write_claim(partition, top.as_ref(), next_seq, generation.live_from)
+            .await?;
+        let Some(last) = last else {
+            return Ok(Resume {
+                claim,
+                ..Resume::default()
+            });
+        };
+        let journeys = self.saved_journeys(partition, generation, &claim).await?;
         Ok(Resume {
-            next_seq: last.batch_seq + 1,
+            next_seq,
             // Negative: nothing was read from that topic yet (start at its beginning).
             touchpoints_offset: Some(last.touchpoints_next_offset).filter(|o| *o >= 0),
             answers_offset: Some(last.answers_next_offset).filter(|o| *o >= 0),
@@ -211,7 +201,56 @@ impl BatchCommitter {
             live_from: generation.live_from,
             last: Some((last.batch_seq, last.aggregates_id)),
             dead_letters_from: Some(last.dead_letters_from).filter(|d| !d.is_empty()),
+            claim,
         })
+    }
+
+    /// Each customer's latest journey in the generation and the batches after it that
+    /// count under `claim` (whose chain ends the history where the claim's owner resumes).
+    async fn saved_journeys(
+        &self,
+        partition: u16,
+        generation: crate::Generation,
+        claim: &Claim,
+    ) -> Result<Vec<(String, journey_state::Stored)>> {
+        let journey = self.journey();
+        let q = self
+            .client()
+            .query(&format!(
+                "SELECT customer_id, argMax(state, batch_seq) AS state FROM ( \
+                   SELECT customer_id, state, batch_seq FROM journeys_compacted \
+                   WHERE journey = ? AND source_partition = ? AND generation = ? \
+                   UNION ALL \
+                   SELECT customer_id, state, batch_seq FROM journeys \
+                   WHERE journey = ? AND source_partition = ? AND batch_seq >= ? \
+                   AND (journey, source_partition, batch_seq, batch_attempt) IN \
+                     (SELECT journey, source_partition, batch_seq, batch_attempt FROM ingest_batches \
+                      WHERE journey = ? AND source_partition = ? AND batch_seq >= ? AND {})) \
+                 GROUP BY customer_id",
+                crate::claims::in_chain("claim", "batch_seq")
+            ))
+            .bind(journey)
+            .bind(partition)
+            .bind(generation.generation)
+            .bind(journey)
+            .bind(partition)
+            .bind(generation.live_from)
+            .bind(journey)
+            .bind(partition)
+            .bind(generation.live_from);
+        let saved = crate::claims::bind_chain(q, claim)
+            .fetch_all::<SavedState>()
+            .await
+            .ctx(|| format!("reading journey state of partition {partition}"))?;
+        let mut journeys = Vec::with_capacity(saved.len());
+        for s in saved {
+            let stored = journey_state::decode(&s.state).map_err(|e| Error::State {
+                partition,
+                message: e.to_string(),
+            })?;
+            journeys.push((s.customer_id, stored));
+        }
+        Ok(journeys)
     }
 
     /// Whether ClickHouse answers a query now (readiness while nothing is committed).
@@ -229,7 +268,7 @@ impl BatchCommitter {
     pub async fn committed_within(&self, partition: u16, seconds: u32) -> Result<bool> {
         let n = self
             .client
-            .query("SELECT count() FROM ingest_batches WHERE journey = ? AND source_partition = ? AND committed_at > now() - ?")
+            .query("SELECT count() FROM committed_batches WHERE journey = ? AND source_partition = ? AND committed_at > now() - ?")
             .bind(self.map.name.as_str())
             .bind(partition)
             .bind(seconds)
@@ -245,7 +284,7 @@ impl BatchCommitter {
         self.client
             .query(
                 "SELECT toUInt64(greatest(0, now() - committed_at)) AS age_secs, \
-                 touchpoints_next_offset, answers_next_offset FROM ingest_batches \
+                 touchpoints_next_offset, answers_next_offset FROM committed_batches \
                  WHERE journey = ? AND source_partition = ? ORDER BY batch_seq DESC LIMIT 1",
             )
             .bind(self.map.name.as_str())
@@ -255,15 +294,16 @@ impl BatchCommitter {
             .ctx(|| format!("reading the last committed batch of partition {partition}"))
     }
 
-    /// True when batch `seq` of `partition` is already committed (its marker exists). Used
-    /// before retrying a commit whose marker insert may have succeeded unseen.
-    pub async fn is_committed(&self, partition: u16, seq: u64) -> Result<bool> {
+    /// True when batch `seq` of `partition` is already committed under `claim` (its marker
+    /// exists). Used before retrying a commit whose marker insert may have succeeded unseen.
+    pub async fn is_committed(&self, partition: u16, seq: u64, claim: u64) -> Result<bool> {
         let n = self
             .client
-            .query("SELECT count() FROM ingest_batches WHERE journey = ? AND source_partition = ? AND batch_seq = ?")
+            .query("SELECT count() FROM ingest_batches WHERE journey = ? AND source_partition = ? AND batch_seq = ? AND claim = ?")
             .bind(self.map.name.as_str())
             .bind(partition)
             .bind(seq)
+            .bind(claim)
             .fetch_one::<u64>()
             .await
             .ctx(|| "checking for a batch marker".into())?;
@@ -386,6 +426,7 @@ impl BatchCommitter {
             aggregates_id: end.aggregates_id,
             dead_letters_from: end.dead_letters_from.clone(),
             erasures_seen: end.erasures_seen,
+            claim: end.claim,
         };
         self.insert_rows::<BatchRow>("ingest_batches", [marker])
             .await?;
@@ -402,6 +443,8 @@ impl BatchCommitter {
         if rows.peek().is_none() {
             return Ok(());
         }
+        // Never closed, so acquiring only waits.
+        let _slot = self.inserts.acquire().await;
         let mut ins = self
             .client
             .insert::<T>(table)
@@ -416,7 +459,7 @@ impl BatchCommitter {
     }
 }
 
-fn now_secs() -> u32 {
+pub(crate) fn now_secs() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))

@@ -11,7 +11,17 @@
 //! and may fail or be repeated: older and uncommitted generations are dropped (each is a
 //! table partition) and the folded rows deleted (a mutation), keeping the latest marker,
 //! from which the partition resumes.
+//!
+//! With several owners over time (claims, `cxstream_core::claims`), an owner folds its own
+//! chain's batches, its compaction counts while its claim's link in the current chain
+//! reaches the compaction's `live_from`, and clean-up removes only what a compaction that
+//! counts and is older than a grace period folded: an owner that read its resume point
+//! before that compaction and claims after it still finds the rows it resumes from, as
+//! long as it did not pause for longer than the grace period in between.
 
+use cxstream_core::claims::Claim;
+
+use crate::claims::{bind_chain, bind_compaction_chain, compaction_in_chain, in_chain};
 use crate::commit::BatchCommitter;
 use crate::{Context, Result};
 
@@ -57,7 +67,7 @@ const STEPS: Counted = Counted {
 };
 
 impl BatchCommitter {
-    /// The generation `partition` reads from.
+    /// The generation `partition` reads from (its latest compaction that counts).
     pub async fn generation(&self, partition: u16) -> Result<Generation> {
         let g = self
             .client()
@@ -73,11 +83,41 @@ impl BatchCommitter {
         Ok(g.unwrap_or_default())
     }
 
-    /// Folds the committed batches of `partition` below `live_from` into a new generation.
-    /// Only the partition's owner may call this, with `live_from` at most one past its last
-    /// committed batch. Returns false when there was nothing new to fold.
-    pub async fn compact(&self, partition: u16, live_from: u64) -> Result<bool> {
-        let prev = self.generation(partition).await?;
+    /// The latest compaction of `partition` that counts under `claim`'s chain.
+    pub(crate) async fn generation_under(
+        &self,
+        partition: u16,
+        claim: &Claim,
+    ) -> Result<Generation> {
+        let q = self
+            .client()
+            .query(&format!(
+                "SELECT generation, live_from_seq AS live_from, records AS folded_records \
+                 FROM compactions WHERE journey = ? AND source_partition = ? AND {} \
+                 ORDER BY live_from_seq DESC LIMIT 1",
+                compaction_in_chain()
+            ))
+            .bind(self.journey())
+            .bind(partition);
+        let g = bind_compaction_chain(q, claim)
+            .fetch_optional::<Generation>()
+            .await
+            .ctx(|| format!("reading the latest compaction of partition {partition}"))?;
+        Ok(g.unwrap_or_default())
+    }
+
+    /// Folds the batches of `partition` below `live_from` that count under `claim` (the
+    /// owner's) into a new generation, then cleans up what compactions older than
+    /// `grace_secs` folded. Only the partition's owner calls this, with `live_from` at most
+    /// one past its last committed batch. Returns false when there was nothing new to fold.
+    pub async fn compact(
+        &self,
+        partition: u16,
+        live_from: u64,
+        claim: &Claim,
+        grace_secs: u32,
+    ) -> Result<bool> {
+        let prev = self.generation_under(partition, claim).await?;
         if live_from <= prev.live_from {
             return Ok(false);
         }
@@ -87,53 +127,57 @@ impl BatchCommitter {
                 break g;
             }
         };
+        let folding = Folding {
+            partition,
+            prev,
+            live_from,
+            claim,
+        };
         for counted in [&METRICS, &STEPS] {
-            self.fold_counts(counted, partition, prev, live_from, generation)
-                .await?;
+            self.fold_counts(counted, &folding, generation).await?;
         }
-        self.fold_journeys(partition, prev, live_from, generation)
-            .await?;
+        self.fold_journeys(&folding, generation).await?;
         // One INSERT, one block: the commit point is atomic.
-        self.client()
-            .query(
+        let q = self
+            .client()
+            .query(&format!(
                 "INSERT INTO compactions \
-                   (journey, source_partition, generation, live_from_seq, records, compacted_at) \
-                 SELECT ?, toUInt16(?), toUInt64(?), toUInt64(?), toUInt64(?) + sum(records), now() \
-                 FROM live_batches \
-                 WHERE journey = ? AND source_partition = ? AND batch_seq < ?",
-            )
+                   (journey, source_partition, generation, live_from_seq, records, compacted_at, claim) \
+                 SELECT ?, toUInt16(?), toUInt64(?), toUInt64(?), toUInt64(?) + sum(records), now(), \
+                        toUInt64(?) \
+                 FROM ingest_batches \
+                 WHERE journey = ? AND source_partition = ? AND batch_seq >= ? AND batch_seq < ? \
+                 AND {}",
+                in_chain("claim", "batch_seq")
+            ))
             .bind(self.journey())
             .bind(partition)
             .bind(generation)
             .bind(live_from)
             .bind(prev.folded_records)
+            .bind(claim.id)
             .bind(self.journey())
             .bind(partition)
-            .bind(live_from)
+            .bind(prev.live_from)
+            .bind(live_from);
+        bind_chain(q, claim)
             .execute()
             .await
             .ctx(|| format!("committing compaction of partition {partition}"))?;
-        self.clean_up(
-            partition,
-            Generation {
-                generation,
-                live_from,
-                folded_records: 0,
-            },
-        )
-        .await?;
+        self.clean_up(partition, grace_secs).await?;
         Ok(true)
     }
 
-    /// The committed batches in `[prev.live_from, live_from)`, restricted like the
-    /// committed view restricts them.
+    /// The batches of a fold's claim in `[prev.live_from, live_from)`.
     fn committed_in(&self, table: &str, columns: &str) -> String {
         format!(
             "SELECT {columns} FROM {table} WHERE journey = ? AND source_partition = ? \
              AND batch_seq >= ? AND batch_seq < ? \
              AND (journey, source_partition, batch_seq, batch_attempt) IN \
                (SELECT journey, source_partition, batch_seq, batch_attempt FROM ingest_batches \
-                WHERE journey = ? AND source_partition = ? AND batch_seq >= ? AND batch_seq < ?)"
+                WHERE journey = ? AND source_partition = ? AND batch_seq >= ? AND batch_seq < ? \
+                AND {})",
+            in_chain("claim", "batch_seq")
         )
     }
 
@@ -142,32 +186,25 @@ impl BatchCommitter {
     fn bind_folded(
         &self,
         q: clickhouse::query::Query,
-        partition: u16,
-        prev: Generation,
-        live_from: u64,
+        f: &Folding<'_>,
     ) -> clickhouse::query::Query {
         let journey = self.journey();
-        q.bind(journey)
-            .bind(partition)
-            .bind(prev.generation)
+        let q = q
             .bind(journey)
-            .bind(partition)
-            .bind(prev.live_from)
-            .bind(live_from)
+            .bind(f.partition)
+            .bind(f.prev.generation)
             .bind(journey)
-            .bind(partition)
-            .bind(prev.live_from)
-            .bind(live_from)
+            .bind(f.partition)
+            .bind(f.prev.live_from)
+            .bind(f.live_from)
+            .bind(journey)
+            .bind(f.partition)
+            .bind(f.prev.live_from)
+            .bind(f.live_from);
+        bind_chain(q, f.claim)
     }
 
-    async fn fold_counts(
-        &self,
-        t: &Counted,
-        partition: u16,
-        prev: Generation,
-        live_from: u64,
-        generation: u64,
-    ) -> Result<()> {
+    async fn fold_counts(&self, t: &Counted, f: &Folding<'_>, generation: u64) -> Result<()> {
         let Counted {
             live,
             compacted,
@@ -184,20 +221,14 @@ impl BatchCommitter {
              GROUP BY {cell}",
             self.committed_in(live, &format!("{cell}, {counts}"))
         );
-        let q = self.client().query(&sql).bind(partition).bind(generation);
-        self.bind_folded(q, partition, prev, live_from)
+        let q = self.client().query(&sql).bind(f.partition).bind(generation);
+        self.bind_folded(q, f)
             .execute()
             .await
-            .ctx(|| format!("folding {live} of partition {partition}"))
+            .ctx(|| format!("folding {live} of partition {}", f.partition))
     }
 
-    async fn fold_journeys(
-        &self,
-        partition: u16,
-        prev: Generation,
-        live_from: u64,
-        generation: u64,
-    ) -> Result<()> {
+    async fn fold_journeys(&self, f: &Folding<'_>, generation: u64) -> Result<()> {
         let sql = format!(
             "INSERT INTO journeys_compacted \
                (journey, source_partition, customer_id, segment, state, batch_seq, generation) \
@@ -214,27 +245,65 @@ impl BatchCommitter {
             )
         );
         let q = self.client().query(&sql).bind(generation);
-        self.bind_folded(q, partition, prev, live_from)
+        self.bind_folded(q, f)
             .execute()
             .await
-            .ctx(|| format!("folding journeys of partition {partition}"))
+            .ctx(|| format!("folding journeys of partition {}", f.partition))
     }
 
-    /// Drops every generation of the partition but `keep` (older ones and any a crash left
-    /// uncommitted) and deletes the folded batches' rows, keeping the marker of the last
-    /// folded batch to resume from.
-    async fn clean_up(&self, partition: u16, keep: Generation) -> Result<()> {
+    /// The latest compaction of `partition` that counts and is older than `grace_secs`.
+    async fn settled_generation(
+        &self,
+        partition: u16,
+        grace_secs: u32,
+    ) -> Result<Option<Generation>> {
+        self.client()
+            .query(
+                "SELECT generation, live_from_seq AS live_from, records AS folded_records \
+                 FROM committed_compactions WHERE journey = ? AND source_partition = ? \
+                 AND compacted_at <= now() - ? ORDER BY live_from_seq DESC LIMIT 1",
+            )
+            .bind(self.journey())
+            .bind(partition)
+            .bind(grace_secs)
+            .fetch_optional::<Generation>()
+            .await
+            .ctx(|| format!("reading the settled compaction of partition {partition}"))
+    }
+
+    /// Drops the partition's generations that no reader needs any more (folded into the
+    /// settled one, or not counting and older than the grace period: uncommitted, or
+    /// committed by an owner that was overtaken) and deletes the rows the settled
+    /// generation folded, keeping the marker of its last folded batch.
+    async fn clean_up(&self, partition: u16, grace_secs: u32) -> Result<()> {
+        let Some(settled) = self.settled_generation(partition, grace_secs).await? else {
+            return Ok(());
+        };
         let journey = self.journey();
         for table in [METRICS.compacted, STEPS.compacted, "journeys_compacted"] {
             let stale = self
                 .client()
                 .query(&format!(
                     "SELECT DISTINCT generation FROM {table} \
-                     WHERE journey = ? AND source_partition = ? AND generation != ?"
+                     WHERE journey = ? AND source_partition = ? AND generation != ? AND ( \
+                       generation IN (SELECT generation FROM committed_compactions \
+                         WHERE journey = ? AND source_partition = ? AND live_from_seq < ?) \
+                       OR (generation NOT IN (SELECT generation FROM committed_compactions \
+                             WHERE journey = ? AND source_partition = ?) \
+                           AND toString(generation) IN (SELECT partition FROM system.parts \
+                             WHERE database = currentDatabase() AND table = ? AND active \
+                             GROUP BY partition HAVING max(modification_time) <= now() - ?)))"
                 ))
                 .bind(journey)
                 .bind(partition)
-                .bind(keep.generation)
+                .bind(settled.generation)
+                .bind(journey)
+                .bind(partition)
+                .bind(settled.live_from)
+                .bind(journey)
+                .bind(partition)
+                .bind(table)
+                .bind(grace_secs)
                 .fetch_all::<u64>()
                 .await
                 .ctx(|| format!("listing old generations in {table}"))?;
@@ -247,10 +316,10 @@ impl BatchCommitter {
             }
         }
         for (table, below) in [
-            (METRICS.live, keep.live_from),
-            (STEPS.live, keep.live_from),
-            ("journeys", keep.live_from),
-            ("ingest_batches", keep.live_from.saturating_sub(1)),
+            (METRICS.live, settled.live_from),
+            (STEPS.live, settled.live_from),
+            ("journeys", settled.live_from),
+            ("ingest_batches", settled.live_from.saturating_sub(1)),
         ] {
             self.client()
                 .query(&format!(
@@ -265,4 +334,12 @@ impl BatchCommitter {
         }
         Ok(())
     }
+}
+
+/// What one compaction folds.
+struct Folding<'a> {
+    partition: u16,
+    prev: Generation,
+    live_from: u64,
+    claim: &'a Claim,
 }

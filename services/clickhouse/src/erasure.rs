@@ -153,11 +153,11 @@ fn not_latest(db: &str) -> String {
            (SELECT journey, source_partition, customer_id, batch_seq FROM {db}.journeys \
             WHERE customer_id LIKE 'anon:%' AND \
             (journey, source_partition, batch_seq, batch_attempt) IN \
-              (SELECT journey, source_partition, batch_seq, batch_attempt FROM {db}.ingest_batches) \
+              (SELECT journey, source_partition, batch_seq, batch_attempt FROM {db}.committed_batches) \
             UNION ALL \
             SELECT journey, source_partition, customer_id, batch_seq FROM {db}.journeys_compacted \
             WHERE customer_id LIKE 'anon:%' AND (journey, source_partition, generation) IN \
-              (SELECT journey, source_partition, generation FROM {db}.compactions)) \
+              (SELECT journey, source_partition, generation FROM {db}.committed_compactions)) \
           GROUP BY journey, source_partition, customer_id)"
     )
 }
@@ -205,7 +205,7 @@ pub async fn not_acknowledged(
     let latest = client
         .query(
             "SELECT source_partition, argMax(erasures_seen, batch_seq) AS erasures_seen \
-             FROM ingest_batches WHERE journey = ? AND source_partition < ? \
+             FROM committed_batches WHERE journey = ? AND source_partition < ? \
              GROUP BY source_partition ORDER BY source_partition",
         )
         .bind(journey)

@@ -5,6 +5,7 @@
 //! validation, no compression, and only SQL both understand.
 
 mod alerts;
+mod claims;
 mod commit;
 mod compaction;
 mod journey_state;

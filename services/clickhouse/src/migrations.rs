@@ -12,6 +12,9 @@ pub struct Migration {
     pub version: u32,
     pub name: &'static str,
     pub sql: &'static str,
+    /// Whether journey services of the versions before must be stopped first (besides
+    /// table swaps, which always need it).
+    pub stops_journeys: bool,
 }
 
 pub const MIGRATIONS: &[Migration] = &[
@@ -19,81 +22,104 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "facts_and_minute_aggregates",
         sql: include_str!("../../../schemas/clickhouse/0001_facts_and_minute_aggregates.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 2,
         name: "rolling_metrics",
         sql: include_str!("../../../schemas/clickhouse/0002_rolling_metrics.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 3,
         name: "event_time",
         sql: include_str!("../../../schemas/clickhouse/0003_event_time.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 4,
         name: "compaction",
         sql: include_str!("../../../schemas/clickhouse/0004_compaction.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 5,
         name: "stage_outcomes",
         sql: include_str!("../../../schemas/clickhouse/0005_stage_outcomes.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 6,
         name: "steps",
         sql: include_str!("../../../schemas/clickhouse/0006_steps.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 7,
         name: "expectation",
         sql: include_str!("../../../schemas/clickhouse/0007_expectation.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 8,
         name: "several_journeys",
         sql: include_str!("../../../schemas/clickhouse/0008_several_journeys.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 9,
         name: "cases",
         sql: include_str!("../../../schemas/clickhouse/0009_cases.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 10,
         name: "identities",
         sql: include_str!("../../../schemas/clickhouse/0010_identities.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 11,
         name: "aggregates",
         sql: include_str!("../../../schemas/clickhouse/0011_aggregates.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 12,
         name: "alerts",
         sql: include_str!("../../../schemas/clickhouse/0012_alerts.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 13,
         name: "score_alerts",
         sql: include_str!("../../../schemas/clickhouse/0013_score_alerts.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 14,
         name: "stage_alerts",
         sql: include_str!("../../../schemas/clickhouse/0014_stage_alerts.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 15,
         name: "dead_letter_positions",
         sql: include_str!("../../../schemas/clickhouse/0015_dead_letter_positions.sql"),
+        stops_journeys: false,
     },
     Migration {
         version: 16,
         name: "erasures",
         sql: include_str!("../../../schemas/clickhouse/0016_erasures.sql"),
+        stops_journeys: false,
+    },
+    Migration {
+        version: 17,
+        name: "claims",
+        sql: include_str!("../../../schemas/clickhouse/0017_claims.sql"),
+        // Markers of a service that does not claim would count under no claim.
+        stops_journeys: true,
     },
 ];
 
@@ -144,8 +170,11 @@ pub async fn apply_migrations(conn: &Connection) -> Result<Vec<u32>> {
     let mut now = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
         let statements = m.statements(db);
-        if statements.iter().any(|st| swapped_table(st).is_some()) {
+        let swaps = statements.iter().any(|st| swapped_table(st).is_some());
+        if swaps || m.stops_journeys {
             refuse_while_journeys_commit(&server, db, m).await?;
+        }
+        if swaps {
             for (table, before) in statements.iter().filter_map(|st| swapped_table(st)) {
                 // ClickHouse 18.16 renames the two tables of a swap one after the other: a
                 // crash between them leaves only the table's old name; put it back first.
@@ -198,7 +227,7 @@ async fn refuse_while_journeys_commit(client: &Client, db: &str, m: &Migration) 
         .ctx(|| "reading the latest batch commits".into())?;
     if recent > 0 {
         return Err(crate::Error::JourneysRunning(format!(
-            "migration {} ({}) rebuilds tables, and journey services committed {recent} \
+            "migration {} ({}) changes how batches commit, and journey services committed {recent} \
              batches in the last 30 s; stop every `cxstream journey` (e.g. kubectl scale \
              deployment/cxstream-journey --replicas=0), then migrate again",
             m.version, m.name

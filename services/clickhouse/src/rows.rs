@@ -366,6 +366,8 @@ pub struct BatchRow {
     pub dead_letters_from: Vec<i64>,
     /// Records of the erasures topic applied before the batch was taken.
     pub erasures_seen: u64,
+    /// The claim of the owner that committed it (`cxstream_core::claims`).
+    pub claim: u64,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize)]

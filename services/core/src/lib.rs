@@ -6,6 +6,7 @@
 mod alert_rules;
 pub mod batch_log;
 pub mod cases;
+pub mod claims;
 pub mod detect;
 pub mod erasure;
 pub mod event_time;

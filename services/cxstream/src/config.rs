@@ -112,6 +112,10 @@ pub struct ClickHouseSettings {
     /// PEM file of the CA(s) that signed the server's certificate, trusted besides the
     /// system's roots; only with an `https://` url. Default none.
     pub ca_file: Option<PathBuf>,
+    /// INSERTs the journey service sends at once, which bounds its connections to the
+    /// server: a flush writes each partition's tables together, up to this many at a time.
+    /// Default 16.
+    pub max_concurrent_inserts: usize,
     /// Built from `ca_file` when the configuration is read.
     #[serde(skip)]
     pub tls: Option<cxstream_clickhouse::Tls>,
@@ -151,6 +155,7 @@ impl Default for ClickHouseSettings {
             password: Secret::default(),
             password_file: None,
             ca_file: None,
+            max_concurrent_inserts: 16,
             tls: None,
         }
     }
@@ -174,6 +179,11 @@ pub struct JourneySettings {
     /// down as batches accumulate; 0 never compacts. Default 600 (10 minutes of batches
     /// at the default flush interval).
     pub compact_after_batches: u64,
+    /// How old a compaction is before the rows it folded are deleted and the generations
+    /// before it dropped, ms. An owner that read where it resumes before a compaction and
+    /// claims the partition after it (a new owner paused in between) still finds its rows
+    /// if it paused for less than this. Default 600000 (10 minutes).
+    pub compaction_grace_ms: u64,
     /// How far behind the watermark (event time) an event may be dated and still be applied,
     /// ms; later ones are kept in `refused_events` as `late`. De-duplication, respondent
     /// replacement and named attribution look back this far. Default 604800000 (7 days).
@@ -213,6 +223,7 @@ impl Default for JourneySettings {
             flush_interval_ms: 1000,
             max_batch_records: 200_000,
             compact_after_batches: 600,
+            compaction_grace_ms: 600_000,
             allowed_lateness_ms: 7 * 86_400_000,
             max_future_ms: 3_600_000,
             idle_release_ms: 2000,
@@ -476,6 +487,9 @@ impl Config {
                 self.clickhouse.database
             );
         }
+        if self.clickhouse.max_concurrent_inserts == 0 {
+            bail!("clickhouse.max_concurrent_inserts must be at least 1");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format `{}` must be `text` or `json`", self.log.format);
         }
@@ -627,6 +641,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("must start with http://"));
+        let mut c = Config::default();
+        c.clickhouse.max_concurrent_inserts = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("max_concurrent_inserts must be at least 1"),
+            "{e}"
+        );
         let mut c = Config::default();
         c.apply_env(|k| (k == "CXSTREAM_HTTP_LISTEN").then(|| "nope".to_string()))
             .map(|_| ())

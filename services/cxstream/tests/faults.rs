@@ -734,3 +734,156 @@ fn broker_restarted_with_its_data_loses_and_doubles_nothing() {
     let short = offsets_short_of_the_end(&s);
     assert!(short.is_empty(), "{short:?}");
 }
+
+/// Sends `signal` (STOP, CONT) to a service.
+fn signal(service: &std::process::Child, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &service.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} {}", service.id());
+}
+
+/// The process that last claimed `partition` (`partition_claims.owner` is host:pid).
+fn owner_of(s: &Stack, partition: i32) -> Option<u32> {
+    let rows = s.query(&format!(
+        "SELECT owner FROM {}.partition_claims WHERE source_partition = {partition} \
+         ORDER BY claim DESC LIMIT 1",
+        s.database()
+    ));
+    rows.first()?.first()?.rsplit(':').next()?.parse().ok()
+}
+
+fn claims(s: &Stack) -> i64 {
+    s.scalar(&format!(
+        "SELECT toInt64(count()) FROM {}.partition_claims",
+        s.database()
+    ))
+}
+
+/// Markers written by an owner after another had claimed its partition: they never count.
+fn zombie_markers(s: &Stack) -> i64 {
+    let db = s.database();
+    s.scalar(&format!(
+        "SELECT toInt64(count()) FROM {db}.ingest_batches \
+         WHERE (journey, source_partition, batch_seq, batch_attempt) NOT IN \
+           (SELECT journey, source_partition, batch_seq, batch_attempt FROM {db}.committed_batches)"
+    ))
+}
+
+/// Three instances in one group, each pausing 500 ms before every batch marker (so that a
+/// pause almost surely lands mid-commit): the owner of a partition is stopped with SIGSTOP
+/// past its session timeout, the others take its partitions over, and it is resumed — its
+/// commit in flight lands after their claims (a zombie's late commit) — then one instance is
+/// killed with SIGKILL and replaced, and so on until a zombie has committed. Every cell ends
+/// exact, every fact once, and the zombies' markers are there and count for nothing.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "slows the markers down at a failpoint: run with --features failpoints"
+)]
+fn three_instances_paused_and_killed_never_count_a_zombies_batch() {
+    let s = Stack::new("faults_zombie");
+    let kafka = s.kafka.clone();
+    let s = s.on_broker_with(
+        &kafka,
+        "  properties: {session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\"}\n",
+    );
+    // Small batches keep the instances busy through the rounds. Nothing folded is deleted
+    // during the test: a claim written long after its owner read its resume point is the
+    // case the grace period is for, not this one's.
+    s.set_journey("  max_batch_records: 500\n  compaction_grace_ms: 600000\n");
+    s.simulate(30_000, 2.0, 0);
+    let total = s.records_in();
+    let start = || {
+        s.command(&["journey"])
+            .env("FAILPOINTS", "journey-before-marker=sleep(500)")
+            .spawn()
+            .unwrap()
+    };
+    let mut instances: Vec<std::process::Child> = (0..3).map(|_| start()).collect();
+    assert!(
+        wait_for_batches(&s, &mut instances[0], 8),
+        "an instance exited"
+    );
+    let mut faults = Vec::new();
+    let (mut pauses, mut kills) = (0, 0);
+    while pauses < 2 || (zombie_markers(&s) == 0 && pauses < 5) {
+        // The owner of a partition, paused while the group moves on without it.
+        let owner = (0..PARTITIONS)
+            .filter_map(|p| owner_of(&s, p))
+            .find_map(|pid| instances.iter().position(|c| c.id() == pid));
+        let Some(i) = owner else {
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        };
+        let claimed = claims(&s);
+        signal(&instances[i], "STOP");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while claims(&s) == claimed {
+            assert!(Instant::now() < deadline, "nobody took the partitions over");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Long enough for the others to commit under their claims.
+        std::thread::sleep(Duration::from_secs(3));
+        signal(&instances[i], "CONT");
+        pauses += 1;
+        faults.push("SIGSTOP past the session, SIGCONT".to_string());
+        std::thread::sleep(Duration::from_secs(4));
+        if kills < 2 {
+            let i = (i + 1) % instances.len();
+            instances[i].kill().unwrap();
+            instances[i].wait().unwrap();
+            instances[i] = start();
+            kills += 1;
+            faults.push("SIGKILL, a new instance".to_string());
+            std::thread::sleep(Duration::from_secs(4));
+        }
+    }
+    let started = Instant::now();
+    s.wait_until_committed(
+        &mut instances[0],
+        total,
+        Duration::from_secs(300),
+        "the instances did not catch up",
+    );
+    let recovery = started.elapsed();
+    for mut c in instances {
+        stop_with_sigterm(&mut c);
+    }
+    let zombies = zombie_markers(&s);
+    let db = s.database();
+    eprintln!(
+        "markers that do not count, by claim: {:?}",
+        s.query(&format!(
+            "SELECT b.source_partition, b.claim, any(c.owner), count(), min(b.batch_seq), \
+             max(b.batch_seq), min(b.committed_at), max(b.committed_at) FROM {db}.ingest_batches AS b \
+             ANY LEFT JOIN (SELECT claim, owner FROM {db}.partition_claims) AS c USING (claim) \
+             WHERE (journey, source_partition, batch_seq, batch_attempt) NOT IN \
+               (SELECT journey, source_partition, batch_seq, batch_attempt FROM {db}.committed_batches) \
+             GROUP BY b.source_partition, b.claim ORDER BY b.source_partition, b.claim"
+        ))
+    );
+    let facts = Facts::of(&s);
+    Score {
+        test: "three_instances_paused_and_killed",
+        fault: format!(
+            "{}; {zombies} batches committed by zombies",
+            faults.join("; ")
+        ),
+        records_in: total,
+        exact: exact(&s),
+        duplicates: facts.duplicates(),
+        lost: facts.lost(),
+        recovery,
+    }
+    .write();
+
+    assert_exact(&s);
+    facts.assert_once();
+    assert_eq!(s.committed_records(), total);
+    assert!(
+        zombies > 0,
+        "no paused instance committed after being overtaken: the test showed nothing"
+    );
+}

@@ -173,7 +173,7 @@ impl JourneyMetrics {
             rebalances: counter_vec(
                 &r,
                 "cxstream_rebalances_total",
-                "Partitions assigned to or revoked from this instance by the consumer group.",
+                "Partitions assigned to or revoked from this instance by the consumer group, or overtaken by another owner's claim.",
                 &["change"],
             )?,
             last_commit_seconds: gauge(

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use cxstream_clickhouse::BatchCommitter;
+use cxstream_core::claims::Claim;
 use cxstream_http::JourneyMetrics;
 
 use super::partition::{Committed, LaneBatch};
@@ -23,9 +24,18 @@ use super::readiness::Readiness;
 pub struct Job {
     /// Each partition's batches, one per journey that changed.
     pub batches: Vec<(i32, Vec<LaneBatch>)>,
-    /// Folds of committed batches to run after the commits: (journey lane, partition,
-    /// below which sequence number).
-    pub compactions: Vec<(usize, i32, u64)>,
+    /// Folds of committed batches to run after the commits.
+    pub compactions: Vec<Fold>,
+}
+
+/// A fold of a journey's committed batches of a partition below `live_from`, which its
+/// owner committed under `claim`.
+#[derive(Debug, Clone)]
+pub struct Fold {
+    pub lane: usize,
+    pub partition: i32,
+    pub live_from: u64,
+    pub claim: Arc<Claim>,
 }
 
 /// What became of a job.
@@ -34,7 +44,10 @@ pub enum Outcome {
         /// (partition, journey lane, what was committed).
         committed: Vec<(i32, usize, Committed)>,
         /// The folds that succeeded.
-        compacted: Vec<(usize, i32, u64)>,
+        compacted: Vec<Fold>,
+        /// Partitions that another owner claimed since this one did: what was committed
+        /// here does not count from that owner's first batch on.
+        overtaken: Vec<i32>,
     },
     /// Shutting down while ClickHouse refused: what was not committed is read again by
     /// whoever owns the partition next.
@@ -95,6 +108,8 @@ pub struct Committing {
     pub readiness: Arc<Readiness>,
     pub shutdown: Arc<AtomicBool>,
     pub rt: tokio::runtime::Handle,
+    /// How old a compaction is before the rows it folded are deleted.
+    pub compaction_grace_secs: u32,
 }
 
 impl Pipeline {
@@ -168,6 +183,17 @@ impl Committing {
     /// Commits the partitions' batches at once (each partition's in order: they are
     /// independent, each with its own markers), then the folds.
     fn run(&self, job: Job) -> Outcome {
+        let mut claims: Vec<(usize, u16, u64)> = job
+            .batches
+            .iter()
+            .flat_map(|(p, batches)| {
+                batches
+                    .iter()
+                    .filter_map(move |b| Some((b.lane, u16::try_from(*p).ok()?, b.end.claim)))
+            })
+            .collect();
+        claims.sort_unstable();
+        claims.dedup();
         let partitions = job
             .batches
             .into_iter()
@@ -183,15 +209,38 @@ impl Committing {
         if gave_up {
             return Outcome::GaveUp;
         }
+        let overtaken = self.overtaken(&claims);
         let compacted = job
             .compactions
             .into_iter()
-            .filter(|&(lane, p, live_from)| self.compact(lane, p, live_from))
+            .filter(|f| !overtaken.contains(&f.partition))
+            .filter(|f| self.compact(f))
             .collect();
         Outcome::Done {
             committed,
             compacted,
+            overtaken,
         }
+    }
+
+    /// Of the partitions just committed, those another owner has claimed since (asked once
+    /// per journey; not knowing counts as not overtaken: the next commit asks again).
+    fn overtaken(&self, claims: &[(usize, u16, u64)]) -> Vec<i32> {
+        let mut overtaken = Vec::new();
+        for (lane, committer) in self.committers.iter().enumerate() {
+            let held: Vec<(u16, u64)> = claims
+                .iter()
+                .filter(|(l, ..)| *l == lane)
+                .map(|&(_, p, c)| (p, c))
+                .collect();
+            match self.rt.block_on(committer.overtaken(&held)) {
+                Ok(ps) => overtaken.extend(ps.into_iter().map(i32::from)),
+                Err(e) => tracing::warn!(error = %e, "cannot read the partitions' claims"),
+            }
+        }
+        overtaken.sort_unstable();
+        overtaken.dedup();
+        overtaken
     }
 
     /// Commits a partition's batches in order; `None` when shutting down first.
@@ -269,7 +318,7 @@ impl Committing {
         let mut retry = false;
         loop {
             let attempt = async {
-                if retry && committer.is_committed(p as u16, seq).await? {
+                if retry && committer.is_committed(p as u16, seq, end.claim).await? {
                     return Ok(());
                 }
                 committer.commit(p as u16, seq, batch, end).await
@@ -296,14 +345,19 @@ impl Committing {
         }
     }
 
-    /// Folds a journey's committed batches of partition `p` below `live_from` (best effort:
-    /// a failure changes no figure, and the journey's next committed batch asks again).
-    fn compact(&self, lane: usize, p: i32, live_from: u64) -> bool {
+    /// Folds a journey's committed batches of a partition (best effort: a failure changes
+    /// no figure, and the journey's next committed batch asks again).
+    fn compact(&self, f: &Fold) -> bool {
         let started = Instant::now();
-        let Some(committer) = self.committers.get(lane) else {
+        let Some(committer) = self.committers.get(f.lane) else {
             return false;
         };
-        match self.rt.block_on(committer.compact(p as u16, live_from)) {
+        let (p, live_from) = (f.partition, f.live_from);
+        let grace = self.compaction_grace_secs;
+        match self
+            .rt
+            .block_on(committer.compact(p as u16, live_from, &f.claim, grace))
+        {
             Ok(_) => {
                 self.metrics.compactions.with_label_values(&["ok"]).inc();
                 tracing::debug!(

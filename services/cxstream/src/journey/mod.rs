@@ -34,6 +34,9 @@ const REJOINS_BEFORE_ALONE: u32 = 2;
 const UNSERVED_AFTER_SECS: u64 = 30;
 /// How often a member holding partitions looks for input partitions nobody serves.
 const UNSERVED_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// How long an overtaken partition waits before it is claimed again here: a few
+/// heartbeats, in which a member that lost it hears so from the group.
+const PARKED_FOR: Duration = Duration::from_secs(3);
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -160,6 +163,8 @@ struct Inner {
     aggregates: Option<AggregatesOutput>,
     /// Inputs (partition, source) paused to wait for the identity watermark.
     paused: std::collections::BTreeSet<(i32, Source)>,
+    /// Partitions another owner claimed while held here, since when (see [`Inner::park`]).
+    parked: BTreeMap<i32, Instant>,
     /// Inputs waiting for the identity watermark, with the first record they left (offset,
     /// event time): every record of theirs is left until they go on from there.
     waiting: BTreeMap<(i32, Source), (i64, i64)>,
@@ -185,7 +190,7 @@ struct Inner {
     /// theirs to do any more (another owner, or a new assignment here, resumed after it).
     handed_over: std::collections::BTreeSet<i32>,
     /// Folds due, for the next job.
-    compactions: Vec<(usize, i32, u64)>,
+    compactions: Vec<commits::Fold>,
     /// Per partition, the question asked of `positions` and how many answers are to come.
     probing: BTreeMap<i32, (u64, usize)>,
 }
@@ -203,12 +208,16 @@ impl JourneyService {
         let codec = cfg.codec()?;
         // Before any partition resumes: a journey restored must know who is erased.
         let erasures = erasures::ErasureLog::load(&cfg)?;
+        let inserts = Arc::new(tokio::sync::Semaphore::new(
+            cfg.clickhouse.max_concurrent_inserts,
+        ));
         let committers: Vec<Arc<BatchCommitter>> = maps
             .iter()
             .map(|m| {
                 Arc::new(BatchCommitter::new(
                     cfg.clickhouse_connection().client(),
                     m.clone(),
+                    inserts.clone(),
                 ))
             })
             .collect();
@@ -220,6 +229,8 @@ impl JourneyService {
             readiness: readiness.clone(),
             shutdown: shutdown.clone(),
             rt: rt.clone(),
+            compaction_grace_secs: u32::try_from(cfg.journey.compaction_grace_ms / 1000)
+                .unwrap_or(u32::MAX),
         })?;
         let consumer = connect(
             &cfg,
@@ -283,6 +294,7 @@ impl JourneyService {
             republished: Instant::now(),
             aggregates,
             paused: Default::default(),
+            parked: BTreeMap::new(),
             waiting: Default::default(),
             slots: BTreeMap::new(),
             shutdown,
@@ -409,6 +421,7 @@ impl JourneyService {
                         inner.settle(&consumer)?;
                         inner.slots.clear();
                         inner.paused.clear();
+                        inner.parked.clear();
                         inner.waiting.clear();
                         inner.probing.clear();
                         inner.compactions.clear();
@@ -439,6 +452,7 @@ impl JourneyService {
             if last_flush.elapsed() >= flush_every
                 || since_flush >= inner.cfg.journey.max_batch_records
             {
+                inner.reclaim_parked(&consumer);
                 inner.refresh_positions(&consumer);
                 inner.flush(&consumer)?;
                 inner.throttle(&consumer);
@@ -560,6 +574,7 @@ impl Inner {
             match change {
                 Change::Assigned(p, resumes) => {
                     self.held.insert(p);
+                    self.parked.remove(&p);
                     self.probing.remove(&p);
                     let slot = Slot::new(&self.maps, resumes, &self.setup);
                     self.slots.insert(p, slot);
@@ -586,8 +601,9 @@ impl Inner {
                         self.handed_over.insert(p);
                     }
                     self.slots.remove(&p);
+                    self.parked.remove(&p);
                     self.probing.remove(&p);
-                    self.compactions.retain(|(_, q, _)| *q != p);
+                    self.compactions.retain(|f| f.partition != p);
                     self.paused.retain(|(q, _)| *q != p);
                     self.waiting.retain(|(q, _), _| *q != p);
                     self.metrics
@@ -929,7 +945,7 @@ impl Inner {
         let after = self.after_commit_of(&taken);
         let mut compactions = std::mem::take(&mut self.compactions);
         // Only this owner's: folding a partition another instance commits races with it.
-        compactions.retain(|(_, p, _)| self.slots.contains_key(p));
+        compactions.retain(|f| self.slots.contains_key(&f.partition));
         if taken.iter().any(|(_, b)| !b.is_empty()) || !compactions.is_empty() {
             self.pipeline.submit(commits::Job {
                 batches: taken,
@@ -973,26 +989,34 @@ impl Inner {
             return Ok(true);
         };
         let mut after = self.after.take();
-        let handed_over = std::mem::take(&mut self.handed_over);
+        let mut handed_over = std::mem::take(&mut self.handed_over);
         let commits::Outcome::Done {
             committed,
             compacted,
+            overtaken,
         } = outcome
         else {
             return Ok(false);
         };
+        // What this instance committed of an overtaken partition does not count from the
+        // new owner's claim on: nothing follows those commits, and it resumes afresh.
+        let overtaken: Vec<i32> = overtaken
+            .into_iter()
+            .filter(|p| !handed_over.contains(p) && self.slots.contains_key(p))
+            .collect();
+        handed_over.extend(overtaken.iter().copied());
         if let Some(after) = after.as_mut() {
             after
                 .partitions
                 .retain(|a| !handed_over.contains(&a.partition));
             after.watermarks.retain(|(p, ..)| !handed_over.contains(p));
         }
-        for (lane, p, live_from) in compacted {
-            if handed_over.contains(&p) {
+        for f in compacted {
+            if handed_over.contains(&f.partition) {
                 continue;
             }
-            if let Some(slot) = self.slots.get_mut(&p) {
-                slot.compacted(lane, live_from);
+            if let Some(slot) = self.slots.get_mut(&f.partition) {
+                slot.compacted(f.lane, f.live_from);
             }
         }
         let every = self.cfg.journey.compact_after_batches;
@@ -1004,15 +1028,85 @@ impl Inner {
                 continue;
             };
             slot.committed(lane, batch);
-            if let Some(live_from) = slot.due_for_compaction(lane, every) {
-                self.compactions.push((lane, p, live_from));
+            if let Some((live_from, claim)) = slot.due_for_compaction(lane, every) {
+                self.compactions.push(commits::Fold {
+                    lane,
+                    partition: p,
+                    live_from,
+                    claim,
+                });
             }
         }
         self.clickhouse_seen = Instant::now();
         if let Some(after) = after {
             self.after_commit(consumer, after);
         }
+        for p in overtaken {
+            self.park(p);
+        }
         Ok(true)
+    }
+
+    /// Another owner claimed partition `p` while this instance still held it: either this
+    /// instance was paused past its session and the group gave the partition away (it hears
+    /// so at a poll soon), or the other one was and claimed late. The partition's work is
+    /// dropped and, unless the group takes it away meanwhile, it is claimed anew after
+    /// [`PARKED_FOR`] (see [`Self::reclaim_parked`]): claiming at once would only overtake
+    /// the rightful owner until the rebalance arrives.
+    fn park(&mut self, p: i32) {
+        tracing::warn!(
+            partition = p,
+            "another owner claimed this partition; what was committed here since does not count"
+        );
+        self.metrics
+            .rebalances
+            .with_label_values(&["overtaken"])
+            .inc();
+        self.slots.remove(&p);
+        self.probing.remove(&p);
+        self.compactions.retain(|f| f.partition != p);
+        self.parked.insert(p, Instant::now());
+    }
+
+    /// Claims again the parked partitions the group still gives this instance (a revoked
+    /// one is no longer parked): what counts is read again and reading goes on from there,
+    /// as after an assignment.
+    fn reclaim_parked(&mut self, consumer: &ConsumerHandle) {
+        let due: Vec<i32> = self
+            .parked
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= PARKED_FOR)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.parked.remove(&p);
+            if consumer.assignment_lost() {
+                continue;
+            }
+            self.resume_overtaken(consumer, p);
+        }
+    }
+
+    fn resume_overtaken(&mut self, consumer: &ConsumerHandle, p: i32) {
+        tracing::warn!(
+            partition = p,
+            "still assigned here: claiming the partition again"
+        );
+        let context = consumer.context();
+        let Some(resumes) = context.resume(p) else {
+            return;
+        };
+        for (topic, offset) in context.start_offsets(&resumes) {
+            if let Err(e) = consumer.seek(&topic, p, offset, Duration::from_secs(5)) {
+                // Reading on from elsewhere would skip or repeat records: wait and claim
+                // again, or hear that the partition went elsewhere.
+                tracing::warn!(partition = p, topic, error = %e, "cannot seek to the resume point; trying again later");
+                self.parked.insert(p, Instant::now());
+                return;
+            }
+        }
+        self.slots
+            .insert(p, Slot::new(&self.maps, resumes, &self.setup));
     }
 
     /// What is to follow the commits of the batches `taken`, as of now.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use cxstream_avro::{Codec, IdentityMessage, IdentityMessageKind};
 use cxstream_clickhouse::{BatchEnd, Resume};
+use cxstream_core::claims::Claim;
 use cxstream_core::erasure::Erasures;
 use cxstream_core::identity::{Identification, IdentityPolicy, VISITOR_PREFIX};
 use cxstream_core::{
@@ -158,6 +159,8 @@ struct Lane {
     /// told of it.
     last: Option<Committed>,
     confirmed: Option<Committed>,
+    /// This owner's claim on the partition, which its batches commit under.
+    claim: Arc<Claim>,
 }
 
 impl Lane {
@@ -202,6 +205,7 @@ impl Lane {
             touchpoints: processor.touchpoints_final_ms(),
         });
         Lane {
+            claim: Arc::new(resume.claim),
             processor,
             next_seq: resume.next_seq,
             live_from: resume.live_from,
@@ -656,6 +660,7 @@ impl Slot {
                 // Set by the flush, which knows where the dead-letter topic stands.
                 dead_letters_from: Vec::new(),
                 erasures_seen: 0,
+                claim: lane.claim.id,
             };
             let batch = lane.processor.take_batch();
             out.push(LaneBatch {
@@ -751,10 +756,12 @@ impl Slot {
     }
 
     /// The sequence number below which to fold a journey's committed batches now, when at
-    /// least `every` were committed since its last compaction (0: never).
-    pub fn due_for_compaction(&self, lane: usize, every: u64) -> Option<u64> {
+    /// least `every` were committed since its last compaction (0: never), and the claim
+    /// they were committed under.
+    pub fn due_for_compaction(&self, lane: usize, every: u64) -> Option<(u64, Arc<Claim>)> {
         let l = self.lanes.get(lane)?;
-        (every > 0 && l.next_seq.saturating_sub(l.live_from) >= every).then_some(l.next_seq)
+        (every > 0 && l.next_seq.saturating_sub(l.live_from) >= every)
+            .then(|| (l.next_seq, l.claim.clone()))
     }
 
     pub fn compacted(&mut self, lane: usize, live_from: u64) {

@@ -76,9 +76,29 @@ impl ClientContext for JourneyContext {
 }
 
 impl JourneyContext {
-    /// Reads a partition's resume point of every journey, retrying while ClickHouse is
-    /// unreachable; `None` when shutting down first.
-    fn resume(&self, partition: i32) -> Option<Vec<Resume>> {
+    /// Where each input of a partition is read from: journeys resume from their own
+    /// batches, so reading starts at the earliest and each skips what it has committed.
+    pub fn start_offsets(&self, resumes: &[Resume]) -> Vec<(String, Offset)> {
+        let earliest = |of: fn(&Resume) -> Option<i64>| {
+            super::partition::least_of_all(resumes.iter().map(of))
+                .map_or(Offset::Beginning, Offset::Offset)
+        };
+        let mut offsets = vec![
+            (
+                self.touchpoints_topic.clone(),
+                earliest(|r| r.touchpoints_offset),
+            ),
+            (self.answers_topic.clone(), earliest(|r| r.answers_offset)),
+        ];
+        if let Some(t) = &self.identities_topic {
+            offsets.push((t.clone(), earliest(|r| r.identities_offset)));
+        }
+        offsets
+    }
+
+    /// Reads a partition's resume point of every journey and claims it, retrying while
+    /// ClickHouse is unreachable; `None` when shutting down first.
+    pub fn resume(&self, partition: i32) -> Option<Vec<Resume>> {
         self.committers
             .iter()
             .map(|c| self.resume_one(c, partition))
@@ -113,29 +133,10 @@ impl JourneyContext {
         let mut assignment = TopicPartitionList::new();
         for &p in partitions {
             let resumes = self.resume(p)?;
-            // Journeys resume from their own batches; reading starts at the earliest and
-            // each skips what it has committed.
-            let earliest = |of: fn(&Resume) -> Option<i64>| {
-                super::partition::least_of_all(resumes.iter().map(of))
-                    .map_or(Offset::Beginning, Offset::Offset)
-            };
-            let added = assignment
-                .add_partition_offset(
-                    &self.touchpoints_topic,
-                    p,
-                    earliest(|r| r.touchpoints_offset),
-                )
-                .and_then(|_| {
-                    assignment.add_partition_offset(
-                        &self.answers_topic,
-                        p,
-                        earliest(|r| r.answers_offset),
-                    )
-                });
-            let added = added.and_then(|_| match &self.identities_topic {
-                Some(t) => assignment.add_partition_offset(t, p, earliest(|r| r.identities_offset)),
-                None => Ok(()),
-            });
+            let mut added = Ok(());
+            for (topic, offset) in self.start_offsets(&resumes) {
+                added = added.and_then(|_| assignment.add_partition_offset(&topic, p, offset));
+            }
             if let Err(e) = added {
                 tracing::error!(partition = p, error = %e, "cannot build assignment");
                 continue;

@@ -14,6 +14,9 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub const PARTITIONS: i32 = 4;
+/// The INSERTs a service of the tests sends at once: fewer than a flush's tables, so the
+/// commits queue for them.
+pub const CLICKHOUSE_INSERTS: usize = 4;
 
 /// A cell: (minute, stage, touchpoint, channel, segment).
 pub type Cell = (i64, String, String, String, String);
@@ -171,8 +174,8 @@ impl Stack {
                 "kafka:\n  brokers: {kafka}\n{debug}\
                  topics:\n  touchpoints: t.{name}.touchpoints\n  survey_responses: t.{name}.answers\n  \
                  aggregates: t.{name}.aggregates\n  alerts: t.{name}.alerts\n  dlq: t.{name}.dlq\n  identities: t.{name}.identities\n  alerter_members: t.{name}.members\n  erasures: t.{name}.erasures\n  partitions: {PARTITIONS}\n\
-                 clickhouse:\n  url: {clickhouse}\n  database: t_{run}\n\
-                 journey:\n  maps: [{map_list}]\n  group_id: g.{run}\n  flush_interval_ms: 200\n  max_batch_records: 5000\n  compact_after_batches: 4\n  idle_release_ms: 500\n  join_timeout_ms: 12000\n  publish_aggregates: true\n\
+                 clickhouse:\n  url: {clickhouse}\n  database: t_{run}\n  max_concurrent_inserts: {CLICKHOUSE_INSERTS}\n\
+                 journey:\n  maps: [{map_list}]\n  group_id: g.{run}\n  flush_interval_ms: 200\n  max_batch_records: 5000\n  compact_after_batches: 4\n  compaction_grace_ms: 0\n  idle_release_ms: 500\n  join_timeout_ms: 12000\n  publish_aggregates: true\n\
                  http:\n  listen: 127.0.0.1:0\nlog:\n  level: warn\n"
             ),
         )
