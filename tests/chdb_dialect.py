@@ -50,11 +50,18 @@ def main():
                     apply(s, st)
                 except Exception as e:  # noqa: BLE001
                     failures.append(f"re-apply {os.path.basename(f)}: {e}")
-        # The committed watermark (10:00:30) ends the rolling windows.
+        # Partition 0 is claimed (claim 2^32 + 7, counting from batch 0 on); the committed
+        # watermark (10:00:30) ends the rolling windows.
+        s.query(
+            "INSERT INTO cx.partition_claims VALUES ('retail', 0, 4294967303, [4294967303], [0], "
+            "[18446744073709551615], 'test', now())"
+        )
         s.query(
             "INSERT INTO cx.ingest_batches (journey, source_partition, batch_seq, batch_attempt, "
-            "touchpoints_next_offset, answers_next_offset, watermark_ms, records, committed_at) "
-            "VALUES ('retail', 0, 0, 7, 10, 5, toUnixTimestamp(toDateTime('2026-11-02 10:00:30')) * 1000, 15, now())"
+            "touchpoints_next_offset, answers_next_offset, watermark_ms, records, committed_at, claim) "
+            "VALUES ('retail', 0, 0, 7, 10, 5, toUnixTimestamp(toDateTime('2026-11-02 10:00:30')) * 1000, 15, now(), 4294967303),"
+            # a zombie's marker of the same batch under a claim outside the chain: must not count
+            " ('retail', 0, 0, 9, 10, 5, toUnixTimestamp(toDateTime('2026-11-02 10:00:30')) * 1000, 15, now(), 5)"
         )
         s.query(
             "INSERT INTO cx.metrics_minute (minute, journey, stage, touchpoint, channel, segment, "
@@ -65,7 +72,10 @@ def main():
             " 3, 1, 1, 2, 1, 7, 0, 0, 0, 1, 4, 0, 0, 7, 1, 60000, 0, 0),"
             # an uncommitted attempt: must not count
             "(toDateTime('2026-11-02 10:00:00'), 'retail', 'conversion', 'purchase_completed', 'web', 'vip',"
-            " 100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 5, 5, 5, 5)"
+            " 100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 5, 5, 5, 5),"
+            # the zombie's attempt: must not count either
+            "(toDateTime('2026-11-02 10:00:00'), 'retail', 'conversion', 'purchase_completed', 'web', 'vip',"
+            " 100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 5, 5, 5, 5)"
         )
         funnel = str(s.query(
             "SELECT stage, entries, conversions, dropoffs, open_entries, convert_ms_total "
@@ -102,7 +112,8 @@ def main():
             "FROM cx.metrics_minute_committed GROUP BY minute, journey, stage, touchpoint, channel, segment"
         )
         s.query(
-            "INSERT INTO cx.compactions SELECT 'retail', 0, 55, 1, sum(records), now() FROM cx.live_batches"
+            "INSERT INTO cx.compactions SELECT 'retail', 0, 55, 1, sum(records), now(), 4294967303 "
+            "FROM cx.live_batches"
         )
         out = s.query(
             "SELECT window, promoters, detractors, nps_n, round(nps, 1), csat_responses FROM cx.rolling_metrics "
