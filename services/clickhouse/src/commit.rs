@@ -158,6 +158,10 @@ impl BatchCommitter {
         self.publish_map().await?;
         let top = self.highest_claim(partition).await?;
         let read = top.clone().unwrap_or_default();
+        // The generation first: a compaction after it folds only batches committed after
+        // it, so the last marker read next is at or past its live_from, and what the claim
+        // keeps of the chain reaches every batch the state is read from.
+        let generation = self.generation_under(partition, &read).await?;
         let last = crate::claims::bind_chain(
             self.client()
                 .query(&format!(
@@ -172,12 +176,14 @@ impl BatchCommitter {
         .fetch_optional::<BatchRow>()
         .await
         .ctx(|| format!("reading the last committed batch of partition {partition}"))?;
-        // The partition's generation holds each customer's journey as of its last folded
-        // batch; committed batches since then hold the newer ones.
-        let generation = self.generation_under(partition, &read).await?;
         let next_seq = last.as_ref().map_or(0, |l| l.batch_seq + 1);
         let claim = self
-            .write_claim(partition, top.as_ref(), next_seq, generation.live_from)
+            .write_claim(
+                partition,
+                top.as_ref(),
+                next_seq,
+                generation.live_from.min(next_seq),
+            )
             .await?;
         let Some(last) = last else {
             return Ok(Resume {

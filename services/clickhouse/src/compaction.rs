@@ -272,9 +272,9 @@ impl BatchCommitter {
     }
 
     /// Drops the partition's generations that no reader needs any more (folded into the
-    /// settled one, or not counting and older than the grace period: uncommitted, or
-    /// committed by an owner that was overtaken) and deletes the rows the settled
-    /// generation folded, keeping the marker of its last folded batch.
+    /// settled one, or not counting and older than the grace period and an hour:
+    /// uncommitted, or committed by an owner that was overtaken) and deletes the rows the
+    /// settled generation folded, keeping the marker of its last folded batch.
     async fn clean_up(&self, partition: u16, grace_secs: u32) -> Result<()> {
         let Some(settled) = self.settled_generation(partition, grace_secs).await? else {
             return Ok(());
@@ -303,7 +303,7 @@ impl BatchCommitter {
                 .bind(journey)
                 .bind(partition)
                 .bind(table)
-                .bind(grace_secs)
+                .bind(grace_secs.max(ABANDONED_AFTER_SECS))
                 .fetch_all::<u64>()
                 .await
                 .ctx(|| format!("listing old generations in {table}"))?;
@@ -335,6 +335,11 @@ impl BatchCommitter {
         Ok(())
     }
 }
+
+/// A generation that does not count is dropped only this long after it was written: one
+/// being folded now by the partition's owner (a fold takes seconds) does not count yet
+/// either, and another owner's clean-up must leave it alone.
+const ABANDONED_AFTER_SECS: u32 = 3600;
 
 /// What one compaction folds.
 struct Folding<'a> {

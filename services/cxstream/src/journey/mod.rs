@@ -37,6 +37,9 @@ const UNSERVED_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// How long an overtaken partition waits before it is claimed again here: a few
 /// heartbeats, in which a member that lost it hears so from the group.
 const PARKED_FOR: Duration = Duration::from_secs(3);
+/// How often the claims of every held partition are checked, besides after each commit: a
+/// partition with nothing to commit learns so too.
+const CLAIMS_CHECK_EVERY: Duration = Duration::from_secs(5);
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -229,8 +232,10 @@ impl JourneyService {
             readiness: readiness.clone(),
             shutdown: shutdown.clone(),
             rt: rt.clone(),
+            // ClickHouse subtracts it from now(): a year is more than any grace needs.
             compaction_grace_secs: u32::try_from(cfg.journey.compaction_grace_ms / 1000)
-                .unwrap_or(u32::MAX),
+                .unwrap_or(u32::MAX)
+                .min(365 * 86_400),
         })?;
         let consumer = connect(
             &cfg,
@@ -335,6 +340,7 @@ impl JourneyService {
             partition_count(&consumer, &inner.cfg.topics.touchpoints).unwrap_or(0)
         };
         let mut unserved_checked = Instant::now();
+        let mut claims_checked = Instant::now();
         let mut unserved = false;
         let settle = Duration::from_millis(inner.cfg.journey.idle_release_ms.max(1000));
         let flush_every = Duration::from_millis(inner.cfg.journey.flush_interval_ms);
@@ -452,6 +458,10 @@ impl JourneyService {
             if last_flush.elapsed() >= flush_every
                 || since_flush >= inner.cfg.journey.max_batch_records
             {
+                if claims_checked.elapsed() >= CLAIMS_CHECK_EVERY {
+                    claims_checked = Instant::now();
+                    inner.check_claims();
+                }
                 inner.reclaim_parked(&consumer);
                 inner.refresh_positions(&consumer);
                 inner.flush(&consumer)?;
@@ -1062,10 +1072,39 @@ impl Inner {
             .rebalances
             .with_label_values(&["overtaken"])
             .inc();
+        if self.pipeline.pending() {
+            self.handed_over.insert(p);
+        }
         self.slots.remove(&p);
         self.probing.remove(&p);
         self.compactions.retain(|f| f.partition != p);
+        self.waiting.retain(|(q, _), _| *q != p);
+        self.paused.retain(|(q, _)| *q != p);
         self.parked.insert(p, Instant::now());
+    }
+
+    /// Parks the held partitions that another owner has claimed since (see [`Self::park`]);
+    /// not knowing counts as not overtaken, asked again at the next check.
+    fn check_claims(&mut self) {
+        let committers = self.committers.clone();
+        for (lane, committer) in committers.iter().enumerate() {
+            let held: Vec<(u16, u64)> = self
+                .slots
+                .iter()
+                .filter_map(|(p, slot)| {
+                    let claim = slot.claims().find(|(l, _)| *l == lane)?.1;
+                    Some((u16::try_from(*p).ok()?, claim))
+                })
+                .collect();
+            match self.rt.block_on(committer.overtaken(&held)) {
+                Ok(overtaken) => {
+                    for p in overtaken {
+                        self.park(i32::from(p));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the partitions' claims"),
+            }
+        }
     }
 
     /// Claims again the parked partitions the group still gives this instance (a revoked
@@ -1105,8 +1144,10 @@ impl Inner {
                 return;
             }
         }
-        self.slots
-            .insert(p, Slot::new(&self.maps, resumes, &self.setup));
+        // As after an assignment (dead letters sent before, erasures, inputs unpaused),
+        // before the next poll brings a record of the partition.
+        context.push(Change::Assigned(p, resumes));
+        self.apply_rebalance(consumer);
     }
 
     /// What is to follow the commits of the batches `taken`, as of now.

@@ -764,6 +764,11 @@ impl Slot {
             .then(|| (l.next_seq, l.claim.clone()))
     }
 
+    /// Each journey lane's claim id on the partition.
+    pub fn claims(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.lanes.iter().enumerate().map(|(i, l)| (i, l.claim.id))
+    }
+
     pub fn compacted(&mut self, lane: usize, live_from: u64) {
         if let Some(l) = self.lanes.get_mut(lane) {
             l.live_from = live_from;

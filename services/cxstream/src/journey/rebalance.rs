@@ -158,7 +158,7 @@ impl JourneyContext {
         Some(assignment)
     }
 
-    fn push(&self, c: Change) {
+    pub fn push(&self, c: Change) {
         if let Ok(mut v) = self.changes.lock() {
             v.push(c);
         }
