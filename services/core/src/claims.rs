@@ -93,11 +93,22 @@ mod tests {
         parent: Option<usize>,
     }
 
-    /// An owner of the model: reads the store (its resume point: the last marker that
-    /// counts, and the highest claim), writes its claim later, then commits batches.
-    #[derive(Debug, Clone)]
+    /// A compaction of the model: its owner's claim, the batches it folded (below
+    /// `live_from`) and the last of them, which the batches after it must continue.
+    #[derive(Debug, Clone, Copy)]
+    struct Compaction {
+        claim: u64,
+        live_from: u64,
+        last: Option<usize>,
+    }
+
+    /// An owner of the model. Resuming takes three steps that others may interleave, as
+    /// in the adapter: the highest claim and the latest compaction under it, then the last
+    /// marker under that claim, then the claim written; then it commits and compacts.
+    #[derive(Debug, Clone, Default)]
     struct Owner {
-        read: Option<(Option<Claim>, Option<Marker>)>,
+        read_generation: Option<(Option<Claim>, u64)>,
+        read: Option<(Option<Claim>, u64, Option<Marker>)>,
         claim: Option<Claim>,
         last: Option<Marker>,
     }
@@ -106,17 +117,25 @@ mod tests {
     struct Store {
         claims: Vec<Claim>,
         markers: Vec<Marker>,
+        compactions: Vec<Compaction>,
     }
 
     impl Store {
         fn top(&self) -> Option<&Claim> {
             self.claims.iter().max_by_key(|c| c.id)
         }
-        fn counting(&self, under: Option<&Claim>) -> Vec<Marker> {
+        fn generation(&self, under: Option<&Claim>) -> Option<Compaction> {
+            self.compactions
+                .iter()
+                .filter(|g| under.is_some_and(|c| c.counts_compaction(g.claim, g.live_from)))
+                .max_by_key(|g| g.live_from)
+                .copied()
+        }
+        fn counting(&self, under: Option<&Claim>, from: u64) -> Vec<Marker> {
             let mut v: Vec<Marker> = self
                 .markers
                 .iter()
-                .filter(|m| under.is_some_and(|c| c.counts(m.claim, m.seq)))
+                .filter(|m| m.seq >= from && under.is_some_and(|c| c.counts(m.claim, m.seq)))
                 .copied()
                 .collect();
             v.sort_by_key(|m| m.seq);
@@ -126,64 +145,103 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Step {
-        /// Owner i reads where it resumes (a new assignment).
-        Read(usize),
+        /// Owner i reads the highest claim and the generation under it (a new assignment).
+        ReadGeneration(usize),
+        /// Owner i reads the last marker that counts under the claim it read.
+        ReadLast(usize),
         /// Owner i writes the claim it computed from what it read.
         Claim(usize, u32),
         /// Owner i commits its next batch (if it has claimed).
         Commit(usize),
+        /// Owner i folds its history up to its last batch (if it has claimed).
+        Compact(usize),
     }
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            (0..3usize).prop_map(Step::Read),
+            (0..3usize).prop_map(Step::ReadGeneration),
+            (0..3usize).prop_map(Step::ReadLast),
             (0..3usize, any::<u32>()).prop_map(|(i, r)| Step::Claim(i, r)),
             (0..3usize).prop_map(Step::Commit),
             (0..3usize).prop_map(Step::Commit),
+            (0..3usize).prop_map(Step::Compact),
         ]
     }
 
-    proptest! {
-        /// Whatever the interleaving of three owners reading, claiming late and committing
-        /// as zombies, the batches that count under the highest claim are one history:
-        /// sequence numbers 0, 1, 2, … each once, each built on the one before.
-        #[test]
-        fn what_counts_is_always_one_history(steps in proptest::collection::vec(step(), 1..80)) {
-            let mut store = Store::default();
-            let mut owners = vec![Owner { read: None, claim: None, last: None }; 3];
-            for s in steps {
-                match s {
-                    Step::Read(i) => {
-                        let top = store.top().cloned();
-                        let last = store.counting(top.as_ref()).last().copied();
-                        owners[i] = Owner { read: Some((top, last)), claim: None, last };
-                    }
-                    Step::Claim(i, random) => {
-                        let Some((top, last)) = owners[i].read.take() else { continue };
-                        let next_seq = last.map_or(0, |m| m.seq + 1);
-                        let claim = Claim::next(top.as_ref(), next_seq, 0, random);
-                        if store.claims.iter().any(|c| c.id == claim.id) {
-                            continue; // the model's random collided: not a case to test
-                        }
-                        store.claims.push(claim.clone());
-                        owners[i].claim = Some(claim);
-                    }
-                    Step::Commit(i) => {
-                        let Some(claim) = owners[i].claim.as_ref() else { continue };
-                        let m = Marker {
-                            id: store.markers.len(),
-                            seq: owners[i].last.map_or(0, |m| m.seq + 1),
-                            claim: claim.id,
-                            parent: owners[i].last.map(|m| m.id),
-                        };
-                        store.markers.push(m);
-                        owners[i].last = Some(m);
-                    }
+    fn apply(store: &mut Store, owners: &mut [Owner], s: Step) {
+        match s {
+            Step::ReadGeneration(i) => {
+                let top = store.top().cloned();
+                let live_from = store.generation(top.as_ref()).map_or(0, |g| g.live_from);
+                owners[i] = Owner {
+                    read_generation: Some((top, live_from)),
+                    ..Owner::default()
+                };
+            }
+            Step::ReadLast(i) => {
+                let Some((top, live_from)) = owners[i].read_generation.take() else {
+                    return;
+                };
+                let last = store.counting(top.as_ref(), 0).last().copied();
+                owners[i].read = Some((top, live_from, last));
+            }
+            Step::Claim(i, random) => {
+                let Some((top, live_from, last)) = owners[i].read.take() else {
+                    return;
+                };
+                let next_seq = last.map_or(0, |m| m.seq + 1);
+                let claim = Claim::next(top.as_ref(), next_seq, live_from.min(next_seq), random);
+                if store.claims.iter().any(|c| c.id == claim.id) {
+                    return; // the model's random collided: not a case to test
                 }
-                let counting = store.counting(store.top());
-                let mut parent = None;
+                store.claims.push(claim.clone());
+                owners[i].claim = Some(claim);
+                owners[i].last = last;
+            }
+            Step::Commit(i) => {
+                let Some(claim) = owners[i].claim.as_ref() else {
+                    return;
+                };
+                let m = Marker {
+                    id: store.markers.len(),
+                    seq: owners[i].last.map_or(0, |m| m.seq + 1),
+                    claim: claim.id,
+                    parent: owners[i].last.map(|m| m.id),
+                };
+                store.markers.push(m);
+                owners[i].last = Some(m);
+            }
+            Step::Compact(i) => {
+                let (Some(claim), Some(last)) = (owners[i].claim.as_ref(), owners[i].last) else {
+                    return;
+                };
+                store.compactions.push(Compaction {
+                    claim: claim.id,
+                    live_from: last.seq + 1,
+                    last: Some(last.id),
+                });
+            }
+        }
+    }
+
+    proptest! {
+        /// Whatever the interleaving of three owners resuming in steps, claiming late,
+        /// committing as zombies and compacting, what counts under the highest claim is one
+        /// history: the latest compaction that counts, then batches numbered on from its
+        /// live_from, each built on the one before, the first on the compaction's last.
+        #[test]
+        fn what_counts_is_always_one_history(steps in proptest::collection::vec(step(), 1..120)) {
+            let mut store = Store::default();
+            let mut owners = vec![Owner::default(); 3];
+            for s in steps {
+                apply(&mut store, &mut owners, s);
+                let top = store.top();
+                let generation = store.generation(top);
+                let from = generation.map_or(0, |g| g.live_from);
+                let counting = store.counting(top, from);
+                let mut parent = generation.and_then(|g| g.last);
                 for (n, m) in counting.iter().enumerate() {
-                    prop_assert_eq!(m.seq, n as u64, "{:?}", counting);
+                    prop_assert_eq!(m.seq, from + n as u64, "{:?}", counting);
                     prop_assert_eq!(m.parent, parent, "{:?}", counting);
                     parent = Some(m.id);
                 }
