@@ -115,7 +115,7 @@ impl BatchCommitter {
             chain_claims: claim.chain.iter().map(|l| l.claim).collect(),
             chain_from: claim.chain.iter().map(|l| l.from).collect(),
             chain_until: claim.chain.iter().map(|l| l.until).collect(),
-            owner: owner(),
+            owner: self.owner().to_string(),
             claimed_at: crate::commit::now_secs(),
         };
         let mut ins = self
@@ -158,15 +158,4 @@ impl BatchCommitter {
             .map(|(p, _)| *p)
             .collect())
     }
-}
-
-/// Who claimed, for operators reading `partition_claims`: host and process.
-fn owner() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown".into());
-    format!("{host}:{}", std::process::id())
 }

@@ -82,6 +82,8 @@ pub struct BatchCommitter {
     /// Shared by every committer of the service: the INSERTs in flight at once, and with
     /// them the connections to ClickHouse (a flush writes each partition's tables together).
     inserts: Arc<tokio::sync::Semaphore>,
+    /// Who this process is, in its claims (`partition_claims.owner`).
+    owner: String,
     /// Whether the map's stages were written to `journey_stages` by this instance.
     map_published: std::sync::atomic::AtomicBool,
 }
@@ -94,11 +96,17 @@ struct SavedState {
 }
 
 impl BatchCommitter {
-    pub fn new(client: Client, map: Arc<JourneyMap>, inserts: Arc<tokio::sync::Semaphore>) -> Self {
+    pub fn new(
+        client: Client,
+        map: Arc<JourneyMap>,
+        inserts: Arc<tokio::sync::Semaphore>,
+        owner: String,
+    ) -> Self {
         BatchCommitter {
             client,
             map,
             inserts,
+            owner,
             map_published: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -149,6 +157,10 @@ impl BatchCommitter {
 
     pub fn journey(&self) -> &str {
         &self.map.name
+    }
+
+    pub(crate) fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// Reads where `partition` resumes (the last batch that counts, the journeys as of it)

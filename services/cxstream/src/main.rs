@@ -6,6 +6,7 @@ mod erase;
 mod from_beginning;
 mod journey;
 mod probe;
+mod process;
 mod produce;
 mod report;
 mod simulate;

@@ -189,15 +189,11 @@ fn owner<'a>(journey: &str, live: impl Iterator<Item = &'a str>) -> Option<&'a s
 
 /// This process's name among its peers: the configured one, or host and process id.
 pub fn instance_name(cfg: &Config) -> String {
-    cfg.alerter.peers.instance.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "alerter".to_string());
-        format!("{host}-{}", std::process::id())
-    })
+    cfg.alerter
+        .peers
+        .instance
+        .clone()
+        .unwrap_or_else(crate::process::host_and_pid)
 }
 
 #[cfg(test)]

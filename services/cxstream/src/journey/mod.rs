@@ -221,6 +221,7 @@ impl JourneyService {
                     cfg.clickhouse_connection().client(),
                     m.clone(),
                     inserts.clone(),
+                    crate::process::host_and_pid(),
                 ))
             })
             .collect();
