@@ -40,6 +40,7 @@ const PARKED_FOR: Duration = Duration::from_secs(3);
 /// How often the claims of every held partition are checked, besides after each commit: a
 /// partition with nothing to commit learns so too.
 const CLAIMS_CHECK_EVERY: Duration = Duration::from_secs(5);
+const CLAIMS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -1097,13 +1098,20 @@ impl Inner {
                     Some((u16::try_from(*p).ok()?, claim))
                 })
                 .collect();
-            match self.rt.block_on(committer.overtaken(&held)) {
-                Ok(overtaken) => {
+            // On the consumer thread: a ClickHouse that does not answer must not stop the
+            // polling for long.
+            // (The timer is made inside the runtime: this thread is not one of its own.)
+            let asked = async {
+                tokio::time::timeout(CLAIMS_CHECK_TIMEOUT, committer.overtaken(&held)).await
+            };
+            match self.rt.block_on(asked) {
+                Ok(Ok(overtaken)) => {
                     for p in overtaken {
                         self.park(i32::from(p));
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot read the partitions' claims"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the partitions' claims"),
+                Err(_) => tracing::warn!("the partitions' claims were not read in time"),
             }
         }
     }
