@@ -108,13 +108,15 @@ impl BatchCommitter {
         live_from: u64,
     ) -> Result<Claim> {
         let claim = Claim::next(top, next_seq, live_from, rand::random());
+        // Never empty: the claim's own link is last.
+        let (chain_claims, chain_from, chain_until) = arrays(&claim);
         let row = ClaimRow {
             journey: self.journey().to_string(),
             source_partition: partition,
             claim: claim.id,
-            chain_claims: claim.chain.iter().map(|l| l.claim).collect(),
-            chain_from: claim.chain.iter().map(|l| l.from).collect(),
-            chain_until: claim.chain.iter().map(|l| l.until).collect(),
+            chain_claims,
+            chain_from,
+            chain_until,
             owner: self.owner().to_string(),
             claimed_at: crate::commit::now_secs(),
         };

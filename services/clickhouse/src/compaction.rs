@@ -67,22 +67,6 @@ const STEPS: Counted = Counted {
 };
 
 impl BatchCommitter {
-    /// The generation `partition` reads from (its latest compaction that counts).
-    pub async fn generation(&self, partition: u16) -> Result<Generation> {
-        let g = self
-            .client()
-            .query(
-                "SELECT generation, live_from, folded_records FROM latest_compactions \
-                 WHERE journey = ? AND source_partition = ?",
-            )
-            .bind(self.journey())
-            .bind(partition)
-            .fetch_optional::<Generation>()
-            .await
-            .ctx(|| format!("reading the latest compaction of partition {partition}"))?;
-        Ok(g.unwrap_or_default())
-    }
-
     /// The latest compaction of `partition` that counts under `claim`'s chain.
     pub(crate) async fn generation_under(
         &self,

@@ -209,7 +209,7 @@ impl Committing {
         if gave_up {
             return Outcome::GaveUp;
         }
-        let overtaken = self.overtaken(&claims);
+        let overtaken = self.rt.block_on(overtaken(&self.committers, &claims, None));
         let compacted = job
             .compactions
             .into_iter()
@@ -221,26 +221,6 @@ impl Committing {
             compacted,
             overtaken,
         }
-    }
-
-    /// Of the partitions just committed, those another owner has claimed since (asked once
-    /// per journey; not knowing counts as not overtaken: the next commit asks again).
-    fn overtaken(&self, claims: &[(usize, u16, u64)]) -> Vec<i32> {
-        let mut overtaken = Vec::new();
-        for (lane, committer) in self.committers.iter().enumerate() {
-            let held: Vec<(u16, u64)> = claims
-                .iter()
-                .filter(|(l, ..)| *l == lane)
-                .map(|&(_, p, c)| (p, c))
-                .collect();
-            match self.rt.block_on(committer.overtaken(&held)) {
-                Ok(ps) => overtaken.extend(ps.into_iter().map(i32::from)),
-                Err(e) => tracing::warn!(error = %e, "cannot read the partitions' claims"),
-            }
-        }
-        overtaken.sort_unstable();
-        overtaken.dedup();
-        overtaken
     }
 
     /// Commits a partition's batches in order; `None` when shutting down first.
@@ -378,4 +358,35 @@ impl Committing {
             }
         }
     }
+}
+
+/// Of the held `(journey lane, partition, claim)`, the partitions another owner has claimed
+/// since (asked once per journey, each within `limit` when given). A journey whose claims
+/// cannot be read counts as not overtaken: the next check asks again.
+pub async fn overtaken(
+    committers: &[Arc<BatchCommitter>],
+    held: &[(usize, u16, u64)],
+    limit: Option<Duration>,
+) -> Vec<i32> {
+    let mut overtaken = Vec::new();
+    for (lane, committer) in committers.iter().enumerate() {
+        let of_lane: Vec<(u16, u64)> = held
+            .iter()
+            .filter(|(l, ..)| *l == lane)
+            .map(|&(_, p, c)| (p, c))
+            .collect();
+        let asked = committer.overtaken(&of_lane);
+        let answer = match limit {
+            Some(limit) => tokio::time::timeout(limit, asked).await.ok(),
+            None => Some(asked.await),
+        };
+        match answer {
+            Some(Ok(ps)) => overtaken.extend(ps.into_iter().map(i32::from)),
+            Some(Err(e)) => tracing::warn!(error = %e, "cannot read the partitions' claims"),
+            None => tracing::warn!("the partitions' claims were not read in time"),
+        }
+    }
+    overtaken.sort_unstable();
+    overtaken.dedup();
+    overtaken
 }

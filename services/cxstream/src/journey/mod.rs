@@ -1088,31 +1088,21 @@ impl Inner {
     /// Parks the held partitions that another owner has claimed since (see [`Self::park`]);
     /// not knowing counts as not overtaken, asked again at the next check.
     fn check_claims(&mut self) {
-        let committers = self.committers.clone();
-        for (lane, committer) in committers.iter().enumerate() {
-            let held: Vec<(u16, u64)> = self
-                .slots
-                .iter()
-                .filter_map(|(p, slot)| {
-                    let claim = slot.claims().find(|(l, _)| *l == lane)?.1;
-                    Some((u16::try_from(*p).ok()?, claim))
-                })
-                .collect();
-            // On the consumer thread: a ClickHouse that does not answer must not stop the
-            // polling for long.
-            // (The timer is made inside the runtime: this thread is not one of its own.)
-            let asked = async {
-                tokio::time::timeout(CLAIMS_CHECK_TIMEOUT, committer.overtaken(&held)).await
-            };
-            match self.rt.block_on(asked) {
-                Ok(Ok(overtaken)) => {
-                    for p in overtaken {
-                        self.park(i32::from(p));
-                    }
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the partitions' claims"),
-                Err(_) => tracing::warn!("the partitions' claims were not read in time"),
-            }
+        let held: Vec<(usize, u16, u64)> = self
+            .slots
+            .iter()
+            .filter_map(|(p, slot)| Some((u16::try_from(*p).ok()?, slot)))
+            .flat_map(|(p, slot)| slot.claims().map(move |(lane, claim)| (lane, p, claim)))
+            .collect();
+        // On the consumer thread: a ClickHouse that does not answer must not stop the
+        // polling for long.
+        let overtaken = self.rt.block_on(commits::overtaken(
+            &self.committers,
+            &held,
+            Some(CLAIMS_CHECK_TIMEOUT),
+        ));
+        for p in overtaken {
+            self.park(p);
         }
     }
 
