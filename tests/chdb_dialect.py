@@ -56,6 +56,10 @@ def main():
             "INSERT INTO cx.partition_claims VALUES ('retail', 0, 4294967303, [4294967303], [0], "
             "[18446744073709551615], 'test', now())"
         )
+        # A higher claim's intent (empty chain): the claim above still says what counts.
+        s.query(
+            "INSERT INTO cx.partition_claims VALUES ('retail', 0, 8589934593, [], [], [], 'test', now())"
+        )
         s.query(
             "INSERT INTO cx.ingest_batches (journey, source_partition, batch_seq, batch_attempt, "
             "touchpoints_next_offset, answers_next_offset, watermark_ms, records, committed_at, claim) "

@@ -39,6 +39,8 @@ pub const AGGREGATES_SCHEMA: &str = include_str!("../../../schemas/avro/aggregat
 /// Aggregates as written before committed records said how far touchpoints are final:
 /// still read.
 const AGGREGATES_SCHEMA_V1: &str = include_str!("../../../schemas/avro/aggregates.v1.avsc");
+/// `aggregates.avsc` before records named their claims.
+const AGGREGATES_SCHEMA_V2: &str = include_str!("../../../schemas/avro/aggregates.v2.avsc");
 
 const MAGIC: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
@@ -133,6 +135,21 @@ pub struct AggregatesMessage {
     pub idle: bool,
     pub minutes: Vec<MinuteCell>,
     pub steps: Vec<StepCell>,
+    /// The bits of the owner's claim; 0 in records written before it (`aggregates.v2.avsc`).
+    #[serde(default)]
+    pub claim: i64,
+    /// committed: the sender's chain; empty in records written before it.
+    #[serde(default)]
+    pub chain: Vec<ClaimLink>,
+}
+
+/// One link of a claim's chain, as `cxstream_core::claims::Link` (the bits of unsigned
+/// numbers: Avro has no unsigned long).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimLink {
+    pub claim: i64,
+    pub from: i64,
+    pub until: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,6 +285,7 @@ static KNOWN: LazyLock<Vec<Known>> = LazyLock::new(|| {
         known(ALERT_SCHEMA, RecordType::Alert),
         known(IDENTITY_MESSAGE_SCHEMA, RecordType::IdentityMessage),
         known(AGGREGATES_SCHEMA_V1, RecordType::Aggregates),
+        known(AGGREGATES_SCHEMA_V2, RecordType::Aggregates),
         known(AGGREGATES_SCHEMA, RecordType::Aggregates),
     ]
 });
@@ -795,6 +813,13 @@ mod tests {
                     within_10m: 1,
                 },
             }],
+            // Claims and the last link's end as the bits of unsigned numbers.
+            claim: (9u64 << 32 | 0xffff_0001) as i64,
+            chain: vec![ClaimLink {
+                claim: (9u64 << 32 | 0xffff_0001) as i64,
+                from: 12,
+                until: u64::MAX as i64,
+            }],
         };
         let mut buf = Vec::new();
         c.encode_aggregates(&m, &mut buf).expect("encode");
@@ -903,6 +928,49 @@ mod tests {
         let m = codec().decode_aggregates(&buf).expect("decode");
         assert_eq!(m.touchpoints_watermark, None);
         assert_eq!((m.seq, m.watermark), (17, Some(1_794_309_120_000)));
+    }
+
+    /// A partial as written before records named their claims.
+    #[test]
+    fn aggregates_of_the_second_schema_still_decode() {
+        #[derive(Serialize)]
+        #[serde(rename = "AggregatesMessage")]
+        struct V2 {
+            journey: String,
+            group: String,
+            kind: AggregatesKind,
+            partition: i32,
+            partitions: i32,
+            seq: i64,
+            batch_id: i64,
+            chunk: i32,
+            chunks: i32,
+            watermark: Option<i64>,
+            touchpoints_watermark: Option<i64>,
+            idle: bool,
+            minutes: Vec<MinuteCell>,
+            steps: Vec<StepCell>,
+        }
+        let v2 = V2 {
+            journey: "retail".into(),
+            group: "cxstream-journey".into(),
+            kind: AggregatesKind::Partial,
+            partition: 1,
+            partitions: 4,
+            seq: 3,
+            batch_id: 77,
+            chunk: 0,
+            chunks: 1,
+            watermark: None,
+            touchpoints_watermark: None,
+            idle: false,
+            minutes: Vec::new(),
+            steps: Vec::new(),
+        };
+        let buf = written_with(AGGREGATES_SCHEMA_V2, &v2);
+        let m = codec().decode_aggregates(&buf).expect("decode");
+        assert_eq!((m.seq, m.batch_id, m.claim), (3, 77, 0));
+        assert!(m.chain.is_empty());
     }
 
     /// An alert as written before score drops named their metric and touchpoint.

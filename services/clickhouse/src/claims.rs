@@ -1,6 +1,7 @@
-//! Claims in ClickHouse (`partition_claims`, see `cxstream_core::claims`): reading a
-//! partition's highest claim, writing the next, telling which held claims were overtaken,
-//! and the SQL condition that keeps to one chain's batches.
+//! Claims in ClickHouse (`partition_claims`, see `cxstream_core::claims`): writing an
+//! intent (a row with an empty chain), reading a partition's highest whole claim, writing
+//! the claim whole, telling which held claims were overtaken (by a claim or an intent), and
+//! the SQL condition that keeps to one chain's batches.
 
 use cxstream_core::claims::{Claim, Link};
 use serde::{Deserialize, Serialize};
@@ -74,13 +75,13 @@ fn arrays(c: &Claim) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
 }
 
 impl BatchCommitter {
-    /// The partition's highest claim, `None` before any.
+    /// The partition's highest whole claim (intents have no chain), `None` before any.
     pub(crate) async fn highest_claim(&self, partition: u16) -> Result<Option<Claim>> {
         let row = self
             .client()
             .query(
                 "SELECT ?fields FROM partition_claims WHERE journey = ? AND source_partition = ? \
-                 ORDER BY claim DESC LIMIT 1",
+                 AND notEmpty(chain_claims) ORDER BY claim DESC LIMIT 1",
             )
             .bind(self.journey())
             .bind(partition)
@@ -99,24 +100,56 @@ impl BatchCommitter {
         }))
     }
 
-    /// Writes the claim that follows `top` for an owner resuming at `next_seq`.
+    /// Writes the id of this owner's next claim of `partition`, above every claim and
+    /// intent: from here on the partition's owner so far stops confirming its batches
+    /// (see `cxstream_core::claims`).
+    pub(crate) async fn write_intent(&self, partition: u16) -> Result<u64> {
+        let highest = self
+            .client()
+            .query(
+                "SELECT source_partition, max(claim) AS claim FROM partition_claims \
+                 WHERE journey = ? AND source_partition = ? GROUP BY source_partition",
+            )
+            .bind(self.journey())
+            .bind(partition)
+            .fetch_optional::<Highest>()
+            .await
+            .ctx(|| format!("reading the claims of partition {partition}"))?;
+        let id = Claim::id_after(highest.map(|h| h.claim), rand::random());
+        self.write_row(
+            partition,
+            &Claim {
+                id,
+                chain: Vec::new(),
+            },
+        )
+        .await?;
+        Ok(id)
+    }
+
+    /// Writes claim `id` whole, for an owner that read `read` as the highest whole claim
+    /// and resumes at `next_seq`.
     pub(crate) async fn write_claim(
         &self,
         partition: u16,
-        top: Option<&Claim>,
+        read: Option<&Claim>,
+        id: u64,
         next_seq: u64,
         live_from: u64,
     ) -> Result<Claim> {
-        let claim = Claim::next(top, next_seq, live_from, rand::random());
-        // Never empty: the claim's own link is last.
-        let (chain_claims, chain_from, chain_until) = arrays(&claim);
+        let claim = Claim::next(read, id, next_seq, live_from);
+        self.write_row(partition, &claim).await?;
+        Ok(claim)
+    }
+
+    async fn write_row(&self, partition: u16, claim: &Claim) -> Result<()> {
         let row = ClaimRow {
             journey: self.journey().to_string(),
             source_partition: partition,
             claim: claim.id,
-            chain_claims,
-            chain_from,
-            chain_until,
+            chain_claims: claim.chain.iter().map(|l| l.claim).collect(),
+            chain_from: claim.chain.iter().map(|l| l.from).collect(),
+            chain_until: claim.chain.iter().map(|l| l.until).collect(),
             owner: self.owner().to_string(),
             claimed_at: crate::commit::now_secs(),
         };
@@ -131,7 +164,7 @@ impl BatchCommitter {
         ins.end()
             .await
             .ctx(|| format!("claiming partition {partition}"))?;
-        Ok(claim)
+        Ok(())
     }
 
     /// Of the `(partition, claim)` held here, the partitions claimed since by another

@@ -120,31 +120,43 @@ impl BatchCommitter {
         }
         let map = &*self.map;
         let last = map.stages.len().saturating_sub(1);
-        let rows = map.stages.iter().enumerate().map(|(i, s)| StageRow {
-            journey: map.name.clone(),
-            stage: s.name.clone(),
-            stage_index: u8::try_from(i).unwrap_or(u8::MAX),
-            budget_ms: s.budget_ms,
-            target_conversion: s.target_conversion,
-            has_outcome: u8::from(i < last),
-            updated_at: now_secs(),
-        });
+        // Collected before the insert is awaited: a lazy iterator's closure held across an
+        // await keeps the future from being spawned (rust-lang/rust#64552).
+        let rows: Vec<StageRow> = map
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StageRow {
+                journey: map.name.clone(),
+                stage: s.name.clone(),
+                stage_index: u8::try_from(i).unwrap_or(u8::MAX),
+                budget_ms: s.budget_ms,
+                target_conversion: s.target_conversion,
+                has_outcome: u8::from(i < last),
+                updated_at: now_secs(),
+            })
+            .collect();
         self.insert_rows::<StageRow>("journey_stages", rows).await?;
         let names = |ts: &[u16]| -> Vec<String> {
             ts.iter()
                 .map(|t| map.touchpoint_name(*t).to_string())
                 .collect()
         };
-        let steps = map.steps.iter().enumerate().map(|(i, s)| JourneyStepRow {
-            journey: map.name.clone(),
-            step: s.name.clone(),
-            step_index: u8::try_from(i).unwrap_or(u8::MAX),
-            from_touchpoints: names(&s.from),
-            to_touchpoints: names(&s.to),
-            budget_ms: s.budget_ms,
-            target_conversion: s.target_conversion,
-            updated_at: now_secs(),
-        });
+        let steps: Vec<JourneyStepRow> = map
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| JourneyStepRow {
+                journey: map.name.clone(),
+                step: s.name.clone(),
+                step_index: u8::try_from(i).unwrap_or(u8::MAX),
+                from_touchpoints: names(&s.from),
+                to_touchpoints: names(&s.to),
+                budget_ms: s.budget_ms,
+                target_conversion: s.target_conversion,
+                updated_at: now_secs(),
+            })
+            .collect();
         self.insert_rows::<JourneyStepRow>("journey_steps", steps)
             .await?;
         self.map_published.store(true, Ordering::Relaxed);
@@ -168,6 +180,9 @@ impl BatchCommitter {
     /// count.
     pub async fn resume(&self, partition: u16) -> Result<Resume> {
         self.publish_map().await?;
+        // The intent before anything is read: a batch the owner so far confirmed after it
+        // is not confirmed, and one confirmed before it is read below (and so counts).
+        let id = self.write_intent(partition).await?;
         let top = self.highest_claim(partition).await?;
         let read = top.clone().unwrap_or_default();
         // The generation first: a compaction after it folds only batches committed after
@@ -193,6 +208,7 @@ impl BatchCommitter {
             .write_claim(
                 partition,
                 top.as_ref(),
+                id,
                 next_seq,
                 generation.live_from.min(next_seq),
             )

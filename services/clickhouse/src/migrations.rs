@@ -121,6 +121,14 @@ pub const MIGRATIONS: &[Migration] = &[
         // Markers of a service that does not claim would count under no claim.
         stops_journeys: true,
     },
+    Migration {
+        version: 18,
+        name: "claim intents",
+        sql: include_str!("../../../schemas/clickhouse/0018_claim_intents.sql"),
+        // A service of the version before would read an intent as the highest claim and
+        // build its claim on an empty chain.
+        stops_journeys: true,
+    },
 ];
 
 impl Migration {

@@ -5,9 +5,12 @@
 //! Per journey and partition, records arrive in the order they were sent: partial counts
 //! under a batch's sequence number and id (in one or more chunks), and committed records
 //! naming the latest committed batch. A committed record naming batch n confirms it and
-//! every earlier batch of the partition; of each sequence number the last partial sent
-//! counts (a batch replayed after a crash is sent again under a new id, and batch n's is the
-//! one named). [`BatchLog`] releases each confirmed batch's cells exactly once, whatever
+//! every earlier batch of the partition. Of each sequence number, the partial that counts is
+//! the one under the claim that the committed record's chain names for it (a batch replayed
+//! after a crash is sent again by the next owner, under its own claim; a zombie's partial
+//! of a batch that does not count may arrive after it, under its old claim); batch n's is
+//! also named by id. Records written before claims carry no chain: the last partial sent
+//! under a sequence number counts. [`BatchLog`] releases each confirmed batch's cells exactly once, whatever
 //! was repeated or lost of the committed records, and [`BatchLog::known_until`] says up to
 //! which event time every partition's committed watermark has come: after it a minute's
 //! counts are not known yet (never zero); before it they are no longer missing, though
@@ -16,12 +19,15 @@
 
 use std::collections::BTreeMap;
 
+use crate::claims::Link;
 use crate::event_time::Finality;
 
 /// A partial record: one chunk of a batch's cells.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Partial<C> {
     pub seq: u64,
+    /// The claim of the owner that formed the batch.
+    pub claim: u64,
     pub batch_id: u64,
     pub chunk: u32,
     pub chunks: u32,
@@ -29,7 +35,7 @@ pub struct Partial<C> {
 }
 
 /// A committed record: the partition's latest committed batch and watermark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confirmed {
     pub seq: u64,
     pub batch_id: u64,
@@ -42,6 +48,9 @@ pub struct Confirmed {
     pub idle: bool,
     /// How many partitions the journey reads.
     pub partitions: u32,
+    /// The sender's chain: which claim's batch counts under each sequence number (empty in
+    /// records written before claims).
+    pub chain: Vec<Link>,
 }
 
 /// Why a confirmed batch's counts cannot be counted as they should.
@@ -53,6 +62,10 @@ pub enum LogError {
     Incomplete { seq: u64, read: u32, chunks: u32 },
     #[error("batches {from} to {to} are confirmed but were never read (the topic's retention?)")]
     Missing { from: u64, to: u64 },
+    #[error(
+        "batch {seq} is confirmed under claim {claim:x}, but no partial of that claim was read"
+    )]
+    Unclaimed { seq: u64, claim: u64 },
 }
 
 /// A confirmed batch's cells, released once.
@@ -62,11 +75,20 @@ pub struct Released<C> {
     pub cells: Vec<C>,
 }
 
+/// The partial chunks of one batch as formed by one owner.
+#[derive(Debug, Clone)]
+struct Formed<C> {
+    claim: u64,
+    batch_id: u64,
+    chunks: Vec<Partial<C>>,
+}
+
 /// One partition's partials waiting for confirmation, and how far it has committed.
 #[derive(Debug, Clone)]
 struct PartitionLog<C> {
-    /// The last partial sent under each sequence number not released yet: its id, chunks.
-    waiting: BTreeMap<u64, (u64, Vec<Partial<C>>)>,
+    /// Under each sequence number not released yet, the last batch each claim sent, in the
+    /// order they were first read.
+    waiting: BTreeMap<u64, Vec<Formed<C>>>,
     /// The highest sequence number released.
     released: Option<u64>,
     watermark: Option<i64>,
@@ -111,15 +133,29 @@ impl<C> BatchLog<C> {
             // A batch confirmed before cannot be sent again; a stray copy changes nothing.
             return;
         }
-        let entry = log
-            .waiting
-            .entry(p.seq)
-            .or_insert_with(|| (p.batch_id, Vec::new()));
-        if entry.0 != p.batch_id {
+        let formed = log.waiting.entry(p.seq).or_default();
+        // Of records written before claims (all under claim 0), the last one counts, as of
+        // a claim: at most one owner's batch under a claim is committed.
+        let i = match formed.iter().position(|f| f.claim == p.claim) {
+            Some(i) => i,
+            None => {
+                formed.push(Formed {
+                    claim: p.claim,
+                    batch_id: p.batch_id,
+                    chunks: Vec::new(),
+                });
+                formed.len() - 1
+            }
+        };
+        let mut f = formed.remove(i);
+        if f.batch_id != p.batch_id {
             // Sent again after a crash: the later batch replaces the earlier one.
-            *entry = (p.batch_id, Vec::new());
+            f.batch_id = p.batch_id;
+            f.chunks.clear();
         }
-        entry.1.push(p);
+        f.chunks.push(p);
+        // Last read last: without a chain, the last partial sent counts.
+        formed.push(f);
     }
 
     /// A committed record: releases every batch it confirms that was not released yet, in
@@ -151,13 +187,22 @@ impl<C> BatchLog<C> {
             None => BTreeMap::new(),
         };
         let confirmed = std::mem::replace(&mut log.waiting, later);
-        for (seq, (id, mut chunks)) in confirmed {
+        for (seq, formed) in confirmed {
             if let Some(r) = log.released.filter(|r| seq > r + 1) {
                 errors.push(LogError::Missing {
                     from: r + 1,
                     to: seq - 1,
                 });
             }
+            log.released = Some(seq);
+            let Some(Formed {
+                batch_id: id,
+                mut chunks,
+                ..
+            }) = chosen(formed, seq, &c.chain, &mut errors)
+            else {
+                continue;
+            };
             if seq == c.seq && id != c.batch_id {
                 errors.push(LogError::WrongId {
                     seq,
@@ -175,7 +220,6 @@ impl<C> BatchLog<C> {
                     chunks: expected,
                 });
             }
-            log.released = Some(seq);
             out.push(Released {
                 seq,
                 cells: chunks.into_iter().flat_map(|p| p.cells).collect(),
@@ -237,6 +281,31 @@ impl<C> BatchLog<C> {
     }
 }
 
+/// Of the batches formed under `seq`, the one that counts: the one under the claim that
+/// `chain` names for `seq`, or with no chain (records written before claims) the last read.
+fn chosen<C>(
+    mut formed: Vec<Formed<C>>,
+    seq: u64,
+    chain: &[Link],
+    errors: &mut Vec<LogError>,
+) -> Option<Formed<C>> {
+    if chain.is_empty() {
+        return formed.pop();
+    }
+    let claim = chain
+        .iter()
+        .find(|l| l.from <= seq && seq < l.until)
+        .map(|l| l.claim);
+    let found = formed.into_iter().find(|f| Some(f.claim) == claim);
+    if found.is_none() {
+        errors.push(LogError::Unclaimed {
+            seq,
+            claim: claim.unwrap_or_default(),
+        });
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +313,7 @@ mod tests {
     fn partial(seq: u64, batch_id: u64, cells: Vec<i64>) -> Partial<i64> {
         Partial {
             seq,
+            claim: 0,
             batch_id,
             chunk: 0,
             chunks: 1,
@@ -259,7 +329,43 @@ mod tests {
             watermark: Some(watermark),
             idle: false,
             partitions: 2,
+            chain: Vec::new(),
         }
+    }
+
+    #[test]
+    fn of_each_batch_the_partial_of_the_claim_the_chain_names_counts() {
+        let link = |claim, from, until| Link { claim, from, until };
+        let under = |claim, p: Partial<i64>| Partial { claim, ..p };
+        let mut log = BatchLog::default();
+        log.on_partial(0, under(1, partial(0, 1, vec![1])));
+        log.on_partial(0, under(2, partial(1, 2, vec![10])));
+        // Owner 1, paused past its session, committed batch 1 after owner 2 claimed: its
+        // partial arrives last and does not count.
+        log.on_partial(0, under(1, partial(1, 3, vec![1_000])));
+        log.on_partial(0, under(2, partial(2, 4, vec![100])));
+        let chain = vec![link(1, 0, 1), link(2, 1, u64::MAX)];
+        let (out, errors) = log.on_confirmed(
+            0,
+            Confirmed {
+                chain: chain.clone(),
+                ..confirmed(2, 4, 5_000)
+            },
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let cells: Vec<i64> = out.into_iter().flat_map(|r| r.cells).collect();
+        assert_eq!(cells, [1, 10, 100]);
+        // A batch whose owner's partial was never read is reported, and not counted.
+        log.on_partial(0, under(1, partial(3, 5, vec![7])));
+        let (out, errors) = log.on_confirmed(
+            0,
+            Confirmed {
+                chain,
+                ..confirmed(3, 6, 6_000)
+            },
+        );
+        assert!(out.is_empty());
+        assert_eq!(errors, [LogError::Unclaimed { seq: 3, claim: 2 }]);
     }
 
     #[test]

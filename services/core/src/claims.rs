@@ -9,6 +9,12 @@
 //! a link of its own from there on. A batch counts when the highest claim's chain covers
 //! its claim and sequence number.
 //!
+//! An owner first writes its claim's id alone (an *intent*, with no chain), then reads, then
+//! writes the claim whole. The intent makes the current owner stop confirming its batches
+//! to readers of the aggregates topic before the resume point is read, so that a batch it
+//! confirmed is always before that point: under every later claim, a confirmed batch counts
+//! (see [`Claim::next`]).
+//!
 //! Each chain is the history its owner's state was built from (one owner's batches after
 //! another's, each resumed from the last), so whichever claim is highest, what counts is a
 //! history: nothing twice, nothing skipped. A zombie's later batches fall outside the
@@ -49,13 +55,18 @@ impl Claim {
             .any(|l| l.claim == claim && live_from <= l.until)
     }
 
-    /// The claim that follows this one (the highest read, `None`: none yet) for an owner
-    /// resuming at `next_seq`, whose folded batches end at `live_from`. `random` tells two
-    /// owners claiming at once apart.
-    pub fn next(top: Option<&Claim>, next_seq: u64, live_from: u64, random: u32) -> Claim {
-        let turn = top.map_or(0, |c| c.id >> 32) + 1;
-        let id = (turn << 32) | u64::from(random);
-        let mut chain: Vec<Link> = top
+    /// The id of a claim after every claim seen (`highest`: the highest id of any claim
+    /// or intent, `None`: none yet). `random` tells two owners claiming at once apart.
+    pub fn id_after(highest: Option<u64>, random: u32) -> u64 {
+        let turn = highest.map_or(0, |id| id >> 32) + 1;
+        (turn << 32) | u64::from(random)
+    }
+
+    /// Claim `id` (from [`Claim::id_after`], written as an intent before anything was
+    /// read) for an owner that read `read` as the highest whole claim (`None`: none yet)
+    /// and resumes at `next_seq`, whose folded batches end at `live_from`.
+    pub fn next(read: Option<&Claim>, id: u64, next_seq: u64, live_from: u64) -> Claim {
+        let mut chain: Vec<Link> = read
             .map(|c| c.chain.as_slice())
             .unwrap_or_default()
             .iter()
@@ -102,27 +113,37 @@ mod tests {
         last: Option<usize>,
     }
 
-    /// An owner of the model. Resuming takes three steps that others may interleave, as
-    /// in the adapter: the highest claim and the latest compaction under it, then the last
-    /// marker under that claim, then the claim written; then it commits and compacts.
+    /// An owner of the model. Resuming takes four steps that others may interleave, as
+    /// in the adapter: the intent (the claim's id alone), the highest whole claim and the
+    /// latest compaction under it, the last marker under that claim, the claim whole; then
+    /// it commits, confirms and compacts.
     #[derive(Debug, Clone, Default)]
     struct Owner {
-        read_generation: Option<(Option<Claim>, u64)>,
-        read: Option<(Option<Claim>, u64, Option<Marker>)>,
+        intent: Option<u64>,
+        read_generation: Option<(u64, Option<Claim>, u64)>,
+        read: Option<(u64, Option<Claim>, u64, Option<Marker>)>,
         claim: Option<Claim>,
         last: Option<Marker>,
     }
 
     #[derive(Debug, Default)]
     struct Store {
+        /// Whole claims.
         claims: Vec<Claim>,
+        intents: Vec<u64>,
         markers: Vec<Marker>,
         compactions: Vec<Compaction>,
+        /// Markers their owners confirmed to readers of the aggregates topic.
+        confirmed: Vec<Marker>,
     }
 
     impl Store {
         fn top(&self) -> Option<&Claim> {
             self.claims.iter().max_by_key(|c| c.id)
+        }
+        /// The highest id of any claim or intent.
+        fn highest(&self) -> Option<u64> {
+            self.intents.iter().copied().max()
         }
         fn generation(&self, under: Option<&Claim>) -> Option<Compaction> {
             self.compactions
@@ -145,55 +166,69 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Step {
-        /// Owner i reads the highest claim and the generation under it (a new assignment).
+        /// Owner i writes the id of its next claim (a new assignment).
+        Intent(usize, u32),
+        /// Owner i reads the highest whole claim and the generation under it.
         ReadGeneration(usize),
         /// Owner i reads the last marker that counts under the claim it read.
         ReadLast(usize),
-        /// Owner i writes the claim it computed from what it read.
-        Claim(usize, u32),
+        /// Owner i writes the claim whole, as computed from what it read.
+        Claim(usize),
         /// Owner i commits its next batch (if it has claimed).
         Commit(usize),
+        /// Owner i confirms its last batch, unless a higher claim or intent exists.
+        Confirm(usize),
         /// Owner i folds its history up to its last batch (if it has claimed).
         Compact(usize),
     }
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
+            (0..3usize, any::<u32>()).prop_map(|(i, r)| Step::Intent(i, r)),
             (0..3usize).prop_map(Step::ReadGeneration),
             (0..3usize).prop_map(Step::ReadLast),
-            (0..3usize, any::<u32>()).prop_map(|(i, r)| Step::Claim(i, r)),
+            (0..3usize).prop_map(Step::Claim),
             (0..3usize).prop_map(Step::Commit),
             (0..3usize).prop_map(Step::Commit),
+            (0..3usize).prop_map(Step::Confirm),
             (0..3usize).prop_map(Step::Compact),
         ]
     }
 
     fn apply(store: &mut Store, owners: &mut [Owner], s: Step) {
         match s {
-            Step::ReadGeneration(i) => {
-                let top = store.top().cloned();
-                let live_from = store.generation(top.as_ref()).map_or(0, |g| g.live_from);
+            Step::Intent(i, random) => {
+                let id = Claim::id_after(store.highest(), random);
+                if store.intents.contains(&id) {
+                    return; // the model's random collided: not a case to test
+                }
+                store.intents.push(id);
                 owners[i] = Owner {
-                    read_generation: Some((top, live_from)),
+                    intent: Some(id),
                     ..Owner::default()
                 };
             }
+            Step::ReadGeneration(i) => {
+                let Some(id) = owners[i].intent.take() else {
+                    return;
+                };
+                let top = store.top().cloned();
+                let live_from = store.generation(top.as_ref()).map_or(0, |g| g.live_from);
+                owners[i].read_generation = Some((id, top, live_from));
+            }
             Step::ReadLast(i) => {
-                let Some((top, live_from)) = owners[i].read_generation.take() else {
+                let Some((id, top, live_from)) = owners[i].read_generation.take() else {
                     return;
                 };
                 let last = store.counting(top.as_ref(), 0).last().copied();
-                owners[i].read = Some((top, live_from, last));
+                owners[i].read = Some((id, top, live_from, last));
             }
-            Step::Claim(i, random) => {
-                let Some((top, live_from, last)) = owners[i].read.take() else {
+            Step::Claim(i) => {
+                let Some((id, top, live_from, last)) = owners[i].read.take() else {
                     return;
                 };
                 let next_seq = last.map_or(0, |m| m.seq + 1);
-                let claim = Claim::next(top.as_ref(), next_seq, live_from.min(next_seq), random);
-                if store.claims.iter().any(|c| c.id == claim.id) {
-                    return; // the model's random collided: not a case to test
-                }
+                let claim = Claim::next(top.as_ref(), id, next_seq, live_from.min(next_seq));
                 store.claims.push(claim.clone());
                 owners[i].claim = Some(claim);
                 owners[i].last = last;
@@ -210,6 +245,15 @@ mod tests {
                 };
                 store.markers.push(m);
                 owners[i].last = Some(m);
+            }
+            Step::Confirm(i) => {
+                let (Some(claim), Some(last)) = (owners[i].claim.as_ref(), owners[i].last) else {
+                    return;
+                };
+                // Its own batch, or the last one it resumed after (said again on resuming).
+                if store.highest() <= Some(claim.id) {
+                    store.confirmed.push(last);
+                }
             }
             Step::Compact(i) => {
                 let (Some(claim), Some(last)) = (owners[i].claim.as_ref(), owners[i].last) else {
@@ -229,8 +273,9 @@ mod tests {
         /// committing as zombies and compacting, what counts under the highest claim is one
         /// history: the latest compaction that counts, then batches numbered on from its
         /// live_from, each built on the one before, the first on the compaction's last.
+        /// And every batch an owner confirmed is in that history.
         #[test]
-        fn what_counts_is_always_one_history(steps in proptest::collection::vec(step(), 1..120)) {
+        fn what_counts_is_always_one_history(steps in proptest::collection::vec(step(), 1..150)) {
             let mut store = Store::default();
             let mut owners = vec![Owner::default(); 3];
             for s in steps {
@@ -245,20 +290,28 @@ mod tests {
                     prop_assert_eq!(m.parent, parent, "{:?}", counting);
                     parent = Some(m.id);
                 }
+                let mut history = std::collections::BTreeSet::new();
+                while let Some(id) = parent {
+                    history.insert(id);
+                    parent = store.markers[id].parent;
+                }
+                for c in &store.confirmed {
+                    prop_assert!(history.contains(&c.id), "confirmed {:?} does not count: {:?}", c, counting);
+                }
             }
         }
     }
 
     #[test]
     fn a_zombies_batch_after_the_next_claim_does_not_count() {
-        let first = Claim::next(None, 0, 0, 7);
-        let second = Claim::next(Some(&first), 5, 0, 3);
+        let first = Claim::next(None, Claim::id_after(None, 7), 0, 0);
+        let second = Claim::next(Some(&first), Claim::id_after(Some(first.id), 3), 5, 0);
         assert!(second.id > first.id);
         assert!(second.counts(first.id, 4));
         assert!(!second.counts(first.id, 5), "the zombie's sixth batch");
         assert!(second.counts(second.id, 5));
         // A claim written late, from an older read, is lower and changes nothing.
-        let late = Claim::next(Some(&first), 3, 0, 1);
+        let late = Claim::next(Some(&first), Claim::id_after(Some(first.id), 1), 3, 0);
         assert!(late.id < second.id);
         let top: BTreeMap<u64, &Claim> = [(second.id, &second), (late.id, &late)].into();
         assert_eq!(top.last_key_value().map(|(k, _)| *k), Some(second.id));
@@ -266,14 +319,14 @@ mod tests {
 
     #[test]
     fn links_below_the_folded_batches_are_dropped_and_compactions_need_their_link() {
-        let a = Claim::next(None, 0, 0, 1);
-        let b = Claim::next(Some(&a), 10, 0, 2);
+        let a = Claim::next(None, Claim::id_after(None, 1), 0, 0);
+        let b = Claim::next(Some(&a), Claim::id_after(Some(a.id), 2), 10, 0);
         assert!(b.counts_compaction(a.id, 10));
         assert!(
             !b.counts_compaction(a.id, 11),
             "a folded a batch that no longer counts"
         );
-        let c = Claim::next(Some(&b), 30, 20, 3);
+        let c = Claim::next(Some(&b), Claim::id_after(Some(b.id), 3), 30, 20);
         assert_eq!(
             c.chain.iter().map(|l| l.claim).collect::<Vec<_>>(),
             vec![b.id, c.id],

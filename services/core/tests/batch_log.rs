@@ -1,9 +1,12 @@
 //! The aggregates topic's reader against a reference of the README's protocol: journey
-//! services that crash before a batch's marker (the batch is sent again under a new id),
-//! commit, lose committed records, say them again and interleave partitions; the reader
-//! counts exactly the cells of the batches that committed, each once.
+//! services that crash before a batch's marker (the batch is sent again by the next owner,
+//! under its claim and a new id), commit, lose committed records, say them again,
+//! interleave partitions, and zombies whose partial of a batch that does not count arrives
+//! after the one that does; the reader counts exactly the cells of the batches that
+//! committed, each once.
 
 use cxstream_core::batch_log::{BatchLog, Confirmed, Partial};
+use cxstream_core::claims::Link;
 use proptest::prelude::*;
 
 /// What one partition sends, in order.
@@ -15,7 +18,9 @@ enum Sent {
 
 /// One batch: its attempts' cells (the last attempt commits), how its partial is cut into
 /// chunks, whether a chunk is sent twice, whether its committed record is lost or sent
-/// twice, and whether an older committed record (an earlier owner's, read late) follows.
+/// twice, whether an older committed record (an earlier owner's, read late) follows, and
+/// whether a zombie's partial of the same batch arrives (0: no, 1: before its committed
+/// record, 2: after it).
 #[derive(Debug, Clone)]
 struct Batch {
     attempts: Vec<Vec<i64>>,
@@ -23,6 +28,7 @@ struct Batch {
     repeat_chunk: bool,
     confirmation: u8,
     stale: bool,
+    zombie: u8,
 }
 
 fn batch() -> impl Strategy<Value = Batch> {
@@ -32,16 +38,30 @@ fn batch() -> impl Strategy<Value = Batch> {
         any::<bool>(),
         0u8..3,
         any::<bool>(),
+        0u8..3,
     )
         .prop_map(
-            |(attempts, chunk_size, repeat_chunk, confirmation, stale)| Batch {
+            |(attempts, chunk_size, repeat_chunk, confirmation, stale, zombie)| Batch {
                 attempts,
                 chunk_size,
                 repeat_chunk,
                 confirmation,
                 stale,
+                zombie,
             },
         )
+}
+
+/// The chain of an owner that claims at `seq` after the chain `chain`.
+fn claimed(chain: &mut Vec<Link>, claim: u64, seq: u64) {
+    if let Some(last) = chain.last_mut() {
+        last.until = seq;
+    }
+    chain.push(Link {
+        claim,
+        from: seq,
+        until: u64::MAX,
+    });
 }
 
 /// What one partition sends for `batches` (then a crashed attempt of the next batch when
@@ -51,38 +71,48 @@ fn play(batches: &[Batch], trailing: &Option<Vec<i64>>, partitions: u32) -> (Vec
     let mut next_id = 1u64;
     let mut last: Option<Confirmed> = None;
     let mut sum = 0;
-    let mut send_partials = |out: &mut Vec<Sent>, seq: u64, cells: &[i64], b: &Batch| -> u64 {
-        let id = next_id;
-        next_id += 1;
-        let parts: Vec<&[i64]> = if cells.is_empty() {
-            vec![&[]]
-        } else {
-            cells.chunks(b.chunk_size).collect()
-        };
-        for (k, part) in parts.iter().enumerate() {
-            let p = Partial {
-                seq,
-                batch_id: id,
-                chunk: k as u32,
-                chunks: parts.len() as u32,
-                cells: part.to_vec(),
+    let mut claim = 1u64;
+    let mut chain = Vec::new();
+    claimed(&mut chain, claim, 0);
+    let mut send_partials =
+        |out: &mut Vec<Sent>, seq: u64, claim: u64, cells: &[i64], b: &Batch| -> u64 {
+            let id = next_id;
+            next_id += 1;
+            let parts: Vec<&[i64]> = if cells.is_empty() {
+                vec![&[]]
+            } else {
+                cells.chunks(b.chunk_size).collect()
             };
-            if b.repeat_chunk {
-                out.push(Sent::Partial(p.clone()));
+            for (k, part) in parts.iter().enumerate() {
+                let p = Partial {
+                    seq,
+                    claim,
+                    batch_id: id,
+                    chunk: k as u32,
+                    chunks: parts.len() as u32,
+                    cells: part.to_vec(),
+                };
+                if b.repeat_chunk {
+                    out.push(Sent::Partial(p.clone()));
+                }
+                out.push(Sent::Partial(p));
             }
-            out.push(Sent::Partial(p));
-        }
-        id
-    };
+            id
+        };
     for (seq, b) in batches.iter().enumerate() {
         let seq = seq as u64;
         for (i, cells) in b.attempts.iter().enumerate() {
-            let id = send_partials(&mut out, seq, cells, b);
+            let id = send_partials(&mut out, seq, claim, cells, b);
             if i + 1 < b.attempts.len() {
-                // Crashed before the marker; the restart names the last committed batch
-                // before it sends this one again.
-                if let Some(c) = last {
-                    out.push(Sent::Confirmed(c));
+                // Crashed before the marker; the restart claims the partition and names the
+                // last committed batch before it sends this one again.
+                claim += 1;
+                claimed(&mut chain, claim, seq);
+                if let Some(c) = &last {
+                    out.push(Sent::Confirmed(Confirmed {
+                        chain: chain.clone(),
+                        ..c.clone()
+                    }));
                 }
                 continue;
             }
@@ -94,14 +124,33 @@ fn play(batches: &[Batch], trailing: &Option<Vec<i64>>, partitions: u32) -> (Vec
                 touchpoints_watermark: None,
                 idle: false,
                 partitions,
+                chain: chain.clone(),
             };
+            // The owner before (or one never in the chain), paused past its session,
+            // formed the same batch: it does not count.
+            let zombie = |out: &mut Vec<Sent>| {
+                out.push(Sent::Partial(Partial {
+                    seq,
+                    claim: claim - 1,
+                    batch_id: u64::MAX - seq,
+                    chunk: 0,
+                    chunks: 1,
+                    cells: vec![1_000],
+                }))
+            };
+            if b.zombie == 1 {
+                zombie(&mut out);
+            }
             // 0: lost (a crash after the marker), 1: sent, 2: sent twice.
             for _ in 0..b.confirmation {
-                out.push(Sent::Confirmed(c));
+                out.push(Sent::Confirmed(c.clone()));
+            }
+            if b.zombie == 2 {
+                zombie(&mut out);
             }
             if b.stale {
-                if let Some(old) = last {
-                    out.push(Sent::Confirmed(old));
+                if let Some(old) = &last {
+                    out.push(Sent::Confirmed(old.clone()));
                 }
             }
             last = Some(c);
@@ -109,7 +158,7 @@ fn play(batches: &[Batch], trailing: &Option<Vec<i64>>, partitions: u32) -> (Vec
         prefix.push(sum);
     }
     if let (Some(cells), Some(b)) = (trailing, batches.last()) {
-        send_partials(&mut out, batches.len() as u64, cells, b);
+        send_partials(&mut out, batches.len() as u64, claim, cells, b);
     }
     // Said again every 10 s and after a restart: the latest one arrives in the end.
     if let Some(c) = last {
@@ -149,7 +198,7 @@ proptest! {
             match record {
                 Sent::Partial(x) => log.on_partial(p as u32, x.clone()),
                 Sent::Confirmed(c) => {
-                    let (released, errors) = log.on_confirmed(p as u32, *c);
+                    let (released, errors) = log.on_confirmed(p as u32, c.clone());
                     prop_assert!(errors.is_empty(), "{errors:?}");
                     counted[p] += released.iter().flat_map(|r| &r.cells).sum::<i64>();
                     confirmed[p] = confirmed[p].max(Some(c.seq));

@@ -194,6 +194,9 @@ fn records_of(
                 idle: false,
                 minutes: Vec::new(),
                 steps: Vec::new(),
+                // As written before records named claims: the last partial sent counts.
+                claim: 0,
+                chain: Vec::new(),
             };
             let crashes = seq % 97 == 5;
             for attempt in 0..=usize::from(crashes) {

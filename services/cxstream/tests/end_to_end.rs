@@ -1112,7 +1112,7 @@ fn sigterm_then_sigkill_mid_run(s: &Stack, simulate: impl FnOnce(&Stack)) {
     assert_compacted(s);
     // What the alerter reads: the committed batches' partial counts on the aggregates topic
     // sum to the ground truth too, after SIGTERM, SIGKILL and replays.
-    let (minutes, steps, within) = committed_aggregates(s);
+    let (minutes, steps, within) = common::committed_aggregates(s);
     for j in &s.journeys {
         assert_cells_equal(&s.truth_of(j), minutes.get(j).unwrap_or(&BTreeMap::new()));
         assert_cells_equal(
@@ -1129,135 +1129,6 @@ fn sigterm_then_sigkill_mid_run(s: &Stack, simulate: impl FnOnce(&Stack)) {
     let out = s.ok(&["alerter", "--until-caught-up"]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!log.contains("are missing"), "{log}");
-}
-
-/// Cells per journey, as in the ground truth files.
-type JourneyCells<K> = BTreeMap<String, BTreeMap<K, Vec<i64>>>;
-
-/// The per-minute and step cells a reader of the aggregates topic has, by the README's
-/// protocol as the core's `BatchLog` implements it (the alerter's reader): only batches a
-/// committed record of the stack's group confirms, each once, every one of them whole.
-fn committed_aggregates(
-    s: &Stack,
-) -> (
-    JourneyCells<common::Cell>,
-    JourneyCells<common::StepCell>,
-    JourneyCells<common::StepCell>,
-) {
-    use cxstream_avro::{AggregatesKind, MinuteCell, StepCell};
-    use cxstream_core::batch_log::{BatchLog, Confirmed, Partial};
-    let codec = Codec::new().unwrap();
-    let group = format!("g.{}", s.run);
-    let mut raw = s.read_topic(&s.topic("aggregates"), PARTITIONS);
-    raw.sort_by_key(|r| (r.partition, r.offset));
-    type Cells = (Vec<MinuteCell>, Vec<StepCell>);
-    let mut logs: BTreeMap<String, BatchLog<Cells>> = BTreeMap::new();
-    let (mut minutes, mut steps, mut within) = (
-        JourneyCells::new(),
-        JourneyCells::new(),
-        JourneyCells::new(),
-    );
-    for r in raw {
-        let m = codec.decode_aggregates(&r.payload).unwrap();
-        if m.group != group {
-            continue;
-        }
-        let log = logs.entry(m.journey.clone()).or_default();
-        let partition = m.partition as u32;
-        match m.kind {
-            AggregatesKind::Partial => log.on_partial(
-                partition,
-                Partial {
-                    seq: m.seq as u64,
-                    batch_id: m.batch_id as u64,
-                    chunk: m.chunk as u32,
-                    chunks: m.chunks as u32,
-                    cells: vec![(m.minutes, m.steps)],
-                },
-            ),
-            AggregatesKind::Committed => {
-                let (released, errors) = log.on_confirmed(
-                    partition,
-                    Confirmed {
-                        seq: m.seq as u64,
-                        batch_id: m.batch_id as u64,
-                        watermark: m.watermark,
-                        touchpoints_watermark: m.touchpoints_watermark,
-                        idle: m.idle,
-                        partitions: m.partitions as u32,
-                    },
-                );
-                assert!(errors.is_empty(), "{}/{partition}: {errors:?}", m.journey);
-                for (mins, stps) in released.into_iter().flat_map(|b| b.cells) {
-                    for c in mins {
-                        let key = (c.minute, c.stage, c.touchpoint, c.channel, c.segment);
-                        let n = &c.counts;
-                        let v = [
-                            n.nps_promoters,
-                            n.nps_passives,
-                            n.nps_detractors,
-                            n.csat_n,
-                            n.csat_top2,
-                            n.csat_sum,
-                            n.ces_n,
-                            n.ces_agree,
-                            n.ces_sum,
-                            n.stage_entries,
-                            n.touchpoints,
-                            n.stage_conversions,
-                            n.convert_ms_sum,
-                            n.stage_dropoffs + n.stage_open,
-                        ];
-                        add(minutes.entry(m.journey.clone()).or_default(), key, &v);
-                    }
-                    for c in stps {
-                        let key = (
-                            c.minute,
-                            c.step,
-                            c.stage,
-                            c.touchpoint,
-                            c.channel,
-                            c.segment,
-                        );
-                        let n = &c.counts;
-                        let v = [
-                            n.starts,
-                            n.conversions,
-                            n.convert_ms_sum,
-                            n.dropoffs + n.open,
-                        ];
-                        add(steps.entry(m.journey.clone()).or_default(), key.clone(), &v);
-                        add(
-                            within.entry(m.journey.clone()).or_default(),
-                            key,
-                            &n.within(),
-                        );
-                    }
-                }
-            }
-        }
-    }
-    // Every partition named its last batch, with the watermark it committed.
-    for (journey, log) in &logs {
-        assert!(
-            log.known_until().is_some(),
-            "{journey}: a partition never said"
-        );
-    }
-    for cells in minutes.values_mut() {
-        cells.retain(|_, v| v.iter().any(|x| *x != 0));
-    }
-    for cells in steps.values_mut().chain(within.values_mut()) {
-        cells.retain(|_, v| v.iter().any(|x| *x != 0));
-    }
-    (minutes, steps, within)
-}
-
-fn add<K: Ord>(cells: &mut BTreeMap<K, Vec<i64>>, key: K, v: &[i64]) {
-    let sum = cells.entry(key).or_insert_with(|| vec![0; v.len()]);
-    for (s, x) in sum.iter_mut().zip(v) {
-        *s += x;
-    }
 }
 
 /// A product system written in Python (fastavro + confluent-kafka, schemas from

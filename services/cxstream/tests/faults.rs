@@ -887,4 +887,14 @@ fn three_instances_paused_and_killed_never_count_a_zombies_batch() {
         "no paused instance committed after being overtaken: the test showed nothing"
     );
     assert_eq!(zombies_counted, 0, "batches committed by zombies count");
+    // What the alerter reads: of each batch, the partial the confirming owner's chain
+    // names (a zombie's partial of the same batch may come later), summing to the truth.
+    let (minutes, steps, _) = common::committed_aggregates(&s);
+    for j in &s.journeys {
+        assert_cells_equal(&s.truth_of(j), minutes.get(j).unwrap_or(&BTreeMap::new()));
+        assert_cells_equal(
+            &s.step_truth_of(j),
+            steps.get(j).unwrap_or(&BTreeMap::new()),
+        );
+    }
 }

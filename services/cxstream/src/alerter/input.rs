@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use cxstream_avro::{AggregatesKind, AggregatesMessage, MinuteCell, StepCell};
 use cxstream_core::batch_log::{BatchLog, Confirmed, LogError, Partial};
+use cxstream_core::claims::Link;
 use cxstream_core::journey_map::{StepIdx, NO_SEGMENT, NO_SEGMENT_NAME, NO_STAGE, NO_STAGE_NAME};
 use cxstream_core::watch::{AlertChange, Finality, JourneyWatch, WatchParams};
 use cxstream_core::JourneyMap;
@@ -61,6 +62,8 @@ impl JourneyInput {
                     partition,
                     Partial {
                         seq: u64::try_from(m.seq).unwrap_or(0),
+                        // The bits of unsigned numbers, as Avro has no unsigned long.
+                        claim: m.claim as u64,
                         batch_id: m.batch_id as u64,
                         chunk: u32::try_from(m.chunk).unwrap_or(0),
                         chunks: u32::try_from(m.chunks).unwrap_or(0),
@@ -77,6 +80,15 @@ impl JourneyInput {
                     touchpoints_watermark: m.touchpoints_watermark,
                     idle: m.idle,
                     partitions: u32::try_from(m.partitions).unwrap_or(0),
+                    chain: m
+                        .chain
+                        .iter()
+                        .map(|l| Link {
+                            claim: l.claim as u64,
+                            from: l.from as u64,
+                            until: l.until as u64,
+                        })
+                        .collect(),
                 };
                 // The batches it releases count with what the partition had committed before.
                 let before = self.log.partition_known(partition);

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use cxstream_avro::{AggregatesKind, AggregatesMessage, Codec, MinuteCell, StepCell};
+use cxstream_avro::{AggregatesKind, AggregatesMessage, ClaimLink, Codec, MinuteCell, StepCell};
+use cxstream_core::claims::Claim;
 use cxstream_core::journey::Context;
 use cxstream_core::processor::MINUTE_MS;
 use cxstream_core::{Batch, JourneyMap, JourneyMaps};
@@ -77,7 +78,7 @@ impl AggregatesOutput {
                 // Never 0, which markers of batches without partials hold.
                 let id = rand::random::<u64>().max(1);
                 b.end.aggregates_id = id;
-                for m in self.partials(map, *p, b.seq, id, &b.batch) {
+                for m in self.partials(map, *p, b.seq, (b.end.claim, id), &b.batch) {
                     buf.clear();
                     codec.encode_aggregates(&m, &mut buf)?;
                     let key = key(&map.name, *p);
@@ -110,10 +111,12 @@ impl AggregatesOutput {
             self.republished = Instant::now();
         }
         let mut buf = Vec::new();
-        for (p, slot) in slots.iter_mut() {
+        // A partition not checked since its last commit may have been claimed by another
+        // owner: its batches wait (see `cxstream_core::claims`).
+        for (p, slot) in slots.iter_mut().filter(|(_, s)| s.is_checked()) {
             for (lane, c) in slot.confirmations_to_publish(again) {
                 let journey = slot.journey(lane).to_string();
-                let m = self.committed(&journey, *p, c);
+                let m = self.committed(&journey, *p, c, slot.claim(lane));
                 buf.clear();
                 if let Err(e) = codec.encode_aggregates(&m, &mut buf) {
                     tracing::warn!(error = %e, "cannot encode a committed-batch record");
@@ -154,11 +157,34 @@ impl AggregatesOutput {
             idle: false,
             minutes: Vec::new(),
             steps: Vec::new(),
+            claim: 0,
+            chain: Vec::new(),
         }
     }
 
-    fn committed(&self, journey: &str, partition: i32, c: Committed) -> AggregatesMessage {
+    /// The committed record of batch `c`, with the sender's chain: of each batch it
+    /// confirms, the chain names the claim whose partial counts.
+    fn committed(
+        &self,
+        journey: &str,
+        partition: i32,
+        c: Committed,
+        claim: Option<&Claim>,
+    ) -> AggregatesMessage {
+        // The bits of unsigned numbers, as Avro has no unsigned long.
+        let chain = claim.map_or_else(Vec::new, |c| {
+            c.chain
+                .iter()
+                .map(|l| ClaimLink {
+                    claim: l.claim as i64,
+                    from: l.from as i64,
+                    until: l.until as i64,
+                })
+                .collect()
+        });
         AggregatesMessage {
+            claim: claim.map_or(0, |c| c.id as i64),
+            chain,
             seq: i64::try_from(c.seq).unwrap_or(i64::MAX),
             // The id's bits, as Avro has no unsigned long.
             batch_id: c.aggregates_id as i64,
@@ -176,7 +202,7 @@ impl AggregatesOutput {
         map: &JourneyMap,
         partition: i32,
         seq: u64,
-        id: u64,
+        (claim, id): (u64, u64),
         batch: &Batch,
     ) -> Vec<AggregatesMessage> {
         let minutes: Vec<MinuteCell> = batch
@@ -217,6 +243,7 @@ impl AggregatesOutput {
             .map(|i| AggregatesMessage {
                 seq: i64::try_from(seq).unwrap_or(i64::MAX),
                 batch_id: id as i64,
+                claim: claim as i64,
                 chunk: i32::try_from(i).unwrap_or(i32::MAX),
                 chunks: i32::try_from(chunks).unwrap_or(i32::MAX),
                 minutes: minutes.next().map(<[_]>::to_vec).unwrap_or_default(),

@@ -48,6 +48,9 @@ pub enum Outcome {
         /// Partitions that another owner claimed since this one did: what was committed
         /// here does not count from that owner's first batch on.
         overtaken: Vec<i32>,
+        /// Partitions whose claims could not be read after the commit: their batches may
+        /// not be confirmed until a later check.
+        unchecked: Vec<i32>,
     },
     /// Shutting down while ClickHouse refused: what was not committed is read again by
     /// whoever owns the partition next.
@@ -70,17 +73,23 @@ impl InFlight {
         self.done.notify_all();
     }
 
-    /// Waits until no job is in flight.
-    pub fn wait_idle(&self) {
+    /// Waits until no job is in flight, at most `limit`; whether none is.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
         let Ok(mut busy) = self.busy.lock() else {
-            return;
+            return false;
         };
+        let until = Instant::now() + limit;
         while *busy {
-            match self.done.wait_timeout(busy, Duration::from_secs(1)) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match self.done.wait_timeout(busy, left) {
                 Ok((b, _)) => busy = b,
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
+        true
     }
 }
 
@@ -209,17 +218,18 @@ impl Committing {
         if gave_up {
             return Outcome::GaveUp;
         }
-        let overtaken = self.rt.block_on(overtaken(&self.committers, &claims, None));
+        let checked = self.rt.block_on(overtaken(&self.committers, &claims, None));
         let compacted = job
             .compactions
             .into_iter()
-            .filter(|f| !overtaken.contains(&f.partition))
+            .filter(|f| !checked.overtaken.contains(&f.partition))
             .filter(|f| self.compact(f))
             .collect();
         Outcome::Done {
             committed,
             compacted,
-            overtaken,
+            overtaken: checked.overtaken,
+            unchecked: checked.unknown,
         }
     }
 
@@ -360,33 +370,54 @@ impl Committing {
     }
 }
 
+/// What a check of held claims found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Partitions another owner has claimed (or is claiming) since.
+    pub overtaken: Vec<i32>,
+    /// Partitions whose claims could not be read.
+    pub unknown: Vec<i32>,
+}
+
 /// Of the held `(journey lane, partition, claim)`, the partitions another owner has claimed
-/// since (asked once per journey, each within `limit` when given). A journey whose claims
-/// cannot be read counts as not overtaken: the next check asks again.
+/// since, or whose claims could not be read (asked once per journey, each within `limit`
+/// when given).
 pub async fn overtaken(
     committers: &[Arc<BatchCommitter>],
     held: &[(usize, u16, u64)],
     limit: Option<Duration>,
-) -> Vec<i32> {
-    let mut overtaken = Vec::new();
+) -> Checked {
+    let mut checked = Checked::default();
     for (lane, committer) in committers.iter().enumerate() {
         let of_lane: Vec<(u16, u64)> = held
             .iter()
             .filter(|(l, ..)| *l == lane)
             .map(|&(_, p, c)| (p, c))
             .collect();
+        if of_lane.is_empty() {
+            continue;
+        }
         let asked = committer.overtaken(&of_lane);
         let answer = match limit {
             Some(limit) => tokio::time::timeout(limit, asked).await.ok(),
             None => Some(asked.await),
         };
+        let unknown = || of_lane.iter().map(|(p, _)| i32::from(*p));
         match answer {
-            Some(Ok(ps)) => overtaken.extend(ps.into_iter().map(i32::from)),
-            Some(Err(e)) => tracing::warn!(error = %e, "cannot read the partitions' claims"),
-            None => tracing::warn!("the partitions' claims were not read in time"),
+            Some(Ok(ps)) => checked.overtaken.extend(ps.into_iter().map(i32::from)),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the partitions' claims");
+                checked.unknown.extend(unknown());
+            }
+            None => {
+                tracing::warn!("the partitions' claims were not read in time");
+                checked.unknown.extend(unknown());
+            }
         }
     }
-    overtaken.sort_unstable();
-    overtaken.dedup();
-    overtaken
+    for v in [&mut checked.overtaken, &mut checked.unknown] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    checked
 }

@@ -16,9 +16,9 @@ use cxstream_kafka::{DeadLetter, DEAD_LETTER_MAX_BYTES};
 use rdkafka::producer::{BaseRecord, Producer};
 
 use super::partition::{self, Source};
-use super::rebalance::Change;
 use super::Inner;
 use crate::produce::send;
+use cxstream_clickhouse::Resume;
 
 /// A dead letter keeps at most this much of its record's key.
 const DEAD_LETTER_MAX_KEY_BYTES: usize = 4096;
@@ -36,7 +36,7 @@ pub(super) struct DeadLetterLog {
     asked: Option<Instant>,
     /// Per input partition, the records (source, offset) whose letters are in the DLQ
     /// already: found there when the partition was assigned.
-    sent_before: BTreeMap<i32, HashSet<(Source, i64)>>,
+    pub(super) sent_before: BTreeMap<i32, HashSet<(Source, i64)>>,
 }
 
 impl Inner {
@@ -130,21 +130,16 @@ impl Inner {
         log.ends.clone()
     }
 
-    /// Before the assigned partitions are read: which of their records that will be read
-    /// again were dead-lettered already (by an instance that crashed, or by a journey map
-    /// that committed further than another).
-    pub(super) fn learn_sent_before(&mut self, changes: &[Change]) {
-        for change in changes {
-            let (Change::Assigned(p, _) | Change::Revoked(p)) = change;
-            self.dead_letters.sent_before.remove(p);
-        }
+    /// Before the partitions just claimed are read: which of their records that will be
+    /// read again were dead-lettered already (by an instance that crashed, or by a journey
+    /// map that committed further than another).
+    pub(super) fn learn_sent_before(&mut self, claimed: &[(i32, Vec<Resume>)]) {
         let mut partitions = BTreeSet::new();
         let mut positions = Vec::new();
-        for change in changes {
-            if let Change::Assigned(p, resumes) = change {
-                partitions.insert(*p);
-                positions.extend(resumes.iter().map(|r| r.dead_letters_from.as_deref()));
-            }
+        for (p, resumes) in claimed {
+            self.dead_letters.sent_before.remove(p);
+            partitions.insert(*p);
+            positions.extend(resumes.iter().map(|r| r.dead_letters_from.as_deref()));
         }
         if partitions.is_empty() {
             return;

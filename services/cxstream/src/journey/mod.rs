@@ -9,6 +9,7 @@
 //! async ClickHouse writes are driven from it through the runtime handle.
 
 mod aggregates;
+mod claiming;
 mod commits;
 mod dead_letters;
 mod erasures;
@@ -37,6 +38,9 @@ const UNSERVED_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// How long an overtaken partition waits before it is claimed again here: a few
 /// heartbeats, in which a member that lost it hears so from the group.
 const PARKED_FOR: Duration = Duration::from_secs(3);
+/// How long a claimed partition's inputs may refuse to move to its resume point before the
+/// partition is claimed again.
+const SEEK_PATIENCE: Duration = Duration::from_secs(10);
 /// How often the claims of every held partition are checked, besides after each commit: a
 /// partition with nothing to commit learns so too.
 const CLAIMS_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -69,23 +73,17 @@ enum Membership {
 /// A consumer of the inputs, in the journey group or alone.
 fn connect(
     cfg: &Config,
-    committers: &[Arc<BatchCommitter>],
     in_flight: &Arc<commits::InFlight>,
-    shutdown: &Arc<AtomicBool>,
     readiness: &Arc<Readiness>,
-    rt: &tokio::runtime::Handle,
     membership: Membership,
 ) -> Result<ConsumerHandle> {
     let ctx = JourneyContext {
-        rt: rt.clone(),
-        committers: committers.to_vec(),
         in_flight: in_flight.clone(),
         touchpoints_topic: cfg.topics.touchpoints.clone(),
         answers_topic: cfg.topics.survey_responses.clone(),
         identities_topic: cfg.identity.enabled.then(|| cfg.topics.identities.clone()),
         changes: Mutex::new(Vec::new()),
         changed: AtomicBool::new(false),
-        shutdown: shutdown.clone(),
         readiness: readiness.clone(),
         high_watermarks: Mutex::new(Default::default()),
     };
@@ -117,12 +115,10 @@ fn connect(
             let all: Vec<i32> = (0..partitions)
                 .filter_map(|p| i32::try_from(p).ok())
                 .collect();
-            // `None` only when shutting down, which the run loop sees next.
-            if let Some(assignment) = consumer.context().assignment(&all) {
-                consumer
-                    .assign(&assignment)
-                    .context("assigning every input partition")?;
-            }
+            consumer
+                .context()
+                .assign_paused(&consumer, &all)
+                .context("assigning every input partition")?;
         }
     }
     Ok(consumer)
@@ -169,6 +165,11 @@ struct Inner {
     paused: std::collections::BTreeSet<(i32, Source)>,
     /// Partitions another owner claimed while held here, since when (see [`Inner::park`]).
     parked: BTreeMap<i32, Instant>,
+    /// Partitions assigned here and being claimed, paused meanwhile.
+    claiming: claiming::Claiming,
+    /// Partitions claimed but not yet read from their resume point (a seek failed), since
+    /// when, with the resume point of each journey.
+    claimed: BTreeMap<i32, (Instant, claiming::Claimed)>,
     /// Inputs waiting for the identity watermark, with the first record they left (offset,
     /// event time): every record of theirs is left until they go on from there.
     waiting: BTreeMap<(i32, Source), (i64, i64)>,
@@ -239,15 +240,8 @@ impl JourneyService {
                 .unwrap_or(u32::MAX)
                 .min(365 * 86_400),
         })?;
-        let consumer = connect(
-            &cfg,
-            &committers,
-            pipeline.in_flight(),
-            &shutdown,
-            &readiness,
-            &rt,
-            Membership::Group,
-        )?;
+        let consumer = connect(&cfg, pipeline.in_flight(), &readiness, Membership::Group)?;
+        let claiming = claiming::Claiming::new(rt.clone(), committers.clone(), readiness.clone());
         let dlq: Producer<Deliveries> = cfg
             .kafka
             .producer_config()
@@ -302,6 +296,8 @@ impl JourneyService {
             aggregates,
             paused: Default::default(),
             parked: BTreeMap::new(),
+            claiming,
+            claimed: BTreeMap::new(),
             waiting: Default::default(),
             slots: BTreeMap::new(),
             shutdown,
@@ -352,12 +348,14 @@ impl JourneyService {
         loop {
             if inner.shutdown.load(Ordering::Relaxed) {
                 tracing::info!("shutting down: committing what was read");
+                inner.claiming.clear();
                 inner.flush(&consumer)?;
                 inner.settle(&consumer)?;
                 break;
             }
             let polled = consumer.poll(Duration::from_millis(50));
             inner.apply_rebalance(&consumer);
+            inner.start_claimed(&consumer);
             match polled {
                 Some(Ok(msg)) => {
                     since_flush += 1;
@@ -375,9 +373,10 @@ impl JourneyService {
             // never does (seen here: a run waited 20 minutes for two of four partitions).
             // With identity stitching an owner may rightly wait for the identity watermark
             // without committing: no sign that it is gone.
-            if !inner.slots.is_empty()
+            let assigned = inner.assigned();
+            if assigned > 0
                 && inner.setup.identity.is_none()
-                && inner.slots.len() < inputs
+                && assigned < inputs
                 && unserved_checked.elapsed() >= UNSERVED_CHECK_EVERY
             {
                 unserved_checked = Instant::now();
@@ -387,9 +386,7 @@ impl JourneyService {
                 }
                 unserved = !nobody.is_empty();
             }
-            let short = inner.slots.is_empty()
-                || unserved
-                || opts.until_caught_up && inner.slots.len() < inputs;
+            let short = assigned == 0 || unserved || opts.until_caught_up && assigned < inputs;
             if short && !alone {
                 let since = *unassigned_since.get_or_insert_with(Instant::now);
                 // Tansu 0.6 keeps a group whose leader was evicted formed around the missing
@@ -422,6 +419,8 @@ impl JourneyService {
                             "not all partitions assigned; rejoining the group"
                         );
                     }
+                    inner.claiming.clear();
+                    inner.claimed.clear();
                     if !inner.slots.is_empty() {
                         // Commit what was read; the partitions resume from their commit log
                         // wherever they are assigned next.
@@ -442,11 +441,8 @@ impl JourneyService {
                     };
                     consumer = connect(
                         &inner.cfg,
-                        &inner.committers,
                         inner.pipeline.in_flight(),
-                        &inner.shutdown,
                         &inner.readiness,
-                        &inner.rt,
                         membership,
                     )?;
                     unassigned_since = Some(Instant::now());
@@ -462,7 +458,7 @@ impl JourneyService {
             {
                 if claims_checked.elapsed() >= CLAIMS_CHECK_EVERY {
                     claims_checked = Instant::now();
-                    inner.check_claims();
+                    inner.check_claims(&consumer);
                 }
                 inner.reclaim_parked(&consumer);
                 inner.refresh_positions(&consumer);
@@ -510,7 +506,10 @@ impl Inner {
             let Ok(partition) = u16::try_from(p) else {
                 continue;
             };
-            if self.slots.contains_key(&p) {
+            if self.slots.contains_key(&p)
+                || self.claiming.contains(p)
+                || self.claimed.contains_key(&p)
+            {
                 continue;
             }
             let Some(c) = self.committers.first() else {
@@ -574,50 +573,29 @@ impl Inner {
         false
     }
 
+    /// Partitions assigned here: read, or being claimed.
+    fn assigned(&self) -> usize {
+        self.slots.len() + self.claiming.len() + self.claimed.len()
+    }
+
     fn apply_rebalance(&mut self, consumer: &ConsumerHandle) {
         let changes = consumer.context().take_changes();
         if changes.is_empty() {
             return;
         }
-        self.learn_sent_before(&changes);
-        // Journeys restored now must know every erasure recorded so far.
-        self.apply_new_erasures();
         for change in changes {
             match change {
-                Change::Assigned(p, resumes) => {
+                Change::Assigned(p) => {
                     self.held.insert(p);
-                    self.parked.remove(&p);
-                    self.probing.remove(&p);
-                    let slot = Slot::new(&self.maps, resumes, &self.setup);
-                    self.slots.insert(p, slot);
-                    // A new assignment reads from its resume point, unpaused (librdkafka
-                    // keeps a partition paused across a rebalance).
-                    self.paused.retain(|(q, _)| *q != p);
-                    self.waiting.retain(|(q, _), _| *q != p);
-                    if self.setup.identity.is_some() {
-                        let mut tpl = TopicPartitionList::new();
-                        for &source in self.sources() {
-                            tpl.add_partition(self.topic(source), p);
-                        }
-                        if let Err(e) = consumer.resume(&tpl) {
-                            tracing::warn!(partition = p, error = %e, "cannot resume a new assignment");
-                        }
-                    }
-                    self.metrics
-                        .rebalances
-                        .with_label_values(&["assigned"])
-                        .inc();
+                    self.forget(p);
+                    self.claiming.start(p);
                 }
                 Change::Revoked(p) => {
                     if self.pipeline.pending() {
                         self.handed_over.insert(p);
                     }
-                    self.slots.remove(&p);
-                    self.parked.remove(&p);
-                    self.probing.remove(&p);
-                    self.compactions.retain(|f| f.partition != p);
-                    self.paused.retain(|(q, _)| *q != p);
-                    self.waiting.retain(|(q, _), _| *q != p);
+                    self.forget(p);
+                    self.dead_letters.sent_before.remove(&p);
                     self.metrics
                         .rebalances
                         .with_label_values(&["revoked"])
@@ -634,6 +612,97 @@ impl Inner {
         self.metrics
             .assigned_partitions
             .set(self.slots.len() as i64);
+    }
+
+    /// Drops everything held about partition `p`: it went elsewhere, or it starts afresh.
+    fn forget(&mut self, p: i32) {
+        self.slots.remove(&p);
+        self.claiming.cancel(p);
+        self.claimed.remove(&p);
+        self.parked.remove(&p);
+        self.probing.remove(&p);
+        self.compactions.retain(|f| f.partition != p);
+        self.paused.retain(|(q, _)| *q != p);
+        self.waiting.retain(|(q, _), _| *q != p);
+    }
+
+    /// Reads on from their resume points the partitions claimed since the last call: each
+    /// input is moved there, then unpaused. A partition whose inputs cannot be moved yet
+    /// (librdkafka may still be fetching its committed offsets) is tried again next time.
+    fn start_claimed(&mut self, consumer: &ConsumerHandle) {
+        for (p, claimed) in self.claiming.take_claimed() {
+            self.claimed.insert(p, (Instant::now(), claimed));
+        }
+        if self.claimed.is_empty() {
+            return;
+        }
+        let mut ready = Vec::new();
+        let mut checked = BTreeMap::new();
+        for (p, (since, claimed)) in std::mem::take(&mut self.claimed) {
+            match self.seek_to_resume_point(consumer, p, &claimed.resumes) {
+                Ok(()) => {
+                    checked.insert(p, claimed.checked);
+                    ready.push((p, claimed.resumes));
+                }
+                Err(e) => {
+                    if since.elapsed() >= SEEK_PATIENCE {
+                        tracing::warn!(partition = p, error = %e, "cannot move the inputs to the resume point; claiming the partition again");
+                        self.claiming.start(p);
+                    } else {
+                        self.claimed.insert(p, (since, claimed));
+                    }
+                }
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        self.learn_sent_before(&ready);
+        // Journeys restored now must know every erasure recorded so far.
+        self.apply_new_erasures();
+        for (p, resumes) in ready {
+            for (c, resume) in self.committers.iter().zip(&resumes) {
+                tracing::info!(
+                    partition = p,
+                    journey = c.journey(),
+                    next_seq = resume.next_seq,
+                    touchpoints_offset = ?resume.touchpoints_offset,
+                    answers_offset = ?resume.answers_offset,
+                    identities_offset = ?resume.identities_offset,
+                    journeys = resume.journeys.len(),
+                    "partition claimed; resuming from the last committed batch"
+                );
+            }
+            let mut slot = Slot::new(&self.maps, resumes, &self.setup);
+            slot.set_checked(checked.get(&p).copied().unwrap_or(false));
+            self.slots.insert(p, slot);
+            let mut tpl = TopicPartitionList::new();
+            for &source in self.sources() {
+                tpl.add_partition(self.topic(source), p);
+            }
+            if let Err(e) = consumer.resume(&tpl) {
+                tracing::warn!(partition = p, error = %e, "cannot unpause a claimed partition");
+            }
+            self.metrics
+                .rebalances
+                .with_label_values(&["assigned"])
+                .inc();
+        }
+        self.metrics
+            .assigned_partitions
+            .set(self.slots.len() as i64);
+    }
+
+    fn seek_to_resume_point(
+        &self,
+        consumer: &ConsumerHandle,
+        p: i32,
+        resumes: &[cxstream_clickhouse::Resume],
+    ) -> Result<(), KafkaError> {
+        for (topic, offset) in consumer.context().start_offsets(resumes) {
+            consumer.seek(&topic, p, offset, Duration::from_secs(5))?;
+        }
+        Ok(())
     }
 
     fn on_message(&mut self, msg: &BorrowedMessage<'_>) {
@@ -1006,6 +1075,7 @@ impl Inner {
             committed,
             compacted,
             overtaken,
+            unchecked,
         } = outcome
         else {
             return Ok(false);
@@ -1040,6 +1110,7 @@ impl Inner {
                 continue;
             };
             slot.committed(lane, batch);
+            slot.set_checked(!unchecked.contains(&p));
             if let Some((live_from, claim)) = slot.due_for_compaction(lane, every) {
                 self.compactions.push(commits::Fold {
                     lane,
@@ -1054,7 +1125,7 @@ impl Inner {
             self.after_commit(consumer, after);
         }
         for p in overtaken {
-            self.park(p);
+            self.park(consumer, p);
         }
         Ok(true)
     }
@@ -1065,7 +1136,7 @@ impl Inner {
     /// dropped and, unless the group takes it away meanwhile, it is claimed anew after
     /// [`PARKED_FOR`] (see [`Self::reclaim_parked`]): claiming at once would only overtake
     /// the rightful owner until the rebalance arrives.
-    fn park(&mut self, p: i32) {
+    fn park(&mut self, consumer: &ConsumerHandle, p: i32) {
         tracing::warn!(
             partition = p,
             "another owner claimed this partition; what was committed here since does not count"
@@ -1077,17 +1148,29 @@ impl Inner {
         if self.pipeline.pending() {
             self.handed_over.insert(p);
         }
-        self.slots.remove(&p);
-        self.probing.remove(&p);
-        self.compactions.retain(|f| f.partition != p);
-        self.waiting.retain(|(q, _), _| *q != p);
-        self.paused.retain(|(q, _)| *q != p);
+        self.forget(p);
+        self.pause_inputs(consumer, p);
         self.parked.insert(p, Instant::now());
+        self.metrics
+            .assigned_partitions
+            .set(self.slots.len() as i64);
+    }
+
+    /// Stops reading partition `p` until it is claimed here again.
+    fn pause_inputs(&self, consumer: &ConsumerHandle, p: i32) {
+        let mut tpl = TopicPartitionList::new();
+        for &source in self.sources() {
+            tpl.add_partition(self.topic(source), p);
+        }
+        if let Err(e) = consumer.pause(&tpl) {
+            // Its records are left unread without a slot anyway.
+            tracing::debug!(partition = p, error = %e, "cannot pause a parked partition");
+        }
     }
 
     /// Parks the held partitions that another owner has claimed since (see [`Self::park`]);
     /// not knowing counts as not overtaken, asked again at the next check.
-    fn check_claims(&mut self) {
+    fn check_claims(&mut self, consumer: &ConsumerHandle) {
         let held: Vec<(usize, u16, u64)> = self
             .slots
             .iter()
@@ -1096,19 +1179,22 @@ impl Inner {
             .collect();
         // On the consumer thread: a ClickHouse that does not answer must not stop the
         // polling for long.
-        let overtaken = self.rt.block_on(commits::overtaken(
+        let checked = self.rt.block_on(commits::overtaken(
             &self.committers,
             &held,
             Some(CLAIMS_CHECK_TIMEOUT),
         ));
-        for p in overtaken {
-            self.park(p);
+        for (p, slot) in self.slots.iter_mut() {
+            slot.set_checked(!checked.unknown.contains(p));
+        }
+        for p in checked.overtaken {
+            self.park(consumer, p);
         }
     }
 
     /// Claims again the parked partitions the group still gives this instance (a revoked
-    /// one is no longer parked): what counts is read again and reading goes on from there,
-    /// as after an assignment.
+    /// one is no longer parked), as after an assignment: what counts is read again and
+    /// reading goes on from there.
     fn reclaim_parked(&mut self, consumer: &ConsumerHandle) {
         let due: Vec<i32> = self
             .parked
@@ -1121,32 +1207,12 @@ impl Inner {
             if consumer.assignment_lost() {
                 continue;
             }
-            self.resume_overtaken(consumer, p);
+            tracing::warn!(
+                partition = p,
+                "still assigned here: claiming the partition again"
+            );
+            self.claiming.start(p);
         }
-    }
-
-    fn resume_overtaken(&mut self, consumer: &ConsumerHandle, p: i32) {
-        tracing::warn!(
-            partition = p,
-            "still assigned here: claiming the partition again"
-        );
-        let context = consumer.context();
-        let Some(resumes) = context.resume(p) else {
-            return;
-        };
-        for (topic, offset) in context.start_offsets(&resumes) {
-            if let Err(e) = consumer.seek(&topic, p, offset, Duration::from_secs(5)) {
-                // Reading on from elsewhere would skip or repeat records: wait and claim
-                // again, or hear that the partition went elsewhere.
-                tracing::warn!(partition = p, topic, error = %e, "cannot seek to the resume point; trying again later");
-                self.parked.insert(p, Instant::now());
-                return;
-            }
-        }
-        // As after an assignment (dead letters sent before, erasures, inputs unpaused),
-        // before the next poll brings a record of the partition.
-        context.push(Change::Assigned(p, resumes));
-        self.apply_rebalance(consumer);
     }
 
     /// What is to follow the commits of the batches `taken`, as of now.

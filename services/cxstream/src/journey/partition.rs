@@ -373,6 +373,9 @@ pub struct Slot {
     rejected: Vec<Rejected>,
     /// The journeys a record is new to (reused: no allocation per record).
     takers: Vec<usize>,
+    /// Whether a check since the last commit (or the claim) found every claim still the
+    /// partition's highest: only then may its batches be confirmed to the alerter.
+    checked: bool,
 }
 
 impl Slot {
@@ -397,6 +400,8 @@ impl Slot {
             lanes,
             rejected: Vec::new(),
             takers: Vec::new(),
+            // Until a check after the claim: another owner may have claimed meanwhile.
+            checked: false,
         }
     }
 
@@ -762,6 +767,23 @@ impl Slot {
         let l = self.lanes.get(lane)?;
         (every > 0 && l.next_seq.saturating_sub(l.live_from) >= every)
             .then(|| (l.next_seq, l.claim.clone()))
+    }
+
+    /// See [`Slot::checked`].
+    pub fn set_checked(&mut self, checked: bool) {
+        self.checked = checked;
+    }
+
+    /// Whether the last check found every claim of the partition still its highest (see
+    /// `cxstream_core::claims`: a batch confirmed after that counts under every later
+    /// claim).
+    pub fn is_checked(&self) -> bool {
+        self.checked
+    }
+
+    /// A journey lane's claim on the partition.
+    pub fn claim(&self, lane: usize) -> Option<&Claim> {
+        self.lanes.get(lane).map(|l| &*l.claim)
     }
 
     /// Each journey lane's claim id on the partition.

@@ -1,13 +1,14 @@
-//! Partition assignment for the journey service. On assignment, the resume point of each
-//! partition is read from ClickHouse's commit log (not from Kafka's committed offsets, which
-//! may lag the last durable batch) and the consumer is assigned at exactly those offsets.
+//! Partition assignment for the journey service. A partition is assigned paused; the consumer
+//! thread then claims it and reads its resume point from ClickHouse's commit log (not from
+//! Kafka's committed offsets, which may lag the last durable batch), seeks there and
+//! unpauses it (see `claiming`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cxstream_clickhouse::{BatchCommitter, Resume};
+use cxstream_clickhouse::Resume;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
@@ -15,16 +16,17 @@ use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
 /// What the consumer thread learns from a rebalance.
 pub enum Change {
-    /// A partition and the resume point of each journey map, in the maps' order.
-    Assigned(i32, Vec<Resume>),
+    /// A partition assigned here, paused until it is claimed.
+    Assigned(i32),
     Revoked(i32),
 }
 
+/// How long a revocation waits for the commits in flight.
+const REVOKE_WAIT: Duration = Duration::from_secs(10);
+
 pub struct JourneyContext {
-    pub rt: tokio::runtime::Handle,
-    /// One per journey map, in the maps' order.
-    pub committers: Vec<Arc<BatchCommitter>>,
-    /// The commits in flight, waited for before a partition is handed over.
+    /// The commits in flight, waited for (at most [`REVOKE_WAIT`]) before a partition is
+    /// handed over.
     pub in_flight: Arc<super::commits::InFlight>,
     pub touchpoints_topic: String,
     pub answers_topic: String,
@@ -32,7 +34,6 @@ pub struct JourneyContext {
     pub identities_topic: Option<String>,
     pub changes: Mutex<Vec<Change>>,
     pub changed: AtomicBool,
-    pub shutdown: Arc<AtomicBool>,
     /// Not ready while ClickHouse cannot be read or no broker answers.
     pub readiness: Arc<super::readiness::Readiness>,
     /// High watermarks from librdkafka's statistics (fed by fetch responses), so knowing
@@ -96,66 +97,32 @@ impl JourneyContext {
         offsets
     }
 
-    /// Reads a partition's resume point of every journey and claims it, retrying while
-    /// ClickHouse is unreachable; `None` when shutting down first.
-    pub fn resume(&self, partition: i32) -> Option<Vec<Resume>> {
-        self.committers
-            .iter()
-            .map(|c| self.resume_one(c, partition))
-            .collect()
-    }
-
-    fn resume_one(&self, committer: &BatchCommitter, partition: i32) -> Option<Resume> {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.rt.block_on(committer.resume(partition as u16)) {
-                Ok(r) => {
-                    self.readiness.clickhouse(true);
-                    return Some(r);
-                }
-                Err(e) => {
-                    self.readiness.clickhouse(false);
-                    tracing::warn!(partition, journey = committer.journey(), error = %e, "cannot read resume point; retrying");
-                    if self.shutdown.load(Ordering::Relaxed) {
-                        return None;
-                    }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    /// The assignment of the partitions, each input at the earliest resume point of its
-    /// journeys, reading every resume point from ClickHouse and queueing the changes for
-    /// the consumer thread; `None` when shutting down first.
-    pub fn assignment(&self, partitions: &[i32]) -> Option<TopicPartitionList> {
+    /// Assigns `partitions` paused, at the group's committed offsets, and queues them for
+    /// the consumer thread, which claims each and reads on from its resume point. Nothing
+    /// here waits on ClickHouse.
+    pub fn assign_paused(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[i32],
+    ) -> Result<(), KafkaError> {
         let mut assignment = TopicPartitionList::new();
         for &p in partitions {
-            let resumes = self.resume(p)?;
-            let mut added = Ok(());
-            for (topic, offset) in self.start_offsets(&resumes) {
-                added = added.and_then(|_| assignment.add_partition_offset(&topic, p, offset));
+            for topic in self.input_topics() {
+                assignment.add_partition_offset(topic, p, Offset::Invalid)?;
             }
-            if let Err(e) = added {
-                tracing::error!(partition = p, error = %e, "cannot build assignment");
-                continue;
-            }
-            for (c, resume) in self.committers.iter().zip(&resumes) {
-                tracing::info!(
-                    partition = p,
-                    journey = c.journey(),
-                    next_seq = resume.next_seq,
-                    touchpoints_offset = ?resume.touchpoints_offset,
-                    answers_offset = ?resume.answers_offset,
-                    identities_offset = ?resume.identities_offset,
-                    journeys = resume.journeys.len(),
-                    "partition assigned; resuming from the last committed batch"
-                );
-            }
-            self.push(Change::Assigned(p, resumes));
         }
-        Some(assignment)
+        consumer.assign(&assignment)?;
+        consumer.pause(&assignment)?;
+        for &p in partitions {
+            self.push(Change::Assigned(p));
+        }
+        Ok(())
+    }
+
+    fn input_topics(&self) -> impl Iterator<Item = &String> {
+        [&self.touchpoints_topic, &self.answers_topic]
+            .into_iter()
+            .chain(self.identities_topic.as_ref())
     }
 
     pub fn push(&self, c: Change) {
@@ -197,17 +164,22 @@ impl ConsumerContext for JourneyContext {
                     tpl.elements().iter().map(|e| e.partition()).collect();
                 partitions.sort_unstable();
                 partitions.dedup();
-                let Some(assignment) = self.assignment(&partitions) else {
-                    return;
-                };
-                if let Err(e) = consumer.assign(&assignment) {
+                if let Err(e) = self.assign_paused(consumer, &partitions) {
                     tracing::error!(error = %e, "assign failed");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // The next owner resumes from the commit log: the batches being committed
-                // must be in it (or given up, at shutdown) before the partitions go.
-                self.in_flight.wait_idle();
+                // should be in it before the partitions go. Not for ever: a batch committed
+                // after the next owner claimed the partition does not count (fencing), so
+                // an absent ClickHouse costs this member its place in the group, never a
+                // figure.
+                if !self.in_flight.wait_idle(REVOKE_WAIT) {
+                    tracing::warn!(
+                        waited_ms = REVOKE_WAIT.as_millis() as u64,
+                        "handing over partitions with a commit still in flight; the next owner reads again what it does not find committed"
+                    );
+                }
                 let mut partitions: Vec<i32> =
                     tpl.elements().iter().map(|e| e.partition()).collect();
                 partitions.sort_unstable();
