@@ -56,7 +56,9 @@ pub struct Confirmed {
 /// Why a confirmed batch's counts cannot be counted as they should.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LogError {
-    #[error("batch {seq} is confirmed under id {named:x}, but its last partial has id {last:x}")]
+    #[error(
+        "batch {seq} is confirmed under id {named:x}, but the partial that counts has id {last:x}"
+    )]
     WrongId { seq: u64, named: u64, last: u64 },
     #[error("batch {seq} is confirmed with {read} of its {chunks} chunks read")]
     Incomplete { seq: u64, read: u32, chunks: u32 },
@@ -86,8 +88,8 @@ struct Formed<C> {
 /// One partition's partials waiting for confirmation, and how far it has committed.
 #[derive(Debug, Clone)]
 struct PartitionLog<C> {
-    /// Under each sequence number not released yet, the last batch each claim sent, in the
-    /// order they were first read.
+    /// Under each sequence number not released yet, the last batch each claim sent, the one
+    /// read last at the end.
     waiting: BTreeMap<u64, Vec<Formed<C>>>,
     /// The highest sequence number released.
     released: Option<u64>,
@@ -283,6 +285,9 @@ impl<C> BatchLog<C> {
 
 /// Of the batches formed under `seq`, the one that counts: the one under the claim that
 /// `chain` names for `seq`, or with no chain (records written before claims) the last read.
+/// Where the chain does not tell (its links below the folded batches are dropped) or names a
+/// claim whose partial was written before partials carried claims (claim 0, during an
+/// upgrade), a batch formed only once is the one.
 fn chosen<C>(
     mut formed: Vec<Formed<C>>,
     seq: u64,
@@ -296,14 +301,19 @@ fn chosen<C>(
         .iter()
         .find(|l| l.from <= seq && seq < l.until)
         .map(|l| l.claim);
-    let found = formed.into_iter().find(|f| Some(f.claim) == claim);
-    if found.is_none() {
-        errors.push(LogError::Unclaimed {
-            seq,
-            claim: claim.unwrap_or_default(),
-        });
+    if let Some(i) = formed.iter().position(|f| Some(f.claim) == claim) {
+        return Some(formed.swap_remove(i));
     }
-    found
+    let only = formed.len() == 1;
+    let untold = claim.is_none() || formed.first().is_some_and(|f| f.claim == 0);
+    if only && untold {
+        return formed.pop();
+    }
+    errors.push(LogError::Unclaimed {
+        seq,
+        claim: claim.unwrap_or_default(),
+    });
+    None
 }
 
 #[cfg(test)]
@@ -366,6 +376,31 @@ mod tests {
         );
         assert!(out.is_empty());
         assert_eq!(errors, [LogError::Unclaimed { seq: 3, claim: 2 }]);
+    }
+
+    #[test]
+    fn where_the_chain_does_not_tell_a_batch_formed_once_counts() {
+        let link = |claim, from, until| Link { claim, from, until };
+        let under = |claim, p: Partial<i64>| Partial { claim, ..p };
+        let mut log = BatchLog::default();
+        // Written before partials carried claims, committed under claim 5 (an upgrade).
+        log.on_partial(0, partial(0, 1, vec![1]));
+        // Below the chain's first link (folded): formed once, then twice.
+        log.on_partial(0, under(7, partial(1, 2, vec![10])));
+        log.on_partial(0, under(7, partial(2, 3, vec![100])));
+        log.on_partial(0, under(8, partial(2, 4, vec![1_000])));
+        log.on_partial(0, under(9, partial(3, 5, vec![10_000])));
+        let chain = vec![link(5, 0, 1), link(9, 3, u64::MAX)];
+        let (out, errors) = log.on_confirmed(
+            0,
+            Confirmed {
+                chain,
+                ..confirmed(3, 5, 5_000)
+            },
+        );
+        let cells: Vec<i64> = out.into_iter().flat_map(|r| r.cells).collect();
+        assert_eq!(cells, [1, 10, 10_000]);
+        assert_eq!(errors, [LogError::Unclaimed { seq: 2, claim: 0 }]);
     }
 
     #[test]

@@ -748,7 +748,7 @@ fn signal(service: &std::process::Child, signal: &str) {
 fn owner_of(s: &Stack, partition: i32) -> Option<u32> {
     let rows = s.query(&format!(
         "SELECT owner FROM {}.partition_claims WHERE source_partition = {partition} \
-         ORDER BY claim DESC LIMIT 1",
+         AND notEmpty(chain_claims) ORDER BY claim DESC LIMIT 1",
         s.database()
     ));
     rows.first()?.first()?.rsplit('-').next()?.parse().ok()
@@ -777,7 +777,8 @@ fn zombie_markers(s: &Stack) -> (i64, i64) {
 fn claimed_last_by(s: &Stack, pid: u32) -> i64 {
     s.scalar(&format!(
         "SELECT toInt64(count()) FROM (SELECT source_partition, argMax(owner, claim) AS o \
-         FROM {}.partition_claims GROUP BY source_partition) WHERE o LIKE '%-{pid}'",
+         FROM {}.partition_claims WHERE notEmpty(chain_claims) GROUP BY source_partition) \
+         WHERE o LIKE '%-{pid}'",
         s.database()
     ))
 }

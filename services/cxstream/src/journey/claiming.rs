@@ -31,11 +31,22 @@ pub struct Claiming {
     tasks: BTreeMap<i32, JoinHandle<Claimed>>,
 }
 
-/// A partition claimed: the resume point of every journey in the maps' order, and whether
-/// a check after the claims found them still the highest (see `Slot::is_checked`).
+/// A partition claimed: the resume point of every journey in the maps' order, and what a
+/// check after the claims found.
 pub struct Claimed {
     pub resumes: Vec<Resume>,
-    pub checked: bool,
+    pub check: Check,
+}
+
+/// What a check of a partition's claims found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Every claim is still the partition's highest (see `Slot::is_checked`).
+    Highest,
+    /// Another owner claims the partition, or has begun to.
+    Overtaken,
+    /// The claims could not be read.
+    Unknown,
 }
 
 impl Claiming {
@@ -156,8 +167,12 @@ async fn claim(committers: Vec<Arc<BatchCommitter>>, readiness: Arc<Readiness>, 
         .map(|(lane, r)| (lane, partition, r.claim.id))
         .collect();
     let found = super::commits::overtaken(&committers, &held, Some(CHECK_TIMEOUT)).await;
-    Claimed {
-        checked: found.overtaken.is_empty() && found.unknown.is_empty(),
-        resumes,
-    }
+    let check = if !found.overtaken.is_empty() {
+        Check::Overtaken
+    } else if !found.unknown.is_empty() {
+        Check::Unknown
+    } else {
+        Check::Highest
+    };
+    Claimed { resumes, check }
 }

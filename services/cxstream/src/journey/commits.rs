@@ -58,7 +58,8 @@ pub enum Outcome {
 }
 
 /// Whether a job is in flight, for the rebalance callback to wait on: a partition is
-/// handed over only once its batches are committed or given up.
+/// handed over once its batches are committed or given up, or after a while (a batch that
+/// commits after the next owner's claim does not count).
 #[derive(Default)]
 pub struct InFlight {
     busy: Mutex<bool>,

@@ -38,8 +38,8 @@ const UNSERVED_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// How long an overtaken partition waits before it is claimed again here: a few
 /// heartbeats, in which a member that lost it hears so from the group.
 const PARKED_FOR: Duration = Duration::from_secs(3);
-/// How long a claimed partition's inputs may refuse to move to its resume point before the
-/// partition is claimed again.
+/// How long a claimed partition's inputs may refuse to move to its resume point before that
+/// is logged (it is tried again at every loop).
 const SEEK_PATIENCE: Duration = Duration::from_secs(10);
 /// How often the claims of every held partition are checked, besides after each commit: a
 /// partition with nothing to commit learns so too.
@@ -421,6 +421,7 @@ impl JourneyService {
                     }
                     inner.claiming.clear();
                     inner.claimed.clear();
+                    inner.parked.clear();
                     if !inner.slots.is_empty() {
                         // Commit what was read; the partitions resume from their commit log
                         // wherever they are assigned next.
@@ -639,18 +640,23 @@ impl Inner {
         let mut ready = Vec::new();
         let mut checked = BTreeMap::new();
         for (p, (since, claimed)) in std::mem::take(&mut self.claimed) {
+            if claimed.check == claiming::Check::Overtaken {
+                // Claimed by another owner right after: reading on would commit batches
+                // that do not count.
+                self.park(consumer, p);
+                continue;
+            }
             match self.seek_to_resume_point(consumer, p, &claimed.resumes) {
                 Ok(()) => {
-                    checked.insert(p, claimed.checked);
+                    checked.insert(p, claimed.check == claiming::Check::Highest);
                     ready.push((p, claimed.resumes));
                 }
                 Err(e) => {
+                    // The claim stays valid: only where librdkafka reads from is not set yet.
                     if since.elapsed() >= SEEK_PATIENCE {
-                        tracing::warn!(partition = p, error = %e, "cannot move the inputs to the resume point; claiming the partition again");
-                        self.claiming.start(p);
-                    } else {
-                        self.claimed.insert(p, (since, claimed));
+                        tracing::warn!(partition = p, error = %e, waited_s = since.elapsed().as_secs(), "cannot move the inputs to the resume point yet; trying again");
                     }
+                    self.claimed.insert(p, (since, claimed));
                 }
             }
         }
@@ -1110,7 +1116,10 @@ impl Inner {
                 continue;
             };
             slot.committed(lane, batch);
-            slot.set_checked(!unchecked.contains(&p));
+            // This check covered the journeys that committed, not the others: it keeps the
+            // partition checked at most (a check of every journey re-arms it).
+            let checked = slot.is_checked() && !unchecked.contains(&p);
+            slot.set_checked(checked);
             if let Some((live_from, claim)) = slot.due_for_compaction(lane, every) {
                 self.compactions.push(commits::Fold {
                     lane,
@@ -1168,8 +1177,10 @@ impl Inner {
         }
     }
 
-    /// Parks the held partitions that another owner has claimed since (see [`Self::park`]);
-    /// not knowing counts as not overtaken, asked again at the next check.
+    /// Parks the held partitions that another owner has claimed since (see [`Self::park`]).
+    /// Not knowing parks nothing, but keeps the partition's batches from being confirmed to
+    /// the alerter until a check answers; every journey of every partition is asked, so an
+    /// answer re-arms the confirmations.
     fn check_claims(&mut self, consumer: &ConsumerHandle) {
         let held: Vec<(usize, u16, u64)> = self
             .slots
@@ -1202,9 +1213,14 @@ impl Inner {
             .filter(|(_, since)| since.elapsed() >= PARKED_FOR)
             .map(|(p, _)| *p)
             .collect();
+        let assigned = consumer.assignment().ok();
+        let touchpoints = self.cfg.topics.touchpoints.clone();
         for p in due {
             self.parked.remove(&p);
-            if consumer.assignment_lost() {
+            let still_here = assigned
+                .as_ref()
+                .is_some_and(|a| a.find_partition(&touchpoints, p).is_some());
+            if consumer.assignment_lost() || !still_here {
                 continue;
             }
             tracing::warn!(

@@ -97,9 +97,11 @@ impl JourneyContext {
         offsets
     }
 
-    /// Assigns `partitions` paused, at the group's committed offsets, and queues them for
-    /// the consumer thread, which claims each and reads on from its resume point. Nothing
-    /// here waits on ClickHouse.
+    /// Assigns `partitions` paused and queues them for the consumer thread, which claims each
+    /// and moves it to its resume point. Nothing here waits on ClickHouse. They are assigned
+    /// at their end, a logical offset: librdkafka starts them at once (the group's committed
+    /// offsets would wait for the coordinator and for offset commits in flight, and until
+    /// then a partition cannot be moved), and being paused they fetch nothing.
     pub fn assign_paused(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -108,11 +110,15 @@ impl JourneyContext {
         let mut assignment = TopicPartitionList::new();
         for &p in partitions {
             for topic in self.input_topics() {
-                assignment.add_partition_offset(topic, p, Offset::Invalid)?;
+                assignment.add_partition_offset(topic, p, Offset::End)?;
             }
         }
         consumer.assign(&assignment)?;
-        consumer.pause(&assignment)?;
+        if let Err(e) = consumer.pause(&assignment) {
+            // Records read before the claim are dropped (no slot), and read again from the
+            // resume point.
+            tracing::warn!(error = %e, "cannot pause the partitions assigned until they are claimed");
+        }
         for &p in partitions {
             self.push(Change::Assigned(p));
         }
