@@ -820,7 +820,7 @@ fn three_instances_paused_and_killed_never_count_a_zombies_batch() {
     );
     let mut faults = Vec::new();
     let (mut pauses, mut kills) = (0, 0);
-    while pauses < 2 || (zombie_markers(&s).0 == 0 && pauses < 5) {
+    while pauses < 2 || (zombie_markers(&s).0 == 0 && pauses < 8) {
         // The owner of a partition, paused while the group moves on without it.
         let owner = (0..PARTITIONS)
             .filter_map(|p| owner_of(&s, p))
