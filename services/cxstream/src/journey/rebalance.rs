@@ -99,9 +99,12 @@ impl JourneyContext {
 
     /// Assigns `partitions` paused and queues them for the consumer thread, which claims each
     /// and moves it to its resume point. Nothing here waits on ClickHouse. They are assigned
-    /// at their end, a logical offset: librdkafka starts them at once (the group's committed
-    /// offsets would wait for the coordinator and for offset commits in flight, and until
-    /// then a partition cannot be moved), and being paused they fetch nothing.
+    /// at the group's committed offsets, which mirror the markers and so are never past the
+    /// resume point: should librdkafka apply one after the move, reading from there only
+    /// re-reads what the journeys skip. (Assigned at their end, a test under load stalled
+    /// with records never read, most likely an end looked up before the move applied after
+    /// it.) Until librdkafka has the committed offsets a partition cannot be moved; the
+    /// consumer thread tries again.
     pub fn assign_paused(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -110,7 +113,7 @@ impl JourneyContext {
         let mut assignment = TopicPartitionList::new();
         for &p in partitions {
             for topic in self.input_topics() {
-                assignment.add_partition_offset(topic, p, Offset::End)?;
+                assignment.add_partition_offset(topic, p, Offset::Invalid)?;
             }
         }
         consumer.assign(&assignment)?;
