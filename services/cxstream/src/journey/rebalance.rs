@@ -101,10 +101,9 @@ impl JourneyContext {
     /// and moves it to its resume point. Nothing here waits on ClickHouse. They are assigned
     /// at the group's committed offsets, which mirror the markers and so are never past the
     /// resume point: should librdkafka apply one after the move, reading from there only
-    /// re-reads what the journeys skip. (Assigned at their end, a test under load stalled
-    /// with records never read, most likely an end looked up before the move applied after
-    /// it.) Until librdkafka has the committed offsets a partition cannot be moved; the
-    /// consumer thread tries again.
+    /// re-reads what the journeys skip. (Assigned at their end instead, `broker_restarted`
+    /// stalled once under load, cause not established.) Until librdkafka has the committed
+    /// offsets a partition cannot be moved; the consumer thread tries again.
     pub fn assign_paused(
         &self,
         consumer: &BaseConsumer<Self>,
