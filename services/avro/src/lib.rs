@@ -21,6 +21,7 @@ use apache_avro::rabin::Rabin;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
+use cxstream_core::claims::Link;
 use cxstream_core::metrics::StepCounts;
 use cxstream_core::{Counts, SurveyAnswer, TouchpointEvent};
 use serde::de::DeserializeOwned;
@@ -150,6 +151,26 @@ pub struct ClaimLink {
     pub claim: i64,
     pub from: i64,
     pub until: i64,
+}
+
+impl From<&Link> for ClaimLink {
+    fn from(l: &Link) -> Self {
+        ClaimLink {
+            claim: l.claim as i64,
+            from: l.from as i64,
+            until: l.until as i64,
+        }
+    }
+}
+
+impl From<&ClaimLink> for Link {
+    fn from(l: &ClaimLink) -> Self {
+        Link {
+            claim: l.claim as u64,
+            from: l.from as u64,
+            until: l.until as u64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,12 +10,12 @@
 //! after a crash is sent again by the next owner, under its own claim; a zombie's partial
 //! of a batch that does not count may arrive after it, under its old claim); batch n's is
 //! also named by id. Records written before claims carry no chain: the last partial sent
-//! under a sequence number counts. [`BatchLog`] releases each confirmed batch's cells exactly once, whatever
-//! was repeated or lost of the committed records, and [`BatchLog::known_until`] says up to
-//! which event time every partition's committed watermark has come: after it a minute's
-//! counts are not known yet (never zero); before it they are no longer missing, though
-//! late events within the allowed lateness and outcomes decided at their deadlines still
-//! change them, as they change ClickHouse's.
+//! under a sequence number counts. [`BatchLog`] releases each confirmed batch's cells
+//! exactly once, whatever was repeated or lost of the committed records, and
+//! [`BatchLog::known_until`] says up to which event time every partition's committed
+//! watermark has come: after it a minute's counts are not known yet (never zero); before it
+//! they are no longer missing, though late events within the allowed lateness and outcomes
+//! decided at their deadlines still change them, as they change ClickHouse's.
 
 use std::collections::BTreeMap;
 
@@ -136,20 +136,16 @@ impl<C> BatchLog<C> {
             return;
         }
         let formed = log.waiting.entry(p.seq).or_default();
-        // Of records written before claims (all under claim 0), the last one counts, as of
-        // a claim: at most one owner's batch under a claim is committed.
-        let i = match formed.iter().position(|f| f.claim == p.claim) {
-            Some(i) => i,
-            None => {
-                formed.push(Formed {
-                    claim: p.claim,
-                    batch_id: p.batch_id,
-                    chunks: Vec::new(),
-                });
-                formed.len() - 1
-            }
+        // One batch per claim: an owner commits each sequence number once, so a later one
+        // under the same claim (all of them, in records written before claims) replaces it.
+        let mut f = match formed.iter().position(|f| f.claim == p.claim) {
+            Some(i) => formed.remove(i),
+            None => Formed {
+                claim: p.claim,
+                batch_id: p.batch_id,
+                chunks: Vec::new(),
+            },
         };
-        let mut f = formed.remove(i);
         if f.batch_id != p.batch_id {
             // Sent again after a crash: the later batch replaces the earlier one.
             f.batch_id = p.batch_id;
@@ -297,10 +293,7 @@ fn chosen<C>(
     if chain.is_empty() {
         return formed.pop();
     }
-    let claim = chain
-        .iter()
-        .find(|l| l.from <= seq && seq < l.until)
-        .map(|l| l.claim);
+    let claim = chain.iter().find(|l| l.covers(seq)).map(|l| l.claim);
     if let Some(i) = formed.iter().position(|f| Some(f.claim) == claim) {
         return Some(formed.swap_remove(i));
     }

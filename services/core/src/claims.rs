@@ -29,6 +29,13 @@ pub struct Link {
     pub until: u64,
 }
 
+impl Link {
+    /// Whether batch `seq` lies in this link's range.
+    pub fn covers(&self, seq: u64) -> bool {
+        self.from <= seq && seq < self.until
+    }
+}
+
 /// A claim and its chain (its own link last).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claim {
@@ -42,9 +49,7 @@ pub const BEFORE_CLAIMS: u64 = 0;
 impl Claim {
     /// Whether a batch committed under `claim` with sequence number `seq` counts.
     pub fn counts(&self, claim: u64, seq: u64) -> bool {
-        self.chain
-            .iter()
-            .any(|l| l.claim == claim && l.from <= seq && seq < l.until)
+        self.chain.iter().any(|l| l.claim == claim && l.covers(seq))
     }
 
     /// Whether a compaction by `claim` that folded every batch below `live_from` counts:

@@ -80,15 +80,7 @@ impl JourneyInput {
                     touchpoints_watermark: m.touchpoints_watermark,
                     idle: m.idle,
                     partitions: u32::try_from(m.partitions).unwrap_or(0),
-                    chain: m
-                        .chain
-                        .iter()
-                        .map(|l| Link {
-                            claim: l.claim as u64,
-                            from: l.from as u64,
-                            until: l.until as u64,
-                        })
-                        .collect(),
+                    chain: m.chain.iter().map(Link::from).collect(),
                 };
                 // The batches it releases count with what the partition had committed before.
                 let before = self.log.partition_known(partition);

@@ -171,20 +171,10 @@ impl AggregatesOutput {
         c: Committed,
         claim: Option<&Claim>,
     ) -> AggregatesMessage {
-        // The bits of unsigned numbers, as Avro has no unsigned long.
-        let chain = claim.map_or_else(Vec::new, |c| {
-            c.chain
-                .iter()
-                .map(|l| ClaimLink {
-                    claim: l.claim as i64,
-                    from: l.from as i64,
-                    until: l.until as i64,
-                })
-                .collect()
-        });
         AggregatesMessage {
+            // The id's bits, as Avro has no unsigned long.
             claim: claim.map_or(0, |c| c.id as i64),
-            chain,
+            chain: claim.map_or_else(Vec::new, |c| c.chain.iter().map(ClaimLink::from).collect()),
             seq: i64::try_from(c.seq).unwrap_or(i64::MAX),
             // The id's bits, as Avro has no unsigned long.
             batch_id: c.aggregates_id as i64,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use cxstream_clickhouse::{BatchCommitter, Resume};
 use tokio::task::JoinHandle;
 
+use super::commits::{overtaken, Check};
 use super::readiness::Readiness;
 
 /// How long one attempt at reading a partition's resume point may take: reading a
@@ -36,17 +37,6 @@ pub struct Claiming {
 pub struct Claimed {
     pub resumes: Vec<Resume>,
     pub check: Check,
-}
-
-/// What a check of a partition's claims found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    /// Every claim is still the partition's highest (see `Slot::is_checked`).
-    Highest,
-    /// Another owner claims the partition, or has begun to.
-    Overtaken,
-    /// The claims could not be read.
-    Unknown,
 }
 
 impl Claiming {
@@ -166,13 +156,8 @@ async fn claim(committers: Vec<Arc<BatchCommitter>>, readiness: Arc<Readiness>, 
         .enumerate()
         .map(|(lane, r)| (lane, partition, r.claim.id))
         .collect();
-    let found = super::commits::overtaken(&committers, &held, Some(CHECK_TIMEOUT)).await;
-    let check = if !found.overtaken.is_empty() {
-        Check::Overtaken
-    } else if !found.unknown.is_empty() {
-        Check::Unknown
-    } else {
-        Check::Highest
-    };
+    let check = overtaken(&committers, &held, Some(CHECK_TIMEOUT))
+        .await
+        .of(p);
     Claimed { resumes, check }
 }

@@ -380,6 +380,30 @@ pub struct Checked {
     pub unknown: Vec<i32>,
 }
 
+/// What a check found of one partition's claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Every claim is still the partition's highest (see `Slot::is_checked`).
+    Highest,
+    /// Another owner claims the partition, or has begun to.
+    Overtaken,
+    /// The claims could not be read.
+    Unknown,
+}
+
+impl Checked {
+    /// What was found of partition `p`'s claims (all its journeys' asked).
+    pub fn of(&self, p: i32) -> Check {
+        if self.overtaken.contains(&p) {
+            Check::Overtaken
+        } else if self.unknown.contains(&p) {
+            Check::Unknown
+        } else {
+            Check::Highest
+        }
+    }
+}
+
 /// Of the held `(journey lane, partition, claim)`, the partitions another owner has claimed
 /// since, or whose claims could not be read (asked once per journey, each within `limit`
 /// when given).

@@ -133,12 +133,15 @@ impl Inner {
     /// Before the partitions just claimed are read: which of their records that will be
     /// read again were dead-lettered already (by an instance that crashed, or by a journey
     /// map that committed further than another).
-    pub(super) fn learn_sent_before(&mut self, claimed: &[(i32, Vec<Resume>)]) {
+    pub(super) fn learn_sent_before<'a>(
+        &mut self,
+        claimed: impl IntoIterator<Item = (i32, &'a [Resume])>,
+    ) {
         let mut partitions = BTreeSet::new();
         let mut positions = Vec::new();
         for (p, resumes) in claimed {
-            self.dead_letters.sent_before.remove(p);
-            partitions.insert(*p);
+            self.dead_letters.sent_before.remove(&p);
+            partitions.insert(p);
             positions.extend(resumes.iter().map(|r| r.dead_letters_from.as_deref()));
         }
         if partitions.is_empty() {

@@ -54,6 +54,7 @@ use rdkafka::TopicPartitionList;
 use crate::config::Config;
 use crate::produce::{delivered, send, Deliveries, Producer};
 use aggregates::AggregatesOutput;
+use commits::Check;
 use partition::{LaneBatch, Published, Record, Setup, Slot, Source};
 use readiness::Readiness;
 use rebalance::{Change, JourneyContext};
@@ -638,19 +639,15 @@ impl Inner {
             return;
         }
         let mut ready = Vec::new();
-        let mut checked = BTreeMap::new();
         for (p, (since, claimed)) in std::mem::take(&mut self.claimed) {
-            if claimed.check == claiming::Check::Overtaken {
+            if claimed.check == Check::Overtaken {
                 // Claimed by another owner right after: reading on would commit batches
                 // that do not count.
                 self.park(consumer, p);
                 continue;
             }
             match self.seek_to_resume_point(consumer, p, &claimed.resumes) {
-                Ok(()) => {
-                    checked.insert(p, claimed.check == claiming::Check::Highest);
-                    ready.push((p, claimed.resumes));
-                }
+                Ok(()) => ready.push((p, claimed)),
                 Err(e) => {
                     // The claim stays valid: only where librdkafka reads from is not set yet.
                     if since.elapsed() >= SEEK_PATIENCE {
@@ -663,11 +660,11 @@ impl Inner {
         if ready.is_empty() {
             return;
         }
-        self.learn_sent_before(&ready);
+        self.learn_sent_before(ready.iter().map(|(p, c)| (*p, c.resumes.as_slice())));
         // Journeys restored now must know every erasure recorded so far.
         self.apply_new_erasures();
-        for (p, resumes) in ready {
-            for (c, resume) in self.committers.iter().zip(&resumes) {
+        for (p, claimed) in ready {
+            for (c, resume) in self.committers.iter().zip(&claimed.resumes) {
                 tracing::info!(
                     partition = p,
                     journey = c.journey(),
@@ -679,14 +676,10 @@ impl Inner {
                     "partition claimed; resuming from the last committed batch"
                 );
             }
-            let mut slot = Slot::new(&self.maps, resumes, &self.setup);
-            slot.set_checked(checked.get(&p).copied().unwrap_or(false));
+            let mut slot = Slot::new(&self.maps, claimed.resumes, &self.setup);
+            slot.set_checked(claimed.check == Check::Highest);
             self.slots.insert(p, slot);
-            let mut tpl = TopicPartitionList::new();
-            for &source in self.sources() {
-                tpl.add_partition(self.topic(source), p);
-            }
-            if let Err(e) = consumer.resume(&tpl) {
+            if let Err(e) = consumer.resume(&self.inputs(p)) {
                 tracing::warn!(partition = p, error = %e, "cannot unpause a claimed partition");
             }
             self.metrics
@@ -816,6 +809,15 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Every input of partition `p`.
+    fn inputs(&self, p: i32) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for &source in self.sources() {
+            tpl.add_partition(self.topic(source), p);
+        }
+        tpl
     }
 
     fn one(&self, (p, source): (i32, Source)) -> TopicPartitionList {
@@ -1158,23 +1160,14 @@ impl Inner {
             self.handed_over.insert(p);
         }
         self.forget(p);
-        self.pause_inputs(consumer, p);
+        if let Err(e) = consumer.pause(&self.inputs(p)) {
+            // Its records are left unread without a slot anyway.
+            tracing::debug!(partition = p, error = %e, "cannot pause a parked partition");
+        }
         self.parked.insert(p, Instant::now());
         self.metrics
             .assigned_partitions
             .set(self.slots.len() as i64);
-    }
-
-    /// Stops reading partition `p` until it is claimed here again.
-    fn pause_inputs(&self, consumer: &ConsumerHandle, p: i32) {
-        let mut tpl = TopicPartitionList::new();
-        for &source in self.sources() {
-            tpl.add_partition(self.topic(source), p);
-        }
-        if let Err(e) = consumer.pause(&tpl) {
-            // Its records are left unread without a slot anyway.
-            tracing::debug!(partition = p, error = %e, "cannot pause a parked partition");
-        }
     }
 
     /// Parks the held partitions that another owner has claimed since (see [`Self::park`]).
@@ -1195,11 +1188,16 @@ impl Inner {
             &held,
             Some(CLAIMS_CHECK_TIMEOUT),
         ));
-        for (p, slot) in self.slots.iter_mut() {
-            slot.set_checked(!checked.unknown.contains(p));
-        }
-        for p in checked.overtaken {
-            self.park(consumer, p);
+        let parts: Vec<i32> = self.slots.keys().copied().collect();
+        for p in parts {
+            match checked.of(p) {
+                Check::Overtaken => self.park(consumer, p),
+                check => {
+                    if let Some(slot) = self.slots.get_mut(&p) {
+                        slot.set_checked(check == Check::Highest);
+                    }
+                }
+            }
         }
     }
 

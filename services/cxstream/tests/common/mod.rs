@@ -1074,15 +1074,7 @@ pub fn committed_aggregates(
                         touchpoints_watermark: m.touchpoints_watermark,
                         idle: m.idle,
                         partitions: m.partitions as u32,
-                        chain: m
-                            .chain
-                            .iter()
-                            .map(|l| Link {
-                                claim: l.claim as u64,
-                                from: l.from as u64,
-                                until: l.until as u64,
-                            })
-                            .collect(),
+                        chain: m.chain.iter().map(Link::from).collect(),
                     },
                 );
                 assert!(errors.is_empty(), "{}/{partition}: {errors:?}", m.journey);
