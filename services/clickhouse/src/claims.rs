@@ -167,6 +167,28 @@ impl BatchCommitter {
         Ok(())
     }
 
+    /// Seconds since anyone last wrote a claim or an intent for `partition`; `None` before
+    /// any. An owner that is claiming has not committed yet, but is there.
+    pub async fn last_claimed(&self, partition: u16) -> Result<Option<u64>> {
+        #[derive(Debug, clickhouse::Row, Deserialize)]
+        struct Age {
+            claims: u64,
+            age_secs: u64,
+        }
+        let age = self
+            .client()
+            .query(
+                "SELECT count() AS claims, toUInt64(greatest(0, now() - max(claimed_at))) \
+                 AS age_secs FROM partition_claims WHERE journey = ? AND source_partition = ?",
+            )
+            .bind(self.journey())
+            .bind(partition)
+            .fetch_one::<Age>()
+            .await
+            .ctx(|| format!("reading when partition {partition} was last claimed"))?;
+        Ok((age.claims > 0).then_some(age.age_secs))
+    }
+
     /// Of the `(partition, claim)` held here, the partitions claimed since by another
     /// owner: their batches no longer count, and they resume from what does.
     pub async fn overtaken(&self, held: &[(u16, u64)]) -> Result<Vec<u16>> {

@@ -754,6 +754,22 @@ fn owner_of(s: &Stack, partition: i32) -> Option<u32> {
     rows.first()?.first()?.rsplit('-').next()?.parse().ok()
 }
 
+/// The process that wrote the newest marker of the last 2 s, while its claim is still its
+/// partition's highest.
+fn committing_owner(s: &Stack) -> Option<u32> {
+    let db = s.database();
+    let rows = s.query(&format!(
+        "SELECT owner FROM {db}.partition_claims \
+         WHERE notEmpty(chain_claims) AND (source_partition, claim) IN \
+           (SELECT source_partition, claim FROM {db}.ingest_batches \
+            WHERE committed_at >= now() - 2 ORDER BY committed_at DESC LIMIT 1) \
+         AND (source_partition, claim) IN \
+           (SELECT source_partition, max(claim) FROM {db}.partition_claims \
+            GROUP BY source_partition)"
+    ));
+    rows.first()?.first()?.rsplit('-').next()?.parse().ok()
+}
+
 /// Markers written by an owner after another had claimed its partition from that batch on
 /// (a later claim's chain cuts the writer's link at or below it), and how many of them
 /// count (must be none).
@@ -821,9 +837,11 @@ fn three_instances_paused_and_killed_never_count_a_zombies_batch() {
     let mut faults = Vec::new();
     let (mut pauses, mut kills) = (0, 0);
     while pauses < 2 || (zombie_markers(&s).0 == 0 && pauses < 8) {
-        // The owner of a partition, paused while the group moves on without it.
-        let owner = (0..PARTITIONS)
-            .filter_map(|p| owner_of(&s, p))
+        // The owner of a partition, paused while the group moves on without it: one that
+        // has just committed, so that its next batch is likely in flight.
+        let owner = committing_owner(&s)
+            .into_iter()
+            .chain((0..PARTITIONS).filter_map(|p| owner_of(&s, p)))
             .find_map(|pid| instances.iter().position(|c| c.id() == pid));
         let Some(i) = owner else {
             std::thread::sleep(Duration::from_millis(500));

@@ -31,7 +31,8 @@ use cxstream_http::{Health, JourneyMetrics};
 
 /// Rejoins of the group by `--until-caught-up` before it takes every partition itself.
 const REJOINS_BEFORE_ALONE: u32 = 2;
-/// A partition with records waiting and no batch committed this long has no live owner.
+/// A partition with records waiting and no batch committed nor claim written this long has
+/// no live owner; nor is anything told before this member's assignment is as old.
 const UNSERVED_AFTER_SECS: u64 = 30;
 /// How often a member holding partitions looks for input partitions nobody serves.
 const UNSERVED_CHECK_EVERY: Duration = Duration::from_secs(10);
@@ -185,6 +186,9 @@ struct Inner {
     /// Every partition this run has been assigned (its own recent commits are no sign of
     /// another instance).
     held: std::collections::BTreeSet<i32>,
+    /// When this member's assignment last changed: until it has lasted
+    /// [`UNSERVED_AFTER_SECS`], the group may still be handing partitions out.
+    assignment_changed: Instant,
     erasures: erasures::ErasureLog,
     /// Asks the broker where inputs end, off this thread.
     positions: positions::PositionProbe,
@@ -307,6 +311,7 @@ impl JourneyService {
             dead_letters: Default::default(),
             consumed: BTreeMap::new(),
             held: Default::default(),
+            assignment_changed: Instant::now(),
             erasures,
             positions,
             probing: BTreeMap::new(),
@@ -383,7 +388,7 @@ impl JourneyService {
                 unserved_checked = Instant::now();
                 let nobody = inner.unserved(&consumer, inputs);
                 if !nobody.is_empty() && !unserved {
-                    tracing::warn!(partitions = ?nobody, "input partitions have records waiting and nobody has committed them lately; rejoining the group if it lasts");
+                    tracing::warn!(partitions = ?nobody, "input partitions have records waiting and nobody has committed or claimed them lately; rejoining the group if it lasts");
                 }
                 unserved = !nobody.is_empty();
             }
@@ -496,13 +501,22 @@ impl JourneyService {
 
 impl Inner {
     /// Input partitions nobody serves: not assigned here, records waiting after their last
-    /// committed batch, and no batch committed for [`UNSERVED_AFTER_SECS`]. Under Tansu 0.6
-    /// a killed member that led the group leaves its partitions so for good (the group
-    /// stays formed around it), while the other members keep theirs and never notice.
-    /// Errors count as served: this only decides whether to rejoin.
+    /// committed batch, and for [`UNSERVED_AFTER_SECS`] no batch committed and no claim (or
+    /// intent) written by anyone. Under Tansu 0.6 a killed member that led the group leaves
+    /// its partitions so for good (the group stays formed around it), while the other
+    /// members keep theirs and never notice. A fresh partition has neither: nothing is told
+    /// until this member's assignment has lasted as long, since a group that is still
+    /// settling (another member joining, claiming) looks the same, and rejoining then only
+    /// starts the settling over. Errors count as served: this only decides whether to rejoin.
     fn unserved(&self, consumer: &ConsumerHandle, partitions: usize) -> Vec<i32> {
+        if self.assignment_changed.elapsed() < Duration::from_secs(UNSERVED_AFTER_SECS) {
+            return Vec::new();
+        }
         let timeout = Duration::from_secs(2);
         let inputs = [Source::Touchpoints, Source::Answers].map(|s| self.topic(s).to_string());
+        let Some(c) = self.committers.first() else {
+            return Vec::new();
+        };
         let mut unserved = Vec::new();
         for p in (0..partitions).filter_map(|p| i32::try_from(p).ok()) {
             let Ok(partition) = u16::try_from(p) else {
@@ -514,18 +528,16 @@ impl Inner {
             {
                 continue;
             }
-            let Some(c) = self.committers.first() else {
-                break;
-            };
-            let last = match self.rt.block_on(c.last_commit(partition)) {
-                Ok(last) => last,
-                Err(_) => continue,
-            };
-            if last
-                .as_ref()
-                .is_some_and(|l| l.age_secs < UNSERVED_AFTER_SECS)
-            {
+            let recent = |age: Option<u64>| age.is_some_and(|a| a < UNSERVED_AFTER_SECS);
+            let Ok(last) = self.rt.block_on(c.last_commit(partition)) else {
                 continue;
+            };
+            if recent(last.as_ref().map(|l| l.age_secs)) {
+                continue;
+            }
+            match self.rt.block_on(c.last_claimed(partition)) {
+                Ok(age) if !recent(age) => {}
+                _ => continue,
             }
             let next = last.map_or([-1, -1], |l| {
                 [l.touchpoints_next_offset, l.answers_next_offset]
@@ -585,6 +597,7 @@ impl Inner {
         if changes.is_empty() {
             return;
         }
+        self.assignment_changed = Instant::now();
         for change in changes {
             match change {
                 Change::Assigned(p) => {
