@@ -167,8 +167,10 @@ impl BatchCommitter {
         Ok(())
     }
 
-    /// Seconds since anyone last wrote a claim or an intent for `partition`; `None` before
-    /// any. An owner that is claiming has not committed yet, but is there.
+    /// Seconds since anyone wrote the partition's newest claim or intent (the highest id);
+    /// `None` before any. An owner that is claiming has not committed yet, but is there.
+    /// The newest, not the latest dated: one row dated ahead by a writer's clock would
+    /// otherwise keep the partition looking served until the server's clock passes it.
     pub async fn last_claimed(&self, partition: u16) -> Result<Option<u64>> {
         #[derive(Debug, clickhouse::Row, Deserialize)]
         struct Age {
@@ -178,7 +180,7 @@ impl BatchCommitter {
         let age = self
             .client()
             .query(
-                "SELECT count() AS claims, toUInt64(greatest(0, now() - max(claimed_at))) \
+                "SELECT count() AS claims, toUInt64(greatest(0, now() - argMax(claimed_at, claim))) \
                  AS age_secs FROM partition_claims WHERE journey = ? AND source_partition = ?",
             )
             .bind(self.journey())

@@ -754,8 +754,9 @@ fn owner_of(s: &Stack, partition: i32) -> Option<u32> {
     rows.first()?.first()?.rsplit('-').next()?.parse().ok()
 }
 
-/// The process that wrote the newest marker of the last 2 s, while its claim is still its
-/// partition's highest.
+/// The process that wrote the newest marker of the last 2 s, if its claim is still its
+/// partition's highest (none when that marker is a zombie's or a takeover is under way).
+/// The test runs one journey map.
 fn committing_owner(s: &Stack) -> Option<u32> {
     let db = s.database();
     let rows = s.query(&format!(

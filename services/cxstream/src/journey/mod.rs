@@ -32,7 +32,7 @@ use cxstream_http::{Health, JourneyMetrics};
 /// Rejoins of the group by `--until-caught-up` before it takes every partition itself.
 const REJOINS_BEFORE_ALONE: u32 = 2;
 /// A partition with records waiting and no batch committed nor claim written this long has
-/// no live owner; nor is anything told before this member's assignment is as old.
+/// no live owner; nor is anything told before the group's last rebalance is as old.
 const UNSERVED_AFTER_SECS: u64 = 30;
 /// How often a member holding partitions looks for input partitions nobody serves.
 const UNSERVED_CHECK_EVERY: Duration = Duration::from_secs(10);
@@ -186,8 +186,9 @@ struct Inner {
     /// Every partition this run has been assigned (its own recent commits are no sign of
     /// another instance).
     held: std::collections::BTreeSet<i32>,
-    /// When this member's assignment last changed: until it has lasted
-    /// [`UNSERVED_AFTER_SECS`], the group may still be handing partitions out.
+    /// When the group last rebalanced (every rebalance revokes and assigns again, whether
+    /// or not this member's partitions change): until that is [`UNSERVED_AFTER_SECS`] old,
+    /// the group may still be handing partitions out.
     assignment_changed: Instant,
     erasures: erasures::ErasureLog,
     /// Asks the broker where inputs end, off this thread.
@@ -505,9 +506,10 @@ impl Inner {
     /// intent) written by anyone. Under Tansu 0.6 a killed member that led the group leaves
     /// its partitions so for good (the group stays formed around it), while the other
     /// members keep theirs and never notice. A fresh partition has neither: nothing is told
-    /// until this member's assignment has lasted as long, since a group that is still
-    /// settling (another member joining, claiming) looks the same, and rejoining then only
-    /// starts the settling over. Errors count as served: this only decides whether to rejoin.
+    /// until the group's last rebalance is as old, since a group that is still settling
+    /// (another member joining, claiming) looks the same, and rejoining then only starts the
+    /// settling over. Errors and slow answers count as served: this only decides whether to
+    /// rejoin, and the consumer is not polled meanwhile.
     fn unserved(&self, consumer: &ConsumerHandle, partitions: usize) -> Vec<i32> {
         if self.assignment_changed.elapsed() < Duration::from_secs(UNSERVED_AFTER_SECS) {
             return Vec::new();
@@ -529,14 +531,20 @@ impl Inner {
                 continue;
             }
             let recent = |age: Option<u64>| age.is_some_and(|a| a < UNSERVED_AFTER_SECS);
-            let Ok(last) = self.rt.block_on(c.last_commit(partition)) else {
+            let last = self
+                .rt
+                .block_on(tokio::time::timeout(timeout, c.last_commit(partition)));
+            let Ok(Ok(last)) = last else {
                 continue;
             };
             if recent(last.as_ref().map(|l| l.age_secs)) {
                 continue;
             }
-            match self.rt.block_on(c.last_claimed(partition)) {
-                Ok(age) if !recent(age) => {}
+            match self
+                .rt
+                .block_on(tokio::time::timeout(timeout, c.last_claimed(partition)))
+            {
+                Ok(Ok(age)) if !recent(age) => {}
                 _ => continue,
             }
             let next = last.map_or([-1, -1], |l| {
