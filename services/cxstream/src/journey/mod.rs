@@ -531,9 +531,10 @@ impl Inner {
                 continue;
             }
             let recent = |age: Option<u64>| age.is_some_and(|a| a < UNSERVED_AFTER_SECS);
+            // The timer is made inside the runtime: `timeout` needs its reactor.
             let last = self
                 .rt
-                .block_on(tokio::time::timeout(timeout, c.last_commit(partition)));
+                .block_on(async { tokio::time::timeout(timeout, c.last_commit(partition)).await });
             let Ok(Ok(last)) = last else {
                 continue;
             };
@@ -542,7 +543,7 @@ impl Inner {
             }
             match self
                 .rt
-                .block_on(tokio::time::timeout(timeout, c.last_claimed(partition)))
+                .block_on(async { tokio::time::timeout(timeout, c.last_claimed(partition)).await })
             {
                 Ok(Ok(age)) if !recent(age) => {}
                 _ => continue,
