@@ -104,9 +104,11 @@ pub enum StateError {
 }
 
 pub fn encode(journey: &Journey, visitor: Option<&Visitor>) -> Result<Vec<u8>, StateError> {
+    // The version byte leads as a tuple's first field: postcard writes a u8 as one byte.
+    // (`to_extend` into a Vec copies strings byte by byte.)
     let written = match visitor {
-        None => postcard::to_extend(journey, vec![V3]),
-        Some(v) => postcard::to_extend(&(journey, v), vec![V5]),
+        None => postcard::to_allocvec(&(V3, journey)),
+        Some(v) => postcard::to_allocvec(&(V5, journey, v)),
     };
     written.map_err(|e| StateError::Decode(e.to_string()))
 }
@@ -210,6 +212,9 @@ mod tests {
         assert_eq!(bytes[0], V3);
         let expected = stored(journey(), Written::WithOutcomes, None);
         assert_eq!(decode(&bytes), Ok(expected));
+        // The layout rows were written in before: the version byte, then the journey.
+        let before = postcard::to_extend(&journey(), vec![V3]).unwrap();
+        assert_eq!(bytes, before);
     }
 
     #[test]

@@ -444,11 +444,14 @@ impl PartitionProcessor {
         self.journeys.insert(customer, Arc::new(journey));
     }
 
-    /// An input read to its end and quiet no longer holds the watermark back.
+    /// An input read to its end and quiet no longer holds the watermark back. Journeys are
+    /// swept by the same rule as on any record (once the horizon has moved a day): a quiet
+    /// partition goes idle again after every lull, and each sweep reads every journey it
+    /// holds (6 % of a catch-up's CPU went to the sweeps when each idle input swept).
     pub fn set_idle(&mut self, input: Input, idle: bool) {
         self.clock.set_idle(input, idle);
         self.pass_deadlines();
-        self.sweep();
+        self.maybe_sweep();
     }
 
     /// Reports as dropped off every open entry whose deadline the watermark has passed.

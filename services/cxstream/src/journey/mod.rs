@@ -325,6 +325,7 @@ impl JourneyService {
     }
 
     /// Runs until SIGTERM/SIGINT (or until caught up, if asked); commits before returning.
+    /// The journeys it held are not freed: the process is meant to exit next.
     pub fn run(self, opts: RunOptions) -> Result<()> {
         let JourneyService {
             mut consumer,
@@ -496,6 +497,9 @@ impl JourneyService {
             out.close();
         }
         inner.readiness.stopping();
+        // Everything read is committed, and the process exits next: its journeys go back to
+        // the system whole. Freed one by one, they cost a catch-up 5 % of its CPU.
+        std::mem::forget(std::mem::take(&mut inner.slots));
         Ok(())
     }
 }
