@@ -226,9 +226,13 @@ impl AggregatesOutput {
                 }
             })
             .collect();
-        let mut minutes = minutes.chunks(CELLS_PER_RECORD);
-        let mut steps = steps.chunks(CELLS_PER_RECORD);
-        let chunks = minutes.len().max(steps.len()).max(1);
+        let chunks = minutes
+            .len()
+            .div_ceil(CELLS_PER_RECORD)
+            .max(steps.len().div_ceil(CELLS_PER_RECORD))
+            .max(1);
+        // The cells move into their chunks: copied, each cell's names were allocated twice.
+        let (mut minutes, mut steps) = (minutes.into_iter(), steps.into_iter());
         (0..chunks)
             .map(|i| AggregatesMessage {
                 seq: i64::try_from(seq).unwrap_or(i64::MAX),
@@ -236,8 +240,8 @@ impl AggregatesOutput {
                 claim: claim as i64,
                 chunk: i32::try_from(i).unwrap_or(i32::MAX),
                 chunks: i32::try_from(chunks).unwrap_or(i32::MAX),
-                minutes: minutes.next().map(<[_]>::to_vec).unwrap_or_default(),
-                steps: steps.next().map(<[_]>::to_vec).unwrap_or_default(),
+                minutes: minutes.by_ref().take(CELLS_PER_RECORD).collect(),
+                steps: steps.by_ref().take(CELLS_PER_RECORD).collect(),
                 ..self.message(&map.name, partition, AggregatesKind::Partial)
             })
             .collect()
