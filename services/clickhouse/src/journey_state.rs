@@ -245,6 +245,8 @@ mod tests {
         };
         let bytes = encode(&journey(), Some(&visitor)).unwrap();
         assert_eq!(bytes[0], V5);
+        let before = postcard::to_extend(&(journey(), &visitor), vec![V5]).unwrap();
+        assert_eq!(bytes, before);
         let expected = stored(journey(), Written::WithOutcomes, Some(visitor.clone()));
         assert_eq!(decode(&bytes), Ok(expected));
         // Version 4 knew no claim's partition.

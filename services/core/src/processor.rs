@@ -447,7 +447,8 @@ impl PartitionProcessor {
     /// An input read to its end and quiet no longer holds the watermark back. Journeys are
     /// swept by the same rule as on any record (once the horizon has moved a day): a quiet
     /// partition goes idle again after every lull, and each sweep reads every journey it
-    /// holds (6 % of a catch-up's CPU went to the sweeps when each idle input swept).
+    /// holds (6 % of a catch-up's CPU went to the sweeps when each idle input swept). So a
+    /// journey untouched since the last sweep may hold up to a day of events it could fold.
     pub fn set_idle(&mut self, input: Input, idle: bool) {
         self.clock.set_idle(input, idle);
         self.pass_deadlines();
@@ -1273,8 +1274,6 @@ fn emit_step_diff(
     }
 }
 
-/// Remembers that a journey must be persisted with the next batch: one key copy per
-/// customer and batch, not per event.
 /// The cells of `map` that are not zero, leaving it empty (with its capacity). Sized up
 /// front: collected from the filter, the Vec grew by doubling, and each step copied and
 /// touched fresh pages (2 % of a catch-up's CPU).
@@ -1287,6 +1286,8 @@ fn drain_nonzero<K, V>(
     cells
 }
 
+/// Remembers that a journey must be persisted with the next batch: one key copy per
+/// customer and batch, not per event.
 fn mark_dirty(journey: &mut Journey, customer: &Arc<str>, dirty: &mut Vec<Arc<str>>) {
     if !journey.dirty {
         journey.dirty = true;

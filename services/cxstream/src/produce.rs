@@ -18,12 +18,13 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
-/// How long the polling thread sleeps when no delivery report was waiting, and when
-/// nothing is in flight at all. Nothing waits on it: a commit that needs its records
-/// delivered flushes, which serves the reports. Each wake-up costs a context switch; at
-/// 20 ms for an idle producer they were a quarter of an idle service's CPU (four to six
-/// producers).
+/// How long the polling thread sleeps when no delivery report was waiting. Nothing waits
+/// on it: a commit that needs its records delivered flushes, which serves the reports.
 const POLL_IDLE: Duration = Duration::from_millis(20);
+
+/// How long it sleeps when nothing is in flight at all. Each wake-up costs a context
+/// switch; at [`POLL_IDLE`] they were a quarter of an idle service's CPU (four to six
+/// producers).
 const POLL_QUIET: Duration = Duration::from_millis(250);
 
 /// A producer whose delivery reports a thread of its own serves, like rdkafka's

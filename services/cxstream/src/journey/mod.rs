@@ -497,8 +497,8 @@ impl JourneyService {
             out.close();
         }
         inner.readiness.stopping();
-        // Everything read is committed, and the process exits next: its journeys go back to
-        // the system whole. Freed one by one, they cost a catch-up 5 % of its CPU.
+        // The process exits next: its journeys go back to the system whole. Freed one by
+        // one, they cost a catch-up 5 % of its CPU.
         std::mem::forget(std::mem::take(&mut inner.slots));
         Ok(())
     }

@@ -146,7 +146,7 @@ struct Lane {
     /// Records taken since the last batch was taken (its records).
     records_since_commit: u64,
     /// Something changed that must be committed even without new records (an idle input
-    /// moved the watermark and journeys were folded).
+    /// moved the watermark, and journeys may have been folded).
     dirty: bool,
     /// Identity stitching: the watermark each partition last published (`None`: not heard
     /// from yet, which holds every held touchpoint back).

@@ -48,10 +48,11 @@ pub struct JourneyContext {
 /// into `rdkafka::Statistics` every 250 ms cost a catch-up 2 % of its CPU.
 #[derive(Deserialize)]
 struct Stats<'a> {
-    #[serde(borrow, default)]
-    brokers: HashMap<Cow<'a, str>, BrokerStats<'a>>,
-    #[serde(borrow, default)]
-    topics: HashMap<Cow<'a, str>, TopicStats>,
+    /// Absent: readiness is left as it was (rdkafka's own decoding failed then).
+    #[serde(borrow)]
+    brokers: Option<HashMap<String, BrokerStats<'a>>>,
+    #[serde(default)]
+    topics: HashMap<String, TopicStats>,
 }
 
 #[derive(Deserialize)]
@@ -82,19 +83,20 @@ impl ClientContext for JourneyContext {
             }
         };
         // Logical brokers (the bootstrap list, the group coordinator) have ids below 0.
-        let up = stats
-            .brokers
-            .values()
-            .filter(|b| b.nodeid >= 0)
-            .any(|b| b.state == "UP");
-        self.readiness.brokers(up);
+        if let Some(brokers) = &stats.brokers {
+            let up = brokers
+                .values()
+                .filter(|b| b.nodeid >= 0)
+                .any(|b| b.state == "UP");
+            self.readiness.brokers(up);
+        }
         let Ok(mut highs) = self.high_watermarks.lock() else {
             return;
         };
         for (topic, t) in stats.topics {
             for (p, part) in t.partitions {
                 if p >= 0 && part.hi_offset >= 0 {
-                    highs.insert((topic.to_string(), p), part.hi_offset);
+                    highs.insert((topic.clone(), p), part.hi_offset);
                 }
             }
         }
@@ -272,6 +274,8 @@ mod tests {
         let stats: Stats = serde_json::from_str(SAMPLE).unwrap();
         let up: Vec<(i32, &str)> = stats
             .brokers
+            .as_ref()
+            .unwrap()
             .values()
             .map(|b| (b.nodeid, &*b.state))
             .collect();
@@ -280,5 +284,7 @@ mod tests {
         let parts = &stats.topics["cx.touchpoints"].partitions;
         assert_eq!(parts[&0].hi_offset, 1200);
         assert_eq!(parts[&-1].hi_offset, -1001);
+        let empty: Stats = serde_json::from_str("{}").unwrap();
+        assert!(empty.brokers.is_none() && empty.topics.is_empty());
     }
 }
