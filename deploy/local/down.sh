@@ -3,6 +3,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
+# The two-shard cluster, if cluster.sh started it.
+"$here/cluster.sh" down >/dev/null
 for svc in cxstream-journey tansu clickhouse alertmanager; do
   pidf="$CXSTREAM_RUN/$svc.pid"
   [[ -f "$pidf" ]] || continue

@@ -14,6 +14,9 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 # Headless Chromium opens the HTML report in the tests (it must render, with no console errors).
 command -v chromium >/dev/null || need_apt+=(chromium)
+# ZooKeeper carries the distributed DDL (ON CLUSTER) of the local two-shard ClickHouse
+# cluster (cluster.sh); ClickHouse 18.16 has no keeper of its own.
+[[ -f /usr/share/java/zookeeper.jar ]] || need_apt+=(zookeeper)
 # OpenSSL for TLS and SASL/SCRAM to Kafka (rdkafka's `ssl`), found by pkg-config at build
 # time; openssl and socat make the throw-away CA and the TLS listener of the Kafka TLS test.
 for pkg in libssl-dev pkg-config openssl socat; do

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: unit and property tests, integration and end-to-end tests against the real
-# Tansu and ClickHouse started here, the broker harness at a small size, the migrations on
+# Tansu and ClickHouse started here (and the two-shard cluster's distributed DDL), the
+# broker harness at a small size, the migrations on
 # current ClickHouse (chdb), promtool (metrics, and the Prometheus rules' unit tests),
 # amtool, the Grafana boards' panel queries, the deployment files against the Compose and
 # Kubernetes schemas, and the HTML report in headless Chromium. Idempotent;
@@ -11,6 +12,8 @@ cd "$root"
 source deploy/local/env.sh
 # Tests use throwaway topics, so a broker that a restart does not cure is recreated empty.
 CX_BROKER_RECOVER=recreate deploy/local/up.sh
+# The two-shard ClickHouse cluster: `up` checks that a statement ON CLUSTER reaches both.
+deploy/local/cluster.sh up
 export CX_TEST_KAFKA="127.0.0.1:$CX_KAFKA_PORT"
 export CX_TEST_CLICKHOUSE="http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT"
 export CX_TEST_CLICKHOUSE_HTTPS="https://127.0.0.1:$CX_CLICKHOUSE_HTTPS_PORT"

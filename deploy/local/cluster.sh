@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# A two-shard ClickHouse cluster on loopback, beside the single server of up.sh: ZooKeeper
+# (it carries the distributed DDL, `ON CLUSTER`) and two ClickHouse servers, the shards of
+# the cluster `cx_two_shards` (deploy/local/clickhouse/shard.xml). Data, logs and pids
+# under $CXSTREAM_RUN/cluster.
+#   cluster.sh up     start (idempotent; install.sh installs ZooKeeper), then check that a
+#                     database created ON CLUSTER reaches both shards
+#   cluster.sh down   stop (`down --wipe` also deletes the data)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+source "$here/env.sh"
+run="$CXSTREAM_RUN/cluster"
+http_ports=("$CX_SHARD1_HTTP_PORT" "$CX_SHARD2_HTTP_PORT")
+tcp_ports=("$CX_SHARD1_TCP_PORT" "$CX_SHARD2_TCP_PORT")
+
+alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+stop() { # pid file
+  local pid
+  pid=$(cat "$1" 2>/dev/null) || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$1"
+}
+
+wait_for() { # name, check command...
+  local name=$1; shift
+  for _ in $(seq 1 120); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  echo "cluster: $name did not answer within 60 s; see $run" >&2; exit 1
+}
+
+zk_ok() { (exec 3<>"/dev/tcp/127.0.0.1/$CX_ZOOKEEPER_PORT" && echo ruok >&3 && grep -q imok <&3); }
+
+start_zookeeper() {
+  mkdir -p "$run/zookeeper/data"
+  alive "$run/zookeeper.pid" && return 0
+  cat >"$run/zookeeper/zoo.cfg" <<CFG
+tickTime=2000
+dataDir=$run/zookeeper/data
+clientPort=$CX_ZOOKEEPER_PORT
+clientPortAddress=127.0.0.1
+admin.enableServer=false
+4lw.commands.whitelist=ruok
+CFG
+  (cd "$run/zookeeper" && exec nohup java -Xmx256m -cp /usr/share/java/zookeeper.jar \
+      org.apache.zookeeper.server.ZooKeeperServerMain "$run/zookeeper/zoo.cfg" \
+      >>"$run/zookeeper/zookeeper.log" 2>&1 & echo $! >"$run/zookeeper.pid")
+}
+
+start_shard() { # 1 or 2
+  local n=$1 dir="$run/shard$1"
+  mkdir -p "$dir"/{log,data,tmp,user_files}
+  alive "$run/shard$n.pid" && return 0
+  cp "$here/clickhouse/users.xml" "$dir/users.xml"
+  sed -e "s#@DIR@#$dir#g" \
+      -e "s#@HTTP_PORT@#${http_ports[n-1]}#g" \
+      -e "s#@TCP_PORT@#${tcp_ports[n-1]}#g" \
+      -e "s#@INTERSERVER_PORT@#$((tcp_ports[n-1] + 10))#g" \
+      -e "s#@SHARD1_TCP_PORT@#${tcp_ports[0]}#g" \
+      -e "s#@SHARD2_TCP_PORT@#${tcp_ports[1]}#g" \
+      -e "s#@ZOOKEEPER_PORT@#$CX_ZOOKEEPER_PORT#g" "$here/clickhouse/shard.xml" >"$dir/config.xml"
+  (cd "$dir" && exec nohup clickhouse-server --config-file="$dir/config.xml" \
+      >"$dir/log/stdout.log" 2>&1 & echo $! >"$run/shard$n.pid")
+}
+
+case "${1:-}" in
+  up)
+    "$here/install.sh" >/dev/null
+    start_zookeeper
+    wait_for zookeeper zk_ok
+    start_shard 1
+    start_shard 2
+    for p in "${http_ports[@]}"; do
+      wait_for "clickhouse shard on $p" curl -sf "http://127.0.0.1:$p/ping"
+    done
+    # The distributed DDL queue works end to end: both shards create the database.
+    curl -sf "http://127.0.0.1:${http_ports[0]}/" \
+      --data-binary "CREATE DATABASE IF NOT EXISTS cx_cluster_probe ON CLUSTER cx_two_shards" >/dev/null
+    for p in "${http_ports[@]}"; do
+      [[ $(curl -sf "http://127.0.0.1:$p/" --data-binary \
+          "SELECT count() FROM system.databases WHERE name = 'cx_cluster_probe'") == 1 ]] || {
+        echo "cluster: the shard on $p did not run the ON CLUSTER statement; see $run/shard*/log" >&2
+        exit 1
+      }
+    done
+    echo "cluster: cx_two_shards up: shards http://127.0.0.1:${http_ports[0]} and http://127.0.0.1:${http_ports[1]}, zookeeper 127.0.0.1:$CX_ZOOKEEPER_PORT (data in $run)"
+    ;;
+  down)
+    stop "$run/shard1.pid"
+    stop "$run/shard2.pid"
+    stop "$run/zookeeper.pid"
+    if [[ "${2:-}" == "--wipe" ]]; then rm -rf "$run"; fi
+    echo "cluster: stopped"
+    ;;
+  *)
+    echo "usage: cluster.sh up | down [--wipe]" >&2
+    exit 2
+    ;;
+esac
