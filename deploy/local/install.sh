@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotently installs everything the local stack needs on a Debian machine:
-# ClickHouse, Prometheus (+promtool), Alertmanager from apt; Tansu built once from
+# ClickHouse, Prometheus (+promtool), Alertmanager, ZooKeeper from apt; Tansu built once from
 # crates.io and cached outside the repo; chdb (modern ClickHouse dialect check) from PyPI.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
