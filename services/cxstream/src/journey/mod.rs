@@ -505,6 +505,19 @@ impl JourneyService {
 }
 
 impl Inner {
+    /// Runs a read on the runtime for at most `timeout`: `None` if it failed or took longer.
+    fn read_within<T, E>(
+        &self,
+        timeout: Duration,
+        read: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Option<T> {
+        // The timer is made inside the runtime: `timeout` needs its reactor.
+        let done = self
+            .rt
+            .block_on(async { tokio::time::timeout(timeout, read).await });
+        done.ok()?.ok()
+    }
+
     /// Input partitions nobody serves: not assigned here, records waiting after their last
     /// committed batch, and for [`UNSERVED_AFTER_SECS`] no batch committed and no claim (or
     /// intent) written by anyone. Under Tansu 0.6 a killed member that led the group leaves
@@ -535,21 +548,14 @@ impl Inner {
                 continue;
             }
             let recent = |age: Option<u64>| age.is_some_and(|a| a < UNSERVED_AFTER_SECS);
-            // The timer is made inside the runtime: `timeout` needs its reactor.
-            let last = self
-                .rt
-                .block_on(async { tokio::time::timeout(timeout, c.last_commit(partition)).await });
-            let Ok(Ok(last)) = last else {
+            let Some(last) = self.read_within(timeout, c.last_commit(partition)) else {
                 continue;
             };
             if recent(last.as_ref().map(|l| l.age_secs)) {
                 continue;
             }
-            match self
-                .rt
-                .block_on(async { tokio::time::timeout(timeout, c.last_claimed(partition)).await })
-            {
-                Ok(Ok(age)) if !recent(age) => {}
+            match self.read_within(timeout, c.last_claimed(partition)) {
+                Some(age) if !recent(age) => {}
                 _ => continue,
             }
             let next = last.map_or([-1, -1], |l| {
