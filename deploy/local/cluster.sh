@@ -9,26 +9,10 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
+source "$here/processes.sh"
 run="$CXSTREAM_RUN/cluster"
 http_ports=("$CX_SHARD1_HTTP_PORT" "$CX_SHARD2_HTTP_PORT")
 tcp_ports=("$CX_SHARD1_TCP_PORT" "$CX_SHARD2_TCP_PORT")
-
-alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
-
-stop() { # pid file
-  local pid
-  pid=$(cat "$1" 2>/dev/null) || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$1"
-}
-
-wait_for() { # name, check command...
-  local name=$1; shift
-  for _ in $(seq 1 120); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
-  echo "cluster: $name did not answer within 60 s; see $run" >&2; exit 1
-}
 
 zk_ok() { (exec 3<>"/dev/tcp/127.0.0.1/$CX_ZOOKEEPER_PORT" && echo ruok >&3 && grep -q imok <&3); }
 
@@ -87,9 +71,9 @@ case "${1:-}" in
     echo "cluster: cx_two_shards up: shards http://127.0.0.1:${http_ports[0]} and http://127.0.0.1:${http_ports[1]}, zookeeper 127.0.0.1:$CX_ZOOKEEPER_PORT (data in $run)"
     ;;
   down)
-    stop "$run/shard1.pid"
-    stop "$run/shard2.pid"
-    stop "$run/zookeeper.pid"
+    stop "$run/shard1.pid" 60
+    stop "$run/shard2.pid" 60
+    stop "$run/zookeeper.pid" 60
     if [[ "${2:-}" == "--wipe" ]]; then rm -rf "$run"; fi
     echo "cluster: stopped"
     ;;

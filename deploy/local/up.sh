@@ -13,11 +13,10 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 source "$here/env.sh"
+source "$here/processes.sh"
 "$here/install.sh"
 mkdir -p "$CXSTREAM_RUN"/{tansu,clickhouse/{log,data,tmp,user_files}}
 chtls="$CXSTREAM_RUN/clickhouse/tls"
-
-alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 start_broker() {
   if alive "$CXSTREAM_RUN/tansu.pid"; then return 0; fi
@@ -34,15 +33,6 @@ start_broker() {
       --listener-url "tcp://127.0.0.1:$CX_KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$CX_KAFKA_PORT" \
       >>"$CXSTREAM_RUN/tansu/broker.log" 2>&1 & echo $! >"$CXSTREAM_RUN/tansu.pid")
-}
-
-stop() { # pid file, quarter-seconds to wait for SIGTERM before SIGKILL
-  local pid
-  pid=$(cat "$1" 2>/dev/null) || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 "$2"); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$1"
 }
 
 stop_broker() { stop "$CXSTREAM_RUN/tansu.pid" 40; }
@@ -64,12 +54,6 @@ start_alertmanager() {
       --web.listen-address="127.0.0.1:$CX_ALERTMANAGER_PORT" \
       --cluster.listen-address="" \
       >>"$CXSTREAM_RUN/alertmanager/alertmanager.log" 2>&1 & echo $! >"$CXSTREAM_RUN/alertmanager.pid")
-}
-
-wait_for() { # name, check command...
-  local name=$1; shift
-  for _ in $(seq 1 120); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
-  echo "up: $name did not answer within 60 s; see $CXSTREAM_RUN" >&2; exit 1
 }
 
 # A broker of another engine holds other data: switching engines starts it afresh.
