@@ -12,7 +12,8 @@ cd "$root"
 source deploy/local/env.sh
 # Tests use throwaway topics, so a broker that a restart does not cure is recreated empty.
 CX_BROKER_RECOVER=recreate deploy/local/up.sh
-# The two-shard ClickHouse cluster: `up` checks that a statement ON CLUSTER reaches both.
+# The two-shard ClickHouse cluster: `up` checks that a statement ON CLUSTER reaches both;
+# the end-to-end tests named `..._two_shard_cluster` run on it.
 deploy/local/cluster.sh up
 export CX_TEST_KAFKA="127.0.0.1:$CX_KAFKA_PORT"
 export CX_TEST_CLICKHOUSE="http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT"
@@ -20,6 +21,8 @@ export CX_TEST_CLICKHOUSE_HTTPS="https://127.0.0.1:$CX_CLICKHOUSE_HTTPS_PORT"
 export CX_TEST_CLICKHOUSE_CA="$CXSTREAM_RUN/clickhouse/tls/ca.pem"
 export CX_TEST_ALERTMANAGER="http://127.0.0.1:$CX_ALERTMANAGER_PORT"
 export CX_TEST_BROKER_LOG="$CXSTREAM_RUN/tansu/broker.log"
+export CX_TEST_CLUSTER_URL="http://127.0.0.1:$CX_SHARD1_HTTP_PORT"
+export CX_TEST_CLUSTER_NAME=cx_two_shards
 python3 tests/chdb_dialect.py
 # The deployment: compose file and manifests against the Compose and Kubernetes schemas,
 # consistent with the configs and the image.

@@ -15,12 +15,13 @@ use cxstream_core::claims::Claim;
 use cxstream_core::{Batch, ClockState, JourneyMap};
 use serde::Deserialize;
 
+use crate::cluster::Layout;
 use crate::journey_state;
 use crate::rows::{
     AnswerRow, BatchRow, CaseRow, EntryRow, JourneyStepRow, MinuteRow, RefusedRow, StageRow,
     StateRow, StepAttemptRow, StepMinuteRow, TouchpointRow,
 };
-use crate::{Context, Error, Result};
+use crate::{Connection, Context, Error, Result};
 
 /// A partition's last committed batch, as another instance sees it.
 #[derive(Debug, Clone, clickhouse::Row, Deserialize)]
@@ -78,6 +79,9 @@ pub struct BatchEnd {
 
 pub struct BatchCommitter {
     client: Client,
+    /// Where `ALTER`s that change rows go (compaction's clean-up).
+    database: String,
+    layout: Layout,
     map: Arc<JourneyMap>,
     /// Shared by every committer of the service: the INSERTs in flight at once, and with
     /// them the connections to ClickHouse (a flush writes each partition's tables together).
@@ -97,13 +101,15 @@ struct SavedState {
 
 impl BatchCommitter {
     pub fn new(
-        client: Client,
+        conn: &Connection,
         map: Arc<JourneyMap>,
         inserts: Arc<tokio::sync::Semaphore>,
         owner: String,
     ) -> Self {
         BatchCommitter {
-            client,
+            client: conn.client(),
+            database: conn.database.clone(),
+            layout: conn.layout.clone(),
             map,
             inserts,
             owner,
@@ -165,6 +171,19 @@ impl BatchCommitter {
 
     pub(crate) fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// What an `ALTER TABLE` that changes the rows of `table` names.
+    pub(crate) fn altered(&self, table: &str) -> String {
+        self.layout.altered(&format!("{}.{table}", self.database))
+    }
+
+    pub(crate) fn database(&self) -> &str {
+        &self.database
+    }
+
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     pub fn journey(&self) -> &str {
@@ -241,6 +260,7 @@ impl BatchCommitter {
 
     /// Each customer's latest journey in the generation and the batches after it that
     /// count under `claim` (whose chain ends the history where the claim's owner resumes).
+    /// (GLOBAL IN: see `committed_in` in compaction.rs.)
     async fn saved_journeys(
         &self,
         partition: u16,
@@ -257,7 +277,7 @@ impl BatchCommitter {
                    UNION ALL \
                    SELECT customer_id, state, batch_seq FROM journeys \
                    WHERE journey = ? AND source_partition = ? AND batch_seq >= ? \
-                   AND (journey, source_partition, batch_seq, batch_attempt) IN \
+                   AND (journey, source_partition, batch_seq, batch_attempt) GLOBAL IN \
                      (SELECT journey, source_partition, batch_seq, batch_attempt FROM ingest_batches \
                       WHERE journey = ? AND source_partition = ? AND batch_seq >= ? AND {})) \
                  GROUP BY customer_id",

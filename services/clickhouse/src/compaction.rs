@@ -152,12 +152,15 @@ impl BatchCommitter {
         Ok(true)
     }
 
-    /// The batches of a fold's claim in `[prev.live_from, live_from)`.
+    /// The batches of a fold's claim in `[prev.live_from, live_from)`. (Subqueries here
+    /// are GLOBAL: on a cluster they run once, on the server asked, rather than on each
+    /// shard, where unqualified names miss the database; on one server GLOBAL changes
+    /// nothing.)
     fn committed_in(&self, table: &str, columns: &str) -> String {
         format!(
             "SELECT {columns} FROM {table} WHERE journey = ? AND source_partition = ? \
              AND batch_seq >= ? AND batch_seq < ? \
-             AND (journey, source_partition, batch_seq, batch_attempt) IN \
+             AND (journey, source_partition, batch_seq, batch_attempt) GLOBAL IN \
                (SELECT journey, source_partition, batch_seq, batch_attempt FROM ingest_batches \
                 WHERE journey = ? AND source_partition = ? AND batch_seq >= ? AND batch_seq < ? \
                 AND {})",
@@ -270,13 +273,14 @@ impl BatchCommitter {
                 .query(&format!(
                     "SELECT DISTINCT generation FROM {table} \
                      WHERE journey = ? AND source_partition = ? AND generation != ? AND ( \
-                       generation IN (SELECT generation FROM committed_compactions \
+                       generation GLOBAL IN (SELECT generation FROM committed_compactions \
                          WHERE journey = ? AND source_partition = ? AND live_from_seq < ?) \
-                       OR (generation NOT IN (SELECT generation FROM committed_compactions \
+                       OR (generation GLOBAL NOT IN (SELECT generation FROM committed_compactions \
                              WHERE journey = ? AND source_partition = ?) \
-                           AND toString(generation) IN (SELECT partition FROM system.parts \
-                             WHERE database = currentDatabase() AND table = ? AND active \
-                             GROUP BY partition HAVING max(modification_time) <= now() - ?)))"
+                           AND toString(generation) GLOBAL IN (SELECT partition FROM {parts} \
+                             WHERE database = ? AND table = ? AND active \
+                             GROUP BY partition HAVING max(modification_time) <= now() - ?)))",
+                    parts = self.layout().system("parts")
                 ))
                 .bind(journey)
                 .bind(partition)
@@ -286,14 +290,18 @@ impl BatchCommitter {
                 .bind(settled.live_from)
                 .bind(journey)
                 .bind(partition)
-                .bind(table)
+                .bind(self.database())
+                .bind(self.layout().stored(table))
                 .bind(grace_secs.max(ABANDONED_AFTER_SECS))
                 .fetch_all::<u64>()
                 .await
                 .ctx(|| format!("listing old generations in {table}"))?;
             for g in stale {
                 self.client()
-                    .query(&format!("ALTER TABLE {table} DROP PARTITION {g}"))
+                    .query(&format!(
+                        "ALTER TABLE {} DROP PARTITION {g}",
+                        self.altered(table)
+                    ))
                     .execute()
                     .await
                     .ctx(|| format!("dropping generation {g} of {table}"))?;
@@ -307,7 +315,8 @@ impl BatchCommitter {
         ] {
             self.client()
                 .query(&format!(
-                    "ALTER TABLE {table} DELETE WHERE journey = ? AND source_partition = ? AND batch_seq < ?"
+                    "ALTER TABLE {} DELETE WHERE journey = ? AND source_partition = ? AND batch_seq < ?",
+                    self.altered(table)
                 ))
                 .bind(journey)
                 .bind(partition)

@@ -8,18 +8,28 @@
 use clickhouse::Client;
 use serde::Deserialize;
 
+use crate::cluster::Layout;
 use crate::{Context, Result};
 
-/// The tables (not views) of the database that hold a `customer_id` column.
-pub async fn customer_tables(client: &Client, database: &str) -> Result<Vec<String>> {
+/// The tables (not views) of the database that hold a `customer_id` column; on a cluster
+/// the Distributed ones, which read every shard.
+pub async fn customer_tables(
+    client: &Client,
+    database: &str,
+    layout: &Layout,
+) -> Result<Vec<String>> {
+    let engine = match layout.cluster() {
+        None => "t.engine NOT LIKE '%View'",
+        Some(_) => "t.engine = 'Distributed'",
+    };
     client
-        .query(
+        .query(&format!(
             "SELECT c.table FROM system.columns AS c \
              ANY INNER JOIN (SELECT name AS table, engine FROM system.tables WHERE database = ?) \
              AS t USING (table) \
-             WHERE c.database = ? AND c.name = 'customer_id' AND t.engine NOT LIKE '%View' \
-             ORDER BY c.table",
-        )
+             WHERE c.database = ? AND c.name = 'customer_id' AND {engine} \
+             ORDER BY c.table"
+        ))
         .bind(database)
         .bind(database)
         .fetch_all::<String>()
@@ -50,11 +60,18 @@ pub async fn count_rows(client: &Client, table: &str, ids: &[String]) -> Result<
     .ctx(|| format!("counting the customer's rows in {table}"))
 }
 
-/// Starts deleting the rows of `ids` from `table` (a mutation: see [`mutations_running`]).
-pub async fn delete_rows(client: &Client, table: &str, ids: &[String]) -> Result<()> {
+/// Starts deleting the rows of `ids` from `db.table` (a mutation: see [`mutations_running`]).
+pub async fn delete_rows(
+    client: &Client,
+    database: &str,
+    layout: &Layout,
+    table: &str,
+    ids: &[String],
+) -> Result<()> {
     bind_all(
         client.query(&format!(
-            "ALTER TABLE {table} DELETE WHERE {}",
+            "ALTER TABLE {} DELETE WHERE {}",
+            layout.altered(&format!("{database}.{table}")),
             matching(ids)
         )),
         ids,
@@ -121,6 +138,7 @@ pub async fn stale_device_rows(
 pub async fn delete_device_rows(
     client: &Client,
     database: &str,
+    layout: &Layout,
     table: &str,
     rows: &[DeviceRow],
 ) -> Result<()> {
@@ -129,8 +147,9 @@ pub async fn delete_device_rows(
     }
     let keys = vec!["(?, ?, ?, ?)"; rows.len()].join(", ");
     let mut q = client.query(&format!(
-        "ALTER TABLE {database}.{table} DELETE WHERE \
-         (journey, source_partition, customer_id, batch_seq) IN ({keys})"
+        "ALTER TABLE {} DELETE WHERE \
+         (journey, source_partition, customer_id, batch_seq) IN ({keys})",
+        layout.altered(&format!("{database}.{table}"))
     ));
     for r in rows {
         q = q
@@ -146,17 +165,18 @@ pub async fn delete_device_rows(
 
 /// Not a device's latest committed version: of committed batches (their marker written)
 /// and committed generations (their compaction row written), the highest batch_seq.
+/// (GLOBAL IN: on a cluster each subquery runs once, on the server asked.)
 fn not_latest(db: &str) -> String {
     format!(
-        "(journey, source_partition, customer_id, batch_seq) NOT IN \
+        "(journey, source_partition, customer_id, batch_seq) GLOBAL NOT IN \
          (SELECT journey, source_partition, customer_id, max(batch_seq) FROM \
            (SELECT journey, source_partition, customer_id, batch_seq FROM {db}.journeys \
             WHERE customer_id LIKE 'anon:%' AND \
-            (journey, source_partition, batch_seq, batch_attempt) IN \
+            (journey, source_partition, batch_seq, batch_attempt) GLOBAL IN \
               (SELECT journey, source_partition, batch_seq, batch_attempt FROM {db}.committed_batches) \
             UNION ALL \
             SELECT journey, source_partition, customer_id, batch_seq FROM {db}.journeys_compacted \
-            WHERE customer_id LIKE 'anon:%' AND (journey, source_partition, generation) IN \
+            WHERE customer_id LIKE 'anon:%' AND (journey, source_partition, generation) GLOBAL IN \
               (SELECT journey, source_partition, generation FROM {db}.committed_compactions)) \
           GROUP BY journey, source_partition, customer_id)"
     )
@@ -174,14 +194,15 @@ fn bind_all(mut q: clickhouse::query::Query, ids: &[String]) -> clickhouse::quer
     q
 }
 
-/// Deletions of customers' rows in the database not done yet (compaction's own deletes
-/// are not waited for).
-pub async fn mutations_running(client: &Client, database: &str) -> Result<u64> {
+/// Deletions of customers' rows in the database not done yet, on any shard (compaction's
+/// own deletes are not waited for).
+pub async fn mutations_running(client: &Client, database: &str, layout: &Layout) -> Result<u64> {
     client
-        .query(
-            "SELECT count() FROM system.mutations WHERE database = ? AND is_done = 0 \
+        .query(&format!(
+            "SELECT count() FROM {} WHERE database = ? AND is_done = 0 \
              AND position(command, 'customer_id') > 0",
-        )
+            layout.system("mutations")
+        ))
         .bind(database)
         .fetch_one::<u64>()
         .await

@@ -6,6 +6,7 @@
 
 mod alerts;
 mod claims;
+pub mod cluster;
 mod commit;
 mod compaction;
 mod journey_state;
@@ -32,6 +33,11 @@ pub enum Error {
         #[source]
         source: clickhouse::error::Error,
     },
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    /// The database's tables are laid out otherwise than configured.
+    #[error("{0}")]
+    Layout(String),
     #[error("journey state of customer in partition {partition} cannot be decoded: {message}")]
     State { partition: u16, message: String },
     /// A migration that must not run beside journey services found them running.
@@ -122,6 +128,8 @@ pub struct Connection {
     pub password: String,
     /// For `https://` URLs: the roots the server's certificate is checked against.
     pub tls: Option<Tls>,
+    /// One server, or the shards of a cluster.
+    pub layout: cluster::Layout,
 }
 
 impl std::fmt::Debug for Connection {
@@ -132,6 +140,7 @@ impl std::fmt::Debug for Connection {
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("tls", &self.tls.is_some())
+            .field("layout", &self.layout)
             .finish()
     }
 }
@@ -152,6 +161,15 @@ impl Connection {
             .with_validation(false);
         if !self.password.is_empty() {
             c = c.with_password(&self.password);
+        }
+        if self.layout.cluster().is_some() {
+            // An INSERT into a Distributed table returns once every shard wrote its rows (not
+            // when they are queued): a batch's marker is written after its rows. And a join
+            // or IN over two Distributed tables reads the right side whole, on the server
+            // that was asked, whatever shard its rows are on.
+            c = c
+                .with_setting("insert_distributed_sync", "1")
+                .with_setting("distributed_product_mode", "global");
         }
         c
     }

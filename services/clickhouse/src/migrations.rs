@@ -5,6 +5,7 @@
 use clickhouse::Client;
 use serde::Deserialize;
 
+use crate::cluster::Layout;
 use crate::{Connection, Context, Result};
 
 #[derive(Debug, Clone, Copy)]
@@ -153,20 +154,26 @@ struct Applied {
     version: u32,
 }
 
-/// Applies the migrations not yet recorded; returns the versions applied now.
+/// Applies the migrations not yet recorded; returns the versions applied now. On a
+/// cluster every statement is applied in its cluster form (see [`crate::cluster`]).
 pub async fn apply_migrations(conn: &Connection) -> Result<Vec<u32>> {
     let server = conn.server_client();
     let db = &conn.database;
-    exec(&server, &format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
+    let layout = &conn.layout;
     exec(
         &server,
-        &format!(
-            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
-             (version UInt32, name String, applied_at DateTime) \
-             ENGINE = MergeTree ORDER BY version"
-        ),
+        &format!("CREATE DATABASE IF NOT EXISTS {db}{}", layout.on_cluster()),
     )
     .await?;
+    refuse_other_layout(&server, layout, db).await?;
+    let ledger = format!(
+        "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
+         (version UInt32, name String, applied_at DateTime) \
+         ENGINE = MergeTree ORDER BY version"
+    );
+    for st in in_layout(layout, db, ledger)? {
+        exec(&server, &st).await?;
+    }
     let applied: Vec<u32> = server
         .query(&format!("SELECT version FROM {db}.schema_migrations"))
         .fetch_all::<Applied>()
@@ -178,34 +185,31 @@ pub async fn apply_migrations(conn: &Connection) -> Result<Vec<u32>> {
     let mut now = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
         let statements = m.statements(db);
-        let swaps = statements.iter().any(|st| swapped_table(st).is_some());
-        if swaps || m.stops_journeys {
+        let swaps: Vec<(&str, &str)> = statements
+            .iter()
+            .filter_map(|st| swapped_table(st))
+            .collect();
+        if !swaps.is_empty() || m.stops_journeys {
             refuse_while_journeys_commit(&server, db, m).await?;
         }
-        if swaps {
-            for (table, before) in statements.iter().filter_map(|st| swapped_table(st)) {
-                // ClickHouse 18.16 renames the two tables of a swap one after the other: a
-                // crash between them leaves only the table's old name; put it back first.
-                if !table_exists(&server, db, table).await?
-                    && table_exists(&server, db, before).await?
-                {
-                    exec(
-                        &server,
-                        &format!("RENAME TABLE {db}.{before} TO {db}.{table}"),
-                    )
-                    .await?;
-                }
-            }
+        for (table, before) in swaps {
+            put_back(&server, layout, db, table, before).await?;
         }
-        for st in statements {
-            if let Some((table, column)) = added_column(&st) {
-                // ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS; a half-applied migration
-                // must still re-run.
-                if column_exists(&server, db, table, column).await? {
-                    continue;
+        for st in statements
+            .iter()
+            .cloned()
+            .map(|st| in_layout(layout, db, st))
+        {
+            for st in st? {
+                if let Some((table, column)) = added_column(&st) {
+                    // ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS; a half-applied
+                    // migration must still re-run.
+                    if column_exists(&server, db, table, column).await? {
+                        continue;
+                    }
                 }
+                exec(&server, &st).await?;
             }
-            exec(&server, &st).await?;
         }
         exec(
             &server,
@@ -218,6 +222,72 @@ pub async fn apply_migrations(conn: &Connection) -> Result<Vec<u32>> {
         now.push(m.version);
     }
     Ok(now)
+}
+
+/// A database made for one server is not a cluster's, nor the other way round: its tables
+/// would be read and changed under the wrong names.
+async fn refuse_other_layout(server: &Client, layout: &Layout, db: &str) -> Result<()> {
+    let engine = server
+        .query("SELECT engine FROM system.tables WHERE database = ? AND name = 'schema_migrations'")
+        .bind(db)
+        .fetch_optional::<String>()
+        .await
+        .ctx(|| "looking up schema_migrations".into())?;
+    let Some(engine) = engine else {
+        return Ok(());
+    };
+    let clustered = engine == "Distributed";
+    match (layout.cluster(), clustered) {
+        (Some(c), false) => Err(crate::Error::Layout(format!(
+            "database `{db}` was created on one server, and clickhouse.cluster is `{}`: \
+             remove clickhouse.cluster, or migrate a new database on the cluster and replay \
+             into it (README § Operations, A ClickHouse cluster)",
+            c.name()
+        ))),
+        (None, true) => Err(crate::Error::Layout(format!(
+            "database `{db}` was created on a cluster (its tables are Distributed): set \
+             clickhouse.cluster to the cluster's name"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `statement` as it applies to the layout: itself on a single server.
+fn in_layout(layout: &Layout, db: &str, statement: String) -> Result<Vec<String>> {
+    match layout.cluster() {
+        None => Ok(vec![statement]),
+        Some(c) => Ok(crate::cluster::rewrite(&statement, db, c)?),
+    }
+}
+
+/// ClickHouse 18.16 renames the two tables of a swap one after the other: a crash between
+/// them leaves only the table's old name; this puts it back before the swap runs again.
+async fn put_back(
+    server: &Client,
+    layout: &Layout,
+    db: &str,
+    table: &str,
+    before: &str,
+) -> Result<()> {
+    let (stored, stored_before) = (layout.stored(table), layout.stored(before));
+    if table_exists(server, db, &stored).await? || !table_exists(server, db, &stored_before).await?
+    {
+        return Ok(());
+    }
+    exec(
+        server,
+        &format!(
+            "RENAME TABLE {db}.{stored_before} TO {db}.{stored}{}",
+            layout.on_cluster()
+        ),
+    )
+    .await?;
+    if let Some(c) = layout.cluster() {
+        // The swap makes the Distributed tables again after its renames, and may have been
+        // stopped before.
+        exec(server, &crate::cluster::distributed_table(db, table, c)?).await?;
+    }
+    Ok(())
 }
 
 /// A migration that swaps a table for a rebuilt copy loses whatever a running journey
@@ -270,15 +340,17 @@ async fn table_exists(client: &Client, db: &str, table: &str) -> Result<bool> {
     Ok(n > 0)
 }
 
-/// `(table, column)` of an `ALTER TABLE db.table ADD COLUMN column ...` statement.
+/// `(table, column)` of an `ALTER TABLE db.table [ON CLUSTER c] ADD COLUMN column ...`
+/// statement.
 fn added_column(statement: &str) -> Option<(&str, &str)> {
-    let mut words = statement.split_whitespace();
-    let head: Vec<&str> = words.by_ref().take(5).collect();
-    match head.as_slice() {
-        ["ALTER", "TABLE", table, "ADD", "COLUMN"] => {
-            let table = table.rsplit('.').next()?;
-            Some((table, words.next()?))
-        }
+    let words: Vec<&str> = statement.split_whitespace().take(9).collect();
+    let (table, rest) = match words.as_slice() {
+        ["ALTER", "TABLE", table, "ON", "CLUSTER", _, rest @ ..] => (table, rest),
+        ["ALTER", "TABLE", table, rest @ ..] => (table, rest),
+        _ => return None,
+    };
+    match rest {
+        ["ADD", "COLUMN", column, ..] => Some((table.rsplit('.').next()?, column)),
         _ => None,
     }
 }
@@ -344,6 +416,10 @@ mod tests {
         assert_eq!(
             added_column("ALTER TABLE cx.ingest_batches ADD COLUMN a_ms Int64 DEFAULT 0"),
             Some(("ingest_batches", "a_ms"))
+        );
+        assert_eq!(
+            added_column("ALTER TABLE cx.alerts_local ON CLUSTER two ADD COLUMN a UInt8"),
+            Some(("alerts_local", "a"))
         );
         assert_eq!(
             added_column("CREATE TABLE IF NOT EXISTS cx.t (a Int64)"),

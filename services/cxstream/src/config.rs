@@ -116,9 +116,16 @@ pub struct ClickHouseSettings {
     /// server: a flush writes each partition's tables together, up to this many at a time.
     /// Default 16.
     pub max_concurrent_inserts: usize,
+    /// The cluster (a name in the servers' `remote_servers`) whose shards hold the tables:
+    /// `migrate` creates each table on every shard behind a Distributed table (README §
+    /// Operations, A ClickHouse cluster). Default none: one server.
+    pub cluster: Option<String>,
     /// Built from `ca_file` when the configuration is read.
     #[serde(skip)]
     pub tls: Option<cxstream_clickhouse::Tls>,
+    /// Built from `cluster` when the configuration is read.
+    #[serde(skip)]
+    pub layout: cxstream_clickhouse::cluster::Layout,
 }
 
 impl ClickHouseSettings {
@@ -156,7 +163,9 @@ impl Default for ClickHouseSettings {
             password_file: None,
             ca_file: None,
             max_concurrent_inserts: 16,
+            cluster: None,
             tls: None,
+            layout: cxstream_clickhouse::cluster::Layout::single(),
         }
     }
 }
@@ -416,6 +425,9 @@ impl Config {
         if let Some(v) = get("CXSTREAM_CLICKHOUSE_PASSWORD") {
             self.clickhouse.password = Secret(v);
         }
+        if let Some(v) = get("CXSTREAM_CLICKHOUSE_CLUSTER") {
+            self.clickhouse.cluster = Some(v).filter(|c| !c.is_empty());
+        }
         if let Some(v) = get("CXSTREAM_CLICKHOUSE_CA_FILE") {
             self.clickhouse.ca_file = Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
         }
@@ -475,6 +487,12 @@ impl Config {
             self.clickhouse.password = Secret(text.lines().next().unwrap_or("").to_string());
         }
         self.clickhouse.tls = self.clickhouse.tls_settings()?;
+        self.clickhouse.layout = match &self.clickhouse.cluster {
+            None => cxstream_clickhouse::cluster::Layout::single(),
+            Some(name) => cxstream_clickhouse::cluster::Layout::on(
+                cxstream_clickhouse::cluster::Cluster::new(name)?,
+            ),
+        };
         let db_ok = !self.clickhouse.database.is_empty()
             && self
                 .clickhouse
@@ -577,6 +595,7 @@ impl Config {
             user: self.clickhouse.user.clone(),
             password: self.clickhouse.password.0.clone(),
             tls: self.clickhouse.tls.clone(),
+            layout: self.clickhouse.layout.clone(),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use cxstream_clickhouse::erasure;
+use cxstream_clickhouse::Connection;
 use cxstream_core::erasure::fingerprint;
 use cxstream_core::JourneyMaps;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -42,7 +43,8 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &EraseArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let client = cfg.clickhouse_connection().client();
+    let conn = cfg.clickhouse_connection();
+    let client = conn.client();
     let partitions = partitions(cfg)?;
     rt.block_on(wait_for_journeys(
         &client,
@@ -51,7 +53,7 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &EraseArgs) -> Result<()> {
         seen,
         Duration::from_secs(args.wait_secs),
     ))?;
-    rt.block_on(delete(&client, &cfg.clickhouse.database, &ids))
+    rt.block_on(delete(&conn, &ids))
 }
 
 /// The ids to delete rows of, as journeys key them (trimmed; rows match trimmed too).
@@ -152,8 +154,9 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// Deletes the customers' rows from every table that holds customer ids, waits for the
 /// deletions to finish, and checks that none is left (deleting again what a batch or a
 /// compaction under way wrote meanwhile).
-async fn delete(client: &clickhouse::Client, database: &str, ids: &[String]) -> Result<()> {
-    let mut tables: Vec<Rows> = erasure::customer_tables(client, database)
+async fn delete(conn: &Connection, ids: &[String]) -> Result<()> {
+    let (client, database) = (&conn.client(), conn.database.as_str());
+    let mut tables: Vec<Rows> = erasure::customer_tables(client, database, &conn.layout)
         .await?
         .into_iter()
         .map(Rows::Customer)
@@ -166,7 +169,7 @@ async fn delete(client: &clickhouse::Client, database: &str, ids: &[String]) -> 
         for t in &tables {
             let n = t.count(client, database, ids).await?;
             if n > 0 {
-                t.delete(client, database, ids).await?;
+                t.delete(conn, ids).await?;
                 found.push(format!("{t} {n}"));
                 deleted = true;
             }
@@ -176,7 +179,7 @@ async fn delete(client: &clickhouse::Client, database: &str, ids: &[String]) -> 
             break;
         }
         let started = Instant::now();
-        while erasure::mutations_running(client, database).await? > 0 {
+        while erasure::mutations_running(client, database, &conn.layout).await? > 0 {
             if started.elapsed() > Duration::from_secs(600) {
                 anyhow::bail!("the deletions were still running after 10 minutes (system.mutations); run the same erase again to check");
             }
@@ -237,12 +240,13 @@ impl Rows {
         })
     }
 
-    async fn delete(&self, client: &clickhouse::Client, db: &str, ids: &[String]) -> Result<()> {
+    async fn delete(&self, conn: &Connection, ids: &[String]) -> Result<()> {
+        let (client, db, layout) = (&conn.client(), conn.database.as_str(), &conn.layout);
         match self {
-            Rows::Customer(t) => erasure::delete_rows(client, t, ids).await?,
+            Rows::Customer(t) => erasure::delete_rows(client, db, layout, t, ids).await?,
             Rows::Devices(t) => {
                 let rows = erasure::stale_device_rows(client, db, t, ids).await?;
-                erasure::delete_device_rows(client, db, t, &rows).await?;
+                erasure::delete_device_rows(client, db, layout, t, &rows).await?;
             }
         }
         Ok(())

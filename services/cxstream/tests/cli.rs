@@ -59,6 +59,17 @@ fn an_alertmanager_url_the_alerter_cannot_post_to_says_what_to_fix() {
 }
 
 #[test]
+fn a_cluster_name_clickhouse_cannot_take_says_what_to_fix() {
+    let cfg = temp_file("cluster.yaml", "clickhouse:\n  cluster: two-shards\n");
+    let (code, err) = cxstream(&["--config", cfg.to_str().expect("utf8"), "migrate"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("clickhouse.cluster `two-shards` must be letters, digits and _ only"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unknown_flag_is_refused() {
     let (code, err) = cxstream(&["simulate", "--customerz", "5"]);
     assert_eq!(code, 2, "{err}");

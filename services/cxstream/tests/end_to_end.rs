@@ -542,10 +542,54 @@ fn clickhouse_stage_scores(s: &Stack) -> BTreeMap<String, StageScores> {
 
 #[test]
 fn counts_equal_ground_truth_and_an_independent_computation() {
+    counts_equal_ground_truth(|map_text| Stack::with_map_text("e2e", map_text));
+}
+
+/// The same figures with the tables sharded over a two-shard ClickHouse cluster (a
+/// Distributed table in front of each), written and read by the same commands.
+#[test]
+fn counts_equal_ground_truth_on_a_two_shard_cluster() {
+    counts_equal_ground_truth(|map_text| {
+        let path = std::env::temp_dir().join(format!(
+            "cxstream-map-e2e-cluster-{}.yaml",
+            std::process::id()
+        ));
+        std::fs::write(&path, map_text).unwrap();
+        let s = Stack::on_cluster("e2ecl", vec![path]);
+        // Each shard holds part of the rows: the figures below are not one server's.
+        let db = s.database();
+        assert_eq!(
+            s.scalar(&format!(
+                "SELECT toInt64(count()) FROM cluster('{}', system, tables) \
+                 WHERE database = '{db}' AND name = 'touchpoints_local'",
+                s.cluster.as_deref().unwrap()
+            )),
+            2
+        );
+        // The same database read as one server's is refused, not misread.
+        let single = s.dir.join("single-server.yaml");
+        let text = std::fs::read_to_string(&s.config).unwrap();
+        std::fs::write(&single, text.replace("  cluster: ", "  # cluster: ")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cxstream"))
+            .arg("--config")
+            .arg(&single)
+            .arg("migrate")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("was created on a cluster"),
+            "{err}"
+        );
+        s
+    });
+}
+
+fn counts_equal_ground_truth(stack: impl FnOnce(&str) -> Stack) {
     // Budgets of hours: in one day, entries convert, drop off and stay open.
     let map_text = retail_in_hours();
     let map = JourneyMap::from_yaml("retail_in_hours.yaml", &map_text).unwrap();
-    let s = Stack::with_map_text("e2e", &map_text);
+    let s = stack(&map_text);
     s.simulate(4000, 1.0, 8);
     s.ok(&["journey", "--until-caught-up"]);
 
@@ -619,6 +663,17 @@ fn counts_equal_ground_truth_and_an_independent_computation() {
     assert_cells_equal(&s.truth(), &replay.cells());
     assert_cells_equal(&s.step_truth(), &replay.step_cells());
     assert_eq!(cases_by_owner(&replay), expected_cases);
+    if s.cluster.is_some() {
+        // Rows of both shards were counted: the server asked holds only part of them.
+        let here = s.scalar(&format!(
+            "SELECT toInt64(count()) FROM {db}.touchpoints_local"
+        ));
+        let all = s.scalar(&format!("SELECT toInt64(count()) FROM {db}.touchpoints"));
+        eprintln!("touchpoint rows: {here} of {all} on the first shard");
+        assert!(0 < here && here < all, "{here} of {all}");
+        // Compaction's clean-up (dropped generations, deleted batches) reached every shard.
+        assert_compacted(&s);
+    }
 }
 
 /// Detractors' cases in ClickHouse (the respondent's answer that counts), per owner.
@@ -960,6 +1015,14 @@ fn wait_for_batches(s: &Stack, at_least: i64) {
 #[test]
 fn sigterm_and_sigkill_mid_run_leave_every_count_exact() {
     sigterm_then_sigkill_mid_run(&Stack::new("kill"), |s| s.simulate(30_000, 2.0, 4));
+}
+
+/// The same on a two-shard ClickHouse cluster: resumes, claims and compaction read and
+/// change rows on both shards.
+#[test]
+fn sigterm_and_sigkill_mid_run_leave_every_count_exact_on_a_two_shard_cluster() {
+    let s = Stack::on_cluster("killcl", vec![shipped_map("retail")]);
+    sigterm_then_sigkill_mid_run(&s, |s| s.simulate(30_000, 2.0, 4));
 }
 
 /// The same with journeys as they really happen, delivered messily, measured by two journey

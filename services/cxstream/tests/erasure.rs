@@ -72,7 +72,20 @@ fn touchpoint_facts(s: &Stack) -> i64 {
 
 #[test]
 fn an_erased_customer_is_in_no_table_also_after_a_replay_and_every_count_stays_exact() {
-    let s = Stack::new("erase");
+    erased_in_no_table(Stack::new("erase"));
+}
+
+/// The same with the tables sharded over a two-shard cluster: the deletions run on every
+/// shard, and `erase` waits for each shard's.
+#[test]
+fn an_erased_customer_is_in_no_table_of_a_two_shard_cluster() {
+    erased_in_no_table(Stack::on_cluster(
+        "erasecl",
+        vec![common::shipped_map("retail")],
+    ));
+}
+
+fn erased_in_no_table(s: Stack) {
     s.simulate(4_000, 2.0, 0);
     let total = s.records_in();
     let mut service = s.spawn(&["journey"]);

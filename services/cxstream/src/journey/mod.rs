@@ -226,7 +226,7 @@ impl JourneyService {
             .iter()
             .map(|m| {
                 Arc::new(BatchCommitter::new(
-                    cfg.clickhouse_connection().client(),
+                    &cfg.clickhouse_connection(),
                     m.clone(),
                     inserts.clone(),
                     crate::process::host_and_pid(),

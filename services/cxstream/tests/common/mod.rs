@@ -86,6 +86,8 @@ pub struct Stack {
     pub config: PathBuf,
     pub kafka: String,
     pub clickhouse: String,
+    /// The ClickHouse cluster the tables are sharded over (`None`: one server).
+    pub cluster: Option<String>,
     /// The journey map files the services run with.
     pub maps: Vec<PathBuf>,
     /// Their journey names, in the same order.
@@ -118,12 +120,23 @@ impl Stack {
 
     /// A fresh pipeline whose journey service measures all of `maps` at once.
     pub fn with_maps(test: &str, maps: Vec<PathBuf>) -> Stack {
+        Stack::create(test, maps, None)
+    }
+
+    /// As [`Self::with_maps`], with the tables sharded over the local two-shard cluster
+    /// (`deploy/local/cluster.sh`; CX_TEST_CLUSTER_URL, CX_TEST_CLUSTER_NAME).
+    pub fn on_cluster(test: &str, maps: Vec<PathBuf>) -> Stack {
+        let name = std::env::var("CX_TEST_CLUSTER_NAME").unwrap_or_else(|_| "cx_two_shards".into());
+        Stack::create(test, maps, Some(name))
+    }
+
+    fn create(test: &str, maps: Vec<PathBuf>, cluster: Option<String>) -> Stack {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
         let name = format!("{test}_{}", nanos % 1_000_000_000_000);
-        let s = Stack::with_run(&name, &name, maps);
+        let s = Stack::with_run(&name, &name, maps, cluster);
         s.broker_serves();
         s.ok(&["topics"]);
         s.ok(&["migrate"]);
@@ -137,18 +150,27 @@ impl Stack {
             &self.name,
             &format!("{}_replay", self.run),
             self.maps.clone(),
+            self.cluster.clone(),
         );
         s.ok(&["migrate"]);
         s
     }
 
-    fn with_run(name: &str, run: &str, maps: Vec<PathBuf>) -> Stack {
+    fn with_run(name: &str, run: &str, maps: Vec<PathBuf>, cluster: Option<String>) -> Stack {
         let (name, run) = (name.to_string(), run.to_string());
         let dir = std::env::temp_dir().join(format!("cxstream-test-{run}"));
         std::fs::create_dir_all(&dir).unwrap();
         let kafka = std::env::var("CX_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into());
-        let clickhouse =
-            std::env::var("CX_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:18123".into());
+        let clickhouse = match cluster {
+            None => std::env::var("CX_TEST_CLICKHOUSE")
+                .unwrap_or_else(|_| "http://127.0.0.1:18123".into()),
+            Some(_) => std::env::var("CX_TEST_CLUSTER_URL")
+                .unwrap_or_else(|_| "http://127.0.0.1:28121".into()),
+        };
+        let cluster_line = cluster
+            .as_ref()
+            .map(|c| format!("  cluster: {c}\n"))
+            .unwrap_or_default();
         let config = dir.join("cxstream.yaml");
         // CX_TEST_KAFKA_DEBUG=cgrp,fetch turns on librdkafka's debug log in the services.
         let debug = std::env::var("CX_TEST_KAFKA_DEBUG")
@@ -174,7 +196,7 @@ impl Stack {
                 "kafka:\n  brokers: {kafka}\n{debug}\
                  topics:\n  touchpoints: t.{name}.touchpoints\n  survey_responses: t.{name}.answers\n  \
                  aggregates: t.{name}.aggregates\n  alerts: t.{name}.alerts\n  dlq: t.{name}.dlq\n  identities: t.{name}.identities\n  alerter_members: t.{name}.members\n  erasures: t.{name}.erasures\n  partitions: {PARTITIONS}\n\
-                 clickhouse:\n  url: {clickhouse}\n  database: t_{run}\n  max_concurrent_inserts: {CLICKHOUSE_INSERTS}\n\
+                 clickhouse:\n  url: {clickhouse}\n  database: t_{run}\n  max_concurrent_inserts: {CLICKHOUSE_INSERTS}\n{cluster_line}\
                  journey:\n  maps: [{map_list}]\n  group_id: g.{run}\n  flush_interval_ms: 200\n  max_batch_records: 5000\n  compact_after_batches: 4\n  compaction_grace_ms: 0\n  idle_release_ms: 500\n  join_timeout_ms: 12000\n  publish_aggregates: true\n\
                  http:\n  listen: 127.0.0.1:0\nlog:\n  level: warn\n"
             ),
@@ -187,6 +209,7 @@ impl Stack {
             config,
             kafka,
             clickhouse,
+            cluster,
             maps,
             journeys,
         }
@@ -479,10 +502,15 @@ impl Stack {
             .enable_all()
             .build()
             .unwrap();
-        let client = clickhouse::Client::default()
+        let mut client = clickhouse::Client::default()
             .with_url(&self.clickhouse)
             .with_compression(clickhouse::Compression::None)
             .with_validation(false);
+        if self.cluster.is_some() {
+            // The tests' own joins of two tables read the right one whole, as a user's
+            // would with GLOBAL (the views have it written in).
+            client = client.with_setting("distributed_product_mode", "global");
+        }
         let bytes = rt.block_on(async {
             let mut cursor = client.query(sql).fetch_bytes("TabSeparated").unwrap();
             cursor.collect().await.unwrap()
@@ -689,7 +717,15 @@ impl Drop for Stack {
         if std::thread::panicking() {
             return;
         }
-        let _ = self.query(&format!("DROP DATABASE IF EXISTS {}", self.database()));
+        let on_cluster = self
+            .cluster
+            .as_ref()
+            .map(|c| format!(" ON CLUSTER {c}"))
+            .unwrap_or_default();
+        let _ = self.query(&format!(
+            "DROP DATABASE IF EXISTS {}{on_cluster}",
+            self.database()
+        ));
     }
 }
 
