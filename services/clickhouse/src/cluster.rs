@@ -17,7 +17,9 @@ pub struct Cluster(String);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ClusterError {
-    #[error("clickhouse.cluster `{0}` must be letters, digits and _ only")]
+    #[error(
+        "clickhouse.cluster `{0}` must be letters, digits and _ only, not starting with a digit"
+    )]
     Name(String),
     #[error("table {0} has no shard key: add one to cluster::shard_key")]
     NoShardKey(String),
@@ -27,7 +29,8 @@ pub enum ClusterError {
 
 impl Cluster {
     pub fn new(name: &str) -> Result<Cluster, ClusterError> {
-        let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if ok {
             Ok(Cluster(name.to_string()))
         } else {
@@ -448,6 +451,8 @@ mod tests {
         );
         assert!(rewrite("OPTIMIZE TABLE cx.touchpoints", "cx", &c()).is_err());
         assert!(Cluster::new("a-b").is_err());
+        assert!(Cluster::new("2shards").is_err());
+        assert!(Cluster::new("cx_two_shards").is_ok());
     }
 
     #[test]

@@ -178,17 +178,23 @@ impl Connection {
         self.server_client().with_database(&self.database)
     }
 
-    /// Fails when the server refuses the login or its certificate is not trusted; a server
+    /// Fails when the server refuses the login or its certificate is not trusted, or when
+    /// the database was made for the other layout (see [`Self::check_layout`]); a server
     /// that cannot be reached passes (the services wait for it, not ready meanwhile), as
     /// does any other error.
     pub async fn check_login(&self) -> Result<()> {
-        let answer = self
-            .server_client()
+        let server = self.server_client();
+        let answer = server
             .query("SELECT 1")
             .fetch_one::<u8>()
             .await
             .ctx(|| "logging in".into());
-        let Err(e) = answer else { return Ok(()) };
+        let Err(e) = answer else {
+            return match self.check_layout(&server).await {
+                Err(Error::Layout(why)) => Err(Error::Layout(why)),
+                _ => Ok(()),
+            };
+        };
         if let Some(reason) = e.login_refusal() {
             return Err(Error::LoginRefused {
                 url: self.url.clone(),
@@ -202,6 +208,41 @@ impl Connection {
                 reason,
             }),
             None => Ok(()),
+        }
+    }
+}
+
+impl Connection {
+    /// Fails when the database was made for the other layout (one server, or a cluster):
+    /// its tables would be read and changed under the wrong names, and a Distributed table
+    /// written without `insert_distributed_sync` takes inserts before its shards have them,
+    /// so a batch's marker could count before its rows arrive. A database not made yet
+    /// passes.
+    pub async fn check_layout(&self, server: &Client) -> Result<()> {
+        let db = &self.database;
+        let engine = server
+            .query(
+                "SELECT engine FROM system.tables WHERE database = ? AND name = 'schema_migrations'",
+            )
+            .bind(db)
+            .fetch_optional::<String>()
+            .await
+            .ctx(|| "looking up schema_migrations".into())?;
+        let Some(engine) = engine else {
+            return Ok(());
+        };
+        match (self.layout.cluster(), engine == "Distributed") {
+            (Some(c), false) => Err(Error::Layout(format!(
+                "database `{db}` was created on one server, and clickhouse.cluster is `{}`: \
+                 remove clickhouse.cluster, or migrate a new database on the cluster and replay \
+                 into it (README § Operations, A ClickHouse cluster)",
+                c.name()
+            ))),
+            (None, true) => Err(Error::Layout(format!(
+                "database `{db}` was created on a cluster (its tables are Distributed): set \
+                 clickhouse.cluster to the cluster's name"
+            ))),
+            _ => Ok(()),
         }
     }
 }

@@ -165,7 +165,7 @@ pub async fn apply_migrations(conn: &Connection) -> Result<Vec<u32>> {
         &format!("CREATE DATABASE IF NOT EXISTS {db}{}", layout.on_cluster()),
     )
     .await?;
-    refuse_other_layout(&server, layout, db).await?;
+    conn.check_layout(&server).await?;
     let ledger = format!(
         "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
          (version UInt32, name String, applied_at DateTime) \
@@ -224,34 +224,6 @@ pub async fn apply_migrations(conn: &Connection) -> Result<Vec<u32>> {
     Ok(now)
 }
 
-/// A database made for one server is not a cluster's, nor the other way round: its tables
-/// would be read and changed under the wrong names.
-async fn refuse_other_layout(server: &Client, layout: &Layout, db: &str) -> Result<()> {
-    let engine = server
-        .query("SELECT engine FROM system.tables WHERE database = ? AND name = 'schema_migrations'")
-        .bind(db)
-        .fetch_optional::<String>()
-        .await
-        .ctx(|| "looking up schema_migrations".into())?;
-    let Some(engine) = engine else {
-        return Ok(());
-    };
-    let clustered = engine == "Distributed";
-    match (layout.cluster(), clustered) {
-        (Some(c), false) => Err(crate::Error::Layout(format!(
-            "database `{db}` was created on one server, and clickhouse.cluster is `{}`: \
-             remove clickhouse.cluster, or migrate a new database on the cluster and replay \
-             into it (README § Operations, A ClickHouse cluster)",
-            c.name()
-        ))),
-        (None, true) => Err(crate::Error::Layout(format!(
-            "database `{db}` was created on a cluster (its tables are Distributed): set \
-             clickhouse.cluster to the cluster's name"
-        ))),
-        _ => Ok(()),
-    }
-}
-
 /// `statement` as it applies to the layout: itself on a single server.
 fn in_layout(layout: &Layout, db: &str, statement: String) -> Result<Vec<String>> {
     match layout.cluster() {
@@ -261,7 +233,9 @@ fn in_layout(layout: &Layout, db: &str, statement: String) -> Result<Vec<String>
 }
 
 /// ClickHouse 18.16 renames the two tables of a swap one after the other: a crash between
-/// them leaves only the table's old name; this puts it back before the swap runs again.
+/// them leaves only the table's old name; this puts it back before the swap runs again. On
+/// a cluster the swap also drops and makes again the Distributed tables: one stopped in
+/// between leaves a local table without its Distributed one, which is made here.
 async fn put_back(
     server: &Client,
     layout: &Layout,
@@ -270,22 +244,21 @@ async fn put_back(
     before: &str,
 ) -> Result<()> {
     let (stored, stored_before) = (layout.stored(table), layout.stored(before));
-    if table_exists(server, db, &stored).await? || !table_exists(server, db, &stored_before).await?
+    if !table_exists(server, db, &stored).await? && table_exists(server, db, &stored_before).await?
     {
-        return Ok(());
+        exec(
+            server,
+            &format!(
+                "RENAME TABLE {db}.{stored_before} TO {db}.{stored}{}",
+                layout.on_cluster()
+            ),
+        )
+        .await?;
     }
-    exec(
-        server,
-        &format!(
-            "RENAME TABLE {db}.{stored_before} TO {db}.{stored}{}",
-            layout.on_cluster()
-        ),
-    )
-    .await?;
     if let Some(c) = layout.cluster() {
-        // The swap makes the Distributed tables again after its renames, and may have been
-        // stopped before.
-        exec(server, &crate::cluster::distributed_table(db, table, c)?).await?;
+        if table_exists(server, db, &stored).await? {
+            exec(server, &crate::cluster::distributed_table(db, table, c)?).await?;
+        }
     }
     Ok(())
 }

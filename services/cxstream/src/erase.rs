@@ -44,6 +44,7 @@ pub fn run(cfg: &Config, maps: &JourneyMaps, args: &EraseArgs) -> Result<()> {
             .join(", ")
     );
     let conn = cfg.clickhouse_connection();
+    rt.block_on(conn.check_login())?;
     let client = conn.client();
     let partitions = partitions(cfg)?;
     rt.block_on(wait_for_journeys(

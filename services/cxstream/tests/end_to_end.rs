@@ -566,21 +566,23 @@ fn counts_equal_ground_truth_on_a_two_shard_cluster() {
             )),
             2
         );
-        // The same database read as one server's is refused, not misread.
+        // The same database taken for one server's is refused, not misread nor written.
         let single = s.dir.join("single-server.yaml");
         let text = std::fs::read_to_string(&s.config).unwrap();
         std::fs::write(&single, text.replace("  cluster: ", "  # cluster: ")).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cxstream"))
-            .arg("--config")
-            .arg(&single)
-            .arg("migrate")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains("was created on a cluster"),
-            "{err}"
-        );
+        for args in [&["migrate"][..], &["journey", "--until-caught-up"]] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_cxstream"))
+                .arg("--config")
+                .arg(&single)
+                .args(args)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("was created on a cluster"),
+                "{args:?}: {err}"
+            );
+        }
         s
     });
 }
@@ -671,7 +673,8 @@ fn counts_equal_ground_truth(stack: impl FnOnce(&str) -> Stack) {
         let all = s.scalar(&format!("SELECT toInt64(count()) FROM {db}.touchpoints"));
         eprintln!("touchpoint rows: {here} of {all} on the first shard");
         assert!(0 < here && here < all, "{here} of {all}");
-        // Compaction's clean-up (dropped generations, deleted batches) reached every shard.
+        // Compactions committed, and their clean-up deleted the folded batches' markers
+        // (`ingest_batches_local ON CLUSTER`) wherever they were.
         assert_compacted(&s);
     }
 }

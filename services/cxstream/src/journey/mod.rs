@@ -46,6 +46,9 @@ const SEEK_PATIENCE: Duration = Duration::from_secs(10);
 /// partition with nothing to commit learns so too.
 const CLAIMS_CHECK_EVERY: Duration = Duration::from_secs(5);
 const CLAIMS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the group rules' ClickHouse reads (who serves a partition, who committed one
+/// lately) may take: the consumer is not polled meanwhile.
+const RULE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -531,7 +534,7 @@ impl Inner {
         if self.assignment_changed.elapsed() < Duration::from_secs(UNSERVED_AFTER_SECS) {
             return Vec::new();
         }
-        let timeout = Duration::from_secs(2);
+        let timeout = RULE_READ_TIMEOUT;
         let inputs = [Source::Touchpoints, Source::Answers].map(|s| self.topic(s).to_string());
         let Some(c) = self.committers.first() else {
             return Vec::new();
@@ -575,7 +578,7 @@ impl Inner {
 
     /// Whether a partition never assigned here had a batch committed lately: a live
     /// instance holds it, so catching up alone would commit it twice. Unknown (ClickHouse
-    /// does not answer) counts as yes.
+    /// does not answer, or not within [`RULE_READ_TIMEOUT`]) counts as yes.
     fn committed_elsewhere(&self, partitions: usize) -> bool {
         const LATELY_SECS: u32 = 30;
         let others = (0..partitions)
@@ -586,9 +589,12 @@ impl Inner {
                 continue;
             };
             for c in &self.committers {
-                match self.rt.block_on(c.committed_within(partition, LATELY_SECS)) {
-                    Ok(false) => {}
-                    Ok(true) => {
+                match self.read_within(
+                    RULE_READ_TIMEOUT,
+                    c.committed_within(partition, LATELY_SECS),
+                ) {
+                    Some(false) => {}
+                    Some(true) => {
                         tracing::warn!(
                             partition = p,
                             journey = c.journey(),
@@ -596,8 +602,8 @@ impl Inner {
                         );
                         return true;
                     }
-                    Err(e) => {
-                        tracing::warn!(partition = p, error = %e, "cannot tell whether another instance commits this partition; not catching up alone");
+                    None => {
+                        tracing::warn!(partition = p, "ClickHouse did not tell in time whether another instance commits this partition; not catching up alone");
                         return true;
                     }
                 }

@@ -997,7 +997,9 @@ impl PrivateBroker {
                 .spawn()
                 .unwrap(),
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Its first start creates its tables in PostgreSQL: once, under the full suite's
+        // load, that took longer than 30 s.
+        let deadline = Instant::now() + Duration::from_secs(90);
         // Asked where it listens: metadata answers name the advertised address, but a
         // metadata request is answered either way.
         let consumer: BaseConsumer = ClientConfig::new()
@@ -1010,7 +1012,8 @@ impl PrivateBroker {
         {
             assert!(
                 Instant::now() < deadline,
-                "the private broker does not serve"
+                "the private broker does not serve; its log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
