@@ -55,13 +55,17 @@ YAML
   start=$(date +%s.%N)
   "$bin/cxstream" -c "$ccfg" journey --until-caught-up
   end=$(date +%s.%N)
-  totals="SELECT sum(records) FROM DB.committed_records UNION ALL \
-    SELECT sum(touchpoints) + sum(nps_promoters) + sum(csat_n) + sum(stage_entries) FROM DB.metrics_minute_committed"
+  totals="SELECT toInt64(sum(records)) FROM DB.committed_records UNION ALL \
+    SELECT toInt64(sum(touchpoints) + sum(nps_promoters) + sum(csat_n) + sum(stage_entries)) \
+    FROM DB.metrics_minute_committed"
   single=$(curl -s "http://127.0.0.1:$CX_CLICKHOUSE_HTTP_PORT/" --data-binary "${totals//DB/$run}" | sort | tr '\n' ' ')
   cluster=$(curl -s "http://127.0.0.1:$CX_SHARD1_HTTP_PORT/" --data-binary "${totals//DB/${run}c}" | sort | tr '\n' ' ')
   python3 - "$records" "$start" "$end" "$single" "$cluster" <<'PY'
 import sys
 records, start, end, single, cluster = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+for totals in (single, cluster):
+    if not all(t.isdigit() for t in totals.split()) or len(totals.split()) != 2:
+        sys.exit(f"the committed totals could not be read: {totals}")
 secs = end - start
 print(f"journey on the two-shard cluster: {records} records in {secs:.2f}s = {records / secs:.0f} records/s")
 print(f"committed totals, one server: {single.strip()}; cluster: {cluster.strip()}; "
