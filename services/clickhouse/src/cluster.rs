@@ -4,12 +4,12 @@
 //! server. Statements that change a table's rows in place (mutations, dropped partitions)
 //! go to the local tables on every shard.
 //!
-//! A table is sharded by the columns a ReplacingMergeTree replaces by (or a prefix of
-//! them), so that a row and the rows it replaces meet on one shard: a customer's facts and
-//! journeys by the customer, a partition's markers, claims and counts by the partition.
-//! Joins across tables read through the Distributed tables with
-//! `distributed_product_mode = global` (set on every cxstream connection), so they are
-//! exact whatever shard a row is on.
+//! A table is sharded by some of the columns a ReplacingMergeTree replaces by, so that a
+//! row and the rows it replaces meet on one shard: a customer's facts and journeys by the
+//! customer, a partition's markers, claims and counts by the partition. Joins and IN
+//! across tables are GLOBAL (written into the views; cxstream's own queries set
+//! `distributed_product_mode = global`): the right side is read whole on the server asked,
+//! so they are exact whatever shard a row is on.
 
 /// A cluster's name, as in the servers' `remote_servers`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -191,7 +191,7 @@ impl Connection {
             .ctx(|| "logging in".into());
         let Err(e) = answer else {
             return match self.check_layout(&server).await {
-                Err(Error::Layout(why)) => Err(Error::Layout(why)),
+                Err(e @ Error::Layout(_)) => Err(e),
                 _ => Ok(()),
             };
         };
@@ -210,9 +210,7 @@ impl Connection {
             None => Ok(()),
         }
     }
-}
 
-impl Connection {
     /// Fails when the database was made for the other layout (one server, or a cluster):
     /// its tables would be read and changed under the wrong names, and a Distributed table
     /// written without `insert_distributed_sync` takes inserts before its shards have them,
