@@ -244,8 +244,8 @@ async fn put_back(
     before: &str,
 ) -> Result<()> {
     let (stored, stored_before) = (layout.stored(table), layout.stored(before));
-    if !table_exists(server, db, &stored).await? && table_exists(server, db, &stored_before).await?
-    {
+    let mut present = table_exists(server, db, &stored).await?;
+    if !present && table_exists(server, db, &stored_before).await? {
         exec(
             server,
             &format!(
@@ -254,13 +254,12 @@ async fn put_back(
             ),
         )
         .await?;
+        present = true;
     }
-    if let Some(c) = layout.cluster() {
-        if table_exists(server, db, &stored).await? {
-            exec(server, &crate::cluster::distributed_table(db, table, c)?).await?;
-        }
+    match layout.cluster() {
+        Some(c) if present => exec(server, &crate::cluster::distributed_table(db, table, c)?).await,
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// A migration that swaps a table for a rebuilt copy loses whatever a running journey

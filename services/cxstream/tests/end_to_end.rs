@@ -550,12 +550,7 @@ fn counts_equal_ground_truth_and_an_independent_computation() {
 #[test]
 fn counts_equal_ground_truth_on_a_two_shard_cluster() {
     counts_equal_ground_truth(|map_text| {
-        let path = std::env::temp_dir().join(format!(
-            "cxstream-map-e2e-cluster-{}.yaml",
-            std::process::id()
-        ));
-        std::fs::write(&path, map_text).unwrap();
-        let s = Stack::on_cluster("e2ecl", vec![path]);
+        let s = Stack::on_cluster("e2ecl", vec![common::map_file("e2ecl", map_text)]);
         // Each shard holds part of the rows: the figures below are not one server's.
         let db = s.database();
         assert_eq!(

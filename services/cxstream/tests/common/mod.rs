@@ -112,10 +112,7 @@ impl Stack {
 
     /// A fresh pipeline whose services run with the journey map `yaml`.
     pub fn with_map_text(test: &str, yaml: &str) -> Stack {
-        let path =
-            std::env::temp_dir().join(format!("cxstream-map-{test}-{}.yaml", std::process::id()));
-        std::fs::write(&path, yaml).unwrap();
-        Stack::with_maps(test, vec![path])
+        Stack::with_maps(test, vec![map_file(test, yaml)])
     }
 
     /// A fresh pipeline whose journey service measures all of `maps` at once.
@@ -768,6 +765,14 @@ pub fn retail_in_hours() -> String {
 }
 
 /// A journey map shipped in `schemas/journeys/`.
+/// The journey map `yaml` written to a file of its own for `test`.
+pub fn map_file(test: &str, yaml: &str) -> PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("cxstream-map-{test}-{}.yaml", std::process::id()));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
 pub fn shipped_map(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../schemas/journeys/{name}.yaml"))
 }
