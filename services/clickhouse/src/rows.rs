@@ -88,7 +88,7 @@ impl<'a> CaseRow<'a> {
     pub fn new(map: &'a JourneyMap, f: &'a AnswerFact, partition: u16) -> Self {
         let answer = AnswerRow::new(map, f, partition);
         let rules = &map.cases;
-        let due_ms = f.answer.answer_time.saturating_add(rules.follow_up_ms);
+        let due_ms = f.time.saturating_add(rules.follow_up_ms);
         CaseRow {
             journey: answer.journey,
             customer_id: answer.customer_id,
@@ -98,7 +98,7 @@ impl<'a> CaseRow<'a> {
             answer_time: answer.answer_time,
             answer_time_ms: answer.answer_time_ms,
             score: answer.score,
-            is_case: u8::from(rules.is_detractor(f.answer.metric, f.answer.score)),
+            is_case: u8::from(rules.is_detractor(f.metric, i32::from(f.score))),
             owner: rules.owner(f.context.as_ref()),
             due: secs(due_ms),
             due_ms,
@@ -409,22 +409,23 @@ fn secs(ms: i64) -> u32 {
 impl<'a> TouchpointRow<'a> {
     pub fn new(map: &'a JourneyMap, f: &'a TouchpointFact, partition: u16) -> Self {
         let d = Context::names(Some(f.context), map);
-        let e = &f.event;
+        let e = f.event.fields();
         TouchpointRow {
-            event_id: &e.event_id,
-            customer_id: e.customer_id.as_deref().unwrap_or(""),
-            anonymous_id: e.anonymous_id.as_deref().unwrap_or(""),
-            event_time: secs(e.event_time),
-            event_time_ms: e.event_time,
+            event_id: e.event_id,
+            customer_id: e.customer_id(&f.customer),
+            anonymous_id: e.anonymous_id.unwrap_or(""),
+            event_time: secs(f.time),
+            event_time_ms: f.time,
             journey: &map.name,
-            touchpoint: &e.touchpoint,
-            channel: &e.channel,
+            // An off-map touchpoint keeps its own name; the map's is the event's otherwise.
+            touchpoint: e.off_map.unwrap_or(d.touchpoint),
+            channel: d.channel,
             stage: d.stage,
             stage_entered: u8::from(f.stage_entered),
             segment: d.segment,
-            outcome: e.outcome.as_deref().unwrap_or(""),
-            attribute_keys: e.attributes.keys().map(String::as_str).collect(),
-            attribute_values: e.attributes.values().map(String::as_str).collect(),
+            outcome: e.outcome.unwrap_or(""),
+            attribute_keys: e.attributes.iter().map(|(k, _)| *k).collect(),
+            attribute_values: e.attributes.iter().map(|(_, v)| *v).collect(),
             source_partition: partition,
             source_offset: f.source_offset,
             journey_seq: f.journey_seq,
@@ -436,20 +437,20 @@ impl<'a> TouchpointRow<'a> {
 impl<'a> AnswerRow<'a> {
     pub fn new(map: &'a JourneyMap, f: &'a AnswerFact, partition: u16) -> Self {
         let d = Context::names(f.context, map);
-        let a = &f.answer;
-        let named = a.touchpoint_event_id.as_deref();
+        let a = f.answer.fields();
+        let named = a.touchpoint_event_id;
         AnswerRow {
-            response_id: &a.response_id,
-            customer_id: a.customer_id.as_deref().unwrap_or(""),
-            answer_time: secs(a.answer_time),
-            answer_time_ms: a.answer_time,
-            metric: match a.metric {
+            response_id: a.response_id,
+            customer_id: a.customer_id(&f.customer),
+            answer_time: secs(f.time),
+            answer_time_ms: f.time,
+            metric: match f.metric {
                 Metric::Nps => 1,
                 Metric::Csat => 2,
                 Metric::Ces => 3,
             },
-            score: i8::try_from(a.score).unwrap_or(i8::MAX),
-            rated_key: named.unwrap_or(&a.response_id),
+            score: f.score,
+            rated_key: named.unwrap_or(a.response_id),
             touchpoint_event_id: named.unwrap_or(""),
             journey: &map.name,
             stage: d.stage,
@@ -461,8 +462,8 @@ impl<'a> AnswerRow<'a> {
                 Attribution::Latest => 2,
                 Attribution::None => 3,
             },
-            answer_channel: a.channel.as_deref().unwrap_or(""),
-            comment: a.comment.as_deref().unwrap_or(""),
+            answer_channel: a.channel.unwrap_or(""),
+            comment: a.comment.unwrap_or(""),
             source_partition: partition,
             source_offset: f.source_offset,
         }

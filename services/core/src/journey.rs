@@ -29,16 +29,14 @@
 //! stage entry stays (as [`Floor::pending`]) while a later event can still decide or change
 //! its outcome.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
-use crate::events::{SurveyAnswer, TouchpointEvent};
 use crate::journey_map::{
     ChannelIdx, JourneyMap, SegmentIdx, StageIdx, TouchpointIdx, NO_SEGMENT, NO_SEGMENT_NAME,
     NO_STAGE,
 };
 use crate::metrics::Metric;
+use crate::packed::{PackedAnswer, PackedTouchpoint};
 use crate::steps::{self, FoldedStep, Start, StepRules, StepView};
 
 /// Each stage's time budget to reach a later stage (index = stage; the last stage has no
@@ -206,8 +204,8 @@ impl Attribution {
     }
 }
 
-/// A touchpoint as the journey keeps it: what the rules need, and the event itself so a
-/// corrected fact can be written again.
+/// A touchpoint as the journey keeps it: what the rules need, and the rest of the event
+/// packed, so that a corrected fact can be written again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TouchpointEntry {
     pub id: u64,
@@ -217,7 +215,7 @@ pub struct TouchpointEntry {
     /// Its own stage (explicit, or the map's for the touchpoint).
     pub stage: StageIdx,
     pub segment: Option<SegmentIdx>,
-    pub event: Arc<TouchpointEvent>,
+    pub event: PackedTouchpoint,
     pub source_offset: i64,
 }
 
@@ -238,7 +236,7 @@ pub struct AnswerEntry {
     pub score: i8,
     /// The context of its named touchpoint, fixed when that touchpoint left the horizon.
     pub fixed: Option<Context>,
-    pub answer: Arc<SurveyAnswer>,
+    pub answer: PackedAnswer,
     pub source_offset: i64,
 }
 
@@ -319,7 +317,8 @@ pub struct Floor {
     pub last: Option<((i64, u64), Context)>,
     /// The last stage entry among them while its deadline is not before the horizon: a
     /// later event may still convert it (or change when it converted).
-    pub pending: Option<FoldedEntry>,
+    /// Boxed: most journeys, while they have events, have none.
+    pub pending: Option<Box<FoldedEntry>>,
     /// Step attempts started among them whose outcome a later event may still change.
     pub pending_steps: Vec<FoldedStep>,
 }
@@ -348,7 +347,7 @@ impl Origin {
     /// For the floor: keeps the id alone, so that the event can go.
     pub fn folded(t: &TouchpointEntry) -> Self {
         Origin {
-            event_id: EventId::Owned(t.event.event_id.clone()),
+            event_id: EventId::Owned(t.event.event_id().into()),
             ..Origin::of(t)
         }
     }
@@ -358,14 +357,14 @@ impl Origin {
 /// Stored as the id string.
 #[derive(Debug, Clone)]
 pub enum EventId {
-    Shared(Arc<TouchpointEvent>),
-    Owned(String),
+    Shared(PackedTouchpoint),
+    Owned(Box<str>),
 }
 
 impl EventId {
     pub fn as_str(&self) -> &str {
         match self {
-            EventId::Shared(e) => &e.event_id,
+            EventId::Shared(e) => e.event_id(),
             EventId::Owned(s) => s,
         }
     }
@@ -387,7 +386,7 @@ impl Serialize for EventId {
 
 impl<'de> Deserialize<'de> for EventId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(EventId::Owned)
+        String::deserialize(d).map(|s| EventId::Owned(s.into()))
     }
 }
 
@@ -462,6 +461,15 @@ pub struct TouchpointViews {
     pub touchpoints: Vec<TouchpointView>,
 }
 
+/// Most journeys keep a handful of events at a time: a vector grows by one up to eight
+/// (a small realloc each) instead of to four at once, and doubles after that, so that a
+/// burst of browsing stays linear.
+fn room_for_one<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() && v.len() < 8 {
+        v.reserve_exact(1);
+    }
+}
+
 /// A stage entry's outcome before the next entry is looked at.
 fn awaiting(budgets: &Budgets, entered: bool, stage: StageIdx, time: i64) -> Option<Outcome> {
     entered
@@ -505,11 +513,13 @@ impl Journey {
     /// Inserts in (time, id) order; returns its index.
     pub fn insert_touchpoint(&mut self, t: TouchpointEntry) -> usize {
         let at = self.touchpoints.partition_point(|x| x.order() <= t.order());
+        room_for_one(&mut self.touchpoints);
         self.touchpoints.insert(at, t);
         at
     }
 
     pub fn insert_answer(&mut self, a: AnswerEntry) {
+        room_for_one(&mut self.answers);
         self.answers.push(a);
     }
 
@@ -569,7 +579,7 @@ impl Journey {
                 }
             })
             .collect();
-        let mut pending = self.floor.pending.as_ref().map(FoldedEntry::view);
+        let mut pending = self.floor.pending.as_deref().map(FoldedEntry::view);
         // Each entry's outcome is decided by the next entry.
         let mut previous: Option<(i64, &mut Option<Outcome>)> = self
             .floor
@@ -741,15 +751,14 @@ impl Journey {
         for (t, v) in self.touchpoints[..keep_from].iter().zip(&views) {
             // Each entry decides the one before it; the last stays while it can change.
             if v.entered {
-                self.floor.pending =
-                    budgets
-                        .deadline(v.context.stage, t.time)
-                        .map(|deadline| FoldedEntry {
-                            origin: Origin::folded(t),
-                            context: v.context,
-                            deadline,
-                            journey_seq: v.journey_seq,
-                        });
+                self.floor.pending = budgets.deadline(v.context.stage, t.time).map(|deadline| {
+                    Box::new(FoldedEntry {
+                        origin: Origin::folded(t),
+                        context: v.context,
+                        deadline,
+                        journey_seq: v.journey_seq,
+                    })
+                });
             }
             // Answers that stay and name a leaving touchpoint keep its context.
             for a in self.answers.iter_mut().filter(|a| a.named == Some(t.id)) {
@@ -791,6 +800,7 @@ impl Journey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packed::{AnswerFields, TouchpointFields};
 
     /// Three stages: 100 ms to leave the first, 50 ms the second; a completed journey
     /// lasts 1,000 ms.
@@ -806,18 +816,15 @@ mod tests {
             channel: 0,
             stage,
             segment,
-            event: Arc::new(TouchpointEvent {
-                event_id: id.to_string(),
-                customer_id: Some("c".into()),
+            event: TouchpointFields {
+                event_id: &id.to_string(),
+                customer_id: None,
                 anonymous_id: None,
-                event_time: time,
-                touchpoint: String::new(),
-                channel: String::new(),
-                stage: None,
-                segment: None,
+                off_map: None,
                 outcome: None,
-                attributes: Default::default(),
-            }),
+                attributes: Vec::new(),
+            }
+            .pack(),
             source_offset: 0,
         }
     }
@@ -830,18 +837,14 @@ mod tests {
             metric: Metric::Nps,
             score,
             fixed: None,
-            answer: Arc::new(SurveyAnswer {
-                response_id: response.to_string(),
-                customer_id: Some("c".into()),
-                answer_time: time,
-                metric: Metric::Nps,
-                score: i32::from(score),
+            answer: AnswerFields {
+                response_id: &response.to_string(),
+                customer_id: None,
                 touchpoint_event_id: None,
-                touchpoint: None,
                 channel: None,
                 comment: None,
-                attributes: Default::default(),
-            }),
+            }
+            .pack(),
             source_offset: 0,
         }
     }

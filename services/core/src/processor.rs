@@ -13,8 +13,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::hash::Hasher;
 use std::sync::Arc;
 
-use crate::erasure::{is_pseudonym, strip_answer, strip_touchpoint, Erasures, PSEUDONYM_PREFIX};
+use crate::erasure::{is_pseudonym, strip_touchpoint, Erasures, PSEUDONYM_PREFIX};
 use crate::event_time::{EventClock, EventTimePolicy, Input, Refusal};
+use crate::held::Held;
+use crate::packed::{AnswerFields, PackedAnswer, PackedTouchpoint, TouchpointFields};
 
 use crate::events::{Invalid, SurveyAnswer, TouchpointEvent};
 use crate::identity::{
@@ -28,7 +30,7 @@ use crate::journey::{
 use crate::journey_map::{
     ChannelIdx, JourneyMap, SegmentIdx, StageIdx, StepIdx, TouchpointIdx, NO_STAGE, OFF_MAP,
 };
-use crate::metrics::{Counts, StepCounts};
+use crate::metrics::{Counts, Metric, StepCounts};
 use crate::steps::StepView;
 
 /// Stable 64-bit id of an event or response id string (persisted in journey state).
@@ -109,8 +111,13 @@ pub struct EntryFact {
 /// arrival changes its context.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TouchpointFact {
-    /// The event as received; its `customer_id` is the journey's key.
-    pub event: Arc<TouchpointEvent>,
+    /// The journey's key (the customer id, trimmed).
+    pub customer: Arc<str>,
+    /// Its event time, epoch milliseconds.
+    pub time: i64,
+    /// The rest of the event as received; the map gives its touchpoint (unless off-map)
+    /// and channel names from `context`.
+    pub event: PackedTouchpoint,
     pub context: Context,
     pub stage_entered: bool,
     /// Which of the customer's journeys it belongs to (0 for the first).
@@ -121,8 +128,14 @@ pub struct TouchpointFact {
 /// The answer that counts for its slot, with its context.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnswerFact {
-    /// The answer as received; its `customer_id` is the journey's key.
-    pub answer: Arc<SurveyAnswer>,
+    /// The journey's key (the customer id, trimmed).
+    pub customer: Arc<str>,
+    /// Its answer time, epoch milliseconds.
+    pub time: i64,
+    pub metric: Metric,
+    pub score: i8,
+    /// The rest of the answer as received.
+    pub answer: PackedAnswer,
     pub context: Option<Context>,
     pub attribution: Attribution,
     pub source_offset: i64,
@@ -194,9 +207,6 @@ pub struct Batch {
     pub forwarded: Vec<Forwarded>,
 }
 
-/// Keyed by customer id, shared (not copied) with the deadlines and the dirty list.
-type Journeys = hashbrown::HashMap<Arc<str>, Arc<Journey>, ahash::RandomState>;
-
 /// What journeys' changes produce until the next batch is taken, and the deadlines of what
 /// they reported open.
 #[derive(Default)]
@@ -218,7 +228,7 @@ pub struct PartitionProcessor {
     map: Arc<JourneyMap>,
     budgets: Budgets,
     clock: EventClock,
-    journeys: Journeys,
+    journeys: Held,
     out: Effects,
     refused: Vec<RefusedEvent>,
     /// Customers whose journey changed since the last batch (each once: see `Journey::dirty`).
@@ -246,7 +256,7 @@ impl PartitionProcessor {
             budgets: Budgets::of(&map),
             map,
             clock,
-            journeys: Journeys::default(),
+            journeys: Held::default(),
             out: Effects::default(),
             refused: Vec::new(),
             dirty: Vec::new(),
@@ -305,8 +315,8 @@ impl PartitionProcessor {
             }
         }
         let own = |id: &Option<String>| customer_of(id) == &**key;
-        self.out.touchpoints.retain(|f| !own(&f.event.customer_id));
-        self.out.answers.retain(|f| !own(&f.answer.customer_id));
+        self.out.touchpoints.retain(|f| f.customer != *key);
+        self.out.answers.retain(|f| f.customer != *key);
         self.out.entries.retain(|f| f.customer != *key);
         self.out.steps.retain(|f| f.customer != *key);
         self.refused.retain(|r| !own(r.customer_id()));
@@ -315,14 +325,10 @@ impl PartitionProcessor {
         }
         let j = Arc::make_mut(&mut journey);
         for t in &mut j.touchpoints {
-            let mut ev = TouchpointEvent::clone(&t.event);
-            strip_touchpoint(&mut ev, pseudonym.to_string());
-            t.event = Arc::new(ev);
+            t.event = t.event.fields().stripped().pack();
         }
         for a in &mut j.answers {
-            let mut ans = SurveyAnswer::clone(&a.answer);
-            strip_answer(&mut ans, pseudonym.to_string());
-            a.answer = Arc::new(ans);
+            a.answer = a.answer.fields().stripped().pack();
         }
         j.dirty = false;
         mark_dirty(j, &p, &mut self.dirty);
@@ -685,19 +691,17 @@ impl PartitionProcessor {
             self.touchpoints_written = self.touchpoints_written.max(record_ms.filter(|r| *r > 0));
             self.pass_deadlines();
         }
-        let id = event_id_hash(&ev.event_id);
-        let event = Arc::new(ev);
         let entry = TouchpointEntry {
-            id,
+            id: event_id_hash(&ev.event_id),
             time,
             touchpoint,
             channel,
             stage,
             segment,
-            event: event.clone(),
+            event: TouchpointFields::of(&ev, touchpoint != OFF_MAP).pack(),
             source_offset,
         };
-        self.apply(customer_of(&event.customer_id), |journey, out| {
+        self.apply(customer_of(&ev.customer_id), |journey, out| {
             if journey.has_touchpoint(entry.id) {
                 return false;
             }
@@ -731,19 +735,18 @@ impl PartitionProcessor {
         }
         self.clock.observe(Input::Answers, time);
         self.pass_deadlines();
-        let answer = Arc::new(ans);
         let entry = AnswerEntry {
-            response: event_id_hash(&answer.response_id),
-            named: answer.touchpoint_event_id.as_deref().map(event_id_hash),
+            response: event_id_hash(&ans.response_id),
+            named: ans.touchpoint_event_id.as_deref().map(event_id_hash),
             time,
-            metric: answer.metric,
+            metric: ans.metric,
             // In range for its metric (checked above): 0..=10.
-            score: answer.score as i8,
+            score: ans.score as i8,
             fixed: None,
-            answer: answer.clone(),
+            answer: AnswerFields::of(&ans).pack(),
             source_offset,
         };
-        self.apply(customer_of(&answer.customer_id), |journey, out| {
+        self.apply(customer_of(&ans.customer_id), |journey, out| {
             if journey.has_answer(&entry) {
                 return false;
             }
@@ -761,14 +764,9 @@ impl PartitionProcessor {
         insert: impl FnOnce(&mut Journey, &mut Emitter<'_>) -> bool,
     ) {
         let horizon = self.clock.horizon();
-        let entry = match self.journeys.entry_ref(customer) {
-            hashbrown::hash_map::EntryRef::Occupied(o) => o,
-            hashbrown::hash_map::EntryRef::Vacant(v) => {
-                v.insert_entry_with_key(Arc::from(customer), Arc::default())
-            }
-        };
-        let customer = &entry.key().clone();
-        let journey = Arc::make_mut(entry.into_mut());
+        let (customer, journey) = self.journeys.live(customer);
+        let customer = &customer;
+        let journey = Arc::make_mut(journey);
         if let Some(h) = horizon {
             journey.prune(h, &self.budgets);
         }
@@ -782,6 +780,7 @@ impl PartitionProcessor {
             mark_dirty(journey, customer, &mut self.dirty);
         } else {
             self.duplicates += 1;
+            self.journeys.settle(customer);
         }
         self.maybe_sweep();
     }
@@ -792,9 +791,10 @@ impl PartitionProcessor {
         let mut journeys: Vec<(Arc<str>, Arc<Journey>)> = std::mem::take(&mut self.dirty)
             .into_iter()
             .filter_map(|c| {
-                let j = self.journeys.get_mut(&c)?;
+                let j = self.journeys.live_if_held(&c)?;
                 Arc::make_mut(j).dirty = false;
                 let j = j.clone();
+                self.journeys.settle(&c);
                 Some((c, j))
             })
             .collect();
@@ -805,7 +805,7 @@ impl PartitionProcessor {
         let mut entries = std::mem::take(&mut self.out.entries);
         let mut steps = std::mem::take(&mut self.out.steps);
         if std::mem::take(&mut self.out.rewritten) {
-            keep_last(&mut facts, |f| (Arc::as_ptr(&f.event).cast::<u8>(), 0, 0));
+            keep_last(&mut facts, |f| (f.event.as_ptr(), 0, 0));
             keep_last(&mut entries, |f| (f.customer.as_ptr(), f.origin.id, 0));
             keep_last(&mut steps, |f| {
                 (f.customer.as_ptr(), f.origin.id, u16::from(f.step) + 1)
@@ -813,10 +813,10 @@ impl PartitionProcessor {
         }
         // Erased customers' events count, but no fact of theirs is written.
         let erased = |id: &Option<String>| is_pseudonym(customer_of(id));
-        facts.retain(|f| !erased(&f.event.customer_id));
+        facts.retain(|f| !is_pseudonym(&f.customer));
         entries.retain(|f| !is_pseudonym(&f.customer));
         steps.retain(|f| !is_pseudonym(&f.customer));
-        self.out.answers.retain(|f| !erased(&f.answer.customer_id));
+        self.out.answers.retain(|f| !is_pseudonym(&f.customer));
         self.refused.retain(|r| !erased(r.customer_id()));
         let (identifications, visitors) = self.take_identity(&mut journeys);
         // The next batch is likely as large as this one: start at its size instead of
@@ -859,7 +859,7 @@ impl PartitionProcessor {
         for (device, _) in changed {
             let key: Arc<str> = visitor_key(&device).into();
             if keys.insert(key.clone()) {
-                let journey = self.journeys.get(&*key).cloned().unwrap_or_default();
+                let journey = self.journeys.get(&key).unwrap_or_default();
                 journeys.push((key, journey));
             }
         }
@@ -926,15 +926,16 @@ impl PartitionProcessor {
         let Some(h) = self.clock.horizon() else {
             return;
         };
-        for (customer, journey) in &mut self.journeys {
+        let (budgets, dirty) = (&self.budgets, &mut self.dirty);
+        self.journeys.sweep(h, |customer, journey| {
             // Most journeys have nothing to fold; only those that do are copied (if shared).
             if journey.can_prune(h) {
                 let journey = Arc::make_mut(journey);
-                if journey.prune(h, &self.budgets) {
-                    mark_dirty(journey, customer, &mut self.dirty);
+                if journey.prune(h, budgets) {
+                    mark_dirty(journey, customer, dirty);
                 }
             }
-        }
+        });
         self.swept_to = h;
     }
 }
@@ -974,6 +975,8 @@ impl Emitter<'_> {
         if old.map(placed) != Some(placed(new)) {
             self.out.rewritten |= old.is_some();
             self.out.touchpoints.push(TouchpointFact {
+                customer: self.customer.clone(),
+                time: t.time,
                 event: t.event.clone(),
                 context: new.context,
                 stage_entered: new.entered,
@@ -1100,6 +1103,10 @@ impl Emitter<'_> {
                 .or_default()
                 .add_answer(a.metric, score, 1);
             self.out.answers.push(AnswerFact {
+                customer: self.customer.clone(),
+                time: a.time,
+                metric: a.metric,
+                score: a.score,
                 answer: a.answer.clone(),
                 context: new.context,
                 attribution: new.attribution,

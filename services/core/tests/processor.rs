@@ -492,16 +492,16 @@ impl Sink {
         let mut written = HashSet::new();
         for f in &b.touchpoints {
             assert!(
-                written.insert(f.event.event_id.clone()),
+                written.insert(f.event.event_id().to_string()),
                 "one fact per touchpoint and batch"
             );
-            let key = AggKey::new(f.event.event_time, Some(f.context));
+            let key = AggKey::new(f.time, Some(f.context));
             let c = Counts {
                 touchpoints: 1,
                 ..Counts::default()
             };
             self.touchpoint_facts
-                .insert(f.event.event_id.clone(), (cell(map, &key), c));
+                .insert(f.event.event_id().to_string(), (cell(map, &key), c));
         }
         let mut written = HashSet::new();
         for f in &b.entries {
@@ -530,20 +530,17 @@ impl Sink {
                 .insert(id, (!f.withdrawn).then_some(place));
         }
         for f in &b.answers {
-            let a = &f.answer;
-            let rated = a
-                .touchpoint_event_id
-                .clone()
-                .unwrap_or_else(|| a.response_id.clone());
-            let key = (a.customer_id.clone().unwrap_or_default(), rated, a.metric);
-            let c = cell(map, &AggKey::new(a.answer_time, f.context));
+            let a = f.answer.fields();
+            let rated = a.touchpoint_event_id.unwrap_or(a.response_id).to_string();
+            let key = (a.customer_id(&f.customer).to_string(), rated, f.metric);
+            let c = cell(map, &AggKey::new(f.time, f.context));
             if self
                 .answer_facts
                 .get(&key)
-                .is_none_or(|(t, ..)| *t <= a.answer_time)
+                .is_none_or(|(t, ..)| *t <= f.time)
             {
                 self.answer_facts
-                    .insert(key, (a.answer_time, c, a.metric, a.score));
+                    .insert(key, (f.time, c, f.metric, i32::from(f.score)));
             }
         }
         for (k, c) in &b.step_aggregates {
@@ -688,8 +685,14 @@ fn assert_nothing_of(customer: &str, b: &Batch) {
         id.as_deref()
             .is_some_and(|c| c == customer || c.starts_with("erased:"))
     };
-    assert!(!b.touchpoints.iter().any(|f| theirs(&f.event.customer_id)));
-    assert!(!b.answers.iter().any(|f| theirs(&f.answer.customer_id)));
+    assert!(!b.touchpoints.iter().any(|f| {
+        let raw = f.event.fields().customer_id(&f.customer).to_string();
+        theirs(&Some(raw))
+    }));
+    assert!(!b.answers.iter().any(|f| {
+        let raw = f.answer.fields().customer_id(&f.customer).to_string();
+        theirs(&Some(raw))
+    }));
     assert!(!b
         .entries
         .iter()
@@ -1018,7 +1021,7 @@ fn a_late_touchpoint_moves_later_events_into_its_stage_and_segment() {
     let e2: Vec<_> = b
         .touchpoints
         .iter()
-        .filter(|f| f.event.event_id == "e2")
+        .filter(|f| f.event.event_id() == "e2")
         .collect();
     assert_eq!(e2.len(), 1);
     assert_eq!(m.stage_name(e2[0].context.stage), "conversion");

@@ -1,0 +1,255 @@
+//! The journeys a partition processor holds, by customer. Most customers are idle most of
+//! the time: the horizon has passed all their events and only the journey's floor is left,
+//! a few dozen bytes of facts about the past. Such a journey is held *packed* (postcard
+//! bytes, about a tenth of the decoded journey with its fixed-size vectors and options) and
+//! unpacked when an event or a deadline needs it; a journey with events is held *live*,
+//! shared with the batches that persist it.
+
+use std::sync::Arc;
+
+use crate::journey::{Floor, Journey};
+
+/// Keyed by customer id, shared (not copied) with the deadlines and the dirty list.
+#[derive(Default)]
+pub struct Held {
+    by_customer: hashbrown::HashMap<Arc<str>, Slot, ahash::RandomState>,
+}
+
+enum Slot {
+    Live(Arc<Journey>),
+    Idle(PackedFloor),
+}
+
+impl Held {
+    pub fn len(&self) -> usize {
+        self.by_customer.len()
+    }
+
+    pub fn contains_key(&self, customer: &str) -> bool {
+        self.by_customer.contains_key(customer)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.by_customer.keys()
+    }
+
+    /// The customer's journey, unpacked if idle (then not kept unpacked).
+    pub fn get(&self, customer: &str) -> Option<Arc<Journey>> {
+        self.by_customer.get(customer).map(Slot::journey)
+    }
+
+    pub fn remove(&mut self, customer: &str) -> Option<Arc<Journey>> {
+        self.by_customer.remove(customer).map(|s| s.into_live())
+    }
+
+    /// Holds `journey`, packed if it is idle and has nothing to persist.
+    pub fn insert(&mut self, customer: Arc<str>, journey: Arc<Journey>) {
+        self.by_customer.insert(customer, Slot::of(journey));
+    }
+
+    /// The customer's journey to change, unpacked (or made, empty) and held live; with the
+    /// key it is held under.
+    pub fn live(&mut self, customer: &str) -> (Arc<str>, &mut Arc<Journey>) {
+        let entry = match self.by_customer.entry_ref(customer) {
+            hashbrown::hash_map::EntryRef::Occupied(o) => o,
+            hashbrown::hash_map::EntryRef::Vacant(v) => {
+                v.insert_entry_with_key(Arc::from(customer), Slot::Live(Arc::default()))
+            }
+        };
+        let key = entry.key().clone();
+        (key, entry.into_mut().wake())
+    }
+
+    /// The journey of a customer in the dirty list (held live since it changed).
+    pub fn live_if_held(&mut self, customer: &str) -> Option<&mut Arc<Journey>> {
+        self.by_customer.get_mut(customer).map(Slot::wake)
+    }
+
+    /// Packs the customer's journey if it is idle and has nothing to persist.
+    pub fn settle(&mut self, customer: &str) {
+        if let Some(slot) = self.by_customer.get_mut(customer) {
+            slot.settle();
+        }
+    }
+
+    /// Runs `prune` on every journey that may have something to fold before `cut`
+    /// (unpacking the idle ones whose floor waits for a deadline before it), and packs
+    /// the journeys left idle with nothing to persist.
+    pub fn sweep(&mut self, cut: i64, mut prune: impl FnMut(&Arc<str>, &mut Arc<Journey>)) {
+        for (customer, slot) in &mut self.by_customer {
+            if let Slot::Idle(p) = slot {
+                if p.due_before(cut) {
+                    prune(customer, slot.wake());
+                }
+            } else {
+                prune(customer, slot.wake());
+            }
+            slot.settle();
+        }
+    }
+}
+
+impl Slot {
+    fn of(journey: Arc<Journey>) -> Self {
+        let mut slot = Slot::Live(journey);
+        slot.settle();
+        slot
+    }
+
+    fn journey(&self) -> Arc<Journey> {
+        match self {
+            Slot::Live(j) => j.clone(),
+            Slot::Idle(p) => Arc::new(p.unpack()),
+        }
+    }
+
+    fn into_live(self) -> Arc<Journey> {
+        match self {
+            Slot::Live(j) => j,
+            Slot::Idle(p) => Arc::new(p.unpack()),
+        }
+    }
+
+    fn wake(&mut self) -> &mut Arc<Journey> {
+        if let Slot::Idle(p) = self {
+            *self = Slot::Live(Arc::new(p.unpack()));
+        }
+        match self {
+            Slot::Live(j) => j,
+            Slot::Idle(_) => unreachable!("woken above"),
+        }
+    }
+
+    fn settle(&mut self) {
+        if let Slot::Live(j) = self {
+            if j.is_idle() && !j.dirty {
+                *self = Slot::Idle(PackedFloor::of(&j.floor));
+            }
+        }
+    }
+}
+
+/// An idle journey's floor as postcard bytes, after the earliest deadline of what it keeps
+/// pending (so that a sweep reads one number, not the floor).
+struct PackedFloor(Box<[u8]>);
+
+impl PackedFloor {
+    fn of(floor: &Floor) -> Self {
+        let due = floor
+            .pending
+            .iter()
+            .map(|p| p.deadline)
+            .chain(floor.pending_steps.iter().map(|s| s.deadline))
+            .min()
+            .unwrap_or(i64::MAX);
+        // Writing to a Vec cannot fail: postcard fails only on a full buffer or on types it
+        // cannot write (none in a floor).
+        match postcard::to_allocvec(&(due, floor)) {
+            Ok(v) => PackedFloor(v.into_boxed_slice()),
+            Err(e) => unreachable!("postcard writes a floor to a Vec: {e}"),
+        }
+    }
+
+    /// Whether a pending entry or step attempt has its deadline before `cut` (the floor
+    /// then folds it).
+    fn due_before(&self, cut: i64) -> bool {
+        postcard::take_from_bytes::<i64>(&self.0).is_ok_and(|(due, _)| due < cut)
+    }
+
+    fn unpack(&self) -> Journey {
+        // The bytes were written by `of`, from a floor of this build.
+        match postcard::from_bytes::<(i64, Floor)>(&self.0) {
+            Ok((_, floor)) => Journey {
+                floor,
+                ..Journey::default()
+            },
+            Err(e) => unreachable!("a packed floor reads back: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journey::{Context, EventId, FoldedEntry, Origin, Progress};
+
+    fn floor(deadline: i64) -> Floor {
+        let context = Context {
+            stage: 1,
+            touchpoint: 2,
+            channel: 0,
+            segment: 1,
+        };
+        Floor {
+            progress: Progress {
+                furthest: Some(1),
+                open_until: 9_000,
+                seq: 2,
+            },
+            segment: Some(1),
+            last: Some(((1_000, 7), context)),
+            pending: Some(Box::new(FoldedEntry {
+                origin: Origin {
+                    id: 7,
+                    event_id: EventId::Owned("e-7".into()),
+                    time: 1_000,
+                    source_offset: 4,
+                },
+                context,
+                deadline,
+                journey_seq: 2,
+            })),
+            pending_steps: Vec::new(),
+        }
+    }
+
+    fn idle(deadline: i64) -> Arc<Journey> {
+        Arc::new(Journey {
+            floor: floor(deadline),
+            ..Journey::default()
+        })
+    }
+
+    #[test]
+    fn an_idle_journey_is_packed_and_reads_back_the_same() {
+        let mut held = Held::default();
+        held.insert("c".into(), idle(5_000));
+        assert!(matches!(held.by_customer.get("c"), Some(Slot::Idle(_))));
+        assert_eq!(held.get("c"), Some(idle(5_000)));
+        assert_eq!(held.remove("c"), Some(idle(5_000)));
+        assert_eq!(held.len(), 0);
+    }
+
+    #[test]
+    fn a_journey_with_events_or_changes_to_persist_stays_live() {
+        let mut held = Held::default();
+        let mut dirty = Journey::clone(&idle(5_000));
+        dirty.dirty = true;
+        held.insert("c".into(), Arc::new(dirty));
+        assert!(matches!(held.by_customer.get("c"), Some(Slot::Live(_))));
+        // Persisted: it settles.
+        if let Some(j) = held.live_if_held("c") {
+            Arc::make_mut(j).dirty = false;
+        }
+        held.settle("c");
+        assert!(matches!(held.by_customer.get("c"), Some(Slot::Idle(_))));
+        // Changed again: live until persisted.
+        let (key, j) = held.live("c");
+        assert_eq!(&*key, "c");
+        Arc::make_mut(j).dirty = true;
+        held.settle("c");
+        assert!(matches!(held.by_customer.get("c"), Some(Slot::Live(_))));
+    }
+
+    #[test]
+    fn a_sweep_unpacks_only_floors_with_a_deadline_before_the_cut() {
+        let mut held = Held::default();
+        held.insert("early".into(), idle(5_000));
+        held.insert("late".into(), idle(50_000));
+        let mut seen = Vec::new();
+        held.sweep(10_000, |c, _| seen.push(c.to_string()));
+        assert_eq!(seen, vec!["early".to_string()]);
+        // Nothing changed it: packed again.
+        assert!(matches!(held.by_customer.get("early"), Some(Slot::Idle(_))));
+    }
+}
