@@ -117,9 +117,11 @@ pub enum IdentityMessageKind {
 }
 
 /// A record of `cx.aggregates` (`schemas/avro/aggregates.avsc`): a batch's per-minute
-/// partial counts, or which batch of a partition committed.
+/// partial counts, or which batch of a partition committed. `S` is how the cells hold
+/// their names: read as `String`, written borrowed from the journey map (`&str`), which
+/// spares the sender five allocations per cell.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AggregatesMessage {
+pub struct AggregatesMessage<S = String> {
     pub journey: String,
     pub group: String,
     pub kind: AggregatesKind,
@@ -134,8 +136,8 @@ pub struct AggregatesMessage {
     #[serde(default)]
     pub touchpoints_watermark: Option<i64>,
     pub idle: bool,
-    pub minutes: Vec<MinuteCell>,
-    pub steps: Vec<StepCell>,
+    pub minutes: Vec<MinuteCell<S>>,
+    pub steps: Vec<StepCell<S>>,
     /// The bits of the owner's claim; 0 in records written before it (`aggregates.v2.avsc`).
     #[serde(default)]
     pub claim: i64,
@@ -182,26 +184,26 @@ pub enum AggregatesKind {
 
 /// Changes to one cell of `cx.metrics_minute`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MinuteCell {
+pub struct MinuteCell<S = String> {
     /// Start of the minute, epoch ms.
     pub minute: i64,
-    pub stage: String,
-    pub touchpoint: String,
-    pub channel: String,
-    pub segment: String,
+    pub stage: S,
+    pub touchpoint: S,
+    pub channel: S,
+    pub segment: S,
     pub counts: Counts,
 }
 
 /// Changes to one cell of `cx.steps_minute`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepCell {
+pub struct StepCell<S = String> {
     /// Start of the minute the attempts started in, epoch ms.
     pub minute: i64,
-    pub step: String,
-    pub stage: String,
-    pub touchpoint: String,
-    pub channel: String,
-    pub segment: String,
+    pub step: S,
+    pub stage: S,
+    pub touchpoint: S,
+    pub channel: S,
+    pub segment: S,
     pub counts: StepCounts,
 }
 
@@ -430,9 +432,9 @@ impl Codec {
         self.decode(RecordType::IdentityMessage, bytes)
     }
 
-    pub fn encode_aggregates(
+    pub fn encode_aggregates<S: Serialize>(
         &self,
-        m: &AggregatesMessage,
+        m: &AggregatesMessage<S>,
         out: &mut Vec<u8>,
     ) -> Result<(), EncodeError> {
         self.encode(RecordType::Aggregates, m, out)
@@ -846,6 +848,51 @@ mod tests {
         c.encode_aggregates(&m, &mut buf).expect("encode");
         assert_eq!(c.decode_aggregates(&buf).expect("decode"), m);
         assert!(c.decode_identity(&buf).is_err(), "not an identity message");
+        // Written with names borrowed, as the journey service sends them: the same bytes.
+        let borrowed = AggregatesMessage {
+            minutes: m
+                .minutes
+                .iter()
+                .map(|c| MinuteCell {
+                    minute: c.minute,
+                    stage: c.stage.as_str(),
+                    touchpoint: c.touchpoint.as_str(),
+                    channel: c.channel.as_str(),
+                    segment: c.segment.as_str(),
+                    counts: c.counts,
+                })
+                .collect(),
+            steps: m
+                .steps
+                .iter()
+                .map(|c| StepCell {
+                    minute: c.minute,
+                    step: c.step.as_str(),
+                    stage: c.stage.as_str(),
+                    touchpoint: c.touchpoint.as_str(),
+                    channel: c.channel.as_str(),
+                    segment: c.segment.as_str(),
+                    counts: c.counts,
+                })
+                .collect(),
+            journey: m.journey.clone(),
+            group: m.group.clone(),
+            kind: m.kind,
+            partition: m.partition,
+            partitions: m.partitions,
+            seq: m.seq,
+            batch_id: m.batch_id,
+            chunk: m.chunk,
+            chunks: m.chunks,
+            watermark: m.watermark,
+            touchpoints_watermark: m.touchpoints_watermark,
+            idle: m.idle,
+            claim: m.claim,
+            chain: m.chain.clone(),
+        };
+        let mut again = Vec::new();
+        c.encode_aggregates(&borrowed, &mut again).expect("encode");
+        assert_eq!(again, buf);
     }
 
     #[test]

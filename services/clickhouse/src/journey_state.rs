@@ -184,12 +184,22 @@ pub enum StateError {
 
 pub fn encode(journey: &Journey, visitor: Option<&Visitor>) -> Result<Vec<u8>, StateError> {
     // The version byte leads as a tuple's first field: postcard writes a u8 as one byte.
-    // (`to_extend` into a Vec copies strings byte by byte.)
+    // Written into room for the whole journey, so that the buffer does not grow (and move)
+    // as it fills. (`to_extend` copies strings byte by byte.)
+    let room = Vec::with_capacity(size_hint(journey));
     let written = match visitor {
-        None => postcard::to_allocvec(&(V6, journey)),
-        Some(v) => postcard::to_allocvec(&(V7, journey, v)),
+        None => postcard::to_io(&(V6, journey), room),
+        Some(v) => postcard::to_io(&(V7, journey, v), room),
     };
     written.map_err(|e| StateError::Decode(e.to_string()))
+}
+
+/// About the bytes a journey takes stored: its packed events and a few dozen bytes for
+/// each event's indices and for the floor.
+fn size_hint(journey: &Journey) -> usize {
+    let touchpoints: usize = journey.touchpoints.iter().map(|t| t.event.len() + 40).sum();
+    let answers: usize = journey.answers.iter().map(|a| a.answer.len() + 40).sum();
+    128 + touchpoints + answers
 }
 
 fn with_outcomes(journey: Journey, visitor: Option<Visitor>) -> Stored {

@@ -141,7 +141,12 @@ impl AggregatesOutput {
         }
     }
 
-    fn message(&self, journey: &str, partition: i32, kind: AggregatesKind) -> AggregatesMessage {
+    fn message<S>(
+        &self,
+        journey: &str,
+        partition: i32,
+        kind: AggregatesKind,
+    ) -> AggregatesMessage<S> {
         AggregatesMessage {
             journey: journey.to_string(),
             group: self.group.clone(),
@@ -187,41 +192,41 @@ impl AggregatesOutput {
 
     /// A batch's changes in records of at most [`CELLS_PER_RECORD`] cells; at least one,
     /// so that a reader can tell every batch it was told committed was read whole.
-    fn partials(
+    fn partials<'m>(
         &self,
-        map: &JourneyMap,
+        map: &'m JourneyMap,
         partition: i32,
         seq: u64,
         (claim, id): (u64, u64),
         batch: &Batch,
-    ) -> Vec<AggregatesMessage> {
-        let minutes: Vec<MinuteCell> = batch
+    ) -> Vec<AggregatesMessage<&'m str>> {
+        let minutes: Vec<MinuteCell<&str>> = batch
             .aggregates
             .iter()
             .map(|(k, c)| {
                 let n = Context::names(k.context.map(Context::from), map);
                 MinuteCell {
                     minute: k.minute * MINUTE_MS,
-                    stage: n.stage.into(),
-                    touchpoint: n.touchpoint.into(),
-                    channel: n.channel.into(),
-                    segment: n.segment.into(),
+                    stage: n.stage,
+                    touchpoint: n.touchpoint,
+                    channel: n.channel,
+                    segment: n.segment,
                     counts: *c,
                 }
             })
             .collect();
-        let steps: Vec<StepCell> = batch
+        let steps: Vec<StepCell<&str>> = batch
             .step_aggregates
             .iter()
             .map(|(k, c)| {
                 let n = Context::names(Some(k.context.into()), map);
                 StepCell {
                     minute: k.minute * MINUTE_MS,
-                    step: map.step_name(k.step).into(),
-                    stage: n.stage.into(),
-                    touchpoint: n.touchpoint.into(),
-                    channel: n.channel.into(),
-                    segment: n.segment.into(),
+                    step: map.step_name(k.step),
+                    stage: n.stage,
+                    touchpoint: n.touchpoint,
+                    channel: n.channel,
+                    segment: n.segment,
                     counts: *c,
                 }
             })
@@ -231,7 +236,7 @@ impl AggregatesOutput {
             .div_ceil(CELLS_PER_RECORD)
             .max(steps.len().div_ceil(CELLS_PER_RECORD))
             .max(1);
-        // The cells move into their chunks: copied, each cell's names were allocated twice.
+        // The cells move into their chunks.
         let (mut minutes, mut steps) = (minutes.into_iter(), steps.into_iter());
         (0..chunks)
             .map(|i| AggregatesMessage {
