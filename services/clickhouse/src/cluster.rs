@@ -120,6 +120,7 @@ pub fn shard_key(table: &str) -> Option<&'static str> {
         | "refused_events" => "cityHash64(journey, source_partition)",
         "journey_stages" => "cityHash64(journey, stage)",
         "journey_steps" => "cityHash64(journey, step)",
+        "journey_map_positions" => "cityHash64(journey, list)",
         "alerts" => "cityHash64(journey_group, id)",
         "schema_migrations" => "version",
         _ => return None,

@@ -117,7 +117,8 @@ impl BatchCommitter {
         }
     }
 
-    /// Writes the map's stages and steps (budgets, targets) for the views that set expectation beside
+    /// Checks that the map's lists did not move (see [`crate::map_positions`]) and writes
+    /// its stages and steps (budgets, targets) for the views that set expectation beside
     /// reality; once per instance, before it resumes its first partition.
     async fn publish_map(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
@@ -125,6 +126,7 @@ impl BatchCommitter {
             return Ok(());
         }
         let map = &*self.map;
+        crate::map_positions::check(&self.client, map).await?;
         let last = map.stages.len().saturating_sub(1);
         // Collected before the insert is awaited: a lazy iterator's closure held across an
         // await keeps the future from being spawned (rust-lang/rust#64552).

@@ -10,6 +10,7 @@ pub mod cluster;
 mod commit;
 mod compaction;
 mod journey_state;
+pub mod map_positions;
 mod migrations;
 mod rows;
 mod tls;
@@ -43,6 +44,9 @@ pub enum Error {
     /// A migration that must not run beside journey services found them running.
     #[error("{0}")]
     JourneysRunning(String),
+    /// The journey map changed a list in place since its journeys were stored.
+    #[error("{0}")]
+    MapMoved(String),
     /// The server refused the configured user: retrying cannot help.
     #[error(
         "ClickHouse at {url} refused user `{user}` ({reason}): set clickhouse.user and the \

@@ -130,6 +130,12 @@ pub const MIGRATIONS: &[Migration] = &[
         // build its claim on an empty chain.
         stops_journeys: true,
     },
+    Migration {
+        version: 19,
+        name: "map positions",
+        sql: include_str!("../../../schemas/clickhouse/0019_map_positions.sql"),
+        stops_journeys: false,
+    },
 ];
 
 impl Migration {

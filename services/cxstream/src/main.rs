@@ -292,7 +292,22 @@ fn run_journey(cfg: Config, opts: journey::RunOptions) -> Result<()> {
     let journeys: Vec<&str> = maps.iter().map(|m| m.name.as_str()).collect();
     tracing::info!(addr = %s.addr, journeys = ?journeys, group = %cfg.journey.group_id, "journey service starting");
     // A refused login is a configuration error, not an outage to wait out.
-    s.rt.block_on(cfg.clickhouse_connection().check_login())?;
+    let conn = cfg.clickhouse_connection();
+    s.rt.block_on(conn.check_login())?;
+    // So is a map that moved a list. Unchecked now (ClickHouse not answering), it is
+    // checked before the first partition resumes, which waits until it passes.
+    for map in maps.iter() {
+        match s.rt.block_on(cxstream_clickhouse::map_positions::check(
+            &conn.client(),
+            map,
+        )) {
+            Err(e @ cxstream_clickhouse::Error::MapMoved(_)) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(journey = %map.name, error = %e, "cannot check the journey map's positions yet")
+            }
+            Ok(()) => {}
+        }
+    }
     let service = journey::JourneyService::new(
         cfg,
         maps,

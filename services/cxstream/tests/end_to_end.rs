@@ -1812,3 +1812,51 @@ fn the_identity_scenario_counts_each_person_once_and_equals_its_truth_across_kil
         Some(s.expected_refused()["future"])
     );
 }
+
+/// Stored journeys hold positions in the map's lists: a map that adds a channel at the end
+/// runs, one that moves a channel is refused with what moved, before anything is read.
+#[test]
+fn a_journey_map_that_moves_a_name_is_refused_and_one_that_adds_at_the_end_runs() {
+    let retail = std::fs::read_to_string(shipped_map("retail")).unwrap();
+    let channels = "channels: [web, app, store, call_centre, email, social]";
+    assert!(
+        retail.contains(channels),
+        "the shipped map's channels changed"
+    );
+    let s = Stack::with_map_text("map_positions", &retail);
+    s.ok(&["journey", "--until-caught-up"]);
+    let channels_stored = format!(
+        "SELECT arrayStringConcat(argMax(names, length(names)), ' ') \
+         FROM {}.journey_map_positions WHERE journey = 'retail' AND list = 'channels'",
+        s.database()
+    );
+    let added = retail.replace(
+        channels,
+        "channels: [web, app, store, call_centre, email, social, kiosk]",
+    );
+    std::fs::write(&s.maps[0], &added).unwrap();
+    s.ok(&["journey", "--until-caught-up"]);
+    let stored = s.query(&channels_stored);
+    assert_eq!(
+        stored,
+        vec![vec![
+            "web app store call_centre email social kiosk".to_string()
+        ]]
+    );
+
+    let moved = retail.replace(
+        channels,
+        "channels: [web, store, app, call_centre, email, social, kiosk]",
+    );
+    std::fs::write(&s.maps[0], &moved).unwrap();
+    let out = s.run(&["journey", "--until-caught-up"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a moved channel was taken: {stderr}");
+    assert!(
+        stderr.contains("changed its channels in place: position 2 was `app` and is now `store`"),
+        "{stderr}"
+    );
+    // Nothing was recorded for the refused map.
+    let after = s.query(&channels_stored);
+    assert_eq!(after, stored);
+}
