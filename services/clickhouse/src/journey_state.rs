@@ -126,7 +126,7 @@ struct FloorV2 {
 
 impl From<JourneyV2> for Journey {
     fn from(j: JourneyV2) -> Self {
-        Journey {
+        JourneyV5 {
             floor: Floor {
                 // Journeys folded before they could end go on (never ending) as they were.
                 progress: Progress {
@@ -139,10 +139,10 @@ impl From<JourneyV2> for Journey {
                 pending: None,
                 pending_steps: Vec::new(),
             },
-            touchpoints: j.touchpoints.into_iter().map(Into::into).collect(),
-            answers: j.answers.into_iter().map(Into::into).collect(),
-            dirty: false,
+            touchpoints: j.touchpoints,
+            answers: j.answers,
         }
+        .into()
     }
 }
 

@@ -26,7 +26,7 @@ struct StoredList {
 }
 
 /// The lists of `map` whose positions stored journeys hold, by name.
-pub fn lists(map: &JourneyMap) -> [(&'static str, Vec<&str>); 5] {
+fn lists(map: &JourneyMap) -> [(&'static str, Vec<&str>); 5] {
     [
         (
             "stages",
@@ -50,7 +50,7 @@ pub fn lists(map: &JourneyMap) -> [(&'static str, Vec<&str>); 5] {
 
 /// Where `now` stops being `was` with names added at its end: the position, the name that
 /// was there, and the name there now (none when the list got shorter).
-pub fn moved<'a>(was: &'a [String], now: &[&'a str]) -> Option<(usize, &'a str, Option<&'a str>)> {
+fn moved<'a>(was: &'a [String], now: &[&'a str]) -> Option<(usize, &'a str, Option<&'a str>)> {
     was.iter()
         .enumerate()
         .find(|(i, w)| now.get(*i) != Some(&w.as_str()))

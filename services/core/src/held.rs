@@ -77,11 +77,11 @@ impl Held {
     /// the journeys left idle with nothing to persist.
     pub fn sweep(&mut self, cut: i64, mut prune: impl FnMut(&Arc<str>, &mut Arc<Journey>)) {
         for (customer, slot) in &mut self.by_customer {
-            if let Slot::Idle(p) = slot {
-                if p.due_before(cut) {
-                    prune(customer, slot.wake());
-                }
-            } else {
+            let may_fold = match slot {
+                Slot::Live(_) => true,
+                Slot::Idle(p) => p.due_before(cut),
+            };
+            if may_fold {
                 prune(customer, slot.wake());
             }
             slot.settle();

@@ -242,42 +242,10 @@ impl<K: Kind> Serialize for Packed<K> {
 
 impl<'de, K: Kind> Deserialize<'de> for Packed<K> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let bytes = Bytes::deserialize(d)?.0;
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?.into_vec();
         postcard::from_bytes::<K::Fields<'_>>(&bytes)
             .map_err(|e| serde::de::Error::custom(format!("{}: {e}", K::WHAT)))?;
         Ok(Packed(Arc::from(bytes), PhantomData))
-    }
-}
-
-/// A byte string, read from any format that writes one.
-struct Bytes(Vec<u8>);
-
-impl<'de> Deserialize<'de> for Bytes {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Bytes;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-                Ok(Bytes(v.to_vec()))
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-                Ok(Bytes(v))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Bytes, A::Error> {
-                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(b) = seq.next_element()? {
-                    v.push(b);
-                }
-                Ok(Bytes(v))
-            }
-        }
-        d.deserialize_bytes(Visitor)
     }
 }
 
@@ -335,6 +303,31 @@ mod tests {
         assert_eq!(f.customer_id("erased:x"), "erased:x");
         assert_eq!((f.anonymous_id, f.attributes.len()), (None, 0));
         assert_eq!(f.event_id, "e-1");
+    }
+
+    /// Erasure says what is personal once (`erasure::strip_*`): stripping a packed event
+    /// keeps what stripping the event itself keeps.
+    #[test]
+    fn stripping_a_packed_event_equals_packing_the_stripped_event() {
+        let mut ev = event();
+        let packed = TouchpointFields::of(&ev, false).stripped().pack();
+        crate::erasure::strip_touchpoint(&mut ev, "c-1".into());
+        assert_eq!(packed, TouchpointFields::of(&ev, false).pack());
+        let mut a = SurveyAnswer {
+            response_id: "r-1".into(),
+            customer_id: Some(" c-1".into()),
+            answer_time: 1_000,
+            metric: crate::Metric::Nps,
+            score: 3,
+            touchpoint_event_id: Some("e-1".into()),
+            touchpoint: Some("kiosk".into()),
+            channel: Some("app".into()),
+            comment: Some("slow".into()),
+            attributes: [("k".to_string(), "v".to_string())].into(),
+        };
+        let packed = AnswerFields::of(&a).stripped().pack();
+        crate::erasure::strip_answer(&mut a, "c-1".into());
+        assert_eq!(packed, AnswerFields::of(&a).pack());
     }
 
     #[test]
