@@ -149,6 +149,22 @@ impl Inner {
         }
         let from = earliest(&positions);
         let started = Instant::now();
+        // Asked on the producer's connection, which is open already: a reader of its own
+        // takes longer to start than most resumes take in all.
+        match dlq_ends(&*self.dlq, &self.cfg.topics.dlq) {
+            Ok(ends) => {
+                let nothing_after = nothing_after(&from, &ends);
+                self.dead_letters.ends = ends;
+                self.dead_letters.asked = Some(Instant::now());
+                if nothing_after {
+                    tracing::debug!(partitions = ?partitions, "no dead letters after the resume points");
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read where the dead-letter topic ends; reading it")
+            }
+        }
         let found = match cxstream_kafka::dead_letters_since(
             &self.cfg.kafka,
             &self.cfg.topics.dlq,
@@ -204,6 +220,14 @@ fn earliest(positions: &[Option<&[i64]>]) -> Vec<i64> {
         .collect()
 }
 
+/// Whether no DLQ partition holds a letter at or after `from` (a partition `from` does not
+/// name is read from its beginning).
+fn nothing_after(from: &[i64], ends: &[i64]) -> bool {
+    ends.iter()
+        .enumerate()
+        .all(|(i, end)| *end <= from.get(i).copied().unwrap_or(0))
+}
+
 /// The DLQ's end offset per partition, as the broker says now.
 fn dlq_ends<P: Producer<C>, C: rdkafka::producer::ProducerContext>(
     producer: &P,
@@ -228,7 +252,18 @@ fn dlq_ends<P: Producer<C>, C: rdkafka::producer::ProducerContext>(
 
 #[cfg(test)]
 mod tests {
-    use super::earliest;
+    use super::{earliest, nothing_after};
+
+    #[test]
+    fn letters_are_read_back_only_where_the_topic_goes_past_the_resume_point() {
+        assert!(nothing_after(&[5, 9], &[5, 9]));
+        assert!(!nothing_after(&[5, 9], &[5, 10]));
+        // Unknown (nothing committed): only an empty topic has nothing to read.
+        assert!(nothing_after(&[], &[0, 0]));
+        assert!(!nothing_after(&[], &[0, 1]));
+        // A partition added since the marker: read from its beginning.
+        assert!(!nothing_after(&[5], &[5, 1]));
+    }
 
     #[test]
     fn the_earliest_position_is_the_least_and_unknown_reads_everything() {

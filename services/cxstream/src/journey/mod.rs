@@ -45,6 +45,11 @@ const SEEK_PATIENCE: Duration = Duration::from_secs(10);
 /// How often the claims of every held partition are checked, besides after each commit: a
 /// partition with nothing to commit learns so too.
 const CLAIMS_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often a catch-up whose inputs all look read to their end takes the steps a flush
+/// takes (instead of every `journey.flush_interval_ms`).
+const ENDING_FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// How long a catch-up waits for the broker's word that it read every input to its end.
+const CONFIRM_END_WITHIN: Duration = Duration::from_secs(2);
 const CLAIMS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the group rules' ClickHouse reads (who serves a partition, who committed one
 /// lately) may take: the consumer is not polled meanwhile.
@@ -207,6 +212,9 @@ struct Inner {
     compactions: Vec<commits::Fold>,
     /// Per partition, the question asked of `positions` and how many answers are to come.
     probing: BTreeMap<i32, (u64, usize)>,
+    /// How long an input read to its end stays quiet before it stops holding the
+    /// watermark back (`journey.idle_release_ms`; none when catching up).
+    idle_release: Duration,
 }
 
 impl JourneyService {
@@ -220,8 +228,6 @@ impl JourneyService {
     ) -> Result<Self> {
         // The configured schemas are checked before anything is asked of the broker.
         let codec = cfg.codec()?;
-        // Before any partition resumes: a journey restored must know who is erased.
-        let erasures = erasures::ErasureLog::load(&cfg)?;
         let inserts = Arc::new(tokio::sync::Semaphore::new(
             cfg.clickhouse.max_concurrent_inserts,
         ));
@@ -250,6 +256,9 @@ impl JourneyService {
                 .min(365 * 86_400),
         })?;
         let consumer = connect(&cfg, pipeline.in_flight(), &readiness, Membership::Group)?;
+        // Before any partition resumes (they are assigned when the consumer is first polled,
+        // in `run`): a journey restored must know who is erased. Read while the group forms.
+        let erasures = erasures::ErasureLog::load(&cfg)?;
         let claiming = claiming::Claiming::new(rt.clone(), committers.clone(), readiness.clone());
         let dlq: Producer<Deliveries> = cfg
             .kafka
@@ -288,6 +297,7 @@ impl JourneyService {
             group: cfg.journey.group_id.as_str().into(),
             erasures: erasures.erased().clone(),
         };
+        let cfg_idle_release_ms = cfg.journey.idle_release_ms;
         let inner = Inner {
             codec,
             cfg,
@@ -323,6 +333,7 @@ impl JourneyService {
             after: None,
             handed_over: Default::default(),
             compactions: Vec::new(),
+            idle_release: Duration::from_millis(cfg_idle_release_ms),
         };
         Ok(JourneyService { consumer, inner })
     }
@@ -338,7 +349,6 @@ impl JourneyService {
         let mut unassigned_since = Some(Instant::now());
         let mut rejoins: u32 = 0;
         let mut alone = false;
-        let mut caught_up_since: Option<Instant> = None;
         // Caught up means all of the input, not the share assigned so far: after a crash the
         // dead member keeps its partitions until the group evicts it.
         // Catching up needs the count; a long-running member only uses it to look for
@@ -351,7 +361,11 @@ impl JourneyService {
         let mut unserved_checked = Instant::now();
         let mut claims_checked = Instant::now();
         let mut unserved = false;
-        let settle = Duration::from_millis(inner.cfg.journey.idle_release_ms.max(1000));
+        if opts.until_caught_up {
+            // Catching up reads what is there: an input the broker confirms read to its
+            // end has nothing more to wait for.
+            inner.idle_release = Duration::ZERO;
+        }
         let flush_every = Duration::from_millis(inner.cfg.journey.flush_interval_ms);
         let mut last_flush = Instant::now();
         let mut since_flush: u64 = 0;
@@ -365,6 +379,7 @@ impl JourneyService {
                 break;
             }
             let polled = consumer.poll(Duration::from_millis(50));
+            let got_record = matches!(polled, Some(Ok(_)));
             inner.apply_rebalance(&consumer);
             inner.start_claimed(&consumer);
             match polled {
@@ -465,8 +480,16 @@ impl JourneyService {
                 unassigned_since = None;
                 rejoins = 0;
             }
+            // Near the end of a catch-up, the steps to it (a last batch, the broker's word on
+            // where the inputs end) each wait for the next flush: take them as soon as the
+            // consumer has nothing more to hand over.
+            let ending = opts.until_caught_up
+                && !got_record
+                && inner.slots.len() >= inputs
+                && inner.slots.values().all(Slot::may_be_read_to_end);
             if last_flush.elapsed() >= flush_every
                 || since_flush >= inner.cfg.journey.max_batch_records
+                || ending && last_flush.elapsed() >= ENDING_FLUSH_EVERY
             {
                 if claims_checked.elapsed() >= CLAIMS_CHECK_EVERY {
                     claims_checked = Instant::now();
@@ -482,32 +505,47 @@ impl JourneyService {
                     && inner.slots.len() >= inputs
                     && inner.caught_up(&consumer)?
                 {
-                    // Some brokers (Tansu under load, seen here) show a just-acknowledged
-                    // batch a moment later; only a quiet end that lasts counts.
-                    let since = *caught_up_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= settle {
-                        tracing::info!(
-                            "caught up: every input partition is assigned here, read to its end and committed"
-                        );
-                        break;
-                    }
-                } else {
-                    caught_up_since = None;
+                    tracing::info!(
+                        "caught up: every input partition is assigned here, read to its end and committed"
+                    );
+                    break;
                 }
             }
-        }
-        if let Some(out) = &inner.aggregates {
-            out.close();
         }
         inner.readiness.stopping();
         // The process exits next: its journeys go back to the system whole. Freed one by
         // one, they cost a catch-up 5 % of its CPU.
         std::mem::forget(std::mem::take(&mut inner.slots));
+        inner.close(consumer);
         Ok(())
     }
 }
 
 impl Inner {
+    /// Delivers the last committed-batch records and closes the Kafka clients side by side:
+    /// each takes its time to wind its threads down (about 100 ms for the consumer, which
+    /// leaves the group), and one after another they made most of a catch-up's exit.
+    fn close(self, consumer: ConsumerHandle) {
+        let Inner {
+            aggregates,
+            dlq,
+            identities,
+            watermarks,
+            erasures,
+            ..
+        } = self;
+        std::thread::scope(|s| {
+            s.spawn(move || drop(consumer));
+            s.spawn(move || {
+                if let Some(out) = aggregates {
+                    // On exit nobody may resume the partitions to say them again.
+                    out.close();
+                }
+            });
+            s.spawn(move || drop((dlq, identities, watermarks, erasures)));
+        });
+    }
+
     /// Runs a read on the runtime for at most `timeout`: `None` if it failed or took longer.
     fn read_within<T, E>(
         &self,
@@ -717,6 +755,9 @@ impl Inner {
             let mut slot = Slot::new(&self.maps, claimed.resumes, &self.setup);
             slot.set_checked(claimed.check == Check::Highest);
             self.slots.insert(p, slot);
+            // Where its inputs end decides when it goes idle; the statistics say so only
+            // after a fetch.
+            self.ask_where_inputs_end(p);
             if let Err(e) = consumer.resume(&self.inputs(p)) {
                 tracing::warn!(partition = p, error = %e, "cannot unpause a claimed partition");
             }
@@ -901,7 +942,7 @@ impl Inner {
             }
         }
         let confirmed = self.take_positions();
-        let idle = Duration::from_millis(self.cfg.journey.idle_release_ms);
+        let idle = self.idle_release;
         for p in parts {
             let Some(slot) = self.slots.get_mut(&p) else {
                 continue;
@@ -961,27 +1002,6 @@ impl Inner {
         confirmed
     }
 
-    /// Asks the broker for the high watermarks of partition `p` of both inputs. The
-    /// statistics' values can lag behind (seen with Tansu), which would end a catch-up early.
-    fn confirm_at_end(&mut self, consumer: &ConsumerHandle, p: i32) {
-        for &source in self.sources() {
-            let topic = self.topic(source).to_string();
-            // Short: the consumer is not polled meanwhile.
-            match consumer.fetch_watermarks(&topic, p, Duration::from_secs(2)) {
-                Ok((_, high)) => {
-                    if let Some(slot) = self.slots.get_mut(&p) {
-                        slot.set_high_watermark(source, high);
-                    }
-                }
-                Err(e) => {
-                    // Polling stops while the broker keeps us waiting here: say so.
-                    self.readiness.brokers(false);
-                    tracing::warn!(error = %e, partition = p, "cannot read high watermark");
-                }
-            }
-        }
-    }
-
     /// Every assigned partition read to its end (as the broker confirms) and committed.
     fn caught_up(&mut self, consumer: &ConsumerHandle) -> Result<bool> {
         if self.slots.is_empty() || !self.slots.values().all(Slot::caught_up) {
@@ -990,9 +1010,29 @@ impl Inner {
         if !self.settle(consumer)? {
             return Ok(false);
         }
-        let parts: Vec<i32> = self.slots.keys().copied().collect();
-        for p in parts {
-            self.confirm_at_end(consumer, p);
+        // Asked on the probe's own connection: the consumer's waits behind its fetches,
+        // which the broker may hold for `fetch.wait.max.ms`.
+        let inputs = self.source_topics();
+        let questions = self.slots.keys().map(|&p| (p, inputs.clone())).collect();
+        let Some(answers) = self.positions.ask_and_wait(questions, CONFIRM_END_WITHIN) else {
+            tracing::warn!(
+                within_ms = CONFIRM_END_WITHIN.as_millis() as u64,
+                "the broker did not say in time where the inputs end; asking again"
+            );
+            return Ok(false);
+        };
+        for a in answers {
+            match a.high {
+                Ok(high) => {
+                    if let Some(slot) = self.slots.get_mut(&a.partition) {
+                        slot.confirm_high_watermark(a.source, high);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(partition = a.partition, input = a.source.as_str(), error = %e, "cannot read where an input ends; asking again");
+                    return Ok(false);
+                }
+            }
         }
         Ok(self.slots.values().all(Slot::caught_up))
     }

@@ -629,6 +629,11 @@ impl Slot {
             .any(|c| !c.idle && c.at_end() && c.last_record.elapsed() >= idle)
     }
 
+    /// Whether every input is read to where it is known to end, or its end is not known yet.
+    pub fn may_be_read_to_end(&self) -> bool {
+        self.cursors.iter().all(|c| c.high.is_none() || c.at_end())
+    }
+
     pub fn caught_up(&self) -> bool {
         self.cursors.iter().all(|c| c.at_end() && c.idle) && !self.lanes.iter().any(Lane::pending)
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::partition::Source;
 use super::readiness::Readiness;
@@ -39,7 +40,38 @@ pub struct Answer {
 pub struct PositionProbe {
     asks: Sender<Ask>,
     answers: Receiver<Answer>,
+    /// Answers that came while [`Self::ask_and_wait`] waited for its own.
+    stash: Vec<Answer>,
     next_id: u64,
+}
+
+/// The high watermark of each asked partition, in the order asked.
+fn ends(consumer: &BaseConsumer, asks: &[Ask]) -> Vec<Result<i64, String>> {
+    let mut tpl = TopicPartitionList::new();
+    for ask in asks {
+        if tpl.find_partition(&ask.topic, ask.partition).is_none() {
+            // The "timestamp" -1 asks for the end.
+            if let Err(e) = tpl.add_partition_offset(&ask.topic, ask.partition, Offset::End) {
+                return asks.iter().map(|_| Err(e.to_string())).collect();
+            }
+        }
+    }
+    let found = match consumer.offsets_for_times(tpl, ASK_WITHIN) {
+        Ok(found) => found,
+        Err(e) => return asks.iter().map(|_| Err(e.to_string())).collect(),
+    };
+    asks.iter()
+        .map(|ask| {
+            let Some(elem) = found.find_partition(&ask.topic, ask.partition) else {
+                return Err("not in the broker's answer".to_string());
+            };
+            elem.error().map_err(|e| e.to_string())?;
+            match elem.offset() {
+                Offset::Offset(high) => Ok(high),
+                other => Err(format!("no end offset ({other:?})")),
+            }
+        })
+        .collect()
 }
 
 impl PositionProbe {
@@ -52,25 +84,33 @@ impl PositionProbe {
             .context("creating the client that asks where the inputs end")?;
         let (asks, questions) = channel::<Ask>();
         let (tell, answers) = channel();
+        let warm_up = cfg.topics.touchpoints.clone();
         std::thread::Builder::new()
             .name("kafka-positions".into())
             .spawn(move || {
-                for ask in questions {
-                    let high = consumer
-                        .fetch_watermarks(&ask.topic, ask.partition, ASK_WITHIN)
-                        .map(|(_, high)| high)
-                        .map_err(|e| e.to_string());
-                    if high.is_err() {
+                // Connects while the group forms: the first question comes as soon as a
+                // partition is claimed, and a catch-up waits for its answer. (Failing here
+                // only delays that answer.)
+                let _ = consumer.fetch_metadata(Some(&warm_up), ASK_WITHIN);
+                while let Ok(first) = questions.recv() {
+                    // Every question waiting goes in one request: a catch-up asks about all
+                    // its partitions at once, and the broker answers each in one go.
+                    let asks: Vec<Ask> =
+                        std::iter::once(first).chain(questions.try_iter()).collect();
+                    let highs = ends(&consumer, &asks);
+                    if highs.iter().any(Result::is_err) {
                         readiness.brokers(false);
                     }
-                    let answer = Answer {
-                        id: ask.id,
-                        partition: ask.partition,
-                        source: ask.source,
-                        high,
-                    };
-                    if tell.send(answer).is_err() {
-                        break;
+                    for (ask, high) in asks.into_iter().zip(highs) {
+                        let answer = Answer {
+                            id: ask.id,
+                            partition: ask.partition,
+                            source: ask.source,
+                            high,
+                        };
+                        if tell.send(answer).is_err() {
+                            return;
+                        }
                     }
                 }
             })
@@ -78,6 +118,7 @@ impl PositionProbe {
         Ok(PositionProbe {
             asks,
             answers,
+            stash: Vec::new(),
             next_id: 0,
         })
     }
@@ -100,7 +141,36 @@ impl PositionProbe {
     }
 
     /// The answers that came since the last call.
-    pub fn answers(&self) -> Vec<Answer> {
-        self.answers.try_iter().collect()
+    pub fn answers(&mut self) -> Vec<Answer> {
+        let mut answers = std::mem::take(&mut self.stash);
+        answers.extend(self.answers.try_iter());
+        answers
+    }
+
+    /// Asks where the inputs of each partition end and waits for every answer, at most
+    /// `within`: `None` if one did not come in time.
+    pub fn ask_and_wait(
+        &mut self,
+        questions: Vec<(i32, Vec<(Source, String)>)>,
+        within: Duration,
+    ) -> Option<Vec<Answer>> {
+        let deadline = std::time::Instant::now() + within;
+        let mut ids = std::collections::BTreeSet::new();
+        let mut left = 0;
+        for (partition, inputs) in questions {
+            left += inputs.len();
+            ids.insert(self.ask(partition, inputs));
+        }
+        let mut mine = Vec::with_capacity(left);
+        while mine.len() < left {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            let answer = self.answers.recv_timeout(wait).ok()?;
+            if ids.contains(&answer.id) {
+                mine.push(answer);
+            } else {
+                self.stash.push(answer);
+            }
+        }
+        Some(mine)
     }
 }
