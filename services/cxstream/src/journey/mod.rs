@@ -1010,6 +1010,11 @@ impl Inner {
         if !self.settle(consumer)? {
             return Ok(false);
         }
+        // Folds its commits made due run first (at the next flush), as they would have in a
+        // run that went on.
+        if !self.compactions.is_empty() {
+            return Ok(false);
+        }
         // Asked on the probe's own connection: the consumer's waits behind its fetches,
         // which the broker may hold for `fetch.wait.max.ms`.
         let inputs = self.source_topics();
