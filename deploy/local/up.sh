@@ -25,7 +25,7 @@ start_broker() {
     # Tansu's maintenance (every 10 minutes, and at start) runs a retention DELETE that
     # reads every record in the store, whatever the topics' policies: seen holding a core
     # for minutes at a time on 4.5 M records. No local topic sets cleanup.policy, so it
-    # has nothing to do here but at start.
+    # has nothing to do here (it still runs once, at start).
     postgres) storage="$("$here/postgres.sh" start "$CXSTREAM_RUN/postgres" "$CX_POSTGRES_PORT")?maintenance_interval=365days" ;;
     sqlite) storage="sqlite://tansu.db" ;;
     memory) storage="memory://tansu/" ;;

@@ -587,6 +587,9 @@ fn counts_equal_ground_truth(stack: impl FnOnce(&str) -> Stack) {
     let map_text = retail_in_hours();
     let map = JourneyMap::from_yaml("retail_in_hours.yaml", &map_text).unwrap();
     let s = stack(&map_text);
+    // One catch-up commits enough batches per partition for compactions (every 4 batches),
+    // whatever pace the broker hands the records over at.
+    s.set_journey("  max_batch_records: 500\n");
     s.simulate(4000, 1.0, 8);
     s.ok(&["journey", "--until-caught-up"]);
 
@@ -1309,6 +1312,8 @@ fn python_producer_is_counted(s: &Stack, framing: &str) -> serde_json::Value {
 #[test]
 fn messy_delivery_counts_exactly_and_refused_events_are_kept_apart() {
     let s = Stack::new("messy");
+    // Enough batches per partition in one catch-up for compactions (every 4 batches).
+    s.set_journey("  max_batch_records: 500\n");
     s.simulate_scenario(3000, 2.0, 0, "messy");
     s.ok(&["journey", "--until-caught-up"]);
     let truth = s.truth();
