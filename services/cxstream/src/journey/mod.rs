@@ -212,9 +212,6 @@ struct Inner {
     compactions: Vec<commits::Fold>,
     /// Per partition, the question asked of `positions` and how many answers are to come.
     probing: BTreeMap<i32, (u64, usize)>,
-    /// How long an input read to its end stays quiet before it stops holding the
-    /// watermark back (`journey.idle_release_ms`; none when catching up).
-    idle_release: Duration,
 }
 
 impl JourneyService {
@@ -297,7 +294,6 @@ impl JourneyService {
             group: cfg.journey.group_id.as_str().into(),
             erasures: erasures.erased().clone(),
         };
-        let cfg_idle_release_ms = cfg.journey.idle_release_ms;
         let inner = Inner {
             codec,
             cfg,
@@ -333,7 +329,6 @@ impl JourneyService {
             after: None,
             handed_over: Default::default(),
             compactions: Vec::new(),
-            idle_release: Duration::from_millis(cfg_idle_release_ms),
         };
         Ok(JourneyService { consumer, inner })
     }
@@ -361,11 +356,14 @@ impl JourneyService {
         let mut unserved_checked = Instant::now();
         let mut claims_checked = Instant::now();
         let mut unserved = false;
-        if opts.until_caught_up {
-            // Catching up reads what is there: an input the broker confirms read to its
-            // end has nothing more to wait for.
-            inner.idle_release = Duration::ZERO;
-        }
+        // How long an input read to its end stays quiet before it stops holding the
+        // watermark back. Catching up reads what is there: an input the broker confirms
+        // read to its end has nothing more to wait for.
+        let idle_release = if opts.until_caught_up {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(inner.cfg.journey.idle_release_ms)
+        };
         let flush_every = Duration::from_millis(inner.cfg.journey.flush_interval_ms);
         let mut last_flush = Instant::now();
         let mut since_flush: u64 = 0;
@@ -496,7 +494,7 @@ impl JourneyService {
                     inner.check_claims(&consumer);
                 }
                 inner.reclaim_parked(&consumer);
-                inner.refresh_positions(&consumer);
+                inner.refresh_positions(&consumer, idle_release);
                 inner.flush(&consumer)?;
                 inner.throttle(&consumer);
                 last_flush = Instant::now();
@@ -930,7 +928,7 @@ impl Inner {
     /// Learns how far each input partition goes, to decide idleness. An input read to the
     /// end that librdkafka's statistics show, and quiet, becomes idle only once the broker
     /// has confirmed where it ends: asked here, answered at a later flush.
-    fn refresh_positions(&mut self, consumer: &ConsumerHandle) {
+    fn refresh_positions(&mut self, consumer: &ConsumerHandle, idle: Duration) {
         let parts: Vec<i32> = self.slots.keys().copied().collect();
         for &p in &parts {
             for &source in self.sources() {
@@ -942,7 +940,6 @@ impl Inner {
             }
         }
         let confirmed = self.take_positions();
-        let idle = self.idle_release;
         for p in parts {
             let Some(slot) = self.slots.get_mut(&p) else {
                 continue;
@@ -980,17 +977,8 @@ impl Inner {
             }
             *left -= 1;
             let done = *left == 0;
-            match a.high {
-                Ok(high) => {
-                    if let Some(slot) = self.slots.get_mut(&a.partition) {
-                        slot.confirm_high_watermark(a.source, high);
-                    }
-                }
-                Err(e) => {
-                    self.readiness.brokers(false);
-                    tracing::warn!(partition = a.partition, input = a.source.as_str(), error = %e, "cannot read where an input ends; asking again");
-                    failed.insert(a.partition);
-                }
+            if !self.apply_end(&a) {
+                failed.insert(a.partition);
             }
             if done {
                 self.probing.remove(&a.partition);
@@ -1026,20 +1014,29 @@ impl Inner {
             );
             return Ok(false);
         };
-        for a in answers {
-            match a.high {
-                Ok(high) => {
-                    if let Some(slot) = self.slots.get_mut(&a.partition) {
-                        slot.confirm_high_watermark(a.source, high);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(partition = a.partition, input = a.source.as_str(), error = %e, "cannot read where an input ends; asking again");
-                    return Ok(false);
-                }
+        for a in &answers {
+            if !self.apply_end(a) {
+                return Ok(false);
             }
         }
         Ok(self.slots.values().all(Slot::caught_up))
+    }
+
+    /// Applies the broker's word on where an input ends; false if it has none.
+    fn apply_end(&mut self, a: &positions::Answer) -> bool {
+        match &a.high {
+            Ok(high) => {
+                if let Some(slot) = self.slots.get_mut(&a.partition) {
+                    slot.confirm_high_watermark(a.source, *high);
+                }
+                true
+            }
+            Err(e) => {
+                self.readiness.brokers(false);
+                tracing::warn!(partition = a.partition, input = a.source.as_str(), error = %e, "cannot read where an input ends; asking again");
+                false
+            }
+        }
     }
 
     /// Erasures recorded since the last flush go to every journey before its batch is taken.
