@@ -919,8 +919,16 @@ def pipeline_health():
                      [prom(f"sum by (instance, change) (increase(cxstream_rebalances_total{j}{rate}))",
                            "{{instance}} {{change}}")],
                      unit="short", bars=True), 8, 8)
-    b.add(timeseries("Customers tracked in memory", "Customers with journey state held by each instance.",
-                     [prom(f"sum by (instance) (cxstream_tracked_customers{j})", "{{instance}}")], unit="short"),
+    b.add(timeseries("Customers tracked in memory", "Customers with journey state held by each instance, "
+                     "and idle journeys let go from memory (read back from ClickHouse when needed).",
+                     [prom(f"sum by (instance) (cxstream_tracked_customers{j})", "{{instance}} in memory"),
+                      prom(f"sum by (instance) (cxstream_journeys_let_go{j})", "{{instance}} let go")],
+                     unit="short"),
+          8, 8)
+    b.add(timeseries("Journeys read back", "Journeys let go and read back from ClickHouse per second: "
+                     "customers who came back, and deadlines that came.",
+                     [prom(f"sum by (instance) (rate(cxstream_journeys_read_back_total{j}{rate}))", "{{instance}}")],
+                     unit="ops"),
           8, 8)
     b.add(table("Running versions", "Instances per cxstream version.",
                 [prom(f"count by (version) (cxstream_build_info{j})", "{{version}}", instant=True)], decimals=0),

@@ -1,7 +1,9 @@
 //! Bytes of journey state per customer, as the journey service holds it in memory: a day of
 //! simulated traffic for N customers is applied to one partition processor (every customer
 //! *active*: their events are within the allowed lateness), then the event clock moves
-//! eight days on, so every journey folds to what stays after the horizon (*idle*).
+//! eight days on, so every journey folds to what stays after the horizon (*idle*), held in
+//! memory; once that batch is committed the idle journeys are let go (*let go*: read back
+//! from ClickHouse when needed), as the journey service does.
 //! Usage: state_size [CUSTOMERS] (default 1000000)
 
 use std::alloc::System;
@@ -29,7 +31,8 @@ fn main() -> anyhow::Result<()> {
         include_str!("../../../schemas/journeys/retail.yaml"),
     )?);
     let base = ALLOCATED.allocated();
-    let mut processor = PartitionProcessor::new(map.clone(), EventTimePolicy::default());
+    let mut processor =
+        PartitionProcessor::new(map.clone(), EventTimePolicy::default()).letting_go();
     let cfg = SimConfig {
         customers,
         days: 1.0,
@@ -47,10 +50,12 @@ fn main() -> anyhow::Result<()> {
         };
         if offset % 100_000 == 0 {
             drop(processor.take_batch());
+            processor.committed();
         }
     }
     drop(sim.lenses);
     drop(processor.take_batch());
+    processor.committed();
     let tracked = processor.tracked_customers().max(1);
     let active = ALLOCATED.allocated().saturating_sub(base);
     println!(
@@ -68,9 +73,18 @@ fn main() -> anyhow::Result<()> {
     drop(processor.take_batch());
     let idle = ALLOCATED.allocated().saturating_sub(base);
     println!(
-        "after 8 days of quiet: {:.0} B per idle customer ({:.1} MB)",
+        "after 8 days of quiet: {:.0} B per idle customer held ({:.1} MB)",
         idle as f64 / tracked as f64,
         idle as f64 / 1e6
+    );
+    // The batch that persisted them is committed: they are let go.
+    processor.committed();
+    let let_go = ALLOCATED.allocated().saturating_sub(base);
+    println!(
+        "once committed: {:.0} B per idle customer let go ({:.1} MB; {} of {tracked} let go)",
+        let_go as f64 / tracked as f64,
+        let_go as f64 / 1e6,
+        processor.stored_journeys()
     );
     Ok(())
 }

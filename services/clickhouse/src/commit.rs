@@ -92,6 +92,55 @@ pub struct BatchCommitter {
     map_published: std::sync::atomic::AtomicBool,
 }
 
+/// Which journeys of a partition to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wanted {
+    All,
+    /// By journey key (the table's order: read by its index).
+    Customers(Vec<String>),
+    /// By `cxstream_core::held::store_hash` of the key: ClickHouse's `sipHash64`.
+    Hashes(Vec<u64>),
+    /// By erasure fingerprint: the SHA-256 of the key, in lower-case hex.
+    Fingerprints(Vec<String>),
+}
+
+impl Wanted {
+    fn condition(&self) -> String {
+        let marks = |n: usize| vec!["?"; n.max(1)].join(", ");
+        match self {
+            Wanted::All => "1".into(),
+            Wanted::Customers(ids) => format!("customer_id IN ({})", marks(ids.len())),
+            // Numbers, written into the query.
+            Wanted::Hashes(h) => {
+                let list: Vec<String> = h.iter().map(u64::to_string).collect();
+                let list = if list.is_empty() {
+                    "0".to_string()
+                } else {
+                    list.join(", ")
+                };
+                format!("sipHash64(customer_id) IN ({list})")
+            }
+            Wanted::Fingerprints(f) => {
+                format!("lower(hex(SHA256(customer_id))) IN ({})", marks(f.len()))
+            }
+        }
+    }
+
+    fn bind(&self, mut q: clickhouse::query::Query) -> clickhouse::query::Query {
+        let strings = match self {
+            Wanted::Customers(s) | Wanted::Fingerprints(s) => s,
+            Wanted::All | Wanted::Hashes(_) => return q,
+        };
+        if strings.is_empty() {
+            return q.bind("");
+        }
+        for s in strings {
+            q = q.bind(s);
+        }
+        q
+    }
+}
+
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct SavedState {
     customer_id: String,
@@ -262,23 +311,49 @@ impl BatchCommitter {
 
     /// Each customer's latest journey in the generation and the batches after it that
     /// count under `claim` (whose chain ends the history where the claim's owner resumes).
-    /// (GLOBAL IN: see `committed_in` in compaction.rs.)
     async fn saved_journeys(
         &self,
         partition: u16,
         generation: crate::Generation,
         claim: &Claim,
     ) -> Result<Vec<(String, journey_state::Stored)>> {
+        self.journeys_where(partition, generation, claim, &Wanted::All)
+            .await
+    }
+
+    /// Journeys of `partition` let go by its owner (see `cxstream_core::held`), read back
+    /// as they were last committed under `claim`.
+    pub async fn load_journeys(
+        &self,
+        partition: u16,
+        claim: &Claim,
+        wanted: &Wanted,
+    ) -> Result<Vec<(String, journey_state::Stored)>> {
+        // Asked each time: a compaction may have committed a newer generation since.
+        let generation = self.generation_under(partition, claim).await?;
+        self.journeys_where(partition, generation, claim, wanted)
+            .await
+    }
+
+    /// (GLOBAL IN: see `committed_in` in compaction.rs.)
+    async fn journeys_where(
+        &self,
+        partition: u16,
+        generation: crate::Generation,
+        claim: &Claim,
+        wanted: &Wanted,
+    ) -> Result<Vec<(String, journey_state::Stored)>> {
         let journey = self.journey();
+        let filter = wanted.condition();
         let q = self
             .client()
             .query(&format!(
                 "SELECT customer_id, argMax(state, batch_seq) AS state FROM ( \
                    SELECT customer_id, state, batch_seq FROM journeys_compacted \
-                   WHERE journey = ? AND source_partition = ? AND generation = ? \
+                   WHERE journey = ? AND source_partition = ? AND generation = ? AND {filter} \
                    UNION ALL \
                    SELECT customer_id, state, batch_seq FROM journeys \
-                   WHERE journey = ? AND source_partition = ? AND batch_seq >= ? \
+                   WHERE journey = ? AND source_partition = ? AND batch_seq >= ? AND {filter} \
                    AND (journey, source_partition, batch_seq, batch_attempt) GLOBAL IN \
                      (SELECT journey, source_partition, batch_seq, batch_attempt FROM ingest_batches \
                       WHERE journey = ? AND source_partition = ? AND batch_seq >= ? AND {})) \
@@ -287,10 +362,14 @@ impl BatchCommitter {
             ))
             .bind(journey)
             .bind(partition)
-            .bind(generation.generation)
+            .bind(generation.generation);
+        let q = wanted
+            .bind(q)
             .bind(journey)
             .bind(partition)
-            .bind(generation.live_from)
+            .bind(generation.live_from);
+        let q = wanted
+            .bind(q)
             .bind(journey)
             .bind(partition)
             .bind(generation.live_from);

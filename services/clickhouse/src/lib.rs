@@ -17,7 +17,7 @@ mod tls;
 
 pub mod erasure;
 pub use alerts::{AlertRow, AlertsTable};
-pub use commit::{BatchCommitter, BatchEnd, LastCommit, Resume};
+pub use commit::{BatchCommitter, BatchEnd, LastCommit, Resume, Wanted};
 pub use compaction::Generation;
 pub use journey_state::Stored;
 pub use migrations::{apply_migrations, Migration, MIGRATIONS};

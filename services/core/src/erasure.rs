@@ -57,6 +57,11 @@ impl Erasures {
         Ok(self.fingerprints.insert(fingerprint.to_string()))
     }
 
+    /// Every erased customer's fingerprint.
+    pub fn fingerprints(&self) -> impl Iterator<Item = &str> {
+        self.fingerprints.iter().map(String::as_str)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.fingerprints.is_empty()
     }

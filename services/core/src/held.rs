@@ -4,15 +4,35 @@
 //! bytes, about a tenth of the decoded journey with its fixed-size vectors and options) and
 //! unpacked when an event or a deadline needs it; a journey with events is held *live*,
 //! shared with the batches that persist it.
+//!
+//! An idle journey whose state is committed may also be *let go*: only its customer's
+//! [`store_hash`] and the earliest deadline it waits for stay, about 20 bytes, and the
+//! journey is read back from the store (ClickHouse) before an event or a deadline needs it.
 
+use std::hash::Hasher;
 use std::sync::Arc;
 
 use crate::journey::{Floor, Journey};
 
 /// Keyed by customer id, shared (not copied) with the deadlines and the dirty list.
-#[derive(Default)]
 pub struct Held {
     by_customer: hashbrown::HashMap<Arc<str>, Slot, ahash::RandomState>,
+    /// Journeys let go, by [`store_hash`] of their customer: the earliest deadline each
+    /// waits for (`i64::MAX`: none). A hash stands for one customer only: a journey whose
+    /// hash is taken already stays held.
+    stored: hashbrown::HashMap<u64, i64, ahash::RandomState>,
+    /// At most the earliest deadline in `stored` (a journey read back does not raise it
+    /// until the next [`Self::stored_due_by`]).
+    earliest_stored: i64,
+}
+
+/// The hash that names a customer's journey in the store: SipHash-2-4 with both keys 0 of
+/// the journey's key, which is ClickHouse's `sipHash64(customer_id)`, so that the store can
+/// find the journeys whose deadlines come.
+pub fn store_hash(customer: &str) -> u64 {
+    let mut h = siphasher::sip::SipHasher24::new_with_keys(0, 0);
+    h.write(customer.as_bytes());
+    h.finish()
 }
 
 enum Slot {
@@ -20,9 +40,109 @@ enum Slot {
     Idle(PackedFloor),
 }
 
+impl Default for Held {
+    fn default() -> Self {
+        Held {
+            by_customer: Default::default(),
+            stored: Default::default(),
+            earliest_stored: i64::MAX,
+        }
+    }
+}
+
 impl Held {
+    /// Journeys held here (not those let go).
     pub fn len(&self) -> usize {
         self.by_customer.len()
+    }
+
+    /// Journeys let go to the store.
+    pub fn stored_len(&self) -> usize {
+        self.stored.len()
+    }
+
+    /// Whether the customer's journey was let go (and must be read back before it changes).
+    pub fn is_stored(&self, customer: &str) -> bool {
+        !self.stored.is_empty()
+            && !self.by_customer.contains_key(customer)
+            && self.stored.contains_key(&store_hash(customer))
+    }
+
+    /// Whether a journey let go has this [`store_hash`].
+    pub fn is_stored_hash(&self, hash: u64) -> bool {
+        self.stored.contains_key(&hash)
+    }
+
+    /// At most the earliest deadline a journey let go waits for.
+    pub fn earliest_stored(&self) -> i64 {
+        self.earliest_stored
+    }
+
+    /// The hashes of the journeys let go that wait for a deadline at or before `by`.
+    pub fn stored_due_by(&mut self, by: i64) -> Vec<u64> {
+        let mut due = Vec::new();
+        let mut earliest = i64::MAX;
+        for (hash, deadline) in &self.stored {
+            if *deadline <= by {
+                due.push(*hash);
+            } else {
+                earliest = earliest.min(*deadline);
+            }
+        }
+        // Those due are read back next; what stays waits for the rest.
+        self.earliest_stored = earliest;
+        due
+    }
+
+    /// Lets the customer's journey go if it is packed (idle, nothing to persist) and no
+    /// other journey let go has its hash. Its deadlines before `watermark` are passed
+    /// already: it is read back for the earliest of the others.
+    pub fn let_go(&mut self, customer: &str, watermark: Option<i64>) -> bool {
+        let Some(Slot::Idle(packed)) = self.by_customer.get(customer) else {
+            return false;
+        };
+        let hash = store_hash(customer);
+        if self.stored.contains_key(&hash) {
+            return false;
+        }
+        let floor = packed.unpack().floor;
+        let due = floor
+            .pending
+            .iter()
+            .map(|p| p.deadline)
+            .chain(floor.pending_steps.iter().map(|s| s.deadline))
+            .filter(|d| watermark.is_none_or(|w| *d >= w))
+            .min()
+            .unwrap_or(i64::MAX);
+        self.by_customer.remove(customer);
+        self.stored.insert(hash, due);
+        self.earliest_stored = self.earliest_stored.min(due);
+        true
+    }
+
+    /// Gives memory back once most journeys were let go.
+    pub fn shrink(&mut self) {
+        if self.by_customer.len() < self.by_customer.capacity() / 4 {
+            self.by_customer.shrink_to_fit();
+        }
+    }
+
+    /// Whether a journey read back from the store is the one let go under its customer's
+    /// hash (not one held here, nor one the store still has from before): if so it is no
+    /// longer counted as let go, and is to be held again.
+    pub fn take_stored(&mut self, customer: &str) -> bool {
+        if self.by_customer.contains_key(customer) {
+            return false;
+        }
+        self.stored.remove(&store_hash(customer)).is_some()
+    }
+
+    /// Forgets that the journeys of `hashes` were let go (the store had nothing for them).
+    pub fn drop_stored(&mut self, hashes: &[u64]) -> usize {
+        hashes
+            .iter()
+            .filter(|h| self.stored.remove(*h).is_some())
+            .count()
     }
 
     pub fn contains_key(&self, customer: &str) -> bool {

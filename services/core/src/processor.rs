@@ -9,7 +9,7 @@
 //! the stage, segment or attribution of later events retracts what they counted and counts
 //! them again, and rewrites their facts.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hasher;
 use std::sync::Arc;
 
@@ -243,7 +243,40 @@ pub struct PartitionProcessor {
     touchpoints_written: Option<i64>,
     /// Customers who asked to be forgotten: see [`crate::erasure`].
     erasures: Arc<Erasures>,
+    /// Whether idle journeys are let go once committed (see [`Held`]).
+    letting_go: bool,
+    /// Per batch taken and not yet committed, oldest first: the journeys it persisted or
+    /// that were read back before it, which may be let go once it is committed.
+    settled: VecDeque<Vec<Arc<str>>>,
+    /// Journeys read back from the store since the last batch was taken.
+    loaded: Vec<Arc<str>>,
+    /// Journeys let go since their deadlines were last dropped (see `purge_deadlines`).
+    let_go_since_purge: usize,
+    /// Journeys read back since [`Self::take_read_back`].
+    read_back: u64,
 }
+
+/// What to read back from the store before a record can be applied (see
+/// [`PartitionProcessor::to_load`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Load {
+    /// The record's journey key, when its journey was let go.
+    pub customer: Option<String>,
+    /// Every journey let go that waits for a deadline at or before this: the watermark may
+    /// pass it.
+    pub due_by: Option<i64>,
+}
+
+impl Load {
+    pub fn is_empty(&self) -> bool {
+        self.customer.is_none() && self.due_by.is_none()
+    }
+}
+
+/// Journeys whose deadlines come within this much event time of what must be read back
+/// are read back with it, so that the store is asked about once an hour of event time, not
+/// on every record.
+const DEADLINES_READ_AHEAD_MS: i64 = 3_600_000;
 
 impl PartitionProcessor {
     pub fn new(map: Arc<JourneyMap>, policy: EventTimePolicy) -> Self {
@@ -266,6 +299,153 @@ impl PartitionProcessor {
             forwarded: Vec::new(),
             touchpoints_written: None,
             erasures: Arc::default(),
+            letting_go: false,
+            settled: VecDeque::new(),
+            loaded: Vec::new(),
+            let_go_since_purge: 0,
+            read_back: 0,
+        }
+    }
+
+    /// Lets idle journeys go once the batch that persisted them is committed (see
+    /// [`Held`]): before each record the caller asks [`Self::to_load`] what to read back.
+    /// Not with identity stitching, whose visitors' journeys stay held.
+    pub fn letting_go(mut self) -> Self {
+        self.letting_go = true;
+        self
+    }
+
+    fn lets_go(&self) -> bool {
+        self.letting_go && self.identity.is_none()
+    }
+
+    /// What must be read back from the store before a record of `customer_id` dated
+    /// `time_ms` is applied: its customer's journey if it was let go, and the journeys let
+    /// go whose deadlines the watermark may pass.
+    pub fn to_load(&self, customer_id: &Option<String>, time_ms: i64) -> Load {
+        if self.journeys.stored_len() == 0 {
+            return Load::default();
+        }
+        let key = customer_of(customer_id);
+        let pseudonym = self.erasures.pseudonym_of(key);
+        let key = pseudonym.as_deref().unwrap_or(key);
+        Load {
+            customer: (!key.is_empty() && self.journeys.is_stored(key)).then(|| key.to_string()),
+            due_by: self.deadlines_to_load(Some(time_ms)),
+        }
+    }
+
+    /// What must be read back before an input is set idle (which may move the watermark):
+    /// the journeys let go that wait for a deadline at or before the returned time.
+    pub fn to_load_when_idle(&self) -> Option<i64> {
+        if self.journeys.stored_len() == 0 {
+            return None;
+        }
+        self.deadlines_to_load(None)
+    }
+
+    /// The watermark never passes the latest event time seen (with `time_ms`).
+    fn deadlines_to_load(&self, time_ms: Option<i64>) -> Option<i64> {
+        let latest = [
+            self.clock.high(Input::Touchpoints),
+            self.clock.high(Input::Answers),
+            time_ms,
+        ]
+        .into_iter()
+        .flatten()
+        .max()?;
+        (self.journeys.earliest_stored() <= latest)
+            .then(|| latest.saturating_add(DEADLINES_READ_AHEAD_MS))
+    }
+
+    /// The store hashes ([`crate::held::store_hash`]) of the journeys let go that wait for a
+    /// deadline at or before `by`: read them back and hand them to [`Self::restore_loaded`].
+    pub fn stored_due_by(&mut self, by: i64) -> Vec<u64> {
+        self.journeys.stored_due_by(by)
+    }
+
+    /// A journey read back from the store: held again if it is the one let go under its
+    /// customer (false when it is held already or was not let go: the store's copy is then
+    /// older, or another customer's with the same hash).
+    pub fn restore_loaded(&mut self, customer: String, journey: Journey, written: Written) -> bool {
+        if !self.journeys.take_stored(&customer) {
+            return false;
+        }
+        let key: Arc<str> = customer.as_str().into();
+        self.restore(customer, journey, written);
+        self.loaded.push(key);
+        self.read_back += 1;
+        true
+    }
+
+    /// Whether the journey of `key` (a journey key, as [`Load::customer`]) is let go.
+    pub fn is_stored(&self, key: &str) -> bool {
+        self.journeys.is_stored(key)
+    }
+
+    /// Those of `hashes` whose journeys are still let go.
+    pub fn still_stored(&self, hashes: &[u64]) -> Vec<u64> {
+        hashes
+            .iter()
+            .copied()
+            .filter(|h| self.journeys.is_stored_hash(*h))
+            .collect()
+    }
+
+    /// Journeys let go that the store did not have when asked for them: they are
+    /// forgotten (what a restart would also find). Returns how many.
+    pub fn drop_stored(&mut self, hashes: &[u64]) -> usize {
+        self.journeys.drop_stored(hashes)
+    }
+
+    /// A batch taken (the oldest not yet committed) is committed: the journeys it persisted
+    /// that are still idle and unchanged are let go.
+    pub fn committed(&mut self) {
+        let Some(settled) = self.settled.pop_front() else {
+            return;
+        };
+        // A journey also persisted by a later batch waits for that one.
+        let later: std::collections::HashSet<&Arc<str>> = self.settled.iter().flatten().collect();
+        let free: Vec<Arc<str>> = settled.into_iter().filter(|k| !later.contains(k)).collect();
+        for key in free {
+            self.let_go(&key);
+        }
+        self.purge_deadlines();
+    }
+
+    /// Drops the deadlines of journeys let go (each is read back, its deadlines with it,
+    /// before the watermark passes the earliest): they would keep the customers' keys in
+    /// memory. Entries of past stage entries and attempts are among them (a deadline is not
+    /// taken out when its entry converts), so the journey's own floor cannot name them all.
+    /// Done once as many journeys were let go as a quarter of the deadlines, so that its
+    /// cost is a constant per journey let go.
+    fn purge_deadlines(&mut self) {
+        if self.let_go_since_purge == 0
+            || self.let_go_since_purge.saturating_mul(4) < self.out.deadlines.len()
+        {
+            return;
+        }
+        let held = &self.journeys;
+        self.out.deadlines.retain(|(_, k)| held.contains_key(k));
+        self.let_go_since_purge = 0;
+        self.journeys.shrink();
+    }
+
+    /// Lets every idle journey go: all are committed (just restored).
+    pub fn let_go_restored(&mut self) {
+        if !self.lets_go() {
+            return;
+        }
+        let keys: Vec<Arc<str>> = self.journeys.keys().cloned().collect();
+        for key in keys {
+            self.let_go(&key);
+        }
+        self.purge_deadlines();
+    }
+
+    fn let_go(&mut self, key: &Arc<str>) {
+        if self.journeys.let_go(key, self.clock.watermark()) {
+            self.let_go_since_purge += 1;
         }
     }
 
@@ -377,8 +557,19 @@ impl PartitionProcessor {
         &self.clock
     }
 
+    /// Customers whose journey is held in memory.
     pub fn tracked_customers(&self) -> usize {
         self.journeys.len()
+    }
+
+    /// Journeys let go to the store.
+    pub fn stored_journeys(&self) -> usize {
+        self.journeys.stored_len()
+    }
+
+    /// How many journeys were read back since the last call.
+    pub fn take_read_back(&mut self) -> u64 {
+        std::mem::take(&mut self.read_back)
     }
 
     /// Restores a customer's persisted journey (after a restart or rebalance). Entries and
@@ -764,6 +955,10 @@ impl PartitionProcessor {
         insert: impl FnOnce(&mut Journey, &mut Emitter<'_>) -> bool,
     ) {
         let horizon = self.clock.horizon();
+        debug_assert!(
+            !self.journeys.is_stored(customer),
+            "a journey let go is read back before it changes"
+        );
         let (customer, journey) = self.journeys.live(customer);
         let customer = &customer;
         let journey = Arc::make_mut(journey);
@@ -819,6 +1014,11 @@ impl PartitionProcessor {
         self.out.answers.retain(|f| !is_pseudonym(&f.customer));
         self.refused.retain(|r| !erased(r.customer_id()));
         let (identifications, visitors) = self.take_identity(&mut journeys);
+        if self.lets_go() {
+            let mut settled: Vec<Arc<str>> = std::mem::take(&mut self.loaded);
+            settled.extend(journeys.iter().map(|(k, _)| k.clone()));
+            self.settled.push_back(settled);
+        }
         // The next batch is likely as large as this one: start at its size instead of
         // growing (and copying) from empty.
         self.out.touchpoints = Vec::with_capacity(facts.len());

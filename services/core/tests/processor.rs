@@ -598,7 +598,11 @@ impl Sink {
 
     /// A restart: a new processor from what was committed.
     fn restore(&self, policy: EventTimePolicy) -> PartitionProcessor {
-        let mut p = PartitionProcessor::resumed(map(), EventClock::resumed(policy, self.clock));
+        self.restore_on(map(), policy)
+    }
+
+    fn restore_on(&self, m: Arc<JourneyMap>, policy: EventTimePolicy) -> PartitionProcessor {
+        let mut p = PartitionProcessor::resumed(m, EventClock::resumed(policy, self.clock));
         p.set_erasures(self.erasures.clone());
         for (c, bytes) in &self.saved {
             let j: Journey = serde_json::from_slice(bytes).unwrap();
@@ -757,6 +761,100 @@ fn run_erasing(
     }
     sink.commit(&m, &mut p);
     sink
+}
+
+/// As [`run`], with idle journeys let go once committed and read back as the journey
+/// service does: the sink is the store, found by customer key or by ClickHouse's
+/// `sipHash64` of it (computed here, not by the processor). Returns the sink and how many
+/// journeys were read back.
+fn run_letting_go(recs: &[Rec], cuts: &[Cut], policy: EventTimePolicy) -> (Sink, usize) {
+    run_letting_go_on(map(), recs, cuts, policy)
+}
+
+fn run_letting_go_on(
+    m: Arc<JourneyMap>,
+    recs: &[Rec],
+    cuts: &[Cut],
+    policy: EventTimePolicy,
+) -> (Sink, usize) {
+    let mut sink = Sink::default();
+    let mut p = PartitionProcessor::new(m.clone(), policy).letting_go();
+    let mut loaded = 0;
+    for (i, r) in recs.iter().enumerate() {
+        let (customer, time) = match r {
+            Rec::T(t) => (&t.customer_id, t.event_time),
+            Rec::A(a) => (&a.customer_id, a.answer_time),
+        };
+        let load = p.to_load(customer, time);
+        loaded += sink.load(&mut p, load.customer.as_deref(), load.due_by);
+        let res = match r {
+            Rec::T(t) => p.on_touchpoint(t.clone(), i as i64, None),
+            Rec::A(a) => p.on_answer(a.clone(), i as i64, None),
+        };
+        res.expect("valid record");
+        match cuts.get(i).copied().unwrap_or(Cut::None) {
+            Cut::None => {}
+            Cut::Commit => {
+                sink.commit(&m, &mut p);
+                p.committed();
+            }
+            Cut::Restart => {
+                sink.commit(&m, &mut p);
+                p = sink.restore_on(m.clone(), policy).letting_go();
+                p.let_go_restored();
+            }
+            Cut::Idle(input) => {
+                let due = p.to_load_when_idle();
+                loaded += sink.load(&mut p, None, due);
+                p.set_idle(input, true);
+            }
+        }
+    }
+    sink.commit(&m, &mut p);
+    (sink, loaded)
+}
+
+impl Sink {
+    /// Reads journeys back into `p`: the customer's, and those due by `due_by`.
+    fn load(
+        &self,
+        p: &mut PartitionProcessor,
+        customer: Option<&str>,
+        due_by: Option<i64>,
+    ) -> usize {
+        let mut n = 0;
+        let mut read = |p: &mut PartitionProcessor, c: &String| {
+            let j: Journey = serde_json::from_slice(&self.saved[c]).unwrap();
+            n += usize::from(p.restore_loaded(c.clone(), j, Written::WithOutcomes));
+        };
+        if let Some(c) = customer {
+            let c = c.to_string();
+            if self.saved.contains_key(&c) {
+                read(p, &c);
+            }
+        }
+        if let Some(by) = due_by {
+            let wanted: HashSet<u64> = p.stored_due_by(by).into_iter().collect();
+            let mut found = HashSet::new();
+            for c in self.saved.keys() {
+                let h = clickhouse_sip_hash64(c);
+                if wanted.contains(&h) {
+                    found.insert(h);
+                    read(p, c);
+                }
+            }
+            assert_eq!(found, wanted, "every journey let go is in the store");
+        }
+        n
+    }
+}
+
+/// ClickHouse's `sipHash64` of a string: SipHash-2-4 with both keys 0.
+fn clickhouse_sip_hash64(s: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher24::new_with_keys(0, 0);
+    h.write(s.as_bytes());
+    h.finish()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -965,6 +1063,25 @@ proptest! {
         let (_, _, watermark) = watermark_rule(&arrived, &cuts, i64::MAX / 4);
         prop_assert_eq!(sink.aggregates(), reference(&recs, watermark));
         prop_assert_eq!(sink.step_aggregates(), reference_steps(&recs, watermark));
+    }
+
+    /// Idle journeys let go once committed and read back before an event or a deadline
+    /// needs them change no count: the same as the reference, with a finite lateness (so
+    /// that journeys go idle), batch cuts, restarts and idle inputs.
+    #[test]
+    fn journeys_let_go_and_read_back_count_as_the_reference_says(
+        (_, arrived) in arrivals(),
+        lateness in 1i64..20_000_000,
+        cuts in cuts(60),
+    ) {
+        let policy = EventTimePolicy { allowed_lateness_ms: lateness, max_future_ms: i64::MAX / 4 };
+        let (applied, late, watermark) = watermark_rule(&arrived, &cuts, lateness);
+        let (sink, _) = run_letting_go(&arrived, &cuts, policy);
+        prop_assert_eq!(sink.refused.len(), late.len());
+        prop_assert_eq!(sink.clock.watermark, watermark);
+        prop_assert_eq!(sink.aggregates(), reference_with_horizons(&applied, watermark));
+        let applied: Vec<Rec> = applied.into_iter().map(|(r, _)| r).collect();
+        prop_assert_eq!(sink.step_aggregates(), reference_steps(&applied, watermark));
     }
 
     /// With a finite allowed lateness, exactly the events the watermark rule calls late are
@@ -1234,4 +1351,132 @@ fn journeys_written_before_outcomes_have_them_counted_once_on_restore() {
         outcomes, 5,
         "a1 and b1 converted, a2 and b2 dropped off, c1 open"
     );
+}
+
+/// A journey let go is read back when its customer comes back and when the watermark
+/// reaches its entry's deadline, and counts as if it had stayed held.
+#[test]
+fn a_journey_let_go_is_read_back_for_its_customer_and_for_its_deadline() {
+    const DAY: i64 = 86_400_000;
+    let t0 = 1_700_000_000_000i64;
+    let recs = vec![
+        // c's entry waits 6 h; e's waits 2 h; d moves the clock a day and a half on.
+        Rec::T(tp("c-1", "c", t0, "ad_click", None)),
+        Rec::T(tp("e-1", "e", t0 + 1000, "product_view", None)),
+        Rec::T(tp("d-1", "d", t0 + 3 * DAY / 2, "ad_click", None)),
+        // c comes back: its journey is read back for the purchase.
+        Rec::T(tp("c-2", "c", t0 + 3 * DAY / 2 + 1000, "purchase", None)),
+        Rec::T(tp("d-2", "d", t0 + 3 * DAY, "product_view", None)),
+    ];
+    let cuts = vec![
+        Cut::Idle(Input::Answers),
+        Cut::Commit,
+        Cut::Commit,
+        Cut::Commit,
+        Cut::Commit,
+    ];
+    let policy = EventTimePolicy {
+        allowed_lateness_ms: 3_600_000,
+        max_future_ms: i64::MAX / 4,
+    };
+    let plain = run(&recs, &cuts, policy);
+    let (let_go, loaded) = run_letting_go(&recs, &cuts, policy);
+    assert_eq!(let_go.aggregates(), plain.aggregates());
+    assert_eq!(let_go.step_aggregates(), plain.step_aggregates());
+    assert_eq!(loaded, 1, "c read back for its purchase");
+    let dropped: i64 = plain.aggregates().values().map(|c| c.stage_dropoffs).sum();
+    assert!(dropped >= 1, "e's entry dropped off");
+}
+
+/// A journey let go while its entry waits for a deadline days away is read back when the
+/// watermark comes near it, and the entry drops off then.
+#[test]
+fn a_journey_let_go_is_read_back_before_its_deadline_passes() {
+    const DAY: i64 = 86_400_000;
+    let m = Arc::new(
+        JourneyMap::from_yaml("shop.yaml", &MAP.replace("budget: 6h", "budget: 3d")).unwrap(),
+    );
+    let t0 = 1_700_000_000_000i64;
+    let recs = vec![
+        Rec::T(tp("f-1", "f", t0, "ad_click", None)),
+        Rec::T(tp("d-1", "d", t0 + 3 * DAY / 2, "ad_click", None)),
+        Rec::T(tp("d-2", "d", t0 + 4 * DAY, "product_view", None)),
+    ];
+    let cuts = vec![Cut::Idle(Input::Answers), Cut::Commit, Cut::Commit];
+    let policy = EventTimePolicy {
+        allowed_lateness_ms: 3_600_000,
+        max_future_ms: i64::MAX / 4,
+    };
+    let (sink, loaded) = run_letting_go_on(m, &recs, &cuts, policy);
+    assert_eq!(loaded, 1, "f read back for its deadline");
+    let f_cell = (
+        t0.div_euclid(60_000),
+        "awareness".to_string(),
+        "ad_click".to_string(),
+        "web".to_string(),
+        "unknown".to_string(),
+    );
+    let f = sink.aggregates()[&f_cell];
+    assert_eq!((f.stage_entries, f.stage_dropoffs, f.stage_open), (1, 1, 0));
+}
+
+/// A customer erased after their journey was let go: the store finds it by the erasure's
+/// fingerprint (ClickHouse's `lower(hex(SHA256(customer_id)))`, computed here), and it moves
+/// under the pseudonym like a held one. Nothing of theirs is written again, and their open
+/// entry still drops off when its deadline comes.
+#[test]
+fn a_journey_let_go_of_a_customer_erased_since_is_read_back_and_moved() {
+    use sha2::{Digest, Sha256};
+    const DAY: i64 = 86_400_000;
+    let m = Arc::new(
+        JourneyMap::from_yaml("shop.yaml", &MAP.replace("budget: 6h", "budget: 3d")).unwrap(),
+    );
+    let policy = EventTimePolicy {
+        allowed_lateness_ms: 3_600_000,
+        max_future_ms: i64::MAX / 4,
+    };
+    let t0 = 1_700_000_000_000i64;
+    let mut sink = Sink::default();
+    let mut p = PartitionProcessor::new(m.clone(), policy).letting_go();
+    p.on_touchpoint(tp("f-1", "f", t0, "ad_click", None), 0, None)
+        .unwrap();
+    p.set_idle(Input::Answers, true);
+    sink.commit(&m, &mut p);
+    p.committed();
+    p.on_touchpoint(tp("d-1", "d", t0 + 3 * DAY / 2, "ad_click", None), 1, None)
+        .unwrap();
+    sink.commit(&m, &mut p);
+    p.committed();
+    assert_eq!(p.stored_journeys(), 1, "f let go");
+
+    let mut erased = Erasures::default();
+    erased.insert(&fingerprint("f")).unwrap();
+    sink.erasures = Arc::new(erased);
+    p.set_erasures(sink.erasures.clone());
+    let wanted = format!("{:x}", Sha256::digest("f".as_bytes()));
+    for (c, bytes) in &sink.saved {
+        if format!("{:x}", Sha256::digest(c.as_bytes())) == wanted {
+            let j: Journey = serde_json::from_slice(bytes).unwrap();
+            assert!(p.restore_loaded(c.clone(), j, Written::WithOutcomes));
+        }
+    }
+    assert_eq!(p.stored_journeys(), 0);
+    sink.forgotten = Some("f".into());
+    sink.commit(&m, &mut p);
+    p.committed();
+    let d2 = tp("d-2", "d", t0 + 4 * DAY, "product_view", None);
+    let load = p.to_load(&d2.customer_id, d2.event_time);
+    assert_eq!(load.customer, None);
+    sink.load(&mut p, None, load.due_by);
+    p.on_touchpoint(d2, 2, None).unwrap();
+    sink.commit(&m, &mut p);
+    let f_cell = (
+        t0.div_euclid(60_000),
+        "awareness".to_string(),
+        "ad_click".to_string(),
+        "web".to_string(),
+        "unknown".to_string(),
+    );
+    let f = sink.aggregates()[&f_cell];
+    assert_eq!((f.stage_entries, f.stage_dropoffs, f.stage_open), (1, 1, 0));
 }

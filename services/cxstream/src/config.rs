@@ -205,6 +205,11 @@ pub struct JourneySettings {
     pub idle_release_ms: u64,
     /// Records larger than this go to the DLQ as `oversized`. Default 1048576.
     pub max_record_bytes: usize,
+    /// Whether a journey left with nothing but its floor (every event beyond the allowed
+    /// lateness) is let go from memory once committed, and read back from ClickHouse when
+    /// its customer comes back or its deadline comes (not with identity stitching).
+    /// Default true.
+    pub let_go_idle_journeys: bool,
     /// Leave and re-join the consumer group when no partition was assigned for this long,
     /// ms; each further attempt waits twice as long, up to 8× (`--until-caught-up` takes
     /// every partition itself instead of a third). Default 20000 (twice the session
@@ -237,6 +242,7 @@ impl Default for JourneySettings {
             max_future_ms: 3_600_000,
             idle_release_ms: 2000,
             max_record_bytes: 1 << 20,
+            let_go_idle_journeys: true,
             join_timeout_ms: 20_000,
             publish_aggregates: true,
         }

@@ -1054,6 +1054,52 @@ fn sigterm_and_sigkill_mid_run_leave_messy_counts_of_two_maps_exact() {
     );
 }
 
+/// Idle journeys are let go from memory once committed and read back from ClickHouse when
+/// their customers return and when their entries' deadlines come. With an allowed lateness
+/// of a day, journeys go idle within the four simulated days; customers come back after
+/// their journeys end, and conversion entries wait two days: many journeys are let go and
+/// read back. Through SIGTERM, SIGKILL and resumes every cell, fact and case stays exact,
+/// and so does a replay into a new database, whose log says how many journeys it let go
+/// and read back.
+#[test]
+fn journeys_let_go_and_read_back_count_exactly_through_kills_and_a_replay() {
+    let lateness = "  allowed_lateness_ms: 86400000\n";
+    let map = retail_in_hours().replace("budget: 10h\n", "budget: 2d\n");
+    let s = Stack::with_map_text("letgo", &map);
+    s.set_journey(lateness);
+    sigterm_then_sigkill_mid_run(&s, |s| s.simulate_scenario(12_000, 4.0, 4, "incidents"));
+    let db = s.database();
+    let refused = s.scalar(&format!("SELECT toInt64(count()) FROM {db}.refused_events"));
+    assert_eq!(refused, 0, "nothing is late by more than the hour allowed");
+
+    let replay = s.replay();
+    replay.set_journey(lateness);
+    let out = replay
+        .command(&["journey", "--until-caught-up"])
+        .env("CXSTREAM_LOG_LEVEL", "info")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let figure = |name: &str| -> i64 {
+        let at = log
+            .rfind(&format!("{name}="))
+            .unwrap_or_else(|| panic!("{name} in {log}"));
+        log[at + name.len() + 1..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    let (let_go, read_back) = (figure("journeys_let_go"), figure("journeys_read_back"));
+    eprintln!("replay: {let_go} journeys let go at the end, {read_back} read back");
+    assert!(let_go > 1000, "{let_go} let go");
+    assert!(read_back > 100, "{read_back} read back");
+    assert_cells_equal(&s.truth(), &replay.cells());
+    assert_cells_equal(&s.step_truth(), &replay.step_cells());
+}
+
 /// Journeys as they really happen (skipped stages, going back, customers who return after a
 /// journey ended, steps converting within their budget or not, a step broken in the app for
 /// a while), delivered messily, with stage budgets of hours: every cell, step cell, stage and

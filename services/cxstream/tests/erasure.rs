@@ -140,6 +140,84 @@ fn erased_in_no_table(s: Stack) {
     assert_eq!(touchpoint_facts(&replay), truth_events - theirs);
 }
 
+/// A customer whose journey was let go from memory (idle for days, with an allowed lateness
+/// of a day) is erased while the service runs: the service reads the journey back from
+/// ClickHouse by the erasure's fingerprint and moves it under the pseudonym before it says
+/// the erasure is applied, so nothing of theirs is left in any table and every count stays
+/// exact.
+#[test]
+fn an_erased_customer_whose_journey_was_let_go_is_in_no_table() {
+    const DAY_MS: i64 = 86_400_000;
+    let s = Stack::new("erase_let_go");
+    s.set_journey("  allowed_lateness_ms: 86400000\n");
+    s.simulate(4_000, 4.0, 0);
+    let total = s.records_in();
+    let db = s.database();
+    let log_path = s.dir.join("let-go-service.log");
+    let mut service = s
+        .command(&["journey"])
+        .env("CXSTREAM_LOG_LEVEL", "info")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    // Someone with personal data in several tables, all of it in the first half day.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (victim, start) = loop {
+        let found = s.query(&format!(
+            "SELECT customer_id, toString((SELECT min(event_time_ms) FROM {db}.touchpoints)) \
+             AS start FROM {db}.touchpoints GROUP BY customer_id \
+             HAVING max(event_time_ms) < toInt64(start) + {} AND customer_id IN \
+               (SELECT customer_id FROM {db}.survey_answers WHERE comment != '') \
+             ORDER BY customer_id LIMIT 1",
+            DAY_MS / 2
+        ));
+        if let Some(row) = found.first() {
+            break (row[0].clone(), row[1].parse::<i64>().unwrap());
+        }
+        assert!(Instant::now() < deadline, "nothing committed");
+        assert!(service.try_wait().unwrap().is_none(), "the service exited");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Three days later their journey is beyond the allowed lateness, folded by a daily
+    // sweep, committed and let go.
+    let later = start + 3 * DAY_MS;
+    loop {
+        let watermark = s.scalar(&format!(
+            "SELECT toInt64(min(w)) FROM (SELECT source_partition, max(watermark_ms) AS w \
+             FROM {db}.ingest_batches GROUP BY source_partition)"
+        ));
+        if watermark >= later && s.committed_records() < total {
+            break;
+        }
+        assert!(
+            s.committed_records() < total,
+            "the run finished before the erase; make the data set larger"
+        );
+        assert!(service.try_wait().unwrap().is_none(), "the service exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let said = erase(&s, &victim);
+    assert!(said.contains("none left"), "{said}");
+    let victim_is = format!("customer_id = '{victim}'");
+    assert_eq!(rows_where(&s, &victim_is), vec![], "right after the erase");
+    s.wait_until_committed(
+        &mut service,
+        total,
+        Duration::from_secs(300),
+        "not caught up after the erase",
+    );
+    stop_with_sigterm(&mut service);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("journeys_moved=0 journeys_read_back_and_moved=1"),
+        "the journey was let go when the erasure came: {log}"
+    );
+    assert_eq!(rows_where(&s, &victim_is), vec![], "after the run");
+    assert_only_journeys_under_pseudonyms(&s);
+    assert_cells_equal(&s.truth(), &s.cells());
+    assert_cells_equal(&s.step_truth(), &s.step_cells());
+}
+
 const STITCHING: &str = "identity:\n  enabled: true\n  window_ms: 7200000\n";
 
 /// Devices' rows (identity stitching) holding a string that is `id` exactly, as the claim

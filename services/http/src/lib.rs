@@ -34,6 +34,8 @@ pub struct JourneyMetrics {
     pub commit_seconds: Histogram,
     pub rows_written: IntCounterVec,
     pub tracked_customers: IntGauge,
+    pub journeys_let_go: IntGauge,
+    pub journeys_read_back: IntCounter,
     pub held_touchpoints: IntGauge,
     pub refused_events: IntCounterVec,
     pub assigned_partitions: IntGauge,
@@ -151,6 +153,17 @@ impl JourneyMetrics {
                 &r,
                 "cxstream_tracked_customers",
                 "Customers with journey state in memory.",
+            )?,
+            journeys_let_go: gauge(
+                &r,
+                "cxstream_journeys_let_go",
+                "Idle journeys let go from memory once committed (read back from ClickHouse \
+                 when their customer returns or a deadline of theirs comes).",
+            )?,
+            journeys_read_back: counter(
+                &r,
+                "cxstream_journeys_read_back_total",
+                "Journeys read back from ClickHouse after they were let go.",
             )?,
             held_touchpoints: gauge(
                 &r,

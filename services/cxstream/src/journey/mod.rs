@@ -180,8 +180,9 @@ struct Inner {
     /// Partitions claimed but not yet read from their resume point (a seek failed), since
     /// when, with the resume point of each journey.
     claimed: BTreeMap<i32, (Instant, claiming::Claimed)>,
-    /// Inputs waiting for the identity watermark, with the first record they left (offset,
-    /// event time): every record of theirs is left until they go on from there.
+    /// Inputs waiting (for the identity watermark, or for the other input to catch up in
+    /// event time), with the first record they left and the event time they wait at: every
+    /// record of theirs is left until they go on from there.
     waiting: BTreeMap<(i32, Source), (i64, i64)>,
     slots: BTreeMap<i32, Slot>,
     shutdown: Arc<AtomicBool>,
@@ -293,6 +294,7 @@ impl JourneyService {
             partitions,
             group: cfg.journey.group_id.as_str().into(),
             erasures: erasures.erased().clone(),
+            let_go: cfg.journey.let_go_idle_journeys,
         };
         let inner = Inner {
             codec,
@@ -379,11 +381,11 @@ impl JourneyService {
             let polled = consumer.poll(Duration::from_millis(50));
             let got_record = matches!(polled, Some(Ok(_)));
             inner.apply_rebalance(&consumer);
-            inner.start_claimed(&consumer);
+            inner.start_claimed(&consumer)?;
             match polled {
                 Some(Ok(msg)) => {
                     since_flush += 1;
-                    inner.on_message(&msg);
+                    inner.on_message(&msg)?;
                     if !inner.waiting.is_empty() {
                         inner.throttle(&consumer);
                     }
@@ -494,7 +496,7 @@ impl JourneyService {
                     inner.check_claims(&consumer);
                 }
                 inner.reclaim_parked(&consumer);
-                inner.refresh_positions(&consumer, idle_release);
+                inner.refresh_positions(&consumer, idle_release)?;
                 inner.flush(&consumer)?;
                 inner.throttle(&consumer);
                 last_flush = Instant::now();
@@ -504,6 +506,8 @@ impl JourneyService {
                     && inner.caught_up(&consumer)?
                 {
                     tracing::info!(
+                        journeys_let_go = inner.metrics.journeys_let_go.get(),
+                        journeys_read_back = inner.metrics.journeys_read_back.get(),
                         "caught up: every input partition is assigned here, read to its end and committed"
                     );
                     break;
@@ -705,12 +709,12 @@ impl Inner {
     /// Reads on from their resume points the partitions claimed since the last call: each
     /// input is moved there, then unpaused. A partition whose inputs cannot be moved yet
     /// (librdkafka may still be fetching its committed offsets) is tried again next time.
-    fn start_claimed(&mut self, consumer: &ConsumerHandle) {
+    fn start_claimed(&mut self, consumer: &ConsumerHandle) -> Result<()> {
         for (p, claimed) in self.claiming.take_claimed() {
             self.claimed.insert(p, (Instant::now(), claimed));
         }
         if self.claimed.is_empty() {
-            return;
+            return Ok(());
         }
         let mut ready = Vec::new();
         for (p, (since, claimed)) in std::mem::take(&mut self.claimed) {
@@ -732,11 +736,11 @@ impl Inner {
             }
         }
         if ready.is_empty() {
-            return;
+            return Ok(());
         }
         self.learn_sent_before(ready.iter().map(|(p, c)| (*p, c.resumes.as_slice())));
         // Journeys restored now must know every erasure recorded so far.
-        self.apply_new_erasures();
+        self.apply_new_erasures()?;
         for (p, claimed) in ready {
             for (c, resume) in self.committers.iter().zip(&claimed.resumes) {
                 tracing::info!(
@@ -767,6 +771,7 @@ impl Inner {
         self.metrics
             .assigned_partitions
             .set(self.slots.len() as i64);
+        Ok(())
     }
 
     fn seek_to_resume_point(
@@ -781,7 +786,7 @@ impl Inner {
         Ok(())
     }
 
-    fn on_message(&mut self, msg: &BorrowedMessage<'_>) {
+    fn on_message(&mut self, msg: &BorrowedMessage<'_>) -> Result<()> {
         let source = if msg.topic() == self.cfg.topics.touchpoints {
             Source::Touchpoints
         } else if msg.topic() == self.cfg.topics.survey_responses {
@@ -791,13 +796,19 @@ impl Inner {
         };
         let partition = msg.partition();
         *self.consumed.entry((source, partition)).or_default() += 1;
+        let mut store = ClickHouseStore {
+            rt: &self.rt,
+            committers: &self.committers,
+            shutdown: &self.shutdown,
+            partition,
+        };
         let Some(slot) = self.slots.get_mut(&partition) else {
-            return;
+            return Ok(());
         };
         let at = (partition, source);
         if self.waiting.contains_key(&at) {
             // Left: read again from the first one left when the input goes on.
-            return;
+            return Ok(());
         }
         let payload = msg.payload().unwrap_or(&[]);
         let record = Record {
@@ -810,7 +821,7 @@ impl Inner {
         if let Some(time) = slot.event_time(&record, &self.codec) {
             if slot.must_wait(source, record.offset, time) {
                 self.waiting.insert(at, (record.offset, time));
-                return;
+                return Ok(());
             }
         }
         if payload.len() > self.cfg.journey.max_record_bytes {
@@ -820,10 +831,15 @@ impl Inner {
             );
             slot.refuse(&record, "oversized", message);
         } else {
-            slot.process(&record, &self.codec);
+            slot.process(&record, &self.codec, &mut store)?;
+            if let Some(time) = slot.runs_ahead(source) {
+                // Read again from the next record once the other input has caught up.
+                self.waiting.insert(at, (record.offset + 1, time));
+            }
         }
         let rejected = slot.take_rejected();
         self.dead_letter_all(partition, rejected);
+        Ok(())
     }
 
     fn topic(&self, source: Source) -> &str {
@@ -851,9 +867,10 @@ impl Inner {
         }
     }
 
-    /// With identity stitching, pauses each input that left a record because it had to wait
-    /// for the identity watermark, and lets those that need not wait any more go on from the
-    /// first record they left. Pausing changes when records are read, never what they count.
+    /// Pauses each input that has to wait (for the identity watermark, or for the other
+    /// input: see [`Slot::must_wait`]), and lets those that need not wait any more go on from
+    /// the first record they left. Pausing changes when records are read, never what they
+    /// count.
     fn throttle(&mut self, consumer: &ConsumerHandle) {
         let waiting: Vec<((i32, Source), (i64, i64))> =
             self.waiting.iter().map(|(at, o)| (*at, *o)).collect();
@@ -875,12 +892,7 @@ impl Inner {
             };
             let input = source.as_str();
             match done {
-                Ok(()) => tracing::debug!(
-                    partition = p,
-                    input,
-                    pause,
-                    "waits for the identity watermark"
-                ),
+                Ok(()) => tracing::debug!(partition = p, input, pause, "waits"),
                 Err(e) => {
                     tracing::warn!(partition = p, input, error = %e, "cannot pause or resume")
                 }
@@ -928,7 +940,7 @@ impl Inner {
     /// Learns how far each input partition goes, to decide idleness. An input read to the
     /// end that librdkafka's statistics show, and quiet, becomes idle only once the broker
     /// has confirmed where it ends: asked here, answered at a later flush.
-    fn refresh_positions(&mut self, consumer: &ConsumerHandle, idle: Duration) {
+    fn refresh_positions(&mut self, consumer: &ConsumerHandle, idle: Duration) -> Result<()> {
         let parts: Vec<i32> = self.slots.keys().copied().collect();
         for &p in &parts {
             for &source in self.sources() {
@@ -948,8 +960,15 @@ impl Inner {
                 self.ask_where_inputs_end(p);
                 continue;
             }
-            slot.tick(idle);
+            let mut store = ClickHouseStore {
+                rt: &self.rt,
+                committers: &self.committers,
+                shutdown: &self.shutdown,
+                partition: p,
+            };
+            slot.tick(idle, &mut store)?;
         }
+        Ok(())
     }
 
     /// Asks where partition `p`'s inputs end, unless that is being asked already.
@@ -1040,21 +1059,30 @@ impl Inner {
     }
 
     /// Erasures recorded since the last flush go to every journey before its batch is taken.
-    fn apply_new_erasures(&mut self) {
+    fn apply_new_erasures(&mut self) -> Result<()> {
         let Some(erased) = self.erasures.refresh() else {
-            return;
+            return Ok(());
         };
         self.setup.erasures = erased.clone();
-        let moved: usize = self
-            .slots
-            .values_mut()
-            .map(|s| s.set_erasures(&erased))
-            .sum();
+        let (mut held, mut let_go) = (0, 0);
+        for (p, slot) in &mut self.slots {
+            let mut store = ClickHouseStore {
+                rt: &self.rt,
+                committers: &self.committers,
+                shutdown: &self.shutdown,
+                partition: *p,
+            };
+            let moved = slot.set_erasures(&erased, &mut store)?;
+            held += moved.held;
+            let_go += moved.let_go;
+        }
         tracing::info!(
             erased = erased.len(),
-            journeys_moved = moved,
+            journeys_moved = held,
+            journeys_read_back_and_moved = let_go,
             "new erasures applied"
         );
+        Ok(())
     }
 
     /// Waits for the commits in flight, then takes every partition's batch and hands it to
@@ -1095,7 +1123,7 @@ impl Inner {
                 .with_label_values(&[kind])
                 .inc_by(n);
         }
-        self.apply_new_erasures();
+        self.apply_new_erasures()?;
         let mut taken: Vec<(i32, Vec<LaneBatch>)> = Vec::new();
         for (p, slot) in &mut self.slots {
             taken.push((*p, slot.take_batches()));
@@ -1147,6 +1175,14 @@ impl Inner {
                 .map(Slot::tracked_customers)
                 .sum::<usize>() as i64,
         );
+        self.metrics.journeys_let_go.set(
+            self.slots
+                .values()
+                .map(Slot::journeys_let_go)
+                .sum::<usize>() as i64,
+        );
+        let read_back: u64 = self.slots.values_mut().map(Slot::take_read_back).sum();
+        self.metrics.journeys_read_back.inc_by(read_back);
         self.ping_when_idle();
         Ok(())
     }
@@ -1537,6 +1573,48 @@ struct PartitionAfter {
 }
 
 /// An identities-topic message of `kind` with nothing else set.
+/// Reads journeys let go back from ClickHouse, on the consumer thread: reading waits for it,
+/// as it waits for a slow commit. It asks again until ClickHouse answers, unless the service
+/// is shutting down (then nothing more is applied; what was not committed is read again
+/// when the partition is next claimed).
+struct ClickHouseStore<'a> {
+    rt: &'a tokio::runtime::Handle,
+    committers: &'a [Arc<BatchCommitter>],
+    shutdown: &'a AtomicBool,
+    partition: i32,
+}
+
+impl partition::JourneyStore for ClickHouseStore<'_> {
+    fn load(
+        &mut self,
+        lane: usize,
+        claim: &cxstream_core::claims::Claim,
+        wanted: cxstream_clickhouse::Wanted,
+    ) -> Result<Vec<(String, cxstream_clickhouse::Stored)>> {
+        let committer = self
+            .committers
+            .get(lane)
+            .with_context(|| format!("no ClickHouse writer for journey {lane}"))?;
+        let p = u16::try_from(self.partition)
+            .with_context(|| format!("partition {} out of range", self.partition))?;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.rt.block_on(committer.load_journeys(p, claim, &wanted)) {
+                Ok(rows) => return Ok(rows),
+                Err(e) if self.shutdown.load(Ordering::Relaxed) => {
+                    return Err(e)
+                        .context("reading journeys back from ClickHouse while shutting down")
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "cannot read journeys back from ClickHouse; asking again");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
 fn message(journey: &str, group: &str, kind: IdentityMessageKind) -> IdentityMessage {
     IdentityMessage {
         journey: journey.to_string(),

@@ -12,13 +12,49 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cxstream_avro::{Codec, IdentityMessage, IdentityMessageKind};
-use cxstream_clickhouse::{BatchEnd, Resume};
+use cxstream_clickhouse::{BatchEnd, Resume, Stored, Wanted};
 use cxstream_core::claims::Claim;
 use cxstream_core::erasure::Erasures;
 use cxstream_core::identity::{Identification, IdentityPolicy, VISITOR_PREFIX};
+use cxstream_core::processor::Load;
 use cxstream_core::{
     Batch, EventClock, EventTimePolicy, Input, Journey, JourneyMap, JourneyMaps, PartitionProcessor,
 };
+
+/// Journeys moved under erased customers' pseudonyms.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// Held in memory.
+    pub held: usize,
+    /// Let go, and read back to be moved.
+    pub let_go: usize,
+}
+
+/// Where a partition's journeys let go are read back from (ClickHouse, as last committed).
+pub trait JourneyStore {
+    /// The journeys of `lane` (a journey map) that `wanted` names, as committed under
+    /// `claim`. An error stops the reading: nothing after it is applied.
+    fn load(
+        &mut self,
+        lane: usize,
+        claim: &Claim,
+        wanted: Wanted,
+    ) -> anyhow::Result<Vec<(String, Stored)>>;
+}
+
+/// Hashes asked for in one query: each about 20 characters of its text, twice (ClickHouse
+/// reads at most 256 KiB of a query's text).
+const HASHES_PER_QUERY: usize = 2000;
+/// Erasure fingerprints asked for in one query (68 characters each, twice).
+const FINGERPRINTS_PER_QUERY: usize = 1000;
+
+/// How far, in event time, one input is read ahead of the other while the other has records
+/// to read. Catching up, the broker may hand one topic over long before the other; the
+/// watermark follows the slower, so journeys would keep every event of the faster (and no
+/// journey would go idle, nor deadline pass) until the end. The input ahead then waits
+/// until the other has come as far, and is read again from where it stopped: its records
+/// fetched meanwhile are fetched again, so a day keeps that to a few times per day read.
+const ALIGN_MS: i64 = 86_400_000;
 
 /// Where a record comes from: an input topic, or the internal identities topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -164,11 +200,62 @@ struct Lane {
 }
 
 impl Lane {
+    /// Reads back from `store` what `load` names, into this lane's processor. What is not
+    /// found is asked once more: a compaction committed between a load's two reads (the
+    /// generation, then the rows) may have moved the rows out of what the first read.
+    fn read_back(
+        &mut self,
+        lane: usize,
+        store: &mut dyn JourneyStore,
+        load: Load,
+    ) -> anyhow::Result<()> {
+        if let Some(customer) = load.customer {
+            for _ in 0..2 {
+                let wanted = Wanted::Customers(vec![customer.clone()]);
+                self.restore_loaded(store.load(lane, &self.claim, wanted)?);
+                // Still let go after two reads: another customer with the same hash was.
+                if !self.processor.is_stored(&customer) {
+                    break;
+                }
+            }
+        }
+        let Some(by) = load.due_by else {
+            return Ok(());
+        };
+        let mut due = self.processor.stored_due_by(by);
+        for _ in 0..2 {
+            for chunk in due.chunks(HASHES_PER_QUERY) {
+                let wanted = Wanted::Hashes(chunk.to_vec());
+                self.restore_loaded(store.load(lane, &self.claim, wanted)?);
+            }
+            due = self.processor.still_stored(&due);
+            if due.is_empty() {
+                return Ok(());
+            }
+        }
+        let missing = self.processor.drop_stored(&due);
+        tracing::error!(
+            journey = self.processor.map().name.as_str(),
+            missing,
+            "journeys let go were not found in ClickHouse when their deadlines came; they are forgotten, as a restart would find them"
+        );
+        Ok(())
+    }
+
+    fn restore_loaded(&mut self, rows: Vec<(String, Stored)>) {
+        for (c, s) in rows {
+            self.processor.restore_loaded(c, s.journey, s.written);
+        }
+    }
+
     fn resumed(map: Arc<JourneyMap>, resume: Resume, setup: &Setup) -> Self {
         let clock = EventClock::resumed(setup.policy, resume.clock);
         let mut processor = PartitionProcessor::resumed(map, clock);
         if let Some(identity) = setup.identity {
             processor = processor.with_identity(identity);
+        }
+        if setup.let_go {
+            processor = processor.letting_go();
         }
         processor.set_erasures(setup.erasures.clone());
         let mut unheld = Vec::new();
@@ -194,6 +281,8 @@ impl Lane {
                 tracing::warn!(error = %e, "a held touchpoint could not be applied");
             }
         }
+        // Restored from what is committed: the idle ones can be read again when needed.
+        processor.let_go_restored();
         // Restored, the processor is where the last batch left it.
         let last = resume.last.map(|(seq, aggregates_id)| Committed {
             seq,
@@ -349,6 +438,8 @@ pub struct Setup {
     pub group: Arc<str>,
     /// Erased customers, known before any journey is restored.
     pub erasures: Arc<Erasures>,
+    /// Whether idle journeys are let go once committed (`journey.let_go_idle_journeys`).
+    pub let_go: bool,
 }
 
 impl Setup {
@@ -418,15 +509,26 @@ impl Slot {
 
     /// Decodes a record once and applies it to every journey that has not committed it;
     /// a refusal (the same in every journey) is collected once in [`Self::take_rejected`].
-    pub fn process(&mut self, r: &Record<'_>, codec: &Codec) {
+    pub fn process(
+        &mut self,
+        r: &Record<'_>,
+        codec: &Codec,
+        store: &mut dyn JourneyStore,
+    ) -> anyhow::Result<()> {
         let takers = self.take(r);
-        if !takers.is_empty() {
+        let done = if takers.is_empty() {
+            Ok(())
+        } else {
             match r.source {
-                Source::Identities => self.apply_identity(r, codec, &takers),
-                Source::Touchpoints | Source::Answers => self.apply(r, codec, &takers),
+                Source::Identities => {
+                    self.apply_identity(r, codec, &takers);
+                    Ok(())
+                }
+                Source::Touchpoints | Source::Answers => self.apply(r, codec, &takers, store),
             }
-        }
+        };
         self.takers = takers;
+        done
     }
 
     /// A record refused before decoding (too large): taken like any record by the journeys
@@ -467,27 +569,55 @@ impl Slot {
         takers
     }
 
-    fn apply(&mut self, r: &Record<'_>, codec: &Codec, takers: &[usize]) {
+    fn apply(
+        &mut self,
+        r: &Record<'_>,
+        codec: &Codec,
+        takers: &[usize],
+        store: &mut dyn JourneyStore,
+    ) -> anyhow::Result<()> {
         let applied = match r.source {
-            Source::Touchpoints => codec
-                .decode_touchpoint(r.payload)
-                .map_err(|e| (e.kind(), e.to_string()))
-                .and_then(|ev| {
+            Source::Touchpoints => match codec.decode_touchpoint(r.payload) {
+                Ok(ev) => {
+                    self.read_back(takers, &ev.customer_id, ev.event_time, store)?;
                     self.apply_each(takers, ev, |p, ev| {
                         p.on_touchpoint(ev, r.offset, r.timestamp_ms)
                     })
-                }),
-            Source::Answers => codec
-                .decode_answer(r.payload)
-                .map_err(|e| (e.kind(), e.to_string()))
-                .and_then(|a| {
+                }
+                Err(e) => Err((e.kind(), e.to_string())),
+            },
+            Source::Answers => match codec.decode_answer(r.payload) {
+                Ok(a) => {
+                    self.read_back(takers, &a.customer_id, a.answer_time, store)?;
                     self.apply_each(takers, a, |p, a| p.on_answer(a, r.offset, r.timestamp_ms))
-                }),
+                }
+                Err(e) => Err((e.kind(), e.to_string())),
+            },
             Source::Identities => Ok(()),
         };
         if let Err((kind, message)) = applied {
             self.reject(r, kind, message);
         }
+        Ok(())
+    }
+
+    /// Reads back, for each journey that takes a record of `customer_id` dated `time`,
+    /// what its processor needs before applying it.
+    fn read_back(
+        &mut self,
+        takers: &[usize],
+        customer_id: &Option<String>,
+        time: i64,
+        store: &mut dyn JourneyStore,
+    ) -> anyhow::Result<()> {
+        for &i in takers {
+            let lane = &mut self.lanes[i];
+            let load = lane.processor.to_load(customer_id, time);
+            if !load.is_empty() {
+                lane.read_back(i, store, load)?;
+            }
+        }
+        Ok(())
     }
 
     /// A message of the identities topic, for the lane of its journey (taken by every
@@ -605,7 +735,7 @@ impl Slot {
 
     /// An input read to its end and quiet for `idle` stops holding the watermark back (the
     /// identities topic holds no event time; its quiet matters for catching up only).
-    pub fn tick(&mut self, idle: Duration) {
+    pub fn tick(&mut self, idle: Duration, store: &mut dyn JourneyStore) -> anyhow::Result<()> {
         for source in Source::ALL {
             let cur = self.cursor(source);
             let now_idle = cur.at_end() && cur.last_record.elapsed() >= idle;
@@ -614,12 +744,21 @@ impl Slot {
                 let Some(input) = source.input() else {
                     continue;
                 };
-                for lane in &mut self.lanes {
+                for (i, lane) in self.lanes.iter_mut().enumerate() {
+                    // The watermark may move: the deadlines it may pass are read back first.
+                    if let Some(by) = lane.processor.to_load_when_idle() {
+                        let load = Load {
+                            customer: None,
+                            due_by: Some(by),
+                        };
+                        lane.read_back(i, store, load)?;
+                    }
                     lane.processor.set_idle(input, true);
                     lane.dirty = true;
                 }
             }
         }
+        Ok(())
     }
 
     /// Whether [`Self::tick`] would mark a source idle now.
@@ -640,13 +779,29 @@ impl Slot {
 
     /// New erasures: every journey commits a batch with them applied (even an empty one),
     /// so that its marker tells `cxstream erase` that nothing of theirs is written any more.
-    pub fn set_erasures(&mut self, erasures: &Arc<Erasures>) -> usize {
-        let mut moved = 0;
-        for lane in &mut self.lanes {
-            moved += lane.processor.set_erasures(erasures.clone());
+    /// Journeys let go are read back if their customer is erased, and moved likewise.
+    /// Returns how many journeys moved under pseudonyms.
+    pub fn set_erasures(
+        &mut self,
+        erasures: &Arc<Erasures>,
+        store: &mut dyn JourneyStore,
+    ) -> anyhow::Result<Moved> {
+        let mut moved = Moved::default();
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            moved.held += lane.processor.set_erasures(erasures.clone());
             lane.dirty = true;
+            if lane.processor.stored_journeys() == 0 {
+                continue;
+            }
+            let fingerprints: Vec<String> = erasures.fingerprints().map(str::to_string).collect();
+            let before = lane.processor.stored_journeys();
+            for chunk in fingerprints.chunks(FINGERPRINTS_PER_QUERY) {
+                let wanted = Wanted::Fingerprints(chunk.to_vec());
+                lane.restore_loaded(store.load(i, &lane.claim, wanted)?);
+            }
+            moved.let_go += before - lane.processor.stored_journeys();
         }
-        moved
+        Ok(moved)
     }
 
     /// The batch of each journey to commit now, if anything changed. Records read after
@@ -692,6 +847,7 @@ impl Slot {
     pub fn committed(&mut self, lane: usize, batch: Committed) {
         if let Some(l) = self.lanes.get_mut(lane) {
             l.last = Some(batch);
+            l.processor.committed();
         }
     }
 
@@ -736,14 +892,58 @@ impl Slot {
     /// not known (yet, or again after a restart) while the input has delivered before. An
     /// input's first event never waits, so every partition reaches a watermark and
     /// publishes it.
+    ///
+    /// Without identity stitching, an input that stopped at `time` ([`Self::runs_ahead`])
+    /// waits until the other input has come as far, or has nothing more to read.
     pub fn must_wait(&self, source: Source, offset: i64, time: i64) -> bool {
-        let (Some(lead), Some(input)) = (self.lead, source.input()) else {
+        let Some(input) = source.input() else {
             return false;
+        };
+        let Some(lead) = self.lead else {
+            return self.waits_for_the_other(source, time, 0);
         };
         self.lanes.iter().any(|l| {
             let new = l.next[source.index()].is_none_or(|n| offset >= n);
             new && l.must_wait(input, time, lead)
         })
+    }
+
+    /// The event time input `source` has reached, if it is more than [`ALIGN_MS`] ahead of
+    /// the other input, which has records to read (not at its end, not idle): it waits
+    /// there (without identity stitching, whose own wait decides).
+    pub fn runs_ahead(&self, source: Source) -> Option<i64> {
+        if self.lead.is_some() {
+            return None;
+        }
+        let high = self.high(source.input()?)?;
+        self.waits_for_the_other(source, high, ALIGN_MS)
+            .then_some(high)
+    }
+
+    /// Whether the other input, with records to read, is more than `by` behind `time`.
+    fn waits_for_the_other(&self, source: Source, time: i64, by: i64) -> bool {
+        let other = match source {
+            Source::Touchpoints => Source::Answers,
+            Source::Answers => Source::Touchpoints,
+            Source::Identities => return false,
+        };
+        let cur = &self.cursors[other.index()];
+        if cur.at_end() || cur.idle {
+            return false;
+        }
+        // Records to read and none applied yet: their times are not known, so wait for them.
+        other
+            .input()
+            .and_then(|i| self.high(i))
+            .is_none_or(|h| time > h.saturating_add(by))
+    }
+
+    /// The latest event time any journey applied from `input`.
+    fn high(&self, input: Input) -> Option<i64> {
+        self.lanes
+            .iter()
+            .filter_map(|l| l.processor.clock().high(input))
+            .max()
     }
 
     /// With identity stitching, the event time of an input record (`None` when it cannot be
@@ -825,6 +1025,22 @@ impl Slot {
             .collect()
     }
 
+    /// Journeys let go from memory.
+    pub fn journeys_let_go(&self) -> usize {
+        self.lanes
+            .iter()
+            .map(|l| l.processor.stored_journeys())
+            .sum()
+    }
+
+    /// Journeys read back since the last call.
+    pub fn take_read_back(&mut self) -> u64 {
+        self.lanes
+            .iter_mut()
+            .map(|l| l.processor.take_read_back())
+            .sum()
+    }
+
     pub fn tracked_customers(&self) -> usize {
         self.lanes
             .iter()
@@ -876,6 +1092,21 @@ mod tests {
             partitions: 1,
             group: "g".into(),
             erasures: Default::default(),
+            let_go: false,
+        }
+    }
+
+    /// Nothing is let go in these tests: nothing is read back.
+    struct NoStore;
+
+    impl JourneyStore for NoStore {
+        fn load(
+            &mut self,
+            _: usize,
+            _: &Claim,
+            wanted: Wanted,
+        ) -> anyhow::Result<Vec<(String, Stored)>> {
+            anyhow::bail!("nothing was let go, yet {wanted:?} was asked for")
         }
     }
 
@@ -964,8 +1195,10 @@ mod tests {
         let (mut s, codec) = slot();
         let a = answer(&codec, 1_000, 5);
         let t = touchpoint(&codec, "e0", 2_000);
-        s.process(&record(Source::Answers, &a, 0), &codec);
-        s.process(&record(Source::Touchpoints, &t, 7), &codec);
+        s.process(&record(Source::Answers, &a, 0), &codec, &mut NoStore)
+            .unwrap();
+        s.process(&record(Source::Touchpoints, &t, 7), &codec, &mut NoStore)
+            .unwrap();
         let batches = s.take_batches();
         assert_eq!(summary(&batches), [(0, 1, 1, 8, 1), (1, 1, 1, 8, 1)]);
         assert_eq!(batches[1].end.clock.highs, [Some(2_000), Some(1_000)]);
@@ -974,7 +1207,8 @@ mod tests {
         }
         assert!(s.take_batches().is_empty());
         // Re-delivered below the committed position: skipped.
-        s.process(&record(Source::Touchpoints, &t, 7), &codec);
+        s.process(&record(Source::Touchpoints, &t, 7), &codec, &mut NoStore)
+            .unwrap();
         assert!(s.take_batches().is_empty());
         assert_eq!(
             s.next_offsets(),
@@ -988,15 +1222,19 @@ mod tests {
         const DAY: i64 = 86_400_000;
         let t0 = touchpoint(&codec, "e0", 8 * DAY);
         let a0 = answer(&codec, 8 * DAY, 4);
-        s.process(&record(Source::Touchpoints, &t0, 0), &codec);
-        s.process(&record(Source::Answers, &a0, 0), &codec);
+        s.process(&record(Source::Touchpoints, &t0, 0), &codec, &mut NoStore)
+            .unwrap();
+        s.process(&record(Source::Answers, &a0, 0), &codec, &mut NoStore)
+            .unwrap();
         let taken = s.take_batches();
         // Read while the batch is being committed: later events move the watermark on.
         let later = 8 * DAY + 1_800_000;
         let t1 = touchpoint(&codec, "e1", later);
         let a1 = answer_to(&codec, "r2", later, 4);
-        s.process(&record(Source::Touchpoints, &t1, 1), &codec);
-        s.process(&record(Source::Answers, &a1, 1), &codec);
+        s.process(&record(Source::Touchpoints, &t1, 1), &codec, &mut NoStore)
+            .unwrap();
+        s.process(&record(Source::Answers, &a1, 1), &codec, &mut NoStore)
+            .unwrap();
         for b in &taken {
             s.committed(b.lane, b.committed());
         }
@@ -1023,10 +1261,51 @@ mod tests {
     }
 
     #[test]
+    fn an_input_a_day_ahead_of_the_other_waits_until_the_other_comes_as_far() {
+        const DAY: i64 = 86_400_000;
+        let (mut s, codec) = slot();
+        // Sent when they happened (an event is not refused as dated in the future).
+        let at = |source, payload, offset, time| Record {
+            timestamp_ms: Some(time),
+            ..record(source, payload, offset)
+        };
+        s.set_high_watermark(Source::Answers, 10);
+        // Nothing of the answers applied yet, and they have records to read.
+        let t = touchpoint(&codec, "e0", DAY);
+        s.process(&at(Source::Touchpoints, &t, 0, DAY), &codec, &mut NoStore)
+            .unwrap();
+        assert_eq!(s.runs_ahead(Source::Touchpoints), Some(DAY));
+        let a = answer_to(&codec, "r1", DAY / 2, 4);
+        s.process(&at(Source::Answers, &a, 0, DAY / 2), &codec, &mut NoStore)
+            .unwrap();
+        // Within a day: reading goes on; a day and more ahead: it stops there.
+        assert_eq!(s.runs_ahead(Source::Touchpoints), None);
+        let t = touchpoint(&codec, "e1", 3 * DAY);
+        s.process(
+            &at(Source::Touchpoints, &t, 1, 3 * DAY),
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
+        assert_eq!(s.runs_ahead(Source::Touchpoints), Some(3 * DAY));
+        assert_eq!(s.runs_ahead(Source::Answers), None);
+        // It goes on once the answers came as far, or have nothing more to read.
+        assert!(s.must_wait(Source::Touchpoints, 2, 3 * DAY));
+        let a = answer_to(&codec, "r2", 3 * DAY, 4);
+        s.process(&at(Source::Answers, &a, 1, 3 * DAY), &codec, &mut NoStore)
+            .unwrap();
+        assert!(!s.must_wait(Source::Touchpoints, 2, 3 * DAY));
+        assert!(s.must_wait(Source::Touchpoints, 2, 4 * DAY));
+        s.set_high_watermark(Source::Answers, 2);
+        assert!(!s.must_wait(Source::Touchpoints, 2, 4 * DAY));
+    }
+
+    #[test]
     fn a_confirmed_end_older_than_the_statistics_does_not_undo_a_record_written_since() {
         let (mut s, codec) = slot();
         let t = touchpoint(&codec, "e0", 60_000);
-        s.process(&record(Source::Touchpoints, &t, 0), &codec);
+        s.process(&record(Source::Touchpoints, &t, 0), &codec, &mut NoStore)
+            .unwrap();
         // The statistics saw a second record; the broker's answer predates it.
         s.set_high_watermark(Source::Touchpoints, 2);
         s.confirm_high_watermark(Source::Touchpoints, 1);
@@ -1052,7 +1331,8 @@ mod tests {
         assert_eq!(named, [(0, 7, 42)]);
         assert!(s.confirmations_to_publish(false).is_empty());
         let t = touchpoint(&codec, "e0", 60_000);
-        s.process(&record(Source::Touchpoints, &t, 0), &codec);
+        s.process(&record(Source::Touchpoints, &t, 0), &codec, &mut NoStore)
+            .unwrap();
         for mut b in s.take_batches() {
             b.end.aggregates_id = 100 + b.lane as u64;
             s.committed(b.lane, b.committed());
@@ -1077,10 +1357,16 @@ mod tests {
         let (mut s, codec) = slot_resuming(vec![ahead, Resume::default()]);
         for (offset, id) in [(0, "e0"), (1, "e1"), (2, "e2")] {
             let t = touchpoint(&codec, id, 1_000 + offset);
-            s.process(&record(Source::Touchpoints, &t, offset), &codec);
+            s.process(
+                &record(Source::Touchpoints, &t, offset),
+                &codec,
+                &mut NoStore,
+            )
+            .unwrap();
         }
         let bad = answer(&codec, 1_500, 9);
-        s.process(&record(Source::Answers, &bad, 0), &codec);
+        s.process(&record(Source::Answers, &bad, 0), &codec, &mut NoStore)
+            .unwrap();
         let rejected = s.take_rejected();
         assert_eq!(
             rejected.len(),
@@ -1123,7 +1409,8 @@ mod tests {
     fn an_input_at_its_end_and_quiet_becomes_idle_and_that_is_committed() {
         let (mut s, codec) = slot();
         let t = touchpoint(&codec, "e0", 2_000);
-        s.process(&record(Source::Touchpoints, &t, 0), &codec);
+        s.process(&record(Source::Touchpoints, &t, 0), &codec, &mut NoStore)
+            .unwrap();
         let batches = s.take_batches();
         assert_eq!(
             batches[0].end.clock.watermark, None,
@@ -1135,7 +1422,7 @@ mod tests {
         s.set_high_watermark(Source::Touchpoints, 1);
         s.set_high_watermark(Source::Answers, 0);
         assert!(!s.caught_up());
-        s.tick(Duration::ZERO);
+        s.tick(Duration::ZERO, &mut NoStore).unwrap();
         let batches = s.take_batches();
         assert_eq!(batches.len(), 2);
         assert!(batches.iter().all(|b| b.end.clock.watermark == Some(2_000)));
@@ -1185,7 +1472,7 @@ mod tests {
             "the first event reads to get a watermark"
         );
         let t = touchpoint(&codec, "e0", 1_000);
-        s.process(&record(tp, &t, 0), &codec);
+        s.process(&record(tp, &t, 0), &codec, &mut NoStore).unwrap();
         assert!(
             s.must_wait(tp, 1, 1_000),
             "the identity watermark is not known"
