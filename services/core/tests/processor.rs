@@ -741,11 +741,7 @@ fn run_erasing(
         if let Some((_, customer)) = erase.filter(|(at, _)| *at == i) {
             erase_now(&mut sink, &mut p, customer);
         }
-        let res = match r {
-            Rec::T(t) => p.on_touchpoint(t.clone(), i as i64, None),
-            Rec::A(a) => p.on_answer(a.clone(), i as i64, None),
-        };
-        res.expect("valid record");
+        apply(&mut p, r, i as i64);
         match cuts.get(i).copied().unwrap_or(Cut::None) {
             Cut::None => {}
             Cut::Commit => sink.commit(&m, &mut p),
@@ -761,6 +757,14 @@ fn run_erasing(
     }
     sink.commit(&m, &mut p);
     sink
+}
+
+fn apply(p: &mut PartitionProcessor, r: &Rec, offset: i64) {
+    let res = match r {
+        Rec::T(t) => p.on_touchpoint(t.clone(), offset, None),
+        Rec::A(a) => p.on_answer(a.clone(), offset, None),
+    };
+    res.expect("valid record");
 }
 
 /// As [`run`], with idle journeys let go once committed and read back as the journey
@@ -787,11 +791,7 @@ fn run_letting_go_on(
         };
         let load = p.to_load(customer, time);
         loaded += sink.load(&mut p, load.customer.as_deref(), load.due_by);
-        let res = match r {
-            Rec::T(t) => p.on_touchpoint(t.clone(), i as i64, None),
-            Rec::A(a) => p.on_answer(a.clone(), i as i64, None),
-        };
-        res.expect("valid record");
+        apply(&mut p, r, i as i64);
         match cuts.get(i).copied().unwrap_or(Cut::None) {
             Cut::None => {}
             Cut::Commit => {
@@ -1065,27 +1065,10 @@ proptest! {
         prop_assert_eq!(sink.step_aggregates(), reference_steps(&recs, watermark));
     }
 
-    /// Idle journeys let go once committed and read back before an event or a deadline
-    /// needs them change no count: the same as the reference, with a finite lateness (so
-    /// that journeys go idle), batch cuts, restarts and idle inputs.
-    #[test]
-    fn journeys_let_go_and_read_back_count_as_the_reference_says(
-        (_, arrived) in arrivals(),
-        lateness in 1i64..20_000_000,
-        cuts in cuts(60),
-    ) {
-        let policy = EventTimePolicy { allowed_lateness_ms: lateness, max_future_ms: i64::MAX / 4 };
-        let (applied, late, watermark) = watermark_rule(&arrived, &cuts, lateness);
-        let (sink, _) = run_letting_go(&arrived, &cuts, policy);
-        prop_assert_eq!(sink.refused.len(), late.len());
-        prop_assert_eq!(sink.clock.watermark, watermark);
-        prop_assert_eq!(sink.aggregates(), reference_with_horizons(&applied, watermark));
-        let applied: Vec<Rec> = applied.into_iter().map(|(r, _)| r).collect();
-        prop_assert_eq!(sink.step_aggregates(), reference_steps(&applied, watermark));
-    }
-
     /// With a finite allowed lateness, exactly the events the watermark rule calls late are
-    /// refused (and recorded); the rest count as the reference says.
+    /// refused (and recorded); the rest count as the reference says — also with idle
+    /// journeys let go once committed and read back before an event or a deadline needs
+    /// them (journeys go idle once the horizon passes all their events).
     #[test]
     fn events_beyond_the_allowed_lateness_are_refused_and_the_rest_count(
         (_, arrived) in arrivals(),
@@ -1094,13 +1077,16 @@ proptest! {
     ) {
         let policy = EventTimePolicy { allowed_lateness_ms: lateness, max_future_ms: i64::MAX / 4 };
         let (applied, late, watermark) = watermark_rule(&arrived, &cuts, lateness);
-        let sink = run(&arrived, &cuts, policy);
-        prop_assert_eq!(sink.refused.len(), late.len());
-        prop_assert!(sink.refused.iter().all(|(_, why)| *why == Refusal::Late));
-        prop_assert_eq!(sink.clock.watermark, watermark);
-        prop_assert_eq!(sink.aggregates(), reference_with_horizons(&applied, watermark));
+        let expected = reference_with_horizons(&applied, watermark);
         let applied: Vec<Rec> = applied.into_iter().map(|(r, _)| r).collect();
-        prop_assert_eq!(sink.step_aggregates(), reference_steps(&applied, watermark));
+        let expected_steps = reference_steps(&applied, watermark);
+        for sink in [run(&arrived, &cuts, policy), run_letting_go(&arrived, &cuts, policy).0] {
+            prop_assert_eq!(sink.refused.len(), late.len());
+            prop_assert!(sink.refused.iter().all(|(_, why)| *why == Refusal::Late));
+            prop_assert_eq!(sink.clock.watermark, watermark);
+            prop_assert_eq!(sink.aggregates(), expected.clone());
+            prop_assert_eq!(sink.step_aggregates(), expected_steps.clone());
+        }
     }
 }
 
@@ -1375,10 +1361,7 @@ fn a_journey_let_go_is_read_back_for_its_customer_and_for_its_deadline() {
         Cut::Commit,
         Cut::Commit,
     ];
-    let policy = EventTimePolicy {
-        allowed_lateness_ms: 3_600_000,
-        max_future_ms: i64::MAX / 4,
-    };
+    let policy = an_hour_late();
     let plain = run(&recs, &cuts, policy);
     let (let_go, loaded) = run_letting_go(&recs, &cuts, policy);
     assert_eq!(let_go.aggregates(), plain.aggregates());
@@ -1393,9 +1376,7 @@ fn a_journey_let_go_is_read_back_for_its_customer_and_for_its_deadline() {
 #[test]
 fn a_journey_let_go_is_read_back_before_its_deadline_passes() {
     const DAY: i64 = 86_400_000;
-    let m = Arc::new(
-        JourneyMap::from_yaml("shop.yaml", &MAP.replace("budget: 6h", "budget: 3d")).unwrap(),
-    );
+    let m = awareness_for_three_days();
     let t0 = 1_700_000_000_000i64;
     let recs = vec![
         Rec::T(tp("f-1", "f", t0, "ad_click", None)),
@@ -1403,21 +1384,10 @@ fn a_journey_let_go_is_read_back_before_its_deadline_passes() {
         Rec::T(tp("d-2", "d", t0 + 4 * DAY, "product_view", None)),
     ];
     let cuts = vec![Cut::Idle(Input::Answers), Cut::Commit, Cut::Commit];
-    let policy = EventTimePolicy {
-        allowed_lateness_ms: 3_600_000,
-        max_future_ms: i64::MAX / 4,
-    };
+    let policy = an_hour_late();
     let (sink, loaded) = run_letting_go_on(m, &recs, &cuts, policy);
     assert_eq!(loaded, 1, "f read back for its deadline");
-    let f_cell = (
-        t0.div_euclid(60_000),
-        "awareness".to_string(),
-        "ad_click".to_string(),
-        "web".to_string(),
-        "unknown".to_string(),
-    );
-    let f = sink.aggregates()[&f_cell];
-    assert_eq!((f.stage_entries, f.stage_dropoffs, f.stage_open), (1, 1, 0));
+    assert_dropped_off_once(&sink, t0);
 }
 
 /// A customer erased after their journey was let go: the store finds it by the erasure's
@@ -1428,13 +1398,8 @@ fn a_journey_let_go_is_read_back_before_its_deadline_passes() {
 fn a_journey_let_go_of_a_customer_erased_since_is_read_back_and_moved() {
     use sha2::{Digest, Sha256};
     const DAY: i64 = 86_400_000;
-    let m = Arc::new(
-        JourneyMap::from_yaml("shop.yaml", &MAP.replace("budget: 6h", "budget: 3d")).unwrap(),
-    );
-    let policy = EventTimePolicy {
-        allowed_lateness_ms: 3_600_000,
-        max_future_ms: i64::MAX / 4,
-    };
+    let m = awareness_for_three_days();
+    let policy = an_hour_late();
     let t0 = 1_700_000_000_000i64;
     let mut sink = Sink::default();
     let mut p = PartitionProcessor::new(m.clone(), policy).letting_go();
@@ -1470,13 +1435,31 @@ fn a_journey_let_go_of_a_customer_erased_since_is_read_back_and_moved() {
     sink.load(&mut p, None, load.due_by);
     p.on_touchpoint(d2, 2, None).unwrap();
     sink.commit(&m, &mut p);
-    let f_cell = (
+    assert_dropped_off_once(&sink, t0);
+}
+
+/// The shop map with awareness entries waiting three days: journeys go idle (with an hour
+/// of lateness) long before their entries' deadlines.
+fn awareness_for_three_days() -> Arc<JourneyMap> {
+    Arc::new(JourneyMap::from_yaml("shop.yaml", &MAP.replace("budget: 6h", "budget: 3d")).unwrap())
+}
+
+fn an_hour_late() -> EventTimePolicy {
+    EventTimePolicy {
+        allowed_lateness_ms: 3_600_000,
+        max_future_ms: i64::MAX / 4,
+    }
+}
+
+/// The awareness entry at `t0` (web, no segment) counted once, and dropped off.
+fn assert_dropped_off_once(sink: &Sink, t0: i64) {
+    let cell = (
         t0.div_euclid(60_000),
         "awareness".to_string(),
         "ad_click".to_string(),
         "web".to_string(),
         "unknown".to_string(),
     );
-    let f = sink.aggregates()[&f_cell];
-    assert_eq!((f.stage_entries, f.stage_dropoffs, f.stage_open), (1, 1, 0));
+    let c = sink.aggregates()[&cell];
+    assert_eq!((c.stage_entries, c.stage_dropoffs, c.stage_open), (1, 1, 0));
 }

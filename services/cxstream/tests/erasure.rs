@@ -85,6 +85,28 @@ fn an_erased_customer_is_in_no_table_of_a_two_shard_cluster() {
     ));
 }
 
+/// Erases `victim` while `service` runs: nothing of theirs is left at once; then reads to
+/// the end of the `total` records and stops. Returns the condition naming their rows.
+fn erase_while_running(
+    s: &Stack,
+    service: &mut std::process::Child,
+    victim: &str,
+    total: i64,
+) -> String {
+    let said = erase(s, victim);
+    assert!(said.contains("none left"), "{said}");
+    let victim_is = format!("customer_id = '{victim}'");
+    assert_eq!(rows_where(s, &victim_is), vec![], "right after the erase");
+    s.wait_until_committed(
+        service,
+        total,
+        Duration::from_secs(300),
+        "not caught up after the erase",
+    );
+    stop_with_sigterm(service);
+    victim_is
+}
+
 fn erased_in_no_table(s: Stack) {
     s.simulate(4_000, 2.0, 0);
     let total = s.records_in();
@@ -107,18 +129,7 @@ fn erased_in_no_table(s: Stack) {
     };
     let erased_at = s.committed_records();
     assert!(erased_at < total, "the run finished before the erase");
-    let said = erase(&s, &victim);
-    assert!(said.contains("none left"), "{said}");
-    let victim_is = format!("customer_id = '{victim}'");
-    assert_eq!(rows_where(&s, &victim_is), vec![], "right after the erase");
-
-    s.wait_until_committed(
-        &mut service,
-        total,
-        Duration::from_secs(300),
-        "not caught up after the erase",
-    );
-    stop_with_sigterm(&mut service);
+    let victim_is = erase_while_running(&s, &mut service, &victim, total);
 
     // Nothing of theirs, nor any fact under their pseudonym; their journey goes on under it.
     assert_eq!(rows_where(&s, &victim_is), vec![], "after the run");
@@ -196,17 +207,7 @@ fn an_erased_customer_whose_journey_was_let_go_is_in_no_table() {
         assert!(service.try_wait().unwrap().is_none(), "the service exited");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let said = erase(&s, &victim);
-    assert!(said.contains("none left"), "{said}");
-    let victim_is = format!("customer_id = '{victim}'");
-    assert_eq!(rows_where(&s, &victim_is), vec![], "right after the erase");
-    s.wait_until_committed(
-        &mut service,
-        total,
-        Duration::from_secs(300),
-        "not caught up after the erase",
-    );
-    stop_with_sigterm(&mut service);
+    let victim_is = erase_while_running(&s, &mut service, &victim, total);
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         log.contains("journeys_moved=0 journeys_read_back_and_moved=1"),

@@ -157,6 +157,8 @@ struct Inner {
     clickhouse_seen: Instant,
     /// One per journey map, in the maps' order.
     committers: Vec<Arc<BatchCommitter>>,
+    /// Reads journeys let go back from ClickHouse.
+    readback: Readback,
     dlq: Producer<Deliveries>,
     /// Why a dead letter was refused when sending it, if one was.
     dlq_refused: Option<String>,
@@ -303,6 +305,11 @@ impl JourneyService {
             metrics,
             readiness,
             clickhouse_seen: Instant::now(),
+            readback: Readback {
+                rt: rt.clone(),
+                committers: committers.clone(),
+                shutdown: shutdown.clone(),
+            },
             committers,
             dlq,
             dlq_refused: None,
@@ -796,12 +803,7 @@ impl Inner {
         };
         let partition = msg.partition();
         *self.consumed.entry((source, partition)).or_default() += 1;
-        let mut store = ClickHouseStore {
-            rt: &self.rt,
-            committers: &self.committers,
-            shutdown: &self.shutdown,
-            partition,
-        };
+        let mut store = self.readback.at(partition);
         let Some(slot) = self.slots.get_mut(&partition) else {
             return Ok(());
         };
@@ -960,12 +962,7 @@ impl Inner {
                 self.ask_where_inputs_end(p);
                 continue;
             }
-            let mut store = ClickHouseStore {
-                rt: &self.rt,
-                committers: &self.committers,
-                shutdown: &self.shutdown,
-                partition: p,
-            };
+            let mut store = self.readback.at(p);
             slot.tick(idle, &mut store)?;
         }
         Ok(())
@@ -1066,12 +1063,7 @@ impl Inner {
         self.setup.erasures = erased.clone();
         let (mut held, mut let_go) = (0, 0);
         for (p, slot) in &mut self.slots {
-            let mut store = ClickHouseStore {
-                rt: &self.rt,
-                committers: &self.committers,
-                shutdown: &self.shutdown,
-                partition: *p,
-            };
+            let mut store = self.readback.at(*p);
             let moved = slot.set_erasures(&erased, &mut store)?;
             held += moved.held;
             let_go += moved.let_go;
@@ -1573,6 +1565,24 @@ struct PartitionAfter {
 }
 
 /// An identities-topic message of `kind` with nothing else set.
+/// What reads journeys let go back from ClickHouse needs (see [`ClickHouseStore`]).
+struct Readback {
+    rt: tokio::runtime::Handle,
+    committers: Vec<Arc<BatchCommitter>>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Readback {
+    fn at(&self, partition: i32) -> ClickHouseStore<'_> {
+        ClickHouseStore {
+            rt: &self.rt,
+            committers: &self.committers,
+            shutdown: &self.shutdown,
+            partition,
+        }
+    }
+}
+
 /// Reads journeys let go back from ClickHouse, on the consumer thread: reading waits for it,
 /// as it waits for a slow commit. It asks again until ClickHouse answers, unless the service
 /// is shutting down (then nothing more is applied; what was not committed is read again
