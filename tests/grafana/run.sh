@@ -80,14 +80,22 @@ if ((n < 2)); then
   echo "grafana panels: only $n scrape(s) of $addr/metrics while the journey ran" >&2
   exit 1
 fi
-# At most 12 scrapes, evenly spread, first and last included: enough for every rate().
+# At most 12 scrapes: 8 evenly spread from the first, then the last 4 (what happens at the
+# end of a catch-up, such as the bad records the simulator sends last, shows in every
+# rate() over them).
 {
-  keep=12
-  if ((n < keep)); then keep=$n; fi
-  for i in $(seq 0 $((keep - 1))); do
-    k=$((1 + i * (n - 1) / (keep - 1)))
+  picks=()
+  if ((n <= 12)); then
+    picks=($(seq 1 "$n"))
+  else
+    for i in $(seq 0 7); do picks+=($((1 + i * (n - 5) / 7))); done
+    picks+=($((n - 3)) $((n - 2)) $((n - 1)) "$n")
+  fi
+  i=0
+  for k in "${picks[@]}"; do
     echo "# cxstream-scrape $i"
     cat "$dir/scrapes/$(printf %05d $k).prom"
+    i=$((i + 1))
   done
 } >"$dir/metrics.prom"
 if [[ "${CX_RECORD_METRICS:-0}" == "1" ]]; then
