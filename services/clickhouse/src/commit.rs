@@ -289,7 +289,9 @@ impl BatchCommitter {
                 ..Resume::default()
             });
         };
-        let journeys = self.saved_journeys(partition, generation, &claim).await?;
+        let journeys = self
+            .journeys_where(partition, generation, &claim, &Wanted::All)
+            .await?;
         Ok(Resume {
             next_seq,
             // Negative: nothing was read from that topic yet (start at its beginning).
@@ -309,18 +311,6 @@ impl BatchCommitter {
         })
     }
 
-    /// Each customer's latest journey in the generation and the batches after it that
-    /// count under `claim` (whose chain ends the history where the claim's owner resumes).
-    async fn saved_journeys(
-        &self,
-        partition: u16,
-        generation: crate::Generation,
-        claim: &Claim,
-    ) -> Result<Vec<(String, journey_state::Stored)>> {
-        self.journeys_where(partition, generation, claim, &Wanted::All)
-            .await
-    }
-
     /// Journeys of `partition` let go by its owner (see `cxstream_core::held`), read back
     /// as they were last committed under `claim`.
     pub async fn load_journeys(
@@ -335,7 +325,9 @@ impl BatchCommitter {
             .await
     }
 
-    /// (GLOBAL IN: see `committed_in` in compaction.rs.)
+    /// Each customer's latest journey that `wanted` names, in the generation and the
+    /// batches after it that count under `claim` (whose chain ends the history where the
+    /// claim's owner resumes). (GLOBAL IN: see `committed_in` in compaction.rs.)
     async fn journeys_where(
         &self,
         partition: u16,

@@ -787,13 +787,13 @@ impl Slot {
         store: &mut dyn JourneyStore,
     ) -> anyhow::Result<Moved> {
         let mut moved = Moved::default();
+        let fingerprints: Vec<String> = erasures.fingerprints().map(str::to_string).collect();
         for (i, lane) in self.lanes.iter_mut().enumerate() {
             moved.held += lane.processor.set_erasures(erasures.clone());
             lane.dirty = true;
             if lane.processor.stored_journeys() == 0 {
                 continue;
             }
-            let fingerprints: Vec<String> = erasures.fingerprints().map(str::to_string).collect();
             let before = lane.processor.stored_journeys();
             for chunk in fingerprints.chunks(FINGERPRINTS_PER_QUERY) {
                 let wanted = Wanted::Fingerprints(chunk.to_vec());
