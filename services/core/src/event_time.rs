@@ -123,6 +123,20 @@ impl EventClock {
         self.watermark
     }
 
+    /// The watermark once an event of `input` dated `time_ms` is observed.
+    pub fn watermark_after(&self, input: Input, time_ms: i64) -> Option<i64> {
+        let mut next = self.clone();
+        next.observe(input, time_ms);
+        next.watermark
+    }
+
+    /// The watermark once `input` is set idle.
+    pub fn watermark_if_idle(&self, input: Input) -> Option<i64> {
+        let mut next = self.clone();
+        next.set_idle(input, true);
+        next.watermark
+    }
+
     /// The lowest high mark of the active inputs now (the latest of all when every input
     /// is idle); the watermark is the greatest this has been.
     fn lowest_active_high(&self) -> Option<i64> {

@@ -35,6 +35,11 @@ pub fn store_hash(customer: &str) -> u64 {
     h.finish()
 }
 
+/// A live journey with nothing to persist and no event within `busy`.
+fn is_quiet(j: &Journey, (from, to): (i64, i64)) -> bool {
+    !j.dirty && !j.is_idle() && !j.has_event_within(from, to)
+}
+
 enum Slot {
     Live(Arc<Journey>),
     Idle(PackedFloor),
@@ -94,30 +99,53 @@ impl Held {
         due
     }
 
-    /// Lets the customer's journey go if it is packed (idle, nothing to persist) and no
-    /// other journey let go has its hash. Its deadlines before `watermark` are passed
-    /// already: it is read back for the earliest of the others.
-    pub fn let_go(&mut self, customer: &str, watermark: Option<i64>) -> bool {
-        let Some(Slot::Idle(packed)) = self.by_customer.get(customer) else {
-            return false;
+    /// Lets the customer's journey go if it is packed (idle, nothing to persist), or live,
+    /// unchanged since its last batch and without events within `busy` (see
+    /// [`Self::quiet`]); and if no other journey let go has its hash. Its deadlines before
+    /// `watermark` are passed already: it is read back for the earliest of the others (of a
+    /// live journey, what `open_deadline` finds).
+    pub fn let_go(
+        &mut self,
+        customer: &str,
+        watermark: Option<i64>,
+        busy: Option<(i64, i64)>,
+        open_deadline: impl FnOnce(&Journey) -> Option<i64>,
+    ) -> bool {
+        let due = match self.by_customer.get(customer) {
+            Some(Slot::Idle(packed)) => {
+                let floor = packed.unpack().floor;
+                floor
+                    .pending
+                    .iter()
+                    .map(|p| p.deadline)
+                    .chain(floor.pending_steps.iter().map(|s| s.deadline))
+                    .filter(|d| watermark.is_none_or(|w| *d >= w))
+                    .min()
+            }
+            Some(Slot::Live(j)) if busy.is_some_and(|b| is_quiet(j, b)) => open_deadline(j),
+            _ => return false,
         };
         let hash = store_hash(customer);
         if self.stored.contains_key(&hash) {
             return false;
         }
-        let floor = packed.unpack().floor;
-        let due = floor
-            .pending
-            .iter()
-            .map(|p| p.deadline)
-            .chain(floor.pending_steps.iter().map(|s| s.deadline))
-            .filter(|d| watermark.is_none_or(|w| *d >= w))
-            .min()
-            .unwrap_or(i64::MAX);
+        let due = due.unwrap_or(i64::MAX);
         self.by_customer.remove(customer);
         self.stored.insert(hash, due);
         self.earliest_stored = self.earliest_stored.min(due);
         true
+    }
+
+    /// Customers whose journeys are live, unchanged since their last batch, and have no
+    /// event within `busy` (around the watermark, where the inputs are being read):
+    /// [`Self::let_go`] takes them once their batch is committed.
+    pub fn quiet(&self, busy: (i64, i64)) -> impl Iterator<Item = &Arc<str>> {
+        self.by_customer
+            .iter()
+            .filter_map(move |(c, slot)| match slot {
+                Slot::Live(j) if is_quiet(j, busy) => Some(c),
+                _ => None,
+            })
     }
 
     /// Gives memory back once most journeys were let go.
@@ -156,6 +184,13 @@ impl Held {
     /// The customer's journey, unpacked if idle (then not kept unpacked).
     pub fn get(&self, customer: &str) -> Option<Arc<Journey>> {
         self.by_customer.get(customer).map(Slot::journey)
+    }
+
+    /// As [`Self::get`], with the key it is held under (the one its facts carry).
+    pub fn get_with_key(&self, customer: &str) -> Option<(&Arc<str>, Arc<Journey>)> {
+        self.by_customer
+            .get_key_value(customer)
+            .map(|(k, s)| (k, s.journey()))
     }
 
     pub fn remove(&mut self, customer: &str) -> Option<Arc<Journey>> {

@@ -496,6 +496,13 @@ impl Journey {
         self.touchpoints.is_empty() && self.answers.is_empty()
     }
 
+    /// Whether it keeps an event dated within `from..=to` (touchpoints are ordered by time).
+    pub fn has_event_within(&self, from: i64, to: i64) -> bool {
+        let first = self.touchpoints.partition_point(|t| t.time < from);
+        self.touchpoints.get(first).is_some_and(|t| t.time <= to)
+            || self.answers.iter().any(|a| (from..=to).contains(&a.time))
+    }
+
     pub fn has_touchpoint(&self, id: u64) -> bool {
         self.touchpoints.iter().any(|t| t.id == id)
     }

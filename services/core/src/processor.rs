@@ -9,7 +9,7 @@
 //! the stage, segment or attribution of later events retracts what they counted and counts
 //! them again, and rewrites their facts.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hasher;
 use std::sync::Arc;
 
@@ -245,11 +245,20 @@ pub struct PartitionProcessor {
     erasures: Arc<Erasures>,
     /// Whether idle journeys are let go once committed (see [`Held`]).
     letting_go: bool,
+    /// Journeys with events are let go too, once committed and without an event within
+    /// this much event time around the watermark.
+    quiet_after: Option<i64>,
+    /// The watermark at the last look for quiet journeys.
+    quiet_looked_at: i64,
     /// Per batch taken and not yet committed, oldest first: the journeys it persisted or
     /// that were read back before it, which may be let go once it is committed.
     settled: VecDeque<Vec<Arc<str>>>,
     /// Journeys read back from the store since the last batch was taken.
     loaded: Vec<Arc<str>>,
+    /// Customers whose entries or steps dropped off since the last batch was taken (their
+    /// journeys unchanged): not let go before that batch is committed, since the batch
+    /// tells its facts apart by the customer's key as held.
+    dropped: Vec<Arc<str>>,
     /// Journeys let go since their deadlines were last dropped (see `purge_deadlines`).
     let_go_since_purge: usize,
     /// Journeys read back since [`Self::take_read_back`].
@@ -300,8 +309,11 @@ impl PartitionProcessor {
             touchpoints_written: None,
             erasures: Arc::default(),
             letting_go: false,
+            quiet_after: None,
+            quiet_looked_at: i64::MIN,
             settled: VecDeque::new(),
             loaded: Vec::new(),
+            dropped: Vec::new(),
             let_go_since_purge: 0,
             read_back: 0,
         }
@@ -315,14 +327,25 @@ impl PartitionProcessor {
         self
     }
 
+    /// Also lets journeys with events go, once committed and without an event within
+    /// `after_ms` of event time around the watermark (with [`Self::letting_go`]): a
+    /// customer between visits costs what an idle one does, and is read back when they
+    /// come back. Around, not only before: an input read far ahead of the other (a broker
+    /// catching a reader up may hand one topic over long before the other) would otherwise
+    /// keep every journey it touched until the other comes as far.
+    pub fn letting_quiet_journeys_go(mut self, after_ms: i64) -> Self {
+        self.quiet_after = Some(after_ms.max(0));
+        self
+    }
+
     fn lets_go(&self) -> bool {
         self.letting_go && self.identity.is_none()
     }
 
-    /// What must be read back from the store before a record of `customer_id` dated
-    /// `time_ms` is applied: its customer's journey if it was let go, and the journeys let
-    /// go whose deadlines the watermark may pass.
-    pub fn to_load(&self, customer_id: &Option<String>, time_ms: i64) -> Load {
+    /// What must be read back from the store before a record of `input` for `customer_id`
+    /// dated `time_ms` is applied: its customer's journey if it was let go, and the
+    /// journeys let go whose deadlines the watermark will pass with it.
+    pub fn to_load(&self, customer_id: &Option<String>, time_ms: i64, input: Input) -> Load {
         if self.journeys.stored_len() == 0 {
             return Load::default();
         }
@@ -331,31 +354,51 @@ impl PartitionProcessor {
         let key = pseudonym.as_deref().unwrap_or(key);
         Load {
             customer: (!key.is_empty() && self.journeys.is_stored(key)).then(|| key.to_string()),
-            due_by: self.deadlines_to_load(Some(time_ms)),
+            due_by: self.deadlines_to_load(self.clock.watermark_after(input, time_ms)),
         }
     }
 
-    /// What must be read back before an input is set idle (which may move the watermark):
+    /// What a run of records (customer, event time, input each) needs read back before
+    /// they are applied, all at once: the journeys let go of their customers, and those
+    /// whose deadlines the watermark will pass with them (the journeys' keys, and the
+    /// time to read back deadlines by, as [`Self::to_load`]).
+    pub fn to_load_ahead<'a>(
+        &self,
+        records: impl IntoIterator<Item = (&'a Option<String>, i64, Input)>,
+    ) -> (Vec<String>, Option<i64>) {
+        if self.journeys.stored_len() == 0 {
+            return (Vec::new(), None);
+        }
+        let mut clock = self.clock.clone();
+        let mut customers = Vec::new();
+        for (customer_id, time_ms, input) in records {
+            clock.observe(input, time_ms);
+            let key = customer_of(customer_id);
+            let pseudonym = self.erasures.pseudonym_of(key);
+            let key = pseudonym.as_deref().unwrap_or(key);
+            if !key.is_empty() && self.journeys.is_stored(key) {
+                customers.push(key.to_string());
+            }
+        }
+        customers.sort_unstable();
+        customers.dedup();
+        (customers, self.deadlines_to_load(clock.watermark()))
+    }
+
+    /// What must be read back before `input` is set idle (which may move the watermark):
     /// the journeys let go that wait for a deadline at or before the returned time.
-    pub fn to_load_when_idle(&self) -> Option<i64> {
+    pub fn to_load_when_idle(&self, input: Input) -> Option<i64> {
         if self.journeys.stored_len() == 0 {
             return None;
         }
-        self.deadlines_to_load(None)
+        self.deadlines_to_load(self.clock.watermark_if_idle(input))
     }
 
-    /// The watermark never passes the latest event time seen (with `time_ms`).
-    fn deadlines_to_load(&self, time_ms: Option<i64>) -> Option<i64> {
-        let latest = [
-            self.clock.high(Input::Touchpoints),
-            self.clock.high(Input::Answers),
-            time_ms,
-        ]
-        .into_iter()
-        .flatten()
-        .max()?;
-        (self.journeys.earliest_stored() <= latest)
-            .then(|| latest.saturating_add(DEADLINES_READ_AHEAD_MS))
+    /// Those due before the watermark will be (`watermark`), and with them those due within
+    /// an hour after it.
+    fn deadlines_to_load(&self, watermark: Option<i64>) -> Option<i64> {
+        let wm = watermark?;
+        (self.journeys.earliest_stored() <= wm).then(|| wm.saturating_add(DEADLINES_READ_AHEAD_MS))
     }
 
     /// The store hashes ([`crate::held::store_hash`]) of the journeys let go that wait for a
@@ -404,13 +447,43 @@ impl PartitionProcessor {
         let Some(settled) = self.settled.pop_front() else {
             return;
         };
-        // A journey also persisted by a later batch waits for that one.
-        let later: std::collections::HashSet<&Arc<str>> = self.settled.iter().flatten().collect();
-        let free: Vec<Arc<str>> = settled.into_iter().filter(|k| !later.contains(k)).collect();
+        let quiet = self.quiet_look();
+        // A journey also persisted by a later batch (or with facts for the next one) waits
+        // for that one.
+        let later: HashSet<&Arc<str>> =
+            self.settled.iter().flatten().chain(&self.dropped).collect();
+        let mut free: Vec<Arc<str>> = settled.into_iter().filter(|k| !later.contains(k)).collect();
+        if let Some(busy) = quiet {
+            free.extend(
+                self.journeys
+                    .quiet(busy)
+                    .filter(|k| !later.contains(k))
+                    .cloned(),
+            );
+        }
         for key in free {
             self.let_go(&key);
         }
         self.purge_deadlines();
+    }
+
+    /// Where journeys are busy (see [`Self::letting_quiet_journeys_go`]), when the
+    /// watermark has moved a quarter of the quiet time (at least a minute) since the last
+    /// look: each look reads every journey held.
+    fn quiet_look(&mut self) -> Option<(i64, i64)> {
+        let wm = self.clock.watermark()?;
+        let step = (self.quiet_after? / 4).max(60_000);
+        if wm < self.quiet_looked_at.saturating_add(step) {
+            return None;
+        }
+        self.quiet_looked_at = wm;
+        self.busy()
+    }
+
+    /// The event time around the watermark within which a journey is not quiet.
+    fn busy(&self) -> Option<(i64, i64)> {
+        let (after, wm) = (self.quiet_after?, self.clock.watermark()?);
+        Some((wm.saturating_sub(after), wm.saturating_add(after)))
     }
 
     /// Drops the deadlines of journeys let go (each is read back, its deadlines with it,
@@ -444,7 +517,10 @@ impl PartitionProcessor {
     }
 
     fn let_go(&mut self, key: &Arc<str>) {
-        if self.journeys.let_go(key, self.clock.watermark()) {
+        let (wm, busy) = (self.clock.watermark(), self.busy());
+        let budgets = &self.budgets;
+        let open = |j: &Journey| open_deadlines(j, budgets, wm).min();
+        if self.journeys.let_go(key, wm, busy, open) {
             self.let_go_since_purge += 1;
         }
     }
@@ -597,18 +673,8 @@ impl PartitionProcessor {
             return;
         }
         let wm = self.clock.watermark();
-        let views = journey.touchpoint_views(&self.budgets);
-        let steps = journey.step_views(&self.budgets, &views.touchpoints);
-        let outcomes = views
-            .pending
-            .iter()
-            .chain(&views.touchpoints)
-            .filter_map(|v| v.outcome)
-            .chain(steps.iter().map(|a| a.outcome));
-        for o in outcomes {
-            if let StageOutcome::Open { deadline } = o.at(wm) {
-                self.out.deadlines.insert((deadline, customer.clone()));
-            }
+        for deadline in open_deadlines(&journey, &self.budgets, wm) {
+            self.out.deadlines.insert((deadline, customer.clone()));
         }
         self.journeys.insert(customer, Arc::new(journey));
     }
@@ -663,10 +729,14 @@ impl PartitionProcessor {
             let Some((deadline, customer)) = self.out.deadlines.pop_first() else {
                 break;
             };
-            // Gone (converted, no longer an entry, or folded) entries need nothing.
-            let Some(journey) = self.journeys.get(&customer) else {
+            // Gone (converted, no longer an entry, or folded) entries need nothing. The
+            // facts carry the key the journey is held under: the deadline's may be an older
+            // copy, from before the journey was let go and read back, and a batch tells
+            // facts apart by it.
+            let Some((customer, journey)) = self.journeys.get_with_key(&customer) else {
                 continue;
             };
+            let customer = customer.clone();
             let views = journey.touchpoint_views(&self.budgets);
             for a in journey.step_views(&self.budgets, &views.touchpoints) {
                 if a.outcome != (Outcome::Awaiting { deadline }) {
@@ -687,6 +757,9 @@ impl PartitionProcessor {
                     outcome: StageOutcome::Dropped { deadline },
                     withdrawn: false,
                 });
+            }
+            if self.lets_go() {
+                self.dropped.push(customer.clone());
             }
             let pending = journey.floor.pending.as_ref().map(|p| p.origin.clone());
             let kept = journey.touchpoints.iter().map(Some);
@@ -1016,6 +1089,7 @@ impl PartitionProcessor {
         let (identifications, visitors) = self.take_identity(&mut journeys);
         if self.lets_go() {
             let mut settled: Vec<Arc<str>> = std::mem::take(&mut self.loaded);
+            settled.append(&mut self.dropped);
             settled.extend(journeys.iter().map(|(k, _)| k.clone()));
             self.settled.push_back(settled);
         }
@@ -1138,6 +1212,29 @@ impl PartitionProcessor {
         });
         self.swept_to = h;
     }
+}
+
+/// The deadlines a journey's stage entries and step attempts still wait for at `watermark`.
+fn open_deadlines(
+    journey: &Journey,
+    budgets: &Budgets,
+    watermark: Option<i64>,
+) -> impl Iterator<Item = i64> {
+    let views = journey.touchpoint_views(budgets);
+    let steps = journey.step_views(budgets, &views.touchpoints);
+    let outcomes: Vec<_> = views
+        .pending
+        .iter()
+        .chain(&views.touchpoints)
+        .filter_map(|v| v.outcome)
+        .chain(steps.iter().map(|a| a.outcome))
+        .collect();
+    outcomes
+        .into_iter()
+        .filter_map(move |o| match o.at(watermark) {
+            StageOutcome::Open { deadline } => Some(deadline),
+            _ => None,
+        })
 }
 
 /// A touchpoint's names as the map's indices: touchpoint, channel, stage, segment.
@@ -1484,12 +1581,15 @@ fn emit_step_diff(
 /// The cells of `map` that are not zero, leaving it empty (with its capacity). Sized up
 /// front: collected from the filter, the Vec grew by doubling, and each step copied and
 /// touched fresh pages (2 % of a catch-up's CPU).
-fn drain_nonzero<K, V>(
+fn drain_nonzero<K: Eq + std::hash::Hash, V>(
     map: &mut HashMap<K, V, ahash::RandomState>,
     is_zero: impl Fn(&V) -> bool,
 ) -> Vec<(K, V)> {
     let mut cells = Vec::with_capacity(map.len());
     cells.extend(map.drain().filter(|(_, c)| !is_zero(c)));
+    // Room for a batch like this one, not for the largest ever (a catch-up's first batch
+    // may hold a day of one input's cells).
+    map.shrink_to(cells.len());
     cells
 }
 

@@ -767,12 +767,46 @@ fn apply(p: &mut PartitionProcessor, r: &Rec, offset: i64) {
     res.expect("valid record");
 }
 
+/// How journeys are let go in [`run_letting_go_on`].
+#[derive(Debug, Clone, Copy)]
+struct LetGo {
+    /// Journeys with events are let go too, once quiet this long behind the watermark.
+    quiet: Option<i64>,
+    /// What the next this many records need is read back together (as the journey service
+    /// reads back for the records polled together), before each one's own.
+    ahead: usize,
+    /// A batch is committed after the next record was applied (one batch in flight), as
+    /// the journey service pipelines its commits.
+    pipelined: bool,
+}
+
+const IDLE_ONLY: LetGo = LetGo {
+    quiet: None,
+    ahead: 1,
+    pipelined: false,
+};
+
 /// As [`run`], with idle journeys let go once committed and read back as the journey
 /// service does: the sink is the store, found by customer key or by ClickHouse's
 /// `sipHash64` of it (computed here, not by the processor). Returns the sink and how many
 /// journeys were read back.
 fn run_letting_go(recs: &[Rec], cuts: &[Cut], policy: EventTimePolicy) -> (Sink, usize) {
-    run_letting_go_on(map(), recs, cuts, policy)
+    run_letting_go_on(map(), recs, cuts, policy, IDLE_ONLY)
+}
+
+fn letting_go(m: Arc<JourneyMap>, policy: EventTimePolicy, how: LetGo) -> PartitionProcessor {
+    let p = PartitionProcessor::new(m, policy).letting_go();
+    match how.quiet {
+        Some(after) => p.letting_quiet_journeys_go(after),
+        None => p,
+    }
+}
+
+fn read_back_for(r: &Rec) -> (&Option<String>, i64, Input) {
+    match r {
+        Rec::T(t) => (&t.customer_id, t.event_time, Input::Touchpoints),
+        Rec::A(a) => (&a.customer_id, a.answer_time, Input::Answers),
+    }
 }
 
 fn run_letting_go_on(
@@ -780,31 +814,52 @@ fn run_letting_go_on(
     recs: &[Rec],
     cuts: &[Cut],
     policy: EventTimePolicy,
+    how: LetGo,
 ) -> (Sink, usize) {
     let mut sink = Sink::default();
-    let mut p = PartitionProcessor::new(m.clone(), policy).letting_go();
+    let mut p = letting_go(m.clone(), policy, how);
     let mut loaded = 0;
+    let mut in_flight = false;
     for (i, r) in recs.iter().enumerate() {
-        let (customer, time) = match r {
-            Rec::T(t) => (&t.customer_id, t.event_time),
-            Rec::A(a) => (&a.customer_id, a.answer_time),
-        };
-        let load = p.to_load(customer, time);
+        if i % how.ahead.max(1) == 0 {
+            let next = &recs[i..(i + how.ahead).min(recs.len())];
+            let (customers, due_by) = p.to_load_ahead(next.iter().map(read_back_for));
+            loaded += sink.load_all(&mut p, &customers, due_by);
+        }
+        let (customer, time, input) = read_back_for(r);
+        let load = p.to_load(customer, time, input);
         loaded += sink.load(&mut p, load.customer.as_deref(), load.due_by);
         apply(&mut p, r, i as i64);
-        match cuts.get(i).copied().unwrap_or(Cut::None) {
+        let cut = cuts.get(i).copied().unwrap_or(Cut::None);
+        if in_flight && matches!(cut, Cut::None) {
+            // Committed while the next record was applied.
+            p.committed();
+            in_flight = false;
+        }
+        match cut {
             Cut::None => {}
             Cut::Commit => {
+                if std::mem::take(&mut in_flight) {
+                    p.committed();
+                }
                 sink.commit(&m, &mut p);
-                p.committed();
+                if how.pipelined {
+                    in_flight = true;
+                } else {
+                    p.committed();
+                }
             }
             Cut::Restart => {
                 sink.commit(&m, &mut p);
+                in_flight = false;
                 p = sink.restore_on(m.clone(), policy).letting_go();
+                if let Some(after) = how.quiet {
+                    p = p.letting_quiet_journeys_go(after);
+                }
                 p.let_go_restored();
             }
             Cut::Idle(input) => {
-                let due = p.to_load_when_idle();
+                let due = p.to_load_when_idle(input);
                 loaded += sink.load(&mut p, None, due);
                 p.set_idle(input, true);
             }
@@ -815,6 +870,17 @@ fn run_letting_go_on(
 }
 
 impl Sink {
+    /// Reads journeys back into `p`: the customers', and those due by `due_by`.
+    fn load_all(
+        &self,
+        p: &mut PartitionProcessor,
+        customers: &[String],
+        due_by: Option<i64>,
+    ) -> usize {
+        let read: usize = customers.iter().map(|c| self.load(p, Some(c), None)).sum();
+        read + self.load(p, None, due_by)
+    }
+
     /// Reads journeys back into `p`: the customer's, and those due by `due_by`.
     fn load(
         &self,
@@ -1027,9 +1093,18 @@ proptest! {
         prop_assert_eq!(sink.aggregates(), expected.clone());
         let mut facts = sink.facts_summed();
         facts.retain(|_, c| !c.is_zero());
-        prop_assert_eq!(facts, expected);
+        prop_assert_eq!(facts, expected.clone());
         sink.assert_one_stage_at_a_time();
         let steps = reference_steps(&recs, watermark);
+        prop_assert_eq!(sink.step_aggregates(), steps.clone());
+        prop_assert_eq!(sink.step_facts_summed(), steps.clone());
+        // Journeys with events let go as soon as committed and quiet, read back ahead.
+        let how = LetGo { quiet: Some(0), ahead: 4, pipelined: true };
+        let (sink, _) = run_letting_go_on(map(), &arrived, &cuts, no_lateness(), how);
+        prop_assert_eq!(sink.aggregates(), expected.clone());
+        let mut facts = sink.facts_summed();
+        facts.retain(|_, c| !c.is_zero());
+        prop_assert_eq!(facts, expected);
         prop_assert_eq!(sink.step_aggregates(), steps.clone());
         prop_assert_eq!(sink.step_facts_summed(), steps);
     }
@@ -1080,7 +1155,12 @@ proptest! {
         let expected = reference_with_horizons(&applied, watermark);
         let applied: Vec<Rec> = applied.into_iter().map(|(r, _)| r).collect();
         let expected_steps = reference_steps(&applied, watermark);
-        for sink in [run(&arrived, &cuts, policy), run_letting_go(&arrived, &cuts, policy).0] {
+        let quiet = LetGo { quiet: Some(lateness / 3), ahead: 3, pipelined: true };
+        for sink in [
+            run(&arrived, &cuts, policy),
+            run_letting_go(&arrived, &cuts, policy).0,
+            run_letting_go_on(map(), &arrived, &cuts, policy, quiet).0,
+        ] {
             prop_assert_eq!(sink.refused.len(), late.len());
             prop_assert!(sink.refused.iter().all(|(_, why)| *why == Refusal::Late));
             prop_assert_eq!(sink.clock.watermark, watermark);
@@ -1385,7 +1465,7 @@ fn a_journey_let_go_is_read_back_before_its_deadline_passes() {
     ];
     let cuts = vec![Cut::Idle(Input::Answers), Cut::Commit, Cut::Commit];
     let policy = an_hour_late();
-    let (sink, loaded) = run_letting_go_on(m, &recs, &cuts, policy);
+    let (sink, loaded) = run_letting_go_on(m, &recs, &cuts, policy, IDLE_ONLY);
     assert_eq!(loaded, 1, "f read back for its deadline");
     assert_dropped_off_once(&sink, t0);
 }
@@ -1430,12 +1510,58 @@ fn a_journey_let_go_of_a_customer_erased_since_is_read_back_and_moved() {
     sink.commit(&m, &mut p);
     p.committed();
     let d2 = tp("d-2", "d", t0 + 4 * DAY, "product_view", None);
-    let load = p.to_load(&d2.customer_id, d2.event_time);
+    let load = p.to_load(&d2.customer_id, d2.event_time, Input::Touchpoints);
     assert_eq!(load.customer, None);
     sink.load(&mut p, None, load.due_by);
     p.on_touchpoint(d2, 2, None).unwrap();
     sink.commit(&m, &mut p);
     assert_dropped_off_once(&sink, t0);
+}
+
+/// A journey with events inside the allowed lateness, quiet for the time set, is let go once
+/// committed (not only idle ones), read back when its customer comes back, and read back
+/// when its entry's deadline comes: it counts as if it had stayed held.
+#[test]
+fn a_quiet_journey_with_events_is_let_go_and_read_back_when_needed() {
+    const HOUR: i64 = 3_600_000;
+    let m = awareness_for_three_days();
+    let t0 = 1_700_000_000_000i64;
+    let recs = vec![
+        Rec::T(tp("c-1", "c", t0, "ad_click", None)),
+        Rec::T(tp("f-1", "f", t0 + 1000, "ad_click", None)),
+        // Two hours on: c and f are quiet, with their events a day inside the lateness.
+        Rec::T(tp("d-1", "d", t0 + 2 * HOUR, "ad_click", None)),
+        // c comes back; f never does, and its awareness entry drops off in three days.
+        Rec::T(tp("c-2", "c", t0 + 3 * HOUR, "purchase", None)),
+        Rec::T(tp("d-2", "d", t0 + 80 * HOUR, "product_view", None)),
+    ];
+    let cuts = vec![
+        Cut::Idle(Input::Answers),
+        Cut::Commit,
+        Cut::Commit,
+        Cut::Commit,
+        Cut::Commit,
+    ];
+    let policy = EventTimePolicy {
+        allowed_lateness_ms: 24 * HOUR,
+        max_future_ms: i64::MAX / 4,
+    };
+    let how = LetGo {
+        quiet: Some(HOUR),
+        ahead: 1,
+        pipelined: false,
+    };
+    let plain = run_letting_go_on(m.clone(), &recs, &cuts, policy, IDLE_ONLY);
+    let (quiet, loaded) = run_letting_go_on(m, &recs, &cuts, policy, how);
+    assert_eq!(plain.1, 0, "nothing idle to let go");
+    assert_eq!(
+        loaded, 2,
+        "c read back for its purchase, f for its deadline"
+    );
+    assert_eq!(quiet.aggregates(), plain.0.aggregates());
+    assert_eq!(quiet.step_aggregates(), plain.0.step_aggregates());
+    let dropped: i64 = quiet.aggregates().values().map(|c| c.stage_dropoffs).sum();
+    assert!(dropped >= 1, "f's entry dropped off");
 }
 
 /// The shop map with awareness entries waiting three days: journeys go idle (with an hour

@@ -210,6 +210,11 @@ pub struct JourneySettings {
     /// its customer comes back or its deadline comes (not with identity stitching).
     /// Default true.
     pub let_go_idle_journeys: bool,
+    /// With `let_go_idle_journeys`, a journey that still has events inside the allowed
+    /// lateness is let go too once committed and without an event in this much event time
+    /// before the watermark (a customer between visits), ms; `null` keeps such journeys in
+    /// memory. Default 3600000 (1 hour).
+    pub let_go_quiet_journeys_after_ms: Option<u64>,
     /// Leave and re-join the consumer group when no partition was assigned for this long,
     /// ms; each further attempt waits twice as long, up to 8× (`--until-caught-up` takes
     /// every partition itself instead of a third). Default 20000 (twice the session
@@ -243,6 +248,7 @@ impl Default for JourneySettings {
             idle_release_ms: 2000,
             max_record_bytes: 1 << 20,
             let_go_idle_journeys: true,
+            let_go_quiet_journeys_after_ms: Some(3_600_000),
             join_timeout_ms: 20_000,
             publish_aggregates: true,
         }

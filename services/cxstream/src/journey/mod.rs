@@ -64,7 +64,7 @@ use crate::config::Config;
 use crate::produce::{delivered, send, Deliveries, Producer};
 use aggregates::AggregatesOutput;
 use commits::Check;
-use partition::{LaneBatch, Published, Record, Setup, Slot, Source};
+use partition::{Decoded, LaneBatch, Published, Record, Setup, Slot, Source};
 use readiness::Readiness;
 use rebalance::{Change, JourneyContext};
 
@@ -297,6 +297,10 @@ impl JourneyService {
             group: cfg.journey.group_id.as_str().into(),
             erasures: erasures.erased().clone(),
             let_go: cfg.journey.let_go_idle_journeys,
+            let_go_quiet_after: cfg
+                .journey
+                .let_go_quiet_journeys_after_ms
+                .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)),
         };
         let inner = Inner {
             codec,
@@ -391,8 +395,18 @@ impl JourneyService {
             inner.start_claimed(&consumer)?;
             match polled {
                 Some(Ok(msg)) => {
-                    since_flush += 1;
-                    inner.on_message(&msg)?;
+                    // What librdkafka has fetched already is taken with it (up to the next
+                    // batch's size), so that reading journeys back takes one query for all.
+                    let room = inner
+                        .cfg
+                        .journey
+                        .max_batch_records
+                        .saturating_sub(since_flush);
+                    let msgs = more_polled(&consumer, msg, room.min(POLLED_TOGETHER));
+                    // A partition revoked while they were polled is not applied to.
+                    inner.apply_rebalance(&consumer);
+                    since_flush += msgs.len() as u64;
+                    inner.on_messages(&msgs)?;
                     if !inner.waiting.is_empty() {
                         inner.throttle(&consumer);
                     }
@@ -793,14 +807,61 @@ impl Inner {
         Ok(())
     }
 
-    fn on_message(&mut self, msg: &BorrowedMessage<'_>) -> Result<()> {
-        let source = if msg.topic() == self.cfg.topics.touchpoints {
+    /// Applies the records polled together, in order. They are decoded first, and the
+    /// journeys let go that they need are read back from ClickHouse in one query per
+    /// partition (not one per customer).
+    fn on_messages(&mut self, msgs: &[BorrowedMessage<'_>]) -> Result<()> {
+        let decoded: Vec<Decoded> = msgs.iter().map(|m| self.decode(m)).collect();
+        self.read_ahead(msgs, &decoded)?;
+        for (msg, decoded) in msgs.iter().zip(decoded) {
+            self.on_message(msg, decoded)?;
+        }
+        Ok(())
+    }
+
+    fn source(&self, msg: &BorrowedMessage<'_>) -> Source {
+        if msg.topic() == self.cfg.topics.touchpoints {
             Source::Touchpoints
         } else if msg.topic() == self.cfg.topics.survey_responses {
             Source::Answers
         } else {
             Source::Identities
-        };
+        }
+    }
+
+    /// A record of a partition read here, not waiting, and not too large: decoded.
+    fn decode(&self, msg: &BorrowedMessage<'_>) -> Decoded {
+        let source = self.source(msg);
+        let partition = msg.partition();
+        let payload = msg.payload().unwrap_or(&[]);
+        if !self.slots.contains_key(&partition)
+            || self.waiting.contains_key(&(partition, source))
+            || payload.len() > self.cfg.journey.max_record_bytes
+        {
+            return Decoded::Later;
+        }
+        Slot::decode(&record(msg, source), &self.codec)
+    }
+
+    /// Reads back what the journeys of each partition need before `decoded` is applied.
+    fn read_ahead(&mut self, msgs: &[BorrowedMessage<'_>], decoded: &[Decoded]) -> Result<()> {
+        let mut by_partition: BTreeMap<i32, Vec<&Decoded>> = BTreeMap::new();
+        for (msg, d) in msgs.iter().zip(decoded) {
+            if !matches!(d, Decoded::Later | Decoded::Bad(..)) {
+                by_partition.entry(msg.partition()).or_default().push(d);
+            }
+        }
+        for (partition, ahead) in by_partition {
+            let mut store = self.readback.at(partition);
+            if let Some(slot) = self.slots.get_mut(&partition) {
+                slot.read_ahead(&ahead, &mut store)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, msg: &BorrowedMessage<'_>, decoded: Decoded) -> Result<()> {
+        let source = self.source(msg);
         let partition = msg.partition();
         *self.consumed.entry((source, partition)).or_default() += 1;
         let mut store = self.readback.at(partition);
@@ -812,28 +873,21 @@ impl Inner {
             // Left: read again from the first one left when the input goes on.
             return Ok(());
         }
-        let payload = msg.payload().unwrap_or(&[]);
-        let record = Record {
-            source,
-            key: msg.key(),
-            payload,
-            offset: msg.offset(),
-            timestamp_ms: msg.timestamp().to_millis(),
-        };
-        if let Some(time) = slot.event_time(&record, &self.codec) {
+        let record = record(msg, source);
+        if let Some(time) = slot.event_time(&record, &decoded, &self.codec) {
             if slot.must_wait(source, record.offset, time) {
                 self.waiting.insert(at, (record.offset, time));
                 return Ok(());
             }
         }
-        if payload.len() > self.cfg.journey.max_record_bytes {
+        if record.payload.len() > self.cfg.journey.max_record_bytes {
             let message = format!(
                 "record of {} bytes exceeds journey.max_record_bytes",
-                payload.len()
+                record.payload.len()
             );
             slot.refuse(&record, "oversized", message);
         } else {
-            slot.process(&record, &self.codec, &mut store)?;
+            slot.process(&record, decoded, &self.codec, &mut store)?;
             if let Some(time) = slot.runs_ahead(source) {
                 // Read again from the next record once the other input has caught up.
                 self.waiting.insert(at, (record.offset + 1, time));
@@ -1562,6 +1616,38 @@ struct PartitionAfter {
     /// Kafka's next offset of each input.
     next: Vec<(Source, i64)>,
     watermark: Option<i64>,
+}
+
+/// Records applied together at most (see [`Inner::on_messages`]).
+const POLLED_TOGETHER: u64 = 1000;
+
+/// `first` and what the consumer hands over without waiting, `most` in all at most.
+fn more_polled<'a>(
+    consumer: &'a ConsumerHandle,
+    first: BorrowedMessage<'a>,
+    most: u64,
+) -> Vec<BorrowedMessage<'a>> {
+    let mut msgs = vec![first];
+    while (msgs.len() as u64) < most {
+        match consumer.poll(Duration::ZERO) {
+            Some(Ok(msg)) => msgs.push(msg),
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            None => break,
+        }
+    }
+    msgs
+}
+
+/// A polled message as the partition's record of `source`.
+fn record<'a>(msg: &'a BorrowedMessage<'_>, source: Source) -> Record<'a> {
+    Record {
+        source,
+        key: msg.key(),
+        payload: msg.payload().unwrap_or(&[]),
+        offset: msg.offset(),
+        timestamp_ms: msg.timestamp().to_millis(),
+    }
 }
 
 /// An identities-topic message of `kind` with nothing else set.

@@ -16,9 +16,9 @@ use cxstream_clickhouse::{BatchEnd, Resume, Stored, Wanted};
 use cxstream_core::claims::Claim;
 use cxstream_core::erasure::Erasures;
 use cxstream_core::identity::{Identification, IdentityPolicy, VISITOR_PREFIX};
-use cxstream_core::processor::Load;
 use cxstream_core::{
-    Batch, EventClock, EventTimePolicy, Input, Journey, JourneyMap, JourneyMaps, PartitionProcessor,
+    Batch, EventClock, EventTimePolicy, Input, Journey, JourneyMap, JourneyMaps,
+    PartitionProcessor, SurveyAnswer, TouchpointEvent,
 };
 
 /// Journeys moved under erased customers' pseudonyms.
@@ -47,6 +47,30 @@ pub trait JourneyStore {
 const HASHES_PER_QUERY: usize = 2000;
 /// Erasure fingerprints asked for in one query (68 characters each, twice).
 const FINGERPRINTS_PER_QUERY: usize = 1000;
+/// Customers asked for in one query (a customer id is at most a few dozen characters).
+const CUSTOMERS_PER_QUERY: usize = 1000;
+
+/// An input record decoded once, ahead of applying it: the records polled together are
+/// looked at first, so that the journeys they need are read back in one query.
+pub enum Decoded {
+    Touchpoint(TouchpointEvent),
+    Answer(SurveyAnswer),
+    /// Refused: the kind of error and its message.
+    Bad(&'static str, String),
+    /// Not decoded ahead (an identities message, or a record skipped).
+    Later,
+}
+
+impl Decoded {
+    /// The record's customer, event time and input, for what to read back before it.
+    fn read_back_for(&self) -> Option<(&Option<String>, i64, Input)> {
+        match self {
+            Decoded::Touchpoint(ev) => Some((&ev.customer_id, ev.event_time, Input::Touchpoints)),
+            Decoded::Answer(a) => Some((&a.customer_id, a.answer_time, Input::Answers)),
+            Decoded::Bad(..) | Decoded::Later => None,
+        }
+    }
+}
 
 /// How far, in event time, one input is read ahead of the other while the other has records
 /// to read. Catching up, the broker may hand one topic over long before the other; the
@@ -207,19 +231,21 @@ impl Lane {
         &mut self,
         lane: usize,
         store: &mut dyn JourneyStore,
-        load: Load,
+        mut customers: Vec<String>,
+        due_by: Option<i64>,
     ) -> anyhow::Result<()> {
-        if let Some(customer) = load.customer {
-            for _ in 0..2 {
-                let wanted = Wanted::Customers(vec![customer.clone()]);
+        for _ in 0..2 {
+            for chunk in customers.chunks(CUSTOMERS_PER_QUERY) {
+                let wanted = Wanted::Customers(chunk.to_vec());
                 self.restore_loaded(store.load(lane, &self.claim, wanted)?);
-                // Still let go after two reads: another customer with the same hash was.
-                if !self.processor.is_stored(&customer) {
-                    break;
-                }
+            }
+            // Still let go after two reads: another customer with the same hash was.
+            customers.retain(|c| self.processor.is_stored(c));
+            if customers.is_empty() {
+                break;
             }
         }
-        let Some(by) = load.due_by else {
+        let Some(by) = due_by else {
             return Ok(());
         };
         let mut due = self.processor.stored_due_by(by);
@@ -256,6 +282,9 @@ impl Lane {
         }
         if setup.let_go {
             processor = processor.letting_go();
+            if let Some(after) = setup.let_go_quiet_after {
+                processor = processor.letting_quiet_journeys_go(after);
+            }
         }
         processor.set_erasures(setup.erasures.clone());
         let mut unheld = Vec::new();
@@ -440,6 +469,9 @@ pub struct Setup {
     pub erasures: Arc<Erasures>,
     /// Whether idle journeys are let go once committed (`journey.let_go_idle_journeys`).
     pub let_go: bool,
+    /// With `let_go`, journeys with events are let go too once quiet this long
+    /// (`journey.let_go_quiet_journeys_after_ms`).
+    pub let_go_quiet_after: Option<i64>,
 }
 
 impl Setup {
@@ -507,25 +539,58 @@ impl Slot {
             .map_or("", |l| l.processor.map().name.as_str())
     }
 
-    /// Decodes a record once and applies it to every journey that has not committed it;
-    /// a refusal (the same in every journey) is collected once in [`Self::take_rejected`].
+    /// Decodes an input record (touchpoint or answer) once for every journey.
+    pub fn decode(r: &Record<'_>, codec: &Codec) -> Decoded {
+        let decoded = match r.source {
+            Source::Touchpoints => codec.decode_touchpoint(r.payload).map(Decoded::Touchpoint),
+            Source::Answers => codec.decode_answer(r.payload).map(Decoded::Answer),
+            Source::Identities => return Decoded::Later,
+        };
+        decoded.unwrap_or_else(|e| Decoded::Bad(e.kind(), e.to_string()))
+    }
+
+    /// Reads back, in as few queries as it takes, what the journeys need before records
+    /// `ahead` (decoded, in the order they are read) are applied: the same as
+    /// [`Self::process`] reads back before each, for all at once. What is read back and
+    /// not needed after all stays until the next commit lets it go again.
+    pub fn read_ahead(
+        &mut self,
+        ahead: &[&Decoded],
+        store: &mut dyn JourneyStore,
+    ) -> anyhow::Result<()> {
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            if lane.processor.stored_journeys() == 0 {
+                continue;
+            }
+            let records = ahead.iter().filter_map(|d| d.read_back_for());
+            let (customers, due_by) = lane.processor.to_load_ahead(records);
+            if !customers.is_empty() || due_by.is_some() {
+                lane.read_back(i, store, customers, due_by)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a record, decoded ([`Self::decode`]) or not, to every journey that has not
+    /// committed it; a refusal (the same in every journey) is collected once in
+    /// [`Self::take_rejected`].
     pub fn process(
         &mut self,
         r: &Record<'_>,
+        decoded: Decoded,
         codec: &Codec,
         store: &mut dyn JourneyStore,
     ) -> anyhow::Result<()> {
         let takers = self.take(r);
         let done = if takers.is_empty() {
             Ok(())
+        } else if r.source == Source::Identities {
+            self.apply_identity(r, codec, &takers);
+            Ok(())
+        } else if let Decoded::Later = decoded {
+            self.apply(r, Self::decode(r, codec), &takers, store)
         } else {
-            match r.source {
-                Source::Identities => {
-                    self.apply_identity(r, codec, &takers);
-                    Ok(())
-                }
-                Source::Touchpoints | Source::Answers => self.apply(r, codec, &takers, store),
-            }
+            self.apply(r, decoded, &takers, store)
         };
         self.takers = takers;
         done
@@ -572,28 +637,24 @@ impl Slot {
     fn apply(
         &mut self,
         r: &Record<'_>,
-        codec: &Codec,
+        decoded: Decoded,
         takers: &[usize],
         store: &mut dyn JourneyStore,
     ) -> anyhow::Result<()> {
-        let applied = match r.source {
-            Source::Touchpoints => match codec.decode_touchpoint(r.payload) {
-                Ok(ev) => {
-                    self.read_back(takers, &ev.customer_id, ev.event_time, store)?;
-                    self.apply_each(takers, ev, |p, ev| {
-                        p.on_touchpoint(ev, r.offset, r.timestamp_ms)
-                    })
-                }
-                Err(e) => Err((e.kind(), e.to_string())),
-            },
-            Source::Answers => match codec.decode_answer(r.payload) {
-                Ok(a) => {
-                    self.read_back(takers, &a.customer_id, a.answer_time, store)?;
-                    self.apply_each(takers, a, |p, a| p.on_answer(a, r.offset, r.timestamp_ms))
-                }
-                Err(e) => Err((e.kind(), e.to_string())),
-            },
-            Source::Identities => Ok(()),
+        let applied = match decoded {
+            Decoded::Touchpoint(ev) => {
+                let input = Input::Touchpoints;
+                self.read_back(takers, &ev.customer_id, ev.event_time, input, store)?;
+                self.apply_each(takers, ev, |p, ev| {
+                    p.on_touchpoint(ev, r.offset, r.timestamp_ms)
+                })
+            }
+            Decoded::Answer(a) => {
+                self.read_back(takers, &a.customer_id, a.answer_time, Input::Answers, store)?;
+                self.apply_each(takers, a, |p, a| p.on_answer(a, r.offset, r.timestamp_ms))
+            }
+            Decoded::Bad(kind, message) => Err((kind, message)),
+            Decoded::Later => Ok(()),
         };
         if let Err((kind, message)) = applied {
             self.reject(r, kind, message);
@@ -608,13 +669,14 @@ impl Slot {
         takers: &[usize],
         customer_id: &Option<String>,
         time: i64,
+        input: Input,
         store: &mut dyn JourneyStore,
     ) -> anyhow::Result<()> {
         for &i in takers {
             let lane = &mut self.lanes[i];
-            let load = lane.processor.to_load(customer_id, time);
+            let load = lane.processor.to_load(customer_id, time, input);
             if !load.is_empty() {
-                lane.read_back(i, store, load)?;
+                lane.read_back(i, store, load.customer.into_iter().collect(), load.due_by)?;
             }
         }
         Ok(())
@@ -746,12 +808,8 @@ impl Slot {
                 };
                 for (i, lane) in self.lanes.iter_mut().enumerate() {
                     // The watermark may move: the deadlines it may pass are read back first.
-                    if let Some(by) = lane.processor.to_load_when_idle() {
-                        let load = Load {
-                            customer: None,
-                            due_by: Some(by),
-                        };
-                        lane.read_back(i, store, load)?;
+                    if let Some(by) = lane.processor.to_load_when_idle(input) {
+                        lane.read_back(i, store, Vec::new(), Some(by))?;
                     }
                     lane.processor.set_idle(input, true);
                     lane.dirty = true;
@@ -948,15 +1006,11 @@ impl Slot {
 
     /// With identity stitching, the event time of an input record (`None` when it cannot be
     /// decoded: it is dead-lettered as usual).
-    pub fn event_time(&self, r: &Record<'_>, codec: &Codec) -> Option<i64> {
+    pub fn event_time(&self, r: &Record<'_>, decoded: &Decoded, codec: &Codec) -> Option<i64> {
         self.lead?;
-        match r.source {
-            Source::Touchpoints => codec
-                .decode_touchpoint(r.payload)
-                .ok()
-                .map(|e| e.event_time),
-            Source::Answers => codec.decode_answer(r.payload).ok().map(|a| a.answer_time),
-            Source::Identities => None,
+        match decoded {
+            Decoded::Later => Self::decode(r, codec).read_back_for().map(|(_, t, _)| t),
+            d => d.read_back_for().map(|(_, t, _)| t),
         }
     }
 
@@ -1093,6 +1147,7 @@ mod tests {
             group: "g".into(),
             erasures: Default::default(),
             let_go: false,
+            let_go_quiet_after: None,
         }
     }
 
@@ -1195,10 +1250,20 @@ mod tests {
         let (mut s, codec) = slot();
         let a = answer(&codec, 1_000, 5);
         let t = touchpoint(&codec, "e0", 2_000);
-        s.process(&record(Source::Answers, &a, 0), &codec, &mut NoStore)
-            .unwrap();
-        s.process(&record(Source::Touchpoints, &t, 7), &codec, &mut NoStore)
-            .unwrap();
+        s.process(
+            &record(Source::Answers, &a, 0),
+            Decoded::Later,
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
+        s.process(
+            &record(Source::Touchpoints, &t, 7),
+            Decoded::Later,
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
         let batches = s.take_batches();
         assert_eq!(summary(&batches), [(0, 1, 1, 8, 1), (1, 1, 1, 8, 1)]);
         assert_eq!(batches[1].end.clock.highs, [Some(2_000), Some(1_000)]);
@@ -1207,8 +1272,13 @@ mod tests {
         }
         assert!(s.take_batches().is_empty());
         // Re-delivered below the committed position: skipped.
-        s.process(&record(Source::Touchpoints, &t, 7), &codec, &mut NoStore)
-            .unwrap();
+        s.process(
+            &record(Source::Touchpoints, &t, 7),
+            Decoded::Later,
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
         assert!(s.take_batches().is_empty());
         assert_eq!(
             s.next_offsets(),
@@ -1222,19 +1292,39 @@ mod tests {
         const DAY: i64 = 86_400_000;
         let t0 = touchpoint(&codec, "e0", 8 * DAY);
         let a0 = answer(&codec, 8 * DAY, 4);
-        s.process(&record(Source::Touchpoints, &t0, 0), &codec, &mut NoStore)
-            .unwrap();
-        s.process(&record(Source::Answers, &a0, 0), &codec, &mut NoStore)
-            .unwrap();
+        s.process(
+            &record(Source::Touchpoints, &t0, 0),
+            Decoded::Later,
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
+        s.process(
+            &record(Source::Answers, &a0, 0),
+            Decoded::Later,
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
         let taken = s.take_batches();
         // Read while the batch is being committed: later events move the watermark on.
         let later = 8 * DAY + 1_800_000;
         let t1 = touchpoint(&codec, "e1", later);
         let a1 = answer_to(&codec, "r2", later, 4);
-        s.process(&record(Source::Touchpoints, &t1, 1), &codec, &mut NoStore)
-            .unwrap();
-        s.process(&record(Source::Answers, &a1, 1), &codec, &mut NoStore)
-            .unwrap();
+        s.process(
+            &record(Source::Touchpoints, &t1, 1),
+            Decoded::Later,
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
+        s.process(
+            &record(Source::Answers, &a1, 1),
+            Decoded::Later,
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
         for b in &taken {
             s.committed(b.lane, b.committed());
         }
@@ -1272,17 +1362,28 @@ mod tests {
         s.set_high_watermark(Source::Answers, 10);
         // Nothing of the answers applied yet, and they have records to read.
         let t = touchpoint(&codec, "e0", DAY);
-        s.process(&at(Source::Touchpoints, &t, 0, DAY), &codec, &mut NoStore)
-            .unwrap();
+        s.process(
+            &at(Source::Touchpoints, &t, 0, DAY),
+            Decoded::Later,
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
         assert_eq!(s.runs_ahead(Source::Touchpoints), Some(DAY));
         let a = answer_to(&codec, "r1", DAY / 2, 4);
-        s.process(&at(Source::Answers, &a, 0, DAY / 2), &codec, &mut NoStore)
-            .unwrap();
+        s.process(
+            &at(Source::Answers, &a, 0, DAY / 2),
+            Decoded::Later,
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
         // Within a day: reading goes on; a day and more ahead: it stops there.
         assert_eq!(s.runs_ahead(Source::Touchpoints), None);
         let t = touchpoint(&codec, "e1", 3 * DAY);
         s.process(
             &at(Source::Touchpoints, &t, 1, 3 * DAY),
+            Decoded::Later,
             &codec,
             &mut NoStore,
         )
@@ -1292,8 +1393,13 @@ mod tests {
         // It goes on once the answers came as far, or have nothing more to read.
         assert!(s.must_wait(Source::Touchpoints, 2, 3 * DAY));
         let a = answer_to(&codec, "r2", 3 * DAY, 4);
-        s.process(&at(Source::Answers, &a, 1, 3 * DAY), &codec, &mut NoStore)
-            .unwrap();
+        s.process(
+            &at(Source::Answers, &a, 1, 3 * DAY),
+            Decoded::Later,
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
         assert!(!s.must_wait(Source::Touchpoints, 2, 3 * DAY));
         assert!(s.must_wait(Source::Touchpoints, 2, 4 * DAY));
         s.set_high_watermark(Source::Answers, 2);
@@ -1304,8 +1410,13 @@ mod tests {
     fn a_confirmed_end_older_than_the_statistics_does_not_undo_a_record_written_since() {
         let (mut s, codec) = slot();
         let t = touchpoint(&codec, "e0", 60_000);
-        s.process(&record(Source::Touchpoints, &t, 0), &codec, &mut NoStore)
-            .unwrap();
+        s.process(
+            &record(Source::Touchpoints, &t, 0),
+            Decoded::Later,
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
         // The statistics saw a second record; the broker's answer predates it.
         s.set_high_watermark(Source::Touchpoints, 2);
         s.confirm_high_watermark(Source::Touchpoints, 1);
@@ -1331,8 +1442,13 @@ mod tests {
         assert_eq!(named, [(0, 7, 42)]);
         assert!(s.confirmations_to_publish(false).is_empty());
         let t = touchpoint(&codec, "e0", 60_000);
-        s.process(&record(Source::Touchpoints, &t, 0), &codec, &mut NoStore)
-            .unwrap();
+        s.process(
+            &record(Source::Touchpoints, &t, 0),
+            Decoded::Later,
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
         for mut b in s.take_batches() {
             b.end.aggregates_id = 100 + b.lane as u64;
             s.committed(b.lane, b.committed());
@@ -1359,14 +1475,20 @@ mod tests {
             let t = touchpoint(&codec, id, 1_000 + offset);
             s.process(
                 &record(Source::Touchpoints, &t, offset),
+                Decoded::Later,
                 &codec,
                 &mut NoStore,
             )
             .unwrap();
         }
         let bad = answer(&codec, 1_500, 9);
-        s.process(&record(Source::Answers, &bad, 0), &codec, &mut NoStore)
-            .unwrap();
+        s.process(
+            &record(Source::Answers, &bad, 0),
+            Decoded::Later,
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
         let rejected = s.take_rejected();
         assert_eq!(
             rejected.len(),
@@ -1409,8 +1531,13 @@ mod tests {
     fn an_input_at_its_end_and_quiet_becomes_idle_and_that_is_committed() {
         let (mut s, codec) = slot();
         let t = touchpoint(&codec, "e0", 2_000);
-        s.process(&record(Source::Touchpoints, &t, 0), &codec, &mut NoStore)
-            .unwrap();
+        s.process(
+            &record(Source::Touchpoints, &t, 0),
+            Decoded::Later,
+            &codec,
+            &mut NoStore,
+        )
+        .unwrap();
         let batches = s.take_batches();
         assert_eq!(
             batches[0].end.clock.watermark, None,
@@ -1472,7 +1599,8 @@ mod tests {
             "the first event reads to get a watermark"
         );
         let t = touchpoint(&codec, "e0", 1_000);
-        s.process(&record(tp, &t, 0), &codec, &mut NoStore).unwrap();
+        s.process(&record(tp, &t, 0), Decoded::Later, &codec, &mut NoStore)
+            .unwrap();
         assert!(
             s.must_wait(tp, 1, 1_000),
             "the identity watermark is not known"
