@@ -1,9 +1,10 @@
 //! The soak: a day of traffic compressed in event time (a Python producer, a fixed
 //! population, records at a steady rate, retries and answers) through a journey service
-//! that runs all along, with its memory, open files, consumer lag and tracked customers
-//! sampled every second. Once the population has been seen, nothing may keep growing:
-//! memory and open files in the last quarter of the day stay where they were in the second,
-//! lag stays bounded and ends at zero, and every count equals the producer's own.
+//! that runs all along, with its memory, open files, consumer lag and the customers it
+//! knows (journeys held or let go) sampled every second. Once the population has been seen,
+//! nothing may keep growing: memory and open files in the last quarter of the day stay
+//! where they were in the second, lag stays bounded and ends at zero, and every count
+//! equals the producer's own.
 //!
 //! Size from CX_SOAK_CUSTOMERS, CX_SOAK_TOUCHPOINTS and CX_SOAK_RATE (records/s); the suite
 //! runs a small one, `benches/soak.sh` a large one. The samples go to CX_SOAK_SAMPLES (CSV)
@@ -31,11 +32,11 @@ struct Sample {
     rss_kib: u64,
     open_files: u64,
     lag: i64,
-    tracked: i64,
+    known: i64,
 }
 
-/// The service's resident memory and open files (from /proc), lag and tracked customers
-/// (from its /metrics); None once it is gone.
+/// The service's resident memory and open files (from /proc), lag and the customers it
+/// knows (from its /metrics: journeys in memory and let go); None once it is gone.
 fn sample(pid: u32, addr: &str, since: Instant) -> Option<Sample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kib = status
@@ -59,7 +60,8 @@ fn sample(pid: u32, addr: &str, since: Instant) -> Option<Sample> {
         rss_kib,
         open_files,
         lag: sum("cxstream_consumer_lag_records{"),
-        tracked: sum("cxstream_tracked_customers "),
+        // Held in memory or let go: the customers the service knows.
+        known: sum("cxstream_tracked_customers ") + sum("cxstream_journeys_let_go "),
     })
 }
 
@@ -146,11 +148,11 @@ fn a_day_at_a_steady_rate_grows_nothing_without_bound() {
     let report = Report::of(&samples, &warm, &late, &last, produced);
     eprintln!("{report}");
     if let Ok(path) = std::env::var("CX_SOAK_SAMPLES") {
-        let mut csv = String::from("secs,rss_kib,open_files,lag,tracked_customers\n");
+        let mut csv = String::from("secs,rss_kib,open_files,lag,known_customers\n");
         for x in samples.iter().chain([&last]) {
             csv.push_str(&format!(
                 "{:.1},{},{},{},{}\n",
-                x.secs, x.rss_kib, x.open_files, x.lag, x.tracked
+                x.secs, x.rss_kib, x.open_files, x.lag, x.known
             ));
         }
         std::fs::write(path, csv).unwrap();
@@ -179,7 +181,7 @@ fn a_day_at_a_steady_rate_grows_nothing_without_bound() {
         warm.len() >= 5 && late.len() >= 5,
         "too few samples: make the soak longer"
     );
-    let population_seen = warm.iter().all(|x| x.tracked as u64 * 10 >= customers * 9);
+    let population_seen = warm.iter().all(|x| x.known as u64 * 10 >= customers * 9);
     assert!(
         population_seen,
         "the population was not seen by the second quarter: more touchpoints per customer"
@@ -290,7 +292,7 @@ struct Report {
     rss_mib: [f64; 3],
     open_files: [u64; 3],
     lag: [u64; 3],
-    tracked: i64,
+    known: i64,
 }
 
 impl Report {
@@ -307,7 +309,7 @@ impl Report {
                 last.open_files,
             ],
             lag: [lag(warm), lag(late), last.lag.max(0) as u64],
-            tracked: last.tracked,
+            known: last.known,
         }
     }
 
@@ -328,8 +330,8 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "soak: {} samples over {:.0} s; {} customers tracked at the end",
-            self.samples, self.produced, self.tracked
+            "soak: {} samples over {:.0} s; {} customers known at the end (held or let go)",
+            self.samples, self.produced, self.known
         )?;
         writeln!(
             f,

@@ -302,6 +302,12 @@ impl JourneyService {
                 .let_go_quiet_journeys_after_ms
                 .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)),
         };
+        let readback = Readback {
+            rt: rt.clone(),
+            committers: committers.clone(),
+            shutdown: shutdown.clone(),
+            readiness: readiness.clone(),
+        };
         let inner = Inner {
             codec,
             cfg,
@@ -309,11 +315,7 @@ impl JourneyService {
             metrics,
             readiness,
             clickhouse_seen: Instant::now(),
-            readback: Readback {
-                rt: rt.clone(),
-                committers: committers.clone(),
-                shutdown: shutdown.clone(),
-            },
+            readback,
             committers,
             dlq,
             dlq_refused: None,
@@ -1656,6 +1658,7 @@ struct Readback {
     rt: tokio::runtime::Handle,
     committers: Vec<Arc<BatchCommitter>>,
     shutdown: Arc<AtomicBool>,
+    readiness: Arc<Readiness>,
 }
 
 impl Readback {
@@ -1664,6 +1667,7 @@ impl Readback {
             rt: &self.rt,
             committers: &self.committers,
             shutdown: &self.shutdown,
+            readiness: &self.readiness,
             partition,
         }
     }
@@ -1672,11 +1676,13 @@ impl Readback {
 /// Reads journeys let go back from ClickHouse, on the consumer thread: reading waits for it,
 /// as it waits for a slow commit. It asks again until ClickHouse answers, unless the service
 /// is shutting down (then nothing more is applied; what was not committed is read again
-/// when the partition is next claimed).
+/// when the partition is next claimed). Meanwhile the service is not ready: nothing is
+/// applied nor committed.
 struct ClickHouseStore<'a> {
     rt: &'a tokio::runtime::Handle,
     committers: &'a [Arc<BatchCommitter>],
     shutdown: &'a AtomicBool,
+    readiness: &'a Readiness,
     partition: i32,
 }
 
@@ -1696,12 +1702,16 @@ impl partition::JourneyStore for ClickHouseStore<'_> {
         let mut wait = Duration::from_millis(100);
         loop {
             match self.rt.block_on(committer.load_journeys(p, claim, &wanted)) {
-                Ok(rows) => return Ok(rows),
+                Ok(rows) => {
+                    self.readiness.clickhouse(true);
+                    return Ok(rows);
+                }
                 Err(e) if self.shutdown.load(Ordering::Relaxed) => {
                     return Err(e)
                         .context("reading journeys back from ClickHouse while shutting down")
                 }
                 Err(e) => {
+                    self.readiness.clickhouse(false);
                     tracing::warn!(partition = p, error = %e, "cannot read journeys back from ClickHouse; asking again");
                     std::thread::sleep(wait);
                     wait = (wait * 2).min(Duration::from_secs(5));

@@ -1213,6 +1213,12 @@ mod tests {
         buf
     }
 
+    /// Applies `r` to `s` as the journey service does, undecoded.
+    fn apply(s: &mut Slot, r: &Record<'_>, codec: &Codec) {
+        s.process(r, Decoded::Later, codec, &mut NoStore)
+            .expect("nothing to read back");
+    }
+
     fn record(source: Source, payload: &[u8], offset: i64) -> Record<'_> {
         Record {
             source,
@@ -1250,20 +1256,8 @@ mod tests {
         let (mut s, codec) = slot();
         let a = answer(&codec, 1_000, 5);
         let t = touchpoint(&codec, "e0", 2_000);
-        s.process(
-            &record(Source::Answers, &a, 0),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
-        s.process(
-            &record(Source::Touchpoints, &t, 7),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
+        apply(&mut s, &record(Source::Answers, &a, 0), &codec);
+        apply(&mut s, &record(Source::Touchpoints, &t, 7), &codec);
         let batches = s.take_batches();
         assert_eq!(summary(&batches), [(0, 1, 1, 8, 1), (1, 1, 1, 8, 1)]);
         assert_eq!(batches[1].end.clock.highs, [Some(2_000), Some(1_000)]);
@@ -1272,13 +1266,7 @@ mod tests {
         }
         assert!(s.take_batches().is_empty());
         // Re-delivered below the committed position: skipped.
-        s.process(
-            &record(Source::Touchpoints, &t, 7),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
+        apply(&mut s, &record(Source::Touchpoints, &t, 7), &codec);
         assert!(s.take_batches().is_empty());
         assert_eq!(
             s.next_offsets(),
@@ -1292,39 +1280,15 @@ mod tests {
         const DAY: i64 = 86_400_000;
         let t0 = touchpoint(&codec, "e0", 8 * DAY);
         let a0 = answer(&codec, 8 * DAY, 4);
-        s.process(
-            &record(Source::Touchpoints, &t0, 0),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
-        s.process(
-            &record(Source::Answers, &a0, 0),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
+        apply(&mut s, &record(Source::Touchpoints, &t0, 0), &codec);
+        apply(&mut s, &record(Source::Answers, &a0, 0), &codec);
         let taken = s.take_batches();
         // Read while the batch is being committed: later events move the watermark on.
         let later = 8 * DAY + 1_800_000;
         let t1 = touchpoint(&codec, "e1", later);
         let a1 = answer_to(&codec, "r2", later, 4);
-        s.process(
-            &record(Source::Touchpoints, &t1, 1),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
-        s.process(
-            &record(Source::Answers, &a1, 1),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
+        apply(&mut s, &record(Source::Touchpoints, &t1, 1), &codec);
+        apply(&mut s, &record(Source::Answers, &a1, 1), &codec);
         for b in &taken {
             s.committed(b.lane, b.committed());
         }
@@ -1362,44 +1326,20 @@ mod tests {
         s.set_high_watermark(Source::Answers, 10);
         // Nothing of the answers applied yet, and they have records to read.
         let t = touchpoint(&codec, "e0", DAY);
-        s.process(
-            &at(Source::Touchpoints, &t, 0, DAY),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
+        apply(&mut s, &at(Source::Touchpoints, &t, 0, DAY), &codec);
         assert_eq!(s.runs_ahead(Source::Touchpoints), Some(DAY));
         let a = answer_to(&codec, "r1", DAY / 2, 4);
-        s.process(
-            &at(Source::Answers, &a, 0, DAY / 2),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
+        apply(&mut s, &at(Source::Answers, &a, 0, DAY / 2), &codec);
         // Within a day: reading goes on; a day and more ahead: it stops there.
         assert_eq!(s.runs_ahead(Source::Touchpoints), None);
         let t = touchpoint(&codec, "e1", 3 * DAY);
-        s.process(
-            &at(Source::Touchpoints, &t, 1, 3 * DAY),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
+        apply(&mut s, &at(Source::Touchpoints, &t, 1, 3 * DAY), &codec);
         assert_eq!(s.runs_ahead(Source::Touchpoints), Some(3 * DAY));
         assert_eq!(s.runs_ahead(Source::Answers), None);
         // It goes on once the answers came as far, or have nothing more to read.
         assert!(s.must_wait(Source::Touchpoints, 2, 3 * DAY));
         let a = answer_to(&codec, "r2", 3 * DAY, 4);
-        s.process(
-            &at(Source::Answers, &a, 1, 3 * DAY),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
+        apply(&mut s, &at(Source::Answers, &a, 1, 3 * DAY), &codec);
         assert!(!s.must_wait(Source::Touchpoints, 2, 3 * DAY));
         assert!(s.must_wait(Source::Touchpoints, 2, 4 * DAY));
         s.set_high_watermark(Source::Answers, 2);
@@ -1410,13 +1350,7 @@ mod tests {
     fn a_confirmed_end_older_than_the_statistics_does_not_undo_a_record_written_since() {
         let (mut s, codec) = slot();
         let t = touchpoint(&codec, "e0", 60_000);
-        s.process(
-            &record(Source::Touchpoints, &t, 0),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
+        apply(&mut s, &record(Source::Touchpoints, &t, 0), &codec);
         // The statistics saw a second record; the broker's answer predates it.
         s.set_high_watermark(Source::Touchpoints, 2);
         s.confirm_high_watermark(Source::Touchpoints, 1);
@@ -1442,13 +1376,7 @@ mod tests {
         assert_eq!(named, [(0, 7, 42)]);
         assert!(s.confirmations_to_publish(false).is_empty());
         let t = touchpoint(&codec, "e0", 60_000);
-        s.process(
-            &record(Source::Touchpoints, &t, 0),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
+        apply(&mut s, &record(Source::Touchpoints, &t, 0), &codec);
         for mut b in s.take_batches() {
             b.end.aggregates_id = 100 + b.lane as u64;
             s.committed(b.lane, b.committed());
@@ -1473,22 +1401,10 @@ mod tests {
         let (mut s, codec) = slot_resuming(vec![ahead, Resume::default()]);
         for (offset, id) in [(0, "e0"), (1, "e1"), (2, "e2")] {
             let t = touchpoint(&codec, id, 1_000 + offset);
-            s.process(
-                &record(Source::Touchpoints, &t, offset),
-                Decoded::Later,
-                &codec,
-                &mut NoStore,
-            )
-            .unwrap();
+            apply(&mut s, &record(Source::Touchpoints, &t, offset), &codec);
         }
         let bad = answer(&codec, 1_500, 9);
-        s.process(
-            &record(Source::Answers, &bad, 0),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
+        apply(&mut s, &record(Source::Answers, &bad, 0), &codec);
         let rejected = s.take_rejected();
         assert_eq!(
             rejected.len(),
@@ -1531,13 +1447,7 @@ mod tests {
     fn an_input_at_its_end_and_quiet_becomes_idle_and_that_is_committed() {
         let (mut s, codec) = slot();
         let t = touchpoint(&codec, "e0", 2_000);
-        s.process(
-            &record(Source::Touchpoints, &t, 0),
-            Decoded::Later,
-            &codec,
-            &mut NoStore,
-        )
-        .unwrap();
+        apply(&mut s, &record(Source::Touchpoints, &t, 0), &codec);
         let batches = s.take_batches();
         assert_eq!(
             batches[0].end.clock.watermark, None,
@@ -1599,8 +1509,7 @@ mod tests {
             "the first event reads to get a watermark"
         );
         let t = touchpoint(&codec, "e0", 1_000);
-        s.process(&record(tp, &t, 0), Decoded::Later, &codec, &mut NoStore)
-            .unwrap();
+        apply(&mut s, &record(tp, &t, 0), &codec);
         assert!(
             s.must_wait(tp, 1, 1_000),
             "the identity watermark is not known"
