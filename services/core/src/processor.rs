@@ -349,11 +349,8 @@ impl PartitionProcessor {
         if self.journeys.stored_len() == 0 {
             return Load::default();
         }
-        let key = customer_of(customer_id);
-        let pseudonym = self.erasures.pseudonym_of(key);
-        let key = pseudonym.as_deref().unwrap_or(key);
         Load {
-            customer: (!key.is_empty() && self.journeys.is_stored(key)).then(|| key.to_string()),
+            customer: self.stored_key(customer_id),
             due_by: self.deadlines_to_load(self.clock.watermark_after(input, time_ms)),
         }
     }
@@ -373,16 +370,20 @@ impl PartitionProcessor {
         let mut customers = Vec::new();
         for (customer_id, time_ms, input) in records {
             clock.observe(input, time_ms);
-            let key = customer_of(customer_id);
-            let pseudonym = self.erasures.pseudonym_of(key);
-            let key = pseudonym.as_deref().unwrap_or(key);
-            if !key.is_empty() && self.journeys.is_stored(key) {
-                customers.push(key.to_string());
-            }
+            customers.extend(self.stored_key(customer_id));
         }
         customers.sort_unstable();
         customers.dedup();
         (customers, self.deadlines_to_load(clock.watermark()))
+    }
+
+    /// The journey key of `customer_id` (their pseudonym once erased), if that journey was
+    /// let go.
+    fn stored_key(&self, customer_id: &Option<String>) -> Option<String> {
+        let key = customer_of(customer_id);
+        let pseudonym = self.erasures.pseudonym_of(key);
+        let key = pseudonym.as_deref().unwrap_or(key);
+        (!key.is_empty() && self.journeys.is_stored(key)).then(|| key.to_string())
     }
 
     /// What must be read back before `input` is set idle (which may move the watermark):

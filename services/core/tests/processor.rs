@@ -1434,13 +1434,7 @@ fn a_journey_let_go_is_read_back_for_its_customer_and_for_its_deadline() {
         Rec::T(tp("c-2", "c", t0 + 3 * DAY / 2 + 1000, "purchase", None)),
         Rec::T(tp("d-2", "d", t0 + 3 * DAY, "product_view", None)),
     ];
-    let cuts = vec![
-        Cut::Idle(Input::Answers),
-        Cut::Commit,
-        Cut::Commit,
-        Cut::Commit,
-        Cut::Commit,
-    ];
+    let cuts = idle_answers_then_commits(recs.len());
     let policy = an_hour_late();
     let plain = run(&recs, &cuts, policy);
     let (let_go, loaded) = run_letting_go(&recs, &cuts, policy);
@@ -1535,13 +1529,7 @@ fn a_quiet_journey_with_events_is_let_go_and_read_back_when_needed() {
         Rec::T(tp("c-2", "c", t0 + 3 * HOUR, "purchase", None)),
         Rec::T(tp("d-2", "d", t0 + 80 * HOUR, "product_view", None)),
     ];
-    let cuts = vec![
-        Cut::Idle(Input::Answers),
-        Cut::Commit,
-        Cut::Commit,
-        Cut::Commit,
-        Cut::Commit,
-    ];
+    let cuts = idle_answers_then_commits(recs.len());
     let policy = EventTimePolicy {
         allowed_lateness_ms: 24 * HOUR,
         max_future_ms: i64::MAX / 4,
@@ -1562,6 +1550,13 @@ fn a_quiet_journey_with_events_is_let_go_and_read_back_when_needed() {
     assert_eq!(quiet.step_aggregates(), plain.0.step_aggregates());
     let dropped: i64 = quiet.aggregates().values().map(|c| c.stage_dropoffs).sum();
     assert!(dropped >= 1, "f's entry dropped off");
+}
+
+/// The answers input is idle from the first record on, and a batch is committed after each.
+fn idle_answers_then_commits(records: usize) -> Vec<Cut> {
+    let mut cuts = vec![Cut::Commit; records];
+    cuts[0] = Cut::Idle(Input::Answers);
+    cuts
 }
 
 /// The shop map with awareness entries waiting three days: journeys go idle (with an hour
