@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 
+use cxstream_core::journey_map::NO_SEGMENT;
 use cxstream_core::metrics::{Counts, StepCounts};
 use cxstream_core::watch::{AlertKind, AlertState, JourneyWatch, Slice, Subject};
 use cxstream_core::JourneyMap;
@@ -301,7 +302,7 @@ impl Sim {
                     touchpoints,
                     ..Counts::default()
                 };
-                watch.add_minute_cell(ms, (0, None), c, &counts, None);
+                watch.add_minute_cell(ms, (0, None), (c, NO_SEGMENT), &counts, None);
             }
             // NPS answers after purchase.
             let answers = if silent {
@@ -331,7 +332,7 @@ impl Sim {
                 }
             }
             if answers > 0 {
-                watch.add_minute_cell(ms, (1, None), c, &counts, None);
+                watch.add_minute_cell(ms, (1, None), (c, NO_SEGMENT), &counts, None);
             }
         }
         for (k, i) in &active {

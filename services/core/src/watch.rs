@@ -3,7 +3,8 @@
 //! minute once every partition's committed watermark has passed the minute, and turned
 //! into alerts — one per incident, with a stable id.
 //!
-//! Signals, each per slice (all traffic and each channel; steps also each segment):
+//! Signals, each per slice (all traffic, each channel, and for steps, flows and stages
+//! each segment):
 //! - **step drop**: a step's attempts started in a minute and how many converted, known
 //!   through *lenses*: how many converted within 1, 2, 5 and 10 minutes (those shorter
 //!   than the budget), each as soon as the watermark has passed the minute plus that
@@ -410,7 +411,7 @@ impl JourneyWatch {
         &mut self,
         minute: i64,
         (stage, touchpoint): (StageIdx, Option<TouchpointIdx>),
-        channel: ChannelIdx,
+        (channel, segment): (ChannelIdx, SegmentIdx),
         counts: &Counts,
         before: impl Into<Finality>,
     ) {
@@ -435,16 +436,22 @@ impl JourneyWatch {
             self.add_answers(minute, (stage, touchpoint), channel, counts);
         }
         if outcomes && !late_outcomes {
-            self.add_outcomes(minute, stage, channel, counts);
+            self.add_outcomes(minute, stage, (channel, segment), counts);
         }
         if touchpoints && !late_touchpoints {
-            self.add_touchpoints(minute, stage, channel, counts);
+            self.add_touchpoints(minute, stage, (channel, segment), counts);
         }
     }
 
     /// A cell's decided outcomes of entries (in their entry's minute), judged a budget later
     /// by the journey's watermark. The last stage converts to nothing.
-    fn add_outcomes(&mut self, minute: i64, stage: StageIdx, channel: ChannelIdx, counts: &Counts) {
+    fn add_outcomes(
+        &mut self,
+        minute: i64,
+        stage: StageIdx,
+        (channel, segment): (ChannelIdx, SegmentIdx),
+        counts: &Counts,
+    ) {
         let (conversions, dropoffs) = (counts.stage_conversions, counts.stage_dropoffs);
         self.conversions.add(minute, stage, conversions, dropoffs);
         if usize::from(stage) + 1 >= self.map.stages.len() {
@@ -454,7 +461,7 @@ impl JourneyWatch {
         if cursor.is_none_or(|c| minute < c) {
             *cursor = Some(minute);
         }
-        for slice in [Slice::All, Slice::Channel(channel)] {
+        for slice in [Slice::All, Slice::Channel(channel), Slice::Segment(segment)] {
             let o = self
                 .outcomes_in
                 .entry((minute, (stage, slice)))
@@ -517,7 +524,7 @@ impl JourneyWatch {
         &mut self,
         minute: i64,
         stage: StageIdx,
-        channel: ChannelIdx,
+        (channel, segment): (ChannelIdx, SegmentIdx),
         counts: &Counts,
     ) {
         if self.minute_cursor.is_none_or(|c| minute < c) {
@@ -532,7 +539,7 @@ impl JourneyWatch {
             let into = (stage > 0).then_some((stage, e));
             let before = (usize::from(stage) + 1 < self.map.stages.len()).then_some((stage + 1, 0));
             for (target, k) in into.into_iter().chain(before) {
-                for slice in [Slice::All, Slice::Channel(channel)] {
+                for slice in [Slice::All, Slice::Channel(channel), Slice::Segment(segment)] {
                     let f = self.flows_in.entry((minute, (target, slice))).or_default();
                     *f = (f.0 + k, f.1 + e);
                 }

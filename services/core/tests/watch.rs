@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use cxstream_core::journey_map::NO_SEGMENT;
 use cxstream_core::metrics::{Counts, StepCounts};
 use cxstream_core::watch::{
     AlertChange, AlertKind, AlertState, Finality, JourneyWatch, Slice, Subject,
@@ -192,7 +193,7 @@ fn feed(watch: &mut JourneyWatch, cell: &Cell, before: impl Into<Finality>) {
         } => watch.add_minute_cell(
             START + minute * MINUTE,
             (0, None),
-            channel,
+            (channel, NO_SEGMENT),
             &Counts {
                 touchpoints,
                 ..Counts::default()
@@ -350,7 +351,13 @@ fn a_touchpoints_csat_drop_is_its_own_incident() {
             // Every other minute's answers come from customers who went on to buy: their
             // cells are the later stage's, their touchpoint is still the browse stage's.
             let stage = u8::from(m % 2 == 1);
-            watch.add_minute_cell(START + m * MINUTE, (stage, Some(tp)), 0, &counts, None);
+            watch.add_minute_cell(
+                START + m * MINUTE,
+                (stage, Some(tp)),
+                (0, NO_SEGMENT),
+                &counts,
+                None,
+            );
         }
         out.extend(watch.advance(START + (m + 1) * MINUTE));
     }
@@ -426,7 +433,13 @@ fn entries_into_a_stage_falling_are_a_flow_drop_and_less_traffic_is_not() {
                     stage_entries: entries,
                     ..Counts::default()
                 };
-                watch.add_minute_cell(START + m * MINUTE, (stage, None), channel, &counts, None);
+                watch.add_minute_cell(
+                    START + m * MINUTE,
+                    (stage, None),
+                    (channel, NO_SEGMENT),
+                    &counts,
+                    None,
+                );
             }
         }
         out.extend(watch.advance(START + (m + 1) * MINUTE));
@@ -480,7 +493,13 @@ fn conversions_lost_to_a_silent_channel_are_no_drop() {
                 touchpoints: 20,
                 ..Counts::default()
             };
-            watch.add_minute_cell(START + m * MINUTE, (0, None), web, &counts, None);
+            watch.add_minute_cell(
+                START + m * MINUTE,
+                (0, None),
+                (web, NO_SEGMENT),
+                &counts,
+                None,
+            );
             let starts = 12 + (noise(m as u64) * 4.0) as i64;
             // Converted 8 minutes later, unless that minute was silent.
             let lost = quiet(m + 8);
@@ -533,7 +552,7 @@ fn answers_sent_hours_late_hold_back_the_scores_not_a_break() {
                 watch.add_minute_cell(
                     START + m * MINUTE,
                     (1, None),
-                    0,
+                    (0, NO_SEGMENT),
                     &Counts {
                         nps_promoters: 1,
                         ..Counts::default()
@@ -591,7 +610,7 @@ stages:
     budget: 1h
     target_conversion: 0.3
 channels: [web, app]
-segments: [all]
+segments: [new, vip]
 touchpoints:
   - name: visit
     stage: look
@@ -601,14 +620,14 @@ touchpoints:
     channels: [web, app]
 ";
 
-/// Feeds `minutes` of a stage's entries in `channels`, `of(minute, channel)` = (entries,
-/// converted), as one partition committing every 5 minutes sends them: entries in their
+/// Feeds `minutes` of a stage's entries in each of `slices` (channel, segment),
+/// `of(minute, slice)` = (entries, converted), as one partition committing every 5 minutes sends them: entries in their
 /// minute, their conversions 10 minutes later and their drop-offs at the 30-minute budget,
 /// each in the entry's cell. Returns each batch's first minute and the changes it raised.
 fn batches_of_entries(
     minutes: i64,
-    channels: u8,
-    of: impl Fn(i64, u8) -> (i64, i64),
+    slices: &[(u8, u8)],
+    of: impl Fn(i64, (u8, u8)) -> (i64, i64),
     watch: &mut JourneyWatch,
 ) -> Vec<(i64, Vec<AlertChange>)> {
     const BATCH: i64 = 5;
@@ -616,17 +635,17 @@ fn batches_of_entries(
     for first in (0..minutes).step_by(BATCH as usize) {
         let before = Some(START + first * MINUTE);
         for m in first..first + BATCH {
-            for channel in 0..channels {
+            for &slice in slices {
                 let mut cell = |minute: i64, counts: Counts| {
                     watch.add_minute_cell(
                         START + minute * MINUTE,
                         (0, None),
-                        channel,
+                        slice,
                         &counts,
                         before,
                     );
                 };
-                let (n, _) = of(m, channel);
+                let (n, _) = of(m, slice);
                 cell(
                     m,
                     Counts {
@@ -636,7 +655,7 @@ fn batches_of_entries(
                     },
                 );
                 if m >= 10 {
-                    let (_, k) = of(m - 10, channel);
+                    let (_, k) = of(m - 10, slice);
                     cell(
                         m - 10,
                         Counts {
@@ -646,7 +665,7 @@ fn batches_of_entries(
                     );
                 }
                 if m >= 30 {
-                    let (n, k) = of(m - 30, channel);
+                    let (n, k) = of(m - 30, slice);
                     cell(
                         m - 30,
                         Counts {
@@ -672,7 +691,8 @@ fn outcomes_decided_a_budget_after_the_entry_count_in_the_stage_conversion() {
     let mut watch = JourneyWatch::new(&map, Default::default());
     let mut ratios = Vec::new();
     // 10 entries a minute on the web, 6 of which convert.
-    for (first, changes) in batches_of_entries(600, 1, |_, _| (10, 6), &mut watch) {
+    for (first, changes) in batches_of_entries(600, &[(0, NO_SEGMENT)], |_, _| (10, 6), &mut watch)
+    {
         assert!(changes.is_empty(), "{changes:#?}");
         ratios.push((first, watch.stage_conversion(0)));
     }
@@ -698,7 +718,7 @@ fn a_stage_whose_entries_stop_converting_is_a_stage_drop() {
     let map = JourneyMap::from_yaml("short.yaml", SHORT).unwrap();
     const BREAK: (i64, i64) = (2 * DAY + 600, 2 * DAY + 720);
     let mut watch = JourneyWatch::new(&map, Default::default());
-    let converted = |m: i64, channel: u8| -> (i64, i64) {
+    let converted = |m: i64, (channel, _): (u8, u8)| -> (i64, i64) {
         let n = 15 + (noise(m as u64 * 2 + u64::from(channel)) * 10.0) as i64;
         let mut rate = if channel == 0 { 0.6 } else { 0.5 };
         if channel == 1 && (BREAK.0..BREAK.1).contains(&m) {
@@ -709,10 +729,15 @@ fn a_stage_whose_entries_stop_converting_is_a_stage_drop() {
             .count() as i64;
         (n, k)
     };
-    let out: Vec<AlertChange> = batches_of_entries(3 * DAY, 2, converted, &mut watch)
-        .into_iter()
-        .flat_map(|(_, changes)| changes)
-        .collect();
+    let out: Vec<AlertChange> = batches_of_entries(
+        3 * DAY,
+        &[(0, NO_SEGMENT), (1, NO_SEGMENT)],
+        converted,
+        &mut watch,
+    )
+    .into_iter()
+    .flat_map(|(_, changes)| changes)
+    .collect();
     assert_eq!(watch.late_cells(), 0);
     let drops: Vec<&AlertChange> = out
         .iter()
@@ -754,4 +779,109 @@ fn a_stage_whose_entries_stop_converting_is_a_stage_drop() {
         "{:#?}",
         resolved[0]
     );
+}
+
+/// The shop's new and vip customers in both channels, entries into `buy` half those into
+/// `browse`; on day 9 the vip customers' entries into `buy` fall to a fifth for two hours
+/// (a sign-up step that fails for them alone), everywhere. A flow drop with the vip segment
+/// among its slices; the new customers' flow never fires.
+#[test]
+fn a_segment_no_longer_reaching_a_stage_is_a_flow_drop_of_that_segment() {
+    let map = JourneyMap::from_yaml("shop.yaml", MAP).unwrap();
+    let vip = map.segment("vip").unwrap();
+    let mut watch = JourneyWatch::new(&map, Default::default());
+    let broken = (9 * DAY + 600, 9 * DAY + 720);
+    let mut out = Vec::new();
+    for m in 0..10 * DAY {
+        for channel in [0u8, 1] {
+            for segment in [0u8, vip] {
+                for (stage, base) in [(0u8, 10.0), (1, 5.0)] {
+                    let mut rate = if segment == vip { base } else { 2.0 * base };
+                    if segment == vip && stage == 1 && (broken.0..broken.1).contains(&m) {
+                        rate *= 0.2;
+                    }
+                    let key = (m as u64) << 12
+                        | u64::from(segment) << 8
+                        | u64::from(channel) << 4
+                        | u64::from(stage);
+                    let entries = (0..(2.0 * rate) as u64)
+                        .filter(|i| noise(key ^ i << 24) < 0.5)
+                        .count() as i64;
+                    let counts = Counts {
+                        stage_entries: entries,
+                        ..Counts::default()
+                    };
+                    watch.add_minute_cell(
+                        START + m * MINUTE,
+                        (stage, None),
+                        (channel, segment),
+                        &counts,
+                        None,
+                    );
+                }
+            }
+        }
+        out.extend(watch.advance(START + (m + 1) * MINUTE));
+    }
+    let flows: Vec<&AlertChange> = out
+        .iter()
+        .filter(|c| c.subject.kind() == AlertKind::FlowDrop)
+        .collect();
+    let fired: Vec<&&AlertChange> = flows
+        .iter()
+        .filter(|c| c.state == AlertState::Firing)
+        .collect();
+    assert_eq!(fired.len(), 1, "{flows:#?}");
+    let start = START + broken.0 * MINUTE;
+    assert!(
+        (start..start + 30 * MINUTE).contains(&fired[0].fired_at),
+        "{fired:?}"
+    );
+    let firing = || flows.iter().flat_map(|c| c.firing.iter());
+    assert!(firing().any(|s| *s == Slice::Segment(vip)), "{flows:#?}");
+    assert!(!firing().any(|s| *s == Slice::Segment(0)), "{flows:#?}");
+}
+
+/// A stage's decided conversion per segment: the vip customers' entries (both channels)
+/// convert at a third of their rate for two hours on day 2. One STAGE_DROP incident with the
+/// vip segment among its slices; the new customers' conversion never fires.
+#[test]
+fn a_segment_whose_entries_stop_converting_is_a_stage_drop_of_that_segment() {
+    let map = JourneyMap::from_yaml("short.yaml", SHORT).unwrap();
+    let vip = map.segment("vip").unwrap();
+    const BREAK: (i64, i64) = (2 * DAY + 600, 2 * DAY + 720);
+    let mut watch = JourneyWatch::new(&map, Default::default());
+    let converted = |m: i64, (channel, segment): (u8, u8)| -> (i64, i64) {
+        let key = m as u64 * 4 + u64::from(channel) * 2 + u64::from(segment.min(1));
+        let n = 10 + (noise(key) * 10.0) as i64;
+        let mut rate = 0.5;
+        if segment == vip && (BREAK.0..BREAK.1).contains(&m) {
+            rate /= 3.0;
+        }
+        let k = (0..n)
+            .filter(|i| noise(key << 20 | *i as u64) < rate)
+            .count() as i64;
+        (n, k)
+    };
+    let slices = [(0, 0), (1, 0), (0, vip), (1, vip)];
+    let out: Vec<AlertChange> = batches_of_entries(3 * DAY, &slices, converted, &mut watch)
+        .into_iter()
+        .flat_map(|(_, changes)| changes)
+        .collect();
+    let drops: Vec<&AlertChange> = out
+        .iter()
+        .filter(|c| c.subject.kind() == AlertKind::StageDrop)
+        .collect();
+    let firing: Vec<_> = drops
+        .iter()
+        .filter(|c| c.state == AlertState::Firing)
+        .collect();
+    assert_eq!(firing.len(), 1, "{drops:#?}");
+    assert!(
+        firing[0].window_start >= START + BREAK.0 * MINUTE,
+        "{firing:#?}"
+    );
+    let slices = || drops.iter().flat_map(|c| c.firing.iter());
+    assert!(slices().any(|s| *s == Slice::Segment(vip)), "{drops:#?}");
+    assert!(!slices().any(|s| *s == Slice::Segment(0)), "{drops:#?}");
 }

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use cxstream_avro::{AggregatesKind, AggregatesMessage, MinuteCell, StepCell};
 use cxstream_core::batch_log::{BatchLog, Confirmed, LogError, Partial};
 use cxstream_core::claims::Link;
-use cxstream_core::journey_map::{StepIdx, NO_SEGMENT, NO_SEGMENT_NAME, NO_STAGE, NO_STAGE_NAME};
+use cxstream_core::journey_map::{
+    SegmentIdx, StepIdx, NO_SEGMENT, NO_SEGMENT_NAME, NO_STAGE, NO_STAGE_NAME,
+};
 use cxstream_core::watch::{AlertChange, Finality, JourneyWatch, WatchParams};
 use cxstream_core::JourneyMap;
 
@@ -111,29 +113,42 @@ impl JourneyInput {
                 None if c.stage == NO_STAGE_NAME => Some(NO_STAGE),
                 None => None,
             };
-            let (Some(stage), Some(channel)) = (stage, map.channel(&c.channel)) else {
+            let (Some(stage), Some(channel), Some(segment)) =
+                (stage, map.channel(&c.channel), segment_of(map, &c.segment))
+            else {
                 self.unknown_cells += 1;
                 continue;
             };
             // Answers about no touchpoint of the map count for their stage only.
             let touchpoint = map.touchpoint(&c.touchpoint);
-            self.watch
-                .add_minute_cell(c.minute, (stage, touchpoint), channel, &c.counts, before);
+            self.watch.add_minute_cell(
+                c.minute,
+                (stage, touchpoint),
+                (channel, segment),
+                &c.counts,
+                before,
+            );
         }
         for c in steps {
-            let segment = match map.segment(&c.segment) {
-                Some(s) => Some(s),
-                None if c.segment == NO_SEGMENT_NAME => Some(NO_SEGMENT),
-                None => None,
-            };
-            let (Some(&step), Some(channel), Some(segment)) =
-                (self.steps.get(&c.step), map.channel(&c.channel), segment)
-            else {
+            let (Some(&step), Some(channel), Some(segment)) = (
+                self.steps.get(&c.step),
+                map.channel(&c.channel),
+                segment_of(map, &c.segment),
+            ) else {
                 self.unknown_cells += 1;
                 continue;
             };
             self.watch
                 .add_step_cell(c.minute, step, channel, segment, &c.counts, before);
         }
+    }
+}
+
+/// A cell's segment: one of the map's, or none known ([`NO_SEGMENT`], a slice of its own).
+fn segment_of(map: &JourneyMap, name: &str) -> Option<SegmentIdx> {
+    match map.segment(name) {
+        Some(s) => Some(s),
+        None if name == NO_SEGMENT_NAME => Some(NO_SEGMENT),
+        None => None,
     }
 }
