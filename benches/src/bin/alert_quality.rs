@@ -631,4 +631,18 @@ fn main() {
         "bar, false alerts in the {CLEAN_DAYS} clean days: cxstream {}, static threshold {}, z-score {}",
         everything.false_clean, f.false_clean, zz.false_clean
     );
+    // The history has no incident: what fires there is what a new deployment would raise
+    // in its first weeks (drops judged from its second day, silence from its third).
+    let warm: Vec<_> = cx
+        .iter()
+        .filter(|r| r.1 < START + WARM_DAYS * DAY)
+        .collect();
+    let of = |kind: AlertKind| warm.iter().filter(|r| r.0 == kind).count();
+    println!(
+        "a new deployment's first {WARM_DAYS} days (the history, clean): cxstream {} false alerts ({} step drops, {} silences, {} score drops)",
+        warm.len(),
+        of(AlertKind::StepDrop),
+        of(AlertKind::Silence),
+        of(AlertKind::ScoreDrop)
+    );
 }

@@ -122,6 +122,7 @@ pub fn shard_key(table: &str) -> Option<&'static str> {
         "journey_steps" => "cityHash64(journey, step)",
         "journey_map_positions" => "cityHash64(journey, list)",
         "alerts" => "cityHash64(journey_group, id)",
+        "alerter_snapshots" => "cityHash64(journey_group)",
         "schema_migrations" => "version",
         _ => return None,
     };

@@ -13,6 +13,7 @@ mod journey_state;
 pub mod map_positions;
 mod migrations;
 mod rows;
+mod snapshots;
 mod tls;
 
 pub mod erasure;
@@ -22,6 +23,7 @@ pub use compaction::Generation;
 pub use journey_state::Stored;
 pub use migrations::{apply_migrations, Migration, MIGRATIONS};
 pub use rows::{AnswerRow, BatchRow, MinuteRow, StateRow, TouchpointRow};
+pub use snapshots::{Snapshot, SnapshotsTable};
 pub use tls::{Tls, TlsError};
 
 use clickhouse::Client;

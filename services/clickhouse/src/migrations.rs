@@ -136,6 +136,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../schemas/clickhouse/0019_map_positions.sql"),
         stops_journeys: false,
     },
+    Migration {
+        version: 20,
+        name: "alerter snapshots",
+        sql: include_str!("../../../schemas/clickhouse/0020_alerter_snapshots.sql"),
+        stops_journeys: false,
+    },
 ];
 
 impl Migration {

@@ -17,13 +17,14 @@
 //! they are no longer missing, though late events within the allowed lateness and outcomes
 //! decided at their deadlines still change them, as they change ClickHouse's.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::claims::Link;
 use crate::event_time::Finality;
 
 /// A partial record: one chunk of a batch's cells.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Partial<C> {
     pub seq: u64,
     /// The claim of the owner that formed the batch.
@@ -35,7 +36,7 @@ pub struct Partial<C> {
 }
 
 /// A committed record: the partition's latest committed batch and watermark.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confirmed {
     pub seq: u64,
     pub batch_id: u64,
@@ -78,7 +79,7 @@ pub struct Released<C> {
 }
 
 /// The partial chunks of one batch as formed by one owner.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Formed<C> {
     claim: u64,
     batch_id: u64,
@@ -86,7 +87,7 @@ struct Formed<C> {
 }
 
 /// One partition's partials waiting for confirmation, and how far it has committed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct PartitionLog<C> {
     /// Under each sequence number not released yet, the last batch each claim sent, the one
     /// read last at the end.
@@ -112,7 +113,7 @@ impl<C> Default for PartitionLog<C> {
 }
 
 /// What a reader knows of one journey's partitions.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchLog<C> {
     partitions: BTreeMap<u32, PartitionLog<C>>,
     /// How many partitions the journey reads (from its committed records).

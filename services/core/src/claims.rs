@@ -22,7 +22,7 @@
 //! unless it is the highest, in which case the owners it overtook are the zombies.
 
 /// One claim's part of a chain: its batches with `from <= batch_seq < until` count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Link {
     pub claim: u64,
     pub from: u64,

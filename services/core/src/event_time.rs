@@ -214,7 +214,7 @@ impl EventClock {
 /// How far counts are final (epoch ms): a partition's before a batch, or every partition's.
 /// Touchpoint counts (steps, stage entries, traffic) are final up to `touchpoints`, all
 /// counts — answers too — up to `all`, never later than `touchpoints`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finality {
     pub touchpoints: Option<i64>,
     pub all: Option<i64>,

@@ -62,7 +62,9 @@ pub struct Step {
     pub target_conversion: f64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// `Default` is an empty map: what a watch read back from a snapshot holds until
+/// [`crate::watch::JourneyWatch::resume`] gives it its map.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct JourneyMap {
     pub name: String,
     pub stages: Vec<Stage>,

@@ -4,6 +4,7 @@
 //! watermark is a budget past its end; younger cohorts are left out, or the quick
 //! conversions would be counted before the slow drop-offs.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::journey_map::{JourneyMap, StageIdx};
@@ -12,7 +13,7 @@ const HOUR_MS: i64 = 3_600_000;
 /// Hours of decided cohorts in the ratio.
 const WINDOW_HOURS: i64 = 7 * 24;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageConversions {
     budgets: Vec<i64>,
     /// Per stage, per hour of entry (epoch hours): conversions and drop-offs.

@@ -37,6 +37,7 @@
 //! together are one incident: it starts when the first fires, is updated when the set of
 //! firing slices changes, and resolves when the last has resolved.
 
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::event_time::Finality;
@@ -51,7 +52,7 @@ use crate::stage_conversion::StageConversions;
 const MINUTE_MS: i64 = 60_000;
 
 /// The detectors' parameters for one journey.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct WatchParams {
     pub drop: DropParams,
     pub score: ScoreWatchParams,
@@ -59,7 +60,7 @@ pub struct WatchParams {
 }
 
 /// Which traffic a detector sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Slice {
     All,
     Channel(ChannelIdx),
@@ -78,7 +79,7 @@ impl Slice {
 }
 
 /// What an incident is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Subject {
     /// A step's conversion.
     Step(StepIdx),
@@ -96,7 +97,7 @@ pub enum Subject {
 
 /// Which answers a score is over. As points, like NPS: CSAT as the share of satisfied
 /// answers (top two of five), CES as the share agreeing it was easy (5–7 of seven), in %.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ScoreOf {
     pub metric: Metric,
     pub stage: StageIdx,
@@ -185,7 +186,7 @@ pub enum AlertState {
 }
 
 /// Which detector of a subject: its slice and, for a step, its horizon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Lens {
     pub slice: Slice,
     /// A step's share converted within this time (ms); `None`: within its budget, or not a
@@ -204,7 +205,7 @@ impl Lens {
 }
 
 /// A lens's figures when the alert changed.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
     pub lens: Lens,
     /// Conversion rate (0–1), NPS (points) or touchpoints a minute.
@@ -242,7 +243,7 @@ pub struct AlertChange {
 
 /// A slice's step attempts in a minute, as one lens sees them: how many started, how many
 /// had converted by the previous lens's horizon and by this one's.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Trials {
     starts: i64,
     before: i64,
@@ -258,7 +259,7 @@ struct StepLens {
 }
 
 /// One subject's open incident.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Open {
     id: String,
     revision: u32,
@@ -273,12 +274,14 @@ type NpsCounts = (i64, i64, i64);
 /// Per signal, the next minute (epoch ms) to judge: none until its first cell.
 type Cursor = Option<i64>;
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct JourneyWatch {
-    /// Names for the alerts' ids.
+    /// Names for the alerts' ids. Not in a snapshot: [`JourneyWatch::restore`] takes it.
+    #[serde(skip)]
     map: JourneyMap,
     params: WatchParams,
     /// Per step, its lenses (the early horizons shorter than its budget, then the budget).
+    #[serde(skip)]
     step_lenses: Vec<Vec<StepLens>>,
     steps: BTreeMap<(i64, StepIdx, u8, Slice), Trials>,
     /// Per step and lens.
@@ -343,6 +346,49 @@ impl JourneyWatch {
             late_cells: 0,
             known: Finality::default(),
         }
+    }
+
+    /// Takes a watch read back from a snapshot (serde; everything but the map) up again
+    /// under `map` and `params`: `None` when it was taken under another map (`taken_under`
+    /// is [`Self::judged_by`] then) or other parameters, which would judge the same cells
+    /// differently (then the aggregates are read again).
+    pub fn resume(
+        mut self,
+        map: &JourneyMap,
+        params: WatchParams,
+        taken_under: u64,
+    ) -> Option<Self> {
+        if taken_under != Self::judged_by(map) || self.params != params {
+            return None;
+        }
+        self.step_lenses = map.steps.iter().map(|s| lenses(s.budget_ms)).collect();
+        let lenses_fit = self
+            .step_cursor
+            .iter()
+            .map(Vec::len)
+            .eq(self.step_lenses.iter().map(Vec::len));
+        self.map = map.clone();
+        lenses_fit.then_some(self)
+    }
+
+    /// What of `map` the watch's judgement rests on, as a number that stays the same from
+    /// one run to the next: names and positions of stages, steps, channels, segments and
+    /// touchpoints, budgets, and the detectors' parameters.
+    pub fn judged_by(map: &JourneyMap) -> u64 {
+        use std::hash::Hasher as _;
+        let mut h = siphasher::sip::SipHasher24::new_with_keys(0, 0);
+        let about = format!(
+            "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            map.name,
+            map.stages,
+            map.steps,
+            map.channels,
+            map.segments,
+            map.touchpoints,
+            map.alerts
+        );
+        h.write(about.as_bytes());
+        h.finish()
     }
 
     pub fn late_cells(&self) -> u64 {

@@ -252,6 +252,37 @@ fn a_silence_is_longer_than_the_pauses_its_hour_has_seen() {
     assert_eq!(fired, Some(30), "the 11th silent minute");
 }
 
+/// A new deployment: before its hour of the week has history, the same hour of the days
+/// before stands in, once there are two days of it. Each hour has a pause of 10 minutes (20
+/// events a minute otherwise). On the second day a whole hour's silence raises nothing (one
+/// day of history); on the third, a pause as long as the usual ones raises nothing, and a
+/// longer one fires the minute it is longer than any this hour had in the days before.
+#[test]
+fn a_silence_in_the_first_weeks_is_judged_against_the_days_before() {
+    const DAY: i64 = 24 * 60;
+    let bursty = |m: i64| if (20..30).contains(&(m % 60)) { 0 } else { 20 };
+    let mut s = Silence::new(SilenceParams::default());
+    for m in 0..DAY + 840 {
+        assert_eq!(s.observe(START + m, bursty(m)), None, "minute {m}");
+    }
+    for m in DAY + 840..DAY + 900 {
+        assert_eq!(s.observe(START + m, 0), None, "day 2, minute {m}");
+    }
+    for m in DAY + 900..2 * DAY + 600 {
+        assert_eq!(s.observe(START + m, bursty(m)), None, "minute {m}");
+    }
+    let mut fired = None;
+    for m in 0..60 {
+        let events = if (20..50).contains(&m) { 0 } else { 20 };
+        match s.observe(START + 2 * DAY + 600 + m, events) {
+            Some(Incident::Started { .. }) => fired = Some(m),
+            Some(Incident::Resolved { .. }) => assert_eq!(m, 50),
+            _ => {}
+        }
+    }
+    assert_eq!(fired, Some(30), "the 11th silent minute");
+}
+
 /// A rate of almost nothing (a lens in which hardly any attempt converts yet) is not
 /// tested: its smoothed baseline would drift the evidence up minute by minute.
 #[test]

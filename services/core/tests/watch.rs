@@ -205,12 +205,29 @@ fn feed(watch: &mut JourneyWatch, cell: &Cell, before: impl Into<Finality>) {
 
 /// Feeds the batches in the given order of partitions; returns every alert change.
 fn run(parts: &[Vec<Batch>], order: &[usize]) -> (Vec<AlertChange>, u64) {
+    run_resumed(parts, order, &[])
+}
+
+/// As [`run`], the watch put in a snapshot and resumed from it before each of the
+/// `resumed_at` batches (positions in `order`).
+fn run_resumed(
+    parts: &[Vec<Batch>],
+    order: &[usize],
+    resumed_at: &[usize],
+) -> (Vec<AlertChange>, u64) {
     let map = JourneyMap::from_yaml("shop.yaml", MAP).unwrap();
     let mut watch = JourneyWatch::new(&map, Default::default());
     let mut next = vec![0usize; parts.len()];
     let mut watermark: Vec<Option<i64>> = vec![None; parts.len()];
     let mut out = Vec::new();
-    for &p in order {
+    for (i, &p) in order.iter().enumerate() {
+        if resumed_at.contains(&i) {
+            let bytes = postcard::to_allocvec(&watch).unwrap();
+            let read: JourneyWatch = postcard::from_bytes(&bytes).unwrap();
+            watch = read
+                .resume(&map, Default::default(), JourneyWatch::judged_by(&map))
+                .expect("the same map and parameters");
+        }
         let Some(batch) = parts[p].get(next[p]) else {
             continue;
         };
@@ -224,6 +241,57 @@ fn run(parts: &[Vec<Batch>], order: &[usize]) -> (Vec<AlertChange>, u64) {
         }
     }
     (out, watch.late_cells())
+}
+
+/// A watch put in a snapshot and resumed from it, anywhere — before the break, while it
+/// fires, during the silence, a minute after the late cells — judges as the one that never
+/// stopped: the same changes under the same ids, the same late cells. A snapshot resumes
+/// only under the map and parameters it was taken under.
+#[test]
+fn a_watch_resumed_from_a_snapshot_judges_as_one_that_never_stopped() {
+    let parts = vec![partition(0), partition(1)];
+    let order = orders(&parts).remove(0);
+    let (alerts, late) = run(&parts, &order);
+    let at_minute = |m: i64| {
+        order
+            .iter()
+            .scan(vec![0usize; parts.len()], |next, &p| {
+                let w = parts[p].get(next[p]).map_or(i64::MAX, |b| b.watermark);
+                next[p] += 1;
+                Some(w)
+            })
+            .position(|w| w >= m * MINUTE)
+            .unwrap()
+    };
+    let cuts = [
+        at_minute(DAY),
+        at_minute(BREAK.0 + 5),
+        at_minute(BREAK.0 + 30),
+        at_minute(SILENT.0 + 10),
+        at_minute(997 * 3 + 1),
+    ];
+    assert_eq!(run_resumed(&parts, &order, &cuts), (alerts, late));
+
+    let map = JourneyMap::from_yaml("shop.yaml", MAP).unwrap();
+    let snapshot = || -> JourneyWatch {
+        let watch = JourneyWatch::new(&map, Default::default());
+        postcard::from_bytes(&postcard::to_allocvec(&watch).unwrap()).unwrap()
+    };
+    let other =
+        JourneyMap::from_yaml("shop.yaml", &MAP.replace("budget: 5m", "budget: 8m")).unwrap();
+    assert!(snapshot()
+        .resume(&other, Default::default(), JourneyWatch::judged_by(&map))
+        .is_none());
+    let stricter = cxstream_core::watch::WatchParams {
+        drop: cxstream_core::detect::DropParams {
+            threshold: 20.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert!(snapshot()
+        .resume(&map, stricter, JourneyWatch::judged_by(&map))
+        .is_none());
 }
 
 /// Reading orders: batch by batch in turn, and each partition's whole log before the

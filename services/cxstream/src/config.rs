@@ -309,6 +309,11 @@ pub struct AlerterSettings {
     /// Alerts go to Alertmanager only while a journey is judged up to within this of the
     /// wall clock, ms: catching up on history pages no one. Default 3600000 (1 hour).
     pub live_within_ms: i64,
+    /// How often the alerter keeps a snapshot of its judgement in ClickHouse, ms of wall
+    /// time (and when it stops): a restart reads the aggregates on from the latest instead
+    /// of from their beginning. Default 600000 (10 minutes); `null` keeps none and reads
+    /// from the beginning at every start.
+    pub snapshot_every_ms: Option<u64>,
     /// Several alerters sharing the journeys.
     pub peers: AlerterPeers,
 }
@@ -319,6 +324,7 @@ impl Default for AlerterSettings {
             journey_group: None,
             alertmanager_url: None,
             live_within_ms: 3_600_000,
+            snapshot_every_ms: Some(600_000),
             peers: AlerterPeers::default(),
         }
     }
@@ -543,6 +549,9 @@ impl Config {
                 peers.heartbeat_ms
             );
         }
+        if self.alerter.snapshot_every_ms.is_some_and(|ms| ms < 1_000) {
+            bail!("alerter.snapshot_every_ms must be at least 1000 (or null for no snapshots)");
+        }
         if let Some(url) = &self.alerter.alertmanager_url {
             if !url.starts_with("http://") {
                 bail!("alerter.alertmanager_url `{url}` must be http://host:port (e.g. http://127.0.0.1:9093)");
@@ -679,6 +688,10 @@ mod tests {
             e.contains("max_concurrent_inserts must be at least 1"),
             "{e}"
         );
+        let mut c = Config::default();
+        c.alerter.snapshot_every_ms = Some(10);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("alerter.snapshot_every_ms"), "{e}");
         let mut c = Config::default();
         c.apply_env(|k| (k == "CXSTREAM_HTTP_LISTEN").then(|| "nope".to_string()))
             .map(|_| ())

@@ -1,6 +1,7 @@
-//! A whole topic read from its beginning, and where its end was when reading started: the
-//! alerter reads its input (the aggregates) and its memory (the alerts) this way, and the
-//! journey service the erasures, with no consumer group offsets.
+//! A whole topic read from its beginning (or, per partition, from where a snapshot had
+//! read it to), and where its end was when reading started: the alerter reads its input
+//! (the aggregates) and its memory (the alerts) this way, and the journey service the
+//! erasures, with no consumer group offsets.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,6 +16,16 @@ use crate::config::Config;
 /// Assigns every partition of `topic` from its beginning (`client` names the reader), and
 /// says where each partition's end was.
 pub fn from_beginning(cfg: &Config, topic: &str, client: &str) -> Result<(BaseConsumer, Ends)> {
+    from_positions(cfg, topic, client, &BTreeMap::new())
+}
+
+/// As [`from_beginning`], each partition of `positions` from the offset it gives instead.
+pub fn from_positions(
+    cfg: &Config,
+    topic: &str,
+    client: &str,
+    positions: &BTreeMap<i32, i64>,
+) -> Result<(BaseConsumer, Ends)> {
     let consumer: BaseConsumer = cfg
         .kafka
         .consumer_config(client)
@@ -37,11 +48,15 @@ pub fn from_beginning(cfg: &Config, topic: &str, client: &str) -> Result<(BaseCo
     let mut tpl = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
     for p in partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        let from = positions.get(&p).copied();
+        tpl.add_partition_offset(topic, p, from.map_or(Offset::Beginning, Offset::Offset))?;
         let (low, high) = consumer
             .fetch_watermarks(topic, p, timeout)
             .with_context(|| format!("reading the end of `{topic}` partition {p}"))?;
-        if high > low {
+        if from.is_some_and(|f| f < low) {
+            tracing::warn!(topic, partition = p, from = ?from, first = low, "records to read on from are gone (retention): read on from the first there is");
+        }
+        if high > from.unwrap_or(low).max(low) {
             ends.insert(p, high);
         }
     }

@@ -420,6 +420,70 @@ fn a_break_and_a_silence_are_alerted_once_each_across_a_crash_and_a_second_run()
     );
 }
 
+/// A restart reads on from the alerter's latest snapshot. The first run reads up to 40
+/// minutes into the break (the incident firing) and keeps a snapshot as it stops; the next
+/// two take up the latest and read only what came since (one partition's rest, then the
+/// other's), and the alerts are those a single read of everything raises — the break
+/// updated and resolved under the id it fired with, the silence — each change once.
+#[test]
+fn a_restart_reads_on_from_the_latest_snapshot() {
+    let s = Stack::with_map_text("alerter_snapshot", MAP);
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, config.replace("level: warn", "level: info")).unwrap();
+    let group = format!("g.{}", s.run);
+    let into_break = BREAK.0 + 40;
+    produce_aggregates(&s, &journey_records(&group, START, 0..into_break));
+    let first = s.ok(&["alerter", "--until-caught-up"]);
+    assert!(
+        !String::from_utf8_lossy(&first.stderr).contains("resumed from"),
+        "nothing to resume from yet"
+    );
+    let before = alerts_of(&s);
+    assert!(
+        before
+            .iter()
+            .any(|a| a.kind == AlertKind::StepDrop && a.state == AlertState::Firing),
+        "{before:#?}"
+    );
+    assert!(before.iter().all(|a| a.state != AlertState::Resolved));
+
+    // The rest in two parts, one journey-service partition's first: the second start must
+    // read on from where the first left the partition that had nothing new for it.
+    let rest = journey_records(&group, START, into_break..DAYS * DAY);
+    let resumed_at = |part: &str| -> String {
+        let records: Vec<_> = rest
+            .iter()
+            .filter(|(k, _)| k.ends_with(part))
+            .cloned()
+            .collect();
+        produce_aggregates(&s, &records);
+        let run = s.ok(&["alerter", "--until-caught-up"]);
+        let log = String::from_utf8_lossy(&run.stderr).to_string();
+        let line = log
+            .lines()
+            .find(|l| l.contains("alerter resumed from its latest snapshot"))
+            .unwrap_or_else(|| panic!("not resumed: {log}"));
+        line[line.find("positions=").unwrap()..].to_string()
+    };
+    let second = resumed_at("/0");
+    let third = resumed_at("/1");
+    let partitions = |p: &str| -> Vec<String> {
+        p.split(['{', ',', '}'])
+            .filter_map(|kv| kv.split_once(':').map(|(k, _)| k.trim().to_string()))
+            .collect()
+    };
+    assert_eq!(partitions(&second).len(), 2, "{second}");
+    assert_eq!(
+        partitions(&second),
+        partitions(&third),
+        "{second} then {third}"
+    );
+    let after = alerts_of(&s);
+    assert_expected(&after);
+    assert_once_each(&after);
+    assert_eq!(after[..before.len()], before[..]);
+}
+
 /// The journeys of the sharing test: the shop's map under four names.
 const SHARED: [&str; 4] = ["shop", "shop_two", "shop_three", "shop_four"];
 

@@ -6,11 +6,12 @@
 //! is watched from its second day, not its second week.
 
 use super::hour_of_week;
+use serde::{Deserialize, Serialize};
 
 /// A ratio of two sums (successes over trials, events over minutes) per hour of the week,
 /// with the same hour of the days before (in the first week), then all hours, for hours
 /// with too little history.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeasonalRate {
     decay: f64,
     hours: Vec<Sums>,
@@ -20,7 +21,15 @@ pub struct SeasonalRate {
     since: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// The history an hour is judged by: the same hour of the weeks before, or (until those
+/// are deep enough) of the days before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Season {
+    Week,
+    Day,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct Sums {
     num: f64,
     den: f64,
@@ -67,7 +76,8 @@ impl SeasonalRate {
         let week = week_of(minute);
         self.since = Some(self.since.map_or(minute, |s| s.min(minute)));
         self.hours[hour_of_week(minute)].add(week, self.decay, num, den);
-        // Only read in the first week: not decayed (a week boundary would halve it midweek).
+        // Read until the hours of the week have history: not decayed (a week boundary
+        // would halve it midweek).
         self.hours_of_day[hour_of_week(minute) % 24].add(week, 1.0, num, den);
         self.all.add(week, self.decay, num, den);
     }
@@ -90,11 +100,31 @@ impl SeasonalRate {
             .map(|s| (s.num / s.den, s.den))
     }
 
-    /// This hour of the week's own ratio and denominator, when it has at least `min_den`
-    /// (no falling back to all hours: a night is not an average hour).
-    pub fn expected_in_hour(&self, minute: i64, min_den: f64) -> Option<(f64, f64)> {
-        let s = self.hours[hour_of_week(minute)].at(week_of(minute), self.decay);
-        (s.den >= min_den && s.den > 0.0).then(|| (s.num / s.den, s.den))
+    /// Which history of `minute`'s hour is deep enough to judge it by: this hour of the
+    /// week's, when it has at least `min_den`; until then (a new deployment's first weeks)
+    /// this hour of the days before's, when they have at least `min_day_den`. Never all
+    /// hours: a night is not an average hour.
+    pub fn season(&self, minute: i64, min_den: f64, min_day_den: f64) -> Option<Season> {
+        let deep = |s: Sums, min: f64| s.den >= min && s.den > 0.0;
+        let (week, hour) = (week_of(minute), hour_of_week(minute));
+        if deep(self.hours[hour].at(week, self.decay), min_den) {
+            Some(Season::Week)
+        } else if deep(self.hours_of_day[hour % 24], min_day_den) {
+            Some(Season::Day)
+        } else {
+            None
+        }
+    }
+
+    /// The ratio and denominator of `minute`'s hour in `season`: of this hour of the week
+    /// (decayed), or of this hour of every day before (not decayed).
+    pub fn expected_in(&self, minute: i64, season: Season) -> (f64, f64) {
+        let hour = hour_of_week(minute);
+        let s = match season {
+            Season::Week => self.hours[hour].at(week_of(minute), self.decay),
+            Season::Day => self.hours_of_day[hour % 24],
+        };
+        (s.num / s.den.max(f64::MIN_POSITIVE), s.den)
     }
 
     /// How much history an hour like this one has: the decayed denominator of this hour

@@ -16,6 +16,7 @@
 //! cohort gives the evidence of waiting for its budget — only sooner. One CUSUM sums every
 //! cohort's stages in the order they become known.
 
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 use super::SeasonalRate;
@@ -24,7 +25,7 @@ use super::SeasonalRate;
 /// ones are learned.
 const SUSPECT_MINUTES: usize = 240;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DropParams {
     /// The relative drop the test is tuned to (0.3: the rate falls to 70 % of the
     /// baseline). Smaller drops are found later, larger ones sooner. Default 0.3.
@@ -96,7 +97,7 @@ pub enum Incident {
 }
 
 /// One slice's drop test: its baselines, its evidence, and whether it fires.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DropDetector {
     params: DropParams,
     /// Per stage: the share converted by its horizon, by hour of the week.

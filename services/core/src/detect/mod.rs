@@ -22,7 +22,7 @@ mod score;
 mod score_watch;
 mod silence;
 
-pub use baseline::SeasonalRate;
+pub use baseline::{Season, SeasonalRate};
 pub use cusum::{DropDetector, DropParams, Incident};
 pub use score::{score_drop, ScoreDrop, ScoreParams};
 pub use score_watch::{ScoreWatch, ScoreWatchParams};

@@ -2,8 +2,9 @@
 //! each side's variance from its own three-category counts (DESIGN: (p + d − (p − d)²)/n).
 
 use crate::metrics::Nps;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ScoreParams {
     /// Answers the window needs before it is tested (a small slice does not page). Default 100.
     pub min_answers: i64,

@@ -4,6 +4,7 @@
 //! minutes leaving the window are not learned, so the incident is judged against the
 //! week before it.
 
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 use super::{score_drop, Incident, ScoreParams};
@@ -11,7 +12,7 @@ use super::{score_drop, Incident, ScoreParams};
 /// Hours of history in the baseline.
 const BASELINE_HOURS: usize = 7 * 24;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ScoreWatchParams {
     pub test: ScoreParams,
     /// Minutes in the window judged. Default 120: at 300 answers an hour a 15-point drop is
@@ -49,7 +50,7 @@ fn minus(a: Three, b: Three) -> Three {
     (a.0 - b.0, a.1 - b.1, a.2 - b.2)
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreWatch {
     params: ScoreWatchParams,
     /// The window's minutes (promoters, passives, detractors) and their sum.

@@ -4,15 +4,19 @@
 //! weeks before (smoothed), so k silent minutes happen with p0^k — real traffic comes in
 //! bursts (a customer's touchpoints together), and a Poisson rate would call its pauses
 //! impossible. The run must also be longer than any pause its hour of the week had in the
-//! last weeks. An hour's own first minutes never set what its later minutes are held to.
+//! last weeks. Until its hour of the week has that history (a new deployment's first two
+//! weeks), the same hour of the days before stands in — for the chance and for the pauses
+//! — once it has two days of it. An hour's own first minutes never set what its later
+//! minutes are held to.
 //! Unlike a drop, where traffic goes on at a worse rate, a silence is nothing at all; it
 //! ends with the first event.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::{Incident, SeasonalRate};
+use super::{Incident, Season, SeasonalRate};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SilenceParams {
     /// −ln of the chance below which a silent run is not chance. Default 16 (as a drop's):
     /// a slice has some 20,000 minutes in 14 days to start a run in.
@@ -26,6 +30,9 @@ pub struct SilenceParams {
     /// 0.5 the past weeks of an hour weigh 60 · (1/2 + 1/4 + …) < 60 minutes when it
     /// starts: 40 is two weeks of it. Default 40.
     pub min_baseline_minutes: f64,
+    /// Until then, days of this hour of the day before it stands in. Default 2: one day's
+    /// hour is too few minutes to measure a share of silent ones by.
+    pub min_baseline_days: f64,
     pub weekly_decay: f64,
 }
 
@@ -35,6 +42,7 @@ impl Default for SilenceParams {
             threshold: 16.0,
             min_events_per_minute: 5.0,
             min_baseline_minutes: 40.0,
+            min_baseline_days: 2.0,
             weekly_decay: 0.5,
         }
     }
@@ -42,8 +50,10 @@ impl Default for SilenceParams {
 
 /// Weeks a silent run counts as one this hour of the week has seen.
 const GAP_WEEKS: i64 = 4;
+/// Days a silent run counts as one this hour of the day has seen (while the days stand in).
+const GAP_DAYS: i64 = 7;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Silence {
     params: SilenceParams,
     /// Events over minutes, by hour of the week, from hours that are over: an hour is
@@ -58,6 +68,8 @@ pub struct Silence {
     /// Per hour of the week, the longest silent run (minutes) that ended by itself in each
     /// of the last weeks: a silence must be longer than those this hour has seen lately.
     longest: Vec<BTreeMap<i64, i64>>,
+    /// The same per hour of the day, for each of the last days.
+    longest_daily: Vec<BTreeMap<i64, i64>>,
     /// The current run of minutes without events: its first minute and length.
     run: Option<(i64, i64)>,
     /// Events expected over the run (from the minutes with a known rate), for the figures.
@@ -71,6 +83,10 @@ fn week_of(minute: i64) -> i64 {
     minute.div_euclid(super::WEEK_MINUTES)
 }
 
+fn day_of(minute: i64) -> i64 {
+    minute.div_euclid(24 * 60)
+}
+
 impl Silence {
     pub fn new(params: SilenceParams) -> Self {
         Silence {
@@ -79,6 +95,7 @@ impl Silence {
             this_hour: Vec::new(),
             hour: i64::MIN,
             longest: vec![BTreeMap::new(); 168],
+            longest_daily: vec![BTreeMap::new(); 24],
             params,
             run: None,
             expected: 0.0,
@@ -116,17 +133,18 @@ impl Silence {
             None => (minute, 1),
         };
         self.run = Some((first, len));
-        let rate = self
+        let season = self
             .volume
-            .expected_in_hour(minute, self.params.min_baseline_minutes)
-            .map(|(r, _)| r)
-            .filter(|r| *r >= self.params.min_events_per_minute);
-        if let Some(rate) = rate {
-            let p0 = self
-                .zeros
-                .expected_in_hour(minute, self.params.min_baseline_minutes)
-                .map_or(1.0, |(p, den)| (p * den + 1.0) / (den + 2.0));
-            self.expected += rate;
+            .season(
+                minute,
+                self.params.min_baseline_minutes,
+                60.0 * self.params.min_baseline_days,
+            )
+            .filter(|s| self.volume.expected_in(minute, *s).0 >= self.params.min_events_per_minute);
+        if let Some(season) = season {
+            let (p, den) = self.zeros.expected_in(minute, season);
+            let p0 = (p * den + 1.0) / (den + 2.0);
+            self.expected += self.volume.expected_in(minute, season).0;
             self.evidence -= p0.ln();
         }
         let (expected, evidence) = (self.expected, self.evidence);
@@ -139,9 +157,9 @@ impl Silence {
                 evidence,
             });
         }
-        let fires = rate.is_some()
-            && evidence >= self.params.threshold
-            && len > self.longest_gap(first, minute);
+        let fires = season.is_some_and(|s| {
+            evidence >= self.params.threshold && len > self.longest_gap(first, minute, s)
+        });
         fires.then(|| {
             self.firing = true;
             Incident::Started {
@@ -178,20 +196,28 @@ impl Silence {
     }
 
     fn learn_gap(&mut self, first: i64, len: i64) {
-        let week = week_of(first);
-        let weeks = &mut self.longest[super::hour_of_week(first)];
-        let longest = weeks.entry(week).or_default();
-        *longest = (*longest).max(len);
-        weeks.retain(|w, _| week - *w <= GAP_WEEKS);
+        let hour = super::hour_of_week(first);
+        for (runs, period, kept) in [
+            (&mut self.longest[hour], week_of(first), GAP_WEEKS),
+            (&mut self.longest_daily[hour % 24], day_of(first), GAP_DAYS),
+        ] {
+            let longest = runs.entry(period).or_default();
+            *longest = (*longest).max(len);
+            runs.retain(|p, _| period - *p <= kept);
+        }
     }
 
     /// The longest silent run seen starting in `first`'s hour of the week in the
-    /// `GAP_WEEKS` weeks before `now`'s.
-    fn longest_gap(&self, first: i64, now: i64) -> i64 {
-        let now = week_of(now);
-        self.longest[super::hour_of_week(first)]
-            .iter()
-            .filter(|(w, _)| now - **w <= GAP_WEEKS)
+    /// `GAP_WEEKS` weeks before `now`'s, or of the day in the `GAP_DAYS` days before, as
+    /// `season` says which history judges it.
+    fn longest_gap(&self, first: i64, now: i64, season: Season) -> i64 {
+        let hour = super::hour_of_week(first);
+        let (runs, now, kept) = match season {
+            Season::Week => (&self.longest[hour], week_of(now), GAP_WEEKS),
+            Season::Day => (&self.longest_daily[hour % 24], day_of(now), GAP_DAYS),
+        };
+        runs.iter()
+            .filter(|(p, _)| now - **p <= kept)
             .map(|(_, len)| *len)
             .max()
             .unwrap_or(0)

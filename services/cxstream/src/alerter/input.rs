@@ -13,6 +13,7 @@ use cxstream_core::journey_map::{
 };
 use cxstream_core::watch::{AlertChange, Finality, JourneyWatch, WatchParams};
 use cxstream_core::JourneyMap;
+use serde::{Deserialize, Serialize};
 
 type Cells = (Vec<MinuteCell>, Vec<StepCell>);
 
@@ -26,6 +27,26 @@ pub struct JourneyInput {
     pub unknown_cells: u64,
     /// How far every partition's counts are final, as last judged.
     pub known: Finality,
+}
+
+/// What a snapshot keeps of one journey's input (field for field as [`InputState`]).
+#[derive(Serialize)]
+pub struct InputStateRef<'a> {
+    judged_by: u64,
+    log: &'a BatchLog<Cells>,
+    watch: &'a JourneyWatch,
+    unknown_cells: u64,
+    known: Finality,
+}
+
+/// A journey's input read back from a snapshot.
+#[derive(Deserialize)]
+pub struct InputState {
+    judged_by: u64,
+    log: BatchLog<Cells>,
+    watch: JourneyWatch,
+    unknown_cells: u64,
+    known: Finality,
 }
 
 /// What one record changed.
@@ -53,6 +74,33 @@ impl JourneyInput {
             unknown_cells: 0,
             known: Finality::default(),
         }
+    }
+
+    /// What a snapshot keeps of this input.
+    pub fn state(&self) -> InputStateRef<'_> {
+        InputStateRef {
+            judged_by: JourneyWatch::judged_by(&self.map),
+            log: &self.log,
+            watch: &self.watch,
+            unknown_cells: self.unknown_cells,
+            known: self.known,
+        }
+    }
+
+    /// This journey's input as a snapshot kept it, if it was taken under the same map and
+    /// parameters.
+    pub fn resume(
+        map: std::sync::Arc<JourneyMap>,
+        params: WatchParams,
+        state: InputState,
+    ) -> Option<Self> {
+        let watch = state.watch.resume(&map, params, state.judged_by)?;
+        let mut input = JourneyInput::new(map, params);
+        input.watch = watch;
+        input.log = state.log;
+        input.unknown_cells = state.unknown_cells;
+        input.known = state.known;
+        Some(input)
     }
 
     /// A record of this journey and the followed group.

@@ -1,10 +1,11 @@
 //! `cxstream alerter` (README § Alerts): reads every partition of the aggregates topic from
-//! its beginning, follows one journey group's committed batches per journey map, judges
-//! each minute once every partition of the journey has committed past it, and writes the
-//! alerts' changes to ClickHouse and the alerts topic.
+//! its latest snapshot ([`snapshot`]) or its beginning, follows one journey group's
+//! committed batches per journey map, judges each minute once every partition of the
+//! journey has committed past it, and writes the alerts' changes to ClickHouse and the
+//! alerts topic.
 //!
-//! It keeps no state of its own: the aggregates topic is its input and the alerts topic
-//! its memory. A restart judges the aggregates again from their beginning (the same
+//! The aggregates topic is its input and the alerts topic its memory of what it wrote. A
+//! restart judges the aggregates again from the snapshot or their beginning (the same
 //! minutes, the same way, so the same alerts under the same ids) and writes only the
 //! changes the alerts topic does not have.
 //!
@@ -17,6 +18,7 @@ mod input;
 mod members;
 mod output;
 mod push;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,18 +26,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use cxstream_avro::{AlertMessage, Codec};
+use cxstream_avro::{AlertMessage, AlertState, Codec};
+use cxstream_clickhouse::SnapshotsTable;
 use cxstream_core::watch::{AlertChange, AlertKind};
 use cxstream_core::JourneyMaps;
 use cxstream_http::{AlerterMetrics, Health};
 use rdkafka::message::Message;
 
 use crate::config::Config;
-use crate::from_beginning::from_beginning;
+use crate::from_beginning::from_positions;
 use input::JourneyInput;
 use members::Members;
 use output::AlertsOutput;
 use push::AlertmanagerPush;
+use snapshot::{Taken, Taking};
 
 /// Options of one run that are not configuration (CLI flags).
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,6 +66,12 @@ pub struct Alerter {
     owned: BTreeMap<String, bool>,
     /// Changes of journeys another alerter writes, until the alerts topic has them.
     unwritten: BTreeMap<String, Vec<AlertMessage>>,
+    /// Where snapshots are kept (`alerter.snapshot_every_ms`), and when one was last taken.
+    snapshots: Option<(SnapshotsTable, Instant)>,
+    /// Per partition of the aggregates topic, the offset after the last record judged.
+    positions: BTreeMap<i32, i64>,
+    /// The latest change of each incident firing, by id: a snapshot's for Alertmanager.
+    firing: BTreeMap<String, AlertMessage>,
 }
 
 /// Who writes which journey's alerts.
@@ -137,6 +147,14 @@ impl Alerter {
             late_counted: BTreeMap::new(),
             owned: BTreeMap::new(),
             unwritten: BTreeMap::new(),
+            snapshots: cfg.alerter.snapshot_every_ms.map(|_| {
+                (
+                    SnapshotsTable::new(&cfg.clickhouse_connection()),
+                    Instant::now(),
+                )
+            }),
+            positions: BTreeMap::new(),
+            firing: BTreeMap::new(),
             cfg,
         })
     }
@@ -213,9 +231,13 @@ impl Alerter {
     }
 
     pub fn run(mut self, opts: RunOptions) -> Result<()> {
-        let topic = &self.cfg.topics.aggregates;
-        let (consumer, mut to_read) =
-            from_beginning(&self.cfg, topic, &format!("{}-alerter", self.group))?;
+        let resumed = self.resume();
+        let (consumer, mut to_read) = from_positions(
+            &self.cfg,
+            &self.cfg.topics.aggregates,
+            &format!("{}-alerter", self.group),
+            &resumed,
+        )?;
         tracing::info!(group = %self.group, "alerter reading the aggregates");
         let mut writers = self.writers(opts);
         let mut shared: Option<Instant> = None;
@@ -224,6 +246,7 @@ impl Alerter {
             if shared.is_none_or(|t| t.elapsed() >= PEERS_EVERY) {
                 self.join_when_caught_up(&mut writers, to_read.at_end())?;
                 self.share(&mut writers)?;
+                self.snapshot_when_due(false);
                 shared = Some(Instant::now());
             }
             if let Some(push) = &mut self.push {
@@ -241,6 +264,7 @@ impl Alerter {
                 Some(Ok(msg)) => msg,
             };
             to_read.read(msg.partition(), msg.offset());
+            self.positions.insert(msg.partition(), msg.offset() + 1);
             let Some(m) = msg
                 .payload()
                 .and_then(|b| self.codec.decode_aggregates(b).ok())
@@ -279,10 +303,140 @@ impl Alerter {
                 push.judged(&journey, k);
             }
         }
+        self.snapshot_when_due(true);
         // Dropping the members says `leaving`, on every way out.
         drop(writers);
         tracing::info!("alerter stopped");
         Ok(())
+    }
+
+    /// Takes up the latest snapshot, if there is one that can be used (see [`snapshot`]):
+    /// the offsets to read the aggregates on from (none: from their beginning).
+    fn resume(&mut self) -> BTreeMap<i32, i64> {
+        let Some((table, _)) = &self.snapshots else {
+            return BTreeMap::new();
+        };
+        let latest = match self.rt.block_on(table.latest(&self.group)) {
+            Ok(Some(latest)) => latest,
+            Ok(None) => return BTreeMap::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the latest snapshot: reading the aggregates from their beginning");
+                return BTreeMap::new();
+            }
+        };
+        match Taken::from_bytes(&latest.state).and_then(|t| self.take_up(t)) {
+            Ok(positions) => {
+                tracing::info!(
+                    taken_at_ms = latest.taken_at_ms,
+                    bytes = latest.state.len(),
+                    positions = ?positions,
+                    "alerter resumed from its latest snapshot"
+                );
+                // The next snapshot reads on from here too in partitions with nothing new.
+                self.positions.clone_from(&positions);
+                positions
+            }
+            Err(why) => {
+                tracing::info!(
+                    taken_at_ms = latest.taken_at_ms,
+                    "the latest snapshot is not used, {why}: reading the aggregates from their beginning"
+                );
+                BTreeMap::new()
+            }
+        }
+    }
+
+    /// Every journey's input from the snapshot, if each was judged under the same map and
+    /// parameters; the incidents firing to Alertmanager again.
+    fn take_up(&mut self, taken: Taken) -> Result<BTreeMap<i32, i64>, String> {
+        if taken.topic != self.cfg.topics.aggregates {
+            return Err(format!("it read the aggregates of `{}`", taken.topic));
+        }
+        let mut states = taken.journeys;
+        let mut inputs = BTreeMap::new();
+        for (name, input) in &self.inputs {
+            let state = states
+                .remove(name)
+                .ok_or_else(|| format!("it has no journey `{name}`"))?;
+            let map = input.map.clone();
+            let params = map.alerts;
+            let resumed = JourneyInput::resume(map, params, state).ok_or_else(|| {
+                format!("journey `{name}` was judged under another map or other parameters")
+            })?;
+            inputs.insert(name.clone(), resumed);
+        }
+        self.inputs = inputs;
+        self.firing = taken
+            .firing
+            .into_iter()
+            .filter(|m| self.inputs.contains_key(&m.journey))
+            .map(|m| (m.id.clone(), m))
+            .collect();
+        let journeys: Vec<String> = self.inputs.keys().cloned().collect();
+        for journey in &journeys {
+            self.update_gauges(journey);
+        }
+        if let Some(push) = &mut self.push {
+            let firing: Vec<AlertMessage> = self.firing.values().cloned().collect();
+            push.on_changes(&firing);
+            for (journey, input) in &self.inputs {
+                if let Some(k) = input.known.touchpoints {
+                    push.judged(journey, k);
+                }
+            }
+        }
+        Ok(taken.positions)
+    }
+
+    /// Keeps a snapshot when one is due (`alerter.snapshot_every_ms` since the last, or
+    /// `now`) and every change judged is on the alerts topic; otherwise at the next round.
+    /// One that cannot be kept is logged: the next start reads on from an older one.
+    fn snapshot_when_due(&mut self, now: bool) {
+        let (Some((table, last)), Some(every)) =
+            (&self.snapshots, self.cfg.alerter.snapshot_every_ms)
+        else {
+            return;
+        };
+        if !now && last.elapsed() < Duration::from_millis(every) {
+            return;
+        }
+        if self.unwritten.values().any(|w| !w.is_empty()) {
+            return;
+        }
+        let journeys = self
+            .inputs
+            .iter()
+            .map(|(name, input)| (name.as_str(), input.state()))
+            .collect();
+        let taking = Taking::new(
+            &self.cfg.topics.aggregates,
+            &self.positions,
+            journeys,
+            self.firing.values().collect(),
+        );
+        let taken_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let kept = taking
+            .to_bytes()
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| {
+                let instance = members::instance_name(&self.cfg);
+                self.rt
+                    .block_on(table.save(&self.group, &instance, taken_at_ms, &bytes))
+                    .map_err(anyhow::Error::from)?;
+                Ok(bytes.len())
+            });
+        match kept {
+            Ok(bytes) => tracing::debug!(bytes, "alerter snapshot kept"),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "alerter snapshot not kept; a start reads on from an older one"
+            ),
+        }
+        if let Some((_, last)) = &mut self.snapshots {
+            *last = Instant::now();
+        }
     }
 
     fn count(&self, kind: &str) {
@@ -301,6 +455,14 @@ impl Alerter {
             .collect();
         if let Some(push) = &mut self.push {
             push.on_changes(&messages);
+        }
+        for m in &messages {
+            match m.state {
+                AlertState::Resolved => self.firing.remove(&m.id),
+                AlertState::Firing | AlertState::Updated => {
+                    self.firing.insert(m.id.clone(), m.clone())
+                }
+            };
         }
         if self.owned.get(journey).copied().unwrap_or(true) {
             return self.write(&messages);

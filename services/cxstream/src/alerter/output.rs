@@ -1,7 +1,7 @@
 //! Where alerts go: the ClickHouse alerts table, then the alerts topic. The topic is also
 //! the alerter's memory: on start it reads which changes of the followed group are there
-//! already, and judging the aggregates again from their beginning raises the same changes
-//! under the same names, so only those missing are written — none lost, none repeated.
+//! already, and judging the aggregates again (from their beginning or a snapshot) raises
+//! the same changes under the same names, so only those missing are written — none lost, none repeated.
 //! It goes on reading the topic, for what other alerters write.
 
 use std::collections::HashSet;
