@@ -216,6 +216,7 @@ pub struct AlerterMetrics {
     pub write_errors: IntCounterVec,
     pub peers: IntGauge,
     pub writes_journey: IntGaugeVec,
+    pub snapshot_seconds: IntGauge,
 }
 
 impl AlerterMetrics {
@@ -237,6 +238,14 @@ impl AlerterMetrics {
                 let g = IntGauge::new(
                     "cxstream_alerter_peers",
                     "Alerter instances sharing the journeys, this one included, as this one hears them.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            snapshot_seconds: {
+                let g = IntGauge::new(
+                    "cxstream_alerter_snapshot_seconds",
+                    "Wall time (unix seconds) of the last snapshot this alerter kept; 0 before the first.",
                 )?;
                 r.register(Box::new(g.clone()))?;
                 g

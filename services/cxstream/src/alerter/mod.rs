@@ -428,7 +428,12 @@ impl Alerter {
                 Ok(bytes.len())
             });
         match kept {
-            Ok(bytes) => tracing::debug!(bytes, "alerter snapshot kept"),
+            Ok(bytes) => {
+                tracing::debug!(bytes, "alerter snapshot kept");
+                self.metrics
+                    .snapshot_seconds
+                    .set(i64::try_from(taken_at_ms / 1000).unwrap_or(i64::MAX));
+            }
             Err(e) => tracing::warn!(
                 error = format!("{e:#}"),
                 "alerter snapshot not kept; a start reads on from an older one"
