@@ -349,8 +349,12 @@ impl Alerter {
     /// Every journey's input from the snapshot, if each was judged under the same map and
     /// parameters; the incidents firing to Alertmanager again.
     fn take_up(&mut self, taken: Taken) -> Result<BTreeMap<i32, i64>, String> {
-        if taken.topic != self.cfg.topics.aggregates {
-            return Err(format!("it read the aggregates of `{}`", taken.topic));
+        let topics = &self.cfg.topics;
+        if taken.topics != (topics.aggregates.clone(), topics.alerts.clone()) {
+            return Err(format!(
+                "it read `{}` and wrote `{}`",
+                taken.topics.0, taken.topics.1
+            ));
         }
         let mut states = taken.journeys;
         let mut inputs = BTreeMap::new();
@@ -409,7 +413,7 @@ impl Alerter {
             .map(|(name, input)| (name.as_str(), input.state()))
             .collect();
         let taking = Taking::new(
-            &self.cfg.topics.aggregates,
+            (&self.cfg.topics.aggregates, &self.cfg.topics.alerts),
             &self.positions,
             journeys,
             self.firing.values().collect(),

@@ -6,8 +6,8 @@
 //!
 //! A snapshot is only taken when every change judged so far is on the alerts topic (none
 //! waits for another alerter to write it), so a start from it misses none. One taken under
-//! another map, other detector parameters or another aggregates topic, or that cannot be
-//! read, is not used: the start reads from the beginning, as without snapshots.
+//! another map, other detector parameters, another aggregates or alerts topic, or that
+//! cannot be read, is not used: the start reads from the beginning, as without snapshots.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +23,8 @@ const FORMAT: u16 = 1;
 #[derive(Serialize)]
 pub struct Taking<'a> {
     format: u16,
-    topic: &'a str,
+    /// The aggregates topic read, and the alerts topic whose changes it holds written.
+    topics: (&'a str, &'a str),
     /// Per partition of the aggregates topic, the offset to read on from.
     positions: &'a BTreeMap<i32, i64>,
     journeys: BTreeMap<&'a str, InputStateRef<'a>>,
@@ -35,7 +36,7 @@ pub struct Taking<'a> {
 #[derive(Deserialize)]
 pub struct Taken {
     format: u16,
-    pub topic: String,
+    pub topics: (String, String),
     pub positions: BTreeMap<i32, i64>,
     pub journeys: BTreeMap<String, InputState>,
     pub firing: Vec<AlertMessage>,
@@ -43,14 +44,14 @@ pub struct Taken {
 
 impl<'a> Taking<'a> {
     pub fn new(
-        topic: &'a str,
+        topics: (&'a str, &'a str),
         positions: &'a BTreeMap<i32, i64>,
         journeys: BTreeMap<&'a str, InputStateRef<'a>>,
         firing: Vec<&'a AlertMessage>,
     ) -> Self {
         Taking {
             format: FORMAT,
-            topic,
+            topics,
             positions,
             journeys,
             firing,
