@@ -471,6 +471,37 @@ fn a_touchpoints_csat_drop_is_its_own_incident() {
     );
 }
 
+/// Ten days of entries into `browse` and `buy`, minute by minute, in each of `slices`
+/// (channel, segment): about `rate(minute, slice, stage)` a minute (binomial, 2 × rate
+/// trials of ½). The flow drops' changes.
+fn flows_of_entries(
+    map: &JourneyMap,
+    slices: &[(u8, u8)],
+    rate: impl Fn(i64, (u8, u8), u8) -> f64,
+) -> Vec<AlertChange> {
+    let mut watch = JourneyWatch::new(map, Default::default());
+    let mut out = Vec::new();
+    for m in 0..10 * DAY {
+        for (i, &slice) in slices.iter().enumerate() {
+            for stage in [0u8, 1] {
+                let key = (m as u64) << 12 | (i as u64) << 4 | u64::from(stage);
+                let entries = (0..(2.0 * rate(m, slice, stage)) as u64)
+                    .filter(|i| noise(key ^ i << 24) < 0.5)
+                    .count() as i64;
+                let counts = Counts {
+                    stage_entries: entries,
+                    ..Counts::default()
+                };
+                watch.add_minute_cell(START + m * MINUTE, (stage, None), slice, &counts, None);
+            }
+        }
+        out.extend(watch.advance(START + (m + 1) * MINUTE));
+    }
+    out.into_iter()
+        .filter(|c| c.subject.kind() == AlertKind::FlowDrop)
+        .collect()
+}
+
 /// Entries into `buy` are half as many as into `browse`, on the web and in the app. On day
 /// 9 the app's entries into `buy` fall to a fifth for two hours — a flow drop (the app
 /// among its slices), resolved after; on day 8 all traffic falls by 80 % for two hours —
@@ -478,45 +509,20 @@ fn a_touchpoints_csat_drop_is_its_own_incident() {
 #[test]
 fn entries_into_a_stage_falling_are_a_flow_drop_and_less_traffic_is_not() {
     let map = JourneyMap::from_yaml("shop.yaml", MAP).unwrap();
-    let mut watch = JourneyWatch::new(&map, Default::default());
     let quiet = (8 * DAY + 600, 8 * DAY + 720);
     let broken = (9 * DAY + 600, 9 * DAY + 720);
-    let mut out = Vec::new();
-    for m in 0..10 * DAY {
-        for channel in [0u8, 1] {
-            for (stage, base) in [(0u8, 10.0), (1, 5.0)] {
-                let mut rate = base;
-                if (quiet.0..quiet.1).contains(&m) {
-                    rate *= 0.2;
-                }
-                if channel == 1 && stage == 1 && (broken.0..broken.1).contains(&m) {
-                    rate *= 0.2;
-                }
-                let key = (m as u64) << 8 | u64::from(channel) << 4 | u64::from(stage);
-                // Binomial(2 × rate, ½): about `rate` a minute.
-                let entries = (0..(2.0 * rate) as u64)
-                    .filter(|i| noise(key ^ i << 24) < 0.5)
-                    .count() as i64;
-                let counts = Counts {
-                    stage_entries: entries,
-                    ..Counts::default()
-                };
-                watch.add_minute_cell(
-                    START + m * MINUTE,
-                    (stage, None),
-                    (channel, NO_SEGMENT),
-                    &counts,
-                    None,
-                );
-            }
+    let slices = [(0, NO_SEGMENT), (1, NO_SEGMENT)];
+    let flows = flows_of_entries(&map, &slices, |m, (channel, _), stage| {
+        let mut rate = if stage == 0 { 10.0 } else { 5.0 };
+        if (quiet.0..quiet.1).contains(&m) {
+            rate *= 0.2;
         }
-        out.extend(watch.advance(START + (m + 1) * MINUTE));
-    }
-    let flows: Vec<&AlertChange> = out
-        .iter()
-        .filter(|c| c.subject.kind() == AlertKind::FlowDrop)
-        .collect();
-    let fired: Vec<&&AlertChange> = flows
+        if channel == 1 && stage == 1 && (broken.0..broken.1).contains(&m) {
+            rate *= 0.2;
+        }
+        rate
+    });
+    let fired: Vec<&AlertChange> = flows
         .iter()
         .filter(|c| c.state == AlertState::Firing)
         .collect();
@@ -857,45 +863,17 @@ fn a_stage_whose_entries_stop_converting_is_a_stage_drop() {
 fn a_segment_no_longer_reaching_a_stage_is_a_flow_drop_of_that_segment() {
     let map = JourneyMap::from_yaml("shop.yaml", MAP).unwrap();
     let vip = map.segment("vip").unwrap();
-    let mut watch = JourneyWatch::new(&map, Default::default());
     let broken = (9 * DAY + 600, 9 * DAY + 720);
-    let mut out = Vec::new();
-    for m in 0..10 * DAY {
-        for channel in [0u8, 1] {
-            for segment in [0u8, vip] {
-                for (stage, base) in [(0u8, 10.0), (1, 5.0)] {
-                    let mut rate = if segment == vip { base } else { 2.0 * base };
-                    if segment == vip && stage == 1 && (broken.0..broken.1).contains(&m) {
-                        rate *= 0.2;
-                    }
-                    let key = (m as u64) << 12
-                        | u64::from(segment) << 8
-                        | u64::from(channel) << 4
-                        | u64::from(stage);
-                    let entries = (0..(2.0 * rate) as u64)
-                        .filter(|i| noise(key ^ i << 24) < 0.5)
-                        .count() as i64;
-                    let counts = Counts {
-                        stage_entries: entries,
-                        ..Counts::default()
-                    };
-                    watch.add_minute_cell(
-                        START + m * MINUTE,
-                        (stage, None),
-                        (channel, segment),
-                        &counts,
-                        None,
-                    );
-                }
-            }
+    let slices = [(0, 0), (1, 0), (0, vip), (1, vip)];
+    let flows = flows_of_entries(&map, &slices, |m, (_, segment), stage| {
+        let base = if stage == 0 { 10.0 } else { 5.0 };
+        let mut rate = if segment == vip { base } else { 2.0 * base };
+        if segment == vip && stage == 1 && (broken.0..broken.1).contains(&m) {
+            rate *= 0.2;
         }
-        out.extend(watch.advance(START + (m + 1) * MINUTE));
-    }
-    let flows: Vec<&AlertChange> = out
-        .iter()
-        .filter(|c| c.subject.kind() == AlertKind::FlowDrop)
-        .collect();
-    let fired: Vec<&&AlertChange> = flows
+        rate
+    });
+    let fired: Vec<&AlertChange> = flows
         .iter()
         .filter(|c| c.state == AlertState::Firing)
         .collect();
