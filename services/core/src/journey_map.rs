@@ -347,6 +347,13 @@ impl JourneyMap {
         self.segment_index.get(name).copied()
     }
 
+    /// The segment [`Self::segment_name`] shows as `name`: one of the map's, or
+    /// [`NO_SEGMENT`] for its name of none.
+    pub fn segment_named(&self, name: &str) -> Option<SegmentIdx> {
+        self.segment(name)
+            .or_else(|| (name == NO_SEGMENT_NAME).then_some(NO_SEGMENT))
+    }
+
     pub fn segment_name(&self, idx: SegmentIdx) -> &str {
         self.segments
             .get(usize::from(idx))
@@ -361,6 +368,13 @@ impl JourneyMap {
     /// names it is that map's business, and takes this map's own stage for its touchpoint.
     pub fn is_stage_elsewhere(&self, name: &str) -> bool {
         self.stages_elsewhere.iter().any(|s| s == name)
+    }
+
+    /// The stage [`Self::stage_name`] shows as `name`: one of the map's, or [`NO_STAGE`]
+    /// for its name of none.
+    pub fn stage_named(&self, name: &str) -> Option<StageIdx> {
+        self.stage(name)
+            .or_else(|| (name == NO_STAGE_NAME).then_some(NO_STAGE))
     }
 
     pub fn stage_name(&self, idx: StageIdx) -> &str {

@@ -276,7 +276,7 @@ type Cursor = Option<i64>;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JourneyWatch {
-    /// Names for the alerts' ids. Not in a snapshot: [`JourneyWatch::restore`] takes it.
+    /// Names for the alerts' ids. Not in a snapshot: [`JourneyWatch::resume`] gives it back.
     #[serde(skip)]
     map: JourneyMap,
     params: WatchParams,

@@ -140,11 +140,12 @@ impl Silence {
                 self.params.min_baseline_minutes,
                 60.0 * self.params.min_baseline_days,
             )
-            .filter(|s| self.volume.expected_in(minute, *s).0 >= self.params.min_events_per_minute);
-        if let Some(season) = season {
+            .map(|s| (s, self.volume.expected_in(minute, s).0))
+            .filter(|(_, rate)| *rate >= self.params.min_events_per_minute);
+        if let Some((season, rate)) = season {
             let (p, den) = self.zeros.expected_in(minute, season);
             let p0 = (p * den + 1.0) / (den + 2.0);
-            self.expected += self.volume.expected_in(minute, season).0;
+            self.expected += rate;
             self.evidence -= p0.ln();
         }
         let (expected, evidence) = (self.expected, self.evidence);
@@ -157,7 +158,7 @@ impl Silence {
                 evidence,
             });
         }
-        let fires = season.is_some_and(|s| {
+        let fires = season.is_some_and(|(s, _)| {
             evidence >= self.params.threshold && len > self.longest_gap(first, minute, s)
         });
         fires.then(|| {

@@ -8,9 +8,7 @@ use std::collections::HashMap;
 use cxstream_avro::{AggregatesKind, AggregatesMessage, MinuteCell, StepCell};
 use cxstream_core::batch_log::{BatchLog, Confirmed, LogError, Partial};
 use cxstream_core::claims::Link;
-use cxstream_core::journey_map::{
-    SegmentIdx, StepIdx, NO_SEGMENT, NO_SEGMENT_NAME, NO_STAGE, NO_STAGE_NAME,
-};
+use cxstream_core::journey_map::StepIdx;
 use cxstream_core::watch::{AlertChange, Finality, JourneyWatch, WatchParams};
 use cxstream_core::JourneyMap;
 use serde::{Deserialize, Serialize};
@@ -156,14 +154,11 @@ impl JourneyInput {
     fn add(&mut self, minutes: &[MinuteCell], steps: &[StepCell], before: Finality) {
         let map = &self.map;
         for c in minutes {
-            let stage = match map.stage(&c.stage) {
-                Some(s) => Some(s),
-                None if c.stage == NO_STAGE_NAME => Some(NO_STAGE),
-                None => None,
-            };
-            let (Some(stage), Some(channel), Some(segment)) =
-                (stage, map.channel(&c.channel), segment_of(map, &c.segment))
-            else {
+            let (Some(stage), Some(channel), Some(segment)) = (
+                map.stage_named(&c.stage),
+                map.channel(&c.channel),
+                map.segment_named(&c.segment),
+            ) else {
                 self.unknown_cells += 1;
                 continue;
             };
@@ -181,7 +176,7 @@ impl JourneyInput {
             let (Some(&step), Some(channel), Some(segment)) = (
                 self.steps.get(&c.step),
                 map.channel(&c.channel),
-                segment_of(map, &c.segment),
+                map.segment_named(&c.segment),
             ) else {
                 self.unknown_cells += 1;
                 continue;
@@ -189,14 +184,5 @@ impl JourneyInput {
             self.watch
                 .add_step_cell(c.minute, step, channel, segment, &c.counts, before);
         }
-    }
-}
-
-/// A cell's segment: one of the map's, or none known ([`NO_SEGMENT`], a slice of its own).
-fn segment_of(map: &JourneyMap, name: &str) -> Option<SegmentIdx> {
-    match map.segment(name) {
-        Some(s) => Some(s),
-        None if name == NO_SEGMENT_NAME => Some(NO_SEGMENT),
-        None => None,
     }
 }

@@ -418,9 +418,7 @@ impl Alerter {
             journeys,
             self.firing.values().collect(),
         );
-        let taken_at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let taken_at_ms = u64::try_from(unix_now_ms()).unwrap_or(0);
         let kept = taking
             .to_bytes()
             .map_err(anyhow::Error::from)
@@ -569,4 +567,11 @@ impl Alerter {
                 .set(ratio);
         }
     }
+}
+
+/// The wall clock, epoch ms (0 before 1970).
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

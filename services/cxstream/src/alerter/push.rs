@@ -84,10 +84,7 @@ impl AlertmanagerPush {
 
     /// How far a journey is judged (event time, ms): whether it is live.
     pub fn judged(&mut self, journey: &str, known_until: i64) {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let live = now.saturating_sub(known_until) <= self.live_within_ms;
+        let live = super::unix_now_ms().saturating_sub(known_until) <= self.live_within_ms;
         let before = self.live.insert(journey.to_string(), live);
         self.changed |= live && before != Some(true);
     }
