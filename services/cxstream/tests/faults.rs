@@ -160,6 +160,23 @@ impl Facts {
     }
 }
 
+/// The child's exit status; a child that has not exited in `limit` is killed and fails the
+/// test (a journey service the group never gives partitions to would otherwise wait forever).
+fn exit_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the journey service had not reached its failpoint after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Whether every cell and step cell equals the ground truth (for the scorecard).
 fn exact(s: &Stack) -> bool {
     s.truth() == s.cells() && s.step_truth() == s.step_cells()
@@ -193,15 +210,16 @@ fn five_kills_at_random_points_leave_every_count_exact() {
             // The n-th commit call after this start writes its rows and dies before its
             // marker.
             let n = draw.between(1, 6);
-            let out = s
+            let mut child = s
                 .command(&["journey"])
                 .env(
                     "FAILPOINTS",
                     format!("journey-before-marker={n}*off->return"),
                 )
-                .output()
+                .spawn()
                 .unwrap();
-            assert!(!out.status.success(), "the failpoint did not fire");
+            let status = exit_within(&mut child, Duration::from_secs(600));
+            assert!(!status.success(), "the failpoint did not fire");
             kills.push(format!("abort before marker of commit {}", n + 1));
         } else {
             let mut child = s.spawn(&["journey"]);
@@ -285,14 +303,15 @@ fn poison_is_dead_lettered_once_each_across_a_crash() {
         text.replacen("flush_interval_ms: 200", "flush_interval_ms: 5000", 1),
     )
     .unwrap();
-    let crashed = std::process::Command::new(env!("CARGO_BIN_EXE_cxstream"))
+    let mut crashing = std::process::Command::new(env!("CARGO_BIN_EXE_cxstream"))
         .arg("--config")
         .arg(&long_batch)
         .arg("journey")
         .env("FAILPOINTS", "journey-before-marker=return")
-        .output()
+        .spawn()
         .unwrap();
-    assert!(!crashed.status.success(), "the failpoint did not fire");
+    let crashed = exit_within(&mut crashing, Duration::from_secs(600));
+    assert!(!crashed.success(), "the failpoint did not fire");
     let before = s.read_topic(&s.topic("dlq"), 1).len();
     assert!(
         before > 0,

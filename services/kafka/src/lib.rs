@@ -2,6 +2,7 @@
 //! creation, and the dead-letter record format. Nothing here depends on the broker being
 //! Tansu; a real Kafka cluster works unchanged.
 
+pub mod group;
 pub mod probe;
 
 use std::collections::BTreeMap;
