@@ -50,6 +50,11 @@ use crate::metrics::{Counts, Metric, StepCounts, EARLY_HORIZONS_MS};
 use crate::stage_conversion::StageConversions;
 
 const MINUTE_MS: i64 = 60_000;
+/// Touchpoints a minute a channel must have sent lately (decayed) for a minute without any to
+/// be a gap that keeps the steps whose horizons span it from being judged. A thinner
+/// channel's empty minutes are its usual pauses, and its lost conversions too few to read as
+/// a drop.
+const GAP_MIN_EVENTS_PER_MINUTE: f64 = 5.0;
 
 /// The detectors' parameters for one journey.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -805,7 +810,7 @@ impl JourneyWatch {
         for channel in channels {
             let events = sources.get(&channel).copied().unwrap_or(0);
             let rate = self.traffic.entry(channel).or_default();
-            if events == 0 && *rate >= self.params.silence.min_events_per_minute {
+            if events == 0 && *rate >= GAP_MIN_EVENTS_PER_MINUTE {
                 self.gaps.insert(minute);
             }
             *rate = 0.95 * *rate + 0.05 * events as f64;

@@ -217,6 +217,30 @@ fn a_silence_fires_when_chance_no_longer_explains_it() {
     }
 }
 
+/// A thin channel, 3.5 touchpoints a minute in bursts (a customer's few touchpoints
+/// together, a third of its minutes empty), that goes silent fires once the run's chance
+/// falls below e^−threshold; three weeks of its usual pauses raise nothing.
+#[test]
+fn a_thin_channel_that_goes_silent_fires() {
+    let params = SilenceParams::default();
+    let mut s = Silence::new(params);
+    let bursts = [7u64, 0, 4, 0, 5, 5];
+    let thin = |m: i64| bursts[m.rem_euclid(6) as usize];
+    for m in 0..3 * WEEK {
+        assert_eq!(s.observe(START + m, thin(m)), None, "minute {m}");
+    }
+    let from = START + 3 * WEEK;
+    // Three weeks of this hour of the week, weighing 1/8, 1/4 and 1/2.
+    let den: f64 = 60.0 * 0.875;
+    let p0 = (den / 3.0 + 1.0) / (den + 2.0);
+    let due = (params.threshold / -p0.ln()).ceil() as i64;
+    let fired = (0..60)
+        .find(|m| matches!(s.observe(from + m, 0), Some(Incident::Started { .. })))
+        .map(|m| m + 1)
+        .expect("fires");
+    assert!((fired - due).abs() <= 1, "fired after {fired}, due {due}");
+}
+
 /// An hour is judged against the weeks before it, never against its own first minutes: a
 /// slice without history is not silent, however busy its hour began.
 #[test]
