@@ -8,12 +8,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 ///
 /// Why: Tansu 0.6 keeps the leader of a group that is still forming when that leader leaves
 /// (its LeaveGroup removes the member but not the leadership), and from then on every joiner
-/// is told to wait for the departed leader's assignment, for good (seen in CI: a member that
-/// rejoined just as it had been made leader left the group without partitions for 30
-/// minutes). A member that times out instead loses the leadership with its membership.
+/// is told to wait for the departed leader's assignment, for good (seen in a test run: a
+/// member that rejoined just as it had been made leader left the group without partitions
+/// for 30 minutes). A member that times out instead loses the leadership with its membership.
 ///
 /// The Rust side of the consumer (its context, a few KB) is leaked: librdkafka's handle is
-/// gone and must not be destroyed twice. Meant for rare rejoins, not for every shutdown.
+/// gone and must not be destroyed twice. Meant for rejoins and for exits that hold no
+/// partitions: a member with partitions to hand over should leave.
 #[allow(unsafe_code)]
 pub fn drop_without_leaving<C: ConsumerContext>(consumer: BaseConsumer<C>) {
     let consumer = std::mem::ManuallyDrop::new(consumer);

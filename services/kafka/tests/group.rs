@@ -22,8 +22,8 @@ fn member(brokers: &str, group: &str, topic: &str) -> BaseConsumer {
     consumer
 }
 
-/// Polls until the consumer holds partitions; how long that took.
-fn until_assigned(consumer: &BaseConsumer) -> Duration {
+/// Polls until the consumer holds partitions.
+fn until_assigned(consumer: &BaseConsumer) {
     let started = Instant::now();
     while consumer.assignment().map_or(0, |a| a.count()) == 0 {
         assert!(
@@ -32,7 +32,6 @@ fn until_assigned(consumer: &BaseConsumer) -> Duration {
         );
         consumer.poll(Duration::from_millis(100));
     }
-    started.elapsed()
 }
 
 /// A member dropped without leaving keeps its place until its session times out: the next

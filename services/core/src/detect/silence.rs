@@ -23,9 +23,10 @@ pub struct SilenceParams {
     pub threshold: f64,
     /// Events per minute this hour of the week must normally bring before its silence can
     /// fire: a trickle pauses often, and in bursts (a customer's touchpoints come
-    /// together), so that its long pauses are no news. Default 3 (at 1, the demo's
-    /// channels of 1–2 touchpoints a minute raised a false silence every few days; at 5,
-    /// the alert-quality benchmark's channel of 3–4 a minute went silent unnoticed).
+    /// together), so that its long pauses are no news. Default 5 (at 1, the demo's
+    /// channels of 1–2 touchpoints a minute raised a false silence every few days; at 3, the
+    /// demo's app channel, falling from 3 a minute to under 1 in the period's last days,
+    /// raised 37: each silent run fires and resolves with the next touchpoint).
     pub min_events_per_minute: f64,
     /// Minutes of history (decayed) the hour of the week needs. With a weekly decay of
     /// 0.5 the past weeks of an hour weigh 60 · (1/2 + 1/4 + …) < 60 minutes when it
@@ -41,7 +42,7 @@ impl Default for SilenceParams {
     fn default() -> Self {
         SilenceParams {
             threshold: 16.0,
-            min_events_per_minute: 3.0,
+            min_events_per_minute: 5.0,
             min_baseline_minutes: 40.0,
             min_baseline_days: 2.0,
             weekly_decay: 0.5,
