@@ -483,9 +483,15 @@ impl JourneyService {
                         inner.probing.clear();
                         inner.compactions.clear();
                     }
-                    // Not by leaving: a member that leaves just as it was made the leader of
-                    // the forming group would keep Tansu's group waiting for it for good.
-                    cxstream_kafka::group::drop_without_leaving(consumer);
+                    // One without partitions goes quietly: a member that leaves just as it
+                    // was made the leader of the forming group would keep Tansu's group
+                    // waiting for it for good. One with partitions leaves, so that the group
+                    // rebalances at once (its session would hold them 10 s more).
+                    if consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                        drop(consumer);
+                    } else {
+                        cxstream_kafka::group::drop_without_leaving(consumer);
+                    }
                     let membership = if alone {
                         Membership::Alone { partitions: inputs }
                     } else {
