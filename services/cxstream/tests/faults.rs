@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_cells_equal, http_get, spawn_listening, stop_with_sigterm, PrivateBroker, Raw, Score,
-    Stack, PARTITIONS,
+    assert_cells_equal, exit_within, http_get, spawn_listening, stop_with_sigterm, PrivateBroker,
+    Raw, Score, Stack, PARTITIONS,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, TopicPartitionList};
@@ -160,22 +160,10 @@ impl Facts {
     }
 }
 
-/// The child's exit status; a child that has not exited in `limit` is killed and fails the
-/// test (a journey service the group never gives partitions to would otherwise wait forever).
-fn exit_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("the journey service had not reached its failpoint after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+/// How long a run that must die at its failpoint may take (one the group never gives
+/// partitions to would otherwise wait forever).
+const FAILPOINT_WITHIN: Duration = Duration::from_secs(600);
+const NO_FAILPOINT: &str = "the journey service had not reached its failpoint after 10 minutes";
 
 /// Whether every cell and step cell equals the ground truth (for the scorecard).
 fn exact(s: &Stack) -> bool {
@@ -218,7 +206,7 @@ fn five_kills_at_random_points_leave_every_count_exact() {
                 )
                 .spawn()
                 .unwrap();
-            let status = exit_within(&mut child, Duration::from_secs(600));
+            let status = exit_within(&mut child, FAILPOINT_WITHIN, NO_FAILPOINT);
             assert!(!status.success(), "the failpoint did not fire");
             kills.push(format!("abort before marker of commit {}", n + 1));
         } else {
@@ -310,7 +298,7 @@ fn poison_is_dead_lettered_once_each_across_a_crash() {
         .env("FAILPOINTS", "journey-before-marker=return")
         .spawn()
         .unwrap();
-    let crashed = exit_within(&mut crashing, Duration::from_secs(600));
+    let crashed = exit_within(&mut crashing, FAILPOINT_WITHIN, NO_FAILPOINT);
     assert!(!crashed.success(), "the failpoint did not fire");
     let before = s.read_topic(&s.topic("dlq"), 1).len();
     assert!(

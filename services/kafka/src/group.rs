@@ -28,3 +28,14 @@ pub fn drop_without_leaving<C: ConsumerContext>(consumer: BaseConsumer<C>) {
         );
     }
 }
+
+/// Closes a group member: one holding partitions leaves, so that the group hands them over
+/// at once; one holding none has nothing to hand over and may be the leader of a group
+/// still forming, so it goes quietly ([`drop_without_leaving`]).
+pub fn close<C: ConsumerContext>(consumer: BaseConsumer<C>) {
+    if consumer.assignment().is_ok_and(|a| a.count() > 0) {
+        drop(consumer);
+    } else {
+        drop_without_leaving(consumer);
+    }
+}

@@ -483,15 +483,7 @@ impl JourneyService {
                         inner.probing.clear();
                         inner.compactions.clear();
                     }
-                    // One without partitions goes quietly: a member that leaves just as it
-                    // was made the leader of the forming group would keep Tansu's group
-                    // waiting for it for good. One with partitions leaves, so that the group
-                    // rebalances at once (its session would hold them 10 s more).
-                    if consumer.assignment().is_ok_and(|a| a.count() > 0) {
-                        drop(consumer);
-                    } else {
-                        cxstream_kafka::group::drop_without_leaving(consumer);
-                    }
+                    cxstream_kafka::group::close(consumer);
                     let membership = if alone {
                         Membership::Alone { partitions: inputs }
                     } else {
@@ -557,9 +549,8 @@ impl JourneyService {
 impl Inner {
     /// Delivers the last committed-batch records and closes the Kafka clients side by side:
     /// each takes its time to wind its threads down (about 100 ms for the consumer, which
-    /// leaves the group), and one after another they made most of a catch-up's exit. A
-    /// consumer without partitions has none to hand over and may be the leader of a group
-    /// still forming, which must not leave (see `drop_without_leaving`): it goes quietly.
+    /// leaves the group if it holds partitions, see `cxstream_kafka::group::close`), and one
+    /// after another they made most of a catch-up's exit.
     fn close(self, consumer: ConsumerHandle) {
         let Inner {
             aggregates,
@@ -570,14 +561,7 @@ impl Inner {
             ..
         } = self;
         std::thread::scope(|s| {
-            s.spawn(move || {
-                let holds = consumer.assignment().is_ok_and(|a| a.count() > 0);
-                if holds {
-                    drop(consumer);
-                } else {
-                    cxstream_kafka::group::drop_without_leaving(consumer);
-                }
-            });
+            s.spawn(move || cxstream_kafka::group::close(consumer));
             s.spawn(move || {
                 if let Some(out) = aggregates {
                     // On exit nobody may resume the partitions to say them again.

@@ -339,19 +339,12 @@ impl Stack {
     /// minutes.
     pub fn catch_up_within_minutes(&self) {
         let mut child = self.spawn(&["journey", "--until-caught-up"]);
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "journey --until-caught-up: {status:?}");
-                return;
-            }
-            if Instant::now() > deadline {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                panic!("journey --until-caught-up did not catch up within 5 minutes");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let status = exit_within(
+            &mut child,
+            Duration::from_secs(300),
+            "journey --until-caught-up did not catch up within 5 minutes",
+        );
+        assert!(status.success(), "journey --until-caught-up: {status:?}");
     }
 
     pub fn spawn(&self, args: &[&str]) -> Child {
@@ -1191,5 +1184,23 @@ fn add<K: Ord>(cells: &mut BTreeMap<K, Vec<i64>>, key: K, v: &[i64]) {
     let sum = cells.entry(key).or_insert_with(|| vec![0; v.len()]);
     for (s, x) in sum.iter_mut().zip(v) {
         *s += x;
+    }
+}
+
+/// The child's exit status; a child that has not exited in `limit` is killed and the test
+/// fails with `late` (a service that waits for something that never comes would otherwise
+/// hang the suite).
+pub fn exit_within(child: &mut Child, limit: Duration, late: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{late}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
