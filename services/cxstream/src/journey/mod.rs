@@ -35,7 +35,7 @@ const REJOINS_BEFORE_ALONE: u32 = 2;
 /// no live owner; nor is anything told before the group's last rebalance is as old.
 const UNSERVED_AFTER_SECS: u64 = 30;
 /// How often a member holding partitions looks for input partitions nobody serves.
-const UNSERVED_CHECK_EVERY: Duration = Duration::from_secs(10);
+const UNSERVED_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// How long an overtaken partition waits before it is claimed again here: a few
 /// heartbeats, in which a member that lost it hears so from the group.
 const PARKED_FOR: Duration = Duration::from_secs(3);
@@ -431,7 +431,7 @@ impl JourneyService {
                 unserved_checked = Instant::now();
                 let nobody = inner.unserved(&consumer, inputs);
                 if !nobody.is_empty() && !unserved {
-                    tracing::warn!(partitions = ?nobody, "input partitions have records waiting and nobody has committed or claimed them lately; rejoining the group if it lasts");
+                    tracing::warn!(partitions = ?nobody, "input partitions have records waiting and nobody has committed or claimed them lately; rejoining the group");
                 }
                 unserved = !nobody.is_empty();
             }
@@ -444,7 +444,13 @@ impl JourneyService {
                 // a rejoin that lands while the group is settling (the dead session expires,
                 // a new leader assigns) starts the settling over, and a fixed wait close to
                 // the session timeout repeated that forever (seen once in CI).
-                let wait = join_timeout * 2u32.pow(rejoins.min(3));
+                // Partitions found unserved have waited 30 s for an owner already: the
+                // first rejoin for them goes at once.
+                let wait = if unserved && rejoins == 0 {
+                    Duration::ZERO
+                } else {
+                    join_timeout * 2u32.pow(rejoins.min(3))
+                };
                 if since.elapsed() >= wait {
                     // Catching up is a single instance's job: when the group still withholds
                     // partitions after rejoining, nobody live holds them (Tansu has also kept a
