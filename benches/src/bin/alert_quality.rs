@@ -1,7 +1,7 @@
 //! Alert quality of the alerter's watch of a journey, beside two baselines users have
 //! today, on simulated traffic with daily and weekly cycles:
 //!
-//!     cargo run --release -p cxstream-benches --bin alert_quality [SEED] [DROP_THRESHOLD]
+//!     cargo run --release -p cxstream-benches --bin alert_quality [SEED] [DROP_THRESHOLD] [SILENCE_FLOOR]
 //!
 //! A shop's checkout step (budget 30 min) in three channels and three segments of very
 //! different sizes, attempts converting after a delay (log-normal, median 90 s), NPS
@@ -449,6 +449,10 @@ fn main() {
     let mut params = cxstream_core::watch::WatchParams::default();
     if let Some(t) = std::env::args().nth(2).and_then(|t| t.parse().ok()) {
         params.drop.threshold = t;
+    }
+    // A lower floor watches thinner channels for silence.
+    if let Some(f) = std::env::args().nth(3).and_then(|f| f.parse().ok()) {
+        params.silence.min_events_per_minute = f;
     }
     let mut watch = JourneyWatch::new(&map, params);
     let mut sim = Sim {

@@ -54,6 +54,8 @@ struct RawSilence {
     threshold: Option<f64>,
     /// Touchpoints a minute, in this hour of the weeks before, a channel needs to be watched.
     min_touchpoints_per_minute: Option<f64>,
+    /// Minutes of traffic back that resolve a silence.
+    resolve_after_minutes: Option<usize>,
 }
 
 /// The parameters the section sets, over the defaults; the error names the key to fix.
@@ -127,6 +129,12 @@ pub(crate) fn params(raw: &RawAlerts) -> Result<WatchParams, String> {
         "silence.min_touchpoints_per_minute",
         positive,
     )?;
+    set(
+        &mut q.resolve_after_minutes,
+        s.resolve_after_minutes,
+        "silence.resolve_after_minutes",
+        |v| (1..=24 * 60).contains(&v),
+    )?;
     Ok(p)
 }
 
@@ -160,7 +168,7 @@ fn set<T: Copy + std::fmt::Display>(
 fn range_of(key: &str) -> &'static str {
     match key {
         "step_drop.drop" => "between 0 and 1, exclusive",
-        "score_drop.window_minutes" => "1 to 1440",
+        "score_drop.window_minutes" | "silence.resolve_after_minutes" => "1 to 1440",
         "score_drop.min_answers"
         | "score_drop.resolve_after_minutes"
         | "score_drop.min_baseline_hours" => "at least 1",
@@ -200,7 +208,7 @@ touchpoints:
     fn a_map_sets_its_own_detectors_and_keeps_the_defaults_elsewhere() {
         assert_eq!(with("").unwrap().alerts, WatchParams::default());
         let map = with(
-            "alerts:\n  step_drop:\n    drop: 0.5\n    threshold: 12\n  score_drop:\n    z: 3.5\n    min_answers: 300\n  silence:\n    min_touchpoints_per_minute: 20\n",
+            "alerts:\n  step_drop:\n    drop: 0.5\n    threshold: 12\n  score_drop:\n    z: 3.5\n    min_answers: 300\n  silence:\n    min_touchpoints_per_minute: 20\n    resolve_after_minutes: 10\n",
         )
         .unwrap();
         let (d, s, q) = (map.alerts.drop, map.alerts.score, map.alerts.silence);
@@ -210,7 +218,10 @@ touchpoints:
             WatchParams::default().drop.resolve_evidence
         );
         assert_eq!((s.test.z, s.test.min_answers), (3.5, 300));
-        assert_eq!(q.min_events_per_minute, 20.0);
+        assert_eq!(
+            (q.min_events_per_minute, q.resolve_after_minutes),
+            (20.0, 10)
+        );
     }
 
     #[test]
@@ -220,6 +231,12 @@ touchpoints:
         assert_eq!(e.line, Some(12), "the line of `alerts:`");
         let e = with("alerts:\n  score_drop:\n    window_minutes: 0\n").unwrap_err();
         assert!(e.message.contains("1 to 1440"), "{e}");
+        let e = with("alerts:\n  silence:\n    resolve_after_minutes: 0\n").unwrap_err();
+        assert!(
+            e.message
+                .contains("alerts.silence.resolve_after_minutes: 0 is out of range (1 to 1440)"),
+            "{e}"
+        );
         let e = with("alerts:\n  step_drop:\n    treshold: 12\n").unwrap_err();
         assert!(e.message.contains("treshold"), "{e}");
     }

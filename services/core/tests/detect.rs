@@ -186,8 +186,15 @@ fn a_silence_fires_when_chance_no_longer_explains_it() {
             (fired - due).abs() <= 1,
             "every {every}: fired after {fired}, due {due}"
         );
+        // Back at its usual 10 a minute: resolved in the fifth minute (hysteresis).
+        for m in 40..44 {
+            assert!(matches!(
+                s.observe(from + m, 10),
+                Some(Incident::Ongoing { .. })
+            ));
+        }
         assert!(matches!(
-            s.observe(from + 40, 1),
+            s.observe(from + 44, 10),
             Some(Incident::Resolved { .. })
         ));
     }
@@ -243,6 +250,70 @@ fn a_thin_channel_that_goes_silent_fires_where_thin_channels_are_watched() {
         .map(|m| m + 1)
         .expect("fires");
     assert!((fired - due).abs() <= 1, "fired after {fired}, due {due}");
+}
+
+/// A silence resolves with hysteresis: a source that all but stops (one event, then a pause
+/// long enough to be a silence, again and again) is one incident; it resolves once the last
+/// five minutes since traffic came back each had events, or brought half the hour's usual
+/// volume (here 9 a minute) between empty minutes, and not while traffic comes back
+/// thinner than both.
+#[test]
+fn a_silence_resolves_once_traffic_is_back_not_with_each_event() {
+    // The rule, for minutes since the first event back: the index of the one resolving.
+    fn resolves_at(back: &[u64]) -> Option<usize> {
+        (4..back.len()).find(|&i| {
+            let last = &back[i - 4..=i];
+            last.iter().all(|&e| e > 0) || last.iter().sum::<u64>() as f64 >= 0.5 * 5.0 * 9.0
+        })
+    }
+    let mut s = Silence::new(SilenceParams::default());
+    let usual = |m: i64| if m % 10 == 9 { 0 } else { 10 };
+    for m in 0..2 * WEEK {
+        assert_eq!(s.observe(START + m, usual(m)), None);
+    }
+    let mut minute = START + 2 * WEEK;
+    let mut feed = |s: &mut Silence, events: &[u64]| {
+        let mut said = String::new();
+        for &e in events {
+            said.push(match s.observe(minute, e) {
+                Some(Incident::Started { .. }) => 'S',
+                Some(Incident::Resolved { .. }) => 'R',
+                Some(Incident::Ongoing { .. }) => '.',
+                None => ' ',
+            });
+            minute += 1;
+        }
+        said
+    };
+    let expect = |back: &[u64]| {
+        let r = resolves_at(back).expect("the rule resolves it");
+        (0..back.len())
+            .map(|i| match i.cmp(&r) {
+                std::cmp::Ordering::Less => '.',
+                std::cmp::Ordering::Equal => 'R',
+                std::cmp::Ordering::Greater => ' ',
+            })
+            .collect::<String>()
+    };
+    let said = feed(&mut s, &[0; 30]);
+    assert_eq!(said.matches('S').count(), 1, "{said:?}");
+    // All but stopped (one event between pauses of 20 minutes, five times), then back at
+    // 4 a minute, every minute.
+    let mut back = Vec::new();
+    for _ in 0..5 {
+        back.push(1);
+        back.extend([0; 20]);
+    }
+    back.extend([4; 8]);
+    assert_eq!(feed(&mut s, &back), expect(&back));
+    // Another silence; traffic thinner than both rules (3 every other minute), then half
+    // the volume between empty minutes, then the usual.
+    let said = feed(&mut s, &[0; 30]);
+    assert_eq!(said.matches('S').count(), 1, "{said:?}");
+    let mut back = vec![3, 0, 3, 0, 3, 0, 3, 0, 3, 0, 3, 0, 3];
+    assert_eq!(resolves_at(&back), None);
+    back.extend([15, 0, 15, 0, 10, 10, 10, 10, 10]);
+    assert_eq!(feed(&mut s, &back), expect(&back));
 }
 
 /// An hour is judged against the weeks before it, never against its own first minutes: a
@@ -304,7 +375,7 @@ fn a_silence_in_the_first_weeks_is_judged_against_the_days_before() {
         let events = if (20..50).contains(&m) { 0 } else { 20 };
         match s.observe(START + 2 * DAY + 600 + m, events) {
             Some(Incident::Started { .. }) => fired = Some(m),
-            Some(Incident::Resolved { .. }) => assert_eq!(m, 50),
+            Some(Incident::Resolved { .. }) => assert_eq!(m, 54, "five minutes back"),
             _ => {}
         }
     }

@@ -8,8 +8,11 @@
 //! weeks), the same hour of the days before stands in — for the chance and for the pauses
 //! — once it has two days of it. An hour's own first minutes never set what its later
 //! minutes are held to.
-//! Unlike a drop, where traffic goes on at a worse rate, a silence is nothing at all; it
-//! ends with the first event.
+//! Unlike a drop, where traffic goes on at a worse rate, a silence is nothing at all. It
+//! resolves with hysteresis, once traffic is back: every one of the last
+//! `resolve_after_minutes` minutes had events, or together they brought half of what the
+//! hour's history expects. A source that all but stops, its pauses each long enough to be
+//! a silence, is one incident, not one per pause.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -26,8 +29,11 @@ pub struct SilenceParams {
     /// together), so that its long pauses are no news. Default 5 (at 1, the demo's
     /// channels of 1–2 touchpoints a minute raised a false silence every few days; at 3, the
     /// demo's app channel, falling from 3 a minute to under 1 in the period's last days,
-    /// raised 37: each silent run fires and resolves with the next touchpoint).
+    /// raised 37 while a silence resolved with the next touchpoint).
     pub min_events_per_minute: f64,
+    /// Minutes of traffic back that resolve a silence: each of them with events, or half
+    /// their expected events in all. Default 5.
+    pub resolve_after_minutes: usize,
     /// Minutes of history (decayed) the hour of the week needs. With a weekly decay of
     /// 0.5 the past weeks of an hour weigh 60 · (1/2 + 1/4 + …) < 60 minutes when it
     /// starts: 40 is two weeks of it. Default 40.
@@ -43,6 +49,7 @@ impl Default for SilenceParams {
         SilenceParams {
             threshold: 16.0,
             min_events_per_minute: 5.0,
+            resolve_after_minutes: 5,
             min_baseline_minutes: 40.0,
             min_baseline_days: 2.0,
             weekly_decay: 0.5,
@@ -54,6 +61,8 @@ impl Default for SilenceParams {
 const GAP_WEEKS: i64 = 4;
 /// Days a silent run counts as one this hour of the day has seen (while the days stand in).
 const GAP_DAYS: i64 = 7;
+/// The share of its expected events that traffic back must bring to resolve a silence.
+const RESOLVE_SHARE: f64 = 0.5;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Silence {
@@ -78,7 +87,13 @@ pub struct Silence {
     expected: f64,
     /// −ln of the chance of the run (from the minutes with a known rate).
     evidence: f64,
+    /// Whether the current run has been a silence: its minutes are not learned as a pause
+    /// this hour may have.
+    run_silent: bool,
     firing: bool,
+    /// While firing, the last `resolve_after_minutes` minutes: events and expected events
+    /// (0 where the hour has no rate to judge by).
+    recent: Vec<(u64, f64)>,
 }
 
 fn week_of(minute: i64) -> i64 {
@@ -102,7 +117,9 @@ impl Silence {
             run: None,
             expected: 0.0,
             evidence: 0.0,
+            run_silent: false,
             firing: false,
+            recent: Vec::new(),
         }
     }
 
@@ -110,47 +127,51 @@ impl Silence {
     /// watermark has not passed is not passed at all).
     pub fn observe(&mut self, minute: i64, events: u64) -> Option<Incident> {
         self.close_hours(minute);
+        let rated = (self.firing || events == 0)
+            .then(|| self.rated(minute))
+            .flatten();
+        // Minutes count towards resolving from the first event back.
+        if self.firing && (events > 0 || !self.recent.is_empty()) {
+            self.recent
+                .push((events, rated.map_or(0.0, |(_, rate)| rate)));
+            let drop = self
+                .recent
+                .len()
+                .saturating_sub(self.params.resolve_after_minutes);
+            self.recent.drain(..drop);
+        }
         if events > 0 {
             // Zeros are normal too (a slice of one event a minute has a third of them): a
-            // silent run that ended without an incident is learned; one that fired is not.
+            // silent run that ended is learned unless it was a silence.
             if let Some((first, len)) = self.run.take() {
-                if !self.firing {
+                if !self.run_silent {
                     self.learn_gap(first, len);
                     for m in first..first + len {
                         self.learn(m, 0);
                     }
                 }
             }
+            self.run_silent = false;
             self.learn(minute, events);
             self.expected = 0.0;
             self.evidence = 0.0;
-            if self.firing {
-                self.firing = false;
-                return Some(Incident::Resolved { minute });
-            }
-            return None;
+            return self.firing.then(|| self.recovery(minute));
         }
         let (first, len) = match self.run {
             Some((first, len)) => (first, len + 1),
             None => (minute, 1),
         };
         self.run = Some((first, len));
-        let season = self
-            .volume
-            .season(
-                minute,
-                self.params.min_baseline_minutes,
-                60.0 * self.params.min_baseline_days,
-            )
-            .map(|s| (s, self.volume.expected_in(minute, s).0))
-            .filter(|(_, rate)| *rate >= self.params.min_events_per_minute);
-        if let Some((season, rate)) = season {
+        if let Some((season, rate)) = rated {
             let (p, den) = self.zeros.expected_in(minute, season);
             let p0 = (p * den + 1.0) / (den + 2.0);
             self.expected += rate;
             self.evidence -= p0.ln();
         }
         let (expected, evidence) = (self.expected, self.evidence);
+        self.run_silent |= rated.is_some_and(|(s, _)| {
+            evidence >= self.params.threshold && len > self.longest_gap(first, minute, s)
+        });
         if self.firing {
             return Some(Incident::Ongoing {
                 minute,
@@ -160,11 +181,9 @@ impl Silence {
                 evidence,
             });
         }
-        let fires = season.is_some_and(|(s, _)| {
-            evidence >= self.params.threshold && len > self.longest_gap(first, minute, s)
-        });
-        fires.then(|| {
+        self.run_silent.then(|| {
             self.firing = true;
+            self.recent.clear();
             Incident::Started {
                 minute,
                 observed: 0.0,
@@ -173,6 +192,40 @@ impl Silence {
                 evidence,
             }
         })
+    }
+
+    /// The history `minute` is judged by, and its expected events, when that hour of the
+    /// week (or of the days before) normally brings enough of them to be watched.
+    fn rated(&self, minute: i64) -> Option<(Season, f64)> {
+        self.volume
+            .season(
+                minute,
+                self.params.min_baseline_minutes,
+                60.0 * self.params.min_baseline_days,
+            )
+            .map(|s| (s, self.volume.expected_in(minute, s).0))
+            .filter(|(_, rate)| *rate >= self.params.min_events_per_minute)
+    }
+
+    /// A firing silence with traffic back: resolved once the last minutes show it back
+    /// (hysteresis), else still going, with their events against those expected.
+    fn recovery(&mut self, minute: i64) -> Incident {
+        let events: u64 = self.recent.iter().map(|(e, _)| e).sum();
+        let expected: f64 = self.recent.iter().map(|(_, x)| x).sum();
+        let full = self.recent.len() >= self.params.resolve_after_minutes;
+        let steady = self.recent.iter().all(|(e, _)| *e > 0);
+        if full && (steady || events as f64 >= RESOLVE_SHARE * expected) {
+            self.firing = false;
+            self.recent.clear();
+            return Incident::Resolved { minute };
+        }
+        Incident::Ongoing {
+            minute,
+            observed: events as f64,
+            expected,
+            trials: 0.0,
+            evidence: 0.0,
+        }
     }
 
     /// Learns a minute, holding those of the current hour back until it is over.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::input::{InputState, InputStateRef};
 
 /// Bumped when what a snapshot holds changes shape: an older one is not used.
-const FORMAT: u16 = 1;
+const FORMAT: u16 = 2;
 
 /// A snapshot as written (field for field as [`Taken`]).
 #[derive(Serialize)]
