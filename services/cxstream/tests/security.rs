@@ -13,7 +13,7 @@ use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{assert_cells_equal, stop_with_sigterm, Stack};
+use common::{assert_cells_equal, exit_within, stop_with_sigterm, Stack};
 
 const USER: &str = "cx_secured";
 const PASSWORD: &str = "cx-test-password-7f3a";
@@ -126,7 +126,6 @@ fn over_https_a_password_from_a_file_logs_in_and_is_never_shown() {
 fn each_command_stops(s: &Stack, config: &PathBuf, what: &str) -> Vec<String> {
     let mut errs = Vec::new();
     for args in [&["migrate"][..], &["journey"], &["alerter"]] {
-        let started = Instant::now();
         // A file, not a pipe: a verbose child must never block on a full pipe.
         let log = s.dir.join(format!("{}.stderr", args[0]));
         let mut child = cxstream(config, args)
@@ -135,16 +134,11 @@ fn each_command_stops(s: &Stack, config: &PathBuf, what: &str) -> Vec<String> {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                child.kill().unwrap();
-                panic!("cxstream {args:?} kept retrying {what}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let status = exit_within(
+            &mut child,
+            Duration::from_secs(30),
+            &format!("cxstream {args:?} kept retrying {what}"),
+        );
         let err = std::fs::read_to_string(&log).unwrap();
         assert!(!status.success(), "{args:?}: {err}");
         errs.push(err);
