@@ -15,6 +15,7 @@ mod dead_letters;
 mod erasures;
 mod partition;
 mod positions;
+mod queues;
 mod readiness;
 mod rebalance;
 
@@ -65,10 +66,21 @@ use crate::produce::{delivered, send, Deliveries, Producer};
 use aggregates::AggregatesOutput;
 use commits::Check;
 use partition::{Decoded, LaneBatch, Published, Record, Setup, Slot, Source};
+use queues::InputQueues;
 use readiness::Readiness;
 use rebalance::{Change, JourneyContext};
 
-type ConsumerHandle = BaseConsumer<JourneyContext>;
+/// Shared with the input partitions' queues ([`InputQueues`]), which poll through it.
+type ConsumerHandle = Arc<BaseConsumer<JourneyContext>>;
+
+/// librdkafka's prefetch bounds, per input partition (see [`queues`]). `fetch.max.bytes`
+/// stays at librdkafka's default: left alone, it shrinks to the queue's bound, and a record
+/// larger than that (4 MB) could never be fetched (the consumer retries it forever).
+const PREFETCH_PER_INPUT_PARTITION: [(&str, &str); 3] = [
+    ("queued.min.messages", "10000"),
+    ("queued.max.messages.kbytes", "4096"),
+    ("fetch.max.bytes", "52428800"),
+];
 
 /// How a consumer gets its partitions.
 #[derive(Debug, Clone, Copy)]
@@ -99,15 +111,15 @@ fn connect(
     };
     let mut consumer_config = cfg.kafka.consumer_config(&cfg.journey.group_id);
     consumer_config.set("statistics.interval.ms", "250");
-    if cfg.identity.enabled {
-        // An input that waits for the identity watermark drops what was fetched past the
-        // record it left and reads it again when it goes on: fetch less far ahead, or every
-        // wait costs a re-read of up to the whole prefetch.
-        consumer_config
-            .set("queued.min.messages", "10000")
-            .set("queued.max.messages.kbytes", "4096");
+    // Each input partition has its own queue (see [`queues`]), and librdkafka's prefetch
+    // bounds hold per queue then, not for the consumer: a few MB each, unless
+    // `kafka.properties` says otherwise.
+    for (key, value) in PREFETCH_PER_INPUT_PARTITION {
+        if !cfg.kafka.properties.contains_key(key) {
+            consumer_config.set(key, value);
+        }
     }
-    let consumer: ConsumerHandle = consumer_config
+    let consumer: BaseConsumer<JourneyContext> = consumer_config
         .create_with_context(ctx)
         .context("creating the Kafka consumer")?;
     let mut topics = vec![
@@ -131,7 +143,7 @@ fn connect(
                 .context("assigning every input partition")?;
         }
     }
-    Ok(consumer)
+    Ok(Arc::new(consumer))
 }
 
 /// Options of one run that are not configuration (CLI flags).
@@ -142,7 +154,7 @@ pub struct RunOptions {
 }
 
 pub struct JourneyService {
-    consumer: BaseConsumer<JourneyContext>,
+    consumer: ConsumerHandle,
     inner: Inner,
 }
 
@@ -173,8 +185,6 @@ struct Inner {
     republished: Instant,
     /// Publishes each batch's per-minute partial counts for the alerter, when on.
     aggregates: Option<AggregatesOutput>,
-    /// Inputs (partition, source) paused to wait for the identity watermark.
-    paused: std::collections::BTreeSet<(i32, Source)>,
     /// Partitions another owner claimed while held here, since when (see [`Inner::park`]).
     parked: BTreeMap<i32, Instant>,
     /// Partitions assigned here and being claimed, paused meanwhile.
@@ -184,8 +194,12 @@ struct Inner {
     claimed: BTreeMap<i32, (Instant, claiming::Claimed)>,
     /// Inputs waiting (for the identity watermark, or for the other input to catch up in
     /// event time), with the first record they left and the event time they wait at: every
-    /// record of theirs is left until they go on from there.
+    /// record of theirs is left until they go on from there. Their queues are not polled
+    /// meanwhile.
     waiting: BTreeMap<(i32, Source), (i64, i64)>,
+    /// The records of each waiting input polled before it stopped (at most one poll's),
+    /// in order: applied first when it goes on.
+    left: BTreeMap<(i32, Source), Vec<LeftRecord>>,
     slots: BTreeMap<i32, Slot>,
     shutdown: Arc<AtomicBool>,
     rt: tokio::runtime::Handle,
@@ -324,11 +338,11 @@ impl JourneyService {
             watermarks,
             republished: Instant::now(),
             aggregates,
-            paused: Default::default(),
             parked: BTreeMap::new(),
             claiming,
             claimed: BTreeMap::new(),
             waiting: Default::default(),
+            left: Default::default(),
             slots: BTreeMap::new(),
             shutdown,
             rt,
@@ -382,6 +396,8 @@ impl JourneyService {
         let flush_every = Duration::from_millis(inner.cfg.journey.flush_interval_ms);
         let mut last_flush = Instant::now();
         let mut since_flush: u64 = 0;
+        let mut queues = InputQueues::default();
+        let mut got_record = false;
         inner.readiness.clickhouse(true);
         loop {
             if inner.shutdown.load(Ordering::Relaxed) {
@@ -391,31 +407,42 @@ impl JourneyService {
                 inner.settle(&consumer)?;
                 break;
             }
-            let polled = consumer.poll(Duration::from_millis(50));
-            let got_record = matches!(polled, Some(Ok(_)));
+            // The consumer's own queue brings rebalances and errors (records only of a
+            // partition not split yet); the records wait in the inputs' queues.
+            let polled = consumer.poll(if got_record {
+                Duration::ZERO
+            } else {
+                IDLE_POLL
+            });
             inner.apply_rebalance(&consumer);
-            inner.start_claimed(&consumer)?;
+            queues.retain(|p| inner.slots.contains_key(&p));
+            inner.start_claimed(&consumer, &mut queues)?;
+            let mut msgs = Vec::new();
             match polled {
-                Some(Ok(msg)) => {
-                    // What librdkafka has fetched already is taken with it (up to the next
-                    // batch's size), so that reading journeys back takes one query for all.
-                    let room = inner
-                        .cfg
-                        .journey
-                        .max_batch_records
-                        .saturating_sub(since_flush);
-                    let msgs = more_polled(&consumer, msg, room.min(POLLED_TOGETHER));
-                    // A partition revoked while they were polled is not applied to.
-                    inner.apply_rebalance(&consumer);
-                    since_flush += msgs.len() as u64;
-                    inner.on_messages(&msgs)?;
-                    if !inner.waiting.is_empty() {
-                        inner.throttle(&consumer);
-                    }
-                }
+                Some(Ok(msg)) => msgs.push(msg),
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => {}
+            }
+            // All that librdkafka has fetched is taken (up to the next batch's size), so
+            // that reading journeys back takes one query for all.
+            let room = inner
+                .cfg
+                .journey
+                .max_batch_records
+                .saturating_sub(since_flush)
+                .min(POLLED_TOGETHER);
+            queues.poll(|at| inner.reads(at), room as usize, &mut msgs);
+            got_record = !msgs.is_empty();
+            if got_record {
+                // A partition revoked while they were polled is not applied to.
+                inner.apply_rebalance(&consumer);
+                since_flush += msgs.len() as u64;
+                inner.on_messages(&msgs)?;
+                drop(msgs);
+                if !inner.waiting.is_empty() {
+                    inner.throttle()?;
+                }
             }
             // Catching up alone, a share of the input is not enough either: a killed
             // member's partitions stay with it until the coordinator evicts it, which Tansu
@@ -483,13 +510,14 @@ impl JourneyService {
                         inner.flush(&consumer)?;
                         inner.settle(&consumer)?;
                         inner.slots.clear();
-                        inner.paused.clear();
                         inner.parked.clear();
                         inner.waiting.clear();
+                        inner.left.clear();
                         inner.probing.clear();
                         inner.compactions.clear();
                     }
-                    cxstream_kafka::group::close(consumer);
+                    queues.clear();
+                    close_consumer(consumer);
                     let membership = if alone {
                         Membership::Alone { partitions: inputs }
                     } else {
@@ -527,7 +555,7 @@ impl JourneyService {
                 inner.reclaim_parked(&consumer);
                 inner.refresh_positions(&consumer, idle_release)?;
                 inner.flush(&consumer)?;
-                inner.throttle(&consumer);
+                inner.throttle()?;
                 last_flush = Instant::now();
                 since_flush = 0;
                 if opts.until_caught_up
@@ -547,6 +575,7 @@ impl JourneyService {
         // The process exits next: its journeys go back to the system whole. Freed one by
         // one, they cost a catch-up 5 % of its CPU.
         std::mem::forget(std::mem::take(&mut inner.slots));
+        drop(queues);
         inner.close(consumer);
         Ok(())
     }
@@ -567,7 +596,7 @@ impl Inner {
             ..
         } = self;
         std::thread::scope(|s| {
-            s.spawn(move || cxstream_kafka::group::close(consumer));
+            s.spawn(move || close_consumer(consumer));
             s.spawn(move || {
                 if let Some(out) = aggregates {
                     // On exit nobody may resume the partitions to say them again.
@@ -732,14 +761,15 @@ impl Inner {
         self.parked.remove(&p);
         self.probing.remove(&p);
         self.compactions.retain(|f| f.partition != p);
-        self.paused.retain(|(q, _)| *q != p);
         self.waiting.retain(|(q, _), _| *q != p);
+        self.left.retain(|(q, _), _| *q != p);
     }
 
     /// Reads on from their resume points the partitions claimed since the last call: each
-    /// input is moved there, then unpaused. A partition whose inputs cannot be moved yet
-    /// (librdkafka may still be fetching its committed offsets) is tried again next time.
-    fn start_claimed(&mut self, consumer: &ConsumerHandle) -> Result<()> {
+    /// input is moved there, given its own queue, then unpaused. A partition whose inputs
+    /// cannot be moved yet (librdkafka may still be fetching its committed offsets) is tried
+    /// again next time.
+    fn start_claimed(&mut self, consumer: &ConsumerHandle, queues: &mut InputQueues) -> Result<()> {
         for (p, claimed) in self.claiming.take_claimed() {
             self.claimed.insert(p, (Instant::now(), claimed));
         }
@@ -754,7 +784,11 @@ impl Inner {
                 self.park(consumer, p);
                 continue;
             }
-            match self.seek_to_resume_point(consumer, p, &claimed.resumes) {
+            let started = self
+                .seek_to_resume_point(consumer, p, &claimed.resumes)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| queues.split(consumer, p, &self.source_topics()));
+            match started {
                 Ok(()) => ready.push((p, claimed)),
                 Err(e) => {
                     // The claim stays valid: only where librdkafka reads from is not set yet.
@@ -816,16 +850,33 @@ impl Inner {
         Ok(())
     }
 
-    /// Applies the records polled together, in order. They are decoded first, and the
+    /// Applies the records polled together, in order.
+    fn on_messages(&mut self, msgs: &[BorrowedMessage<'_>]) -> Result<()> {
+        let records: Vec<(i32, Record<'_>)> = msgs
+            .iter()
+            .map(|m| (m.partition(), record(m, self.source(m))))
+            .collect();
+        for (p, r) in &records {
+            *self.consumed.entry((r.source, *p)).or_default() += 1;
+        }
+        self.on_records(&records)
+    }
+
+    /// Applies records of the partitions, in order. They are decoded first, and the
     /// journeys let go that they need are read back from ClickHouse in one query per
     /// partition (not one per customer).
-    fn on_messages(&mut self, msgs: &[BorrowedMessage<'_>]) -> Result<()> {
-        let decoded: Vec<Decoded> = msgs.iter().map(|m| self.decode(m)).collect();
-        self.read_ahead(msgs, &decoded)?;
-        for (msg, decoded) in msgs.iter().zip(decoded) {
-            self.on_message(msg, decoded)?;
+    fn on_records(&mut self, records: &[(i32, Record<'_>)]) -> Result<()> {
+        let decoded: Vec<Decoded> = records.iter().map(|(p, r)| self.decode(*p, r)).collect();
+        self.read_ahead(records, &decoded)?;
+        for ((p, r), decoded) in records.iter().zip(decoded) {
+            self.on_record(*p, r, decoded)?;
         }
         Ok(())
+    }
+
+    /// Whether input `at` is read: its partition is, and it does not wait.
+    fn reads(&self, at: (i32, Source)) -> bool {
+        self.slots.contains_key(&at.0) && !self.waiting.contains_key(&at)
     }
 
     fn source(&self, msg: &BorrowedMessage<'_>) -> Source {
@@ -839,25 +890,20 @@ impl Inner {
     }
 
     /// A record of a partition read here, not waiting, and not too large: decoded.
-    fn decode(&self, msg: &BorrowedMessage<'_>) -> Decoded {
-        let source = self.source(msg);
-        let partition = msg.partition();
-        let payload = msg.payload().unwrap_or(&[]);
-        if !self.slots.contains_key(&partition)
-            || self.waiting.contains_key(&(partition, source))
-            || payload.len() > self.cfg.journey.max_record_bytes
+    fn decode(&self, partition: i32, r: &Record<'_>) -> Decoded {
+        if !self.reads((partition, r.source)) || r.payload.len() > self.cfg.journey.max_record_bytes
         {
             return Decoded::Later;
         }
-        Slot::decode(&record(msg, source), &self.codec)
+        Slot::decode(r, &self.codec)
     }
 
     /// Reads back what the journeys of each partition need before `decoded` is applied.
-    fn read_ahead(&mut self, msgs: &[BorrowedMessage<'_>], decoded: &[Decoded]) -> Result<()> {
+    fn read_ahead(&mut self, records: &[(i32, Record<'_>)], decoded: &[Decoded]) -> Result<()> {
         let mut by_partition: BTreeMap<i32, Vec<&Decoded>> = BTreeMap::new();
-        for (msg, d) in msgs.iter().zip(decoded) {
+        for ((p, _), d) in records.iter().zip(decoded) {
             if !matches!(d, Decoded::Later | Decoded::Bad(..)) {
-                by_partition.entry(msg.partition()).or_default().push(d);
+                by_partition.entry(*p).or_default().push(d);
             }
         }
         for (partition, ahead) in by_partition {
@@ -869,23 +915,21 @@ impl Inner {
         Ok(())
     }
 
-    fn on_message(&mut self, msg: &BorrowedMessage<'_>, decoded: Decoded) -> Result<()> {
-        let source = self.source(msg);
-        let partition = msg.partition();
-        *self.consumed.entry((source, partition)).or_default() += 1;
+    fn on_record(&mut self, partition: i32, record: &Record<'_>, decoded: Decoded) -> Result<()> {
+        let source = record.source;
         let mut store = self.readback.at(partition);
         let Some(slot) = self.slots.get_mut(&partition) else {
             return Ok(());
         };
         let at = (partition, source);
         if self.waiting.contains_key(&at) {
-            // Left: read again from the first one left when the input goes on.
+            self.leave(partition, record);
             return Ok(());
         }
-        let record = record(msg, source);
-        if let Some(time) = slot.event_time(&record, &decoded, &self.codec) {
+        if let Some(time) = slot.event_time(record, &decoded, &self.codec) {
             if slot.must_wait(source, record.offset, time) {
                 self.waiting.insert(at, (record.offset, time));
+                self.leave(partition, record);
                 return Ok(());
             }
         }
@@ -894,17 +938,25 @@ impl Inner {
                 "record of {} bytes exceeds journey.max_record_bytes",
                 record.payload.len()
             );
-            slot.refuse(&record, "oversized", message);
+            slot.refuse(record, "oversized", message);
         } else {
-            slot.process(&record, decoded, &self.codec, &mut store)?;
+            slot.process(record, decoded, &self.codec, &mut store)?;
             if let Some(time) = slot.runs_ahead(source) {
-                // Read again from the next record once the other input has caught up.
+                // Goes on from the next record once the other input has caught up.
                 self.waiting.insert(at, (record.offset + 1, time));
             }
         }
         let rejected = slot.take_rejected();
         self.dead_letter_all(partition, rejected);
         Ok(())
+    }
+
+    /// Keeps a record of a waiting input for when it goes on.
+    fn leave(&mut self, partition: i32, record: &Record<'_>) {
+        self.left
+            .entry((partition, record.source))
+            .or_default()
+            .push(LeftRecord::new(partition, record));
     }
 
     fn topic(&self, source: Source) -> &str {
@@ -932,37 +984,36 @@ impl Inner {
         }
     }
 
-    /// Pauses each input that has to wait (for the identity watermark, or for the other
-    /// input: see [`Slot::must_wait`]), and lets those that need not wait any more go on from
-    /// the first record they left. Pausing changes when records are read, never what they
-    /// count.
-    fn throttle(&mut self, consumer: &ConsumerHandle) {
-        let waiting: Vec<((i32, Source), (i64, i64))> =
-            self.waiting.iter().map(|(at, o)| (*at, *o)).collect();
-        for (at, (first, time)) in waiting {
-            let (p, source) = at;
-            let Some(slot) = self.slots.get(&p) else {
-                continue;
-            };
-            let pause = slot.must_wait(source, first, time);
-            if pause && self.paused.contains(&at) {
-                continue;
-            }
-            let done = if pause {
-                consumer.pause(&self.one(at)).map(|()| {
-                    self.paused.insert(at);
+    /// Lets the inputs that need not wait any more (for the identity watermark, or for the
+    /// other input: see [`Slot::must_wait`]) go on, first with the records they left. Their
+    /// queues were not polled meanwhile, so nothing is read twice; waiting changes when
+    /// records are applied, never what they count.
+    fn throttle(&mut self) -> Result<()> {
+        // Records applied let the other input go on, which may let this one go on again:
+        // a pass per input, the rest at the next call.
+        for _ in Source::ALL {
+            let due: Vec<(i32, Source)> = self
+                .waiting
+                .iter()
+                .filter(|((p, source), (first, time))| {
+                    self.slots
+                        .get(p)
+                        .is_some_and(|slot| !slot.must_wait(*source, *first, *time))
                 })
-            } else {
-                self.go_on(consumer, at, first)
-            };
-            let input = source.as_str();
-            match done {
-                Ok(()) => tracing::debug!(partition = p, input, pause, "waits"),
-                Err(e) => {
-                    tracing::warn!(partition = p, input, error = %e, "cannot pause or resume")
-                }
+                .map(|(at, _)| *at)
+                .collect();
+            if due.is_empty() {
+                break;
+            }
+            for at in due {
+                self.waiting.remove(&at);
+                tracing::debug!(partition = at.0, input = at.1.as_str(), "goes on");
+                let left = self.left.remove(&at).unwrap_or_default();
+                let records: Vec<(i32, Record<'_>)> = left.iter().map(LeftRecord::record).collect();
+                self.on_records(&records)?;
             }
         }
+        Ok(())
     }
 
     /// Every input of partition `p`.
@@ -972,34 +1023,6 @@ impl Inner {
             tpl.add_partition(self.topic(source), p);
         }
         tpl
-    }
-
-    fn one(&self, (p, source): (i32, Source)) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(self.topic(source), p);
-        tpl
-    }
-
-    /// Reads an input again from `first`, the first record it left.
-    fn go_on(
-        &mut self,
-        consumer: &ConsumerHandle,
-        at: (i32, Source),
-        first: i64,
-    ) -> Result<(), KafkaError> {
-        let (p, source) = at;
-        let topic = self.topic(source).to_string();
-        consumer.seek(
-            &topic,
-            p,
-            rdkafka::Offset::Offset(first),
-            Duration::from_secs(10),
-        )?;
-        if self.paused.remove(&at) {
-            consumer.resume(&self.one(at))?;
-        }
-        self.waiting.remove(&at);
-        Ok(())
     }
 
     /// Learns how far each input partition goes, to decide idleness. An input read to the
@@ -1630,22 +1653,51 @@ struct PartitionAfter {
 /// Records applied together at most (see [`Inner::on_messages`]).
 const POLLED_TOGETHER: u64 = 1000;
 
-/// `first` and what the consumer hands over without waiting, `most` in all at most.
-fn more_polled<'a>(
-    consumer: &'a ConsumerHandle,
-    first: BorrowedMessage<'a>,
-    most: u64,
-) -> Vec<BorrowedMessage<'a>> {
-    let mut msgs = vec![first];
-    while (msgs.len() as u64) < most {
-        match consumer.poll(Duration::ZERO) {
-            Some(Ok(msg)) => msgs.push(msg),
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-            None => break,
+/// How long the consumer's queue is polled when the last poll brought no record: records
+/// arriving in an input's queue meanwhile wait at most this long.
+const IDLE_POLL: Duration = Duration::from_millis(10);
+
+/// Closes the consumer once its input queues are gone (see `cxstream_kafka::group::close`).
+fn close_consumer(consumer: ConsumerHandle) {
+    match Arc::into_inner(consumer) {
+        Some(consumer) => cxstream_kafka::group::close(consumer),
+        // Not reached: the queues are dropped first. Dropped, it still leaves the group.
+        None => tracing::warn!("an input queue outlived the consumer; it leaves the group"),
+    }
+}
+
+/// A record polled while its input waits, kept to be applied when it goes on.
+struct LeftRecord {
+    partition: i32,
+    source: Source,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+}
+
+impl LeftRecord {
+    fn new(partition: i32, r: &Record<'_>) -> Self {
+        LeftRecord {
+            partition,
+            source: r.source,
+            key: r.key.map(<[u8]>::to_vec),
+            payload: r.payload.to_vec(),
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
         }
     }
-    msgs
+
+    fn record(&self) -> (i32, Record<'_>) {
+        let record = Record {
+            source: self.source,
+            key: self.key.as_deref(),
+            payload: &self.payload,
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+        };
+        (self.partition, record)
+    }
 }
 
 /// A polled message as the partition's record of `source`.

@@ -76,8 +76,8 @@ impl Decoded {
 /// to read. Catching up, the broker may hand one topic over long before the other; the
 /// watermark follows the slower, so journeys would keep every event of the faster (and no
 /// journey would go idle, nor deadline pass) until the end. The input ahead then waits
-/// until the other has come as far, and is read again from where it stopped: its records
-/// fetched meanwhile are fetched again, so a day keeps that to a few times per day read.
+/// until the other has come as far, and goes on from where it stopped (its queue is not
+/// polled meanwhile, see `journey::queues`).
 const ALIGN_MS: i64 = 86_400_000;
 
 /// Where a record comes from: an input topic, or the internal identities topic.
