@@ -1661,7 +1661,8 @@ const IDLE_POLL: Duration = Duration::from_millis(10);
 fn close_consumer(consumer: ConsumerHandle) {
     match Arc::into_inner(consumer) {
         Some(consumer) => cxstream_kafka::group::close(consumer),
-        // Not reached: the queues are dropped first. Dropped, it still leaves the group.
+        // Not reached: the queues are dropped first. Else it closes (and leaves the group)
+        // when the last queue holding it is dropped.
         None => tracing::warn!("an input queue outlived the consumer; it leaves the group"),
     }
 }
